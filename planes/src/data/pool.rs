@@ -1,0 +1,432 @@
+//! Buffer pools: fixed-size buffers carved from a [`Region`] and named by [`BufHandle`]s, so
+//! payloads cross between processes without copying.
+//!
+//! The pool's bookkeeping (which buffers are free, which are lent to the peer) lives in this
+//! process's private memory, never in the shared region: a peer can scribble on buffer contents
+//! but cannot forge an allocation. A handle coming back from the peer is accepted only if it names
+//! a whole buffer of this pool that is currently lent out ([`BufferPool::reclaim`]); anything else
+//! is a [`PoolError`].
+//!
+//! # Memory ordering
+//! Free buffers are bits in a bitmap. SYNC POINT (pool-free): freeing is a Release `fetch_or`
+//! that pairs with the Acquire compare-exchange that allocates the buffer again, so everything the
+//! previous owner did with the buffer happens-before the next owner touches it.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use super::region::{Region, RegionError};
+use super::BufHandle;
+#[cfg(loom)]
+use crate::sync::Ordering;
+use crate::sync::{AtomicU32, AtomicU64, Ordering::*};
+
+/// Why a pool could not be built or a handle was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The pool's buffers do not fit in the region, or are misplaced.
+    #[error("buffer pool does not fit its region: {0}")]
+    Layout(String),
+    /// The handle names another region.
+    #[error("buffer handle names region {found}, the pool is in region {expected}")]
+    WrongRegion {
+        /// The pool's region id.
+        expected: u32,
+        /// The handle's region id.
+        found: u32,
+    },
+    /// The handle does not start at a buffer of this pool.
+    #[error("buffer handle offset {offset} is not the start of a buffer in this pool")]
+    NotABuffer {
+        /// The offset in the handle.
+        offset: u64,
+    },
+    /// The handle's length exceeds the buffer size.
+    #[error("buffer handle length {len} exceeds the pool's buffer size {buf_size}")]
+    TooLong {
+        /// The length in the handle.
+        len: u32,
+        /// The pool's buffer size.
+        buf_size: u32,
+    },
+    /// The handle names a buffer that is not lent out (never lent, or already returned).
+    #[error("buffer {index} is not lent out (returned twice, or never lent)")]
+    NotLent {
+        /// Index of the buffer.
+        index: u32,
+    },
+}
+
+/// Where a pool's buffers lie in their region: what a peer needs to check handles against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLayout {
+    /// The region's id.
+    pub region: u32,
+    /// Offset of buffer 0 in the region.
+    pub base: u64,
+    /// Bytes per buffer.
+    pub buf_size: u32,
+    /// Number of buffers.
+    pub count: u32,
+}
+
+impl PoolLayout {
+    /// Total bytes the buffers span.
+    pub fn span(&self) -> u64 {
+        u64::from(self.buf_size) * u64::from(self.count)
+    }
+
+    /// Checks that `handle` names (a prefix of) one whole buffer of this pool; returns its index.
+    pub fn check(&self, handle: BufHandle) -> Result<u32, PoolError> {
+        if handle.region != self.region {
+            return Err(PoolError::WrongRegion {
+                expected: self.region,
+                found: handle.region,
+            });
+        }
+        let rel = handle
+            .offset
+            .checked_sub(self.base)
+            .filter(|rel| *rel < self.span() && rel % u64::from(self.buf_size) == 0)
+            .ok_or(PoolError::NotABuffer {
+                offset: handle.offset,
+            })?;
+        if handle.len > self.buf_size {
+            return Err(PoolError::TooLong {
+                len: handle.len,
+                buf_size: self.buf_size,
+            });
+        }
+        Ok((rel / u64::from(self.buf_size)) as u32)
+    }
+}
+
+/// Fixed-size buffers in a region, handed out as owned [`Buf`]s that return to the pool on drop.
+///
+/// The pool is `Sync`: any thread may allocate, and a `Buf` may be dropped anywhere.
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use subring_planes::data::{BufferPool, Region, RegionOptions};
+/// let region = Arc::new(Region::memfd("pool", 64 * 1024, RegionOptions::new())?);
+/// let pool = BufferPool::new(region.clone(), 0, 4096, 16)?;
+/// let mut buf = pool.alloc().expect("a free buffer");
+/// buf.fill_from(b"hello");
+/// let handle = buf.lend(); // now the peer's: send `handle` in a ring entry
+/// assert_eq!(region.slice(handle)?, b"hello");
+/// let back = pool.reclaim(handle)?; // the peer gave it back
+/// assert_eq!(&back[..], b"hello");
+/// assert!(pool.reclaim(handle).is_err()); // not lent any more
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct BufferPool {
+    region: Arc<Region>,
+    layout: PoolLayout,
+    /// Bit set: buffer is free.
+    free: Box<[AtomicU64]>,
+    /// Bit set: buffer is allocated and lent to the peer.
+    lent: Box<[AtomicU64]>,
+    /// Word to start the next search at (a hint; any value is correct).
+    hint: AtomicU32,
+    #[cfg(loom)]
+    broken_orderings: bool,
+}
+
+impl fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferPool")
+            .field("layout", &self.layout)
+            .field("free", &self.free_count())
+            .finish()
+    }
+}
+
+fn bits(count: u32, set: bool) -> Box<[AtomicU64]> {
+    let words = count.div_ceil(64) as usize;
+    (0..words)
+        .map(|w| {
+            let in_word = (count as usize - w * 64).min(64);
+            let mask = if !set {
+                0
+            } else if in_word == 64 {
+                u64::MAX
+            } else {
+                (1u64 << in_word) - 1
+            };
+            AtomicU64::new(mask)
+        })
+        .collect()
+}
+
+impl BufferPool {
+    /// Carves `count` buffers of `buf_size` bytes from `region`, starting at `offset`.
+    pub fn new(
+        region: Arc<Region>,
+        offset: usize,
+        buf_size: usize,
+        count: usize,
+    ) -> Result<Arc<Self>, PoolError> {
+        let buf_size = u32::try_from(buf_size)
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| {
+                PoolError::Layout(format!("buffer size {buf_size} must be 1..=4 GiB"))
+            })?;
+        let count = u32::try_from(count)
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| PoolError::Layout(format!("buffer count {count} must be 1..=2^32-1")))?;
+        let layout = PoolLayout {
+            region: region.id(),
+            base: offset as u64,
+            buf_size,
+            count,
+        };
+        region
+            .check(layout.base, layout.span())
+            .map_err(|e: RegionError| PoolError::Layout(e.to_string()))?;
+        Ok(Arc::new(BufferPool {
+            region,
+            layout,
+            free: bits(count, true),
+            lent: bits(count, false),
+            hint: AtomicU32::new(0),
+            #[cfg(loom)]
+            broken_orderings: false,
+        }))
+    }
+
+    /// Loom negative control only: a pool whose free/alloc use Relaxed orderings.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn new_broken_for_loom(region: Arc<Region>, buf_size: usize, count: usize) -> Arc<Self> {
+        let mut pool = Arc::into_inner(Self::new(region, 0, buf_size, count).unwrap()).unwrap();
+        pool.broken_orderings = true;
+        Arc::new(pool)
+    }
+
+    #[cfg(not(loom))]
+    fn orders(&self) -> (crate::sync::Ordering, crate::sync::Ordering) {
+        (Acquire, Release)
+    }
+
+    #[cfg(loom)]
+    fn orders(&self) -> (Ordering, Ordering) {
+        if self.broken_orderings {
+            (Relaxed, Relaxed)
+        } else {
+            (Acquire, Release)
+        }
+    }
+
+    /// Where the buffers lie, to tell a peer.
+    pub fn layout(&self) -> PoolLayout {
+        self.layout
+    }
+
+    /// The region the buffers live in.
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    /// Bytes per buffer.
+    pub fn buf_size(&self) -> usize {
+        self.layout.buf_size as usize
+    }
+
+    /// Number of buffers.
+    pub fn count(&self) -> usize {
+        self.layout.count as usize
+    }
+
+    /// Free buffers now (a snapshot).
+    pub fn free_count(&self) -> usize {
+        self.free
+            .iter()
+            .map(|w| w.load(Relaxed).count_ones() as usize)
+            .sum()
+    }
+
+    /// Takes a free buffer (length 0, capacity [`buf_size`](Self::buf_size)), or `None` if all
+    /// are in use.
+    pub fn alloc(self: &Arc<Self>) -> Option<Buf> {
+        let (acquire, _) = self.orders();
+        let words = self.free.len();
+        let start = self.hint.load(Relaxed) as usize % words;
+        for k in 0..words {
+            let w = (start + k) % words;
+            let word = &self.free[w];
+            let mut cur = word.load(Relaxed);
+            while cur != 0 {
+                let bit = cur.trailing_zeros();
+                // SYNC POINT (pool-free): Acquire pairs with the Release `fetch_or` in `release`.
+                match word.compare_exchange_weak(cur, cur & !(1 << bit), acquire, Relaxed) {
+                    Ok(_) => {
+                        self.hint.store(w as u32, Relaxed);
+                        return Some(Buf {
+                            pool: self.clone(),
+                            index: w as u32 * 64 + bit,
+                            len: 0,
+                        });
+                    }
+                    Err(now) => cur = now,
+                }
+            }
+        }
+        None
+    }
+
+    fn release(&self, index: u32) {
+        let (_, release) = self.orders();
+        // SYNC POINT (pool-free): Release pairs with the Acquire compare-exchange in `alloc`.
+        let was = self.free[(index / 64) as usize].fetch_or(1 << (index % 64), release);
+        debug_assert!(was & (1 << (index % 64)) == 0, "buffer {index} freed twice");
+    }
+
+    fn offset_of(&self, index: u32) -> u64 {
+        self.layout.base + u64::from(index) * u64::from(self.layout.buf_size)
+    }
+
+    /// Takes back a buffer that was [lent](Buf::lend) to the peer, from the handle the peer
+    /// returned. The handle must name a buffer of this pool that is lent out now; its length
+    /// (at most the buffer size) becomes the buffer's length.
+    pub fn reclaim(self: &Arc<Self>, handle: BufHandle) -> Result<Buf, PoolError> {
+        let index = self.layout.check(handle)?;
+        let bit = 1u64 << (index % 64);
+        let was = self.lent[(index / 64) as usize].fetch_and(!bit, AcqRel);
+        if was & bit == 0 {
+            return Err(PoolError::NotLent { index });
+        }
+        Ok(Buf {
+            pool: self.clone(),
+            index,
+            len: handle.len,
+        })
+    }
+}
+
+/// An owned buffer from a [`BufferPool`]; it goes back to the pool when dropped, unless it is
+/// [lent](Buf::lend) to the peer.
+///
+/// It dereferences to its first [`len`](Buf::len) bytes. The bytes live in the shared region,
+/// so a misbehaving peer could write them: treat what you read back as untrusted input.
+pub struct Buf {
+    pool: Arc<BufferPool>,
+    index: u32,
+    len: u32,
+}
+
+impl fmt::Debug for Buf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Buf")
+            .field("index", &self.index)
+            .field("len", &self.len)
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+impl Buf {
+    /// The buffer's index in its pool.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Bytes in use.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True when no bytes are in use.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Size of the buffer.
+    pub fn capacity(&self) -> usize {
+        self.pool.buf_size()
+    }
+
+    /// Sets the bytes in use.
+    ///
+    /// # Panics
+    /// If `len` exceeds the capacity.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(
+            len <= self.capacity(),
+            "length {len} exceeds buffer capacity {}",
+            self.capacity()
+        );
+        self.len = len as u32;
+    }
+
+    /// Copies as much of `data` as fits to the start of the buffer and sets the length to it;
+    /// returns the number of bytes copied.
+    pub fn fill_from(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(self.capacity());
+        self.set_len(n);
+        self[..n].copy_from_slice(&data[..n]);
+        n
+    }
+
+    /// The whole buffer, regardless of length (for filling in place, e.g. by a read).
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        let cap = self.capacity();
+        // SAFETY: `ptr()` is the start of this buffer, `cap` bytes lie inside the region (checked
+        // when the pool was built), and owning the `Buf` means the pool hands it to nobody else.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(), cap) }
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        // SAFETY: the offset is inside the region (checked when the pool was built).
+        unsafe {
+            self.pool
+                .region
+                .as_ptr()
+                .add(self.pool.offset_of(self.index) as usize)
+        }
+    }
+
+    /// The handle naming this buffer's bytes, valid in every process that maps the region.
+    pub fn handle(&self) -> BufHandle {
+        BufHandle {
+            offset: self.pool.offset_of(self.index),
+            len: self.len,
+            region: self.pool.layout.region,
+        }
+    }
+
+    /// Hands the buffer to the peer: it stays allocated (not returned on drop) until
+    /// [`BufferPool::reclaim`] takes it back from the returned handle.
+    pub fn lend(self) -> BufHandle {
+        let handle = self.handle();
+        let bit = 1u64 << (self.index % 64);
+        self.pool.lent[(self.index / 64) as usize].fetch_or(bit, AcqRel);
+        std::mem::forget(self);
+        handle
+    }
+}
+
+impl Deref for Buf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: as in `spare_mut`; `len <= capacity`.
+        unsafe { std::slice::from_raw_parts(self.ptr(), self.len as usize) }
+    }
+}
+
+impl DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `spare_mut`; `len <= capacity`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(), self.len as usize) }
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        self.pool.release(self.index);
+    }
+}

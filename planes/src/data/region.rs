@@ -1,0 +1,406 @@
+//! Regions: mapped memory that rings and buffer pools are laid out in, shareable between
+//! processes.
+
+use std::fmt;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use memmap2::{MmapOptions, MmapRaw};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+
+use super::BufHandle;
+
+/// Size of the huge pages subring asks for (the x86-64 and aarch64 default, 2 MiB).
+pub const HUGE_PAGE_SIZE: usize = 2 << 20;
+
+/// The largest region subring maps (1 TiB): a bound that keeps every offset arithmetic in range
+/// and turns an absurd size from a peer into an error rather than an attempt.
+pub const MAX_REGION_LEN: usize = 1 << 40;
+
+/// Why a region could not be created, mapped or accessed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegionError {
+    /// A system call failed.
+    #[error("{op} failed: {source}")]
+    Os {
+        /// The operation that failed, e.g. `memfd_create`.
+        op: &'static str,
+        /// The error the kernel returned.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The requested or received length is zero or larger than [`MAX_REGION_LEN`].
+    #[error("region length {len} is invalid: must be between 1 and {MAX_REGION_LEN} bytes")]
+    InvalidLength {
+        /// The length asked for.
+        len: u64,
+    },
+    /// Huge pages were asked for but the kernel has none to give.
+    #[error(
+        "no huge pages available for a {len}-byte region \
+         (reserve some with `sysctl vm.nr_hugepages=N`): {source}"
+    )]
+    HugePagesUnavailable {
+        /// The length asked for.
+        len: usize,
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A received memory fd is not sealed against shrinking: the peer could truncate it and make
+    /// every access from this process fault with SIGBUS.
+    #[error(
+        "received fd is not sealed against shrinking (seals {seals:#x}); \
+         refusing to map it, a peer could truncate it and crash this process"
+    )]
+    NotSealed {
+        /// The seals found on the fd (`F_GET_SEALS`).
+        seals: i32,
+    },
+    /// A received memory fd does not have the size the handshake announced.
+    #[error("received fd is {actual} bytes long, expected {expected}")]
+    SizeMismatch {
+        /// The size announced.
+        expected: usize,
+        /// The size found with `fstat`.
+        actual: u64,
+    },
+    /// An access falls outside the region.
+    #[error("range at offset {offset} of {len} bytes is outside the {region_len}-byte region")]
+    OutOfBounds {
+        /// Start of the access.
+        offset: u64,
+        /// Length of the access.
+        len: u64,
+        /// Length of the region.
+        region_len: usize,
+    },
+    /// An access is not aligned for the type it reads.
+    #[error("offset {offset} is not aligned to {align} bytes")]
+    Misaligned {
+        /// Start of the access.
+        offset: usize,
+        /// Alignment required.
+        align: usize,
+    },
+    /// A buffer handle names another region.
+    #[error("buffer handle names region {found}, this is region {expected}")]
+    WrongRegion {
+        /// This region's id.
+        expected: u32,
+        /// The id in the handle.
+        found: u32,
+    },
+}
+
+fn os(op: &'static str) -> impl FnOnce(Errno) -> RegionError {
+    move |e| RegionError::Os {
+        op,
+        source: e.into(),
+    }
+}
+
+/// How a [`Region`] is backed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Anonymous private memory: shared between the threads of one process only.
+    Anonymous,
+    /// A sealed memfd created here: its fd can be passed to another process.
+    Memfd,
+    /// A memory fd received from another process and mapped after checking its seals and size.
+    Received,
+}
+
+/// Options for creating a [`Region`].
+#[derive(Debug, Clone, Default)]
+pub struct RegionOptions {
+    huge_pages: bool,
+    populate: bool,
+    id: u32,
+}
+
+impl RegionOptions {
+    /// Default options: normal pages, id 0, pages faulted in on first touch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Back the region with 2 MiB huge pages (the length is rounded up to a multiple of
+    /// [`HUGE_PAGE_SIZE`]). Fails with [`RegionError::HugePagesUnavailable`] when none are
+    /// reserved.
+    pub fn huge_pages(mut self, yes: bool) -> Self {
+        self.huge_pages = yes;
+        self
+    }
+
+    /// Fault every page in when mapping (`MAP_POPULATE`), so the first access does not fault.
+    pub fn populate(mut self, yes: bool) -> Self {
+        self.populate = yes;
+        self
+    }
+
+    /// The region's id, carried in every [`BufHandle`] that points into it, so that a process
+    /// sharing several regions with a peer can tell them apart.
+    pub fn id(mut self, id: u32) -> Self {
+        self.id = id;
+        self
+    }
+}
+
+/// A mapped memory area that rings and buffer pools live in.
+///
+/// A region is either anonymous (one process), or backed by a memfd that is sealed against
+/// shrinking and growing so that it can be handed to another process
+/// ([`Region::fd`]), or mapped from such a received fd ([`Region::from_fd`]).
+///
+/// The region never hands out references to its memory by itself: rings and pools reach it
+/// through pointers they bounds-check with [`Region::check`]. The contents of a shared region
+/// are untrusted: the peer may change any byte at any time.
+///
+/// # Examples
+/// ```
+/// use subring_planes::data::{Region, RegionOptions};
+/// let region = Region::memfd("example", 1 << 16, RegionOptions::new())?;
+/// assert_eq!(region.len(), 1 << 16);
+/// assert!(region.check(4096, 100).is_ok());
+/// assert!(region.check(1 << 16, 1).is_err());
+/// # Ok::<(), subring_planes::data::RegionError>(())
+/// ```
+pub struct Region {
+    map: MmapRaw,
+    fd: Option<OwnedFd>,
+    backing: Backing,
+    id: u32,
+}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Region")
+            .field("ptr", &self.map.as_ptr())
+            .field("len", &self.map.len())
+            .field("backing", &self.backing)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+fn checked_len(len: usize, huge: bool) -> Result<usize, RegionError> {
+    if len == 0 || len > MAX_REGION_LEN {
+        return Err(RegionError::InvalidLength { len: len as u64 });
+    }
+    Ok(if huge {
+        len.next_multiple_of(HUGE_PAGE_SIZE)
+    } else {
+        len
+    })
+}
+
+fn map_error(op: &'static str, len: usize, huge: bool, e: std::io::Error) -> RegionError {
+    if huge && matches!(e.raw_os_error(), Some(libc::ENOMEM) | Some(libc::EINVAL)) {
+        RegionError::HugePagesUnavailable { len, source: e }
+    } else {
+        RegionError::Os { op, source: e }
+    }
+}
+
+impl Region {
+    /// Maps `len` bytes of anonymous private memory, for rings shared between threads.
+    pub fn anonymous(len: usize, options: RegionOptions) -> Result<Self, RegionError> {
+        let len = checked_len(len, options.huge_pages)?;
+        let mut opts = MmapOptions::new();
+        opts.len(len);
+        if options.huge_pages {
+            opts.huge(None);
+        }
+        if options.populate {
+            opts.populate();
+        }
+        let map = opts
+            .map_anon()
+            .map_err(|e| map_error("mmap", len, options.huge_pages, e))?;
+        Ok(Region {
+            map: MmapRaw::from(map),
+            fd: None,
+            backing: Backing::Anonymous,
+            id: options.id,
+        })
+    }
+
+    /// Creates a memfd of `len` bytes, seals it against shrinking, growing and further sealing,
+    /// and maps it shared. Its fd ([`Region::fd`]) can be passed to another process, which maps
+    /// it with [`Region::from_fd`].
+    pub fn memfd(name: &str, len: usize, options: RegionOptions) -> Result<Self, RegionError> {
+        let len = checked_len(len, options.huge_pages)?;
+        let mut flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+        if options.huge_pages {
+            flags |= MFdFlags::MFD_HUGETLB;
+        }
+        let fd = memfd_create(name, flags).map_err(|e| {
+            if options.huge_pages {
+                map_error("memfd_create", len, true, e.into())
+            } else {
+                os("memfd_create")(e)
+            }
+        })?;
+        nix::unistd::ftruncate(&fd, len as libc::off_t).map_err(os("ftruncate"))?;
+        fcntl(
+            &fd,
+            FcntlArg::F_ADD_SEALS(
+                SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+            ),
+        )
+        .map_err(os("fcntl(F_ADD_SEALS)"))?;
+        Self::map_fd(fd, len, Backing::Memfd, options)
+    }
+
+    /// Maps a memory fd received from a peer, after checking that it is sealed against
+    /// shrinking (so the peer cannot make this process SIGBUS) and, if `expected_len` is given,
+    /// that it has exactly that size. Without `expected_len` the whole file is mapped.
+    pub fn from_fd(
+        fd: OwnedFd,
+        expected_len: Option<usize>,
+        options: RegionOptions,
+    ) -> Result<Self, RegionError> {
+        let seals = fcntl(&fd, FcntlArg::F_GET_SEALS).map_err(os("fcntl(F_GET_SEALS)"))?;
+        if seals & SealFlag::F_SEAL_SHRINK.bits() == 0 {
+            return Err(RegionError::NotSealed { seals });
+        }
+        let actual = nix::sys::stat::fstat(&fd).map_err(os("fstat"))?.st_size as u64;
+        let len = match expected_len {
+            Some(expected) if expected as u64 != actual => {
+                return Err(RegionError::SizeMismatch { expected, actual });
+            }
+            Some(expected) => expected,
+            None => {
+                usize::try_from(actual).map_err(|_| RegionError::InvalidLength { len: actual })?
+            }
+        };
+        checked_len(len, false)?;
+        Self::map_fd(fd, len, Backing::Received, options)
+    }
+
+    fn map_fd(
+        fd: OwnedFd,
+        len: usize,
+        backing: Backing,
+        options: RegionOptions,
+    ) -> Result<Self, RegionError> {
+        let mut opts = MmapOptions::new();
+        opts.len(len);
+        if options.populate {
+            opts.populate();
+        }
+        let file = File::from(fd);
+        let map = opts
+            .map_raw(&file)
+            .map_err(|e| map_error("mmap", len, options.huge_pages, e))?;
+        Ok(Region {
+            map,
+            fd: Some(file.into()),
+            backing,
+            id: options.id,
+        })
+    }
+
+    /// Length of the mapping in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Always false: a region has at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The region's id, as carried in [`BufHandle::region`].
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// How the region is backed.
+    pub fn backing(&self) -> Backing {
+        self.backing
+    }
+
+    /// The memfd behind the region, to pass to a peer (`None` for anonymous regions).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Start of the mapping. Accesses through it must stay within [`Region::len`].
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// Checks that `len` bytes at `offset` lie inside the region.
+    pub fn check(&self, offset: u64, len: u64) -> Result<(), RegionError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len() as u64 => Ok(()),
+            _ => Err(RegionError::OutOfBounds {
+                offset,
+                len,
+                region_len: self.len(),
+            }),
+        }
+    }
+
+    /// A pointer to a `T` at `offset`, after checking that `size` bytes fit in the region and
+    /// that the offset is aligned for `T`.
+    pub fn ptr_at<T>(&self, offset: usize, size: usize) -> Result<NonNull<T>, RegionError> {
+        self.check(offset as u64, size as u64)?;
+        let align = std::mem::align_of::<T>();
+        // The mapping is page-aligned, so offset alignment is address alignment.
+        if offset % align != 0 {
+            return Err(RegionError::Misaligned { offset, align });
+        }
+        // SAFETY: `offset + size <= len` was checked, so the pointer stays inside the mapping.
+        let ptr = unsafe { self.as_ptr().add(offset) };
+        NonNull::new(ptr.cast()).ok_or(RegionError::OutOfBounds {
+            offset: offset as u64,
+            len: size as u64,
+            region_len: self.len(),
+        })
+    }
+
+    /// Checks a buffer handle received from a peer: it must name this region and lie inside it.
+    pub fn check_handle(&self, handle: BufHandle) -> Result<(), RegionError> {
+        if handle.region != self.id {
+            return Err(RegionError::WrongRegion {
+                expected: self.id,
+                found: handle.region,
+            });
+        }
+        self.check(handle.offset, u64::from(handle.len))
+    }
+
+    /// The bytes a (checked) buffer handle names.
+    ///
+    /// The peer may write these bytes while the slice is held: treat them as untrusted input,
+    /// read each value you validate once (copy it out), and never let a length or index read
+    /// from them reach an unchecked access. Every byte pattern is a valid `u8`, and subring
+    /// itself never derives an index from payload bytes.
+    pub fn slice(&self, handle: BufHandle) -> Result<&[u8], RegionError> {
+        self.check_handle(handle)?;
+        // SAFETY: the range was bounds-checked against the live mapping, which lives as long as
+        // `self`; `u8` has no invalid values (see the note above on concurrent peer writes).
+        Ok(unsafe {
+            std::slice::from_raw_parts(
+                self.as_ptr().add(handle.offset as usize),
+                handle.len as usize,
+            )
+        })
+    }
+
+    /// Copies the bytes a handle names into `dst` (which must be at least `handle.len` long)
+    /// and returns how many were copied.
+    pub fn read_into(&self, handle: BufHandle, dst: &mut [u8]) -> Result<usize, RegionError> {
+        let src = self.slice(handle)?;
+        let n = src.len().min(dst.len());
+        dst[..n].copy_from_slice(&src[..n]);
+        Ok(n)
+    }
+}

@@ -1,0 +1,911 @@
+//! Single-producer/single-consumer rings of plain-old-data entries, laid out inside a
+//! [`Region`] so that the same ring works between threads and between processes.
+//!
+//! # Layout
+//! ```text
+//! offset 0    config line   magic, layout version, capacity, entry size, entry align (written once)
+//! +128        tail line     free-running index of the next entry the producer publishes
+//! +256        head line     free-running index of the next entry the consumer releases
+//! +384        consumer wake word (the consumer announces here that it is about to sleep)
+//! +512        producer wake word (the producer announces here that it waits for space)
+//! +640        capacity x T  entry slots (capacity is a power of two; index & (capacity - 1))
+//! ```
+//! Each side owns one index and keeps its authoritative copy in private memory: it only
+//! *publishes* it to the shared header and never reads it back. The other side's index is read
+//! from shared memory and validated before use (the producer's `tail` may never run more than
+//! `capacity` ahead of the consumer's private `head`, and neither index may move backwards), so a
+//! corrupt or hostile value is a [`CorruptIndex`] error, never an out-of-bounds access.
+//!
+//! Each side also caches the other's index and reloads the shared one only when the cache says
+//! the ring is full (producer) or empty (consumer).
+//!
+//! # Memory ordering
+//! Two Release/Acquire pairs, labelled `SYNC POINT` where they occur:
+//! - **ring-publish**: the producer's Release store of `tail` pairs with the consumer's Acquire
+//!   load of `tail`, so entry writes happen-before the consumer reads them.
+//! - **ring-release**: the consumer's Release store of `head` pairs with the producer's Acquire
+//!   load of `head`, so the consumer's reads of released slots happen-before the producer
+//!   overwrites them.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use bytemuck::Pod;
+
+use super::region::{Region, RegionError, RegionOptions};
+use crate::interrupt::{WakeRef, WakeWord};
+#[cfg(loom)]
+use crate::sync::Ordering;
+use crate::sync::{AtomicU32, CacheLine, Ordering::*, Slot};
+
+/// Identifies a ring header ("sbrg", little-endian).
+pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"sbrg");
+/// Version of the ring's shared-memory layout; bumped on any change to it.
+pub const RING_LAYOUT_VERSION: u32 = 1;
+/// The largest capacity a ring may have.
+pub const MAX_CAPACITY: u32 = 1 << 31;
+
+#[repr(C)]
+#[derive(Debug)]
+struct RingConfig {
+    magic: AtomicU32,
+    version: AtomicU32,
+    capacity: AtomicU32,
+    entry_size: AtomicU32,
+    entry_align: AtomicU32,
+}
+
+#[repr(C)]
+#[derive(Debug)]
+struct RingHeader {
+    config: CacheLine<RingConfig>,
+    tail: CacheLine<AtomicU32>,
+    head: CacheLine<AtomicU32>,
+    consumer_wake: CacheLine<WakeWord>,
+    producer_wake: CacheLine<WakeWord>,
+}
+
+/// Which shared index a [`CorruptIndex`] refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexField {
+    /// The producer's published tail, as read by the consumer.
+    Tail,
+    /// The consumer's released head, as read by the producer.
+    Head,
+}
+
+impl fmt::Display for IndexField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IndexField::Tail => "tail",
+            IndexField::Head => "head",
+        })
+    }
+}
+
+/// A peer-written ring index that no correct peer could have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "corrupt ring: peer-written {field} is {found}, which is not within [{low}, {high}] \
+     (capacity {capacity})"
+)]
+pub struct CorruptIndex {
+    /// The index that was read.
+    pub field: IndexField,
+    /// The value found in shared memory.
+    pub found: u32,
+    /// The lowest value a correct peer could have written (wrapping).
+    pub low: u32,
+    /// The highest value a correct peer could have written (wrapping).
+    pub high: u32,
+    /// The ring's capacity.
+    pub capacity: u32,
+}
+
+/// Why a ring could not be created or attached, or an operation on it failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RingError {
+    /// The capacity is zero, not a power of two, or larger than [`MAX_CAPACITY`].
+    #[error("ring capacity {0} is invalid: it must be a power of two between 1 and 2^31")]
+    InvalidCapacity(u64),
+    /// The entry type is zero-sized or larger than 4 GiB.
+    #[error("ring entry type of {size} bytes is not supported")]
+    InvalidEntry {
+        /// `size_of::<T>()`.
+        size: usize,
+    },
+    /// The ring does not fit in the region, or is misplaced.
+    #[error("ring does not fit the region: {0}")]
+    Region(#[from] RegionError),
+    /// An existing ring header does not describe the ring the caller expects.
+    #[error("ring header at offset {offset}: {field} is {found}, expected {expected}")]
+    HeaderMismatch {
+        /// Offset of the ring in its region.
+        offset: usize,
+        /// Name of the header field.
+        field: &'static str,
+        /// Value found.
+        found: u64,
+        /// Value expected.
+        expected: u64,
+    },
+    /// A peer-written index is out of range.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptIndex),
+}
+
+/// A rejected push: the entry comes back to the caller.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PushError<T> {
+    /// The ring is full: back-pressure. Retry after the consumer has released entries.
+    #[error("ring is full")]
+    Full(T),
+    /// The consumer's head index in shared memory is corrupt.
+    #[error("{0}")]
+    Corrupt(CorruptIndex, T),
+}
+
+impl<T> PushError<T> {
+    /// The entry that was not pushed.
+    pub fn into_inner(self) -> T {
+        match self {
+            PushError::Full(t) | PushError::Corrupt(_, t) => t,
+        }
+    }
+}
+
+/// Where a ring sits and how big it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingLayout {
+    /// Bytes from the ring's start to its first slot.
+    pub slots_offset: usize,
+    /// Total bytes the ring occupies.
+    pub size: usize,
+    /// Alignment the ring's start offset needs.
+    pub align: usize,
+    /// Number of entries.
+    pub capacity: u32,
+}
+
+impl RingLayout {
+    /// The layout of a ring of `capacity` entries of `T`.
+    pub fn of<T: Pod>(capacity: u32) -> Result<Self, RingError> {
+        if capacity == 0 || capacity > MAX_CAPACITY || !capacity.is_power_of_two() {
+            return Err(RingError::InvalidCapacity(capacity.into()));
+        }
+        if size_of::<T>() == 0 || u32::try_from(size_of::<T>()).is_err() {
+            return Err(RingError::InvalidEntry {
+                size: size_of::<T>(),
+            });
+        }
+        let align = align_of::<RingHeader>().max(align_of::<Slot<T>>());
+        let slots_offset = size_of::<RingHeader>().next_multiple_of(align_of::<Slot<T>>());
+        let size = size_of::<Slot<T>>()
+            .checked_mul(capacity as usize)
+            .and_then(|s| s.checked_add(slots_offset))
+            .ok_or(RingError::InvalidCapacity(capacity.into()))?;
+        Ok(RingLayout {
+            slots_offset,
+            size,
+            align,
+            capacity,
+        })
+    }
+}
+
+/// Pointers into the region that both halves of a ring share.
+struct RingPtrs<T> {
+    region: Arc<Region>,
+    header: NonNull<RingHeader>,
+    slots: NonNull<Slot<T>>,
+    mask: u32,
+}
+
+// SAFETY: the pointers target the region, which the `Arc` keeps mapped; the memory is only reached
+// through atomics (header) and whole-value copies of `Pod` slots, so moving a half to another
+// thread is sound.
+unsafe impl<T: Send> Send for RingPtrs<T> {}
+
+impl<T: Pod> RingPtrs<T> {
+    fn header(&self) -> &RingHeader {
+        // SAFETY: the header was bounds- and alignment-checked at construction and consists only
+        // of atomics, which tolerate concurrent access from the peer; the region outlives `self`.
+        unsafe { self.header.as_ref() }
+    }
+
+    fn capacity(&self) -> u32 {
+        self.mask.wrapping_add(1)
+    }
+
+    /// The slot an index maps to.
+    fn slot(&self, index: u32) -> *const Slot<T> {
+        // SAFETY: `index & mask < capacity`, and all `capacity` slots were bounds-checked at
+        // construction.
+        unsafe { self.slots.as_ptr().add((index & self.mask) as usize) }
+    }
+
+    fn wake(&self, word: fn(&RingHeader) -> &WakeWord) -> WakeRef {
+        let ptr = NonNull::from(word(self.header()));
+        // SAFETY: the word lives in the region, which the cloned `Arc` keeps mapped.
+        unsafe { WakeRef::from_raw(self.region.clone(), ptr) }
+    }
+}
+
+/// A ring laid out in a region, before it is split into its [`Producer`] and [`Consumer`].
+///
+/// # Examples
+/// Between two threads:
+/// ```
+/// use subring_planes::data::Ring;
+/// let (mut tx, mut rx) = Ring::<u64>::with_capacity(8)?;
+/// tx.push(7).unwrap();
+/// assert_eq!(rx.pop()?, Some(7));
+/// assert_eq!(rx.pop()?, None);
+/// # Ok::<(), subring_planes::data::RingError>(())
+/// ```
+pub struct Ring<T> {
+    ptrs: RingPtrs<T>,
+    head: u32,
+    tail: u32,
+    _entry: PhantomData<T>,
+}
+
+impl<T> fmt::Debug for Ring<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("capacity", &self.ptrs.mask.wrapping_add(1))
+            .field("head", &self.head)
+            .field("tail", &self.tail)
+            .finish()
+    }
+}
+
+impl<T: Pod> Ring<T> {
+    /// A ring of `capacity` entries in a fresh anonymous region, split into its halves: the
+    /// quick way to get a ring between two threads.
+    pub fn with_capacity(capacity: u32) -> Result<(Producer<T>, Consumer<T>), RingError> {
+        let layout = RingLayout::of::<T>(capacity)?;
+        let region = Arc::new(Region::anonymous(layout.size, RegionOptions::new())?);
+        Ok(Self::create(region, 0, capacity)?.split())
+    }
+
+    fn locate(
+        region: &Arc<Region>,
+        offset: usize,
+        capacity: u32,
+    ) -> Result<RingPtrs<T>, RingError> {
+        let layout = RingLayout::of::<T>(capacity)?;
+        if offset % layout.align != 0 {
+            return Err(RegionError::Misaligned {
+                offset,
+                align: layout.align,
+            }
+            .into());
+        }
+        let header = region.ptr_at::<RingHeader>(offset, layout.size)?;
+        let slots = region.ptr_at::<Slot<T>>(
+            offset + layout.slots_offset,
+            layout.size - layout.slots_offset,
+        )?;
+        Ok(RingPtrs {
+            region: region.clone(),
+            header,
+            slots,
+            mask: capacity - 1,
+        })
+    }
+
+    /// Writes a fresh, empty ring of `capacity` entries at `offset` in `region`.
+    ///
+    /// The range must not overlap anything else live in the region (another ring, a buffer
+    /// pool); [`RingLayout::of`] gives its size and alignment.
+    pub fn create(region: Arc<Region>, offset: usize, capacity: u32) -> Result<Self, RingError> {
+        let ptrs = Self::locate(&region, offset, capacity)?;
+        #[cfg(loom)]
+        // SAFETY: loom's atomics and cells must be constructed, not reinterpreted from zeroed
+        // memory; the range was bounds-checked, and in a loom model nothing else uses it yet.
+        unsafe {
+            ptrs.header.as_ptr().write(RingHeader {
+                config: CacheLine(RingConfig {
+                    magic: AtomicU32::new(0),
+                    version: AtomicU32::new(0),
+                    capacity: AtomicU32::new(0),
+                    entry_size: AtomicU32::new(0),
+                    entry_align: AtomicU32::new(0),
+                }),
+                tail: CacheLine(AtomicU32::new(0)),
+                head: CacheLine(AtomicU32::new(0)),
+                consumer_wake: CacheLine(WakeWord::new()),
+                producer_wake: CacheLine(WakeWord::new()),
+            });
+            for i in 0..capacity as usize {
+                Slot::init(ptrs.slots.as_ptr().add(i), T::zeroed());
+            }
+        }
+        // Under std the header is reached as atomics in mapped memory (any bit pattern is a valid
+        // atomic integer), so creation is a sequence of atomic stores: even a buggy second
+        // `create` over a live ring is a protocol error, not a data race.
+        let h = ptrs.header();
+        h.config.magic.store(0, Relaxed);
+        h.tail.store(0, Relaxed);
+        h.head.store(0, Relaxed);
+        h.consumer_wake.reset();
+        h.producer_wake.reset();
+        h.config.version.store(RING_LAYOUT_VERSION, Relaxed);
+        h.config.capacity.store(capacity, Relaxed);
+        h.config.entry_size.store(size_of::<T>() as u32, Relaxed);
+        h.config.entry_align.store(align_of::<T>() as u32, Relaxed);
+        // SYNC POINT (ring-init): Release pairs with the Acquire load of `magic` in `attach`, so a
+        // thread that attaches sees the whole header initialised.
+        h.config.magic.store(RING_MAGIC, Release);
+        Ok(Ring {
+            ptrs,
+            head: 0,
+            tail: 0,
+            _entry: PhantomData,
+        })
+    }
+
+    /// Attaches to a ring that another thread or process created at `offset` in `region`,
+    /// checking that its header describes a ring of `capacity` entries of `T` in this layout
+    /// version, and that its indices are consistent.
+    pub fn attach(region: Arc<Region>, offset: usize, capacity: u32) -> Result<Self, RingError> {
+        let ptrs = Self::locate(&region, offset, capacity)?;
+        let h = ptrs.header();
+        let mismatch = |field, found: u32, expected: u32| RingError::HeaderMismatch {
+            offset,
+            field,
+            found: found.into(),
+            expected: expected.into(),
+        };
+        // SYNC POINT (ring-init): Acquire pairs with the Release store of `magic` in `create`.
+        let magic = h.config.magic.load(Acquire);
+        if magic != RING_MAGIC {
+            return Err(mismatch("magic", magic, RING_MAGIC));
+        }
+        let checks = [
+            ("layout version", &h.config.version, RING_LAYOUT_VERSION),
+            ("capacity", &h.config.capacity, capacity),
+            ("entry size", &h.config.entry_size, size_of::<T>() as u32),
+            (
+                "entry alignment",
+                &h.config.entry_align,
+                align_of::<T>() as u32,
+            ),
+        ];
+        for (field, word, expected) in checks {
+            let found = word.load(Relaxed);
+            if found != expected {
+                return Err(mismatch(field, found, expected));
+            }
+        }
+        let head = h.head.load(Acquire);
+        let tail = h.tail.load(Acquire);
+        if tail.wrapping_sub(head) > capacity {
+            return Err(CorruptIndex {
+                field: IndexField::Tail,
+                found: tail,
+                low: head,
+                high: head.wrapping_add(capacity),
+                capacity,
+            }
+            .into());
+        }
+        Ok(Ring {
+            ptrs,
+            head,
+            tail,
+            _entry: PhantomData,
+        })
+    }
+
+    /// Number of entries the ring holds.
+    pub fn capacity(&self) -> u32 {
+        self.ptrs.capacity()
+    }
+
+    /// Both halves, for use in this process (typically on two threads).
+    pub fn split(self) -> (Producer<T>, Consumer<T>) {
+        let other = RingPtrs {
+            region: self.ptrs.region.clone(),
+            header: self.ptrs.header,
+            slots: self.ptrs.slots,
+            mask: self.ptrs.mask,
+        };
+        let (head, tail) = (self.head, self.tail);
+        let producer = Producer::new(self.ptrs, head, tail);
+        let consumer = Consumer::new(other, head, tail);
+        (producer, consumer)
+    }
+
+    /// The producing half only (the consumer lives in another process).
+    pub fn into_producer(self) -> Producer<T> {
+        Producer::new(self.ptrs, self.head, self.tail)
+    }
+
+    /// The consuming half only (the producer lives in another process).
+    pub fn into_consumer(self) -> Consumer<T> {
+        Consumer::new(self.ptrs, self.head, self.tail)
+    }
+}
+
+/// The producing half of a ring.
+///
+/// Entries are *staged* (written into free slots) and then *published* (made visible to the
+/// consumer with one store of `tail`). [`Producer::push`] does both; [`Producer::stage`] with
+/// [`Producer::publish`], or a [`WriteChunk`], publishes a batch at once.
+pub struct Producer<T> {
+    ring: RingPtrs<T>,
+    /// Published tail: private, authoritative.
+    tail: u32,
+    /// Entries written after `tail` but not yet published.
+    staged: u32,
+    /// Last head read from the consumer (validated).
+    cached_head: u32,
+    #[cfg(loom)]
+    publish_order: Ordering,
+}
+
+impl<T> fmt::Debug for Producer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("capacity", &self.ring.mask.wrapping_add(1))
+            .field("tail", &self.tail)
+            .field("staged", &self.staged)
+            .field("cached_head", &self.cached_head)
+            .finish()
+    }
+}
+
+impl<T: Pod> Producer<T> {
+    fn new(ring: RingPtrs<T>, head: u32, tail: u32) -> Self {
+        Producer {
+            ring,
+            tail,
+            staged: 0,
+            cached_head: head,
+            #[cfg(loom)]
+            publish_order: Release,
+        }
+    }
+
+    /// Number of entries the ring holds.
+    pub fn capacity(&self) -> u32 {
+        self.ring.capacity()
+    }
+
+    /// Entries staged but not yet published.
+    pub fn staged(&self) -> u32 {
+        self.staged
+    }
+
+    fn write_pos(&self) -> u32 {
+        self.tail.wrapping_add(self.staged)
+    }
+
+    fn free_cached(&self) -> u32 {
+        self.capacity() - self.write_pos().wrapping_sub(self.cached_head)
+    }
+
+    /// Re-reads the consumer's head and validates it.
+    fn refresh_head(&mut self) -> Result<u32, CorruptIndex> {
+        // SYNC POINT (ring-release): Acquire pairs with the consumer's Release store of `head`
+        // in `Consumer::release`; its reads of the released slots happen-before we reuse them.
+        let head = self.ring.header().head.load(Acquire);
+        // The head only moves forward, and never past what we published.
+        if head.wrapping_sub(self.cached_head) > self.tail.wrapping_sub(self.cached_head) {
+            return Err(CorruptIndex {
+                field: IndexField::Head,
+                found: head,
+                low: self.cached_head,
+                high: self.tail,
+                capacity: self.capacity(),
+            });
+        }
+        self.cached_head = head;
+        Ok(self.free_cached())
+    }
+
+    /// Free slots, re-reading the consumer's head only if the cached one says fewer than
+    /// `wanted` are free.
+    fn free(&mut self, wanted: u32) -> Result<u32, CorruptIndex> {
+        let free = self.free_cached();
+        if free >= wanted {
+            Ok(free)
+        } else {
+            self.refresh_head()
+        }
+    }
+
+    /// Free slots now (re-reads the consumer's head). The answer may be stale as soon as it is
+    /// returned, but only on the safe side: the consumer can only free more.
+    pub fn free_slots(&mut self) -> Result<u32, CorruptIndex> {
+        self.refresh_head()
+    }
+
+    /// Writes `value` into the next free slot without publishing it.
+    pub fn stage(&mut self, value: T) -> Result<(), PushError<T>> {
+        match self.free(1) {
+            Ok(0) => return Err(PushError::Full(value)),
+            Ok(_) => {}
+            Err(e) => return Err(PushError::Corrupt(e, value)),
+        }
+        // SAFETY: the slot at `write_pos` is free (validated head), so the consumer does not read
+        // it until we publish; it lies inside the ring.
+        unsafe { Slot::write(self.ring.slot(self.write_pos()), value) };
+        self.staged += 1;
+        Ok(())
+    }
+
+    /// Publishes every staged entry with one store and returns how many there were.
+    pub fn publish(&mut self) -> u32 {
+        let n = self.staged;
+        if n != 0 {
+            self.tail = self.tail.wrapping_add(n);
+            self.staged = 0;
+            #[cfg(not(loom))]
+            let order = Release;
+            #[cfg(loom)]
+            let order = self.publish_order;
+            // SYNC POINT (ring-publish): Release pairs with the consumer's Acquire load of `tail`
+            // in `Consumer::refresh_tail`; the slot writes happen-before its reads.
+            self.ring.header().tail.store(self.tail, order);
+        }
+        n
+    }
+
+    /// Stages and publishes one entry. A full ring hands the entry back
+    /// ([`PushError::Full`]): nothing is dropped.
+    pub fn push(&mut self, value: T) -> Result<(), PushError<T>> {
+        self.stage(value)?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Reserves up to `max` free slots (fewer if the ring has fewer; possibly none) to fill and
+    /// publish at once with [`WriteChunk::commit`].
+    pub fn write_chunk(&mut self, max: u32) -> Result<WriteChunk<'_, T>, CorruptIndex> {
+        let len = self.free(max)?.min(max);
+        Ok(WriteChunk {
+            start: self.write_pos(),
+            len,
+            producer: self,
+        })
+    }
+
+    /// Pushes as many entries from `values` as fit, publishing them with one store, and returns
+    /// how many were pushed.
+    pub fn push_slice(&mut self, values: &[T]) -> Result<usize, CorruptIndex> {
+        let n = self.stage_slice(values)?;
+        self.publish();
+        Ok(n)
+    }
+
+    /// Stages as many entries from `values` as fit, without publishing; returns how many.
+    pub fn stage_slice(&mut self, values: &[T]) -> Result<usize, CorruptIndex> {
+        let mut chunk = self.write_chunk(values.len().min(u32::MAX as usize) as u32)?;
+        let n = chunk.fill_from(values.iter().copied());
+        chunk.stage(n);
+        Ok(n)
+    }
+
+    /// The word the consumer sets before it sleeps waiting for entries: a doorbell checks it
+    /// after publishing.
+    pub fn consumer_wake(&self) -> WakeRef {
+        self.ring.wake(|h| &h.consumer_wake)
+    }
+
+    /// The word this producer sets before it sleeps waiting for space.
+    pub fn producer_wake(&self) -> WakeRef {
+        self.ring.wake(|h| &h.producer_wake)
+    }
+
+    /// Loom negative control only: publish `tail` with another ordering.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn set_publish_ordering_for_loom(&mut self, order: Ordering) {
+        self.publish_order = order;
+    }
+}
+
+/// Free slots reserved by [`Producer::write_chunk`], filled in place and published together.
+///
+/// Dropping a chunk without committing publishes nothing (a panic while filling leaves the
+/// ring as it was).
+pub struct WriteChunk<'a, T> {
+    producer: &'a mut Producer<T>,
+    start: u32,
+    len: u32,
+}
+
+impl<T> fmt::Debug for WriteChunk<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteChunk")
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<'a, T: Pod> WriteChunk<'a, T> {
+    /// Number of reserved slots.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True when no slot could be reserved (the ring is full).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes the `i`-th reserved slot.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn set(&mut self, i: usize, value: T) {
+        assert!(
+            i < self.len(),
+            "write chunk index {i} out of range (len {})",
+            self.len
+        );
+        // SAFETY: the slot is reserved (free and unpublished) and inside the ring.
+        unsafe {
+            Slot::write(
+                self.producer.ring.slot(self.start.wrapping_add(i as u32)),
+                value,
+            )
+        };
+    }
+
+    /// Fills reserved slots in order from `values` until either runs out; returns how many were
+    /// written.
+    pub fn fill_from(&mut self, values: impl IntoIterator<Item = T>) -> usize {
+        let mut n = 0;
+        for value in values.into_iter().take(self.len()) {
+            self.set(n, value);
+            n += 1;
+        }
+        n
+    }
+
+    /// Publishes the first `n` reserved slots (and anything staged before), with one store.
+    /// Slots not written since they were reserved publish whatever bytes they held.
+    ///
+    /// # Panics
+    /// If `n > self.len()`.
+    pub fn commit(self, n: usize) {
+        let producer = self.stage(n);
+        producer.publish();
+    }
+
+    /// Stages the first `n` reserved slots without publishing them; a later
+    /// [`Producer::publish`] (or commit) makes them visible.
+    ///
+    /// # Panics
+    /// If `n > self.len()`.
+    pub fn stage(self, n: usize) -> &'a mut Producer<T> {
+        assert!(
+            n <= self.len(),
+            "cannot stage {n} of {} reserved slots",
+            self.len
+        );
+        self.producer.staged += n as u32;
+        self.producer
+    }
+}
+
+/// The consuming half of a ring.
+pub struct Consumer<T> {
+    ring: RingPtrs<T>,
+    /// Released head: private, authoritative.
+    head: u32,
+    /// Last tail read from the producer (validated).
+    cached_tail: u32,
+}
+
+impl<T> fmt::Debug for Consumer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("capacity", &self.ring.mask.wrapping_add(1))
+            .field("head", &self.head)
+            .field("cached_tail", &self.cached_tail)
+            .finish()
+    }
+}
+
+impl<T: Pod> Consumer<T> {
+    fn new(ring: RingPtrs<T>, head: u32, tail: u32) -> Self {
+        Consumer {
+            ring,
+            head,
+            cached_tail: tail,
+        }
+    }
+
+    /// Number of entries the ring holds.
+    pub fn capacity(&self) -> u32 {
+        self.ring.capacity()
+    }
+
+    fn available_cached(&self) -> u32 {
+        self.cached_tail.wrapping_sub(self.head)
+    }
+
+    /// Re-reads the producer's tail and validates it.
+    fn refresh_tail(&mut self) -> Result<u32, CorruptIndex> {
+        // SYNC POINT (ring-publish): Acquire pairs with the producer's Release store of `tail` in
+        // `Producer::publish`; its slot writes happen-before our reads.
+        let tail = self.ring.header().tail.load(Acquire);
+        let avail = tail.wrapping_sub(self.head);
+        // At most `capacity` ahead of our head, and never behind what we saw before.
+        if avail > self.capacity() || avail < self.available_cached() {
+            return Err(CorruptIndex {
+                field: IndexField::Tail,
+                found: tail,
+                low: self.cached_tail,
+                high: self.head.wrapping_add(self.capacity()),
+                capacity: self.capacity(),
+            });
+        }
+        self.cached_tail = tail;
+        Ok(avail)
+    }
+
+    fn available_at_least(&mut self, wanted: u32) -> Result<u32, CorruptIndex> {
+        let avail = self.available_cached();
+        if avail >= wanted {
+            Ok(avail)
+        } else {
+            self.refresh_tail()
+        }
+    }
+
+    /// Entries ready to read now (re-reads the producer's tail). The answer may be stale as
+    /// soon as it is returned, but only on the safe side: the producer can only add more.
+    pub fn available(&mut self) -> Result<u32, CorruptIndex> {
+        self.refresh_tail()
+    }
+
+    /// True if an entry is ready, re-reading the tail only when the cached one says empty.
+    pub fn has_entries(&mut self) -> Result<bool, CorruptIndex> {
+        Ok(self.available_at_least(1)? > 0)
+    }
+
+    /// A copy of the next entry, without releasing it.
+    pub fn peek(&mut self) -> Result<Option<T>, CorruptIndex> {
+        if self.available_at_least(1)? == 0 {
+            return Ok(None);
+        }
+        // SAFETY: the slot at `head` is published (validated tail) and not yet released.
+        Ok(Some(unsafe { Slot::read(self.ring.slot(self.head)) }))
+    }
+
+    /// Takes the next entry, releasing its slot to the producer.
+    pub fn pop(&mut self) -> Result<Option<T>, CorruptIndex> {
+        let value = self.peek()?;
+        if value.is_some() {
+            self.release(1);
+        }
+        Ok(value)
+    }
+
+    /// Up to `max` published entries to read in place, released together with
+    /// [`ReadChunk::release`].
+    pub fn read_chunk(&mut self, max: u32) -> Result<ReadChunk<'_, T>, CorruptIndex> {
+        let len = self.available_at_least(max)?.min(max);
+        Ok(ReadChunk {
+            start: self.head,
+            len,
+            consumer: self,
+        })
+    }
+
+    /// Pops up to `out.len()` entries into `out` with one release; returns how many.
+    pub fn pop_slice(&mut self, out: &mut [T]) -> Result<usize, CorruptIndex> {
+        let chunk = self.read_chunk(out.len().min(u32::MAX as usize) as u32)?;
+        let n = chunk.copy_to(out);
+        chunk.release(n);
+        Ok(n)
+    }
+
+    fn release(&mut self, n: u32) {
+        self.head = self.head.wrapping_add(n);
+        // SYNC POINT (ring-release): Release pairs with the producer's Acquire load of `head` in
+        // `Producer::refresh_head`; our slot reads happen-before it reuses the slots.
+        self.ring.header().head.store(self.head, Release);
+    }
+
+    /// The word this consumer sets before it sleeps waiting for entries.
+    pub fn consumer_wake(&self) -> WakeRef {
+        self.ring.wake(|h| &h.consumer_wake)
+    }
+
+    /// The word the producer sets before it sleeps waiting for space: checked after releasing.
+    pub fn producer_wake(&self) -> WakeRef {
+        self.ring.wake(|h| &h.producer_wake)
+    }
+}
+
+/// Published entries, read by copy and released together.
+///
+/// Dropping the chunk without [`ReadChunk::release`] releases nothing: the entries are read
+/// again next time.
+pub struct ReadChunk<'a, T> {
+    consumer: &'a mut Consumer<T>,
+    start: u32,
+    len: u32,
+}
+
+impl<T> fmt::Debug for ReadChunk<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadChunk")
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<T: Pod> ReadChunk<'_, T> {
+    /// Number of entries in the chunk.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True when no entry was ready.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A copy of the `i`-th entry.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn get(&self, i: usize) -> T {
+        assert!(
+            i < self.len(),
+            "read chunk index {i} out of range (len {})",
+            self.len
+        );
+        // SAFETY: the slot is published and not released, and inside the ring.
+        unsafe { Slot::read(self.consumer.ring.slot(self.start.wrapping_add(i as u32))) }
+    }
+
+    /// Copies of the entries, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = T> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Copies as many entries as fit into `out`; returns how many.
+    pub fn copy_to(&self, out: &mut [T]) -> usize {
+        let n = self.len().min(out.len());
+        for (i, slot) in out[..n].iter_mut().enumerate() {
+            *slot = self.get(i);
+        }
+        n
+    }
+
+    /// Releases the first `n` entries to the producer with one store.
+    ///
+    /// # Panics
+    /// If `n > self.len()`.
+    pub fn release(self, n: usize) {
+        assert!(
+            n <= self.len(),
+            "cannot release {n} of {} entries",
+            self.len
+        );
+        if n > 0 {
+            self.consumer.release(n as u32);
+        }
+    }
+
+    /// Releases every entry in the chunk.
+    pub fn release_all(self) {
+        let n = self.len();
+        self.release(n);
+    }
+}

@@ -1,0 +1,642 @@
+//! The interrupt plane: events back to a waiting side, with suppression so that a busy side
+//! costs no system calls.
+//!
+//! # The sleep/wake protocol
+//! A [`WakeWord`] sits in memory both sides see (in a ring's header, for rings). The waiting
+//! side announces that it is about to sleep *before* it blocks, re-checks its condition, and only
+//! then blocks; the notifying side, *after* publishing its data, looks at the word and makes the
+//! wake-up system call only if the waiter announced sleep. This is io_uring's
+//! `IORING_SQ_NEED_WAKEUP` and virtio's event suppression.
+//!
+//! It is the store→load (Dekker) pattern, so both sides need a SeqCst fence between their store
+//! and their load:
+//! ```text
+//! waiter:    word = SLEEPING;  fence(SeqCst);  if ready() { return }  block()
+//! notifier:  publish(data);    fence(SeqCst);  if word == SLEEPING { word = AWAKE; wake() }
+//! ```
+//! Whichever fence comes second in the single total order of SeqCst fences, that side sees the
+//! other's store: either the waiter sees the data and does not block, or the notifier sees
+//! `SLEEPING` and wakes it. Without the fences both loads may read stale values (store
+//! buffering) and the wake-up is lost; the loom model `lost_wakeup_without_recheck` and friends
+//! in `planes/tests/loom.rs` check this protocol and show the broken variants fail.
+//!
+//! A notification is a hint: it may be spurious or coalesced, and only means "look again".
+//!
+//! # Notifiers
+//! - [`EventFdNotifier`]: blocks in `poll(2)` on an eventfd; implements `AsFd` so the waiter
+//!   can sit in epoll, mio or tokio's `AsyncFd` instead.
+//! - [`FutexNotifier`]: blocks in `futex(2)` on the wake word itself; works across processes
+//!   with no fd at all.
+//! - [`SpinNotifier`]: never sleeps, never makes a system call.
+//! - Adaptive: a [`SleepNotifier`] with [`SpinPolicy::adaptive`], which spins for a budget that
+//!   grows when spinning pays off and shrinks when it does not, then announces sleep and blocks.
+
+mod signal;
+
+use std::any::Any;
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::ops::Deref;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[cfg(loom)]
+pub use signal::LoomSignal;
+pub use signal::{EventFdSignal, FutexSignal, Signal};
+
+use crate::data::Region;
+use crate::sync::{fence, spin_loop, AtomicU32, Ordering::*};
+
+const AWAKE: u32 = 0;
+const SLEEPING: u32 = 1;
+
+/// The shared word of the sleep/wake protocol: the waiter sets it before sleeping, the notifier
+/// clears it when it decides to wake.
+///
+/// It is `repr(C)` and lives in shared memory (a ring header), so any value may be found in it;
+/// a value that is not "sleeping" only ever means "no syscall needed", which can delay a peer
+/// that wrote it, never this process.
+#[repr(C)]
+#[derive(Debug)]
+pub struct WakeWord {
+    state: AtomicU32,
+}
+
+impl Default for WakeWord {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WakeWord {
+    /// A word saying nobody sleeps.
+    pub fn new() -> Self {
+        WakeWord {
+            state: AtomicU32::new(AWAKE),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        self.state.store(AWAKE, Relaxed);
+    }
+
+    /// Waiter side: announce that we are about to sleep. The caller must re-check its condition
+    /// after this and before blocking.
+    pub fn announce_sleep(&self) {
+        self.state.store(SLEEPING, Relaxed);
+        // SYNC POINT (sleep-dekker): SeqCst fence pairs with the one in `take_sleeper`: either the
+        // notifier's load sees SLEEPING, or our re-check after this fence sees its data.
+        fence(SeqCst);
+    }
+
+    /// Waiter side: we are not going to sleep (or have woken).
+    pub fn cancel_sleep(&self) {
+        self.state.store(AWAKE, Relaxed);
+    }
+
+    /// Notifier side, after publishing: is a waiter asleep? If so, claims the wake-up (clears
+    /// the word) so that later notifications before the waiter sleeps again are suppressed.
+    pub fn take_sleeper(&self) -> bool {
+        // SYNC POINT (sleep-dekker): pairs with the fence in `announce_sleep`; orders the
+        // caller's publish before the load of the word.
+        fence(SeqCst);
+        self.state.load(Relaxed) == SLEEPING && self.state.swap(AWAKE, AcqRel) == SLEEPING
+    }
+
+    /// Whether the word currently says a waiter sleeps (a racy snapshot, for diagnostics).
+    pub fn is_sleeping(&self) -> bool {
+        self.state.load(Relaxed) == SLEEPING
+    }
+
+    fn futex_word(&self) -> &AtomicU32 {
+        &self.state
+    }
+}
+
+/// A handle to a [`WakeWord`] that keeps the memory holding it alive: a ring's region, or a
+/// process-local allocation ([`WakeRef::local`]).
+pub struct WakeRef {
+    _owner: Arc<dyn Any + Send + Sync>,
+    word: NonNull<WakeWord>,
+}
+
+impl fmt::Debug for WakeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WakeRef")
+            .field("word", &self.word)
+            .field("sleeping", &self.is_sleeping())
+            .finish()
+    }
+}
+
+impl Clone for WakeRef {
+    fn clone(&self) -> Self {
+        WakeRef {
+            _owner: self._owner.clone(),
+            word: self.word,
+        }
+    }
+}
+
+// SAFETY: the word is an atomic, safe to share between threads; the owner keeps it alive.
+unsafe impl Send for WakeRef {}
+// SAFETY: as above.
+unsafe impl Sync for WakeRef {}
+
+impl WakeRef {
+    /// A fresh word in process-local memory, for notifiers between threads.
+    pub fn local() -> Self {
+        let owner = Arc::new(WakeWord::new());
+        let word = NonNull::from(&*owner);
+        WakeRef {
+            _owner: owner,
+            word,
+        }
+    }
+
+    /// A word at `word` inside `region`.
+    ///
+    /// # Safety
+    /// `word` must point to an aligned `WakeWord` inside `region`'s mapping.
+    pub unsafe fn from_raw(region: Arc<Region>, word: NonNull<WakeWord>) -> Self {
+        WakeRef {
+            _owner: region,
+            word,
+        }
+    }
+}
+
+impl Deref for WakeRef {
+    type Target = WakeWord;
+    fn deref(&self) -> &WakeWord {
+        // SAFETY: `_owner` keeps the memory mapped; the word is only accessed atomically.
+        unsafe { self.word.as_ref() }
+    }
+}
+
+/// What [`Notifier::notify`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notified {
+    /// The waiter had announced sleep: a wake-up was sent.
+    Sent,
+    /// Nobody sleeps: no system call was made.
+    Suppressed,
+}
+
+/// Why a wait ended without its condition becoming true.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The timeout passed.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// Blocking failed.
+    #[error("waiting failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Counters kept by a notifier handle, for reporting syscalls per message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotifyStats {
+    /// Notifications that made a wake-up system call.
+    pub sent: u64,
+    /// Notifications skipped because nobody slept.
+    pub suppressed: u64,
+    /// Calls to `wait_until`.
+    pub waits: u64,
+    /// Waits satisfied without announcing sleep (immediately or while spinning).
+    pub without_sleep: u64,
+    /// Times the waiter blocked in the kernel.
+    pub sleeps: u64,
+    /// Waits that timed out.
+    pub timeouts: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    sent: Cell<u64>,
+    suppressed: Cell<u64>,
+    waits: Cell<u64>,
+    without_sleep: Cell<u64>,
+    sleeps: Cell<u64>,
+    timeouts: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+impl Counters {
+    fn snapshot(&self) -> NotifyStats {
+        NotifyStats {
+            sent: self.sent.get(),
+            suppressed: self.suppressed.get(),
+            waits: self.waits.get(),
+            without_sleep: self.without_sleep.get(),
+            sleeps: self.sleeps.get(),
+            timeouts: self.timeouts.get(),
+        }
+    }
+}
+
+/// One side's handle on a notification channel: the notifying side calls
+/// [`notify`](Notifier::notify) after publishing, the waiting side calls
+/// [`wait_until`](Notifier::wait_until). Each process (or thread) holds its own handle over the
+/// same shared word and OS object; handles count what they did in [`NotifyStats`].
+pub trait Notifier: fmt::Debug + Send {
+    /// Wakes the waiter if it announced sleep; otherwise does nothing (and makes no system
+    /// call). Call it after publishing what the waiter waits for.
+    fn notify(&self) -> io::Result<Notified>;
+
+    /// Returns once `ready()` is true, or fails with [`WaitError::Timeout`] after `timeout`
+    /// (`None`: no limit). `ready` is called again after every wake-up, which may be spurious.
+    fn wait_until(
+        &self,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError>;
+
+    /// What this handle has done so far.
+    fn stats(&self) -> NotifyStats;
+}
+
+/// How long a [`SleepNotifier`] spins before it announces sleep.
+#[derive(Debug, Clone)]
+pub struct SpinPolicy {
+    budget: Cell<u32>,
+    max: u32,
+    adaptive: bool,
+    waits_since_probe: Cell<u32>,
+}
+
+/// Spins an adaptive policy uses to re-probe after its budget fell to zero.
+const PROBE_SPINS: u32 = 64;
+/// Every how many waits an exhausted adaptive policy probes again.
+const PROBE_EVERY: u32 = 32;
+
+impl SpinPolicy {
+    /// Never spin: announce sleep at once.
+    pub fn none() -> Self {
+        Self::fixed(0)
+    }
+
+    /// Always spin `spins` times (each a `spin_loop` hint and a check) before sleeping.
+    pub fn fixed(spins: u32) -> Self {
+        SpinPolicy {
+            budget: Cell::new(spins),
+            max: spins,
+            adaptive: false,
+            waits_since_probe: Cell::new(0),
+        }
+    }
+
+    /// Spin up to `max` times, doubling the budget when a spin succeeds and halving it when
+    /// one fails, so that a waiter whose peer answers quickly keeps spinning and one whose peer
+    /// is slow (or shares its CPU, where spinning only delays the peer) soon blocks at once. An
+    /// exhausted budget re-probes with a few spins every few waits.
+    pub fn adaptive(max: u32) -> Self {
+        SpinPolicy {
+            budget: Cell::new(max.min(PROBE_SPINS.max(1))),
+            max,
+            adaptive: true,
+            waits_since_probe: Cell::new(0),
+        }
+    }
+
+    /// The spin budget for the next wait.
+    pub fn current_budget(&self) -> u32 {
+        self.budget.get()
+    }
+
+    fn budget_for_wait(&self) -> u32 {
+        let budget = self.budget.get();
+        if self.adaptive && budget == 0 {
+            let n = self.waits_since_probe.get() + 1;
+            if n >= PROBE_EVERY {
+                self.waits_since_probe.set(0);
+                return PROBE_SPINS.min(self.max);
+            }
+            self.waits_since_probe.set(n);
+        }
+        budget
+    }
+
+    fn record(&self, spin_succeeded: bool) {
+        if !self.adaptive {
+            return;
+        }
+        let b = self.budget.get();
+        let next = if spin_succeeded {
+            (b.saturating_mul(2)).clamp(PROBE_SPINS.min(self.max), self.max)
+        } else {
+            b / 2
+        };
+        self.budget.set(next);
+    }
+}
+
+/// Spins up to `spins` times waiting for `ready`, checking the deadline now and then.
+fn spin_until(ready: &mut dyn FnMut() -> bool, spins: u32, deadline: Option<Instant>) -> bool {
+    for i in 0..spins {
+        if ready() {
+            return true;
+        }
+        spin_loop();
+        if i % 256 == 255 && deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+    }
+    ready()
+}
+
+/// A notifier that blocks in the kernel through a [`Signal`] (eventfd or futex), after an
+/// optional spin phase, using the sleep/wake protocol on a shared [`WakeWord`].
+#[derive(Debug)]
+pub struct SleepNotifier<S: Signal> {
+    word: WakeRef,
+    signal: S,
+    spin: SpinPolicy,
+    counters: Counters,
+    #[cfg(loom)]
+    skip_recheck: bool,
+}
+
+/// Blocks on an eventfd; implements `AsFd` for event loops.
+pub type EventFdNotifier = SleepNotifier<EventFdSignal>;
+/// Blocks on a futex on the wake word itself.
+pub type FutexNotifier = SleepNotifier<FutexSignal>;
+
+impl<S: Signal> SleepNotifier<S> {
+    /// A handle over the shared `word` that blocks through `signal` after spinning as `spin`
+    /// says.
+    pub fn new(word: WakeRef, signal: S, spin: SpinPolicy) -> Self {
+        SleepNotifier {
+            word,
+            signal,
+            spin,
+            counters: Counters::default(),
+            #[cfg(loom)]
+            skip_recheck: false,
+        }
+    }
+
+    /// The shared wake word.
+    pub fn word(&self) -> &WakeRef {
+        &self.word
+    }
+
+    /// The blocking primitive.
+    pub fn signal(&self) -> &S {
+        &self.signal
+    }
+
+    /// The spin policy (its current budget, for adaptive policies).
+    pub fn spin_policy(&self) -> &SpinPolicy {
+        &self.spin
+    }
+
+    /// Loom negative control only: block without re-checking after announcing sleep.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn skip_recheck_for_loom(&mut self) {
+        self.skip_recheck = true;
+    }
+
+    #[cfg(not(loom))]
+    fn recheck(&self, ready: &mut dyn FnMut() -> bool) -> bool {
+        ready()
+    }
+
+    #[cfg(loom)]
+    fn recheck(&self, ready: &mut dyn FnMut() -> bool) -> bool {
+        !self.skip_recheck && ready()
+    }
+}
+
+impl<S: Signal> Notifier for SleepNotifier<S> {
+    fn notify(&self) -> io::Result<Notified> {
+        if self.word.take_sleeper() {
+            self.signal.wake(&self.word)?;
+            bump(&self.counters.sent);
+            Ok(Notified::Sent)
+        } else {
+            bump(&self.counters.suppressed);
+            Ok(Notified::Suppressed)
+        }
+    }
+
+    fn wait_until(
+        &self,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError> {
+        bump(&self.counters.waits);
+        if ready() {
+            bump(&self.counters.without_sleep);
+            return Ok(());
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let spins = self.spin.budget_for_wait();
+        if spins > 0 {
+            let spun = spin_until(ready, spins, deadline);
+            self.spin.record(spun);
+            if spun {
+                bump(&self.counters.without_sleep);
+                return Ok(());
+            }
+        }
+        loop {
+            self.word.announce_sleep();
+            if self.recheck(ready) {
+                self.word.cancel_sleep();
+                return Ok(());
+            }
+            let remaining = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(r) if !r.is_zero() => Some(r),
+                    _ => {
+                        self.word.cancel_sleep();
+                        bump(&self.counters.timeouts);
+                        return Err(WaitError::Timeout(timeout.unwrap_or_default()));
+                    }
+                },
+            };
+            bump(&self.counters.sleeps);
+            let blocked = self.signal.block(&self.word, remaining);
+            self.word.cancel_sleep();
+            blocked?;
+            if ready() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn stats(&self) -> NotifyStats {
+        self.counters.snapshot()
+    }
+}
+
+impl AsFd for SleepNotifier<EventFdSignal> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.signal.as_fd()
+    }
+}
+
+impl<N: Notifier + ?Sized> Notifier for Box<N> {
+    fn notify(&self) -> io::Result<Notified> {
+        (**self).notify()
+    }
+    fn wait_until(
+        &self,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError> {
+        (**self).wait_until(ready, timeout)
+    }
+    fn stats(&self) -> NotifyStats {
+        (**self).stats()
+    }
+}
+
+/// A notifier that never sleeps: the waiter polls its condition with a spin hint until it holds
+/// or the timeout passes, and notifications cost nothing. Right when both sides have a core to
+/// themselves; ruinous when they share one.
+#[derive(Debug, Default)]
+pub struct SpinNotifier {
+    counters: Counters,
+}
+
+impl SpinNotifier {
+    /// A spinning handle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Notifier for SpinNotifier {
+    fn notify(&self) -> io::Result<Notified> {
+        bump(&self.counters.suppressed);
+        Ok(Notified::Suppressed)
+    }
+
+    fn wait_until(
+        &self,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError> {
+        bump(&self.counters.waits);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if spin_until(ready, 1 << 12, deadline) {
+                bump(&self.counters.without_sleep);
+                return Ok(());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                bump(&self.counters.timeouts);
+                return Err(WaitError::Timeout(timeout.unwrap_or_default()));
+            }
+            if crate::sync::LOOM {
+                crate::sync::thread::yield_now();
+            }
+        }
+    }
+
+    fn stats(&self) -> NotifyStats {
+        self.counters.snapshot()
+    }
+}
+
+/// How a waiting side waits: chosen per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotifyMode {
+    /// Poll without ever sleeping ([`SpinNotifier`]).
+    Spin,
+    /// Spin for an adaptive budget, then sleep on a futex.
+    #[default]
+    Adaptive,
+    /// Sleep on an eventfd ([`EventFdNotifier`]), which event loops can watch.
+    EventFd,
+    /// Sleep on a futex on the wake word ([`FutexNotifier`]).
+    Futex,
+}
+
+/// The spin budget adaptive mode starts from and never exceeds.
+pub const ADAPTIVE_MAX_SPINS: u32 = 4096;
+
+impl NotifyMode {
+    /// Every mode, for tests and benchmarks that cover them all.
+    pub const ALL: [NotifyMode; 4] = [
+        NotifyMode::Spin,
+        NotifyMode::Adaptive,
+        NotifyMode::EventFd,
+        NotifyMode::Futex,
+    ];
+
+    /// Whether this mode needs an eventfd.
+    pub fn uses_eventfd(self) -> bool {
+        self == NotifyMode::EventFd
+    }
+
+    /// A notifier handle of this mode over `word`; `eventfd` is required for
+    /// [`NotifyMode::EventFd`] and ignored otherwise.
+    pub fn notifier(
+        self,
+        word: WakeRef,
+        eventfd: Option<EventFdSignal>,
+    ) -> io::Result<Box<dyn Notifier>> {
+        Ok(match self {
+            NotifyMode::Spin => Box::new(SpinNotifier::new()),
+            NotifyMode::Adaptive => Box::new(SleepNotifier::new(
+                word,
+                FutexSignal::new(),
+                SpinPolicy::adaptive(ADAPTIVE_MAX_SPINS),
+            )),
+            NotifyMode::Futex => Box::new(SleepNotifier::new(
+                word,
+                FutexSignal::new(),
+                SpinPolicy::none(),
+            )),
+            NotifyMode::EventFd => {
+                let efd = eventfd.ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "eventfd notify mode needs the eventfd both sides share",
+                    )
+                })?;
+                Box::new(SleepNotifier::new(word, efd, SpinPolicy::none()))
+            }
+        })
+    }
+}
+
+impl fmt::Display for NotifyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NotifyMode::Spin => "spin",
+            NotifyMode::Adaptive => "adaptive",
+            NotifyMode::EventFd => "eventfd",
+            NotifyMode::Futex => "futex",
+        })
+    }
+}
+
+impl std::str::FromStr for NotifyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "spin" => NotifyMode::Spin,
+            "adaptive" => NotifyMode::Adaptive,
+            "eventfd" => NotifyMode::EventFd,
+            "futex" => NotifyMode::Futex,
+            other => {
+                return Err(format!(
+                    "unknown notify mode {other:?}: expected spin, adaptive, eventfd or futex"
+                ))
+            }
+        })
+    }
+}

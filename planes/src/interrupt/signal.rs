@@ -1,0 +1,229 @@
+//! Blocking primitives behind [`SleepNotifier`](super::SleepNotifier): an eventfd, a futex, and
+//! (under loom) a model of an eventfd.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use super::{WakeWord, SLEEPING};
+
+/// The kernel object a sleeping side blocks on and a notifying side pokes.
+pub trait Signal: fmt::Debug + Send {
+    /// Wakes a side blocked in [`Signal::block`] (or makes its next block return at once).
+    fn wake(&self, word: &WakeWord) -> io::Result<()>;
+
+    /// Blocks until woken, the timeout passes, or spuriously. `word` is the shared wake word,
+    /// which the caller has set to "sleeping".
+    fn block(&self, word: &WakeWord, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+/// An eventfd: wakes are counted by the kernel until read, so a wake sent before the waiter
+/// blocks is not lost. Clones share the same eventfd.
+#[derive(Debug, Clone)]
+pub struct EventFdSignal {
+    fd: Arc<EventFd>,
+}
+
+fn clamp_timeout(timeout: Option<Duration>) -> PollTimeout {
+    match timeout {
+        None => PollTimeout::NONE,
+        // Round up so that a sub-millisecond remainder still sleeps rather than spinning.
+        Some(t) => {
+            let ms = t.as_micros().div_ceil(1000).min(i32::MAX as u128);
+            PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+        }
+    }
+}
+
+impl EventFdSignal {
+    /// A fresh non-blocking, close-on-exec eventfd.
+    pub fn new() -> io::Result<Self> {
+        let fd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        Ok(EventFdSignal { fd: Arc::new(fd) })
+    }
+
+    /// Wraps an eventfd received from a peer, after checking that it is one (its
+    /// `/proc/self/fd` link reads `anon_inode:[eventfd]`) and making it non-blocking.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        if link.as_os_str() != "anon_inode:[eventfd]" {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "fd {} is not an eventfd (it is {})",
+                    fd.as_raw_fd(),
+                    link.display()
+                ),
+            ));
+        }
+        let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+        fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        // SAFETY: the fd was just checked to be an eventfd.
+        let fd = unsafe { EventFd::from_owned_fd(fd) };
+        Ok(EventFdSignal { fd: Arc::new(fd) })
+    }
+
+    /// Drains pending wake-ups without blocking; returns how many were pending.
+    pub fn drain(&self) -> io::Result<u64> {
+        match self.fd.read() {
+            Ok(n) => Ok(n),
+            Err(Errno::EAGAIN) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl AsFd for EventFdSignal {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Signal for EventFdSignal {
+    fn wake(&self, _word: &WakeWord) -> io::Result<()> {
+        match self.fd.write(1) {
+            // The counter is saturated: the waiter has plenty of wake-ups pending already.
+            Ok(_) | Err(Errno::EAGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn block(&self, _word: &WakeWord, timeout: Option<Duration>) -> io::Result<()> {
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, clamp_timeout(timeout)) {
+            Ok(0) | Err(Errno::EINTR) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.drain().map(drop)
+    }
+}
+
+/// A futex on the wake word itself: no fd, works across processes that map the same memory
+/// (the futex is not `FUTEX_PRIVATE`, so the kernel keys it by the shared page).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FutexSignal(());
+
+impl FutexSignal {
+    /// The futex signal (it has no state of its own).
+    pub fn new() -> Self {
+        FutexSignal(())
+    }
+}
+
+#[cfg(not(loom))]
+impl Signal for FutexSignal {
+    fn wake(&self, word: &WakeWord) -> io::Result<()> {
+        // SAFETY: FUTEX_WAKE only reads the address to find waiters; the word is a live, aligned
+        // u32 (an AtomicU32) for the duration of the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.futex_word().as_ptr(),
+                libc::FUTEX_WAKE,
+                1,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<u32>(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn block(&self, word: &WakeWord, timeout: Option<Duration>) -> io::Result<()> {
+        let ts = timeout.map(|t| libc::timespec {
+            tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: t.subsec_nanos() as libc::c_long,
+        });
+        let ts_ptr = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: FUTEX_WAIT reads the live, aligned u32 word and compares it with SLEEPING
+        // atomically with going to sleep, so a wake that cleared the word first is not lost;
+        // `ts_ptr` is null or points to a timespec that outlives the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.futex_word().as_ptr(),
+                libc::FUTEX_WAIT,
+                SLEEPING,
+                ts_ptr,
+                std::ptr::null::<u32>(),
+                0,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // EAGAIN: the word was no longer SLEEPING; ETIMEDOUT and EINTR: the caller re-checks.
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR)
+            ) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Under loom the futex is modelled like an eventfd (wakes are remembered until consumed),
+/// which is the weaker guarantee of the two, so the protocol is checked against it.
+#[cfg(loom)]
+impl Signal for FutexSignal {
+    fn wake(&self, _word: &WakeWord) -> io::Result<()> {
+        unreachable!("FutexSignal is not used in loom models; use LoomSignal")
+    }
+    fn block(&self, _word: &WakeWord, _timeout: Option<Duration>) -> io::Result<()> {
+        unreachable!("FutexSignal is not used in loom models; use LoomSignal")
+    }
+}
+
+/// A loom model of an eventfd: a wake is remembered until a blocked (or the next) waiter
+/// consumes it. Timeouts are not modelled: a wait that would need one is a deadlock, which loom
+/// reports.
+#[cfg(loom)]
+#[derive(Debug, Clone)]
+pub struct LoomSignal {
+    state: Arc<(crate::sync::Mutex<bool>, crate::sync::Condvar)>,
+}
+
+#[cfg(loom)]
+impl LoomSignal {
+    /// A fresh modelled eventfd.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        LoomSignal {
+            state: Arc::new((crate::sync::Mutex::new(false), crate::sync::Condvar::new())),
+        }
+    }
+}
+
+#[cfg(loom)]
+impl Signal for LoomSignal {
+    fn wake(&self, _word: &WakeWord) -> io::Result<()> {
+        let (lock, cv) = &*self.state;
+        *lock.lock().unwrap() = true;
+        cv.notify_one();
+        Ok(())
+    }
+
+    fn block(&self, _word: &WakeWord, _timeout: Option<Duration>) -> io::Result<()> {
+        let (lock, cv) = &*self.state;
+        let mut pending = lock.lock().unwrap();
+        while !*pending {
+            pending = cv.wait(pending).unwrap();
+        }
+        *pending = false;
+        Ok(())
+    }
+}

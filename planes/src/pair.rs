@@ -1,0 +1,594 @@
+//! A queue pair built from the planes: a submission ring and a completion ring in one region,
+//! a doorbell in each direction's wake word, and a per-direction notify mode.
+//!
+//! This is the shape of a user-space subsystem: the application side ([`AppSide`]) implements
+//! [`Submitter`] and [`Completer`]; the subsystem side ([`ServiceSide`]) takes requests and posts
+//! completions. Both sides can live in one process ([`in_process`], two threads over an anonymous
+//! region) or in two ([`ServiceSide::create`] in a memfd region, [`AppSide::attach`] in the process
+//! that received it).
+//!
+//! # Layout
+//! ```text
+//! 0       pair header: magic, version, app-closed, service-closed     (one cache line)
+//! sq      submission ring (app → service), see `data::Ring`
+//! cq      completion ring (service → app)
+//! ```
+//! Closing either side (dropping it) sets its closed word and notifies the other, which then
+//! sees [`QueueError::PeerGone`] once it has drained what was already published. A process that
+//! dies cannot set its word: transports detect that out of band (a socket hang-up).
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+
+use crate::control::{Doorbell, DoorbellStats, NotifierDoorbell};
+use crate::data::{
+    Consumer, CorruptIndex, Producer, PushError, ReadChunk, Region, RegionError, RegionOptions,
+    Ring, RingError, RingLayout,
+};
+use crate::interrupt::{EventFdSignal, Notifier, NotifyMode, NotifyStats};
+use crate::queue::{Completer, QueueError, Rejected, Submitter};
+use crate::sync::{AtomicU32, CacheLine, Ordering::*};
+
+/// Identifies a queue-pair header ("sbqp", little-endian).
+pub const PAIR_MAGIC: u32 = u32::from_le_bytes(*b"sbqp");
+/// Version of the queue pair's shared-memory layout.
+pub const PAIR_LAYOUT_VERSION: u32 = 1;
+
+#[repr(C)]
+#[derive(Debug)]
+struct PairState {
+    magic: AtomicU32,
+    version: AtomicU32,
+    app_closed: AtomicU32,
+    service_closed: AtomicU32,
+}
+
+type PairHeader = CacheLine<PairState>;
+
+/// Ring sizes and notify modes of a queue pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairConfig {
+    /// Submission ring entries (a power of two).
+    pub sq_capacity: u32,
+    /// Completion ring entries (a power of two).
+    pub cq_capacity: u32,
+    /// How the service waits for submissions (and so how the app's doorbell wakes it).
+    pub kick_mode: NotifyMode,
+    /// How the app waits for completions (and so how the service wakes it).
+    pub call_mode: NotifyMode,
+}
+
+impl Default for PairConfig {
+    fn default() -> Self {
+        PairConfig {
+            sq_capacity: 256,
+            cq_capacity: 256,
+            kick_mode: NotifyMode::Adaptive,
+            call_mode: NotifyMode::Adaptive,
+        }
+    }
+}
+
+impl PairConfig {
+    /// Both directions in `mode`.
+    pub fn with_mode(mut self, mode: NotifyMode) -> Self {
+        self.kick_mode = mode;
+        self.call_mode = mode;
+        self
+    }
+
+    /// Both rings with `capacity` entries.
+    pub fn with_capacity(mut self, capacity: u32) -> Self {
+        self.sq_capacity = capacity;
+        self.cq_capacity = capacity;
+        self
+    }
+}
+
+/// Where the parts of a queue pair lie, relative to its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairLayout {
+    /// Offset of the submission ring.
+    pub sq: usize,
+    /// Offset of the completion ring.
+    pub cq: usize,
+    /// Total bytes.
+    pub size: usize,
+    /// Alignment the pair's start needs.
+    pub align: usize,
+}
+
+impl PairLayout {
+    /// The layout of a pair with submission entries `S` and completions `C`.
+    pub fn of<S: Pod, C: Pod>(config: &PairConfig) -> Result<Self, RingError> {
+        let sq = RingLayout::of::<S>(config.sq_capacity)?;
+        let cq = RingLayout::of::<C>(config.cq_capacity)?;
+        let sq_off = std::mem::size_of::<PairHeader>().next_multiple_of(sq.align);
+        let cq_off = (sq_off + sq.size).next_multiple_of(cq.align);
+        Ok(PairLayout {
+            sq: sq_off,
+            cq: cq_off,
+            size: cq_off + cq.size,
+            align: std::mem::align_of::<PairHeader>()
+                .max(sq.align)
+                .max(cq.align),
+        })
+    }
+}
+
+/// The eventfds of a pair in [`NotifyMode::EventFd`]: one per direction, shared by both sides
+/// (passed to the other process with `SCM_RIGHTS`).
+#[derive(Debug, Clone, Default)]
+pub struct PairSignals {
+    /// Wakes the service (app → service doorbell).
+    pub kick: Option<EventFdSignal>,
+    /// Wakes the app (service → app interrupt).
+    pub call: Option<EventFdSignal>,
+}
+
+impl PairSignals {
+    /// Fresh eventfds for the directions of `config` that use them.
+    pub fn for_config(config: &PairConfig) -> io::Result<Self> {
+        let make = |mode: NotifyMode| -> io::Result<Option<EventFdSignal>> {
+            mode.uses_eventfd().then(EventFdSignal::new).transpose()
+        };
+        Ok(PairSignals {
+            kick: make(config.kick_mode)?,
+            call: make(config.call_mode)?,
+        })
+    }
+}
+
+/// The pair header in the region, kept alive by the region.
+struct StateRef {
+    _region: Arc<Region>,
+    ptr: NonNull<PairHeader>,
+}
+
+// SAFETY: the header is atomics only, kept mapped by the `Arc<Region>`.
+unsafe impl Send for StateRef {}
+
+impl StateRef {
+    fn get(&self) -> &PairState {
+        // SAFETY: bounds- and alignment-checked at construction; atomics only; region alive.
+        unsafe { &self.ptr.as_ref().0 }
+    }
+
+    fn locate(region: &Arc<Region>, offset: usize) -> Result<Self, RegionError> {
+        let ptr = region.ptr_at::<PairHeader>(offset, std::mem::size_of::<PairHeader>())?;
+        Ok(StateRef {
+            _region: region.clone(),
+            ptr,
+        })
+    }
+}
+
+fn closed(word: &AtomicU32) -> bool {
+    // SYNC POINT (pair-close): Acquire pairs with the Release store in `close`, so everything the
+    // closing side published before closing is visible once we see it closed.
+    word.load(Acquire) != 0
+}
+
+fn close(word: &AtomicU32, peer: &dyn Notifier) {
+    // SYNC POINT (pair-close): Release pairs with the Acquire load in `closed`.
+    word.store(1, Release);
+    // Wake the peer if it sleeps; its wait condition includes our closed word. Best effort: if
+    // the wake fails the peer still sees the word at its next timeout or check.
+    let _ = peer.notify();
+}
+
+/// The application side of a queue pair: submits `S`, reaps `C`.
+pub struct AppSide<S, C> {
+    sq: Producer<S>,
+    cq: Consumer<C>,
+    doorbell: NotifierDoorbell,
+    interrupt: Box<dyn Notifier>,
+    call_fd: Option<EventFdSignal>,
+    state: StateRef,
+}
+
+impl<S, C> fmt::Debug for AppSide<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppSide")
+            .field("sq", &self.sq)
+            .field("cq", &self.cq)
+            .field("doorbell", &self.doorbell)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The subsystem side of a queue pair: takes `S` requests, posts `C` completions.
+pub struct ServiceSide<S, C> {
+    sq: Consumer<S>,
+    cq: Producer<C>,
+    kick: Box<dyn Notifier>,
+    call: Box<dyn Notifier>,
+    kick_fd: Option<EventFdSignal>,
+    state: StateRef,
+}
+
+impl<S, C> fmt::Debug for ServiceSide<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceSide")
+            .field("sq", &self.sq)
+            .field("cq", &self.cq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Both sides of a queue pair.
+pub type Sides<S, C> = (AppSide<S, C>, ServiceSide<S, C>);
+
+/// A queue pair between two threads of this process, over an anonymous region.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use subring_planes::pair::{in_process, PairConfig};
+/// use subring_planes::queue::{Completer, Submitter};
+///
+/// let (mut app, mut service) = in_process::<u64, u64>(&PairConfig::default())?;
+/// let server = std::thread::spawn(move || service.run(|x| x * 2, None));
+/// app.push(21).unwrap();
+/// app.submit()?;
+/// app.wait(Some(Duration::from_secs(10)))?;
+/// assert_eq!(app.reap()?, Some(42));
+/// drop(app); // the service sees the app gone and `run` returns
+/// server.join().unwrap()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn in_process<S: Pod, C: Pod>(config: &PairConfig) -> Result<Sides<S, C>, QueueError> {
+    let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
+    let region = Region::anonymous(layout.size, RegionOptions::new()).map_err(region_error)?;
+    let region = Arc::new(region);
+    let signals = PairSignals::for_config(config)?;
+    let service = ServiceSide::create(region.clone(), 0, config, signals.clone())?;
+    let app = AppSide::attach(region, 0, config, signals)?;
+    Ok((app, service))
+}
+
+fn ring_error(e: RingError) -> QueueError {
+    match e {
+        RingError::Corrupt(c) => QueueError::Corrupt(c),
+        other => QueueError::Io(io::Error::new(io::ErrorKind::InvalidInput, other)),
+    }
+}
+
+fn region_error(e: RegionError) -> QueueError {
+    QueueError::Io(io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+fn push_error<T>(e: PushError<T>) -> Rejected<T> {
+    match e {
+        PushError::Full(t) => Rejected::new(t, QueueError::Full),
+        PushError::Corrupt(c, t) => Rejected::new(t, QueueError::Corrupt(c)),
+    }
+}
+
+impl<S: Pod, C: Pod> ServiceSide<S, C> {
+    /// Lays out a fresh queue pair at `offset` in `region` (which must hold
+    /// [`PairLayout::size`] bytes there) and returns its service side. The app side attaches
+    /// with [`AppSide::attach`], in this process or one that mapped the same memory.
+    pub fn create(
+        region: Arc<Region>,
+        offset: usize,
+        config: &PairConfig,
+        signals: PairSignals,
+    ) -> Result<Self, QueueError> {
+        let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
+        region
+            .check(offset as u64, layout.size as u64)
+            .map_err(region_error)?;
+        let state = StateRef::locate(&region, offset).map_err(region_error)?;
+        #[cfg(loom)]
+        // SAFETY: loom atomics must be constructed; bounds-checked above and not yet shared.
+        unsafe {
+            state.ptr.as_ptr().write(CacheLine(PairState {
+                magic: AtomicU32::new(0),
+                version: AtomicU32::new(0),
+                app_closed: AtomicU32::new(0),
+                service_closed: AtomicU32::new(0),
+            }));
+        }
+        let s = state.get();
+        s.app_closed.store(0, Relaxed);
+        s.service_closed.store(0, Relaxed);
+        s.version.store(PAIR_LAYOUT_VERSION, Relaxed);
+        let sq = Ring::<S>::create(region.clone(), offset + layout.sq, config.sq_capacity)
+            .map_err(ring_error)?;
+        let cq = Ring::<C>::create(region.clone(), offset + layout.cq, config.cq_capacity)
+            .map_err(ring_error)?;
+        // SYNC POINT (pair-init): Release pairs with the Acquire load of `magic` in `attach`.
+        s.magic.store(PAIR_MAGIC, Release);
+        let (sq, cq) = (sq.into_consumer(), cq.into_producer());
+        Ok(ServiceSide {
+            kick: config
+                .kick_mode
+                .notifier(sq.consumer_wake(), signals.kick.clone())?,
+            call: config
+                .call_mode
+                .notifier(cq.consumer_wake(), signals.call)?,
+            kick_fd: signals.kick,
+            sq,
+            cq,
+            state,
+        })
+    }
+
+    /// Waits until a request is ready. Fails with [`QueueError::PeerGone`] once the app has
+    /// closed and every request it published has been taken, or [`QueueError::Timeout`].
+    pub fn wait_requests(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        let mut corrupt: Option<CorruptIndex> = None;
+        let (sq, state) = (&mut self.sq, &self.state);
+        let mut ready = || match sq.has_entries() {
+            Ok(true) => true,
+            Ok(false) => closed(&state.get().app_closed),
+            Err(e) => {
+                corrupt = Some(e);
+                true
+            }
+        };
+        self.kick.wait_until(&mut ready, timeout)?;
+        if let Some(e) = corrupt {
+            return Err(e.into());
+        }
+        if !self.sq.has_entries()? {
+            return Err(QueueError::PeerGone);
+        }
+        Ok(())
+    }
+
+    /// Takes the next request, if any.
+    pub fn pop_request(&mut self) -> Result<Option<S>, QueueError> {
+        Ok(self.sq.pop()?)
+    }
+
+    /// Up to `max` ready requests, to read in place and release together.
+    pub fn requests(&mut self, max: u32) -> Result<ReadChunk<'_, S>, QueueError> {
+        Ok(self.sq.read_chunk(max)?)
+    }
+
+    /// Stages a completion; the app sees it after [`flush`](Self::flush). A full completion ring
+    /// hands it back.
+    pub fn complete(&mut self, completion: C) -> Result<(), Rejected<C>> {
+        self.cq.stage(completion).map_err(push_error)
+    }
+
+    /// Free completion slots now.
+    pub fn completion_space(&mut self) -> Result<u32, QueueError> {
+        Ok(self.cq.free_slots()?)
+    }
+
+    /// Publishes staged completions and wakes the app if it sleeps; returns how many.
+    pub fn flush(&mut self) -> Result<u32, QueueError> {
+        let n = self.cq.publish();
+        if n > 0 {
+            self.call.notify()?;
+        }
+        Ok(n)
+    }
+
+    /// Handles the requests that are ready, as many as the completion ring has room for, with
+    /// one release and one flush; returns how many were handled.
+    pub fn serve_ready(&mut self, handler: &mut impl FnMut(S) -> C) -> Result<u32, QueueError> {
+        let room = self.cq.free_slots()?;
+        let chunk = self.sq.read_chunk(room)?;
+        let n = chunk.len();
+        let mut out = self.cq.write_chunk(n as u32)?;
+        debug_assert_eq!(out.len(), n, "completion room was reserved above");
+        for i in 0..n {
+            out.set(i, handler(chunk.get(i)));
+        }
+        chunk.release_all();
+        out.commit(n);
+        if n > 0 {
+            self.call.notify()?;
+        }
+        Ok(n as u32)
+    }
+
+    /// Serves requests with `handler` until the app closes (returns `Ok(())`) or `idle` passes
+    /// without a request ([`QueueError::Timeout`]; `None`: no limit). When the completion ring
+    /// is full it stops taking requests (back-pressure reaches the app as a full submission ring)
+    /// and polls for room with short sleeps.
+    pub fn run(
+        &mut self,
+        mut handler: impl FnMut(S) -> C,
+        idle: Option<Duration>,
+    ) -> Result<(), QueueError> {
+        loop {
+            match self.wait_requests(idle) {
+                Ok(()) => {}
+                Err(QueueError::PeerGone) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            if self.serve_ready(&mut handler)? == 0 {
+                self.wait_for_room(idle)?;
+            }
+        }
+    }
+
+    fn wait_for_room(&mut self, limit: Option<Duration>) -> Result<(), QueueError> {
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(1);
+        while self.cq.free_slots()? == 0 {
+            if closed(&self.state.get().app_closed) {
+                return Err(QueueError::PeerGone);
+            }
+            if limit.is_some_and(|l| start.elapsed() >= l) {
+                return Err(QueueError::Timeout(limit.unwrap_or_default()));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Whether the app side has closed.
+    pub fn app_closed(&self) -> bool {
+        closed(&self.state.get().app_closed)
+    }
+
+    /// Interrupt-plane counters: `kick` (waiting for requests) and `call` (notifying the app).
+    pub fn stats(&self) -> (NotifyStats, NotifyStats) {
+        (self.kick.stats(), self.call.stats())
+    }
+
+    /// The eventfd the service sleeps on in eventfd mode, for an event loop.
+    pub fn kick_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.kick_fd.as_ref().map(|e| e.as_fd())
+    }
+}
+
+impl<S, C> Drop for ServiceSide<S, C> {
+    fn drop(&mut self) {
+        close(&self.state.get().service_closed, &*self.call);
+    }
+}
+
+impl<S: Pod, C: Pod> AppSide<S, C> {
+    /// Attaches the app side to a queue pair that [`ServiceSide::create`] laid out at `offset` in
+    /// `region` with the same `config`, checking its headers.
+    pub fn attach(
+        region: Arc<Region>,
+        offset: usize,
+        config: &PairConfig,
+        signals: PairSignals,
+    ) -> Result<Self, QueueError> {
+        let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
+        let state = StateRef::locate(&region, offset).map_err(region_error)?;
+        let s = state.get();
+        // SYNC POINT (pair-init): Acquire pairs with the Release store in `ServiceSide::create`.
+        let magic = s.magic.load(Acquire);
+        let version = s.version.load(Relaxed);
+        if magic != PAIR_MAGIC || version != PAIR_LAYOUT_VERSION {
+            return Err(QueueError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "no queue pair at offset {offset}: magic {magic:#x} version {version}, \
+                     expected {PAIR_MAGIC:#x} version {PAIR_LAYOUT_VERSION}"
+                ),
+            )));
+        }
+        let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
+            .map_err(ring_error)?
+            .into_producer();
+        let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
+            .map_err(ring_error)?
+            .into_consumer();
+        Ok(AppSide {
+            doorbell: NotifierDoorbell::new(
+                config
+                    .kick_mode
+                    .notifier(sq.consumer_wake(), signals.kick)?,
+            ),
+            interrupt: config
+                .call_mode
+                .notifier(cq.consumer_wake(), signals.call.clone())?,
+            call_fd: signals.call,
+            sq,
+            cq,
+            state,
+        })
+    }
+
+    fn service_closed(&self) -> bool {
+        closed(&self.state.get().service_closed)
+    }
+
+    /// The eventfd the app sleeps on for completions in eventfd mode, for an event loop
+    /// (epoll, mio, tokio's `AsyncFd`): readable means "reap".
+    pub fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.call_fd.as_ref().map(|e| e.as_fd())
+    }
+}
+
+impl<S: Pod, C: Pod> Submitter for AppSide<S, C> {
+    type Entry = S;
+
+    fn push(&mut self, entry: S) -> Result<(), Rejected<S>> {
+        if self.service_closed() {
+            return Err(Rejected::new(entry, QueueError::PeerGone));
+        }
+        self.sq.stage(entry).map_err(push_error)
+    }
+
+    fn push_slice(&mut self, entries: &[S]) -> Result<usize, QueueError> {
+        if self.service_closed() {
+            return Err(QueueError::PeerGone);
+        }
+        Ok(self.sq.stage_slice(entries)?)
+    }
+
+    fn space(&mut self) -> Result<usize, QueueError> {
+        Ok(self.sq.free_slots()? as usize)
+    }
+
+    fn submit(&mut self) -> Result<usize, QueueError> {
+        if self.service_closed() {
+            return Err(QueueError::PeerGone);
+        }
+        let n = self.sq.publish();
+        if n > 0 {
+            self.doorbell.ring()?;
+        }
+        Ok(n as usize)
+    }
+
+    fn doorbell_stats(&self) -> DoorbellStats {
+        self.doorbell.stats()
+    }
+}
+
+impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
+    type Completion = C;
+
+    fn reap(&mut self) -> Result<Option<C>, QueueError> {
+        Ok(self.cq.pop()?)
+    }
+
+    fn reap_into(&mut self, out: &mut Vec<C>, max: usize) -> Result<usize, QueueError> {
+        let chunk = self.cq.read_chunk(max.min(u32::MAX as usize) as u32)?;
+        let n = chunk.len();
+        out.extend(chunk.iter());
+        chunk.release_all();
+        Ok(n)
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        let mut corrupt: Option<CorruptIndex> = None;
+        let (cq, state) = (&mut self.cq, &self.state);
+        let mut ready = || match cq.has_entries() {
+            Ok(true) => true,
+            Ok(false) => closed(&state.get().service_closed),
+            Err(e) => {
+                corrupt = Some(e);
+                true
+            }
+        };
+        self.interrupt.wait_until(&mut ready, timeout)?;
+        if let Some(e) = corrupt {
+            return Err(e.into());
+        }
+        if !self.cq.has_entries()? {
+            return Err(QueueError::PeerGone);
+        }
+        Ok(())
+    }
+
+    fn notify_stats(&self) -> NotifyStats {
+        self.interrupt.stats()
+    }
+}
+
+impl<S, C> Drop for AppSide<S, C> {
+    fn drop(&mut self) {
+        close(&self.state.get().app_closed, self.doorbell.notifier());
+    }
+}

@@ -1,0 +1,41 @@
+//! **subring**: talk to a subsystem — the kernel, another process, a device — the way io_uring
+//! talks to the kernel.
+//!
+//! Every such interface has three planes, which subring implements once, generically:
+//! - the **data plane** ([`data`]): shared memory, single-producer/single-consumer submission and
+//!   completion rings, and buffer regions whose contents are exchanged without copying;
+//! - the **control plane** ([`control`]): the doorbell that tells the subsystem work is queued,
+//!   skipped when the subsystem is already polling;
+//! - the **interrupt plane** ([`interrupt`]): events back to the application (eventfd, futex,
+//!   or polling), suppressed while the application is busy.
+//!
+//! The [`queue`] traits are what every transport implements; [`pair`] builds a queue pair from
+//! the planes for subsystems in this process or another one.
+//!
+//! # Examples
+//! A subsystem on another thread that doubles numbers:
+//! ```
+//! use std::time::Duration;
+//! use subring::pair::{in_process, PairConfig};
+//! use subring::queue::{Completer, Submitter};
+//!
+//! let (mut app, mut service) = in_process::<u64, u64>(&PairConfig::default())?;
+//! let server = std::thread::spawn(move || service.run(|x| x * 2, None));
+//! for i in 0..10 {
+//!     app.push(i).unwrap();
+//! }
+//! app.submit()?; // one publish, at most one doorbell
+//! let mut got = Vec::new();
+//! while got.len() < 10 {
+//!     app.wait(Some(Duration::from_secs(10)))?;
+//!     app.reap_into(&mut got, 10)?;
+//! }
+//! assert_eq!(got, (0..10).map(|i| i * 2).collect::<Vec<u64>>());
+//! drop(app);
+//! server.join().unwrap()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub use subring_planes::{control, data, interrupt, pair, queue, sync};
