@@ -80,29 +80,48 @@ impl WakeWord {
     }
 
     pub(crate) fn reset(&self) {
-        self.state.store(AWAKE, Relaxed);
+        self.state.swap(AWAKE, Relaxed);
     }
 
     /// Waiter side: announce that we are about to sleep. The caller must re-check its condition
     /// after this and before blocking.
     pub fn announce_sleep(&self) {
-        self.state.store(SLEEPING, Relaxed);
-        // SYNC POINT (sleep-dekker): SeqCst fence pairs with the one in `take_sleeper`: either the
-        // notifier's load sees SLEEPING, or our re-check after this fence sees its data.
-        fence(SeqCst);
+        self.announce_sleep_with(true);
+    }
+
+    fn announce_sleep_with(&self, fenced: bool) {
+        // Every write to the word is a read-modify-write, so that its modification order is one
+        // reads-from chain (each write reads the one before). The protocol only needs the fences
+        // below, but this keeps it independent of how stores from two threads are ordered, which
+        // loom models only partially (its modification order is a partial order, so a plain
+        // store here lets it report a lost wake-up that C11 forbids). It costs nothing that
+        // matters: this path is followed by a fence and a blocking system call.
+        self.state.swap(SLEEPING, Relaxed);
+        if fenced {
+            // SYNC POINT (sleep-dekker): SeqCst fence pairs with the one in `take_sleeper`: either
+            // the notifier's load sees SLEEPING, or our re-check after this fence sees its data.
+            fence(SeqCst);
+        }
     }
 
     /// Waiter side: we are not going to sleep (or have woken).
     pub fn cancel_sleep(&self) {
-        self.state.store(AWAKE, Relaxed);
+        // A read-modify-write for the reason given in `announce_sleep_with`.
+        self.state.swap(AWAKE, Relaxed);
     }
 
     /// Notifier side, after publishing: is a waiter asleep? If so, claims the wake-up (clears
     /// the word) so that later notifications before the waiter sleeps again are suppressed.
     pub fn take_sleeper(&self) -> bool {
-        // SYNC POINT (sleep-dekker): pairs with the fence in `announce_sleep`; orders the
-        // caller's publish before the load of the word.
-        fence(SeqCst);
+        self.take_sleeper_with(true)
+    }
+
+    fn take_sleeper_with(&self, fenced: bool) -> bool {
+        if fenced {
+            // SYNC POINT (sleep-dekker): pairs with the fence in `announce_sleep`; orders the
+            // caller's publish before the load of the word.
+            fence(SeqCst);
+        }
         self.state.load(Relaxed) == SLEEPING && self.state.swap(AWAKE, AcqRel) == SLEEPING
     }
 
@@ -361,7 +380,18 @@ pub struct SleepNotifier<S: Signal> {
     spin: SpinPolicy,
     counters: Counters,
     #[cfg(loom)]
-    skip_recheck: bool,
+    broken: Option<LoomBreakage>,
+}
+
+/// Loom negative controls only: a deliberately broken variant of the sleep/wake protocol.
+#[cfg(loom)]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoomBreakage {
+    /// Block without re-checking the condition after announcing sleep.
+    SkipRecheck,
+    /// Leave out the SeqCst fences of the store→load handshake.
+    NoFences,
 }
 
 /// Blocks on an eventfd; implements `AsFd` for event loops.
@@ -379,7 +409,7 @@ impl<S: Signal> SleepNotifier<S> {
             spin,
             counters: Counters::default(),
             #[cfg(loom)]
-            skip_recheck: false,
+            broken: None,
         }
     }
 
@@ -398,27 +428,35 @@ impl<S: Signal> SleepNotifier<S> {
         &self.spin
     }
 
-    /// Loom negative control only: block without re-checking after announcing sleep.
+    /// Loom negative controls only: break the protocol on purpose.
     #[cfg(loom)]
     #[doc(hidden)]
-    pub fn skip_recheck_for_loom(&mut self) {
-        self.skip_recheck = true;
+    pub fn break_for_loom(&mut self, how: LoomBreakage) {
+        self.broken = Some(how);
     }
 
     #[cfg(not(loom))]
-    fn recheck(&self, ready: &mut dyn FnMut() -> bool) -> bool {
-        ready()
+    fn is_broken(&self, _how: u8) -> bool {
+        false
     }
 
     #[cfg(loom)]
+    fn is_broken(&self, how: u8) -> bool {
+        self.broken.is_some_and(|b| b as u8 == how)
+    }
+
+    fn fenced(&self) -> bool {
+        !self.is_broken(1)
+    }
+
     fn recheck(&self, ready: &mut dyn FnMut() -> bool) -> bool {
-        !self.skip_recheck && ready()
+        !self.is_broken(0) && ready()
     }
 }
 
 impl<S: Signal> Notifier for SleepNotifier<S> {
     fn notify(&self) -> io::Result<Notified> {
-        if self.word.take_sleeper() {
+        if self.word.take_sleeper_with(self.fenced()) {
             self.signal.wake(&self.word)?;
             bump(&self.counters.sent);
             Ok(Notified::Sent)
@@ -449,7 +487,7 @@ impl<S: Signal> Notifier for SleepNotifier<S> {
             }
         }
         loop {
-            self.word.announce_sleep();
+            self.word.announce_sleep_with(self.fenced());
             if self.recheck(ready) {
                 self.word.cancel_sleep();
                 return Ok(());

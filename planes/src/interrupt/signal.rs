@@ -176,15 +176,18 @@ impl Signal for FutexSignal {
     }
 }
 
-/// Under loom the futex is modelled like an eventfd (wakes are remembered until consumed),
-/// which is the weaker guarantee of the two, so the protocol is checked against it.
+/// Under loom, `FUTEX_WAIT` is modelled as yielding until the word is no longer "sleeping".
+/// That is exact for this protocol: a notifier always clears the word before it wakes.
 #[cfg(loom)]
 impl Signal for FutexSignal {
     fn wake(&self, _word: &WakeWord) -> io::Result<()> {
-        unreachable!("FutexSignal is not used in loom models; use LoomSignal")
+        Ok(())
     }
-    fn block(&self, _word: &WakeWord, _timeout: Option<Duration>) -> io::Result<()> {
-        unreachable!("FutexSignal is not used in loom models; use LoomSignal")
+    fn block(&self, word: &WakeWord, _timeout: Option<Duration>) -> io::Result<()> {
+        while word.futex_word().load(crate::sync::Ordering::Relaxed) == SLEEPING {
+            crate::sync::thread::yield_now();
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,254 @@
+//! loom models of every atomic protocol in the planes, and negative controls that show the
+//! models catch a broken variant.
+//!
+//! Run with
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p subring-planes --release --test loom`.
+//!
+//! What loom cannot see: it models SeqCst accesses as AcqRel (SeqCst *fences* are modelled), it
+//! does not explore load buffering, and timeouts are not modelled (every wait here is
+//! unbounded, so a lost wake-up shows up as a deadlock). Shared memory between processes is
+//! modelled as shared memory between loom threads: the protocol is the same.
+#![cfg(loom)]
+
+use std::sync::Arc;
+
+use loom::cell::UnsafeCell;
+use loom::sync::atomic::Ordering;
+use loom::thread;
+use subring_planes::data::{BufferPool, Region, RegionOptions, Ring};
+use subring_planes::interrupt::{LoomBreakage, LoomSignal, Notifier, SleepNotifier, SpinPolicy};
+use subring_planes::pair::{in_process, PairConfig};
+use subring_planes::queue::{Completer, QueueError, Submitter};
+
+fn model(f: impl Fn() + Send + Sync + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(3);
+    }
+    builder.check(f);
+}
+
+/// Pushes `values` in order, yielding while the ring is full.
+fn push_all(tx: &mut subring_planes::data::Producer<u32>, values: impl IntoIterator<Item = u32>) {
+    for v in values {
+        let mut v = v;
+        loop {
+            match tx.push(v) {
+                Ok(()) => break,
+                Err(e) => {
+                    v = e.into_inner();
+                    thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+/// Single pushes and pops through a capacity-2 ring, wrapping around: every value arrives once,
+/// in order, and every slot read is ordered after its write (loom checks the slot cells).
+#[test]
+fn ring_publish_consume_wraps() {
+    model(|| {
+        let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
+        let producer = thread::spawn(move || push_all(&mut tx, 1..=3));
+        let mut expected = 1;
+        while expected <= 3 {
+            match rx.pop().unwrap() {
+                Some(v) => {
+                    assert_eq!(v, expected);
+                    expected += 1;
+                }
+                None => thread::yield_now(),
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(rx.pop().unwrap(), None);
+    });
+}
+
+/// Batches: a write chunk committed at once and a wrapping second batch, read back with read
+/// chunks released at once.
+#[test]
+fn ring_batches_wrap() {
+    model(|| {
+        let (mut tx, mut rx) = Ring::<u32>::with_capacity(4).unwrap();
+        let producer = thread::spawn(move || {
+            let mut chunk = tx.write_chunk(3).unwrap();
+            assert_eq!(chunk.len(), 3, "an empty ring has room for 3");
+            for i in 0..3 {
+                chunk.set(i, i as u32 + 1);
+            }
+            chunk.commit(3);
+            // The second batch wraps around the end of the ring once the consumer frees slots.
+            let mut sent = 0;
+            let values = [4, 5, 6];
+            while sent < values.len() {
+                sent += tx.push_slice(&values[sent..]).unwrap();
+                if sent < values.len() {
+                    thread::yield_now();
+                }
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            let chunk = rx.read_chunk(4).unwrap();
+            if chunk.is_empty() {
+                drop(chunk);
+                thread::yield_now();
+                continue;
+            }
+            got.extend(chunk.iter());
+            chunk.release_all();
+        }
+        producer.join().unwrap();
+        assert_eq!(got, [1, 2, 3, 4, 5, 6]);
+    });
+}
+
+/// Negative control: publishing `tail` with Relaxed instead of Release lets the consumer read a
+/// slot that is not ordered after the producer's write. loom must report it.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn negative_control_relaxed_publish_is_caught() {
+    model(|| {
+        let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
+        tx.set_publish_ordering_for_loom(Ordering::Relaxed);
+        let producer = thread::spawn(move || push_all(&mut tx, [7]));
+        loop {
+            if let Some(v) = rx.pop().unwrap() {
+                assert_eq!(v, 7);
+                break;
+            }
+            thread::yield_now();
+        }
+        producer.join().unwrap();
+    });
+}
+
+/// The sleep/wake protocol: the consumer announces sleep and blocks only if, after the fence,
+/// the ring is still empty; the producer publishes and wakes only if the consumer announced.
+/// A lost wake-up would leave the consumer blocked forever, which loom reports as a deadlock.
+/// Two messages, so that the second round also runs against a wake-up left over from the first.
+fn sleep_wake(broken: Option<LoomBreakage>) {
+    model(move || {
+        let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
+        let signal = LoomSignal::new();
+        let mut notifier =
+            SleepNotifier::new(tx.consumer_wake(), signal.clone(), SpinPolicy::none());
+        let mut waiter = SleepNotifier::new(rx.consumer_wake(), signal, SpinPolicy::none());
+        if let Some(how) = broken {
+            notifier.break_for_loom(how);
+            waiter.break_for_loom(how);
+        }
+        let producer = thread::spawn(move || {
+            for v in [1, 2] {
+                tx.push(v).unwrap();
+                notifier.notify().unwrap();
+            }
+        });
+        for expected in [1, 2] {
+            waiter
+                .wait_until(&mut || rx.has_entries().unwrap(), None)
+                .unwrap();
+            assert_eq!(rx.pop().unwrap(), Some(expected));
+        }
+        producer.join().unwrap();
+    });
+}
+
+#[test]
+fn sleep_wake_no_lost_wakeup() {
+    sleep_wake(None);
+}
+
+/// Negative control: blocking without re-checking the condition after announcing sleep loses
+/// the wake-up when the producer published just before the announcement.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn negative_control_lost_wakeup_without_recheck_is_caught() {
+    sleep_wake(Some(LoomBreakage::SkipRecheck));
+}
+
+/// Negative control: without the SeqCst fences, the waiter's store of "sleeping" and the
+/// notifier's store of `tail` can both be missed by the other side's load (store buffering):
+/// the notifier skips the wake and the waiter sleeps on a non-empty ring.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn negative_control_lost_wakeup_without_fences_is_caught() {
+    sleep_wake(Some(LoomBreakage::NoFences));
+}
+
+/// The buffer pool's free bitmap: two threads allocate, use and free buffers from a pool of one
+/// buffer. Each use writes a loom cell owned by that buffer, so two owners at once, or a second
+/// owner not ordered after the first one's free, is reported.
+fn pool_exclusive(broken: bool) {
+    model(move || {
+        let region = Arc::new(Region::anonymous(4096, RegionOptions::new()).unwrap());
+        let pool = if broken {
+            BufferPool::new_broken_for_loom(region, 64, 1)
+        } else {
+            BufferPool::new(region, 0, 64, 1).unwrap()
+        };
+        let owner = Arc::new(UnsafeCell::new(0u32));
+        let threads: Vec<_> = (1..=2u32)
+            .map(|id| {
+                let (pool, owner) = (pool.clone(), owner.clone());
+                thread::spawn(move || loop {
+                    if let Some(buf) = pool.alloc() {
+                        assert_eq!(buf.index(), 0);
+                        owner.with_mut(|o| unsafe { *o = id });
+                        drop(buf);
+                        break;
+                    }
+                    thread::yield_now();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(pool.free_count(), 1);
+    });
+}
+
+#[test]
+fn pool_alloc_free_exclusive() {
+    pool_exclusive(false);
+}
+
+/// Negative control: Relaxed orderings on the pool's free bitmap let the next owner touch the
+/// buffer without being ordered after the previous owner's use.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn negative_control_relaxed_pool_is_caught() {
+    pool_exclusive(true);
+}
+
+/// A queue pair end to end: one request, its completion, then the app closes and the service
+/// sees `PeerGone` rather than waiting forever (the close goes through the same protocol).
+#[test]
+fn pair_round_trip_and_close() {
+    model(|| {
+        let config = PairConfig::default()
+            .with_capacity(2)
+            .with_mode(subring_planes::interrupt::NotifyMode::Futex);
+        let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+        let server = thread::spawn(move || {
+            let mut served = 0;
+            loop {
+                match service.wait_requests(None) {
+                    Ok(()) => {}
+                    Err(QueueError::PeerGone) => return served,
+                    Err(e) => panic!("service: {e}"),
+                }
+                served += service.serve_ready(&mut |x: u32| x + 100).unwrap();
+            }
+        });
+        app.push(1).unwrap();
+        app.submit().unwrap();
+        app.wait(None).unwrap();
+        assert_eq!(app.reap().unwrap(), Some(101));
+        drop(app);
+        assert_eq!(server.join().unwrap(), 1);
+    });
+}
