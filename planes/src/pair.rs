@@ -503,9 +503,35 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
     }
 
     /// The eventfd the app sleeps on for completions in eventfd mode, for an event loop
-    /// (epoll, mio, tokio's `AsyncFd`): readable means "reap".
+    /// (epoll, mio, tokio's `AsyncFd`). Call [`arm`](Self::arm) before waiting on it:
+    /// readable then means "reap".
     pub fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         self.call_fd.as_ref().map(|e| e.as_fd())
+    }
+
+    /// Prepares to wait for completions in an external event loop on
+    /// [`completion_fd`](Self::completion_fd) (like RDMA's `ibv_req_notify_cq`): announces
+    /// that this side is about to sleep, so the service will signal the eventfd, then re-checks.
+    /// Returns `true` if completions (or the service's close) are already there — then do not
+    /// wait, reap. After the fd fires, call [`disarm`](Self::disarm) and reap.
+    pub fn arm(&mut self) -> Result<bool, QueueError> {
+        let word = self.cq.consumer_wake();
+        word.announce_sleep();
+        if self.cq.has_entries()? || self.service_closed() {
+            word.cancel_sleep();
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Ends an external wait begun with [`arm`](Self::arm): clears the sleep announcement and
+    /// drains the eventfd so it is not readable again until the next armed wake-up.
+    pub fn disarm(&mut self) -> Result<(), QueueError> {
+        self.cq.consumer_wake().cancel_sleep();
+        if let Some(fd) = &self.call_fd {
+            fd.drain()?;
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,331 @@
+//! The interrupt and control planes: suppression accounting, wake-ups and timeouts in every
+//! notify mode, and queue pairs between two threads (ordering, back-pressure, close).
+#![cfg(not(loom))]
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use subring_planes::control::Doorbell;
+use subring_planes::interrupt::{
+    EventFdSignal, FutexSignal, Notified, Notifier, NotifyMode, SleepNotifier, SpinPolicy,
+    WaitError, WakeRef,
+};
+use subring_planes::pair::{in_process, PairConfig};
+use subring_planes::queue::{Completer, QueueError, Submitter};
+use subring_planes::sync::{AtomicU32, Ordering};
+
+const LONG: Option<Duration> = Some(Duration::from_secs(30));
+
+#[test]
+fn notify_is_suppressed_unless_someone_sleeps() {
+    let word = WakeRef::local();
+    let n = SleepNotifier::new(
+        word.clone(),
+        EventFdSignal::new().unwrap(),
+        SpinPolicy::none(),
+    );
+    assert_eq!(n.notify().unwrap(), Notified::Suppressed);
+    word.announce_sleep();
+    assert_eq!(n.notify().unwrap(), Notified::Sent);
+    // The wake claimed the sleeper: a second notification before it sleeps again is free.
+    assert_eq!(n.notify().unwrap(), Notified::Suppressed);
+    let s = n.stats();
+    assert_eq!((s.sent, s.suppressed), (1, 2));
+    assert_eq!(n.signal().drain().unwrap(), 1, "exactly one eventfd write");
+}
+
+fn timeout_in(notifier: &dyn Notifier) {
+    let start = Instant::now();
+    let err = notifier
+        .wait_until(&mut || false, Some(Duration::from_millis(30)))
+        .unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(err, WaitError::Timeout(_)), "{err}");
+    assert!(
+        took >= Duration::from_millis(30),
+        "returned early after {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "overslept: {took:?}");
+    assert_eq!(notifier.stats().timeouts, 1);
+}
+
+#[test]
+fn waits_time_out_in_every_mode() {
+    for mode in NotifyMode::ALL {
+        let efd = mode.uses_eventfd().then(|| EventFdSignal::new().unwrap());
+        let n = mode.notifier(WakeRef::local(), efd).unwrap();
+        timeout_in(&*n);
+        // A timed-out waiter leaves the word saying nobody sleeps.
+        assert_eq!(n.notify().unwrap(), Notified::Suppressed, "{mode}");
+    }
+}
+
+#[test]
+fn eventfd_mode_needs_its_eventfd() {
+    let err = NotifyMode::EventFd
+        .notifier(WakeRef::local(), None)
+        .unwrap_err();
+    assert!(err.to_string().contains("needs the eventfd"));
+}
+
+#[test]
+fn sleeping_waiter_is_woken_across_threads() {
+    for signal in ["eventfd", "futex"] {
+        let word = WakeRef::local();
+        let flag = std::sync::Arc::new(AtomicU32::new(0));
+        let (waiter, notifier): (Box<dyn Notifier>, Box<dyn Notifier>) = if signal == "eventfd" {
+            let efd = EventFdSignal::new().unwrap();
+            (
+                Box::new(SleepNotifier::new(
+                    word.clone(),
+                    efd.clone(),
+                    SpinPolicy::none(),
+                )),
+                Box::new(SleepNotifier::new(word.clone(), efd, SpinPolicy::none())),
+            )
+        } else {
+            (
+                Box::new(SleepNotifier::new(
+                    word.clone(),
+                    FutexSignal::new(),
+                    SpinPolicy::none(),
+                )),
+                Box::new(SleepNotifier::new(
+                    word.clone(),
+                    FutexSignal::new(),
+                    SpinPolicy::none(),
+                )),
+            )
+        };
+        let f = flag.clone();
+        let t = std::thread::spawn(move || {
+            // Wait until the waiter has announced sleep, so the wake must go through the kernel.
+            let start = Instant::now();
+            while !word.is_sleeping() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "waiter never slept"
+                );
+                std::thread::yield_now();
+            }
+            f.store(1, Ordering::Release);
+            notifier.notify().unwrap()
+        });
+        waiter
+            .wait_until(&mut || flag.load(Ordering::Acquire) == 1, LONG)
+            .unwrap();
+        assert_eq!(t.join().unwrap(), Notified::Sent, "{signal}");
+        assert!(waiter.stats().sleeps >= 1, "{signal}");
+    }
+}
+
+#[test]
+fn adaptive_budget_shrinks_when_spinning_fails() {
+    let policy = SpinPolicy::adaptive(1024);
+    let n = SleepNotifier::new(WakeRef::local(), FutexSignal::new(), policy);
+    let before = n.spin_policy().current_budget();
+    for _ in 0..4 {
+        let _ = n.wait_until(&mut || false, Some(Duration::from_millis(1)));
+    }
+    assert!(n.spin_policy().current_budget() < before);
+    // Spinning that succeeds grows it back.
+    let shrunk = n.spin_policy().current_budget();
+    let mut calls = 0;
+    n.wait_until(
+        &mut || {
+            calls += 1;
+            calls > 3
+        },
+        LONG,
+    )
+    .unwrap();
+    assert!(n.spin_policy().current_budget() > shrunk);
+    assert_eq!(n.stats().without_sleep, 1);
+}
+
+/// Round trips through an in-process pair in `mode`, checking every completion.
+fn round_trips(mode: NotifyMode, n: u64) {
+    let config = PairConfig::default().with_capacity(64).with_mode(mode);
+    let (mut app, mut service) = in_process::<u64, u64>(&config).unwrap();
+    let server = std::thread::spawn(move || {
+        service.run(|x| x.wrapping_mul(3) + 1, Some(Duration::from_secs(60)))?;
+        Ok::<_, QueueError>(service.stats())
+    });
+    for i in 0..n {
+        app.push(i).unwrap();
+        app.submit().unwrap();
+        app.wait(LONG).unwrap();
+        assert_eq!(app.reap().unwrap(), Some(i * 3 + 1), "{mode}");
+    }
+    let doorbells = app.doorbell_stats();
+    let interrupts = app.notify_stats();
+    drop(app);
+    let (kick, call) = server.join().unwrap().unwrap();
+    assert_eq!(
+        doorbells.rung + doorbells.skipped,
+        n,
+        "{mode}: one doorbell per submit"
+    );
+    assert_eq!(
+        kick.sent + kick.suppressed,
+        0,
+        "the service never notifies on the kick word"
+    );
+    assert_eq!(
+        call.sent + call.suppressed,
+        n,
+        "{mode}: one notification per flush"
+    );
+    if mode == NotifyMode::Spin {
+        assert_eq!(
+            doorbells.rung + call.sent,
+            0,
+            "spin mode makes no wake-up syscalls"
+        );
+        assert_eq!(interrupts.sleeps + kick.sleeps, 0);
+    } else {
+        // Every wake-up sent matches a sleep on the other side.
+        assert!(
+            call.sent <= interrupts.sleeps,
+            "{mode}: {call:?} vs {interrupts:?}"
+        );
+        assert!(
+            doorbells.rung <= kick.sleeps + 1,
+            "{mode}: {doorbells:?} vs {kick:?}"
+        );
+    }
+}
+
+#[test]
+fn round_trips_in_every_mode() {
+    for mode in NotifyMode::ALL {
+        round_trips(mode, 2_000);
+    }
+}
+
+#[test]
+fn batches_and_back_pressure() {
+    let config = PairConfig::default()
+        .with_capacity(8)
+        .with_mode(NotifyMode::EventFd);
+    let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+    // The service is not running: the submission ring fills, and says so.
+    let entries: Vec<u32> = (0..20).collect();
+    assert_eq!(app.push_slice(&entries).unwrap(), 8);
+    let rejected = app.push(99).unwrap_err();
+    assert!(matches!(rejected.error, QueueError::Full));
+    assert_eq!(rejected.entry, 99, "a rejected entry comes back");
+    assert_eq!(app.space().unwrap(), 0);
+    // Staged entries are invisible to the service until submitted.
+    assert!(matches!(
+        service.wait_requests(Some(Duration::from_millis(10))),
+        Err(QueueError::Timeout(_))
+    ));
+    assert_eq!(app.submit().unwrap(), 8);
+    // One doorbell for the batch; the service was not asleep, so it was skipped.
+    assert_eq!(app.doorbell_stats().rung + app.doorbell_stats().skipped, 1);
+    service.wait_requests(LONG).unwrap();
+    assert_eq!(service.serve_ready(&mut |x| x + 1000).unwrap(), 8);
+    let mut got = Vec::new();
+    app.wait(LONG).unwrap();
+    assert_eq!(app.reap_into(&mut got, 100).unwrap(), 8);
+    assert_eq!(got, (1000..1008).collect::<Vec<_>>());
+
+    // A full completion ring stops the service taking requests: nothing is dropped.
+    assert_eq!(app.push_slice(&entries[..8]).unwrap(), 8);
+    app.submit().unwrap();
+    assert_eq!(service.serve_ready(&mut |x| x).unwrap(), 8);
+    assert_eq!(app.push_slice(&entries[8..16]).unwrap(), 8);
+    app.submit().unwrap();
+    assert_eq!(
+        service.serve_ready(&mut |x| x).unwrap(),
+        0,
+        "no room for completions"
+    );
+    assert_eq!(service.completion_space().unwrap(), 0);
+    got.clear();
+    app.reap_into(&mut got, 100).unwrap();
+    assert_eq!(service.serve_ready(&mut |x| x).unwrap(), 8);
+    app.reap_into(&mut got, 100).unwrap();
+    assert_eq!(got, (0..16).collect::<Vec<_>>());
+}
+
+#[test]
+fn closing_either_side_is_seen_as_peer_gone() {
+    // Service gone: the app's wait fails instead of hanging, after draining what was posted.
+    let config = PairConfig::default().with_mode(NotifyMode::Futex);
+    let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+    app.push(1).unwrap();
+    app.submit().unwrap();
+    service.wait_requests(LONG).unwrap();
+    service.serve_ready(&mut |x| x).unwrap();
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        drop(service);
+    });
+    app.wait(LONG).unwrap();
+    assert_eq!(app.reap().unwrap(), Some(1));
+    let start = Instant::now();
+    assert!(matches!(app.wait(LONG), Err(QueueError::PeerGone)));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    closer.join().unwrap();
+    assert!(matches!(
+        app.push(2).unwrap_err().error,
+        QueueError::PeerGone
+    ));
+    assert!(matches!(app.submit(), Err(QueueError::PeerGone)));
+
+    // App gone while the service sleeps: `run` returns cleanly.
+    for mode in NotifyMode::ALL {
+        let config = PairConfig::default().with_mode(mode);
+        let (app, mut service) = in_process::<u32, u32>(&config).unwrap();
+        let server = std::thread::spawn(move || service.run(|x| x, LONG));
+        std::thread::sleep(Duration::from_millis(20));
+        drop(app);
+        server.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn completion_fd_works_in_an_event_loop() {
+    let config = PairConfig::default().with_mode(NotifyMode::EventFd);
+    let (mut app, mut service) = in_process::<u64, u64>(&config).unwrap();
+    let server = std::thread::spawn(move || service.run(|x| x + 1, LONG));
+    for i in 0..100 {
+        app.push(i).unwrap();
+        app.submit().unwrap();
+        let mut got = None;
+        while got.is_none() {
+            if !app.arm().unwrap() {
+                let fd = app
+                    .completion_fd()
+                    .expect("eventfd mode has a completion fd");
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                let ready = poll(&mut fds, PollTimeout::from(10_000u16)).unwrap();
+                assert_eq!(ready, 1, "completion eventfd never became readable");
+                app.disarm().unwrap();
+            }
+            got = app.reap().unwrap();
+        }
+        assert_eq!(got, Some(i + 1));
+    }
+    drop(app);
+    server.join().unwrap().unwrap();
+}
+
+#[test]
+fn doorbell_trait_counts() {
+    use subring_planes::control::{NotifierDoorbell, Rung};
+    let word = WakeRef::local();
+    let mut bell = NotifierDoorbell::new(SleepNotifier::new(
+        word.clone(),
+        EventFdSignal::new().unwrap(),
+        SpinPolicy::none(),
+    ));
+    assert_eq!(bell.ring().unwrap(), Rung::Skipped);
+    word.announce_sleep();
+    assert_eq!(bell.ring().unwrap(), Rung::Rang);
+    assert_eq!(bell.stats().rung, 1);
+    assert_eq!(bell.stats().skipped, 1);
+}

@@ -1,0 +1,265 @@
+//! Regions (memfd seals, received fds, bounds) and buffer pools (ownership, lending, hostile
+//! handles).
+#![cfg(not(loom))]
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use subring_planes::data::{
+    Backing, BufHandle, BufferPool, PoolError, Region, RegionError, RegionOptions, HUGE_PAGE_SIZE,
+};
+
+fn dup(fd: std::os::fd::BorrowedFd<'_>) -> OwnedFd {
+    fd.try_clone_to_owned().unwrap()
+}
+
+#[test]
+fn memfd_is_sealed_and_shared() {
+    let region = Region::memfd("seal-test", 8192, RegionOptions::new()).unwrap();
+    assert_eq!(region.backing(), Backing::Memfd);
+    let fd = region.fd().unwrap();
+    let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS).unwrap());
+    assert!(seals.contains(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL));
+    assert!(
+        nix::unistd::ftruncate(fd, 0).is_err(),
+        "a sealed memfd must not shrink"
+    );
+
+    // A second mapping of the same fd sees the same bytes.
+    let other = Region::from_fd(dup(fd), Some(8192), RegionOptions::new()).unwrap();
+    assert_eq!(other.backing(), Backing::Received);
+    // SAFETY: offset 100 is inside both 8192-byte mappings.
+    unsafe { region.as_ptr().add(100).write_volatile(42) };
+    // SAFETY: as above.
+    assert_eq!(unsafe { other.as_ptr().add(100).read_volatile() }, 42);
+}
+
+#[test]
+fn received_fd_must_be_sealed_and_sized() {
+    let unsealed = memfd_create("unsealed", MFdFlags::MFD_CLOEXEC).unwrap();
+    nix::unistd::ftruncate(&unsealed, 4096).unwrap();
+    let err = Region::from_fd(unsealed, Some(4096), RegionOptions::new()).unwrap_err();
+    assert!(matches!(err, RegionError::NotSealed { .. }), "{err}");
+    assert!(err.to_string().contains("not sealed against shrinking"));
+
+    let region = Region::memfd("sized", 4096, RegionOptions::new()).unwrap();
+    let err =
+        Region::from_fd(dup(region.fd().unwrap()), Some(8192), RegionOptions::new()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegionError::SizeMismatch {
+                expected: 8192,
+                actual: 4096
+            }
+        ),
+        "{err}"
+    );
+    // Without an expected size, the whole file is mapped.
+    let whole = Region::from_fd(dup(region.fd().unwrap()), None, RegionOptions::new()).unwrap();
+    assert_eq!(whole.len(), 4096);
+}
+
+#[test]
+fn bad_lengths_are_errors() {
+    for len in [0, usize::MAX] {
+        assert!(matches!(
+            Region::memfd("zero", len, RegionOptions::new()),
+            Err(RegionError::InvalidLength { .. })
+        ));
+        assert!(matches!(
+            Region::anonymous(len, RegionOptions::new()),
+            Err(RegionError::InvalidLength { .. })
+        ));
+    }
+}
+
+#[test]
+fn huge_pages_map_or_say_why_not() {
+    match Region::anonymous(4096, RegionOptions::new().huge_pages(true)) {
+        Ok(region) => assert_eq!(region.len(), HUGE_PAGE_SIZE),
+        Err(e) => {
+            assert!(matches!(e, RegionError::HugePagesUnavailable { .. }), "{e}");
+            assert!(e.to_string().contains("vm.nr_hugepages"), "{e}");
+        }
+    }
+    match Region::memfd("huge", 4096, RegionOptions::new().huge_pages(true)) {
+        Ok(region) => assert_eq!(region.len(), HUGE_PAGE_SIZE),
+        Err(e) => assert!(matches!(e, RegionError::HugePagesUnavailable { .. }), "{e}"),
+    }
+}
+
+#[test]
+fn handles_from_a_peer_are_bounds_checked() {
+    let region = Region::memfd("handles", 4096, RegionOptions::new().id(7)).unwrap();
+    let ok = BufHandle {
+        offset: 4000,
+        len: 96,
+        region: 7,
+    };
+    assert_eq!(region.slice(ok).unwrap().len(), 96);
+    for bad in [
+        BufHandle {
+            offset: 4000,
+            len: 97,
+            region: 7,
+        },
+        BufHandle {
+            offset: 4096,
+            len: 1,
+            region: 7,
+        },
+        BufHandle {
+            offset: u64::MAX,
+            len: 2,
+            region: 7,
+        },
+        BufHandle {
+            offset: u64::MAX - 1,
+            len: u32::MAX,
+            region: 7,
+        },
+    ] {
+        assert!(
+            matches!(region.slice(bad), Err(RegionError::OutOfBounds { .. })),
+            "{bad:?} accepted"
+        );
+    }
+    assert!(matches!(
+        region.slice(BufHandle { region: 8, ..ok }),
+        Err(RegionError::WrongRegion {
+            expected: 7,
+            found: 8
+        })
+    ));
+    let mut dst = [0u8; 200];
+    assert_eq!(region.read_into(ok, &mut dst).unwrap(), 96);
+}
+
+fn pool(count: usize) -> (Arc<Region>, Arc<BufferPool>) {
+    let region = Arc::new(Region::memfd("pool", 64 * 1024, RegionOptions::new().id(3)).unwrap());
+    let pool = BufferPool::new(region.clone(), 4096, 1024, count).unwrap();
+    (region, pool)
+}
+
+#[test]
+fn pool_hands_out_each_buffer_once() {
+    let (_region, pool) = pool(40);
+    let bufs: Vec<_> = std::iter::from_fn(|| pool.alloc()).collect();
+    assert_eq!(bufs.len(), 40);
+    let mut offsets: Vec<u64> = bufs.iter().map(|b| b.handle().offset).collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets.len(), 40);
+    assert!(offsets
+        .iter()
+        .all(|o| (o - 4096) % 1024 == 0 && *o < 4096 + 40 * 1024));
+    assert_eq!(pool.free_count(), 0);
+    drop(bufs);
+    assert_eq!(pool.free_count(), 40);
+}
+
+#[test]
+fn pool_layout_is_checked() {
+    let region = Arc::new(Region::memfd("small", 8192, RegionOptions::new()).unwrap());
+    for (offset, size, count) in [(0, 4096, 3), (4096, 8192, 1), (0, 0, 4), (0, 64, 0)] {
+        let err = BufferPool::new(region.clone(), offset, size, count).unwrap_err();
+        assert!(
+            matches!(err, PoolError::Layout(_)),
+            "({offset},{size},{count}): {err}"
+        );
+    }
+}
+
+#[test]
+fn lend_and_reclaim() {
+    let (region, pool) = pool(4);
+    let mut buf = pool.alloc().unwrap();
+    assert_eq!(buf.fill_from(b"zero-copy"), 9);
+    let handle = buf.lend();
+    assert_eq!(pool.free_count(), 3, "a lent buffer stays allocated");
+    assert_eq!(region.slice(handle).unwrap(), b"zero-copy");
+
+    // The peer returns a shorter length: fine. Twice: refused.
+    let back = pool.reclaim(BufHandle { len: 4, ..handle }).unwrap();
+    assert_eq!(&back[..], b"zero");
+    assert_eq!(
+        pool.reclaim(handle).unwrap_err(),
+        PoolError::NotLent {
+            index: back.index()
+        }
+    );
+    drop(back);
+    assert_eq!(pool.free_count(), 4);
+}
+
+#[test]
+fn hostile_handles_are_refused() {
+    let (_region, pool) = pool(4);
+    let held = pool.alloc().unwrap();
+    let lent = pool.alloc().unwrap().lend();
+    let cases = [
+        (BufHandle { region: 9, ..lent }, "WrongRegion"),
+        (
+            BufHandle {
+                offset: lent.offset + 1,
+                ..lent
+            },
+            "NotABuffer",
+        ),
+        (BufHandle { offset: 0, ..lent }, "NotABuffer"),
+        (
+            BufHandle {
+                offset: 4096 + 4 * 1024,
+                ..lent
+            },
+            "NotABuffer",
+        ),
+        (
+            BufHandle {
+                offset: u64::MAX,
+                ..lent
+            },
+            "NotABuffer",
+        ),
+        (BufHandle { len: 1025, ..lent }, "TooLong"),
+        // A buffer this process holds, never lent: reclaiming it would alias `held`.
+        (held.handle(), "NotLent"),
+    ];
+    for (handle, what) in cases {
+        let err = pool.reclaim(handle).unwrap_err();
+        assert!(
+            format!("{err:?}").starts_with(what),
+            "{handle:?}: expected {what}, got {err:?}"
+        );
+    }
+    // The genuine handle still works after all that.
+    assert!(pool.reclaim(lent).is_ok());
+}
+
+#[test]
+fn pool_is_exclusive_across_threads() {
+    let (_region, pool) = pool(8);
+    let threads: Vec<_> = (1..=2u8)
+        .map(|id| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50_000 {
+                    if let Some(mut buf) = pool.alloc() {
+                        buf.set_len(buf.capacity());
+                        buf.fill(id);
+                        std::hint::spin_loop();
+                        assert!(buf.iter().all(|b| *b == id), "buffer shared by two owners");
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(pool.free_count(), 8);
+    let _ = pool.region().fd().unwrap().as_fd();
+}

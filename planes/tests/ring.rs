@@ -1,0 +1,327 @@
+//! Ring behaviour: property tests against a `VecDeque` model, index wrap-around at `u32::MAX`,
+//! and a hostile peer writing impossible values into the shared header.
+#![cfg(not(loom))]
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use subring_planes::data::{
+    CorruptIndex, IndexField, PushError, Region, RegionError, RegionOptions, Ring, RingError,
+    RingLayout,
+};
+
+/// Byte offsets of the shared header fields: part of the cross-process ABI, so pinned here.
+const TAIL: usize = 128;
+const HEAD: usize = 256;
+
+fn region_for<T: bytemuck::Pod>(capacity: u32) -> Arc<Region> {
+    let layout = RingLayout::of::<T>(capacity).unwrap();
+    Arc::new(Region::memfd("ring-test", layout.size, RegionOptions::new()).unwrap())
+}
+
+/// Writes a header word the way a hostile peer would.
+fn poke(region: &Region, offset: usize, value: u32) {
+    region.check(offset as u64, 4).unwrap();
+    // SAFETY: in bounds and 4-aligned (checked above; the mapping is page-aligned); the header
+    // words are atomics, and a volatile store is what a peer process's write looks like to us.
+    unsafe {
+        region
+            .as_ptr()
+            .add(offset)
+            .cast::<u32>()
+            .write_volatile(value)
+    }
+}
+
+#[test]
+fn header_layout_is_pinned() {
+    let layout = RingLayout::of::<u64>(8).unwrap();
+    assert_eq!(layout.slots_offset, 640);
+    assert_eq!(layout.size, 640 + 8 * 8);
+    assert_eq!(layout.align, 128);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Push,
+    Stage,
+    Publish,
+    PushSlice(u8),
+    Chunk { reserve: u8, fill: u8 },
+    Pop,
+    PopSlice(u8),
+    ReadChunk { max: u8, release: u8 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        Just(Op::Push),
+        Just(Op::Stage),
+        Just(Op::Publish),
+        (0u8..20).prop_map(Op::PushSlice),
+        (0u8..20, 0u8..20).prop_map(|(reserve, fill)| Op::Chunk { reserve, fill }),
+        Just(Op::Pop),
+        (0u8..20).prop_map(Op::PopSlice),
+        (0u8..20, 0u8..20).prop_map(|(max, release)| Op::ReadChunk { max, release }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Any sequence of single and batch operations behaves like a bounded FIFO: nothing is
+    /// lost, duplicated or reordered, a full ring refuses (and returns) entries, staged entries
+    /// are invisible until published. Starting indices near `u32::MAX` cover index wrap-around;
+    /// small capacities cover slot wrap-around many times over.
+    #[test]
+    fn ring_matches_bounded_fifo(
+        cap_log in 0u32..5,
+        start in prop_oneof![Just(0u32), Just(u32::MAX - 7), any::<u32>()],
+        ops in prop::collection::vec(op(), 1..200),
+    ) {
+        let capacity = 1u32 << cap_log;
+        let region = region_for::<u64>(capacity);
+        drop(Ring::<u64>::create(region.clone(), 0, capacity).unwrap());
+        poke(&region, TAIL, start);
+        poke(&region, HEAD, start);
+        let (mut tx, mut rx) = Ring::<u64>::attach(region, 0, capacity).unwrap().split();
+
+        let mut published: VecDeque<u64> = VecDeque::new();
+        let mut staged: Vec<u64> = Vec::new();
+        let mut next = 0u64;
+        let cap = capacity as usize;
+        for op in ops {
+            let used = published.len() + staged.len();
+            match op {
+                Op::Push => match tx.push(next) {
+                    Ok(()) => {
+                        prop_assert!(used < cap);
+                        published.extend(staged.drain(..));
+                        published.push_back(next);
+                        next += 1;
+                    }
+                    Err(PushError::Full(v)) => {
+                        prop_assert_eq!(used, cap);
+                        prop_assert_eq!(v, next);
+                    }
+                    Err(e) => prop_assert!(false, "unexpected {e:?}"),
+                },
+                Op::Stage => match tx.stage(next) {
+                    Ok(()) => {
+                        prop_assert!(used < cap);
+                        staged.push(next);
+                        next += 1;
+                    }
+                    Err(PushError::Full(_)) => prop_assert_eq!(used, cap),
+                    Err(e) => prop_assert!(false, "unexpected {e:?}"),
+                },
+                Op::Publish => {
+                    prop_assert_eq!(tx.publish() as usize, staged.len());
+                    published.extend(staged.drain(..));
+                }
+                Op::PushSlice(n) => {
+                    let values: Vec<u64> = (next..next + u64::from(n)).collect();
+                    let pushed = tx.push_slice(&values).unwrap();
+                    prop_assert_eq!(pushed, (n as usize).min(cap - used));
+                    published.extend(staged.drain(..));
+                    published.extend(&values[..pushed]);
+                    next += pushed as u64;
+                }
+                Op::Chunk { reserve, fill } => {
+                    let mut chunk = tx.write_chunk(u32::from(reserve)).unwrap();
+                    prop_assert_eq!(chunk.len(), (reserve as usize).min(cap - used));
+                    let n = (fill as usize).min(chunk.len());
+                    for i in 0..n {
+                        chunk.set(i, next + i as u64);
+                    }
+                    chunk.commit(n);
+                    published.extend(staged.drain(..));
+                    published.extend(next..next + n as u64);
+                    next += n as u64;
+                }
+                Op::Pop => {
+                    prop_assert_eq!(rx.pop().unwrap(), published.pop_front());
+                }
+                Op::PopSlice(n) => {
+                    let mut out = vec![0u64; n as usize];
+                    let got = rx.pop_slice(&mut out).unwrap();
+                    prop_assert_eq!(got, (n as usize).min(published.len()));
+                    for v in &out[..got] {
+                        prop_assert_eq!(Some(*v), published.pop_front());
+                    }
+                }
+                Op::ReadChunk { max, release } => {
+                    let chunk = rx.read_chunk(u32::from(max)).unwrap();
+                    prop_assert_eq!(chunk.len(), (max as usize).min(published.len()));
+                    let seen: Vec<u64> = chunk.iter().collect();
+                    prop_assert!(seen.iter().eq(published.iter().take(seen.len())));
+                    let n = (release as usize).min(chunk.len());
+                    chunk.release(n);
+                    published.drain(..n);
+                }
+            }
+            prop_assert_eq!(rx.available().unwrap() as usize, published.len());
+            prop_assert_eq!(tx.staged() as usize, staged.len());
+        }
+    }
+}
+
+#[test]
+fn capacity_one_full_and_empty() {
+    let (mut tx, mut rx) = Ring::<u32>::with_capacity(1).unwrap();
+    assert_eq!(rx.pop().unwrap(), None);
+    tx.push(1).unwrap();
+    assert_eq!(tx.push(2), Err(PushError::Full(2)));
+    assert_eq!(rx.peek().unwrap(), Some(1));
+    assert_eq!(rx.pop().unwrap(), Some(1));
+    assert_eq!(rx.pop().unwrap(), None);
+    tx.push(3).unwrap();
+    assert_eq!(rx.pop().unwrap(), Some(3));
+}
+
+#[test]
+fn invalid_capacities_are_errors() {
+    for cap in [0, 3, 12, (1 << 31) + 1, u32::MAX] {
+        assert!(
+            matches!(
+                Ring::<u64>::with_capacity(cap),
+                Err(RingError::InvalidCapacity(_))
+            ),
+            "capacity {cap} accepted"
+        );
+    }
+}
+
+#[test]
+fn placement_is_checked() {
+    let region = region_for::<u64>(8);
+    assert!(matches!(
+        Ring::<u64>::create(region.clone(), 64, 8),
+        Err(RingError::Region(RegionError::Misaligned { .. }))
+    ));
+    assert!(matches!(
+        Ring::<u64>::create(region.clone(), 0, 16),
+        Err(RingError::Region(RegionError::OutOfBounds { .. }))
+    ));
+    assert!(matches!(
+        Ring::<u64>::create(region, 1 << 40, 8),
+        Err(RingError::Region(RegionError::OutOfBounds { .. }))
+    ));
+}
+
+#[test]
+fn attach_checks_the_header() {
+    let region = region_for::<u64>(8);
+    // Nothing created yet: no magic.
+    assert!(matches!(
+        Ring::<u64>::attach(region.clone(), 0, 8),
+        Err(RingError::HeaderMismatch { field: "magic", .. })
+    ));
+    drop(Ring::<u64>::create(region.clone(), 0, 8).unwrap());
+    assert!(matches!(
+        Ring::<u64>::attach(region.clone(), 0, 4),
+        Err(RingError::HeaderMismatch {
+            field: "capacity",
+            found: 8,
+            expected: 4,
+            ..
+        })
+    ));
+    assert!(matches!(
+        Ring::<[u32; 2]>::attach(region.clone(), 0, 8),
+        Err(RingError::HeaderMismatch {
+            field: "entry alignment",
+            ..
+        })
+    ));
+    assert!(matches!(
+        Ring::<u32>::attach(region.clone(), 0, 8),
+        Err(RingError::HeaderMismatch {
+            field: "entry size",
+            found: 8,
+            expected: 4,
+            ..
+        })
+    ));
+    // Indices that no correct pair could have written.
+    poke(&region, TAIL, 100);
+    poke(&region, HEAD, 50);
+    let err = Ring::<u64>::attach(region, 0, 8).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RingError::Corrupt(CorruptIndex {
+                field: IndexField::Tail,
+                found: 100,
+                ..
+            })
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_tail_is_an_error_for_the_consumer() {
+    let region = region_for::<u64>(8);
+    let (mut tx, mut rx) = Ring::<u64>::create(region.clone(), 0, 8).unwrap().split();
+    tx.push(1).unwrap();
+    assert_eq!(rx.pop().unwrap(), Some(1));
+    // Far ahead: more than a capacity of unread entries.
+    poke(&region, TAIL, 1 + 9);
+    let err = rx.pop().unwrap_err();
+    assert_eq!(err.field, IndexField::Tail);
+    assert_eq!(err.found, 10);
+    assert!(err.to_string().contains("corrupt ring"), "{err}");
+    // Wrapped "behind" the consumer's head.
+    poke(&region, TAIL, 0);
+    assert!(rx.read_chunk(4).is_err());
+    assert!(rx.available().is_err());
+    // A sane value again: the consumer reads what is there (it validated, never trusted).
+    poke(&region, TAIL, 3);
+    assert_eq!(rx.available().unwrap(), 2);
+    // Going backwards from what was already seen is also corrupt.
+    poke(&region, TAIL, 2);
+    assert!(rx.available().is_err());
+}
+
+#[test]
+fn corrupt_head_is_an_error_for_the_producer() {
+    let region = region_for::<u64>(4);
+    let (mut tx, _rx) = Ring::<u64>::create(region.clone(), 0, 4).unwrap().split();
+    for i in 0..4 {
+        tx.push(i).unwrap();
+    }
+    // The consumer "released" more than was ever published.
+    poke(&region, HEAD, 9);
+    match tx.push(99) {
+        Err(PushError::Corrupt(e, 99)) => {
+            assert_eq!(e.field, IndexField::Head);
+            assert_eq!(e.found, 9);
+        }
+        other => panic!("expected a corrupt-head error, got {other:?}"),
+    }
+    assert!(tx.free_slots().is_err());
+    // Head moving backwards.
+    poke(&region, HEAD, 2);
+    assert_eq!(tx.free_slots().unwrap(), 2);
+    poke(&region, HEAD, 1);
+    assert!(tx.free_slots().is_err());
+}
+
+#[test]
+fn garbage_in_slots_is_just_data() {
+    // Slot contents are the peer's business: any bytes are a valid `Pod` value.
+    let region = region_for::<u64>(4);
+    let (mut tx, mut rx) = Ring::<u64>::create(region.clone(), 0, 4).unwrap().split();
+    tx.push(5).unwrap();
+    // SAFETY: the slot area starts at 640 and holds 4 u64s; overwrite slot 0 like a peer would.
+    unsafe {
+        region
+            .as_ptr()
+            .add(640)
+            .cast::<u64>()
+            .write_volatile(u64::MAX)
+    };
+    assert_eq!(rx.pop().unwrap(), Some(u64::MAX));
+}
