@@ -4,8 +4,8 @@
 //! This is the shape of a user-space subsystem: the application side ([`AppSide`]) implements
 //! [`Submitter`] and [`Completer`]; the subsystem side ([`ServiceSide`]) takes requests and posts
 //! completions. Both sides can live in one process ([`in_process`], two threads over an anonymous
-//! region) or in two ([`ServiceSide::create`] in a memfd region, [`AppSide::attach`] in the process
-//! that received it).
+//! region) or in two: [`create`] lays the pair out in a memfd region, and each process attaches
+//! its side ([`AppSide::attach`], [`ServiceSide::attach`]).
 //!
 //! # Layout
 //! ```text
@@ -271,42 +271,98 @@ fn push_error<T>(e: PushError<T>) -> Rejected<T> {
     }
 }
 
+/// Lays out a fresh queue pair at `offset` in `region` (which must hold [`PairLayout::size`]
+/// bytes there): the pair header and both rings, empty. Each side then attaches with
+/// [`AppSide::attach`] / [`ServiceSide::attach`], in this process or one that maps the same
+/// memory. The range must not overlap anything else live in the region.
+pub fn create<S: Pod, C: Pod>(
+    region: &Arc<Region>,
+    offset: usize,
+    config: &PairConfig,
+) -> Result<(), QueueError> {
+    let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
+    region
+        .check(offset as u64, layout.size as u64)
+        .map_err(region_error)?;
+    let state = StateRef::locate(region, offset).map_err(region_error)?;
+    #[cfg(loom)]
+    // SAFETY: loom atomics must be constructed; bounds-checked above and not yet shared.
+    unsafe {
+        state.ptr.as_ptr().write(CacheLine(PairState {
+            magic: AtomicU32::new(0),
+            version: AtomicU32::new(0),
+            app_closed: AtomicU32::new(0),
+            service_closed: AtomicU32::new(0),
+        }));
+    }
+    let s = state.get();
+    s.magic.store(0, Relaxed);
+    s.app_closed.store(0, Relaxed);
+    s.service_closed.store(0, Relaxed);
+    s.version.store(PAIR_LAYOUT_VERSION, Relaxed);
+    Ring::<S>::create(region.clone(), offset + layout.sq, config.sq_capacity)
+        .map_err(ring_error)?;
+    Ring::<C>::create(region.clone(), offset + layout.cq, config.cq_capacity)
+        .map_err(ring_error)?;
+    // SYNC POINT (pair-init): Release pairs with the Acquire load of `magic` in `locate_pair`.
+    s.magic.store(PAIR_MAGIC, Release);
+    Ok(())
+}
+
+/// Finds the pair header at `offset` and checks it; returns it with the pair's layout.
+fn locate_pair<S: Pod, C: Pod>(
+    region: &Arc<Region>,
+    offset: usize,
+    config: &PairConfig,
+) -> Result<(StateRef, PairLayout), QueueError> {
+    let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
+    region
+        .check(offset as u64, layout.size as u64)
+        .map_err(region_error)?;
+    let state = StateRef::locate(region, offset).map_err(region_error)?;
+    let s = state.get();
+    // SYNC POINT (pair-init): Acquire pairs with the Release store in `create`.
+    let magic = s.magic.load(Acquire);
+    let version = s.version.load(Relaxed);
+    if magic != PAIR_MAGIC || version != PAIR_LAYOUT_VERSION {
+        return Err(QueueError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "no queue pair at offset {offset}: magic {magic:#x} version {version}, \
+                 expected {PAIR_MAGIC:#x} version {PAIR_LAYOUT_VERSION}"
+            ),
+        )));
+    }
+    Ok((state, layout))
+}
+
 impl<S: Pod, C: Pod> ServiceSide<S, C> {
-    /// Lays out a fresh queue pair at `offset` in `region` (which must hold
-    /// [`PairLayout::size`] bytes there) and returns its service side. The app side attaches
-    /// with [`AppSide::attach`], in this process or one that mapped the same memory.
+    /// Lays out a fresh queue pair ([`create`]) and attaches its service side.
     pub fn create(
         region: Arc<Region>,
         offset: usize,
         config: &PairConfig,
         signals: PairSignals,
     ) -> Result<Self, QueueError> {
-        let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
-        region
-            .check(offset as u64, layout.size as u64)
-            .map_err(region_error)?;
-        let state = StateRef::locate(&region, offset).map_err(region_error)?;
-        #[cfg(loom)]
-        // SAFETY: loom atomics must be constructed; bounds-checked above and not yet shared.
-        unsafe {
-            state.ptr.as_ptr().write(CacheLine(PairState {
-                magic: AtomicU32::new(0),
-                version: AtomicU32::new(0),
-                app_closed: AtomicU32::new(0),
-                service_closed: AtomicU32::new(0),
-            }));
-        }
-        let s = state.get();
-        s.app_closed.store(0, Relaxed);
-        s.service_closed.store(0, Relaxed);
-        s.version.store(PAIR_LAYOUT_VERSION, Relaxed);
-        let sq = Ring::<S>::create(region.clone(), offset + layout.sq, config.sq_capacity)
-            .map_err(ring_error)?;
-        let cq = Ring::<C>::create(region.clone(), offset + layout.cq, config.cq_capacity)
-            .map_err(ring_error)?;
-        // SYNC POINT (pair-init): Release pairs with the Acquire load of `magic` in `attach`.
-        s.magic.store(PAIR_MAGIC, Release);
-        let (sq, cq) = (sq.into_consumer(), cq.into_producer());
+        create::<S, C>(&region, offset, config)?;
+        Self::attach(region, offset, config, signals)
+    }
+
+    /// Attaches the service side to a queue pair laid out at `offset` in `region` with the same
+    /// `config`, checking its headers.
+    pub fn attach(
+        region: Arc<Region>,
+        offset: usize,
+        config: &PairConfig,
+        signals: PairSignals,
+    ) -> Result<Self, QueueError> {
+        let (state, layout) = locate_pair::<S, C>(&region, offset, config)?;
+        let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
+            .map_err(ring_error)?
+            .into_consumer();
+        let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
+            .map_err(ring_error)?
+            .into_producer();
         Ok(ServiceSide {
             kick: config
                 .kick_mode
@@ -453,29 +509,15 @@ impl<S, C> Drop for ServiceSide<S, C> {
 }
 
 impl<S: Pod, C: Pod> AppSide<S, C> {
-    /// Attaches the app side to a queue pair that [`ServiceSide::create`] laid out at `offset` in
-    /// `region` with the same `config`, checking its headers.
+    /// Attaches the app side to a queue pair laid out ([`create`]) at `offset` in `region` with
+    /// the same `config`, checking its headers.
     pub fn attach(
         region: Arc<Region>,
         offset: usize,
         config: &PairConfig,
         signals: PairSignals,
     ) -> Result<Self, QueueError> {
-        let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
-        let state = StateRef::locate(&region, offset).map_err(region_error)?;
-        let s = state.get();
-        // SYNC POINT (pair-init): Acquire pairs with the Release store in `ServiceSide::create`.
-        let magic = s.magic.load(Acquire);
-        let version = s.version.load(Relaxed);
-        if magic != PAIR_MAGIC || version != PAIR_LAYOUT_VERSION {
-            return Err(QueueError::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "no queue pair at offset {offset}: magic {magic:#x} version {version}, \
-                     expected {PAIR_MAGIC:#x} version {PAIR_LAYOUT_VERSION}"
-                ),
-            )));
-        }
+        let (state, layout) = locate_pair::<S, C>(&region, offset, config)?;
         let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
             .map_err(ring_error)?
             .into_producer();
