@@ -1,0 +1,898 @@
+//! The kernel as a subsystem: subring's three planes over io_uring.
+//!
+//! - **Data plane**: the submission and completion queues are io_uring's own rings (set up and
+//!   mapped by the `io-uring` crate). A planes [`Region`] can be registered as fixed buffers
+//!   ([`Uring::register_region`]), and then a [`BufHandle`] into it — or a pool [`Buf`] — is what
+//!   a fixed read or write names: the kernel moves data straight into memory that another process
+//!   may also map. Files can be registered too ([`Uring::register_files`]).
+//! - **Control plane**: the doorbell is `io_uring_enter`. In SQPOLL mode it is skipped unless the
+//!   kernel's polling thread has set `IORING_SQ_NEED_WAKEUP` ([`Uring`] implements the planes'
+//!   [`Doorbell`]). Many entries, one doorbell.
+//! - **Interrupt plane**: completions are polled from the CQ, waited for in `io_uring_enter`, or
+//!   signalled through an eventfd registered with the ring — the planes' [`EventFdSignal`], so it
+//!   can sit in epoll/mio/tokio beside everything else ([`WaitMode`]).
+//!
+//! [`Uring`] implements the planes' [`Submitter`] and [`Completer`] traits, so generic code runs
+//! over it as over any other transport. Operations ([`Op`]) own their buffers until their own
+//! completion hands them back; completions are matched by the caller's token; an operation's
+//! failure is an [`io::Error`] that names the operation ([`OpError`]).
+//!
+//! # Examples
+//! ```
+//! use subring_planes::queue::{Completer, Submitter};
+//! use subring_uring::{Op, Submission, Uring};
+//!
+//! let mut ring = Uring::builder().entries(8).build()?;
+//! ring.push(Submission::new(7, Op::Nop)).map_err(|r| r.error)?;
+//! ring.submit()?;
+//! ring.wait(Some(std::time::Duration::from_secs(5)))?;
+//! let done = ring.reap()?.expect("a completion");
+//! assert_eq!(done.token, 7);
+//! assert_eq!(done.result?, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod op;
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, squeue, types, IoUring, Probe};
+use subring_planes::control::{Doorbell, DoorbellStats, Rung};
+use subring_planes::data::{BufHandle, Region};
+use subring_planes::interrupt::{EventFdSignal, NotifyStats, Signal, WakeWord};
+use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
+
+pub use op::{FixedBuf, Link, Op, Output, Submission, Target};
+#[doc(no_inline)]
+pub use subring_planes::data::Buf;
+
+/// Marks `user_data` values that name one of this ring's own operations; values without it are
+/// messages from another ring ([`Op::MsgRing`]).
+const OWNED: u64 = 1 << 63;
+/// The largest single fixed buffer the kernel accepts (1 GiB); bigger regions are registered in
+/// pieces of this size.
+const FIXED_CHUNK: usize = 1 << 30;
+
+/// How [`Uring::wait`](Completer::wait) waits for completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitMode {
+    /// Poll the completion queue without system calls (until the timeout).
+    Poll,
+    /// Block in `io_uring_enter` with `IORING_ENTER_GETEVENTS` (and a timeout, `EXT_ARG`).
+    #[default]
+    Enter,
+    /// Block on an eventfd registered with the ring ([`Uring::completion_fd`]), which an event
+    /// loop can also watch.
+    EventFd,
+}
+
+/// What a push does when the submission queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFull {
+    /// Hand the submission back with [`QueueError::Full`]: back-pressure the caller sees.
+    #[default]
+    Reject,
+    /// Submit what is queued (one `io_uring_enter`) to make room, then push.
+    Submit,
+}
+
+/// Counters of one ring, for reporting system calls per operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UringStats {
+    /// `io_uring_enter` calls made (submits, waits, flushes).
+    pub enters: u64,
+    /// Operations pushed.
+    pub pushed: u64,
+    /// Completions reaped.
+    pub completed: u64,
+    /// Times a CQ overflow (or deferred task work) had to be flushed with an extra enter.
+    pub flushes: u64,
+    /// Doorbells rung and skipped.
+    pub doorbell: DoorbellStats,
+}
+
+/// An operation that failed: which one, its token, and the kernel's error.
+#[derive(Debug, thiserror::Error)]
+#[error("io_uring {op} (token {token}) failed: {source}")]
+pub struct OpError {
+    /// The operation's name ([`Op::name`]).
+    pub op: &'static str,
+    /// The token it was submitted with.
+    pub token: u64,
+    /// The error (`raw_os_error` gives the errno).
+    #[source]
+    pub source: io::Error,
+}
+
+impl OpError {
+    fn into_io(self) -> io::Error {
+        io::Error::new(self.source.kind(), self)
+    }
+}
+
+/// A finished operation.
+#[derive(Debug)]
+pub struct Completion {
+    /// The token it was submitted with.
+    pub token: u64,
+    /// The kernel's result: bytes transferred, a new descriptor, a poll mask, ... The error is an
+    /// [`OpError`] inside an [`io::Error`] of the same kind.
+    pub result: io::Result<u32>,
+    /// The resources the operation owned.
+    pub output: Output,
+}
+
+/// Builds a [`Uring`].
+#[derive(Debug, Clone)]
+pub struct UringBuilder {
+    entries: u32,
+    cq_entries: Option<u32>,
+    sqpoll_idle: Option<u32>,
+    coop_taskrun: bool,
+    single_issuer: bool,
+    defer_taskrun: bool,
+    wait: WaitMode,
+    on_full: OnFull,
+    disabled: Vec<u8>,
+}
+
+impl Default for UringBuilder {
+    fn default() -> Self {
+        UringBuilder {
+            entries: 256,
+            cq_entries: None,
+            sqpoll_idle: None,
+            coop_taskrun: false,
+            single_issuer: false,
+            defer_taskrun: false,
+            wait: WaitMode::Enter,
+            on_full: OnFull::Reject,
+            disabled: Vec::new(),
+        }
+    }
+}
+
+impl UringBuilder {
+    /// Submission queue entries (rounded up to a power of two by the kernel).
+    pub fn entries(mut self, n: u32) -> Self {
+        self.entries = n;
+        self
+    }
+
+    /// Completion queue entries (default: twice the submission entries).
+    pub fn cq_entries(mut self, n: u32) -> Self {
+        self.cq_entries = Some(n);
+        self
+    }
+
+    /// A kernel thread polls the submission queue (`IORING_SETUP_SQPOLL`); it sleeps after
+    /// `idle_ms` without work, and only then does a submit need `io_uring_enter`.
+    pub fn sqpoll(mut self, idle_ms: u32) -> Self {
+        self.sqpoll_idle = Some(idle_ms);
+        self
+    }
+
+    /// `IORING_SETUP_COOP_TASKRUN`: completions are not forced in by interrupting the task.
+    pub fn coop_taskrun(mut self, yes: bool) -> Self {
+        self.coop_taskrun = yes;
+        self
+    }
+
+    /// `IORING_SETUP_SINGLE_ISSUER`: only the creating thread submits (the ring must stay on it).
+    pub fn single_issuer(mut self, yes: bool) -> Self {
+        self.single_issuer = yes;
+        self
+    }
+
+    /// `IORING_SETUP_DEFER_TASKRUN` (implies single issuer): completion work runs only when this
+    /// thread enters the kernel to wait or flush. Reaping flushes it when the kernel says so.
+    pub fn defer_taskrun(mut self, yes: bool) -> Self {
+        self.defer_taskrun = yes;
+        self
+    }
+
+    /// How waits wait (default [`WaitMode::Enter`]).
+    pub fn wait_mode(mut self, mode: WaitMode) -> Self {
+        self.wait = mode;
+        self
+    }
+
+    /// What a push into a full submission queue does (default [`OnFull::Reject`]).
+    pub fn on_full(mut self, on_full: OnFull) -> Self {
+        self.on_full = on_full;
+        self
+    }
+
+    /// Treats these opcodes as unsupported, as if the kernel lacked them (to forbid them, or to
+    /// exercise a fallback).
+    pub fn disable_opcodes(mut self, opcodes: &[u8]) -> Self {
+        self.disabled.extend_from_slice(opcodes);
+        self
+    }
+
+    /// Sets the ring up. Setup flags the kernel rejects come back as an error naming them.
+    pub fn build(self) -> io::Result<Uring> {
+        let mut b = IoUring::builder();
+        let mut flags = Vec::new();
+        if let Some(cq) = self.cq_entries {
+            b.setup_cqsize(cq);
+        }
+        if let Some(idle) = self.sqpoll_idle {
+            b.setup_sqpoll(idle);
+            flags.push("SQPOLL");
+        }
+        if self.coop_taskrun {
+            b.setup_coop_taskrun();
+            flags.push("COOP_TASKRUN");
+        }
+        if self.single_issuer || self.defer_taskrun {
+            b.setup_single_issuer();
+            flags.push("SINGLE_ISSUER");
+        }
+        if self.defer_taskrun {
+            b.setup_defer_taskrun();
+            b.setup_taskrun_flag();
+            flags.push("DEFER_TASKRUN");
+        }
+        let ring = b.build(self.entries).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "io_uring setup with {} entries{}{} failed: {e}",
+                    self.entries,
+                    if flags.is_empty() { "" } else { " and " },
+                    flags.join("|")
+                ),
+            )
+        })?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        let eventfd = match self.wait {
+            WaitMode::EventFd => {
+                let efd = EventFdSignal::new()?;
+                ring.submitter().register_eventfd(efd.as_fd().as_raw_fd())?;
+                Some(efd)
+            }
+            _ => None,
+        };
+        Ok(Uring {
+            ring,
+            probe,
+            disabled: self.disabled,
+            slots: Vec::new(),
+            free: Vec::new(),
+            in_flight: 0,
+            unsubmitted: 0,
+            regions: Vec::new(),
+            files: 0,
+            eventfd,
+            wait: self.wait,
+            on_full: self.on_full,
+            stats: UringStats::default(),
+            notify: NotifyStats::default(),
+        })
+    }
+}
+
+/// One in-flight operation: what the kernel may still read or write.
+#[derive(Debug)]
+struct Slot {
+    token: u64,
+    op: Option<Op>,
+    aux: op::Aux,
+}
+
+#[derive(Debug)]
+struct Registered {
+    region: Arc<Region>,
+    first_index: u16,
+}
+
+/// An io_uring instance with typed, owning operations, speaking the planes' queue-pair traits.
+pub struct Uring {
+    ring: IoUring,
+    probe: Probe,
+    disabled: Vec<u8>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    in_flight: usize,
+    /// Entries pushed since the last doorbell.
+    unsubmitted: usize,
+    regions: Vec<Registered>,
+    files: u32,
+    eventfd: Option<EventFdSignal>,
+    wait: WaitMode,
+    on_full: OnFull,
+    stats: UringStats,
+    notify: NotifyStats,
+}
+
+impl fmt::Debug for Uring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Uring")
+            .field("fd", &self.ring.as_raw_fd())
+            .field("in_flight", &self.in_flight)
+            .field("wait", &self.wait)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(msg: String) -> QueueError {
+    QueueError::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
+}
+
+fn retry_eintr<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+impl Uring {
+    /// A builder with the defaults: 256 entries, no special setup flags, [`WaitMode::Enter`].
+    pub fn builder() -> UringBuilder {
+        UringBuilder::default()
+    }
+
+    /// The ring's fd: the target of [`Op::MsgRing`] from another ring.
+    pub fn ring_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    /// The registered eventfd in [`WaitMode::EventFd`]: readable when completions may be ready.
+    pub fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.eventfd.as_ref().map(|e| e.as_fd())
+    }
+
+    /// Whether the running kernel supports `opcode` (and it is not disabled in the builder).
+    pub fn supports(&self, opcode: u8) -> bool {
+        self.probe.is_supported(opcode) && !self.disabled.contains(&opcode)
+    }
+
+    /// Whether a kernel thread polls the submission queue.
+    pub fn is_sqpoll(&self) -> bool {
+        self.ring.params().is_setup_sqpoll()
+    }
+
+    /// Operations submitted (or queued) whose completion has not been reaped.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> UringStats {
+        self.stats
+    }
+
+    /// Registers `region` as fixed buffers (after any registered before), so that fixed reads
+    /// and writes can name its memory by [`BufHandle`] or pool [`Buf`]. Region ids must be
+    /// distinct. Fails while fixed operations are in flight.
+    pub fn register_region(&mut self, region: Arc<Region>) -> io::Result<()> {
+        if self.regions.iter().any(|r| r.region.id() == region.id()) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("a region with id {} is already registered", region.id()),
+            ));
+        }
+        if self.slots.iter().any(|s| {
+            matches!(
+                s.op,
+                Some(Op::ReadFixed { .. }) | Some(Op::WriteFixed { .. })
+            )
+        }) {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "cannot re-register fixed buffers while fixed operations are in flight",
+            ));
+        }
+        let first_index = self
+            .regions
+            .iter()
+            .map(|r| r.region.len().div_ceil(FIXED_CHUNK))
+            .sum::<usize>();
+        let mut regions: Vec<&Arc<Region>> = self.regions.iter().map(|r| &r.region).collect();
+        regions.push(&region);
+        let iovecs: Vec<libc::iovec> = regions
+            .iter()
+            .flat_map(|r| {
+                (0..r.len())
+                    .step_by(FIXED_CHUNK)
+                    .map(move |off| libc::iovec {
+                        // SAFETY: `off < len`, so the pointer stays inside the mapping.
+                        iov_base: unsafe { r.as_ptr().add(off) }.cast(),
+                        iov_len: (r.len() - off).min(FIXED_CHUNK),
+                    })
+            })
+            .collect();
+        let first_index = u16::try_from(first_index)
+            .ok()
+            .filter(|_| iovecs.len() <= u16::MAX as usize)
+            .ok_or_else(|| io::Error::other("too many fixed buffers"))?;
+        if !self.regions.is_empty() {
+            self.ring.submitter().unregister_buffers()?;
+        }
+        // SAFETY: every iovec covers mapped memory of a region that `self.regions` keeps alive
+        // for as long as it stays registered (regions are only dropped with the ring, after the
+        // ring's fd is closed).
+        unsafe { self.ring.submitter().register_buffers(&iovecs) }.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "registering {} bytes of fixed buffers failed: {e}",
+                    region.len()
+                ),
+            )
+        })?;
+        self.regions.push(Registered {
+            region,
+            first_index,
+        });
+        Ok(())
+    }
+
+    /// Registers files, replacing any registered before; [`Target::Fixed`]`(i)` then names
+    /// `fds[i]`.
+    pub fn register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
+        if self.files > 0 {
+            self.ring.submitter().unregister_files()?;
+            self.files = 0;
+        }
+        self.ring.submitter().register_files(fds)?;
+        self.files = fds.len() as u32;
+        Ok(())
+    }
+
+    /// Resolves a fixed buffer to an address in a registered region.
+    fn resolve_fixed(&self, buf: &FixedBuf, for_read: bool) -> Result<op::FixedAddr, QueueError> {
+        let handle: BufHandle = buf.handle(for_read);
+        let reg = self
+            .regions
+            .iter()
+            .find(|r| r.region.id() == handle.region)
+            .ok_or_else(|| invalid(format!("no registered region has id {}", handle.region)))?;
+        reg.region
+            .check_handle(handle)
+            .map_err(|e| invalid(format!("fixed buffer: {e}")))?;
+        let base = reg.region.as_ptr();
+        if let FixedBuf::Buf(b) = buf {
+            // The id matched; make sure the pool buffer really lives in this mapping.
+            let p = b.as_ptr() as usize;
+            if p < base as usize || p + b.capacity() > base as usize + reg.region.len() {
+                return Err(invalid(format!(
+                    "fixed buffer is not inside the registered region with id {}",
+                    handle.region
+                )));
+            }
+        }
+        let offset = handle.offset as usize;
+        let chunk = offset / FIXED_CHUNK;
+        if offset % FIXED_CHUNK + handle.len as usize > FIXED_CHUNK {
+            return Err(invalid(
+                "fixed buffer crosses a 1 GiB registration boundary".into(),
+            ));
+        }
+        Ok(op::FixedAddr {
+            // SAFETY: `check_handle` put `offset + len` inside the mapping.
+            ptr: unsafe { base.add(offset) },
+            len: handle.len,
+            index: reg.first_index + chunk as u16,
+        })
+    }
+
+    /// Validates a submission and returns its entry (without user data), or why not.
+    fn prepare(
+        &self,
+        sub: &mut Submission,
+        aux: &mut op::Aux,
+    ) -> Result<squeue::Entry, QueueError> {
+        if !self.supports(sub.op.opcode()) {
+            return Err(QueueError::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "io_uring operation {} (opcode {}) is not supported by this kernel",
+                    sub.op.name(),
+                    sub.op.opcode()
+                ),
+            )));
+        }
+        let target = match &sub.op {
+            Op::Read { fd, .. }
+            | Op::Write { fd, .. }
+            | Op::Readv { fd, .. }
+            | Op::Writev { fd, .. }
+            | Op::ReadFixed { fd, .. }
+            | Op::WriteFixed { fd, .. }
+            | Op::Fsync { fd, .. }
+            | Op::Close { fd }
+            | Op::Send { fd, .. }
+            | Op::Recv { fd, .. }
+            | Op::Accept { fd }
+            | Op::Connect { fd, .. }
+            | Op::Poll { fd, .. } => Some(*fd),
+            _ => None,
+        };
+        if let Some(Target::Fixed(i)) = target {
+            if i >= self.files {
+                return Err(invalid(format!(
+                    "registered file index {i} is out of range ({} registered)",
+                    self.files
+                )));
+            }
+        }
+        let fixed = match &sub.op {
+            Op::ReadFixed { buf, .. } => Some(self.resolve_fixed(buf, true)?),
+            Op::WriteFixed { buf, .. } => Some(self.resolve_fixed(buf, false)?),
+            Op::MsgRing { token, .. } if token & OWNED != 0 => {
+                return Err(invalid(format!(
+                    "message token {token:#x} has its top bit set"
+                )));
+            }
+            _ => None,
+        };
+        let mut entry = op::build(&mut sub.op, aux, fixed);
+        if let Op::Cancel { token } = sub.op {
+            let key = self
+                .slots
+                .iter()
+                .position(|s| s.op.is_some() && s.token == token)
+                .ok_or_else(|| {
+                    QueueError::Io(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("no operation with token {token} is in flight"),
+                    ))
+                })?;
+            entry = io_uring::opcode::AsyncCancel::new(OWNED | key as u64).build();
+        }
+        let flags = match sub.link {
+            Link::None => squeue::Flags::empty(),
+            Link::Soft => squeue::Flags::IO_LINK,
+            Link::Hard => squeue::Flags::IO_HARDLINK,
+        };
+        Ok(entry.flags(flags))
+    }
+
+    fn push_one(&mut self, mut sub: Submission) -> Result<(), Rejected<Submission>> {
+        if self.ring.submission().is_full() {
+            if self.on_full == OnFull::Submit {
+                if let Err(e) = self.submit() {
+                    return Err(Rejected::new(sub, e));
+                }
+            }
+            if self.ring.submission().is_full() {
+                return Err(Rejected::new(sub, QueueError::Full));
+            }
+        }
+        let mut aux = op::Aux::None;
+        let entry = match self.prepare(&mut sub, &mut aux) {
+            Ok(e) => e,
+            Err(e) => return Err(Rejected::new(sub, e)),
+        };
+        let key = match self.free.pop() {
+            Some(k) => k as usize,
+            None => {
+                self.slots.push(Slot {
+                    token: 0,
+                    op: None,
+                    aux: op::Aux::None,
+                });
+                self.slots.len() - 1
+            }
+        };
+        let entry = entry.user_data(OWNED | key as u64);
+        // Move the op and its auxiliary memory into the slot first: the heap memory the entry
+        // points to (buffers, boxes) does not move with them.
+        let slot = &mut self.slots[key];
+        slot.token = sub.token;
+        slot.op = Some(sub.op);
+        slot.aux = aux;
+        // SAFETY: every pointer in `entry` targets heap memory owned by `self.slots[key]` (the
+        // op's buffers, path, and `aux`), or a registered region kept alive by `self.regions`;
+        // the slot is only emptied when this entry's completion is reaped (or, on drop, after
+        // the kernel has completed or cancelled it).
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        if pushed.is_err() {
+            let slot = &mut self.slots[key];
+            let op = slot.op.take().expect("just stored");
+            slot.aux = op::Aux::None;
+            self.free.push(key as u32);
+            return Err(Rejected::new(
+                Submission {
+                    token: sub.token,
+                    op,
+                    link: sub.link,
+                },
+                QueueError::Full,
+            ));
+        }
+        self.in_flight += 1;
+        self.unsubmitted += 1;
+        self.stats.pushed += 1;
+        Ok(())
+    }
+
+    /// Enters the kernel to flush overflowed completions or deferred task work, if it says so.
+    fn flush_if_needed(&mut self) -> io::Result<bool> {
+        let (overflow, taskrun) = {
+            let sq = self.ring.submission();
+            (sq.cq_overflow(), sq.taskrun())
+        };
+        if overflow || taskrun {
+            retry_eintr(|| self.ring.submitter().submit_and_wait(0))?;
+            self.stats.enters += 1;
+            self.stats.flushes += 1;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn complete(&mut self, cqe: cqueue::Entry) -> Completion {
+        let (ud, res) = (cqe.user_data(), cqe.result());
+        self.stats.completed += 1;
+        if ud & OWNED == 0 {
+            return Completion {
+                token: ud,
+                result: if res < 0 {
+                    Err(io::Error::from_raw_os_error(-res))
+                } else {
+                    Ok(res as u32)
+                },
+                output: Output::Message,
+            };
+        }
+        let key = (ud & !OWNED) as usize;
+        let Some(op) = self.slots.get_mut(key).and_then(|s| s.op.take()) else {
+            return Completion {
+                token: ud,
+                result: Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("completion for unknown operation slot {key}"),
+                )),
+                output: Output::None,
+            };
+        };
+        let slot = &mut self.slots[key];
+        let (token, aux) = (slot.token, std::mem::take(&mut slot.aux));
+        self.free.push(key as u32);
+        self.in_flight -= 1;
+        let name = op.name();
+        let result = match (res, &op) {
+            // A timer that fires has done its job.
+            (r, Op::Timeout { .. }) if r == -libc::ETIME => Ok(0),
+            (r, _) if r < 0 => Err(OpError {
+                op: name,
+                token,
+                source: io::Error::from_raw_os_error(-r),
+            }
+            .into_io()),
+            (r, _) => Ok(r as u32),
+        };
+        Completion {
+            token,
+            result,
+            output: op::output(op, aux, res),
+        }
+    }
+
+    fn cq_ready(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
+    fn deadline_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
+        match deadline {
+            None => Some(None),
+            Some(d) => d
+                .checked_duration_since(Instant::now())
+                .filter(|r| !r.is_zero())
+                .map(Some),
+        }
+    }
+}
+
+impl Doorbell for Uring {
+    /// Tells the kernel about entries pushed since the last ring: an `io_uring_enter`, or, with
+    /// SQPOLL, nothing unless the polling thread has set `IORING_SQ_NEED_WAKEUP`. With nothing
+    /// new pushed it does nothing (and counts nothing).
+    fn ring(&mut self) -> io::Result<Rung> {
+        if self.unsubmitted == 0 {
+            return Ok(Rung::Skipped);
+        }
+        self.unsubmitted = 0;
+        let sqpoll = self.is_sqpoll();
+        let rung = if sqpoll {
+            // `need_wakeup` issues the SeqCst fence between publishing the tail and reading the
+            // flag that pairs with the kernel thread's barrier before it sleeps (liburing's
+            // `sq_ring_needs_enter`).
+            if self.ring.submission().need_wakeup() {
+                retry_eintr(|| self.ring.submitter().submit())?;
+                Rung::Rang
+            } else {
+                Rung::Skipped
+            }
+        } else {
+            retry_eintr(|| self.ring.submitter().submit())?;
+            Rung::Rang
+        };
+        if rung == Rung::Rang {
+            self.stats.enters += 1;
+        }
+        self.stats.doorbell.record(rung);
+        Ok(rung)
+    }
+
+    fn stats(&self) -> DoorbellStats {
+        self.stats.doorbell
+    }
+}
+
+impl Submitter for Uring {
+    type Entry = Submission;
+
+    fn push(&mut self, entry: Submission) -> Result<(), Rejected<Submission>> {
+        self.push_one(entry)
+    }
+
+    fn space(&mut self) -> Result<usize, QueueError> {
+        let sq = self.ring.submission();
+        Ok(sq.capacity() - sq.len())
+    }
+
+    /// Makes queued entries visible to the kernel and rings the doorbell; returns how many
+    /// entries were queued.
+    fn submit(&mut self) -> Result<usize, QueueError> {
+        let queued = self.unsubmitted;
+        Doorbell::ring(self)?;
+        Ok(queued)
+    }
+
+    fn doorbell_stats(&self) -> DoorbellStats {
+        self.stats.doorbell
+    }
+}
+
+impl Completer for Uring {
+    type Completion = Completion;
+
+    fn reap(&mut self) -> Result<Option<Completion>, QueueError> {
+        let mut cqe = self.ring.completion().next();
+        if cqe.is_none() && self.flush_if_needed()? {
+            cqe = self.ring.completion().next();
+        }
+        Ok(cqe.map(|c| self.complete(c)))
+    }
+
+    fn reap_into(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, QueueError> {
+        let mut n = 0;
+        while n < max {
+            match self.reap()? {
+                Some(c) => {
+                    out.push(c);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Waits for at least one completion. Queued entries are submitted first (in
+    /// [`WaitMode::Enter`], in the same system call).
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        self.notify.waits += 1;
+        let timed_out = |s: &mut Self| {
+            s.notify.timeouts += 1;
+            QueueError::Timeout(timeout.unwrap_or_default())
+        };
+        if self.cq_ready() || (self.flush_if_needed()? && self.cq_ready()) {
+            self.notify.without_sleep += 1;
+            return Ok(());
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        match self.wait {
+            WaitMode::Enter => {
+                // The enter below also submits anything pushed since the last doorbell.
+                if self.unsubmitted > 0 {
+                    self.unsubmitted = 0;
+                    self.stats.doorbell.record(Rung::Rang);
+                }
+                loop {
+                    let Some(left) = Self::deadline_left(deadline) else {
+                        return Err(timed_out(self));
+                    };
+                    let ts = left.map(types::Timespec::from);
+                    let args = types::SubmitArgs::new();
+                    let args = match &ts {
+                        Some(ts) => args.timespec(ts),
+                        None => args,
+                    };
+                    self.notify.sleeps += 1;
+                    self.stats.enters += 1;
+                    match self.ring.submitter().submit_with_args(1, &args) {
+                        Ok(_) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    if self.cq_ready() || (self.flush_if_needed()? && self.cq_ready()) {
+                        return Ok(());
+                    }
+                }
+            }
+            WaitMode::Poll | WaitMode::EventFd => {
+                self.submit()?;
+                let word = WakeWord::new();
+                let mut spins = 0u32;
+                loop {
+                    if self.cq_ready() || (self.flush_if_needed()? && self.cq_ready()) {
+                        self.notify.without_sleep += u64::from(self.wait == WaitMode::Poll);
+                        return Ok(());
+                    }
+                    let Some(left) = Self::deadline_left(deadline) else {
+                        return Err(timed_out(self));
+                    };
+                    match &self.eventfd {
+                        // The kernel signals the eventfd on every completion and the count
+                        // persists, so one that lands between the check above and this block
+                        // is not lost.
+                        Some(efd) => {
+                            self.notify.sleeps += 1;
+                            efd.block(&word, left)?;
+                        }
+                        None => {
+                            spins = spins.wrapping_add(1);
+                            std::hint::spin_loop();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn notify_stats(&self) -> NotifyStats {
+        self.notify
+    }
+}
+
+impl Drop for Uring {
+    /// Operations still in flight own memory the kernel may write: cancel them all and wait
+    /// (bounded) for their completions before freeing anything. Whatever the kernel has still
+    /// not completed after that is leaked, never freed under it.
+    fn drop(&mut self) {
+        if self.in_flight == 0 {
+            return;
+        }
+        let cancel = io_uring::opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(0);
+        // SAFETY: a cancel-any entry points to no memory.
+        let _ = unsafe { self.ring.submission().push(&cancel) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.in_flight > 0 && Instant::now() < deadline {
+            let ts = types::Timespec::new().nsec(10_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            loop {
+                let next = self.ring.completion().next();
+                let Some(cqe) = next else { break };
+                if cqe.user_data() & OWNED != 0 {
+                    drop(self.complete(cqe));
+                }
+            }
+        }
+        if self.in_flight > 0 {
+            for slot in self.slots.drain(..) {
+                if slot.op.is_some() {
+                    std::mem::forget(slot);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! Typed operations that own their resources, and the one place raw submission entries are
+//! built from them.
+//!
+//! An [`Op`] is moved into the ring with every buffer, path, address and timespec the kernel
+//! will read or write; the ring keeps it until the operation's own completion, then hands the
+//! resources back in that [`Completion`](crate::Completion). Dropping anything early cannot free
+//! memory the kernel still uses: the caller no longer has it.
+
+use std::ffi::CString;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use io_uring::{opcode, squeue, types};
+use subring_planes::data::{Buf, BufHandle};
+
+/// The file an operation targets: a plain descriptor, or an index into the ring's registered
+/// files ([`Uring::register_files`](crate::Uring::register_files)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A file descriptor of this process.
+    Fd(RawFd),
+    /// An index into the registered file table.
+    Fixed(u32),
+}
+
+impl From<RawFd> for Target {
+    fn from(fd: RawFd) -> Self {
+        Target::Fd(fd)
+    }
+}
+
+/// Memory a fixed-buffer read or write uses: it must lie in a region registered with
+/// [`Uring::register_region`](crate::Uring::register_region).
+#[derive(Debug)]
+pub enum FixedBuf {
+    /// A pool buffer this process owns: a read fills its capacity and sets its length; a write
+    /// sends its length. It comes back with the completion.
+    Buf(Buf),
+    /// Bytes named by a handle (for example, one a client process sent): checked against the
+    /// registered regions; the kernel reads or writes them in place.
+    Handle(BufHandle),
+}
+
+impl FixedBuf {
+    pub(crate) fn handle(&self, for_read: bool) -> BufHandle {
+        match self {
+            FixedBuf::Buf(b) => {
+                let mut h = b.handle();
+                if for_read {
+                    h.len = b.capacity() as u32;
+                }
+                h
+            }
+            FixedBuf::Handle(h) => *h,
+        }
+    }
+}
+
+/// An operation for the kernel, owning everything the kernel will touch.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Op {
+    /// Does nothing; completes with 0.
+    Nop,
+    /// `pread`: fills `buf` (up to its length) from `offset`; the completion's buffer is
+    /// truncated to the bytes read. `offset` `u64::MAX` uses the file position.
+    Read {
+        /// File.
+        fd: Target,
+        /// Destination; its length is how much to read.
+        buf: Vec<u8>,
+        /// File offset.
+        offset: u64,
+    },
+    /// `pwrite` of all of `buf` at `offset`.
+    Write {
+        /// File.
+        fd: Target,
+        /// Bytes to write.
+        buf: Vec<u8>,
+        /// File offset.
+        offset: u64,
+    },
+    /// `preadv` into several buffers (each up to its length).
+    Readv {
+        /// File.
+        fd: Target,
+        /// Destinations.
+        bufs: Vec<Vec<u8>>,
+        /// File offset.
+        offset: u64,
+    },
+    /// `pwritev` of several buffers.
+    Writev {
+        /// File.
+        fd: Target,
+        /// Sources.
+        bufs: Vec<Vec<u8>>,
+        /// File offset.
+        offset: u64,
+    },
+    /// A read into registered memory (`IORING_OP_READ_FIXED`).
+    ReadFixed {
+        /// File.
+        fd: Target,
+        /// Destination in a registered region.
+        buf: FixedBuf,
+        /// File offset.
+        offset: u64,
+    },
+    /// A write from registered memory (`IORING_OP_WRITE_FIXED`).
+    WriteFixed {
+        /// File.
+        fd: Target,
+        /// Source in a registered region.
+        buf: FixedBuf,
+        /// File offset.
+        offset: u64,
+    },
+    /// `fsync`, or `fdatasync` when `datasync`.
+    Fsync {
+        /// File.
+        fd: Target,
+        /// Only data (and the metadata needed to read it back).
+        datasync: bool,
+    },
+    /// `openat`: completes with the new descriptor.
+    OpenAt {
+        /// Directory (`None`: the current directory).
+        dir: Option<RawFd>,
+        /// Path.
+        path: CString,
+        /// `open(2)` flags (`O_CLOEXEC` is added).
+        flags: i32,
+        /// Mode for created files.
+        mode: u32,
+    },
+    /// `close` (of a descriptor, or a registered file slot).
+    Close {
+        /// What to close.
+        fd: Target,
+    },
+    /// `statx`: the completion carries the result.
+    Statx {
+        /// Directory (`None`: the current directory).
+        dir: Option<RawFd>,
+        /// Path.
+        path: CString,
+        /// `AT_*` flags.
+        flags: i32,
+        /// `STATX_*` mask.
+        mask: u32,
+    },
+    /// `send` of all of `buf`.
+    Send {
+        /// Socket.
+        fd: Target,
+        /// Bytes.
+        buf: Vec<u8>,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
+    /// `recv` into `buf` (up to its length); truncated to the bytes received.
+    Recv {
+        /// Socket.
+        fd: Target,
+        /// Destination.
+        buf: Vec<u8>,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
+    /// `accept4` (with `SOCK_CLOEXEC`): completes with the new descriptor.
+    Accept {
+        /// Listening socket.
+        fd: Target,
+    },
+    /// `connect` to `addr`.
+    Connect {
+        /// Socket.
+        fd: Target,
+        /// Peer address.
+        addr: SocketAddr,
+    },
+    /// A timer: completes with 0 after `after`, or once `count` other completions arrived
+    /// (0: time only).
+    Timeout {
+        /// Delay.
+        after: Duration,
+        /// Completions that end it early (0: none).
+        count: u32,
+    },
+    /// Cancels the previous (linked) operation if it has not completed within `after`; must
+    /// follow an operation submitted with [`Link::Soft`] or [`Link::Hard`].
+    LinkTimeout {
+        /// Limit.
+        after: Duration,
+    },
+    /// Cancels the in-flight operation submitted with `token` (completes with 0 if found; the
+    /// target then completes on its own with `ECANCELED`).
+    Cancel {
+        /// Token of the operation to cancel.
+        token: u64,
+    },
+    /// Waits until `fd` is ready for `events` (`POLLIN`, ...): completes with the ready mask.
+    Poll {
+        /// Descriptor.
+        fd: Target,
+        /// `poll(2)` events.
+        events: u32,
+    },
+    /// Posts a completion into another ring (`IORING_OP_MSG_RING`): a kernel-mediated doorbell.
+    /// The target ring reaps a [`Output::Message`] completion with `token` and `result`.
+    MsgRing {
+        /// The target ring's fd ([`Uring::ring_fd`](crate::Uring::ring_fd)).
+        ring: RawFd,
+        /// The result value the target sees.
+        result: i32,
+        /// The token the target sees (the top bit must be clear).
+        token: u64,
+    },
+}
+
+impl Op {
+    /// The operation's name, used in errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Nop => "nop",
+            Op::Read { .. } => "read",
+            Op::Write { .. } => "write",
+            Op::Readv { .. } => "readv",
+            Op::Writev { .. } => "writev",
+            Op::ReadFixed { .. } => "read_fixed",
+            Op::WriteFixed { .. } => "write_fixed",
+            Op::Fsync { .. } => "fsync",
+            Op::OpenAt { .. } => "openat",
+            Op::Close { .. } => "close",
+            Op::Statx { .. } => "statx",
+            Op::Send { .. } => "send",
+            Op::Recv { .. } => "recv",
+            Op::Accept { .. } => "accept",
+            Op::Connect { .. } => "connect",
+            Op::Timeout { .. } => "timeout",
+            Op::LinkTimeout { .. } => "link_timeout",
+            Op::Cancel { .. } => "cancel",
+            Op::Poll { .. } => "poll",
+            Op::MsgRing { .. } => "msg_ring",
+        }
+    }
+
+    /// The io_uring opcode, for probing.
+    pub fn opcode(&self) -> u8 {
+        match self {
+            Op::Nop => opcode::Nop::CODE,
+            Op::Read { .. } => opcode::Read::CODE,
+            Op::Write { .. } => opcode::Write::CODE,
+            Op::Readv { .. } => opcode::Readv::CODE,
+            Op::Writev { .. } => opcode::Writev::CODE,
+            Op::ReadFixed { .. } => opcode::ReadFixed::CODE,
+            Op::WriteFixed { .. } => opcode::WriteFixed::CODE,
+            Op::Fsync { .. } => opcode::Fsync::CODE,
+            Op::OpenAt { .. } => opcode::OpenAt::CODE,
+            Op::Close { .. } => opcode::Close::CODE,
+            Op::Statx { .. } => opcode::Statx::CODE,
+            Op::Send { .. } => opcode::Send::CODE,
+            Op::Recv { .. } => opcode::Recv::CODE,
+            Op::Accept { .. } => opcode::Accept::CODE,
+            Op::Connect { .. } => opcode::Connect::CODE,
+            Op::Timeout { .. } => opcode::Timeout::CODE,
+            Op::LinkTimeout { .. } => opcode::LinkTimeout::CODE,
+            Op::Cancel { .. } => opcode::AsyncCancel::CODE,
+            Op::Poll { .. } => opcode::PollAdd::CODE,
+            Op::MsgRing { .. } => opcode::MsgRingData::CODE,
+        }
+    }
+}
+
+/// How an operation is chained to the next one submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Link {
+    /// Not linked.
+    #[default]
+    None,
+    /// The next operation starts only after this one succeeds (`IOSQE_IO_LINK`); a failure
+    /// cancels the rest of the chain.
+    Soft,
+    /// The next operation starts after this one completes, whatever its result
+    /// (`IOSQE_IO_HARDLINK`).
+    Hard,
+}
+
+/// An operation with the token its completion will carry.
+#[derive(Debug)]
+pub struct Submission {
+    /// Chosen by the caller; comes back in the [`Completion`](crate::Completion).
+    pub token: u64,
+    /// The operation.
+    pub op: Op,
+    /// Chaining to the next submission.
+    pub link: Link,
+}
+
+impl Submission {
+    /// An unlinked submission.
+    pub fn new(token: u64, op: Op) -> Self {
+        Submission {
+            token,
+            op,
+            link: Link::None,
+        }
+    }
+
+    /// The same submission, linked to the next one.
+    pub fn link(mut self, link: Link) -> Self {
+        self.link = link;
+        self
+    }
+}
+
+/// Memory that an in-flight operation's entry points into, besides the `Op` itself. The
+/// contents are never read back here (except `Statx`): they are held so the kernel can use them.
+#[derive(Debug, Default)]
+#[allow(dead_code)]
+pub(crate) enum Aux {
+    #[default]
+    None,
+    Iovecs(Vec<libc::iovec>),
+    Timespec(Box<types::Timespec>),
+    Statx(Box<libc::statx>),
+    SockAddr(Box<(libc::sockaddr_storage, libc::socklen_t)>),
+}
+
+// SAFETY: the iovecs point into the `Op`'s own buffers, which travel with them; nothing here is
+// shared with another thread.
+unsafe impl Send for Aux {}
+
+fn timespec(d: Duration) -> Box<types::Timespec> {
+    Box::new(
+        types::Timespec::new()
+            .sec(d.as_secs())
+            .nsec(d.subsec_nanos()),
+    )
+}
+
+fn sockaddr(addr: &SocketAddr) -> Box<(libc::sockaddr_storage, libc::socklen_t)> {
+    let addr = nix::sys::socket::SockaddrStorage::from(*addr);
+    use nix::sys::socket::SockaddrLike;
+    // SAFETY: `sockaddr_storage` is plain old data; all zeroes is a valid (empty) value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = addr.len();
+    // SAFETY: `addr.as_ptr()` points to `len` valid bytes of a socket address, and
+    // `sockaddr_storage` is large enough for any address (`len <= size_of`).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            addr.as_ptr().cast::<u8>(),
+            (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+            (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>()),
+        );
+    }
+    Box::new((storage, len))
+}
+
+fn iovecs(bufs: &mut [Vec<u8>]) -> Vec<libc::iovec> {
+    bufs.iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect()
+}
+
+fn len32(len: usize) -> u32 {
+    len.min(u32::MAX as usize) as u32
+}
+
+/// A resolved fixed buffer: where the kernel should read or write.
+pub(crate) struct FixedAddr {
+    pub ptr: *mut u8,
+    pub len: u32,
+    pub index: u16,
+}
+
+/// Builds the entry for `op`, recording in `aux` any memory the entry points to beside `op`'s
+/// own fields. `fixed` resolves fixed buffers (already validated by the caller).
+pub(crate) fn build(op: &mut Op, aux: &mut Aux, fixed: Option<FixedAddr>) -> squeue::Entry {
+    macro_rules! fd {
+        ($t:expr, $b:expr) => {
+            match $t {
+                Target::Fd(fd) => $b(types::Fd(*fd)),
+                Target::Fixed(i) => $b(types::Fixed(*i)),
+            }
+        };
+    }
+    let at = |dir: &Option<RawFd>| types::Fd(dir.unwrap_or(libc::AT_FDCWD));
+    match op {
+        Op::Nop => opcode::Nop::new().build(),
+        Op::Read { fd, buf, offset } => {
+            fd!(fd, |f| opcode::Read::new(
+                f,
+                buf.as_mut_ptr(),
+                len32(buf.len())
+            )
+            .offset(*offset)
+            .build())
+        }
+        Op::Write { fd, buf, offset } => {
+            fd!(fd, |f| opcode::Write::new(
+                f,
+                buf.as_ptr(),
+                len32(buf.len())
+            )
+            .offset(*offset)
+            .build())
+        }
+        Op::Readv { fd, bufs, offset } => {
+            let iov = iovecs(bufs);
+            let entry = fd!(fd, |f| opcode::Readv::new(
+                f,
+                iov.as_ptr(),
+                len32(iov.len())
+            )
+            .offset(*offset)
+            .build());
+            *aux = Aux::Iovecs(iov);
+            entry
+        }
+        Op::Writev { fd, bufs, offset } => {
+            let iov = iovecs(bufs);
+            let entry = fd!(fd, |f| opcode::Writev::new(
+                f,
+                iov.as_ptr(),
+                len32(iov.len())
+            )
+            .offset(*offset)
+            .build());
+            *aux = Aux::Iovecs(iov);
+            entry
+        }
+        Op::ReadFixed { fd, offset, .. } => {
+            let a = fixed.expect("fixed buffer resolved by the caller");
+            fd!(fd, |f| opcode::ReadFixed::new(f, a.ptr, a.len, a.index)
+                .offset(*offset)
+                .build())
+        }
+        Op::WriteFixed { fd, offset, .. } => {
+            let a = fixed.expect("fixed buffer resolved by the caller");
+            fd!(fd, |f| opcode::WriteFixed::new(f, a.ptr, a.len, a.index)
+                .offset(*offset)
+                .build())
+        }
+        Op::Fsync { fd, datasync } => {
+            let flags = if *datasync {
+                types::FsyncFlags::DATASYNC
+            } else {
+                types::FsyncFlags::empty()
+            };
+            fd!(fd, |f| opcode::Fsync::new(f).flags(flags).build())
+        }
+        Op::OpenAt {
+            dir,
+            path,
+            flags,
+            mode,
+        } => opcode::OpenAt::new(at(dir), path.as_ptr())
+            .flags(*flags | libc::O_CLOEXEC)
+            .mode(*mode)
+            .build(),
+        Op::Close { fd } => fd!(fd, |f| opcode::Close::new(f).build()),
+        Op::Statx {
+            dir,
+            path,
+            flags,
+            mask,
+        } => {
+            // SAFETY: `statx` is plain old data; all zeroes is a valid value.
+            let mut out: Box<libc::statx> = Box::new(unsafe { std::mem::zeroed() });
+            let entry = opcode::Statx::new(
+                at(dir),
+                path.as_ptr(),
+                (&mut *out as *mut libc::statx).cast::<types::statx>(),
+            )
+            .flags(*flags)
+            .mask(*mask)
+            .build();
+            *aux = Aux::Statx(out);
+            entry
+        }
+        Op::Send { fd, buf, flags } => {
+            fd!(fd, |f| opcode::Send::new(f, buf.as_ptr(), len32(buf.len()))
+                .flags(*flags)
+                .build())
+        }
+        Op::Recv { fd, buf, flags } => {
+            fd!(fd, |f| opcode::Recv::new(
+                f,
+                buf.as_mut_ptr(),
+                len32(buf.len())
+            )
+            .flags(*flags)
+            .build())
+        }
+        Op::Accept { fd } => fd!(fd, |f| opcode::Accept::new(
+            f,
+            std::ptr::null_mut(),
+            std::ptr::null_mut()
+        )
+        .flags(libc::SOCK_CLOEXEC)
+        .build()),
+        Op::Connect { fd, addr } => {
+            let sa = sockaddr(addr);
+            let entry = fd!(fd, |f| opcode::Connect::new(
+                f,
+                (&sa.0 as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
+                sa.1
+            )
+            .build());
+            *aux = Aux::SockAddr(sa);
+            entry
+        }
+        Op::Timeout { after, count } => {
+            let ts = timespec(*after);
+            let entry = opcode::Timeout::new(&*ts).count(*count).build();
+            *aux = Aux::Timespec(ts);
+            entry
+        }
+        Op::LinkTimeout { after } => {
+            let ts = timespec(*after);
+            let entry = opcode::LinkTimeout::new(&*ts).build();
+            *aux = Aux::Timespec(ts);
+            entry
+        }
+        // The target's user_data is filled in by the ring, which knows its slot.
+        Op::Cancel { .. } => opcode::AsyncCancel::new(0).build(),
+        Op::Poll { fd, events } => fd!(fd, |f| opcode::PollAdd::new(f, *events).build()),
+        Op::MsgRing {
+            ring,
+            result,
+            token,
+        } => opcode::MsgRingData::new(types::Fd(*ring), *result, *token, None).build(),
+    }
+}
+
+/// What an operation hands back with its completion.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Nothing to return.
+    None,
+    /// The buffer of a read, write, send or recv (truncated to the bytes read or received).
+    Buf(Vec<u8>),
+    /// The buffers of a vectored read or write (a read's are truncated to what was filled).
+    Bufs(Vec<Vec<u8>>),
+    /// The fixed buffer of a fixed read or write (a pool buffer's length is set to the bytes read).
+    Fixed(FixedBuf),
+    /// The result of a `statx`.
+    Statx(Box<libc::statx>),
+    /// A message posted by another ring with [`Op::MsgRing`].
+    Message,
+}
+
+/// Turns a finished operation into what the caller gets back, given the kernel's result.
+pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
+    let n = if res > 0 { res as usize } else { 0 };
+    match op {
+        Op::Read { mut buf, .. } | Op::Recv { mut buf, .. } => {
+            buf.truncate(n);
+            Output::Buf(buf)
+        }
+        Op::Write { buf, .. } | Op::Send { buf, .. } => Output::Buf(buf),
+        Op::Readv { mut bufs, .. } => {
+            let mut left = n;
+            for b in &mut bufs {
+                let take = b.len().min(left);
+                b.truncate(take);
+                left -= take;
+            }
+            Output::Bufs(bufs)
+        }
+        Op::Writev { bufs, .. } => Output::Bufs(bufs),
+        Op::ReadFixed { buf, .. } => Output::Fixed(match buf {
+            FixedBuf::Buf(mut b) => {
+                b.set_len(n.min(b.capacity()));
+                FixedBuf::Buf(b)
+            }
+            h => h,
+        }),
+        Op::WriteFixed { buf, .. } => Output::Fixed(buf),
+        Op::Statx { .. } => match aux {
+            Aux::Statx(s) => Output::Statx(s),
+            _ => Output::None,
+        },
+        _ => Output::None,
+    }
+}
