@@ -39,3 +39,6 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub use subring_planes::{control, data, interrupt, pair, queue, sync};
+
+/// The kernel transport: the kernel as a subsystem, over io_uring.
+pub use subring_uring as uring;

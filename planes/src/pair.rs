@@ -47,6 +47,19 @@ struct PairState {
     version: AtomicU32,
     app_closed: AtomicU32,
     service_closed: AtomicU32,
+    kick_mode: AtomicU32,
+    call_mode: AtomicU32,
+}
+
+/// How a notify mode is recorded in the pair header, so both sides must agree on it (a side
+/// that spins never wakes one that sleeps).
+fn mode_code(mode: NotifyMode) -> u32 {
+    match mode {
+        NotifyMode::Spin => 1,
+        NotifyMode::Adaptive => 2,
+        NotifyMode::EventFd => 3,
+        NotifyMode::Futex => 4,
+    }
 }
 
 type PairHeader = CacheLine<PairState>;
@@ -293,10 +306,14 @@ pub fn create<S: Pod, C: Pod>(
             version: AtomicU32::new(0),
             app_closed: AtomicU32::new(0),
             service_closed: AtomicU32::new(0),
+            kick_mode: AtomicU32::new(0),
+            call_mode: AtomicU32::new(0),
         }));
     }
     let s = state.get();
     s.magic.store(0, Relaxed);
+    s.kick_mode.store(mode_code(config.kick_mode), Relaxed);
+    s.call_mode.store(mode_code(config.call_mode), Relaxed);
     s.app_closed.store(0, Relaxed);
     s.service_closed.store(0, Relaxed);
     s.version.store(PAIR_LAYOUT_VERSION, Relaxed);
@@ -333,6 +350,22 @@ fn locate_pair<S: Pod, C: Pod>(
             ),
         )));
     }
+    for (what, word, mode) in [
+        ("kick", &s.kick_mode, config.kick_mode),
+        ("call", &s.call_mode, config.call_mode),
+    ] {
+        let found = word.load(Relaxed);
+        if found != mode_code(mode) {
+            return Err(QueueError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "queue pair at offset {offset} was created with {what} mode code {found}, \
+                     this side asks for {mode} (code {}): both sides must use the same mode",
+                    mode_code(mode)
+                ),
+            )));
+        }
+    }
     Ok((state, layout))
 }
 
@@ -358,11 +391,11 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     ) -> Result<Self, QueueError> {
         let (state, layout) = locate_pair::<S, C>(&region, offset, config)?;
         let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
-            .map_err(ring_error)?
-            .into_consumer();
+            .and_then(Ring::into_consumer)
+            .map_err(ring_error)?;
         let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
-            .map_err(ring_error)?
-            .into_producer();
+            .and_then(Ring::into_producer)
+            .map_err(ring_error)?;
         Ok(ServiceSide {
             kick: config
                 .kick_mode
@@ -465,7 +498,12 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
                 Err(e) => return Err(e),
             }
             if self.serve_ready(&mut handler)? == 0 {
-                self.wait_for_room(idle)?;
+                match self.wait_for_room(idle) {
+                    Ok(()) => {}
+                    // The app closed without reaping what it was owed: a clean end for us.
+                    Err(QueueError::PeerGone) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
@@ -496,14 +534,41 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         (self.kick.stats(), self.call.stats())
     }
 
-    /// The eventfd the service sleeps on in eventfd mode, for an event loop.
+    /// The eventfd the service sleeps on in eventfd mode, for an event loop. Call
+    /// [`arm`](Self::arm) before waiting on it.
     pub fn kick_fd(&self) -> Option<BorrowedFd<'_>> {
         self.kick_fd.as_ref().map(|e| e.as_fd())
+    }
+
+    /// Prepares to wait for requests in an external event loop on [`kick_fd`](Self::kick_fd):
+    /// announces that the service is about to sleep, so the app's doorbell will signal the
+    /// eventfd, then re-checks. Returns `true` if requests (or the app's close) are already
+    /// there — then do not wait. After the fd fires, call [`disarm`](Self::disarm).
+    pub fn arm(&mut self) -> Result<bool, QueueError> {
+        let word = self.sq.consumer_wake();
+        word.announce_sleep();
+        if self.sq.has_entries()? || self.app_closed() {
+            word.cancel_sleep();
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Ends an external wait begun with [`arm`](Self::arm): clears the announcement and drains
+    /// the eventfd.
+    pub fn disarm(&mut self) -> Result<(), QueueError> {
+        self.sq.consumer_wake().cancel_sleep();
+        if let Some(fd) = &self.kick_fd {
+            fd.drain()?;
+        }
+        Ok(())
     }
 }
 
 impl<S, C> Drop for ServiceSide<S, C> {
+    /// Publishes staged completions (nothing the service completed is dropped), then closes.
     fn drop(&mut self) {
+        self.cq.publish_staged();
         close(&self.state.get().service_closed, &*self.call);
     }
 }
@@ -519,11 +584,11 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
     ) -> Result<Self, QueueError> {
         let (state, layout) = locate_pair::<S, C>(&region, offset, config)?;
         let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
-            .map_err(ring_error)?
-            .into_producer();
+            .and_then(Ring::into_producer)
+            .map_err(ring_error)?;
         let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
-            .map_err(ring_error)?
-            .into_consumer();
+            .and_then(Ring::into_consumer)
+            .map_err(ring_error)?;
         Ok(AppSide {
             doorbell: NotifierDoorbell::new(
                 config
@@ -542,6 +607,11 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
 
     fn service_closed(&self) -> bool {
         closed(&self.state.get().service_closed)
+    }
+
+    /// Whether the service side has closed (its completions may still be waiting to be reaped).
+    pub fn peer_closed(&self) -> bool {
+        self.service_closed()
     }
 
     /// The eventfd the app sleeps on for completions in eventfd mode, for an event loop
@@ -656,7 +726,10 @@ impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
 }
 
 impl<S, C> Drop for AppSide<S, C> {
+    /// Publishes staged submissions (nothing pushed is dropped), then closes; one wake-up
+    /// covers both.
     fn drop(&mut self) {
+        self.sq.publish_staged();
         close(&self.state.get().app_closed, self.doorbell.notifier());
     }
 }

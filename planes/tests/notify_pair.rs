@@ -329,3 +329,87 @@ fn doorbell_trait_counts() {
     assert_eq!(bell.stats().rung, 1);
     assert_eq!(bell.stats().skipped, 1);
 }
+
+#[test]
+fn both_sides_must_agree_on_notify_modes() {
+    use std::sync::Arc;
+    use subring_planes::data::{Region, RegionOptions};
+    use subring_planes::pair::{create, AppSide, PairLayout, PairSignals};
+    let spin = PairConfig::default().with_mode(NotifyMode::Spin);
+    let futex = PairConfig::default().with_mode(NotifyMode::Futex);
+    let layout = PairLayout::of::<u64, u64>(&spin).unwrap();
+    let region = Arc::new(Region::memfd("modes", layout.size, RegionOptions::new()).unwrap());
+    create::<u64, u64>(&region, 0, &futex).unwrap();
+    // An app that would spin (and so never wake a sleeping service) is refused at attach.
+    let err =
+        AppSide::<u64, u64>::attach(region.clone(), 0, &spin, PairSignals::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("both sides must use the same mode"),
+        "{err}"
+    );
+    AppSide::<u64, u64>::attach(region, 0, &futex, PairSignals::default()).unwrap();
+}
+
+#[test]
+fn kick_fd_works_in_an_event_loop() {
+    let config = PairConfig::default().with_mode(NotifyMode::EventFd);
+    let (mut app, mut service) = in_process::<u64, u64>(&config).unwrap();
+    let client = std::thread::spawn(move || {
+        for i in 0..50 {
+            app.push(i).unwrap();
+            app.submit().unwrap();
+            app.wait(LONG).unwrap();
+            assert_eq!(app.reap().unwrap(), Some(i * 2));
+        }
+    });
+    let mut served = 0;
+    while served < 50 {
+        if !service.arm().unwrap() {
+            let fd = service.kick_fd().expect("eventfd mode has a kick fd");
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            assert_eq!(
+                poll(&mut fds, PollTimeout::from(10_000u16)).unwrap(),
+                1,
+                "kick never fired"
+            );
+            service.disarm().unwrap();
+        }
+        served += service.serve_ready(&mut |x| x * 2).unwrap();
+    }
+    client.join().unwrap();
+    assert!(
+        service.stats().0.sleeps == 0,
+        "the service waited in poll(2), not in wait_until"
+    );
+}
+
+#[test]
+fn staged_entries_are_published_when_a_side_drops() {
+    let config = PairConfig::default().with_mode(NotifyMode::Futex);
+    let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+    app.push(1).unwrap();
+    app.push(2).unwrap();
+    drop(app); // never submitted: dropping publishes, then closes
+    let mut got = Vec::new();
+    while let Ok(()) = service.wait_requests(LONG) {
+        while let Some(x) = service.pop_request().unwrap() {
+            got.push(x);
+        }
+    }
+    assert_eq!(got, [1, 2]);
+    assert!(service.app_closed());
+}
+
+#[test]
+fn enormous_timeouts_mean_no_limit() {
+    let config = PairConfig::default().with_mode(NotifyMode::Futex);
+    let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+    let server = std::thread::spawn(move || service.run(|x| x, Some(Duration::MAX)));
+    app.push(5).unwrap();
+    app.submit().unwrap();
+    app.wait(Some(Duration::MAX)).unwrap();
+    assert_eq!(app.reap().unwrap(), Some(5));
+    drop(app);
+    server.join().unwrap().unwrap();
+}

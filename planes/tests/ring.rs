@@ -85,7 +85,7 @@ proptest! {
         drop(Ring::<u64>::create(region.clone(), 0, capacity).unwrap());
         poke(&region, TAIL, start);
         poke(&region, HEAD, start);
-        let (mut tx, mut rx) = Ring::<u64>::attach(region, 0, capacity).unwrap().split();
+        let (mut tx, mut rx) = Ring::<u64>::attach(region, 0, capacity).unwrap().split().unwrap();
 
         let mut published: VecDeque<u64> = VecDeque::new();
         let mut staged: Vec<u64> = Vec::new();
@@ -264,7 +264,10 @@ fn attach_checks_the_header() {
 #[test]
 fn corrupt_tail_is_an_error_for_the_consumer() {
     let region = region_for::<u64>(8);
-    let (mut tx, mut rx) = Ring::<u64>::create(region.clone(), 0, 8).unwrap().split();
+    let (mut tx, mut rx) = Ring::<u64>::create(region.clone(), 0, 8)
+        .unwrap()
+        .split()
+        .unwrap();
     tx.push(1).unwrap();
     assert_eq!(rx.pop().unwrap(), Some(1));
     // Far ahead: more than a capacity of unread entries.
@@ -288,7 +291,10 @@ fn corrupt_tail_is_an_error_for_the_consumer() {
 #[test]
 fn corrupt_head_is_an_error_for_the_producer() {
     let region = region_for::<u64>(4);
-    let (mut tx, _rx) = Ring::<u64>::create(region.clone(), 0, 4).unwrap().split();
+    let (mut tx, _rx) = Ring::<u64>::create(region.clone(), 0, 4)
+        .unwrap()
+        .split()
+        .unwrap();
     for i in 0..4 {
         tx.push(i).unwrap();
     }
@@ -313,7 +319,10 @@ fn corrupt_head_is_an_error_for_the_producer() {
 fn garbage_in_slots_is_just_data() {
     // Slot contents are the peer's business: any bytes are a valid `Pod` value.
     let region = region_for::<u64>(4);
-    let (mut tx, mut rx) = Ring::<u64>::create(region.clone(), 0, 4).unwrap().split();
+    let (mut tx, mut rx) = Ring::<u64>::create(region.clone(), 0, 4)
+        .unwrap()
+        .split()
+        .unwrap();
     tx.push(5).unwrap();
     // SAFETY: the slot area starts at 640 and holds 4 u64s; overwrite slot 0 like a peer would.
     unsafe {

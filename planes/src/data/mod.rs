@@ -10,7 +10,9 @@ mod region;
 mod ring;
 
 pub use pool::{Buf, BufferPool, PoolError, PoolLayout};
-pub use region::{Backing, Region, RegionError, RegionOptions, HUGE_PAGE_SIZE, MAX_REGION_LEN};
+pub use region::{
+    Backing, Claim, ClaimKind, Region, RegionError, RegionOptions, HUGE_PAGE_SIZE, MAX_REGION_LEN,
+};
 pub use ring::{
     Consumer, CorruptIndex, IndexField, Producer, PushError, ReadChunk, Ring, RingError,
     RingLayout, WriteChunk, MAX_CAPACITY, RING_LAYOUT_VERSION, RING_MAGIC,

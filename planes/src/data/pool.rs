@@ -16,7 +16,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use super::region::{Region, RegionError};
+use super::region::{Claim, ClaimKind, Region, RegionError};
 use super::BufHandle;
 #[cfg(loom)]
 use crate::sync::Ordering;
@@ -116,7 +116,9 @@ impl PoolLayout {
 /// let mut buf = pool.alloc().expect("a free buffer");
 /// buf.fill_from(b"hello");
 /// let handle = buf.lend(); // now the peer's: send `handle` in a ring entry
-/// assert_eq!(region.slice(handle)?, b"hello");
+/// let mut seen = [0u8; 5];
+/// region.read_into(handle, &mut seen)?; // what the peer would see
+/// assert_eq!(&seen, b"hello");
 /// let back = pool.reclaim(handle)?; // the peer gave it back
 /// assert_eq!(&back[..], b"hello");
 /// assert!(pool.reclaim(handle).is_err()); // not lent any more
@@ -131,6 +133,7 @@ pub struct BufferPool {
     lent: Box<[AtomicU64]>,
     /// Word to start the next search at (a hint; any value is correct).
     hint: AtomicU32,
+    _claim: Claim,
     #[cfg(loom)]
     broken_orderings: bool,
 }
@@ -185,10 +188,14 @@ impl BufferPool {
             buf_size,
             count,
         };
-        region
-            .check(layout.base, layout.span())
+        let claim = region
+            .claim(
+                offset..offset + layout.span() as usize,
+                ClaimKind::Exclusive,
+            )
             .map_err(|e: RegionError| PoolError::Layout(e.to_string()))?;
         Ok(Arc::new(BufferPool {
+            _claim: claim,
             region,
             layout,
             free: bits(count, true),

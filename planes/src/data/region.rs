@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::fs::File;
+use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
@@ -87,6 +88,19 @@ pub enum RegionError {
         /// Alignment required.
         align: usize,
     },
+    /// The range is already in use in this process by a structure it would alias (a second
+    /// producer or consumer of one ring, or a pool overlapping a ring or another pool).
+    #[error("bytes {start}..{end} of the region are already in use here as {existing}; cannot use them as {wanted}")]
+    InUse {
+        /// Start of the requested range.
+        start: usize,
+        /// End of the requested range.
+        end: usize,
+        /// What holds the range.
+        existing: ClaimKind,
+        /// What was asked for.
+        wanted: ClaimKind,
+    },
     /// A buffer handle names another region.
     #[error("buffer handle names region {found}, this is region {expected}")]
     WrongRegion {
@@ -103,6 +117,58 @@ fn os(op: &'static str) -> impl FnOnce(Errno) -> RegionError {
         source: e.into(),
     }
 }
+
+/// What a range of a region is used for in this process, so that two structures cannot alias
+/// the same non-atomic memory through safe code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimKind {
+    /// The slots of a ring, as their single producer.
+    RingProducer,
+    /// The slots of a ring, as their single consumer.
+    RingConsumer,
+    /// Memory used by one owner only (a buffer pool).
+    Exclusive,
+}
+
+impl fmt::Display for ClaimKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClaimKind::RingProducer => "a ring's producer",
+            ClaimKind::RingConsumer => "a ring's consumer",
+            ClaimKind::Exclusive => "a buffer pool",
+        })
+    }
+}
+
+/// A range of a region claimed by one structure of this process; released on drop.
+pub struct Claim {
+    region: std::sync::Arc<Region>,
+    id: u64,
+}
+
+impl fmt::Debug for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Claim").field("id", &self.id).finish()
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.region.claims().1.retain(|c| c.id != self.id);
+    }
+}
+
+#[derive(Debug)]
+struct ClaimEntry {
+    id: u64,
+    range: Range<usize>,
+    kind: ClaimKind,
+}
+
+/// Claims are process-local bookkeeping (the peer process has its own), not a shared-memory
+/// protocol, so a plain std mutex is right here and there is nothing for loom to model.
+#[allow(clippy::disallowed_types)]
+type ClaimTable = std::sync::Mutex<(u64, Vec<ClaimEntry>)>;
 
 /// How a [`Region`] is backed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,8 +224,11 @@ impl RegionOptions {
 /// ([`Region::fd`]), or mapped from such a received fd ([`Region::from_fd`]).
 ///
 /// The region never hands out references to its memory by itself: rings and pools reach it
-/// through pointers they bounds-check with [`Region::check`]. The contents of a shared region
-/// are untrusted: the peer may change any byte at any time.
+/// through pointers they bounds-check with [`Region::check`], and claim the ranges they use
+/// ([`Region::claim`]) so that two of them cannot alias the same memory in this process. The
+/// contents of a shared region are untrusted: the peer may change any byte at any time (and, on
+/// a regular memfd, may punch holes that read back as zeroes; on a huge-page memfd, refaulting a
+/// punched page can fail if the pool of huge pages is exhausted).
 ///
 /// # Examples
 /// ```
@@ -175,6 +244,7 @@ pub struct Region {
     fd: Option<OwnedFd>,
     backing: Backing,
     id: u32,
+    claims: ClaimTable,
 }
 
 impl fmt::Debug for Region {
@@ -227,6 +297,7 @@ impl Region {
             fd: None,
             backing: Backing::Anonymous,
             id: options.id,
+            claims: ClaimTable::default(),
         })
     }
 
@@ -303,6 +374,7 @@ impl Region {
             fd: Some(file.into()),
             backing,
             id: options.id,
+            claims: ClaimTable::default(),
         })
     }
 
@@ -349,16 +421,16 @@ impl Region {
     }
 
     /// A pointer to a `T` at `offset`, after checking that `size` bytes fit in the region and
-    /// that the offset is aligned for `T`.
+    /// that the address is aligned for `T`.
     pub fn ptr_at<T>(&self, offset: usize, size: usize) -> Result<NonNull<T>, RegionError> {
         self.check(offset as u64, size as u64)?;
         let align = std::mem::align_of::<T>();
-        // The mapping is page-aligned, so offset alignment is address alignment.
-        if offset % align != 0 {
-            return Err(RegionError::Misaligned { offset, align });
-        }
         // SAFETY: `offset + size <= len` was checked, so the pointer stays inside the mapping.
         let ptr = unsafe { self.as_ptr().add(offset) };
+        // The address, not just the offset: a type may be aligned beyond the page size.
+        if (ptr as usize) % align != 0 {
+            return Err(RegionError::Misaligned { offset, align });
+        }
         NonNull::new(ptr.cast()).ok_or(RegionError::OutOfBounds {
             offset: offset as u64,
             len: size as u64,
@@ -377,16 +449,18 @@ impl Region {
         self.check(handle.offset, u64::from(handle.len))
     }
 
-    /// The bytes a (checked) buffer handle names.
+    /// The bytes a buffer handle names, in place (zero-copy), after checking the handle.
     ///
-    /// The peer may write these bytes while the slice is held: treat them as untrusted input,
-    /// read each value you validate once (copy it out), and never let a length or index read
-    /// from them reach an unchecked access. Every byte pattern is a valid `u8`, and subring
-    /// itself never derives an index from payload bytes.
-    pub fn slice(&self, handle: BufHandle) -> Result<&[u8], RegionError> {
+    /// # Safety
+    /// Nothing may write these bytes while the slice lives: not this process (for example
+    /// through a [`Buf`](super::Buf) owning them), and not a peer process. That holds when the
+    /// protocol has handed the buffer to this side (the peer lent it and will not touch it until
+    /// it is returned). If the peer may break that promise, use [`Region::read_into`], which
+    /// copies: a slice the peer writes under you can change between two reads of the same byte.
+    pub unsafe fn slice(&self, handle: BufHandle) -> Result<&[u8], RegionError> {
         self.check_handle(handle)?;
         // SAFETY: the range was bounds-checked against the live mapping, which lives as long as
-        // `self`; `u8` has no invalid values (see the note above on concurrent peer writes).
+        // `self`; the caller guarantees nothing writes it while the slice lives.
         Ok(unsafe {
             std::slice::from_raw_parts(
                 self.as_ptr().add(handle.offset as usize),
@@ -395,12 +469,59 @@ impl Region {
         })
     }
 
-    /// Copies the bytes a handle names into `dst` (which must be at least `handle.len` long)
-    /// and returns how many were copied.
+    /// Copies the bytes a handle names into the start of `dst` and returns how many were copied:
+    /// `handle.len`, or fewer if `dst` is shorter. Safe whatever the peer does meanwhile (the
+    /// copy uses volatile reads).
     pub fn read_into(&self, handle: BufHandle, dst: &mut [u8]) -> Result<usize, RegionError> {
-        let src = self.slice(handle)?;
-        let n = src.len().min(dst.len());
-        dst[..n].copy_from_slice(&src[..n]);
+        self.check_handle(handle)?;
+        let n = (handle.len as usize).min(dst.len());
+        // SAFETY: `offset + len` is inside the mapping (checked).
+        let src = unsafe { self.as_ptr().add(handle.offset as usize) };
+        for (i, d) in dst[..n].iter_mut().enumerate() {
+            // SAFETY: `i < n <= handle.len`, inside the checked range; a volatile read of a `u8`
+            // creates no reference into memory the peer may write.
+            *d = unsafe { src.add(i).read_volatile() };
+        }
         Ok(n)
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, (u64, Vec<ClaimEntry>)> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims `range` of this region for `kind` in this process, so that no other structure of
+    /// this process can alias it: a ring's slots take one producer and one consumer claim over
+    /// the same range; anything else may not overlap. Released when the [`Claim`] drops.
+    pub fn claim(
+        self: &std::sync::Arc<Self>,
+        range: Range<usize>,
+        kind: ClaimKind,
+    ) -> Result<Claim, RegionError> {
+        self.check(range.start as u64, range.len() as u64)?;
+        let mut table = self.claims();
+        for c in &table.1 {
+            let overlaps = c.range.start < range.end && range.start < c.range.end;
+            let ring_pair = c.range == range
+                && matches!(
+                    (c.kind, kind),
+                    (ClaimKind::RingProducer, ClaimKind::RingConsumer)
+                        | (ClaimKind::RingConsumer, ClaimKind::RingProducer)
+                );
+            if overlaps && !ring_pair {
+                return Err(RegionError::InUse {
+                    start: range.start,
+                    end: range.end,
+                    existing: c.kind,
+                    wanted: kind,
+                });
+            }
+        }
+        table.0 += 1;
+        let id = table.0;
+        table.1.push(ClaimEntry { id, range, kind });
+        Ok(Claim {
+            region: self.clone(),
+            id,
+        })
     }
 }

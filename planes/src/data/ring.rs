@@ -7,7 +7,7 @@
 //! +128        tail line     free-running index of the next entry the producer publishes
 //! +256        head line     free-running index of the next entry the consumer releases
 //! +384        consumer wake word (the consumer announces here that it is about to sleep)
-//! +512        producer wake word (the producer announces here that it waits for space)
+//! +512        producer wake word (reserved for a producer waiting for space; unused so far)
 //! +640        capacity x T  entry slots (capacity is a power of two; index & (capacity - 1))
 //! ```
 //! Each side owns one index and keeps its authoritative copy in private memory: it only
@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use bytemuck::Pod;
 
-use super::region::{Region, RegionError, RegionOptions};
+use super::region::{Claim, ClaimKind, Region, RegionError, RegionOptions};
 use crate::interrupt::{WakeRef, WakeWord};
 #[cfg(loom)]
 use crate::sync::Ordering;
@@ -203,6 +203,8 @@ struct RingPtrs<T> {
     header: NonNull<RingHeader>,
     slots: NonNull<Slot<T>>,
     mask: u32,
+    /// Byte range of the slots in the region.
+    slot_range: std::ops::Range<usize>,
 }
 
 // SAFETY: the pointers target the region, which the `Arc` keeps mapped; the memory is only reached
@@ -226,6 +228,10 @@ impl<T: Pod> RingPtrs<T> {
         // SAFETY: `index & mask < capacity`, and all `capacity` slots were bounds-checked at
         // construction.
         unsafe { self.slots.as_ptr().add((index & self.mask) as usize) }
+    }
+
+    fn claim(&self, kind: ClaimKind) -> Result<Claim, RingError> {
+        Ok(self.region.claim(self.slot_range.clone(), kind)?)
     }
 
     fn wake(&self, word: fn(&RingHeader) -> &WakeWord) -> WakeRef {
@@ -270,7 +276,7 @@ impl<T: Pod> Ring<T> {
     pub fn with_capacity(capacity: u32) -> Result<(Producer<T>, Consumer<T>), RingError> {
         let layout = RingLayout::of::<T>(capacity)?;
         let region = Arc::new(Region::anonymous(layout.size, RegionOptions::new())?);
-        Ok(Self::create(region, 0, capacity)?.split())
+        Self::create(region, 0, capacity)?.split()
     }
 
     fn locate(
@@ -296,6 +302,7 @@ impl<T: Pod> Ring<T> {
             header,
             slots,
             mask: capacity - 1,
+            slot_range: offset + layout.slots_offset..offset + layout.size,
         })
     }
 
@@ -409,26 +416,32 @@ impl<T: Pod> Ring<T> {
     }
 
     /// Both halves, for use in this process (typically on two threads).
-    pub fn split(self) -> (Producer<T>, Consumer<T>) {
+    ///
+    /// Fails with [`RegionError::InUse`] if this process already has a producer or consumer
+    /// of this ring (each side is single: a second one would race on the slots).
+    pub fn split(self) -> Result<(Producer<T>, Consumer<T>), RingError> {
         let other = RingPtrs {
             region: self.ptrs.region.clone(),
             header: self.ptrs.header,
             slots: self.ptrs.slots,
             mask: self.ptrs.mask,
+            slot_range: self.ptrs.slot_range.clone(),
         };
         let (head, tail) = (self.head, self.tail);
-        let producer = Producer::new(self.ptrs, head, tail);
-        let consumer = Consumer::new(other, head, tail);
-        (producer, consumer)
+        let producer = Producer::new(self.ptrs, head, tail)?;
+        let consumer = Consumer::new(other, head, tail)?;
+        Ok((producer, consumer))
     }
 
-    /// The producing half only (the consumer lives in another process).
-    pub fn into_producer(self) -> Producer<T> {
+    /// The producing half only (the consumer lives in another process). Fails with
+    /// [`RegionError::InUse`] if this process already has a producer of this ring.
+    pub fn into_producer(self) -> Result<Producer<T>, RingError> {
         Producer::new(self.ptrs, self.head, self.tail)
     }
 
-    /// The consuming half only (the producer lives in another process).
-    pub fn into_consumer(self) -> Consumer<T> {
+    /// The consuming half only (the producer lives in another process). Fails with
+    /// [`RegionError::InUse`] if this process already has a consumer of this ring.
+    pub fn into_consumer(self) -> Result<Consumer<T>, RingError> {
         Consumer::new(self.ptrs, self.head, self.tail)
     }
 }
@@ -448,6 +461,7 @@ pub struct Producer<T> {
     cached_head: u32,
     #[cfg(loom)]
     publish_order: Ordering,
+    _claim: Claim,
 }
 
 impl<T> fmt::Debug for Producer<T> {
@@ -462,15 +476,16 @@ impl<T> fmt::Debug for Producer<T> {
 }
 
 impl<T: Pod> Producer<T> {
-    fn new(ring: RingPtrs<T>, head: u32, tail: u32) -> Self {
-        Producer {
+    fn new(ring: RingPtrs<T>, head: u32, tail: u32) -> Result<Self, RingError> {
+        Ok(Producer {
+            _claim: ring.claim(ClaimKind::RingProducer)?,
             ring,
             tail,
             staged: 0,
             cached_head: head,
             #[cfg(loom)]
             publish_order: Release,
-        }
+        })
     }
 
     /// Number of entries the ring holds.
@@ -599,16 +614,33 @@ impl<T: Pod> Producer<T> {
         self.ring.wake(|h| &h.consumer_wake)
     }
 
-    /// The word this producer sets before it sleeps waiting for space.
-    pub fn producer_wake(&self) -> WakeRef {
-        self.ring.wake(|h| &h.producer_wake)
-    }
-
     /// Loom negative control only: publish `tail` with another ordering.
     #[cfg(loom)]
     #[doc(hidden)]
     pub fn set_publish_ordering_for_loom(&mut self, order: Ordering) {
         self.publish_order = order;
+    }
+}
+
+impl<T> Producer<T> {
+    /// Publishes anything still staged (for drops, where `T: Pod` is not in scope; the header
+    /// does not depend on `T`).
+    pub(crate) fn publish_staged(&mut self) {
+        if self.staged != 0 {
+            self.tail = self.tail.wrapping_add(self.staged);
+            self.staged = 0;
+            // SAFETY: see `RingPtrs::header`; `T` plays no part in the header.
+            let header = unsafe { self.ring.header.as_ref() };
+            // SYNC POINT (ring-publish): as in `Producer::publish`.
+            header.tail.store(self.tail, Release);
+        }
+    }
+}
+
+impl<T> Drop for Producer<T> {
+    /// Publishes anything still staged: entries the caller pushed are not silently dropped.
+    fn drop(&mut self) {
+        self.publish_staged();
     }
 }
 
@@ -705,6 +737,7 @@ pub struct Consumer<T> {
     head: u32,
     /// Last tail read from the producer (validated).
     cached_tail: u32,
+    _claim: Claim,
 }
 
 impl<T> fmt::Debug for Consumer<T> {
@@ -718,12 +751,13 @@ impl<T> fmt::Debug for Consumer<T> {
 }
 
 impl<T: Pod> Consumer<T> {
-    fn new(ring: RingPtrs<T>, head: u32, tail: u32) -> Self {
-        Consumer {
+    fn new(ring: RingPtrs<T>, head: u32, tail: u32) -> Result<Self, RingError> {
+        Ok(Consumer {
+            _claim: ring.claim(ClaimKind::RingConsumer)?,
             ring,
             head,
             cached_tail: tail,
-        }
+        })
     }
 
     /// Number of entries the ring holds.
@@ -822,11 +856,6 @@ impl<T: Pod> Consumer<T> {
     /// The word this consumer sets before it sleeps waiting for entries.
     pub fn consumer_wake(&self) -> WakeRef {
         self.ring.wake(|h| &h.consumer_wake)
-    }
-
-    /// The word the producer sets before it sleeps waiting for space: checked after releasing.
-    pub fn producer_wake(&self) -> WakeRef {
-        self.ring.wake(|h| &h.producer_wake)
     }
 }
 

@@ -357,6 +357,12 @@ impl SpinPolicy {
     }
 }
 
+/// The instant `timeout` from now; `None` (no limit) for no timeout or one too large to
+/// represent.
+pub(crate) fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
 /// Spins up to `spins` times waiting for `ready`, checking the deadline now and then.
 fn spin_until(ready: &mut dyn FnMut() -> bool, spins: u32, deadline: Option<Instant>) -> bool {
     for i in 0..spins {
@@ -457,7 +463,12 @@ impl<S: Signal> SleepNotifier<S> {
 impl<S: Signal> Notifier for SleepNotifier<S> {
     fn notify(&self) -> io::Result<Notified> {
         if self.word.take_sleeper_with(self.fenced()) {
-            self.signal.wake(&self.word)?;
+            if let Err(e) = self.signal.wake(&self.word) {
+                // The wake-up did not happen: say "still asleep" again, so the next
+                // notification retries instead of being suppressed.
+                self.word.announce_sleep();
+                return Err(e);
+            }
             bump(&self.counters.sent);
             Ok(Notified::Sent)
         } else {
@@ -476,7 +487,7 @@ impl<S: Signal> Notifier for SleepNotifier<S> {
             bump(&self.counters.without_sleep);
             return Ok(());
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = deadline_after(timeout);
         let spins = self.spin.budget_for_wait();
         if spins > 0 {
             let spun = spin_until(ready, spins, deadline);
@@ -567,7 +578,7 @@ impl Notifier for SpinNotifier {
         timeout: Option<Duration>,
     ) -> Result<(), WaitError> {
         bump(&self.counters.waits);
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = deadline_after(timeout);
         loop {
             if spin_until(ready, 1 << 12, deadline) {
                 bump(&self.counters.without_sleep);

@@ -795,7 +795,7 @@ impl Completer for Uring {
             self.notify.without_sleep += 1;
             return Ok(());
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         match self.wait {
             WaitMode::Enter => {
                 // The enter below also submits anything pushed since the last doorbell.
