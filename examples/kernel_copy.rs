@@ -161,8 +161,8 @@ fn copy_uring(src: &Path, dst: &Path, len: u64) -> Result<(Duration, u64, u64), 
             held[chunk] = Some(buf);
             next += n as u64;
         }
-        ring.submit()?;
-        ring.wait(Some(Duration::from_secs(30)))?;
+        // Submit the new pairs and wait for half the pipeline in one io_uring_enter.
+        ring.wait_for(DEPTH, Some(Duration::from_secs(30)))?;
         done.clear();
         ring.reap_into(&mut done, 2 * DEPTH)?;
         for c in done.drain(..) {

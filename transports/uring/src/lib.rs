@@ -682,10 +682,6 @@ impl Uring {
         }
     }
 
-    fn cq_ready(&mut self) -> bool {
-        !self.ring.completion().is_empty()
-    }
-
     fn deadline_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
         match deadline {
             None => Some(None),
@@ -786,12 +782,30 @@ impl Completer for Uring {
     /// Waits for at least one completion. Queued entries are submitted first (in
     /// [`WaitMode::Enter`], in the same system call).
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        self.wait_for(1, timeout)
+    }
+
+    fn notify_stats(&self) -> NotifyStats {
+        self.notify
+    }
+}
+
+impl Uring {
+    fn cq_len(&mut self) -> usize {
+        self.ring.completion().len()
+    }
+
+    /// Submits what is queued and waits until at least `min` completions are ready (or the
+    /// timeout passes): in [`WaitMode::Enter`] one `io_uring_enter` does both, like liburing's
+    /// `io_uring_submit_and_wait`. `min` is capped at the number of operations in flight.
+    pub fn wait_for(&mut self, min: usize, timeout: Option<Duration>) -> Result<(), QueueError> {
+        let min = min.clamp(1, self.in_flight.max(1));
         self.notify.waits += 1;
         let timed_out = |s: &mut Self| {
             s.notify.timeouts += 1;
             QueueError::Timeout(timeout.unwrap_or_default())
         };
-        if self.cq_ready() || (self.flush_if_needed()? && self.cq_ready()) {
+        if self.cq_len() >= min || (self.flush_if_needed()? && self.cq_len() >= min) {
             self.notify.without_sleep += 1;
             return Ok(());
         }
@@ -815,13 +829,14 @@ impl Completer for Uring {
                     };
                     self.notify.sleeps += 1;
                     self.stats.enters += 1;
-                    match self.ring.submitter().submit_with_args(1, &args) {
+                    let want = min.saturating_sub(self.cq_len()).max(1);
+                    match self.ring.submitter().submit_with_args(want, &args) {
                         Ok(_) => {}
                         Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(e.into()),
                     }
-                    if self.cq_ready() || (self.flush_if_needed()? && self.cq_ready()) {
+                    if self.cq_len() >= min || (self.flush_if_needed()? && self.cq_len() >= min) {
                         return Ok(());
                     }
                 }
@@ -831,7 +846,7 @@ impl Completer for Uring {
                 let word = WakeWord::new();
                 let mut spins = 0u32;
                 loop {
-                    if self.cq_ready() || (self.flush_if_needed()? && self.cq_ready()) {
+                    if self.cq_len() >= min || (self.flush_if_needed()? && self.cq_len() >= min) {
                         self.notify.without_sleep += u64::from(self.wait == WaitMode::Poll);
                         return Ok(());
                     }
@@ -854,10 +869,6 @@ impl Completer for Uring {
                 }
             }
         }
-    }
-
-    fn notify_stats(&self) -> NotifyStats {
-        self.notify
     }
 }
 
