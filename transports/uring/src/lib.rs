@@ -38,6 +38,7 @@ mod op;
 
 use std::fmt;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -561,16 +562,6 @@ impl Uring {
     }
 
     fn push_one(&mut self, mut sub: Submission) -> Result<(), Rejected<Submission>> {
-        if self.ring.submission().is_full() {
-            if self.on_full == OnFull::Submit {
-                if let Err(e) = self.submit() {
-                    return Err(Rejected::new(sub, e));
-                }
-            }
-            if self.ring.submission().is_full() {
-                return Err(Rejected::new(sub, QueueError::Full));
-            }
-        }
         let mut aux = op::Aux::None;
         let entry = match self.prepare(&mut sub, &mut aux) {
             Ok(e) => e,
@@ -594,12 +585,25 @@ impl Uring {
         slot.token = sub.token;
         slot.op = Some(sub.op);
         slot.aux = aux;
-        // SAFETY: every pointer in `entry` targets heap memory owned by `self.slots[key]` (the
-        // op's buffers, path, and `aux`), or a registered region kept alive by `self.regions`;
-        // the slot is only emptied when this entry's completion is reaped (or, on drop, after
-        // the kernel has completed or cancelled it).
-        let pushed = unsafe { self.ring.submission().push(&entry) };
-        if pushed.is_err() {
+        let mut made_room = false;
+        loop {
+            // SAFETY: every pointer in `entry` targets heap memory owned by `self.slots[key]`
+            // (the op's buffers, path, and `aux`), or a registered region kept alive by
+            // `self.regions`; the slot is only emptied when this entry's completion is reaped
+            // (or, on drop, after the kernel has completed or cancelled it).
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                break;
+            }
+            let error = if self.on_full == OnFull::Submit && !made_room {
+                made_room = true;
+                match self.submit() {
+                    Ok(_) => continue,
+                    Err(e) => e,
+                }
+            } else {
+                QueueError::Full
+            };
+            // Not queued: take the op back out of its slot and return it.
             let slot = &mut self.slots[key];
             let op = slot.op.take().expect("just stored");
             slot.aux = op::Aux::None;
@@ -610,13 +614,26 @@ impl Uring {
                     op,
                     link: sub.link,
                 },
-                QueueError::Full,
+                error,
             ));
         }
         self.in_flight += 1;
         self.unsubmitted += 1;
         self.stats.pushed += 1;
         Ok(())
+    }
+
+    /// Copies up to `buf.len()` completion entries out of the CQ with one head update; if the
+    /// CQ is empty, flushes overflowed completions or deferred task work when the kernel says
+    /// there are some, and tries again.
+    fn take_cqes<'b>(
+        &mut self,
+        buf: &'b mut [MaybeUninit<cqueue::Entry>],
+    ) -> io::Result<&'b mut [cqueue::Entry]> {
+        if self.ring.completion().is_empty() {
+            self.flush_if_needed()?;
+        }
+        Ok(self.ring.completion().fill(buf))
     }
 
     /// Enters the kernel to flush overflowed completions or deferred task work, if it says so.
@@ -758,22 +775,25 @@ impl Completer for Uring {
     type Completion = Completion;
 
     fn reap(&mut self) -> Result<Option<Completion>, QueueError> {
-        let mut cqe = self.ring.completion().next();
-        if cqe.is_none() && self.flush_if_needed()? {
-            cqe = self.ring.completion().next();
-        }
+        let mut buf = [MaybeUninit::uninit()];
+        let cqe = self.take_cqes(&mut buf)?.first().cloned();
         Ok(cqe.map(|c| self.complete(c)))
     }
 
     fn reap_into(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, QueueError> {
+        const BATCH: usize = 32;
+        let mut buf = [const { MaybeUninit::uninit() }; BATCH];
         let mut n = 0;
         while n < max {
-            match self.reap()? {
-                Some(c) => {
-                    out.push(c);
-                    n += 1;
-                }
-                None => break,
+            let want = (max - n).min(BATCH);
+            let cqes = self.take_cqes(&mut buf[..want])?;
+            let got = cqes.len();
+            for cqe in cqes.iter() {
+                out.push(self.complete(cqe.clone()));
+            }
+            n += got;
+            if got < want {
+                break;
             }
         }
         Ok(n)
