@@ -196,6 +196,54 @@ fn close(word: &AtomicU32, peer: &dyn Notifier) {
     let _ = peer.notify();
 }
 
+/// Waits on `notifier` until `ring` has an entry or the peer has closed; `PeerGone` once it
+/// has closed and everything it published has been taken.
+fn wait_ring<T: Pod>(
+    notifier: &dyn Notifier,
+    ring: &mut Consumer<T>,
+    peer_closed: &AtomicU32,
+    timeout: Option<Duration>,
+) -> Result<(), QueueError> {
+    let mut corrupt: Option<CorruptIndex> = None;
+    let mut ready = || match ring.has_entries() {
+        Ok(true) => true,
+        Ok(false) => closed(peer_closed),
+        Err(e) => {
+            corrupt = Some(e);
+            true
+        }
+    };
+    notifier.wait_until(&mut ready, timeout)?;
+    if let Some(e) = corrupt {
+        return Err(e.into());
+    }
+    if !ring.has_entries()? {
+        return Err(QueueError::PeerGone);
+    }
+    Ok(())
+}
+
+/// Announces that this side is about to sleep on `ring` in an external event loop; `true` if it
+/// should not (entries, or the peer's close, are already there).
+fn arm_ring<T: Pod>(ring: &mut Consumer<T>, peer_closed: &AtomicU32) -> Result<bool, QueueError> {
+    let word = ring.consumer_wake();
+    word.announce_sleep();
+    if ring.has_entries()? || closed(peer_closed) {
+        word.cancel_sleep();
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Ends an external wait begun with [`arm_ring`]: clears the announcement, drains the eventfd.
+fn disarm_ring<T: Pod>(ring: &Consumer<T>, fd: Option<&EventFdSignal>) -> Result<(), QueueError> {
+    ring.consumer_wake().cancel_sleep();
+    if let Some(fd) = fd {
+        fd.drain()?;
+    }
+    Ok(())
+}
+
 /// The application side of a queue pair: submits `S`, reaps `C`.
 pub struct AppSide<S, C> {
     sq: Producer<S>,
@@ -413,24 +461,12 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// Waits until a request is ready. Fails with [`QueueError::PeerGone`] once the app has
     /// closed and every request it published has been taken, or [`QueueError::Timeout`].
     pub fn wait_requests(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
-        let mut corrupt: Option<CorruptIndex> = None;
-        let (sq, state) = (&mut self.sq, &self.state);
-        let mut ready = || match sq.has_entries() {
-            Ok(true) => true,
-            Ok(false) => closed(&state.get().app_closed),
-            Err(e) => {
-                corrupt = Some(e);
-                true
-            }
-        };
-        self.kick.wait_until(&mut ready, timeout)?;
-        if let Some(e) = corrupt {
-            return Err(e.into());
-        }
-        if !self.sq.has_entries()? {
-            return Err(QueueError::PeerGone);
-        }
-        Ok(())
+        wait_ring(
+            &*self.kick,
+            &mut self.sq,
+            &self.state.get().app_closed,
+            timeout,
+        )
     }
 
     /// Takes the next request, if any.
@@ -545,23 +581,13 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// eventfd, then re-checks. Returns `true` if requests (or the app's close) are already
     /// there — then do not wait. After the fd fires, call [`disarm`](Self::disarm).
     pub fn arm(&mut self) -> Result<bool, QueueError> {
-        let word = self.sq.consumer_wake();
-        word.announce_sleep();
-        if self.sq.has_entries()? || self.app_closed() {
-            word.cancel_sleep();
-            return Ok(true);
-        }
-        Ok(false)
+        arm_ring(&mut self.sq, &self.state.get().app_closed)
     }
 
     /// Ends an external wait begun with [`arm`](Self::arm): clears the announcement and drains
     /// the eventfd.
     pub fn disarm(&mut self) -> Result<(), QueueError> {
-        self.sq.consumer_wake().cancel_sleep();
-        if let Some(fd) = &self.kick_fd {
-            fd.drain()?;
-        }
-        Ok(())
+        disarm_ring(&self.sq, self.kick_fd.as_ref())
     }
 }
 
@@ -627,23 +653,13 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
     /// Returns `true` if completions (or the service's close) are already there — then do not
     /// wait, reap. After the fd fires, call [`disarm`](Self::disarm) and reap.
     pub fn arm(&mut self) -> Result<bool, QueueError> {
-        let word = self.cq.consumer_wake();
-        word.announce_sleep();
-        if self.cq.has_entries()? || self.service_closed() {
-            word.cancel_sleep();
-            return Ok(true);
-        }
-        Ok(false)
+        arm_ring(&mut self.cq, &self.state.get().service_closed)
     }
 
     /// Ends an external wait begun with [`arm`](Self::arm): clears the sleep announcement and
     /// drains the eventfd so it is not readable again until the next armed wake-up.
     pub fn disarm(&mut self) -> Result<(), QueueError> {
-        self.cq.consumer_wake().cancel_sleep();
-        if let Some(fd) = &self.call_fd {
-            fd.drain()?;
-        }
-        Ok(())
+        disarm_ring(&self.cq, self.call_fd.as_ref())
     }
 }
 
@@ -700,24 +716,12 @@ impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
-        let mut corrupt: Option<CorruptIndex> = None;
-        let (cq, state) = (&mut self.cq, &self.state);
-        let mut ready = || match cq.has_entries() {
-            Ok(true) => true,
-            Ok(false) => closed(&state.get().service_closed),
-            Err(e) => {
-                corrupt = Some(e);
-                true
-            }
-        };
-        self.interrupt.wait_until(&mut ready, timeout)?;
-        if let Some(e) = corrupt {
-            return Err(e.into());
-        }
-        if !self.cq.has_entries()? {
-            return Err(QueueError::PeerGone);
-        }
-        Ok(())
+        wait_ring(
+            &*self.interrupt,
+            &mut self.cq,
+            &self.state.get().service_closed,
+            timeout,
+        )
     }
 
     fn notify_stats(&self) -> NotifyStats {
