@@ -53,9 +53,29 @@ pub use op::{FixedBuf, Link, Op, Output, Submission, Target};
 #[doc(no_inline)]
 pub use subring_planes::data::Buf;
 
-/// Marks `user_data` values that name one of this ring's own operations; values without it are
-/// messages from another ring ([`Op::MsgRing`]).
+/// Marks `user_data` values that name one of this ring's slots (an operation owning memory).
 const OWNED: u64 = 1 << 63;
+/// Marks `user_data` values of operations that own no memory and so need no slot: the value
+/// carries the token (low [`LIGHT_TOKEN_BITS`] bits) and the operation's kind (bits 56..60).
+/// Values with neither bit are messages from another ring ([`Op::MsgRing`]).
+const LIGHT: u64 = 1 << 62;
+const LIGHT_TOKEN_BITS: u32 = 56;
+const LIGHT_TOKEN_MASK: u64 = (1 << LIGHT_TOKEN_BITS) - 1;
+
+/// Operations that own no memory the kernel touches, by kind number in `user_data`.
+const LIGHT_OPS: [&str; 5] = ["nop", "fsync", "close", "msg_ring", "cancel"];
+
+fn light_kind(op: &Op) -> Option<u64> {
+    // Indices into `LIGHT_OPS`.
+    match op {
+        Op::Nop => Some(0),
+        Op::Fsync { .. } => Some(1),
+        Op::Close { .. } => Some(2),
+        Op::MsgRing { .. } => Some(3),
+        Op::Cancel { .. } => Some(4),
+        _ => None,
+    }
+}
 /// The largest single fixed buffer the kernel accepts (1 GiB); bigger regions are registered in
 /// pieces of this size.
 const FIXED_CHUNK: usize = 1 << 30;
@@ -532,9 +552,9 @@ impl Uring {
         let fixed = match &sub.op {
             Op::ReadFixed { buf, .. } => Some(self.resolve_fixed(buf, true)?),
             Op::WriteFixed { buf, .. } => Some(self.resolve_fixed(buf, false)?),
-            Op::MsgRing { token, .. } if token & OWNED != 0 => {
+            Op::MsgRing { token, .. } if token & (OWNED | LIGHT) != 0 => {
                 return Err(invalid(format!(
-                    "message token {token:#x} has its top bit set"
+                    "message token {token:#x} has one of its top two bits set"
                 )));
             }
             _ => None,
@@ -567,6 +587,11 @@ impl Uring {
             Ok(e) => e,
             Err(e) => return Err(Rejected::new(sub, e)),
         };
+        if sub.token <= LIGHT_TOKEN_MASK {
+            if let Some(kind) = light_kind(&sub.op) {
+                return self.push_light(sub, entry, kind);
+            }
+        }
         let key = match self.free.pop() {
             Some(k) => k as usize,
             None => {
@@ -623,6 +648,36 @@ impl Uring {
         Ok(())
     }
 
+    /// Pushes an operation that owns no memory: no slot; `user_data` carries token and kind.
+    fn push_light(
+        &mut self,
+        sub: Submission,
+        entry: squeue::Entry,
+        kind: u64,
+    ) -> Result<(), Rejected<Submission>> {
+        let entry = entry.user_data(LIGHT | kind << LIGHT_TOKEN_BITS | sub.token);
+        let mut made_room = false;
+        loop {
+            // SAFETY: the entry points to no memory (`light_kind` admits only operations that
+            // own none), so nothing has to outlive the submission.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                break;
+            }
+            if self.on_full == OnFull::Submit && !made_room {
+                made_room = true;
+                match self.submit() {
+                    Ok(_) => continue,
+                    Err(e) => return Err(Rejected::new(sub, e)),
+                }
+            }
+            return Err(Rejected::new(sub, QueueError::Full));
+        }
+        self.in_flight += 1;
+        self.unsubmitted += 1;
+        self.stats.pushed += 1;
+        Ok(())
+    }
+
     /// Copies up to `buf.len()` completion entries out of the CQ with one head update; if the
     /// CQ is empty, flushes overflowed completions or deferred task work when the kernel says
     /// there are some, and tries again.
@@ -654,6 +709,26 @@ impl Uring {
     fn complete(&mut self, cqe: cqueue::Entry) -> Completion {
         let (ud, res) = (cqe.user_data(), cqe.result());
         self.stats.completed += 1;
+        if ud & OWNED == 0 && ud & LIGHT != 0 {
+            self.in_flight -= 1;
+            let token = ud & LIGHT_TOKEN_MASK;
+            let kind = ((ud & !LIGHT) >> LIGHT_TOKEN_BITS) as usize;
+            let op = LIGHT_OPS.get(kind).copied().unwrap_or("unknown");
+            return Completion {
+                token,
+                result: if res < 0 {
+                    Err(OpError {
+                        op,
+                        token,
+                        source: io::Error::from_raw_os_error(-res),
+                    }
+                    .into_io())
+                } else {
+                    Ok(res as u32)
+                },
+                output: Output::None,
+            };
+        }
         if ud & OWNED == 0 {
             return Completion {
                 token: ud,
@@ -913,7 +988,7 @@ impl Drop for Uring {
             loop {
                 let next = self.ring.completion().next();
                 let Some(cqe) = next else { break };
-                if cqe.user_data() & OWNED != 0 {
+                if cqe.user_data() & (OWNED | LIGHT) != 0 {
                     drop(self.complete(cqe));
                 }
             }

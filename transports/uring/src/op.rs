@@ -197,7 +197,9 @@ pub enum Op {
         after: Duration,
     },
     /// Cancels the in-flight operation submitted with `token` (completes with 0 if found; the
-    /// target then completes on its own with `ECANCELED`).
+    /// target then completes on its own with `ECANCELED`). The targets are operations that can
+    /// wait (I/O, poll, accept, timeouts); nop, fsync, close, msg_ring and cancel itself are not
+    /// tracked for cancellation, and naming one is refused with `NotFound`.
     Cancel {
         /// Token of the operation to cancel.
         token: u64,
@@ -216,7 +218,7 @@ pub enum Op {
         ring: RawFd,
         /// The result value the target sees.
         result: i32,
-        /// The token the target sees (the top bit must be clear).
+        /// The token the target sees (the top two bits must be clear).
         token: u64,
     },
 }

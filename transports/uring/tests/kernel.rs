@@ -807,3 +807,34 @@ fn registered_files() {
         r.error
     );
 }
+
+#[test]
+fn tokens_of_every_size_and_errors_of_slotless_operations() {
+    let mut ring = Uring::builder().build().unwrap();
+    // Operations that own no memory travel without a slot when the token fits in 56 bits; a
+    // larger token takes the slot path. Both come back unchanged.
+    let big = u64::MAX - 1;
+    let done = run(&mut ring, vec![sub(big, Op::Nop), sub(3, Op::Nop)]);
+    assert_eq!(done.iter().map(|c| c.token).collect::<Vec<_>>(), [3, big]);
+    assert!(done.iter().all(|c| matches!(c.result, Ok(0))));
+    // A slotless operation's error still names it and its token.
+    let done = run(&mut ring, vec![sub(9, Op::Close { fd: Target::Fd(-1) })]);
+    let e = done[0].result.as_ref().unwrap_err();
+    assert!(
+        e.to_string().contains("io_uring close (token 9) failed"),
+        "{e}"
+    );
+    assert_eq!(ring.in_flight(), 0);
+    // Message tokens may not use the two bits the ring uses to tell its own completions apart.
+    let r = ring
+        .push(sub(
+            1,
+            Op::MsgRing {
+                ring: ring.ring_fd(),
+                result: 0,
+                token: 1 << 62,
+            },
+        ))
+        .unwrap_err();
+    assert!(r.error.to_string().contains("top two bits"), "{}", r.error);
+}
