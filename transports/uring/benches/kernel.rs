@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Work: NOP at batch 1 and 32; 4 KiB random reads of a page-cached file at queue depth 1 and
-//! 32. Each repetition is labelled near/far by a cache-line ping-pong probe run before and after
+//! 32. The QD 32 reads also run through tokio-uring and compio (32 tasks, one read in flight
+//! each), the completion-based Rust runtimes users would otherwise pick. Each repetition is labelled near/far by a cache-line ping-pong probe run before and after
 //! it (the VM's vCPU placement changes every few seconds to minutes).
 
 use std::fs::File;
@@ -51,7 +52,6 @@ fn main() {
     let path = std::env::temp_dir().join(format!("subring-bench-{}", std::process::id()));
     make_file(&path, cfg.file_len);
     let file = File::open(&path).unwrap();
-    let _ = std::fs::remove_file(&path); // the open file stays readable
 
     println!(
         "kernel transport benchmark: {} repetitions, {} MiB file, {} CPUs",
@@ -68,6 +68,8 @@ fn main() {
     // results[work][rep] = (raw ops/s, subring ops/s, pread ops/s, subring enters/op)
     let mut results = vec![Vec::new(); works.len()];
     let mut labels = Vec::new();
+    // (subring, tokio-uring, compio) ops/s for QD 32 reads, per repetition.
+    let mut peers: Vec<(f64, f64, f64)> = Vec::new();
     for rep in 0..cfg.reps {
         let before = probe();
         for (w, (_, work)) in works.iter().enumerate() {
@@ -87,6 +89,16 @@ fn main() {
                 Work::Nop(_) => f64::NAN,
             };
             results[w].push((raw, sub.0, pread, sub.1, raw_enters(work)));
+            if let Work::Read(32) = work {
+                let (tokio, compio) = if rep % 2 == 0 {
+                    let t = run_tokio_uring(&path, &cfg, 32);
+                    (t, run_compio(&path, &cfg, 32))
+                } else {
+                    let c = run_compio(&path, &cfg, 32);
+                    (run_tokio_uring(&path, &cfg, 32), c)
+                };
+                peers.push((sub.0, tokio, compio));
+            }
         }
         let after = probe();
         labels.push(label(before, after));
@@ -140,6 +152,27 @@ fn main() {
             r[0].4,
         );
     }
+    println!();
+    println!(
+        "{:<15} {:>12} {:>12} {:>12} {:>26} {:>26}",
+        "work", "subring", "tokio-uring", "compio", "subring/tokio-uring med", "subring/compio med"
+    );
+    let range = |v: Vec<f64>| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+        format!("{:.3} [{lo:.3},{hi:.3}]", median(v))
+    };
+    println!(
+        "{:<15} {:>12} {:>12} {:>12} {:>26} {:>26}",
+        "4K read QD 32",
+        rate(median(peers.iter().map(|p| p.0).collect())),
+        rate(median(peers.iter().map(|p| p.1).collect())),
+        rate(median(peers.iter().map(|p| p.2).collect())),
+        range(peers.iter().map(|p| p.0 / p.1).collect()),
+        range(peers.iter().map(|p| p.0 / p.2).collect()),
+    );
+    let _ = std::fs::remove_file(&path);
     println!(
         "\nrepetition placement (cache-line round trip before/after): {}",
         labels.join(", ")
@@ -200,7 +233,12 @@ fn warm(file: &File, len: u64) {
 struct Offsets(u64, u64);
 impl Offsets {
     fn new(file_len: u64) -> Self {
-        Offsets(0x9e3779b97f4a7c15, file_len / BLOCK as u64)
+        Self::seeded(file_len, 0)
+    }
+    /// A different (non-zero) stream per seed, for tasks that each draw their own offsets.
+    fn seeded(file_len: u64, seed: u64) -> Self {
+        let state = (0x9e3779b97f4a7c15 ^ seed.wrapping_mul(0xbf58476d1ce4e5b9)) | 1;
+        Offsets(state, file_len / BLOCK as u64)
     }
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
@@ -347,6 +385,63 @@ fn run_subring(work: &Work, file: &File, cfg: &Config) -> (f64, f64) {
         ops as f64 / took.as_secs_f64(),
         ring.stats().enters as f64 / ops as f64,
     )
+}
+
+/// QD `depth` 4 KiB random reads through tokio-uring: `depth` tasks, one read in flight each.
+fn run_tokio_uring(path: &std::path::Path, cfg: &Config, depth: usize) -> f64 {
+    let std_file = File::open(path).unwrap();
+    let (ops, file_len) = (cfg.read_ops / depth as u64, cfg.file_len);
+    tokio_uring::start(async move {
+        let file = std::rc::Rc::new(tokio_uring::fs::File::from_std(std_file));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..depth)
+            .map(|t| {
+                let file = file.clone();
+                tokio_uring::spawn(async move {
+                    let mut offsets = Offsets::seeded(file_len, t as u64);
+                    let mut buf = vec![0u8; BLOCK];
+                    for _ in 0..ops {
+                        let (res, b) = file.read_at(buf, offsets.next()).await;
+                        assert_eq!(res.unwrap(), BLOCK, "tokio-uring read failed");
+                        buf = b;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        (ops * depth as u64) as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+/// The same work through compio.
+fn run_compio(path: &std::path::Path, cfg: &Config, depth: usize) -> f64 {
+    use compio::io::AsyncReadAt;
+    let (ops, file_len) = (cfg.read_ops / depth as u64, cfg.file_len);
+    let runtime = compio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let file = compio::fs::File::open(path).await.unwrap();
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..depth)
+            .map(|t| {
+                let file = file.clone();
+                compio::runtime::spawn(async move {
+                    let mut offsets = Offsets::seeded(file_len, t as u64);
+                    let mut buf = vec![0u8; BLOCK];
+                    for _ in 0..ops {
+                        let compio::BufResult(res, b) = file.read_at(buf, offsets.next()).await;
+                        assert_eq!(res.unwrap(), BLOCK, "compio read failed");
+                        buf = b;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        (ops * depth as u64) as f64 / start.elapsed().as_secs_f64()
+    })
 }
 
 fn run_pread(file: &File, cfg: &Config) -> f64 {
