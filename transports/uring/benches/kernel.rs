@@ -20,7 +20,7 @@ use subring_planes::sync::{AtomicU64, Ordering};
 
 use io_uring::{opcode, types, IoUring};
 use subring_planes::queue::{Completer, Submitter};
-use subring_uring::{Op, Output, Submission, Target, Uring};
+use subring_uring::{Op, Output, Submission, Target, Uring, WaitMode};
 
 const BLOCK: usize = 4096;
 
@@ -59,11 +59,12 @@ fn main() {
         cfg.file_len >> 20,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let works: [(&str, Work); 4] = [
+    let works: [(&str, Work); 5] = [
         ("nop batch 1", Work::Nop(1)),
         ("nop batch 32", Work::Nop(32)),
         ("4K read QD 1", Work::Read(1)),
         ("4K read QD 32", Work::Read(32)),
+        ("4K QD32 SQPOLL", Work::ReadSqpoll(32)),
     ];
     // results[work][rep] = (raw ops/s, subring ops/s, pread ops/s, subring enters/op)
     let mut results = vec![Vec::new(); works.len()];
@@ -73,7 +74,7 @@ fn main() {
     for rep in 0..cfg.reps {
         let before = probe();
         for (w, (_, work)) in works.iter().enumerate() {
-            if let Work::Read(_) = work {
+            if let Work::Read(_) | Work::ReadSqpoll(_) = work {
                 warm(&file, cfg.file_len);
             }
             // Alternate the order each repetition.
@@ -86,7 +87,7 @@ fn main() {
             };
             let pread = match work {
                 Work::Read(_) => run_pread(&file, &cfg),
-                Work::Nop(_) => f64::NAN,
+                Work::Nop(_) | Work::ReadSqpoll(_) => f64::NAN,
             };
             results[w].push((raw, sub.0, pread, sub.1, raw_enters(work)));
             if let Work::Read(32) = work {
@@ -187,7 +188,13 @@ fn main() {
 enum Work {
     Nop(usize),
     Read(usize),
+    /// Reads with a kernel thread polling the SQ and the application polling the CQ: no
+    /// `io_uring_enter` unless the kernel thread went to sleep.
+    ReadSqpoll(usize),
 }
+
+/// The SQPOLL thread's idle time before it sleeps.
+const SQPOLL_IDLE_MS: u32 = 2000;
 
 fn rate(ops_per_s: f64) -> String {
     if ops_per_s >= 1e6 {
@@ -259,7 +266,13 @@ fn raw_enters(_: &Work) -> f64 {
 }
 
 fn run_raw(work: &Work, file: &File, cfg: &Config) -> f64 {
-    let mut ring = IoUring::new(256).unwrap();
+    let mut ring = match work {
+        Work::ReadSqpoll(_) => IoUring::builder()
+            .setup_sqpoll(SQPOLL_IDLE_MS)
+            .build(256)
+            .unwrap(),
+        _ => IoUring::new(256).unwrap(),
+    };
     let (mut enters, start);
     let ops;
     match *work {
@@ -279,7 +292,8 @@ fn run_raw(work: &Work, file: &File, cfg: &Config) -> f64 {
                 done += ring.completion().count() as u64;
             }
         }
-        Work::Read(depth) => {
+        Work::Read(depth) | Work::ReadSqpoll(depth) => {
+            let sqpoll = matches!(work, Work::ReadSqpoll(_));
             ops = cfg.read_ops;
             let mut bufs = vec![vec![0u8; BLOCK]; depth];
             let mut offsets = Offsets::new(cfg.file_len);
@@ -300,8 +314,15 @@ fn run_raw(work: &Work, file: &File, cfg: &Config) -> f64 {
                 issued += 1;
             }
             while done < ops {
-                ring.submit_and_wait(1).unwrap();
-                enters += 1;
+                if !sqpoll {
+                    ring.submit_and_wait(1).unwrap();
+                    enters += 1;
+                } else if ring.submission().need_wakeup() {
+                    ring.submit().unwrap();
+                    enters += 1;
+                } else {
+                    std::hint::spin_loop();
+                }
                 let finished: Vec<(usize, i32)> = ring
                     .completion()
                     .map(|c| (c.user_data() as usize, c.result()))
@@ -325,7 +346,15 @@ fn run_raw(work: &Work, file: &File, cfg: &Config) -> f64 {
 
 /// Returns (ops/s, io_uring_enter calls per op).
 fn run_subring(work: &Work, file: &File, cfg: &Config) -> (f64, f64) {
-    let mut ring = Uring::builder().entries(256).build().unwrap();
+    let mut ring = match work {
+        Work::ReadSqpoll(_) => Uring::builder()
+            .entries(256)
+            .sqpoll(SQPOLL_IDLE_MS)
+            .wait_mode(WaitMode::Poll)
+            .build()
+            .unwrap(),
+        _ => Uring::builder().entries(256).build().unwrap(),
+    };
     let mut out = Vec::with_capacity(64);
     let (start, ops);
     match *work {
@@ -342,7 +371,7 @@ fn run_subring(work: &Work, file: &File, cfg: &Config) -> (f64, f64) {
                 done += ring.reap_into(&mut out, batch).unwrap() as u64;
             }
         }
-        Work::Read(depth) => {
+        Work::Read(depth) | Work::ReadSqpoll(depth) => {
             ops = cfg.read_ops;
             let fd = Target::Fd(file.as_raw_fd());
             let mut offsets = Offsets::new(cfg.file_len);
