@@ -560,6 +560,11 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         Ok(())
     }
 
+    /// Whether requests are ready to take.
+    pub fn requests_ready(&mut self) -> Result<bool, QueueError> {
+        Ok(self.sq.has_entries()?)
+    }
+
     /// Whether the app side has closed.
     pub fn app_closed(&self) -> bool {
         closed(&self.state.get().app_closed)
@@ -633,6 +638,11 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
 
     fn service_closed(&self) -> bool {
         closed(&self.state.get().service_closed)
+    }
+
+    /// Whether completions are ready to reap.
+    pub fn completions_ready(&mut self) -> Result<bool, QueueError> {
+        Ok(self.cq.has_entries()?)
     }
 
     /// Whether the service side has closed (its completions may still be waiting to be reaped).

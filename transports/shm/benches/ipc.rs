@@ -1,0 +1,2 @@
+//! Cross-process benchmark (in progress).
+fn main() {}

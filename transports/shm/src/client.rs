@@ -1,0 +1,498 @@
+//! The client: connects, checks what the server hands over, and submits through the planes'
+//! queue-pair traits.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+use subring_planes::control::DoorbellStats;
+use subring_planes::data::{Buf, BufHandle, BufferPool, PoolError, Region, RegionOptions};
+use subring_planes::interrupt::{EventFdSignal, NotifyMode, NotifyStats};
+use subring_planes::pair::{AppSide, PairConfig, PairSignals};
+use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
+
+use crate::proto::{self, ClientMsg, EntryShape, Hello, Incoming, ServerMsg, Welcome};
+use crate::Error;
+
+/// What a client asks the server for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// The application protocol spoken over the rings; the server must speak the same.
+    pub protocol: String,
+    /// How this client waits for completions, and how it asks the server to wait for it:
+    /// `Spin` — both sides poll (no system calls; a core each); `Adaptive` — spin for an adaptive
+    /// budget, then sleep; `EventFd` / `Futex` — sleep at once.
+    pub mode: NotifyMode,
+    /// Submission ring entries (a power of two).
+    pub sq_capacity: u32,
+    /// Completion ring entries (a power of two).
+    pub cq_capacity: u32,
+    /// Bytes per payload buffer (a multiple of 64).
+    pub buf_size: u32,
+    /// Number of payload buffers.
+    pub buf_count: u32,
+    /// How long to wait for the server's answer to a control message.
+    pub control_timeout: Duration,
+    /// How often a waiting client checks whether the server process is still alive: a dead
+    /// server is reported as [`QueueError::PeerGone`] within about this long.
+    pub liveness_interval: Duration,
+}
+
+impl ClientOptions {
+    /// Defaults for `protocol`: adaptive mode, 256-entry rings, 64 buffers of 4 KiB.
+    pub fn new(protocol: &str) -> Self {
+        ClientOptions {
+            protocol: protocol.to_string(),
+            mode: NotifyMode::Adaptive,
+            sq_capacity: 256,
+            cq_capacity: 256,
+            buf_size: 4096,
+            buf_count: 64,
+            control_timeout: Duration::from_secs(10),
+            liveness_interval: Duration::from_millis(50),
+        }
+    }
+
+    /// With notify mode `mode`.
+    pub fn mode(mut self, mode: NotifyMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// With both rings of `capacity` entries.
+    pub fn capacity(mut self, capacity: u32) -> Self {
+        self.sq_capacity = capacity;
+        self.cq_capacity = capacity;
+        self
+    }
+
+    /// With `count` payload buffers of `size` bytes.
+    pub fn buffers(mut self, size: u32, count: u32) -> Self {
+        self.buf_size = size;
+        self.buf_count = count;
+        self
+    }
+}
+
+/// A connection to a server: submits `S`, reaps `C` ([`Submitter`], [`Completer`]), and owns the
+/// payload buffers ([`alloc`](Client::alloc), [`reclaim`](Client::reclaim)).
+///
+/// A server that dies is reported as [`QueueError::PeerGone`] by the next [`wait`](Completer::wait)
+/// (within [`ClientOptions::liveness_interval`]), and by [`push`](Submitter::push) once the ring
+/// is full or the death has been seen.
+pub struct Client<S: Pod, C: Pod> {
+    app: AppSide<S, C>,
+    pool: Arc<BufferPool>,
+    region: Arc<Region>,
+    extra: Vec<Arc<Region>>,
+    socket: OwnedFd,
+    welcome: Welcome,
+    options: ClientOptions,
+    gone: bool,
+}
+
+impl<S: Pod, C: Pod> fmt::Debug for Client<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.welcome.client_id)
+            .field("server_pid", &self.welcome.server_pid)
+            .field("mode", &self.options.mode)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+fn connect_path(path: &Path) -> Result<OwnedFd, Error> {
+    let shown = path.display().to_string();
+    let path_error = |source: std::io::Error| Error::Path {
+        what: "cannot connect to",
+        path: shown.clone(),
+        source,
+    };
+    let addr = UnixAddr::new(path).map_err(|e| path_error(e.into()))?;
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::Io {
+        op: "socket(AF_UNIX, SOCK_SEQPACKET)",
+        source: e.into(),
+    })?;
+    connect(sock.as_raw_fd(), &addr).map_err(|e| {
+        let hint = match e {
+            nix::errno::Errno::ENOENT => " (no such socket: is the server running?)",
+            nix::errno::Errno::ECONNREFUSED => " (nobody listens there: a stale socket file?)",
+            _ => "",
+        };
+        path_error(std::io::Error::new(
+            std::io::Error::from(e).kind(),
+            format!("{e}{hint}"),
+        ))
+    })?;
+    Ok(sock)
+}
+
+impl<S: Pod, C: Pod> Client<S, C> {
+    /// Connects to the server listening at `path` and sets up a queue pair.
+    pub fn connect(path: impl AsRef<Path>, options: &ClientOptions) -> Result<Self, Error> {
+        let sock = connect_path(path.as_ref())?;
+        Self::from_socket(sock, options)
+    }
+
+    /// Sets up a queue pair over an already-connected `SOCK_SEQPACKET` socket (one end of
+    /// [`socket_pair`](crate::socket_pair) whose other end went to the server).
+    pub fn from_socket(socket: OwnedFd, options: &ClientOptions) -> Result<Self, Error> {
+        let hello = Hello {
+            protocol: options.protocol.clone(),
+            request: EntryShape::of::<S>(),
+            completion: EntryShape::of::<C>(),
+            sq_capacity: options.sq_capacity,
+            cq_capacity: options.cq_capacity,
+            mode: options.mode.into(),
+            buf_size: options.buf_size,
+            buf_count: options.buf_count,
+        };
+        proto::send(socket.as_fd(), &ClientMsg::Hello(hello.clone()), &[])?;
+        let deadline = Instant::now().checked_add(options.control_timeout);
+        let (welcome, fds) = match proto::recv_blocking::<ServerMsg>(
+            socket.as_fd(),
+            deadline,
+            "the server's welcome",
+        )? {
+            Incoming::VersionRefused(peer) => {
+                return Err(Error::Version {
+                    ours: proto::PROTOCOL_VERSION,
+                    peer,
+                })
+            }
+            Incoming::Message(ServerMsg::Welcome(w), fds) => (w, fds),
+            Incoming::Message(ServerMsg::Refused(r), _) => return Err(Error::Refused(r)),
+            Incoming::Message(other, _) => {
+                return Err(Error::Malformed {
+                    what: "handshake answer",
+                    detail: format!("expected a welcome, got {other:?}"),
+                })
+            }
+        };
+        Self::attach(socket, options, &hello, welcome, fds)
+    }
+
+    fn attach(
+        socket: OwnedFd,
+        options: &ClientOptions,
+        hello: &Hello,
+        welcome: Welcome,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Self, Error> {
+        let granted = (
+            welcome.sq_capacity,
+            welcome.cq_capacity,
+            welcome.buf_size,
+            welcome.buf_count,
+            welcome.call_mode,
+        );
+        let asked = (
+            hello.sq_capacity,
+            hello.cq_capacity,
+            hello.buf_size,
+            hello.buf_count,
+            hello.mode,
+        );
+        if granted != asked {
+            return Err(Error::Malformed {
+                what: "welcome",
+                detail: format!(
+                    "server granted (sq, cq, buf size, buf count, mode) {granted:?}, asked {asked:?}"
+                ),
+            });
+        }
+        let expected_fds = 1 + usize::from(welcome.kick_fd) + usize::from(welcome.call_fd);
+        if fds.len() != expected_fds {
+            return Err(Error::BadFds(format!(
+                "welcome announced {expected_fds} descriptors, {} arrived",
+                fds.len()
+            )));
+        }
+        let region_len = usize::try_from(welcome.region_len).map_err(|_| Error::Malformed {
+            what: "welcome",
+            detail: format!(
+                "region length {} does not fit in memory",
+                welcome.region_len
+            ),
+        })?;
+        let mut fds = fds.into_iter();
+        let memfd = fds.next().expect("count checked above");
+        let region = Arc::new(Region::from_fd(
+            memfd,
+            Some(region_len),
+            RegionOptions::new().id(0),
+        )?);
+        let eventfd = |fd: Option<OwnedFd>| -> Result<Option<EventFdSignal>, Error> {
+            fd.map(|fd| EventFdSignal::from_fd(fd).map_err(|e| Error::BadFds(e.to_string())))
+                .transpose()
+        };
+        let kick = eventfd(welcome.kick_fd.then(|| fds.next()).flatten())?;
+        let call = eventfd(welcome.call_fd.then(|| fds.next()).flatten())?;
+        let config = PairConfig {
+            sq_capacity: welcome.sq_capacity,
+            cq_capacity: welcome.cq_capacity,
+            kick_mode: welcome.kick_mode.into(),
+            call_mode: welcome.call_mode.into(),
+        };
+        let offset = |what: &str, v: u64| {
+            usize::try_from(v).map_err(|_| Error::Malformed {
+                what: "welcome",
+                detail: format!("{what} offset {v} does not fit in memory"),
+            })
+        };
+        let app = AppSide::attach(
+            region.clone(),
+            offset("pair", welcome.pair_offset)?,
+            &config,
+            PairSignals { kick, call },
+        )?;
+        // The pool's claim fails if a hostile server placed it over the rings.
+        let pool = BufferPool::new(
+            region.clone(),
+            offset("pool", welcome.pool_offset)?,
+            welcome.buf_size as usize,
+            welcome.buf_count as usize,
+        )?;
+        Ok(Client {
+            app,
+            pool,
+            region,
+            extra: Vec::new(),
+            socket,
+            welcome,
+            options: options.clone(),
+            gone: false,
+        })
+    }
+
+    /// A free payload buffer, or `None` while all are in use (lent to the server or held here).
+    pub fn alloc(&self) -> Option<Buf> {
+        self.pool.alloc()
+    }
+
+    /// Takes back a buffer the server returned in a completion, after checking that `handle`
+    /// names a buffer this client lent.
+    pub fn reclaim(&self, handle: BufHandle) -> Result<Buf, PoolError> {
+        self.pool.reclaim(handle)
+    }
+
+    /// The payload buffer pool.
+    pub fn pool(&self) -> &Arc<BufferPool> {
+        &self.pool
+    }
+
+    /// The shared region (rings and buffers).
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    /// The server's number for this connection.
+    pub fn id(&self) -> u64 {
+        self.welcome.client_id
+    }
+
+    /// The server's process id.
+    pub fn server_pid(&self) -> u32 {
+        self.welcome.server_pid
+    }
+
+    /// The notify mode of this connection.
+    pub fn mode(&self) -> NotifyMode {
+        self.options.mode
+    }
+
+    /// The eventfd this client sleeps on in eventfd mode, for an event loop (epoll, mio,
+    /// tokio's `AsyncFd`); call [`arm`](Self::arm) before waiting on it.
+    pub fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.app.completion_fd()
+    }
+
+    /// The control socket: readable or hung up when the server speaks or dies; put it in the
+    /// same event loop as [`completion_fd`](Self::completion_fd).
+    pub fn control_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// Prepares to wait on [`completion_fd`](Self::completion_fd): `true` if completions are
+    /// already there (reap instead of waiting).
+    pub fn arm(&mut self) -> Result<bool, QueueError> {
+        self.app.arm()
+    }
+
+    /// Ends a wait begun with [`arm`](Self::arm).
+    pub fn disarm(&mut self) -> Result<(), QueueError> {
+        self.app.disarm()
+    }
+
+    /// Whether the server is known to be gone (closed its side or hung up the socket).
+    pub fn server_gone(&mut self) -> bool {
+        if !self.gone && (self.app.peer_closed() || proto::hung_up(self.socket.as_fd())) {
+            self.gone = true;
+        }
+        self.gone
+    }
+
+    /// Registers another memory region with the server (it must be a memfd [`Region`] with an
+    /// id other than 0, unique on this connection): handles whose `region` is that id then
+    /// resolve in it on the server side. Blocks until the server answers.
+    pub fn register_region(&mut self, region: Arc<Region>) -> Result<(), Error> {
+        let id = region.id();
+        if id == 0 || self.extra.iter().any(|r| r.id() == id) {
+            return Err(Error::Config(format!(
+                "region id {id} is reserved or already registered on this connection"
+            )));
+        }
+        let fd = region.fd().ok_or_else(|| {
+            Error::Config("only memfd regions can be registered with a server".into())
+        })?;
+        proto::send(
+            self.socket.as_fd(),
+            &ClientMsg::RegisterRegion {
+                id,
+                len: region.len() as u64,
+            },
+            &[fd],
+        )?;
+        let deadline = Instant::now().checked_add(self.options.control_timeout);
+        match proto::recv_blocking::<ServerMsg>(
+            self.socket.as_fd(),
+            deadline,
+            "region registration",
+        )? {
+            Incoming::Message(ServerMsg::Registered { id: got }, _) if got == id => {
+                self.extra.push(region);
+                Ok(())
+            }
+            Incoming::Message(ServerMsg::Refused(r), _) => Err(Error::Refused(r)),
+            Incoming::Message(ServerMsg::Goodbye { reason }, _) => {
+                self.gone = true;
+                Err(Error::Malformed {
+                    what: "registration answer",
+                    detail: format!("server closed the connection: {reason}"),
+                })
+            }
+            other => Err(Error::Malformed {
+                what: "registration answer",
+                detail: format!("unexpected {other:?}"),
+            }),
+        }
+    }
+
+    fn note_gone(&mut self) -> QueueError {
+        self.gone = true;
+        QueueError::PeerGone
+    }
+}
+
+impl<S: Pod, C: Pod> Submitter for Client<S, C> {
+    type Entry = S;
+
+    fn push(&mut self, entry: S) -> Result<(), Rejected<S>> {
+        if self.gone {
+            return Err(Rejected::new(entry, QueueError::PeerGone));
+        }
+        match self.app.push(entry) {
+            // A full ring is where a client would otherwise wait forever on a dead server.
+            Err(Rejected {
+                entry,
+                error: QueueError::Full,
+            }) if self.server_gone() => Err(Rejected::new(entry, QueueError::PeerGone)),
+            other => other,
+        }
+    }
+
+    fn push_slice(&mut self, entries: &[S]) -> Result<usize, QueueError> {
+        if self.gone {
+            return Err(QueueError::PeerGone);
+        }
+        let n = self.app.push_slice(entries)?;
+        if n == 0 && !entries.is_empty() && self.server_gone() {
+            return Err(QueueError::PeerGone);
+        }
+        Ok(n)
+    }
+
+    fn space(&mut self) -> Result<usize, QueueError> {
+        self.app.space()
+    }
+
+    fn submit(&mut self) -> Result<usize, QueueError> {
+        if self.gone {
+            return Err(QueueError::PeerGone);
+        }
+        self.app.submit()
+    }
+
+    fn doorbell_stats(&self) -> DoorbellStats {
+        self.app.doorbell_stats()
+    }
+}
+
+impl<S: Pod, C: Pod> Completer for Client<S, C> {
+    type Completion = C;
+
+    fn reap(&mut self) -> Result<Option<C>, QueueError> {
+        self.app.reap()
+    }
+
+    fn reap_into(&mut self, out: &mut Vec<C>, max: usize) -> Result<usize, QueueError> {
+        self.app.reap_into(out, max)
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let slice = match deadline {
+                None => self.options.liveness_interval,
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(self.options.liveness_interval),
+            };
+            match self.app.wait(Some(slice)) {
+                Ok(()) => return Ok(()),
+                Err(QueueError::PeerGone) => return Err(self.note_gone()),
+                Err(QueueError::Timeout(_)) => {
+                    if self.server_gone() {
+                        // Completions published before the death are still reaped first.
+                        return match self.app.completions_ready()? {
+                            true => Ok(()),
+                            false => Err(QueueError::PeerGone),
+                        };
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(QueueError::Timeout(timeout.unwrap_or_default()));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn notify_stats(&self) -> NotifyStats {
+        self.app.notify_stats()
+    }
+}
+
+impl<S: Pod, C: Pod> Drop for Client<S, C> {
+    fn drop(&mut self) {
+        // The queue pair closes when `app` drops; tell the server too, best effort (it also
+        // sees the socket hang up).
+        if !self.gone {
+            // Publish what was pushed but not submitted, so the server sees it before the
+            // shutdown message (nothing queued is lost).
+            let _ = self.app.submit();
+            let _ = proto::send(self.socket.as_fd(), &ClientMsg::Shutdown, &[]);
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! subring's userspace transport: **another process as the subsystem**.
+//!
+//! A server process serves requests; client processes submit them. Each client gets its own
+//! queue pair and payload buffers in a sealed memfd that the server creates and passes over a
+//! Unix socket:
+//!
+//! - **Control plane.** A `SOCK_SEQPACKET` Unix socket carries versioned control messages
+//!   ([`proto`]: `"SBSH"`, a version, a postcard body) and, with `SCM_RIGHTS`, the memfd and the
+//!   eventfds. The client's [`Hello`](proto::Hello) names the application protocol, the entry
+//!   types' sizes, ring capacities, buffer sizes and notify mode; the server checks every field
+//!   and answers with a [`Welcome`](proto::Welcome) or a [`Refusal`](proto::Refusal). The socket
+//!   stays open for the connection's life: later control messages (registering another region,
+//!   shutting down) use it, and its hang-up is how each side learns the other died.
+//! - **Data plane.** The planes' submission and completion rings and a buffer pool in the memfd.
+//!   Entry types are the user's plain-old-data structs; payloads stay in the buffers and travel
+//!   as [`BufHandle`]s inside entries. The client owns the buffers (its pool's bookkeeping is
+//!   private to it); the server reads and writes them in place through handles it validates
+//!   ([`Ctx::payload`]) — the virtio model, where the driver owns the buffers and the device uses
+//!   them.
+//! - **Doorbell and interrupts.** The client rings the server's kick eventfd only when the server
+//!   announced it sleeps; the server signals the client only when the client sleeps. A spin-mode
+//!   client is polled by the server and never rings at all.
+//!
+//! One [`Server`] serves many clients from one thread: it polls their submission rings while
+//! there is work (and, for adaptive clients, for an adaptive window after it), then arms every
+//! ring and sleeps in `epoll` on the listener, the control sockets and the kick eventfds. Run it
+//! on the calling thread ([`Server::run`]) or on a dedicated thread ([`Server::spawn`]), like
+//! SQPOLL or Snap.
+//!
+//! # Example
+//! ```
+//! use std::time::Duration;
+//! use subring_shm::{Client, ClientOptions, Server, ServerConfig};
+//! use subring_shm::queue::{Completer, Submitter};
+//!
+//! // A server that doubles numbers, on its own thread, reached over a socket pair (a path
+//! // works the same with `Server::bind` and `Client::connect`).
+//! let (server_end, client_end) = subring_shm::socket_pair()?;
+//! let mut server = Server::<u64, u64, _>::new(ServerConfig::new("doubler"), |_info| {
+//!     |ctx: &mut subring_shm::Ctx<'_, u64>, x: u64| ctx.complete(x * 2)
+//! })?;
+//! server.add_connection(server_end)?;
+//! let server = server.spawn()?;
+//!
+//! let mut client = Client::<u64, u64>::from_socket(client_end, &ClientOptions::new("doubler"))?;
+//! client.push(21).unwrap();
+//! client.submit()?;
+//! client.wait(Some(Duration::from_secs(10)))?;
+//! assert_eq!(client.reap()?, Some(42));
+//! drop(client);
+//! server.stop()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+
+mod client;
+pub mod proto;
+mod server;
+pub mod stream;
+
+use std::time::Duration;
+
+pub use client::{Client, ClientOptions};
+pub use proto::socket_pair;
+pub use server::{
+    ClientInfo, Ctx, HandleError, Handler, Server, ServerConfig, ServerStats, ServerThread, Stopper,
+};
+pub use subring_planes::data::{Buf, BufHandle, BufferPool, PoolError, Region, RegionError};
+pub use subring_planes::interrupt::NotifyMode;
+pub use subring_planes::queue;
+
+use proto::Refusal;
+use subring_planes::queue::QueueError;
+
+/// Why a connection, a control request or the server failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call failed.
+    #[error("{op} failed: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting to or listening on a socket path failed.
+    #[error("{what} {path}: {source}")]
+    Path {
+        /// What was being done (`"cannot connect to"`, `"cannot listen on"`).
+        what: &'static str,
+        /// The socket path.
+        path: String,
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The two sides speak different control-protocol versions.
+    #[error("control protocol version mismatch: this side speaks version {ours}, the peer {peer}")]
+    Version {
+        /// Our version.
+        ours: u16,
+        /// The peer's.
+        peer: u16,
+    },
+    /// The peer sent something that is not a valid control message.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// What was malformed.
+        what: &'static str,
+        /// How.
+        detail: String,
+    },
+    /// The server refused the connection or request.
+    #[error("server refused: {0}")]
+    Refused(Refusal),
+    /// The peer did not answer in time.
+    #[error("timed out after {after:?} waiting for {waiting_for}")]
+    Timeout {
+        /// What was awaited.
+        waiting_for: &'static str,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The peer closed the control socket.
+    #[error("peer closed the control socket during {during}")]
+    Closed {
+        /// What was being done.
+        during: &'static str,
+    },
+    /// File descriptors that came with a message are missing, extra, or of the wrong kind.
+    #[error("bad file descriptors from peer: {0}")]
+    BadFds(String),
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The shared memory could not be created, mapped or checked.
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    /// The payload buffers could not be set up.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// The queue pair could not be set up or used.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        use std::io::ErrorKind;
+        let kind = match &e {
+            Error::Io { source, .. } | Error::Path { source, .. } => source.kind(),
+            Error::Timeout { .. } => ErrorKind::TimedOut,
+            Error::Closed { .. } => ErrorKind::BrokenPipe,
+            Error::Queue(QueueError::PeerGone) => ErrorKind::BrokenPipe,
+            Error::Config(_) => ErrorKind::InvalidInput,
+            _ => ErrorKind::InvalidData,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
+/// Checks a ring capacity the way the rings will, with a message that names it.
+fn check_capacity(what: &str, capacity: u32, max: u32) -> Result<(), String> {
+    if capacity < 2 || !capacity.is_power_of_two() || capacity > max {
+        return Err(format!(
+            "{what} {capacity} must be a power of two between 2 and {max}"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,510 @@
+//! The control plane's wire format: versioned control messages over a `SOCK_SEQPACKET` Unix
+//! socket, file descriptors passed beside them with `SCM_RIGHTS`.
+//!
+//! Every message is one datagram:
+//! ```text
+//! "SBSH"  version: u16 LE  kind: u8  body
+//! ```
+//! `kind` [`KIND_MESSAGE`] carries a postcard-encoded [`ClientMsg`] or [`ServerMsg`].
+//! `kind` [`KIND_VERSION_REFUSED`] carries only the refusing side's version (u16 LE) and never
+//! changes shape, so that two sides of different versions can always tell each other so, however
+//! the message types evolve.
+
+use std::fmt;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde::{Deserialize, Serialize};
+use subring_planes::interrupt::NotifyMode;
+
+use crate::Error;
+
+/// The first bytes of every control message.
+pub const PROTOCOL_MAGIC: [u8; 4] = *b"SBSH";
+/// The control protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// A control message carrying a postcard-encoded body.
+pub const KIND_MESSAGE: u8 = 1;
+/// A refusal because of a version mismatch; its body is the refusing side's version.
+pub const KIND_VERSION_REFUSED: u8 = 0xff;
+/// The largest control message accepted.
+pub const MAX_MESSAGE: usize = 4096;
+/// The most file descriptors one control message may carry.
+pub const MAX_FDS: usize = 4;
+
+const HEADER: usize = 7;
+
+/// Size and alignment of an entry type, compared across the two sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryShape {
+    /// `size_of`.
+    pub size: u32,
+    /// `align_of`.
+    pub align: u32,
+}
+
+impl EntryShape {
+    /// The shape of `T`.
+    pub fn of<T>() -> Self {
+        EntryShape {
+            size: std::mem::size_of::<T>() as u32,
+            align: std::mem::align_of::<T>() as u32,
+        }
+    }
+}
+
+impl fmt::Display for EntryShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes aligned to {}", self.size, self.align)
+    }
+}
+
+/// A notify mode on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireMode {
+    /// [`NotifyMode::Spin`].
+    Spin,
+    /// [`NotifyMode::Adaptive`].
+    Adaptive,
+    /// [`NotifyMode::EventFd`].
+    EventFd,
+    /// [`NotifyMode::Futex`].
+    Futex,
+}
+
+impl From<NotifyMode> for WireMode {
+    fn from(m: NotifyMode) -> Self {
+        match m {
+            NotifyMode::Spin => WireMode::Spin,
+            NotifyMode::Adaptive => WireMode::Adaptive,
+            NotifyMode::EventFd => WireMode::EventFd,
+            NotifyMode::Futex => WireMode::Futex,
+        }
+    }
+}
+
+impl From<WireMode> for NotifyMode {
+    fn from(m: WireMode) -> Self {
+        match m {
+            WireMode::Spin => NotifyMode::Spin,
+            WireMode::Adaptive => NotifyMode::Adaptive,
+            WireMode::EventFd => NotifyMode::EventFd,
+            WireMode::Futex => NotifyMode::Futex,
+        }
+    }
+}
+
+/// What a client asks for when it connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The application protocol the client speaks (the server's must be the same).
+    pub protocol: String,
+    /// Shape of the submission entries.
+    pub request: EntryShape,
+    /// Shape of the completion entries.
+    pub completion: EntryShape,
+    /// Submission ring entries (a power of two).
+    pub sq_capacity: u32,
+    /// Completion ring entries (a power of two).
+    pub cq_capacity: u32,
+    /// How the client waits for completions, and how it wants the server to wait for it.
+    pub mode: WireMode,
+    /// Bytes per payload buffer.
+    pub buf_size: u32,
+    /// Number of payload buffers.
+    pub buf_count: u32,
+}
+
+/// What the server grants; the shared memory and eventfds travel beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The server's number for this connection.
+    pub client_id: u64,
+    /// The server's process id.
+    pub server_pid: u32,
+    /// Length of the shared memfd.
+    pub region_len: u64,
+    /// Offset of the queue pair in it.
+    pub pair_offset: u64,
+    /// Offset of the payload buffers in it.
+    pub pool_offset: u64,
+    /// Bytes per payload buffer.
+    pub buf_size: u32,
+    /// Number of payload buffers.
+    pub buf_count: u32,
+    /// Submission ring entries.
+    pub sq_capacity: u32,
+    /// Completion ring entries.
+    pub cq_capacity: u32,
+    /// How the server waits for submissions (the client's doorbell follows it).
+    pub kick_mode: WireMode,
+    /// How the client waits for completions.
+    pub call_mode: WireMode,
+    /// Whether a kick eventfd follows the memfd.
+    pub kick_fd: bool,
+    /// Whether a call eventfd follows (after the kick eventfd, if any).
+    pub call_fd: bool,
+}
+
+/// Why a server refused a connection or request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The client speaks another application protocol.
+    Protocol {
+        /// The server's protocol.
+        server: String,
+        /// The client's protocol.
+        client: String,
+    },
+    /// An entry type has another shape on the server.
+    EntryShape {
+        /// `"request"` or `"completion"`.
+        which: String,
+        /// The server's shape.
+        server: EntryShape,
+        /// The client's shape.
+        client: EntryShape,
+    },
+    /// A size the client asked for is out of the server's limits.
+    Limit {
+        /// What was asked for.
+        what: String,
+        /// The value asked for.
+        asked: u64,
+        /// The smallest allowed.
+        min: u64,
+        /// The largest allowed.
+        max: u64,
+    },
+    /// The server serves its maximum number of clients.
+    Busy {
+        /// That maximum.
+        max_clients: u32,
+    },
+    /// The client's message made no sense.
+    Malformed(String),
+    /// The server failed to set the connection up.
+    Internal(String),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Protocol { server, client } => write!(
+                f,
+                "the server speaks application protocol {server:?}, the client {client:?}"
+            ),
+            Refusal::EntryShape {
+                which,
+                server,
+                client,
+            } => write!(
+                f,
+                "{which} entries are {server} on the server but {client} on the client"
+            ),
+            Refusal::Limit {
+                what,
+                asked,
+                min,
+                max,
+            } => write!(
+                f,
+                "{what} {asked} is outside the server's range {min}..={max}"
+            ),
+            Refusal::Busy { max_clients } => {
+                write!(
+                    f,
+                    "the server already serves its maximum of {max_clients} clients"
+                )
+            }
+            Refusal::Malformed(why) => write!(f, "malformed request: {why}"),
+            Refusal::Internal(why) => write!(f, "server-side failure: {why}"),
+        }
+    }
+}
+
+/// Client → server control messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// Opens a connection.
+    Hello(Hello),
+    /// Registers another memory region (its sealed memfd travels beside): handles naming
+    /// region `id` then resolve in it.
+    RegisterRegion {
+        /// The id handles will carry (not 0, which is the connection's own region).
+        id: u32,
+        /// Its length.
+        len: u64,
+    },
+    /// The client is closing; the server releases the connection.
+    Shutdown,
+}
+
+/// Server → client control messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// The connection is set up.
+    Welcome(Welcome),
+    /// The connection or a request was refused.
+    Refused(Refusal),
+    /// A region was registered.
+    Registered {
+        /// Its id.
+        id: u32,
+    },
+    /// The server is closing this connection.
+    Goodbye {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A received control message: its body (or a peer's version refusal) and its fds.
+#[derive(Debug)]
+pub(crate) enum Incoming<M> {
+    Message(M, Vec<OwnedFd>),
+    VersionRefused(u16),
+}
+
+fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + body.len());
+    out.extend_from_slice(&PROTOCOL_MAGIC);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(body);
+    out
+}
+
+fn io_error(op: &'static str) -> impl FnOnce(Errno) -> Error {
+    move |e| Error::Io {
+        op,
+        source: e.into(),
+    }
+}
+
+fn send_frame(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+    loop {
+        match sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(bytes)],
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) => {
+                return Err(Error::Malformed {
+                    what: "control message",
+                    detail: format!("sent {n} of {} bytes", bytes.len()),
+                })
+            }
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Closed { during: "send" }),
+            Err(e) => return Err(io_error("sendmsg on the control socket")(e)),
+        }
+    }
+}
+
+/// Sends a control message with `fds` beside it.
+pub(crate) fn send<M: Serialize>(
+    sock: BorrowedFd<'_>,
+    msg: &M,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), Error> {
+    let body = postcard::to_stdvec(msg).map_err(|e| Error::Malformed {
+        what: "outgoing control message",
+        detail: e.to_string(),
+    })?;
+    send_frame(sock, &frame(KIND_MESSAGE, &body), fds)
+}
+
+/// Tells the peer its version is not ours, in the format every version understands.
+pub(crate) fn send_version_refusal(sock: BorrowedFd<'_>) -> Result<(), Error> {
+    send_frame(
+        sock,
+        &frame(KIND_VERSION_REFUSED, &PROTOCOL_VERSION.to_le_bytes()),
+        &[],
+    )
+}
+
+/// Waits until `sock` is readable (or hung up), at most until `deadline`.
+pub(crate) fn wait_readable(
+    sock: BorrowedFd<'_>,
+    deadline: Option<Instant>,
+    waiting_for: &'static str,
+) -> Result<(), Error> {
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout {
+                        waiting_for,
+                        after: Duration::ZERO,
+                    });
+                }
+                PollTimeout::try_from(left.as_millis().clamp(1, i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io_error("poll on the control socket")(e)),
+        }
+    }
+}
+
+/// Whether the peer has hung up `sock` (without blocking).
+pub(crate) fn hung_up(sock: BorrowedFd<'_>) -> bool {
+    // A Unix socket whose peer has closed (or died) reports POLLHUP, asked for or not.
+    let mut fds = [PollFd::new(sock, PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(0) => false,
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        Err(_) => false,
+    }
+}
+
+/// Receives one control message without blocking beyond what the socket does: `Ok(None)` if
+/// nothing is there (`EAGAIN` on a non-blocking socket). Every fd that arrives is owned at once,
+/// so none leaks whatever the message turns out to be.
+pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
+    sock: BorrowedFd<'_>,
+) -> Result<Option<Incoming<M>>, Error> {
+    let mut buf = [0u8; MAX_MESSAGE];
+    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (len, flags, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_space),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(raw) = c {
+                            // SAFETY: the kernel just installed these descriptors in this
+                            // process for us (SCM_RIGHTS); nothing else owns them.
+                            fds.extend(
+                                raw.into_iter()
+                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                            );
+                        }
+                    }
+                }
+                break (msg.bytes, msg.flags, fds);
+            }
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(Errno::ECONNRESET) => return Err(Error::Closed { during: "receive" }),
+            Err(e) => return Err(io_error("recvmsg on the control socket")(e)),
+        }
+    };
+    if flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(Error::BadFds(format!(
+            "control message carried more than {MAX_FDS} file descriptors"
+        )));
+    }
+    if flags.contains(MsgFlags::MSG_TRUNC) {
+        return Err(Error::Malformed {
+            what: "control message",
+            detail: format!("longer than {MAX_MESSAGE} bytes"),
+        });
+    }
+    if len == 0 {
+        return Err(Error::Closed { during: "receive" });
+    }
+    let bytes = &buf[..len];
+    if bytes.len() < HEADER {
+        return Err(Error::Malformed {
+            what: "control message",
+            detail: format!("{len} bytes, shorter than the {HEADER}-byte header"),
+        });
+    }
+    if bytes[..4] != PROTOCOL_MAGIC {
+        return Err(Error::Malformed {
+            what: "control message",
+            detail: format!(
+                "starts with {:02x?}, not the magic {:02x?}",
+                &bytes[..4],
+                PROTOCOL_MAGIC
+            ),
+        });
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    match bytes[6] {
+        KIND_VERSION_REFUSED => {
+            let theirs = bytes
+                .get(HEADER..HEADER + 2)
+                .map_or(version, |b| u16::from_le_bytes([b[0], b[1]]));
+            return Ok(Some(Incoming::VersionRefused(theirs)));
+        }
+        KIND_MESSAGE => {}
+        other => {
+            return Err(Error::Malformed {
+                what: "control message",
+                detail: format!("unknown kind {other:#x}"),
+            })
+        }
+    }
+    if version != PROTOCOL_VERSION {
+        return Err(Error::Version {
+            ours: PROTOCOL_VERSION,
+            peer: version,
+        });
+    }
+    let msg = postcard::from_bytes(&bytes[HEADER..]).map_err(|e| Error::Malformed {
+        what: "control message body",
+        detail: e.to_string(),
+    })?;
+    Ok(Some(Incoming::Message(msg, fds)))
+}
+
+/// Receives one control message, waiting at most until `deadline`.
+pub(crate) fn recv_blocking<M: for<'de> Deserialize<'de>>(
+    sock: BorrowedFd<'_>,
+    deadline: Option<Instant>,
+    waiting_for: &'static str,
+) -> Result<Incoming<M>, Error> {
+    let start = Instant::now();
+    loop {
+        wait_readable(sock, deadline, waiting_for).map_err(|e| match e {
+            Error::Timeout { waiting_for, .. } => Error::Timeout {
+                waiting_for,
+                after: start.elapsed(),
+            },
+            other => other,
+        })?;
+        if let Some(m) = recv(sock)? {
+            return Ok(m);
+        }
+    }
+}
+
+/// A connected `SOCK_SEQPACKET` pair, close-on-exec, for a parent and child (or two threads).
+pub fn socket_pair() -> Result<(OwnedFd, OwnedFd), Error> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io_error("socketpair(AF_UNIX, SOCK_SEQPACKET)"))
+}

@@ -1,0 +1,585 @@
+//! Byte streams over a queue pair: [`std::io::Read`], [`Write`](std::io::Write) and
+//! [`BufRead`](std::io::BufRead), so code written for `impl Read` / `impl Write` talks to a
+//! subsystem unchanged.
+//!
+//! The stream is a protocol over the rings, like virtio-net's transmit and receive queues:
+//! the client lends the server full buffers to consume (`DATA`) and empty buffers to fill
+//! (`RECV`), and says when it has finished writing (`FIN`). The server returns each buffer in a
+//! completion: consumed (`SENT`), filled (`FILLED`, with its length), or empty at end of stream
+//! (`EOF`). Bytes are copied once on each side of the ring (into a buffer by `write`, out of
+//! one by the server's service) and not at all on reads through [`BufRead::fill_buf`], which
+//! returns the filled buffer in place.
+//!
+//! On the server, [`StreamHandler`] turns a [`ByteService`] (bytes in, bytes out) into a
+//! [`Handler`](crate::Handler).
+//!
+//! Like a socket, a stream can deadlock a client that writes a lot without reading while the
+//! service answers as much as it is sent: the server stops taking data once
+//! [`StreamHandler`]'s output backlog passes its limit. Read as you write, or give the waits a
+//! timeout ([`Stream::set_timeout`]).
+//!
+//! ```
+//! use std::io::{BufRead, BufReader, Read, Write};
+//! use subring_shm::stream::{ByteService, Stream, StreamHandler, STREAM_PROTOCOL};
+//! use subring_shm::{ClientOptions, Server, ServerConfig};
+//!
+//! /// Answers every line with its upper-case form.
+//! struct Upper;
+//! impl ByteService for Upper {
+//!     fn data(&mut self, input: &[u8], out: &mut Vec<u8>) {
+//!         out.extend(input.iter().map(u8::to_ascii_uppercase));
+//!     }
+//! }
+//!
+//! let (server_end, client_end) = subring_shm::socket_pair()?;
+//! let mut server = Server::new(ServerConfig::new(STREAM_PROTOCOL), |_| StreamHandler::new(Upper))?;
+//! server.add_connection(server_end)?;
+//! let server = server.spawn()?;
+//!
+//! let mut stream = Stream::from_socket(client_end, &ClientOptions::new(STREAM_PROTOCOL))?;
+//! stream.write_all(b"hello, subsystem\n")?;
+//! stream.flush()?;
+//! let mut line = String::new();
+//! stream.read_line(&mut line)?;
+//! assert_eq!(line, "HELLO, SUBSYSTEM\n");
+//! drop(stream);
+//! server.stop()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
+
+use bytemuck::{Pod, Zeroable};
+use subring_planes::data::{Buf, BufHandle};
+use subring_planes::queue::{Completer, QueueError, Submitter};
+
+use crate::{Client, ClientOptions, Ctx, Error, Handler};
+
+/// The application protocol name of streams.
+pub const STREAM_PROTOCOL: &str = "subring-stream/1";
+
+/// Request kinds.
+pub mod request {
+    /// `buf` holds bytes for the service.
+    pub const DATA: u32 = 1;
+    /// `buf` (its whole length) is free for the service's answer.
+    pub const RECV: u32 = 2;
+    /// The client has finished writing.
+    pub const FIN: u32 = 3;
+}
+
+/// Completion kinds.
+pub mod completion {
+    /// A `DATA` buffer was consumed; here it is back.
+    pub const SENT: u32 = 1;
+    /// A `RECV` buffer now holds `buf.len` bytes.
+    pub const FILLED: u32 = 2;
+    /// A `RECV` buffer returned empty: the service has finished answering.
+    pub const EOF: u32 = 3;
+    /// A request was refused; `status` says why.
+    pub const ERROR: u32 = 4;
+}
+
+/// Error statuses in a [`completion::ERROR`].
+pub mod status {
+    /// The request named memory that is not the client's.
+    pub const BAD_HANDLE: u32 = 1;
+    /// The request kind is unknown.
+    pub const BAD_KIND: u32 = 2;
+    /// Data arrived after `FIN`.
+    pub const AFTER_FIN: u32 = 3;
+}
+
+/// A stream request entry.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct StreamReq {
+    /// One of [`request`].
+    pub kind: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// The buffer concerned (empty for `FIN`).
+    pub buf: BufHandle,
+}
+
+/// A stream completion entry.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct StreamResp {
+    /// One of [`completion`].
+    pub kind: u32,
+    /// For [`completion::ERROR`], one of [`status`].
+    pub status: u32,
+    /// The buffer returned.
+    pub buf: BufHandle,
+}
+
+fn io_err(e: QueueError) -> io::Error {
+    match e {
+        QueueError::PeerGone => io::Error::new(io::ErrorKind::BrokenPipe, "the server is gone"),
+        QueueError::Timeout(t) => io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("stream wait timed out after {t:?}"),
+        ),
+        QueueError::Io(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, other),
+    }
+}
+
+/// The client end of a byte stream.
+#[derive(Debug)]
+pub struct Stream {
+    client: Client<StreamReq, StreamResp>,
+    /// The buffer `write` is filling.
+    tx: Option<Buf>,
+    /// Filled receive buffers, oldest first, and how far the oldest has been read.
+    rx: VecDeque<Buf>,
+    rx_pos: usize,
+    /// Receive buffers lent to the server, and how many to keep lent.
+    posted: usize,
+    max_rx: usize,
+    /// Data buffers lent to the server.
+    tx_in_flight: usize,
+    eof: bool,
+    fin_sent: bool,
+    timeout: Option<Duration>,
+    scratch: Vec<StreamResp>,
+}
+
+impl Stream {
+    /// Connects to a stream server listening at `path`. `options.protocol` should be
+    /// [`STREAM_PROTOCOL`] unless the server names its streams otherwise.
+    pub fn connect(path: impl AsRef<Path>, options: &ClientOptions) -> Result<Self, Error> {
+        Ok(Self::over(Client::connect(path, options)?))
+    }
+
+    /// A stream over an already-connected socket.
+    pub fn from_socket(socket: OwnedFd, options: &ClientOptions) -> Result<Self, Error> {
+        Ok(Self::over(Client::from_socket(socket, options)?))
+    }
+
+    fn over(client: Client<StreamReq, StreamResp>) -> Self {
+        let count = client.pool().count();
+        Stream {
+            // Half the buffers receive, so writing always has buffers of its own.
+            max_rx: (count / 2).max(1),
+            client,
+            tx: None,
+            rx: VecDeque::new(),
+            rx_pos: 0,
+            posted: 0,
+            tx_in_flight: 0,
+            eof: false,
+            fin_sent: false,
+            timeout: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Limits every wait inside `read`/`write`/`flush` (`None`: no limit; a dead server is
+    /// still noticed).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    /// The connection underneath.
+    pub fn client(&self) -> &Client<StreamReq, StreamResp> {
+        &self.client
+    }
+
+    /// Sends what is buffered and tells the server no more data follows (like
+    /// `shutdown(SHUT_WR)`); reading goes on until the server's end of stream.
+    pub fn finish(&mut self) -> io::Result<()> {
+        if self.fin_sent {
+            return Ok(());
+        }
+        self.send_tx()?;
+        self.push(StreamReq {
+            kind: request::FIN,
+            reserved: 0,
+            buf: BufHandle::default(),
+        })?;
+        self.fin_sent = true;
+        self.client.submit().map_err(io_err)?;
+        Ok(())
+    }
+
+    fn push(&mut self, req: StreamReq) -> io::Result<()> {
+        let mut req = req;
+        loop {
+            match self.client.push(req) {
+                Ok(()) => return Ok(()),
+                Err(r) if matches!(r.error, QueueError::Full) => {
+                    req = r.entry;
+                    self.client.submit().map_err(io_err)?;
+                    self.pump(true)?;
+                }
+                Err(r) => return Err(io_err(r.error)),
+            }
+        }
+    }
+
+    /// Lends receive buffers until `max_rx` are lent or filled.
+    fn post_receives(&mut self) -> io::Result<()> {
+        let mut posted = false;
+        while !self.eof && self.posted + self.rx.len() < self.max_rx {
+            let Some(mut buf) = self.client.alloc() else {
+                break;
+            };
+            let cap = buf.capacity();
+            buf.set_len(cap);
+            let handle = buf.lend();
+            if let Err(e) = self.push(StreamReq {
+                kind: request::RECV,
+                reserved: 0,
+                buf: handle,
+            }) {
+                // Not lent after all: take it back so it is not lost.
+                let _ = self.client.reclaim(handle);
+                return Err(e);
+            }
+            self.posted += 1;
+            posted = true;
+        }
+        if posted {
+            self.client.submit().map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    /// Handles the completions that are ready; with `wait`, waits for at least one first.
+    fn pump(&mut self, wait: bool) -> io::Result<()> {
+        if wait {
+            self.client.wait(self.timeout).map_err(io_err)?;
+        }
+        let mut done = std::mem::take(&mut self.scratch);
+        done.clear();
+        let reaped = self.client.reap_into(&mut done, usize::MAX).map_err(io_err);
+        let handled = reaped.and_then(|_| self.handle_completions(&done));
+        self.scratch = done;
+        handled
+    }
+
+    fn handle_completions(&mut self, done: &[StreamResp]) -> io::Result<()> {
+        for c in done {
+            let buf = self.client.reclaim(c.buf).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("server returned a buffer this stream did not lend: {e}"),
+                )
+            });
+            match c.kind {
+                completion::SENT => {
+                    self.tx_in_flight -= 1;
+                    drop(buf?);
+                }
+                completion::FILLED => {
+                    self.posted -= 1;
+                    self.rx.push_back(buf?);
+                }
+                completion::EOF => {
+                    self.posted -= 1;
+                    self.eof = true;
+                    drop(buf?);
+                }
+                completion::ERROR => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("server refused a stream request (status {})", c.status),
+                    ));
+                }
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unknown stream completion kind {other}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_tx(&mut self) -> io::Result<()> {
+        let Some(buf) = self.tx.take() else {
+            return Ok(());
+        };
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let handle = buf.lend();
+        if let Err(e) = self.push(StreamReq {
+            kind: request::DATA,
+            reserved: 0,
+            buf: handle,
+        }) {
+            let _ = self.client.reclaim(handle);
+            return Err(e);
+        }
+        self.tx_in_flight += 1;
+        Ok(())
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.fin_sent {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after finish() on a subring stream",
+            ));
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if self.tx.is_none() {
+            loop {
+                if let Some(buf) = self.client.alloc() {
+                    self.tx = Some(buf);
+                    break;
+                }
+                // Every buffer is lent or holds unread input: completions free some.
+                self.client.submit().map_err(io_err)?;
+                self.pump(true)?;
+            }
+        }
+        let tx = self.tx.as_mut().expect("allocated above");
+        let len = tx.len();
+        let n = (tx.capacity() - len).min(data.len());
+        tx.spare_mut()[len..len + n].copy_from_slice(&data[..n]);
+        tx.set_len(len + n);
+        if tx.len() == tx.capacity() {
+            self.send_tx()?;
+            // Reap what is ready without waiting, so buffers come back as we go.
+            self.pump(false)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_tx()?;
+        self.post_receives()?;
+        self.client.submit().map_err(io_err)?;
+        Ok(())
+    }
+}
+
+impl BufRead for Stream {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        loop {
+            if let Some(front) = self.rx.front() {
+                if self.rx_pos < front.len() {
+                    break;
+                }
+                self.rx.pop_front();
+                self.rx_pos = 0;
+                continue;
+            }
+            if self.eof {
+                return Ok(&[]);
+            }
+            // Whatever was written goes out first: the answer may depend on it.
+            self.send_tx()?;
+            self.post_receives()?;
+            self.client.submit().map_err(io_err)?;
+            if self.posted == 0 && self.rx.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "no receive buffer could be lent (all are in use)",
+                ));
+            }
+            self.pump(true)?;
+        }
+        let front = self.rx.front().expect("checked in the loop");
+        Ok(&front[self.rx_pos..])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.rx_pos += amt;
+        if let Some(front) = self.rx.front() {
+            if self.rx_pos >= front.len() {
+                self.rx.pop_front();
+                self.rx_pos = 0;
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.send_tx();
+        let _ = self.client.submit();
+    }
+}
+
+/// A service that answers bytes with bytes: what a [`StreamHandler`] runs for each client.
+pub trait ByteService {
+    /// `input` arrived from the client; append any answer to `out`.
+    fn data(&mut self, input: &[u8], out: &mut Vec<u8>);
+
+    /// The client finished writing; append any last answer to `out`. The stream ends (the
+    /// client reads end-of-file) once everything in `out` has been delivered.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        let _ = out;
+    }
+}
+
+/// The server side of a stream: runs a [`ByteService`] over a client's stream requests.
+#[derive(Debug)]
+pub struct StreamHandler<B> {
+    service: B,
+    /// Answer bytes not yet delivered, from `out_pos`.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Receive buffers the client lent, oldest first.
+    posted: VecDeque<BufHandle>,
+    /// Data buffers held back while the answer backlog is over the limit.
+    held: VecDeque<BufHandle>,
+    fin: bool,
+    finished: bool,
+    limit: usize,
+}
+
+/// Answer bytes a [`StreamHandler`] buffers before it stops taking data.
+pub const DEFAULT_BACKLOG: usize = 4 << 20;
+
+impl<B: ByteService> StreamHandler<B> {
+    /// Serves `service`, holding at most [`DEFAULT_BACKLOG`] undelivered answer bytes before it
+    /// stops taking data.
+    pub fn new(service: B) -> Self {
+        StreamHandler {
+            service,
+            out: Vec::new(),
+            out_pos: 0,
+            posted: VecDeque::new(),
+            held: VecDeque::new(),
+            fin: false,
+            finished: false,
+            limit: DEFAULT_BACKLOG,
+        }
+    }
+
+    /// The service.
+    pub fn service(&self) -> &B {
+        &self.service
+    }
+
+    fn backlog(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    fn consume(&mut self, ctx: &mut Ctx<'_, StreamResp>, handle: BufHandle) {
+        match ctx.payload(handle) {
+            Ok(bytes) => {
+                self.service.data(bytes, &mut self.out);
+                ctx.complete(StreamResp {
+                    kind: completion::SENT,
+                    status: 0,
+                    buf: handle,
+                });
+            }
+            Err(_) => ctx.complete(StreamResp {
+                kind: completion::ERROR,
+                status: status::BAD_HANDLE,
+                buf: handle,
+            }),
+        }
+    }
+
+    /// Delivers answer bytes into lent receive buffers, takes held data as the backlog drains,
+    /// and ends the stream once the client finished and everything is delivered.
+    fn pump(&mut self, ctx: &mut Ctx<'_, StreamResp>) {
+        loop {
+            while self.backlog() > 0 {
+                let Some(handle) = self.posted.pop_front() else {
+                    break;
+                };
+                let n = match ctx.write(handle, &self.out[self.out_pos..]) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        ctx.complete(StreamResp {
+                            kind: completion::ERROR,
+                            status: status::BAD_HANDLE,
+                            buf: handle,
+                        });
+                        continue;
+                    }
+                };
+                self.out_pos += n;
+                ctx.complete(StreamResp {
+                    kind: completion::FILLED,
+                    status: 0,
+                    buf: BufHandle {
+                        len: n as u32,
+                        ..handle
+                    },
+                });
+            }
+            if self.out_pos > 0 && self.out_pos * 2 >= self.out.len() {
+                self.out.drain(..self.out_pos);
+                self.out_pos = 0;
+            }
+            match self.held.front() {
+                Some(&handle) if self.backlog() < self.limit => {
+                    self.held.pop_front();
+                    self.consume(ctx, handle);
+                }
+                _ => break,
+            }
+        }
+        if self.fin && self.held.is_empty() && !self.finished {
+            self.service.finish(&mut self.out);
+            self.finished = true;
+            return self.pump(ctx);
+        }
+        if self.finished && self.backlog() == 0 {
+            while let Some(handle) = self.posted.pop_front() {
+                ctx.complete(StreamResp {
+                    kind: completion::EOF,
+                    status: 0,
+                    buf: BufHandle { len: 0, ..handle },
+                });
+            }
+        }
+    }
+}
+
+impl<B: ByteService> Handler<StreamReq, StreamResp> for StreamHandler<B> {
+    fn request(&mut self, ctx: &mut Ctx<'_, StreamResp>, req: StreamReq) {
+        match req.kind {
+            request::DATA if self.fin => ctx.complete(StreamResp {
+                kind: completion::ERROR,
+                status: status::AFTER_FIN,
+                buf: req.buf,
+            }),
+            request::DATA => {
+                if self.backlog() >= self.limit || !self.held.is_empty() {
+                    self.held.push_back(req.buf);
+                } else {
+                    self.consume(ctx, req.buf);
+                }
+            }
+            request::RECV => self.posted.push_back(req.buf),
+            request::FIN => self.fin = true,
+            _ => ctx.complete(StreamResp {
+                kind: completion::ERROR,
+                status: status::BAD_KIND,
+                buf: req.buf,
+            }),
+        }
+        self.pump(ctx);
+    }
+}
