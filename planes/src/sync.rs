@@ -75,6 +75,11 @@ mod imp {
                 }
                 /// See the std method of the same name.
                 #[inline(always)]
+                pub fn fetch_sub(&self, v: $int, order: Ordering) -> $int {
+                    self.0.fetch_sub(v, order)
+                }
+                /// See the std method of the same name.
+                #[inline(always)]
                 pub fn fetch_or(&self, v: $int, order: Ordering) -> $int {
                     self.0.fetch_or(v, order)
                 }

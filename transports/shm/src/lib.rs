@@ -55,6 +55,7 @@
 #![warn(missing_docs)]
 
 mod client;
+pub mod echo;
 pub mod proto;
 mod server;
 pub mod stream;

@@ -1,33 +1,35 @@
 //! Peer measurements for the cross-process IPC benchmark: what the same job costs over the
 //! transports a user would otherwise pick, measured the same way as subring.
 //!
-//! Every measurement forks one child process after setting everything up (pipes, socketpairs,
-//! eventfds, `MAP_SHARED` memory), pins parent and child as [`Placement`] says, and measures
-//! in the parent:
+//! Each measurement sets everything up (pipes, socketpairs, eventfds, `MAP_SHARED` memory), forks
+//! one child, pins parent and child as [`Placement`] says, and measures in the parent:
 //!
 //! * round trips ([`pipe_rt`], [`unix_socket_rt`], [`eventfd_rt`], [`spin_floor_rt`]): the
 //!   parent sends an 8-byte message (or publishes a counter in shared memory) and the child
 //!   echoes it; one sample per round trip, after `n / 10` untimed warm-up round trips;
-//! * throughput ([`unix_socket_throughput`], [`shm_ring_throughput`]): bytes per second from
-//!   the first byte written until the consumer acknowledges that it has read (copied out and
-//!   summed) all of it; the acknowledgement carries a checksum the parent verifies.
+//! * throughput ([`unix_socket_throughput`], [`shm_ring_throughput`]): bytes per second from the
+//!   first byte written until the consumer acknowledges that it has read (copied out, summed)
+//!   all of it; the acknowledgement carries a checksum that the parent verifies.
 //!
 //! [`probe`] and [`label`] tell which vCPU placement the host gave us ("near" or "far").
 //!
-//! Nothing here can hang: parent waits are `poll()`s, socket send timeouts or spins that check a
-//! deadline; children are killed if the parent dies (`PR_SET_PDEATHSIG`), and are always reaped,
-//! killed if they do not exit in time. Failures come back as `Err(String)` naming what failed.
-//! Call these while the process is single-threaded: the child of `fork()` only runs a loop of
-//! raw syscalls and atomics, then `_exit`s.
+//! Nothing here can hang: parent waits are `poll()`s, socket timeouts or spins that check a
+//! deadline; children are SIGKILLed if the parent dies (`PR_SET_PDEATHSIG`), and are always
+//! reaped, killed if they do not exit in time. Failures come back as `Err(String)` saying what
+//! failed. Call these while the process is single-threaded: the child of `fork()` only runs a
+//! loop of raw syscalls and atomics, then `_exit`s.
 
 // The words below live in `MAP_SHARED` memory shared by two processes, which the loom shim
 // (`subring_planes::sync`) cannot model: use the std atomics directly.
 #![allow(clippy::disallowed_types)]
 
 use std::fmt;
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::mem::size_of;
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,10 +116,7 @@ fn os_err(what: &str) -> String {
     format!("{what}: {}", io::Error::last_os_error())
 }
 
-// ---------------------------------------------------------------------------------------------
-// CPU affinity
-
-/// Pins the calling thread to `cpu` without allocating (so a forked child may call it).
+/// Pins the calling thread to `cpu` without allocating (so that a forked child may call it).
 fn try_pin(cpu: usize) -> io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
@@ -131,11 +130,9 @@ fn try_pin(cpu: usize) -> io::Result<()> {
 
 fn set_affinity(set: &libc::cpu_set_t) -> io::Result<()> {
     // SAFETY: pid 0 is the calling thread; `set` is a valid `cpu_set_t` of the size we pass.
-    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    match unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), set) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 
@@ -168,34 +165,21 @@ impl AffinityGuard {
         pin(cpu)?;
         Ok(guard)
     }
-
-    /// The CPUs of the saved mask.
-    pub fn cpus(&self) -> Vec<usize> {
-        (0..libc::CPU_SETSIZE as usize)
-            // SAFETY: every `c < CPU_SETSIZE` lies inside the set.
-            .filter(|&c| unsafe { libc::CPU_ISSET(c, &self.saved) })
-            .collect()
-    }
 }
 
 impl Drop for AffinityGuard {
     fn drop(&mut self) {
-        // Nothing to report to: the mask was valid when saved, so this only fails if CPUs went
-        // offline meanwhile, and then the kernel keeps the current mask.
+        // The mask was valid when saved; should CPUs have gone offline since, the kernel refuses
+        // and keeps the current mask, and there is nobody to tell in a destructor.
         let _ = set_affinity(&self.saved);
     }
 }
 
 impl fmt::Debug for AffinityGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AffinityGuard")
-            .field("saved_cpus", &self.cpus())
-            .finish()
+        f.debug_struct("AffinityGuard").finish_non_exhaustive()
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Child processes
 
 /// A forked child process. Dropping it without [`Child::reap`] kills and reaps it.
 #[derive(Debug)]
@@ -205,12 +189,12 @@ pub struct Child {
 }
 
 /// Forks a child that closes `close_in_child` (the parent's ends of pipes and sockets, so that
-/// it sees EOF when the parent closes them), pins itself to `cpu`, runs `body` and `_exit`s with
+/// it reads EOF once the parent closes them), pins itself to `cpu`, runs `body` and `_exit`s with
 /// the code `body` returns (3 if it could not pin itself, 101 if `body` panicked). The child is
 /// SIGKILLed if the parent dies, and never returns into the caller.
 ///
-/// Call it while single-threaded, or give it a `body` that only makes async-signal-safe calls:
-/// in the child, a lock held by another thread at the fork would never be released.
+/// Call it while single-threaded, or with a `body` that only makes async-signal-safe calls: in
+/// the child, a lock that another thread held at the fork is never released.
 pub fn fork_pinned(
     cpu: usize,
     close_in_child: &[RawFd],
@@ -241,7 +225,7 @@ fn child_main(parent: libc::pid_t, cpu: usize, close: &[RawFd], body: impl FnOnc
     }
     for &fd in close {
         // SAFETY: these are the child's copies of the parent's ends; nothing in the child uses
-        // them again (their `OwnedFd`s are never dropped here: the child `_exit`s).
+        // them again (their owners are never dropped here: the child `_exit`s).
         unsafe { libc::close(fd) };
     }
     if try_pin(cpu).is_err() {
@@ -281,7 +265,7 @@ impl Child {
         }
     }
 
-    /// `waitpid` with `flags`: `Some(status)` once reaped, `None` if still running (WNOHANG).
+    /// `waitpid` with `flags`: `Some(status)` once reaped, `None` while running (WNOHANG).
     fn wait(&mut self, flags: libc::c_int) -> Result<Option<libc::c_int>, String> {
         let mut status = 0;
         loop {
@@ -290,8 +274,7 @@ impl Child {
             if rc == self.pid {
                 self.reaped = true;
                 return Ok(Some(status));
-            }
-            if rc == 0 {
+            } else if rc == 0 {
                 return Ok(None);
             }
             let e = io::Error::last_os_error();
@@ -313,19 +296,16 @@ impl Drop for Child {
 }
 
 fn exit_status(status: libc::c_int) -> Result<(), String> {
-    if libc::WIFEXITED(status) {
-        match libc::WEXITSTATUS(status) {
-            0 => Ok(()),
-            EXIT_PIN => Err("child could not pin itself to its CPU".into()),
-            EXIT_IO => Err("child failed to read or write".into()),
-            EXIT_ORPHAN => Err("child could not arm PR_SET_PDEATHSIG".into()),
-            EXIT_PANIC => Err("child panicked".into()),
-            code => Err(format!("child exited with code {code}")),
-        }
-    } else if libc::WIFSIGNALED(status) {
-        Err(format!("child killed by signal {}", libc::WTERMSIG(status)))
-    } else {
-        Err(format!("child wait status {status:#x}"))
+    if libc::WIFSIGNALED(status) {
+        return Err(format!("child killed by signal {}", libc::WTERMSIG(status)));
+    }
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(()),
+        EXIT_PIN => Err("child could not pin itself to its CPU".into()),
+        EXIT_IO => Err("child failed to read, write or make progress".into()),
+        EXIT_ORPHAN => Err("child could not arm PR_SET_PDEATHSIG".into()),
+        EXIT_PANIC => Err("child panicked".into()),
+        code => Err(format!("child exited with code {code}")),
     }
 }
 
@@ -367,140 +347,61 @@ fn sample(
         }
         round_trip()?;
     }
-    let stop = start + budget;
     let mut samples_ns = Vec::with_capacity(n);
     for _ in 0..n {
         let t0 = Instant::now();
         round_trip()?;
         let t1 = Instant::now();
         samples_ns.push(u64::try_from((t1 - t0).as_nanos()).unwrap_or(u64::MAX));
-        if t1 >= stop {
+        if t1 >= start + budget {
             break;
         }
     }
     Ok(Latency { samples_ns })
 }
 
-// ---------------------------------------------------------------------------------------------
-// File descriptors and shared memory
-
-fn owned(fd: libc::c_int, what: &str) -> Result<OwnedFd, String> {
-    if fd < 0 {
-        return Err(os_err(what));
-    }
-    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// A pipe, as `(read end, write end)`.
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+fn pipe() -> Result<(File, File), String> {
     let mut fds = [-1; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(os_err("pipe2"));
     }
-    Ok((owned(fds[0], "pipe2")?, owned(fds[1], "pipe2")?))
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors that nothing else owns.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
 }
 
-fn socketpair() -> Result<(OwnedFd, OwnedFd), String> {
-    let mut fds = [-1; 2];
-    let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
-    // SAFETY: `fds` has room for the two descriptors socketpair writes.
-    if unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) } != 0 {
-        return Err(os_err("socketpair(AF_UNIX, SOCK_STREAM)"));
-    }
-    Ok((owned(fds[0], "socketpair")?, owned(fds[1], "socketpair")?))
-}
-
-fn eventfd() -> Result<OwnedFd, String> {
+fn eventfd() -> Result<File, String> {
     // SAFETY: eventfd takes plain integers and touches no memory.
-    owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) }, "eventfd")
-}
-
-fn read_some(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(os_err("eventfd"));
     }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-/// Blocking read of all of `buf`; `Ok(false)` on EOF before its first byte.
-fn read_full(fd: RawFd, buf: &mut [u8]) -> io::Result<bool> {
-    let mut got = 0;
-    while got < buf.len() {
-        match read_some(fd, &mut buf[got..])? {
-            0 if got == 0 => return Ok(false),
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => got += n,
-        }
-    }
-    Ok(true)
-}
-
-fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        buf = &buf[n as usize..];
-    }
-    Ok(())
-}
-
-fn wait_readable(fd: RawFd, wait: Duration) -> Result<(), String> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+/// A connected `AF_UNIX` `SOCK_STREAM` pair, each end as two descriptors `(rx, tx)`.
+fn socket_ends() -> Result<((File, File), (File, File)), String> {
+    let split = |s: UnixStream| -> io::Result<(File, File)> {
+        let rx = File::from(OwnedFd::from(s));
+        Ok((rx.try_clone()?, rx))
     };
-    let ms = wait.as_millis().min(i32::MAX as u128) as libc::c_int;
-    loop {
-        // SAFETY: `pfd` is one valid pollfd and we pass a count of 1.
-        match unsafe { libc::poll(&mut pfd, 1, ms) } {
-            0 => return Err(format!("no reply within {wait:?}")),
-            n if n > 0 => return Ok(()), // POLLIN, POLLHUP or POLLERR: the read tells which
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(format!("poll: {e}"));
-                }
-            }
-        }
-    }
+    let (a, b) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    Ok((split(a).map_err(|e| format!("dup: {e}"))?, split(b).map_err(|e| format!("dup: {e}"))?))
 }
 
-/// Reads all of `buf`, each read behind a `poll` of at most `wait`.
-fn recv_exact(fd: RawFd, buf: &mut [u8], wait: Duration) -> Result<(), String> {
-    let mut got = 0;
-    while got < buf.len() {
-        wait_readable(fd, wait)?;
-        match read_some(fd, &mut buf[got..]) {
-            Ok(0) => return Err("the child closed its end (EOF)".into()),
-            Ok(n) => got += n,
-            Err(e) => return Err(format!("read: {e}")),
-        }
+/// Reads all of `buf` from `rx` after `poll()`ing it for at most [`WAIT`].
+fn recv(mut rx: &File, buf: &mut [u8]) -> Result<(), String> {
+    let mut pfd = libc::pollfd { fd: rx.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: `pfd` is one valid pollfd and we pass a count of 1.
+    match unsafe { libc::poll(&mut pfd, 1, WAIT.as_millis() as libc::c_int) } {
+        0 => Err(format!("no reply within {WAIT:?}")),
+        // Readable (POLLIN, POLLHUP or POLLERR): the read tells which. Each message is written
+        // whole by one write() of 8 bytes, so this read does not block.
+        n if n > 0 => rx.read_exact(buf).map_err(|e| format!("read: {e}")),
+        _ => Err(os_err("poll")),
     }
-    Ok(())
-}
-
-fn send(fd: RawFd, buf: &[u8]) -> Result<(), String> {
-    write_all(fd, buf).map_err(|e| format!("write: {e}"))
 }
 
 /// An anonymous `MAP_SHARED` mapping, shared with children forked after it was made.
@@ -511,29 +412,19 @@ struct Shm {
 
 impl Shm {
     fn new(len: usize) -> Result<Self, String> {
-        let (prot, flags) = (
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-        );
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
         // SAFETY: a fresh anonymous mapping: no address hint, no file, aliases nothing.
         let p = unsafe { libc::mmap(ptr::null_mut(), len, prot, flags, -1, 0) };
         if p == libc::MAP_FAILED {
-            return Err(os_err(&format!(
-                "mmap({len} bytes, MAP_SHARED|MAP_ANONYMOUS)"
-            )));
+            return Err(os_err(&format!("mmap({len} bytes, MAP_SHARED|MAP_ANONYMOUS)")));
         }
-        Ok(Self {
-            base: p.cast(),
-            len,
-        })
+        Ok(Self { base: p.cast(), len })
     }
 
     /// The atomic word at `offset`.
     fn word(&self, offset: usize) -> &AtomicU64 {
-        assert!(
-            offset % 8 == 0 && offset + 8 <= self.len,
-            "word {offset} outside the mapping"
-        );
+        assert!(offset % 8 == 0 && offset + 8 <= self.len, "word {offset} outside the mapping");
         // SAFETY: in bounds and 8-aligned (the base is page-aligned), zeroed by mmap, mapped for
         // as long as `&self` lives, and only ever accessed atomically, by either process.
         unsafe { AtomicU64::from_ptr(self.base.add(offset).cast()) }
@@ -542,17 +433,16 @@ impl Shm {
 
 impl Drop for Shm {
     fn drop(&mut self) {
-        // SAFETY: `base..base + len` is our own mapping; every borrow of it (`word`) has ended.
+        // SAFETY: `base..base + len` is our own mapping, and no borrow of it outlives `self`.
         unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }
 
-/// Spins (Acquire loads) until `done(value)`; returns that value. Fails after `wait` without it.
+/// Spins (Acquire loads) until `done(value)`; returns that value. Fails after `wait` without.
 fn spin_until(word: &AtomicU64, wait: Duration, done: impl Fn(u64) -> bool) -> Result<u64, String> {
-    /// Spins between clock reads, so that the clock does not slow the fast path.
+    /// Spins between clock reads, so that reading the clock does not slow the fast path.
     const CHECK_EVERY: u32 = 1024;
-    let mut deadline = None;
-    let mut spins = 0u32;
+    let (mut deadline, mut spins) = (None, 0u32);
     loop {
         let value = word.load(Ordering::Acquire);
         if done(value) {
@@ -571,118 +461,92 @@ fn spin_until(word: &AtomicU64, wait: Duration, done: impl Fn(u64) -> bool) -> R
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Round trips
-
-/// Child: echoes 8-byte messages from `rx` to `tx` until EOF.
-fn echo(rx: RawFd, tx: RawFd) -> i32 {
-    let mut buf = [0u8; 8];
-    loop {
-        match read_full(rx, &mut buf) {
-            Ok(true) => {}
-            Ok(false) => return 0,
-            Err(_) => return EXIT_IO,
-        }
-        if write_all(tx, &buf).is_err() {
-            return EXIT_IO;
-        }
-    }
-}
-
-/// Round trips of an 8-byte counter that the child echoes; each end is `(rx, tx)`, and the
-/// `OwnedFd`s of each side are the descriptors that side keeps.
+/// Round trips of an 8-byte counter that the child echoes; each side's ends are `(rx, tx)`.
 fn echo_rt(
     what: &str,
     n: usize,
     placement: Placement,
-    (parent_rx, parent_tx, parent_fds): (RawFd, RawFd, Vec<OwnedFd>),
-    (child_rx, child_tx, child_fds): (RawFd, RawFd, Vec<OwnedFd>),
+    (parent_rx, parent_tx): (File, File),
+    (child_rx, child_tx): (File, File),
 ) -> Result<Latency, String> {
-    let close: Vec<RawFd> = parent_fds.iter().map(AsRawFd::as_raw_fd).collect();
-    run(
-        what,
-        placement,
-        &close,
-        || echo(child_rx, child_tx),
-        || {
-            drop(child_fds); // so that a dead child reads as EOF
-            let mut seq = 0u64;
-            let latency = sample(n, RT_BUDGET, || {
-                seq += 1;
-                send(parent_tx, &seq.to_ne_bytes())?;
-                let mut back = [0u8; 8];
-                recv_exact(parent_rx, &mut back, WAIT)?;
-                match u64::from_ne_bytes(back) {
-                    echoed if echoed == seq => Ok(()),
-                    echoed => Err(format!("sent {seq}, child echoed {echoed}")),
-                }
-            });
-            drop(parent_fds); // the child reads EOF and exits
-            latency
-        },
-    )
+    let close = [parent_rx.as_raw_fd(), parent_tx.as_raw_fd()];
+    let echo = || {
+        let mut buf = [0u8; 8];
+        // EOF or an error ends the child: the parent is done (or gone).
+        while (&child_rx).read_exact(&mut buf).is_ok() {
+            if (&child_tx).write_all(&buf).is_err() {
+                return EXIT_IO;
+            }
+        }
+        0
+    };
+    run(what, placement, &close, echo, || {
+        drop((child_rx, child_tx)); // so that a dead child reads as EOF
+        let mut seq = 0u64;
+        let latency = sample(n, RT_BUDGET, || {
+            seq += 1;
+            (&parent_tx).write_all(&seq.to_ne_bytes()).map_err(|e| format!("write: {e}"))?;
+            let mut back = [0u8; 8];
+            recv(&parent_rx, &mut back)?;
+            match u64::from_ne_bytes(back) {
+                echoed if echoed == seq => Ok(()),
+                echoed => Err(format!("sent {seq}, child echoed {echoed}")),
+            }
+        });
+        drop((parent_rx, parent_tx)); // the child reads EOF and exits
+        latency
+    })
 }
 
 /// Round trips of an 8-byte message over two pipes (parent → child, child → parent).
 pub fn pipe_rt(n: usize, placement: Placement) -> Result<Latency, String> {
     let (down_rx, down_tx) = pipe().map_err(|e| format!("pipe_rt: {e}"))?;
     let (up_rx, up_tx) = pipe().map_err(|e| format!("pipe_rt: {e}"))?;
-    let parent = (up_rx.as_raw_fd(), down_tx.as_raw_fd(), vec![up_rx, down_tx]);
-    let child = (down_rx.as_raw_fd(), up_tx.as_raw_fd(), vec![down_rx, up_tx]);
-    echo_rt("pipe_rt", n, placement, parent, child)
+    echo_rt("pipe_rt", n, placement, (up_rx, down_tx), (down_rx, up_tx))
 }
 
 /// Round trips of an 8-byte message over an `AF_UNIX` `SOCK_STREAM` socketpair.
 pub fn unix_socket_rt(n: usize, placement: Placement) -> Result<Latency, String> {
-    let (mine, theirs) = socketpair().map_err(|e| format!("unix_socket_rt: {e}"))?;
-    let (m, t) = (mine.as_raw_fd(), theirs.as_raw_fd());
-    echo_rt(
-        "unix_socket_rt",
-        n,
-        placement,
-        (m, m, vec![mine]),
-        (t, t, vec![theirs]),
-    )
+    let (parent, child) = socket_ends().map_err(|e| format!("unix_socket_rt: {e}"))?;
+    echo_rt("unix_socket_rt", n, placement, parent, child)
 }
 
-/// Round trips over two eventfds: the parent writes 1 to one, the child reads it and writes 1
+/// Round trips over two eventfds: the parent writes 1 to one; the child reads it and writes 1
 /// to the other, which the parent reads.
 pub fn eventfd_rt(n: usize, placement: Placement) -> Result<Latency, String> {
     let err = |e: String| format!("eventfd_rt: {e}");
-    let (down_fd, up_fd) = (eventfd().map_err(err)?, eventfd().map_err(err)?);
-    let (down, up) = (down_fd.as_raw_fd(), up_fd.as_raw_fd()); // both live until we return
-    let child = move || {
+    let (down, up) = (eventfd().map_err(err)?, eventfd().map_err(err)?);
+    let child = || {
         let mut buf = [0u8; 8];
         loop {
-            if !matches!(read_full(down, &mut buf), Ok(true)) {
+            if (&down).read_exact(&mut buf).is_err() {
                 return EXIT_IO;
-            }
-            if u64::from_ne_bytes(buf) != 1 {
+            } else if u64::from_ne_bytes(buf) != 1 {
                 return 0; // the parent's stop value
-            }
-            if write_all(up, &1u64.to_ne_bytes()).is_err() {
+            } else if (&up).write_all(&1u64.to_ne_bytes()).is_err() {
                 return EXIT_IO;
             }
         }
     };
     run("eventfd_rt", placement, &[], child, || {
         let latency = sample(n, RT_BUDGET, || {
-            send(down, &1u64.to_ne_bytes())?;
+            (&down).write_all(&1u64.to_ne_bytes()).map_err(|e| format!("write: {e}"))?;
             let mut buf = [0u8; 8];
-            recv_exact(up, &mut buf, WAIT)?;
+            recv(&up, &mut buf)?;
             match u64::from_ne_bytes(buf) {
                 1 => Ok(()),
                 got => Err(format!("eventfd counter {got}, expected 1")),
             }
         })?;
-        send(down, &2u64.to_ne_bytes())?; // stop (an eventfd has no EOF)
+        // An eventfd has no EOF: tell the child to stop.
+        (&down).write_all(&2u64.to_ne_bytes()).map_err(|e| format!("write: {e}"))?;
         Ok(latency)
     })
 }
 
-/// Round trips through shared memory alone: the parent publishes a counter in one word
-/// (`swap`, SeqCst), the child spins on it (Acquire loads) and publishes it back in another word
-/// two cache lines away, on which the parent spins. The floor any shared-memory transport pays.
+/// Round trips through shared memory alone: the parent publishes a counter in one word (`swap`,
+/// SeqCst); the child spins on it (Acquire loads) and publishes it back in another word two
+/// cache lines away, on which the parent spins. The floor of any shared-memory transport.
 ///
 /// In [`Placement::Shared`] each spin lasts until the scheduler preempts the spinner, so this
 /// stops after about 3 s with however many samples it has (at least one).
@@ -712,25 +576,19 @@ pub fn spin_floor_rt(n: usize, placement: Placement) -> Result<Latency, String> 
     })
 }
 
-// ---------------------------------------------------------------------------------------------
-// Throughput
-
 /// A recognisable, non-constant payload.
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i.wrapping_mul(131) + 7) as u8).collect()
 }
 
 fn byte_sum(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0u64, |sum, &b| sum.wrapping_add(u64::from(b)))
+    bytes.iter().fold(0u64, |sum, &b| sum.wrapping_add(u64::from(b)))
 }
 
-/// Bytes per second over an `AF_UNIX` `SOCK_STREAM` socketpair: the parent writes
-/// `total_bytes` in `msg`-byte writes, the child reads them into a `msg`-byte buffer and sums
-/// every byte, and on EOF acknowledges with one byte (the low byte of the sum, which the parent
-/// checks). Timed from the first write to the acknowledgement. Stops early (and reports the
-/// bytes actually sent) after 10 s.
+/// Bytes per second over an `AF_UNIX` `SOCK_STREAM` socketpair: the parent writes `total_bytes`
+/// in `msg`-byte writes; the child reads them into a `msg`-byte buffer, sums every byte, and at
+/// EOF acknowledges with one byte (the low byte of the sum, which the parent checks). Timed from
+/// the first write to the acknowledgement. Stops early (counting the bytes sent) after 10 s.
 pub fn unix_socket_throughput(
     total_bytes: usize,
     msg: usize,
@@ -740,73 +598,40 @@ pub fn unix_socket_throughput(
     if total_bytes == 0 || msg == 0 {
         return Err(format!("{WHAT}: total_bytes and msg must be > 0"));
     }
-    let (mine, theirs) = socketpair().map_err(|e| format!("{WHAT}: {e}"))?;
-    let (m, t) = (mine.as_raw_fd(), theirs.as_raw_fd());
-    // Bound every blocking write: a stuck child must not hang the parent on a full socket.
-    let tv = libc::timeval {
-        tv_sec: WAIT.as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
-    let tv_len = size_of::<libc::timeval>() as libc::socklen_t;
-    // SAFETY: `tv` is a valid timeval and `tv_len` is its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            m,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            ptr::from_ref(&tv).cast(),
-            tv_len,
-        )
-    };
-    if rc != 0 {
-        return Err(os_err(&format!("{WHAT}: setsockopt(SO_SNDTIMEO)")));
-    }
+    let (mine, theirs) = UnixStream::pair().map_err(|e| format!("{WHAT}: socketpair: {e}"))?;
+    // Bound every blocking call: a stuck child must not hang the parent on a full socket.
+    (mine.set_write_timeout(Some(WAIT)).and_then(|()| mine.set_read_timeout(Some(WAIT))))
+        .map_err(|e| format!("{WHAT}: setting socket timeouts: {e}"))?;
     let (src, mut sink) = (pattern(msg), vec![0u8; msg]);
-    let child = move || {
+    let child = || {
         let mut sum = 0u64;
         loop {
-            match read_some(t, &mut sink) {
+            match (&theirs).read(&mut sink) {
                 Ok(0) => break,
                 Ok(n) => sum = sum.wrapping_add(byte_sum(&sink[..n])),
                 Err(_) => return EXIT_IO,
             }
         }
-        match write_all(t, &[sum as u8]) {
-            Ok(()) => 0,
-            Err(_) => EXIT_IO,
-        }
+        (&theirs).write_all(&[sum as u8]).map_or(EXIT_IO, |()| 0)
     };
-    run(WHAT, placement, &[m], child, move || {
+    run(WHAT, placement, &[mine.as_raw_fd()], child, || {
         drop(theirs);
         let full_sum = byte_sum(&src);
         let (mut sent, mut expect, mut writes) = (0usize, 0u64, 0u64);
         let start = Instant::now();
-        while sent < total_bytes {
-            writes += 1;
-            if writes % 64 == 0 && start.elapsed() >= THROUGHPUT_BUDGET {
-                break;
-            }
+        while sent < total_bytes && (writes % 64 != 63 || start.elapsed() < THROUGHPUT_BUDGET) {
             let len = msg.min(total_bytes - sent);
-            send(m, &src[..len])?;
-            expect = expect.wrapping_add(if len == msg {
-                full_sum
-            } else {
-                byte_sum(&src[..len])
-            });
+            (&mine).write_all(&src[..len]).map_err(|e| format!("write: {e}"))?;
+            expect = expect.wrapping_add(if len == msg { full_sum } else { byte_sum(&src[..len]) });
             sent += len;
+            writes += 1;
         }
-        // SAFETY: `m` is our open socket; shutdown touches no memory.
-        if unsafe { libc::shutdown(m, libc::SHUT_WR) } != 0 {
-            return Err(os_err("shutdown(SHUT_WR)"));
-        }
+        mine.shutdown(Shutdown::Write).map_err(|e| format!("shutdown(SHUT_WR): {e}"))?;
         let mut ack = [0u8; 1];
-        recv_exact(m, &mut ack, WAIT)?;
+        (&mine).read_exact(&mut ack).map_err(|e| format!("reading the ack: {e}"))?;
         let secs = start.elapsed().as_secs_f64();
         if ack[0] != expect as u8 {
-            return Err(format!(
-                "checksum: child acked {:#04x}, expected {:#04x}",
-                ack[0], expect as u8
-            ));
+            return Err(format!("checksum: child acked {}, expected {}", ack[0], expect as u8));
         }
         drop(mine);
         Ok(sent as f64 / secs)
@@ -820,18 +645,18 @@ struct Ring<'a> {
     head: &'a AtomicU64,
     /// Messages consumed; on the consumer's line, with `checksum`.
     tail: &'a AtomicU64,
-    /// The consumer's running checksum, valid up to `tail`.
+    /// The consumer's running checksum, up to date with `tail`.
     checksum: &'a AtomicU64,
-    slots: *mut u8,
+    data: *mut u8,
     slot: usize,
-    count: usize,
+    slots: usize,
     total_bytes: usize,
 }
 
 impl Ring<'_> {
     fn slot_ptr(&self, k: u64) -> *mut u8 {
-        // SAFETY: `k % count < count`, so the offset stays inside the `count * slot` bytes.
-        unsafe { self.slots.add((k % self.count as u64) as usize * self.slot) }
+        // SAFETY: `k % slots < slots`, so the offset stays inside the `slots * slot` data bytes.
+        unsafe { self.data.add((k % self.slots as u64) as usize * self.slot) }
     }
 
     /// Length of the message that follows the first `sent` bytes.
@@ -842,13 +667,10 @@ impl Ring<'_> {
 
 /// What the consumer sums of each message: its first, middle and last bytes.
 fn spot_sum(msg: &[u8]) -> u64 {
-    [msg[0], msg[msg.len() / 2], msg[msg.len() - 1]]
-        .iter()
-        .map(|&b| u64::from(b))
-        .sum()
+    [msg[0], msg[msg.len() / 2], msg[msg.len() - 1]].map(u64::from).iter().sum()
 }
 
-/// Child: copies each published slot out into `dst`, spot-sums it, releases it.
+/// Child: copies each published slot out into `dst`, spot-sums the copy, releases the slot.
 fn consume(ring: Ring<'_>, mut dst: Vec<u8>) -> i32 {
     let (mut k, mut published, mut got, mut sum) = (0u64, 0u64, 0usize, 0u64);
     loop {
@@ -863,8 +685,7 @@ fn consume(ring: Ring<'_>, mut dst: Vec<u8>) -> i32 {
         // SAFETY: slot `k` was published (head > k, read with Acquire) and the producer does not
         // touch it again until `tail` passes `k`; `dst` holds `slot >= len` bytes.
         unsafe { ptr::copy_nonoverlapping(ring.slot_ptr(k), dst.as_mut_ptr(), len) };
-        let copied = std::hint::black_box(&dst[..len]); // the copy must really happen
-        sum = sum.wrapping_add(spot_sum(copied));
+        sum = sum.wrapping_add(spot_sum(std::hint::black_box(&dst[..len]))); // really copy
         got += len;
         k += 1;
         ring.checksum.store(sum, Ordering::Relaxed);
@@ -874,10 +695,10 @@ fn consume(ring: Ring<'_>, mut dst: Vec<u8>) -> i32 {
 
 /// Bytes per second through a raw SPSC ring of `slots` × `slot` bytes in `MAP_SHARED` memory,
 /// with `head` and `tail` counters on separate cache lines: the parent copies a `slot`-byte
-/// source buffer into each free slot and publishes it, the child copies each published slot
-/// out into a private buffer, spot-sums it and releases it. Timed from the first copy in until
-/// the child has released every slot (its checksum is checked). The "raw shared-memory ring"
-/// reference; stops early (and reports the bytes actually moved) after 10 s.
+/// source buffer into each free slot and publishes it; the child copies each published slot out
+/// into a private buffer, spot-sums it and releases it. Timed from the first copy in until the
+/// child has released every slot (its checksum is checked). The "raw shared-memory ring"
+/// reference. Stops early (counting the bytes moved) after 10 s.
 pub fn shm_ring_throughput(
     total_bytes: usize,
     slot: usize,
@@ -897,53 +718,40 @@ pub fn shm_ring_throughput(
         head: shm.word(0),
         tail: shm.word(LINE),
         checksum: shm.word(LINE + 8),
-        // SAFETY: `DATA < len`, so this stays inside the mapping.
-        slots: unsafe { shm.base.add(DATA) },
+        // SAFETY: the mapping holds `DATA + slots * slot` bytes.
+        data: unsafe { shm.base.add(DATA) },
         slot,
-        count: slots,
+        slots,
         total_bytes,
     };
-    let (src, dst) = (pattern(slot), vec![0u8; slot]);
-    run(
-        WHAT,
-        placement,
-        &[],
-        move || consume(ring, dst),
-        || {
-            let (mut k, mut free_below, mut sent, mut expect) = (0u64, slots as u64, 0usize, 0u64);
-            let start = Instant::now();
-            while sent < total_bytes {
-                if k % 64 == 63 && start.elapsed() >= THROUGHPUT_BUDGET {
-                    break;
-                }
-                if k == free_below {
-                    // Slot `k` is free once the consumer has released message `k - slots`.
-                    free_below =
-                        spin_until(ring.tail, WAIT, |t| t + slots as u64 > k)? + slots as u64;
-                }
-                let len = ring.len(sent);
-                // SAFETY: slot `k` lies in the ring and was released (tail > k - slots, Acquire);
-                // the consumer does not read it before `head` passes `k`; `src` has `len` bytes.
-                unsafe { ptr::copy_nonoverlapping(src.as_ptr(), ring.slot_ptr(k), len) };
-                k += 1;
-                ring.head.store(k, Ordering::Release);
-                expect = expect.wrapping_add(spot_sum(&src[..len]));
-                sent += len;
+    let (src, dst, depth) = (pattern(slot), vec![0u8; slot], slots as u64);
+    run(WHAT, placement, &[], || consume(ring, dst), || {
+        let (mut k, mut free_below, mut sent, mut expect) = (0u64, depth, 0usize, 0u64);
+        let start = Instant::now();
+        while sent < total_bytes && (k % 64 != 63 || start.elapsed() < THROUGHPUT_BUDGET) {
+            if k == free_below {
+                // Slot `k` is free once the consumer has released message `k - slots`.
+                free_below = spin_until(ring.tail, WAIT, |t| t + depth > k)? + depth;
             }
-            spin_until(ring.tail, WAIT, |t| t == k)?;
-            let secs = start.elapsed().as_secs_f64();
-            let sum = ring.checksum.load(Ordering::Relaxed); // ordered by the Acquire on `tail`
-            ring.head.store(QUIT, Ordering::Release);
-            if sum != expect {
-                return Err(format!("checksum: child summed {sum}, expected {expect}"));
-            }
-            Ok(sent as f64 / secs)
-        },
-    )
+            let len = ring.len(sent);
+            // SAFETY: slot `k` lies in the ring and was released (tail > k - slots, Acquire);
+            // the consumer does not read it before `head` passes `k`; `src` has `len` bytes.
+            unsafe { ptr::copy_nonoverlapping(src.as_ptr(), ring.slot_ptr(k), len) };
+            k += 1;
+            ring.head.store(k, Ordering::Release);
+            expect = expect.wrapping_add(spot_sum(&src[..len]));
+            sent += len;
+        }
+        spin_until(ring.tail, WAIT, |t| t == k)?;
+        let secs = start.elapsed().as_secs_f64();
+        let sum = ring.checksum.load(Ordering::Relaxed); // ordered by the Acquire on `tail`
+        ring.head.store(QUIT, Ordering::Release);
+        if sum != expect {
+            return Err(format!("checksum: child summed {sum}, expected {expect}"));
+        }
+        Ok(sent as f64 / secs)
+    })
 }
-
-// ---------------------------------------------------------------------------------------------
-// Placement probe
 
 /// Mean cache-line round trip between two threads, in ns (20 000 rounds, 5 s at most): which
 /// vCPU placement the host gave us. NaN if the other thread never ran (or could not start).
@@ -954,16 +762,14 @@ pub fn probe() -> f64 {
     let other = Arc::clone(&line);
     let deadline = Instant::now() + Duration::from_secs(5);
     let left = move || deadline.saturating_duration_since(Instant::now());
-    let spawned = std::thread::Builder::new()
-        .name("peers-probe".into())
-        .spawn(move || {
-            for i in 0..ROUNDS {
-                if spin_until(&other, left(), |v| v == 2 * i + 1).is_err() {
-                    return;
-                }
-                other.store(2 * i + 2, Ordering::Release);
+    let spawned = std::thread::Builder::new().name("peers-probe".into()).spawn(move || {
+        for i in 0..ROUNDS {
+            if spin_until(&other, left(), |v| v == 2 * i + 1).is_err() {
+                return;
             }
-        });
+            other.store(2 * i + 2, Ordering::Release);
+        }
+    });
     let Ok(thread) = spawned else { return f64::NAN };
     let start = Instant::now();
     for i in 0..ROUNDS {
@@ -974,10 +780,7 @@ pub fn probe() -> f64 {
         }
     }
     let ns = start.elapsed().as_nanos() as f64 / ROUNDS as f64;
-    match thread.join() {
-        Ok(()) => ns,
-        Err(_) => f64::NAN,
-    }
+    thread.join().map_or(f64::NAN, |()| ns)
 }
 
 /// "near" if both probes are under 250 ns, "far" if neither is, "mixed" otherwise.

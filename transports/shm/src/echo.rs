@@ -1,0 +1,155 @@
+//! A sample subsystem: an echo service with zero-copy payloads, used by the examples, the
+//! tests and the benchmark (and a template for a real service).
+//!
+//! The client lends a buffer holding a payload in an [`EchoReq`]. The server reads it in place,
+//! answers with its checksum and — for [`op::UPPER`] — rewrites it in place to upper case, then
+//! returns the buffer in an [`EchoResp`]. A handle that does not name the client's memory is
+//! answered with [`status::BAD_HANDLE`], and the server goes on serving.
+
+use bytemuck::{Pod, Zeroable};
+use subring_planes::data::BufHandle;
+
+use crate::{ClientInfo, Ctx};
+
+/// The application protocol name of the echo service.
+pub const ECHO_PROTOCOL: &str = "subring-echo/1";
+
+/// Request operations.
+pub mod op {
+    /// Answer with the checksum of the payload (read in place).
+    pub const SUM: u32 = 1;
+    /// Answer with the checksum, and upper-case the payload in place.
+    pub const UPPER: u32 = 2;
+    /// Answer at once, touching no payload (round-trip measurements).
+    pub const PING: u32 = 3;
+    /// Answer with the server's counters (only through [`EchoHandler`]): `sum` = clients
+    /// connected now, `value` = connections that have ended.
+    pub const STATS: u32 = 4;
+}
+
+/// Completion statuses.
+pub mod status {
+    /// Done.
+    pub const OK: u32 = 0;
+    /// The handle did not name the client's memory.
+    pub const BAD_HANDLE: u32 = 1;
+    /// Unknown operation.
+    pub const BAD_OP: u32 = 2;
+}
+
+/// An echo request.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EchoReq {
+    /// The client's sequence number, echoed back.
+    pub seq: u64,
+    /// One of [`op`].
+    pub op: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// The payload (empty for `PING` and `STATS`).
+    pub buf: BufHandle,
+}
+
+/// An echo completion.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EchoResp {
+    /// The request's sequence number.
+    pub seq: u64,
+    /// One of [`status`].
+    pub status: u32,
+    /// Checksum of the payload as the server read it ([`checksum`]).
+    pub sum: u32,
+    /// An operation-specific value.
+    pub value: u64,
+    /// The payload buffer, returned.
+    pub buf: BufHandle,
+}
+
+/// FNV-1a over `bytes`, folded to 32 bits: what the server answers for a payload.
+pub fn checksum(bytes: &[u8]) -> u32 {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (h ^ (h >> 32)) as u32
+}
+
+/// Serves one echo request (every operation but `STATS`, which [`EchoHandler`] answers).
+pub fn serve(ctx: &mut Ctx<'_, EchoResp>, req: EchoReq) {
+    let mut resp = EchoResp {
+        seq: req.seq,
+        buf: req.buf,
+        ..EchoResp::default()
+    };
+    match req.op {
+        op::PING => {}
+        op::SUM => match ctx.payload(req.buf) {
+            Ok(bytes) => resp.sum = checksum(bytes),
+            Err(_) => resp.status = status::BAD_HANDLE,
+        },
+        op::UPPER => match ctx.payload_mut(req.buf) {
+            Ok(bytes) => {
+                resp.sum = checksum(bytes);
+                bytes.make_ascii_uppercase();
+            }
+            Err(_) => resp.status = status::BAD_HANDLE,
+        },
+        _ => resp.status = status::BAD_OP,
+    }
+    ctx.complete(resp);
+}
+
+/// A handler factory for [`Server::new`](crate::Server::new): each client gets a handler
+/// that serves [`serve`] and reports the shared counters for [`op::STATS`].
+pub fn handler_factory() -> impl FnMut(&ClientInfo) -> EchoHandler + Send + 'static {
+    let counters = std::sync::Arc::new(SharedCounters::default());
+    move |_info| EchoHandler::new(counters.clone())
+}
+
+/// Counters shared by the handlers of one server.
+#[derive(Debug, Default)]
+pub struct SharedCounters {
+    live: subring_planes::sync::AtomicU64,
+    ended: subring_planes::sync::AtomicU64,
+}
+
+/// The echo handler [`handler_factory`] makes.
+#[derive(Debug)]
+pub struct EchoHandler {
+    counters: std::sync::Arc<SharedCounters>,
+}
+
+impl EchoHandler {
+    fn new(counters: std::sync::Arc<SharedCounters>) -> Self {
+        counters
+            .live
+            .fetch_add(1, subring_planes::sync::Ordering::Relaxed);
+        EchoHandler { counters }
+    }
+}
+
+impl Drop for EchoHandler {
+    fn drop(&mut self) {
+        use subring_planes::sync::Ordering::Relaxed;
+        self.counters.live.fetch_sub(1, Relaxed);
+        self.counters.ended.fetch_add(1, Relaxed);
+    }
+}
+
+impl crate::Handler<EchoReq, EchoResp> for EchoHandler {
+    fn request(&mut self, ctx: &mut Ctx<'_, EchoResp>, req: EchoReq) {
+        use subring_planes::sync::Ordering::Relaxed;
+        if req.op == op::STATS {
+            ctx.complete(EchoResp {
+                seq: req.seq,
+                sum: self.counters.live.load(Relaxed) as u32,
+                value: self.counters.ended.load(Relaxed),
+                buf: req.buf,
+                ..EchoResp::default()
+            });
+            return;
+        }
+        serve(ctx, req);
+    }
+}

@@ -1,0 +1,240 @@
+//! The shm transport across real processes: this test binary re-executes itself as the echo
+//! server (`child_server`) or as a client (`child_client_forever`), and the tests talk to,
+//! kill and reap those children. Every wait is bounded; every child is reaped.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use subring_shm::echo::{self, op, status, EchoReq, ECHO_PROTOCOL};
+use subring_shm::queue::{Completer, QueueError, Submitter};
+use subring_shm::{BufHandle, NotifyMode, Server, ServerConfig};
+use support::*;
+
+const PATH_ENV: &str = "SUBRING_SHM_TEST_PATH";
+const MODE_ENV: &str = "SUBRING_SHM_TEST_MODE";
+
+/// The echo server, as a child process. Serves until killed (or two minutes pass).
+#[test]
+#[ignore = "run as a child process by the other tests"]
+fn child_server() {
+    let Ok(path) = std::env::var(PATH_ENV) else {
+        return;
+    };
+    let mut server = Server::bind(
+        &path,
+        ServerConfig::new(ECHO_PROTOCOL),
+        echo::handler_factory(),
+    )
+    .unwrap();
+    server.run_for(Duration::from_secs(120)).unwrap();
+}
+
+/// A client that streams echo requests until killed (or two minutes pass).
+#[test]
+#[ignore = "run as a child process by the other tests"]
+fn child_client_forever() {
+    let Ok(path) = std::env::var(PATH_ENV) else {
+        return;
+    };
+    let mode = std::env::var(MODE_ENV).unwrap().parse().unwrap();
+    let mut client = connect_retry(path.as_ref(), &options(mode), WAIT);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(120) {
+        echo_many(&mut client, 100, 8, 200);
+    }
+}
+
+fn start_server(test: &str) -> (ChildGuard, std::path::PathBuf) {
+    let path = socket_path(test);
+    let child = spawn_child("child_server", &[(PATH_ENV, path.display().to_string())]);
+    (child, path)
+}
+
+#[test]
+fn echo_across_processes_in_every_mode() {
+    let (_server, path) = start_server("every_mode");
+    for mode in NotifyMode::ALL {
+        let mut client = connect_retry(&path, &options(mode), WAIT);
+        assert_ne!(client.server_pid(), std::process::id());
+        echo_many(&mut client, 2_000, 16, 256);
+        let (kick, call) = (client.doorbell_stats(), client.notify_stats());
+        assert!(kick.rung + kick.skipped > 0, "{mode}: doorbell used");
+        assert!(call.waits > 0, "{mode}: waited for completions");
+        if mode == NotifyMode::Spin {
+            assert_eq!(kick.rung, 0, "a spin-mode client never rings the doorbell");
+            assert_eq!(call.sleeps, 0, "a spin-mode client never sleeps");
+        }
+    }
+}
+
+#[test]
+fn many_clients_on_one_server() {
+    let (_server, path) = start_server("many_clients");
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let path = path.clone();
+            let mode = [NotifyMode::Adaptive, NotifyMode::EventFd, NotifyMode::Futex][i % 3];
+            std::thread::spawn(move || {
+                let mut client = connect_retry(&path, &options(mode), WAIT);
+                echo_many(&mut client, 500, 4 + i as u64, 64 + 16 * i);
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let mut probe = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
+    let start = Instant::now();
+    loop {
+        let (live, ended) = stats(&mut probe);
+        if live == 1 && ended >= 6 {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "server still holds clients: live {live}, ended {ended}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn killed_client_is_released_and_others_keep_being_served() {
+    let (_server, path) = start_server("killed_client");
+    let mut ours = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
+    let mut victim = spawn_child(
+        "child_client_forever",
+        &[
+            (PATH_ENV, path.display().to_string()),
+            (MODE_ENV, "eventfd".into()),
+        ],
+    );
+    let start = Instant::now();
+    while stats(&mut ours).0 < 2 {
+        assert!(start.elapsed() < WAIT, "the child client never connected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Let it stream for a moment, then kill it mid-stream.
+    std::thread::sleep(Duration::from_millis(100));
+    victim.kill();
+    let start = Instant::now();
+    loop {
+        let (live, ended) = stats(&mut ours);
+        if live == 1 && ended >= 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "killed client not released: live {live}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    echo_many(&mut ours, 500, 8, 128);
+}
+
+#[test]
+fn killed_server_is_peer_gone_for_its_clients() {
+    for mode in [
+        NotifyMode::Spin,
+        NotifyMode::Adaptive,
+        NotifyMode::EventFd,
+        NotifyMode::Futex,
+    ] {
+        let (mut server, path) = start_server(&format!("killed_server_{mode}"));
+        let mut client = connect_retry(&path, &options(mode), WAIT);
+        echo_many(&mut client, 10, 2, 32);
+        server.kill();
+        let start = Instant::now();
+        match client.wait(Some(WAIT)) {
+            Err(QueueError::PeerGone) => {}
+            other => panic!("{mode}: waiting on a dead server gave {other:?}"),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{mode}: took {:?} to notice the server died",
+            start.elapsed()
+        );
+        // Submitting now fails too, at the latest once the ring is full.
+        let mut refused = None;
+        for _ in 0..1_000 {
+            let r = client
+                .push(EchoReq::default())
+                .map_err(|r| r.error)
+                .and_then(|()| client.submit().map(|_| ()));
+            if let Err(e) = r {
+                refused = Some(e);
+                break;
+            }
+        }
+        assert!(
+            matches!(refused, Some(QueueError::PeerGone)),
+            "{mode}: submitting to a dead server gave {refused:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_handles_get_an_error_reply_and_the_server_goes_on() {
+    let (_server, path) = start_server("bad_handles");
+    let mut client = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
+    let good = client.alloc().unwrap().handle();
+    let bad = [
+        BufHandle {
+            offset: 1 << 40,
+            len: 16,
+            region: 0,
+        },
+        BufHandle {
+            offset: 0,
+            len: 64,
+            region: 0,
+        }, // the ring header, not a buffer
+        BufHandle {
+            offset: good.offset + 1,
+            len: 8,
+            region: 0,
+        }, // not a buffer start
+        BufHandle {
+            offset: good.offset,
+            len: 1 << 20,
+            region: 0,
+        }, // longer than a buffer
+        BufHandle {
+            offset: good.offset,
+            len: 8,
+            region: 7,
+        }, // an unregistered region
+        BufHandle {
+            offset: u64::MAX - 3,
+            len: 16,
+            region: 0,
+        }, // overflowing
+    ];
+    for (i, buf) in bad.into_iter().enumerate() {
+        for op in [op::SUM, op::UPPER] {
+            let r = call(
+                &mut client,
+                EchoReq {
+                    seq: i as u64,
+                    op,
+                    reserved: 0,
+                    buf,
+                },
+            )
+            .unwrap();
+            assert_eq!(r.status, status::BAD_HANDLE, "handle {buf:?} op {op}");
+            assert_eq!(r.seq, i as u64);
+        }
+    }
+    let r = call(
+        &mut client,
+        EchoReq {
+            op: 99,
+            ..EchoReq::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.status, status::BAD_OP);
+    echo_many(&mut client, 200, 8, 100);
+}

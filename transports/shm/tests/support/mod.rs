@@ -1,0 +1,182 @@
+//! Helpers shared by the shm integration tests: child processes that are always reaped, and
+//! an echo client that checks every payload.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use subring_shm::echo::{checksum, op, status, EchoReq, EchoResp};
+use subring_shm::queue::{Completer, QueueError, Submitter};
+use subring_shm::{Client, ClientOptions, NotifyMode};
+
+/// A child process killed and reaped when dropped.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    pub fn kill(&mut self) -> ExitStatus {
+        let mut child = self.0.take().expect("not reaped yet");
+        let _ = child.kill();
+        child.wait().expect("reap child")
+    }
+
+    /// Waits for the child to exit by itself, killing it after `limit`.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.0.take().expect("not reaped yet");
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("child did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs this test binary's ignored test `name` as a child with `env`.
+pub fn spawn_child(name: &str, env: &[(&str, String)]) -> ChildGuard {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::null());
+    ChildGuard(Some(cmd.spawn().expect("spawn child test process")))
+}
+
+/// A fresh socket path for one test.
+pub fn socket_path(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("subring-shm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{test}.sock"));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// Connects to `path`, retrying while the server starts (up to `limit`).
+pub fn connect_retry(
+    path: &std::path::Path,
+    options: &ClientOptions,
+    limit: Duration,
+) -> Client<EchoReq, EchoResp> {
+    let start = Instant::now();
+    loop {
+        match Client::connect(path, options) {
+            Ok(c) => return c,
+            Err(e) if start.elapsed() < limit => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("could not connect to {}: {e}", path.display()),
+        }
+    }
+}
+
+pub fn pattern(seq: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = b'a' + ((seq as usize + i) % 26) as u8;
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Sends `count` UPPER requests, up to `depth` in flight, and checks every answer: sequence,
+/// checksum of what the server read, and the payload upper-cased in place.
+pub fn echo_many(client: &mut Client<EchoReq, EchoResp>, count: u64, depth: u64, len: usize) {
+    let mut sent = 0u64;
+    let mut done = 0u64;
+    let mut expected = std::collections::HashMap::new();
+    while done < count {
+        while sent < count && sent - done < depth {
+            let Some(mut buf) = client.alloc() else { break };
+            buf.set_len(len.min(buf.capacity()));
+            pattern(sent, &mut buf);
+            expected.insert(sent, checksum(&buf));
+            let req = EchoReq {
+                seq: sent,
+                op: op::UPPER,
+                reserved: 0,
+                buf: buf.lend(),
+            };
+            client.push(req).map_err(|r| r.error).expect("push");
+            sent += 1;
+        }
+        client.submit().expect("submit");
+        client.wait(Some(WAIT)).expect("wait for echo");
+        while let Some(resp) = client.reap().expect("reap") {
+            assert_eq!(resp.status, status::OK, "echo {} failed", resp.seq);
+            let want = expected
+                .remove(&resp.seq)
+                .expect("an answer to a request we sent");
+            assert_eq!(resp.sum, want, "checksum of echo {}", resp.seq);
+            let buf = client.reclaim(resp.buf).expect("our buffer back");
+            let mut original = vec![0u8; buf.len()];
+            pattern(resp.seq, &mut original);
+            original.make_ascii_uppercase();
+            assert_eq!(&buf[..], &original[..], "payload of echo {}", resp.seq);
+            done += 1;
+        }
+    }
+}
+
+/// One request, answered within `WAIT`.
+pub fn call(client: &mut Client<EchoReq, EchoResp>, req: EchoReq) -> Result<EchoResp, QueueError> {
+    client.push(req).map_err(|r| r.error)?;
+    client.submit()?;
+    let start = Instant::now();
+    loop {
+        if let Some(r) = client.reap()? {
+            return Ok(r);
+        }
+        let left = WAIT.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(QueueError::Timeout(WAIT));
+        }
+        client.wait(Some(left))?;
+    }
+}
+
+/// The server's (live clients, ended connections).
+pub fn stats(client: &mut Client<EchoReq, EchoResp>) -> (u32, u64) {
+    let r = call(
+        client,
+        EchoReq {
+            op: op::STATS,
+            ..EchoReq::default()
+        },
+    )
+    .expect("stats");
+    (r.sum, r.value)
+}
+
+pub fn options(mode: NotifyMode) -> ClientOptions {
+    ClientOptions::new(subring_shm::echo::ECHO_PROTOCOL)
+        .mode(mode)
+        .capacity(64)
+        .buffers(256, 32)
+}
