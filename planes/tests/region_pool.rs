@@ -343,3 +343,19 @@ fn alignment_beyond_a_page_is_checked_on_the_address() {
         Err(e) => assert!(e.to_string().contains("not aligned"), "{e}"),
     }
 }
+
+#[test]
+fn lending_a_buffer_keeps_no_reference_to_the_pool() {
+    let region = Arc::new(Region::memfd("lend-refs", 16 * 1024, RegionOptions::new()).unwrap());
+    let pool = BufferPool::new(region, 0, 4096, 4).unwrap();
+    let handle = pool.alloc().unwrap().lend();
+    assert_eq!(
+        Arc::strong_count(&pool),
+        1,
+        "a lent buffer must not pin the pool"
+    );
+    let buf = pool.reclaim(handle).unwrap();
+    assert_eq!(Arc::strong_count(&pool), 2);
+    drop(buf);
+    assert_eq!(Arc::strong_count(&pool), 1);
+}

@@ -412,7 +412,11 @@ impl Buf {
         let handle = self.handle();
         let bit = 1u64 << (self.index % 64);
         self.pool.lent[(self.index / 64) as usize].fetch_or(bit, AcqRel);
-        std::mem::forget(self);
+        // Skip `Drop` (which would free the buffer) but still release our reference to the pool.
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used again and its destructor never runs, so the `Arc` is
+        // moved out exactly once.
+        drop(unsafe { std::ptr::read(&this.pool) });
         handle
     }
 }

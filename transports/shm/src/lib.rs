@@ -67,7 +67,9 @@ pub use proto::socket_pair;
 pub use server::{
     ClientInfo, Ctx, HandleError, Handler, Server, ServerConfig, ServerStats, ServerThread, Stopper,
 };
-pub use subring_planes::data::{Buf, BufHandle, BufferPool, PoolError, Region, RegionError};
+pub use subring_planes::data::{
+    Buf, BufHandle, BufferPool, PoolError, Region, RegionError, RegionOptions,
+};
 pub use subring_planes::interrupt::NotifyMode;
 pub use subring_planes::queue;
 

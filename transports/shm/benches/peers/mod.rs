@@ -191,7 +191,8 @@ pub struct Child {
 /// Forks a child that closes `close_in_child` (the parent's ends of pipes and sockets, so that
 /// it reads EOF once the parent closes them), pins itself to `cpu`, runs `body` and `_exit`s with
 /// the code `body` returns (3 if it could not pin itself, 101 if `body` panicked). The child is
-/// SIGKILLed if the parent dies, and never returns into the caller.
+/// SIGKILLed if the parent dies, and never returns into the caller. In the parent, `body` is
+/// dropped right after the fork, closing whatever it owns (such as the child's ends).
 ///
 /// Call it while single-threaded, or with a `body` that only makes async-signal-safe calls: in
 /// the child, a lock that another thread held at the fork is never released.
@@ -388,12 +389,19 @@ fn socket_ends() -> Result<((File, File), (File, File)), String> {
         Ok((rx.try_clone()?, rx))
     };
     let (a, b) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-    Ok((split(a).map_err(|e| format!("dup: {e}"))?, split(b).map_err(|e| format!("dup: {e}"))?))
+    Ok((
+        split(a).map_err(|e| format!("dup: {e}"))?,
+        split(b).map_err(|e| format!("dup: {e}"))?,
+    ))
 }
 
 /// Reads all of `buf` from `rx` after `poll()`ing it for at most [`WAIT`].
 fn recv(mut rx: &File, buf: &mut [u8]) -> Result<(), String> {
-    let mut pfd = libc::pollfd { fd: rx.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: rx.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: `pfd` is one valid pollfd and we pass a count of 1.
     match unsafe { libc::poll(&mut pfd, 1, WAIT.as_millis() as libc::c_int) } {
         0 => Err(format!("no reply within {WAIT:?}")),
@@ -417,14 +425,22 @@ impl Shm {
         // SAFETY: a fresh anonymous mapping: no address hint, no file, aliases nothing.
         let p = unsafe { libc::mmap(ptr::null_mut(), len, prot, flags, -1, 0) };
         if p == libc::MAP_FAILED {
-            return Err(os_err(&format!("mmap({len} bytes, MAP_SHARED|MAP_ANONYMOUS)")));
+            return Err(os_err(&format!(
+                "mmap({len} bytes, MAP_SHARED|MAP_ANONYMOUS)"
+            )));
         }
-        Ok(Self { base: p.cast(), len })
+        Ok(Self {
+            base: p.cast(),
+            len,
+        })
     }
 
     /// The atomic word at `offset`.
     fn word(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= self.len, "word {offset} outside the mapping");
+        assert!(
+            offset % 8 == 0 && offset + 8 <= self.len,
+            "word {offset} outside the mapping"
+        );
         // SAFETY: in bounds and 8-aligned (the base is page-aligned), zeroed by mmap, mapped for
         // as long as `&self` lives, and only ever accessed atomically, by either process.
         unsafe { AtomicU64::from_ptr(self.base.add(offset).cast()) }
@@ -470,7 +486,7 @@ fn echo_rt(
     (child_rx, child_tx): (File, File),
 ) -> Result<Latency, String> {
     let close = [parent_rx.as_raw_fd(), parent_tx.as_raw_fd()];
-    let echo = || {
+    let echo = move || {
         let mut buf = [0u8; 8];
         // EOF or an error ends the child: the parent is done (or gone).
         while (&child_rx).read_exact(&mut buf).is_ok() {
@@ -481,11 +497,12 @@ fn echo_rt(
         0
     };
     run(what, placement, &close, echo, || {
-        drop((child_rx, child_tx)); // so that a dead child reads as EOF
         let mut seq = 0u64;
         let latency = sample(n, RT_BUDGET, || {
             seq += 1;
-            (&parent_tx).write_all(&seq.to_ne_bytes()).map_err(|e| format!("write: {e}"))?;
+            (&parent_tx)
+                .write_all(&seq.to_ne_bytes())
+                .map_err(|e| format!("write: {e}"))?;
             let mut back = [0u8; 8];
             recv(&parent_rx, &mut back)?;
             match u64::from_ne_bytes(back) {
@@ -530,7 +547,9 @@ pub fn eventfd_rt(n: usize, placement: Placement) -> Result<Latency, String> {
     };
     run("eventfd_rt", placement, &[], child, || {
         let latency = sample(n, RT_BUDGET, || {
-            (&down).write_all(&1u64.to_ne_bytes()).map_err(|e| format!("write: {e}"))?;
+            (&down)
+                .write_all(&1u64.to_ne_bytes())
+                .map_err(|e| format!("write: {e}"))?;
             let mut buf = [0u8; 8];
             recv(&up, &mut buf)?;
             match u64::from_ne_bytes(buf) {
@@ -539,7 +558,9 @@ pub fn eventfd_rt(n: usize, placement: Placement) -> Result<Latency, String> {
             }
         })?;
         // An eventfd has no EOF: tell the child to stop.
-        (&down).write_all(&2u64.to_ne_bytes()).map_err(|e| format!("write: {e}"))?;
+        (&down)
+            .write_all(&2u64.to_ne_bytes())
+            .map_err(|e| format!("write: {e}"))?;
         Ok(latency)
     })
 }
@@ -582,7 +603,9 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 fn byte_sum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0u64, |sum, &b| sum.wrapping_add(u64::from(b)))
+    bytes
+        .iter()
+        .fold(0u64, |sum, &b| sum.wrapping_add(u64::from(b)))
 }
 
 /// Bytes per second over an `AF_UNIX` `SOCK_STREAM` socketpair: the parent writes `total_bytes`
@@ -600,10 +623,12 @@ pub fn unix_socket_throughput(
     }
     let (mine, theirs) = UnixStream::pair().map_err(|e| format!("{WHAT}: socketpair: {e}"))?;
     // Bound every blocking call: a stuck child must not hang the parent on a full socket.
-    (mine.set_write_timeout(Some(WAIT)).and_then(|()| mine.set_read_timeout(Some(WAIT))))
-        .map_err(|e| format!("{WHAT}: setting socket timeouts: {e}"))?;
+    (mine
+        .set_write_timeout(Some(WAIT))
+        .and_then(|()| mine.set_read_timeout(Some(WAIT))))
+    .map_err(|e| format!("{WHAT}: setting socket timeouts: {e}"))?;
     let (src, mut sink) = (pattern(msg), vec![0u8; msg]);
-    let child = || {
+    let child = move || {
         let mut sum = 0u64;
         loop {
             match (&theirs).read(&mut sink) {
@@ -615,23 +640,34 @@ pub fn unix_socket_throughput(
         (&theirs).write_all(&[sum as u8]).map_or(EXIT_IO, |()| 0)
     };
     run(WHAT, placement, &[mine.as_raw_fd()], child, || {
-        drop(theirs);
         let full_sum = byte_sum(&src);
         let (mut sent, mut expect, mut writes) = (0usize, 0u64, 0u64);
         let start = Instant::now();
         while sent < total_bytes && (writes % 64 != 63 || start.elapsed() < THROUGHPUT_BUDGET) {
             let len = msg.min(total_bytes - sent);
-            (&mine).write_all(&src[..len]).map_err(|e| format!("write: {e}"))?;
-            expect = expect.wrapping_add(if len == msg { full_sum } else { byte_sum(&src[..len]) });
+            (&mine)
+                .write_all(&src[..len])
+                .map_err(|e| format!("write: {e}"))?;
+            expect = expect.wrapping_add(if len == msg {
+                full_sum
+            } else {
+                byte_sum(&src[..len])
+            });
             sent += len;
             writes += 1;
         }
-        mine.shutdown(Shutdown::Write).map_err(|e| format!("shutdown(SHUT_WR): {e}"))?;
+        mine.shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown(SHUT_WR): {e}"))?;
         let mut ack = [0u8; 1];
-        (&mine).read_exact(&mut ack).map_err(|e| format!("reading the ack: {e}"))?;
+        (&mine)
+            .read_exact(&mut ack)
+            .map_err(|e| format!("reading the ack: {e}"))?;
         let secs = start.elapsed().as_secs_f64();
         if ack[0] != expect as u8 {
-            return Err(format!("checksum: child acked {}, expected {}", ack[0], expect as u8));
+            return Err(format!(
+                "checksum: child acked {}, expected {}",
+                ack[0], expect as u8
+            ));
         }
         drop(mine);
         Ok(sent as f64 / secs)
@@ -667,7 +703,10 @@ impl Ring<'_> {
 
 /// What the consumer sums of each message: its first, middle and last bytes.
 fn spot_sum(msg: &[u8]) -> u64 {
-    [msg[0], msg[msg.len() / 2], msg[msg.len() - 1]].map(u64::from).iter().sum()
+    [msg[0], msg[msg.len() / 2], msg[msg.len() - 1]]
+        .map(u64::from)
+        .iter()
+        .sum()
 }
 
 /// Child: copies each published slot out into `dst`, spot-sums the copy, releases the slot.
@@ -725,32 +764,38 @@ pub fn shm_ring_throughput(
         total_bytes,
     };
     let (src, dst, depth) = (pattern(slot), vec![0u8; slot], slots as u64);
-    run(WHAT, placement, &[], || consume(ring, dst), || {
-        let (mut k, mut free_below, mut sent, mut expect) = (0u64, depth, 0usize, 0u64);
-        let start = Instant::now();
-        while sent < total_bytes && (k % 64 != 63 || start.elapsed() < THROUGHPUT_BUDGET) {
-            if k == free_below {
-                // Slot `k` is free once the consumer has released message `k - slots`.
-                free_below = spin_until(ring.tail, WAIT, |t| t + depth > k)? + depth;
+    run(
+        WHAT,
+        placement,
+        &[],
+        move || consume(ring, dst),
+        || {
+            let (mut k, mut free_below, mut sent, mut expect) = (0u64, depth, 0usize, 0u64);
+            let start = Instant::now();
+            while sent < total_bytes && (k % 64 != 63 || start.elapsed() < THROUGHPUT_BUDGET) {
+                if k == free_below {
+                    // Slot `k` is free once the consumer has released message `k - slots`.
+                    free_below = spin_until(ring.tail, WAIT, |t| t + depth > k)? + depth;
+                }
+                let len = ring.len(sent);
+                // SAFETY: slot `k` lies in the ring and was released (tail > k - slots, Acquire);
+                // the consumer does not read it before `head` passes `k`; `src` has `len` bytes.
+                unsafe { ptr::copy_nonoverlapping(src.as_ptr(), ring.slot_ptr(k), len) };
+                k += 1;
+                ring.head.store(k, Ordering::Release);
+                expect = expect.wrapping_add(spot_sum(&src[..len]));
+                sent += len;
             }
-            let len = ring.len(sent);
-            // SAFETY: slot `k` lies in the ring and was released (tail > k - slots, Acquire);
-            // the consumer does not read it before `head` passes `k`; `src` has `len` bytes.
-            unsafe { ptr::copy_nonoverlapping(src.as_ptr(), ring.slot_ptr(k), len) };
-            k += 1;
-            ring.head.store(k, Ordering::Release);
-            expect = expect.wrapping_add(spot_sum(&src[..len]));
-            sent += len;
-        }
-        spin_until(ring.tail, WAIT, |t| t == k)?;
-        let secs = start.elapsed().as_secs_f64();
-        let sum = ring.checksum.load(Ordering::Relaxed); // ordered by the Acquire on `tail`
-        ring.head.store(QUIT, Ordering::Release);
-        if sum != expect {
-            return Err(format!("checksum: child summed {sum}, expected {expect}"));
-        }
-        Ok(sent as f64 / secs)
-    })
+            spin_until(ring.tail, WAIT, |t| t == k)?;
+            let secs = start.elapsed().as_secs_f64();
+            let sum = ring.checksum.load(Ordering::Relaxed); // ordered by the Acquire on `tail`
+            ring.head.store(QUIT, Ordering::Release);
+            if sum != expect {
+                return Err(format!("checksum: child summed {sum}, expected {expect}"));
+            }
+            Ok(sent as f64 / secs)
+        },
+    )
 }
 
 /// Mean cache-line round trip between two threads, in ns (20 000 rounds, 5 s at most): which
@@ -762,14 +807,16 @@ pub fn probe() -> f64 {
     let other = Arc::clone(&line);
     let deadline = Instant::now() + Duration::from_secs(5);
     let left = move || deadline.saturating_duration_since(Instant::now());
-    let spawned = std::thread::Builder::new().name("peers-probe".into()).spawn(move || {
-        for i in 0..ROUNDS {
-            if spin_until(&other, left(), |v| v == 2 * i + 1).is_err() {
-                return;
+    let spawned = std::thread::Builder::new()
+        .name("peers-probe".into())
+        .spawn(move || {
+            for i in 0..ROUNDS {
+                if spin_until(&other, left(), |v| v == 2 * i + 1).is_err() {
+                    return;
+                }
+                other.store(2 * i + 2, Ordering::Release);
             }
-            other.store(2 * i + 2, Ordering::Release);
-        }
-    });
+        });
     let Ok(thread) = spawned else { return f64::NAN };
     let start = Instant::now();
     for i in 0..ROUNDS {

@@ -1,0 +1,409 @@
+//! The control plane against peers that get it wrong: other versions, garbage, short messages,
+//! silence, mismatched types and sizes, unexpected descriptors. The server (on a thread here)
+//! refuses each with a message that says why, and goes on serving well-behaved clients.
+
+mod support;
+
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use subring_shm::echo::{self, EchoReq, EchoResp, ECHO_PROTOCOL};
+use subring_shm::proto::{self, ClientMsg, EntryShape, Hello, Refusal, ServerMsg, WireMode};
+use subring_shm::{Client, ClientOptions, Error, NotifyMode, Server, ServerConfig, ServerThread};
+use support::*;
+
+type EchoServer = ServerThread<EchoReq, EchoResp, echo::EchoHandler>;
+
+fn server(test: &str, tweak: impl FnOnce(&mut ServerConfig)) -> (EchoServer, std::path::PathBuf) {
+    let path = socket_path(test);
+    let mut config = ServerConfig::new(ECHO_PROTOCOL);
+    config.handshake_timeout = Duration::from_millis(300);
+    tweak(&mut config);
+    let server = Server::bind(&path, config, echo::handler_factory()).unwrap();
+    (server.spawn().unwrap(), path)
+}
+
+fn raw_connect(path: &std::path::Path) -> OwnedFd {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let s = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    connect(s.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+    s
+}
+
+fn send_raw(sock: &OwnedFd, bytes: &[u8], fds: &[i32]) {
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(bytes)],
+        cmsgs,
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+}
+
+/// The next datagram from the server (empty if it hung up), within 10 s.
+fn recv_raw(sock: &OwnedFd) -> Vec<u8> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+    assert_eq!(
+        poll(&mut fds, PollTimeout::from(10_000u16)).unwrap(),
+        1,
+        "server silent"
+    );
+    let mut buf = vec![0u8; 8192];
+    let n = nix::unistd::read(sock, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn frame(version: u16, kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = b"SBSH".to_vec();
+    f.extend_from_slice(&version.to_le_bytes());
+    f.push(kind);
+    f.extend_from_slice(body);
+    f
+}
+
+fn decode(bytes: &[u8]) -> ServerMsg {
+    assert!(bytes.len() >= 7, "short answer {bytes:?}");
+    assert_eq!(&bytes[..4], b"SBSH");
+    assert_eq!(bytes[6], proto::KIND_MESSAGE);
+    postcard::from_bytes(&bytes[7..]).unwrap()
+}
+
+fn hello() -> Hello {
+    Hello {
+        protocol: ECHO_PROTOCOL.into(),
+        request: EntryShape::of::<EchoReq>(),
+        completion: EntryShape::of::<EchoResp>(),
+        sq_capacity: 64,
+        cq_capacity: 64,
+        mode: WireMode::EventFd,
+        buf_size: 256,
+        buf_count: 8,
+    }
+}
+
+fn refusal_for(path: &std::path::Path, bytes: &[u8]) -> Refusal {
+    let sock = raw_connect(path);
+    send_raw(&sock, bytes, &[]);
+    match decode(&recv_raw(&sock)) {
+        ServerMsg::Refused(r) => {
+            // The server then hangs up.
+            assert!(
+                recv_raw(&sock).is_empty(),
+                "server kept a refused connection"
+            );
+            r
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn still_serves(path: &std::path::Path) {
+    let mut client = connect_retry(path, &options(NotifyMode::EventFd), WAIT);
+    echo_many(&mut client, 50, 4, 64);
+}
+
+#[test]
+fn other_versions_are_told_ours_both_ways() {
+    let (srv, path) = server("versions", |_| {});
+    // A client from the future: the server answers in the version-independent format.
+    let sock = raw_connect(&path);
+    send_raw(
+        &sock,
+        &frame(99, proto::KIND_MESSAGE, b"whatever v99 sends"),
+        &[],
+    );
+    let answer = recv_raw(&sock);
+    assert_eq!(
+        answer,
+        frame(
+            proto::PROTOCOL_VERSION,
+            proto::KIND_VERSION_REFUSED,
+            &proto::PROTOCOL_VERSION.to_le_bytes()
+        )
+    );
+    still_serves(&path);
+    srv.stop().unwrap();
+
+    // A server from the future refuses us: the client says so.
+    let (ours, theirs) = subring_shm::socket_pair().unwrap();
+    let fake = std::thread::spawn(move || {
+        let _hello = recv_raw(&theirs);
+        send_raw(
+            &theirs,
+            &frame(7, proto::KIND_VERSION_REFUSED, &7u16.to_le_bytes()),
+            &[],
+        );
+    });
+    let err =
+        Client::<EchoReq, EchoResp>::from_socket(ours, &options(NotifyMode::EventFd)).unwrap_err();
+    fake.join().unwrap();
+    assert!(matches!(err, Error::Version { ours: 1, peer: 7 }), "{err}");
+    assert!(err.to_string().contains("version"), "{err}");
+}
+
+#[test]
+fn garbage_and_short_messages_are_refused() {
+    let (srv, path) = server("garbage", |_| {});
+    for (what, bytes) in [
+        ("short", b"SB".to_vec()),
+        ("wrong magic", b"XXXX\x01\x00\x01hello".to_vec()),
+        (
+            "garbled body",
+            frame(proto::PROTOCOL_VERSION, proto::KIND_MESSAGE, &[0xff; 40]),
+        ),
+        ("unknown kind", frame(proto::PROTOCOL_VERSION, 9, b"")),
+        (
+            "message before hello",
+            frame(
+                proto::PROTOCOL_VERSION,
+                proto::KIND_MESSAGE,
+                &postcard::to_stdvec(&ClientMsg::Shutdown).unwrap(),
+            ),
+        ),
+    ] {
+        let r = refusal_for(&path, &bytes);
+        assert!(matches!(r, Refusal::Malformed(_)), "{what}: {r:?}");
+        assert!(!r.to_string().is_empty());
+    }
+    still_serves(&path);
+    let stats = srv.stop().unwrap().stats();
+    assert!(stats.refused >= 5, "{stats:?}");
+}
+
+#[test]
+fn mismatched_hellos_are_refused_with_the_reason() {
+    let (srv, path) = server("mismatch", |c| c.max_capacity = 1024);
+    let encode = |h: Hello| {
+        frame(
+            proto::PROTOCOL_VERSION,
+            proto::KIND_MESSAGE,
+            &postcard::to_stdvec(&ClientMsg::Hello(h)).unwrap(),
+        )
+    };
+    let cases: Vec<(Hello, &str)> = vec![
+        (
+            Hello {
+                protocol: "other/1".into(),
+                ..hello()
+            },
+            "protocol",
+        ),
+        (
+            Hello {
+                request: EntryShape { size: 8, align: 8 },
+                ..hello()
+            },
+            "request entries",
+        ),
+        (
+            Hello {
+                completion: EntryShape { size: 40, align: 4 },
+                ..hello()
+            },
+            "completion entries",
+        ),
+        (
+            Hello {
+                sq_capacity: 100,
+                ..hello()
+            },
+            "power of two",
+        ),
+        (
+            Hello {
+                cq_capacity: 1 << 20,
+                ..hello()
+            },
+            "completion ring capacity",
+        ),
+        (
+            Hello {
+                buf_size: 100,
+                ..hello()
+            },
+            "multiple of 64",
+        ),
+        (
+            Hello {
+                buf_size: 1 << 30,
+                ..hello()
+            },
+            "buffer size",
+        ),
+        (
+            Hello {
+                buf_count: 0,
+                ..hello()
+            },
+            "buffer count",
+        ),
+        (
+            Hello {
+                buf_size: 1 << 20,
+                buf_count: 1 << 20,
+                ..hello()
+            },
+            "shared memory",
+        ),
+    ];
+    for (h, needle) in cases {
+        let r = refusal_for(&path, &encode(h.clone()));
+        assert!(
+            r.to_string().contains(needle),
+            "{h:?}: refusal {r} does not mention {needle:?}"
+        );
+    }
+    // The typed client reports the same refusal.
+    let err = Client::<u64, u64>::connect(&path, &ClientOptions::new(ECHO_PROTOCOL)).unwrap_err();
+    assert!(
+        matches!(err, Error::Refused(Refusal::EntryShape { .. })),
+        "{err}"
+    );
+    let err = Client::<EchoReq, EchoResp>::connect(&path, &ClientOptions::new("nope")).unwrap_err();
+    assert!(err.to_string().contains("\"nope\""), "{err}");
+    // A hello that smuggles descriptors is refused too (and the descriptor is not kept).
+    let sock = raw_connect(&path);
+    let extra = nix::sys::eventfd::EventFd::new().unwrap();
+    send_raw(&sock, &encode(hello()), &[extra.as_raw_fd()]);
+    assert!(matches!(
+        decode(&recv_raw(&sock)),
+        ServerMsg::Refused(Refusal::Malformed(_))
+    ));
+    still_serves(&path);
+    srv.stop().unwrap();
+}
+
+#[test]
+fn silent_connections_time_out_and_full_servers_say_busy() {
+    let (srv, path) = server("silent", |c| c.max_clients = 2);
+    let silent = raw_connect(&path);
+    // The server hangs up on a client that says nothing within the handshake timeout.
+    assert!(recv_raw(&silent).is_empty(), "silent client not dropped");
+    let a = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
+    let b = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
+    let err =
+        Client::<EchoReq, EchoResp>::connect(&path, &options(NotifyMode::EventFd)).unwrap_err();
+    assert!(
+        matches!(err, Error::Refused(Refusal::Busy { max_clients: 2 })),
+        "{err}"
+    );
+    drop((a, b));
+    // Room again once they are released.
+    let start = std::time::Instant::now();
+    loop {
+        match Client::<EchoReq, EchoResp>::connect(&path, &options(NotifyMode::EventFd)) {
+            Ok(_) => break,
+            Err(Error::Refused(Refusal::Busy { .. })) if start.elapsed() < WAIT => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    srv.stop().unwrap();
+}
+
+#[test]
+fn socket_paths_in_use_and_missing_are_clear_errors() {
+    let (srv, path) = server("in_use", |_| {});
+    let err = Server::bind(
+        &path,
+        ServerConfig::new(ECHO_PROTOCOL),
+        echo::handler_factory(),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("another server"),
+        "{text}"
+    );
+    srv.stop().unwrap();
+    // A socket file left behind by a dead server is replaced.
+    let stale = socket_path("stale");
+    {
+        let l = std::os::unix::net::UnixListener::bind(&stale).unwrap();
+        drop(l);
+    }
+    assert!(stale.exists());
+    let s = Server::bind(
+        &stale,
+        ServerConfig::new(ECHO_PROTOCOL),
+        echo::handler_factory(),
+    )
+    .unwrap();
+    drop(s);
+    let err =
+        Client::<EchoReq, EchoResp>::connect(socket_path("nobody"), &options(NotifyMode::EventFd))
+            .unwrap_err();
+    assert!(err.to_string().contains("is the server running"), "{err}");
+}
+
+#[test]
+fn extra_regions_register_and_resolve() {
+    use subring_shm::echo::op;
+    use subring_shm::{BufHandle, Region, RegionOptions};
+    let at = |region: u32, offset: u64, len: u32| BufHandle {
+        offset,
+        len,
+        region,
+    };
+    let (srv, path) = server("regions", |c| c.max_regions = 1);
+    let mut client = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
+    let region =
+        std::sync::Arc::new(Region::memfd("extra", 8192, RegionOptions::new().id(5)).unwrap());
+    client.register_region(region.clone()).unwrap();
+    let bytes = b"payload in a registered region";
+    // SAFETY: the region is ours, 8192 bytes long, and nothing else writes it while we fill it.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), region.as_ptr().add(100), bytes.len()) };
+    let h = at(5, 100, bytes.len() as u32);
+    let r = call(
+        &mut client,
+        EchoReq {
+            seq: 1,
+            op: op::SUM,
+            reserved: 0,
+            buf: h,
+        },
+    )
+    .unwrap();
+    assert_eq!(r.status, 0);
+    assert_eq!(r.sum, echo::checksum(bytes));
+    // Past its end: refused.
+    let r = call(
+        &mut client,
+        EchoReq {
+            seq: 2,
+            op: op::SUM,
+            reserved: 0,
+            buf: at(5, 8190, 16),
+        },
+    )
+    .unwrap();
+    assert_eq!(r.status, echo::status::BAD_HANDLE);
+    // A second region is over this server's limit; a duplicate id or an anonymous region is
+    // refused on the client side.
+    let second =
+        std::sync::Arc::new(Region::memfd("second", 4096, RegionOptions::new().id(6)).unwrap());
+    let err = client.register_region(second).unwrap_err();
+    assert!(
+        matches!(err, Error::Refused(Refusal::Limit { .. })),
+        "{err}"
+    );
+    assert!(client.register_region(region).is_err());
+    let anon = std::sync::Arc::new(Region::anonymous(4096, RegionOptions::new().id(9)).unwrap());
+    assert!(client.register_region(anon).is_err());
+    echo_many(&mut client, 20, 4, 64);
+    srv.stop().unwrap();
+}
