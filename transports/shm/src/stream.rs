@@ -385,7 +385,8 @@ impl BufRead for Stream {
             self.send_tx()?;
             self.post_receives()?;
             self.client.submit().map_err(io_err)?;
-            if self.posted == 0 && self.rx.is_empty() {
+            // With nothing lent, no completion can come: say so rather than wait forever.
+            if self.posted == 0 && self.tx_in_flight == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::WouldBlock,
                     "no receive buffer could be lent (all are in use)",

@@ -1,0 +1,129 @@
+//! Byte streams through std::io: `io::copy` in and out, `BufRead` lines, interleaved echo,
+//! and a server that goes away mid-stream.
+
+use std::io::{self, BufRead, Read, Write};
+use std::time::Duration;
+
+use subring_shm::stream::{ByteService, Stream, StreamHandler, STREAM_PROTOCOL};
+use subring_shm::{ClientOptions, NotifyMode, Server, ServerConfig};
+
+/// Keeps everything until the client finishes, then sends it all back.
+#[derive(Default)]
+struct Keep(Vec<u8>);
+impl ByteService for Keep {
+    fn data(&mut self, input: &[u8], _out: &mut Vec<u8>) {
+        self.0.extend_from_slice(input);
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.0);
+    }
+}
+
+/// Answers every byte at once, upper-cased.
+struct Upper;
+impl ByteService for Upper {
+    fn data(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.extend(input.iter().map(u8::to_ascii_uppercase));
+    }
+}
+
+fn connect<B: ByteService + Send + 'static>(
+    service: impl Fn() -> B + Send + 'static,
+    mode: NotifyMode,
+) -> (Stream, impl Drop) {
+    let (server_end, client_end) = subring_shm::socket_pair().unwrap();
+    let mut server = Server::new(ServerConfig::new(STREAM_PROTOCOL), move |_| {
+        StreamHandler::new(service())
+    })
+    .unwrap();
+    server.add_connection(server_end).unwrap();
+    let thread = server.spawn().unwrap();
+    let options = ClientOptions::new(STREAM_PROTOCOL)
+        .mode(mode)
+        .buffers(4096, 16);
+    let mut stream = Stream::from_socket(client_end, &options).unwrap();
+    stream.set_timeout(Some(Duration::from_secs(20)));
+    (stream, thread)
+}
+
+fn data(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn io_copy_in_and_back_out() {
+    for mode in [NotifyMode::Adaptive, NotifyMode::EventFd] {
+        let input = data(3 << 20);
+        let (mut stream, _server) = connect(Keep::default, mode);
+        let copied = io::copy(&mut &input[..], &mut stream).unwrap();
+        assert_eq!(copied, input.len() as u64);
+        stream.finish().unwrap();
+        let mut output = Vec::new();
+        io::copy(&mut stream, &mut output).unwrap();
+        assert!(output == input, "{mode}: bytes differ after the round trip");
+        // End of stream stays end of stream.
+        assert_eq!(stream.read(&mut [0u8; 16]).unwrap(), 0);
+        assert!(stream.write(b"late").is_err(), "write after finish");
+    }
+}
+
+#[test]
+fn buf_read_lines_interleaved_with_writes() {
+    let (mut stream, _server) = connect(|| Upper, NotifyMode::EventFd);
+    for i in 0..500 {
+        writeln!(stream, "line {i} of the stream").unwrap();
+        stream.flush().unwrap();
+        let mut line = String::new();
+        stream.read_line(&mut line).unwrap();
+        assert_eq!(line, format!("LINE {i} OF THE STREAM\n"));
+    }
+    stream.finish().unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn fill_buf_returns_the_shared_buffer_in_place() {
+    let (mut stream, _server) = connect(|| Upper, NotifyMode::Adaptive);
+    let chunk = data(10_000);
+    let mut seen = Vec::new();
+    stream.write_all(&chunk).unwrap();
+    stream.flush().unwrap();
+    let region = stream.client().region().clone();
+    while seen.len() < chunk.len() {
+        let buf = stream.fill_buf().unwrap();
+        assert!(!buf.is_empty());
+        assert!(buf.len() <= 4096, "one shared buffer at a time");
+        let start = region.as_ptr() as usize;
+        let at = buf.as_ptr() as usize;
+        assert!(
+            at >= start && at < start + region.len(),
+            "fill_buf copies nothing"
+        );
+        seen.extend_from_slice(buf);
+        let n = buf.len();
+        stream.consume(n);
+    }
+    let want: Vec<u8> = chunk.iter().map(u8::to_ascii_uppercase).collect();
+    assert!(seen == want);
+}
+
+#[test]
+fn server_gone_mid_stream_is_an_error_not_a_hang() {
+    let (mut stream, server) = connect(Keep::default, NotifyMode::EventFd);
+    stream.write_all(&data(100_000)).unwrap();
+    stream.flush().unwrap();
+    drop(server); // stops the server: it says goodbye and closes its side
+    let mut out = Vec::new();
+    let err = stream.read_to_end(&mut out).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+}
