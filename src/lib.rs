@@ -10,7 +10,8 @@
 //!   or polling), suppressed while the application is busy.
 //!
 //! The [`queue`] traits are what every transport implements; [`pair`] builds a queue pair from
-//! the planes for subsystems in this process or another one.
+//! the planes for subsystems in this process or another one. The transports instantiate them:
+//! [`uring`] puts the kernel behind them, [`shm`] another process.
 //!
 //! # Examples
 //! A subsystem on another thread that doubles numbers:
@@ -42,3 +43,7 @@ pub use subring_planes::{control, data, interrupt, pair, queue, sync};
 
 /// The kernel transport: the kernel as a subsystem, over io_uring.
 pub use subring_uring as uring;
+
+/// The userspace transport: another process as a subsystem, over a sealed memfd, eventfds and a
+/// Unix-socket handshake.
+pub use subring_shm as shm;

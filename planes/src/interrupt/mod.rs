@@ -318,7 +318,7 @@ impl SpinPolicy {
     /// exhausted budget re-probes with a few spins every few waits.
     pub fn adaptive(max: u32) -> Self {
         SpinPolicy {
-            budget: Cell::new(max.min(PROBE_SPINS.max(1))),
+            budget: Cell::new(max),
             max,
             adaptive: true,
             waits_since_probe: Cell::new(0),
