@@ -117,6 +117,14 @@ fn os_err(what: &str) -> String {
     format!("{what}: {}", io::Error::last_os_error())
 }
 
+/// Describes a failed I/O call, naming a socket timeout (`SO_SNDTIMEO`/`SO_RCVTIMEO`) as one.
+fn io_err(what: &str) -> impl Fn(io::Error) -> String + '_ {
+    move |e| match e.kind() {
+        io::ErrorKind::WouldBlock => format!("{what}: timed out after {WAIT:?}"),
+        _ => format!("{what}: {e}"),
+    }
+}
+
 /// Pins the calling thread to `cpu` without allocating (so that a forked child may call it).
 fn try_pin(cpu: usize) -> io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
@@ -509,7 +517,7 @@ fn echo_rt(
             seq += 1;
             (&parent_tx)
                 .write_all(&seq.to_ne_bytes())
-                .map_err(|e| format!("write: {e}"))?;
+                .map_err(io_err("write"))?;
             let mut back = [0u8; 8];
             recv(&parent_rx, &mut back)?;
             match u64::from_ne_bytes(back) {
@@ -556,7 +564,7 @@ pub fn eventfd_rt(n: usize, placement: Placement) -> Result<Latency, String> {
         let latency = sample(n, RT_BUDGET, || {
             (&down)
                 .write_all(&1u64.to_ne_bytes())
-                .map_err(|e| format!("write: {e}"))?;
+                .map_err(io_err("write"))?;
             let mut buf = [0u8; 8];
             recv(&up, &mut buf)?;
             match u64::from_ne_bytes(buf) {
@@ -567,7 +575,7 @@ pub fn eventfd_rt(n: usize, placement: Placement) -> Result<Latency, String> {
         // An eventfd has no EOF: tell the child to stop.
         (&down)
             .write_all(&2u64.to_ne_bytes())
-            .map_err(|e| format!("write: {e}"))?;
+            .map_err(io_err("write"))?;
         Ok(latency)
     })
 }
@@ -652,9 +660,7 @@ pub fn unix_socket_throughput(
         let start = Instant::now();
         while sent < total_bytes && (writes % 64 != 63 || start.elapsed() < SOCKET_BUDGET) {
             let len = msg.min(total_bytes - sent);
-            (&mine)
-                .write_all(&src[..len])
-                .map_err(|e| format!("write: {e}"))?;
+            (&mine).write_all(&src[..len]).map_err(io_err("write"))?;
             expect = expect.wrapping_add(if len == msg {
                 full_sum
             } else {
@@ -668,7 +674,7 @@ pub fn unix_socket_throughput(
         let mut ack = [0u8; 1];
         (&mine)
             .read_exact(&mut ack)
-            .map_err(|e| format!("reading the ack: {e}"))?;
+            .map_err(io_err("reading the ack"))?;
         let secs = start.elapsed().as_secs_f64();
         if ack[0] != expect as u8 {
             return Err(format!(
@@ -775,38 +781,33 @@ pub fn shm_ring_throughput(
     // them now keeps page faults out of the timed loop.
     unsafe { ptr::write_bytes(ring.data, 1, slots * slot) };
     let (src, dst, depth) = (pattern(slot), vec![1u8; slot], slots as u64);
-    run(
-        WHAT,
-        placement,
-        &[],
-        move || consume(ring, dst),
-        || {
-            let (mut k, mut free_below, mut sent, mut expect) = (0u64, depth, 0usize, 0u64);
-            let start = Instant::now();
-            while sent < total_bytes && (k % 64 != 63 || start.elapsed() < SPIN_BUDGET) {
-                if k == free_below {
-                    // Slot `k` is free once the consumer has released message `k - slots`.
-                    free_below = spin_until(ring.tail, WAIT, |t| t + depth > k)? + depth;
-                }
-                let len = ring.len(sent);
-                // SAFETY: slot `k` lies in the ring and was released (tail > k - slots, Acquire);
-                // the consumer does not read it before `head` passes `k`; `src` has `len` bytes.
-                unsafe { ptr::copy_nonoverlapping(src.as_ptr(), ring.slot_ptr(k), len) };
-                k += 1;
-                ring.head.store(k, Ordering::Release);
-                expect = expect.wrapping_add(spot_sum(&src[..len]));
-                sent += len;
+    let producer = || {
+        let (mut k, mut free_below, mut sent, mut expect) = (0u64, depth, 0usize, 0u64);
+        let start = Instant::now();
+        while sent < total_bytes && (k % 64 != 63 || start.elapsed() < SPIN_BUDGET) {
+            if k == free_below {
+                // Slot `k` is free once the consumer has released message `k - slots`.
+                free_below = spin_until(ring.tail, WAIT, |t| t + depth > k)? + depth;
             }
-            spin_until(ring.tail, WAIT, |t| t == k)?;
-            let secs = start.elapsed().as_secs_f64();
-            let sum = ring.checksum.load(Ordering::Relaxed); // ordered by the Acquire on `tail`
-            ring.head.store(QUIT, Ordering::Release);
-            if sum != expect {
-                return Err(format!("checksum: child summed {sum}, expected {expect}"));
-            }
-            Ok(sent as f64 / secs)
-        },
-    )
+            let len = ring.len(sent);
+            // SAFETY: slot `k` lies in the ring and was released (tail > k - slots, Acquire);
+            // the consumer does not read it before `head` passes `k`; `src` has `len` bytes.
+            unsafe { ptr::copy_nonoverlapping(src.as_ptr(), ring.slot_ptr(k), len) };
+            k += 1;
+            ring.head.store(k, Ordering::Release);
+            expect = expect.wrapping_add(spot_sum(&src[..len]));
+            sent += len;
+        }
+        spin_until(ring.tail, WAIT, |t| t == k)?;
+        let secs = start.elapsed().as_secs_f64();
+        let sum = ring.checksum.load(Ordering::Relaxed); // ordered by the Acquire on `tail`
+        ring.head.store(QUIT, Ordering::Release);
+        if sum != expect {
+            return Err(format!("checksum: child summed {sum}, expected {expect}"));
+        }
+        Ok(sent as f64 / secs)
+    };
+    run(WHAT, placement, &[], move || consume(ring, dst), producer)
 }
 
 /// Mean cache-line round trip between two threads, in ns (20 000 rounds, 5 s at most): which
