@@ -285,9 +285,11 @@ pub trait Notifier: fmt::Debug + Send {
 /// How long a [`SleepNotifier`] spins before it announces sleep.
 #[derive(Debug, Clone)]
 pub struct SpinPolicy {
+    /// Spins, or nanoseconds for a timed policy.
     budget: Cell<u32>,
     max: u32,
     adaptive: bool,
+    timed: bool,
     waits_since_probe: Cell<u32>,
 }
 
@@ -295,6 +297,8 @@ pub struct SpinPolicy {
 const PROBE_SPINS: u32 = 64;
 /// Every how many waits an exhausted adaptive policy probes again.
 const PROBE_EVERY: u32 = 32;
+/// Nanoseconds a timed adaptive policy spins to re-probe.
+const PROBE_NANOS: u32 = 2_000;
 
 impl SpinPolicy {
     /// Never spin: announce sleep at once.
@@ -308,6 +312,7 @@ impl SpinPolicy {
             budget: Cell::new(spins),
             max: spins,
             adaptive: false,
+            timed: false,
             waits_since_probe: Cell::new(0),
         }
     }
@@ -321,11 +326,35 @@ impl SpinPolicy {
             budget: Cell::new(max),
             max,
             adaptive: true,
+            timed: false,
             waits_since_probe: Cell::new(0),
         }
     }
 
-    /// The spin budget for the next wait.
+    /// Like [`adaptive`](Self::adaptive), but the budget is time: spin for up to `max` (at most
+    /// about 4 s), starting from `max`. What a spin costs in time differs widely between CPUs
+    /// (a `pause` takes from a few to over a hundred cycles) and what a spin must outlast is a
+    /// time (a peer's reaction, a wake-up), so cross-process waits budget in time.
+    pub fn adaptive_for(max: Duration) -> Self {
+        let max = max.as_nanos().min(u128::from(u32::MAX)) as u32;
+        SpinPolicy {
+            budget: Cell::new(max),
+            max,
+            adaptive: true,
+            timed: true,
+            waits_since_probe: Cell::new(0),
+        }
+    }
+
+    fn probe(&self) -> u32 {
+        if self.timed {
+            PROBE_NANOS.min(self.max)
+        } else {
+            PROBE_SPINS.min(self.max)
+        }
+    }
+
+    /// The spin budget for the next wait (spins, or nanoseconds for [`adaptive_for`](Self::adaptive_for)).
     pub fn current_budget(&self) -> u32 {
         self.budget.get()
     }
@@ -336,7 +365,7 @@ impl SpinPolicy {
             let n = self.waits_since_probe.get() + 1;
             if n >= PROBE_EVERY {
                 self.waits_since_probe.set(0);
-                return PROBE_SPINS.min(self.max);
+                return self.probe();
             }
             self.waits_since_probe.set(n);
         }
@@ -349,7 +378,7 @@ impl SpinPolicy {
         }
         let b = self.budget.get();
         let next = if spin_succeeded {
-            (b.saturating_mul(2)).clamp(PROBE_SPINS.min(self.max), self.max)
+            (b.saturating_mul(2)).clamp(self.probe(), self.max)
         } else {
             b / 2
         };
@@ -375,6 +404,25 @@ fn spin_until(ready: &mut dyn FnMut() -> bool, spins: u32, deadline: Option<Inst
         }
     }
     ready()
+}
+
+/// Spins for up to `nanos` waiting for `ready`, reading the clock every 64 spins.
+fn spin_for(ready: &mut dyn FnMut() -> bool, nanos: u32, deadline: Option<Instant>) -> bool {
+    let mut end = Instant::now() + Duration::from_nanos(u64::from(nanos));
+    if let Some(d) = deadline {
+        end = end.min(d);
+    }
+    loop {
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            spin_loop();
+        }
+        if Instant::now() >= end {
+            return ready();
+        }
+    }
 }
 
 /// A notifier that blocks in the kernel through a [`Signal`] (eventfd or futex), after an
@@ -490,7 +538,11 @@ impl<S: Signal> Notifier for SleepNotifier<S> {
         let deadline = deadline_after(timeout);
         let spins = self.spin.budget_for_wait();
         if spins > 0 {
-            let spun = spin_until(ready, spins, deadline);
+            let spun = if self.spin.timed {
+                spin_for(ready, spins, deadline)
+            } else {
+                spin_until(ready, spins, deadline)
+            };
             self.spin.record(spun);
             if spun {
                 bump(&self.counters.without_sleep);
@@ -613,8 +665,9 @@ pub enum NotifyMode {
     Futex,
 }
 
-/// The spin budget adaptive mode starts from and never exceeds.
-pub const ADAPTIVE_MAX_SPINS: u32 = 4096;
+/// How long adaptive mode spins at most before it sleeps: longer than a peer that polls takes
+/// to answer, and than a sleeping peer takes to wake (tens of microseconds in a VM).
+pub const ADAPTIVE_MAX_SPIN: Duration = Duration::from_micros(100);
 
 impl NotifyMode {
     /// Every mode, for tests and benchmarks that cover them all.
@@ -642,7 +695,7 @@ impl NotifyMode {
             NotifyMode::Adaptive => Box::new(SleepNotifier::new(
                 word,
                 FutexSignal::new(),
-                SpinPolicy::adaptive(ADAPTIVE_MAX_SPINS),
+                SpinPolicy::adaptive_for(ADAPTIVE_MAX_SPIN),
             )),
             NotifyMode::Futex => Box::new(SleepNotifier::new(
                 word,

@@ -22,7 +22,10 @@ pub mod op {
     pub const UPPER: u32 = 2;
     /// Answer at once, touching no payload (round-trip measurements).
     pub const PING: u32 = 3;
-    /// Answer with the server's counters (only through [`EchoHandler`]): `sum` = clients
+    /// Read every byte of the payload in place (summing it as 64-bit words, as fast as memory
+    /// allows) and answer with the sum in `value`: what a subsystem consuming bulk data does.
+    pub const TOUCH: u32 = 5;
+    /// Answer with the server's counters (only through [`EchoHandler`](super::EchoHandler)): `sum` = clients
     /// connected now, `value` = connections that have ended.
     pub const STATS: u32 = 4;
 }
@@ -75,6 +78,23 @@ pub fn checksum(bytes: &[u8]) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
+/// The wrapping sum of `bytes` read as little-endian 64-bit words (a short tail padded with
+/// zeros): reads every byte once, at memory speed.
+pub fn word_sum(bytes: &[u8]) -> u64 {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut sum = chunks
+        .by_ref()
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
+        .fold(0u64, u64::wrapping_add);
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        let mut last = [0u8; 8];
+        last[..tail.len()].copy_from_slice(tail);
+        sum = sum.wrapping_add(u64::from_le_bytes(last));
+    }
+    sum
+}
+
 /// Serves one echo request (every operation but `STATS`, which [`EchoHandler`] answers).
 pub fn serve(ctx: &mut Ctx<'_, EchoResp>, req: EchoReq) {
     let mut resp = EchoResp {
@@ -86,6 +106,10 @@ pub fn serve(ctx: &mut Ctx<'_, EchoResp>, req: EchoReq) {
         op::PING => {}
         op::SUM => match ctx.payload(req.buf) {
             Ok(bytes) => resp.sum = checksum(bytes),
+            Err(_) => resp.status = status::BAD_HANDLE,
+        },
+        op::TOUCH => match ctx.payload(req.buf) {
+            Ok(bytes) => resp.value = word_sum(bytes),
             Err(_) => resp.status = status::BAD_HANDLE,
         },
         op::UPPER => match ctx.payload_mut(req.buf) {

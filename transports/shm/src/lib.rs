@@ -8,7 +8,7 @@
 //!   ([`proto`]: `"SBSH"`, a version, a postcard body) and, with `SCM_RIGHTS`, the memfd and the
 //!   eventfds. The client's [`Hello`](proto::Hello) names the application protocol, the entry
 //!   types' sizes, ring capacities, buffer sizes and notify mode; the server checks every field
-//!   and answers with a [`Welcome`](proto::Welcome) or a [`Refusal`](proto::Refusal). The socket
+//!   and answers with a [`Welcome`](proto::Welcome) or a [`proto::Refusal`]. The socket
 //!   stays open for the connection's life: later control messages (registering another region,
 //!   shutting down) use it, and its hang-up is how each side learns the other died.
 //! - **Data plane.** The planes' submission and completion rings and a buffer pool in the memfd.

@@ -1,5 +1,5 @@
-//! Byte streams over a queue pair: [`std::io::Read`], [`Write`](std::io::Write) and
-//! [`BufRead`](std::io::BufRead), so code written for `impl Read` / `impl Write` talks to a
+//! Byte streams over a queue pair: [`std::io::Read`], [`std::io::Write`] and
+//! [`std::io::BufRead`], so code written for `impl Read` / `impl Write` talks to a
 //! subsystem unchanged.
 //!
 //! The stream is a protocol over the rings, like virtio-net's transmit and receive queues:
@@ -11,7 +11,7 @@
 //! returns the filled buffer in place.
 //!
 //! On the server, [`StreamHandler`] turns a [`ByteService`] (bytes in, bytes out) into a
-//! [`Handler`](crate::Handler).
+//! [`Handler`].
 //!
 //! Like a socket, a stream can deadlock a client that writes a lot without reading while the
 //! service answers as much as it is sent: the server stops taking data once

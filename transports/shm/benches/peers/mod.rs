@@ -638,10 +638,10 @@ pub fn unix_socket_throughput(
     }
     let (mine, theirs) = UnixStream::pair().map_err(|e| format!("{WHAT}: socketpair: {e}"))?;
     // Bound every blocking call: a stuck child must not hang the parent on a full socket.
-    (mine
+    let timeouts = mine
         .set_write_timeout(Some(WAIT))
-        .and_then(|()| mine.set_read_timeout(Some(WAIT))))
-    .map_err(|e| format!("{WHAT}: setting socket timeouts: {e}"))?;
+        .and_then(|()| mine.set_read_timeout(Some(WAIT)));
+    timeouts.map_err(|e| format!("{WHAT}: setting socket timeouts: {e}"))?;
     let (src, mut sink) = (pattern(msg), vec![0u8; msg]);
     let child = move || {
         let mut sum = 0u64;
@@ -655,17 +655,11 @@ pub fn unix_socket_throughput(
         (&theirs).write_all(&[sum as u8]).map_or(EXIT_IO, |()| 0)
     };
     run(WHAT, placement, &[mine.as_raw_fd()], child, || {
-        let full_sum = byte_sum(&src);
-        let (mut sent, mut expect, mut writes) = (0usize, 0u64, 0u64);
+        let (mut sent, mut writes) = (0usize, 0u64);
         let start = Instant::now();
         while sent < total_bytes && (writes % 64 != 63 || start.elapsed() < SOCKET_BUDGET) {
             let len = msg.min(total_bytes - sent);
             (&mine).write_all(&src[..len]).map_err(io_err("write"))?;
-            expect = expect.wrapping_add(if len == msg {
-                full_sum
-            } else {
-                byte_sum(&src[..len])
-            });
             sent += len;
             writes += 1;
         }
@@ -676,6 +670,9 @@ pub fn unix_socket_throughput(
             .read_exact(&mut ack)
             .map_err(io_err("reading the ack"))?;
         let secs = start.elapsed().as_secs_f64();
+        // Every write but the last was a whole `src`.
+        let whole = byte_sum(&src).wrapping_mul((sent / msg) as u64);
+        let expect = whole.wrapping_add(byte_sum(&src[..sent % msg]));
         if ack[0] != expect as u8 {
             return Err(format!(
                 "checksum: child acked {}, expected {}",
