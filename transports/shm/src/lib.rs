@@ -65,7 +65,8 @@ use std::time::Duration;
 pub use client::{Client, ClientOptions};
 pub use proto::socket_pair;
 pub use server::{
-    ClientInfo, Ctx, HandleError, Handler, Server, ServerConfig, ServerStats, ServerThread, Stopper,
+    CallStats, ClientInfo, Ctx, HandleError, Handler, Server, ServerConfig, ServerStats,
+    ServerThread, Stopper,
 };
 pub use subring_planes::data::{
     Buf, BufHandle, BufferPool, PoolError, Region, RegionError, RegionOptions,

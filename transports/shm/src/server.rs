@@ -17,7 +17,7 @@ use nix::sys::socket::{
     UnixAddr,
 };
 use subring_planes::data::{BufHandle, PoolError, PoolLayout, Region, RegionError, RegionOptions};
-use subring_planes::interrupt::NotifyMode;
+use subring_planes::interrupt::{NotifyMode, NotifyStats};
 use subring_planes::pair::{PairConfig, PairLayout, PairSignals, ServiceSide};
 use subring_planes::queue::QueueError;
 
@@ -328,6 +328,25 @@ pub struct ServerStats {
     pub sleeps: u64,
     /// Clients connected now.
     pub clients: u64,
+    /// Completion notifications ("calls") to clients, over every connection so far: `sent`
+    /// made a system call (an eventfd write), `suppressed` did not (the client was not asleep).
+    pub calls: CallStats,
+}
+
+/// Completion notifications to clients (see [`ServerStats::calls`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Notifications that made a wake-up system call.
+    pub sent: u64,
+    /// Notifications skipped because the client was not asleep.
+    pub suppressed: u64,
+}
+
+impl CallStats {
+    fn add(&mut self, (_, call): (NotifyStats, NotifyStats)) {
+        self.sent += call.sent;
+        self.suppressed += call.suppressed;
+    }
 }
 
 /// The adaptive polling window (see [`ServerConfig::idle_poll`]).
@@ -552,6 +571,11 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             .iter()
             .filter(|c| matches!(c.state, State::Active(_)))
             .count() as u64;
+        for c in &self.conns {
+            if let State::Active(a) = &c.state {
+                s.calls.add(a.service.stats());
+            }
+        }
         s
     }
 
@@ -1154,6 +1178,7 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
                 NotifyMode::Adaptive => self.adaptive_clients -= 1,
                 _ => {}
             }
+            self.stats.calls.add(a.service.stats());
             self.stats.released += 1;
         }
     }

@@ -1,4 +1,4 @@
-//! Peer measurements for the cross-process IPC benchmark: what the same job costs over the
+//! Peer measurements for the cross-process IPC section of the suite: what the same job costs over the
 //! transports a user would otherwise pick, measured the same way as subring.
 //!
 //! Each measurement sets everything up (pipes, socketpairs, eventfds, `MAP_SHARED` memory), forks
@@ -39,12 +39,12 @@ use std::time::{Duration, Instant};
 /// How long the parent waits for any one reply (or for progress in a spin) before failing.
 const WAIT: Duration = Duration::from_secs(5);
 /// How long a spinning child waits for the parent's next message before giving up.
-const CHILD_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const CHILD_WAIT: Duration = Duration::from_secs(30);
 /// How long a child gets to exit once told to stop, before it is killed.
 const REAP_WITHIN: Duration = Duration::from_secs(2);
 /// Time budgets after which a measurement stops early and reports what it has: spinning in
 /// [`Placement::Shared`] takes a scheduler tick per handoff, so the spinners get less.
-const RT_BUDGET: Duration = Duration::from_secs(20);
+pub(crate) const RT_BUDGET: Duration = Duration::from_secs(20);
 const SOCKET_BUDGET: Duration = Duration::from_secs(10);
 const SPIN_BUDGET: Duration = Duration::from_secs(3);
 /// Child exit codes.
@@ -55,7 +55,7 @@ const EXIT_PANIC: i32 = 101;
 /// Distance between words written by different processes (two lines: adjacent-line prefetch).
 const LINE: usize = 128;
 /// Value of a shared word that tells the child to exit.
-const QUIT: u64 = u64::MAX;
+pub(crate) const QUIT: u64 = u64::MAX;
 
 /// Where the parent and the child run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +99,23 @@ impl Latency {
     pub fn mean(&self) -> f64 {
         let total: f64 = self.samples_ns.iter().map(|&ns| ns as f64).sum();
         total / self.samples_ns.len() as f64
+    }
+
+    /// `points` evenly spaced quantiles from 0 to 1 (the last one the maximum), as
+    /// `(quantile, ns)`: the distribution, for a chart.
+    pub fn cdf(&self, points: usize) -> Vec<(f64, f64)> {
+        let mut sorted = self.samples_ns.clone();
+        if sorted.is_empty() || points < 2 {
+            return Vec::new();
+        }
+        sorted.sort_unstable();
+        (0..points)
+            .map(|i| {
+                let q = i as f64 / (points - 1) as f64;
+                let at = ((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1);
+                (q, sorted[at] as f64)
+            })
+            .collect()
     }
 
     /// Nearest-rank percentile `q` (0..=1) of a sorted copy.
@@ -321,7 +338,7 @@ fn exit_status(status: libc::c_int) -> Result<(), String> {
 
 /// Pins the parent, forks `child` (pinned), runs `parent`, then reaps the child, killing it
 /// first if `parent` failed; restores the caller's CPU mask.
-fn run<T>(
+pub(crate) fn run<T>(
     what: &str,
     placement: Placement,
     close_in_child: &[RawFd],
@@ -345,7 +362,7 @@ fn run<T>(
 
 /// Runs `n / 10` untimed warm-up round trips (for at most a quarter of `budget`), then up to `n`
 /// timed ones, stopping after the first sample that ends past `budget`.
-fn sample(
+pub(crate) fn sample(
     n: usize,
     budget: Duration,
     mut round_trip: impl FnMut() -> Result<(), String>,

@@ -1,0 +1,314 @@
+//! The cross-process sections: the shm transport against what a user would otherwise pick,
+//! interleaved inside each repetition (the VM's vCPU placement drifts):
+//!
+//! - round trips of an 8-byte request (subring-shm's echo `PING`, a 32-byte entry each way) in
+//!   spin, adaptive and eventfd modes, against a raw shared-memory spin ping-pong (the physical
+//!   floor), a raw eventfd pair, a pipe pair and a Unix socket pair — with the processes on two
+//!   cores (`split`) and on one (`shared`);
+//! - 4 KiB payload throughput: the client writes each payload into a shared buffer and the server
+//!   reads it in place (`TOUCH`: every byte read once), against a Unix socket and a raw
+//!   shared-memory ring of 64 x 4 KiB slots (copy in, copy out).
+//!
+//! Each repetition is labelled near/far by a cache-line ping-pong probe before and after it.
+//! Client-side system calls per round trip come from subring's counters.
+//!
+//! Every measurement forks: run these sections while the process has one thread.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crate::peers::{self, AffinityGuard, Latency, Placement};
+use crate::report::{Report, Section, Unit};
+use crate::Progress;
+use subring_shm::echo::{self, op, status, EchoReq, EchoResp, ECHO_PROTOCOL};
+use subring_shm::queue::{Completer, Submitter};
+use subring_shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
+
+const PAYLOAD: usize = 4096;
+
+/// How much to measure.
+#[derive(Clone, Debug)]
+pub struct IpcConfig {
+    /// Repetitions.
+    pub reps: usize,
+    /// Round trips per measurement with the processes on two cores.
+    pub round_trips: usize,
+    /// Round trips per measurement with both on one core.
+    pub shared_round_trips: usize,
+    /// Bytes per throughput measurement.
+    pub bytes: usize,
+}
+
+impl IpcConfig {
+    /// The full run (`quick`: a short one).
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            IpcConfig {
+                reps: 2,
+                round_trips: 3_000,
+                shared_round_trips: 1_000,
+                bytes: 64 << 20,
+            }
+        } else {
+            IpcConfig {
+                reps: 5,
+                round_trips: 20_000,
+                shared_round_trips: 5_000,
+                bytes: 512 << 20,
+            }
+        }
+    }
+}
+
+/// One subring round-trip measurement: latencies and client-side syscalls per round trip.
+pub(crate) struct Measured {
+    pub(crate) latency: Latency,
+    pub(crate) syscalls: f64,
+}
+
+/// Runs subring-shm's echo server in a forked child pinned to `cpu`, serving the other end of `client`'s
+/// socket until the client leaves; returns the child.
+pub fn fork_server(cpu: usize) -> Result<(peers::Child, std::os::fd::OwnedFd), String> {
+    let (server_end, client_end) = subring_shm::socket_pair().map_err(|e| e.to_string())?;
+    let child = peers::fork_pinned(cpu, &[client_end.as_raw_fd()], move || {
+        let run = || -> Result<(), subring_shm::Error> {
+            let mut server =
+                Server::new(ServerConfig::new(ECHO_PROTOCOL), echo::handler_factory())?;
+            server.add_connection(server_end)?;
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(120) {
+                server.run_for(Duration::from_millis(5))?;
+                let s = server.stats();
+                if s.welcomed + s.refused > 0 && s.clients == 0 {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        match run() {
+            Ok(()) => 0,
+            Err(_) => 4,
+        }
+    })?;
+    Ok((child, client_end))
+}
+
+fn connect(
+    client_end: std::os::fd::OwnedFd,
+    mode: NotifyMode,
+    bufs: u32,
+) -> Result<Client<EchoReq, EchoResp>, String> {
+    let options = ClientOptions::new(ECHO_PROTOCOL)
+        .mode(mode)
+        .buffers(PAYLOAD as u32, bufs);
+    Client::from_socket(client_end, &options).map_err(|e| format!("connect ({mode}): {e}"))
+}
+
+fn round_trip(client: &mut Client<EchoReq, EchoResp>, seq: u64) -> Result<(), String> {
+    let req = EchoReq {
+        seq,
+        op: op::PING,
+        ..EchoReq::default()
+    };
+    client.push(req).map_err(|r| r.error.to_string())?;
+    client.submit().map_err(|e| e.to_string())?;
+    loop {
+        if let Some(r) = client.reap().map_err(|e| e.to_string())? {
+            if r.seq != seq || r.status != status::OK {
+                return Err(format!("bad answer {r:?} to {seq}"));
+            }
+            return Ok(());
+        }
+        client
+            .wait(Some(Duration::from_secs(5)))
+            .map_err(|e| format!("wait: {e}"))?;
+    }
+}
+
+pub(crate) fn subring_rt(
+    mode: NotifyMode,
+    n: usize,
+    placement: Placement,
+) -> Result<Measured, String> {
+    let (parent_cpu, child_cpu) = placement.cpus();
+    let _pin = AffinityGuard::pin(parent_cpu)?;
+    let (child, client_end) = fork_server(child_cpu)?;
+    let mut client = connect(client_end, mode, 8)?;
+    for seq in 0..(n / 10) as u64 {
+        round_trip(&mut client, seq)?;
+    }
+    let (rung0, sleeps0) = (client.doorbell_stats().rung, client.notify_stats().sleeps);
+    let mut samples = Vec::with_capacity(n);
+    let budget = Instant::now() + Duration::from_secs(20);
+    for seq in 0..n as u64 {
+        let t = Instant::now();
+        round_trip(&mut client, seq + n as u64)?;
+        samples.push(t.elapsed().as_nanos() as u64);
+        if Instant::now() > budget {
+            break;
+        }
+    }
+    let rung = client.doorbell_stats().rung - rung0;
+    let sleeps = client.notify_stats().sleeps - sleeps0;
+    drop(client);
+    child.reap(Duration::from_secs(5))?;
+    Ok(Measured {
+        syscalls: (rung + sleeps) as f64 / samples.len() as f64,
+        latency: Latency {
+            samples_ns: samples,
+        },
+    })
+}
+
+/// Bytes per second: 4 KiB payloads written by the client into shared buffers, read in place
+/// by the server, up to 32 in flight.
+fn subring_throughput(total: usize) -> Result<f64, String> {
+    let _pin = AffinityGuard::pin(0)?;
+    let (child, client_end) = fork_server(1)?;
+    let mut client = connect(client_end, NotifyMode::Adaptive, 64)?;
+    let source: Vec<u8> = (0..PAYLOAD).map(|i| (i * 7) as u8).collect();
+    let expect = echo::word_sum(&source);
+    let count = total / PAYLOAD;
+    let (mut sent, mut done) = (0usize, 0usize);
+    let mut out = Vec::with_capacity(64);
+    let start = Instant::now();
+    while done < count {
+        while sent < count && sent - done < 32 {
+            let mut buf = client.alloc().ok_or("no free buffer")?;
+            buf.fill_from(&source);
+            let req = EchoReq {
+                seq: sent as u64,
+                op: op::TOUCH,
+                reserved: 0,
+                buf: buf.lend(),
+            };
+            client.push(req).map_err(|r| r.error.to_string())?;
+            sent += 1;
+        }
+        client.submit().map_err(|e| e.to_string())?;
+        client
+            .wait(Some(Duration::from_secs(5)))
+            .map_err(|e| format!("wait: {e}"))?;
+        out.clear();
+        client.reap_into(&mut out, 64).map_err(|e| e.to_string())?;
+        for r in &out {
+            if r.status != status::OK || r.value != expect {
+                return Err(format!("server read {r:?}, expected sum {expect}"));
+            }
+            drop(client.reclaim(r.buf).map_err(|e| e.to_string())?);
+            done += 1;
+        }
+    }
+    let rate = (count * PAYLOAD) as f64 / start.elapsed().as_secs_f64();
+    drop(client);
+    child.reap(Duration::from_secs(5))?;
+    Ok(rate)
+}
+
+/// Section names.
+pub const SPLIT: &str = "ipc round trip, 2 cores";
+/// Section names.
+pub const SHARED: &str = "ipc round trip, 1 shared core";
+/// Section names.
+pub const PAYLOADS: &str = "4 KiB payloads, client to server";
+
+/// Measurements per repetition (for progress).
+const STEPS_PER_REP: u64 = 16;
+
+/// Runs the round-trip and payload sections into `report`.
+pub fn run(
+    cfg: &IpcConfig,
+    report: &mut Report,
+    progress: &mut dyn Progress,
+) -> Result<(), String> {
+    progress.begin("ipc", cfg.reps as u64 * STEPS_PER_REP);
+    let mut split = Section::new(SPLIT, cfg.reps);
+    let mut shared = Section::new(SHARED, cfg.reps);
+    let mut tput = Section::new(PAYLOADS, cfg.reps);
+    for rep in 0..cfg.reps {
+        let before = peers::probe();
+        for placement in [Placement::Split, Placement::Shared] {
+            let (section, n) = match placement {
+                Placement::Split => (&mut split, cfg.round_trips),
+                Placement::Shared => (&mut shared, cfg.shared_round_trips),
+            };
+            let mut record = |name: &str, m: Result<Latency, String>, sys: f64| {
+                progress.step(name);
+                let l = m.map_err(|e| format!("{name} ({placement:?}): {e}"))?;
+                section.latency(rep, name, &l);
+                section.syscalls(name, sys);
+                Ok::<(), String>(())
+            };
+            // Spinning on one core hands over once per scheduler tick: fewer samples.
+            let floor_n = if placement == Placement::Split {
+                n
+            } else {
+                n / 20
+            };
+            record(
+                "raw spin (floor)",
+                peers::spin_floor_rt(floor_n, placement),
+                0.0,
+            )?;
+            let modes: &[(&str, NotifyMode)] = if placement == Placement::Split {
+                &[
+                    ("subring spin", NotifyMode::Spin),
+                    ("subring adaptive", NotifyMode::Adaptive),
+                    ("subring eventfd", NotifyMode::EventFd),
+                ]
+            } else {
+                &[
+                    ("subring adaptive", NotifyMode::Adaptive),
+                    ("subring eventfd", NotifyMode::EventFd),
+                ]
+            };
+            for &(name, mode) in modes {
+                let m = subring_rt(mode, n, placement);
+                let sys = m.as_ref().map_or(f64::NAN, |m| m.syscalls);
+                record(name, m.map(|m| m.latency), sys)?;
+            }
+            record("raw eventfd", peers::eventfd_rt(n, placement), 2.0)?;
+            record("pipe", peers::pipe_rt(n, placement), 2.0)?;
+            record("unix socket", peers::unix_socket_rt(n, placement), 2.0)?;
+        }
+        progress.step("subring zero-copy");
+        tput.rate(
+            rep,
+            "subring zero-copy",
+            Unit::BytesPerSec,
+            subring_throughput(cfg.bytes)?,
+        );
+        progress.step("raw shm ring 64x4K");
+        let raw = peers::shm_ring_throughput(cfg.bytes, PAYLOAD, 64, Placement::Split)?;
+        tput.rate(rep, "raw shm ring 64x4K (copy)", Unit::BytesPerSec, raw);
+        progress.step("unix socket");
+        let unix = peers::unix_socket_throughput(cfg.bytes, PAYLOAD, Placement::Split)?;
+        tput.rate(rep, "unix socket", Unit::BytesPerSec, unix);
+        let after = peers::probe();
+        for s in [&mut split, &mut shared, &mut tput] {
+            s.label(rep, before, after);
+        }
+    }
+    split.compare("raw spin (floor)", "subring spin", Some("<= 1.5"));
+    split.compare("raw eventfd", "subring eventfd", Some("<= 1.1"));
+    split.compare("pipe", "subring eventfd", Some("< 1"));
+    split.compare("unix socket", "subring eventfd", Some("< 1"));
+    split.best_of("best of spin, eventfd", "subring spin", "subring eventfd");
+    split.compare("best of spin, eventfd", "subring adaptive", Some("<= 1.5"));
+    // Spin mode is not run on one core (spinning there waits out a scheduler tick): blocking
+    // is the best subring can do, and adaptive must find it.
+    shared.compare("subring eventfd", "subring adaptive", Some("<= 1.5"));
+    shared.compare("raw eventfd", "subring eventfd", None);
+    shared.compare("pipe", "subring eventfd", None);
+    shared.compare("unix socket", "subring eventfd", None);
+    tput.compare("unix socket", "subring zero-copy", Some(">= 3"));
+    tput.compare(
+        "raw shm ring 64x4K (copy)",
+        "subring zero-copy",
+        Some(">= 0.9"),
+    );
+    split.finish(report);
+    shared.finish(report);
+    tput.finish(report);
+    Ok(())
+}

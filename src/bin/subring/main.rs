@@ -1,0 +1,66 @@
+//! The `subring` program: a tour of what subring is for (the default), and the comparison
+//! suite that measures subring against what users would otherwise pick.
+//!
+//! ```text
+//! cargo run --release                      # the tour
+//! cargo run --release -- bench --quick     # the suite, short
+//! cargo run --release -- bench --json out.json --plot out.svg
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod tour;
+
+/// Errors reach `main` as one line.
+type Error = Box<dyn std::error::Error>;
+
+/// Talk to a subsystem the way io_uring talks to the kernel.
+#[derive(Debug, Parser)]
+#[command(name = "subring", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show what subring does: a userspace subsystem in another process, then the kernel over
+    /// io_uring, each beside the classic way (the default).
+    Tour,
+    /// Measure subring against its peers, interleaved in one run.
+    Bench(bench::Args),
+    /// The tour's server process (started by the tour itself).
+    #[command(hide = true)]
+    ServeTour {
+        /// subring-shm socket path.
+        path: PathBuf,
+        /// Classic Unix-socket path.
+        unix_path: PathBuf,
+        /// Connections to serve before exiting.
+        connections: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Tour) {
+        Command::Tour => tour::run(),
+        Command::Bench(args) => bench::run(&args),
+        Command::ServeTour {
+            path,
+            unix_path,
+            connections,
+        } => tour::serve(&path, &unix_path, connections),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("subring: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
