@@ -162,6 +162,8 @@ pub fn run(
     report: &mut Report,
     progress: &mut dyn Progress,
 ) -> Result<(), String> {
+    // iceoryx2 logs at warning level by default (a note that it runs with its default config).
+    iceoryx2::prelude::set_log_level(iceoryx2::prelude::LogLevel::Error);
     progress.begin("iceoryx2", 2 * cfg.reps as u64);
     let mut s = Section::new(SECTION, cfg.reps);
     for rep in 0..cfg.reps {

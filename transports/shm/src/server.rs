@@ -234,7 +234,8 @@ struct Active<S, C, H> {
 }
 
 enum Outcome {
-    Served(u32),
+    /// `taken` requests handed to the handler and `staged` completions published.
+    Served { taken: u32, staged: u32 },
     /// The client closed its side and left nothing to serve.
     Finished,
 }
@@ -294,7 +295,7 @@ impl<S: Pod, C: Pod, H: Handler<S, C>> Active<S, C, H> {
                 return Ok(Outcome::Finished);
             }
         }
-        Ok(Outcome::Served(taken + staged))
+        Ok(Outcome::Served { taken, staged })
     }
 }
 
@@ -705,22 +706,27 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
 
     fn serve_all(&mut self) -> u32 {
         let mut work = 0;
+        let mut requests = 0u64;
         let mut i = 0;
         while i < self.conns.len() {
             let outcome = match &mut self.conns[i].state {
                 State::Active(a) => a.serve(&mut self.scratch, self.config.batch),
-                State::Handshake { .. } => Ok(Outcome::Served(0)),
+                State::Handshake { .. } => Ok(Outcome::Served {
+                    taken: 0,
+                    staged: 0,
+                }),
             };
             match outcome {
-                Ok(Outcome::Served(n)) => {
-                    work += n;
+                Ok(Outcome::Served { taken, staged }) => {
+                    work += taken + staged;
+                    requests += u64::from(taken);
                     i += 1;
                 }
                 Ok(Outcome::Finished) => self.release(i, None),
                 Err(e) => self.release(i, Some(format!("queue pair failed: {e}"))),
             }
         }
-        self.stats.requests += u64::from(work);
+        self.stats.requests += requests;
         work
     }
 

@@ -1,0 +1,83 @@
+//! The `subring` program end to end: the tour runs and reports both subsystems, and bad input
+//! is one clear line and a non-zero exit.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Runs the program with `args`, killing it if it takes longer than `limit`.
+fn subring(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_subring"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start subring");
+    let start = Instant::now();
+    while child.try_wait().expect("poll subring").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("reap subring");
+            panic!(
+                "subring {args:?} still running after {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect subring's output")
+}
+
+#[test]
+fn tour_is_the_default_and_shows_both_subsystems() {
+    let out = subring(&[], Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tour failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "1. A userspace subsystem",
+        "subring spin",
+        "subring adaptive",
+        "subring eventfd",
+        "classic: Unix socket",
+        "server side: ",
+        "2. The kernel as a subsystem",
+        "subring-uring, fixed",
+        "classic: pread loop",
+        "io_uring_enter calls",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
+    }
+    // The server process counted every request the tour sent over shared memory:
+    // 3 x 3000 round trips and 20 000 pipelined, plus nothing else.
+    assert!(
+        stdout.contains("server side: 29000 requests"),
+        "server count:\n{stdout}"
+    );
+}
+
+#[test]
+fn unwritable_output_is_one_line_and_a_failure() {
+    let out = subring(
+        &["bench", "--quick", "--json", "/nonexistent-dir/r.json"],
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("subring: cannot write the JSON results to /nonexistent-dir/r.json"),
+        "stderr: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "it ran anyway");
+}
+
+#[test]
+fn unknown_section_is_refused_by_name() {
+    let out = subring(&["bench", "--only", "gpu"], Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("gpu"), "stderr: {stderr}");
+}
