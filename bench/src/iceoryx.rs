@@ -32,8 +32,8 @@ impl IceoryxConfig {
     /// The full run (`quick`: a short one).
     pub fn new(quick: bool) -> Self {
         IceoryxConfig {
-            reps: if quick { 2 } else { 5 },
-            round_trips: if quick { 3_000 } else { 20_000 },
+            reps: if quick { 3 } else { 5 },
+            round_trips: if quick { 5_000 } else { 20_000 },
         }
     }
 }

@@ -44,8 +44,8 @@ impl IpcConfig {
     pub fn new(quick: bool) -> Self {
         if quick {
             IpcConfig {
-                reps: 2,
-                round_trips: 3_000,
+                reps: 3,
+                round_trips: 5_000,
                 shared_round_trips: 1_000,
                 bytes: 64 << 20,
             }

@@ -323,3 +323,40 @@ impl Section {
         report.reps.extend(self.labels);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_missing() {
+        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median([f64::NAN, 5.0]), 5.0);
+        assert!(median([f64::NAN]).is_nan());
+    }
+
+    #[test]
+    fn ratios_pair_each_peer_with_subring_in_the_same_repetition() {
+        let mut s = Section::new("s", 3);
+        for (rep, (ours, peer)) in [(10.0, 20.0), (30.0, 15.0), (8.0, 8.0)].iter().enumerate() {
+            s.rate(rep, "subring", Unit::OpsPerSec, *ours);
+            s.rate(rep, "peer", Unit::OpsPerSec, *peer);
+        }
+        s.compare("peer", "subring", Some(">= 1"));
+        s.best_of("best", "subring", "peer");
+        let mut report = Report::default();
+        s.finish(&mut report);
+        let peer = report.row("s", "peer").expect("peer row");
+        assert_eq!(report.ratios(peer), vec![0.5, 2.0, 1.0]);
+        assert_eq!(
+            report.row("s", "best").expect("best row").values,
+            vec![10.0, 15.0, 8.0]
+        );
+        // Rows without a comparison have no ratios; the table names the goal.
+        assert!(report
+            .ratios(report.row("s", "subring").expect("row"))
+            .is_empty());
+        assert!(report.table().contains("[goal >= 1]"));
+    }
+}
