@@ -17,6 +17,8 @@ use subring::shm::echo::{self, op, status, EchoReq, EchoResp, ECHO_PROTOCOL};
 use subring::shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
 use subring::uring::{FixedBuf, Op, Output, Submission, Target, Uring};
 
+use subring_bench::peers::Latency;
+
 use crate::Error;
 
 const PAYLOAD: usize = 4096;
@@ -33,20 +35,6 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// The kernel part: file size and reads.
 const FILE_LEN: u64 = 32 << 20;
 const READS: u64 = 50_000;
-
-/// Latency samples of one run, in ns.
-struct Samples(Vec<u64>);
-
-impl Samples {
-    fn percentile(&mut self, q: f64) -> f64 {
-        if self.0.is_empty() {
-            return f64::NAN;
-        }
-        self.0.sort_unstable();
-        let rank = ((q * self.0.len() as f64).ceil() as usize).clamp(1, self.0.len());
-        self.0[rank - 1] as f64
-    }
-}
 
 fn us(ns: f64) -> String {
     if ns < 10_000.0 {
@@ -223,19 +211,19 @@ fn userspace() -> Result<(), Error> {
                 "one request at a time", "p50", "p99", "syscalls/op", "doorbells rung", "sleeps"
             );
         }
-        let mut samples = Samples(Vec::with_capacity(ROUND_TRIPS as usize));
+        let mut samples = Latency::default();
         for seq in 0..ROUND_TRIPS {
             let t = Instant::now();
             round_trip(&mut client, seq)?;
-            samples.0.push(t.elapsed().as_nanos() as u64);
+            samples.samples_ns.push(t.elapsed().as_nanos() as u64);
         }
         let bell = client.doorbell_stats();
         let wait = client.notify_stats();
         println!(
             "   subring {:<14} {:>9} {:>9} {:>11.2} {:>16} {:>10}",
             name,
-            us(samples.percentile(0.5)),
-            us(samples.percentile(0.99)),
+            us(samples.p50()),
+            us(samples.p99()),
             (bell.rung + wait.sleeps) as f64 / ROUND_TRIPS as f64,
             format!("{} of {}", bell.rung, bell.rung + bell.skipped),
             wait.sleeps
@@ -244,7 +232,7 @@ fn userspace() -> Result<(), Error> {
     let mut classic = UnixStream::connect(&unix_path)
         .map_err(|e| format!("connecting to {}: {e}", unix_path.display()))?;
     classic.set_read_timeout(Some(PATIENCE))?;
-    let mut samples = Samples(Vec::new());
+    let mut samples = Latency::default();
     let mut msg = vec![0u8; PAYLOAD];
     for seq in 0..ROUND_TRIPS {
         payload(seq, &mut msg);
@@ -252,7 +240,7 @@ fn userspace() -> Result<(), Error> {
         classic.write_all(&msg)?;
         let mut sum = [0u8; 8];
         classic.read_exact(&mut sum)?;
-        samples.0.push(t.elapsed().as_nanos() as u64);
+        samples.samples_ns.push(t.elapsed().as_nanos() as u64);
         if u64::from_le_bytes(sum) != echo::word_sum(&msg) {
             return Err("the Unix-socket server answered a wrong sum".into());
         }
@@ -260,8 +248,8 @@ fn userspace() -> Result<(), Error> {
     println!(
         "   {:<22} {:>9} {:>9} {:>11.2} {:>16} {:>10}",
         "classic: Unix socket",
-        us(samples.percentile(0.5)),
-        us(samples.percentile(0.99)),
+        us(samples.p50()),
+        us(samples.p99()),
         2.0,
         "-",
         "-"
@@ -454,7 +442,7 @@ fn kernel() -> Result<(), Error> {
 
     let mut next = offsets();
     let mut started = vec![(Instant::now(), 0u64); depth];
-    let mut samples = Samples(Vec::with_capacity(READS as usize));
+    let mut samples = Latency::default();
     let mut done_list = Vec::new();
     let before = ring.stats();
     let start = Instant::now();
@@ -482,7 +470,7 @@ fn kernel() -> Result<(), Error> {
         for c in done_list.drain(..) {
             let slot = c.token as usize;
             let (t, offset) = *started.get(slot).ok_or("unknown token")?;
-            samples.0.push(t.elapsed().as_nanos() as u64);
+            samples.samples_ns.push(t.elapsed().as_nanos() as u64);
             let n = c.result?;
             let Output::Fixed(FixedBuf::Buf(buf)) = c.output else {
                 return Err("a fixed read did not return its buffer".into());
@@ -509,19 +497,19 @@ fn kernel() -> Result<(), Error> {
         "   {:<22} {:>11} {:>12} {:>12} {:>12.3}",
         "subring-uring, fixed",
         format!("{:.0} K", READS as f64 / took.as_secs_f64() / 1e3),
-        us(samples.percentile(0.5)),
-        us(samples.percentile(0.99)),
+        us(samples.p50()),
+        us(samples.p99()),
         enters as f64 / READS as f64
     );
     let mut next = offsets();
     let mut buf = vec![0u8; PAYLOAD];
-    let mut samples = Samples(Vec::with_capacity(READS as usize));
+    let mut samples = Latency::default();
     let start = Instant::now();
     for _ in 0..READS {
         let offset = next();
         let t = Instant::now();
         let n = file.read_at(&mut buf, offset)?;
-        samples.0.push(t.elapsed().as_nanos() as u64);
+        samples.samples_ns.push(t.elapsed().as_nanos() as u64);
         if n != PAYLOAD {
             return Err(format!("short pread: {n} bytes").into());
         }
@@ -532,8 +520,8 @@ fn kernel() -> Result<(), Error> {
         "   {:<22} {:>11} {:>12} {:>12} {:>12.3}",
         "classic: pread loop",
         format!("{:.0} K", READS as f64 / took.as_secs_f64() / 1e3),
-        us(samples.percentile(0.5)),
-        us(samples.percentile(0.99)),
+        us(samples.p50()),
+        us(samples.p99()),
         1.0
     );
     println!(
