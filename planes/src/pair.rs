@@ -490,6 +490,17 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         Ok(self.cq.free_slots()?)
     }
 
+    /// Free completion slots, re-reading the app's head only if fewer than `wanted` are known
+    /// to be free (see [`Producer::free_for`]).
+    pub fn completion_space_for(&mut self, wanted: u32) -> Result<u32, QueueError> {
+        Ok(self.cq.free_for(wanted)?)
+    }
+
+    /// Requests ready to take now (re-reads the app's tail).
+    pub fn requests_available(&mut self) -> Result<u32, QueueError> {
+        Ok(self.sq.available()?)
+    }
+
     /// Publishes staged completions and wakes the app if it sleeps; returns how many.
     pub fn flush(&mut self) -> Result<u32, QueueError> {
         let n = self.cq.publish();
@@ -502,8 +513,11 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// Handles the requests that are ready, as many as the completion ring has room for, with
     /// one release and one flush; returns how many were handled.
     pub fn serve_ready(&mut self, handler: &mut impl FnMut(S) -> C) -> Result<u32, QueueError> {
-        let room = self.cq.free_slots()?;
-        let chunk = self.sq.read_chunk(room)?;
+        // Completion room is re-read only when the cached head says there is too little: the
+        // head's line moves every time the app reaps.
+        let ready = self.sq.available()?;
+        let room = self.cq.free_for(ready)?;
+        let chunk = self.sq.read_chunk(ready.min(room))?;
         let n = chunk.len();
         let mut out = self.cq.write_chunk(n as u32)?;
         debug_assert_eq!(out.len(), n, "completion room was reserved above");

@@ -316,6 +316,27 @@ fn corrupt_head_is_an_error_for_the_producer() {
 }
 
 #[test]
+fn free_for_reads_the_head_only_when_the_cache_says_too_little() {
+    let region = region_for::<u64>(8);
+    let (mut tx, _rx) = Ring::<u64>::create(region.clone(), 0, 8)
+        .unwrap()
+        .split()
+        .unwrap();
+    for i in 0..6 {
+        tx.push(i).unwrap();
+    }
+    // A corrupt head is not looked at while the cached one leaves enough room...
+    poke(&region, HEAD, 100);
+    assert_eq!(tx.free_for(2).unwrap(), 2);
+    // ...and is caught as soon as it must be.
+    assert_eq!(tx.free_for(3).unwrap_err().field, IndexField::Head);
+    // A real release is seen once more room is wanted than the cache knows of.
+    poke(&region, HEAD, 4);
+    assert_eq!(tx.free_for(2).unwrap(), 2);
+    assert_eq!(tx.free_for(3).unwrap(), 6);
+}
+
+#[test]
 fn garbage_in_slots_is_just_data() {
     // Slot contents are the peer's business: any bytes are a valid `Pod` value.
     let region = region_for::<u64>(4);

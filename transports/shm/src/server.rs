@@ -258,9 +258,13 @@ impl<S: Pod, C: Pod, H: Handler<S, C>> Active<S, C, H> {
         let mut taken = 0;
         let mut room = 0;
         if self.pending.is_empty() {
-            room = self.service.completion_space()?;
-            if room > 0 {
-                let chunk = self.service.requests(room.min(batch))?;
+            // The app's completion head is re-read only when the cached one leaves too little
+            // room: its line moves every time the app reaps, and reading it on every turn would
+            // put a cache-line transfer on every round trip.
+            let ready = self.service.requests_available()?.min(batch);
+            room = self.service.completion_space_for(ready.max(1))?;
+            if room > 0 && ready > 0 {
+                let chunk = self.service.requests(room.min(ready))?;
                 scratch.clear();
                 scratch.extend(chunk.iter());
                 chunk.release_all();
@@ -400,8 +404,11 @@ impl Window {
 
 const LISTENER: u64 = u64::MAX;
 const STOP: u64 = u64::MAX - 1;
-/// Idle polling turns between two non-blocking looks at the sockets.
-const EVENT_CHECK_EVERY: u64 = 256;
+/// Polling turns between two non-blocking looks at the sockets (an `epoll_wait` system call:
+/// about a microsecond, during which a polling client's request waits).
+const EVENT_CHECK_EVERY: u64 = 2048;
+/// Polling turns between two clock reads.
+const CLOCK_EVERY: u32 = 16;
 
 /// A server of `S` requests and `C` completions, one [`Handler`] `H` per client.
 pub struct Server<S: Pod, C: Pod, H> {
@@ -598,8 +605,17 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
     /// other work between turns).
     pub fn run_for(&mut self, limit: Duration) -> Result<(), Error> {
         let end = Instant::now() + limit;
-        while !self.stopping && Instant::now() < end {
-            self.turn_bounded(Some(end))?;
+        let mut turns = 0u32;
+        while !self.stopping {
+            // A clock read costs about as much as a polling turn (tens of ns in a VM): look at
+            // it every few turns, and after every turn that slept.
+            if turns % CLOCK_EVERY == 0 && Instant::now() >= end {
+                break;
+            }
+            turns = turns.wrapping_add(1);
+            if self.turn_bounded(Some(end))? {
+                turns = 0;
+            }
         }
         Ok(())
     }
@@ -624,12 +640,12 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
     }
 
     fn turn(&mut self) -> Result<(), Error> {
-        self.turn_bounded(None)
+        self.turn_bounded(None).map(drop)
     }
 
     /// One turn: serve what is ready; when nothing was, keep polling (spin clients, or within
-    /// the adaptive window) or arm every ring and sleep in epoll.
-    fn turn_bounded(&mut self, until: Option<Instant>) -> Result<(), Error> {
+    /// the adaptive window) or arm every ring and sleep in epoll. Returns whether it slept.
+    fn turn_bounded(&mut self, until: Option<Instant>) -> Result<bool, Error> {
         self.turns += 1;
         let work = self.serve_all();
         if work > 0 {
@@ -640,7 +656,7 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             if self.turns % EVENT_CHECK_EVERY == 0 {
                 self.poll_events(Some(Duration::ZERO))?;
             }
-            return Ok(());
+            return Ok(false);
         }
         self.idle_turns += 1;
         if self.keep_polling() {
@@ -648,14 +664,14 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             if self.idle_turns % EVENT_CHECK_EVERY == 0 {
                 self.poll_events(Some(Duration::ZERO))?;
             }
-            return Ok(());
+            return Ok(false);
         }
         if self.idle_since.take().is_some() {
             self.window.miss();
         }
         if self.arm_all() {
             self.disarm_all();
-            return Ok(());
+            return Ok(false);
         }
         let mut timeout = self.sleep_limit();
         if let Some(until) = until {
@@ -666,7 +682,7 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
         let slept = self.poll_events(timeout);
         self.disarm_all();
         self.idle_turns = 0;
-        slept
+        slept.map(|()| true)
     }
 
     fn keep_polling(&mut self) -> bool {
@@ -675,6 +691,10 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
         }
         if self.adaptive_clients == 0 {
             return false;
+        }
+        // The window is time, but the clock is read only every few idle turns.
+        if self.idle_since.is_some() && self.idle_turns % CLOCK_EVERY as u64 != 0 {
+            return true;
         }
         let now = Instant::now();
         let since = *self.idle_since.get_or_insert(now);
