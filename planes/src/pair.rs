@@ -608,6 +608,14 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     pub fn disarm(&mut self) -> Result<(), QueueError> {
         disarm_ring(&self.sq, self.kick_fd.as_ref())
     }
+
+    /// Like [`disarm`](Self::disarm), for an event loop that watches
+    /// [`kick_fd`](Self::kick_fd) edge-triggered (`EPOLLET`): clears the announcement but
+    /// leaves the eventfd's counter alone, which saves a `read` per wake-up. Each later kick
+    /// still reports the fd again, because every eventfd write is a new edge.
+    pub fn disarm_edge_triggered(&mut self) {
+        self.sq.consumer_wake().cancel_sleep();
+    }
 }
 
 impl<S, C> Drop for ServiceSide<S, C> {
@@ -634,6 +642,12 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
         let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
             .and_then(Ring::into_consumer)
             .map_err(ring_error)?;
+        if config.call_mode.uses_eventfd() {
+            // The app waits on its completion eventfd: open what the wait needs now.
+            if let Some(call) = &signals.call {
+                call.prepare_wait()?;
+            }
+        }
         Ok(AppSide {
             doorbell: NotifierDoorbell::new(
                 config
@@ -666,7 +680,9 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
 
     /// The eventfd the app sleeps on for completions in eventfd mode, for an event loop
     /// (epoll, mio, tokio's `AsyncFd`). Call [`arm`](Self::arm) before waiting on it:
-    /// readable then means "reap".
+    /// readable then means "reap". [`wait`](Completer::wait) does not drain the eventfd (it
+    /// waits edge-triggered), so after mixing it with a level-triggered loop the fd may read
+    /// readable once spuriously; [`disarm`](Self::disarm) clears that.
     pub fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         self.call_fd.as_ref().map(|e| e.as_fd())
     }

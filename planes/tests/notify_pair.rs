@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use subring_planes::control::Doorbell;
 use subring_planes::interrupt::{
-    EventFdSignal, FutexSignal, Notified, Notifier, NotifyMode, SleepNotifier, SpinPolicy,
+    EventFdSignal, FutexSignal, Notified, Notifier, NotifyMode, Signal, SleepNotifier, SpinPolicy,
     WaitError, WakeRef,
 };
 use subring_planes::pair::{in_process, PairConfig};
@@ -33,6 +33,33 @@ fn notify_is_suppressed_unless_someone_sleeps() {
     let s = n.stats();
     assert_eq!((s.sent, s.suppressed), (1, 2));
     assert_eq!(n.signal().drain().unwrap(), 1, "exactly one eventfd write");
+}
+
+#[test]
+fn eventfd_wait_needs_no_drain() {
+    // `block` waits edge-triggered and never reads the counter: each wake-up must be seen once,
+    // even one sent before the wait began, and a seen one must not be seen again.
+    let word = WakeRef::local();
+    let efd = EventFdSignal::new().unwrap();
+    let n = SleepNotifier::new(word.clone(), efd.clone(), SpinPolicy::none());
+    for round in 1..=3u64 {
+        word.announce_sleep();
+        assert_eq!(n.notify().unwrap(), Notified::Sent);
+        let start = Instant::now();
+        efd.block(&word, Some(Duration::from_secs(20))).unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "round {round}: a wake-up sent before the wait was lost"
+        );
+        let start = Instant::now();
+        efd.block(&word, Some(Duration::from_millis(30))).unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_millis(25),
+            "round {round}: a consumed wake-up woke the waiter again"
+        );
+    }
+    // Nothing was drained: the counter holds every write.
+    assert_eq!(efd.drain().unwrap(), 3);
 }
 
 fn timeout_in(notifier: &dyn Notifier) {

@@ -4,12 +4,12 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::{WakeWord, SLEEPING};
@@ -26,18 +26,28 @@ pub trait Signal: fmt::Debug + Send {
 
 /// An eventfd: wakes are counted by the kernel until read, so a wake sent before the waiter
 /// blocks is not lost. Clones share the same eventfd.
+///
+/// [`block`](Signal::block) waits in a private epoll instance where the eventfd is registered
+/// edge-triggered (`EPOLLET`): every write to the eventfd, including one made before the
+/// waiter blocks, reports it once, so the waiter need not read (drain) the counter after each
+/// wake-up. A blocking wait is then one system call (`epoll_wait`), as a blocking `read` of a
+/// plain eventfd is, instead of `poll` plus `read`. The counter is left to grow (it saturates
+/// only after 2^64 - 2 wake-ups); [`drain`](EventFdSignal::drain) empties it for callers that
+/// watch the fd level-triggered in their own event loop.
 #[derive(Debug, Clone)]
 pub struct EventFdSignal {
     fd: Arc<EventFd>,
+    /// Created at the first `block`: sides that only wake never pay the extra fd.
+    waiter: Arc<OnceLock<Epoll>>,
 }
 
-fn clamp_timeout(timeout: Option<Duration>) -> PollTimeout {
+fn epoll_timeout(timeout: Option<Duration>) -> EpollTimeout {
     match timeout {
-        None => PollTimeout::NONE,
+        None => EpollTimeout::NONE,
         // Round up so that a sub-millisecond remainder still sleeps rather than spinning.
         Some(t) => {
             let ms = t.as_micros().div_ceil(1000).min(i32::MAX as u128);
-            PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+            EpollTimeout::try_from(ms as u64).unwrap_or(EpollTimeout::MAX)
         }
     }
 }
@@ -46,7 +56,14 @@ impl EventFdSignal {
     /// A fresh non-blocking, close-on-exec eventfd.
     pub fn new() -> io::Result<Self> {
         let fd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-        Ok(EventFdSignal { fd: Arc::new(fd) })
+        Ok(EventFdSignal::wrap(fd))
+    }
+
+    fn wrap(fd: EventFd) -> Self {
+        EventFdSignal {
+            fd: Arc::new(fd),
+            waiter: Arc::new(OnceLock::new()),
+        }
     }
 
     /// Wraps an eventfd received from a peer, after checking that it is one (its
@@ -67,7 +84,31 @@ impl EventFdSignal {
         fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
         // SAFETY: the fd was just checked to be an eventfd.
         let fd = unsafe { EventFd::from_owned_fd(fd) };
-        Ok(EventFdSignal { fd: Arc::new(fd) })
+        Ok(EventFdSignal::wrap(fd))
+    }
+
+    /// The epoll instance [`block`](Signal::block) waits in, created on first use.
+    fn waiter(&self) -> io::Result<&Epoll> {
+        if let Some(epoll) = self.waiter.get() {
+            return Ok(epoll);
+        }
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0);
+        epoll.add(self.fd.as_fd(), event)?;
+        // A racing first use on a clone may have set it: either instance works (each reports
+        // every write), and the loser's is closed here.
+        let _ = self.waiter.set(epoll);
+        Ok(self
+            .waiter
+            .get()
+            .unwrap_or_else(|| unreachable!("set above")))
+    }
+
+    /// Opens now the epoll instance that blocking waits use (otherwise opened at the first
+    /// wait), so that a side that will wait holds all its descriptors from the start and a
+    /// failure to open it shows up here rather than in the middle of a wait.
+    pub fn prepare_wait(&self) -> io::Result<()> {
+        self.waiter().map(drop)
     }
 
     /// Drains pending wake-ups without blocking; returns how many were pending.
@@ -96,13 +137,13 @@ impl Signal for EventFdSignal {
     }
 
     fn block(&self, _word: &WakeWord, timeout: Option<Duration>) -> io::Result<()> {
-        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, clamp_timeout(timeout)) {
-            Ok(0) | Err(Errno::EINTR) => return Ok(()),
-            Ok(_) => {}
-            Err(e) => return Err(e.into()),
+        let epoll = self.waiter()?;
+        let mut events = [EpollEvent::empty()];
+        match epoll.wait(&mut events, epoll_timeout(timeout)) {
+            // Woken, timed out, or interrupted: the caller re-checks its condition either way.
+            Ok(_) | Err(Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        self.drain().map(drop)
     }
 }
 

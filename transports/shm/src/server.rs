@@ -773,9 +773,9 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
     fn disarm_all(&mut self) {
         for c in &mut self.conns {
             if let State::Active(a) = &mut c.state {
-                // Draining a non-blocking eventfd cannot fail in a way worth acting on here: a
-                // real failure shows up at the next arm or wait.
-                let _ = a.service.disarm();
+                // The kick eventfds are registered edge-triggered: no drain (a `read` per
+                // wake-up) is needed for the next kick to report them again.
+                a.service.disarm_edge_triggered();
             }
         }
     }
@@ -1105,7 +1105,10 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             .map_err(|e| internal(&e))?;
         if let Some(kick) = &signals.kick {
             self.epoll
-                .add(kick, EpollEvent::new(EpollFlags::EPOLLIN, id * 2 + 1))
+                .add(
+                    kick,
+                    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, id * 2 + 1),
+                )
                 .map_err(|e| internal(&e))?;
         }
         let pid = getsockopt(socket, sockopt::PeerCredentials)
