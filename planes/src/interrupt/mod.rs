@@ -23,8 +23,9 @@
 //! A notification is a hint: it may be spurious or coalesced, and only means "look again".
 //!
 //! # Notifiers
-//! - [`EventFdNotifier`]: blocks in `poll(2)` on an eventfd; implements `AsFd` so the waiter
-//!   can sit in epoll, mio or tokio's `AsyncFd` instead.
+//! - [`EventFdNotifier`]: blocks on an eventfd (in an edge-triggered `epoll_wait`, one system
+//!   call per sleep); implements `AsFd` so the waiter can sit in epoll, mio or tokio's
+//!   `AsyncFd` instead.
 //! - [`FutexNotifier`]: blocks in `futex(2)` on the wake word itself; works across processes
 //!   with no fd at all.
 //! - [`SpinNotifier`]: never sleeps, never makes a system call.
