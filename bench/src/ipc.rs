@@ -197,11 +197,17 @@ fn subring_throughput(total: usize) -> Result<f64, String> {
         }
         client.submit().map_err(|e| e.to_string())?;
         out.clear();
-        if client.reap_into(&mut out, IN_FLIGHT).map_err(|e| e.to_string())? == 0 {
+        if client
+            .reap_into(&mut out, IN_FLIGHT)
+            .map_err(|e| e.to_string())?
+            == 0
+        {
             client
                 .wait(Some(Duration::from_secs(5)))
                 .map_err(|e| format!("wait: {e}"))?;
-            client.reap_into(&mut out, IN_FLIGHT).map_err(|e| e.to_string())?;
+            client
+                .reap_into(&mut out, IN_FLIGHT)
+                .map_err(|e| e.to_string())?;
         }
         for r in &out {
             if r.status != status::OK || r.value != expect {
