@@ -116,16 +116,69 @@ pub use imp::*;
 /// One entry slot of a ring: a cell of plain-old-data that is written by one side and read by the
 /// other, possibly in another process.
 ///
-/// Slots are only ever reached through raw pointers and copied in or out whole (volatile
-/// accesses under std): subring never hands out a reference into memory that a peer process may
-/// write, so a hostile peer scribbling on a slot can change the value we copy, never the
-/// soundness of the copy. Under loom the slot is loom's `UnsafeCell`, so the model checks that
-/// every read is ordered after the write it observes.
+/// Slots are only ever reached through raw pointers and copied in or out whole: subring never
+/// hands out a reference into memory that a peer process may write. Under std the copy is a
+/// sequence of relaxed atomic loads or stores of the widest word the entry's alignment allows
+/// (plain `mov`s on x86), so a hostile peer scribbling on a slot concurrently can change the
+/// value we copy, never make the copy a data race; ordering comes from the ring's index protocol.
+/// (A single volatile copy of the whole entry was the first version: LLVM lowered it through the
+/// stack in byte-sized pieces, which cost about a quarter of a cross-core round trip.) Under loom
+/// the slot is loom's `UnsafeCell`, so the model checks that every read is ordered after the
+/// write it observes.
 #[cfg_attr(not(loom), repr(transparent))]
 #[derive(Debug)]
 pub struct Slot<T>(UnsafeCell<T>);
 
-impl<T: Copy> Slot<T> {
+/// Copies `len` bytes between a slot and private memory as relaxed atomic words of type `$atomic`
+/// (`$n` bytes each): `$op` is `load` or `store`.
+#[cfg(not(loom))]
+mod word_copy {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8};
+
+    macro_rules! copy_words {
+        ($load:ident, $store:ident, $atomic:ty, $int:ty) => {
+            /// Reads `len / size_of::<$int>()` words from `src` (shared) into `dst` (private).
+            ///
+            /// # Safety
+            /// `src` must be valid for reads of `len` bytes and aligned to the word; `dst` valid
+            /// for writes of `len` bytes; `len` a multiple of the word size.
+            #[inline(always)]
+            pub unsafe fn $load(src: *const u8, dst: *mut u8, len: usize) {
+                const N: usize = std::mem::size_of::<$int>();
+                for i in 0..len / N {
+                    // SAFETY: in bounds and aligned (caller); an atomic may view any shared,
+                    // aligned integer memory.
+                    let w = unsafe { (*src.add(i * N).cast::<$atomic>()).load(Relaxed) };
+                    // SAFETY: in bounds of the private destination (caller), which may be
+                    // unaligned for the word.
+                    unsafe { dst.add(i * N).cast::<$int>().write_unaligned(w) };
+                }
+            }
+
+            /// Writes `len / size_of::<$int>()` words from `src` (private) into `dst` (shared).
+            ///
+            /// # Safety
+            /// As for the load, with the roles swapped.
+            #[inline(always)]
+            pub unsafe fn $store(src: *const u8, dst: *mut u8, len: usize) {
+                const N: usize = std::mem::size_of::<$int>();
+                for i in 0..len / N {
+                    // SAFETY: in bounds of the private source (caller).
+                    let w = unsafe { src.add(i * N).cast::<$int>().read_unaligned() };
+                    // SAFETY: in bounds and aligned (caller).
+                    unsafe { (*dst.add(i * N).cast::<$atomic>()).store(w, Relaxed) };
+                }
+            }
+        };
+    }
+    copy_words!(load64, store64, AtomicU64, u64);
+    copy_words!(load32, store32, AtomicU32, u32);
+    copy_words!(load16, store16, AtomicU16, u16);
+    copy_words!(load8, store8, AtomicU8, u8);
+}
+
+impl<T: bytemuck::Pod> Slot<T> {
     /// Writes a fresh slot holding `value` to `this`, which is not yet a slot.
     ///
     /// # Safety
@@ -144,9 +197,21 @@ impl<T: Copy> Slot<T> {
     #[cfg(not(loom))]
     #[inline(always)]
     pub unsafe fn read(this: *const Self) -> T {
-        // SAFETY: `Slot` is `repr(transparent)` over `UnsafeCell<T>`, which has `T`'s layout; the
-        // caller guarantees the pointer is valid and aligned.
-        unsafe { UnsafeCell::raw_get(this.cast::<UnsafeCell<T>>()).read_volatile() }
+        let mut out = T::zeroed();
+        let (src, dst) = (this.cast::<u8>(), (&raw mut out).cast::<u8>());
+        let len = std::mem::size_of::<T>();
+        // SAFETY: `Slot` is `repr(transparent)` over `UnsafeCell<T>`, so `this` is valid and
+        // aligned for `size_of::<T>()` bytes at `align_of::<T>()`, and `size_of::<T>()` is a
+        // multiple of that alignment: each arm's word divides both. `out` is a private `T`.
+        unsafe {
+            match std::mem::align_of::<T>() {
+                a if a >= 8 => word_copy::load64(src, dst, len),
+                4 => word_copy::load32(src, dst, len),
+                2 => word_copy::load16(src, dst, len),
+                _ => word_copy::load8(src, dst, len),
+            }
+        }
+        out
     }
 
     /// Copies `value` into the slot.
@@ -156,8 +221,21 @@ impl<T: Copy> Slot<T> {
     #[cfg(not(loom))]
     #[inline(always)]
     pub unsafe fn write(this: *const Self, value: T) {
-        // SAFETY: as in `read`.
-        unsafe { UnsafeCell::raw_get(this.cast::<UnsafeCell<T>>()).write_volatile(value) }
+        let (src, dst) = (
+            (&raw const value).cast::<u8>(),
+            this.cast::<u8>().cast_mut(),
+        );
+        let len = std::mem::size_of::<T>();
+        // SAFETY: as in `read`; the slot's memory sits in an `UnsafeCell` (and is shared memory
+        // the peer may also write, which atomics tolerate).
+        unsafe {
+            match std::mem::align_of::<T>() {
+                a if a >= 8 => word_copy::store64(src, dst, len),
+                4 => word_copy::store32(src, dst, len),
+                2 => word_copy::store16(src, dst, len),
+                _ => word_copy::store8(src, dst, len),
+            }
+        }
     }
 
     /// Copies the value out of the slot.
