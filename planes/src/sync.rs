@@ -123,15 +123,14 @@ pub use imp::*;
 /// value we copy, never make the copy a data race; ordering comes from the ring's index protocol.
 /// (A single volatile copy of the whole entry was the first version: LLVM lowered it through the
 /// stack in byte-sized pieces, and a two-ring round trip between threads took about 1.4 times as
-/// long as it does now.) Under loom
-/// the slot is loom's `UnsafeCell`, so the model checks that every read is ordered after the
-/// write it observes.
+/// long as it does now.) Under loom the slot is loom's `UnsafeCell`, so the model checks that
+/// every read is ordered after the write it observes.
 #[cfg_attr(not(loom), repr(transparent))]
 #[derive(Debug)]
 pub struct Slot<T>(UnsafeCell<T>);
 
-/// Copies `len` bytes between a slot and private memory as relaxed atomic words of type `$atomic`
-/// (`$n` bytes each): `$op` is `load` or `store`.
+/// Copies between a slot (shared) and private memory as relaxed atomic words of one width:
+/// `loadN` reads a slot, `storeN` writes one, `N` bits at a time.
 #[cfg(not(loom))]
 mod word_copy {
     use std::sync::atomic::Ordering::Relaxed;
