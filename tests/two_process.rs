@@ -272,7 +272,8 @@ fn child_app() {
     );
 }
 
-/// A hostile peer: maps the region and writes a tail that runs far past the ring.
+/// A hostile peer: maps the region and stamps the first submission slot with a value no correct
+/// producer writes there.
 #[test]
 #[ignore = "runs only as the child process of the two-process tests"]
 fn child_hostile() {
@@ -283,13 +284,14 @@ fn child_hostile() {
     let sq = PairLayout::of::<Req, Resp>(&config(NotifyMode::Futex))
         .unwrap()
         .sq;
-    let tail = sq + 128;
-    region.check(tail as u64, 4).unwrap();
+    // The submission ring's slots start 640 bytes in, each with its 4-byte stamp first.
+    let stamp = sq + 640;
+    region.check(stamp as u64, 4).unwrap();
     // SAFETY: in bounds (checked) and 4-aligned; this child deliberately corrupts the ring.
     unsafe {
         region
             .as_ptr()
-            .add(tail)
+            .add(stamp)
             .cast::<u32>()
             .write_volatile(0x7fff_0000)
     };

@@ -496,9 +496,16 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         Ok(self.cq.free_for(wanted)?)
     }
 
-    /// Requests ready to take now (re-reads the app's tail).
+    /// Requests ready to take now (reads the stamps of every slot the app published since the
+    /// last look).
     pub fn requests_available(&mut self) -> Result<u32, QueueError> {
         Ok(self.sq.available()?)
+    }
+
+    /// Requests ready to take, looking for new ones only while fewer than `wanted` are known
+    /// (see [`Consumer::available_up_to`]): for a service that takes at most `wanted` at a time.
+    pub fn requests_available_up_to(&mut self, wanted: u32) -> Result<u32, QueueError> {
+        Ok(self.sq.available_up_to(wanted)?)
     }
 
     /// Publishes staged completions and wakes the app if it sleeps; returns how many.

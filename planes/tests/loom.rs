@@ -105,8 +105,8 @@ fn ring_batches_wrap() {
     });
 }
 
-/// Negative control: publishing `tail` with Relaxed instead of Release lets the consumer read a
-/// slot that is not ordered after the producer's write. loom must report it.
+/// Negative control: stamping slots with Relaxed instead of Release lets the consumer read an
+/// entry that is not ordered after the producer's write of it. loom must report it.
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn negative_control_relaxed_publish_is_caught() {

@@ -11,9 +11,18 @@ use subring_planes::data::{
     RingLayout,
 };
 
-/// Byte offsets of the shared header fields: part of the cross-process ABI, so pinned here.
+/// Byte offsets of the shared header fields and slots: part of the cross-process ABI, so pinned
+/// here.
 const TAIL: usize = 128;
 const HEAD: usize = 256;
+const SLOTS: usize = 640;
+/// Bytes from one `u64` slot (a 4-byte stamp, padding, the entry) to the next.
+const U64_STRIDE: usize = 16;
+
+/// Offset of the stamp of the `u64` slot that `index` maps to in a ring of `capacity`.
+fn stamp_at(index: u32, capacity: u32) -> usize {
+    SLOTS + (index & (capacity - 1)) as usize * U64_STRIDE
+}
 
 fn region_for<T: bytemuck::Pod>(capacity: u32) -> Arc<Region> {
     let layout = RingLayout::of::<T>(capacity).unwrap();
@@ -37,9 +46,25 @@ fn poke(region: &Region, offset: usize, value: u32) {
 #[test]
 fn header_layout_is_pinned() {
     let layout = RingLayout::of::<u64>(8).unwrap();
-    assert_eq!(layout.slots_offset, 640);
-    assert_eq!(layout.size, 640 + 8 * 8);
+    assert_eq!(layout.slots_offset, SLOTS);
+    assert_eq!(layout.size, SLOTS + 8 * U64_STRIDE);
     assert_eq!(layout.align, 128);
+    // The stride keeps the stamp and the entry on one cache line: a power of two up to 64
+    // bytes; a larger slot spans lines anyway and is packed.
+    fn stride<T: bytemuck::Pod>() -> usize {
+        let layout = RingLayout::of::<T>(4).unwrap();
+        (layout.size - layout.slots_offset) / 4
+    }
+    assert_eq!(stride::<u8>(), 8);
+    assert_eq!(stride::<[u8; 3]>(), 8);
+    assert_eq!(stride::<u32>(), 8);
+    assert_eq!(stride::<u64>(), U64_STRIDE);
+    assert_eq!(stride::<[u32; 3]>(), 16);
+    assert_eq!(stride::<u128>(), 32);
+    assert_eq!(stride::<[u64; 7]>(), 64);
+    assert_eq!(stride::<[u64; 8]>(), 72);
+    assert_eq!(stride::<[u64; 25]>(), 208);
+    assert_eq!(stride::<[u32; 17]>(), 72);
 }
 
 #[derive(Debug, Clone)]
@@ -82,9 +107,7 @@ proptest! {
     ) {
         let capacity = 1u32 << cap_log;
         let region = region_for::<u64>(capacity);
-        drop(Ring::<u64>::create(region.clone(), 0, capacity).unwrap());
-        poke(&region, TAIL, start);
-        poke(&region, HEAD, start);
+        drop(Ring::<u64>::create_at_index(region.clone(), 0, capacity, start).unwrap());
         let (mut tx, mut rx) = Ring::<u64>::attach(region, 0, capacity).unwrap().split().unwrap();
 
         let mut published: VecDeque<u64> = VecDeque::new();
@@ -262,7 +285,7 @@ fn attach_checks_the_header() {
 }
 
 #[test]
-fn corrupt_tail_is_an_error_for_the_consumer() {
+fn corrupt_stamp_is_an_error_for_the_consumer() {
     let region = region_for::<u64>(8);
     let (mut tx, mut rx) = Ring::<u64>::create(region.clone(), 0, 8)
         .unwrap()
@@ -270,22 +293,48 @@ fn corrupt_tail_is_an_error_for_the_consumer() {
         .unwrap();
     tx.push(1).unwrap();
     assert_eq!(rx.pop().unwrap(), Some(1));
-    // Far ahead: more than a capacity of unread entries.
-    poke(&region, TAIL, 1 + 9);
+    // The slot of entry 1 holds the stamp of its previous lap (1 + 1 - 8) until it is published.
+    // Anything else is corrupt: a stamp from the future...
+    poke(&region, stamp_at(1, 8), 1 + 1 + 8);
     let err = rx.pop().unwrap_err();
-    assert_eq!(err.field, IndexField::Tail);
+    assert_eq!(err.field, IndexField::Stamp);
     assert_eq!(err.found, 10);
+    assert_eq!((err.low, err.high), (2u32.wrapping_sub(8), 2));
     assert!(err.to_string().contains("corrupt ring"), "{err}");
-    // Wrapped "behind" the consumer's head.
-    poke(&region, TAIL, 0);
+    assert!(err.to_string().contains("stamp of entry 1 is 10"), "{err}");
+    // ...or from long ago...
+    poke(&region, stamp_at(1, 8), 0);
     assert!(rx.read_chunk(4).is_err());
     assert!(rx.available().is_err());
-    // A sane value again: the consumer reads what is there (it validated, never trusted).
-    poke(&region, TAIL, 3);
-    assert_eq!(rx.available().unwrap(), 2);
-    // Going backwards from what was already seen is also corrupt.
-    poke(&region, TAIL, 2);
-    assert!(rx.available().is_err());
+    assert!(rx.has_entries().is_err());
+    // ...and the stamp a correct producer leaves is fine again.
+    poke(&region, stamp_at(1, 8), 2u32.wrapping_sub(8));
+    assert_eq!(rx.available().unwrap(), 0);
+    // A peer that stamps a slot publishes whatever bytes it holds: the consumer validated the
+    // stamp, and any bytes are a valid entry.
+    poke(&region, stamp_at(1, 8), 2);
+    assert_eq!(rx.available().unwrap(), 1);
+    assert!(rx.pop().unwrap().is_some());
+}
+
+#[test]
+fn the_consumer_goes_by_stamps_not_tail() {
+    let region = region_for::<u64>(8);
+    let (mut tx, mut rx) = Ring::<u64>::create(region.clone(), 0, 8)
+        .unwrap()
+        .split()
+        .unwrap();
+    tx.stage(7).unwrap();
+    // A tail that claims the staged entry (or is plain garbage) publishes nothing.
+    poke(&region, TAIL, 1);
+    assert_eq!(rx.available().unwrap(), 0);
+    poke(&region, TAIL, 0xdead_beef);
+    assert_eq!(rx.pop().unwrap(), None);
+    assert_eq!(tx.publish(), 1);
+    assert_eq!(rx.pop().unwrap(), Some(7));
+    // The producer stores `tail` after the stamps, for a producer that attaches later.
+    let ring = Ring::<u64>::attach(region.clone(), 0, 8).unwrap();
+    assert!(format!("{ring:?}").contains("tail: 1"), "{ring:?}");
 }
 
 #[test]
@@ -345,11 +394,12 @@ fn garbage_in_slots_is_just_data() {
         .split()
         .unwrap();
     tx.push(5).unwrap();
-    // SAFETY: the slot area starts at 640 and holds 4 u64s; overwrite slot 0 like a peer would.
+    // SAFETY: the slot area starts at `SLOTS` and holds 4 slots of `U64_STRIDE` bytes, each a
+    // 4-byte stamp, 4 bytes of padding and the entry; overwrite slot 0's entry like a peer would.
     unsafe {
         region
             .as_ptr()
-            .add(640)
+            .add(SLOTS + 8)
             .cast::<u64>()
             .write_volatile(u64::MAX)
     };

@@ -25,8 +25,10 @@ use crate::Error;
 
 /// The first bytes of every control message.
 pub const PROTOCOL_MAGIC: [u8; 4] = *b"SBSH";
-/// The control protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The control protocol version this build speaks. It also covers the layout of the shared
+/// memory it sets up (version 2: ring slots carry stamps), so two builds that would lay out the
+/// rings differently refuse each other at the handshake.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// A control message carrying a postcard-encoded body.
 pub const KIND_MESSAGE: u8 = 1;
 /// A refusal because of a version mismatch; its body is the refusing side's version.

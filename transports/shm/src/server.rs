@@ -261,7 +261,7 @@ impl<S: Pod, C: Pod, H: Handler<S, C>> Active<S, C, H> {
             // The app's completion head is re-read only when the cached one leaves too little
             // room: its line moves every time the app reaps, and reading it on every turn would
             // put a cache-line transfer on every round trip.
-            let ready = self.service.requests_available()?.min(batch);
+            let ready = self.service.requests_available_up_to(batch)?.min(batch);
             room = self.service.completion_space_for(ready.max(1))?;
             if room > 0 && ready > 0 {
                 let chunk = self.service.requests(room.min(ready))?;

@@ -150,7 +150,16 @@ fn other_versions_are_told_ours_both_ways() {
     let err =
         Client::<EchoReq, EchoResp>::from_socket(ours, &options(NotifyMode::EventFd)).unwrap_err();
     fake.join().unwrap();
-    assert!(matches!(err, Error::Version { ours: 1, peer: 7 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Version {
+                ours: proto::PROTOCOL_VERSION,
+                peer: 7
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("version"), "{err}");
 }
 
