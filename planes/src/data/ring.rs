@@ -485,6 +485,13 @@ impl<T: Pod> Ring<T> {
     /// Attaches to a ring that another thread or process created at `offset` in `region`,
     /// checking that its header describes a ring of `capacity` entries of `T` in this layout
     /// version, and that its indices are consistent.
+    ///
+    /// The producer half continues from the published `tail`, the consumer half from `head`
+    /// (it finds what is published by the stamps). Attach a new producer only to a ring whose
+    /// previous producer finished its last publish: one that died between stamping slots and
+    /// storing `tail` leaves stamps past `tail`, and then either the attach fails (the consumer
+    /// released entries past `tail`) or the new producer overwrites entries the consumer has
+    /// already seen as published.
     pub fn attach(region: Arc<Region>, offset: usize, capacity: u32) -> Result<Self, RingError> {
         let ptrs = Self::locate(&region, offset, capacity)?;
         let h = ptrs.header();
@@ -976,7 +983,7 @@ impl<T: Pod> Consumer<T> {
         if self.available_at_least(1)? == 0 {
             return Ok(None);
         }
-        // SAFETY: the slot at `head` is published (validated tail) and not yet released.
+        // SAFETY: the slot at `head` is published (its stamp was validated) and not yet released.
         Ok(Some(unsafe { Slot::read(self.ring.value(self.head)) }))
     }
 
