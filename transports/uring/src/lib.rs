@@ -294,8 +294,8 @@ impl UringBuilder {
             supported,
             slots: Vec::new(),
             free: Vec::new(),
-            in_flight: 0,
-            unsubmitted: 0,
+            rung_at: 0,
+            foreign: 0,
             regions: Vec::new(),
             files: 0,
             eventfd,
@@ -328,9 +328,12 @@ pub struct Uring {
     supported: [u64; 4],
     slots: Vec<Slot>,
     free: Vec<u32>,
-    in_flight: usize,
-    /// Entries pushed since the last doorbell.
-    unsubmitted: usize,
+    /// `stats.pushed` when the doorbell was last rung: what was pushed since is unsubmitted.
+    /// (Counts that can be derived are not kept: every counter is a store per operation.)
+    rung_at: u64,
+    /// Completions reaped that were not for this ring's operations (messages from other
+    /// rings): counted in `stats.completed`, never in flight here.
+    foreign: u64,
     regions: Vec<Registered>,
     files: u32,
     eventfd: Option<EventFdSignal>,
@@ -344,13 +347,35 @@ impl fmt::Debug for Uring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Uring")
             .field("fd", &self.ring.as_raw_fd())
-            .field("in_flight", &self.in_flight)
+            .field("in_flight", &self.in_flight())
             .field("wait", &self.wait)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
 
+#[cold]
+#[inline(never)]
+fn unsupported(op: &Op) -> QueueError {
+    QueueError::Io(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "io_uring operation {} (opcode {}) is not supported by this kernel",
+            op.name(),
+            op.opcode()
+        ),
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn file_out_of_range(index: u32, registered: u32) -> QueueError {
+    invalid(format!(
+        "registered file index {index} is out of range ({registered} registered)"
+    ))
+}
+
+#[cold]
 fn invalid(msg: String) -> QueueError {
     QueueError::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
 }
@@ -392,7 +417,12 @@ impl Uring {
 
     /// Operations submitted (or queued) whose completion has not been reaped.
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        (self.stats.pushed - (self.stats.completed - self.foreign)) as usize
+    }
+
+    /// Entries pushed since the doorbell was last rung.
+    fn unsubmitted(&self) -> u64 {
+        self.stats.pushed - self.rung_at
     }
 
     /// Counters.
@@ -515,22 +545,14 @@ impl Uring {
         })
     }
 
-    /// Validates a submission and returns its entry (without user data), or why not.
-    #[inline]
-    fn prepare(
-        &self,
-        sub: &mut Submission,
-        aux: &mut op::Aux,
-    ) -> Result<squeue::Entry, QueueError> {
+    /// Validates a submission against this ring (nothing changes if it is refused) and
+    /// resolves into `fin` what its entry needs from the ring. (An out-parameter rather than a
+    /// returned `Result<Finish, _>`: that was copied through the stack with a
+    /// store-forwarding stall.)
+    #[inline(always)]
+    fn validate(&self, sub: &Submission, fin: &mut op::Finish) -> Result<(), QueueError> {
         if !self.supports(sub.op.opcode()) {
-            return Err(QueueError::Io(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "io_uring operation {} (opcode {}) is not supported by this kernel",
-                    sub.op.name(),
-                    sub.op.opcode()
-                ),
-            )));
+            return Err(unsupported(&sub.op));
         }
         let target = match &sub.op {
             Op::Read { fd, .. }
@@ -550,59 +572,69 @@ impl Uring {
         };
         if let Some(Target::Fixed(i)) = target {
             if i >= self.files {
-                return Err(invalid(format!(
-                    "registered file index {i} is out of range ({} registered)",
-                    self.files
-                )));
+                return Err(file_out_of_range(i, self.files));
             }
         }
-        let fixed = match &sub.op {
-            Op::ReadFixed { buf, .. } => Some(self.resolve_fixed(buf, true)?),
-            Op::WriteFixed { buf, .. } => Some(self.resolve_fixed(buf, false)?),
+        match &sub.op {
+            Op::ReadFixed { buf, .. } => fin.fixed = Some(self.resolve_fixed(buf, true)?),
+            Op::WriteFixed { buf, .. } => fin.fixed = Some(self.resolve_fixed(buf, false)?),
             Op::MsgRing { token, .. } if token & (OWNED | LIGHT) != 0 => {
                 return Err(invalid(format!(
                     "message token {token:#x} has one of its top two bits set"
                 )));
             }
-            _ => None,
-        };
-        let mut entry = op::build(&mut sub.op, aux, fixed);
-        if let Op::Cancel { token } = sub.op {
-            let key = self
-                .slots
-                .iter()
-                .position(|s| s.op.is_some() && s.token == token)
-                .ok_or_else(|| {
-                    QueueError::Io(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("no operation with token {token} is in flight"),
-                    ))
-                })?;
-            entry = io_uring::opcode::AsyncCancel::new(OWNED | key as u64).build();
+            Op::Cancel { token } => fin.cancel_target = self.cancel_target(*token)?,
+            _ => {}
         }
-        // Unlinked entries (the common case) are left alone: setting the flags byte and then
-        // copying the entry as whole words made a store-forwarding stall that perf showed as
-        // the costliest instruction of a NOP push.
-        Ok(match sub.link {
-            Link::None => entry,
-            Link::Soft => entry.flags(squeue::Flags::IO_LINK),
-            Link::Hard => entry.flags(squeue::Flags::IO_HARDLINK),
-        })
+        fin.flags = match sub.link {
+            Link::None => squeue::Flags::empty(),
+            Link::Soft => squeue::Flags::IO_LINK,
+            Link::Hard => squeue::Flags::IO_HARDLINK,
+        };
+        Ok(())
     }
 
+    /// The `user_data` of the in-flight operation submitted with `token`, for a cancel.
+    #[inline(never)]
+    fn cancel_target(&self, token: u64) -> Result<u64, QueueError> {
+        let key = self
+            .slots
+            .iter()
+            .position(|s| s.op.is_some() && s.token == token)
+            .ok_or_else(|| {
+                QueueError::Io(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no operation with token {token} is in flight"),
+                ))
+            })?;
+        Ok(OWNED | key as u64)
+    }
+
+    /// Makes sure the submission queue has room for one entry, or says why not.
     #[inline]
-    fn push_one(&mut self, mut sub: Submission) -> Result<(), Rejected<Submission>> {
-        let mut aux = op::Aux::None;
-        let entry = match self.prepare(&mut sub, &mut aux) {
-            Ok(e) => e,
-            Err(e) => return Err(Rejected::new(sub, e)),
-        };
-        if sub.token <= LIGHT_TOKEN_MASK {
-            if let Some(kind) = light_kind(&sub.op) {
-                return self.push_light(sub, entry, kind);
+    fn make_room(&mut self) -> Result<(), QueueError> {
+        if !self.ring.submission().is_full() {
+            return Ok(());
+        }
+        self.make_room_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn make_room_slow(&mut self) -> Result<(), QueueError> {
+        if self.on_full == OnFull::Submit {
+            self.submit()?;
+            if !self.ring.submission().is_full() {
+                return Ok(());
             }
         }
-        let key = match self.free.pop() {
+        Err(QueueError::Full)
+    }
+
+    /// A free slot for an operation that owns memory.
+    #[inline]
+    fn take_slot(&mut self) -> usize {
+        match self.free.pop() {
             Some(k) => k as usize,
             None => {
                 self.slots.push(Slot {
@@ -612,80 +644,68 @@ impl Uring {
                 });
                 self.slots.len() - 1
             }
-        };
-        let entry = entry.user_data(OWNED | key as u64);
-        // Move the op and its auxiliary memory into the slot first: the heap memory the entry
-        // points to (buffers, boxes) does not move with them.
-        let slot = &mut self.slots[key];
-        slot.token = sub.token;
-        slot.op = Some(sub.op);
-        slot.aux = aux;
-        let mut made_room = false;
-        loop {
-            // SAFETY: every pointer in `entry` targets heap memory owned by `self.slots[key]`
-            // (the op's buffers, path, and `aux`), or a registered region kept alive by
-            // `self.regions`; the slot is only emptied when this entry's completion is reaped
-            // (or, on drop, after the kernel has completed or cancelled it).
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                break;
-            }
-            let error = if self.on_full == OnFull::Submit && !made_room {
-                made_room = true;
-                match self.submit() {
-                    Ok(_) => continue,
-                    Err(e) => e,
-                }
-            } else {
-                QueueError::Full
-            };
-            // Not queued: take the op back out of its slot and return it.
-            let slot = &mut self.slots[key];
-            let op = slot.op.take().expect("just stored");
-            slot.aux = op::Aux::None;
-            self.free.push(key as u32);
-            return Err(Rejected::new(
-                Submission {
-                    token: sub.token,
-                    op,
-                    link: sub.link,
-                },
-                error,
-            ));
         }
-        self.in_flight += 1;
-        self.unsubmitted += 1;
-        self.stats.pushed += 1;
-        Ok(())
     }
 
-    /// Pushes an operation that owns no memory: no slot; `user_data` carries token and kind.
-    #[inline]
-    fn push_light(
-        &mut self,
-        sub: Submission,
-        entry: squeue::Entry,
-        kind: u64,
-    ) -> Result<(), Rejected<Submission>> {
-        let entry = entry.user_data(LIGHT | kind << LIGHT_TOKEN_BITS | sub.token);
-        let mut made_room = false;
-        loop {
-            // SAFETY: the entry points to no memory (`light_kind` admits only operations that
-            // own none), so nothing has to outlive the submission.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                break;
+    #[inline(always)]
+    fn push_one(&mut self, mut sub: Submission) -> Result<(), Rejected<Submission>> {
+        let mut fin = op::Finish {
+            user_data: 0,
+            flags: squeue::Flags::empty(),
+            fixed: None,
+            cancel_target: 0,
+        };
+        if let Err(e) = self.validate(&sub, &mut fin) {
+            return Err(Rejected::new(sub, e));
+        }
+        // Room first: once built, the entry is certain to be queued.
+        if let Err(e) = self.make_room() {
+            return Err(Rejected::new(sub, e));
+        }
+        let light = match sub.token <= LIGHT_TOKEN_MASK {
+            true => light_kind(&sub.op),
+            false => None,
+        };
+        let key = match light {
+            Some(kind) => {
+                fin.user_data = LIGHT | kind << LIGHT_TOKEN_BITS | sub.token;
+                None
             }
-            if self.on_full == OnFull::Submit && !made_room {
-                made_room = true;
-                match self.submit() {
-                    Ok(_) => continue,
-                    Err(e) => return Err(Rejected::new(sub, e)),
-                }
+            None => {
+                let key = self.take_slot();
+                fin.user_data = OWNED | key as u64;
+                Some(key)
+            }
+        };
+        let mut aux = op::Aux::None;
+        let ring = &mut self.ring;
+        let queued = op::build(&mut sub.op, &mut aux, &fin, |entry| {
+            // SAFETY: every pointer in `entry` targets heap memory owned by `sub.op` or `aux`
+            // (buffers, paths, boxes), which move into `self.slots[key]` below without moving
+            // what they point to and stay there until this entry's completion is reaped (or,
+            // on drop, until the kernel has completed or cancelled it); or a registered region
+            // kept alive by `self.regions`. Light operations (`light_kind`) point to no memory.
+            unsafe { ring.submission().push(entry) }.is_ok()
+        });
+        if !queued {
+            // Not reached: `make_room` found room and only this ring pushes.
+            if let Some(key) = key {
+                self.free.push(key as u32);
             }
             return Err(Rejected::new(sub, QueueError::Full));
         }
-        self.in_flight += 1;
-        self.unsubmitted += 1;
         self.stats.pushed += 1;
+        match key {
+            Some(key) => {
+                let slot = &mut self.slots[key];
+                slot.token = sub.token;
+                slot.op = Some(sub.op);
+                slot.aux = aux;
+            }
+            // Light operations own no heap memory (see `light_kind`): nothing to drop, and
+            // forgetting spares a call to the `Op` drop glue per push.
+            None => std::mem::forget(sub),
+        }
         Ok(())
     }
 
@@ -717,12 +737,12 @@ impl Uring {
         Ok(false)
     }
 
+    /// Turns a reaped completion entry into a [`Completion`], releasing its slot. The caller
+    /// counts it in `stats.completed`.
     #[inline]
     fn complete(&mut self, cqe: cqueue::Entry) -> Completion {
         let (ud, res) = (cqe.user_data(), cqe.result());
-        self.stats.completed += 1;
         if ud & OWNED == 0 && ud & LIGHT != 0 {
-            self.in_flight -= 1;
             let token = ud & LIGHT_TOKEN_MASK;
             let kind = ((ud & !LIGHT) >> LIGHT_TOKEN_BITS) as usize;
             let op = LIGHT_OPS.get(kind).copied().unwrap_or("unknown");
@@ -742,6 +762,7 @@ impl Uring {
             };
         }
         if ud & OWNED == 0 {
+            self.foreign += 1;
             return Completion {
                 token: ud,
                 result: if res < 0 {
@@ -754,6 +775,7 @@ impl Uring {
         }
         let key = (ud & !OWNED) as usize;
         let Some(op) = self.slots.get_mut(key).and_then(|s| s.op.take()) else {
+            self.foreign += 1;
             return Completion {
                 token: ud,
                 result: Err(io::Error::new(
@@ -766,7 +788,6 @@ impl Uring {
         let slot = &mut self.slots[key];
         let (token, aux) = (slot.token, std::mem::take(&mut slot.aux));
         self.free.push(key as u32);
-        self.in_flight -= 1;
         let name = op.name();
         let result = match (res, &op) {
             // A timer that fires has done its job.
@@ -802,10 +823,10 @@ impl Doorbell for Uring {
     /// SQPOLL, nothing unless the polling thread has set `IORING_SQ_NEED_WAKEUP`. With nothing
     /// new pushed it does nothing (and counts nothing).
     fn ring(&mut self) -> io::Result<Rung> {
-        if self.unsubmitted == 0 {
+        if self.unsubmitted() == 0 {
             return Ok(Rung::Skipped);
         }
-        self.unsubmitted = 0;
+        self.rung_at = self.stats.pushed;
         let sqpoll = self.is_sqpoll();
         let rung = if sqpoll {
             // `need_wakeup` issues the SeqCst fence between publishing the tail and reading the
@@ -836,6 +857,7 @@ impl Doorbell for Uring {
 impl Submitter for Uring {
     type Entry = Submission;
 
+    #[inline]
     fn push(&mut self, entry: Submission) -> Result<(), Rejected<Submission>> {
         self.push_one(entry)
     }
@@ -848,7 +870,7 @@ impl Submitter for Uring {
     /// Makes queued entries visible to the kernel and rings the doorbell; returns how many
     /// entries were queued.
     fn submit(&mut self) -> Result<usize, QueueError> {
-        let queued = self.unsubmitted;
+        let queued = self.unsubmitted() as usize;
         Doorbell::ring(self)?;
         Ok(queued)
     }
@@ -864,7 +886,10 @@ impl Completer for Uring {
     fn reap(&mut self) -> Result<Option<Completion>, QueueError> {
         let mut buf = [MaybeUninit::uninit()];
         let cqe = self.take_cqes(&mut buf)?.first().cloned();
-        Ok(cqe.map(|c| self.complete(c)))
+        Ok(cqe.map(|c| {
+            self.stats.completed += 1;
+            self.complete(c)
+        }))
     }
 
     fn reap_into(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, QueueError> {
@@ -875,9 +900,28 @@ impl Completer for Uring {
             let want = (max - n).min(BATCH);
             let cqes = self.take_cqes(&mut buf[..want])?;
             let got = cqes.len();
-            for cqe in cqes.iter() {
-                out.push(self.complete(cqe.clone()));
+            out.reserve(got);
+            let len = out.len();
+            for (cqe, dst) in cqes.iter().zip(&mut out.spare_capacity_mut()[..got]) {
+                let ud = cqe.user_data();
+                // Light operations (NOPs and the like) are finished here and written straight
+                // into the vector: `push`ing the value from `complete` built it on the stack
+                // and copied it with wide loads over narrow stores, a store-forwarding stall
+                // per completion.
+                if ud & (OWNED | LIGHT) == LIGHT && cqe.result() >= 0 {
+                    dst.write(Completion {
+                        token: ud & LIGHT_TOKEN_MASK,
+                        result: Ok(cqe.result() as u32),
+                        output: Output::None,
+                    });
+                } else {
+                    dst.write(self.complete(cqe.clone()));
+                }
             }
+            // SAFETY: the loop above initialised the first `got` spare elements (`zip` stops at
+            // the shorter side, and both have `got` elements).
+            unsafe { out.set_len(len + got) };
+            self.stats.completed += got as u64;
             n += got;
             if got < want {
                 break;
@@ -906,7 +950,7 @@ impl Uring {
     /// timeout passes): in [`WaitMode::Enter`] one `io_uring_enter` does both, like liburing's
     /// `io_uring_submit_and_wait`. `min` is capped at the number of operations in flight.
     pub fn wait_for(&mut self, min: usize, timeout: Option<Duration>) -> Result<(), QueueError> {
-        let min = min.clamp(1, self.in_flight.max(1));
+        let min = min.clamp(1, self.in_flight().max(1));
         self.notify.waits += 1;
         let timed_out = |s: &mut Self| {
             s.notify.timeouts += 1;
@@ -920,8 +964,8 @@ impl Uring {
         match self.wait {
             WaitMode::Enter => {
                 // The enter below also submits anything pushed since the last doorbell.
-                if self.unsubmitted > 0 {
-                    self.unsubmitted = 0;
+                if self.unsubmitted() > 0 {
+                    self.rung_at = self.stats.pushed;
                     self.stats.doorbell.record(Rung::Rang);
                 }
                 loop {
@@ -986,7 +1030,7 @@ impl Drop for Uring {
     /// (bounded) for their completions before freeing anything. Whatever the kernel has still
     /// not completed after that is leaked, never freed under it.
     fn drop(&mut self) {
-        if self.in_flight == 0 {
+        if self.in_flight() == 0 {
             return;
         }
         let cancel = io_uring::opcode::AsyncCancel2::new(types::CancelBuilder::any())
@@ -995,7 +1039,7 @@ impl Drop for Uring {
         // SAFETY: a cancel-any entry points to no memory.
         let _ = unsafe { self.ring.submission().push(&cancel) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.in_flight > 0 && Instant::now() < deadline {
+        while self.in_flight() > 0 && Instant::now() < deadline {
             let ts = types::Timespec::new().nsec(10_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
@@ -1003,11 +1047,12 @@ impl Drop for Uring {
                 let next = self.ring.completion().next();
                 let Some(cqe) = next else { break };
                 if cqe.user_data() & (OWNED | LIGHT) != 0 {
+                    self.stats.completed += 1;
                     drop(self.complete(cqe));
                 }
             }
         }
-        if self.in_flight > 0 {
+        if self.in_flight() > 0 {
             for slot in self.slots.drain(..) {
                 if slot.op.is_some() {
                     std::mem::forget(slot);

@@ -382,20 +382,57 @@ pub(crate) struct FixedAddr {
     pub index: u16,
 }
 
-/// Builds the entry for `op`, recording in `aux` any memory the entry points to beside `op`'s
-/// own fields. `fixed` resolves fixed buffers (already validated by the caller).
-pub(crate) fn build(op: &mut Op, aux: &mut Aux, fixed: Option<FixedAddr>) -> squeue::Entry {
+/// What the ring adds to every entry: its `user_data`, its link flags, and what the operation
+/// needs from the ring (a resolved fixed buffer; the `user_data` a cancel targets).
+pub(crate) struct Finish {
+    pub user_data: u64,
+    pub flags: squeue::Flags,
+    pub fixed: Option<FixedAddr>,
+    pub cancel_target: u64,
+}
+
+impl Finish {
+    #[inline(always)]
+    fn apply(&self, entry: squeue::Entry) -> squeue::Entry {
+        let entry = entry.user_data(self.user_data);
+        // Unlinked entries (the common case) are left alone: setting the flags byte of an
+        // entry in memory and then copying it as whole words is a store-forwarding stall.
+        if self.flags.is_empty() {
+            entry
+        } else {
+            entry.flags(self.flags)
+        }
+    }
+}
+
+/// Builds the entry for `op` and hands it to `emit` (which queues it), recording in `aux` any
+/// memory the entry points to beside `op`'s own fields.
+///
+/// Each operation calls `emit` on its own, just-built entry. Building into one shared entry
+/// and copying it into the queue afterwards made the compiler keep the entry on the stack,
+/// written field by field and read back as whole words: a store-forwarding stall per push.
+/// This way the fields can be stored straight into the submission queue.
+#[inline(always)]
+pub(crate) fn build<R>(
+    op: &mut Op,
+    aux: &mut Aux,
+    fin: &Finish,
+    emit: impl FnOnce(&squeue::Entry) -> R,
+) -> R {
+    let out = |entry: squeue::Entry| emit(&fin.apply(entry));
     macro_rules! fd {
         ($t:expr, $b:expr) => {
             match $t {
-                Target::Fd(fd) => $b(types::Fd(*fd)),
-                Target::Fixed(i) => $b(types::Fixed(*i)),
+                Target::Fd(fd) => out($b(types::Fd(*fd))),
+                Target::Fixed(i) => out($b(types::Fixed(*i))),
             }
         };
     }
     let at = |dir: &Option<RawFd>| types::Fd(dir.unwrap_or(libc::AT_FDCWD));
+    // Memory recorded in `aux` is moved there before the entry is emitted: moving a `Vec` or
+    // a `Box` does not move what it points to, so the pointers taken before stay valid.
     match op {
-        Op::Nop => opcode::Nop::new().build(),
+        Op::Nop => out(opcode::Nop::new().build()),
         Op::Read { fd, buf, offset } => {
             fd!(fd, |f| opcode::Read::new(
                 f,
@@ -416,36 +453,34 @@ pub(crate) fn build(op: &mut Op, aux: &mut Aux, fixed: Option<FixedAddr>) -> squ
         }
         Op::Readv { fd, bufs, offset } => {
             let iov = iovecs(bufs);
-            let entry = fd!(fd, |f| opcode::Readv::new(
-                f,
-                iov.as_ptr(),
-                len32(iov.len())
-            )
-            .offset(*offset)
-            .build());
+            let (ptr, n) = (iov.as_ptr(), len32(iov.len()));
             *aux = Aux::Iovecs(iov);
-            entry
+            fd!(fd, |f| opcode::Readv::new(f, ptr, n)
+                .offset(*offset)
+                .build())
         }
         Op::Writev { fd, bufs, offset } => {
             let iov = iovecs(bufs);
-            let entry = fd!(fd, |f| opcode::Writev::new(
-                f,
-                iov.as_ptr(),
-                len32(iov.len())
-            )
-            .offset(*offset)
-            .build());
+            let (ptr, n) = (iov.as_ptr(), len32(iov.len()));
             *aux = Aux::Iovecs(iov);
-            entry
+            fd!(fd, |f| opcode::Writev::new(f, ptr, n)
+                .offset(*offset)
+                .build())
         }
         Op::ReadFixed { fd, offset, .. } => {
-            let a = fixed.expect("fixed buffer resolved by the caller");
+            let a = fin
+                .fixed
+                .as_ref()
+                .expect("fixed buffer resolved by the caller");
             fd!(fd, |f| opcode::ReadFixed::new(f, a.ptr, a.len, a.index)
                 .offset(*offset)
                 .build())
         }
         Op::WriteFixed { fd, offset, .. } => {
-            let a = fixed.expect("fixed buffer resolved by the caller");
+            let a = fin
+                .fixed
+                .as_ref()
+                .expect("fixed buffer resolved by the caller");
             fd!(fd, |f| opcode::WriteFixed::new(f, a.ptr, a.len, a.index)
                 .offset(*offset)
                 .build())
@@ -463,10 +498,10 @@ pub(crate) fn build(op: &mut Op, aux: &mut Aux, fixed: Option<FixedAddr>) -> squ
             path,
             flags,
             mode,
-        } => opcode::OpenAt::new(at(dir), path.as_ptr())
+        } => out(opcode::OpenAt::new(at(dir), path.as_ptr())
             .flags(*flags | libc::O_CLOEXEC)
             .mode(*mode)
-            .build(),
+            .build()),
         Op::Close { fd } => fd!(fd, |f| opcode::Close::new(f).build()),
         Op::Statx {
             dir,
@@ -475,17 +510,13 @@ pub(crate) fn build(op: &mut Op, aux: &mut Aux, fixed: Option<FixedAddr>) -> squ
             mask,
         } => {
             // SAFETY: `statx` is plain old data; all zeroes is a valid value.
-            let mut out: Box<libc::statx> = Box::new(unsafe { std::mem::zeroed() });
-            let entry = opcode::Statx::new(
-                at(dir),
-                path.as_ptr(),
-                (&mut *out as *mut libc::statx).cast::<types::statx>(),
-            )
-            .flags(*flags)
-            .mask(*mask)
-            .build();
-            *aux = Aux::Statx(out);
-            entry
+            let mut buf: Box<libc::statx> = Box::new(unsafe { std::mem::zeroed() });
+            let ptr = (&mut *buf as *mut libc::statx).cast::<types::statx>();
+            *aux = Aux::Statx(buf);
+            out(opcode::Statx::new(at(dir), path.as_ptr(), ptr)
+                .flags(*flags)
+                .mask(*mask)
+                .build())
         }
         Op::Send { fd, buf, flags } => {
             fd!(fd, |f| opcode::Send::new(f, buf.as_ptr(), len32(buf.len()))
@@ -510,35 +541,32 @@ pub(crate) fn build(op: &mut Op, aux: &mut Aux, fixed: Option<FixedAddr>) -> squ
         .build()),
         Op::Connect { fd, addr } => {
             let sa = sockaddr(addr);
-            let entry = fd!(fd, |f| opcode::Connect::new(
-                f,
+            let (ptr, len) = (
                 (&sa.0 as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
-                sa.1
-            )
-            .build());
+                sa.1,
+            );
             *aux = Aux::SockAddr(sa);
-            entry
+            fd!(fd, |f| opcode::Connect::new(f, ptr, len).build())
         }
         Op::Timeout { after, count } => {
             let ts = timespec(*after);
-            let entry = opcode::Timeout::new(&*ts).count(*count).build();
+            let ptr: *const types::Timespec = &*ts;
             *aux = Aux::Timespec(ts);
-            entry
+            out(opcode::Timeout::new(ptr).count(*count).build())
         }
         Op::LinkTimeout { after } => {
             let ts = timespec(*after);
-            let entry = opcode::LinkTimeout::new(&*ts).build();
+            let ptr: *const types::Timespec = &*ts;
             *aux = Aux::Timespec(ts);
-            entry
+            out(opcode::LinkTimeout::new(ptr).build())
         }
-        // The target's user_data is filled in by the ring, which knows its slot.
-        Op::Cancel { .. } => opcode::AsyncCancel::new(0).build(),
+        Op::Cancel { .. } => out(opcode::AsyncCancel::new(fin.cancel_target).build()),
         Op::Poll { fd, events } => fd!(fd, |f| opcode::PollAdd::new(f, *events).build()),
         Op::MsgRing {
             ring,
             result,
             token,
-        } => opcode::MsgRingData::new(types::Fd(*ring), *result, *token, None).build(),
+        } => out(opcode::MsgRingData::new(types::Fd(*ring), *result, *token, None).build()),
     }
 }
 

@@ -675,7 +675,27 @@ fn full_submission_queue() {
     let r = ring.push(sub(4, Op::Nop)).unwrap_err();
     assert!(matches!(r.error, QueueError::Full));
     assert_eq!(r.entry.token, 4, "the rejected submission comes back");
-    ring.submit().unwrap();
+    // An operation that owns memory is handed back whole, and takes no slot.
+    let devnull = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let write = Op::Write {
+        fd: Target::Fd(devnull.as_raw_fd()),
+        buf: vec![7; 100],
+        offset: 0,
+    };
+    let r = ring.push(sub(5, write)).unwrap_err();
+    assert!(matches!(r.error, QueueError::Full));
+    assert!(matches!(&r.entry.op, Op::Write { buf, .. } if buf == &vec![7; 100]));
+    assert_eq!(ring.in_flight(), 4, "a rejected push is not in flight");
+    assert_eq!(ring.stats().pushed, 4);
+    assert_eq!(
+        ring.submit().unwrap(),
+        4,
+        "the four queued entries were submitted"
+    );
+    assert_eq!(ring.submit().unwrap(), 0, "nothing new to submit");
     // Or let the push make room by submitting.
     let mut ring = Uring::builder()
         .entries(4)
@@ -691,6 +711,9 @@ fn full_submission_queue() {
         ring.wait(LIMIT).unwrap();
         ring.reap_into(&mut done, 10).unwrap();
     }
+    assert_eq!(ring.in_flight(), 0);
+    let s = ring.stats();
+    assert_eq!((s.pushed, s.completed), (10, 10));
 }
 
 #[test]
@@ -731,7 +754,11 @@ fn msg_ring_between_two_threads() {
     let target_fd = target.ring_fd();
     let waiter = std::thread::spawn(move || {
         target.wait(LIMIT).unwrap();
-        target.reap().unwrap().unwrap()
+        let msg = target.reap().unwrap().unwrap();
+        // A message is reaped and counted, but it was never this ring's operation.
+        assert_eq!(target.in_flight(), 0);
+        assert_eq!(target.stats().completed, 1);
+        msg
     });
     let mut sender = Uring::builder().build().unwrap();
     let done = run(
@@ -746,6 +773,7 @@ fn msg_ring_between_two_threads() {
         )],
     );
     assert!(done[0].result.is_ok());
+    assert_eq!(sender.in_flight(), 0);
     let msg = waiter.join().unwrap();
     assert_eq!(msg.token, 5);
     assert_eq!(*msg.result.as_ref().unwrap(), 42);
