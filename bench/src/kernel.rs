@@ -12,7 +12,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 use subring_planes::queue::{Completer, Submitter};
@@ -178,9 +178,9 @@ fn settle(work: &Work) {
     if !matches!(work, Work::ReadSqpoll(_)) {
         return;
     }
-    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(2);
     while sqpoll_threads() > 0 && Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -242,93 +242,115 @@ impl Offsets {
     }
 }
 
-/// Returns (ops/s, io_uring_enter calls per op) of the raw loop.
+/// Returns (ops/s, io_uring_enter calls per op) of the raw loop. Each work's loop is a
+/// function of its own, kept out of line on both sides: one function holding every loop let
+/// the compiler's inlining and register choices for one work change the code of another.
 fn run_raw(work: &Work, file: &File, cfg: &KernelConfig) -> Result<(f64, f64), String> {
     let mut ring = match work {
         Work::ReadSqpoll(_) => IoUring::builder().setup_sqpoll(SQPOLL_IDLE_MS).build(256),
         _ => IoUring::new(256),
     }
     .ctx("raw io_uring setup")?;
-    let (mut enters, start);
-    let ops;
-    match *work {
+    let (ops, enters, took) = match *work {
         Work::Nop(batch) => {
-            ops = cfg.nop_ops / batch as u64 * batch as u64;
-            enters = 0u64;
-            start = Instant::now();
-            let mut done = 0;
-            while done < ops {
-                for _ in 0..batch {
-                    let e = opcode::Nop::new().build().user_data(1);
-                    // SAFETY: a NOP entry points to no memory.
-                    unsafe { ring.submission().push(&e) }.ctx("raw push")?;
-                }
-                ring.submit_and_wait(batch).ctx("raw submit")?;
-                enters += 1;
-                // Look at every completion, as any caller must (and as subring does): a loop
-                // that only counted them would let the compiler skip reading the CQ.
-                for c in ring.completion() {
-                    if c.result() < 0 {
-                        return Err(format!("raw nop failed: {}", c.result()));
-                    }
-                    std::hint::black_box(c.user_data());
-                    done += 1;
-                }
-            }
+            let ops = cfg.nop_ops / batch as u64 * batch as u64;
+            let (enters, took) = raw_nops(&mut ring, batch, ops)?;
+            (ops, enters, took)
         }
         Work::Read(depth) | Work::ReadSqpoll(depth) => {
             let sqpoll = matches!(work, Work::ReadSqpoll(_));
-            ops = cfg.read_ops;
-            let mut bufs = vec![vec![0u8; BLOCK]; depth];
-            let mut offsets = Offsets::new(cfg.file_len);
-            let fd = types::Fd(file.as_raw_fd());
-            enters = 0;
-            start = Instant::now();
-            let (mut issued, mut done) = (0u64, 0u64);
-            let mut push = |ring: &mut IoUring, i: usize, off: u64| {
-                let e = opcode::Read::new(fd, bufs[i].as_mut_ptr(), BLOCK as u32)
-                    .offset(off)
-                    .build()
-                    .user_data(i as u64);
-                // SAFETY: `bufs[i]` outlives the loop and is not reused until its completion.
-                unsafe { ring.submission().push(&e) }.ctx("raw push")
-            };
-            for i in 0..depth.min(ops as usize) {
-                push(&mut ring, i, offsets.next())?;
-                issued += 1;
-            }
-            while done < ops {
-                if !sqpoll {
-                    ring.submit_and_wait(1).ctx("raw submit")?;
-                    enters += 1;
-                } else if ring.submission().need_wakeup() {
-                    ring.submit().ctx("raw submit")?;
-                    enters += 1;
-                } else {
-                    std::hint::spin_loop();
-                }
-                let finished: Vec<(usize, i32)> = ring
-                    .completion()
-                    .map(|c| (c.user_data() as usize, c.result()))
-                    .collect();
-                for (i, res) in finished {
-                    if res != BLOCK as i32 {
-                        return Err(format!("raw read returned {res}"));
-                    }
-                    done += 1;
-                    if issued < ops {
-                        push(&mut ring, i, offsets.next())?;
-                        issued += 1;
-                    }
-                }
-            }
+            let (enters, took) = raw_reads(&mut ring, file, cfg, depth, sqpoll)?;
+            (cfg.read_ops, enters, took)
         }
-    }
-    let took = start.elapsed();
+    };
     Ok((ops as f64 / took.as_secs_f64(), enters as f64 / ops as f64))
 }
 
-/// Returns (ops/s, io_uring_enter calls per op).
+/// `ops` NOPs in batches of `batch`, one `submit_and_wait` per batch.
+#[inline(never)]
+fn raw_nops(ring: &mut IoUring, batch: usize, ops: u64) -> Result<(u64, Duration), String> {
+    let mut enters = 0u64;
+    let start = Instant::now();
+    let mut done = 0;
+    while done < ops {
+        for _ in 0..batch {
+            let e = opcode::Nop::new().build().user_data(1);
+            // SAFETY: a NOP entry points to no memory.
+            unsafe { ring.submission().push(&e) }.ctx("raw push")?;
+        }
+        ring.submit_and_wait(batch).ctx("raw submit")?;
+        enters += 1;
+        // Look at every completion, as any caller must (and as subring does): a loop
+        // that only counted them would let the compiler skip reading the CQ.
+        for c in ring.completion() {
+            if c.result() < 0 {
+                return Err(format!("raw nop failed: {}", c.result()));
+            }
+            std::hint::black_box(c.user_data());
+            done += 1;
+        }
+    }
+    Ok((enters, start.elapsed()))
+}
+
+/// `cfg.read_ops` random 4 KiB reads with `depth` in flight.
+#[inline(never)]
+fn raw_reads(
+    ring: &mut IoUring,
+    file: &File,
+    cfg: &KernelConfig,
+    depth: usize,
+    sqpoll: bool,
+) -> Result<(u64, Duration), String> {
+    let ops = cfg.read_ops;
+    let mut bufs = vec![vec![0u8; BLOCK]; depth];
+    let mut offsets = Offsets::new(cfg.file_len);
+    let fd = types::Fd(file.as_raw_fd());
+    let mut enters = 0;
+    let start = Instant::now();
+    let (mut issued, mut done) = (0u64, 0u64);
+    let mut push = |ring: &mut IoUring, i: usize, off: u64| {
+        let e = opcode::Read::new(fd, bufs[i].as_mut_ptr(), BLOCK as u32)
+            .offset(off)
+            .build()
+            .user_data(i as u64);
+        // SAFETY: `bufs[i]` outlives the loop and is not reused until its completion.
+        unsafe { ring.submission().push(&e) }.ctx("raw push")
+    };
+    for i in 0..depth.min(ops as usize) {
+        push(ring, i, offsets.next())?;
+        issued += 1;
+    }
+    while done < ops {
+        if !sqpoll {
+            ring.submit_and_wait(1).ctx("raw submit")?;
+            enters += 1;
+        } else if ring.submission().need_wakeup() {
+            ring.submit().ctx("raw submit")?;
+            enters += 1;
+        } else {
+            std::hint::spin_loop();
+        }
+        let finished: Vec<(usize, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data() as usize, c.result()))
+            .collect();
+        for (i, res) in finished {
+            if res != BLOCK as i32 {
+                return Err(format!("raw read returned {res}"));
+            }
+            done += 1;
+            if issued < ops {
+                push(ring, i, offsets.next())?;
+                issued += 1;
+            }
+        }
+    }
+    Ok((enters, start.elapsed()))
+}
+
+/// Returns (ops/s, io_uring_enter calls per op). Each work's loop is out of line, as on the
+/// raw side.
 fn run_subring(work: &Work, file: &File, cfg: &KernelConfig) -> Result<(f64, f64), String> {
     let mut ring = match work {
         Work::ReadSqpoll(_) => Uring::builder()
@@ -339,71 +361,90 @@ fn run_subring(work: &Work, file: &File, cfg: &KernelConfig) -> Result<(f64, f64
         _ => Uring::builder().entries(256).build(),
     }
     .ctx("io_uring setup")?;
-    let mut out = Vec::with_capacity(64);
-    let (start, ops);
-    match *work {
+    let (ops, took) = match *work {
         Work::Nop(batch) => {
-            ops = cfg.nop_ops / batch as u64 * batch as u64;
-            start = Instant::now();
-            let mut done = 0;
-            while done < ops {
-                for i in 0..batch {
-                    ring.push(Submission::new(i as u64, Op::Nop))
-                        .map_err(|r| format!("push: {}", r.error))?;
-                }
-                ring.wait_for(batch, None).ctx("wait")?;
-                out.clear();
-                done += ring.reap_into(&mut out, batch).ctx("reap")? as u64;
-            }
+            let ops = cfg.nop_ops / batch as u64 * batch as u64;
+            (ops, subring_nops(&mut ring, batch, ops)?)
         }
         Work::Read(depth) | Work::ReadSqpoll(depth) => {
-            ops = cfg.read_ops;
-            let fd = Target::Fd(file.as_raw_fd());
-            let mut offsets = Offsets::new(cfg.file_len);
-            start = Instant::now();
-            let (mut issued, mut done) = (0u64, 0u64);
-            for i in 0..depth.min(ops as usize) {
-                let op = Op::Read {
-                    fd,
-                    buf: vec![0; BLOCK],
-                    offset: offsets.next(),
-                };
-                ring.push(Submission::new(i as u64, op))
-                    .map_err(|r| format!("push: {}", r.error))?;
-                issued += 1;
-            }
-            while done < ops {
-                ring.wait_for(1, None).ctx("wait")?;
-                out.clear();
-                ring.reap_into(&mut out, depth).ctx("reap")?;
-                for c in out.drain(..) {
-                    let n = c.result.ctx("read")?;
-                    if n as usize != BLOCK {
-                        return Err(format!("read returned {n}"));
-                    }
-                    done += 1;
-                    if issued < ops {
-                        let Output::Buf(buf) = c.output else {
-                            return Err("a read did not return its buffer".into());
-                        };
-                        let op = Op::Read {
-                            fd,
-                            buf,
-                            offset: offsets.next(),
-                        };
-                        ring.push(Submission::new(c.token, op))
-                            .map_err(|r| format!("push: {}", r.error))?;
-                        issued += 1;
-                    }
-                }
-            }
+            (cfg.read_ops, subring_reads(&mut ring, file, cfg, depth)?)
         }
-    }
-    let took = start.elapsed();
+    };
     Ok((
         ops as f64 / took.as_secs_f64(),
         ring.stats().enters as f64 / ops as f64,
     ))
+}
+
+/// `ops` NOPs in batches of `batch`: push them, wait for the batch, reap it.
+#[inline(never)]
+fn subring_nops(ring: &mut Uring, batch: usize, ops: u64) -> Result<Duration, String> {
+    let mut out = Vec::with_capacity(64);
+    let start = Instant::now();
+    let mut done = 0;
+    while done < ops {
+        for i in 0..batch {
+            ring.push(Submission::new(i as u64, Op::Nop))
+                .map_err(|r| format!("push: {}", r.error))?;
+        }
+        ring.wait_for(batch, None).ctx("wait")?;
+        out.clear();
+        done += ring.reap_into(&mut out, batch).ctx("reap")? as u64;
+    }
+    Ok(start.elapsed())
+}
+
+/// `cfg.read_ops` random 4 KiB reads with `depth` in flight, each buffer moved into its read
+/// and handed back with the completion.
+#[inline(never)]
+fn subring_reads(
+    ring: &mut Uring,
+    file: &File,
+    cfg: &KernelConfig,
+    depth: usize,
+) -> Result<Duration, String> {
+    let mut out = Vec::with_capacity(64);
+    let ops = cfg.read_ops;
+    let fd = Target::Fd(file.as_raw_fd());
+    let mut offsets = Offsets::new(cfg.file_len);
+    let start = Instant::now();
+    let (mut issued, mut done) = (0u64, 0u64);
+    for i in 0..depth.min(ops as usize) {
+        let op = Op::Read {
+            fd,
+            buf: vec![0; BLOCK],
+            offset: offsets.next(),
+        };
+        ring.push(Submission::new(i as u64, op))
+            .map_err(|r| format!("push: {}", r.error))?;
+        issued += 1;
+    }
+    while done < ops {
+        ring.wait_for(1, None).ctx("wait")?;
+        out.clear();
+        ring.reap_into(&mut out, depth).ctx("reap")?;
+        for c in out.drain(..) {
+            let n = c.result.ctx("read")?;
+            if n as usize != BLOCK {
+                return Err(format!("read returned {n}"));
+            }
+            done += 1;
+            if issued < ops {
+                let Output::Buf(buf) = c.output else {
+                    return Err("a read did not return its buffer".into());
+                };
+                let op = Op::Read {
+                    fd,
+                    buf,
+                    offset: offsets.next(),
+                };
+                ring.push(Submission::new(c.token, op))
+                    .map_err(|r| format!("push: {}", r.error))?;
+                issued += 1;
+            }
+        }
+    }
+    Ok(start.elapsed())
 }
 
 #[cfg(feature = "runtimes")]

@@ -292,10 +292,8 @@ impl UringBuilder {
         Ok(Uring {
             ring,
             supported,
-            slots: Vec::new(),
-            free: Vec::new(),
+            book: Book::default(),
             rung_at: 0,
-            foreign: 0,
             regions: Vec::new(),
             files: 0,
             eventfd,
@@ -315,6 +313,139 @@ struct Slot {
     aux: op::Aux,
 }
 
+/// The operations in flight that own memory, and what completions have told about them.
+#[derive(Debug, Default)]
+struct Book {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Completions reaped that were not for this ring's operations (messages from other
+    /// rings, unknown slots): counted in `stats.completed`, never in flight here.
+    foreign: u64,
+}
+
+impl Book {
+    /// A free slot for an operation that owns memory.
+    #[inline]
+    fn take_slot(&mut self) -> usize {
+        match self.free.pop() {
+            Some(k) => k as usize,
+            None => {
+                self.slots.push(Slot {
+                    token: 0,
+                    op: None,
+                    aux: op::Aux::None,
+                });
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Turns a reaped completion entry into a [`Completion`], releasing its slot. The caller
+    /// counts it in `stats.completed`.
+    fn complete(&mut self, cqe: &cqueue::Entry) -> Completion {
+        let mut done = MaybeUninit::uninit();
+        self.complete_into(cqe, &mut done);
+        // SAFETY: `complete_into` initialises `done` on every path.
+        unsafe { done.assume_init() }
+    }
+
+    /// [`Book::complete`], written straight into `dst` (building the value and moving it in
+    /// copied it through the stack). A `user_data` that names no operation of this ring (a
+    /// message from another ring, or an empty slot) is counted in `foreign`.
+    #[inline]
+    fn complete_into(&mut self, cqe: &cqueue::Entry, dst: &mut MaybeUninit<Completion>) {
+        let (ud, res) = (cqe.user_data(), cqe.result());
+        if ud & OWNED == 0 {
+            dst.write(self.complete_slotless(ud, res));
+            return;
+        }
+        let key = (ud & !OWNED) as usize;
+        let taken = self
+            .slots
+            .get_mut(key)
+            .and_then(|s| Some((s.token, s.op.take()?, std::mem::take(&mut s.aux))));
+        let Some((token, op, aux)) = taken else {
+            dst.write(self.unknown_slot(ud, key));
+            return;
+        };
+        self.free.push(key as u32);
+        let result = match res {
+            0.. => Ok(res as u32),
+            _ => failed(&op, token, res),
+        };
+        dst.write(Completion {
+            token,
+            result,
+            output: op::output(op, aux, res),
+        });
+    }
+
+    /// The completion of a light operation (see `light_kind`) or of a message from another
+    /// ring.
+    #[cold]
+    fn complete_slotless(&mut self, ud: u64, res: i32) -> Completion {
+        if ud & LIGHT != 0 {
+            let token = ud & LIGHT_TOKEN_MASK;
+            let kind = ((ud & !LIGHT) >> LIGHT_TOKEN_BITS) as usize;
+            let op = LIGHT_OPS.get(kind).copied().unwrap_or("unknown");
+            return Completion {
+                token,
+                result: if res < 0 {
+                    Err(OpError {
+                        op,
+                        token,
+                        source: io::Error::from_raw_os_error(-res),
+                    }
+                    .into_io())
+                } else {
+                    Ok(res as u32)
+                },
+                output: Output::None,
+            };
+        }
+        self.foreign += 1;
+        Completion {
+            token: ud,
+            result: if res < 0 {
+                Err(io::Error::from_raw_os_error(-res))
+            } else {
+                Ok(res as u32)
+            },
+            output: Output::Message,
+        }
+    }
+
+    /// The completion for a slot with nothing in flight: the kernel (or whoever wrote the
+    /// `user_data`) named an operation this ring does not have.
+    #[cold]
+    fn unknown_slot(&mut self, ud: u64, key: usize) -> Completion {
+        self.foreign += 1;
+        Completion {
+            token: ud,
+            result: Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("completion for unknown operation slot {key}"),
+            )),
+            output: Output::None,
+        }
+    }
+}
+
+/// The result of an operation the kernel finished with `res < 0`.
+#[cold]
+fn failed(op: &Op, token: u64, res: i32) -> io::Result<u32> {
+    match op {
+        // A timer that fires has done its job.
+        Op::Timeout { .. } if res == -libc::ETIME => Ok(0),
+        _ => Err(OpError {
+            op: op.name(),
+            token,
+            source: io::Error::from_raw_os_error(-res),
+        }
+        .into_io()),
+    }
+}
+
 #[derive(Debug)]
 struct Registered {
     region: Arc<Region>,
@@ -326,14 +457,12 @@ pub struct Uring {
     ring: IoUring,
     /// Opcodes the kernel supports and the builder did not disable, as a bit set.
     supported: [u64; 4],
-    slots: Vec<Slot>,
-    free: Vec<u32>,
+    /// Operations in flight. A field of its own so that completions can be matched to them
+    /// while the completion queue (`ring`) is borrowed: reaping reads entries in place.
+    book: Book,
     /// `stats.pushed` when the doorbell was last rung: what was pushed since is unsubmitted.
     /// (Counts that can be derived are not kept: every counter is a store per operation.)
     rung_at: u64,
-    /// Completions reaped that were not for this ring's operations (messages from other
-    /// rings): counted in `stats.completed`, never in flight here.
-    foreign: u64,
     regions: Vec<Registered>,
     files: u32,
     eventfd: Option<EventFdSignal>,
@@ -417,7 +546,7 @@ impl Uring {
 
     /// Operations submitted (or queued) whose completion has not been reaped.
     pub fn in_flight(&self) -> usize {
-        (self.stats.pushed - (self.stats.completed - self.foreign)) as usize
+        (self.stats.pushed - (self.stats.completed - self.book.foreign)) as usize
     }
 
     /// Entries pushed since the doorbell was last rung.
@@ -440,7 +569,7 @@ impl Uring {
                 format!("a region with id {} is already registered", region.id()),
             ));
         }
-        if self.slots.iter().any(|s| {
+        if self.book.slots.iter().any(|s| {
             matches!(
                 s.op,
                 Some(Op::ReadFixed { .. }) | Some(Op::WriteFixed { .. })
@@ -598,6 +727,7 @@ impl Uring {
     #[inline(never)]
     fn cancel_target(&self, token: u64) -> Result<u64, QueueError> {
         let key = self
+            .book
             .slots
             .iter()
             .position(|s| s.op.is_some() && s.token == token)
@@ -610,18 +740,10 @@ impl Uring {
         Ok(OWNED | key as u64)
     }
 
-    /// Makes sure the submission queue has room for one entry, or says why not.
-    #[inline]
-    fn make_room(&mut self) -> Result<(), QueueError> {
-        if !self.ring.submission().is_full() {
-            return Ok(());
-        }
-        self.make_room_slow()
-    }
-
+    /// Makes room in a full submission queue, or says why not.
     #[cold]
     #[inline(never)]
-    fn make_room_slow(&mut self) -> Result<(), QueueError> {
+    fn make_room(&mut self) -> Result<(), QueueError> {
         if self.on_full == OnFull::Submit {
             self.submit()?;
             if !self.ring.submission().is_full() {
@@ -629,22 +751,6 @@ impl Uring {
             }
         }
         Err(QueueError::Full)
-    }
-
-    /// A free slot for an operation that owns memory.
-    #[inline]
-    fn take_slot(&mut self) -> usize {
-        match self.free.pop() {
-            Some(k) => k as usize,
-            None => {
-                self.slots.push(Slot {
-                    token: 0,
-                    op: None,
-                    aux: op::Aux::None,
-                });
-                self.slots.len() - 1
-            }
-        }
     }
 
     #[inline(always)]
@@ -658,9 +764,15 @@ impl Uring {
         if let Err(e) = self.validate(&sub, &mut fin) {
             return Err(Rejected::new(sub, e));
         }
-        // Room first: once built, the entry is certain to be queued.
-        if let Err(e) = self.make_room() {
-            return Err(Rejected::new(sub, e));
+        // Room first: once built, the entry is certain to be queued. One view of the queue
+        // (one read of the kernel's head) serves the check and the push.
+        let mut sq = self.ring.submission();
+        if sq.is_full() {
+            drop(sq);
+            if let Err(e) = self.make_room() {
+                return Err(Rejected::new(sub, e));
+            }
+            sq = self.ring.submission();
         }
         let light = match sub.token <= LIGHT_TOKEN_MASK {
             true => light_kind(&sub.op),
@@ -672,32 +784,34 @@ impl Uring {
                 None
             }
             None => {
-                let key = self.take_slot();
+                let key = self.book.take_slot();
                 fin.user_data = OWNED | key as u64;
                 Some(key)
             }
         };
         let mut aux = op::Aux::None;
-        let ring = &mut self.ring;
         let queued = op::build(&mut sub.op, &mut aux, &fin, |entry| {
             // SAFETY: every pointer in `entry` targets heap memory owned by `sub.op` or `aux`
-            // (buffers, paths, boxes), which move into `self.slots[key]` below without moving
-            // what they point to and stay there until this entry's completion is reaped (or,
-            // on drop, until the kernel has completed or cancelled it); or a registered region
-            // kept alive by `self.regions`. Light operations (`light_kind`) point to no memory.
-            unsafe { ring.submission().push(entry) }.is_ok()
+            // (buffers, paths, boxes), which move into `self.book.slots[key]` below without
+            // moving what they point to and stay there until this entry's completion is reaped
+            // (or, on drop, until the kernel has completed or cancelled it); or a registered
+            // region kept alive by `self.regions`. Light operations (`light_kind`) point to no
+            // memory.
+            unsafe { sq.push(entry) }.is_ok()
         });
+        // Publishes the new tail.
+        drop(sq);
         if !queued {
-            // Not reached: `make_room` found room and only this ring pushes.
+            // Not reached: there was room and only this ring pushes.
             if let Some(key) = key {
-                self.free.push(key as u32);
+                self.book.free.push(key as u32);
             }
             return Err(Rejected::new(sub, QueueError::Full));
         }
         self.stats.pushed += 1;
         match key {
             Some(key) => {
-                let slot = &mut self.slots[key];
+                let slot = &mut self.book.slots[key];
                 slot.token = sub.token;
                 slot.op = Some(sub.op);
                 slot.aux = aux;
@@ -709,20 +823,44 @@ impl Uring {
         Ok(())
     }
 
-    /// Copies up to `buf.len()` completion entries out of the CQ with one head update; if the
-    /// CQ is empty, flushes overflowed completions or deferred task work when the kernel says
-    /// there are some, and tries again.
-    fn take_cqes<'b>(
-        &mut self,
-        buf: &'b mut [MaybeUninit<cqueue::Entry>],
-    ) -> io::Result<&'b mut [cqueue::Entry]> {
-        if self.ring.completion().is_empty() {
-            self.flush_if_needed()?;
+    /// Moves up to `max` completions from the CQ into `out`, reading the entries where they
+    /// lie, with one head update; returns how many. The caller counts them.
+    #[inline]
+    fn drain(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
+        let mut cq = self.ring.completion();
+        let avail = cq.len().min(max);
+        if avail == 0 {
+            return 0;
         }
-        Ok(self.ring.completion().fill(buf))
+        out.reserve(avail);
+        let len = out.len();
+        let mut written = 0;
+        // The bounded side first: `zip` pulls from its first iterator first, and an entry
+        // pulled from the CQ is consumed.
+        for (dst, cqe) in out.spare_capacity_mut()[..avail].iter_mut().zip(&mut cq) {
+            let ud = cqe.user_data();
+            // Light operations (NOPs and the like) that succeeded are finished here and written
+            // straight into the vector: building the value elsewhere and moving it in copied it
+            // with wide loads over narrow stores, a store-forwarding stall per completion.
+            if ud & (OWNED | LIGHT) == LIGHT && cqe.result() >= 0 {
+                dst.write(Completion {
+                    token: ud & LIGHT_TOKEN_MASK,
+                    result: Ok(cqe.result() as u32),
+                    output: Output::None,
+                });
+            } else {
+                self.book.complete_into(&cqe, dst);
+            }
+            written += 1;
+        }
+        // SAFETY: the loop initialised the first `written` spare elements, in order.
+        unsafe { out.set_len(len + written) };
+        // Dropping `cq` publishes the new head.
+        written
     }
 
     /// Enters the kernel to flush overflowed completions or deferred task work, if it says so.
+    #[cold]
     fn flush_if_needed(&mut self) -> io::Result<bool> {
         let (overflow, taskrun) = {
             let sq = self.ring.submission();
@@ -735,76 +873,6 @@ impl Uring {
             return Ok(true);
         }
         Ok(false)
-    }
-
-    /// Turns a reaped completion entry into a [`Completion`], releasing its slot. The caller
-    /// counts it in `stats.completed`.
-    #[inline]
-    fn complete(&mut self, cqe: cqueue::Entry) -> Completion {
-        let (ud, res) = (cqe.user_data(), cqe.result());
-        if ud & OWNED == 0 && ud & LIGHT != 0 {
-            let token = ud & LIGHT_TOKEN_MASK;
-            let kind = ((ud & !LIGHT) >> LIGHT_TOKEN_BITS) as usize;
-            let op = LIGHT_OPS.get(kind).copied().unwrap_or("unknown");
-            return Completion {
-                token,
-                result: if res < 0 {
-                    Err(OpError {
-                        op,
-                        token,
-                        source: io::Error::from_raw_os_error(-res),
-                    }
-                    .into_io())
-                } else {
-                    Ok(res as u32)
-                },
-                output: Output::None,
-            };
-        }
-        if ud & OWNED == 0 {
-            self.foreign += 1;
-            return Completion {
-                token: ud,
-                result: if res < 0 {
-                    Err(io::Error::from_raw_os_error(-res))
-                } else {
-                    Ok(res as u32)
-                },
-                output: Output::Message,
-            };
-        }
-        let key = (ud & !OWNED) as usize;
-        let Some(op) = self.slots.get_mut(key).and_then(|s| s.op.take()) else {
-            self.foreign += 1;
-            return Completion {
-                token: ud,
-                result: Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("completion for unknown operation slot {key}"),
-                )),
-                output: Output::None,
-            };
-        };
-        let slot = &mut self.slots[key];
-        let (token, aux) = (slot.token, std::mem::take(&mut slot.aux));
-        self.free.push(key as u32);
-        let name = op.name();
-        let result = match (res, &op) {
-            // A timer that fires has done its job.
-            (r, Op::Timeout { .. }) if r == -libc::ETIME => Ok(0),
-            (r, _) if r < 0 => Err(OpError {
-                op: name,
-                token,
-                source: io::Error::from_raw_os_error(-r),
-            }
-            .into_io()),
-            (r, _) => Ok(r as u32),
-        };
-        Completion {
-            token,
-            result,
-            output: op::output(op, aux, res),
-        }
     }
 
     fn deadline_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
@@ -884,49 +952,24 @@ impl Completer for Uring {
     type Completion = Completion;
 
     fn reap(&mut self) -> Result<Option<Completion>, QueueError> {
-        let mut buf = [MaybeUninit::uninit()];
-        let cqe = self.take_cqes(&mut buf)?.first().cloned();
-        Ok(cqe.map(|c| {
+        let mut next = self.ring.completion().next();
+        if next.is_none() && self.flush_if_needed()? {
+            next = self.ring.completion().next();
+        }
+        Ok(next.map(|cqe| {
             self.stats.completed += 1;
-            self.complete(c)
+            self.book.complete(&cqe)
         }))
     }
 
+    /// Moves what the CQ holds, up to `max`, into `out`. If the CQ is empty and the kernel
+    /// says completions overflowed (or task work is deferred), flushes them first.
     fn reap_into(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, QueueError> {
-        const BATCH: usize = 32;
-        let mut buf = [const { MaybeUninit::uninit() }; BATCH];
-        let mut n = 0;
-        while n < max {
-            let want = (max - n).min(BATCH);
-            let cqes = self.take_cqes(&mut buf[..want])?;
-            let got = cqes.len();
-            out.reserve(got);
-            let len = out.len();
-            for (cqe, dst) in cqes.iter().zip(&mut out.spare_capacity_mut()[..got]) {
-                let ud = cqe.user_data();
-                // Light operations (NOPs and the like) are finished here and written straight
-                // into the vector: `push`ing the value from `complete` built it on the stack
-                // and copied it with wide loads over narrow stores, a store-forwarding stall
-                // per completion.
-                if ud & (OWNED | LIGHT) == LIGHT && cqe.result() >= 0 {
-                    dst.write(Completion {
-                        token: ud & LIGHT_TOKEN_MASK,
-                        result: Ok(cqe.result() as u32),
-                        output: Output::None,
-                    });
-                } else {
-                    dst.write(self.complete(cqe.clone()));
-                }
-            }
-            // SAFETY: the loop above initialised the first `got` spare elements (`zip` stops at
-            // the shorter side, and both have `got` elements).
-            unsafe { out.set_len(len + got) };
-            self.stats.completed += got as u64;
-            n += got;
-            if got < want {
-                break;
-            }
+        let mut n = self.drain(out, max);
+        if n == 0 && max > 0 && self.flush_if_needed()? {
+            n = self.drain(out, max);
         }
+        self.stats.completed += n as u64;
         Ok(n)
     }
 
@@ -952,74 +995,90 @@ impl Uring {
     pub fn wait_for(&mut self, min: usize, timeout: Option<Duration>) -> Result<(), QueueError> {
         let min = min.clamp(1, self.in_flight().max(1));
         self.notify.waits += 1;
-        let timed_out = |s: &mut Self| {
-            s.notify.timeouts += 1;
-            QueueError::Timeout(timeout.unwrap_or_default())
-        };
+        if self.wait != WaitMode::Enter {
+            return self.wait_without_enter(min, timeout);
+        }
+        let mut have = self.cq_len();
+        if have >= min {
+            self.notify.without_sleep += 1;
+            return Ok(());
+        }
+        // No flush first: the enter below carries GETEVENTS, which makes the kernel flush
+        // overflowed completions and run deferred task work before it decides to sleep.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        // The enter also submits anything pushed since the last doorbell.
+        if self.unsubmitted() > 0 {
+            self.rung_at = self.stats.pushed;
+            self.stats.doorbell.record(Rung::Rang);
+        }
+        loop {
+            let Some(left) = Self::deadline_left(deadline) else {
+                self.notify.timeouts += 1;
+                return Err(QueueError::Timeout(timeout.unwrap_or_default()));
+            };
+            self.notify.sleeps += 1;
+            self.stats.enters += 1;
+            let want = min - have;
+            let entered = match left.map(types::Timespec::from) {
+                Some(ts) => {
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(want, &args)
+                }
+                // Without a timeout, a plain enter: no argument block to copy in.
+                None => self.ring.submitter().submit_and_wait(want),
+            };
+            match entered {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+            have = self.cq_len();
+            if have >= min {
+                return Ok(());
+            }
+            // Short (a signal, the timeout, or completions the kernel still holds): flush what
+            // the kernel says it holds, and look again.
+            if self.flush_if_needed()? {
+                have = self.cq_len();
+                if have >= min {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// [`Uring::wait_for`] in [`WaitMode::Poll`] and [`WaitMode::EventFd`]: submit, then poll
+    /// the CQ or sleep on the eventfd.
+    fn wait_without_enter(
+        &mut self,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(), QueueError> {
         if self.cq_len() >= min || (self.flush_if_needed()? && self.cq_len() >= min) {
             self.notify.without_sleep += 1;
             return Ok(());
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        match self.wait {
-            WaitMode::Enter => {
-                // The enter below also submits anything pushed since the last doorbell.
-                if self.unsubmitted() > 0 {
-                    self.rung_at = self.stats.pushed;
-                    self.stats.doorbell.record(Rung::Rang);
-                }
-                loop {
-                    let Some(left) = Self::deadline_left(deadline) else {
-                        return Err(timed_out(self));
-                    };
-                    self.notify.sleeps += 1;
-                    self.stats.enters += 1;
-                    let want = min.saturating_sub(self.cq_len()).max(1);
-                    let entered = match left.map(types::Timespec::from) {
-                        Some(ts) => {
-                            let args = types::SubmitArgs::new().timespec(&ts);
-                            self.ring.submitter().submit_with_args(want, &args)
-                        }
-                        // Without a timeout, a plain enter: no argument block to copy in.
-                        None => self.ring.submitter().submit_and_wait(want),
-                    };
-                    match entered {
-                        Ok(_) => {}
-                        Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                    if self.cq_len() >= min || (self.flush_if_needed()? && self.cq_len() >= min) {
-                        return Ok(());
-                    }
-                }
+        self.submit()?;
+        let word = WakeWord::new();
+        loop {
+            if self.cq_len() >= min || (self.flush_if_needed()? && self.cq_len() >= min) {
+                self.notify.without_sleep += u64::from(self.wait == WaitMode::Poll);
+                return Ok(());
             }
-            WaitMode::Poll | WaitMode::EventFd => {
-                self.submit()?;
-                let word = WakeWord::new();
-                let mut spins = 0u32;
-                loop {
-                    if self.cq_len() >= min || (self.flush_if_needed()? && self.cq_len() >= min) {
-                        self.notify.without_sleep += u64::from(self.wait == WaitMode::Poll);
-                        return Ok(());
-                    }
-                    let Some(left) = Self::deadline_left(deadline) else {
-                        return Err(timed_out(self));
-                    };
-                    match &self.eventfd {
-                        // The kernel signals the eventfd on every completion and the count
-                        // persists, so one that lands between the check above and this block
-                        // is not lost.
-                        Some(efd) => {
-                            self.notify.sleeps += 1;
-                            efd.block(&word, left)?;
-                        }
-                        None => {
-                            spins = spins.wrapping_add(1);
-                            std::hint::spin_loop();
-                        }
-                    }
+            let Some(left) = Self::deadline_left(deadline) else {
+                self.notify.timeouts += 1;
+                return Err(QueueError::Timeout(timeout.unwrap_or_default()));
+            };
+            match &self.eventfd {
+                // The kernel signals the eventfd on every completion and the count persists,
+                // so one that lands between the check above and this block is not lost.
+                Some(efd) => {
+                    self.notify.sleeps += 1;
+                    efd.block(&word, left)?;
                 }
+                None => std::hint::spin_loop(),
             }
         }
     }
@@ -1048,12 +1107,12 @@ impl Drop for Uring {
                 let Some(cqe) = next else { break };
                 if cqe.user_data() & (OWNED | LIGHT) != 0 {
                     self.stats.completed += 1;
-                    drop(self.complete(cqe));
+                    drop(self.book.complete(&cqe));
                 }
             }
         }
         if self.in_flight() > 0 {
-            for slot in self.slots.drain(..) {
+            for slot in self.book.slots.drain(..) {
                 if slot.op.is_some() {
                     std::mem::forget(slot);
                 }

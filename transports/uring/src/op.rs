@@ -589,6 +589,7 @@ pub enum Output {
 }
 
 /// Turns a finished operation into what the caller gets back, given the kernel's result.
+#[inline]
 pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
     let n = if res > 0 { res as usize } else { 0 };
     match op {
