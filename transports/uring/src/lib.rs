@@ -485,14 +485,12 @@ impl fmt::Debug for Uring {
 
 #[cold]
 #[inline(never)]
-fn unsupported(op: &Op) -> QueueError {
+// (Takes the name and opcode, not the `Op`: a reference passed to a function that is not
+// inlined would keep the submission in memory on the push path.)
+fn unsupported(name: &'static str, opcode: u8) -> QueueError {
     QueueError::Io(io::Error::new(
         io::ErrorKind::Unsupported,
-        format!(
-            "io_uring operation {} (opcode {}) is not supported by this kernel",
-            op.name(),
-            op.opcode()
-        ),
+        format!("io_uring operation {name} (opcode {opcode}) is not supported by this kernel"),
     ))
 }
 
@@ -681,7 +679,7 @@ impl Uring {
     #[inline(always)]
     fn validate(&self, sub: &Submission, fin: &mut op::Finish) -> Result<(), QueueError> {
         if !self.supports(sub.op.opcode()) {
-            return Err(unsupported(&sub.op));
+            return Err(unsupported(sub.op.name(), sub.op.opcode()));
         }
         let target = match &sub.op {
             Op::Read { fd, .. }
@@ -740,17 +738,20 @@ impl Uring {
         Ok(OWNED | key as u64)
     }
 
-    /// Makes room in a full submission queue, or says why not.
+    /// A push into a full submission queue: makes room ([`OnFull`]) and pushes, or hands the
+    /// submission back saying why not.
     #[cold]
     #[inline(never)]
-    fn make_room(&mut self) -> Result<(), QueueError> {
+    fn push_when_full(&mut self, sub: Submission) -> Result<(), Rejected<Submission>> {
         if self.on_full == OnFull::Submit {
-            self.submit()?;
+            if let Err(e) = self.submit() {
+                return Err(Rejected::new(sub, e));
+            }
             if !self.ring.submission().is_full() {
-                return Ok(());
+                return self.push_one(sub);
             }
         }
-        Err(QueueError::Full)
+        Err(Rejected::new(sub, QueueError::Full))
     }
 
     #[inline(always)]
@@ -765,14 +766,13 @@ impl Uring {
             return Err(Rejected::new(sub, e));
         }
         // Room first: once built, the entry is certain to be queued. One view of the queue
-        // (one read of the kernel's head) serves the check and the push.
+        // (one read of the kernel's head) serves the check and the push. A full queue leaves
+        // this path for good: a call here that the fast path merged back from made the
+        // compiler keep the submission in memory and re-read what kind of operation it is.
         let mut sq = self.ring.submission();
         if sq.is_full() {
             drop(sq);
-            if let Err(e) = self.make_room() {
-                return Err(Rejected::new(sub, e));
-            }
-            sq = self.ring.submission();
+            return self.push_when_full(sub);
         }
         let light = match sub.token <= LIGHT_TOKEN_MASK {
             true => light_kind(&sub.op),

@@ -225,6 +225,7 @@ pub enum Op {
 
 impl Op {
     /// The operation's name, used in errors.
+    #[inline]
     pub fn name(&self) -> &'static str {
         match self {
             Op::Nop => "nop",
@@ -251,6 +252,7 @@ impl Op {
     }
 
     /// The io_uring opcode, for probing.
+    #[inline]
     pub fn opcode(&self) -> u8 {
         match self {
             Op::Nop => opcode::Nop::CODE,
