@@ -3,8 +3,9 @@
 //!
 //! - round trips of an 8-byte request (subring-shm's echo `PING`, a 32-byte entry each way) in
 //!   spin, adaptive and eventfd modes, against a raw shared-memory spin ping-pong (the physical
-//!   floor), a raw eventfd pair, a pipe pair and a Unix socket pair — with the processes on two
-//!   cores (`split`) and on one (`shared`);
+//!   floor), a raw eventfd pair (blocking reads, and waiting in epoll as subring does), a pipe
+//!   pair and a Unix socket pair — with the processes on two cores (`split`) and on one
+//!   (`shared`);
 //! - 4 KiB payload throughput: the client writes each payload into a shared buffer and the server
 //!   reads it in place (`TOUCH`: every byte read once), against a Unix socket and a raw
 //!   shared-memory ring of 64 x 4 KiB slots (copy in, copy out).
@@ -72,18 +73,14 @@ pub fn fork_server(cpu: usize) -> Result<(peers::Child, std::os::fd::OwnedFd), S
     let (server_end, client_end) = subring_shm::socket_pair().map_err(|e| e.to_string())?;
     let child = peers::fork_pinned(cpu, &[client_end.as_raw_fd()], move || {
         let run = || -> Result<(), subring_shm::Error> {
-            let mut server =
-                Server::new(ServerConfig::new(ECHO_PROTOCOL), echo::handler_factory())?;
+            // Serves until the client leaves, sleeping without a timeout as a server run for
+            // good would (the parent kills it if it outstays the measurement, and it dies with
+            // the parent).
+            let mut config = ServerConfig::new(ECHO_PROTOCOL);
+            config.exit_when_empty = true;
+            let mut server = Server::new(config, echo::handler_factory())?;
             server.add_connection(server_end)?;
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(120) {
-                server.run_for(Duration::from_millis(5))?;
-                let s = server.stats();
-                if s.welcomed + s.refused > 0 && s.clients == 0 {
-                    break;
-                }
-            }
-            Ok(())
+            server.run()
         };
         match run() {
             Ok(()) => 0,
@@ -231,7 +228,7 @@ pub const SHARED: &str = "ipc round trip, 1 shared core";
 pub const PAYLOADS: &str = "4 KiB payloads, client to server";
 
 /// Measurements per repetition (for progress).
-const STEPS_PER_REP: u64 = 16;
+const STEPS_PER_REP: u64 = 18;
 
 /// Runs the round-trip and payload sections into `report`.
 pub fn run(
@@ -286,6 +283,11 @@ pub fn run(
                 record(name, m.map(|m| m.latency), sys)?;
             }
             record("raw eventfd", peers::eventfd_rt(n, placement), 2.0)?;
+            record(
+                "raw eventfd, epoll waits",
+                peers::eventfd_epoll_rt(n, placement),
+                2.0,
+            )?;
             record("pipe", peers::pipe_rt(n, placement), 2.0)?;
             record("unix socket", peers::unix_socket_rt(n, placement), 2.0)?;
         }
@@ -309,6 +311,7 @@ pub fn run(
     }
     split.compare("raw spin (floor)", "subring spin", Some("<= 1.5"));
     split.compare("raw eventfd", "subring eventfd", Some("<= 1.1"));
+    split.compare("raw eventfd, epoll waits", "subring eventfd", None);
     split.compare("pipe", "subring eventfd", Some("< 1"));
     split.compare("unix socket", "subring eventfd", Some("< 1"));
     split.best_of("best of spin, eventfd", "subring spin", "subring eventfd");
@@ -317,6 +320,7 @@ pub fn run(
     // is the best subring can do, and adaptive must find it.
     shared.compare("subring eventfd", "subring adaptive", Some("<= 1.5"));
     shared.compare("raw eventfd", "subring eventfd", None);
+    shared.compare("raw eventfd, epoll waits", "subring eventfd", None);
     shared.compare("pipe", "subring eventfd", None);
     shared.compare("unix socket", "subring eventfd", None);
     tput.compare("unix socket", "subring zero-copy", Some(">= 3"));

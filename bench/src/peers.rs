@@ -399,8 +399,12 @@ fn pipe() -> Result<(File, File), String> {
 }
 
 fn eventfd() -> Result<File, String> {
+    eventfd_with(0)
+}
+
+fn eventfd_with(flags: libc::c_int) -> Result<File, String> {
     // SAFETY: eventfd takes plain integers and touches no memory.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | flags) };
     if fd < 0 {
         return Err(os_err("eventfd"));
     }
@@ -592,6 +596,98 @@ pub fn eventfd_rt(n: usize, placement: Placement) -> Result<Latency, String> {
         // An eventfd has no EOF: tell the child to stop.
         (&down)
             .write_all(&2u64.to_ne_bytes())
+            .map_err(io_err("write"))?;
+        Ok(latency)
+    })
+}
+
+/// An edge-triggered `epoll` set holding one non-blocking eventfd: waiting never reads the
+/// counter (each write is an edge), as subring's eventfd signal waits.
+struct EdgeWait(File);
+
+impl EdgeWait {
+    fn new(efd: &File) -> Result<Self, String> {
+        // SAFETY: epoll_create1 takes a flag and touches no memory.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(os_err("epoll_create1"));
+        }
+        // SAFETY: `ep` is a fresh descriptor that nothing else owns.
+        let ep = unsafe { File::from_raw_fd(ep) };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 0,
+        };
+        // SAFETY: both descriptors are open; `ev` is a valid event the kernel copies.
+        if unsafe {
+            libc::epoll_ctl(
+                ep.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                efd.as_raw_fd(),
+                &mut ev,
+            )
+        } != 0
+        {
+            return Err(os_err("epoll_ctl"));
+        }
+        Ok(EdgeWait(ep))
+    }
+
+    /// Waits for the next write (at most `within`; `None`: no limit).
+    fn wait(&self, within: Option<Duration>) -> Result<(), String> {
+        let ms = within.map_or(-1, |w| w.as_millis() as libc::c_int);
+        let mut ev = [libc::epoll_event { events: 0, u64: 0 }];
+        loop {
+            // SAFETY: `ev` has room for the one event we ask for.
+            match unsafe { libc::epoll_wait(self.0.as_raw_fd(), ev.as_mut_ptr(), 1, ms) } {
+                1 => return Ok(()),
+                0 => return Err(format!("no wake-up within {within:?}")),
+                _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                _ => return Err(os_err("epoll_wait")),
+            }
+        }
+    }
+}
+
+/// [`eventfd_rt`] with both sides waiting the way subring's eventfd mode does: in an
+/// edge-triggered `epoll` on a non-blocking eventfd, the parent with a timeout and the child
+/// without, never reading the counter (subring waits in epoll because its sides also watch
+/// sockets and other rings, and with a timeout because a wait must notice a dead peer). Against
+/// [`eventfd_rt`] this is the price of that way of waiting; subring's eventfd mode against this
+/// is the price of its shared-memory rings.
+pub fn eventfd_epoll_rt(n: usize, placement: Placement) -> Result<Latency, String> {
+    let err = |e: String| format!("eventfd_epoll_rt: {e}");
+    let (down, up) = (
+        eventfd_with(libc::EFD_NONBLOCK).map_err(err)?,
+        eventfd_with(libc::EFD_NONBLOCK).map_err(err)?,
+    );
+    let shm = Shm::new(4096).map_err(err)?;
+    let stop = shm.word(0);
+    let child = || {
+        let Ok(waiter) = EdgeWait::new(&down) else {
+            return EXIT_IO;
+        };
+        loop {
+            if waiter.wait(None).is_err() {
+                return EXIT_IO;
+            } else if stop.load(Ordering::Acquire) != 0 {
+                return 0;
+            } else if (&up).write_all(&1u64.to_ne_bytes()).is_err() {
+                return EXIT_IO;
+            }
+        }
+    };
+    run("eventfd_epoll_rt", placement, &[], child, || {
+        let waiter = EdgeWait::new(&up)?;
+        let latency = sample(n, RT_BUDGET, || {
+            (&down)
+                .write_all(&1u64.to_ne_bytes())
+                .map_err(io_err("write"))?;
+            waiter.wait(Some(WAIT))
+        })?;
+        stop.store(1, Ordering::Release);
+        (&down)
+            .write_all(&1u64.to_ne_bytes())
             .map_err(io_err("write"))?;
         Ok(latency)
     })

@@ -107,8 +107,16 @@ impl WakeWord {
 
     /// Waiter side: we are not going to sleep (or have woken).
     pub fn cancel_sleep(&self) {
-        // A read-modify-write for the reason given in `announce_sleep_with`.
-        self.state.swap(AWAKE, Relaxed);
+        // Only this side ever writes SLEEPING, so a word that reads AWAKE stays AWAKE until we
+        // write it: nothing to do. That is the usual case after a wake-up (the notifier's
+        // `take_sleeper` cleared it), and skipping the swap matters: the word's line was just
+        // written by the other core, and a swap (a locked instruction, a full barrier on x86)
+        // would wait for it before the caller's next look at the ring could start, where a load
+        // lets the two cache misses overlap.
+        if self.state.load(Relaxed) != AWAKE {
+            // A read-modify-write for the reason given in `announce_sleep_with`.
+            self.state.swap(AWAKE, Relaxed);
+        }
     }
 
     /// Notifier side, after publishing: is a waiter asleep? If so, claims the wake-up (clears

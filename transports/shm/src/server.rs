@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub idle_poll: Duration,
     /// Requests taken from one client per turn, so that one busy client cannot starve others.
     pub batch: u32,
+    /// [`Server::run`] returns once every client has left, after at least one came: a server
+    /// for one session (a parent's private subsystem, a test, a benchmark) that needs no stop
+    /// signal and no timed turns to notice it is done.
+    pub exit_when_empty: bool,
 }
 
 impl ServerConfig {
@@ -64,6 +68,7 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             idle_poll: Duration::from_micros(50),
             batch: 64,
+            exit_when_empty: false,
         }
     }
 }
@@ -592,13 +597,23 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
         Stopper(self.stop.clone())
     }
 
-    /// Serves until stopped ([`Stopper::stop`]); then says goodbye to every client.
+    /// Serves until stopped ([`Stopper::stop`]), or, with [`ServerConfig::exit_when_empty`],
+    /// until every client has left; then says goodbye to any client still connected.
     pub fn run(&mut self) -> Result<(), Error> {
         while !self.stopping {
             self.turn()?;
+            if self.config.exit_when_empty && self.is_empty_after_use() {
+                break;
+            }
         }
         self.release_all("the server is stopping");
         Ok(())
+    }
+
+    /// Some client came (welcomed or refused) and none is connected now, not even one still
+    /// saying hello.
+    fn is_empty_after_use(&self) -> bool {
+        self.stats.welcomed + self.stats.refused > 0 && self.conns.is_empty()
     }
 
     /// Serves for about `limit`, then returns (for tests and single-threaded programs that do
@@ -668,6 +683,11 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
         }
         if self.idle_since.take().is_some() {
             self.window.miss();
+        }
+        // The last client may have left during this turn: a server that exits when empty must
+        // not go to sleep with nothing left to wake it.
+        if self.config.exit_when_empty && self.is_empty_after_use() {
+            return Ok(false);
         }
         if self.arm_all() {
             self.disarm_all();

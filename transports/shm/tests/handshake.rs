@@ -416,3 +416,40 @@ fn extra_regions_register_and_resolve() {
     echo_many(&mut client, 20, 4, 64);
     srv.stop().unwrap();
 }
+
+#[test]
+fn a_server_that_exits_when_empty_returns_once_its_client_leaves() {
+    for mode in [NotifyMode::Spin, NotifyMode::Adaptive, NotifyMode::EventFd] {
+        let (server_end, client_end) = subring_shm::socket_pair().unwrap();
+        let mut config = ServerConfig::new(ECHO_PROTOCOL);
+        config.exit_when_empty = true;
+        let mut server = Server::new(config, echo::handler_factory()).unwrap();
+        server.add_connection(server_end).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let result = server.run();
+            let _ = done_tx.send(());
+            (result, server.stats())
+        });
+        let mut client =
+            Client::<EchoReq, EchoResp>::from_socket(client_end, &options(mode)).unwrap();
+        let req = EchoReq {
+            seq: 1,
+            op: echo::op::PING,
+            ..EchoReq::default()
+        };
+        let resp = call(&mut client, req).unwrap();
+        assert_eq!((resp.seq, resp.status), (1, echo::status::OK));
+        // Still serving while the client is connected.
+        assert!(done_rx.recv_timeout(Duration::from_millis(50)).is_err());
+        drop(client);
+        // A spin client leaves from the middle of a polling turn: the server must not go to
+        // sleep after releasing it.
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("{mode:?}: the server kept running after its client left"));
+        let (result, stats) = thread.join().unwrap();
+        result.unwrap();
+        assert_eq!((stats.welcomed, stats.released, stats.clients), (1, 1, 0));
+    }
+}
