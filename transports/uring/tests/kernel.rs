@@ -716,15 +716,28 @@ fn full_submission_queue() {
     assert_eq!((s.pushed, s.completed), (10, 10));
 }
 
-#[test]
-fn completion_queue_overflow_is_drained() {
+/// A ring with a CQ of 8 and `batches` batches of 8 NOPs submitted (tokens 0 up): the kernel
+/// completes them inline and holds what does not fit in the CQ.
+fn nops_overflowing_a_cq_of_8(batches: u64) -> Uring {
     let mut ring = Uring::builder().entries(8).cq_entries(8).build().unwrap();
-    for batch in 0..8u64 {
+    for batch in 0..batches {
         for i in 0..8 {
             ring.push(sub(batch * 8 + i, Op::Nop)).unwrap();
         }
         ring.submit().unwrap();
     }
+    ring
+}
+
+fn sorted_tokens(done: &[subring_uring::Completion]) -> Vec<u64> {
+    let mut tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
+    tokens.sort_unstable();
+    tokens
+}
+
+#[test]
+fn completion_queue_overflow_is_drained() {
+    let mut ring = nops_overflowing_a_cq_of_8(8);
     // 64 completions for a CQ of 8: the kernel holds the rest and says so. Reaping alone (no
     // wait, which would flush as a side effect of entering) must find the flag and flush.
     let mut done = Vec::new();
@@ -739,8 +752,7 @@ fn completion_queue_overflow_is_drained() {
             ring.wait(LIMIT).unwrap();
         }
     }
-    let mut tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
-    tokens.sort_unstable();
+    let tokens = sorted_tokens(&done);
     assert_eq!(tokens, (0..64).collect::<Vec<_>>());
     assert!(
         ring.stats().flushes >= 1,
@@ -751,13 +763,7 @@ fn completion_queue_overflow_is_drained() {
 
 #[test]
 fn a_wait_drains_overflowed_completions() {
-    let mut ring = Uring::builder().entries(8).cq_entries(8).build().unwrap();
-    for batch in 0..4u64 {
-        for i in 0..8 {
-            ring.push(sub(batch * 8 + i, Op::Nop)).unwrap();
-        }
-        ring.submit().unwrap();
-    }
+    let mut ring = nops_overflowing_a_cq_of_8(4);
     // 32 completions for a CQ of 8. Waiting for more than the CQ holds makes the kernel
     // move held completions in as the CQ is emptied.
     let mut done = Vec::new();
@@ -772,8 +778,7 @@ fn a_wait_drains_overflowed_completions() {
         let got = ring.reap_into(&mut done, 8).unwrap();
         assert!(got >= 1, "a wait for 8 returned with an empty CQ");
     }
-    let mut tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
-    tokens.sort_unstable();
+    let tokens = sorted_tokens(&done);
     assert_eq!(tokens, (0..32).collect::<Vec<_>>());
     assert_eq!(ring.in_flight(), 0);
     assert_eq!(ring.stats().completed, 32);
