@@ -41,6 +41,7 @@ impl From<WaitError> for QueueError {
     fn from(e: WaitError) -> Self {
         match e {
             WaitError::Timeout(t) => QueueError::Timeout(t),
+            WaitError::PeerHungUp => QueueError::PeerGone,
             WaitError::Io(e) => QueueError::Io(e),
         }
     }

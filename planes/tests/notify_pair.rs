@@ -9,7 +9,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use subring_planes::control::Doorbell;
 use subring_planes::interrupt::{
     EventFdSignal, FutexSignal, Notified, Notifier, NotifyMode, Signal, SleepNotifier, SpinPolicy,
-    WaitError, WakeRef,
+    WaitError, WakeRef, Woke,
 };
 use subring_planes::pair::{in_process, PairConfig};
 use subring_planes::queue::{Completer, QueueError, Submitter};
@@ -60,6 +60,70 @@ fn eventfd_wait_needs_no_drain() {
     }
     // Nothing was drained: the counter holds every write.
     assert_eq!(efd.drain().unwrap(), 3);
+}
+
+/// Runs `f` on a thread and returns its result, or panics if it takes longer than 10 s (the
+/// thread is left behind: the test has failed anyway).
+fn within_10s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{what}: no result within 10 s ({e})"))
+}
+
+#[test]
+fn a_watched_hang_up_ends_a_wait_that_has_no_timeout() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let word = WakeRef::local();
+    let efd = EventFdSignal::new().unwrap();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    efd.watch_hangup(ours.as_fd()).unwrap();
+    let n = SleepNotifier::new(word.clone(), efd.clone(), SpinPolicy::none());
+
+    // Data on the watched socket is not a hang-up, and does not end a wait.
+    theirs.write_all(b"hello").unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        efd.block(&word, Some(Duration::from_millis(30))).unwrap(),
+        Woke::Recheck
+    );
+    assert!(start.elapsed() >= Duration::from_millis(25), "data woke it");
+
+    // A wait with no timeout, blocked when the peer goes away, ends with the hang-up.
+    let waiter = {
+        let (efd, word) = (efd.clone(), word.clone());
+        std::thread::spawn(move || efd.block(&word, None).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    drop(theirs);
+    let start = Instant::now();
+    while !waiter.is_finished() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the hang-up did not end the wait"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(waiter.join().unwrap(), Woke::HangUp);
+
+    // It stays hung up (level-triggered), but a wake-up still comes first.
+    assert_eq!(efd.block(&word, None).unwrap(), Woke::HangUp);
+    word.announce_sleep();
+    assert_eq!(n.notify().unwrap(), Notified::Sent);
+    assert_eq!(efd.block(&word, None).unwrap(), Woke::Recheck);
+
+    // Through the notifier: a condition that holds is still reported; one that never will
+    // ends the wait with `PeerHungUp`, which the queue model reads as the peer being gone.
+    n.wait_until(&mut || true, None).unwrap();
+    let err = within_10s("wait_until after a hang-up", move || {
+        n.wait_until(&mut || false, None).unwrap_err()
+    });
+    assert!(matches!(err, WaitError::PeerHungUp), "{err}");
+    assert!(matches!(QueueError::from(err), QueueError::PeerGone));
+    drop(ours);
 }
 
 fn timeout_in(notifier: &dyn Notifier) {

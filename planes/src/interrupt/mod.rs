@@ -25,7 +25,9 @@
 //! # Notifiers
 //! - [`EventFdNotifier`]: blocks on an eventfd (in an edge-triggered `epoll_wait`, one system
 //!   call per sleep); implements `AsFd` so the waiter can sit in epoll, mio or tokio's
-//!   `AsyncFd` instead.
+//!   `AsyncFd` instead. The same wait can watch a socket for hang-up
+//!   ([`EventFdSignal::watch_hangup`]): a peer's death then ends it with
+//!   [`WaitError::PeerHungUp`], so it needs no timeout to notice one.
 //! - [`FutexNotifier`]: blocks in `futex(2)` on the wake word itself; works across processes
 //!   with no fd at all.
 //! - [`SpinNotifier`]: never sleeps, never makes a system call.
@@ -46,7 +48,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(loom)]
 pub use signal::LoomSignal;
-pub use signal::{EventFdSignal, FutexSignal, Signal};
+pub use signal::{EventFdSignal, FutexSignal, Signal, Woke};
 
 use crate::data::Region;
 use crate::sync::{fence, spin_loop, AtomicU32, Ordering::*};
@@ -221,6 +223,10 @@ pub enum WaitError {
     /// The timeout passed.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The peer hung up (a descriptor watched with [`EventFdSignal::watch_hangup`] did), and
+    /// the condition is still false: it will not become true.
+    #[error("the peer hung up")]
+    PeerHungUp,
     /// Blocking failed.
     #[error("waiting failed: {0}")]
     Io(#[from] io::Error),
@@ -588,9 +594,12 @@ impl<S: Signal> Notifier for SleepNotifier<S> {
             bump(&self.counters.sleeps);
             let blocked = self.signal.block(&self.word, remaining);
             self.word.cancel_sleep();
-            blocked?;
+            let woke = blocked?;
             if ready() {
                 return Ok(());
+            }
+            if woke == Woke::HangUp {
+                return Err(WaitError::PeerHungUp);
             }
         }
     }

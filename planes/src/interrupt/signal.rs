@@ -14,6 +14,16 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::{WakeWord, SLEEPING};
 
+/// How a [`Signal::block`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woke {
+    /// Woken, timed out, or spuriously: the caller re-checks its condition.
+    Recheck,
+    /// Nothing was signalled, but a descriptor registered with
+    /// [`EventFdSignal::watch_hangup`] hung up: the peer is gone, and no wake-up will come.
+    HangUp,
+}
+
 /// The kernel object a sleeping side blocks on and a notifying side pokes.
 pub trait Signal: fmt::Debug + Send {
     /// Wakes a side blocked in [`Signal::block`] (or makes its next block return at once).
@@ -21,7 +31,7 @@ pub trait Signal: fmt::Debug + Send {
 
     /// Blocks until woken, the timeout passes, or spuriously. `word` is the shared wake word,
     /// which the caller has set to "sleeping".
-    fn block(&self, word: &WakeWord, timeout: Option<Duration>) -> io::Result<()>;
+    fn block(&self, word: &WakeWord, timeout: Option<Duration>) -> io::Result<Woke>;
 }
 
 /// An eventfd: wakes are counted by the kernel until read, so a wake sent before the waiter
@@ -34,12 +44,22 @@ pub trait Signal: fmt::Debug + Send {
 /// plain eventfd is, instead of `poll` plus `read`. The counter is left to grow (it saturates
 /// only after 2^64 - 2 wake-ups); [`drain`](EventFdSignal::drain) empties it for callers that
 /// watch the fd level-triggered in their own event loop.
+///
+/// The same epoll set can also watch the peer's liveness
+/// ([`watch_hangup`](EventFdSignal::watch_hangup)): a socket whose other end closes, for
+/// instance when the peer process dies, ends a blocked wait with [`Woke::HangUp`]. A waiter
+/// then needs no timeout, and no periodic wake-up, to notice a dead peer.
 #[derive(Debug, Clone)]
 pub struct EventFdSignal {
     fd: Arc<EventFd>,
     /// Created at the first `block`: sides that only wake never pay the extra fd.
     waiter: Arc<OnceLock<Epoll>>,
 }
+
+/// Epoll data of the eventfd in the waiter's set.
+const SIGNALLED: u64 = 0;
+/// Epoll data of a descriptor watched for hang-up.
+const HUNG_UP: u64 = 1;
 
 fn epoll_timeout(timeout: Option<Duration>) -> EpollTimeout {
     match timeout {
@@ -93,7 +113,7 @@ impl EventFdSignal {
             return Ok(epoll);
         }
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0);
+        let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, SIGNALLED);
         epoll.add(self.fd.as_fd(), event)?;
         // A racing first use on a clone may have set it: either instance works (each reports
         // every write), and the loser's is closed here.
@@ -109,6 +129,19 @@ impl EventFdSignal {
     /// failure to open it shows up here rather than in the middle of a wait.
     pub fn prepare_wait(&self) -> io::Result<()> {
         self.waiter().map(drop)
+    }
+
+    /// Makes blocking waits also end when `fd` hangs up: its peer closed the connection or shut
+    /// down its writing side (`EPOLLRDHUP`), or the fd reports `EPOLLHUP` or `EPOLLERR`. A wait
+    /// that ends that way, with no wake-up signalled, returns [`Woke::HangUp`], and so does every
+    /// later one (the condition is level-triggered). Data arriving on `fd` does not end a wait.
+    ///
+    /// Meant for the socket a peer's death closes (a control connection): the waiter learns of
+    /// the death at once instead of at its next timeout. Clones share the registration. The
+    /// registration ends when `fd`'s open file is closed (by every process that holds it).
+    pub fn watch_hangup(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let event = EpollEvent::new(EpollFlags::EPOLLRDHUP, HUNG_UP);
+        self.waiter()?.add(fd, event).map_err(io::Error::from)
     }
 
     /// Drains pending wake-ups without blocking; returns how many were pending.
@@ -136,12 +169,24 @@ impl Signal for EventFdSignal {
         }
     }
 
-    fn block(&self, _word: &WakeWord, timeout: Option<Duration>) -> io::Result<()> {
+    fn block(&self, _word: &WakeWord, timeout: Option<Duration>) -> io::Result<Woke> {
         let epoll = self.waiter()?;
-        let mut events = [EpollEvent::empty()];
+        // Room for both the eventfd and a hung-up descriptor, so that a wake-up is never hidden
+        // behind a hang-up.
+        let mut events = [EpollEvent::empty(); 2];
         match epoll.wait(&mut events, epoll_timeout(timeout)) {
-            // Woken, timed out, or interrupted: the caller re-checks its condition either way.
-            Ok(_) | Err(Errno::EINTR) => Ok(()),
+            Ok(n) => {
+                let ready = &events[..n];
+                let hung_up = ready.iter().any(|e| e.data() == HUNG_UP);
+                let signalled = ready.iter().any(|e| e.data() == SIGNALLED);
+                Ok(if hung_up && !signalled {
+                    Woke::HangUp
+                } else {
+                    Woke::Recheck
+                })
+            }
+            // Interrupted: the caller re-checks its condition.
+            Err(Errno::EINTR) => Ok(Woke::Recheck),
             Err(e) => Err(e.into()),
         }
     }
@@ -181,7 +226,7 @@ impl Signal for FutexSignal {
         Ok(())
     }
 
-    fn block(&self, word: &WakeWord, timeout: Option<Duration>) -> io::Result<()> {
+    fn block(&self, word: &WakeWord, timeout: Option<Duration>) -> io::Result<Woke> {
         let ts = timeout.map(|t| libc::timespec {
             tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
             tv_nsec: t.subsec_nanos() as libc::c_long,
@@ -213,7 +258,7 @@ impl Signal for FutexSignal {
                 return Err(e);
             }
         }
-        Ok(())
+        Ok(Woke::Recheck)
     }
 }
 
@@ -224,11 +269,11 @@ impl Signal for FutexSignal {
     fn wake(&self, _word: &WakeWord) -> io::Result<()> {
         Ok(())
     }
-    fn block(&self, word: &WakeWord, _timeout: Option<Duration>) -> io::Result<()> {
+    fn block(&self, word: &WakeWord, _timeout: Option<Duration>) -> io::Result<Woke> {
         while word.futex_word().load(crate::sync::Ordering::Relaxed) == SLEEPING {
             crate::sync::thread::yield_now();
         }
-        Ok(())
+        Ok(Woke::Recheck)
     }
 }
 
@@ -261,13 +306,13 @@ impl Signal for LoomSignal {
         Ok(())
     }
 
-    fn block(&self, _word: &WakeWord, _timeout: Option<Duration>) -> io::Result<()> {
+    fn block(&self, _word: &WakeWord, _timeout: Option<Duration>) -> io::Result<Woke> {
         let (lock, cv) = &*self.state;
         let mut pending = lock.lock().unwrap();
         while !*pending {
             pending = cv.wait(pending).unwrap();
         }
         *pending = false;
-        Ok(())
+        Ok(Woke::Recheck)
     }
 }

@@ -38,7 +38,9 @@ pub struct ClientOptions {
     /// How long to wait for the server's answer to a control message.
     pub control_timeout: Duration,
     /// How often a waiting client checks whether the server process is still alive: a dead
-    /// server is reported as [`QueueError::PeerGone`] within about this long.
+    /// server is reported as [`QueueError::PeerGone`] within about this long. In
+    /// [`NotifyMode::EventFd`] a wait also sleeps on the control socket, which a dead server
+    /// hangs up: the death is seen at once and this interval is not used.
     pub liveness_interval: Duration,
 }
 
@@ -82,7 +84,7 @@ impl ClientOptions {
 /// payload buffers ([`alloc`](Client::alloc), [`reclaim`](Client::reclaim)).
 ///
 /// A server that dies is reported as [`QueueError::PeerGone`] by the next [`wait`](Completer::wait)
-/// (within [`ClientOptions::liveness_interval`]), and by [`push`](Submitter::push) once the ring
+/// (at once in eventfd mode, otherwise within [`ClientOptions::liveness_interval`]), and by [`push`](Submitter::push) once the ring
 /// is full or the death has been seen.
 pub struct Client<S: Pod, C: Pod> {
     app: AppSide<S, C>,
@@ -93,6 +95,8 @@ pub struct Client<S: Pod, C: Pod> {
     welcome: Welcome,
     options: ClientOptions,
     gone: bool,
+    /// Whether a blocked wait also wakes when the control socket hangs up (eventfd mode).
+    watches_hangup: bool,
 }
 
 impl<S: Pod, C: Pod> fmt::Debug for Client<S, C> {
@@ -239,6 +243,18 @@ impl<S: Pod, C: Pod> Client<S, C> {
         };
         let kick = eventfd(welcome.kick_fd.then(|| fds.next()).flatten())?;
         let call = eventfd(welcome.call_fd.then(|| fds.next()).flatten())?;
+        // A client that sleeps on its eventfd also sleeps on the control socket's hang-up: a
+        // dead server wakes it at once, and its waits need no liveness slices.
+        let watches_hangup = match &call {
+            Some(call) => {
+                call.watch_hangup(socket.as_fd()).map_err(|e| Error::Io {
+                    op: "epoll_ctl(ADD control socket to the completion wait)",
+                    source: e,
+                })?;
+                true
+            }
+            None => false,
+        };
         let config = PairConfig {
             sq_capacity: welcome.sq_capacity,
             cq_capacity: welcome.cq_capacity,
@@ -273,6 +289,7 @@ impl<S: Pod, C: Pod> Client<S, C> {
             welcome,
             options: options.clone(),
             gone: false,
+            watches_hangup,
         })
     }
 
@@ -451,7 +468,15 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
-        // The wait is cut into liveness slices. Time is tracked by adding up the slices that
+        if self.watches_hangup {
+            // A dead server hangs up the socket, which ends the wait: one wait, for as long as
+            // the caller asked (with no timeout, no timer and no periodic wake-up at all).
+            return match self.app.wait(timeout) {
+                Err(QueueError::PeerGone) => Err(self.note_gone()),
+                other => other,
+            };
+        }
+        // The other modes cannot sleep on the socket: the wait is cut into liveness slices. Time is tracked by adding up the slices that
         // timed out (each lasted at least its length), not by reading the clock: a clock read
         // costs about a cross-core round trip in a VM, and this is the hot path.
         let mut left = timeout;

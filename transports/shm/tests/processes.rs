@@ -175,6 +175,33 @@ fn killed_server_is_peer_gone_for_its_clients() {
 }
 
 #[test]
+fn an_eventfd_client_waiting_without_a_timeout_sees_its_server_die() {
+    // With liveness checks an hour apart, only the control socket's hang-up, which the client
+    // sleeps on beside its eventfd, can end this wait.
+    let (mut server, path) = start_server("hang_up_wakes");
+    let mut opts = options(NotifyMode::EventFd);
+    opts.liveness_interval = Duration::from_secs(3600);
+    let mut client = connect_retry(&path, &opts, WAIT);
+    echo_many(&mut client, 10, 2, 32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let got = client.wait(None);
+        let _ = tx.send((got, start.elapsed()));
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    server.kill();
+    let (got, took) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a client blocked with no timeout was not woken by its server's death");
+    assert!(
+        matches!(got, Err(QueueError::PeerGone)),
+        "waiting on a dead server gave {got:?}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
 fn bad_handles_get_an_error_reply_and_the_server_goes_on() {
     let (_server, path) = start_server("bad_handles");
     let mut client = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
