@@ -13,9 +13,11 @@
 //!
 //! [`probe`] and [`label`] tell which vCPU placement the host gave us ("near" or "far").
 //!
-//! Nothing here can hang: parent waits are `poll()`s, socket timeouts or spins that check a
-//! deadline; children are SIGKILLed if the parent dies (`PR_SET_PDEATHSIG`), and are always
-//! reaped, killed if they do not exit in time. Failures come back as `Err(String)` saying what
+//! Nothing here can hang, though the round trips block as their users would (plain blocking
+//! reads, no timeouts): the parent's side of a measurement is interrupted by a SIGALRM after a
+//! minute ([`ParentAlarm`]), spins check a deadline, socket throughput has socket timeouts, a
+//! child lives two minutes at most (SIGALRM, default action), children are SIGKILLed if the
+//! parent dies (`PR_SET_PDEATHSIG`), and are always reaped, killed if they do not exit in time. Failures come back as `Err(String)` saying what
 //! failed. Call these while the process is single-threaded: the child of `fork()` only runs a
 //! loop of raw syscalls and atomics, then `_exit`s.
 
@@ -243,6 +245,9 @@ pub fn fork_pinned(
     }
 }
 
+/// How long a forked child may live, in seconds: far longer than any one measurement.
+const CHILD_LIFETIME_SECS: u32 = 120;
+
 fn child_main(parent: libc::pid_t, cpu: usize, close: &[RawFd], body: impl FnOnce() -> i32) -> i32 {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
     let armed = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
@@ -257,6 +262,14 @@ fn child_main(parent: libc::pid_t, cpu: usize, close: &[RawFd], body: impl FnOnc
     }
     if try_pin(cpu).is_err() {
         return EXIT_PIN;
+    }
+    // A backstop for waits without a timeout on either side: a child that wedges is killed
+    // by SIGALRM's default action (a handler the parent had installed is reset first), which
+    // ends the parent's wait with EOF or a hang-up.
+    // SAFETY: signal() resets a disposition and alarm() takes seconds; neither touches memory.
+    unsafe {
+        libc::signal(libc::SIGALRM, libc::SIG_DFL);
+        libc::alarm(CHILD_LIFETIME_SECS);
     }
     std::panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or(EXIT_PANIC)
 }
@@ -348,7 +361,7 @@ pub(crate) fn run<T>(
     let (parent_cpu, child_cpu) = placement.cpus();
     let _restore = AffinityGuard::pin(parent_cpu).map_err(|e| format!("{what}: {e}"))?;
     let kid = fork_pinned(child_cpu, close_in_child, child).map_err(|e| format!("{what}: {e}"))?;
-    let result = parent();
+    let result = ParentAlarm::arm().and_then(|_alarm| parent());
     if result.is_err() {
         kid.kill();
     }
@@ -428,23 +441,69 @@ fn socket_ends() -> Result<(Ends, Ends), String> {
     ))
 }
 
-/// Reads all of `buf` from `rx` after `poll()`ing it for at most [`WAIT`].
-fn recv(mut rx: &File, buf: &mut [u8]) -> Result<(), String> {
-    let mut pfd = libc::pollfd {
-        fd: rx.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is one valid pollfd and we pass a count of 1.
-    match unsafe { libc::poll(&mut pfd, 1, WAIT.as_millis() as libc::c_int) } {
-        0 => Err(format!("no reply within {WAIT:?}")),
-        // Readable (POLLIN, POLLHUP or POLLERR): the read tells which. Each message is written
-        // whole by one write() of 8 bytes, so this read does not block.
-        n if n > 0 => rx.read_exact(buf).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => "the child closed its end (EOF)".into(),
-            _ => format!("read: {e}"),
-        }),
-        _ => Err(os_err("poll")),
+/// Reads all of `buf` from `rx`, blocking as a plain `read` loop does: the peers wait the way a
+/// user of a pipe, socket or eventfd would, with no `poll` and no timer in the way. The wait is
+/// still bounded: [`run`] arms a [`ParentAlarm`], whose signal makes a read still blocked when
+/// it fires fail with `EINTR`, reported here.
+fn recv(rx: &File, buf: &mut [u8]) -> Result<(), String> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = &mut buf[got..];
+        // SAFETY: `rest` is valid for writes of `rest.len()` bytes; `rx` is an open descriptor.
+        let n = unsafe { libc::read(rx.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) };
+        match n {
+            0 => return Err("the child closed its end (EOF)".into()),
+            n if n > 0 => got += n as usize,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {
+                return Err(format!(
+                    "no reply within {PARENT_LIMIT_SECS} s (interrupted by the time limit)"
+                ))
+            }
+            _ => return Err(os_err("read")),
+        }
+    }
+    Ok(())
+}
+
+/// How long the parent side of one measurement may take, in seconds, before its blocking waits
+/// are interrupted: far longer than any measurement's budget.
+const PARENT_LIMIT_SECS: u32 = 60;
+
+/// While it lives, a SIGALRM is due [`PARENT_LIMIT_SECS`] after it was armed, with a handler
+/// that does nothing and is installed without `SA_RESTART`: a blocking system call still waiting
+/// then fails with `EINTR` instead of hanging the suite. Dropping it cancels the alarm and puts
+/// back the previous handler.
+struct ParentAlarm {
+    previous: libc::sigaction,
+}
+
+extern "C" fn on_parent_alarm(_signal: libc::c_int) {}
+
+impl ParentAlarm {
+    fn arm() -> Result<Self, String> {
+        // SAFETY: an all-zero sigaction is a valid value (no handler, empty mask, no flags).
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_parent_alarm as extern "C" fn(libc::c_int) as usize;
+        // SAFETY: zeroed: `previous` is only read back after sigaction filled it in.
+        let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are valid sigactions; the handler is async-signal-safe (it
+        // does nothing) and lives for the whole program.
+        if unsafe { libc::sigaction(libc::SIGALRM, &action, &mut previous) } != 0 {
+            return Err(os_err("sigaction(SIGALRM)"));
+        }
+        // SAFETY: alarm takes a number of seconds and touches no memory.
+        unsafe { libc::alarm(PARENT_LIMIT_SECS) };
+        Ok(ParentAlarm { previous })
+    }
+}
+
+impl Drop for ParentAlarm {
+    fn drop(&mut self) {
+        // SAFETY: alarm(0) cancels the pending alarm; `previous` came from sigaction.
+        unsafe {
+            libc::alarm(0);
+            libc::sigaction(libc::SIGALRM, &self.previous, ptr::null_mut());
+        }
     }
 }
 
@@ -633,28 +692,27 @@ impl EdgeWait {
         Ok(EdgeWait(ep))
     }
 
-    /// Waits for the next write (at most `within`; `None`: no limit).
-    fn wait(&self, within: Option<Duration>) -> Result<(), String> {
-        let ms = within.map_or(-1, |w| w.as_millis() as libc::c_int);
+    /// Waits, with no timeout, for the next write.
+    fn wait(&self) -> Result<(), String> {
         let mut ev = [libc::epoll_event { events: 0, u64: 0 }];
-        loop {
-            // SAFETY: `ev` has room for the one event we ask for.
-            match unsafe { libc::epoll_wait(self.0.as_raw_fd(), ev.as_mut_ptr(), 1, ms) } {
-                1 => return Ok(()),
-                0 => return Err(format!("no wake-up within {within:?}")),
-                _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-                _ => return Err(os_err("epoll_wait")),
+        // SAFETY: `ev` has room for the one event we ask for.
+        match unsafe { libc::epoll_wait(self.0.as_raw_fd(), ev.as_mut_ptr(), 1, -1) } {
+            1 => Ok(()),
+            // The parent's time limit (a child has no handler: SIGALRM kills it).
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {
+                Err("interrupted by the time limit".into())
             }
+            _ => Err(os_err("epoll_wait")),
         }
     }
 }
 
 /// [`eventfd_rt`] with both sides waiting the way subring's eventfd mode does: in an
-/// edge-triggered `epoll` on a non-blocking eventfd, the parent with a timeout and the child
-/// without, never reading the counter (subring waits in epoll because its sides also watch
-/// sockets and other rings, and with a timeout because a wait must notice a dead peer). Against
-/// [`eventfd_rt`] this is the price of that way of waiting; subring's eventfd mode against this
-/// is the price of its shared-memory rings.
+/// edge-triggered `epoll` on a non-blocking eventfd, without a timeout, never reading the
+/// counter (subring waits in epoll because its sides also watch sockets and other rings: a
+/// client notices a dead server through its control socket's hang-up, registered in the same
+/// epoll set, which costs nothing per wait). Against [`eventfd_rt`] this is the price of that
+/// way of waiting; subring's eventfd mode against this is the price of its shared-memory rings.
 pub fn eventfd_epoll_rt(n: usize, placement: Placement) -> Result<Latency, String> {
     let err = |e: String| format!("eventfd_epoll_rt: {e}");
     let (down, up) = (
@@ -668,7 +726,7 @@ pub fn eventfd_epoll_rt(n: usize, placement: Placement) -> Result<Latency, Strin
             return EXIT_IO;
         };
         loop {
-            if waiter.wait(None).is_err() {
+            if waiter.wait().is_err() {
                 return EXIT_IO;
             } else if stop.load(Ordering::Acquire) != 0 {
                 return 0;
@@ -683,7 +741,7 @@ pub fn eventfd_epoll_rt(n: usize, placement: Placement) -> Result<Latency, Strin
             (&down)
                 .write_all(&1u64.to_ne_bytes())
                 .map_err(io_err("write"))?;
-            waiter.wait(Some(WAIT))
+            waiter.wait()
         })?;
         stop.store(1, Ordering::Release);
         (&down)
