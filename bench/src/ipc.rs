@@ -2,7 +2,7 @@
 //! interleaved inside each repetition (the VM's vCPU placement drifts):
 //!
 //! - round trips of an 8-byte request (subring-shm's echo `PING`, a 32-byte entry each way) in
-//!   spin, adaptive and eventfd modes, against a raw shared-memory spin ping-pong (the physical
+//!   spin, adaptive, eventfd (and futex) modes, against a raw shared-memory spin ping-pong (the physical
 //!   floor), a raw eventfd pair (blocking reads, and waiting in epoll as subring does), a pipe
 //!   pair and a Unix socket pair — with the processes on two cores (`split`) and on one
 //!   (`shared`);
