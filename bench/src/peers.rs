@@ -15,7 +15,7 @@
 //!
 //! Nothing here can hang, though the round trips block as their users would (plain blocking
 //! reads, no timeouts): the parent's side of a measurement is interrupted by a SIGALRM after a
-//! minute ([`ParentAlarm`]), spins check a deadline, socket throughput has socket timeouts, a
+//! minute (`ParentAlarm`), spins check a deadline, socket throughput has socket timeouts, a
 //! child lives two minutes at most (SIGALRM, default action), children are SIGKILLed if the
 //! parent dies (`PR_SET_PDEATHSIG`), and are always reaped, killed if they do not exit in time. Failures come back as `Err(String)` saying what
 //! failed. Call these while the process is single-threaded: the child of `fork()` only runs a
