@@ -13,7 +13,8 @@
 //! Each repetition is labelled near/far by a cache-line ping-pong probe before and after it.
 //! Client-side system calls per round trip come from subring's counters.
 //!
-//! Every measurement forks: run these sections while the process has one thread.
+//! Every measurement forks: run these sections while the process has one thread (besides
+//! subring-shm's hang-up watcher, which sleeps in `epoll_wait` and holds no lock while it does).
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};

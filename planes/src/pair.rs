@@ -31,7 +31,9 @@ use crate::data::{
     Consumer, CorruptIndex, Producer, PushError, ReadChunk, Region, RegionError, RegionOptions,
     Ring, RingError, RingLayout,
 };
-use crate::interrupt::{EventFdSignal, Notifier, NotifyMode, NotifyStats};
+use crate::interrupt::{
+    EventFdSignal, FutexSignal, Notifier, NotifyMode, NotifyStats, Signal, WakeRef,
+};
 use crate::queue::{Completer, QueueError, Rejected, Submitter};
 use crate::sync::{AtomicU32, CacheLine, Ordering::*};
 
@@ -167,6 +169,15 @@ struct StateRef {
 // SAFETY: the header is atomics only, kept mapped by the `Arc<Region>`.
 unsafe impl Send for StateRef {}
 
+impl Clone for StateRef {
+    fn clone(&self) -> Self {
+        StateRef {
+            _region: self._region.clone(),
+            ptr: self.ptr,
+        }
+    }
+}
+
 impl StateRef {
     fn get(&self) -> &PairState {
         // SAFETY: bounds- and alignment-checked at construction; atomics only; region alive.
@@ -194,6 +205,51 @@ fn close(word: &AtomicU32, peer: &dyn Notifier) {
     // Wake the peer if it sleeps; its wait condition includes our closed word. Best effort: if
     // the wake fails the peer still sees the word at its next timeout or check.
     let _ = peer.notify();
+}
+
+/// Declares the service side of a queue pair gone, on evidence from outside the rings (its
+/// process died: the socket it was reached by hung up), for a thread other than the app's: a
+/// watcher that sleeps on sockets while the app sleeps on its wake word.
+/// [`declare`](ServiceGone::declare) does what the service's own close would have: it marks the
+/// pair closed by the service and wakes the app if it announced sleep, so the app's wait ends with
+/// [`QueueError::PeerGone`] (once it has reaped what was published) instead of lasting until a
+/// timeout. Made by [`AppSide::gone_handle`]; it keeps the shared memory mapped.
+pub struct ServiceGone {
+    state: StateRef,
+    call_word: WakeRef,
+    call_fd: Option<EventFdSignal>,
+    call_mode: NotifyMode,
+}
+
+impl fmt::Debug for ServiceGone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceGone")
+            .field("call_mode", &self.call_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceGone {
+    /// Marks the pair closed by the service and wakes the app if it sleeps. Idempotent.
+    pub fn declare(&self) -> io::Result<()> {
+        // SYNC POINT (pair-close): Release pairs with the Acquire load in `closed`, as in `close`.
+        self.state.get().service_closed.store(1, Release);
+        // `take_sleeper` fences (sleep-dekker): either the app's re-check after announcing
+        // sleep sees the closed word, or we see it sleeping and wake it.
+        match self.call_mode {
+            NotifyMode::Spin => Ok(()),
+            NotifyMode::EventFd => match &self.call_fd {
+                Some(efd) if self.call_word.take_sleeper() => efd.wake(&self.call_word),
+                _ => Ok(()),
+            },
+            NotifyMode::Adaptive | NotifyMode::Futex => {
+                if self.call_word.take_sleeper() {
+                    FutexSignal::new().wake(&self.call_word)?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Waits on `notifier` until `ring` has an entry or the peer has closed; `PeerGone` once it
@@ -251,6 +307,7 @@ pub struct AppSide<S, C> {
     doorbell: NotifierDoorbell,
     interrupt: Box<dyn Notifier>,
     call_fd: Option<EventFdSignal>,
+    call_mode: NotifyMode,
     state: StateRef,
 }
 
@@ -665,10 +722,21 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
                 .call_mode
                 .notifier(cq.consumer_wake(), signals.call.clone())?,
             call_fd: signals.call,
+            call_mode: config.call_mode,
             sq,
             cq,
             state,
         })
+    }
+
+    /// A handle with which another thread can declare the service gone ([`ServiceGone`]).
+    pub fn gone_handle(&self) -> ServiceGone {
+        ServiceGone {
+            state: self.state.clone(),
+            call_word: self.cq.consumer_wake(),
+            call_fd: self.call_fd.clone(),
+            call_mode: self.call_mode,
+        }
     }
 
     fn service_closed(&self) -> bool {

@@ -252,3 +252,24 @@ fn pair_round_trip_and_close() {
         assert_eq!(server.join().unwrap(), 1);
     });
 }
+
+/// A watcher thread declares the service gone (its process died) while the app waits with no
+/// timeout and the service side stays silent: the app must wake and see `PeerGone`, whichever
+/// comes first of its announcing sleep and the declaration.
+#[test]
+fn service_declared_gone_wakes_a_waiting_app() {
+    model(|| {
+        let config = PairConfig::default()
+            .with_capacity(2)
+            .with_mode(subring_planes::interrupt::NotifyMode::Futex);
+        let (mut app, service) = in_process::<u32, u32>(&config).unwrap();
+        let gone = app.gone_handle();
+        let watcher = thread::spawn(move || gone.declare().unwrap());
+        match app.wait(None) {
+            Err(QueueError::PeerGone) => {}
+            other => panic!("waiting after the service was declared gone gave {other:?}"),
+        }
+        watcher.join().unwrap();
+        drop(service);
+    });
+}

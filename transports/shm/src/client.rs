@@ -16,6 +16,7 @@ use subring_planes::pair::{AppSide, PairConfig, PairSignals};
 use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
 
 use crate::proto::{self, ClientMsg, EntryShape, Hello, Incoming, ServerMsg, Welcome};
+use crate::watch::Watch;
 use crate::Error;
 
 /// What a client asks the server for.
@@ -37,10 +38,13 @@ pub struct ClientOptions {
     pub buf_count: u32,
     /// How long to wait for the server's answer to a control message.
     pub control_timeout: Duration,
-    /// How often a waiting client checks whether the server process is still alive: a dead
-    /// server is reported as [`QueueError::PeerGone`] within about this long. In
-    /// [`NotifyMode::EventFd`] a wait also sleeps on the control socket, which a dead server
-    /// hangs up: the death is seen at once and this interval is not used.
+    /// How often a waiting client checks whether the server process is still alive, if it
+    /// cannot learn of the death at once: normally it can, and this is not used. A dead server
+    /// hangs up the control socket; in [`NotifyMode::EventFd`] a wait sleeps on that hang-up
+    /// beside the eventfd, and in the other modes a watcher thread (one per process) sleeps on
+    /// it and wakes the client. Only if that thread could not be started does a waiting client
+    /// look every `liveness_interval`, reporting a dead server as [`QueueError::PeerGone`]
+    /// within about this long.
     pub liveness_interval: Duration,
 }
 
@@ -83,10 +87,12 @@ impl ClientOptions {
 /// A connection to a server: submits `S`, reaps `C` ([`Submitter`], [`Completer`]), and owns the
 /// payload buffers ([`alloc`](Client::alloc), [`reclaim`](Client::reclaim)).
 ///
-/// A server that dies is reported as [`QueueError::PeerGone`] by the next [`wait`](Completer::wait)
-/// (at once in eventfd mode, otherwise within [`ClientOptions::liveness_interval`]), and by [`push`](Submitter::push) once the ring
+/// A server that dies is reported as [`QueueError::PeerGone`] by the next [`wait`](Completer::wait),
+/// or ends one in progress, at once (see [`ClientOptions::liveness_interval`]), and by [`push`](Submitter::push) once the ring
 /// is full or the death has been seen.
 pub struct Client<S: Pod, C: Pod> {
+    /// The hang-up watcher's registration (modes other than eventfd), ended before the rest.
+    watch: Option<Watch>,
     app: AppSide<S, C>,
     pool: Arc<BufferPool>,
     region: Arc<Region>,
@@ -273,6 +279,14 @@ impl<S: Pod, C: Pod> Client<S, C> {
             &config,
             PairSignals { kick, call },
         )?;
+        // A client that waits on a futex or spins cannot sleep on the socket itself: the
+        // process's watcher thread does, and declares the server gone if it hangs up. Should
+        // the watcher not start, waits fall back to liveness slices.
+        let watch = if watches_hangup {
+            None
+        } else {
+            Watch::start(socket.as_fd(), app.gone_handle()).ok()
+        };
         // The pool's claim fails if a hostile server placed it over the rings.
         let pool = BufferPool::new(
             region.clone(),
@@ -281,6 +295,7 @@ impl<S: Pod, C: Pod> Client<S, C> {
             welcome.buf_count as usize,
         )?;
         Ok(Client {
+            watch,
             app,
             pool,
             region,
@@ -468,9 +483,10 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
-        if self.watches_hangup {
-            // A dead server hangs up the socket, which ends the wait: one wait, for as long as
-            // the caller asked (with no timeout, no timer and no periodic wake-up at all).
+        if self.watches_hangup || self.watch.is_some() {
+            // A dead server hangs up the socket, which ends the wait (this client sleeps on the
+            // hang-up, or the watcher does): one wait, for as long as the caller asked (with no
+            // timeout, no timer and no periodic wake-up at all).
             return match self.app.wait(timeout) {
                 Err(QueueError::PeerGone) => Err(self.note_gone()),
                 other => other,

@@ -59,6 +59,7 @@ pub mod echo;
 pub mod proto;
 mod server;
 pub mod stream;
+mod watch;
 
 use std::time::Duration;
 
