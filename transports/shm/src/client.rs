@@ -87,12 +87,14 @@ impl ClientOptions {
 /// A connection to a server: submits `S`, reaps `C` ([`Submitter`], [`Completer`]), and owns the
 /// payload buffers ([`alloc`](Client::alloc), [`reclaim`](Client::reclaim)).
 ///
-/// A server that dies is reported as [`QueueError::PeerGone`] by the next [`wait`](Completer::wait),
-/// or ends one in progress, at once (see [`ClientOptions::liveness_interval`]), and by [`push`](Submitter::push) once the ring
-/// is full or the death has been seen.
+/// A server that dies is reported as [`QueueError::PeerGone`] by the next
+/// [`wait`](Completer::wait), or ends one in progress, at once (see
+/// [`ClientOptions::liveness_interval`]), and by [`push`](Submitter::push) once the ring is full
+/// or the death has been seen.
 pub struct Client<S: Pod, C: Pod> {
-    /// The hang-up watcher's registration (modes other than eventfd), ended before the rest.
-    watch: Option<Watch>,
+    /// The hang-up watcher's registration (modes other than eventfd), held for its drop, which
+    /// ends the watch before the rest of the client goes.
+    _watch: Option<Watch>,
     app: AppSide<S, C>,
     pool: Arc<BufferPool>,
     region: Arc<Region>,
@@ -101,8 +103,9 @@ pub struct Client<S: Pod, C: Pod> {
     welcome: Welcome,
     options: ClientOptions,
     gone: bool,
-    /// Whether a blocked wait also wakes when the control socket hangs up (eventfd mode).
-    watches_hangup: bool,
+    /// Whether a blocked wait ends when the control socket hangs up: it sleeps on the hang-up
+    /// itself (eventfd mode), or the watcher does (`_watch`).
+    sees_hangup: bool,
 }
 
 impl<S: Pod, C: Pod> fmt::Debug for Client<S, C> {
@@ -295,7 +298,6 @@ impl<S: Pod, C: Pod> Client<S, C> {
             welcome.buf_count as usize,
         )?;
         Ok(Client {
-            watch,
             app,
             pool,
             region,
@@ -304,7 +306,8 @@ impl<S: Pod, C: Pod> Client<S, C> {
             welcome,
             options: options.clone(),
             gone: false,
-            watches_hangup,
+            sees_hangup: watches_hangup || watch.is_some(),
+            _watch: watch,
         })
     }
 
@@ -483,7 +486,7 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
-        if self.watches_hangup || self.watch.is_some() {
+        if self.sees_hangup {
             // A dead server hangs up the socket, which ends the wait (this client sleeps on the
             // hang-up, or the watcher does): one wait, for as long as the caller asked (with no
             // timeout, no timer and no periodic wake-up at all).
@@ -492,9 +495,9 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
                 other => other,
             };
         }
-        // The other modes cannot sleep on the socket: the wait is cut into liveness slices. Time is tracked by adding up the slices that
-        // timed out (each lasted at least its length), not by reading the clock: a clock read
-        // costs about a cross-core round trip in a VM, and this is the hot path.
+        // No watcher (it could not start): the wait is cut into liveness slices. Time is tracked
+        // by adding up the slices that timed out (each lasted at least its length), not by
+        // reading the clock: a clock read costs about a cross-core round trip in a VM.
         let mut left = timeout;
         loop {
             let slice = left.map_or(self.options.liveness_interval, |l| {
