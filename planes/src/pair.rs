@@ -659,6 +659,14 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         self.kick_fd.as_ref().map(|e| e.as_fd())
     }
 
+    /// The wake word of the submission ring: what [`arm`](Self::arm) announces sleep on and the
+    /// app's doorbell wakes. With the kick mode [`NotifyMode::Futex`], the doorbell is a futex
+    /// wake of this word, so a service can sleep on many pairs at once in one
+    /// [`WaitAny`](crate::interrupt::WaitAny) (arm each, then wait on their words).
+    pub fn kick_word(&self) -> WakeRef {
+        self.sq.consumer_wake()
+    }
+
     /// Prepares to wait for requests in an external event loop on [`kick_fd`](Self::kick_fd):
     /// announces that the service is about to sleep, so the app's doorbell will signal the
     /// eventfd, then re-checks. Returns `true` if requests (or the app's close) are already

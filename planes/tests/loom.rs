@@ -16,7 +16,9 @@ use loom::cell::UnsafeCell;
 use loom::sync::atomic::Ordering;
 use loom::thread;
 use subring_planes::data::{BufferPool, Region, RegionOptions, Ring};
-use subring_planes::interrupt::{LoomBreakage, LoomSignal, Notifier, SleepNotifier, SpinPolicy};
+use subring_planes::interrupt::{
+    FutexSignal, LoomBreakage, LoomSignal, Notifier, SleepNotifier, SpinPolicy, WaitAny,
+};
 use subring_planes::pair::{in_process, PairConfig};
 use subring_planes::queue::{Completer, QueueError, Submitter};
 
@@ -196,6 +198,8 @@ fn pool_exclusive(broken: bool) {
                 thread::spawn(move || loop {
                     if let Some(buf) = pool.alloc() {
                         assert_eq!(buf.index(), 0);
+                        // SAFETY: the cell is the buffer's, and we own the buffer: loom reports
+                        // any access that this ownership does not order after the last one.
                         owner.with_mut(|o| unsafe { *o = id });
                         drop(buf);
                         break;
@@ -272,4 +276,54 @@ fn service_declared_gone_wakes_a_waiting_app() {
         watcher.join().unwrap();
         drop(service);
     });
+}
+
+/// A service sleeping on two rings at once ([`WaitAny`]): it announces sleep on both rings'
+/// words, re-checks both rings, then sleeps until either word is woken. Ring A has an entry
+/// from the start; a producer pushes one entry to ring B and rings B's doorbell (a futex wake,
+/// suppressed unless the service announced sleep on B). A lost wake-up leaves the service
+/// asleep with B's entry waiting.
+fn sleep_on_two_rings(recheck_both: bool) {
+    model(move || {
+        let (mut tx_a, mut rx_a) = Ring::<u32>::with_capacity(2).unwrap();
+        let (mut tx_b, mut rx_b) = Ring::<u32>::with_capacity(2).unwrap();
+        tx_a.push(1).unwrap();
+        let producer = thread::spawn(move || {
+            let doorbell =
+                SleepNotifier::new(tx_b.consumer_wake(), FutexSignal::new(), SpinPolicy::none());
+            tx_b.push(2).unwrap();
+            doorbell.notify().unwrap();
+        });
+        let (word_a, word_b) = (rx_a.consumer_wake(), rx_b.consumer_wake());
+        let mut set = WaitAny::new();
+        let mut got = 0;
+        while got < 2 {
+            word_a.announce_sleep();
+            word_b.announce_sleep();
+            let ready =
+                rx_a.has_entries().unwrap() || (recheck_both && rx_b.has_entries().unwrap());
+            if !ready {
+                set.wait([&*word_a, &*word_b], None).unwrap();
+            }
+            word_a.cancel_sleep();
+            word_b.cancel_sleep();
+            got += usize::from(rx_a.pop().unwrap().is_some());
+            got += usize::from(rx_b.pop().unwrap().is_some());
+        }
+        producer.join().unwrap();
+        drop(tx_a);
+    });
+}
+
+#[test]
+fn sleeping_on_two_rings_loses_no_wakeup() {
+    sleep_on_two_rings(true);
+}
+
+/// Negative control: a service that forgets to re-check one ring after announcing sleep sleeps
+/// through an entry published just before the announcement (its doorbell was suppressed).
+#[test]
+#[should_panic]
+fn negative_control_sleeping_on_two_rings_without_rechecking_both_is_caught() {
+    sleep_on_two_rings(false);
 }

@@ -508,3 +508,63 @@ fn enormous_timeouts_mean_no_limit() {
     drop(app);
     server.join().unwrap().unwrap();
 }
+
+/// `WaitAny` sleeps on several words and wakes when any one of them is woken by a plain futex
+/// doorbell; a word already woken (or never announced) returns at once; it times out; it
+/// refuses an empty or oversized set by name.
+#[test]
+fn wait_any_wakes_on_any_word() {
+    use subring_planes::interrupt::{WaitAny, WAIT_ANY_MAX};
+    assert!(WaitAny::supported(), "Linux 6.18 has futex_waitv");
+    let words: Vec<WakeRef> = (0..3).map(|_| WakeRef::local()).collect();
+    for w in &words {
+        w.announce_sleep();
+    }
+    // The last word's doorbell rings after the waiter has (very likely) gone to sleep.
+    let doorbell = SleepNotifier::new(words[2].clone(), FutexSignal::new(), SpinPolicy::none());
+    let waiter_words = words.clone();
+    let started = Instant::now();
+    let waiter = std::thread::spawn(move || {
+        let mut set = WaitAny::new();
+        // A generous bound: only the doorbell ends this wait in time.
+        set.wait(
+            waiter_words.iter().map(|w| &**w),
+            Some(Duration::from_secs(20)),
+        )
+        .unwrap();
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(doorbell.notify().unwrap(), Notified::Sent);
+    let waited = within_10s("joining the waiter", move || waiter.join().unwrap());
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken by the doorbell, not the 20 s timeout ({waited:?})"
+    );
+    assert!(!words[2].is_sleeping(), "the doorbell claimed its word");
+    assert!(words[0].is_sleeping() && words[1].is_sleeping());
+
+    // A word no longer sleeping: no sleep at all.
+    let mut set = WaitAny::new();
+    let t = Instant::now();
+    set.wait(words.iter().map(|w| &**w), Some(Duration::from_secs(20)))
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10));
+
+    // All asleep and nobody rings: the timeout ends it.
+    words[2].announce_sleep();
+    let t = Instant::now();
+    set.wait(words.iter().map(|w| &**w), Some(Duration::from_millis(30)))
+        .unwrap();
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(30) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+
+    let err = set.wait([], None).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    let many: Vec<WakeRef> = (0..=WAIT_ANY_MAX).map(|_| WakeRef::local()).collect();
+    let err = set.wait(many.iter().map(|w| &**w), None).unwrap_err();
+    assert!(err.to_string().contains("not 129"), "{err}");
+}

@@ -31,10 +31,13 @@
 //! - [`FutexNotifier`]: blocks in `futex(2)` on the wake word itself; works across processes
 //!   with no fd at all.
 //! - [`SpinNotifier`]: never sleeps, never makes a system call.
+//! - [`WaitAny`]: the sleeping side over many words at once (`futex_waitv`), for a service that
+//!   sleeps on all its clients' rings without an fd per client.
 //! - Adaptive: a [`SleepNotifier`] with [`SpinPolicy::adaptive`], which spins for a budget that
 //!   grows when spinning pays off and shrinks when it does not, then announces sleep and blocks.
 
 mod signal;
+mod wait_any;
 
 use std::any::Any;
 use std::cell::Cell;
@@ -49,6 +52,7 @@ use std::time::{Duration, Instant};
 #[cfg(loom)]
 pub use signal::LoomSignal;
 pub use signal::{EventFdSignal, FutexSignal, Signal, Woke};
+pub use wait_any::{WaitAny, WAIT_ANY_MAX};
 
 use crate::data::Region;
 use crate::sync::{fence, spin_loop, AtomicU32, Ordering::*};

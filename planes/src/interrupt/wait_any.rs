@@ -1,0 +1,189 @@
+//! Sleeping on many wake words at once, with `futex_waitv(2)` (Linux 5.16).
+//!
+//! The sleeping side of the sleep/wake protocol over many rings: a server with many clients
+//! announces sleep on every client's ring word, re-checks every ring, then sleeps until any one
+//! of them is woken. It is what `epoll` over one eventfd per client does, without the eventfds:
+//! each client's doorbell is a plain futex wake of its ring's word
+//! ([`FutexSignal`](super::FutexSignal)), and the sleeping side needs one system call per sleep
+//! and none per wake-up to drain anything.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use super::{WakeWord, SLEEPING};
+
+/// The most words one wait can watch (the kernel's `FUTEX_WAITV_MAX`).
+pub const WAIT_ANY_MAX: usize = 128;
+
+/// `struct futex_waitv` of the kernel's UAPI (`linux/futex.h`).
+#[cfg(not(loom))]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// `FUTEX2_SIZE_U32`: the word is 32 bits. Not `FUTEX2_PRIVATE`: the words live in memory shared
+/// with other processes, and the wakers use the shared `FUTEX_WAKE`.
+#[cfg(not(loom))]
+const FUTEX2_SIZE_U32: u32 = 0x02;
+
+/// Sleeps until any of several [`WakeWord`]s is woken.
+///
+/// Reusable: it keeps the array the kernel reads between waits, so a wait allocates nothing once
+/// it has seen its largest set.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use subring_planes::interrupt::{WaitAny, WakeRef};
+///
+/// let (a, b) = (WakeRef::local(), WakeRef::local());
+/// a.announce_sleep();
+/// b.announce_sleep();
+/// // ... re-check what each word guards; nothing is ready, so sleep (here: at most 1 ms).
+/// WaitAny::new().wait([&*a, &*b], Some(Duration::from_millis(1)))?;
+/// a.cancel_sleep();
+/// b.cancel_sleep();
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Default)]
+pub struct WaitAny {
+    #[cfg(not(loom))]
+    waiters: Vec<FutexWaitv>,
+}
+
+impl fmt::Debug for WaitAny {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WaitAny").finish_non_exhaustive()
+    }
+}
+
+fn too_many(n: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("a wait on many wake words takes 1 to {WAIT_ANY_MAX} words, not {n}"),
+    )
+}
+
+impl WaitAny {
+    /// An empty wait set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the running kernel has `futex_waitv` (Linux 5.16 and later).
+    pub fn supported() -> bool {
+        let word = WakeWord::new();
+        // The word says "awake", so a supporting kernel returns at once (EAGAIN).
+        match WaitAny::new().wait([&word], None) {
+            Ok(()) => true,
+            Err(e) => e.raw_os_error() != Some(libc::ENOSYS),
+        }
+    }
+
+    /// Sleeps until one of `words` is woken, the timeout passes, or spuriously; the caller then
+    /// re-checks what the words guard. Returns at once if any word no longer says "sleeping"
+    /// (its waker already claimed the wake-up).
+    ///
+    /// The caller must have announced sleep on every word
+    /// ([`announce_sleep`](WakeWord::announce_sleep)) and then re-checked its condition, and
+    /// cancels the announcements after waking, as with a single word. Fails with
+    /// `InvalidInput` for no words or more than [`WAIT_ANY_MAX`], and with the system call's
+    /// error otherwise (`ENOSYS` on a kernel before 5.16).
+    #[cfg(not(loom))]
+    pub fn wait<'w>(
+        &mut self,
+        words: impl IntoIterator<Item = &'w WakeWord>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        self.waiters.clear();
+        self.waiters.extend(words.into_iter().map(|w| FutexWaitv {
+            val: u64::from(SLEEPING),
+            uaddr: w.futex_word().as_ptr() as u64,
+            flags: FUTEX2_SIZE_U32,
+            reserved: 0,
+        }));
+        let n = self.waiters.len();
+        if n == 0 || n > WAIT_ANY_MAX {
+            return Err(too_many(n));
+        }
+        // futex_waitv takes an absolute CLOCK_MONOTONIC deadline.
+        let deadline = match timeout {
+            None => None,
+            Some(t) => {
+                let mut now = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: clock_gettime writes one timespec to the valid pointer.
+                if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let nanos = now.tv_nsec as u64 + u64::from(t.subsec_nanos());
+                let secs = (now.tv_sec as u64)
+                    .saturating_add(t.as_secs())
+                    .saturating_add(nanos / 1_000_000_000)
+                    .min(i64::MAX as u64);
+                Some(libc::timespec {
+                    tv_sec: secs as libc::time_t,
+                    tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+                })
+            }
+        };
+        let ts_ptr = deadline
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `waiters` holds `n` (1..=128) initialised `futex_waitv` entries, each naming a
+        // live, aligned u32 word that the borrow of `words` keeps alive for the call; the kernel
+        // compares each with SLEEPING atomically with queueing, so a wake-up that cleared a word
+        // first is not lost. `ts_ptr` is null or points to a timespec that outlives the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex_waitv,
+                self.waiters.as_ptr(),
+                n as libc::c_uint,
+                0 as libc::c_uint,
+                ts_ptr,
+                libc::CLOCK_MONOTONIC,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // EAGAIN: a word was no longer SLEEPING; ETIMEDOUT and EINTR: the caller re-checks.
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR)
+            ) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Under loom, `futex_waitv` is modelled as yielding until some word no longer says
+    /// "sleeping", which is exact for this protocol: a waker clears its word before it wakes.
+    /// Timeouts are not modelled.
+    #[cfg(loom)]
+    pub fn wait<'w>(
+        &mut self,
+        words: impl IntoIterator<Item = &'w WakeWord>,
+        _timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let words: Vec<&WakeWord> = words.into_iter().collect();
+        if words.is_empty() || words.len() > WAIT_ANY_MAX {
+            return Err(too_many(words.len()));
+        }
+        while words
+            .iter()
+            .all(|w| w.futex_word().load(crate::sync::Ordering::Relaxed) == SLEEPING)
+        {
+            crate::sync::thread::yield_now();
+        }
+        Ok(())
+    }
+}
