@@ -347,6 +347,13 @@ impl<S: Pod, C: Pod> Client<S, C> {
         self.options.mode
     }
 
+    /// How this client's doorbell wakes the server, as the server chose it: never (a spin
+    /// client is polled), an eventfd write (a server sleeping in epoll) or a futex wake (a
+    /// server sleeping on futexes).
+    pub fn kick_mode(&self) -> NotifyMode {
+        self.welcome.kick_mode.into()
+    }
+
     /// The eventfd this client sleeps on in eventfd mode, for an event loop (epoll, mio,
     /// tokio's `AsyncFd`); call [`arm`](Self::arm) before waiting on it.
     pub fn completion_fd(&self) -> Option<BorrowedFd<'_>> {

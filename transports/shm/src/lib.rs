@@ -56,6 +56,7 @@
 
 mod client;
 pub mod echo;
+mod futex_sleep;
 pub mod proto;
 mod server;
 pub mod stream;
@@ -66,8 +67,8 @@ use std::time::Duration;
 pub use client::{Client, ClientOptions};
 pub use proto::socket_pair;
 pub use server::{
-    CallStats, ClientInfo, Ctx, HandleError, Handler, Server, ServerConfig, ServerStats,
-    ServerThread, Stopper,
+    CallStats, ClientInfo, Ctx, HandleError, Handler, Server, ServerConfig, ServerSleep,
+    ServerStats, ServerThread, Stopper,
 };
 pub use subring_planes::data::{
     Buf, BufHandle, BufferPool, PoolError, Region, RegionError, RegionOptions,

@@ -17,10 +17,11 @@ use nix::sys::socket::{
     UnixAddr,
 };
 use subring_planes::data::{BufHandle, PoolError, PoolLayout, Region, RegionError, RegionOptions};
-use subring_planes::interrupt::{NotifyMode, NotifyStats};
+use subring_planes::interrupt::{NotifyMode, NotifyStats, WaitAny, WakeRef, WAIT_ANY_MAX};
 use subring_planes::pair::{PairConfig, PairLayout, PairSignals, ServiceSide};
 use subring_planes::queue::QueueError;
 
+use crate::futex_sleep::{FutexSleep, MAX_FUTEX_CLIENTS};
 use crate::proto::{self, ClientMsg, EntryShape, Hello, Incoming, Refusal, ServerMsg, Welcome};
 use crate::{check_capacity, Error};
 
@@ -52,6 +53,22 @@ pub struct ServerConfig {
     /// for one session (a parent's private subsystem, a test, a benchmark) that needs no stop
     /// signal and no timed turns to notice it is done.
     pub exit_when_empty: bool,
+    /// How the server sleeps when no client has work.
+    pub sleep: ServerSleep,
+}
+
+/// How a server sleeps when no client has work ([`ServerConfig::sleep`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerSleep {
+    /// In `epoll`, on the listener, the control sockets and one kick eventfd per client: the
+    /// clients' doorbell is an eventfd write.
+    #[default]
+    Epoll,
+    /// In `futex_waitv` on the clients' kick words (at most 127 clients): the clients' doorbell
+    /// is a futex wake, and no eventfd or epoll stands between a kick and the server. A control
+    /// thread sleeps in `epoll` on the listener and the control sockets and wakes the server
+    /// when they need it. Needs Linux 5.16.
+    Futex,
 }
 
 impl ServerConfig {
@@ -69,6 +86,7 @@ impl ServerConfig {
             idle_poll: Duration::from_micros(50),
             batch: 64,
             exit_when_empty: false,
+            sleep: ServerSleep::Epoll,
         }
     }
 }
@@ -236,6 +254,8 @@ struct Active<S, C, H> {
     pending: VecDeque<C>,
     /// The completion ring was full (or completions are pending) at the last turn.
     blocked: bool,
+    /// The word a futex-sleeping server sleeps on for this client (kick mode futex).
+    kick_word: Option<WakeRef>,
 }
 
 enum Outcome {
@@ -434,6 +454,8 @@ pub struct Server<S: Pod, C: Pod, H> {
     turns: u64,
     idle_since: Option<Instant>,
     idle_turns: u64,
+    /// The futex sleep's control thread, with [`ServerSleep::Futex`].
+    futex: Option<FutexSleep>,
 }
 
 impl<S: Pod, C: Pod, H> fmt::Debug for Server<S, C, H> {
@@ -521,6 +543,33 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
         }
         check_capacity("max_capacity", config.max_capacity, 1 << 30).map_err(Error::Config)?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create1"))?;
+        let futex = match config.sleep {
+            ServerSleep::Epoll => None,
+            ServerSleep::Futex => {
+                if config.max_clients > MAX_FUTEX_CLIENTS {
+                    return Err(Error::Config(format!(
+                        "a futex-sleeping server watches at most {MAX_FUTEX_CLIENTS} clients \
+                         (futex_waitv takes {WAIT_ANY_MAX} words, one is its own); \
+                         max_clients is {}",
+                        config.max_clients
+                    )));
+                }
+                if !WaitAny::supported() {
+                    return Err(Error::Config(
+                        "futex sleep needs futex_waitv, which this kernel lacks (Linux 5.16+)"
+                            .into(),
+                    ));
+                }
+                let dup = epoll.0.try_clone().map_err(|source| Error::Io {
+                    op: "dup(epoll) for the control thread",
+                    source,
+                })?;
+                Some(FutexSleep::start(dup).map_err(|source| Error::Io {
+                    op: "starting the server's control thread",
+                    source,
+                })?)
+            }
+        };
         let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(os("eventfd"))?;
         epoll
@@ -544,6 +593,7 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             turns: 0,
             idle_since: None,
             idle_turns: 0,
+            futex,
         })
     }
 
@@ -671,6 +721,7 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             if self.turns % EVENT_CHECK_EVERY == 0 {
                 self.poll_events(Some(Duration::ZERO))?;
             }
+            self.take_control_events()?;
             return Ok(false);
         }
         self.idle_turns += 1;
@@ -679,6 +730,7 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             if self.idle_turns % EVENT_CHECK_EVERY == 0 {
                 self.poll_events(Some(Duration::ZERO))?;
             }
+            self.take_control_events()?;
             return Ok(false);
         }
         if self.idle_since.take().is_some() {
@@ -699,10 +751,45 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
         }
         self.stats.sleeps += 1;
-        let slept = self.poll_events(timeout);
+        let slept = match &mut self.futex {
+            None => self.poll_events(timeout),
+            Some(futex) => {
+                let kicks = self.conns.iter().filter_map(|c| match &c.state {
+                    State::Active(a) => a.kick_word.as_deref(),
+                    State::Handshake { .. } => None,
+                });
+                match futex.sleep(kicks, timeout) {
+                    Ok(true) => self.take_control_events(),
+                    Ok(false) => {
+                        self.expire_handshakes();
+                        Ok(())
+                    }
+                    Err(source) => Err(Error::Io {
+                        op: "futex_waitv",
+                        source,
+                    }),
+                }
+            }
+        };
         self.disarm_all();
         self.idle_turns = 0;
         slept.map(|()| true)
+    }
+
+    /// With [`ServerSleep::Futex`]: if the control thread says the epoll set has events, takes
+    /// them (a non-blocking `epoll_wait`) and lets it poll again.
+    fn take_control_events(&mut self) -> Result<(), Error> {
+        if !self.futex.as_ref().is_some_and(FutexSleep::pending) {
+            return Ok(());
+        }
+        self.poll_events(Some(Duration::ZERO))?;
+        if let Some(futex) = &self.futex {
+            futex.take().map_err(|source| Error::Io {
+                op: "the server's control thread",
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     fn keep_polling(&mut self) -> bool {
@@ -1067,11 +1154,11 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             sq_capacity: hello.sq_capacity,
             cq_capacity: hello.cq_capacity,
             // The server waits for a spin client by polling it; for everyone else it sleeps in
-            // epoll, so their doorbell is the kick eventfd.
-            kick_mode: if mode == NotifyMode::Spin {
-                NotifyMode::Spin
-            } else {
-                NotifyMode::EventFd
+            // epoll, where their doorbell is the kick eventfd, or on their kick words.
+            kick_mode: match (mode, self.config.sleep) {
+                (NotifyMode::Spin, _) => NotifyMode::Spin,
+                (_, ServerSleep::Epoll) => NotifyMode::EventFd,
+                (_, ServerSleep::Futex) => NotifyMode::Futex,
             },
             call_mode: mode,
         };
@@ -1137,6 +1224,7 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             .filter(|p| *p != 0);
         let info = ClientInfo { id, pid, mode };
         let handler = (self.factory)(&info);
+        let kick_word = (config.kick_mode == NotifyMode::Futex).then(|| service.kick_word());
         match mode {
             NotifyMode::Spin => self.spin_clients += 1,
             NotifyMode::Adaptive => self.adaptive_clients += 1,
@@ -1158,6 +1246,7 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             },
             pending: VecDeque::new(),
             blocked: false,
+            kick_word,
         }));
         self.stats.welcomed += 1;
         Ok(())

@@ -11,7 +11,10 @@ use std::time::Duration;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use subring_shm::echo::{self, EchoReq, EchoResp, ECHO_PROTOCOL};
 use subring_shm::proto::{self, ClientMsg, EntryShape, Hello, Refusal, ServerMsg, WireMode};
-use subring_shm::{Client, ClientOptions, Error, NotifyMode, Server, ServerConfig, ServerThread};
+use subring_shm::queue::Submitter;
+use subring_shm::{
+    Client, ClientOptions, Error, NotifyMode, Server, ServerConfig, ServerSleep, ServerThread,
+};
 use support::*;
 
 type EchoServer = ServerThread<EchoReq, EchoResp, echo::EchoHandler>;
@@ -419,10 +422,15 @@ fn extra_regions_register_and_resolve() {
 
 #[test]
 fn a_server_that_exits_when_empty_returns_once_its_client_leaves() {
-    for mode in [NotifyMode::Spin, NotifyMode::Adaptive, NotifyMode::EventFd] {
+    let sleeps = [ServerSleep::Epoll, ServerSleep::Futex];
+    for (mode, sleep) in NotifyMode::ALL
+        .into_iter()
+        .flat_map(|m| sleeps.map(|s| (m, s)))
+    {
         let (server_end, client_end) = subring_shm::socket_pair().unwrap();
         let mut config = ServerConfig::new(ECHO_PROTOCOL);
         config.exit_when_empty = true;
+        config.sleep = sleep;
         let mut server = Server::new(config, echo::handler_factory()).unwrap();
         server.add_connection(server_end).unwrap();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -447,9 +455,65 @@ fn a_server_that_exits_when_empty_returns_once_its_client_leaves() {
         // sleep after releasing it.
         done_rx
             .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("{mode:?}: the server kept running after its client left"));
+            .unwrap_or_else(|_| {
+                panic!("{mode:?}, {sleep:?}: the server kept running after its client left")
+            });
         let (result, stats) = thread.join().unwrap();
         result.unwrap();
         assert_eq!((stats.welcomed, stats.released, stats.clients), (1, 1, 0));
     }
+}
+
+/// A server sleeping on futexes still sees its sockets through its control thread: it drops a
+/// silent connection at the handshake deadline (a timed futex sleep), welcomes and serves
+/// clients of every mode, releases one that leaves, and stops when told. Too many clients for
+/// one `futex_waitv` is a configuration error that says so.
+#[test]
+fn a_futex_sleeping_server_watches_its_sockets() {
+    let (srv, path) = server("futex_sleep", |c| c.sleep = ServerSleep::Futex);
+    let silent = raw_connect(&path);
+    assert!(recv_raw(&silent).is_empty(), "silent client not dropped");
+    for mode in NotifyMode::ALL {
+        let mut client = connect_retry(&path, &options(mode), WAIT);
+        let doorbell = if mode == NotifyMode::Spin {
+            NotifyMode::Spin
+        } else {
+            NotifyMode::Futex
+        };
+        assert_eq!(client.kick_mode(), doorbell, "{mode}");
+        echo_many(&mut client, 300, 8, 64);
+        if mode != NotifyMode::Spin {
+            // Idle for a while, the server is asleep on its futexes: the next request must
+            // ring the doorbell to be served.
+            std::thread::sleep(Duration::from_millis(50));
+            let rung = client.doorbell_stats().rung;
+            let req = EchoReq {
+                seq: 7,
+                op: echo::op::PING,
+                ..EchoReq::default()
+            };
+            assert_eq!(call(&mut client, req).unwrap().seq, 7);
+            assert_eq!(client.doorbell_stats().rung, rung + 1, "{mode}: rang once");
+        }
+    }
+    // Stopping wakes it through the control thread, and it joins that thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(srv.stop().map(|s| s.stats()));
+    });
+    let stats = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stop signal reaches a futex-sleeping server")
+        .unwrap();
+    assert_eq!((stats.welcomed, stats.clients), (4, 0), "{stats:?}");
+    assert!(stats.sleeps > 0, "it slept: {stats:?}");
+
+    let mut config = ServerConfig::new(ECHO_PROTOCOL);
+    config.sleep = ServerSleep::Futex;
+    config.max_clients = 200;
+    let err = Server::new(config, echo::handler_factory()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("max_clients is 200") && m.contains("127")),
+        "{err}"
+    );
 }

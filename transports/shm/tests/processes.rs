@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use subring_shm::echo::{self, op, status, EchoReq, ECHO_PROTOCOL};
 use subring_shm::queue::{Completer, QueueError, Submitter};
-use subring_shm::{BufHandle, NotifyMode, Server, ServerConfig};
+use subring_shm::{BufHandle, NotifyMode, Server, ServerConfig, ServerSleep};
 use support::*;
 
 const PATH_ENV: &str = "SUBRING_SHM_TEST_PATH";
 const MODE_ENV: &str = "SUBRING_SHM_TEST_MODE";
+/// `futex` makes the child server sleep on futexes ([`ServerSleep::Futex`]) instead of epoll.
+const SLEEP_ENV: &str = "SUBRING_SHM_TEST_SLEEP";
 
 /// The echo server, as a child process. Serves until killed (or two minutes pass).
 #[test]
@@ -21,12 +23,11 @@ fn child_server() {
     let Ok(path) = std::env::var(PATH_ENV) else {
         return;
     };
-    let mut server = Server::bind(
-        &path,
-        ServerConfig::new(ECHO_PROTOCOL),
-        echo::handler_factory(),
-    )
-    .unwrap();
+    let mut config = ServerConfig::new(ECHO_PROTOCOL);
+    if std::env::var(SLEEP_ENV).as_deref() == Ok("futex") {
+        config.sleep = ServerSleep::Futex;
+    }
+    let mut server = Server::bind(&path, config, echo::handler_factory()).unwrap();
     server.run_for(Duration::from_secs(120)).unwrap();
 }
 
@@ -46,14 +47,36 @@ fn child_client_forever() {
 }
 
 fn start_server(test: &str) -> (ChildGuard, std::path::PathBuf) {
+    start_server_sleeping(test, ServerSleep::Epoll)
+}
+
+fn start_server_sleeping(test: &str, sleep: ServerSleep) -> (ChildGuard, std::path::PathBuf) {
     let path = socket_path(test);
-    let child = spawn_child("child_server", &[(PATH_ENV, path.display().to_string())]);
+    let sleep = match sleep {
+        ServerSleep::Epoll => "epoll",
+        ServerSleep::Futex => "futex",
+    };
+    let child = spawn_child(
+        "child_server",
+        &[
+            (PATH_ENV, path.display().to_string()),
+            (SLEEP_ENV, sleep.into()),
+        ],
+    );
     (child, path)
 }
 
+const SLEEPS: [ServerSleep; 2] = [ServerSleep::Epoll, ServerSleep::Futex];
+
 #[test]
 fn echo_across_processes_in_every_mode() {
-    let (_server, path) = start_server("every_mode");
+    for sleep in SLEEPS {
+        echo_in_every_mode(sleep);
+    }
+}
+
+fn echo_in_every_mode(sleep: ServerSleep) {
+    let (_server, path) = start_server_sleeping(&format!("every_mode_{sleep:?}"), sleep);
     for mode in NotifyMode::ALL {
         let mut client = connect_retry(&path, &options(mode), WAIT);
         assert_ne!(client.server_pid(), std::process::id());
@@ -70,7 +93,13 @@ fn echo_across_processes_in_every_mode() {
 
 #[test]
 fn many_clients_on_one_server() {
-    let (_server, path) = start_server("many_clients");
+    for sleep in SLEEPS {
+        many_clients(sleep);
+    }
+}
+
+fn many_clients(sleep: ServerSleep) {
+    let (_server, path) = start_server_sleeping(&format!("many_clients_{sleep:?}"), sleep);
     let clients: Vec<_> = (0..6)
         .map(|i| {
             let path = path.clone();
@@ -101,7 +130,13 @@ fn many_clients_on_one_server() {
 
 #[test]
 fn killed_client_is_released_and_others_keep_being_served() {
-    let (_server, path) = start_server("killed_client");
+    for sleep in SLEEPS {
+        killed_client(sleep);
+    }
+}
+
+fn killed_client(sleep: ServerSleep) {
+    let (_server, path) = start_server_sleeping(&format!("killed_client_{sleep:?}"), sleep);
     let mut ours = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
     let mut victim = spawn_child(
         "child_client_forever",
