@@ -97,6 +97,21 @@ mod imp {
     }
     atomic_int!(AtomicU32, u32);
     atomic_int!(AtomicU64, u64);
+
+    /// `std::sync::Mutex` behind the shim (loom's under loom).
+    #[derive(Debug, Default)]
+    pub struct Mutex<T>(std::sync::Mutex<T>);
+
+    impl<T> Mutex<T> {
+        /// A new mutex holding `v`.
+        pub const fn new(v: T) -> Self {
+            Self(std::sync::Mutex::new(v))
+        }
+        /// See the std method of the same name.
+        pub fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, T>> {
+            self.0.lock()
+        }
+    }
 }
 
 #[cfg(loom)]

@@ -17,16 +17,20 @@ use loom::sync::atomic::Ordering;
 use loom::thread;
 use subring_planes::data::{BufferPool, Region, RegionOptions, Ring};
 use subring_planes::interrupt::{
-    FutexSignal, LoomBreakage, LoomSignal, Notifier, SleepNotifier, SpinPolicy, WaitAny,
+    FutexSignal, LoomBreakage, LoomSignal, Notifier, SleepNotifier, SleepSet, SpinPolicy, WaitAny,
 };
 use subring_planes::pair::{in_process, PairConfig};
 use subring_planes::queue::{Completer, QueueError, Submitter};
 
 fn model(f: impl Fn() + Send + Sync + 'static) {
+    model_bounded(usize::MAX, f);
+}
+
+/// A model of three threads whose waits spin: explored with at most `max` preemptions (and no
+/// more than `LOOM_MAX_PREEMPTIONS`), which keeps it to seconds.
+fn model_bounded(max: usize, f: impl Fn() + Send + Sync + 'static) {
     let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(3);
-    }
+    builder.preemption_bound = Some(builder.preemption_bound.unwrap_or(3).min(max));
     builder.check(f);
 }
 
@@ -326,4 +330,58 @@ fn sleeping_on_two_rings_loses_no_wakeup() {
 #[should_panic]
 fn negative_control_sleeping_on_two_rings_without_rechecking_both_is_caught() {
     sleep_on_two_rings(false);
+}
+
+const SLEEP_SET_PREEMPTIONS: usize = 5;
+
+/// A service sleeps on a ring's word in a [`SleepSet`] while a peer publishes to the ring and
+/// rings its doorbell, and another thread raises the set's alarm: both claim the same word, in
+/// any order. The service must see the entry and the alarm, however they interleave with its
+/// announcing sleep.
+fn sleep_set_with_alarm(broken: bool) {
+    model_bounded(SLEEP_SET_PREEMPTIONS, move || {
+        let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
+        let word = rx.consumer_wake();
+        let mut set = SleepSet::new();
+        if broken {
+            set.break_for_loom();
+        }
+        set.set_words(vec![word.clone()]).unwrap();
+        let alarm = set.alarm();
+        let raiser = thread::spawn(move || alarm.raise().unwrap());
+        let producer = thread::spawn(move || {
+            let doorbell =
+                SleepNotifier::new(tx.consumer_wake(), FutexSignal::new(), SpinPolicy::none());
+            tx.push(1).unwrap();
+            doorbell.notify().unwrap();
+        });
+        let (mut got, mut alarmed) = (false, false);
+        while !(got && alarmed) {
+            word.announce_sleep();
+            if !rx.has_entries().unwrap() {
+                set.sleep(None).unwrap();
+            }
+            word.cancel_sleep();
+            if set.is_raised() {
+                alarmed = true;
+                set.lower();
+            }
+            got |= rx.pop().unwrap().is_some();
+        }
+        raiser.join().unwrap();
+        producer.join().unwrap();
+    });
+}
+
+#[test]
+fn a_sleep_set_sees_its_peer_and_its_alarm() {
+    sleep_set_with_alarm(false);
+}
+
+/// Negative control: a sleeper that does not look at the alarm after announcing sleep sleeps
+/// through an alarm raised just before (the alarm found no word sleeping to wake).
+#[test]
+#[should_panic(expected = "maximum number of branches")]
+fn negative_control_a_sleep_set_that_ignores_its_alarm_is_caught() {
+    sleep_set_with_alarm(true);
 }

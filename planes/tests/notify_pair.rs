@@ -568,3 +568,59 @@ fn wait_any_wakes_on_any_word() {
     let err = set.wait(many.iter().map(|w| &**w), None).unwrap_err();
     assert!(err.to_string().contains("not 129"), "{err}");
 }
+
+/// A `SleepSet` sleeps on its words (none, one: a plain futex wait, two: futex_waitv) and its
+/// alarm wakes it from another thread in each case; a peer's doorbell on a word wakes it too.
+#[test]
+fn a_sleep_set_wakes_on_its_alarm_and_its_words() {
+    use subring_planes::interrupt::SleepSet;
+    for n in [0usize, 1, 2] {
+        let words: Vec<WakeRef> = (0..n).map(|_| WakeRef::local()).collect();
+        let mut set = SleepSet::new();
+        set.set_words(words.clone()).unwrap();
+        let alarm = set.alarm();
+        let sleeper = std::thread::spawn(move || {
+            for w in &words {
+                w.announce_sleep();
+            }
+            let t = Instant::now();
+            let raised = set.sleep(Some(Duration::from_secs(20))).unwrap();
+            for w in &words {
+                w.cancel_sleep();
+            }
+            (raised, t.elapsed(), set)
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        alarm.raise().unwrap();
+        let (raised, waited, set) =
+            within_10s("the alarmed sleeper", move || sleeper.join().unwrap());
+        assert!(raised, "{n} words: woken by the alarm");
+        assert!(waited < Duration::from_secs(10), "{n} words: {waited:?}");
+        assert!(alarm.is_raised());
+        set.lower();
+        assert!(!alarm.is_raised());
+    }
+
+    // A peer's futex doorbell on the second of two words.
+    let words: Vec<WakeRef> = (0..2).map(|_| WakeRef::local()).collect();
+    let mut set = SleepSet::new();
+    set.set_words(words.clone()).unwrap();
+    let doorbell = SleepNotifier::new(words[1].clone(), FutexSignal::new(), SpinPolicy::none());
+    // Announced before the sleeper starts, so the doorbell finds it "sleeping" whenever it
+    // rings (before or after the sleeper blocks).
+    for w in &words {
+        w.announce_sleep();
+    }
+    let sleeper = std::thread::spawn(move || {
+        let raised = set.sleep(Some(Duration::from_secs(20))).unwrap();
+        (raised, words[1].is_sleeping())
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(doorbell.notify().unwrap(), Notified::Sent);
+    let (raised, still) = within_10s("the rung sleeper", move || sleeper.join().unwrap());
+    assert!(!raised && !still, "woken by the doorbell, not the alarm");
+
+    let too_many = (0..129).map(|_| WakeRef::local()).collect();
+    let err = SleepSet::new().set_words(too_many).unwrap_err();
+    assert!(err.to_string().contains("not 129"), "{err}");
+}

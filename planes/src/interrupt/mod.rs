@@ -32,11 +32,13 @@
 //!   with no fd at all.
 //! - [`SpinNotifier`]: never sleeps, never makes a system call.
 //! - [`WaitAny`]: the sleeping side over many words at once (`futex_waitv`), for a service that
-//!   sleeps on all its clients' rings without an fd per client.
+//!   sleeps on all its clients' rings without an fd per client; [`SleepSet`] adds an
+//!   [`Alarm`] with which another thread of the service wakes it.
 //! - Adaptive: a [`SleepNotifier`] with [`SpinPolicy::adaptive`], which spins for a budget that
 //!   grows when spinning pays off and shrinks when it does not, then announces sleep and blocks.
 
 mod signal;
+mod sleep_set;
 mod wait_any;
 
 use std::any::Any;
@@ -52,6 +54,7 @@ use std::time::{Duration, Instant};
 #[cfg(loom)]
 pub use signal::LoomSignal;
 pub use signal::{EventFdSignal, FutexSignal, Signal, Woke};
+pub use sleep_set::{Alarm, SleepSet};
 pub use wait_any::{WaitAny, WAIT_ANY_MAX};
 
 use crate::data::Region;

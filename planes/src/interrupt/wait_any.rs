@@ -32,6 +32,42 @@ struct FutexWaitv {
 #[cfg(not(loom))]
 const FUTEX2_SIZE_U32: u32 = 0x02;
 
+/// FUTEX_WAIT on the word at `addr` while it says SLEEPING, for at most `timeout`.
+#[cfg(not(loom))]
+fn futex_wait_sleeping(addr: *const u32, timeout: Option<Duration>) -> io::Result<()> {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `addr` is the address of a live, aligned u32 word (the caller holds a borrow of
+    // it for the call); FUTEX_WAIT compares it with SLEEPING atomically with going to sleep;
+    // `ts_ptr` is null or points to a (relative) timespec that outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            addr,
+            libc::FUTEX_WAIT,
+            SLEEPING,
+            ts_ptr,
+            std::ptr::null::<u32>(),
+            0,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if !matches!(
+            e.raw_os_error(),
+            Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR)
+        ) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Sleeps until any of several [`WakeWord`]s is woken.
 ///
 /// Reusable: it keeps the array the kernel reads between waits, so a wait allocates nothing once
@@ -78,9 +114,10 @@ impl WaitAny {
 
     /// Whether the running kernel has `futex_waitv` (Linux 5.16 and later).
     pub fn supported() -> bool {
-        let word = WakeWord::new();
-        // The word says "awake", so a supporting kernel returns at once (EAGAIN).
-        match WaitAny::new().wait([&word], None) {
+        let (a, b) = (WakeWord::new(), WakeWord::new());
+        // Two words (one takes the FUTEX_WAIT path), both "awake": a supporting kernel returns
+        // at once (EAGAIN).
+        match WaitAny::new().wait([&a, &b], None) {
             Ok(()) => true,
             Err(e) => e.raw_os_error() != Some(libc::ENOSYS),
         }
@@ -111,6 +148,13 @@ impl WaitAny {
         let n = self.waiters.len();
         if n == 0 || n > WAIT_ANY_MAX {
             return Err(too_many(n));
+        }
+        if n == 1 {
+            // One word: a plain FUTEX_WAIT. Its wake-up path is shorter than futex_waitv's
+            // (which must dequeue the waiter from every word's hash bucket), and a ping-pong
+            // between two processes measurably prefers it.
+            let only = self.waiters[0].uaddr as *const u32;
+            return futex_wait_sleeping(only, timeout);
         }
         // futex_waitv takes an absolute CLOCK_MONOTONIC deadline.
         let deadline = match timeout {

@@ -456,6 +456,8 @@ pub struct Server<S: Pod, C: Pod, H> {
     idle_turns: u64,
     /// The futex sleep's control thread, with [`ServerSleep::Futex`].
     futex: Option<FutexSleep>,
+    /// A client with a kick word came or went since the futex sleep's words were set.
+    kick_words_changed: bool,
 }
 
 impl<S: Pod, C: Pod, H> fmt::Debug for Server<S, C, H> {
@@ -594,6 +596,7 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             idle_since: None,
             idle_turns: 0,
             futex,
+            kick_words_changed: false,
         })
     }
 
@@ -754,11 +757,20 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
         let slept = match &mut self.futex {
             None => self.poll_events(timeout),
             Some(futex) => {
-                let kicks = self.conns.iter().filter_map(|c| match &c.state {
-                    State::Active(a) => a.kick_word.as_deref(),
-                    State::Handshake { .. } => None,
-                });
-                match futex.sleep(kicks, timeout) {
+                let mut slept = Ok(false);
+                if self.kick_words_changed {
+                    let words = self
+                        .conns
+                        .iter()
+                        .filter_map(|c| match &c.state {
+                            State::Active(a) => a.kick_word.clone(),
+                            State::Handshake { .. } => None,
+                        })
+                        .collect();
+                    slept = futex.set_words(words).map(|()| false);
+                    self.kick_words_changed = false;
+                }
+                match slept.and_then(|_| futex.sleep(timeout)) {
                     Ok(true) => self.take_control_events(),
                     Ok(false) => {
                         self.expire_handshakes();
@@ -1225,6 +1237,7 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
         let info = ClientInfo { id, pid, mode };
         let handler = (self.factory)(&info);
         let kick_word = (config.kick_mode == NotifyMode::Futex).then(|| service.kick_word());
+        self.kick_words_changed |= kick_word.is_some();
         match mode {
             NotifyMode::Spin => self.spin_clients += 1,
             NotifyMode::Adaptive => self.adaptive_clients += 1,
@@ -1318,6 +1331,7 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             }
             self.stats.calls.add(a.service.stats());
             self.stats.released += 1;
+            self.kick_words_changed |= a.kick_word.is_some();
         }
     }
 
