@@ -2,10 +2,11 @@
 //! interleaved inside each repetition (the VM's vCPU placement drifts):
 //!
 //! - round trips of an 8-byte request (subring-shm's echo `PING`, a 32-byte entry each way) in
-//!   spin, adaptive, eventfd (and futex) modes, against a raw shared-memory spin ping-pong (the physical
-//!   floor), a raw eventfd pair (blocking reads, and waiting in epoll as subring does), a pipe
-//!   pair and a Unix socket pair — with the processes on two cores (`split`) and on one
-//!   (`shared`);
+//!   spin, adaptive, eventfd and futex modes (futex: both sides sleep on futexes, the server on
+//!   its clients' kick words, [`ServerSleep::Futex`]), against a raw shared-memory spin ping-pong
+//!   (the physical floor), a raw eventfd pair (blocking reads, and waiting in epoll as subring's
+//!   eventfd mode does), a raw futex pair, a pipe pair and a Unix socket pair — with the
+//!   processes on two cores (`split`) and on one (`shared`);
 //! - 4 KiB payload throughput: the client writes each payload into a shared buffer and the server
 //!   reads it in place (`TOUCH`: every byte read once), against a Unix socket and a raw
 //!   shared-memory ring of 64 x 4 KiB slots (copy in, copy out).
@@ -24,7 +25,7 @@ use crate::report::{Report, Section, Unit};
 use crate::Progress;
 use subring_shm::echo::{self, op, status, EchoReq, EchoResp, ECHO_PROTOCOL};
 use subring_shm::queue::{Completer, Submitter};
-use subring_shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
+use subring_shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig, ServerSleep};
 
 const PAYLOAD: usize = 4096;
 
@@ -63,14 +64,20 @@ impl IpcConfig {
 }
 
 /// One subring round-trip measurement: latencies and client-side syscalls per round trip.
-pub(crate) struct Measured {
-    pub(crate) latency: Latency,
-    pub(crate) syscalls: f64,
+#[derive(Debug)]
+pub struct Measured {
+    /// One sample per round trip.
+    pub latency: Latency,
+    /// Client-side system calls (doorbells rung and sleeps) per round trip.
+    pub syscalls: f64,
 }
 
 /// Runs subring-shm's echo server in a forked child pinned to `cpu`, serving the other end of `client`'s
 /// socket until the client leaves; returns the child.
-pub fn fork_server(cpu: usize) -> Result<(peers::Child, std::os::fd::OwnedFd), String> {
+pub fn fork_server(
+    cpu: usize,
+    sleep: ServerSleep,
+) -> Result<(peers::Child, std::os::fd::OwnedFd), String> {
     let (server_end, client_end) = subring_shm::socket_pair().map_err(|e| e.to_string())?;
     let child = peers::fork_pinned(cpu, &[client_end.as_raw_fd()], move || {
         let run = || -> Result<(), subring_shm::Error> {
@@ -79,6 +86,7 @@ pub fn fork_server(cpu: usize) -> Result<(peers::Child, std::os::fd::OwnedFd), S
             // the parent).
             let mut config = ServerConfig::new(ECHO_PROTOCOL);
             config.exit_when_empty = true;
+            config.sleep = sleep;
             let mut server = Server::new(config, echo::handler_factory())?;
             server.add_connection(server_end)?;
             server.run()
@@ -124,14 +132,17 @@ fn round_trip(client: &mut Client<EchoReq, EchoResp>, seq: u64) -> Result<(), St
     }
 }
 
-pub(crate) fn subring_rt(
+/// Measures `n` echo round trips of a client in `mode` against a forked server that sleeps as
+/// `sleep` says, placed as `placement` says (after an untimed warm-up of `n / 10`).
+pub fn subring_rt(
     mode: NotifyMode,
+    sleep: ServerSleep,
     n: usize,
     placement: Placement,
 ) -> Result<Measured, String> {
     let (parent_cpu, child_cpu) = placement.cpus();
     let _pin = AffinityGuard::pin(parent_cpu)?;
-    let (child, client_end) = fork_server(child_cpu)?;
+    let (child, client_end) = fork_server(child_cpu, sleep)?;
     let mut client = connect(client_end, mode, 8)?;
     for seq in 0..(n / 10) as u64 {
         round_trip(&mut client, seq)?;
@@ -167,7 +178,7 @@ const IN_FLIGHT: usize = 64;
 /// completions return them and waits only when all are out).
 fn subring_throughput(total: usize) -> Result<f64, String> {
     let _pin = AffinityGuard::pin(0)?;
-    let (child, client_end) = fork_server(1)?;
+    let (child, client_end) = fork_server(1, ServerSleep::Epoll)?;
     let mut client = connect(client_end, NotifyMode::Adaptive, IN_FLIGHT as u32)?;
     let source: Vec<u8> = (0..PAYLOAD).map(|i| (i * 7) as u8).collect();
     let expect = echo::word_sum(&source);
@@ -230,7 +241,7 @@ pub const SHARED: &str = "ipc round trip, 1 shared core";
 pub const PAYLOADS: &str = "4 KiB payloads, client to server";
 
 /// Measurements per repetition (for progress).
-const STEPS_PER_REP: u64 = 19;
+const STEPS_PER_REP: u64 = 22;
 
 /// Runs the round-trip and payload sections into `report`.
 pub fn run(
@@ -267,25 +278,28 @@ pub fn run(
                 peers::spin_floor_rt(floor_n, placement),
                 0.0,
             )?;
-            let modes: &[(&str, NotifyMode)] = if placement == Placement::Split {
+            use ServerSleep::{Epoll, Futex};
+            let modes: &[(&str, NotifyMode, ServerSleep)] = if placement == Placement::Split {
                 &[
-                    ("subring spin", NotifyMode::Spin),
-                    ("subring adaptive", NotifyMode::Adaptive),
-                    ("subring eventfd", NotifyMode::EventFd),
-                    ("subring futex", NotifyMode::Futex),
+                    ("subring spin", NotifyMode::Spin, Epoll),
+                    ("subring adaptive", NotifyMode::Adaptive, Epoll),
+                    ("subring eventfd", NotifyMode::EventFd, Epoll),
+                    ("subring futex", NotifyMode::Futex, Futex),
                 ]
             } else {
                 &[
-                    ("subring adaptive", NotifyMode::Adaptive),
-                    ("subring eventfd", NotifyMode::EventFd),
+                    ("subring adaptive", NotifyMode::Adaptive, Epoll),
+                    ("subring eventfd", NotifyMode::EventFd, Epoll),
+                    ("subring futex", NotifyMode::Futex, Futex),
                 ]
             };
-            for &(name, mode) in modes {
-                let m = subring_rt(mode, n, placement);
+            for &(name, mode, sleep) in modes {
+                let m = subring_rt(mode, sleep, n, placement);
                 let sys = m.as_ref().map_or(f64::NAN, |m| m.syscalls);
                 record(name, m.map(|m| m.latency), sys)?;
             }
             record("raw eventfd", peers::eventfd_rt(n, placement), 2.0)?;
+            record("raw futex", peers::futex_rt(n, placement), 2.0)?;
             record(
                 "raw eventfd, epoll waits",
                 peers::eventfd_epoll_rt(n, placement),
@@ -318,6 +332,10 @@ pub fn run(
     split.compare("pipe", "subring eventfd", Some("< 1"));
     split.compare("unix socket", "subring eventfd", Some("< 1"));
     split.compare("subring eventfd", "subring futex", None);
+    split.compare("raw eventfd", "subring futex", Some("<= 1.1"));
+    split.compare("raw futex", "subring futex", Some("<= 1.1"));
+    split.compare("pipe", "subring futex", Some("< 1"));
+    split.compare("unix socket", "subring futex", Some("< 1"));
     split.best_of("best of spin, eventfd", "subring spin", "subring eventfd");
     split.compare("best of spin, eventfd", "subring adaptive", Some("<= 1.5"));
     // Spin mode is not run on one core (spinning there waits out a scheduler tick): blocking
@@ -327,6 +345,8 @@ pub fn run(
     shared.compare("raw eventfd, epoll waits", "subring eventfd", None);
     shared.compare("pipe", "subring eventfd", None);
     shared.compare("unix socket", "subring eventfd", None);
+    shared.compare("raw futex", "subring futex", None);
+    shared.compare("pipe", "subring futex", None);
     tput.compare("unix socket", "subring zero-copy", Some(">= 3"));
     tput.compare(
         "raw shm ring 64x4K (copy)",

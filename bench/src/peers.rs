@@ -34,7 +34,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -540,6 +540,58 @@ impl Shm {
         // as long as `&self` lives, and only ever accessed atomically, by either process.
         unsafe { AtomicU64::from_ptr(self.base.add(offset).cast()) }
     }
+
+    /// The 32-bit atomic word at `offset` (a futex).
+    fn word32(&self, offset: usize) -> &AtomicU32 {
+        assert!(
+            offset % 4 == 0 && offset + 4 <= self.len,
+            "word {offset} outside the mapping"
+        );
+        // SAFETY: as for `word`, 4-aligned.
+        unsafe { AtomicU32::from_ptr(self.base.add(offset).cast()) }
+    }
+}
+
+/// `FUTEX_WAKE` of one waiter on `word` (shared: the word is in memory both processes map).
+fn futex_wake(word: &AtomicU32) -> Result<(), String> {
+    // SAFETY: FUTEX_WAKE only uses the address to find waiters; the word is live and aligned.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            1,
+            ptr::null::<libc::timespec>(),
+            ptr::null::<u32>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(os_err("futex(FUTEX_WAKE)"));
+    }
+    Ok(())
+}
+
+/// `FUTEX_WAIT` on `word` while it holds `seen`, with no timeout. EAGAIN (it changed) is a
+/// success; EINTR (the parent's time limit) is an error.
+fn futex_wait(word: &AtomicU32, seen: u32) -> Result<(), String> {
+    // SAFETY: FUTEX_WAIT reads the live, aligned word and compares it with `seen` atomically
+    // with going to sleep; no timeout pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            seen,
+            ptr::null::<libc::timespec>(),
+            ptr::null::<u32>(),
+            0,
+        )
+    };
+    if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+        return Err(os_err("futex(FUTEX_WAIT)"));
+    }
+    Ok(())
 }
 
 impl Drop for Shm {
@@ -748,6 +800,54 @@ pub fn eventfd_epoll_rt(n: usize, placement: Placement) -> Result<Latency, Strin
             .write_all(&1u64.to_ne_bytes())
             .map_err(io_err("write"))?;
         Ok(latency)
+    })
+}
+
+/// Round trips through two futex words in shared memory, always waking: the parent stores a
+/// counter in one word and wakes it; the child, asleep on it, stores the counter in the other
+/// word and wakes that, on which the parent sleeps. The raw form of subring's futex mode (which
+/// wakes only a side that announced sleep, and carries entries in rings).
+pub fn futex_rt(n: usize, placement: Placement) -> Result<Latency, String> {
+    const FUTEX_QUIT: u32 = u32::MAX;
+    let shm = Shm::new(4096).map_err(|e| format!("futex_rt: {e}"))?;
+    let (ping, pong) = (shm.word32(0), shm.word32(LINE));
+    let child = || {
+        let mut last = 0;
+        loop {
+            let v = ping.load(Ordering::Acquire);
+            if v == last {
+                if futex_wait(ping, last).is_err() {
+                    return EXIT_IO;
+                }
+                continue;
+            }
+            if v == FUTEX_QUIT {
+                return 0;
+            }
+            last = v;
+            pong.store(v, Ordering::Release);
+            if futex_wake(pong).is_err() {
+                return EXIT_IO;
+            }
+        }
+    };
+    run("futex_rt", placement, &[], child, || {
+        let mut seq = 0u32;
+        let latency = sample(n, RT_BUDGET, || {
+            seq += 1;
+            ping.store(seq, Ordering::Release);
+            futex_wake(ping)?;
+            loop {
+                let v = pong.load(Ordering::Acquire);
+                if v == seq {
+                    return Ok(());
+                }
+                futex_wait(pong, v)?;
+            }
+        });
+        ping.store(FUTEX_QUIT, Ordering::Release);
+        futex_wake(ping)?;
+        latency
     })
 }
 
