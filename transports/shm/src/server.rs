@@ -67,7 +67,8 @@ pub enum ServerSleep {
     /// In `futex_waitv` on the clients' kick words (at most 127 clients): the clients' doorbell
     /// is a futex wake, and no eventfd or epoll stands between a kick and the server. A control
     /// thread sleeps in `epoll` on the listener and the control sockets and wakes the server
-    /// when they need it. Needs Linux 5.16.
+    /// when they need it. Needs Linux 5.16. The control thread starts with the server and does
+    /// not survive `fork`: make the server in the process that runs it.
     Futex,
 }
 
