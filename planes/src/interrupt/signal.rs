@@ -227,39 +227,54 @@ impl Signal for FutexSignal {
     }
 
     fn block(&self, word: &WakeWord, timeout: Option<Duration>) -> io::Result<Woke> {
-        let ts = timeout.map(|t| libc::timespec {
-            tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-            tv_nsec: t.subsec_nanos() as libc::c_long,
-        });
-        let ts_ptr = ts
-            .as_ref()
-            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: FUTEX_WAIT reads the live, aligned u32 word and compares it with SLEEPING
-        // atomically with going to sleep, so a wake that cleared the word first is not lost;
-        // `ts_ptr` is null or points to a timespec that outlives the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word.futex_word().as_ptr(),
-                libc::FUTEX_WAIT,
-                SLEEPING,
-                ts_ptr,
-                std::ptr::null::<u32>(),
-                0,
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            // EAGAIN: the word was no longer SLEEPING; ETIMEDOUT and EINTR: the caller re-checks.
-            if !matches!(
-                e.raw_os_error(),
-                Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR)
-            ) {
-                return Err(e);
-            }
-        }
+        futex_wait(word, timeout)?;
         Ok(Woke::Recheck)
     }
+}
+
+/// `FUTEX_WAIT` on `word` while it says SLEEPING, for at most `timeout` (relative). Returns
+/// `Ok` however the wait ended that calls for a re-check: woken, the word no longer SLEEPING
+/// (EAGAIN), timed out or interrupted.
+#[cfg(not(loom))]
+pub(super) fn futex_wait(word: &WakeWord, timeout: Option<Duration>) -> io::Result<()> {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT reads the live, aligned u32 word and compares it with SLEEPING
+    // atomically with going to sleep, so a wake that cleared the word first is not lost;
+    // `ts_ptr` is null or points to a timespec that outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.futex_word().as_ptr(),
+            libc::FUTEX_WAIT,
+            SLEEPING,
+            ts_ptr,
+            std::ptr::null::<u32>(),
+            0,
+        )
+    };
+    futex_wait_result(r)
+}
+
+/// A futex wait's return value as a result: EAGAIN (a word was no longer the value waited on),
+/// ETIMEDOUT and EINTR mean "re-check", as a wake-up does; anything else is an error.
+#[cfg(not(loom))]
+pub(super) fn futex_wait_result(r: libc::c_long) -> io::Result<()> {
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if !matches!(
+            e.raw_os_error(),
+            Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR)
+        ) {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Under loom, `FUTEX_WAIT` is modelled as yielding until the word is no longer "sleeping".

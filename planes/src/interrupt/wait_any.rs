@@ -11,6 +11,8 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+#[cfg(not(loom))]
+use super::signal::{futex_wait, futex_wait_result};
 use super::{WakeWord, SLEEPING};
 
 /// The most words one wait can watch (the kernel's `FUTEX_WAITV_MAX`).
@@ -31,42 +33,6 @@ struct FutexWaitv {
 /// with other processes, and the wakers use the shared `FUTEX_WAKE`.
 #[cfg(not(loom))]
 const FUTEX2_SIZE_U32: u32 = 0x02;
-
-/// FUTEX_WAIT on the word at `addr` while it says SLEEPING, for at most `timeout`.
-#[cfg(not(loom))]
-fn futex_wait_sleeping(addr: *const u32, timeout: Option<Duration>) -> io::Result<()> {
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
-    });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `addr` is the address of a live, aligned u32 word (the caller holds a borrow of
-    // it for the call); FUTEX_WAIT compares it with SLEEPING atomically with going to sleep;
-    // `ts_ptr` is null or points to a (relative) timespec that outlives the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            addr,
-            libc::FUTEX_WAIT,
-            SLEEPING,
-            ts_ptr,
-            std::ptr::null::<u32>(),
-            0,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if !matches!(
-            e.raw_os_error(),
-            Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR)
-        ) {
-            return Err(e);
-        }
-    }
-    Ok(())
-}
 
 /// Sleeps until any of several [`WakeWord`]s is woken.
 ///
@@ -139,22 +105,25 @@ impl WaitAny {
         timeout: Option<Duration>,
     ) -> io::Result<()> {
         self.waiters.clear();
-        self.waiters.extend(words.into_iter().map(|w| FutexWaitv {
-            val: u64::from(SLEEPING),
-            uaddr: w.futex_word().as_ptr() as u64,
-            flags: FUTEX2_SIZE_U32,
-            reserved: 0,
+        let mut first = None;
+        self.waiters.extend(words.into_iter().map(|w| {
+            first.get_or_insert(w);
+            FutexWaitv {
+                val: u64::from(SLEEPING),
+                uaddr: w.futex_word().as_ptr() as u64,
+                flags: FUTEX2_SIZE_U32,
+                reserved: 0,
+            }
         }));
         let n = self.waiters.len();
         if n == 0 || n > WAIT_ANY_MAX {
             return Err(too_many(n));
         }
-        if n == 1 {
+        if let (1, Some(only)) = (n, first) {
             // One word: a plain FUTEX_WAIT. Its wake-up path is shorter than futex_waitv's
             // (which must dequeue the waiter from every word's hash bucket), and a ping-pong
             // between two processes measurably prefers it.
-            let only = self.waiters[0].uaddr as *const u32;
-            return futex_wait_sleeping(only, timeout);
+            return futex_wait(only, timeout);
         }
         // futex_waitv takes an absolute CLOCK_MONOTONIC deadline.
         let deadline = match timeout {
@@ -196,17 +165,7 @@ impl WaitAny {
                 libc::CLOCK_MONOTONIC,
             )
         };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            // EAGAIN: a word was no longer SLEEPING; ETIMEDOUT and EINTR: the caller re-checks.
-            if !matches!(
-                e.raw_os_error(),
-                Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR)
-            ) {
-                return Err(e);
-            }
-        }
-        Ok(())
+        futex_wait_result(r)
     }
 
     /// Under loom, `futex_waitv` is modelled as yielding until some word no longer says

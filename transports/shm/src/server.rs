@@ -755,38 +755,39 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
         }
         self.stats.sleeps += 1;
-        let slept = match &mut self.futex {
-            None => self.poll_events(timeout),
-            Some(futex) => {
-                let mut slept = Ok(false);
-                if self.kick_words_changed {
-                    let words = self
-                        .conns
-                        .iter()
-                        .filter_map(|c| match &c.state {
-                            State::Active(a) => a.kick_word.clone(),
-                            State::Handshake { .. } => None,
-                        })
-                        .collect();
-                    slept = futex.set_words(words).map(|()| false);
-                    self.kick_words_changed = false;
-                }
-                match slept.and_then(|_| futex.sleep(timeout)) {
-                    Ok(true) => self.take_control_events(),
-                    Ok(false) => {
-                        self.expire_handshakes();
-                        Ok(())
-                    }
-                    Err(source) => Err(Error::Io {
-                        op: "futex_waitv",
-                        source,
-                    }),
-                }
-            }
-        };
+        let slept = self.sleep(timeout);
         self.disarm_all();
         self.idle_turns = 0;
         slept.map(|()| true)
+    }
+
+    /// Sleeps (every ring armed) in epoll, or with [`ServerSleep::Futex`] on the clients' kick
+    /// words, until a kick, an event or `timeout`.
+    fn sleep(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        let Some(futex) = &mut self.futex else {
+            return self.poll_events(timeout);
+        };
+        let io = |source| Error::Io {
+            op: "sleeping on the clients' kick words",
+            source,
+        };
+        if std::mem::take(&mut self.kick_words_changed) {
+            let words = self
+                .conns
+                .iter()
+                .filter_map(|c| match &c.state {
+                    State::Active(a) => a.kick_word.clone(),
+                    State::Handshake { .. } => None,
+                })
+                .collect();
+            futex.set_words(words).map_err(io)?;
+        }
+        if futex.sleep(timeout).map_err(io)? {
+            self.take_control_events()
+        } else {
+            self.expire_handshakes();
+            Ok(())
+        }
     }
 
     /// With [`ServerSleep::Futex`]: if the control thread says the epoll set has events, takes
