@@ -43,7 +43,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::{cqueue, squeue, types, IoUring, Probe};
+use io_uring::{cqueue, squeue, types, EnterFlags, IoUring, Probe};
 use subring_planes::control::{Doorbell, DoorbellStats, Rung};
 use subring_planes::data::{BufHandle, Region};
 use subring_planes::interrupt::{EventFdSignal, NotifyStats, Signal, WakeWord};
@@ -992,6 +992,7 @@ impl Uring {
     /// Submits what is queued and waits until at least `min` completions are ready (or the
     /// timeout passes): in [`WaitMode::Enter`] one `io_uring_enter` does both, like liburing's
     /// `io_uring_submit_and_wait`. `min` is capped at the number of operations in flight.
+    #[inline]
     pub fn wait_for(&mut self, min: usize, timeout: Option<Duration>) -> Result<(), QueueError> {
         let min = min.clamp(1, self.in_flight().max(1));
         self.notify.waits += 1;
@@ -1025,7 +1026,7 @@ impl Uring {
                     self.ring.submitter().submit_with_args(want, &args)
                 }
                 // Without a timeout, a plain enter: no argument block to copy in.
-                None => self.ring.submitter().submit_and_wait(want),
+                None => self.enter_and_wait(want),
             };
             match entered {
                 Ok(_) => {}
@@ -1045,6 +1046,37 @@ impl Uring {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// One `io_uring_enter` that submits what is queued and waits for `want` completions: what
+    /// `Submitter::submit_and_wait` does for a wait, entered straight from the caller's frame.
+    /// A `want` above zero always carries GETEVENTS, which also flushes overflowed completions
+    /// and runs deferred task work, so the queue's flags need no look; with SQPOLL the entry
+    /// also wakes the polling thread if it sleeps.
+    ///
+    /// Measured (bench `kernel nop, batch 1`): the crate's out-of-line `submit_and_wait` cost
+    /// about 10 ns per operation more, most of it in returning through the extra frames after
+    /// the system call.
+    #[inline(always)]
+    fn enter_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        let to_submit = self.ring.submission().len() as u32;
+        let mut flags = EnterFlags::GETEVENTS;
+        if self.is_sqpoll() && self.ring.submission().need_wakeup() {
+            // `need_wakeup` issues the SeqCst fence that pairs with the kernel thread's barrier
+            // before it sleeps.
+            flags |= EnterFlags::SQ_WAKEUP;
+        }
+        // SAFETY: no argument block (`None`), flags the kernel defines for this call, and
+        // `to_submit` counts entries already published in the SQ (every pointer they carry was
+        // vouched for when it was pushed, see `push_one`).
+        unsafe {
+            self.ring.submitter().enter::<libc::sigset_t>(
+                to_submit,
+                want as u32,
+                flags.bits(),
+                None,
+            )
         }
     }
 
