@@ -92,6 +92,11 @@ mod imp {
                 pub fn as_ptr(&self) -> *mut $int {
                     self.0.as_ptr()
                 }
+                /// The std atomic inside, for system call wrappers that take one (`futex`).
+                #[inline(always)]
+                pub fn as_std(&self) -> &std::sync::atomic::$name {
+                    &self.0
+                }
             }
         };
     }

@@ -11,6 +11,8 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+#[cfg(not(loom))]
+use rustix::thread::futex;
 
 use super::{WakeWord, SLEEPING};
 
@@ -206,23 +208,9 @@ impl FutexSignal {
 
 #[cfg(not(loom))]
 impl Signal for FutexSignal {
+    #[inline]
     fn wake(&self, word: &WakeWord) -> io::Result<()> {
-        // SAFETY: FUTEX_WAKE only reads the address to find waiters; the word is a live, aligned
-        // u32 (an AtomicU32) for the duration of the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word.futex_word().as_ptr(),
-                libc::FUTEX_WAKE,
-                1,
-                std::ptr::null::<libc::timespec>(),
-                std::ptr::null::<u32>(),
-                0,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        futex::wake(word.futex_word().as_std(), futex::Flags::empty(), 1)?;
         Ok(())
     }
 
@@ -236,45 +224,33 @@ impl Signal for FutexSignal {
 /// `Ok` however the wait ended that calls for a re-check: woken, the word no longer SLEEPING
 /// (EAGAIN), timed out or interrupted.
 #[cfg(not(loom))]
+#[inline]
 pub(super) fn futex_wait(word: &WakeWord, timeout: Option<Duration>) -> io::Result<()> {
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
+    let ts = timeout.map(|t| futex::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
     });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: FUTEX_WAIT reads the live, aligned u32 word and compares it with SLEEPING
-    // atomically with going to sleep, so a wake that cleared the word first is not lost;
-    // `ts_ptr` is null or points to a timespec that outlives the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.futex_word().as_ptr(),
-            libc::FUTEX_WAIT,
-            SLEEPING,
-            ts_ptr,
-            std::ptr::null::<u32>(),
-            0,
-        )
-    };
+    let r = futex::wait(
+        word.futex_word().as_std(),
+        futex::Flags::empty(),
+        SLEEPING,
+        ts.as_ref(),
+    );
     futex_wait_result(r)
 }
 
-/// A futex wait's return value as a result: EAGAIN (a word was no longer the value waited on),
-/// ETIMEDOUT and EINTR mean "re-check", as a wake-up does; anything else is an error.
+/// A futex wait's result: EAGAIN (a word was no longer the value waited on), ETIMEDOUT and
+/// EINTR mean "re-check", as a wake-up does; anything else is an error.
 #[cfg(not(loom))]
-pub(super) fn futex_wait_result(r: libc::c_long) -> io::Result<()> {
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if !matches!(
-            e.raw_os_error(),
-            Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR)
-        ) {
-            return Err(e);
+#[inline]
+pub(super) fn futex_wait_result<T>(r: rustix::io::Result<T>) -> io::Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::TIMEDOUT | rustix::io::Errno::INTR) => {
+            Ok(())
         }
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 /// Under loom, `FUTEX_WAIT` is modelled as yielding until the word is no longer "sleeping".

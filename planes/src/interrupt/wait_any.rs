@@ -14,30 +14,15 @@ use std::time::Duration;
 #[cfg(not(loom))]
 use super::signal::{futex_wait, futex_wait_result};
 use super::{WakeWord, SLEEPING};
+#[cfg(not(loom))]
+use rustix::thread::futex;
 
 /// The most words one wait can watch (the kernel's `FUTEX_WAITV_MAX`).
 pub const WAIT_ANY_MAX: usize = 128;
 
-/// `struct futex_waitv` of the kernel's UAPI (`linux/futex.h`).
-#[cfg(not(loom))]
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct FutexWaitv {
-    val: u64,
-    uaddr: u64,
-    flags: u32,
-    reserved: u32,
-}
-
-/// `FUTEX2_SIZE_U32`: the word is 32 bits. Not `FUTEX2_PRIVATE`: the words live in memory shared
-/// with other processes, and the wakers use the shared `FUTEX_WAKE`.
-#[cfg(not(loom))]
-const FUTEX2_SIZE_U32: u32 = 0x02;
-
 /// Sleeps until any of several [`WakeWord`]s is woken.
 ///
-/// Reusable: it keeps the array the kernel reads between waits, so a wait allocates nothing once
-/// it has seen its largest set.
+/// A wait allocates nothing: the array the kernel reads lives on the stack.
 ///
 /// # Examples
 /// ```
@@ -55,8 +40,7 @@ const FUTEX2_SIZE_U32: u32 = 0x02;
 /// ```
 #[derive(Default)]
 pub struct WaitAny {
-    #[cfg(not(loom))]
-    waiters: Vec<FutexWaitv>,
+    _private: (),
 }
 
 impl fmt::Debug for WaitAny {
@@ -104,18 +88,20 @@ impl WaitAny {
         words: impl IntoIterator<Item = &'w WakeWord>,
         timeout: Option<Duration>,
     ) -> io::Result<()> {
-        self.waiters.clear();
+        // Not FUTEX2_PRIVATE: the words live in memory shared with other processes, and the
+        // wakers use the shared FUTEX_WAKE.
+        let mut waiters = [futex::Wait::new(); WAIT_ANY_MAX];
+        let mut n = 0;
         let mut first = None;
-        self.waiters.extend(words.into_iter().map(|w| {
+        for w in words {
             first.get_or_insert(w);
-            FutexWaitv {
-                val: u64::from(SLEEPING),
-                uaddr: w.futex_word().as_ptr() as u64,
-                flags: FUTEX2_SIZE_U32,
-                reserved: 0,
+            if let Some(slot) = waiters.get_mut(n) {
+                slot.val = u64::from(SLEEPING);
+                slot.uaddr = futex::WaitPtr::new(w.futex_word().as_ptr().cast());
+                slot.flags = futex::WaitFlags::SIZE_U32;
             }
-        }));
-        let n = self.waiters.len();
+            n += 1;
+        }
         if n == 0 || n > WAIT_ANY_MAX {
             return Err(too_many(n));
         }
@@ -126,45 +112,27 @@ impl WaitAny {
             return futex_wait(only, timeout);
         }
         // futex_waitv takes an absolute CLOCK_MONOTONIC deadline.
-        let deadline = match timeout {
-            None => None,
-            Some(t) => {
-                let mut now = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                // SAFETY: clock_gettime writes one timespec to the valid pointer.
-                if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let nanos = now.tv_nsec as u64 + u64::from(t.subsec_nanos());
-                let secs = (now.tv_sec as u64)
-                    .saturating_add(t.as_secs())
-                    .saturating_add(nanos / 1_000_000_000)
-                    .min(i64::MAX as u64);
-                Some(libc::timespec {
-                    tv_sec: secs as libc::time_t,
-                    tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
-                })
+        let deadline = timeout.map(|t| {
+            let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+            let nanos = now.tv_nsec as u64 + u64::from(t.subsec_nanos());
+            let secs = (now.tv_sec as u64)
+                .saturating_add(t.as_secs())
+                .saturating_add(nanos / 1_000_000_000)
+                .min(i64::MAX as u64);
+            futex::Timespec {
+                tv_sec: secs as i64,
+                tv_nsec: (nanos % 1_000_000_000) as i64,
             }
-        };
-        let ts_ptr = deadline
-            .as_ref()
-            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: `waiters` holds `n` (1..=128) initialised `futex_waitv` entries, each naming a
-        // live, aligned u32 word that the borrow of `words` keeps alive for the call; the kernel
-        // compares each with SLEEPING atomically with queueing, so a wake-up that cleared a word
-        // first is not lost. `ts_ptr` is null or points to a timespec that outlives the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_futex_waitv,
-                self.waiters.as_ptr(),
-                n as libc::c_uint,
-                0 as libc::c_uint,
-                ts_ptr,
-                libc::CLOCK_MONOTONIC,
-            )
-        };
+        });
+        // The borrow of `words` keeps every word alive for the call; the kernel compares each
+        // with SLEEPING atomically with queueing, so a wake-up that cleared a word first is not
+        // lost.
+        let r = futex::waitv(
+            &waiters[..n],
+            futex::WaitvFlags::empty(),
+            deadline.as_ref(),
+            futex::ClockId::Monotonic,
+        );
         futex_wait_result(r)
     }
 
