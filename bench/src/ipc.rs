@@ -144,29 +144,21 @@ pub fn subring_rt(
     let _pin = AffinityGuard::pin(parent_cpu)?;
     let (child, client_end) = fork_server(child_cpu, sleep)?;
     let mut client = connect(client_end, mode, 8)?;
-    for seq in 0..(n / 10) as u64 {
-        round_trip(&mut client, seq)?;
-    }
+    // Warm-up and timing as for every peer (`peers::sample`); the counters cover both.
     let (rung0, sleeps0) = (client.doorbell_stats().rung, client.notify_stats().sleeps);
-    let mut samples = Vec::with_capacity(n);
-    let budget = Instant::now() + Duration::from_secs(20);
-    for seq in 0..n as u64 {
-        let t = Instant::now();
-        round_trip(&mut client, seq + n as u64)?;
-        samples.push(t.elapsed().as_nanos() as u64);
-        if Instant::now() > budget {
-            break;
-        }
-    }
+    let mut seq = 0;
+    let latency = peers::sample(n, peers::RT_BUDGET, || {
+        seq += 1;
+        round_trip(&mut client, seq)
+    })?;
+    let trips = seq.max(1);
     let rung = client.doorbell_stats().rung - rung0;
     let sleeps = client.notify_stats().sleeps - sleeps0;
     drop(client);
     child.reap(Duration::from_secs(5))?;
     Ok(Measured {
-        syscalls: (rung + sleeps) as f64 / samples.len() as f64,
-        latency: Latency {
-            samples_ns: samples,
-        },
+        syscalls: (rung + sleeps) as f64 / trips as f64,
+        latency,
     })
 }
 
