@@ -113,6 +113,11 @@ pub fn run(
             section.syscalls("subring", sub.1);
             section.rate(rep, "raw io-uring", Unit::OpsPerSec, raw.0);
             section.syscalls("raw io-uring", raw.1);
+            if !matches!(work, Work::ReadSqpoll(_)) {
+                let inline = run_raw_with(work, &file, cfg, InlineEnter)?;
+                section.rate(rep, RAW_INLINE, Unit::OpsPerSec, inline.0);
+                section.syscalls(RAW_INLINE, inline.1);
+            }
             if let Work::Read(_) = work {
                 section.rate(rep, "pread", Unit::OpsPerSec, run_pread(&file, cfg)?);
                 section.syscalls("pread", 1.0);
@@ -132,6 +137,7 @@ pub fn run(
     }
     for s in &mut sections {
         s.compare("raw io-uring", "subring", Some(">= 0.95"));
+        s.compare(RAW_INLINE, "subring", None);
         s.compare("pread", "subring", None);
         s.compare("tokio-uring", "subring", Some("> 1"));
         s.compare("compio", "subring", Some("> 1"));
@@ -246,6 +252,60 @@ impl Offsets {
 /// function of its own, kept out of line on both sides: one function holding every loop let
 /// the compiler's inlining and register choices for one work change the code of another.
 fn run_raw(work: &Work, file: &File, cfg: &KernelConfig) -> Result<(f64, f64), String> {
+    run_raw_with(work, file, cfg, CrateEnter)
+}
+
+/// The raw loops with the enter inlined into them (no frame to return through after the
+/// system call): what subring does, written by hand.
+const RAW_INLINE: &str = "raw io-uring, inline enter";
+
+/// How a raw loop enters the kernel to submit and wait.
+trait Enter: Copy {
+    /// Submits the `pushed` entries queued and waits for `want` completions.
+    fn submit_and_wait(self, ring: &IoUring, pushed: u32, want: usize) -> std::io::Result<()>;
+}
+
+/// The io-uring crate's `submit_and_wait`, as its users write it.
+#[derive(Clone, Copy)]
+struct CrateEnter;
+
+impl Enter for CrateEnter {
+    #[inline(always)]
+    fn submit_and_wait(self, ring: &IoUring, _: u32, want: usize) -> std::io::Result<()> {
+        ring.submit_and_wait(want).map(drop)
+    }
+}
+
+/// `io_uring_enter` through rustix's inlined system call.
+#[derive(Clone, Copy)]
+struct InlineEnter;
+
+impl Enter for InlineEnter {
+    #[inline(always)]
+    fn submit_and_wait(self, ring: &IoUring, pushed: u32, want: usize) -> std::io::Result<()> {
+        use rustix::io_uring::{io_uring_enter, IoringEnterFlags};
+        use std::os::fd::AsFd;
+        // SAFETY: the ring's own fd, no argument block; the `pushed` entries are published and
+        // point to memory that outlives their completions (the callers' SAFETY comments).
+        unsafe {
+            io_uring_enter(
+                ring.as_fd(),
+                pushed,
+                want as u32,
+                IoringEnterFlags::GETEVENTS,
+            )
+        }
+        .map(drop)
+        .map_err(Into::into)
+    }
+}
+
+fn run_raw_with(
+    work: &Work,
+    file: &File,
+    cfg: &KernelConfig,
+    enter: impl Enter,
+) -> Result<(f64, f64), String> {
     let mut ring = match work {
         Work::ReadSqpoll(_) => IoUring::builder().setup_sqpoll(SQPOLL_IDLE_MS).build(256),
         _ => IoUring::new(256),
@@ -254,12 +314,12 @@ fn run_raw(work: &Work, file: &File, cfg: &KernelConfig) -> Result<(f64, f64), S
     let (ops, enters, took) = match *work {
         Work::Nop(batch) => {
             let ops = cfg.nop_ops / batch as u64 * batch as u64;
-            let (enters, took) = raw_nops(&mut ring, batch, ops)?;
+            let (enters, took) = raw_nops(&mut ring, batch, ops, enter)?;
             (ops, enters, took)
         }
         Work::Read(depth) | Work::ReadSqpoll(depth) => {
             let sqpoll = matches!(work, Work::ReadSqpoll(_));
-            let (enters, took) = raw_reads(&mut ring, file, cfg, depth, sqpoll)?;
+            let (enters, took) = raw_reads(&mut ring, file, cfg, depth, sqpoll, enter)?;
             (cfg.read_ops, enters, took)
         }
     };
@@ -268,7 +328,12 @@ fn run_raw(work: &Work, file: &File, cfg: &KernelConfig) -> Result<(f64, f64), S
 
 /// `ops` NOPs in batches of `batch`, one `submit_and_wait` per batch.
 #[inline(never)]
-fn raw_nops(ring: &mut IoUring, batch: usize, ops: u64) -> Result<(u64, Duration), String> {
+fn raw_nops(
+    ring: &mut IoUring,
+    batch: usize,
+    ops: u64,
+    enter: impl Enter,
+) -> Result<(u64, Duration), String> {
     let mut enters = 0u64;
     let start = Instant::now();
     let mut done = 0;
@@ -278,7 +343,9 @@ fn raw_nops(ring: &mut IoUring, batch: usize, ops: u64) -> Result<(u64, Duration
             // SAFETY: a NOP entry points to no memory.
             unsafe { ring.submission().push(&e) }.ctx("raw push")?;
         }
-        ring.submit_and_wait(batch).ctx("raw submit")?;
+        enter
+            .submit_and_wait(ring, batch as u32, batch)
+            .ctx("raw submit")?;
         enters += 1;
         // Look at every completion, as any caller must (and as subring does): a loop
         // that only counted them would let the compiler skip reading the CQ.
@@ -301,6 +368,7 @@ fn raw_reads(
     cfg: &KernelConfig,
     depth: usize,
     sqpoll: bool,
+    enter: impl Enter,
 ) -> Result<(u64, Duration), String> {
     let ops = cfg.read_ops;
     let mut bufs = vec![vec![0u8; BLOCK]; depth];
@@ -317,13 +385,17 @@ fn raw_reads(
         // SAFETY: `bufs[i]` outlives the loop and is not reused until its completion.
         unsafe { ring.submission().push(&e) }.ctx("raw push")
     };
+    let mut pushed = 0u32;
     for i in 0..depth.min(ops as usize) {
         push(ring, i, offsets.next())?;
         issued += 1;
+        pushed += 1;
     }
     while done < ops {
         if !sqpoll {
-            ring.submit_and_wait(1).ctx("raw submit")?;
+            enter
+                .submit_and_wait(ring, std::mem::take(&mut pushed), 1)
+                .ctx("raw submit")?;
             enters += 1;
         } else if ring.submission().need_wakeup() {
             ring.submit().ctx("raw submit")?;
@@ -343,6 +415,7 @@ fn raw_reads(
             if issued < ops {
                 push(ring, i, offsets.next())?;
                 issued += 1;
+                pushed += 1;
             }
         }
     }
