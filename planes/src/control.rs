@@ -75,6 +75,7 @@ impl<N: Notifier> NotifierDoorbell<N> {
 }
 
 impl<N: Notifier> Doorbell for NotifierDoorbell<N> {
+    #[inline(always)]
     fn ring(&mut self) -> io::Result<Rung> {
         let rung = match self.notifier.notify()? {
             Notified::Sent => Rung::Rang,

@@ -32,7 +32,7 @@ use crate::data::{
     Ring, RingError, RingLayout,
 };
 use crate::interrupt::{
-    EventFdSignal, FutexSignal, Notifier, NotifyMode, NotifyStats, Signal, WakeRef,
+    EventFdSignal, FutexSignal, ModeNotifier, Notifier, NotifyMode, NotifyStats, Signal, WakeRef,
 };
 use crate::queue::{Completer, QueueError, Rejected, Submitter};
 use crate::sync::{AtomicU32, CacheLine, Ordering::*};
@@ -254,8 +254,9 @@ impl ServiceGone {
 
 /// Waits on `notifier` until `ring` has an entry or the peer has closed; `PeerGone` once it
 /// has closed and everything it published has been taken.
+#[inline(always)]
 fn wait_ring<T: Pod>(
-    notifier: &dyn Notifier,
+    notifier: &ModeNotifier,
     ring: &mut Consumer<T>,
     peer_closed: &AtomicU32,
     timeout: Option<Duration>,
@@ -304,8 +305,8 @@ fn disarm_ring<T: Pod>(ring: &Consumer<T>, fd: Option<&EventFdSignal>) -> Result
 pub struct AppSide<S, C> {
     sq: Producer<S>,
     cq: Consumer<C>,
-    doorbell: NotifierDoorbell,
-    interrupt: Box<dyn Notifier>,
+    doorbell: NotifierDoorbell<ModeNotifier>,
+    interrupt: ModeNotifier,
     call_fd: Option<EventFdSignal>,
     call_mode: NotifyMode,
     state: StateRef,
@@ -325,8 +326,8 @@ impl<S, C> fmt::Debug for AppSide<S, C> {
 pub struct ServiceSide<S, C> {
     sq: Consumer<S>,
     cq: Producer<C>,
-    kick: Box<dyn Notifier>,
-    call: Box<dyn Notifier>,
+    kick: ModeNotifier,
+    call: ModeNotifier,
     kick_fd: Option<EventFdSignal>,
     state: StateRef,
 }
@@ -519,7 +520,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// closed and every request it published has been taken, or [`QueueError::Timeout`].
     pub fn wait_requests(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
         wait_ring(
-            &*self.kick,
+            &self.kick,
             &mut self.sq,
             &self.state.get().app_closed,
             timeout,
@@ -694,7 +695,7 @@ impl<S, C> Drop for ServiceSide<S, C> {
     /// Publishes staged completions (nothing the service completed is dropped), then closes.
     fn drop(&mut self) {
         self.cq.publish_staged();
-        close(&self.state.get().service_closed, &*self.call);
+        close(&self.state.get().service_closed, &self.call);
     }
 }
 
@@ -807,6 +808,7 @@ impl<S: Pod, C: Pod> Submitter for AppSide<S, C> {
         Ok(self.sq.free_slots()? as usize)
     }
 
+    #[inline(always)]
     fn submit(&mut self) -> Result<usize, QueueError> {
         if self.service_closed() {
             return Err(QueueError::PeerGone);
@@ -838,9 +840,12 @@ impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
         Ok(n)
     }
 
+    /// Inlined into the caller, system call included (see
+    /// [`ModeNotifier`](crate::interrupt::ModeNotifier) for why).
+    #[inline(always)]
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
         wait_ring(
-            &*self.interrupt,
+            &self.interrupt,
             &mut self.cq,
             &self.state.get().service_closed,
             timeout,

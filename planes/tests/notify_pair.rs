@@ -146,7 +146,7 @@ fn waits_time_out_in_every_mode() {
     for mode in NotifyMode::ALL {
         let efd = mode.uses_eventfd().then(|| EventFdSignal::new().unwrap());
         let n = mode.notifier(WakeRef::local(), efd).unwrap();
-        timeout_in(&*n);
+        timeout_in(&n);
         // A timed-out waiter leaves the word saying nobody sleeps.
         assert_eq!(n.notify().unwrap(), Notified::Suppressed, "{mode}");
     }

@@ -208,12 +208,13 @@ impl FutexSignal {
 
 #[cfg(not(loom))]
 impl Signal for FutexSignal {
-    #[inline]
+    #[inline(always)]
     fn wake(&self, word: &WakeWord) -> io::Result<()> {
         futex::wake(word.futex_word().as_std(), futex::Flags::empty(), 1)?;
         Ok(())
     }
 
+    #[inline(always)]
     fn block(&self, word: &WakeWord, timeout: Option<Duration>) -> io::Result<Woke> {
         futex_wait(word, timeout)?;
         Ok(Woke::Recheck)
@@ -224,7 +225,7 @@ impl Signal for FutexSignal {
 /// `Ok` however the wait ended that calls for a re-check: woken, the word no longer SLEEPING
 /// (EAGAIN), timed out or interrupted.
 #[cfg(not(loom))]
-#[inline]
+#[inline(always)]
 pub(super) fn futex_wait(word: &WakeWord, timeout: Option<Duration>) -> io::Result<()> {
     let ts = timeout.map(|t| futex::Timespec {
         tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
@@ -242,7 +243,7 @@ pub(super) fn futex_wait(word: &WakeWord, timeout: Option<Duration>) -> io::Resu
 /// A futex wait's result: EAGAIN (a word was no longer the value waited on), ETIMEDOUT and
 /// EINTR mean "re-check", as a wake-up does; anything else is an error.
 #[cfg(not(loom))]
-#[inline]
+#[inline(always)]
 pub(super) fn futex_wait_result<T>(r: rustix::io::Result<T>) -> io::Result<()> {
     match r {
         Ok(_) => Ok(()),

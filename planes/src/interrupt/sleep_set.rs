@@ -127,6 +127,7 @@ impl SleepSet {
     /// The caller must have announced sleep on every word of the set and re-checked what each
     /// guards (and cancels the announcements after waking), as for one word. With no words,
     /// the set sleeps on a word of its own that only the alarm wakes.
+    #[inline(always)]
     pub fn sleep(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         let own = &self.shared.own;
         let empty = self.words.is_empty();

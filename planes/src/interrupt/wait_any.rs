@@ -83,6 +83,7 @@ impl WaitAny {
     /// `InvalidInput` for no words or more than [`WAIT_ANY_MAX`], and with the system call's
     /// error otherwise (`ENOSYS` on a kernel before 5.16).
     #[cfg(not(loom))]
+    #[inline(always)]
     pub fn wait<'w>(
         &mut self,
         words: impl IntoIterator<Item = &'w WakeWord>,
@@ -92,18 +93,28 @@ impl WaitAny {
         let (Some(first), second) = (words.next(), words.next()) else {
             return Err(too_many(0));
         };
-        let Some(second) = second else {
-            // One word: a plain FUTEX_WAIT. Its wake-up path is shorter than futex_waitv's
+        match second {
+            // One word: a plain FUTEX_WAIT, inlined into the caller (no frame to return through
+            // after the system call). Its wake-up path is also shorter than futex_waitv's
             // (which must dequeue the waiter from every word's hash bucket), and a ping-pong
-            // between two processes measurably prefers it. (Nor does it fill the array below:
-            // a 3 KiB memset per sleep showed in a profile.)
-            return futex_wait(first, timeout);
-        };
+            // between two processes measurably prefers it.
+            None => futex_wait(first, timeout),
+            Some(second) => Self::wait_many([first, second].into_iter().chain(words), timeout),
+        }
+    }
+
+    /// [`WaitAny::wait`] on two words or more: `futex_waitv`.
+    #[cfg(not(loom))]
+    #[inline(never)]
+    fn wait_many<'w>(
+        words: impl Iterator<Item = &'w WakeWord>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         // Not FUTEX2_PRIVATE: the words live in memory shared with other processes, and the
         // wakers use the shared FUTEX_WAKE.
         let mut waiters = [futex::Wait::new(); WAIT_ANY_MAX];
         let mut n = 0;
-        for w in [first, second].into_iter().chain(words) {
+        for w in words {
             if let Some(slot) = waiters.get_mut(n) {
                 slot.val = u64::from(SLEEPING);
                 slot.uaddr = futex::WaitPtr::new(w.futex_word().as_ptr().cast());

@@ -469,6 +469,7 @@ impl<S: Pod, C: Pod> Submitter for Client<S, C> {
         self.app.space()
     }
 
+    #[inline(always)]
     fn submit(&mut self) -> Result<usize, QueueError> {
         if self.gone {
             return Err(QueueError::PeerGone);
@@ -492,6 +493,9 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
         self.app.reap_into(out, max)
     }
 
+    /// Inlined into the caller, system call included (see `ModeNotifier` in the planes for
+    /// why); a client without a hang-up watch waits out of line.
+    #[inline(always)]
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
         if self.sees_hangup {
             // A dead server hangs up the socket, which ends the wait (this client sleeps on the
@@ -502,6 +506,18 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
                 other => other,
             };
         }
+        self.wait_in_slices(timeout)
+    }
+
+    fn notify_stats(&self) -> NotifyStats {
+        self.app.notify_stats()
+    }
+}
+
+impl<S: Pod, C: Pod> Client<S, C> {
+    /// [`Completer::wait`] for a client that cannot see the server's death as a hang-up.
+    #[inline(never)]
+    fn wait_in_slices(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
         // No watcher (it could not start): the wait is cut into liveness slices. Time is tracked
         // by adding up the slices that timed out (each lasted at least its length), not by
         // reading the clock: a clock read costs about a cross-core round trip in a VM.
@@ -529,10 +545,6 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    fn notify_stats(&self) -> NotifyStats {
-        self.app.notify_stats()
     }
 }
 

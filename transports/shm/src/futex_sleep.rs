@@ -92,6 +92,7 @@ impl FutexSleep {
     /// Sleeps until a kick word (each announced sleeping, its ring re-checked) is woken, the
     /// control thread has events, or `timeout` passes. Returns whether the control thread has
     /// events ([`take`](Self::take) them then).
+    #[inline(always)]
     pub(crate) fn sleep(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         self.set.sleep(timeout)
     }

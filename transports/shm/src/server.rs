@@ -708,12 +708,14 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
         })
     }
 
+    #[inline(always)]
     fn turn(&mut self) -> Result<(), Error> {
         self.turn_bounded(None).map(drop)
     }
 
     /// One turn: serve what is ready; when nothing was, keep polling (spin clients, or within
     /// the adaptive window) or arm every ring and sleep in epoll. Returns whether it slept.
+    #[inline(always)]
     fn turn_bounded(&mut self, until: Option<Instant>) -> Result<bool, Error> {
         self.turns += 1;
         let work = self.serve_all();
@@ -763,6 +765,7 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
 
     /// Sleeps (every ring armed) in epoll, or with [`ServerSleep::Futex`] on the clients' kick
     /// words, until a kick, an event or `timeout`.
+    #[inline(always)]
     fn sleep(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
         let Some(futex) = &mut self.futex else {
             return self.poll_events(timeout);
