@@ -77,12 +77,12 @@ fn main() {
     ];
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for _ in 0..5 {
-        // Closures, so that each loop is compiled with its call inlined (a function pointer
-        // would put a frame around every variant).
-        runs[0].push(time(|| wake_inline()));
-        runs[1].push(time(|| wake_in_a_function()));
-        runs[2].push(time(|| wake_two_frames_down()));
-        runs[3].push(time(|| wake_libc()));
+        // Function items (each its own type), so that each loop is compiled with its call
+        // inlined: a function pointer would put a frame around every variant.
+        runs[0].push(time(wake_inline));
+        runs[1].push(time(wake_in_a_function));
+        runs[2].push(time(wake_two_frames_down));
+        runs[3].push(time(wake_libc));
     }
     let inline = median(&mut runs[0]);
     for (name, run) in names.iter().zip(&mut runs) {
