@@ -841,7 +841,7 @@ impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
     }
 
     /// Inlined into the caller, system call included (see
-    /// [`ModeNotifier`](crate::interrupt::ModeNotifier) for why).
+    /// [`ModeNotifier`] for why).
     #[inline(always)]
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
         wait_ring(
