@@ -1070,8 +1070,9 @@ impl Uring {
             if have >= min {
                 return Ok(());
             }
-            // Short (a signal, the timeout, or completions the kernel still holds): flush what
-            // the kernel says it holds, and look again.
+            // Not enough yet (before the first enter here, or after a short one: a signal, the
+            // timeout, or completions the kernel still holds): flush what the kernel says it
+            // holds, and look again.
             if self.flush_if_needed()? {
                 have = self.cq_len();
                 if have >= min {
