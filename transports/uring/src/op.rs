@@ -40,6 +40,11 @@ pub enum FixedBuf {
     /// Bytes named by a handle (for example, one a client process sent): checked against the
     /// registered regions; the kernel reads or writes them in place.
     Handle(BufHandle),
+    /// Bytes a handle names in the region registered under a key
+    /// ([`Uring::register_region`](crate::Uring::register_region)): checked against that
+    /// region, whatever other registered regions share its id (a service that registers many
+    /// clients' memory, each with its own region 0, names each client's by key).
+    In(crate::RegionKey, BufHandle),
 }
 
 impl FixedBuf {
@@ -52,7 +57,7 @@ impl FixedBuf {
                 }
                 h
             }
-            FixedBuf::Handle(h) => *h,
+            FixedBuf::Handle(h) | FixedBuf::In(_, h) => *h,
         }
     }
 }
@@ -211,6 +216,18 @@ pub enum Op {
         /// `poll(2)` events.
         events: u32,
     },
+    /// `fallocate`: allocates, punches a hole in (`FALLOC_FL_PUNCH_HOLE |
+    /// FALLOC_FL_KEEP_SIZE`: a discard) or zeroes `len` bytes at `offset`.
+    Fallocate {
+        /// File.
+        fd: Target,
+        /// Start.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// `FALLOC_FL_*` flags.
+        mode: i32,
+    },
     /// Posts a completion into another ring (`IORING_OP_MSG_RING`): a kernel-mediated doorbell.
     /// The target ring reaps a [`Output::Message`] completion with `token` and `result`.
     MsgRing {
@@ -248,6 +265,7 @@ impl Op {
             Op::Cancel { .. } => "cancel",
             Op::Poll { .. } => "poll",
             Op::MsgRing { .. } => "msg_ring",
+            Op::Fallocate { .. } => "fallocate",
         }
     }
 
@@ -275,6 +293,7 @@ impl Op {
             Op::Cancel { .. } => opcode::AsyncCancel::CODE,
             Op::Poll { .. } => opcode::PollAdd::CODE,
             Op::MsgRing { .. } => opcode::MsgRingData::CODE,
+            Op::Fallocate { .. } => opcode::Fallocate::CODE,
         }
     }
 }
@@ -382,6 +401,8 @@ pub(crate) struct FixedAddr {
     pub ptr: *mut u8,
     pub len: u32,
     pub index: u16,
+    /// The registered region's key.
+    pub key: u32,
 }
 
 /// What the ring adds to every entry: its `user_data`, its link flags, and what the operation
@@ -564,6 +585,15 @@ pub(crate) fn build<R>(
         }
         Op::Cancel { .. } => out(opcode::AsyncCancel::new(fin.cancel_target).build()),
         Op::Poll { fd, events } => fd!(fd, |f| opcode::PollAdd::new(f, *events).build()),
+        Op::Fallocate {
+            fd,
+            offset,
+            len,
+            mode,
+        } => fd!(fd, |f| opcode::Fallocate::new(f, *len)
+            .offset(*offset)
+            .mode(*mode)
+            .build()),
         Op::MsgRing {
             ring,
             result,

@@ -1,0 +1,161 @@
+//! The bookkeeping of operations in flight: slots that own what the kernel may still touch.
+
+use super::*;
+
+/// One in-flight operation: what the kernel may still read or write.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) token: u64,
+    pub(crate) op: Option<Op>,
+    pub(crate) aux: op::Aux,
+    /// The registered region ([`RegionKey`] index) a fixed operation uses, or `NO_REGION`.
+    pub(crate) region: u32,
+}
+
+/// The operations in flight that own memory, and what completions have told about them.
+#[derive(Debug, Default)]
+pub(crate) struct Book {
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) free: Vec<u32>,
+    /// Fixed operations in flight per registered region, by key.
+    pub(crate) fixed_in_flight: Vec<u32>,
+    /// Completions reaped that were not for this ring's operations (messages from other
+    /// rings, unknown slots): counted in `stats.completed`, never in flight here.
+    pub(crate) foreign: u64,
+}
+
+impl Book {
+    /// A free slot for an operation that owns memory.
+    #[inline]
+    pub(crate) fn take_slot(&mut self) -> usize {
+        match self.free.pop() {
+            Some(k) => k as usize,
+            None => {
+                self.slots.push(Slot {
+                    token: 0,
+                    op: None,
+                    aux: op::Aux::None,
+                    region: register::NO_REGION,
+                });
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Turns a reaped completion entry into a [`Completion`], releasing its slot. The caller
+    /// counts it in `stats.completed`.
+    pub(crate) fn complete(&mut self, cqe: &cqueue::Entry) -> Completion {
+        let mut done = MaybeUninit::uninit();
+        self.complete_into(cqe, &mut done);
+        // SAFETY: `complete_into` initialises `done` on every path.
+        unsafe { done.assume_init() }
+    }
+
+    /// [`Book::complete`], written straight into `dst` (building the value and moving it in
+    /// copied it through the stack). A `user_data` that names no operation of this ring (a
+    /// message from another ring, or an empty slot) is counted in `foreign`.
+    #[inline]
+    pub(crate) fn complete_into(&mut self, cqe: &cqueue::Entry, dst: &mut MaybeUninit<Completion>) {
+        let (ud, res) = (cqe.user_data(), cqe.result());
+        if ud & OWNED == 0 {
+            dst.write(self.complete_slotless(ud, res));
+            return;
+        }
+        let key = (ud & !OWNED) as usize;
+        let taken = self
+            .slots
+            .get_mut(key)
+            .and_then(|s| Some((s.token, s.op.take()?, std::mem::take(&mut s.aux), s.region)));
+        let Some((token, op, aux, region)) = taken else {
+            dst.write(self.unknown_slot(ud, key));
+            return;
+        };
+        self.free.push(key as u32);
+        if region != register::NO_REGION {
+            self.release_region(key, region);
+        }
+        let result = match res {
+            0.. => Ok(res as u32),
+            _ => failed(&op, token, res),
+        };
+        dst.write(Completion {
+            token,
+            result,
+            output: op::output(op, aux, res),
+        });
+    }
+
+    /// A fixed operation on the region under key `region` completed.
+    #[cold]
+    fn release_region(&mut self, slot: usize, region: u32) {
+        self.slots[slot].region = register::NO_REGION;
+        if let Some(n) = self.fixed_in_flight.get_mut(region as usize) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// The completion of a light operation (see `light_kind`) or of a message from another
+    /// ring.
+    #[cold]
+    pub(crate) fn complete_slotless(&mut self, ud: u64, res: i32) -> Completion {
+        if ud & LIGHT != 0 {
+            let token = ud & LIGHT_TOKEN_MASK;
+            let kind = ((ud & !LIGHT) >> LIGHT_TOKEN_BITS) as usize;
+            let op = LIGHT_OPS.get(kind).copied().unwrap_or("unknown");
+            return Completion {
+                token,
+                result: if res < 0 {
+                    Err(OpError {
+                        op,
+                        token,
+                        source: io::Error::from_raw_os_error(-res),
+                    }
+                    .into_io())
+                } else {
+                    Ok(res as u32)
+                },
+                output: Output::None,
+            };
+        }
+        self.foreign += 1;
+        Completion {
+            token: ud,
+            result: if res < 0 {
+                Err(io::Error::from_raw_os_error(-res))
+            } else {
+                Ok(res as u32)
+            },
+            output: Output::Message,
+        }
+    }
+
+    /// The completion for a slot with nothing in flight: the kernel (or whoever wrote the
+    /// `user_data`) named an operation this ring does not have.
+    #[cold]
+    pub(crate) fn unknown_slot(&mut self, ud: u64, key: usize) -> Completion {
+        self.foreign += 1;
+        Completion {
+            token: ud,
+            result: Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("completion for unknown operation slot {key}"),
+            )),
+            output: Output::None,
+        }
+    }
+}
+
+/// The result of an operation the kernel finished with `res < 0`.
+#[cold]
+pub(crate) fn failed(op: &Op, token: u64, res: i32) -> io::Result<u32> {
+    match op {
+        // A timer that fires has done its job.
+        Op::Timeout { .. } if res == -libc::ETIME => Ok(0),
+        _ => Err(OpError {
+            op: op.name(),
+            token,
+            source: io::Error::from_raw_os_error(-res),
+        }
+        .into_io()),
+    }
+}

@@ -1,0 +1,416 @@
+//! Registered resources: planes regions as fixed buffers, named by [`RegionKey`], and files.
+//!
+//! Fixed buffers live in a sparse table in the kernel (`IORING_REGISTER_BUFFERS2` with
+//! `IORING_RSRC_REGISTER_SPARSE`, Linux 5.19), so that one region can be registered and
+//! unregistered while operations on others are in flight: a service registers each client's
+//! memory when it first needs it and unregisters it when the client leaves. A region stays
+//! registered (and mapped: the table holds an `Arc` of it) while any operation pushed on it has
+//! not completed; [`Uring::unregister_region`] refuses until then. On a kernel without sparse
+//! tables the whole table is registered again on every change, which needs no fixed operation
+//! in flight at all.
+
+use super::*;
+
+/// Slots of the sparse fixed-buffer table (one per GiB of each registered region).
+const SPARSE_SLOTS: u32 = 1024;
+/// A slot's `region` when it holds no fixed operation.
+pub(crate) const NO_REGION: u32 = u32::MAX;
+
+/// Names a region registered with one ring ([`Uring::register_region`]). A key is never
+/// reused: after [`Uring::unregister_region`] it names nothing, even when its slot holds
+/// another region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RegionKey {
+    index: u32,
+    generation: u32,
+}
+
+impl RegionKey {
+    /// The key's slot (small and dense, usable as an index; reused by later registrations).
+    pub fn index(self) -> u32 {
+        self.index
+    }
+}
+
+impl fmt::Display for RegionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.index, self.generation)
+    }
+}
+
+#[derive(Debug)]
+struct Registered {
+    region: Arc<Region>,
+    generation: u32,
+    /// Index of the region's first fixed buffer (one per [`FIXED_CHUNK`]).
+    first_index: u16,
+    chunks: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TableMode {
+    /// Nothing registered yet.
+    Unset,
+    /// A sparse table of [`SPARSE_SLOTS`], updated slot by slot.
+    Sparse,
+    /// The kernel has no sparse tables: the whole table is registered again on every change.
+    Whole,
+}
+
+/// The ring's registered regions, by key.
+#[derive(Debug)]
+pub(crate) struct FixedTable {
+    regions: Vec<Option<Registered>>,
+    mode: TableMode,
+    /// Sparse-table slots in use.
+    used: Vec<bool>,
+    /// The generation of the next key.
+    generation: u32,
+}
+
+impl FixedTable {
+    pub(crate) fn new(sparse: bool) -> Self {
+        FixedTable {
+            regions: Vec::new(),
+            mode: if sparse {
+                TableMode::Unset
+            } else {
+                TableMode::Whole
+            },
+            used: Vec::new(),
+            generation: 0,
+        }
+    }
+}
+
+impl FixedTable {
+    fn live(&self) -> impl Iterator<Item = (u32, &Registered)> {
+        self.regions
+            .iter()
+            .enumerate()
+            .filter_map(|(k, r)| Some((k as u32, r.as_ref()?)))
+    }
+
+    /// A run of `n` free sparse slots.
+    fn find_slots(&self, n: usize) -> Option<usize> {
+        let mut run = 0;
+        for (i, used) in self.used.iter().enumerate() {
+            run = if *used { 0 } else { run + 1 };
+            if run == n {
+                return Some(i + 1 - n);
+            }
+        }
+        None
+    }
+
+    /// The registration `key` names, if it is still registered.
+    fn get(&self, key: RegionKey) -> Option<&Registered> {
+        self.regions
+            .get(key.index as usize)?
+            .as_ref()
+            .filter(|r| r.generation == key.generation)
+    }
+
+    fn free_key(&self) -> u32 {
+        self.regions
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.regions.len()) as u32
+    }
+}
+
+/// The iovecs that register `region`: one per [`FIXED_CHUNK`].
+fn chunks_of(region: &Region) -> Vec<libc::iovec> {
+    (0..region.len())
+        .step_by(FIXED_CHUNK)
+        .map(|off| libc::iovec {
+            // SAFETY: `off < len`, so the pointer stays inside the mapping.
+            iov_base: unsafe { region.as_ptr().add(off) }.cast(),
+            iov_len: (region.len() - off).min(FIXED_CHUNK),
+        })
+        .collect()
+}
+
+fn busy(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::ResourceBusy, what)
+}
+
+impl Uring {
+    /// Registers `region` as fixed buffers, so that fixed reads and writes can name its memory:
+    /// by key ([`FixedBuf::In`]), or, if no other registered region has its id, by
+    /// [`BufHandle`] or pool [`Buf`]. The ring keeps the region (and so its mapping) until it is
+    /// unregistered and nothing in flight uses it, or the ring is dropped.
+    pub fn register_region(&mut self, region: Arc<Region>) -> io::Result<RegionKey> {
+        let named = |e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "registering {} bytes of fixed buffers failed: {e}",
+                    region.len()
+                ),
+            )
+        };
+        if region.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an empty region cannot be registered as fixed buffers",
+            ));
+        }
+        if self.fixed.mode == TableMode::Unset {
+            self.fixed.mode = match self.ring.submitter().register_buffers_sparse(SPARSE_SLOTS) {
+                Ok(()) => {
+                    self.fixed.used = vec![false; SPARSE_SLOTS as usize];
+                    TableMode::Sparse
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => TableMode::Whole,
+                Err(e) => return Err(named(e)),
+            };
+        }
+        let iovecs = chunks_of(&region);
+        let key = self.fixed.free_key();
+        let first_index = match self.fixed.mode {
+            TableMode::Sparse => {
+                let first = self.fixed.find_slots(iovecs.len()).ok_or_else(|| {
+                    named(io::Error::other(format!(
+                        "the fixed-buffer table has no {} free slots of {SPARSE_SLOTS}",
+                        iovecs.len()
+                    )))
+                })?;
+                // SAFETY: every iovec covers mapped memory of `region`, which the table keeps
+                // alive (below) until its slots are cleared, and clearing waits for every
+                // operation pushed on it to complete (`unregister_region`).
+                unsafe {
+                    self.ring
+                        .submitter()
+                        .register_buffers_update(first as u32, &iovecs, None)
+                }
+                .map_err(named)?;
+                self.fixed.used[first..first + iovecs.len()].fill(true);
+                first
+            }
+            _ => {
+                let mut regions: Vec<Option<Arc<Region>>> = self
+                    .fixed
+                    .regions
+                    .iter()
+                    .map(|r| r.as_ref().map(|r| r.region.clone()))
+                    .collect();
+                if key as usize == regions.len() {
+                    regions.push(None);
+                }
+                regions[key as usize] = Some(region.clone());
+                self.register_whole(&regions).map_err(named)?;
+                // `register_whole` set every other region's index; this one's is the same sum.
+                self.fixed
+                    .live()
+                    .filter(|(k, _)| *k < key)
+                    .map(|(_, r)| usize::from(r.chunks))
+                    .sum()
+            }
+        };
+        self.fixed.generation = self.fixed.generation.wrapping_add(1);
+        let generation = self.fixed.generation;
+        let entry = Registered {
+            region,
+            generation,
+            first_index: u16::try_from(first_index)
+                .map_err(|_| io::Error::other("too many fixed buffers"))?,
+            chunks: iovecs.len() as u16,
+        };
+        if key as usize == self.fixed.regions.len() {
+            self.fixed.regions.push(Some(entry));
+        } else {
+            self.fixed.regions[key as usize] = Some(entry);
+        }
+        if self.book.fixed_in_flight.len() < self.fixed.regions.len() {
+            self.book
+                .fixed_in_flight
+                .resize(self.fixed.regions.len(), 0);
+        }
+        Ok(RegionKey {
+            index: key,
+            generation,
+        })
+    }
+
+    /// Registers the whole table again (for a kernel without sparse tables): `regions` by key,
+    /// each live one's chunks after those of the keys before it. Needs no fixed operation in
+    /// flight: the indices of queued entries would move.
+    fn register_whole(&mut self, regions: &[Option<Arc<Region>>]) -> io::Result<()> {
+        if self.book.fixed_in_flight.iter().any(|n| *n > 0) {
+            return Err(busy(
+                "this kernel has no sparse fixed-buffer table, so the table can change only \
+                 while no fixed operation is in flight"
+                    .into(),
+            ));
+        }
+        let iovecs: Vec<libc::iovec> = regions
+            .iter()
+            .flatten()
+            .flat_map(|r| chunks_of(r))
+            .collect();
+        if iovecs.len() > usize::from(u16::MAX) {
+            return Err(io::Error::other("too many fixed buffers"));
+        }
+        if self.fixed.live().next().is_some() {
+            self.ring.submitter().unregister_buffers()?;
+        }
+        if !iovecs.is_empty() {
+            // SAFETY: every iovec covers mapped memory of a region the table keeps alive for as
+            // long as it stays registered (the caller stores them).
+            unsafe { self.ring.submitter().register_buffers(&iovecs) }?;
+        }
+        let mut next = 0u16;
+        for (k, r) in self.fixed.regions.iter_mut().enumerate() {
+            if let Some(r) = r {
+                if regions.get(k).is_some_and(Option::is_some) {
+                    r.first_index = next;
+                    next += r.chunks;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Unregisters the region registered under `key` and hands it back. Refused
+    /// (`ResourceBusy`) while an operation pushed on it has not completed: cancel them
+    /// ([`Op::Cancel`]) and reap their completions first. The kernel then holds no reference to
+    /// its memory.
+    pub fn unregister_region(&mut self, key: RegionKey) -> io::Result<Arc<Region>> {
+        let k = key.index as usize;
+        if self.fixed.get(key).is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no region is registered under key {key}"),
+            ));
+        }
+        let in_flight = self.book.fixed_in_flight[k];
+        if in_flight > 0 {
+            return Err(busy(format!(
+                "{in_flight} fixed operations on the region under key {key} have not completed"
+            )));
+        }
+        match self.fixed.mode {
+            TableMode::Sparse => {
+                let r = self.fixed.regions[k].as_ref().expect("checked above");
+                let (first, n) = (usize::from(r.first_index), usize::from(r.chunks));
+                let empty = vec![
+                    libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    };
+                    n
+                ];
+                // SAFETY: empty iovecs clear the slots; they point to no memory.
+                unsafe {
+                    self.ring
+                        .submitter()
+                        .register_buffers_update(first as u32, &empty, None)
+                }?;
+                self.fixed.used[first..first + n].fill(false);
+            }
+            _ => {
+                let mut regions: Vec<Option<Arc<Region>>> = self
+                    .fixed
+                    .regions
+                    .iter()
+                    .map(|r| r.as_ref().map(|r| r.region.clone()))
+                    .collect();
+                regions[k] = None;
+                self.register_whole(&regions)?;
+            }
+        }
+        let r = self.fixed.regions[k].take().expect("checked above");
+        Ok(r.region)
+    }
+
+    /// The region registered under `key`.
+    pub fn region(&self, key: RegionKey) -> Option<&Arc<Region>> {
+        self.fixed.get(key).map(|r| &r.region)
+    }
+
+    /// Fixed operations pushed on the region under `key` that have not completed.
+    pub fn region_in_flight(&self, key: RegionKey) -> u32 {
+        match self.fixed.get(key) {
+            Some(_) => self.book.fixed_in_flight[key.index as usize],
+            None => 0,
+        }
+    }
+
+    /// Regions registered now.
+    pub fn registered_regions(&self) -> usize {
+        self.fixed.live().count()
+    }
+
+    /// Registers files, replacing any registered before; [`Target::Fixed`]`(i)` then names
+    /// `fds[i]`.
+    pub fn register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
+        if self.files > 0 {
+            self.ring.submitter().unregister_files()?;
+            self.files = 0;
+        }
+        self.ring.submitter().register_files(fds)?;
+        self.files = fds.len() as u32;
+        Ok(())
+    }
+
+    /// Resolves a fixed buffer to an address in a registered region.
+    pub(crate) fn resolve_fixed(
+        &self,
+        buf: &FixedBuf,
+        for_read: bool,
+    ) -> Result<op::FixedAddr, QueueError> {
+        let handle: BufHandle = buf.handle(for_read);
+        let (key, reg) = match buf {
+            FixedBuf::In(key, _) => self
+                .fixed
+                .get(*key)
+                .map(|r| (key.index, r))
+                .ok_or_else(|| invalid(format!("no region is registered under key {key}")))?,
+            _ => {
+                let mut found = self
+                    .fixed
+                    .live()
+                    .filter(|(_, r)| r.region.id() == handle.region);
+                let first = found.next().ok_or_else(|| {
+                    invalid(format!("no registered region has id {}", handle.region))
+                })?;
+                if found.next().is_some() {
+                    return Err(invalid(format!(
+                        "several registered regions have id {}: name one by its key",
+                        handle.region
+                    )));
+                }
+                first
+            }
+        };
+        reg.region
+            .check_handle(handle)
+            .map_err(|e| invalid(format!("fixed buffer: {e}")))?;
+        let base = reg.region.as_ptr();
+        if let FixedBuf::Buf(b) = buf {
+            // The id matched; make sure the pool buffer really lives in this mapping.
+            let p = b.as_ptr() as usize;
+            if p < base as usize || p + b.capacity() > base as usize + reg.region.len() {
+                return Err(invalid(format!(
+                    "fixed buffer is not inside the registered region with id {}",
+                    handle.region
+                )));
+            }
+        }
+        let offset = handle.offset as usize;
+        let chunk = offset / FIXED_CHUNK;
+        if offset % FIXED_CHUNK + handle.len as usize > FIXED_CHUNK {
+            return Err(invalid(
+                "fixed buffer crosses a 1 GiB registration boundary".into(),
+            ));
+        }
+        Ok(op::FixedAddr {
+            // SAFETY: `check_handle` put `offset + len` inside the mapping.
+            ptr: unsafe { base.add(offset) },
+            len: handle.len,
+            index: reg.first_index + chunk as u16,
+            key,
+        })
+    }
+}

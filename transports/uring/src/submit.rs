@@ -1,0 +1,228 @@
+//! Validating and queueing submissions, and the doorbell.
+
+use super::*;
+
+impl Uring {
+    /// Validates a submission against this ring (nothing changes if it is refused) and
+    /// resolves into `fin` what its entry needs from the ring. (An out-parameter rather than a
+    /// returned `Result<Finish, _>`: that was copied through the stack with a
+    /// store-forwarding stall.)
+    #[inline(always)]
+    fn validate(&self, sub: &Submission, fin: &mut op::Finish) -> Result<(), QueueError> {
+        if !self.supports(sub.op.opcode()) {
+            return Err(unsupported(sub.op.name(), sub.op.opcode()));
+        }
+        let target = match &sub.op {
+            Op::Read { fd, .. }
+            | Op::Write { fd, .. }
+            | Op::Readv { fd, .. }
+            | Op::Writev { fd, .. }
+            | Op::ReadFixed { fd, .. }
+            | Op::WriteFixed { fd, .. }
+            | Op::Fsync { fd, .. }
+            | Op::Close { fd }
+            | Op::Send { fd, .. }
+            | Op::Recv { fd, .. }
+            | Op::Accept { fd }
+            | Op::Connect { fd, .. }
+            | Op::Poll { fd, .. }
+            | Op::Fallocate { fd, .. } => Some(*fd),
+            _ => None,
+        };
+        if let Some(Target::Fixed(i)) = target {
+            if i >= self.files {
+                return Err(file_out_of_range(i, self.files));
+            }
+        }
+        match &sub.op {
+            Op::ReadFixed { buf, .. } => fin.fixed = Some(self.resolve_fixed(buf, true)?),
+            Op::WriteFixed { buf, .. } => fin.fixed = Some(self.resolve_fixed(buf, false)?),
+            Op::MsgRing { token, .. } if token & (OWNED | LIGHT) != 0 => {
+                return Err(invalid(format!(
+                    "message token {token:#x} has one of its top two bits set"
+                )));
+            }
+            Op::Cancel { token } => fin.cancel_target = self.cancel_target(*token)?,
+            _ => {}
+        }
+        fin.flags = match sub.link {
+            Link::None => squeue::Flags::empty(),
+            Link::Soft => squeue::Flags::IO_LINK,
+            Link::Hard => squeue::Flags::IO_HARDLINK,
+        };
+        Ok(())
+    }
+
+    /// The `user_data` of the in-flight operation submitted with `token`, for a cancel.
+    #[inline(never)]
+    fn cancel_target(&self, token: u64) -> Result<u64, QueueError> {
+        let key = self
+            .book
+            .slots
+            .iter()
+            .position(|s| s.op.is_some() && s.token == token)
+            .ok_or_else(|| {
+                QueueError::Io(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no operation with token {token} is in flight"),
+                ))
+            })?;
+        Ok(OWNED | key as u64)
+    }
+
+    /// A push into a full submission queue: makes room ([`OnFull`]) and pushes, or hands the
+    /// submission back saying why not.
+    #[cold]
+    #[inline(never)]
+    fn push_when_full(&mut self, sub: Submission) -> Result<(), Rejected<Submission>> {
+        if self.on_full == OnFull::Submit {
+            if let Err(e) = self.submit() {
+                return Err(Rejected::new(sub, e));
+            }
+            if !self.ring.submission().is_full() {
+                return self.push_one(sub);
+            }
+        }
+        Err(Rejected::new(sub, QueueError::Full))
+    }
+
+    #[inline(always)]
+    fn push_one(&mut self, mut sub: Submission) -> Result<(), Rejected<Submission>> {
+        let mut fin = op::Finish {
+            user_data: 0,
+            flags: squeue::Flags::empty(),
+            fixed: None,
+            cancel_target: 0,
+        };
+        if let Err(e) = self.validate(&sub, &mut fin) {
+            return Err(Rejected::new(sub, e));
+        }
+        // Room first: once built, the entry is certain to be queued. One view of the queue
+        // (one read of the kernel's head) serves the check and the push. A full queue leaves
+        // this path for good: a call here that the fast path merged back from made the
+        // compiler keep the submission in memory and re-read what kind of operation it is.
+        let mut sq = self.ring.submission();
+        if sq.is_full() {
+            drop(sq);
+            return self.push_when_full(sub);
+        }
+        let light = match sub.token <= LIGHT_TOKEN_MASK {
+            true => light_kind(&sub.op),
+            false => None,
+        };
+        let key = match light {
+            Some(kind) => {
+                fin.user_data = LIGHT | kind << LIGHT_TOKEN_BITS | sub.token;
+                None
+            }
+            None => {
+                let key = self.book.take_slot();
+                fin.user_data = OWNED | key as u64;
+                Some(key)
+            }
+        };
+        let mut aux = op::Aux::None;
+        let queued = op::build(&mut sub.op, &mut aux, &fin, |entry| {
+            // SAFETY: every pointer in `entry` targets heap memory owned by `sub.op` or `aux`
+            // (buffers, paths, boxes), which move into `self.book.slots[key]` below without
+            // moving what they point to and stay there until this entry's completion is reaped
+            // (or, on drop, until the kernel has completed or cancelled it); or a registered
+            // region kept alive by `self.fixed`. Light operations (`light_kind`) point to no
+            // memory.
+            unsafe { sq.push(entry) }.is_ok()
+        });
+        // Publishes the new tail.
+        drop(sq);
+        if !queued {
+            // Not reached: there was room and only this ring pushes.
+            if let Some(key) = key {
+                self.book.free.push(key as u32);
+            }
+            return Err(Rejected::new(sub, QueueError::Full));
+        }
+        self.stats.pushed += 1;
+        match key {
+            Some(key) => {
+                let slot = &mut self.book.slots[key];
+                slot.token = sub.token;
+                slot.op = Some(sub.op);
+                slot.aux = aux;
+                if let Some(fixed) = &fin.fixed {
+                    // The region stays registered until this operation completes.
+                    slot.region = fixed.key;
+                    self.book.fixed_in_flight[fixed.key as usize] += 1;
+                }
+            }
+            // Light operations own no heap memory (see `light_kind`): nothing to drop, and
+            // forgetting spares a call to the `Op` drop glue per push.
+            None => std::mem::forget(sub),
+        }
+        Ok(())
+    }
+}
+
+impl Doorbell for Uring {
+    /// Tells the kernel about entries pushed since the last ring: an `io_uring_enter`, or, with
+    /// SQPOLL, nothing unless the polling thread has set `IORING_SQ_NEED_WAKEUP`. With nothing
+    /// new pushed it does nothing (and counts nothing).
+    #[inline]
+    fn ring(&mut self) -> io::Result<Rung> {
+        if self.unsubmitted() == 0 {
+            return Ok(Rung::Skipped);
+        }
+        self.rung_at = self.stats.pushed;
+        let sqpoll = self.is_sqpoll();
+        let rung = if sqpoll {
+            // `need_wakeup` issues the SeqCst fence between publishing the tail and reading the
+            // flag that pairs with the kernel thread's barrier before it sleeps (liburing's
+            // `sq_ring_needs_enter`).
+            if self.ring.submission().need_wakeup() {
+                let n = self.ring.submission().len() as u32;
+                retry_eintr(|| self.enter(n, 0, IoringEnterFlags::SQ_WAKEUP))?;
+                Rung::Rang
+            } else {
+                Rung::Skipped
+            }
+        } else {
+            let n = self.ring.submission().len() as u32;
+            retry_eintr(|| self.enter(n, 0, IoringEnterFlags::empty()))?;
+            Rung::Rang
+        };
+        if rung == Rung::Rang {
+            self.stats.enters += 1;
+        }
+        self.stats.doorbell.record(rung);
+        Ok(rung)
+    }
+
+    fn stats(&self) -> DoorbellStats {
+        self.stats.doorbell
+    }
+}
+
+impl Submitter for Uring {
+    type Entry = Submission;
+
+    #[inline]
+    fn push(&mut self, entry: Submission) -> Result<(), Rejected<Submission>> {
+        self.push_one(entry)
+    }
+
+    fn space(&mut self) -> Result<usize, QueueError> {
+        let sq = self.ring.submission();
+        Ok(sq.capacity() - sq.len())
+    }
+
+    /// Makes queued entries visible to the kernel and rings the doorbell; returns how many
+    /// entries were queued.
+    #[inline]
+    fn submit(&mut self) -> Result<usize, QueueError> {
+        let queued = self.unsubmitted() as usize;
+        Doorbell::ring(self)?;
+        Ok(queued)
+    }
+
+    fn doorbell_stats(&self) -> DoorbellStats {
+        self.stats.doorbell
+    }
+}

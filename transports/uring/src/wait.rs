@@ -1,0 +1,202 @@
+//! Waiting for completions: entering the kernel, polling, or sleeping on the eventfd.
+
+use super::*;
+
+impl Uring {
+    fn deadline_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
+        match deadline {
+            None => Some(None),
+            Some(d) => d
+                .checked_duration_since(Instant::now())
+                .filter(|r| !r.is_zero())
+                .map(Some),
+        }
+    }
+
+    fn cq_len(&mut self) -> usize {
+        self.ring.completion().len()
+    }
+
+    /// Submits what is queued and waits until at least `min` completions are ready (or the
+    /// timeout passes): in [`WaitMode::Enter`] one `io_uring_enter` does both, like liburing's
+    /// `io_uring_submit_and_wait`. `min` is capped at the number of operations in flight.
+    ///
+    /// The common case (no timeout, one enter that brings what was asked for) is inlined into
+    /// the caller, system call included; everything else continues out of line.
+    #[inline(always)]
+    pub fn wait_for(&mut self, min: usize, timeout: Option<Duration>) -> Result<(), QueueError> {
+        let min = min.clamp(1, self.in_flight().max(1));
+        self.notify.waits += 1;
+        if self.wait != WaitMode::Enter || timeout.is_some() {
+            return self.wait_for_slow(min, timeout);
+        }
+        let have = self.cq_len();
+        if have >= min {
+            self.notify.without_sleep += 1;
+            return Ok(());
+        }
+        // No flush first: the enter below carries GETEVENTS, which makes the kernel flush
+        // overflowed completions and run deferred task work before it decides to sleep. It
+        // also submits anything pushed since the last doorbell.
+        self.note_enter_submits();
+        self.notify.sleeps += 1;
+        self.stats.enters += 1;
+        if let Err(e) = self.enter_and_wait(min - have) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e.into());
+            }
+        }
+        if self.cq_len() >= min {
+            return Ok(());
+        }
+        // Short (a signal, or completions the kernel still holds).
+        self.enter_until(min, None, None)
+    }
+
+    /// What an enter that submits does to the doorbell's books.
+    #[inline(always)]
+    fn note_enter_submits(&mut self) {
+        if self.unsubmitted() > 0 {
+            self.rung_at = self.stats.pushed;
+            self.stats.doorbell.record(Rung::Rang);
+        }
+    }
+
+    /// [`Uring::wait_for`] with a timeout, or in a wait mode other than [`WaitMode::Enter`]
+    /// (`min` already capped and the wait counted).
+    #[inline(never)]
+    fn wait_for_slow(&mut self, min: usize, timeout: Option<Duration>) -> Result<(), QueueError> {
+        if self.wait != WaitMode::Enter {
+            return self.wait_without_enter(min, timeout);
+        }
+        if self.cq_len() >= min {
+            self.notify.without_sleep += 1;
+            return Ok(());
+        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        self.note_enter_submits();
+        self.enter_until(min, deadline, timeout)
+    }
+
+    /// Enters (submitting and waiting) until `min` completions are ready or `deadline`
+    /// passes; after a short enter, flushes what the kernel says it still holds.
+    #[inline(never)]
+    fn enter_until(
+        &mut self,
+        min: usize,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> Result<(), QueueError> {
+        let mut have = self.cq_len();
+        loop {
+            if have >= min {
+                return Ok(());
+            }
+            // Not enough yet (before the first enter here, or after a short one: a signal, the
+            // timeout, or completions the kernel still holds): flush what the kernel says it
+            // holds, and look again.
+            if self.flush_if_needed()? {
+                have = self.cq_len();
+                if have >= min {
+                    return Ok(());
+                }
+            }
+            let Some(left) = Self::deadline_left(deadline) else {
+                self.notify.timeouts += 1;
+                return Err(QueueError::Timeout(timeout.unwrap_or_default()));
+            };
+            self.notify.sleeps += 1;
+            self.stats.enters += 1;
+            let want = min - have;
+            let entered = match left.map(types::Timespec::from) {
+                Some(ts) => {
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(want, &args)
+                }
+                // Without a timeout, a plain enter: no argument block to copy in.
+                None => self.enter_and_wait(want),
+            };
+            match entered {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+            have = self.cq_len();
+        }
+    }
+
+    /// One `io_uring_enter` that submits what is queued and waits for `want` completions: what
+    /// `Submitter::submit_and_wait` does for a wait, as an instruction inlined into the caller.
+    /// A `want` above zero always carries GETEVENTS, which also flushes overflowed completions
+    /// and runs deferred task work, so the queue's flags need no look; with SQPOLL the entry
+    /// also wakes the polling thread if it sleeps.
+    ///
+    /// Why inline, through rustix's direct system call rather than the io-uring crate's
+    /// out-of-line `submit_and_wait` and libc's `syscall()`: on this kind of machine (AMD, with
+    /// the kernel's "Safe RET" return-predictor mitigation) the first `ret` after a system call
+    /// mispredicts at a cost of about 90 ns, and every further one about 7 ns. A wait with no
+    /// frame to return through pays neither. docs/benchmarks.md has the measurement.
+    #[inline(always)]
+    fn enter_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        let to_submit = self.ring.submission().len() as u32;
+        let mut flags = IoringEnterFlags::GETEVENTS;
+        if self.is_sqpoll() && self.ring.submission().need_wakeup() {
+            // `need_wakeup` issues the SeqCst fence that pairs with the kernel thread's barrier
+            // before it sleeps.
+            flags |= IoringEnterFlags::SQ_WAKEUP;
+        }
+        self.enter(to_submit, want as u32, flags)
+    }
+
+    /// `io_uring_enter` on this ring with no argument block, inlined (see
+    /// [`Uring::enter_and_wait`] for why).
+    #[inline(always)]
+    pub(crate) fn enter(
+        &self,
+        to_submit: u32,
+        want: u32,
+        flags: IoringEnterFlags,
+    ) -> io::Result<usize> {
+        // SAFETY: the ring's own fd, flags the kernel defines for this call with no argument
+        // block, and `to_submit` counts entries already published in the SQ (every pointer
+        // they carry was vouched for when it was pushed, see `push_one`).
+        let entered = unsafe { io_uring_enter(self.ring.as_fd(), to_submit, want, flags) };
+        entered.map(|n| n as usize).map_err(io::Error::from)
+    }
+
+    /// [`Uring::wait_for`] in [`WaitMode::Poll`] and [`WaitMode::EventFd`]: submit, then poll
+    /// the CQ or sleep on the eventfd.
+    fn wait_without_enter(
+        &mut self,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(), QueueError> {
+        if self.cq_len() >= min || (self.flush_if_needed()? && self.cq_len() >= min) {
+            self.notify.without_sleep += 1;
+            return Ok(());
+        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        self.submit()?;
+        let word = WakeWord::new();
+        loop {
+            if self.cq_len() >= min || (self.flush_if_needed()? && self.cq_len() >= min) {
+                self.notify.without_sleep += u64::from(self.wait == WaitMode::Poll);
+                return Ok(());
+            }
+            let Some(left) = Self::deadline_left(deadline) else {
+                self.notify.timeouts += 1;
+                return Err(QueueError::Timeout(timeout.unwrap_or_default()));
+            };
+            match &self.eventfd {
+                // The kernel signals the eventfd on every completion and the count persists,
+                // so one that lands between the check above and this block is not lost.
+                Some(efd) => {
+                    self.notify.sleeps += 1;
+                    efd.block(&word, left)?;
+                }
+                None => std::hint::spin_loop(),
+            }
+        }
+    }
+}
