@@ -54,7 +54,7 @@ struct Published {
 }
 
 fn serve(
-    mut server: Server<EchoReq, EchoResp, Counting>,
+    mut server: Server<EchoReq, EchoResp, subring::shm::PerClient<Counting>>,
     cmds: Receiver<Cmd>,
     published: Arc<Published>,
 ) -> Result<(), String> {

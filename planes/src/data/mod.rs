@@ -8,6 +8,7 @@
 mod pool;
 mod region;
 mod ring;
+mod volatile;
 
 pub use pool::{Buf, BufferPool, PoolError, PoolLayout};
 pub use region::{

@@ -12,6 +12,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
+use super::volatile::{copy_from_shared, copy_to_shared};
 use super::BufHandle;
 
 /// Size of the huge pages subring asks for (the x86-64 and aarch64 default, 2 MiB).
@@ -475,13 +476,21 @@ impl Region {
     pub fn read_into(&self, handle: BufHandle, dst: &mut [u8]) -> Result<usize, RegionError> {
         self.check_handle(handle)?;
         let n = (handle.len as usize).min(dst.len());
-        // SAFETY: `offset + len` is inside the mapping (checked).
-        let src = unsafe { self.as_ptr().add(handle.offset as usize) };
-        for (i, d) in dst[..n].iter_mut().enumerate() {
-            // SAFETY: `i < n <= handle.len`, inside the checked range; a volatile read of a `u8`
-            // creates no reference into memory the peer may write.
-            *d = unsafe { src.add(i).read_volatile() };
-        }
+        // SAFETY: `offset + len` is inside the mapping (checked), which lives as long as `self`;
+        // the copy reads it with volatile accesses only.
+        unsafe { copy_from_shared(self.as_ptr().add(handle.offset as usize), &mut dst[..n]) };
+        Ok(n)
+    }
+
+    /// Copies `src` into the bytes a handle names and returns how many were copied:
+    /// `src.len()`, or fewer if the handle is shorter. Safe whatever the peer does meanwhile
+    /// (the copy uses volatile writes and creates no reference into the region).
+    pub fn write_from(&self, handle: BufHandle, src: &[u8]) -> Result<usize, RegionError> {
+        self.check_handle(handle)?;
+        let n = (handle.len as usize).min(src.len());
+        // SAFETY: `offset + len` is inside the mapping (checked); the copy writes it with
+        // volatile accesses only, through no reference.
+        unsafe { copy_to_shared(&src[..n], self.as_ptr().add(handle.offset as usize)) };
         Ok(n)
     }
 

@@ -67,8 +67,8 @@ use std::time::Duration;
 pub use client::{Client, ClientOptions};
 pub use proto::socket_pair;
 pub use server::{
-    CallStats, ClientInfo, Ctx, HandleError, Handler, Server, ServerConfig, ServerSleep,
-    ServerStats, ServerThread, Stopper,
+    CallStats, ClientInfo, ClientMemory, Completions, Ctx, HandleError, Handler, Pending,
+    PerClient, Server, ServerConfig, ServerSleep, ServerStats, ServerThread, Service, Stopper,
 };
 pub use subring_planes::data::{
     Buf, BufHandle, BufferPool, PoolError, Region, RegionError, RegionOptions,

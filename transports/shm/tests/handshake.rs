@@ -17,7 +17,7 @@ use subring_shm::{
 };
 use support::*;
 
-type EchoServer = ServerThread<EchoReq, EchoResp, echo::EchoHandler>;
+type EchoServer = ServerThread<EchoReq, EchoResp, subring_shm::PerClient<echo::EchoHandler>>;
 
 fn server(test: &str, tweak: impl FnOnce(&mut ServerConfig)) -> (EchoServer, std::path::PathBuf) {
     let path = socket_path(test);

@@ -1,0 +1,89 @@
+//! A server's limits and policies, and what it knows of a client.
+
+use std::time::Duration;
+
+use subring_planes::interrupt::NotifyMode;
+
+/// Limits and policies of a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The application protocol served; clients must name the same one.
+    pub protocol: String,
+    /// Clients served at once; more are refused with [`Refusal::Busy`].
+    pub max_clients: u32,
+    /// Largest ring a client may ask for (entries).
+    pub max_capacity: u32,
+    /// Largest payload buffer a client may ask for (bytes).
+    pub max_buf_size: u32,
+    /// Largest shared memory per client, and per registered region (bytes).
+    pub max_region_len: u64,
+    /// Regions a client may register beside its own.
+    pub max_regions: u32,
+    /// How long a new connection may take to say hello.
+    pub handshake_timeout: Duration,
+    /// The longest the server keeps polling after its last request before it sleeps, while an
+    /// adaptive client is connected. The window adapts below this: it grows while requests keep
+    /// arriving within it and shrinks when it runs out, so a client that shares the server's CPU
+    /// (and so cannot submit while the server polls) soon finds it asleep.
+    pub idle_poll: Duration,
+    /// Requests taken from one client per turn, so that one busy client cannot starve others.
+    pub batch: u32,
+    /// Requests of one client that a [`Service`](crate::Service) may hold unanswered at once
+    /// ([`Ctx::defer`](crate::Ctx::defer)): while a client has this many, the server takes no
+    /// more of its requests (they wait in its ring: back-pressure it sees).
+    pub max_deferred: u32,
+    /// [`Server::run`] returns once every client has left, after at least one came: a server
+    /// for one session (a parent's private subsystem, a test, a benchmark) that needs no stop
+    /// signal and no timed turns to notice it is done.
+    pub exit_when_empty: bool,
+    /// How the server sleeps when no client has work.
+    pub sleep: ServerSleep,
+}
+
+/// How a server sleeps when no client has work ([`ServerConfig::sleep`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerSleep {
+    /// In `epoll`, on the listener, the control sockets and one kick eventfd per client: the
+    /// clients' doorbell is an eventfd write.
+    #[default]
+    Epoll,
+    /// In `futex_waitv` on the clients' kick words (at most 127 clients): the clients' doorbell
+    /// is a futex wake, and no eventfd or epoll stands between a kick and the server. A control
+    /// thread sleeps in `epoll` on the listener and the control sockets and wakes the server
+    /// when they need it. Needs Linux 5.16. The control thread starts with the server and does
+    /// not survive `fork`: make the server in the process that runs it.
+    Futex,
+}
+
+impl ServerConfig {
+    /// Defaults for `protocol`: 64 clients, rings up to 64K entries, buffers up to 1 MiB,
+    /// 1 GiB per region, 8 extra regions, 5 s handshakes, 50 µs adaptive polling, 64 requests
+    /// per client per turn, 1024 deferred requests per client.
+    pub fn new(protocol: &str) -> Self {
+        ServerConfig {
+            protocol: protocol.to_string(),
+            max_clients: 64,
+            max_capacity: 1 << 16,
+            max_buf_size: 1 << 20,
+            max_region_len: 1 << 30,
+            max_regions: 8,
+            handshake_timeout: Duration::from_secs(5),
+            idle_poll: Duration::from_micros(50),
+            batch: 64,
+            max_deferred: 1024,
+            exit_when_empty: false,
+            sleep: ServerSleep::Epoll,
+        }
+    }
+}
+
+/// Who a connection belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The server's number for the connection.
+    pub id: u64,
+    /// The client's process id (`SO_PEERCRED`), if the kernel gave one.
+    pub pid: Option<u32>,
+    /// The connection's notify mode.
+    pub mode: NotifyMode,
+}

@@ -1,0 +1,210 @@
+//! What a service sees of one client while it handles a request: the client's memory, checked
+//! handle by handle, and its completion queue.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use bytemuck::Pod;
+use subring_planes::data::{BufHandle, PoolError, PoolLayout, Region, RegionError};
+use subring_planes::pair::ServiceSide;
+
+use super::config::ClientInfo;
+use super::service::{Ledger, Pending};
+
+/// A handle from a client that does not name its memory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandleError {
+    /// It does not name a buffer of the client's pool.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// It falls outside the registered region it names.
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    /// It names a region the client never registered.
+    #[error("buffer handle names region {0}, which this client has not registered")]
+    UnknownRegion(u32),
+}
+
+/// A client's memory as the server maps it: its pool (in the region the server made for it,
+/// id 0) and the regions it registered since. Every handle is checked against it before any
+/// access. Cheap to clone (reference counts); a clone keeps the mappings alive, so a service
+/// may hold one while the kernel or another thread works on the client's buffers.
+#[derive(Clone)]
+pub struct ClientMemory {
+    pub(crate) region: Arc<Region>,
+    pub(crate) pool: PoolLayout,
+    pub(crate) extra: Arc<[Arc<Region>]>,
+}
+
+impl fmt::Debug for ClientMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientMemory")
+            .field("pool", &self.pool)
+            .field(
+                "extra",
+                &self.extra.iter().map(|r| r.id()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl ClientMemory {
+    /// The region `handle` lies in, after checking it: a whole buffer (or a prefix of one) of
+    /// the client's pool, or a range inside a region the client registered.
+    pub fn resolve(&self, handle: BufHandle) -> Result<&Arc<Region>, HandleError> {
+        if handle.region == self.pool.region {
+            self.pool.check(handle)?;
+            return Ok(&self.region);
+        }
+        let region = self
+            .extra
+            .iter()
+            .find(|r| r.id() == handle.region)
+            .ok_or(HandleError::UnknownRegion(handle.region))?;
+        region.check_handle(handle)?;
+        Ok(region)
+    }
+
+    /// Where the client's pool buffers lie (in [`regions`](Self::regions)' first).
+    pub fn pool(&self) -> PoolLayout {
+        self.pool
+    }
+
+    /// Every region of the client: the one holding its rings and pool first, then those it
+    /// registered.
+    pub fn regions(&self) -> impl Iterator<Item = &Arc<Region>> {
+        std::iter::once(&self.region).chain(self.extra.iter())
+    }
+
+    /// Copies the bytes `handle` names into `dst` (as many as fit) and returns how many. Sound
+    /// whatever the client writes meanwhile (volatile accesses, no reference into its memory).
+    pub fn read(&self, handle: BufHandle, dst: &mut [u8]) -> Result<usize, HandleError> {
+        Ok(self.resolve(handle)?.read_into(handle, dst)?)
+    }
+
+    /// Copies `src` into the buffer `handle` names (as much as fits) and returns how many
+    /// bytes. Sound whatever the client does meanwhile.
+    pub fn write(&self, handle: BufHandle, src: &[u8]) -> Result<usize, HandleError> {
+        Ok(self.resolve(handle)?.write_from(handle, src)?)
+    }
+}
+
+/// Where a handler's completions go: the client's completion ring, or, when that is full, a
+/// queue in the server's memory.
+pub(crate) trait Sink<C> {
+    fn complete(&mut self, completion: C);
+}
+
+pub(crate) struct Outbox<'a, S, C> {
+    pub(crate) service: &'a mut ServiceSide<S, C>,
+    pub(crate) pending: &'a mut VecDeque<C>,
+    pub(crate) staged: u32,
+}
+
+impl<S: Pod, C: Pod> Sink<C> for Outbox<'_, S, C> {
+    fn complete(&mut self, completion: C) {
+        if !self.pending.is_empty() {
+            self.pending.push_back(completion);
+            return;
+        }
+        match self.service.complete(completion) {
+            Ok(()) => self.staged += 1,
+            // Full, or a corrupt index that the next turn reports: keep it either way.
+            Err(r) => self.pending.push_back(r.entry),
+        }
+    }
+}
+
+/// What a handler sees of its client: its memory and its completion queue.
+pub struct Ctx<'a, C> {
+    pub(crate) info: &'a ClientInfo,
+    pub(crate) memory: &'a ClientMemory,
+    pub(crate) sink: &'a mut dyn Sink<C>,
+    pub(crate) ledger: &'a Arc<Ledger>,
+    pub(crate) deferred: u32,
+}
+
+impl<C> fmt::Debug for Ctx<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx").field("client", self.info).finish()
+    }
+}
+
+impl<C> Ctx<'_, C> {
+    /// The client.
+    pub fn client(&self) -> &ClientInfo {
+        self.info
+    }
+
+    /// The client's memory, to check handles against, copy through, or (cloned) keep.
+    pub fn memory(&self) -> &ClientMemory {
+        self.memory
+    }
+
+    /// Posts a completion. Never fails: if the completion ring is full it waits in the
+    /// server's memory (and the server takes no more requests from this client until it has
+    /// been delivered), so nothing is lost.
+    pub fn complete(&mut self, completion: C) {
+        self.sink.complete(completion)
+    }
+
+    /// Answers the current request later: the returned token completes it from outside this
+    /// call, with [`Completions::complete`](crate::Completions::complete) in the service's
+    /// [`poll`](crate::Service::poll), typically when an event source of the service fires
+    /// (an io_uring completion, a timer, another process). Each client may have
+    /// [`ServerConfig::max_deferred`](crate::ServerConfig::max_deferred) requests deferred at
+    /// once; the server takes no more of its requests until some are answered. A token
+    /// dropped without completing is counted in
+    /// [`ServerStats::abandoned`](crate::ServerStats::abandoned).
+    pub fn defer(&mut self) -> Pending {
+        self.deferred += 1;
+        Pending::new(self.info.id, self.ledger.clone())
+    }
+
+    /// The bytes `handle` names, in place (zero-copy), after checking that they are one of the
+    /// client's buffers or inside a region it registered.
+    ///
+    /// The bounds are this process's to check and are never exceeded. The contents are the
+    /// client's: a client that breaks the protocol (writes a buffer while it is lent to the
+    /// server) can change them while you read, as with any memory shared with another process.
+    /// Treat them as untrusted input; [`read`](Self::read) takes a snapshot instead.
+    pub fn payload(&self, handle: BufHandle) -> Result<&[u8], HandleError> {
+        let region = self.memory.resolve(handle)?;
+        // SAFETY: `resolve` checked `offset + len` against the region, a sealed memfd mapping
+        // (it cannot shrink under us) kept alive by the connection for longer than `&self`. The
+        // bytes are plain `u8`s, valid whatever their value; see the doc above for a peer that
+        // writes them meanwhile.
+        Ok(unsafe {
+            std::slice::from_raw_parts(
+                region.as_ptr().add(handle.offset as usize),
+                handle.len as usize,
+            )
+        })
+    }
+
+    /// The bytes `handle` names, in place and writable: how the server answers into a buffer
+    /// the client lent it. Checked like [`payload`](Self::payload).
+    pub fn payload_mut(&mut self, handle: BufHandle) -> Result<&mut [u8], HandleError> {
+        let region = self.memory.resolve(handle)?;
+        // SAFETY: bounds as in `payload`; `&mut self` keeps this the only slice the context
+        // hands out while it lives.
+        Ok(unsafe {
+            std::slice::from_raw_parts_mut(
+                region.as_ptr().add(handle.offset as usize),
+                handle.len as usize,
+            )
+        })
+    }
+
+    /// Copies the bytes `handle` names into `dst` (as many as fit) and returns how many.
+    pub fn read(&self, handle: BufHandle, dst: &mut [u8]) -> Result<usize, HandleError> {
+        self.memory.read(handle, dst)
+    }
+
+    /// Copies `src` into the buffer `handle` names (as much as fits) and returns how many bytes.
+    pub fn write(&mut self, handle: BufHandle, src: &[u8]) -> Result<usize, HandleError> {
+        self.memory.write(handle, src)
+    }
+}

@@ -1,0 +1,667 @@
+//! The server: accepts clients, sets up a queue pair for each, and serves them all from one
+//! thread that polls while there is work and sleeps in `epoll` (or on the clients' futex words)
+//! when there is none.
+//!
+//! - [`config`]: limits and policies; what the server knows of a client.
+//! - [`service`]: the [`Service`] API (answering now or later, event sources, departures) and
+//!   the per-client [`Handler`] shortcut.
+//! - [`ctx`]: what a service sees of a client while handling a request, and its memory.
+//! - [`conn`]: connections and serving one client's batch.
+//! - [`handshake`]: accepting, hello and welcome, registration, release.
+//! - [`window`]: the adaptive polling window. [`stats`]: counters. [`thread`]: running on a
+//!   thread of its own.
+
+mod config;
+mod conn;
+mod ctx;
+mod handshake;
+mod service;
+mod stats;
+mod thread;
+mod window;
+
+use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use subring_planes::interrupt::{WaitAny, WAIT_ANY_MAX};
+use subring_planes::sync::{fence, Ordering::Acquire};
+
+pub use config::{ClientInfo, ServerConfig, ServerSleep};
+pub use ctx::{ClientMemory, Ctx, HandleError};
+pub use service::{Completions, Handler, Pending, PerClient, Service};
+pub use stats::{CallStats, ServerStats};
+pub use thread::{ServerThread, Stopper};
+
+use crate::check_capacity;
+use crate::futex_sleep::{FutexSleep, MAX_FUTEX_CLIENTS};
+use crate::Error;
+use conn::{Conn, Limits, Outcome, State, Table};
+use handshake::listen_on;
+use service::Ledger;
+use window::{Window, WINDOW_MIN_NS};
+
+const LISTENER: u64 = u64::MAX;
+const STOP: u64 = u64::MAX - 1;
+/// Polling turns between two non-blocking looks at the sockets (an `epoll_wait` system call:
+/// about a microsecond, during which a polling client's request waits).
+const EVENT_CHECK_EVERY: u64 = 2048;
+/// Polling turns between two clock reads.
+const CLOCK_EVERY: u32 = 16;
+
+/// Every event source a service watches ([`Server::watch`]) wakes the server with this token.
+const SOURCE: u64 = u64::MAX - 2;
+
+/// A server of `S` requests and `C` completions, running the [`Service`] `V` for its clients
+/// (with [`Server::new`], one [`Handler`] per client: `V` is [`PerClient`]).
+pub struct Server<S: Pod, C: Pod, V: Service<S, C>> {
+    config: ServerConfig,
+    service: V,
+    /// Descriptors the service watches (duplicates the server owns).
+    sources: Vec<OwnedFd>,
+    /// The deferred-request ledgers of clients gone while some were unanswered.
+    departing: Vec<Arc<Ledger>>,
+    listener: Option<(OwnedFd, PathBuf)>,
+    epoll: Epoll,
+    stop: Arc<EventFd>,
+    stopping: bool,
+    conns: Vec<Conn<S, C, V::Client>>,
+    next_id: u64,
+    stats: ServerStats,
+    window: Window,
+    spin_clients: usize,
+    adaptive_clients: usize,
+    scratch: Vec<S>,
+    events: Vec<EpollEvent>,
+    turns: u64,
+    idle_since: Option<Instant>,
+    idle_turns: u64,
+    /// The futex sleep's control thread, with [`ServerSleep::Futex`].
+    futex: Option<FutexSleep>,
+    /// A client with a kick word came or went since the futex sleep's words were set.
+    kick_words_changed: bool,
+}
+
+impl<S: Pod, C: Pod, V: Service<S, C>> fmt::Debug for Server<S, C, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("protocol", &self.config.protocol)
+            .field("path", &self.listener.as_ref().map(|l| &l.1))
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn os(op: &'static str) -> impl FnOnce(Errno) -> Error {
+    move |e| Error::Io {
+        op,
+        source: e.into(),
+    }
+}
+
+fn millis(timeout: Option<Duration>) -> EpollTimeout {
+    match timeout {
+        None => EpollTimeout::NONE,
+        Some(t) => {
+            let ms = t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128);
+            EpollTimeout::try_from(ms as u64).unwrap_or(EpollTimeout::MAX)
+        }
+    }
+}
+
+impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, C, PerClient<H>> {
+    /// A server with no listening socket: clients arrive through
+    /// [`add_connection`](Self::add_connection). `factory` makes each client's handler.
+    pub fn new(
+        config: ServerConfig,
+        factory: impl FnMut(&ClientInfo) -> H + Send + 'static,
+    ) -> Result<Self, Error> {
+        Self::with_service(config, PerClient::new(factory))
+    }
+
+    /// A server listening at `path` (a socket file left by a dead server is replaced; one a
+    /// live server answers on is an error). `factory` makes each client's handler.
+    pub fn bind(
+        path: impl AsRef<Path>,
+        config: ServerConfig,
+        factory: impl FnMut(&ClientInfo) -> H + Send + 'static,
+    ) -> Result<Self, Error> {
+        Self::bind_service(path, config, PerClient::new(factory))
+    }
+}
+
+impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
+    /// A server of `service` with no listening socket: clients arrive through
+    /// [`add_connection`](Self::add_connection).
+    pub fn with_service(config: ServerConfig, service: V) -> Result<Self, Error> {
+        if config.max_clients == 0 || config.batch == 0 || config.max_deferred == 0 {
+            return Err(Error::Config(
+                "max_clients, batch and max_deferred must be at least 1".into(),
+            ));
+        }
+        check_capacity("max_capacity", config.max_capacity, 1 << 30).map_err(Error::Config)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create1"))?;
+        let futex = match config.sleep {
+            ServerSleep::Epoll => None,
+            ServerSleep::Futex => {
+                if config.max_clients > MAX_FUTEX_CLIENTS {
+                    return Err(Error::Config(format!(
+                        "a futex-sleeping server watches at most {MAX_FUTEX_CLIENTS} clients \
+                         (futex_waitv takes {WAIT_ANY_MAX} words, one is its own); \
+                         max_clients is {}",
+                        config.max_clients
+                    )));
+                }
+                if !WaitAny::supported() {
+                    return Err(Error::Config(
+                        "futex sleep needs futex_waitv, which this kernel lacks (Linux 5.16+)"
+                            .into(),
+                    ));
+                }
+                let dup = epoll.0.try_clone().map_err(|source| Error::Io {
+                    op: "dup(epoll) for the control thread",
+                    source,
+                })?;
+                Some(FutexSleep::start(dup).map_err(|source| Error::Io {
+                    op: "starting the server's control thread",
+                    source,
+                })?)
+            }
+        };
+        let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(os("eventfd"))?;
+        epoll
+            .add(&stop, EpollEvent::new(EpollFlags::EPOLLIN, STOP))
+            .map_err(os("epoll_ctl(ADD stop eventfd)"))?;
+        Ok(Server {
+            window: Window::new(config.idle_poll),
+            config,
+            service,
+            sources: Vec::new(),
+            departing: Vec::new(),
+            listener: None,
+            epoll,
+            stop: Arc::new(stop),
+            stopping: false,
+            conns: Vec::new(),
+            next_id: 1,
+            stats: ServerStats::default(),
+            spin_clients: 0,
+            adaptive_clients: 0,
+            scratch: Vec::new(),
+            events: vec![EpollEvent::empty(); 64],
+            turns: 0,
+            idle_since: None,
+            idle_turns: 0,
+            futex,
+            kick_words_changed: false,
+        })
+    }
+
+    /// A server of `service` listening at `path` (a socket file left by a dead server is
+    /// replaced; one a live server answers on is an error).
+    pub fn bind_service(
+        path: impl AsRef<Path>,
+        config: ServerConfig,
+        service: V,
+    ) -> Result<Self, Error> {
+        let mut server = Self::with_service(config, service)?;
+        let path = path.as_ref();
+        let sock = listen_on(path)?;
+        server
+            .epoll
+            .add(&sock, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))
+            .map_err(os("epoll_ctl(ADD listener)"))?;
+        server.listener = Some((sock, path.to_path_buf()));
+        Ok(server)
+    }
+
+    /// Adds an already-connected `SOCK_SEQPACKET` socket (one end of
+    /// [`socket_pair`](crate::socket_pair)): the handshake proceeds as for an accepted one.
+    pub fn add_connection(&mut self, socket: OwnedFd) -> Result<(), Error> {
+        nix::fcntl::fcntl(
+            &socket,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(os("fcntl(O_NONBLOCK) on a client socket"))?;
+        self.admit(socket)
+    }
+
+    /// Watches `fd` for the service: while the server sleeps, `fd` becoming readable wakes it,
+    /// and [`Service::poll`] runs (as it does on every turn). An io_uring's completion eventfd
+    /// ([`Uring::completion_fd`](https://docs.rs/subring-uring)), a timerfd, an eventfd another
+    /// thread writes, a socket. The server watches a duplicate of `fd` it owns.
+    ///
+    /// Readiness is edge-triggered: the server wakes when something new arrives, so
+    /// [`poll`](Service::poll) must take what made `fd` readable (a kernel that writes an
+    /// eventfd on every completion needs no draining: each completion is a new edge; a timer
+    /// or a socket must be read).
+    pub fn watch(&mut self, fd: impl AsFd) -> Result<(), Error> {
+        let dup = fd
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| Error::Io {
+                op: "dup of a watched descriptor",
+                source,
+            })?;
+        self.epoll
+            .add(
+                &dup,
+                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, SOURCE),
+            )
+            .map_err(os("epoll_ctl(ADD a watched descriptor)"))?;
+        self.sources.push(dup);
+        Ok(())
+    }
+
+    /// The service.
+    pub fn service(&self) -> &V {
+        &self.service
+    }
+
+    /// The service, mutably (between runs: [`run_for`](Self::run_for) returns, or the server
+    /// thread was stopped).
+    pub fn service_mut(&mut self) -> &mut V {
+        &mut self.service
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ServerStats {
+        let mut s = self.stats;
+        s.departing = self
+            .departing
+            .iter()
+            .filter(|l| Ledger::unanswered(l) > 0)
+            .count() as u64;
+        s.clients = self
+            .conns
+            .iter()
+            .filter(|c| matches!(c.state, State::Active(_)))
+            .count() as u64;
+        for c in &self.conns {
+            if let State::Active(a) = &c.state {
+                s.calls.add(a.service.stats());
+            }
+        }
+        s
+    }
+
+    /// Something that stops the server from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
+    }
+
+    /// Serves until stopped ([`Stopper::stop`]), or, with [`ServerConfig::exit_when_empty`],
+    /// until every client has left; then says goodbye to any client still connected.
+    pub fn run(&mut self) -> Result<(), Error> {
+        while !self.stopping {
+            self.turn()?;
+            if self.config.exit_when_empty && self.is_empty_after_use() {
+                break;
+            }
+        }
+        self.release_all("the server is stopping");
+        Ok(())
+    }
+
+    /// Some client came (welcomed or refused) and none is connected now, not even one still
+    /// saying hello.
+    fn is_empty_after_use(&self) -> bool {
+        self.stats.welcomed + self.stats.refused > 0
+            && self.conns.is_empty()
+            && self.departing.is_empty()
+    }
+
+    /// Serves for about `limit`, then returns (for tests and single-threaded programs that do
+    /// other work between turns).
+    pub fn run_for(&mut self, limit: Duration) -> Result<(), Error> {
+        let end = Instant::now() + limit;
+        let mut turns = 0u32;
+        while !self.stopping {
+            // A clock read costs about as much as a polling turn (tens of ns in a VM): look at
+            // it every few turns, and after every turn that slept.
+            if turns % CLOCK_EVERY == 0 && Instant::now() >= end {
+                break;
+            }
+            turns = turns.wrapping_add(1);
+            if self.turn_bounded(Some(end))? {
+                turns = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the server on a thread of its own (a dedicated polling thread, like SQPOLL).
+    pub fn spawn(mut self) -> Result<ServerThread<S, C, V>, Error>
+    where
+        Self: Send + 'static,
+    {
+        let stopper = self.stopper();
+        let thread = std::thread::Builder::new()
+            .name("subring-shm-server".into())
+            .spawn(move || {
+                self.run()?;
+                Ok(self)
+            })
+            .map_err(|e| Error::Io {
+                op: "spawning the server thread",
+                source: e,
+            })?;
+        Ok(ServerThread {
+            stopper,
+            thread: Some(thread),
+        })
+    }
+
+    #[inline(always)]
+    fn turn(&mut self) -> Result<(), Error> {
+        self.turn_bounded(None).map(drop)
+    }
+
+    /// One turn: serve what is ready; when nothing was, keep polling (spin clients, or within
+    /// the adaptive window) or arm every ring and sleep in epoll. Returns whether it slept.
+    #[inline(always)]
+    fn turn_bounded(&mut self, until: Option<Instant>) -> Result<bool, Error> {
+        self.turns += 1;
+        let mut work = self.serve_all();
+        work += self.poll_service();
+        if !self.departing.is_empty() {
+            self.retire_departed();
+        }
+        if work > 0 {
+            if self.idle_since.take().is_some() {
+                self.window.hit();
+            }
+            self.idle_turns = 0;
+            if self.turns % EVENT_CHECK_EVERY == 0 {
+                self.poll_events(Some(Duration::ZERO))?;
+            }
+            self.take_control_events()?;
+            return Ok(false);
+        }
+        self.idle_turns += 1;
+        if self.keep_polling() {
+            std::hint::spin_loop();
+            if self.idle_turns % EVENT_CHECK_EVERY == 0 {
+                self.poll_events(Some(Duration::ZERO))?;
+            }
+            self.take_control_events()?;
+            return Ok(false);
+        }
+        if self.idle_since.take().is_some() {
+            self.window.miss();
+        }
+        // The last client may have left during this turn: a server that exits when empty must
+        // not go to sleep with nothing left to wake it.
+        if self.config.exit_when_empty && self.is_empty_after_use() {
+            return Ok(false);
+        }
+        if self.arm_all() || self.service.before_sleep() {
+            self.disarm_all();
+            return Ok(false);
+        }
+        let mut timeout = self.sleep_limit();
+        if let Some(until) = until {
+            let left = until.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
+        self.stats.sleeps += 1;
+        let slept = self.sleep(timeout);
+        self.disarm_all();
+        self.idle_turns = 0;
+        slept.map(|()| true)
+    }
+
+    /// Sleeps (every ring armed) in epoll, or with [`ServerSleep::Futex`] on the clients' kick
+    /// words, until a kick, an event or `timeout`.
+    #[inline(always)]
+    fn sleep(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        let Some(futex) = &mut self.futex else {
+            return self.poll_events(timeout);
+        };
+        let io = |source| Error::Io {
+            op: "sleeping on the clients' kick words",
+            source,
+        };
+        if std::mem::take(&mut self.kick_words_changed) {
+            let words = self
+                .conns
+                .iter()
+                .filter_map(|c| match &c.state {
+                    State::Active(a) => a.kick_word.clone(),
+                    State::Handshake { .. } => None,
+                })
+                .collect();
+            futex.set_words(words).map_err(io)?;
+        }
+        if futex.sleep(timeout).map_err(io)? {
+            self.take_control_events()
+        } else {
+            self.expire_handshakes();
+            Ok(())
+        }
+    }
+
+    /// With [`ServerSleep::Futex`]: if the control thread says the epoll set has events, takes
+    /// them (a non-blocking `epoll_wait`) and lets it poll again.
+    fn take_control_events(&mut self) -> Result<(), Error> {
+        if !self.futex.as_ref().is_some_and(FutexSleep::pending) {
+            return Ok(());
+        }
+        self.poll_events(Some(Duration::ZERO))?;
+        if let Some(futex) = &self.futex {
+            futex.take().map_err(|source| Error::Io {
+                op: "the server's control thread",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn keep_polling(&mut self) -> bool {
+        if self.spin_clients > 0 {
+            return true;
+        }
+        if self.adaptive_clients == 0 {
+            return false;
+        }
+        // The window is time, but the clock is read only every few idle turns.
+        if self.idle_since.is_some() && self.idle_turns % CLOCK_EVERY as u64 != 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let since = *self.idle_since.get_or_insert(now);
+        let window = if self.idle_turns == 1 {
+            self.window.current()
+        } else {
+            self.window
+                .now_ns
+                .max(WINDOW_MIN_NS.min(self.window.max_ns))
+        };
+        (now.duration_since(since).as_nanos() as u64) < window
+    }
+
+    /// How long the server may sleep: until the nearest handshake deadline, and briefly while
+    /// a client's completion ring is full (the client does not ring when it makes room).
+    fn sleep_limit(&self) -> Option<Duration> {
+        // The clock is read only if a handshake is pending: a served client's round trip
+        // should not pay for a clock read (tens of ns in a VM) on its way to the sleep.
+        let mut now = None;
+        let mut limit: Option<Duration> = None;
+        let mut tighten = |d: Duration| limit = Some(limit.map_or(d, |l| l.min(d)));
+        for c in &self.conns {
+            match &c.state {
+                State::Handshake { deadline } => tighten(
+                    deadline.saturating_duration_since(*now.get_or_insert_with(Instant::now)),
+                ),
+                State::Active(a) if a.blocked => tighten(Duration::from_millis(1)),
+                State::Active(_) => {}
+            }
+        }
+        limit
+    }
+
+    fn serve_all(&mut self) -> u32 {
+        let limits = Limits {
+            batch: self.config.batch,
+            max_deferred: self.config.max_deferred,
+        };
+        let mut work = 0;
+        let mut requests = 0u64;
+        let mut i = 0;
+        while i < self.conns.len() {
+            let outcome = match &mut self.conns[i].state {
+                State::Active(a) => a.serve(&mut self.service, &mut self.scratch, limits),
+                State::Handshake { .. } => Ok(Outcome::Served {
+                    taken: 0,
+                    deferred: 0,
+                    staged: 0,
+                }),
+            };
+            match outcome {
+                Ok(Outcome::Served {
+                    taken,
+                    deferred,
+                    staged,
+                }) => {
+                    work += taken + staged;
+                    requests += u64::from(taken);
+                    self.stats.deferred += u64::from(deferred);
+                    i += 1;
+                }
+                Ok(Outcome::Finished) => self.release(i, None),
+                Err(e) => self.release(i, Some(format!("queue pair failed: {e}"))),
+            }
+        }
+        self.stats.requests += requests;
+        work
+    }
+
+    /// Announces sleep on every ring that can wake us; `true` if one already has work.
+    fn arm_all(&mut self) -> bool {
+        let mut ready = false;
+        let mut i = 0;
+        while i < self.conns.len() {
+            if let State::Active(a) = &mut self.conns[i].state {
+                // A client at its deferred limit is not served until the service answers (and
+                // the service's own sources wake the server for that): its waiting requests
+                // must not keep the server awake.
+                if a.at_deferred_limit(self.config.max_deferred) {
+                    i += 1;
+                    continue;
+                }
+                match a.service.arm() {
+                    Ok(true) => ready = true,
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.release(i, Some(format!("queue pair failed: {e}")));
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        ready
+    }
+
+    fn disarm_all(&mut self) {
+        for c in &mut self.conns {
+            if let State::Active(a) = &mut c.state {
+                // The kick eventfds are registered edge-triggered: no drain (a `read` per
+                // wake-up) is needed for the next kick to report them again.
+                a.service.disarm_edge_triggered();
+            }
+        }
+    }
+
+    fn poll_events(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        let n = match self.epoll.wait(&mut self.events, millis(timeout)) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(os("epoll_wait")(e)),
+        };
+        for k in 0..n {
+            let ev = self.events[k];
+            match ev.data() {
+                LISTENER => self.accept_all()?,
+                STOP => {
+                    let _ = self.stop.read();
+                    self.stopping = true;
+                }
+                SOURCE => {} // a service's source: `Service::poll` runs on every turn.
+                token if token % 2 == 0 => self.on_socket(token / 2, ev.events()),
+                _ => {} // a kick eventfd: `disarm_all` drains it, the next turn serves.
+            }
+        }
+        self.expire_handshakes();
+        Ok(())
+    }
+
+    /// Lets the service advance its own work and complete deferred requests; publishes what it
+    /// completed.
+    #[inline(always)]
+    fn poll_service(&mut self) -> u32 {
+        let mut table = Table {
+            conns: &mut self.conns,
+            hint: 0,
+        };
+        let mut completions = Completions {
+            route: &mut table,
+            delivered: 0,
+            discarded: 0,
+        };
+        let work = self.service.poll(&mut completions);
+        let (delivered, discarded) = (completions.delivered, completions.discarded);
+        self.stats.discarded += discarded;
+        if delivered > 0 {
+            self.flush_completed();
+        }
+        work
+    }
+
+    /// Publishes the completions a service's poll staged (one publish and at most one wake-up
+    /// per client, however many it completed).
+    fn flush_completed(&mut self) {
+        let mut i = 0;
+        while i < self.conns.len() {
+            if let State::Active(a) = &mut self.conns[i].state {
+                if std::mem::take(&mut a.unflushed) {
+                    if let Err(e) = a.service.flush() {
+                        self.release(i, Some(format!("queue pair failed: {e}")));
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// Forgets departed clients whose deferred requests have all been answered or dropped,
+    /// counting the dropped ones.
+    pub(crate) fn retire_departed(&mut self) {
+        let mut i = 0;
+        while i < self.departing.len() {
+            if Ledger::unanswered(&self.departing[i]) == 0 {
+                // Pairs with the Release in `Pending::drop`: the count read below is final.
+                fence(Acquire);
+                self.stats.abandoned += self.departing.swap_remove(i).abandoned();
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+impl<S: Pod, C: Pod, V: Service<S, C>> Drop for Server<S, C, V> {
+    fn drop(&mut self) {
+        if let Some((_, path)) = &self.listener {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! What a server counts.
+
+use subring_planes::interrupt::NotifyStats;
+
+/// Counters of a server's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted (including refused ones).
+    pub accepted: u64,
+    /// Connections set up.
+    pub welcomed: u64,
+    /// Connections refused at handshake.
+    pub refused: u64,
+    /// Connections released (closed, died, or evicted).
+    pub released: u64,
+    /// Connections evicted for a protocol violation (corrupt ring index, garbage message).
+    pub evicted: u64,
+    /// Requests handled.
+    pub requests: u64,
+    /// Requests a service deferred ([`Ctx::defer`](crate::Ctx::defer)) to answer later.
+    pub deferred: u64,
+    /// Completions of deferred requests that found their client gone, and were dropped.
+    pub discarded: u64,
+    /// Deferred requests whose [`Pending`](crate::Pending) token the service dropped without
+    /// completing it: the client never got an answer. A service bug, counted here.
+    pub abandoned: u64,
+    /// Clients gone whose deferred requests the service has not all answered (or dropped) yet.
+    pub departing: u64,
+    /// Times the server slept in `epoll_wait`.
+    pub sleeps: u64,
+    /// Clients connected now.
+    pub clients: u64,
+    /// Completion notifications ("calls") to clients, over every connection so far: `sent`
+    /// made a system call (an eventfd write), `suppressed` did not (the client was not asleep).
+    pub calls: CallStats,
+}
+
+/// Completion notifications to clients (see [`ServerStats::calls`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Notifications that made a wake-up system call.
+    pub sent: u64,
+    /// Notifications skipped because the client was not asleep.
+    pub suppressed: u64,
+}
+
+impl CallStats {
+    pub(crate) fn add(&mut self, (_, call): (NotifyStats, NotifyStats)) {
+        self.sent += call.sent;
+        self.suppressed += call.suppressed;
+    }
+}
