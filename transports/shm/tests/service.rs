@@ -1,0 +1,298 @@
+//! The asynchronous service API: requests deferred and answered later, from an event source the
+//! server watches; the bound on deferred requests; tokens dropped unanswered; clients that
+//! leave with requests still deferred.
+
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use subring_shm::queue::{Completer, QueueError, Submitter};
+use subring_shm::{
+    socket_pair, Client, ClientInfo, ClientOptions, Completions, Ctx, NotifyMode, Pending, Server,
+    ServerConfig, ServerSleep, Service,
+};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// What the test sees of the gate service.
+#[derive(Debug, Default)]
+struct Seen {
+    polls: u64,
+    held: usize,
+    disconnects: Vec<u64>,
+}
+
+/// Defers every request (`x`) and answers `2x` when its gate eventfd has been written; in
+/// `drop_mode`, drops the tokens instead.
+struct Gate {
+    gate: Arc<EventFd>,
+    held: Vec<(Pending, u64)>,
+    seen: Arc<Mutex<Seen>>,
+    drop_mode: bool,
+}
+
+impl Gate {
+    fn new() -> (Self, Arc<EventFd>, Arc<Mutex<Seen>>) {
+        let gate =
+            Arc::new(EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).unwrap());
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        (
+            Gate {
+                gate: gate.clone(),
+                held: Vec::new(),
+                seen: seen.clone(),
+                drop_mode: false,
+            },
+            gate,
+            seen,
+        )
+    }
+}
+
+impl Service<u64, u64> for Gate {
+    type Client = ();
+
+    fn connect(&mut self, _client: &ClientInfo) {}
+
+    fn request(&mut self, _client: &mut (), ctx: &mut Ctx<'_, u64>, x: u64) {
+        let pending = ctx.defer();
+        self.held.push((pending, x));
+        self.seen.lock().unwrap().held = self.held.len();
+    }
+
+    fn poll(&mut self, done: &mut Completions<'_, u64>) -> u32 {
+        let mut seen = self.seen.lock().unwrap();
+        seen.polls += 1;
+        // The gate is edge-triggered for the server: read it (non-blocking) to take the edge.
+        if self.gate.read().is_err() {
+            return 0;
+        }
+        let n = self.held.len() as u32;
+        for (pending, x) in self.held.drain(..) {
+            if self.drop_mode {
+                drop(pending);
+            } else {
+                done.complete(pending, 2 * x);
+            }
+        }
+        seen.held = 0;
+        n
+    }
+
+    fn disconnect(&mut self, _client: (), info: &ClientInfo) {
+        self.seen.lock().unwrap().disconnects.push(info.id);
+    }
+}
+
+fn options(mode: NotifyMode) -> ClientOptions {
+    ClientOptions::new("gate").mode(mode).capacity(64)
+}
+
+/// Connects a client to a server the caller drives: the handshake runs on a helper thread
+/// while this one turns the server.
+fn connect(server: &mut Server<u64, u64, Gate>, mode: NotifyMode) -> Client<u64, u64> {
+    let (server_end, client_end) = socket_pair().unwrap();
+    server.add_connection(server_end).unwrap();
+    let opts = options(mode);
+    let h = std::thread::spawn(move || Client::<u64, u64>::from_socket(client_end, &opts));
+    let start = Instant::now();
+    while !h.is_finished() {
+        assert!(start.elapsed() < LIMIT, "handshake did not finish");
+        server.run_for(Duration::from_millis(2)).unwrap();
+    }
+    h.join().unwrap().unwrap()
+}
+
+/// A client sleeping in `wait` is woken by a completion the service posts when another
+/// thread opens its gate; the server sleeps (no polling, no timer) until then.
+fn answered_from_another_event_source(sleep: ServerSleep, mode: NotifyMode) {
+    let (gate_service, gate, seen) = Gate::new();
+    let mut config = ServerConfig::new("gate");
+    config.sleep = sleep;
+    let mut server = Server::with_service(config, gate_service).unwrap();
+    server.watch(gate.as_fd()).unwrap();
+    let mut client = connect(&mut server, mode);
+    let server = server.spawn().unwrap();
+
+    for x in 1..=3 {
+        client.push(x).unwrap();
+    }
+    client.submit().unwrap();
+    // Deferred: nothing comes back while the gate is shut.
+    let start = Instant::now();
+    while seen.lock().unwrap().held < 3 {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the service never saw the requests"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let polls_before = seen.lock().unwrap().polls;
+    match client.wait(Some(Duration::from_millis(300))) {
+        Err(QueueError::Timeout(_)) => {}
+        other => panic!("expected a timeout while the gate is shut, got {other:?}"),
+    }
+    let idle_polls = seen.lock().unwrap().polls - polls_before;
+    // (A spinning client is polled by the server on purpose: it never rings.)
+    assert!(
+        mode == NotifyMode::Spin || idle_polls <= 4,
+        "the server kept turning while idle ({idle_polls} polls in 300 ms)"
+    );
+
+    // Another thread opens the gate while the client sleeps.
+    let opener = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            gate.write(1).unwrap();
+        })
+    };
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while got.len() < 3 {
+        assert!(start.elapsed() < LIMIT, "completions never came: {got:?}");
+        client.wait(Some(LIMIT)).unwrap();
+        while let Some(c) = client.reap().unwrap() {
+            got.push(c);
+        }
+    }
+    opener.join().unwrap();
+    got.sort();
+    assert_eq!(got, [2, 4, 6]);
+    drop(client);
+    let server = server.stop().unwrap();
+    let stats = server.stats();
+    assert_eq!(stats.deferred, 3);
+    assert_eq!(stats.abandoned, 0);
+    assert_eq!(stats.discarded, 0);
+}
+
+#[test]
+fn answered_from_another_event_source_epoll_sleep() {
+    answered_from_another_event_source(ServerSleep::Epoll, NotifyMode::EventFd);
+}
+
+#[test]
+fn answered_from_another_event_source_futex_sleep() {
+    answered_from_another_event_source(ServerSleep::Futex, NotifyMode::Futex);
+}
+
+#[test]
+fn answered_from_another_event_source_to_a_spinning_client() {
+    answered_from_another_event_source(ServerSleep::Epoll, NotifyMode::Spin);
+}
+
+/// At most `max_deferred` requests of a client are taken while unanswered; the rest wait in
+/// its ring and are served as answers free room. Nothing is lost.
+#[test]
+fn deferred_requests_are_bounded_per_client() {
+    let (gate_service, gate, seen) = Gate::new();
+    let mut config = ServerConfig::new("gate");
+    config.max_deferred = 4;
+    let mut server = Server::with_service(config, gate_service).unwrap();
+    server.watch(gate.as_fd()).unwrap();
+    let mut client = connect(&mut server, NotifyMode::EventFd);
+    for x in 0..10 {
+        client.push(x).unwrap();
+    }
+    client.submit().unwrap();
+    server.run_for(Duration::from_millis(50)).unwrap();
+    assert_eq!(seen.lock().unwrap().held, 4, "only max_deferred taken");
+    assert_eq!(server.stats().deferred, 4);
+    // The server slept: the waiting requests of a client at its limit do not keep it awake.
+    let sleeps = server.stats().sleeps;
+    server.run_for(Duration::from_millis(100)).unwrap();
+    assert!(
+        server.stats().sleeps - sleeps <= 2,
+        "the server spun on a client at its deferred limit"
+    );
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while got.len() < 10 {
+        assert!(
+            start.elapsed() < LIMIT,
+            "not everything was answered: {got:?}"
+        );
+        gate.write(1).unwrap();
+        server.run_for(Duration::from_millis(5)).unwrap();
+        while let Some(c) = client.reap().unwrap() {
+            got.push(c);
+        }
+    }
+    got.sort();
+    assert_eq!(got, (0..10).map(|x| 2 * x).collect::<Vec<_>>());
+    assert_eq!(server.stats().deferred, 10);
+}
+
+/// A token dropped unanswered is counted; a client that leaves with requests deferred is
+/// reported to the service, counted as departing until its tokens are resolved, and answers
+/// for it are discarded (counted), not posted.
+#[test]
+fn dropped_tokens_and_departed_clients_are_counted() {
+    let (gate_service, gate, seen) = Gate::new();
+    let mut server = Server::with_service(ServerConfig::new("gate"), gate_service).unwrap();
+    server.watch(gate.as_fd()).unwrap();
+
+    // Dropped unanswered.
+    let mut client = connect(&mut server, NotifyMode::EventFd);
+    client.push(1).unwrap();
+    client.push(2).unwrap();
+    client.submit().unwrap();
+    server.run_for(Duration::from_millis(20)).unwrap();
+    assert_eq!(seen.lock().unwrap().held, 2);
+    server.service_mut().drop_mode = true;
+    gate.write(1).unwrap();
+    server.run_for(Duration::from_millis(20)).unwrap();
+    assert_eq!(client.reap().unwrap(), None);
+    drop(client);
+    server.run_for(Duration::from_millis(20)).unwrap();
+    let stats = server.stats();
+    assert_eq!(stats.abandoned, 2);
+    assert_eq!(stats.departing, 0);
+    assert_eq!(stats.clients, 0);
+
+    // Gone with requests deferred.
+    server.service_mut().drop_mode = false;
+    let mut client = connect(&mut server, NotifyMode::Futex);
+    let id = client.id();
+    client.push(5).unwrap();
+    client.push(6).unwrap();
+    client.submit().unwrap();
+    server.run_for(Duration::from_millis(20)).unwrap();
+    assert_eq!(seen.lock().unwrap().held, 2);
+    drop(client);
+    server.run_for(Duration::from_millis(20)).unwrap();
+    assert_eq!(seen.lock().unwrap().disconnects, [1, id]);
+    let stats = server.stats();
+    assert_eq!(stats.clients, 0);
+    assert_eq!(stats.departing, 1, "the service still owes it two answers");
+    gate.write(1).unwrap();
+    server.run_for(Duration::from_millis(20)).unwrap();
+    let stats = server.stats();
+    assert_eq!(stats.discarded, 2);
+    assert_eq!(stats.departing, 0);
+    assert_eq!(stats.abandoned, 2, "unchanged");
+}
+
+/// The synchronous closure handlers still work as before, beside the new API.
+#[test]
+fn closure_handlers_are_unchanged() {
+    let (server_end, client_end) = socket_pair().unwrap();
+    let mut server = Server::<u64, u64, _>::new(ServerConfig::new("doubler"), |_info| {
+        |ctx: &mut Ctx<'_, u64>, x: u64| ctx.complete(x * 2)
+    })
+    .unwrap();
+    server.add_connection(server_end).unwrap();
+    let server = server.spawn().unwrap();
+    let mut client =
+        Client::<u64, u64>::from_socket(client_end, &ClientOptions::new("doubler")).unwrap();
+    client.push(21).unwrap();
+    client.submit().unwrap();
+    client.wait(Some(LIMIT)).unwrap();
+    assert_eq!(client.reap().unwrap(), Some(42));
+    drop(client);
+    let stats = server.stop().unwrap().stats();
+    assert_eq!(stats.requests, 1);
+    assert_eq!(stats.deferred, 0);
+}
