@@ -47,3 +47,8 @@ pub use subring_uring as uring;
 /// The userspace transport: another process as a subsystem, over a sealed memfd, eventfds and a
 /// Unix-socket handshake.
 pub use subring_shm as shm;
+
+/// The block-storage subsystem: a shm service whose io_uring reads and writes land in its
+/// clients' memory (the chain client → service → kernel; `subring-blk`).
+#[doc(inline)]
+pub use subring_blk as blk;

@@ -3,6 +3,11 @@
 use super::*;
 
 impl Uring {
+    /// Completions waiting in the completion queue (reaping them needs no system call).
+    pub fn completions_ready(&mut self) -> usize {
+        self.cq_len()
+    }
+
     /// Moves up to `max` completions from the CQ into `out`, reading the entries where they
     /// lie, with one head update; returns how many. The caller counts them.
     #[inline]

@@ -3,6 +3,11 @@
 use super::*;
 
 impl Uring {
+    /// Entries pushed since the doorbell was last rung (what the next submit hands over).
+    pub fn queued(&self) -> usize {
+        self.unsubmitted() as usize
+    }
+
     /// Validates a submission against this ring (nothing changes if it is refused) and
     /// resolves into `fin` what its entry needs from the ring. (An out-parameter rather than a
     /// returned `Result<Finish, _>`: that was copied through the stack with a

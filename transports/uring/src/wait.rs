@@ -13,7 +13,7 @@ impl Uring {
         }
     }
 
-    fn cq_len(&mut self) -> usize {
+    pub(crate) fn cq_len(&mut self) -> usize {
         self.ring.completion().len()
     }
 
