@@ -266,7 +266,14 @@ impl BlkClient {
 
     /// Sends a raw request (tests of a service's checks; the client tracks it like any other,
     /// and lends no buffer).
-    pub fn raw(&mut self, tag: u64, op: u32, offset: u64, len: u32, handle: BufHandle) -> Result<(), Refused> {
+    pub fn raw(
+        &mut self,
+        tag: u64,
+        op: u32,
+        offset: u64,
+        len: u32,
+        handle: BufHandle,
+    ) -> Result<(), Refused> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -337,11 +344,13 @@ impl BlkClient {
             Some(h) => Some(self.client.reclaim(h)?),
             None => None,
         };
-        let result = match c.status {
-            0 => Ok(c.value),
-            s if s < 0 => Err(BlkResultError::Os(-s)),
-            s => Err(Status::from_code(s).map_or(BlkResultError::Unknown(s), BlkResultError::Refused)),
-        };
+        let result =
+            match c.status {
+                0 => Ok(c.value),
+                s if s < 0 => Err(BlkResultError::Os(-s)),
+                s => Err(Status::from_code(s)
+                    .map_or(BlkResultError::Unknown(s), BlkResultError::Refused)),
+            };
         if let (Some(b), BlkOp::Read) = (buf.as_mut(), slot.op) {
             let n = match result {
                 Ok(n) => (n as usize).min(slot.len as usize),

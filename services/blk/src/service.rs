@@ -11,8 +11,8 @@ use subring_planes::data::{Region, RegionOptions};
 use subring_planes::queue::{Completer, Submitter};
 use subring_shm::{BufHandle, ClientInfo, ClientMemory, Completions, Ctx, Pending, Service};
 use subring_uring::{
-    Completion, FixedBuf, OnFull, Op, OpError, RegionKey, Submission, Target, Uring,
-    UringStats, WaitMode,
+    Completion, FixedBuf, OnFull, Op, OpError, RegionKey, Submission, Target, Uring, UringStats,
+    WaitMode,
 };
 
 use crate::device::Device;
@@ -130,7 +130,10 @@ enum Bytes {
     /// The client's memory, registered under a key.
     Client(RegionKey, BufHandle),
     /// A staging slot of the service's own (copy mode); the client's bytes are `handle`.
-    Staging { slot: u32, handle: BufHandle },
+    Staging {
+        slot: u32,
+        handle: BufHandle,
+    },
 }
 
 /// An operation the service holds for a client.
@@ -572,7 +575,8 @@ impl BlkService {
             }
             let f = client.flushes.pop_front().expect("looked at it");
             if client.gone {
-                self.orphans.push((f.pending, refused(f.tag, Status::BadOp)));
+                self.orphans
+                    .push((f.pending, refused(f.tag, Status::BadOp)));
                 continue;
             }
             self.new_op(Io {
@@ -613,6 +617,9 @@ impl BlkService {
 /// # Safety
 /// The region must be private to this process, and nothing else (the kernel included) may use
 /// those bytes while the slice lives.
+// (Mutable bytes from a shared `Region`: its memory is raw, not owned by the reference; the
+// contract above is what makes the slice exclusive.)
+#[allow(clippy::mut_from_ref)]
 unsafe fn staging_bytes(region: &Region, at: BufHandle) -> &mut [u8] {
     debug_assert!(region.check_handle(at).is_ok());
     // SAFETY: the slot lies inside the region (slots are laid out within its length), and the
@@ -631,20 +638,15 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
 
     fn request(&mut self, id: &mut u64, ctx: &mut Ctx<'_, BlkCompletion>, req: BlkRequest) {
         let id = *id;
-        if !self.clients.contains_key(&id) {
-            self.clients.insert(
-                id,
-                ClientState {
-                    memory: ctx.memory().clone(),
-                    keys: Vec::new(),
-                    in_flight: 0,
-                    writes: BTreeSet::new(),
-                    next_write: 0,
-                    flushes: VecDeque::new(),
-                    gone: false,
-                },
-            );
-        }
+        self.clients.entry(id).or_insert_with(|| ClientState {
+            memory: ctx.memory().clone(),
+            keys: Vec::new(),
+            in_flight: 0,
+            writes: BTreeSet::new(),
+            next_write: 0,
+            flushes: VecDeque::new(),
+            gone: false,
+        });
         let refuse = |this: &mut Self, ctx: &mut Ctx<'_, BlkCompletion>, status: Status| {
             this.stats.refused += 1;
             ctx.complete(refused(req.tag, status));
@@ -761,7 +763,8 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
         client.gone = true;
         let flushes: Vec<WaitingFlush> = client.flushes.drain(..).collect();
         for f in flushes {
-            self.orphans.push((f.pending, refused(f.tag, Status::BadOp)));
+            self.orphans
+                .push((f.pending, refused(f.tag, Status::BadOp)));
         }
         let mut cancelled = false;
         for token in 0..self.ops.len() {
@@ -794,7 +797,8 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.in_flight -= 1;
                 }
-                self.orphans.push((io.pending, refused(io.tag, Status::BadOp)));
+                self.orphans
+                    .push((io.pending, refused(io.tag, Status::BadOp)));
             }
         }
         if cancelled {

@@ -2,6 +2,9 @@
 //! server watches; the bound on deferred requests; tokens dropped unanswered; clients that
 //! leave with requests still deferred.
 
+// The tests' own bookkeeping (a lock, a stop flag) is not a protocol under test: std types.
+#![allow(clippy::disallowed_types)]
+
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -171,14 +171,9 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             }
         }
         if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLERR) {
-            // The client closed its socket or died: serve what it published, then release.
-            if let State::Active(a) = &mut self.conns[i].state {
-                let _ = a.serve(
-                    &mut self.service,
-                    &mut self.scratch,
-                    Limits::draining(self.config.max_deferred),
-                );
-            }
+            // The client died (a client that leaves says so first, and what it published
+            // before its shutdown message was served above): what it left in its ring is
+            // nobody's to answer, and serving it would only delay everyone else. Release.
             self.release(i, None);
         }
     }
