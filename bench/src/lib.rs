@@ -8,6 +8,8 @@
 //! - [`ipc`]: cross-process round trips and 4 KiB payloads, subring-shm against pipes, Unix
 //!   sockets, eventfds and raw shared memory;
 //! - [`kernel`]: the kernel transport against the raw `io-uring` crate and `pread`;
+//! - [`storage`]: the block service (client → shm service → io_uring into the client's memory)
+//!   against local io_uring reads, a classic Unix-socket server and a copying service;
 //! - `iceoryx` (feature `iceoryx2`): iceoryx2's publish-subscribe round trip.
 //!
 //! Results land in a [`report::Report`]: a table for people, JSON (serde) and an SVG chart
@@ -20,6 +22,7 @@ pub mod peers;
 pub mod plot;
 pub mod report;
 pub mod spsc;
+pub mod storage;
 
 #[cfg(feature = "iceoryx2")]
 pub mod iceoryx;

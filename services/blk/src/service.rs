@@ -36,8 +36,9 @@ pub struct BlkConfig {
     /// as fixed buffers of the service's ring. `false`: the service copies through buffers of
     /// its own (the design this service exists to avoid; kept to measure it against).
     pub zero_copy: bool,
-    /// Requests queued before the service enters the kernel without waiting for a quiet turn
-    /// (default 32): submission batching.
+    /// Submission batching (default 16): while the kernel has at least this many operations
+    /// in flight, new ones are handed over once this many have gathered (their completions
+    /// wake the service meanwhile); below it, at once.
     pub submit_batch: u32,
 }
 
@@ -50,7 +51,7 @@ impl BlkConfig {
             depth: 256,
             max_io: 1 << 20,
             zero_copy: true,
-            submit_batch: 32,
+            submit_batch: 16,
         }
     }
 }
@@ -195,8 +196,6 @@ pub struct BlkService {
     /// Answers for departed clients to hand back at the next poll (they need `Completions`).
     orphans: Vec<(Pending, BlkCompletion)>,
     staging: Option<Staging>,
-    /// Requests arrived since the last poll (submission batching).
-    arrived: u32,
     completions: Vec<Completion>,
     stats: BlkStats,
 }
@@ -271,7 +270,6 @@ impl BlkService {
             backlog: VecDeque::new(),
             orphans: Vec::new(),
             staging,
-            arrived: 0,
             completions: Vec::new(),
             stats: BlkStats::default(),
         })
@@ -339,7 +337,6 @@ impl BlkService {
             }
         };
         self.backlog.push_back(token);
-        self.arrived += 1;
         token
     }
 
@@ -473,14 +470,18 @@ impl BlkService {
         }
     }
 
-    /// Submits what is queued if enough has gathered, or if no request came since the last
-    /// look (the stream of requests paused: waiting longer only adds latency).
-    fn submit(&mut self, force: bool) {
+    /// Submits what is queued once enough has gathered (`submit_batch`), or at once while the
+    /// kernel has fewer than that in flight (the device must not starve for the sake of a
+    /// batch). Between those, new requests wait for the next completion, which is bound to
+    /// come (the kernel has work) and wakes the server: one enter then carries many requests.
+    fn submit(&mut self) {
         let queued = self.ring.queued();
         if queued == 0 {
             return;
         }
-        if force || self.arrived == 0 || queued >= self.config.submit_batch as usize {
+        let in_kernel = self.ring.in_flight() - queued;
+        let batch = self.config.submit_batch as usize;
+        if queued >= batch || in_kernel < batch {
             let _ = self.ring.submit();
         }
     }
@@ -740,8 +741,7 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
         work += self.reap(done);
         self.pump();
         let before = self.ring.stats().enters;
-        self.submit(false);
-        self.arrived = 0;
+        self.submit();
         if self.ring.stats().enters != before {
             // Buffered reads of cached data complete during the submit itself.
             work += self.reap(done);
@@ -752,7 +752,7 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
 
     fn before_sleep(&mut self) -> bool {
         self.pump();
-        self.submit(true);
+        self.submit();
         !self.orphans.is_empty() || self.ring.completions_ready() > 0
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use subring_bench::report::Report;
-use subring_bench::{ipc, kernel, plot, spsc, Progress};
+use subring_bench::{ipc, kernel, plot, spsc, storage, Progress};
 
 use crate::Error;
 
@@ -21,6 +21,9 @@ pub enum Part {
     Ipc,
     /// The kernel transport vs raw io-uring vs pread.
     Kernel,
+    /// The block service (reads landing in the client's memory) vs local io_uring, a
+    /// Unix-socket server and a copying service.
+    Storage,
     /// iceoryx2's publish-subscribe round trip (needs the `iceoryx2` feature).
     Iceoryx2,
 }
@@ -118,6 +121,14 @@ pub fn run(args: &Args) -> Result<(), Error> {
     }
     if wants(Part::Ipc) {
         ipc::run(&ipc::IpcConfig::new(args.quick), &mut report, &mut progress)?;
+    }
+    // Forks its servers too: also while single-threaded.
+    if wants(Part::Storage) {
+        storage::run(
+            &storage::StorageConfig::new(args.quick),
+            &mut report,
+            &mut progress,
+        )?;
     }
     #[cfg(feature = "iceoryx2")]
     if wants(Part::Iceoryx2) {
