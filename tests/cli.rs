@@ -28,7 +28,7 @@ fn subring(args: &[&str], limit: Duration) -> Output {
 }
 
 #[test]
-fn tour_is_the_default_and_shows_both_subsystems() {
+fn tour_is_the_default_and_shows_both_subsystems_and_the_chain() {
     let out = subring(&[], Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -47,6 +47,9 @@ fn tour_is_the_default_and_shows_both_subsystems() {
         "subring-uring, fixed",
         "classic: pread loop",
         "io_uring_enter calls",
+        "3. The chain",
+        "bytes copied by the storage process: 0",
+        "unregistered 1 time(s) when we left",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
     }
@@ -55,6 +58,11 @@ fn tour_is_the_default_and_shows_both_subsystems() {
     assert!(
         stdout.contains("server side: 29000 requests"),
         "server count:\n{stdout}"
+    );
+    // The storage process's kernel read every block the tour asked for into its memory.
+    assert!(
+        stdout.contains("250 MiB read by the kernel into this process's buffers"),
+        "chain count:\n{stdout}"
     );
 }
 

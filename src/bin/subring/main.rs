@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show what subring does: a userspace subsystem in another process, then the kernel over
-    /// io_uring, each beside the classic way (the default).
+    /// io_uring, each beside the classic way, then the two chained (the default).
     Tour,
     /// Measure subring against its peers, interleaved in one run.
     Bench(bench::Args),
@@ -43,6 +43,14 @@ enum Command {
         /// Connections to serve before exiting.
         connections: u64,
     },
+    /// The tour's storage process (started by the tour itself).
+    #[command(hide = true)]
+    ServeBlk {
+        /// subring-shm socket path.
+        path: PathBuf,
+        /// The file served as a block device.
+        device: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +63,7 @@ fn main() -> ExitCode {
             unix_path,
             connections,
         } => tour::serve(&path, &unix_path, connections),
+        Command::ServeBlk { path, device } => tour::serve_blk(&path, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,142 @@
+//! `subring tour`: a userspace subsystem in a child process, then the kernel as a subsystem,
+//! each beside the classic way of doing the same work, with what crossed which plane; then the
+//! two chained: a storage process whose kernel reads land in the tour's memory.
+//!
+//! - [`userspace`]: step 1, the echo server in a child process (and its server half).
+//! - [`kernel`]: step 2, io_uring reads into fixed buffers.
+//! - [`chain`]: step 3, the block service (and its server half).
+
+mod chain;
+mod kernel;
+mod userspace;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+use crate::Error;
+
+pub use chain::serve_blk;
+pub use userspace::serve;
+
+pub(crate) const PAYLOAD: usize = 4096;
+/// Round trips per mode.
+pub(crate) const ROUND_TRIPS: u64 = 3000;
+/// Requests in flight in the pipelined run.
+pub(crate) const DEPTH: u64 = 32;
+/// Requests in the pipelined run.
+pub(crate) const PIPELINED: u64 = 20_000;
+/// Connections the tour makes to the child's server (three modes and the pipelined run).
+pub(crate) const CONNECTIONS: u64 = 4;
+/// How long anything in the tour may wait for the other process.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
+/// The kernel part: file size and reads.
+pub(crate) const FILE_LEN: u64 = 32 << 20;
+pub(crate) const READS: u64 = 50_000;
+
+pub(crate) fn us(ns: f64) -> String {
+    if ns < 10_000.0 {
+        format!("{:.2} us", ns / 1e3)
+    } else {
+        format!("{:.1} us", ns / 1e3)
+    }
+}
+
+/// Kills and reaps the child if the tour stops early.
+pub(crate) struct Reaped(pub(crate) Option<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Removes the socket files when the tour ends.
+pub(crate) struct Paths(pub(crate) Vec<PathBuf>);
+
+impl Drop for Paths {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+pub(crate) fn payload(seq: u64, buf: &mut [u8]) {
+    let mut x = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for word in buf.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        word.copy_from_slice(&x.to_le_bytes());
+    }
+}
+
+/// Runs the tour.
+pub fn run() -> Result<(), Error> {
+    println!("subring tour: one interface shape, two subsystems, and the two chained.");
+    println!("Every subsystem interface has a data plane (shared rings and buffers), a control");
+    println!("plane (the doorbell that says work is queued) and an interrupt plane (the event");
+    println!("that says work is done). Each step below counts what crossed each plane.\n");
+    userspace::userspace()?;
+    println!();
+    kernel::kernel()?;
+    println!();
+    chain::chain()?;
+    println!("\nMore: `subring bench --quick` measures all of this against its peers;");
+    println!("examples/ has two-terminal echo and block servers, std::io streams and a file copy.");
+    Ok(())
+}
+
+/// The 8 bytes at `offset` of the tour's file: a function of the offset, so that any block
+/// read can be checked.
+pub(crate) fn word_at(offset: u64) -> u64 {
+    let mut x = offset.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d;
+    x ^= x >> 31;
+    x.wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
+
+pub(crate) fn make_file(path: &Path) -> Result<File, Error> {
+    let mut f = File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let mut block = vec![0u8; 1 << 20];
+    for mib in 0..FILE_LEN >> 20 {
+        for (i, w) in block.chunks_exact_mut(8).enumerate() {
+            w.copy_from_slice(&word_at((mib << 20) + 8 * i as u64).to_le_bytes());
+        }
+        f.write_all(&block)?;
+    }
+    drop(f);
+    let f = File::open(path)?;
+    // Read it once, untimed, so that both ways read from the page cache.
+    let mut off = 0;
+    while off < FILE_LEN {
+        off += f.read_at(&mut block, off)? as u64;
+    }
+    Ok(f)
+}
+
+pub(crate) fn offsets() -> impl FnMut() -> u64 {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % (FILE_LEN / PAYLOAD as u64)) * PAYLOAD as u64
+    }
+}
+
+pub(crate) fn check_block(bytes: &[u8], offset: u64) -> Result<(), Error> {
+    for (i, w) in bytes.chunks_exact(8).enumerate().step_by(64) {
+        let at = offset + 8 * i as u64;
+        if u64::from_le_bytes(w.try_into().expect("8 bytes")) != word_at(at) {
+            return Err(format!("read the wrong bytes at offset {at}").into());
+        }
+    }
+    Ok(())
+}
