@@ -34,6 +34,9 @@
 //! - `shm_echo`: the shm transport's client talking to the echo subsystem served by a
 //!   [`Server`](subring::shm::Server) on a thread of this process ([`shm::ShmEcho`]), with
 //!   zero-copy payload buffers.
+//! - `shm_blk`: the shm client of the block service ([`subring::blk`]) served on a thread of
+//!   this process: reads deferred by the service and completed when the kernel completes them
+//!   in the client's buffers ([`blk::Blk`]).
 //!
 //! # Adding a transport
 //! Implement [`Transport`] for a fixture type in a new module `tests/conformance/<name>.rs`
@@ -50,6 +53,8 @@
 //! correctness, such as "a timeout does not fire early"), never speeds: the suite runs in
 //! parallel on small machines, in spin modes too.
 
+#[path = "conformance/blk.rs"]
+mod blk;
 #[path = "conformance/pair.rs"]
 mod pair;
 #[path = "conformance/shm.rs"]
@@ -752,3 +757,4 @@ macro_rules! conformance_suite {
 conformance_suite!(in_process: crate::pair::InProcess, push_slice_partial);
 conformance_suite!(kernel: crate::uring::Kernel);
 conformance_suite!(shm_echo: crate::shm::ShmEcho, push_slice_partial);
+conformance_suite!(shm_blk: crate::blk::Blk, push_slice_partial);
