@@ -9,7 +9,7 @@ use subring_planes::interrupt::NotifyMode;
 pub struct ServerConfig {
     /// The application protocol served; clients must name the same one.
     pub protocol: String,
-    /// Clients served at once; more are refused with [`Refusal::Busy`].
+    /// Clients served at once; more are refused with [`Refusal::Busy`](crate::proto::Refusal::Busy).
     pub max_clients: u32,
     /// Largest ring a client may ask for (entries).
     pub max_capacity: u32,
@@ -32,7 +32,7 @@ pub struct ServerConfig {
     /// ([`Ctx::defer`](crate::Ctx::defer)): while a client has this many, the server takes no
     /// more of its requests (they wait in its ring: back-pressure it sees).
     pub max_deferred: u32,
-    /// [`Server::run`] returns once every client has left, after at least one came: a server
+    /// [`Server::run`](crate::Server::run) returns once every client has left, after at least one came: a server
     /// for one session (a parent's private subsystem, a test, a benchmark) that needs no stop
     /// signal and no timed turns to notice it is done.
     pub exit_when_empty: bool,
