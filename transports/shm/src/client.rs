@@ -15,6 +15,7 @@ use subring_planes::interrupt::{EventFdSignal, NotifyMode, NotifyStats};
 use subring_planes::pair::{AppSide, PairConfig, PairSignals};
 use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
 
+use crate::peer_fd::PeerFd;
 use crate::proto::{self, ClientMsg, EntryShape, Hello, Incoming, ServerMsg, Welcome};
 use crate::watch::Watch;
 use crate::Error;
@@ -119,7 +120,10 @@ impl<S: Pod, C: Pod> fmt::Debug for Client<S, C> {
     }
 }
 
-fn connect_path(path: &Path) -> Result<OwnedFd, Error> {
+/// Connects a `SOCK_SEQPACKET` socket to `path`, giving up after `timeout`: a connect to a
+/// server whose listen backlog is full would otherwise block until it accepts, which a server
+/// that never accepts never does.
+fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
     let shown = path.display().to_string();
     let path_error = |source: std::io::Error| Error::Path {
         what: "cannot connect to",
@@ -130,31 +134,65 @@ fn connect_path(path: &Path) -> Result<OwnedFd, Error> {
     let sock = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )
     .map_err(|e| Error::Io {
         op: "socket(AF_UNIX, SOCK_SEQPACKET)",
         source: e.into(),
     })?;
-    connect(sock.as_raw_fd(), &addr).map_err(|e| {
-        let hint = match e {
-            nix::errno::Errno::ENOENT => " (no such socket: is the server running?)",
-            nix::errno::Errno::ECONNREFUSED => " (nobody listens there: a stale socket file?)",
-            _ => "",
-        };
-        path_error(std::io::Error::new(
-            std::io::Error::from(e).kind(),
-            format!("{e}{hint}"),
-        ))
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(100);
+    loop {
+        match connect(sock.as_raw_fd(), &addr) {
+            Ok(()) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            // A Unix socket's backlog is full (the server is slow to accept, or never does):
+            // try again until the timeout.
+            Err(nix::errno::Errno::EAGAIN) => {
+                if start.elapsed() >= timeout {
+                    return Err(Error::Timeout {
+                        waiting_for: "the server to accept the connection (its backlog is full)",
+                        after: start.elapsed(),
+                    });
+                }
+                std::thread::sleep(pause.min(timeout.saturating_sub(start.elapsed())));
+                pause = (pause * 2).min(Duration::from_millis(10));
+            }
+            Err(e) => {
+                let hint = match e {
+                    nix::errno::Errno::ENOENT => " (no such socket: is the server running?)",
+                    nix::errno::Errno::ECONNREFUSED => {
+                        " (nobody listens there: a stale socket file?)"
+                    }
+                    _ => "",
+                };
+                return Err(path_error(std::io::Error::new(
+                    std::io::Error::from(e).kind(),
+                    format!("{e}{hint}"),
+                )));
+            }
+        }
+    }
+    // Connected: back to a blocking socket, as `from_socket` expects one (its waits are bounded
+    // by polls with deadlines).
+    nix::fcntl::fcntl(
+        &sock,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(|e| Error::Io {
+        op: "fcntl(clear O_NONBLOCK) on the control socket",
+        source: e.into(),
     })?;
     Ok(sock)
 }
 
 impl<S: Pod, C: Pod> Client<S, C> {
     /// Connects to the server listening at `path` and sets up a queue pair.
+    /// Connecting, like every control exchange, gives up after
+    /// [`ClientOptions::control_timeout`].
     pub fn connect(path: impl AsRef<Path>, options: &ClientOptions) -> Result<Self, Error> {
-        let sock = connect_path(path.as_ref())?;
+        let sock = connect_path(path.as_ref(), options.control_timeout)?;
         Self::from_socket(sock, options)
     }
 
@@ -171,8 +209,13 @@ impl<S: Pod, C: Pod> Client<S, C> {
             buf_size: options.buf_size,
             buf_count: options.buf_count,
         };
-        proto::send(socket.as_fd(), &ClientMsg::Hello(hello.clone()), &[])?;
         let deadline = Instant::now().checked_add(options.control_timeout);
+        proto::send_until(
+            socket.as_fd(),
+            &ClientMsg::Hello(hello.clone()),
+            &[],
+            deadline,
+        )?;
         let (welcome, fds) = match proto::recv_blocking::<ServerMsg>(
             socket.as_fd(),
             deadline,
@@ -201,7 +244,7 @@ impl<S: Pod, C: Pod> Client<S, C> {
         options: &ClientOptions,
         hello: &Hello,
         welcome: Welcome,
-        fds: Vec<OwnedFd>,
+        fds: Vec<PeerFd>,
     ) -> Result<Self, Error> {
         let granted = (
             welcome.sq_capacity,
@@ -239,16 +282,25 @@ impl<S: Pod, C: Pod> Client<S, C> {
                 welcome.region_len
             ),
         })?;
+        // Each descriptor's kind is checked before anything else is done with it (a refused
+        // one is closed where closing cannot block).
         let mut fds = fds.into_iter();
-        let memfd = fds.next().expect("count checked above");
+        let memfd = fds
+            .next()
+            .expect("count checked above")
+            .memfd()
+            .map_err(Error::BadFds)?;
         let region = Arc::new(Region::from_fd(
             memfd,
             Some(region_len),
             RegionOptions::new().id(0),
         )?);
-        let eventfd = |fd: Option<OwnedFd>| -> Result<Option<EventFdSignal>, Error> {
-            fd.map(|fd| EventFdSignal::from_fd(fd).map_err(|e| Error::BadFds(e.to_string())))
-                .transpose()
+        let eventfd = |fd: Option<PeerFd>| -> Result<Option<EventFdSignal>, Error> {
+            fd.map(|fd| {
+                let fd = fd.eventfd().map_err(Error::BadFds)?;
+                EventFdSignal::from_fd(fd).map_err(|e| Error::BadFds(e.to_string()))
+            })
+            .transpose()
         };
         let kick = eventfd(welcome.kick_fd.then(|| fds.next()).flatten())?;
         let call = eventfd(welcome.call_fd.then(|| fds.next()).flatten())?;
@@ -398,15 +450,16 @@ impl<S: Pod, C: Pod> Client<S, C> {
         let fd = region.fd().ok_or_else(|| {
             Error::Config("only memfd regions can be registered with a server".into())
         })?;
-        proto::send(
+        let deadline = Instant::now().checked_add(self.options.control_timeout);
+        proto::send_until(
             self.socket.as_fd(),
             &ClientMsg::RegisterRegion {
                 id,
                 len: region.len() as u64,
             },
             &[fd],
+            deadline,
         )?;
-        let deadline = Instant::now().checked_add(self.options.control_timeout);
         match proto::recv_blocking::<ServerMsg>(
             self.socket.as_fd(),
             deadline,

@@ -57,6 +57,7 @@
 mod client;
 pub mod echo;
 mod futex_sleep;
+mod peer_fd;
 pub mod proto;
 mod server;
 pub mod stream;

@@ -21,6 +21,7 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 use serde::{Deserialize, Serialize};
 use subring_planes::interrupt::NotifyMode;
 
+use crate::peer_fd::PeerFd;
 use crate::Error;
 
 /// The first bytes of every control message.
@@ -265,11 +266,54 @@ pub enum ServerMsg {
     },
 }
 
-/// A received control message: its body (or a peer's version refusal) and its fds.
+/// A received control message: its body (or a peer's version refusal) and its fds, each
+/// owned and not yet checked ([`PeerFd`]: dropping one closes it where that cannot block).
 #[derive(Debug)]
 pub(crate) enum Incoming<M> {
-    Message(M, Vec<OwnedFd>),
+    Message(M, Vec<PeerFd>),
     VersionRefused(u16),
+}
+
+/// The most descriptors the kernel passes in one message (`SCM_MAX_FD`). The receive buffer
+/// has room for that many, so that every descriptor a peer sends is installed, owned and
+/// closed here, never left open because the buffer was too small for them (`MSG_CTRUNC`).
+const SCM_MAX_FD: usize = 253;
+
+/// Takes ownership of every descriptor an `SCM_RIGHTS` message in `control` carries, walking
+/// the buffer the kernel filled: used when nix will not parse it (it refuses a truncated one).
+fn rights_in(control: &[u8], len: usize) -> Vec<PeerFd> {
+    let mut fds = Vec::new();
+    // SAFETY: `msghdr` is plain old data; all zeroes is a valid (empty) value.
+    let mut mhdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    mhdr.msg_control = control.as_ptr() as *mut libc::c_void;
+    mhdr.msg_controllen = len.min(control.len());
+    // SAFETY: `mhdr` describes `control[..len]`, which lives through the walk; the CMSG macros
+    // only read headers inside it (CMSG_NXTHDR checks each length against the end).
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&mhdr) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` points at a header inside the buffer (the macros checked it).
+        let c = unsafe { &*cmsg };
+        if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is a constant computation.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let n = (c.cmsg_len as usize).saturating_sub(header) / std::mem::size_of::<RawFd>();
+            // SAFETY: the data of this header holds `n` descriptors, inside the buffer.
+            let data = unsafe { libc::CMSG_DATA(cmsg) } as *const RawFd;
+            for k in 0..n {
+                // SAFETY: `k < n`, inside this header's data; unaligned read, as the data of a
+                // control message carries no alignment promise for us.
+                let fd = unsafe { data.add(k).read_unaligned() };
+                if fd >= 0 {
+                    // SAFETY: the kernel installed this descriptor in this process for us
+                    // (SCM_RIGHTS); nothing else owns it.
+                    fds.push(PeerFd::new(unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+            }
+        }
+        // SAFETY: `mhdr` and `cmsg` as above.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&mhdr, cmsg) };
+    }
+    fds
 }
 
 fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
@@ -288,7 +332,15 @@ fn io_error(op: &'static str) -> impl FnOnce(Errno) -> Error {
     }
 }
 
-fn send_frame(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+/// Sends one datagram without blocking; if the peer's queue is full, waits for room until
+/// `deadline` (`None`: fails at once), so that a peer that stops reading cannot hold this
+/// thread.
+fn send_frame(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+) -> Result<(), Error> {
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
@@ -297,7 +349,7 @@ fn send_frame(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Res
             sock.as_raw_fd(),
             &[IoSlice::new(bytes)],
             cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
             None,
         ) {
             Ok(n) if n == bytes.len() => return Ok(()),
@@ -308,23 +360,40 @@ fn send_frame(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Res
                 })
             }
             Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) if deadline.is_some() => wait_for(
+                sock,
+                PollFlags::POLLOUT,
+                deadline,
+                "room to send a control message",
+            )?,
             Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Closed { during: "send" }),
             Err(e) => return Err(io_error("sendmsg on the control socket")(e)),
         }
     }
 }
 
-/// Sends a control message with `fds` beside it.
+/// Sends a control message with `fds` beside it, without waiting: if the peer's queue is full
+/// it fails (`EAGAIN`).
 pub(crate) fn send<M: Serialize>(
     sock: BorrowedFd<'_>,
     msg: &M,
     fds: &[BorrowedFd<'_>],
 ) -> Result<(), Error> {
+    send_until(sock, msg, fds, None)
+}
+
+/// Sends a control message, waiting for room in the peer's queue until `deadline` at most.
+pub(crate) fn send_until<M: Serialize>(
+    sock: BorrowedFd<'_>,
+    msg: &M,
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+) -> Result<(), Error> {
     let body = postcard::to_stdvec(msg).map_err(|e| Error::Malformed {
         what: "outgoing control message",
         detail: e.to_string(),
     })?;
-    send_frame(sock, &frame(KIND_MESSAGE, &body), fds)
+    send_frame(sock, &frame(KIND_MESSAGE, &body), fds, deadline)
 }
 
 /// Tells the peer its version is not ours, in the format every version understands.
@@ -333,12 +402,23 @@ pub(crate) fn send_version_refusal(sock: BorrowedFd<'_>) -> Result<(), Error> {
         sock,
         &frame(KIND_VERSION_REFUSED, &PROTOCOL_VERSION.to_le_bytes()),
         &[],
+        None,
     )
 }
 
 /// Waits until `sock` is readable (or hung up), at most until `deadline`.
 pub(crate) fn wait_readable(
     sock: BorrowedFd<'_>,
+    deadline: Option<Instant>,
+    waiting_for: &'static str,
+) -> Result<(), Error> {
+    wait_for(sock, PollFlags::POLLIN, deadline, waiting_for)
+}
+
+/// Waits until `sock` reports `events` (or hangs up), at most until `deadline`.
+fn wait_for(
+    sock: BorrowedFd<'_>,
+    events: PollFlags,
     deadline: Option<Instant>,
     waiting_for: &'static str,
 ) -> Result<(), Error> {
@@ -357,7 +437,7 @@ pub(crate) fn wait_readable(
                     .unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(sock, events)];
         match poll(&mut fds, timeout) {
             Ok(0) => continue,
             Ok(_) => return Ok(()),
@@ -387,7 +467,7 @@ pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
     sock: BorrowedFd<'_>,
 ) -> Result<Option<Incoming<M>>, Error> {
     let mut buf = [0u8; MAX_MESSAGE];
-    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut cmsg_space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let (len, flags, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
         match recvmsg::<()>(
@@ -398,16 +478,24 @@ pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
         ) {
             Ok(msg) => {
                 let mut fds = Vec::new();
-                if let Ok(cmsgs) = msg.cmsgs() {
-                    for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(raw) = c {
-                            // SAFETY: the kernel just installed these descriptors in this
-                            // process for us (SCM_RIGHTS); nothing else owns them.
-                            fds.extend(
-                                raw.into_iter()
-                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                            );
+                match msg.cmsgs() {
+                    Ok(cmsgs) => {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::ScmRights(raw) = c {
+                                // SAFETY: the kernel just installed these descriptors in this
+                                // process for us (SCM_RIGHTS); nothing else owns them.
+                                fds.extend(
+                                    raw.into_iter()
+                                        .map(|fd| PeerFd::new(unsafe { OwnedFd::from_raw_fd(fd) })),
+                                );
+                            }
                         }
+                    }
+                    // Truncated (nix refuses to parse it): own what the kernel did install.
+                    Err(_) => {
+                        let (bytes, flags) = (msg.bytes, msg.flags);
+                        fds = rights_in(&cmsg_space, cmsg_space.len());
+                        break (bytes, flags, fds);
                     }
                 }
                 break (msg.bytes, msg.flags, fds);
@@ -418,6 +506,12 @@ pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
             Err(e) => return Err(io_error("recvmsg on the control socket")(e)),
         }
     };
+    if fds.len() > MAX_FDS {
+        return Err(Error::BadFds(format!(
+            "control message carried {} file descriptors, more than {MAX_FDS}",
+            fds.len()
+        )));
+    }
     if flags.contains(MsgFlags::MSG_CTRUNC) {
         return Err(Error::BadFds(format!(
             "control message carried more than {MAX_FDS} file descriptors"

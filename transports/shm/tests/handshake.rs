@@ -4,13 +4,11 @@
 
 mod support;
 
-use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use subring_shm::echo::{self, EchoReq, EchoResp, ECHO_PROTOCOL};
-use subring_shm::proto::{self, ClientMsg, EntryShape, Hello, Refusal, ServerMsg, WireMode};
+use subring_shm::proto::{self, ClientMsg, EntryShape, Hello, Refusal, ServerMsg};
 use subring_shm::queue::Submitter;
 use subring_shm::{
     Client, ClientOptions, Error, NotifyMode, Server, ServerConfig, ServerSleep, ServerThread,
@@ -26,75 +24,6 @@ fn server(test: &str, tweak: impl FnOnce(&mut ServerConfig)) -> (EchoServer, std
     tweak(&mut config);
     let server = Server::bind(&path, config, echo::handler_factory()).unwrap();
     (server.spawn().unwrap(), path)
-}
-
-fn raw_connect(path: &std::path::Path) -> OwnedFd {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let s = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    connect(s.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
-    s
-}
-
-fn send_raw(sock: &OwnedFd, bytes: &[u8], fds: &[i32]) {
-    let cmsg = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
-    sendmsg::<()>(
-        sock.as_raw_fd(),
-        &[IoSlice::new(bytes)],
-        cmsgs,
-        MsgFlags::empty(),
-        None,
-    )
-    .unwrap();
-}
-
-/// The next datagram from the server (empty if it hung up), within 10 s.
-fn recv_raw(sock: &OwnedFd) -> Vec<u8> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-    assert_eq!(
-        poll(&mut fds, PollTimeout::from(10_000u16)).unwrap(),
-        1,
-        "server silent"
-    );
-    let mut buf = vec![0u8; 8192];
-    let n = nix::unistd::read(sock, &mut buf).unwrap();
-    buf.truncate(n);
-    buf
-}
-
-fn frame(version: u16, kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut f = b"SBSH".to_vec();
-    f.extend_from_slice(&version.to_le_bytes());
-    f.push(kind);
-    f.extend_from_slice(body);
-    f
-}
-
-fn decode(bytes: &[u8]) -> ServerMsg {
-    assert!(bytes.len() >= 7, "short answer {bytes:?}");
-    assert_eq!(&bytes[..4], b"SBSH");
-    assert_eq!(bytes[6], proto::KIND_MESSAGE);
-    postcard::from_bytes(&bytes[7..]).unwrap()
-}
-
-fn hello() -> Hello {
-    Hello {
-        protocol: ECHO_PROTOCOL.into(),
-        request: EntryShape::of::<EchoReq>(),
-        completion: EntryShape::of::<EchoResp>(),
-        sq_capacity: 64,
-        cq_capacity: 64,
-        mode: WireMode::EventFd,
-        buf_size: 256,
-        buf_count: 8,
-    }
 }
 
 fn refusal_for(path: &std::path::Path, bytes: &[u8]) -> Refusal {

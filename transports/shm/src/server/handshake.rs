@@ -24,7 +24,13 @@ use super::config::{ClientInfo, ServerSleep};
 use super::conn::{Active, Conn, Limits, State};
 use super::ctx::ClientMemory;
 use super::service::{Ledger, Service};
-use super::{os, Server};
+use super::{os, spare_fd, Server};
+
+/// Control messages read from one client per look at its socket.
+const CONTROL_MESSAGES_PER_TURN: usize = 16;
+/// Connections accepted per look at the listener.
+const ACCEPTS_PER_TURN: usize = 64;
+use crate::peer_fd::PeerFd;
 use crate::proto::{self, ClientMsg, EntryShape, Hello, Incoming, Refusal, ServerMsg, Welcome};
 use crate::Error;
 
@@ -77,7 +83,8 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         let Some(listener) = self.listener.as_ref().map(|l| l.0.as_raw_fd()) else {
             return Ok(());
         };
-        loop {
+        // A bounded number per look, like control messages (the listener is level-triggered).
+        for _ in 0..ACCEPTS_PER_TURN {
             match accept4(listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
                 Ok(fd) => {
                     // SAFETY: accept4 returned a new descriptor that nothing else owns.
@@ -88,13 +95,41 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 }
                 Err(Errno::EAGAIN) => return Ok(()),
                 Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
-                // Out of descriptors or memory: try again at the next event.
-                Err(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM) => {
-                    return Ok(())
+                // Out of descriptors: the connection waiting in the backlog keeps the listener
+                // readable, and the server would spin on it. The spare descriptor kept for
+                // this is closed to accept it, and the connection is closed at once (the
+                // client sees the hang-up); then the spare is taken again. Once a descriptor
+                // frees, the next client is served as usual.
+                Err(Errno::EMFILE | Errno::ENFILE) => {
+                    if !self.refuse_for_lack_of_fds(listener) {
+                        return Ok(());
+                    }
                 }
+                // Out of memory: try again at the next event.
+                Err(Errno::ENOBUFS | Errno::ENOMEM) => return Ok(()),
                 Err(e) => return Err(os("accept4")(e)),
             }
         }
+        Ok(())
+    }
+
+    /// At the descriptor limit: accepts one waiting connection with the spare descriptor and
+    /// closes it. `false` if there was no spare (nothing to do but wait).
+    fn refuse_for_lack_of_fds(&mut self, listener: std::os::fd::RawFd) -> bool {
+        let Some(spare) = self.spare_fd.take() else {
+            return false;
+        };
+        drop(spare);
+        let refused = accept4(listener, SockFlag::SOCK_CLOEXEC);
+        if let Ok(fd) = refused {
+            // SAFETY: accept4 returned a new descriptor that nothing else owns.
+            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            self.stats.accepted += 1;
+            self.stats.refused += 1;
+            self.stats.refused_no_fds += 1;
+        }
+        self.spare_fd = spare_fd();
+        refused.is_ok()
     }
 
     pub(crate) fn admit(&mut self, socket: OwnedFd) -> Result<(), Error> {
@@ -138,8 +173,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             return;
         };
         if events.contains(EpollFlags::EPOLLIN) {
-            // Read every message that is there; a hang-up after them is seen below.
-            loop {
+            // Read the messages that are there, a bounded number: a client that floods its
+            // control socket gets a fair share of the server's turn, not all of it (the socket
+            // is watched level-triggered, so what is left is reported at the next look). A
+            // hang-up after them is seen below.
+            for _ in 0..CONTROL_MESSAGES_PER_TURN {
                 let msg = proto::recv::<ClientMsg>(self.conns[i].socket.as_fd());
                 match msg {
                     Ok(None) => break,
@@ -243,7 +281,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         }
     }
 
-    fn check_hello(&self, hello: &Hello, fds: &[OwnedFd]) -> Result<(), Refusal> {
+    fn check_hello(&self, hello: &Hello, fds: &[PeerFd]) -> Result<(), Refusal> {
         let cfg = &self.config;
         if !fds.is_empty() {
             return Err(Refusal::Malformed(format!(
@@ -318,7 +356,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         Ok(())
     }
 
-    fn welcome(&mut self, i: usize, hello: &Hello, fds: Vec<OwnedFd>) -> Result<(), Refusal> {
+    fn welcome(&mut self, i: usize, hello: &Hello, fds: Vec<PeerFd>) -> Result<(), Refusal> {
         self.check_hello(hello, &fds)?;
         let mode: NotifyMode = hello.mode.into();
         let config = PairConfig {
@@ -426,7 +464,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         Ok(())
     }
 
-    fn register(&mut self, i: usize, id: u32, len: u64, fds: Vec<OwnedFd>) -> Result<(), Refusal> {
+    fn register(&mut self, i: usize, id: u32, len: u64, fds: Vec<PeerFd>) -> Result<(), Refusal> {
         let max_len = self.config.max_region_len;
         let max_regions = self.config.max_regions;
         let State::Active(a) = &mut self.conns[i].state else {
@@ -440,6 +478,13 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 fds.len()
             )));
         }
+        // Its kind first, before anything else is done with it.
+        let fd = fds
+            .into_iter()
+            .next()
+            .expect("count checked above")
+            .memfd()
+            .map_err(|e| Refusal::Malformed(format!("region {id}: {e}")))?;
         if id == 0 || a.memory.extra.iter().any(|r| r.id() == id) {
             return Err(Refusal::Malformed(format!(
                 "region id {id} is reserved or already registered"
@@ -461,7 +506,6 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 max: max_len,
             });
         }
-        let fd = fds.into_iter().next().expect("count checked above");
         let region = Region::from_fd(fd, Some(len as usize), RegionOptions::new().id(id))
             .map_err(|e| Refusal::Malformed(format!("region {id}: {e}")))?;
         // Copy on write: a service may hold a clone of the old set.

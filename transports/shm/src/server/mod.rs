@@ -67,6 +67,8 @@ pub struct Server<S: Pod, C: Pod, V: Service<S, C>> {
     sources: Vec<OwnedFd>,
     /// The deferred-request ledgers of clients gone while some were unanswered.
     departing: Vec<Arc<Ledger>>,
+    /// A descriptor kept in reserve for the descriptor limit (see `accept_all`).
+    spare_fd: Option<OwnedFd>,
     listener: Option<(OwnedFd, PathBuf)>,
     epoll: Epoll,
     stop: Arc<EventFd>,
@@ -96,6 +98,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> fmt::Debug for Server<S, C, V> {
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
+}
+
+/// A descriptor to keep in reserve: `/dev/null`, read-only.
+pub(crate) fn spare_fd() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
 }
 
 pub(crate) fn os(op: &'static str) -> impl FnOnce(Errno) -> Error {
@@ -185,6 +192,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             service,
             sources: Vec::new(),
             departing: Vec::new(),
+            spare_fd: spare_fd(),
             listener: None,
             epoll,
             stop: Arc::new(stop),

@@ -11,6 +11,8 @@ pub struct ServerStats {
     pub welcomed: u64,
     /// Connections refused at handshake.
     pub refused: u64,
+    /// Of those, connections closed at once because the process had no descriptor left.
+    pub refused_no_fds: u64,
     /// Connections released (closed, died, or evicted).
     pub released: u64,
     /// Connections evicted for a protocol violation (corrupt ring index, garbage message).
