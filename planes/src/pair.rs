@@ -28,8 +28,8 @@ use bytemuck::Pod;
 
 use crate::control::{Doorbell, DoorbellStats, NotifierDoorbell};
 use crate::data::{
-    Consumer, CorruptIndex, Producer, PushError, ReadChunk, Region, RegionError, RegionOptions,
-    Ring, RingError, RingLayout,
+    Claim, ClaimKind, Consumer, CorruptIndex, Producer, PushError, ReadChunk, Region, RegionError,
+    RegionOptions, Ring, RingError, RingLayout,
 };
 use crate::interrupt::{
     EventFdSignal, FutexSignal, ModeNotifier, Notifier, NotifyMode, NotifyStats, Signal, WakeRef,
@@ -310,6 +310,7 @@ pub struct AppSide<S, C> {
     call_fd: Option<EventFdSignal>,
     call_mode: NotifyMode,
     state: StateRef,
+    _header: Claim,
 }
 
 impl<S, C> fmt::Debug for AppSide<S, C> {
@@ -330,6 +331,7 @@ pub struct ServiceSide<S, C> {
     call: ModeNotifier,
     kick_fd: Option<EventFdSignal>,
     state: StateRef,
+    _header: Claim,
 }
 
 impl<S, C> fmt::Debug for ServiceSide<S, C> {
@@ -437,10 +439,18 @@ fn locate_pair<S: Pod, C: Pod>(
     region: &Arc<Region>,
     offset: usize,
     config: &PairConfig,
-) -> Result<(StateRef, PairLayout), QueueError> {
+) -> Result<(StateRef, PairLayout, Claim), QueueError> {
     let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
     region
         .check(offset as u64, layout.size as u64)
+        .map_err(region_error)?;
+    // The header's words are used through atomics by both sides: claimed as shared, so that
+    // no exclusive structure of this process (a buffer pool a peer placed there) overlaps it.
+    let header = region
+        .claim(
+            offset..offset + std::mem::size_of::<PairHeader>(),
+            ClaimKind::Shared,
+        )
         .map_err(region_error)?;
     let state = StateRef::locate(region, offset).map_err(region_error)?;
     let s = state.get();
@@ -472,7 +482,7 @@ fn locate_pair<S: Pod, C: Pod>(
             )));
         }
     }
-    Ok((state, layout))
+    Ok((state, layout, header))
 }
 
 impl<S: Pod, C: Pod> ServiceSide<S, C> {
@@ -495,7 +505,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         config: &PairConfig,
         signals: PairSignals,
     ) -> Result<Self, QueueError> {
-        let (state, layout) = locate_pair::<S, C>(&region, offset, config)?;
+        let (state, layout, header) = locate_pair::<S, C>(&region, offset, config)?;
         let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
             .and_then(Ring::into_consumer)
             .map_err(ring_error)?;
@@ -513,6 +523,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
             sq,
             cq,
             state,
+            _header: header,
         })
     }
 
@@ -708,7 +719,7 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
         config: &PairConfig,
         signals: PairSignals,
     ) -> Result<Self, QueueError> {
-        let (state, layout) = locate_pair::<S, C>(&region, offset, config)?;
+        let (state, layout, header) = locate_pair::<S, C>(&region, offset, config)?;
         let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
             .and_then(Ring::into_producer)
             .map_err(ring_error)?;
@@ -735,6 +746,7 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
             sq,
             cq,
             state,
+            _header: header,
         })
     }
 

@@ -359,3 +359,50 @@ fn lending_a_buffer_keeps_no_reference_to_the_pool() {
     drop(buf);
     assert_eq!(Arc::strong_count(&pool), 1);
 }
+
+/// Every structure a peer can place is claimed whole, headers included: a small pool over a
+/// ring's or a queue pair's header (atomic words another thread writes) is refused, and a
+/// pool offset from a peer that overflows is an error, not a panic.
+#[test]
+fn headers_are_claimed_too() {
+    use subring_planes::data::Ring;
+    use subring_planes::pair::{self, AppSide, PairConfig, PairLayout, PairSignals};
+    let region = Arc::new(Region::memfd("headers", 1 << 16, RegionOptions::new()).unwrap());
+    drop(Ring::<u64>::create(region.clone(), 0, 8).unwrap());
+    let producer = Ring::<u64>::attach(region.clone(), 0, 8)
+        .unwrap()
+        .into_producer()
+        .unwrap();
+    // 64 bytes at offset 0: the ring's header, not its slots.
+    let err = BufferPool::new(region.clone(), 0, 64, 1).unwrap_err();
+    assert!(err.to_string().contains("already in use"), "{err}");
+    drop(producer);
+
+    let config = PairConfig::default();
+    let region = Arc::new(Region::memfd("pair", 1 << 16, RegionOptions::new()).unwrap());
+    pair::create::<u64, u64>(&region, 0, &config).unwrap();
+    let app =
+        AppSide::<u64, u64>::attach(region.clone(), 0, &config, PairSignals::default()).unwrap();
+    for offset in [0, 64] {
+        let err = BufferPool::new(region.clone(), offset, 64, 1).unwrap_err();
+        assert!(
+            err.to_string().contains("already in use"),
+            "offset {offset}: {err}"
+        );
+    }
+    let after = PairLayout::of::<u64, u64>(&config)
+        .unwrap()
+        .size
+        .next_multiple_of(64);
+    BufferPool::new(region.clone(), after, 64, 4).unwrap();
+
+    // Offsets a hostile peer could send: refused with an error in debug builds too.
+    let err = BufferPool::new(region.clone(), usize::MAX, 64, 2).unwrap_err();
+    assert!(err.to_string().contains("address space"), "{err}");
+    let err = BufferPool::new(region.clone(), usize::MAX - 64, 64, 1).unwrap_err();
+    assert!(
+        matches!(err, subring_planes::data::PoolError::Layout(_)),
+        "{err}"
+    );
+    drop(app);
+}

@@ -188,11 +188,18 @@ impl BufferPool {
             buf_size,
             count,
         };
+        // Checked: the offset may come from a peer (a server's welcome).
+        let end = usize::try_from(layout.span())
+            .ok()
+            .and_then(|span| offset.checked_add(span))
+            .ok_or_else(|| {
+                PoolError::Layout(format!(
+                    "{count} buffers of {buf_size} bytes at offset {offset} run past the end \
+                     of the address space"
+                ))
+            })?;
         let claim = region
-            .claim(
-                offset..offset + layout.span() as usize,
-                ClaimKind::Exclusive,
-            )
+            .claim(offset..end, ClaimKind::Exclusive)
             .map_err(|e: RegionError| PoolError::Layout(e.to_string()))?;
         Ok(Arc::new(BufferPool {
             _claim: claim,

@@ -129,6 +129,10 @@ pub enum ClaimKind {
     RingConsumer,
     /// Memory used by one owner only (a buffer pool).
     Exclusive,
+    /// A header of atomic words that several structures of this process use, and only through
+    /// atomics (a queue pair's header, used by both of its sides): it may overlap other shared
+    /// claims, nothing else.
+    Shared,
 }
 
 impl fmt::Display for ClaimKind {
@@ -137,6 +141,7 @@ impl fmt::Display for ClaimKind {
             ClaimKind::RingProducer => "a ring's producer",
             ClaimKind::RingConsumer => "a ring's consumer",
             ClaimKind::Exclusive => "a buffer pool",
+            ClaimKind::Shared => "a shared header",
         })
     }
 }
@@ -516,7 +521,8 @@ impl Region {
                     (ClaimKind::RingProducer, ClaimKind::RingConsumer)
                         | (ClaimKind::RingConsumer, ClaimKind::RingProducer)
                 );
-            if overlaps && !ring_pair {
+            let both_shared = c.kind == ClaimKind::Shared && kind == ClaimKind::Shared;
+            if overlaps && !ring_pair && !both_shared {
                 return Err(RegionError::InUse {
                     start: range.start,
                     end: range.end,

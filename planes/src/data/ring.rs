@@ -279,7 +279,7 @@ struct RingPtrs<T> {
     slots: NonNull<u8>,
     _slots: PhantomData<NonNull<Stamped<T>>>,
     mask: u32,
-    /// Byte range of the slots in the region.
+    /// The ring's extent in its region (header and slots), which its two sides claim.
     slot_range: std::ops::Range<usize>,
 }
 
@@ -400,7 +400,10 @@ impl<T: Pod> Ring<T> {
             slots,
             _slots: PhantomData,
             mask: capacity - 1,
-            slot_range: offset + layout.slots_offset..offset + layout.size,
+            // The whole ring, header included: its producer and consumer claim it, so that no
+            // other structure of this process (a buffer pool a peer placed there) can alias
+            // the header's atomic words or the slots.
+            slot_range: offset..offset + layout.size,
         })
     }
 

@@ -431,3 +431,69 @@ fn still_serves(path: &std::path::Path) {
     let mut client = connect_retry(path, &options(NotifyMode::EventFd), WAIT);
     echo_many(&mut client, 50, 4, 64);
 }
+
+/// A "server" that lays out a real queue pair and then places the client's pool over the
+/// pair's or a ring's header, or at an offset that overflows: the client refuses the welcome
+/// (a typed error, in debug builds too: no arithmetic panic).
+#[test]
+fn a_welcome_placing_the_pool_over_the_rings_is_refused() {
+    use subring_planes::pair::{PairConfig, PairLayout, PairSignals, ServiceSide};
+    use subring_shm::{Region, RegionOptions};
+    let config = PairConfig {
+        sq_capacity: 64,
+        cq_capacity: 64,
+        kick_mode: NotifyMode::Futex,
+        call_mode: NotifyMode::Futex,
+    };
+    let layout = PairLayout::of::<EchoReq, EchoResp>(&config).unwrap();
+    for (pool_offset, what) in [
+        (0u64, "the pair's header"),
+        (layout.sq as u64, "the submission ring's header"),
+        (layout.cq as u64, "the completion ring's header"),
+        (u64::MAX, "an offset that overflows"),
+        (
+            u64::MAX - 255,
+            "an offset that overflows with the pool's span",
+        ),
+    ] {
+        let region = std::sync::Arc::new(
+            Region::memfd("fake-server", 1 << 20, RegionOptions::new().id(0)).unwrap(),
+        );
+        let _service = ServiceSide::<EchoReq, EchoResp>::create(
+            region.clone(),
+            0,
+            &config,
+            PairSignals::default(),
+        )
+        .unwrap();
+        let w = Welcome {
+            client_id: 1,
+            server_pid: 1,
+            region_len: 1 << 20,
+            pair_offset: 0,
+            pool_offset,
+            buf_size: 256,
+            buf_count: 8,
+            sq_capacity: 64,
+            cq_capacity: 64,
+            kick_mode: WireMode::Futex,
+            call_mode: WireMode::Futex,
+            kick_fd: false,
+            call_fd: false,
+        };
+        let body = postcard::to_stdvec(&ServerMsg::Welcome(w)).unwrap();
+        let bytes = frame(proto::PROTOCOL_VERSION, proto::KIND_MESSAGE, &body);
+        let (ours, theirs) = subring_shm::socket_pair().unwrap();
+        send_raw(&ours, &bytes, &[region.fd().unwrap().as_raw_fd()]);
+        let options = ClientOptions::new(ECHO_PROTOCOL)
+            .buffers(256, 8)
+            .capacity(64)
+            .mode(NotifyMode::Futex);
+        match Client::<EchoReq, EchoResp>::from_socket(theirs, &options) {
+            Err(Error::Pool(e)) => eprintln!("{what}: refused: {e}"),
+            Err(e) => panic!("{what}: refused for another reason: {e}"),
+            Ok(_) => panic!("{what}: the client accepted a pool over its rings"),
+        }
+        drop(ours);
+    }
+}
