@@ -10,10 +10,12 @@ pub(crate) struct Slot {
     pub(crate) aux: op::Aux,
     /// The registered region ([`RegionKey`] index) a fixed operation uses, or `NO_REGION`.
     pub(crate) region: u32,
+    /// The seal in the `user_data` of the operation using the slot now (see [`Book::seal`]).
+    pub(crate) seal: u32,
 }
 
 /// The operations in flight that own memory, and what completions have told about them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Book {
     pub(crate) slots: Vec<Slot>,
     pub(crate) free: Vec<u32>,
@@ -22,13 +24,48 @@ pub(crate) struct Book {
     /// Completions reaped that were not for this ring's operations (messages from other
     /// rings, unknown slots): counted in `stats.completed`, never in flight here.
     pub(crate) foreign: u64,
+    /// This ring's secret part of every seal.
+    pub(crate) salt: u32,
+    /// Slots taken so far: the changing part of every seal.
+    pub(crate) taken: u32,
+}
+
+/// Bits of a seal: `user_data` bits 32..62 (63 and 62 mark owned and light operations).
+pub(crate) const SEAL_MASK: u32 = (1 << 30) - 1;
+
+impl Default for Book {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        Book {
+            slots: Vec::new(),
+            free: Vec::new(),
+            fixed_in_flight: Vec::new(),
+            foreign: 0,
+            // A secret per ring, from the process's random hashing keys.
+            salt: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) as u32,
+            taken: 0,
+        }
+    }
 }
 
 impl Book {
+    /// The `user_data` of slot `key` holding an operation sealed with `seal`.
+    ///
+    /// Another ring can post a completion into this one with any `user_data` it likes
+    /// (`IORING_OP_MSG_RING`). A `user_data` of only the owned bit and a slot number would let it
+    /// complete an operation still in the kernel, handing its buffer back while the kernel may
+    /// still write it. So every slot's `user_data` also carries a seal, a 30-bit value that
+    /// changes with every operation and includes a per-ring secret; a completion whose seal is
+    /// not the slot's is foreign (counted, never matched).
+    #[inline(always)]
+    pub(crate) fn user_data(key: usize, seal: u32) -> u64 {
+        OWNED | (u64::from(seal) << 32) | key as u64
+    }
+
     /// A free slot for an operation that owns memory.
     #[inline]
-    pub(crate) fn take_slot(&mut self) -> usize {
-        match self.free.pop() {
+    pub(crate) fn take_slot(&mut self) -> (usize, u32) {
+        let key = match self.free.pop() {
             Some(k) => k as usize,
             None => {
                 self.slots.push(Slot {
@@ -36,10 +73,15 @@ impl Book {
                     op: None,
                     aux: op::Aux::None,
                     region: register::NO_REGION,
+                    seal: 0,
                 });
                 self.slots.len() - 1
             }
-        }
+        };
+        self.taken = self.taken.wrapping_add(1);
+        let seal = (self.taken.wrapping_mul(0x9e37_79b9) ^ self.salt) & SEAL_MASK;
+        self.slots[key].seal = seal;
+        (key, seal)
     }
 
     /// Turns a reaped completion entry into a [`Completion`], releasing its slot. The caller
@@ -61,10 +103,12 @@ impl Book {
             dst.write(self.complete_slotless(ud, res));
             return;
         }
-        let key = (ud & !OWNED) as usize;
+        let key = (ud & u64::from(u32::MAX)) as usize;
+        let seal = (ud >> 32) as u32 & SEAL_MASK;
         let taken = self
             .slots
             .get_mut(key)
+            .filter(|s| s.seal == seal)
             .and_then(|s| Some((s.token, s.op.take()?, std::mem::take(&mut s.aux), s.region)));
         let Some((token, op, aux, region)) = taken else {
             dst.write(self.unknown_slot(ud, key));

@@ -128,6 +128,9 @@ pub struct UringStats {
     pub flushes: u64,
     /// Doorbells rung and skipped.
     pub doorbell: DoorbellStats,
+    /// Completions that named no operation of this ring: messages from other rings
+    /// ([`Op::MsgRing`]), and forged ones whose seal did not match (see [`Completion`]).
+    pub foreign: u64,
 }
 
 /// An operation that failed: which one, its token, and the kernel's error.
@@ -264,7 +267,10 @@ impl Uring {
 
     /// Counters.
     pub fn stats(&self) -> UringStats {
-        self.stats
+        UringStats {
+            foreign: self.book.foreign,
+            ..self.stats
+        }
     }
 }
 

@@ -61,18 +61,19 @@ impl Uring {
     /// The `user_data` of the in-flight operation submitted with `token`, for a cancel.
     #[inline(never)]
     fn cancel_target(&self, token: u64) -> Result<u64, QueueError> {
-        let key = self
+        let (key, slot) = self
             .book
             .slots
             .iter()
-            .position(|s| s.op.is_some() && s.token == token)
+            .enumerate()
+            .find(|(_, s)| s.op.is_some() && s.token == token)
             .ok_or_else(|| {
                 QueueError::Io(io::Error::new(
                     io::ErrorKind::NotFound,
                     format!("no operation with token {token} is in flight"),
                 ))
             })?;
-        Ok(OWNED | key as u64)
+        Ok(Book::user_data(key, slot.seal))
     }
 
     /// A push into a full submission queue: makes room ([`OnFull`]) and pushes, or hands the
@@ -121,8 +122,8 @@ impl Uring {
                 None
             }
             None => {
-                let key = self.book.take_slot();
-                fin.user_data = OWNED | key as u64;
+                let (key, seal) = self.book.take_slot();
+                fin.user_data = Book::user_data(key, seal);
                 Some(key)
             }
         };

@@ -1140,3 +1140,58 @@ fn open_existing(path: &std::path::Path) -> std::fs::File {
         .open(path)
         .unwrap()
 }
+
+/// Another ring can post a completion into this one with any `user_data` (`MSG_RING`). One
+/// that names a live slot without its seal must not complete the operation there (its buffer
+/// would come back while the kernel may still write it): it is counted as foreign.
+#[test]
+fn forged_completions_do_not_match_live_operations() {
+    let mut ring = Uring::builder().build().unwrap();
+    let (rx, tx) = pipe();
+    ring.push(sub(
+        1,
+        Op::Read {
+            fd: Target::Fd(rx.as_raw_fd()),
+            buf: vec![0u8; 64],
+            offset: u64::MAX,
+        },
+    ))
+    .unwrap();
+    ring.submit().unwrap();
+    // The forger: a raw ring posting into ours with the owned bit and slot numbers, unsealed.
+    let mut forger = io_uring::IoUring::new(8).unwrap();
+    for slot in 0..4u64 {
+        let ud = (1u64 << 63) | slot;
+        let e = opcode::MsgRingData::new(io_uring::types::Fd(ring.ring_fd()), 64, ud, None)
+            .build()
+            .user_data(slot);
+        // SAFETY: a MSG_RING entry points to no memory.
+        unsafe { forger.submission().push(&e).unwrap() };
+    }
+    forger.submit_and_wait(4).unwrap();
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while seen.len() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "forged completions never came"
+        );
+        ring.reap_into(&mut seen, 16).unwrap();
+    }
+    for c in &seen {
+        assert_ne!(
+            c.token, 1,
+            "a forged completion completed the read in flight"
+        );
+        assert!(c.result.is_err(), "{c:?}");
+    }
+    assert_eq!(ring.stats().foreign, 4);
+    assert_eq!(ring.in_flight(), 1, "the read is still in flight");
+    // The real completion still comes, once.
+    nix::unistd::write(&tx, b"hi").unwrap();
+    ring.wait(LIMIT).unwrap();
+    let done = ring.reap().unwrap().unwrap();
+    assert_eq!(done.token, 1);
+    assert_eq!(*done.result.as_ref().unwrap(), 2);
+    assert_eq!(ring.in_flight(), 0);
+}
