@@ -92,6 +92,8 @@ pub mod status {
     pub const BAD_KIND: u32 = 2;
     /// Data arrived after `FIN`.
     pub const AFTER_FIN: u32 = 3;
+    /// More buffers queued at the server than the client's pool holds.
+    pub const TOO_MANY: u32 = 4;
 }
 
 /// A stream request entry.
@@ -272,19 +274,34 @@ impl Stream {
                     format!("server returned a buffer this stream did not lend: {e}"),
                 )
             });
+            // The counters move only for completions that can be true: a server that reports
+            // more sends or receives completed than there were is an error, not an underflow
+            // (which would leave `fill_buf` waiting forever).
+            let fewer = |n: &mut usize, what: &str| -> io::Result<()> {
+                *n = n.checked_sub(1).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("server completed more {what} than this stream sent"),
+                    )
+                })?;
+                Ok(())
+            };
             match c.kind {
                 completion::SENT => {
-                    self.tx_in_flight -= 1;
-                    drop(buf?);
+                    let buf = buf?;
+                    fewer(&mut self.tx_in_flight, "sends")?;
+                    drop(buf);
                 }
                 completion::FILLED => {
-                    self.posted -= 1;
-                    self.rx.push_back(buf?);
+                    let buf = buf?;
+                    fewer(&mut self.posted, "receives")?;
+                    self.rx.push_back(buf);
                 }
                 completion::EOF => {
-                    self.posted -= 1;
+                    let buf = buf?;
+                    fewer(&mut self.posted, "receives")?;
                     self.eof = true;
-                    drop(buf?);
+                    drop(buf);
                 }
                 completion::ERROR => {
                     return Err(io::Error::new(
@@ -566,6 +583,17 @@ impl<B: ByteService> Handler<StreamReq, StreamResp> for StreamHandler<B> {
                 status: status::AFTER_FIN,
                 buf: req.buf,
             }),
+            // A client cannot have more buffers lent than its pool holds: beyond that, its
+            // requests are refused rather than queued without bound.
+            request::DATA | request::RECV
+                if self.posted.len() + self.held.len() >= ctx.memory().pool().count as usize =>
+            {
+                ctx.complete(StreamResp {
+                    kind: completion::ERROR,
+                    status: status::TOO_MANY,
+                    buf: req.buf,
+                })
+            }
             request::DATA => {
                 if self.backlog() >= self.limit || !self.held.is_empty() {
                     self.held.push_back(req.buf);

@@ -497,3 +497,124 @@ fn a_welcome_placing_the_pool_over_the_rings_is_refused() {
         drop(ours);
     }
 }
+
+/// A stream server that answers a receive buffer as if it were a completed send (or answers
+/// more than was asked) makes the stream's read fail with an error, instead of an arithmetic
+/// underflow that panicked in debug builds and left `fill_buf` waiting forever in release.
+#[test]
+fn a_stream_server_that_completes_the_wrong_kind_is_an_error() {
+    use std::io::Read;
+    use subring_shm::stream::{
+        completion, request, Stream, StreamReq, StreamResp, STREAM_PROTOCOL,
+    };
+    let (server_end, client_end) = subring_shm::socket_pair().unwrap();
+    let mut server =
+        Server::<StreamReq, StreamResp, _>::new(ServerConfig::new(STREAM_PROTOCOL), |_| {
+            |ctx: &mut subring_shm::Ctx<'_, StreamResp>, req: StreamReq| {
+                if req.kind == request::RECV {
+                    // A receive buffer, answered as a completed send.
+                    ctx.complete(StreamResp {
+                        kind: completion::SENT,
+                        status: 0,
+                        buf: req.buf,
+                    });
+                }
+            }
+        })
+        .unwrap();
+    server.add_connection(server_end).unwrap();
+    let server = server.spawn().unwrap();
+    let options = ClientOptions::new(STREAM_PROTOCOL).buffers(4096, 8);
+    let mut stream = Stream::from_socket(client_end, &options).unwrap();
+    stream.set_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 16];
+    let e = stream.read(&mut buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    drop(stream);
+    drop(server);
+}
+
+/// Connections that never say hello are bounded: past `max_handshakes` they are closed as
+/// they arrive, not kept until their handshake times out.
+#[test]
+fn connections_saying_nothing_are_bounded() {
+    let path = socket_path("max-handshakes");
+    let mut config = ServerConfig::new(ECHO_PROTOCOL);
+    config.max_handshakes = 4;
+    config.handshake_timeout = Duration::from_secs(3);
+    let server = Server::bind(&path, config, echo::handler_factory())
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let silent: Vec<OwnedFd> = (0..4).map(|_| raw_connect(&path)).collect();
+    // Let the server admit them before the next ones arrive.
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    for _ in 0..3 {
+        let extra = raw_connect(&path);
+        assert!(
+            recv_raw(&extra).is_empty(),
+            "an extra connection got an answer"
+        );
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "extra connections were kept until the handshake timeout ({:?})",
+        start.elapsed()
+    );
+    drop(silent);
+    let stats = server.stop().unwrap().stats();
+    assert!(stats.refused >= 3, "{stats:?}");
+}
+
+/// A stream client that queues more receive buffers at the server than its pool holds (the
+/// same handle again and again) has the excess refused, not queued without bound.
+#[test]
+fn a_stream_client_cannot_queue_more_buffers_than_it_has() {
+    use subring_shm::queue::{Completer, Submitter};
+    use subring_shm::stream::{
+        completion, request, status, ByteService, StreamHandler, StreamReq, StreamResp,
+        STREAM_PROTOCOL,
+    };
+    struct Sink;
+    impl ByteService for Sink {
+        fn data(&mut self, _input: &[u8], _out: &mut Vec<u8>) {}
+    }
+    let (server_end, client_end) = subring_shm::socket_pair().unwrap();
+    let mut server =
+        Server::<StreamReq, StreamResp, _>::new(ServerConfig::new(STREAM_PROTOCOL), |_| {
+            StreamHandler::new(Sink)
+        })
+        .unwrap();
+    server.add_connection(server_end).unwrap();
+    let server = server.spawn().unwrap();
+    let options = ClientOptions::new(STREAM_PROTOCOL)
+        .buffers(4096, 8)
+        .capacity(64);
+    let mut client = Client::<StreamReq, StreamResp>::from_socket(client_end, &options).unwrap();
+    let handle = client.alloc().unwrap().lend();
+    for _ in 0..20 {
+        client
+            .push(StreamReq {
+                kind: request::RECV,
+                reserved: 0,
+                buf: handle,
+            })
+            .unwrap();
+    }
+    client.submit().unwrap();
+    let mut refused = 0;
+    let start = Instant::now();
+    while refused < 12 {
+        assert!(start.elapsed() < WAIT, "only {refused} refusals came back");
+        client.wait(Some(WAIT)).unwrap();
+        while let Some(c) = client.reap().unwrap() {
+            assert_eq!(c.kind, completion::ERROR);
+            assert_eq!(c.status, status::TOO_MANY);
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 12, "8 queued (the pool's size), 12 refused");
+    drop(client);
+    drop(server);
+}

@@ -21,6 +21,8 @@ pub struct ServerConfig {
     pub max_regions: u32,
     /// How long a new connection may take to say hello.
     pub handshake_timeout: Duration,
+    /// Connections that may be saying hello at once; more are closed as they arrive.
+    pub max_handshakes: u32,
     /// The longest the server keeps polling after its last request before it sleeps, while an
     /// adaptive client is connected. The window adapts below this: it grows while requests keep
     /// arriving within it and shrinks when it runs out, so a client that shares the server's CPU
@@ -57,8 +59,8 @@ pub enum ServerSleep {
 
 impl ServerConfig {
     /// Defaults for `protocol`: 64 clients, rings up to 64K entries, buffers up to 1 MiB,
-    /// 1 GiB per region, 8 extra regions, 5 s handshakes, 50 µs adaptive polling, 64 requests
-    /// per client per turn, 1024 deferred requests per client.
+    /// 1 GiB per region, 8 extra regions, 5 s handshakes (64 at once), 50 µs adaptive
+    /// polling, 64 requests per client per turn, 1024 deferred requests per client.
     pub fn new(protocol: &str) -> Self {
         ServerConfig {
             protocol: protocol.to_string(),
@@ -68,6 +70,7 @@ impl ServerConfig {
             max_region_len: 1 << 30,
             max_regions: 8,
             handshake_timeout: Duration::from_secs(5),
+            max_handshakes: 64,
             idle_poll: Duration::from_micros(50),
             batch: 64,
             max_deferred: 1024,

@@ -134,6 +134,18 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
 
     pub(crate) fn admit(&mut self, socket: OwnedFd) -> Result<(), Error> {
         self.stats.accepted += 1;
+        // Connections that have not said hello cost a descriptor and a place in every look at
+        // the connections: a bounded number of them.
+        let saying_hello = self
+            .conns
+            .iter()
+            .filter(|c| matches!(c.state, State::Handshake { .. }))
+            .count();
+        if saying_hello >= self.config.max_handshakes as usize {
+            self.stats.refused += 1;
+            drop(socket); // the client sees the hang-up
+            return Ok(());
+        }
         let id = self.next_id;
         self.next_id += 1;
         self.epoll

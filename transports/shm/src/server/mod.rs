@@ -147,9 +147,13 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     /// A server of `service` with no listening socket: clients arrive through
     /// [`add_connection`](Self::add_connection).
     pub fn with_service(config: ServerConfig, service: V) -> Result<Self, Error> {
-        if config.max_clients == 0 || config.batch == 0 || config.max_deferred == 0 {
+        if config.max_clients == 0
+            || config.batch == 0
+            || config.max_deferred == 0
+            || config.max_handshakes == 0
+        {
             return Err(Error::Config(
-                "max_clients, batch and max_deferred must be at least 1".into(),
+                "max_clients, batch, max_deferred and max_handshakes must be at least 1".into(),
             ));
         }
         check_capacity("max_capacity", config.max_capacity, 1 << 30).map_err(Error::Config)?;
