@@ -38,7 +38,15 @@ pub mod status {
     pub const BAD_HANDLE: u32 = 1;
     /// Unknown operation.
     pub const BAD_OP: u32 = 2;
+    /// The payload is longer than [`MAX_PAYLOAD`](super::MAX_PAYLOAD).
+    pub const TOO_LONG: u32 = 3;
 }
+
+/// The longest payload one request may have the server touch (1 MiB): a service bounds its
+/// own work per request, so that one client's request cannot hold the server's turn (with
+/// the server's per-turn byte budget, [`ServerConfig::turn_bytes`](crate::ServerConfig), this
+/// bounds what one client costs the others).
+pub const MAX_PAYLOAD: u32 = 1 << 20;
 
 /// An echo request.
 #[repr(C)]
@@ -103,6 +111,9 @@ pub fn serve(ctx: &mut Ctx<'_, EchoResp>, req: EchoReq) {
         ..EchoResp::default()
     };
     match req.op {
+        op::SUM | op::TOUCH | op::UPPER if req.buf.len > MAX_PAYLOAD => {
+            resp.status = status::TOO_LONG
+        }
         op::PING => {}
         op::SUM => match ctx.payload(req.buf) {
             Ok(bytes) => resp.sum = checksum(bytes),

@@ -618,3 +618,85 @@ fn a_stream_client_cannot_queue_more_buffers_than_it_has() {
     drop(client);
     drop(server);
 }
+
+/// A client that keeps the server busy with expensive requests (checksums over 1 MiB of a
+/// registered region, 64 in flight) takes a bounded share of each turn: an honest client's
+/// round trips stay under 50 ms, in debug builds too. Requests over the echo service's own
+/// per-request bound are refused.
+#[test]
+fn expensive_requests_do_not_starve_other_clients() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    use subring_shm::queue::{Completer, Submitter};
+    use subring_shm::{BufHandle, Region, RegionOptions};
+    let (srv, path) = server("expensive");
+    let stop = Arc::new(AtomicBool::new(false));
+    let heavy = std::thread::spawn({
+        let (path, stop) = (path.clone(), stop.clone());
+        move || {
+            let mut client = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
+            let region =
+                Arc::new(Region::memfd("expensive", 16 << 20, RegionOptions::new().id(3)).unwrap());
+            client.register_region(region).unwrap();
+            let sum = |k: u64, len: u32| EchoReq {
+                seq: k,
+                op: echo::op::SUM,
+                reserved: 0,
+                buf: BufHandle {
+                    offset: (k % 15) << 20,
+                    len,
+                    region: 3,
+                },
+            };
+            // Over the per-request bound: refused.
+            let r = call(&mut client, sum(0, echo::MAX_PAYLOAD + 1)).unwrap();
+            assert_eq!(r.status, echo::status::TOO_LONG);
+            let mut done = 0u64;
+            let mut k = 1u64;
+            while !stop.load(Relaxed) {
+                while client.push(sum(k, echo::MAX_PAYLOAD)).is_ok() {
+                    k += 1;
+                }
+                client.submit().unwrap();
+                client.wait(Some(WAIT)).unwrap();
+                while let Some(r) = client.reap().unwrap() {
+                    assert_eq!(r.status, echo::status::OK);
+                    done += 1;
+                }
+            }
+            done
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut client = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
+    let mut worst = Duration::ZERO;
+    let start = Instant::now();
+    let mut seq = 0;
+    while start.elapsed() < Duration::from_millis(1500) {
+        let t = Instant::now();
+        let r = call(
+            &mut client,
+            EchoReq {
+                seq,
+                op: echo::op::PING,
+                ..EchoReq::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(r.seq, seq);
+        worst = worst.max(t.elapsed());
+        seq += 1;
+    }
+    stop.store(true, Relaxed);
+    let done = heavy.join().unwrap();
+    assert!(
+        done > 20,
+        "the expensive client got nowhere ({done} requests)"
+    );
+    assert!(
+        worst < Duration::from_millis(50),
+        "an honest round trip took {worst:?} beside {done} checksums of 1 MiB"
+    );
+    drop(client);
+    drop(srv);
+}

@@ -30,6 +30,14 @@ pub struct ServerConfig {
     pub idle_poll: Duration,
     /// Requests taken from one client per turn, so that one busy client cannot starve others.
     pub batch: u32,
+    /// Bytes of its memory one client's requests may touch per turn through [`Ctx`]'s
+    /// accessors (`payload`, `payload_mut`, `read`, `write`): once they have, the rest of its
+    /// batch waits for the next turn, so that a client of expensive requests cannot starve the
+    /// others either. (A single request is never split: a service bounds its own work per
+    /// request.)
+    ///
+    /// [`Ctx`]: crate::Ctx
+    pub turn_bytes: u64,
     /// Requests of one client that a [`Service`](crate::Service) may hold unanswered at once
     /// ([`Ctx::defer`](crate::Ctx::defer)): while a client has this many, the server takes no
     /// more of its requests (they wait in its ring: back-pressure it sees).
@@ -60,7 +68,8 @@ pub enum ServerSleep {
 impl ServerConfig {
     /// Defaults for `protocol`: 64 clients, rings up to 64K entries, buffers up to 1 MiB,
     /// 1 GiB per region, 8 extra regions, 5 s handshakes (64 at once), 50 µs adaptive
-    /// polling, 64 requests per client per turn, 1024 deferred requests per client.
+    /// polling, 64 requests or 1 MiB touched per client per turn, 1024 deferred requests per
+    /// client.
     pub fn new(protocol: &str) -> Self {
         ServerConfig {
             protocol: protocol.to_string(),
@@ -73,6 +82,7 @@ impl ServerConfig {
             max_handshakes: 64,
             idle_poll: Duration::from_micros(50),
             batch: 64,
+            turn_bytes: 1 << 20,
             max_deferred: 1024,
             exit_when_empty: false,
             sleep: ServerSleep::Epoll,

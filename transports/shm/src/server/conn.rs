@@ -31,6 +31,9 @@ pub(crate) struct Active<S, C, K> {
     pub(crate) kick_word: Option<WakeRef>,
     /// The client's deferred requests.
     pub(crate) ledger: Arc<Ledger>,
+    /// Requests taken from the ring but not yet handed to the service: the rest of a batch
+    /// cut short by [`Limits::turn_bytes`]. Served first at the next turn.
+    pub(crate) carry: VecDeque<S>,
 }
 
 pub(crate) enum Outcome {
@@ -50,6 +53,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Limits {
     pub(crate) batch: u32,
     pub(crate) max_deferred: u32,
+    /// Bytes of its memory one client's requests may touch per turn.
+    pub(crate) turn_bytes: u64,
 }
 
 impl Limits {
@@ -58,6 +63,7 @@ impl Limits {
         Limits {
             batch: u32::MAX,
             max_deferred,
+            turn_bytes: u64::MAX,
         }
     }
 }
@@ -96,18 +102,27 @@ impl<S: Pod, C: Pod, K> Active<S, C, K> {
         let batch = limits
             .batch
             .min(limits.max_deferred.saturating_sub(unanswered));
+        scratch.clear();
         if self.pending.is_empty() && batch > 0 {
-            // The app's completion head is re-read only when the cached one leaves too little
-            // room: its line moves every time the app reaps, and reading it on every turn would
-            // put a cache-line transfer on every round trip.
-            let ready = self.service.requests_available_up_to(batch)?.min(batch);
-            room = self.service.completion_space_for(ready.max(1))?;
-            if room > 0 && ready > 0 {
-                let chunk = self.service.requests(room.min(ready))?;
-                scratch.clear();
-                scratch.extend(chunk.iter());
-                chunk.release_all();
-                taken = scratch.len() as u32;
+            if !self.carry.is_empty() {
+                // The rest of a batch cut short last turn comes first (its completion room was
+                // counted when it was taken).
+                let n = (batch as usize).min(self.carry.len());
+                scratch.extend(self.carry.drain(..n));
+                taken = n as u32;
+                room = taken;
+            } else {
+                // The app's completion head is re-read only when the cached one leaves too
+                // little room: its line moves every time the app reaps, and reading it on
+                // every turn would put a cache-line transfer on every round trip.
+                let ready = self.service.requests_available_up_to(batch)?.min(batch);
+                room = self.service.completion_space_for(ready.max(1))?;
+                if room > 0 && ready > 0 {
+                    let chunk = self.service.requests(room.min(ready))?;
+                    scratch.extend(chunk.iter());
+                    chunk.release_all();
+                    taken = scratch.len() as u32;
+                }
             }
         }
         let mut staged = delivered;
@@ -124,10 +139,20 @@ impl<S: Pod, C: Pod, K> Active<S, C, K> {
                 sink: &mut outbox,
                 ledger: &self.ledger,
                 deferred: 0,
+                touched: 0,
             };
-            for request in scratch.drain(..) {
-                service.request(&mut self.client, &mut ctx, request);
+            let mut served = 0;
+            for request in scratch.iter() {
+                service.request(&mut self.client, &mut ctx, *request);
+                served += 1;
+                // One client's requests touch a bounded number of bytes per turn: an expensive
+                // client cannot hold the turn (the rest of its batch waits for the next one).
+                if ctx.touched >= limits.turn_bytes {
+                    break;
+                }
             }
+            self.carry.extend(scratch.drain(served..));
+            taken = served as u32;
             deferred = ctx.deferred;
             staged += outbox.staged;
         }
@@ -136,7 +161,7 @@ impl<S: Pod, C: Pod, K> Active<S, C, K> {
             self.service.flush()?;
         }
         self.blocked = !self.pending.is_empty() || (room == 0 && taken == 0 && batch > 0);
-        if taken == 0 && staged == 0 && self.service.app_closed() {
+        if taken == 0 && staged == 0 && self.carry.is_empty() && self.service.app_closed() {
             // Closed: everything it published before closing has been taken (the Acquire in
             // `app_closed` makes it visible) once the ring reads empty after seeing the flag.
             // (A client at its deferred limit still has its requests read: they are served,

@@ -124,6 +124,8 @@ pub struct Ctx<'a, C> {
     pub(crate) sink: &'a mut dyn Sink<C>,
     pub(crate) ledger: &'a Arc<Ledger>,
     pub(crate) deferred: u32,
+    /// Bytes of the client's memory this turn's requests touched through this context.
+    pub(crate) touched: u64,
 }
 
 impl<C> fmt::Debug for Ctx<'_, C> {
@@ -164,14 +166,16 @@ impl<C> Ctx<'_, C> {
     }
 
     /// The bytes `handle` names, in place (zero-copy), after checking that they are one of the
-    /// client's buffers or inside a region it registered.
+    /// client's buffers or inside a region it registered. Counts toward the client's
+    /// [`turn_bytes`](crate::ServerConfig::turn_bytes) (so do the other accessors).
     ///
     /// The bounds are this process's to check and are never exceeded. The contents are the
     /// client's: a client that breaks the protocol (writes a buffer while it is lent to the
     /// server) can change them while you read, as with any memory shared with another process.
     /// Treat them as untrusted input; [`read`](Self::read) takes a snapshot instead.
-    pub fn payload(&self, handle: BufHandle) -> Result<&[u8], HandleError> {
+    pub fn payload(&mut self, handle: BufHandle) -> Result<&[u8], HandleError> {
         let region = self.memory.resolve(handle)?;
+        self.touched += u64::from(handle.len);
         // SAFETY: `resolve` checked `offset + len` against the region, a sealed memfd mapping
         // (it cannot shrink under us) kept alive by the connection for longer than `&self`. The
         // bytes are plain `u8`s, valid whatever their value; see the doc above for a peer that
@@ -188,6 +192,7 @@ impl<C> Ctx<'_, C> {
     /// the client lent it. Checked like [`payload`](Self::payload).
     pub fn payload_mut(&mut self, handle: BufHandle) -> Result<&mut [u8], HandleError> {
         let region = self.memory.resolve(handle)?;
+        self.touched += u64::from(handle.len);
         // SAFETY: bounds as in `payload`; `&mut self` keeps this the only slice the context
         // hands out while it lives.
         Ok(unsafe {
@@ -199,12 +204,16 @@ impl<C> Ctx<'_, C> {
     }
 
     /// Copies the bytes `handle` names into `dst` (as many as fit) and returns how many.
-    pub fn read(&self, handle: BufHandle, dst: &mut [u8]) -> Result<usize, HandleError> {
-        self.memory.read(handle, dst)
+    pub fn read(&mut self, handle: BufHandle, dst: &mut [u8]) -> Result<usize, HandleError> {
+        let n = self.memory.read(handle, dst)?;
+        self.touched += n as u64;
+        Ok(n)
     }
 
     /// Copies `src` into the buffer `handle` names (as much as fits) and returns how many bytes.
     pub fn write(&mut self, handle: BufHandle, src: &[u8]) -> Result<usize, HandleError> {
-        self.memory.write(handle, src)
+        let n = self.memory.write(handle, src)?;
+        self.touched += n as u64;
+        Ok(n)
     }
 }

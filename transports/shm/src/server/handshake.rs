@@ -471,6 +471,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             unflushed: false,
             kick_word,
             ledger: Arc::new(Ledger::default()),
+            carry: VecDeque::new(),
         }));
         self.stats.welcomed += 1;
         Ok(())

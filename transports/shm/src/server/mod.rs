@@ -69,6 +69,8 @@ pub struct Server<S: Pod, C: Pod, V: Service<S, C>> {
     departing: Vec<Arc<Ledger>>,
     /// A descriptor kept in reserve for the descriptor limit (see `accept_all`).
     spare_fd: Option<OwnedFd>,
+    /// This turn was long: a client spent its byte budget.
+    heavy_turn: bool,
     listener: Option<(OwnedFd, PathBuf)>,
     epoll: Epoll,
     stop: Arc<EventFd>,
@@ -197,6 +199,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             sources: Vec::new(),
             departing: Vec::new(),
             spare_fd: spare_fd(),
+            heavy_turn: false,
             listener: None,
             epoll,
             stop: Arc::new(stop),
@@ -391,7 +394,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 self.window.hit();
             }
             self.idle_turns = 0;
-            if self.turns % EVENT_CHECK_EVERY == 0 {
+            // Sockets are looked at every few thousand turns (a look is a system call, and a
+            // turn of cheap requests is short), and after every long turn (one where a client
+            // spent its byte budget): new clients and control messages must not wait behind
+            // thousands of expensive turns.
+            if self.turns % EVENT_CHECK_EVERY == 0 || std::mem::take(&mut self.heavy_turn) {
                 self.poll_events(Some(Duration::ZERO))?;
             }
             self.take_control_events()?;
@@ -523,6 +530,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         let limits = Limits {
             batch: self.config.batch,
             max_deferred: self.config.max_deferred,
+            turn_bytes: self.config.turn_bytes,
         };
         let mut work = 0;
         let mut requests = 0u64;
@@ -542,6 +550,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                     deferred,
                     staged,
                 }) => {
+                    if let State::Active(a) = &self.conns[i].state {
+                        // A client whose batch was cut short by its byte budget made this a
+                        // long turn: look at the sockets after it (see `turn_bounded`).
+                        self.heavy_turn |= !a.carry.is_empty();
+                    }
                     work += taken + staged;
                     requests += u64::from(taken);
                     self.stats.deferred += u64::from(deferred);
@@ -567,6 +580,9 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 if a.at_deferred_limit(self.config.max_deferred) {
                     i += 1;
                     continue;
+                }
+                if !a.carry.is_empty() {
+                    ready = true;
                 }
                 match a.service.arm() {
                     Ok(true) => ready = true,
