@@ -27,6 +27,14 @@
 //! on the calling thread ([`Server::run`]) or on a dedicated thread ([`Server::spawn`]), like
 //! SQPOLL or Snap.
 //!
+//! What the server runs is a [`Service`]: one object for all clients, with state per client,
+//! that answers a request in the call or defers it ([`Ctx::defer`] gives a [`Pending`] token)
+//! and completes it later from [`Service::poll`], when one of its own event sources fires (an
+//! io_uring's completion eventfd, a timer: [`Server::watch`] adds it to the server's sleep).
+//! That is how a service becomes a hop in a chain of subsystems (the block service in
+//! `subring-blk` fronts the kernel this way). The simple case, one closure per client that
+//! answers at once, is [`Server::new`] (a [`PerClient`] service).
+//!
 //! # Example
 //! ```
 //! use std::time::Duration;

@@ -27,6 +27,65 @@ use super::ctx::{ClientMemory, Ctx};
 /// - [`before_sleep`](Self::before_sleep) when no client has work and the server is about to
 ///   sleep,
 /// - [`disconnect`](Self::disconnect) when a client has left (closed, died or was evicted).
+///
+/// # Example: answering from another event source
+/// A service that holds every request until another thread writes its eventfd (a stand-in for
+/// an io_uring's completion eventfd, a timer, a device), then answers them all. The server
+/// sleeps meanwhile, with no timer: the eventfd wakes it.
+/// ```
+/// use std::os::fd::AsFd;
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use nix::sys::eventfd::{EfdFlags, EventFd};
+/// use subring_shm::queue::{Completer, Submitter};
+/// use subring_shm::{
+///     Client, ClientInfo, ClientOptions, Completions, Ctx, Pending, Server, ServerConfig, Service,
+/// };
+///
+/// struct Gate {
+///     gate: Arc<EventFd>,
+///     held: Vec<(Pending, u64)>,
+/// }
+///
+/// impl Service<u64, u64> for Gate {
+///     type Client = ();
+///     fn connect(&mut self, _: &ClientInfo) {}
+///     fn request(&mut self, _: &mut (), ctx: &mut Ctx<'_, u64>, x: u64) {
+///         self.held.push((ctx.defer(), x)); // answered later, from `poll`
+///     }
+///     fn poll(&mut self, done: &mut Completions<'_, u64>) -> u32 {
+///         if self.gate.read().is_err() {
+///             return 0; // not opened (the eventfd is non-blocking)
+///         }
+///         let n = self.held.len() as u32;
+///         for (pending, x) in self.held.drain(..) {
+///             done.complete(pending, x + 1);
+///         }
+///         n
+///     }
+/// }
+///
+/// let gate = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
+/// let (server_end, client_end) = subring_shm::socket_pair()?;
+/// let service = Gate { gate: gate.clone(), held: Vec::new() };
+/// let mut server = Server::with_service(ServerConfig::new("gate"), service)?;
+/// server.watch(gate.as_fd())?; // the server's sleep now covers the gate
+/// server.add_connection(server_end)?;
+/// let server = server.spawn()?;
+///
+/// let mut client = Client::<u64, u64>::from_socket(client_end, &ClientOptions::new("gate"))?;
+/// client.push(41).unwrap();
+/// client.submit()?;
+/// std::thread::spawn(move || {
+///     std::thread::sleep(Duration::from_millis(20));
+///     gate.write(1).unwrap(); // another event source fires
+/// });
+/// client.wait(Some(Duration::from_secs(10)))?; // asleep until the answer comes
+/// assert_eq!(client.reap()?, Some(42));
+/// drop(client);
+/// assert_eq!(server.stop()?.stats().deferred, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Service<S, C> {
     /// What the service keeps per client.
     type Client;
