@@ -12,7 +12,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
-use super::volatile::{copy_from_shared, copy_to_shared};
+use super::volatile::{copy_from_shared, copy_to_shared, SharedBytes};
 use super::BufHandle;
 
 /// Size of the huge pages subring asks for (the x86-64 and aarch64 default, 2 MiB).
@@ -485,6 +485,20 @@ impl Region {
         // the copy reads it with volatile accesses only.
         unsafe { copy_from_shared(self.as_ptr().add(handle.offset as usize), &mut dst[..n]) };
         Ok(n)
+    }
+
+    /// A view of the bytes a handle names, after checking the handle: read and written only by
+    /// copies, sound whatever a peer does meanwhile ([`SharedBytes`]).
+    pub fn shared(&self, handle: BufHandle) -> Result<SharedBytes<'_>, RegionError> {
+        self.check_handle(handle)?;
+        // SAFETY: `offset + len` is inside the mapping (checked), which lives as long as
+        // `&self`; the view only makes volatile copies, through no reference.
+        Ok(unsafe {
+            SharedBytes::new(
+                NonNull::new_unchecked(self.as_ptr().add(handle.offset as usize)),
+                handle.len as usize,
+            )
+        })
     }
 
     /// Copies `src` into the bytes a handle names and returns how many were copied:

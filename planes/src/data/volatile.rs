@@ -61,6 +61,186 @@ pub(crate) unsafe fn copy_to_shared(src: &[u8], dst: *mut u8) {
     }
 }
 
+/// Bytes of shared memory that another process may write at any moment: read and written
+/// only by copies (volatile accesses, word by word where aligned), never through a Rust
+/// reference, so that a peer writing meanwhile can change what is copied but cannot make the
+/// copy undefined behaviour. rust-vmm's `VolatileSlice` is the model.
+///
+/// Bounds were checked when the view was made ([`Region::shared`](super::Region::shared)); every
+/// accessor is checked against the view's length. Read each value you need once, into your
+/// own memory, and check it there: reading the same byte twice can give two answers.
+#[derive(Clone, Copy)]
+pub struct SharedBytes<'a> {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    _mapping: std::marker::PhantomData<&'a super::Region>,
+}
+
+impl std::fmt::Debug for SharedBytes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBytes")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// Bytes copied per step by [`SharedBytes::for_each_chunk`].
+const CHUNK: usize = 4096;
+
+impl<'a> SharedBytes<'a> {
+    /// A view of `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must stay mapped, readable and writable for `'a`, and no Rust reference
+    /// of this process may cover it while the view lives.
+    pub(crate) unsafe fn new(ptr: std::ptr::NonNull<u8>, len: usize) -> Self {
+        SharedBytes {
+            ptr,
+            len,
+            _mapping: std::marker::PhantomData,
+        }
+    }
+
+    /// Number of bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the view is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes `range` of this view, if inside it.
+    pub fn get(&self, range: std::ops::Range<usize>) -> Option<SharedBytes<'a>> {
+        if range.start > range.end || range.end > self.len {
+            return None;
+        }
+        // SAFETY: `range` lies inside this view, which the caller of `new` vouched for.
+        Some(unsafe { SharedBytes::new(self.ptr.add(range.start), range.len()) })
+    }
+
+    /// Copies the first `dst.len()` bytes (or all, if fewer) into `dst`; returns how many.
+    pub fn copy_to(&self, dst: &mut [u8]) -> usize {
+        let n = dst.len().min(self.len);
+        // SAFETY: `n <= len`: inside the view.
+        unsafe { copy_from_shared(self.ptr.as_ptr(), &mut dst[..n]) };
+        n
+    }
+
+    /// Copies `src` (or as much as fits) to the start of the view; returns how many bytes.
+    pub fn copy_from(&self, src: &[u8]) -> usize {
+        let n = src.len().min(self.len);
+        // SAFETY: `n <= len`: inside the view, which no reference covers.
+        unsafe { copy_to_shared(&src[..n], self.ptr.as_ptr()) };
+        n
+    }
+
+    /// The byte at `i`, if inside the view.
+    pub fn read_u8(&self, i: usize) -> Option<u8> {
+        // SAFETY: `i < len`: inside the view; a volatile read creates no reference.
+        (i < self.len).then(|| unsafe { self.ptr.as_ptr().add(i).read_volatile() })
+    }
+
+    /// A plain-old-data value copied out from `offset`, if it fits.
+    pub fn read_obj<T: bytemuck::Pod>(&self, offset: usize) -> Option<T> {
+        let size = std::mem::size_of::<T>();
+        let view = self.get(offset..offset.checked_add(size)?)?;
+        let mut value = T::zeroed();
+        view.copy_to(bytemuck::bytes_of_mut(&mut value));
+        Some(value)
+    }
+
+    /// Copies a plain-old-data value in at `offset`; `false` if it does not fit.
+    pub fn write_obj<T: bytemuck::Pod>(&self, offset: usize, value: &T) -> bool {
+        let size = std::mem::size_of::<T>();
+        match offset
+            .checked_add(size)
+            .and_then(|end| self.get(offset..end))
+        {
+            Some(view) => {
+                view.copy_from(bytemuck::bytes_of(value));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Copies the view, a chunk at a time, into a buffer of the caller's stack and calls `f`
+    /// with each chunk in order: a checksum or a parser sees every byte exactly once, as it
+    /// was when copied.
+    pub fn for_each_chunk(&self, mut f: impl FnMut(&[u8])) {
+        let mut buf = [0u8; CHUNK];
+        let mut at = 0;
+        while at < self.len {
+            let n = CHUNK.min(self.len - at);
+            let view = self.get(at..at + n).expect("inside the view");
+            view.copy_to(&mut buf[..n]);
+            f(&buf[..n]);
+            at += n;
+        }
+    }
+
+    /// Folds the view's little-endian 64-bit words (a short tail padded with zeros) with `f`,
+    /// reading each word once with a volatile access and copying nothing: a checksum at
+    /// memory speed over bytes that may change meanwhile.
+    pub fn fold_words_le<A>(&self, init: A, mut f: impl FnMut(A, u64) -> A) -> A {
+        let mut acc = init;
+        let base = self.ptr.as_ptr();
+        let mut i = 0;
+        // Words are read where the view's start makes them aligned; otherwise through a copy
+        // of each 8 bytes.
+        if base.align_offset(WORD) == 0 {
+            while i + WORD <= self.len {
+                // SAFETY: inside the view, 8-aligned (the base is, and `i` steps by words).
+                let w = unsafe { base.add(i).cast::<u64>().read_volatile() };
+                acc = f(acc, u64::from_le(w));
+                i += WORD;
+            }
+        }
+        while i < self.len {
+            let mut word = [0u8; WORD];
+            let n = WORD.min(self.len - i);
+            self.get(i..i + n)
+                .expect("inside the view")
+                .copy_to(&mut word[..n]);
+            acc = f(acc, u64::from_le_bytes(word));
+            i += n;
+        }
+        acc
+    }
+
+    /// Rewrites the view a chunk at a time: each chunk is copied out, changed by `f` in this
+    /// process's memory, and copied back.
+    pub fn update_chunks(&self, mut f: impl FnMut(&mut [u8])) {
+        let mut buf = [0u8; CHUNK];
+        let mut at = 0;
+        while at < self.len {
+            let n = CHUNK.min(self.len - at);
+            let view = self.get(at..at + n).expect("inside the view");
+            view.copy_to(&mut buf[..n]);
+            f(&mut buf[..n]);
+            view.copy_from(&buf[..n]);
+            at += n;
+        }
+    }
+
+    /// The bytes as a slice, in place.
+    ///
+    /// # Safety
+    /// Nothing may write these bytes while the slice lives: not this process, and not the
+    /// peer process that shares them. That holds only with a trusted peer that keeps the
+    /// protocol (it does not touch a buffer it lent); a hostile peer can break it at will.
+    pub unsafe fn as_slice(&self) -> &'a [u8] {
+        // SAFETY: inside the mapping for `'a`; the caller guarantees nothing writes it.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+// SAFETY: the view is a pointer into a mapping that outlives it and is only ever accessed with
+// volatile copies; sending it to another thread changes nothing about that.
+unsafe impl Send for SharedBytes<'_> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +262,67 @@ mod tests {
                 assert!(target[start + len..].iter().all(|b| *b == 0));
             }
         }
+    }
+
+    fn view(bytes: &mut [u8]) -> SharedBytes<'_> {
+        // SAFETY: `bytes` outlives the view and no other reference is used while it lives.
+        unsafe {
+            SharedBytes::new(
+                std::ptr::NonNull::new(bytes.as_mut_ptr()).unwrap(),
+                bytes.len(),
+            )
+        }
+    }
+
+    #[test]
+    fn shared_bytes_copy_in_and_out_within_bounds() {
+        let mut backing: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let expect = backing.clone();
+        let v = view(&mut backing);
+        assert_eq!(v.len(), 10_000);
+        let mut out = vec![0u8; 20_000];
+        assert_eq!(v.copy_to(&mut out), 10_000);
+        assert_eq!(out[..10_000], expect[..]);
+        assert_eq!(v.read_u8(9_999), Some(expect[9_999]));
+        assert_eq!(v.read_u8(10_000), None);
+        assert!(v.get(9_000..10_001).is_none());
+        assert!(v.get(usize::MAX - 1..usize::MAX).is_none());
+        let sub = v.get(100..108).unwrap();
+        assert_eq!(
+            sub.read_obj::<u64>(0),
+            Some(u64::from_ne_bytes(expect[100..108].try_into().unwrap()))
+        );
+        assert_eq!(sub.read_obj::<u64>(1), None);
+        assert_eq!(v.read_obj::<u32>(usize::MAX), None);
+        assert!(v.write_obj(8, &0xdead_beef_u32));
+        assert!(!v.write_obj(9_998, &0u32));
+        assert_eq!(v.read_obj::<u32>(8), Some(0xdead_beef));
+        // Chunks see every byte once, in order, across chunk boundaries.
+        let mut seen = Vec::new();
+        v.for_each_chunk(|c| seen.extend_from_slice(c));
+        assert_eq!(seen.len(), 10_000);
+        assert_eq!(seen[12..], expect[12..]);
+        v.update_chunks(|c| c.iter_mut().for_each(|b| *b = b.wrapping_add(1)));
+        let mut after = vec![0u8; 10_000];
+        v.copy_to(&mut after);
+        assert!(after[12..]
+            .iter()
+            .zip(&expect[12..])
+            .all(|(a, e)| *a == e.wrapping_add(1)));
+        let words = v.fold_words_le(0u64, u64::wrapping_add);
+        let mut all = vec![0u8; 10_000];
+        v.copy_to(&mut all);
+        let expect_words = all.chunks(8).fold(0u64, |s, c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            s.wrapping_add(u64::from_le_bytes(w))
+        });
+        assert_eq!(words, expect_words);
+        assert_eq!(
+            v.get(3..1003).unwrap().fold_words_le(0u64, |n, _| n + 1),
+            125
+        );
+        assert_eq!(v.copy_from(&[7u8; 3]), 3);
+        assert_eq!(v.read_u8(2), Some(7));
     }
 }

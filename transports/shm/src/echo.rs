@@ -80,9 +80,18 @@ pub struct EchoResp {
 
 /// FNV-1a over `bytes`, folded to 32 bits: what the server answers for a payload.
 pub fn checksum(bytes: &[u8]) -> u32 {
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    fold(fnv(FNV_START, bytes))
+}
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    })
+}
+
+fn fold(h: u64) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
@@ -115,18 +124,29 @@ pub fn serve(ctx: &mut Ctx<'_, EchoResp>, req: EchoReq) {
             resp.status = status::TOO_LONG
         }
         op::PING => {}
+        // The payload is shared memory the client can write while it is read: it is copied
+        // out a chunk at a time (`SharedBytes`), and each byte is seen once.
         op::SUM => match ctx.payload(req.buf) {
-            Ok(bytes) => resp.sum = checksum(bytes),
+            Ok(bytes) => {
+                let mut h = FNV_START;
+                bytes.for_each_chunk(|c| h = fnv(h, c));
+                resp.sum = fold(h);
+            }
             Err(_) => resp.status = status::BAD_HANDLE,
         },
         op::TOUCH => match ctx.payload(req.buf) {
-            Ok(bytes) => resp.value = word_sum(bytes),
+            // Word by word, in place (volatile reads): the same sum as `word_sum`.
+            Ok(bytes) => resp.value = bytes.fold_words_le(0u64, u64::wrapping_add),
             Err(_) => resp.status = status::BAD_HANDLE,
         },
-        op::UPPER => match ctx.payload_mut(req.buf) {
+        op::UPPER => match ctx.payload(req.buf) {
             Ok(bytes) => {
-                resp.sum = checksum(bytes);
-                bytes.make_ascii_uppercase();
+                let mut h = FNV_START;
+                bytes.update_chunks(|c| {
+                    h = fnv(h, c);
+                    c.make_ascii_uppercase();
+                });
+                resp.sum = fold(h);
             }
             Err(_) => resp.status = status::BAD_HANDLE,
         },

@@ -469,6 +469,8 @@ pub struct StreamHandler<B> {
     fin: bool,
     finished: bool,
     limit: usize,
+    /// The data of the buffer being consumed, copied out of the client's memory.
+    input: Vec<u8>,
 }
 
 /// Answer bytes a [`StreamHandler`] buffers before it stops taking data.
@@ -487,6 +489,7 @@ impl<B: ByteService> StreamHandler<B> {
             fin: false,
             finished: false,
             limit: DEFAULT_BACKLOG,
+            input: Vec::new(),
         }
     }
 
@@ -502,7 +505,11 @@ impl<B: ByteService> StreamHandler<B> {
     fn consume(&mut self, ctx: &mut Ctx<'_, StreamResp>, handle: BufHandle) {
         match ctx.payload(handle) {
             Ok(bytes) => {
-                self.service.data(bytes, &mut self.out);
+                // Copied out first: the client can write its buffer at any moment, and the
+                // byte service gets bytes that hold still.
+                self.input.resize(bytes.len(), 0);
+                bytes.copy_to(&mut self.input);
+                self.service.data(&self.input, &mut self.out);
                 ctx.complete(StreamResp {
                     kind: completion::SENT,
                     status: 0,

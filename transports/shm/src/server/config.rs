@@ -31,7 +31,7 @@ pub struct ServerConfig {
     /// Requests taken from one client per turn, so that one busy client cannot starve others.
     pub batch: u32,
     /// Bytes of its memory one client's requests may touch per turn through [`Ctx`]'s
-    /// accessors (`payload`, `payload_mut`, `read`, `write`): once they have, the rest of its
+    /// accessors (`payload`, `read`, `write`): once they have, the rest of its
     /// batch waits for the next turn, so that a client of expensive requests cannot starve the
     /// others either. (A single request is never split: a service bounds its own work per
     /// request.)

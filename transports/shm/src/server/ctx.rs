@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytemuck::Pod;
-use subring_planes::data::{BufHandle, PoolError, PoolLayout, Region, RegionError};
+use subring_planes::data::{BufHandle, PoolError, PoolLayout, Region, RegionError, SharedBytes};
 use subring_planes::pair::ServiceSide;
 
 use super::config::ClientInfo;
@@ -89,6 +89,11 @@ impl ClientMemory {
     pub fn write(&self, handle: BufHandle, src: &[u8]) -> Result<usize, HandleError> {
         Ok(self.resolve(handle)?.write_from(handle, src)?)
     }
+
+    /// A view of the bytes `handle` names (checked), read and written by copies only.
+    pub fn shared(&self, handle: BufHandle) -> Result<SharedBytes<'_>, HandleError> {
+        Ok(self.resolve(handle)?.shared(handle)?)
+    }
 }
 
 /// Where a handler's completions go: the client's completion ring, or, when that is full, a
@@ -169,38 +174,30 @@ impl<C> Ctx<'_, C> {
     /// client's buffers or inside a region it registered. Counts toward the client's
     /// [`turn_bytes`](crate::ServerConfig::turn_bytes) (so do the other accessors).
     ///
-    /// The bounds are this process's to check and are never exceeded. The contents are the
-    /// client's: a client that breaks the protocol (writes a buffer while it is lent to the
-    /// server) can change them while you read, as with any memory shared with another process.
-    /// Treat them as untrusted input; [`read`](Self::read) takes a snapshot instead.
-    pub fn payload(&mut self, handle: BufHandle) -> Result<&[u8], HandleError> {
-        let region = self.memory.resolve(handle)?;
+    /// The bytes are the client's: it can change them at any moment, even while they are
+    /// read (a client that breaks the protocol by writing a buffer it lent). So they come as
+    /// a [`SharedBytes`] view that copies them in and out (chunk by chunk, each byte seen
+    /// once), never as a reference, which would be undefined behaviour the moment the client
+    /// writes. [`payload_unchecked`](Self::payload_unchecked) gives a slice for a client this
+    /// service trusts.
+    pub fn payload(&mut self, handle: BufHandle) -> Result<SharedBytes<'_>, HandleError> {
+        let view = self.memory.shared(handle)?;
         self.touched += u64::from(handle.len);
-        // SAFETY: `resolve` checked `offset + len` against the region, a sealed memfd mapping
-        // (it cannot shrink under us) kept alive by the connection for longer than `&self`. The
-        // bytes are plain `u8`s, valid whatever their value; see the doc above for a peer that
-        // writes them meanwhile.
-        Ok(unsafe {
-            std::slice::from_raw_parts(
-                region.as_ptr().add(handle.offset as usize),
-                handle.len as usize,
-            )
-        })
+        Ok(view)
     }
 
-    /// The bytes `handle` names, in place and writable: how the server answers into a buffer
-    /// the client lent it. Checked like [`payload`](Self::payload).
-    pub fn payload_mut(&mut self, handle: BufHandle) -> Result<&mut [u8], HandleError> {
-        let region = self.memory.resolve(handle)?;
-        self.touched += u64::from(handle.len);
-        // SAFETY: bounds as in `payload`; `&mut self` keeps this the only slice the context
-        // hands out while it lives.
-        Ok(unsafe {
-            std::slice::from_raw_parts_mut(
-                region.as_ptr().add(handle.offset as usize),
-                handle.len as usize,
-            )
-        })
+    /// The bytes `handle` names as a slice, in place, after the same checks as
+    /// [`payload`](Self::payload).
+    ///
+    /// # Safety
+    /// Nothing may write these bytes while the slice lives, the client included: only a
+    /// trusted client that keeps the protocol (it does not touch a buffer it lent) can promise
+    /// that. With an untrusted one use [`payload`](Self::payload).
+    pub unsafe fn payload_unchecked(&mut self, handle: BufHandle) -> Result<&[u8], HandleError> {
+        let view = self.payload(handle)?;
+        // SAFETY: the caller guarantees that nothing writes these bytes while the slice lives;
+        // the view's bounds were checked and its mapping outlives `&mut self`.
+        Ok(unsafe { view.as_slice() })
     }
 
     /// Copies the bytes `handle` names into `dst` (as many as fit) and returns how many.
