@@ -366,3 +366,112 @@ fn sequence_checked_messages_in_every_mode() {
         }
     }
 }
+
+/// SIGKILL at random points, of either side, in random notify modes: every killed client is
+/// released by the server, and every client of a killed server sees `PeerGone`, within
+/// 100 ms of the death. 8 kills of each kind per server sleep here; more with
+/// `SUBRING_KILLS=N`.
+#[test]
+fn random_kills_are_seen_within_100_ms() {
+    let kills: u64 = std::env::var("SUBRING_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let limit = Duration::from_millis(100);
+    let mut worst = (Duration::ZERO, Duration::ZERO);
+    for sleep in SLEEPS {
+        // Clients killed mid-stream.
+        let (_server, path) = start_server_sleeping(&format!("random_kills_{sleep:?}"), sleep);
+        let mut ours = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
+        for _ in 0..kills {
+            let mode = ["spin", "adaptive", "eventfd", "futex"][rand(4) as usize];
+            let ended_before = stats(&mut ours).1;
+            let mut victim = spawn_child(
+                "child_client_forever",
+                &[
+                    (PATH_ENV, path.display().to_string()),
+                    (MODE_ENV, mode.into()),
+                ],
+            );
+            let start = Instant::now();
+            while stats(&mut ours).0 < 2 {
+                assert!(start.elapsed() < WAIT, "the child client never connected");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_micros(rand(30_000)));
+            victim.kill(); // SIGKILL, and reaped: the process is gone
+            let dead = Instant::now();
+            loop {
+                let (live, ended) = stats(&mut ours);
+                if live == 1 && ended > ended_before {
+                    break;
+                }
+                assert!(
+                    dead.elapsed() < WAIT,
+                    "a killed {mode} client was never released"
+                );
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let took = dead.elapsed();
+            worst.0 = worst.0.max(took);
+            assert!(
+                took < limit,
+                "a killed {mode} client was released after {took:?}"
+            );
+        }
+        drop(ours);
+
+        // Servers killed mid-stream.
+        for k in 0..kills {
+            let (mut server, path) =
+                start_server_sleeping(&format!("random_server_kill_{sleep:?}_{k}"), sleep);
+            let mode = NotifyMode::ALL[rand(4) as usize];
+            let mut client = connect_retry(&path, &options(mode), WAIT);
+            let streaming = std::thread::spawn(move || {
+                let mut seq = 0;
+                loop {
+                    let r = call(
+                        &mut client,
+                        EchoReq {
+                            seq,
+                            op: op::PING,
+                            ..EchoReq::default()
+                        },
+                    );
+                    match r {
+                        Ok(_) => seq += 1,
+                        Err(e) => return (Instant::now(), e),
+                    }
+                }
+            });
+            std::thread::sleep(Duration::from_micros(1_000 + rand(30_000)));
+            server.kill();
+            let dead = Instant::now();
+            let (seen, error) = streaming.join().unwrap();
+            assert!(
+                matches!(error, QueueError::PeerGone),
+                "{mode}: a dead server gave {error:?}"
+            );
+            let took = seen.saturating_duration_since(dead);
+            worst.1 = worst.1.max(took);
+            assert!(
+                took < limit,
+                "{mode}: the server's death was seen after {took:?}"
+            );
+        }
+    }
+    eprintln!(
+        "{} kills of each side: worst release of a killed client {:?}, worst PeerGone after a \
+         killed server {:?}",
+        2 * kills,
+        worst.0,
+        worst.1
+    );
+}
