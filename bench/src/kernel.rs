@@ -52,7 +52,7 @@ impl KernelConfig {
 }
 
 /// Removes the file when dropped.
-struct TempFile(PathBuf);
+pub(crate) struct TempFile(pub(crate) PathBuf);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -201,7 +201,8 @@ fn sqpoll_threads() -> usize {
         .count()
 }
 
-fn make_file(path: &Path, len: u64) -> std::io::Result<()> {
+/// Writes `len` bytes (whole MiB) of pseudo-random data to `path` and syncs them to the device.
+pub(crate) fn make_file(path: &Path, len: u64) -> std::io::Result<()> {
     let mut f = File::create(path)?;
     let mut block = vec![0u8; 1 << 20];
     let mut x = 0x243f6a8885a308d3u64;

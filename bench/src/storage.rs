@@ -35,6 +35,7 @@ use io_uring::{opcode, types, IoUring};
 use subring_blk::{BlkClient, BlkConfig, BlkOptions};
 use subring_planes::data::{Region, RegionOptions};
 
+use crate::kernel::{make_file, TempFile};
 use crate::report::{Report, Section, Unit};
 use crate::{peers, Context, Progress};
 
@@ -73,31 +74,6 @@ impl StorageConfig {
 struct Measured {
     rate: f64,
     enters_per_op: Option<f64>,
-}
-
-/// Removes the file when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn make_file(path: &Path, len: u64) -> std::io::Result<()> {
-    let mut f = File::create(path)?;
-    let mut block = vec![0u8; 1 << 20];
-    let mut x = 0x3243_f6a8_885a_308du64;
-    for _ in 0..len >> 20 {
-        for b in block.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all(&block)?;
-    }
-    f.sync_all()
 }
 
 /// Whether `O_DIRECT` opens work on files in `dir`.

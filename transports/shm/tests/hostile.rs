@@ -15,12 +15,8 @@ use std::time::{Duration, Instant};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use subring_shm::echo::{self, EchoReq, EchoResp, ECHO_PROTOCOL};
 use subring_shm::proto::{self, ClientMsg, ServerMsg, Welcome, WireMode};
-use subring_shm::{
-    Client, ClientOptions, Error, NotifyMode, PerClient, Server, ServerConfig, ServerThread,
-};
+use subring_shm::{Client, ClientOptions, Error, NotifyMode, Server, ServerConfig};
 use support::*;
-
-type EchoServer = ServerThread<EchoReq, EchoResp, PerClient<echo::EchoHandler>>;
 
 /// Tests that count this process's descriptors run one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -46,14 +42,6 @@ fn fds_back_to(want: usize, what: &str) {
     }
 }
 
-fn server(test: &str) -> (EchoServer, std::path::PathBuf) {
-    let path = socket_path(test);
-    let mut config = ServerConfig::new(ECHO_PROTOCOL);
-    config.handshake_timeout = Duration::from_millis(500);
-    let server = Server::bind(&path, config, echo::handler_factory()).unwrap();
-    (server.spawn().unwrap(), path)
-}
-
 fn eventfds(n: usize) -> Vec<OwnedFd> {
     (0..n)
         .map(|_| EventFd::from_flags(EfdFlags::EFD_CLOEXEC).unwrap().into())
@@ -70,7 +58,7 @@ fn hello_bytes() -> Vec<u8> {
 #[test]
 fn descriptors_beyond_the_limit_are_closed_by_the_server() {
     let _serial = serial();
-    let (srv, path) = server("many-fds-server");
+    let (srv, path) = echo_server("many-fds-server");
     let before = open_fds();
     for round in 0..40 {
         let sock = raw_connect(&path);
@@ -227,68 +215,6 @@ fn a_lingering_socket_in_a_welcome_does_not_stall_the_client() {
         start.elapsed()
     );
     drop(ours);
-}
-
-/// A client that floods its control socket with refused-but-not-fatal messages takes a fair
-/// share of the server's turns: an honest client's round trips stay under 50 ms.
-#[test]
-fn a_control_flood_does_not_starve_other_clients() {
-    let (srv, path) = server("flood");
-    // The flooder: a real client, then raw registrations that are refused (no memfd), never
-    // reading the refusals.
-    let flooder = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
-    let control = flooder.control_fd().try_clone_to_owned().unwrap();
-    let body = postcard::to_stdvec(&ClientMsg::RegisterRegion { id: 7, len: 4096 }).unwrap();
-    let msg = frame(proto::PROTOCOL_VERSION, proto::KIND_MESSAGE, &body);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood = std::thread::spawn({
-        let stop = stop.clone();
-        move || {
-            let mut sent = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = nix::sys::socket::send(
-                    control.as_raw_fd(),
-                    &msg,
-                    nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-                );
-                match r {
-                    Ok(_) => sent += 1,
-                    Err(nix::errno::Errno::EAGAIN) => std::thread::yield_now(),
-                    Err(_) => break,
-                }
-            }
-            sent
-        }
-    });
-    let mut client = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
-    let mut worst = Duration::ZERO;
-    let start = Instant::now();
-    let mut seq = 0;
-    while start.elapsed() < Duration::from_millis(1500) {
-        let t = Instant::now();
-        let r = call(
-            &mut client,
-            EchoReq {
-                seq,
-                op: echo::op::PING,
-                ..EchoReq::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(r.seq, seq);
-        worst = worst.max(t.elapsed());
-        seq += 1;
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = flood.join().unwrap();
-    assert!(sent > 1000, "the flood never got going ({sent} messages)");
-    assert!(
-        worst < Duration::from_millis(50),
-        "an honest round trip took {worst:?} beside a control flood of {sent} messages"
-    );
-    drop(client);
-    drop(flooder);
-    drop(srv);
 }
 
 /// Connecting to a server that never accepts (its backlog full) gives up after the control
@@ -496,207 +422,4 @@ fn a_welcome_placing_the_pool_over_the_rings_is_refused() {
         }
         drop(ours);
     }
-}
-
-/// A stream server that answers a receive buffer as if it were a completed send (or answers
-/// more than was asked) makes the stream's read fail with an error, instead of an arithmetic
-/// underflow that panicked in debug builds and left `fill_buf` waiting forever in release.
-#[test]
-fn a_stream_server_that_completes_the_wrong_kind_is_an_error() {
-    use std::io::Read;
-    use subring_shm::stream::{
-        completion, request, Stream, StreamReq, StreamResp, STREAM_PROTOCOL,
-    };
-    let (server_end, client_end) = subring_shm::socket_pair().unwrap();
-    let mut server =
-        Server::<StreamReq, StreamResp, _>::new(ServerConfig::new(STREAM_PROTOCOL), |_| {
-            |ctx: &mut subring_shm::Ctx<'_, StreamResp>, req: StreamReq| {
-                if req.kind == request::RECV {
-                    // A receive buffer, answered as a completed send.
-                    ctx.complete(StreamResp {
-                        kind: completion::SENT,
-                        status: 0,
-                        buf: req.buf,
-                    });
-                }
-            }
-        })
-        .unwrap();
-    server.add_connection(server_end).unwrap();
-    let server = server.spawn().unwrap();
-    let options = ClientOptions::new(STREAM_PROTOCOL).buffers(4096, 8);
-    let mut stream = Stream::from_socket(client_end, &options).unwrap();
-    stream.set_timeout(Some(Duration::from_secs(5)));
-    let mut buf = [0u8; 16];
-    let e = stream.read(&mut buf).unwrap_err();
-    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
-    drop(stream);
-    drop(server);
-}
-
-/// Connections that never say hello are bounded: past `max_handshakes` they are closed as
-/// they arrive, not kept until their handshake times out.
-#[test]
-fn connections_saying_nothing_are_bounded() {
-    let path = socket_path("max-handshakes");
-    let mut config = ServerConfig::new(ECHO_PROTOCOL);
-    config.max_handshakes = 4;
-    config.handshake_timeout = Duration::from_secs(3);
-    let server = Server::bind(&path, config, echo::handler_factory())
-        .unwrap()
-        .spawn()
-        .unwrap();
-    let silent: Vec<OwnedFd> = (0..4).map(|_| raw_connect(&path)).collect();
-    // Let the server admit them before the next ones arrive.
-    std::thread::sleep(Duration::from_millis(100));
-    let start = Instant::now();
-    for _ in 0..3 {
-        let extra = raw_connect(&path);
-        assert!(
-            recv_raw(&extra).is_empty(),
-            "an extra connection got an answer"
-        );
-    }
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "extra connections were kept until the handshake timeout ({:?})",
-        start.elapsed()
-    );
-    drop(silent);
-    let stats = server.stop().unwrap().stats();
-    assert!(stats.refused >= 3, "{stats:?}");
-}
-
-/// A stream client that queues more receive buffers at the server than its pool holds (the
-/// same handle again and again) has the excess refused, not queued without bound.
-#[test]
-fn a_stream_client_cannot_queue_more_buffers_than_it_has() {
-    use subring_shm::queue::{Completer, Submitter};
-    use subring_shm::stream::{
-        completion, request, status, ByteService, StreamHandler, StreamReq, StreamResp,
-        STREAM_PROTOCOL,
-    };
-    struct Sink;
-    impl ByteService for Sink {
-        fn data(&mut self, _input: &[u8], _out: &mut Vec<u8>) {}
-    }
-    let (server_end, client_end) = subring_shm::socket_pair().unwrap();
-    let mut server =
-        Server::<StreamReq, StreamResp, _>::new(ServerConfig::new(STREAM_PROTOCOL), |_| {
-            StreamHandler::new(Sink)
-        })
-        .unwrap();
-    server.add_connection(server_end).unwrap();
-    let server = server.spawn().unwrap();
-    let options = ClientOptions::new(STREAM_PROTOCOL)
-        .buffers(4096, 8)
-        .capacity(64);
-    let mut client = Client::<StreamReq, StreamResp>::from_socket(client_end, &options).unwrap();
-    let handle = client.alloc().unwrap().lend();
-    for _ in 0..20 {
-        client
-            .push(StreamReq {
-                kind: request::RECV,
-                reserved: 0,
-                buf: handle,
-            })
-            .unwrap();
-    }
-    client.submit().unwrap();
-    let mut refused = 0;
-    let start = Instant::now();
-    while refused < 12 {
-        assert!(start.elapsed() < WAIT, "only {refused} refusals came back");
-        client.wait(Some(WAIT)).unwrap();
-        while let Some(c) = client.reap().unwrap() {
-            assert_eq!(c.kind, completion::ERROR);
-            assert_eq!(c.status, status::TOO_MANY);
-            refused += 1;
-        }
-    }
-    assert_eq!(refused, 12, "8 queued (the pool's size), 12 refused");
-    drop(client);
-    drop(server);
-}
-
-/// A client that keeps the server busy with expensive requests (checksums over 1 MiB of a
-/// registered region, 64 in flight) takes a bounded share of each turn: an honest client's
-/// round trips stay under 50 ms, in debug builds too. Requests over the echo service's own
-/// per-request bound are refused.
-#[test]
-fn expensive_requests_do_not_starve_other_clients() {
-    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-    use std::sync::Arc;
-    use subring_shm::queue::{Completer, Submitter};
-    use subring_shm::{BufHandle, Region, RegionOptions};
-    let (srv, path) = server("expensive");
-    let stop = Arc::new(AtomicBool::new(false));
-    let heavy = std::thread::spawn({
-        let (path, stop) = (path.clone(), stop.clone());
-        move || {
-            let mut client = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
-            let region =
-                Arc::new(Region::memfd("expensive", 16 << 20, RegionOptions::new().id(3)).unwrap());
-            client.register_region(region).unwrap();
-            let sum = |k: u64, len: u32| EchoReq {
-                seq: k,
-                op: echo::op::SUM,
-                reserved: 0,
-                buf: BufHandle {
-                    offset: (k % 15) << 20,
-                    len,
-                    region: 3,
-                },
-            };
-            // Over the per-request bound: refused.
-            let r = call(&mut client, sum(0, echo::MAX_PAYLOAD + 1)).unwrap();
-            assert_eq!(r.status, echo::status::TOO_LONG);
-            let mut done = 0u64;
-            let mut k = 1u64;
-            while !stop.load(Relaxed) {
-                while client.push(sum(k, echo::MAX_PAYLOAD)).is_ok() {
-                    k += 1;
-                }
-                client.submit().unwrap();
-                client.wait(Some(WAIT)).unwrap();
-                while let Some(r) = client.reap().unwrap() {
-                    assert_eq!(r.status, echo::status::OK);
-                    done += 1;
-                }
-            }
-            done
-        }
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    let mut client = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
-    let mut worst = Duration::ZERO;
-    let start = Instant::now();
-    let mut seq = 0;
-    while start.elapsed() < Duration::from_millis(1500) {
-        let t = Instant::now();
-        let r = call(
-            &mut client,
-            EchoReq {
-                seq,
-                op: echo::op::PING,
-                ..EchoReq::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(r.seq, seq);
-        worst = worst.max(t.elapsed());
-        seq += 1;
-    }
-    stop.store(true, Relaxed);
-    let done = heavy.join().unwrap();
-    assert!(
-        done > 20,
-        "the expensive client got nowhere ({done} requests)"
-    );
-    assert!(
-        worst < Duration::from_millis(50),
-        "an honest round trip took {worst:?} beside {done} checksums of 1 MiB"
-    );
-    drop(client);
-    drop(srv);
 }

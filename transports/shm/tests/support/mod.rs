@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use subring_shm::echo::ECHO_PROTOCOL;
-use subring_shm::echo::{checksum, op, status, EchoReq, EchoResp};
+use subring_shm::echo::{self, checksum, op, status, EchoReq, EchoResp};
 use subring_shm::proto::{self, EntryShape, Hello, ServerMsg, WireMode};
 use subring_shm::queue::{Completer, QueueError, Submitter};
-use subring_shm::{Client, ClientOptions, NotifyMode};
+use subring_shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
 
 /// A child process killed and reaped when dropped.
 pub struct ChildGuard(pub Option<Child>);
@@ -255,4 +255,20 @@ pub fn hello() -> Hello {
         buf_size: 256,
         buf_count: 8,
     }
+}
+
+/// An echo server on a thread, listening at a fresh path for `test`, with a 500 ms handshake
+/// timeout.
+pub type EchoServer = subring_shm::ServerThread<
+    EchoReq,
+    EchoResp,
+    subring_shm::PerClient<subring_shm::echo::EchoHandler>,
+>;
+
+pub fn echo_server(test: &str) -> (EchoServer, std::path::PathBuf) {
+    let path = socket_path(test);
+    let mut config = ServerConfig::new(ECHO_PROTOCOL);
+    config.handshake_timeout = Duration::from_millis(500);
+    let server = Server::bind(&path, config, echo::handler_factory()).unwrap();
+    (server.spawn().unwrap(), path)
 }

@@ -1,0 +1,101 @@
+//! How the block service is set up, why it fails to start, and what it counts.
+
+use std::io;
+use std::path::PathBuf;
+
+use subring_uring::UringStats;
+
+/// How the block service is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlkConfig {
+    /// The file or block device served (it must exist; its size is the device's).
+    pub path: PathBuf,
+    /// Try `O_DIRECT` (default): reads and writes go between the disk and the client's memory
+    /// by DMA. Where the file system has no direct I/O (tmpfs), the service falls back to
+    /// buffered I/O and says so ([`BlkService::direct`]).
+    pub direct: bool,
+    /// Operations in the kernel at once, over all clients (default 256). Each client is also
+    /// bounded by the server's [`max_deferred`](subring_shm::ServerConfig::max_deferred).
+    pub depth: u32,
+    /// Largest read or write (default 1 MiB).
+    pub max_io: u32,
+    /// `true` (default): the kernel reads into and writes from the client's buffers, registered
+    /// as fixed buffers of the service's ring. `false`: the service copies through buffers of
+    /// its own (the design this service exists to avoid; kept to measure it against).
+    pub zero_copy: bool,
+    /// Submission batching (default 16): while the kernel has at least this many operations
+    /// in flight, new ones are handed over once this many have gathered (their completions
+    /// wake the service meanwhile); below it, at once.
+    pub submit_batch: u32,
+}
+
+impl BlkConfig {
+    /// Defaults for the device at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        BlkConfig {
+            path: path.into(),
+            direct: true,
+            depth: 256,
+            max_io: 1 << 20,
+            zero_copy: true,
+            submit_batch: 16,
+        }
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlkError {
+    /// The device could not be opened or sized.
+    #[error("cannot open the device: {0}")]
+    Device(#[source] io::Error),
+    /// The io_uring could not be set up.
+    #[error("io_uring setup for the block service failed: {0}")]
+    Uring(#[source] io::Error),
+    /// A configuration value is out of range.
+    #[error("invalid block service configuration: {0}")]
+    Config(String),
+    /// The shm server could not be set up around the service.
+    #[error(transparent)]
+    Server(#[from] subring_shm::Error),
+}
+
+/// Counters of the block service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlkStats {
+    /// Reads completed (successfully or not).
+    pub reads: u64,
+    /// Writes completed.
+    pub writes: u64,
+    /// Flushes completed.
+    pub flushes: u64,
+    /// Flushes that had to wait for writes in flight before them.
+    pub flushes_waited: u64,
+    /// Discards completed.
+    pub discards: u64,
+    /// Requests refused with a [`Status`](crate::Status) (bad op, handle, range, length, alignment).
+    pub refused: u64,
+    /// Bytes read and written by the kernel for clients.
+    pub bytes_read: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Bytes the service itself copied between its buffers and a client's (0 when zero-copy).
+    pub bytes_copied: u64,
+    /// Client regions registered with the ring as fixed buffers, and unregistered.
+    pub regions_registered: u64,
+    /// See `regions_registered`.
+    pub regions_unregistered: u64,
+    /// Clients that left with operations in the kernel.
+    pub departed_with_io: u64,
+    /// Cancellations issued for departed clients' operations.
+    pub cancels: u64,
+    /// Completions reaped for clients already gone (waited for before their memory went).
+    pub completed_after_departure: u64,
+    /// Departed clients whose operations all completed and whose memory was released.
+    pub retired: u64,
+    /// The most operations one client had in the service at once.
+    pub peak_client_in_flight: u32,
+    /// The ring's counters (enters, doorbells).
+    pub uring: UringStats,
+}

@@ -1,0 +1,406 @@
+//! The block service: every client's requests multiplexed onto one io_uring, each completed
+//! when the kernel completes it, with the kernel reading and writing the client's own buffers.
+//!
+//! - [`config`]: [`BlkConfig`], [`BlkError`], [`BlkStats`].
+//! - `ring`: requests into operations, the backlog, submission batching, completions.
+//! - here: the service's state and its [`Service`] calls (connect, request, poll, sleep,
+//!   disconnect).
+
+mod config;
+mod ring;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::Arc;
+
+use subring_planes::data::{Region, RegionOptions};
+use subring_planes::queue::{Completer, Submitter};
+use subring_shm::{BufHandle, ClientInfo, ClientMemory, Completions, Ctx, Pending, Service};
+use subring_uring::{
+    Completion, FixedBuf, OnFull, Op, OpError, RegionKey, Submission, Target, Uring, WaitMode,
+};
+
+use crate::device::Device;
+use crate::proto::{BlkCompletion, BlkOp, BlkRequest, Status, FLAG_DIRECT};
+
+pub use config::{BlkConfig, BlkError, BlkStats};
+use ring::refused;
+
+/// Cancel operations carry this bit in their token; their completions are not operations.
+const CANCEL: u64 = 1 << 48;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    Flush,
+    Discard,
+}
+
+/// Where an operation's bytes are.
+#[derive(Debug, Clone, Copy)]
+enum Bytes {
+    None,
+    /// The client's memory, registered under a key.
+    Client(RegionKey, BufHandle),
+    /// A staging slot of the service's own (copy mode); the client's bytes are `handle`.
+    Staging {
+        slot: u32,
+        handle: BufHandle,
+    },
+}
+
+/// An operation the service holds for a client.
+#[derive(Debug)]
+struct Io {
+    client: u64,
+    tag: u64,
+    kind: Kind,
+    offset: u64,
+    len: u32,
+    bytes: Bytes,
+    write_seq: Option<u64>,
+    pending: Pending,
+    /// Pushed to the ring (and so cancellable).
+    pushed: bool,
+}
+
+/// A flush waiting for the writes before it.
+#[derive(Debug)]
+struct WaitingFlush {
+    /// Writes with a lower sequence number must complete first.
+    barrier: u64,
+    tag: u64,
+    pending: Pending,
+}
+
+#[derive(Debug)]
+struct ClientState {
+    memory: ClientMemory,
+    /// Region id → its registration with the ring.
+    keys: Vec<(u32, RegionKey)>,
+    in_flight: u32,
+    writes: BTreeSet<u64>,
+    next_write: u64,
+    flushes: VecDeque<WaitingFlush>,
+    gone: bool,
+}
+
+/// The service's own buffers, for copy mode.
+#[derive(Debug)]
+struct Staging {
+    region: Arc<Region>,
+    key: RegionKey,
+    slot_size: u32,
+    free: Vec<u32>,
+}
+
+/// A block device served to shm clients ([`Service`] of [`BlkRequest`]s): see the crate docs.
+#[derive(Debug)]
+pub struct BlkService {
+    ring: Uring,
+    device: Device,
+    config: BlkConfig,
+    clients: HashMap<u64, ClientState>,
+    ops: Vec<Option<Io>>,
+    free_ops: Vec<u32>,
+    /// Operations accepted and not yet in the ring (depth reached, or no staging slot).
+    backlog: VecDeque<u32>,
+    /// Answers for departed clients to hand back at the next poll (they need `Completions`).
+    orphans: Vec<(Pending, BlkCompletion)>,
+    staging: Option<Staging>,
+    completions: Vec<Completion>,
+    stats: BlkStats,
+}
+
+impl BlkService {
+    /// Opens the device and sets up the ring.
+    pub fn open(config: BlkConfig) -> Result<Self, BlkError> {
+        if config.depth == 0 || config.depth > 32768 {
+            return Err(BlkError::Config(format!(
+                "depth {} must be between 1 and 32768",
+                config.depth
+            )));
+        }
+        if config.max_io == 0 || config.submit_batch == 0 {
+            return Err(BlkError::Config(
+                "max_io and submit_batch must be at least 1".into(),
+            ));
+        }
+        let device = Device::open(&config.path, config.direct).map_err(BlkError::Device)?;
+        let mut ring = Uring::builder()
+            .entries(config.depth)
+            .cq_entries(config.depth * 4)
+            .wait_mode(WaitMode::EventFd)
+            .on_full(OnFull::Submit)
+            .build()
+            .map_err(BlkError::Uring)?;
+        ring.register_files(&[device.file.as_raw_fd()])
+            .map_err(BlkError::Uring)?;
+        let staging = if config.zero_copy {
+            None
+        } else {
+            let slot_size = config.max_io.next_multiple_of(4096);
+            let len = slot_size as usize * config.depth as usize;
+            let region = Arc::new(
+                Region::anonymous(len, RegionOptions::new().id(u32::MAX))
+                    .map_err(|e| BlkError::Uring(io::Error::other(e)))?,
+            );
+            let key = ring
+                .register_region(region.clone())
+                .map_err(BlkError::Uring)?;
+            Some(Staging {
+                region,
+                key,
+                slot_size,
+                free: (0..config.depth).rev().collect(),
+            })
+        };
+        Ok(BlkService {
+            ring,
+            device,
+            config,
+            clients: HashMap::new(),
+            ops: Vec::new(),
+            free_ops: Vec::new(),
+            backlog: VecDeque::new(),
+            orphans: Vec::new(),
+            staging,
+            completions: Vec::new(),
+            stats: BlkStats::default(),
+        })
+    }
+
+    /// The descriptor the server should watch ([`Server::watch`](subring_shm::Server::watch)):
+    /// the ring's completion eventfd.
+    pub fn completion_fd(&self) -> BorrowedFd<'_> {
+        self.ring
+            .completion_fd()
+            .expect("the ring is built in eventfd wait mode")
+    }
+
+    /// The device's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.device.size
+    }
+
+    /// Whether the device is served with `O_DIRECT`.
+    pub fn direct(&self) -> bool {
+        self.device.direct.is_some()
+    }
+
+    /// Whether the kernel works in the clients' buffers (no copy in the service).
+    pub fn zero_copy(&self) -> bool {
+        self.staging.is_none()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BlkStats {
+        BlkStats {
+            uring: self.ring.stats(),
+            ..self.stats
+        }
+    }
+
+    /// Client regions registered with the ring now.
+    pub fn registered_regions(&self) -> usize {
+        self.ring.registered_regions() - usize::from(self.staging.is_some())
+    }
+
+    /// Operations in the kernel or waiting to go there.
+    pub fn in_flight(&self) -> usize {
+        self.ops.iter().filter(|o| o.is_some()).count()
+    }
+
+    /// Clients the service still holds state for (connected, or departed with operations
+    /// not yet completed).
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+}
+
+impl Service<BlkRequest, BlkCompletion> for BlkService {
+    type Client = u64;
+
+    fn connect(&mut self, client: &ClientInfo) -> u64 {
+        client.id
+    }
+
+    fn request(&mut self, id: &mut u64, ctx: &mut Ctx<'_, BlkCompletion>, req: BlkRequest) {
+        let id = *id;
+        self.clients.entry(id).or_insert_with(|| ClientState {
+            memory: ctx.memory().clone(),
+            keys: Vec::new(),
+            in_flight: 0,
+            writes: BTreeSet::new(),
+            next_write: 0,
+            flushes: VecDeque::new(),
+            gone: false,
+        });
+        let refuse = |this: &mut Self, ctx: &mut Ctx<'_, BlkCompletion>, status: Status| {
+            this.stats.refused += 1;
+            ctx.complete(refused(req.tag, status));
+        };
+        let Some(op) = BlkOp::from_wire(req.op) else {
+            return refuse(self, ctx, Status::BadOp);
+        };
+        let (kind, bytes) = match op {
+            BlkOp::Info => {
+                return ctx.complete(BlkCompletion {
+                    tag: req.tag,
+                    value: self.device.size,
+                    status: 0,
+                    flags: if self.direct() { FLAG_DIRECT } else { 0 },
+                });
+            }
+            BlkOp::Read | BlkOp::Write => {
+                let memory = ctx.memory().clone();
+                match self.plan_transfer(id, &memory, &req) {
+                    Ok(bytes) => (
+                        if op == BlkOp::Read {
+                            Kind::Read
+                        } else {
+                            Kind::Write
+                        },
+                        bytes,
+                    ),
+                    Err(status) => return refuse(self, ctx, status),
+                }
+            }
+            BlkOp::Discard => {
+                match req.offset.checked_add(u64::from(req.len)) {
+                    Some(end) if end <= self.device.size && req.len > 0 => {}
+                    _ => return refuse(self, ctx, Status::BadRange),
+                }
+                (Kind::Discard, Bytes::None)
+            }
+            BlkOp::Flush => {
+                let pending = ctx.defer();
+                let client = self.clients.get_mut(&id).expect("inserted above");
+                if !client.writes.is_empty() {
+                    self.stats.flushes_waited += 1;
+                    client.flushes.push_back(WaitingFlush {
+                        barrier: client.next_write,
+                        tag: req.tag,
+                        pending,
+                    });
+                    return;
+                }
+                self.new_op(Io {
+                    client: id,
+                    tag: req.tag,
+                    kind: Kind::Flush,
+                    offset: 0,
+                    len: 0,
+                    bytes: Bytes::None,
+                    write_seq: None,
+                    pending,
+                    pushed: false,
+                });
+                return;
+            }
+        };
+        let client = self.clients.get_mut(&id).expect("inserted above");
+        let write_seq = (kind == Kind::Write).then(|| {
+            let seq = client.next_write;
+            client.next_write += 1;
+            client.writes.insert(seq);
+            seq
+        });
+        let pending = ctx.defer();
+        self.new_op(Io {
+            client: id,
+            tag: req.tag,
+            kind,
+            offset: req.offset,
+            len: req.len,
+            bytes,
+            write_seq,
+            pending,
+            pushed: false,
+        });
+    }
+
+    fn poll(&mut self, done: &mut Completions<'_, BlkCompletion>) -> u32 {
+        let mut work = 0;
+        for (pending, answer) in self.orphans.drain(..) {
+            done.complete(pending, answer);
+            work += 1;
+        }
+        work += self.reap(done);
+        self.pump();
+        let before = self.ring.stats().enters;
+        self.submit();
+        if self.ring.stats().enters != before {
+            // Buffered reads of cached data complete during the submit itself.
+            work += self.reap(done);
+            self.pump();
+        }
+        work
+    }
+
+    fn before_sleep(&mut self) -> bool {
+        self.pump();
+        self.submit();
+        !self.orphans.is_empty() || self.ring.completions_ready() > 0
+    }
+
+    fn disconnect(&mut self, id: u64, _info: &ClientInfo) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        client.gone = true;
+        let flushes: Vec<WaitingFlush> = client.flushes.drain(..).collect();
+        for f in flushes {
+            self.orphans
+                .push((f.pending, refused(f.tag, Status::BadOp)));
+        }
+        let mut cancelled = false;
+        for token in 0..self.ops.len() {
+            let Some(io) = self.ops[token].as_ref() else {
+                continue;
+            };
+            if io.client != id {
+                continue;
+            }
+            if io.pushed {
+                // In the kernel (or about to be): cancel, and wait for its completion before
+                // the client's memory is unregistered.
+                if matches!(io.kind, Kind::Read | Kind::Write) {
+                    let cancel = Op::Cancel {
+                        token: token as u64,
+                    };
+                    if self
+                        .ring
+                        .push(Submission::new(CANCEL | token as u64, cancel))
+                        .is_ok()
+                    {
+                        self.stats.cancels += 1;
+                    }
+                }
+                cancelled = true;
+            } else {
+                // Never reached the kernel: answer it now.
+                let io = self.ops[token].take().expect("looked at it");
+                self.free_ops.push(token as u32);
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.in_flight -= 1;
+                }
+                self.orphans
+                    .push((io.pending, refused(io.tag, Status::BadOp)));
+            }
+        }
+        if cancelled {
+            self.stats.departed_with_io += 1;
+            let _ = self.ring.submit();
+        }
+        self.retire_if_done(id);
+    }
+}
+
+impl AsFd for BlkService {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.completion_fd()
+    }
+}

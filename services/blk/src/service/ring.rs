@@ -1,0 +1,314 @@
+//! The service's side of its io_uring: requests checked and turned into operations, the
+//! backlog pumped into the ring, submission batching, and completions turned into answers.
+
+use super::*;
+
+pub(super) fn errno_of(e: &io::Error) -> i32 {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<OpError>())
+        .and_then(|op| op.source.raw_os_error())
+        .or(e.raw_os_error())
+        .unwrap_or(libc::EIO)
+}
+
+/// A fixed read or write of `buf` at `offset`.
+fn transfer(kind: Kind, fd: Target, buf: FixedBuf, offset: u64) -> Op {
+    match kind {
+        Kind::Read => Op::ReadFixed { fd, buf, offset },
+        _ => Op::WriteFixed { fd, buf, offset },
+    }
+}
+
+pub(super) fn refused(tag: u64, status: Status) -> BlkCompletion {
+    BlkCompletion {
+        tag,
+        value: 0,
+        status: status as i32,
+        flags: 0,
+    }
+}
+
+impl BlkService {
+    pub(super) fn new_op(&mut self, io: Io) -> u32 {
+        let client = self.clients.get_mut(&io.client).expect("a known client");
+        client.in_flight += 1;
+        self.stats.peak_client_in_flight = self.stats.peak_client_in_flight.max(client.in_flight);
+        let token = match self.free_ops.pop() {
+            Some(t) => {
+                self.ops[t as usize] = Some(io);
+                t
+            }
+            None => {
+                self.ops.push(Some(io));
+                self.ops.len() as u32 - 1
+            }
+        };
+        self.backlog.push_back(token);
+        token
+    }
+
+    /// Checks a read or write and finds where its bytes go; `Err` is the refusal.
+    pub(super) fn plan_transfer(
+        &mut self,
+        id: u64,
+        memory: &ClientMemory,
+        req: &BlkRequest,
+    ) -> Result<Bytes, Status> {
+        if req.len == 0 || req.len > req.buf.len || req.len > self.config.max_io {
+            return Err(Status::BadLength);
+        }
+        match req.offset.checked_add(u64::from(req.len)) {
+            Some(end) if end <= self.device.size => {}
+            _ => return Err(Status::BadRange),
+        }
+        let handle = BufHandle {
+            len: req.len,
+            ..req.buf
+        };
+        let region = memory.resolve(handle).map_err(|_| Status::BadHandle)?;
+        if let Some(align) = self.device.direct {
+            let addr = region.as_ptr() as usize + handle.offset as usize;
+            if req.offset % u64::from(align.offset) != 0
+                || req.len % align.offset != 0
+                || addr % align.memory as usize != 0
+            {
+                return Err(Status::BadAlignment);
+            }
+        }
+        if self.staging.is_some() {
+            return Ok(Bytes::Staging { slot: 0, handle });
+        }
+        let client = self.clients.get_mut(&id).expect("a known client");
+        let key = match client.keys.iter().find(|(r, _)| *r == region.id()) {
+            Some((_, key)) => *key,
+            None => {
+                // First use of this region: register it (once per region per client).
+                let key = self
+                    .ring
+                    .register_region(region.clone())
+                    .map_err(|_| Status::BadHandle)?;
+                self.stats.regions_registered += 1;
+                client.keys.push((region.id(), key));
+                key
+            }
+        };
+        Ok(Bytes::Client(key, handle))
+    }
+
+    /// Moves backlogged operations into the ring while it has room.
+    pub(super) fn pump(&mut self) {
+        while let Some(&token) = self.backlog.front() {
+            if self.ring.in_flight() >= self.config.depth as usize {
+                return;
+            }
+            let Some(io) = self.ops[token as usize].as_mut() else {
+                // Answered while waiting (its client left).
+                self.backlog.pop_front();
+                continue;
+            };
+            let fd = Target::Fixed(0);
+            let op = match (io.kind, io.bytes) {
+                (Kind::Flush, _) => Op::Fsync { fd, datasync: true },
+                (Kind::Discard, _) => Op::Fallocate {
+                    fd,
+                    offset: io.offset,
+                    len: u64::from(io.len),
+                    mode: libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                },
+                (kind, Bytes::Client(key, handle)) => {
+                    transfer(kind, fd, FixedBuf::In(key, handle), io.offset)
+                }
+                (kind, Bytes::Staging { handle, .. }) => {
+                    let staging = self.staging.as_mut().expect("copy mode");
+                    let Some(slot) = staging.free.pop() else {
+                        return;
+                    };
+                    let at = BufHandle {
+                        offset: u64::from(slot) * u64::from(staging.slot_size),
+                        len: io.len,
+                        region: staging.region.id(),
+                    };
+                    io.bytes = Bytes::Staging { slot, handle };
+                    if kind == Kind::Write {
+                        let memory = &self.clients[&io.client].memory;
+                        // SAFETY: the staging region is this process's own anonymous memory
+                        // (never shared); `slot` was free, so neither the kernel nor another
+                        // operation uses its bytes.
+                        let dst = unsafe { staging_bytes(&staging.region, at) };
+                        let n = memory.read(handle, dst).unwrap_or(0);
+                        self.stats.bytes_copied += n as u64;
+                    }
+                    transfer(kind, fd, FixedBuf::In(staging.key, at), io.offset)
+                }
+                (_, Bytes::None) => unreachable!("reads and writes have bytes"),
+            };
+            match self.ring.push(Submission::new(u64::from(token), op)) {
+                Ok(()) => {
+                    io.pushed = true;
+                    self.backlog.pop_front();
+                }
+                // The ring is full even after submitting: try again next turn.
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Submits what is queued once enough has gathered (`submit_batch`), or at once while the
+    /// kernel has fewer than that in flight (the device must not starve for the sake of a
+    /// batch). Between those, new requests wait for the next completion, which is bound to
+    /// come (the kernel has work) and wakes the server: one enter then carries many requests.
+    pub(super) fn submit(&mut self) {
+        let queued = self.ring.queued();
+        if queued == 0 {
+            return;
+        }
+        let in_kernel = self.ring.in_flight() - queued;
+        let batch = self.config.submit_batch as usize;
+        if queued >= batch || in_kernel < batch {
+            let _ = self.ring.submit();
+        }
+    }
+
+    /// Turns the ring's completions into the clients' answers.
+    pub(super) fn reap(&mut self, done: &mut Completions<'_, BlkCompletion>) -> u32 {
+        if self.ring.reap_into(&mut self.completions, 4096).is_err() {
+            return 0;
+        }
+        let mut n = 0;
+        let mut completions = std::mem::take(&mut self.completions);
+        for c in completions.drain(..) {
+            if c.token & CANCEL != 0 {
+                continue;
+            }
+            n += 1;
+            self.finish(c, done);
+        }
+        self.completions = completions;
+        n
+    }
+
+    pub(super) fn finish(&mut self, c: Completion, done: &mut Completions<'_, BlkCompletion>) {
+        let token = c.token as usize;
+        let Some(io) = self.ops.get_mut(token).and_then(Option::take) else {
+            return;
+        };
+        self.free_ops.push(token as u32);
+        let (value, status) = match &c.result {
+            Ok(n) => (u64::from(*n), 0),
+            Err(e) => (0, -errno_of(e)),
+        };
+        let client = self.clients.get_mut(&io.client).expect("a known client");
+        client.in_flight -= 1;
+        match io.kind {
+            Kind::Read => {
+                self.stats.reads += 1;
+                self.stats.bytes_read += value;
+            }
+            Kind::Write => {
+                self.stats.writes += 1;
+                self.stats.bytes_written += value;
+            }
+            Kind::Flush => self.stats.flushes += 1,
+            Kind::Discard => self.stats.discards += 1,
+        }
+        if let Bytes::Staging { slot, handle } = io.bytes {
+            let staging = self.staging.as_mut().expect("copy mode");
+            if io.kind == Kind::Read && status == 0 && !client.gone {
+                let at = BufHandle {
+                    offset: u64::from(slot) * u64::from(staging.slot_size),
+                    len: value as u32,
+                    region: staging.region.id(),
+                };
+                // SAFETY: the staging region is this process's own memory; the kernel has
+                // completed the read into this slot, and the slot is not free yet.
+                let src = unsafe { staging_bytes(&staging.region, at) };
+                let n = client.memory.write(handle, src).unwrap_or(0);
+                self.stats.bytes_copied += n as u64;
+            }
+            staging.free.push(slot);
+        }
+        if let Some(seq) = io.write_seq {
+            client.writes.remove(&seq);
+        }
+        if client.gone {
+            self.stats.completed_after_departure += 1;
+        }
+        done.complete(
+            io.pending,
+            BlkCompletion {
+                tag: io.tag,
+                value,
+                status,
+                flags: 0,
+            },
+        );
+        self.release_flushes(io.client);
+        self.retire_if_done(io.client);
+    }
+
+    /// Queues the client's waiting flushes whose writes have all completed.
+    pub(super) fn release_flushes(&mut self, id: u64) {
+        loop {
+            let Some(client) = self.clients.get_mut(&id) else {
+                return;
+            };
+            let oldest_write = client.writes.first().copied().unwrap_or(u64::MAX);
+            match client.flushes.front() {
+                Some(f) if f.barrier <= oldest_write => {}
+                _ => return,
+            }
+            let f = client.flushes.pop_front().expect("looked at it");
+            if client.gone {
+                self.orphans
+                    .push((f.pending, refused(f.tag, Status::BadOp)));
+                continue;
+            }
+            self.new_op(Io {
+                client: id,
+                tag: f.tag,
+                kind: Kind::Flush,
+                offset: 0,
+                len: 0,
+                bytes: Bytes::None,
+                write_seq: None,
+                pending: f.pending,
+                pushed: false,
+            });
+        }
+    }
+
+    /// A departed client with nothing left in the kernel: unregister its memory from the ring
+    /// (the kernel holds no reference to it any more) and forget it.
+    pub(super) fn retire_if_done(&mut self, id: u64) {
+        let Some(client) = self.clients.get(&id) else {
+            return;
+        };
+        if !client.gone || client.in_flight > 0 || !client.flushes.is_empty() {
+            return;
+        }
+        let client = self.clients.remove(&id).expect("looked at it");
+        for (_, key) in client.keys {
+            if self.ring.unregister_region(key).is_ok() {
+                self.stats.regions_unregistered += 1;
+            }
+        }
+        self.stats.retired += 1;
+    }
+}
+
+/// The bytes `at` names in the service's own staging region.
+///
+/// # Safety
+/// The region must be private to this process, and nothing else (the kernel included) may use
+/// those bytes while the slice lives.
+// (Mutable bytes from a shared `Region`: its memory is raw, not owned by the reference; the
+// contract above is what makes the slice exclusive.)
+#[allow(clippy::mut_from_ref)]
+pub(super) unsafe fn staging_bytes(region: &Region, at: BufHandle) -> &mut [u8] {
+    debug_assert!(region.check_handle(at).is_ok());
+    // SAFETY: the slot lies inside the region (slots are laid out within its length), and the
+    // caller guarantees exclusive use.
+    unsafe {
+        std::slice::from_raw_parts_mut(region.as_ptr().add(at.offset as usize), at.len as usize)
+    }
+}
