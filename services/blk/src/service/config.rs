@@ -12,7 +12,7 @@ pub struct BlkConfig {
     pub path: PathBuf,
     /// Try `O_DIRECT` (default): reads and writes go between the disk and the client's memory
     /// by DMA. Where the file system has no direct I/O (tmpfs), the service falls back to
-    /// buffered I/O and says so ([`BlkService::direct`]).
+    /// buffered I/O and says so ([`BlkService::direct`](crate::BlkService::direct)).
     pub direct: bool,
     /// Operations in the kernel at once, over all clients (default 256). Each client is also
     /// bounded by the server's [`max_deferred`](subring_shm::ServerConfig::max_deferred).
