@@ -1,0 +1,111 @@
+//! The kernel transport against the real kernel: files in a temporary directory, sockets on
+//! loopback, fixed buffers in a memfd region.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::opcode;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use subring_planes::data::{BufHandle, BufferPool, Region, RegionOptions};
+use subring_planes::queue::{Completer, QueueError, Submitter};
+use subring_uring::{
+    FixedBuf, Link, OnFull, Op, OpError, Output, Submission, Target, Uring, WaitMode,
+};
+
+const LIMIT: Option<Duration> = Some(Duration::from_secs(20));
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("subring-uring-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+mod files;
+mod queues;
+mod regions;
+mod sockets;
+
+fn sub(token: u64, op: Op) -> Submission {
+    Submission::new(token, op)
+}
+
+/// Pushes, submits once, and reaps until every submission has completed.
+fn run(ring: &mut Uring, subs: Vec<Submission>) -> Vec<subring_uring::Completion> {
+    let n = subs.len();
+    for s in subs {
+        ring.push(s).map_err(|r| r.error).unwrap();
+    }
+    ring.submit().unwrap();
+    let mut done = Vec::new();
+    while done.len() < n {
+        ring.wait(LIMIT).unwrap();
+        ring.reap_into(&mut done, n).unwrap();
+    }
+    done.sort_by_key(|c| c.token);
+    done
+}
+
+fn open(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap()
+}
+
+fn buf(out: &Output) -> &[u8] {
+    match out {
+        Output::Buf(b) => b,
+        other => panic!("expected a buffer, got {other:?}"),
+    }
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap()
+}
+
+fn open_existing(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
+/// A ring with a CQ of 8 and `batches` batches of 8 NOPs submitted (tokens 0 up): the kernel
+/// completes them inline and holds what does not fit in the CQ.
+fn nops_overflowing_a_cq_of_8(batches: u64) -> Uring {
+    let mut ring = Uring::builder().entries(8).cq_entries(8).build().unwrap();
+    for batch in 0..batches {
+        for i in 0..8 {
+            ring.push(sub(batch * 8 + i, Op::Nop)).unwrap();
+        }
+        ring.submit().unwrap();
+    }
+    ring
+}
+
+fn sorted_tokens(done: &[subring_uring::Completion]) -> Vec<u64> {
+    let mut tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
+    tokens.sort_unstable();
+    tokens
+}

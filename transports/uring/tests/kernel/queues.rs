@@ -1,0 +1,477 @@
+//! The queues themselves: doorbells, timers, links, cancellation, SQPOLL, the eventfd, a full SQ, an overflowing CQ, messages between rings and forged ones, dropping with operations in flight, tokens.
+
+use super::*;
+
+#[test]
+fn nop_batch_one_doorbell() {
+    let mut ring = Uring::builder().entries(128).build().unwrap();
+    let done = run(&mut ring, (0..100).map(|i| sub(i, Op::Nop)).collect());
+    assert_eq!(
+        done.iter().map(|c| c.token).collect::<Vec<_>>(),
+        (0..100).collect::<Vec<_>>()
+    );
+    assert!(done.iter().all(|c| matches!(c.result, Ok(0))));
+    let s = ring.stats();
+    assert_eq!(
+        s.doorbell.rung, 1,
+        "100 entries, one io_uring_enter to submit"
+    );
+    assert_eq!(s.pushed, 100);
+    assert_eq!(s.completed, 100);
+    assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn timeouts_and_linked_timeouts() {
+    let mut ring = Uring::builder().build().unwrap();
+    let start = Instant::now();
+    let done = run(
+        &mut ring,
+        vec![sub(
+            1,
+            Op::Timeout {
+                after: Duration::from_millis(30),
+                count: 0,
+            },
+        )],
+    );
+    assert!(matches!(done[0].result, Ok(0)));
+    assert!(start.elapsed() >= Duration::from_millis(30));
+
+    // A poll on a pipe nobody writes, bounded by a linked timeout.
+    let (rx, _tx) = pipe();
+    let done = run(
+        &mut ring,
+        vec![
+            sub(
+                2,
+                Op::Poll {
+                    fd: Target::Fd(rx.as_raw_fd()),
+                    events: libc::POLLIN as u32,
+                },
+            )
+            .link(Link::Soft),
+            sub(
+                3,
+                Op::LinkTimeout {
+                    after: Duration::from_millis(20),
+                },
+            ),
+        ],
+    );
+    let poll_err = done[0].result.as_ref().unwrap_err();
+    assert_eq!(
+        poll_err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<OpError>())
+            .unwrap()
+            .source
+            .raw_os_error(),
+        Some(libc::ECANCELED)
+    );
+    let lt_err = done[1].result.as_ref().unwrap_err();
+    assert!(lt_err.to_string().contains("link_timeout"), "{lt_err}");
+}
+
+#[test]
+fn linked_chain_runs_in_order() {
+    let dir = TempDir::new("chain");
+    let file = open(&dir.file("data"));
+    let fd = Target::Fd(file.as_raw_fd());
+    let mut ring = Uring::builder().build().unwrap();
+    let done = run(
+        &mut ring,
+        vec![
+            sub(
+                1,
+                Op::Write {
+                    fd,
+                    buf: b"first".to_vec(),
+                    offset: 0,
+                },
+            )
+            .link(Link::Soft),
+            sub(
+                2,
+                Op::Write {
+                    fd,
+                    buf: b"SECOND".to_vec(),
+                    offset: 0,
+                },
+            )
+            .link(Link::Hard),
+            sub(
+                3,
+                Op::Read {
+                    fd,
+                    buf: vec![0; 6],
+                    offset: 0,
+                },
+            ),
+        ],
+    );
+    assert_eq!(buf(&done[2].output), b"SECOND");
+}
+
+#[test]
+fn cancellation() {
+    let mut ring = Uring::builder().build().unwrap();
+    let (rx, _tx) = pipe();
+    ring.push(sub(
+        10,
+        Op::Poll {
+            fd: Target::Fd(rx.as_raw_fd()),
+            events: libc::POLLIN as u32,
+        },
+    ))
+    .unwrap();
+    ring.submit().unwrap();
+    ring.push(sub(11, Op::Cancel { token: 10 })).unwrap();
+    ring.submit().unwrap();
+    // Both the cancel and its target complete, each on its own.
+    let mut done = Vec::new();
+    while done.len() < 2 {
+        ring.wait(LIMIT).unwrap();
+        ring.reap_into(&mut done, 2).unwrap();
+    }
+    done.sort_by_key(|c| c.token);
+    assert!(
+        matches!(done[1].result, Ok(0)),
+        "cancel found its target: {:?}",
+        done[1].result
+    );
+    let e = done[0].result.as_ref().unwrap_err();
+    assert!(e.to_string().contains("poll (token 10)"), "{e}");
+    assert_eq!(ring.in_flight(), 0);
+    // Nothing to cancel: refused at push, with a reason.
+    let r = ring.push(sub(12, Op::Cancel { token: 999 })).unwrap_err();
+    assert!(matches!(r.error, QueueError::Io(ref e) if e.kind() == std::io::ErrorKind::NotFound));
+}
+
+#[test]
+fn sqpoll_skips_the_doorbell_while_the_kernel_polls() {
+    let mut ring = Uring::builder().sqpoll(2000).build().unwrap();
+    assert!(ring.is_sqpoll());
+    let mut done = Vec::new();
+    for i in 0..50 {
+        ring.push(sub(i, Op::Nop)).unwrap();
+        ring.submit().unwrap();
+        while done.len() <= i as usize {
+            ring.wait(LIMIT).unwrap();
+            ring.reap_into(&mut done, 64).unwrap();
+        }
+    }
+    let bell = ring.stats().doorbell;
+    assert_eq!(bell.rung + bell.skipped, 50);
+    assert!(
+        bell.skipped > 0,
+        "the polling kernel thread should make some doorbells unnecessary: {bell:?}"
+    );
+}
+
+#[test]
+fn eventfd_signals_completions() {
+    let mut ring = Uring::builder()
+        .wait_mode(WaitMode::EventFd)
+        .build()
+        .unwrap();
+    ring.push(sub(
+        1,
+        Op::Timeout {
+            after: Duration::from_millis(20),
+            count: 0,
+        },
+    ))
+    .unwrap();
+    ring.submit().unwrap();
+    let fd = ring
+        .completion_fd()
+        .expect("eventfd mode registers an eventfd");
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    assert_eq!(
+        poll(&mut fds, PollTimeout::from(10_000u16)).unwrap(),
+        1,
+        "eventfd never fired"
+    );
+    ring.wait(LIMIT).unwrap();
+    assert!(matches!(ring.reap().unwrap().unwrap().result, Ok(0)));
+    // And `wait` sleeps on the eventfd when nothing is ready yet.
+    ring.push(sub(
+        2,
+        Op::Timeout {
+            after: Duration::from_millis(20),
+            count: 0,
+        },
+    ))
+    .unwrap();
+    ring.wait(LIMIT).unwrap();
+    assert_eq!(ring.reap().unwrap().unwrap().token, 2);
+    assert!(ring.notify_stats().sleeps >= 1);
+}
+
+#[test]
+fn unsupported_opcode_is_a_clear_error() {
+    let mut ring = Uring::builder()
+        .disable_opcodes(&[opcode::Statx::CODE])
+        .build()
+        .unwrap();
+    let r = ring
+        .push(sub(
+            1,
+            Op::Statx {
+                dir: None,
+                path: CString::new("/").unwrap(),
+                flags: 0,
+                mask: 0,
+            },
+        ))
+        .unwrap_err();
+    match r.error {
+        QueueError::Io(e) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+            assert!(e.to_string().contains("statx"), "{e}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(!ring.supports(opcode::Statx::CODE));
+    assert!(ring.supports(opcode::Nop::CODE));
+}
+
+#[test]
+fn full_submission_queue() {
+    let mut ring = Uring::builder().entries(4).build().unwrap();
+    for i in 0..4 {
+        ring.push(sub(i, Op::Nop)).unwrap();
+    }
+    assert_eq!(ring.space().unwrap(), 0);
+    let r = ring.push(sub(4, Op::Nop)).unwrap_err();
+    assert!(matches!(r.error, QueueError::Full));
+    assert_eq!(r.entry.token, 4, "the rejected submission comes back");
+    // An operation that owns memory is handed back whole, and takes no slot.
+    let devnull = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let write = Op::Write {
+        fd: Target::Fd(devnull.as_raw_fd()),
+        buf: vec![7; 100],
+        offset: 0,
+    };
+    let r = ring.push(sub(5, write)).unwrap_err();
+    assert!(matches!(r.error, QueueError::Full));
+    assert!(matches!(&r.entry.op, Op::Write { buf, .. } if buf == &vec![7; 100]));
+    assert_eq!(ring.in_flight(), 4, "a rejected push is not in flight");
+    assert_eq!(ring.stats().pushed, 4);
+    assert_eq!(
+        ring.submit().unwrap(),
+        4,
+        "the four queued entries were submitted"
+    );
+    assert_eq!(ring.submit().unwrap(), 0, "nothing new to submit");
+    // Or let the push make room by submitting.
+    let mut ring = Uring::builder()
+        .entries(4)
+        .on_full(OnFull::Submit)
+        .build()
+        .unwrap();
+    for i in 0..10 {
+        ring.push(sub(i, Op::Nop)).unwrap();
+    }
+    ring.submit().unwrap();
+    let mut done = Vec::new();
+    while done.len() < 10 {
+        ring.wait(LIMIT).unwrap();
+        ring.reap_into(&mut done, 10).unwrap();
+    }
+    assert_eq!(ring.in_flight(), 0);
+    let s = ring.stats();
+    assert_eq!((s.pushed, s.completed), (10, 10));
+}
+
+#[test]
+fn completion_queue_overflow_is_drained() {
+    let mut ring = nops_overflowing_a_cq_of_8(8);
+    // 64 completions for a CQ of 8: the kernel holds the rest and says so. Reaping alone (no
+    // wait, which would flush as a side effect of entering) must find the flag and flush.
+    let mut done = Vec::new();
+    let start = Instant::now();
+    while done.len() < 64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "only {} completions",
+            done.len()
+        );
+        if ring.reap_into(&mut done, 64).unwrap() == 0 {
+            ring.wait(LIMIT).unwrap();
+        }
+    }
+    let tokens = sorted_tokens(&done);
+    assert_eq!(tokens, (0..64).collect::<Vec<_>>());
+    assert!(
+        ring.stats().flushes >= 1,
+        "the overflow flag was seen and flushed"
+    );
+    assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn a_wait_drains_overflowed_completions() {
+    let mut ring = nops_overflowing_a_cq_of_8(4);
+    // 32 completions for a CQ of 8. Waiting for more than the CQ holds makes the kernel
+    // move held completions in as the CQ is emptied.
+    let mut done = Vec::new();
+    let start = Instant::now();
+    while done.len() < 32 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "only {} completions",
+            done.len()
+        );
+        ring.wait_for(8, LIMIT).unwrap();
+        let got = ring.reap_into(&mut done, 8).unwrap();
+        assert!(got >= 1, "a wait for 8 returned with an empty CQ");
+    }
+    let tokens = sorted_tokens(&done);
+    assert_eq!(tokens, (0..32).collect::<Vec<_>>());
+    assert_eq!(ring.in_flight(), 0);
+    assert_eq!(ring.stats().completed, 32);
+}
+
+#[test]
+fn msg_ring_between_two_threads() {
+    let mut target = Uring::builder().build().unwrap();
+    let target_fd = target.ring_fd();
+    let waiter = std::thread::spawn(move || {
+        target.wait(LIMIT).unwrap();
+        let msg = target.reap().unwrap().unwrap();
+        // A message is reaped and counted, but it was never this ring's operation.
+        assert_eq!(target.in_flight(), 0);
+        assert_eq!(target.stats().completed, 1);
+        msg
+    });
+    let mut sender = Uring::builder().build().unwrap();
+    let done = run(
+        &mut sender,
+        vec![sub(
+            1,
+            Op::MsgRing {
+                ring: target_fd,
+                result: 42,
+                token: 5,
+            },
+        )],
+    );
+    assert!(done[0].result.is_ok());
+    assert_eq!(sender.in_flight(), 0);
+    let msg = waiter.join().unwrap();
+    assert_eq!(msg.token, 5);
+    assert_eq!(*msg.result.as_ref().unwrap(), 42);
+    assert!(matches!(msg.output, Output::Message));
+}
+
+#[test]
+fn dropping_the_ring_with_operations_in_flight() {
+    let (rx, _tx) = pipe();
+    let mut ring = Uring::builder().build().unwrap();
+    for i in 0..8 {
+        ring.push(sub(
+            i,
+            Op::Read {
+                fd: Target::Fd(rx.as_raw_fd()),
+                buf: vec![0; 4096],
+                offset: u64::MAX,
+            },
+        ))
+        .unwrap();
+    }
+    ring.submit().unwrap();
+    let start = Instant::now();
+    drop(ring); // cancels and waits for the reads before freeing their buffers
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn tokens_of_every_size_and_errors_of_slotless_operations() {
+    let mut ring = Uring::builder().build().unwrap();
+    // Operations that own no memory travel without a slot when the token fits in 56 bits; a
+    // larger token takes the slot path. Both come back unchanged.
+    let big = u64::MAX - 1;
+    let done = run(&mut ring, vec![sub(big, Op::Nop), sub(3, Op::Nop)]);
+    assert_eq!(done.iter().map(|c| c.token).collect::<Vec<_>>(), [3, big]);
+    assert!(done.iter().all(|c| matches!(c.result, Ok(0))));
+    // A slotless operation's error still names it and its token.
+    let done = run(&mut ring, vec![sub(9, Op::Close { fd: Target::Fd(-1) })]);
+    let e = done[0].result.as_ref().unwrap_err();
+    assert!(
+        e.to_string().contains("io_uring close (token 9) failed"),
+        "{e}"
+    );
+    assert_eq!(ring.in_flight(), 0);
+    // Message tokens may not use the two bits the ring uses to tell its own completions apart.
+    let r = ring
+        .push(sub(
+            1,
+            Op::MsgRing {
+                ring: ring.ring_fd(),
+                result: 0,
+                token: 1 << 62,
+            },
+        ))
+        .unwrap_err();
+    assert!(r.error.to_string().contains("top two bits"), "{}", r.error);
+}
+
+/// Another ring can post a completion into this one with any `user_data` (`MSG_RING`). One
+/// that names a live slot without its seal must not complete the operation there (its buffer
+/// would come back while the kernel may still write it): it is counted as foreign.
+#[test]
+fn forged_completions_do_not_match_live_operations() {
+    let mut ring = Uring::builder().build().unwrap();
+    let (rx, tx) = pipe();
+    ring.push(sub(
+        1,
+        Op::Read {
+            fd: Target::Fd(rx.as_raw_fd()),
+            buf: vec![0u8; 64],
+            offset: u64::MAX,
+        },
+    ))
+    .unwrap();
+    ring.submit().unwrap();
+    // The forger: a raw ring posting into ours with the owned bit and slot numbers, unsealed.
+    let mut forger = io_uring::IoUring::new(8).unwrap();
+    for slot in 0..4u64 {
+        let ud = (1u64 << 63) | slot;
+        let e = opcode::MsgRingData::new(io_uring::types::Fd(ring.ring_fd()), 64, ud, None)
+            .build()
+            .user_data(slot);
+        // SAFETY: a MSG_RING entry points to no memory.
+        unsafe { forger.submission().push(&e).unwrap() };
+    }
+    forger.submit_and_wait(4).unwrap();
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while seen.len() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "forged completions never came"
+        );
+        ring.reap_into(&mut seen, 16).unwrap();
+    }
+    for c in &seen {
+        assert_ne!(
+            c.token, 1,
+            "a forged completion completed the read in flight"
+        );
+        assert!(c.result.is_err(), "{c:?}");
+    }
+    assert_eq!(ring.stats().foreign, 4);
+    assert_eq!(ring.in_flight(), 1, "the read is still in flight");
+    // The real completion still comes, once.
+    nix::unistd::write(&tx, b"hi").unwrap();
+    ring.wait(LIMIT).unwrap();
+    let done = ring.reap().unwrap().unwrap();
+    assert_eq!(done.token, 1);
+    assert_eq!(*done.result.as_ref().unwrap(), 2);
+    assert_eq!(ring.in_flight(), 0);
+}
