@@ -235,19 +235,18 @@ impl ServiceGone {
         // SYNC POINT (pair-close): Release pairs with the Acquire load in `closed`, as in `close`.
         self.state.get().service_closed.store(1, Release);
         // `take_sleeper` fences (sleep-dekker): either the app's re-check after announcing
-        // sleep sees the closed word, or we see it sleeping and wake it.
+        // sleep sees the closed word, or it sleeps and is woken here. The wake is sent whether
+        // or not the word still says the app sleeps: the service may have died after claiming
+        // the sleeper (clearing the word) and before its own wake-up, and then nobody else
+        // would wake the app. A spurious wake costs one system call, once per death.
+        let _ = self.call_word.take_sleeper();
         match self.call_mode {
             NotifyMode::Spin => Ok(()),
             NotifyMode::EventFd => match &self.call_fd {
-                Some(efd) if self.call_word.take_sleeper() => efd.wake(&self.call_word),
-                _ => Ok(()),
+                Some(efd) => efd.wake(&self.call_word),
+                None => Ok(()),
             },
-            NotifyMode::Adaptive | NotifyMode::Futex => {
-                if self.call_word.take_sleeper() {
-                    FutexSignal::new().wake(&self.call_word)?;
-                }
-                Ok(())
-            }
+            NotifyMode::Adaptive | NotifyMode::Futex => FutexSignal::new().wake(&self.call_word),
         }
     }
 }

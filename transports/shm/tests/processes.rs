@@ -368,11 +368,14 @@ fn sequence_checked_messages_in_every_mode() {
 }
 
 /// SIGKILL at random points, of either side, in random notify modes: every killed client is
-/// released by the server, and every client of a killed server sees `PeerGone`, within
-/// 100 ms of the death. 8 kills of each kind per server sleep here; more with
-/// `SUBRING_KILLS=N`.
+/// released by the server, and every client of a killed server sees `PeerGone`, promptly. The
+/// bound asserted is a generous 1 s, not a speed (tests run in parallel on small machines): a
+/// missed wake-up shows as the 20 s wait timeout, as it did before `ServiceGone::declare` woke
+/// unconditionally (a server killed after claiming its sleeping client's word, before its
+/// wake-up). The worst times are printed; docs/security.md records a soak's. 8 kills of each
+/// kind per server sleep here; more with `SUBRING_KILLS=N`.
 #[test]
-fn random_kills_are_seen_within_100_ms() {
+fn random_kills_are_seen_promptly() {
     let kills: u64 = std::env::var("SUBRING_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -384,7 +387,7 @@ fn random_kills_are_seen_within_100_ms() {
         x ^= x << 17;
         x % n
     };
-    let limit = Duration::from_millis(100);
+    let limit = Duration::from_secs(1);
     let mut worst = (Duration::ZERO, Duration::ZERO);
     for sleep in SLEEPS {
         // Clients killed mid-stream.
