@@ -171,14 +171,18 @@ impl<'a> SharedBytes<'a> {
     /// was when copied.
     pub fn for_each_chunk(&self, mut f: impl FnMut(&[u8])) {
         let mut buf = [0u8; CHUNK];
-        let mut at = 0;
-        while at < self.len {
-            let n = CHUNK.min(self.len - at);
-            let view = self.get(at..at + n).expect("inside the view");
-            view.copy_to(&mut buf[..n]);
+        for view in self.chunks() {
+            let n = view.copy_to(&mut buf);
             f(&buf[..n]);
-            at += n;
         }
+    }
+
+    /// The view cut into consecutive pieces of at most [`CHUNK`] bytes.
+    fn chunks(&self) -> impl Iterator<Item = SharedBytes<'a>> + '_ {
+        (0..self.len).step_by(CHUNK).map(|at| {
+            self.get(at..(at + CHUNK).min(self.len))
+                .expect("inside the view")
+        })
     }
 
     /// Folds the view's little-endian 64-bit words (a short tail padded with zeros) with `f`,
@@ -214,14 +218,10 @@ impl<'a> SharedBytes<'a> {
     /// process's memory, and copied back.
     pub fn update_chunks(&self, mut f: impl FnMut(&mut [u8])) {
         let mut buf = [0u8; CHUNK];
-        let mut at = 0;
-        while at < self.len {
-            let n = CHUNK.min(self.len - at);
-            let view = self.get(at..at + n).expect("inside the view");
-            view.copy_to(&mut buf[..n]);
+        for view in self.chunks() {
+            let n = view.copy_to(&mut buf);
             f(&mut buf[..n]);
             view.copy_from(&buf[..n]);
-            at += n;
         }
     }
 

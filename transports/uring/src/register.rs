@@ -91,6 +91,14 @@ impl FixedTable {
             .filter_map(|(k, r)| Some((k as u32, r.as_ref()?)))
     }
 
+    /// The registered regions by key (`None` for a free key), for registering them again.
+    fn by_key(&self) -> Vec<Option<Arc<Region>>> {
+        self.regions
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.region.clone()))
+            .collect()
+    }
+
     /// A run of `n` free sparse slots.
     fn find_slots(&self, n: usize) -> Option<usize> {
         let mut run = 0;
@@ -189,12 +197,7 @@ impl Uring {
                 first
             }
             _ => {
-                let mut regions: Vec<Option<Arc<Region>>> = self
-                    .fixed
-                    .regions
-                    .iter()
-                    .map(|r| r.as_ref().map(|r| r.region.clone()))
-                    .collect();
+                let mut regions = self.fixed.by_key();
                 if key as usize == regions.len() {
                     regions.push(None);
                 }
@@ -310,12 +313,7 @@ impl Uring {
                 self.fixed.used[first..first + n].fill(false);
             }
             _ => {
-                let mut regions: Vec<Option<Arc<Region>>> = self
-                    .fixed
-                    .regions
-                    .iter()
-                    .map(|r| r.as_ref().map(|r| r.region.clone()))
-                    .collect();
+                let mut regions = self.fixed.by_key();
                 regions[k] = None;
                 self.register_whole(&regions)?;
             }
