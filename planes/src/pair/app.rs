@@ -1,0 +1,193 @@
+//! The application side of a queue pair.
+
+use super::*;
+
+/// The application side of a queue pair: submits `S`, reaps `C`.
+pub struct AppSide<S, C> {
+    sq: Producer<S>,
+    cq: Consumer<C>,
+    doorbell: NotifierDoorbell<ModeNotifier>,
+    interrupt: ModeNotifier,
+    call_fd: Option<EventFdSignal>,
+    call_mode: NotifyMode,
+    state: StateRef,
+    _header: Claim,
+}
+
+impl<S, C> fmt::Debug for AppSide<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppSide")
+            .field("sq", &self.sq)
+            .field("cq", &self.cq)
+            .field("doorbell", &self.doorbell)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Pod, C: Pod> AppSide<S, C> {
+    /// Attaches the app side to a queue pair laid out ([`create`]) at `offset` in `region` with
+    /// the same `config`, checking its headers.
+    pub fn attach(
+        region: Arc<Region>,
+        offset: usize,
+        config: &PairConfig,
+        signals: PairSignals,
+    ) -> Result<Self, QueueError> {
+        let (state, layout, header) = locate_pair::<S, C>(&region, offset, config)?;
+        let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
+            .and_then(Ring::into_producer)
+            .map_err(ring_error)?;
+        let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
+            .and_then(Ring::into_consumer)
+            .map_err(ring_error)?;
+        if config.call_mode.uses_eventfd() {
+            // The app waits on its completion eventfd: open what the wait needs now.
+            if let Some(call) = &signals.call {
+                call.prepare_wait()?;
+            }
+        }
+        Ok(AppSide {
+            doorbell: NotifierDoorbell::new(
+                config
+                    .kick_mode
+                    .notifier(sq.consumer_wake(), signals.kick)?,
+            ),
+            interrupt: config
+                .call_mode
+                .notifier(cq.consumer_wake(), signals.call.clone())?,
+            call_fd: signals.call,
+            call_mode: config.call_mode,
+            sq,
+            cq,
+            state,
+            _header: header,
+        })
+    }
+
+    /// A handle with which another thread can declare the service gone ([`ServiceGone`]).
+    pub fn gone_handle(&self) -> ServiceGone {
+        ServiceGone {
+            state: self.state.clone(),
+            call_word: self.cq.consumer_wake(),
+            call_fd: self.call_fd.clone(),
+            call_mode: self.call_mode,
+        }
+    }
+
+    fn service_closed(&self) -> bool {
+        closed(&self.state.get().service_closed)
+    }
+
+    /// Whether completions are ready to reap.
+    pub fn completions_ready(&mut self) -> Result<bool, QueueError> {
+        Ok(self.cq.has_entries()?)
+    }
+
+    /// Whether the service side has closed (its completions may still be waiting to be reaped).
+    pub fn peer_closed(&self) -> bool {
+        self.service_closed()
+    }
+
+    /// The eventfd the app sleeps on for completions in eventfd mode, for an event loop
+    /// (epoll, mio, tokio's `AsyncFd`). Call [`arm`](Self::arm) before waiting on it:
+    /// readable then means "reap". [`wait`](Completer::wait) does not drain the eventfd (it
+    /// waits edge-triggered), so after mixing it with a level-triggered loop the fd may read
+    /// readable once spuriously; [`disarm`](Self::disarm) clears that.
+    pub fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.call_fd.as_ref().map(|e| e.as_fd())
+    }
+
+    /// Prepares to wait for completions in an external event loop on
+    /// [`completion_fd`](Self::completion_fd) (like RDMA's `ibv_req_notify_cq`): announces
+    /// that this side is about to sleep, so the service will signal the eventfd, then re-checks.
+    /// Returns `true` if completions (or the service's close) are already there — then do not
+    /// wait, reap. After the fd fires, call [`disarm`](Self::disarm) and reap.
+    pub fn arm(&mut self) -> Result<bool, QueueError> {
+        arm_ring(&mut self.cq, &self.state.get().service_closed)
+    }
+
+    /// Ends an external wait begun with [`arm`](Self::arm): clears the sleep announcement and
+    /// drains the eventfd so it is not readable again until the next armed wake-up.
+    pub fn disarm(&mut self) -> Result<(), QueueError> {
+        disarm_ring(&self.cq, self.call_fd.as_ref())
+    }
+}
+
+impl<S: Pod, C: Pod> Submitter for AppSide<S, C> {
+    type Entry = S;
+
+    fn push(&mut self, entry: S) -> Result<(), Rejected<S>> {
+        if self.service_closed() {
+            return Err(Rejected::new(entry, QueueError::PeerGone));
+        }
+        self.sq.stage(entry).map_err(push_error)
+    }
+
+    fn push_slice(&mut self, entries: &[S]) -> Result<usize, QueueError> {
+        if self.service_closed() {
+            return Err(QueueError::PeerGone);
+        }
+        Ok(self.sq.stage_slice(entries)?)
+    }
+
+    fn space(&mut self) -> Result<usize, QueueError> {
+        Ok(self.sq.free_slots()? as usize)
+    }
+
+    #[inline(always)]
+    fn submit(&mut self) -> Result<usize, QueueError> {
+        if self.service_closed() {
+            return Err(QueueError::PeerGone);
+        }
+        let n = self.sq.publish();
+        if n > 0 {
+            self.doorbell.ring()?;
+        }
+        Ok(n as usize)
+    }
+
+    fn doorbell_stats(&self) -> DoorbellStats {
+        self.doorbell.stats()
+    }
+}
+
+impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
+    type Completion = C;
+
+    fn reap(&mut self) -> Result<Option<C>, QueueError> {
+        Ok(self.cq.pop()?)
+    }
+
+    fn reap_into(&mut self, out: &mut Vec<C>, max: usize) -> Result<usize, QueueError> {
+        let chunk = self.cq.read_chunk(max.min(u32::MAX as usize) as u32)?;
+        let n = chunk.len();
+        out.extend(chunk.iter());
+        chunk.release_all();
+        Ok(n)
+    }
+
+    /// Inlined into the caller, system call included (see
+    /// [`ModeNotifier`] for why).
+    #[inline(always)]
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        wait_ring(
+            &self.interrupt,
+            &mut self.cq,
+            &self.state.get().service_closed,
+            timeout,
+        )
+    }
+
+    fn notify_stats(&self) -> NotifyStats {
+        self.interrupt.stats()
+    }
+}
+
+impl<S, C> Drop for AppSide<S, C> {
+    /// Publishes staged submissions (nothing pushed is dropped), then closes; one wake-up
+    /// covers both.
+    fn drop(&mut self) {
+        self.sq.publish_staged();
+        close(&self.state.get().app_closed, self.doorbell.notifier());
+    }
+}

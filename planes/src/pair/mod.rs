@@ -1,0 +1,407 @@
+//! A queue pair built from the planes: a submission ring and a completion ring in one region,
+//! a doorbell in each direction's wake word, and a per-direction notify mode.
+//!
+//! This is the shape of a user-space subsystem: the application side ([`AppSide`]) implements
+//! [`Submitter`] and [`Completer`]; the subsystem side ([`ServiceSide`]) takes requests and posts
+//! completions. Both sides can live in one process ([`in_process`], two threads over an anonymous
+//! region) or in two: [`create`] lays the pair out in a memfd region, and each process attaches
+//! its side ([`AppSide::attach`], [`ServiceSide::attach`]).
+//!
+//! # Layout
+//! ```text
+//! 0       pair header: magic, version, app-closed, service-closed     (one cache line)
+//! sq      submission ring (app → service), see `data::Ring`
+//! cq      completion ring (service → app)
+//! ```
+//! Closing either side (dropping it) sets its closed word and notifies the other, which then
+//! sees [`QueueError::PeerGone`] once it has drained what was already published. A process that
+//! dies cannot set its word: transports detect that out of band (a socket hang-up).
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+
+use crate::control::{Doorbell, DoorbellStats, NotifierDoorbell};
+use crate::data::{
+    Claim, ClaimKind, Consumer, CorruptIndex, Producer, PushError, ReadChunk, Region, RegionError,
+    RegionOptions, Ring, RingError, RingLayout,
+};
+use crate::interrupt::{
+    EventFdSignal, FutexSignal, ModeNotifier, Notifier, NotifyMode, NotifyStats, Signal, WakeRef,
+};
+use crate::queue::{Completer, QueueError, Rejected, Submitter};
+use crate::sync::{AtomicU32, CacheLine, Ordering::*};
+
+mod app;
+mod gone;
+mod service;
+
+pub use app::AppSide;
+pub use gone::ServiceGone;
+pub use service::ServiceSide;
+
+/// Identifies a queue-pair header ("sbqp", little-endian).
+pub const PAIR_MAGIC: u32 = u32::from_le_bytes(*b"sbqp");
+/// Version of the queue pair's shared-memory layout.
+pub const PAIR_LAYOUT_VERSION: u32 = 1;
+
+#[repr(C)]
+#[derive(Debug)]
+struct PairState {
+    magic: AtomicU32,
+    version: AtomicU32,
+    app_closed: AtomicU32,
+    service_closed: AtomicU32,
+    kick_mode: AtomicU32,
+    call_mode: AtomicU32,
+}
+
+/// How a notify mode is recorded in the pair header, so both sides must agree on it (a side
+/// that spins never wakes one that sleeps).
+fn mode_code(mode: NotifyMode) -> u32 {
+    match mode {
+        NotifyMode::Spin => 1,
+        NotifyMode::Adaptive => 2,
+        NotifyMode::EventFd => 3,
+        NotifyMode::Futex => 4,
+    }
+}
+
+type PairHeader = CacheLine<PairState>;
+
+/// Ring sizes and notify modes of a queue pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairConfig {
+    /// Submission ring entries (a power of two).
+    pub sq_capacity: u32,
+    /// Completion ring entries (a power of two).
+    pub cq_capacity: u32,
+    /// How the service waits for submissions (and so how the app's doorbell wakes it).
+    pub kick_mode: NotifyMode,
+    /// How the app waits for completions (and so how the service wakes it).
+    pub call_mode: NotifyMode,
+}
+
+impl Default for PairConfig {
+    fn default() -> Self {
+        PairConfig {
+            sq_capacity: 256,
+            cq_capacity: 256,
+            kick_mode: NotifyMode::Adaptive,
+            call_mode: NotifyMode::Adaptive,
+        }
+    }
+}
+
+impl PairConfig {
+    /// Both directions in `mode`.
+    pub fn with_mode(mut self, mode: NotifyMode) -> Self {
+        self.kick_mode = mode;
+        self.call_mode = mode;
+        self
+    }
+
+    /// Both rings with `capacity` entries.
+    pub fn with_capacity(mut self, capacity: u32) -> Self {
+        self.sq_capacity = capacity;
+        self.cq_capacity = capacity;
+        self
+    }
+}
+
+/// Where the parts of a queue pair lie, relative to its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairLayout {
+    /// Offset of the submission ring.
+    pub sq: usize,
+    /// Offset of the completion ring.
+    pub cq: usize,
+    /// Total bytes.
+    pub size: usize,
+    /// Alignment the pair's start needs.
+    pub align: usize,
+}
+
+impl PairLayout {
+    /// The layout of a pair with submission entries `S` and completions `C`.
+    pub fn of<S: Pod, C: Pod>(config: &PairConfig) -> Result<Self, RingError> {
+        let sq = RingLayout::of::<S>(config.sq_capacity)?;
+        let cq = RingLayout::of::<C>(config.cq_capacity)?;
+        let sq_off = std::mem::size_of::<PairHeader>().next_multiple_of(sq.align);
+        let cq_off = (sq_off + sq.size).next_multiple_of(cq.align);
+        Ok(PairLayout {
+            sq: sq_off,
+            cq: cq_off,
+            size: cq_off + cq.size,
+            align: std::mem::align_of::<PairHeader>()
+                .max(sq.align)
+                .max(cq.align),
+        })
+    }
+}
+
+/// The eventfds of a pair in [`NotifyMode::EventFd`]: one per direction, shared by both sides
+/// (passed to the other process with `SCM_RIGHTS`).
+#[derive(Debug, Clone, Default)]
+pub struct PairSignals {
+    /// Wakes the service (app → service doorbell).
+    pub kick: Option<EventFdSignal>,
+    /// Wakes the app (service → app interrupt).
+    pub call: Option<EventFdSignal>,
+}
+
+impl PairSignals {
+    /// Fresh eventfds for the directions of `config` that use them.
+    pub fn for_config(config: &PairConfig) -> io::Result<Self> {
+        let make = |mode: NotifyMode| -> io::Result<Option<EventFdSignal>> {
+            mode.uses_eventfd().then(EventFdSignal::new).transpose()
+        };
+        Ok(PairSignals {
+            kick: make(config.kick_mode)?,
+            call: make(config.call_mode)?,
+        })
+    }
+}
+
+/// The pair header in the region, kept alive by the region.
+struct StateRef {
+    _region: Arc<Region>,
+    ptr: NonNull<PairHeader>,
+}
+
+// SAFETY: the header is atomics only, kept mapped by the `Arc<Region>`.
+unsafe impl Send for StateRef {}
+
+impl Clone for StateRef {
+    fn clone(&self) -> Self {
+        StateRef {
+            _region: self._region.clone(),
+            ptr: self.ptr,
+        }
+    }
+}
+
+impl StateRef {
+    fn get(&self) -> &PairState {
+        // SAFETY: bounds- and alignment-checked at construction; atomics only; region alive.
+        unsafe { &self.ptr.as_ref().0 }
+    }
+
+    fn locate(region: &Arc<Region>, offset: usize) -> Result<Self, RegionError> {
+        let ptr = region.ptr_at::<PairHeader>(offset, std::mem::size_of::<PairHeader>())?;
+        Ok(StateRef {
+            _region: region.clone(),
+            ptr,
+        })
+    }
+}
+
+fn closed(word: &AtomicU32) -> bool {
+    // SYNC POINT (pair-close): Acquire pairs with the Release store in `close`, so everything the
+    // closing side published before closing is visible once we see it closed.
+    word.load(Acquire) != 0
+}
+
+fn close(word: &AtomicU32, peer: &dyn Notifier) {
+    // SYNC POINT (pair-close): Release pairs with the Acquire load in `closed`.
+    word.store(1, Release);
+    // Wake the peer if it sleeps; its wait condition includes our closed word. Best effort: if
+    // the wake fails the peer still sees the word at its next timeout or check.
+    let _ = peer.notify();
+}
+
+/// Waits on `notifier` until `ring` has an entry or the peer has closed; `PeerGone` once it
+/// has closed and everything it published has been taken.
+#[inline(always)]
+fn wait_ring<T: Pod>(
+    notifier: &ModeNotifier,
+    ring: &mut Consumer<T>,
+    peer_closed: &AtomicU32,
+    timeout: Option<Duration>,
+) -> Result<(), QueueError> {
+    let mut corrupt: Option<CorruptIndex> = None;
+    let mut ready = || match ring.has_entries() {
+        Ok(true) => true,
+        Ok(false) => closed(peer_closed),
+        Err(e) => {
+            corrupt = Some(e);
+            true
+        }
+    };
+    notifier.wait_until(&mut ready, timeout)?;
+    if let Some(e) = corrupt {
+        return Err(e.into());
+    }
+    if !ring.has_entries()? {
+        return Err(QueueError::PeerGone);
+    }
+    Ok(())
+}
+
+/// Announces that this side is about to sleep on `ring` in an external event loop; `true` if it
+/// should not (entries, or the peer's close, are already there).
+fn arm_ring<T: Pod>(ring: &mut Consumer<T>, peer_closed: &AtomicU32) -> Result<bool, QueueError> {
+    let word = ring.consumer_wake();
+    word.announce_sleep();
+    if ring.has_entries()? || closed(peer_closed) {
+        word.cancel_sleep();
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Ends an external wait begun with [`arm_ring`]: clears the announcement, drains the eventfd.
+fn disarm_ring<T: Pod>(ring: &Consumer<T>, fd: Option<&EventFdSignal>) -> Result<(), QueueError> {
+    ring.consumer_wake().cancel_sleep();
+    if let Some(fd) = fd {
+        fd.drain()?;
+    }
+    Ok(())
+}
+
+/// Both sides of a queue pair.
+pub type Sides<S, C> = (AppSide<S, C>, ServiceSide<S, C>);
+
+/// A queue pair between two threads of this process, over an anonymous region.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use subring_planes::pair::{in_process, PairConfig};
+/// use subring_planes::queue::{Completer, Submitter};
+///
+/// let (mut app, mut service) = in_process::<u64, u64>(&PairConfig::default())?;
+/// let server = std::thread::spawn(move || service.run(|x| x * 2, None));
+/// app.push(21).unwrap();
+/// app.submit()?;
+/// app.wait(Some(Duration::from_secs(10)))?;
+/// assert_eq!(app.reap()?, Some(42));
+/// drop(app); // the service sees the app gone and `run` returns
+/// server.join().unwrap()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn in_process<S: Pod, C: Pod>(config: &PairConfig) -> Result<Sides<S, C>, QueueError> {
+    let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
+    let region = Region::anonymous(layout.size, RegionOptions::new()).map_err(region_error)?;
+    let region = Arc::new(region);
+    let signals = PairSignals::for_config(config)?;
+    let service = ServiceSide::create(region.clone(), 0, config, signals.clone())?;
+    let app = AppSide::attach(region, 0, config, signals)?;
+    Ok((app, service))
+}
+
+fn ring_error(e: RingError) -> QueueError {
+    match e {
+        RingError::Corrupt(c) => QueueError::Corrupt(c),
+        other => QueueError::Io(io::Error::new(io::ErrorKind::InvalidInput, other)),
+    }
+}
+
+fn region_error(e: RegionError) -> QueueError {
+    QueueError::Io(io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+fn push_error<T>(e: PushError<T>) -> Rejected<T> {
+    match e {
+        PushError::Full(t) => Rejected::new(t, QueueError::Full),
+        PushError::Corrupt(c, t) => Rejected::new(t, QueueError::Corrupt(c)),
+    }
+}
+
+/// Lays out a fresh queue pair at `offset` in `region` (which must hold [`PairLayout::size`]
+/// bytes there): the pair header and both rings, empty. Each side then attaches with
+/// [`AppSide::attach`] / [`ServiceSide::attach`], in this process or one that maps the same
+/// memory. The range must not overlap anything else live in the region.
+pub fn create<S: Pod, C: Pod>(
+    region: &Arc<Region>,
+    offset: usize,
+    config: &PairConfig,
+) -> Result<(), QueueError> {
+    let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
+    region
+        .check(offset as u64, layout.size as u64)
+        .map_err(region_error)?;
+    let state = StateRef::locate(region, offset).map_err(region_error)?;
+    #[cfg(loom)]
+    // SAFETY: loom atomics must be constructed; bounds-checked above and not yet shared.
+    unsafe {
+        state.ptr.as_ptr().write(CacheLine(PairState {
+            magic: AtomicU32::new(0),
+            version: AtomicU32::new(0),
+            app_closed: AtomicU32::new(0),
+            service_closed: AtomicU32::new(0),
+            kick_mode: AtomicU32::new(0),
+            call_mode: AtomicU32::new(0),
+        }));
+    }
+    let s = state.get();
+    s.magic.store(0, Relaxed);
+    s.kick_mode.store(mode_code(config.kick_mode), Relaxed);
+    s.call_mode.store(mode_code(config.call_mode), Relaxed);
+    s.app_closed.store(0, Relaxed);
+    s.service_closed.store(0, Relaxed);
+    s.version.store(PAIR_LAYOUT_VERSION, Relaxed);
+    Ring::<S>::create(region.clone(), offset + layout.sq, config.sq_capacity)
+        .map_err(ring_error)?;
+    Ring::<C>::create(region.clone(), offset + layout.cq, config.cq_capacity)
+        .map_err(ring_error)?;
+    // SYNC POINT (pair-init): Release pairs with the Acquire load of `magic` in `locate_pair`.
+    s.magic.store(PAIR_MAGIC, Release);
+    Ok(())
+}
+
+/// Finds the pair header at `offset` and checks it; returns it with the pair's layout.
+fn locate_pair<S: Pod, C: Pod>(
+    region: &Arc<Region>,
+    offset: usize,
+    config: &PairConfig,
+) -> Result<(StateRef, PairLayout, Claim), QueueError> {
+    let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
+    region
+        .check(offset as u64, layout.size as u64)
+        .map_err(region_error)?;
+    // The header's words are used through atomics by both sides: claimed as shared, so that
+    // no exclusive structure of this process (a buffer pool a peer placed there) overlaps it.
+    let header = region
+        .claim(
+            offset..offset + std::mem::size_of::<PairHeader>(),
+            ClaimKind::Shared,
+        )
+        .map_err(region_error)?;
+    let state = StateRef::locate(region, offset).map_err(region_error)?;
+    let s = state.get();
+    // SYNC POINT (pair-init): Acquire pairs with the Release store in `create`.
+    let magic = s.magic.load(Acquire);
+    let version = s.version.load(Relaxed);
+    if magic != PAIR_MAGIC || version != PAIR_LAYOUT_VERSION {
+        return Err(QueueError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "no queue pair at offset {offset}: magic {magic:#x} version {version}, \
+                 expected {PAIR_MAGIC:#x} version {PAIR_LAYOUT_VERSION}"
+            ),
+        )));
+    }
+    for (what, word, mode) in [
+        ("kick", &s.kick_mode, config.kick_mode),
+        ("call", &s.call_mode, config.call_mode),
+    ] {
+        let found = word.load(Relaxed);
+        if found != mode_code(mode) {
+            return Err(QueueError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "queue pair at offset {offset} was created with {what} mode code {found}, \
+                     this side asks for {mode} (code {}): both sides must use the same mode",
+                    mode_code(mode)
+                ),
+            )));
+        }
+    }
+    Ok((state, layout, header))
+}

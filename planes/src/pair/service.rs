@@ -1,0 +1,248 @@
+//! The subsystem side of a queue pair.
+
+use super::*;
+
+/// The subsystem side of a queue pair: takes `S` requests, posts `C` completions.
+pub struct ServiceSide<S, C> {
+    sq: Consumer<S>,
+    cq: Producer<C>,
+    kick: ModeNotifier,
+    call: ModeNotifier,
+    kick_fd: Option<EventFdSignal>,
+    state: StateRef,
+    _header: Claim,
+}
+
+impl<S, C> fmt::Debug for ServiceSide<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceSide")
+            .field("sq", &self.sq)
+            .field("cq", &self.cq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Pod, C: Pod> ServiceSide<S, C> {
+    /// Lays out a fresh queue pair ([`create`]) and attaches its service side.
+    pub fn create(
+        region: Arc<Region>,
+        offset: usize,
+        config: &PairConfig,
+        signals: PairSignals,
+    ) -> Result<Self, QueueError> {
+        create::<S, C>(&region, offset, config)?;
+        Self::attach(region, offset, config, signals)
+    }
+
+    /// Attaches the service side to a queue pair laid out at `offset` in `region` with the same
+    /// `config`, checking its headers.
+    pub fn attach(
+        region: Arc<Region>,
+        offset: usize,
+        config: &PairConfig,
+        signals: PairSignals,
+    ) -> Result<Self, QueueError> {
+        let (state, layout, header) = locate_pair::<S, C>(&region, offset, config)?;
+        let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
+            .and_then(Ring::into_consumer)
+            .map_err(ring_error)?;
+        let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
+            .and_then(Ring::into_producer)
+            .map_err(ring_error)?;
+        Ok(ServiceSide {
+            kick: config
+                .kick_mode
+                .notifier(sq.consumer_wake(), signals.kick.clone())?,
+            call: config
+                .call_mode
+                .notifier(cq.consumer_wake(), signals.call)?,
+            kick_fd: signals.kick,
+            sq,
+            cq,
+            state,
+            _header: header,
+        })
+    }
+
+    /// Waits until a request is ready. Fails with [`QueueError::PeerGone`] once the app has
+    /// closed and every request it published has been taken, or [`QueueError::Timeout`].
+    pub fn wait_requests(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        wait_ring(
+            &self.kick,
+            &mut self.sq,
+            &self.state.get().app_closed,
+            timeout,
+        )
+    }
+
+    /// Takes the next request, if any.
+    pub fn pop_request(&mut self) -> Result<Option<S>, QueueError> {
+        Ok(self.sq.pop()?)
+    }
+
+    /// Up to `max` ready requests, to read in place and release together.
+    pub fn requests(&mut self, max: u32) -> Result<ReadChunk<'_, S>, QueueError> {
+        Ok(self.sq.read_chunk(max)?)
+    }
+
+    /// Stages a completion; the app sees it after [`flush`](Self::flush). A full completion ring
+    /// hands it back.
+    pub fn complete(&mut self, completion: C) -> Result<(), Rejected<C>> {
+        self.cq.stage(completion).map_err(push_error)
+    }
+
+    /// Free completion slots now.
+    pub fn completion_space(&mut self) -> Result<u32, QueueError> {
+        Ok(self.cq.free_slots()?)
+    }
+
+    /// Free completion slots, re-reading the app's head only if fewer than `wanted` are known
+    /// to be free (see [`Producer::free_for`]).
+    pub fn completion_space_for(&mut self, wanted: u32) -> Result<u32, QueueError> {
+        Ok(self.cq.free_for(wanted)?)
+    }
+
+    /// Requests ready to take now (reads the stamps of every slot the app published since the
+    /// last look).
+    pub fn requests_available(&mut self) -> Result<u32, QueueError> {
+        Ok(self.sq.available()?)
+    }
+
+    /// Requests ready to take, looking for new ones only while fewer than `wanted` are known
+    /// (see [`Consumer::available_up_to`]): for a service that takes at most `wanted` at a time.
+    pub fn requests_available_up_to(&mut self, wanted: u32) -> Result<u32, QueueError> {
+        Ok(self.sq.available_up_to(wanted)?)
+    }
+
+    /// Publishes staged completions and wakes the app if it sleeps; returns how many.
+    pub fn flush(&mut self) -> Result<u32, QueueError> {
+        let n = self.cq.publish();
+        if n > 0 {
+            self.call.notify()?;
+        }
+        Ok(n)
+    }
+
+    /// Handles the requests that are ready, as many as the completion ring has room for, with
+    /// one release and one flush; returns how many were handled.
+    pub fn serve_ready(&mut self, handler: &mut impl FnMut(S) -> C) -> Result<u32, QueueError> {
+        // Completion room is re-read only when the cached head says there is too little: the
+        // head's line moves every time the app reaps.
+        let ready = self.sq.available()?;
+        let room = self.cq.free_for(ready)?;
+        let chunk = self.sq.read_chunk(ready.min(room))?;
+        let n = chunk.len();
+        let mut out = self.cq.write_chunk(n as u32)?;
+        debug_assert_eq!(out.len(), n, "completion room was reserved above");
+        for i in 0..n {
+            out.set(i, handler(chunk.get(i)));
+        }
+        chunk.release_all();
+        out.commit(n);
+        if n > 0 {
+            self.call.notify()?;
+        }
+        Ok(n as u32)
+    }
+
+    /// Serves requests with `handler` until the app closes (returns `Ok(())`) or `idle` passes
+    /// without a request ([`QueueError::Timeout`]; `None`: no limit). When the completion ring
+    /// is full it stops taking requests (back-pressure reaches the app as a full submission ring)
+    /// and polls for room with short sleeps.
+    pub fn run(
+        &mut self,
+        mut handler: impl FnMut(S) -> C,
+        idle: Option<Duration>,
+    ) -> Result<(), QueueError> {
+        loop {
+            match self.wait_requests(idle) {
+                Ok(()) => {}
+                Err(QueueError::PeerGone) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            if self.serve_ready(&mut handler)? == 0 {
+                match self.wait_for_room(idle) {
+                    Ok(()) => {}
+                    // The app closed without reaping what it was owed: a clean end for us.
+                    Err(QueueError::PeerGone) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    fn wait_for_room(&mut self, limit: Option<Duration>) -> Result<(), QueueError> {
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(1);
+        while self.cq.free_slots()? == 0 {
+            if closed(&self.state.get().app_closed) {
+                return Err(QueueError::PeerGone);
+            }
+            if limit.is_some_and(|l| start.elapsed() >= l) {
+                return Err(QueueError::Timeout(limit.unwrap_or_default()));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Whether requests are ready to take.
+    pub fn requests_ready(&mut self) -> Result<bool, QueueError> {
+        Ok(self.sq.has_entries()?)
+    }
+
+    /// Whether the app side has closed.
+    pub fn app_closed(&self) -> bool {
+        closed(&self.state.get().app_closed)
+    }
+
+    /// Interrupt-plane counters: `kick` (waiting for requests) and `call` (notifying the app).
+    pub fn stats(&self) -> (NotifyStats, NotifyStats) {
+        (self.kick.stats(), self.call.stats())
+    }
+
+    /// The eventfd the service sleeps on in eventfd mode, for an event loop. Call
+    /// [`arm`](Self::arm) before waiting on it.
+    pub fn kick_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.kick_fd.as_ref().map(|e| e.as_fd())
+    }
+
+    /// The wake word of the submission ring: what [`arm`](Self::arm) announces sleep on and the
+    /// app's doorbell wakes. With the kick mode [`NotifyMode::Futex`], the doorbell is a futex
+    /// wake of this word, so a service can sleep on many pairs at once in one
+    /// [`WaitAny`](crate::interrupt::WaitAny) (arm each, then wait on their words).
+    pub fn kick_word(&self) -> WakeRef {
+        self.sq.consumer_wake()
+    }
+
+    /// Prepares to wait for requests in an external event loop on [`kick_fd`](Self::kick_fd):
+    /// announces that the service is about to sleep, so the app's doorbell will signal the
+    /// eventfd, then re-checks. Returns `true` if requests (or the app's close) are already
+    /// there — then do not wait. After the fd fires, call [`disarm`](Self::disarm).
+    pub fn arm(&mut self) -> Result<bool, QueueError> {
+        arm_ring(&mut self.sq, &self.state.get().app_closed)
+    }
+
+    /// Ends an external wait begun with [`arm`](Self::arm): clears the announcement and drains
+    /// the eventfd.
+    pub fn disarm(&mut self) -> Result<(), QueueError> {
+        disarm_ring(&self.sq, self.kick_fd.as_ref())
+    }
+
+    /// Like [`disarm`](Self::disarm), for an event loop that watches
+    /// [`kick_fd`](Self::kick_fd) edge-triggered (`EPOLLET`): clears the announcement but
+    /// leaves the eventfd's counter alone, which saves a `read` per wake-up. Each later kick
+    /// still reports the fd again, because every eventfd write is a new edge.
+    pub fn disarm_edge_triggered(&mut self) {
+        self.sq.consumer_wake().cancel_sleep();
+    }
+}
+
+impl<S, C> Drop for ServiceSide<S, C> {
+    /// Publishes staged completions (nothing the service completed is dropped), then closes.
+    fn drop(&mut self) {
+        self.cq.publish_staged();
+        close(&self.state.get().service_closed, &self.call);
+    }
+}
