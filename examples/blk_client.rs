@@ -58,8 +58,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         while next < blocks && client.in_flight() < 32 {
             let Some(mut buf) = client.alloc() else { break };
             let offset = next * block as u64;
-            buf.set_len(block);
-            fill(offset, &mut buf);
+            let mut data = vec![0u8; block];
+            fill(offset, &mut data);
+            buf.fill_from(&data);
             client.write(next, offset, buf).map_err(|r| r.error)?;
             next += 1;
         }
@@ -100,7 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let n = d.result.map_err(|e| format!("read {}: {e}", d.tag))?;
         let buf = d.buf.ok_or("the buffer did not come back")?;
         fill(offset, &mut expect);
-        if n as usize != block || buf[..] != expect[..] {
+        if n as usize != block || buf.to_vec() != expect {
             return Err(format!("read {} at {offset}: wrong data", d.tag).into());
         }
         checked += 1;

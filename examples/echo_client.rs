@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for seq in 0..count as u64 {
         let mut buf = client.alloc().ok_or("no free buffer")?;
         buf.fill_from(message);
-        let sum = checksum(&buf);
+        let sum = checksum(message);
         let start = Instant::now();
         client
             .push(EchoReq {
@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("bad answer {resp:?} to request {seq}").into());
         }
         let back = client.reclaim(resp.buf)?;
-        if back[..] != message.to_ascii_uppercase()[..] {
+        if back.to_vec() != message.to_ascii_uppercase() {
             return Err(format!("payload {seq} not upper-cased in place").into());
         }
     }

@@ -229,8 +229,9 @@ fn child_app() {
         // Fill as many requests as there are buffers and ring slots, submit them at once.
         while sent < COUNT {
             let Some(mut buf) = pool.alloc() else { break };
-            buf.set_len(BUF_SIZE - (sent % 64) as usize);
-            payload(sent, &mut buf);
+            let mut data = vec![0u8; BUF_SIZE - (sent % 64) as usize];
+            payload(sent, &mut data);
+            buf.fill_from(&data);
             let req = Req {
                 seq: sent,
                 buf: buf.lend(),
@@ -255,7 +256,7 @@ fn child_app() {
                 .expect("the service returned our handle");
             let mut expected = vec![0u8; BUF_SIZE - (done % 64) as usize];
             payload(done, &mut expected);
-            assert_eq!(&buf[..], &expected[..], "payload changed");
+            assert_eq!(buf.to_vec(), expected, "payload changed");
             assert_eq!(
                 resp.sum,
                 checksum(&expected),

@@ -286,6 +286,7 @@ impl Transport for Blk {
                 if c.value != u64::from(BLOCK) {
                     return Err(format!("tag {token}: read {} bytes", c.value));
                 }
+                let buf = buf.to_vec();
                 if let Some(i) =
                     (0..BLOCK as usize).find(|i| buf[*i] != byte_at(offset + *i as u64))
                 {

@@ -260,7 +260,8 @@ impl Transport for ShmEcho {
                         checksum(&sent)
                     ));
                 }
-                if buf[..] != sent.to_ascii_uppercase()[..] {
+                let buf = buf.to_vec();
+                if buf != sent.to_ascii_uppercase() {
                     return Err(format!(
                         "seq {token}: payload not upper-cased in place: {:?}",
                         String::from_utf8_lossy(&buf)

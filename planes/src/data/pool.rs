@@ -13,10 +13,10 @@
 //! previous owner did with the buffer happens-before the next owner touches it.
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use super::region::{Claim, ClaimKind, Region, RegionError};
+use super::volatile::SharedBytes;
 use super::BufHandle;
 #[cfg(loom)]
 use crate::sync::Ordering;
@@ -120,7 +120,7 @@ impl PoolLayout {
 /// region.read_into(handle, &mut seen)?; // what the peer would see
 /// assert_eq!(&seen, b"hello");
 /// let back = pool.reclaim(handle)?; // the peer gave it back
-/// assert_eq!(&back[..], b"hello");
+/// assert_eq!(back.to_vec(), b"hello"); // a copy: the peer maps these bytes
 /// assert!(pool.reclaim(handle).is_err()); // not lent any more
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -325,8 +325,20 @@ impl BufferPool {
 /// An owned buffer from a [`BufferPool`]; it goes back to the pool when dropped, unless it is
 /// [lent](Buf::lend) to the peer.
 ///
-/// It dereferences to its first [`len`](Buf::len) bytes. The bytes live in the shared region,
-/// so a misbehaving peer could write them: treat what you read back as untrusted input.
+/// Its bytes live in the shared region, where a peer that breaks the protocol could write them
+/// at any moment, so they are reached through [`bytes`](Buf::bytes) and
+/// [`spare`](Buf::spare), views that only copy ([`SharedBytes`]), or through the `unsafe`
+/// [`as_slice`](Buf::as_slice) for a trusted peer. Treat what you read back as untrusted input.
+///
+/// A `Buf` is not a slice, so safe code cannot hold a reference to bytes a peer may write:
+/// ```compile_fail
+/// # use std::sync::Arc;
+/// # use subring_planes::data::{BufferPool, Region, RegionOptions};
+/// # let region = Arc::new(Region::memfd("pool", 4096, RegionOptions::new()).unwrap());
+/// # let pool = BufferPool::new(region, 0, 4096, 1).unwrap();
+/// let buf = pool.alloc().unwrap();
+/// let bytes: &[u8] = &buf[..]; // does not compile: the peer maps these bytes
+/// ```
 pub struct Buf {
     pool: Arc<BufferPool>,
     index: u32,
@@ -380,18 +392,66 @@ impl Buf {
     /// Copies as much of `data` as fits to the start of the buffer and sets the length to it;
     /// returns the number of bytes copied.
     pub fn fill_from(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(self.capacity());
+        let n = self.spare().copy_from(data);
         self.set_len(n);
-        self[..n].copy_from_slice(&data[..n]);
         n
     }
 
-    /// The whole buffer, regardless of length (for filling in place, e.g. by a read).
-    pub fn spare_mut(&mut self) -> &mut [u8] {
+    /// The bytes in use (the first [`len`](Self::len)), as a view that reads and writes only
+    /// by copies: the buffer lives in memory the peer maps, and a peer that breaks the
+    /// protocol could write it at any moment, so no safe reference to it is ever made.
+    pub fn bytes(&self) -> SharedBytes<'_> {
+        self.view(self.len as usize)
+    }
+
+    /// The whole buffer, whatever its length, as a view (for filling in place; then
+    /// [`set_len`](Self::set_len)).
+    pub fn spare(&self) -> SharedBytes<'_> {
+        self.view(self.capacity())
+    }
+
+    /// A copy of the bytes in use.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.bytes().to_vec()
+    }
+
+    /// The bytes in use as a slice, in place, without a copy.
+    ///
+    /// # Safety
+    /// Nothing may write the buffer while the slice lives. This process cannot (the `Buf` is
+    /// borrowed); the caller vouches for every other process that maps the region: it must be
+    /// trusted to keep the protocol (never to write a buffer it was not lent), or there must be
+    /// none (a region this process never shared). A hostile peer breaks this at will.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr()` is the start of this buffer and `len <= capacity` bytes lie inside
+        // the region (checked when the pool was built); the caller vouches that nothing writes
+        // them meanwhile.
+        unsafe { std::slice::from_raw_parts(self.ptr(), self.len as usize) }
+    }
+
+    /// The whole buffer as a mutable slice, in place (for a reader that fills a `&mut [u8]`).
+    ///
+    /// # Safety
+    /// As for [`as_slice`](Self::as_slice): no other process may read or write the buffer
+    /// while the slice lives.
+    pub unsafe fn spare_mut(&mut self) -> &mut [u8] {
         let cap = self.capacity();
-        // SAFETY: `ptr()` is the start of this buffer, `cap` bytes lie inside the region (checked
-        // when the pool was built), and owning the `Buf` means the pool hands it to nobody else.
+        // SAFETY: `cap` bytes from `ptr()` lie inside the region; owning the `Buf` means the
+        // pool hands them to nobody else in this process, and the caller vouches for the rest.
         unsafe { std::slice::from_raw_parts_mut(self.ptr(), cap) }
+    }
+
+    /// Where the buffer starts in this process (for handing it to the kernel; reading or
+    /// writing through it is the caller's `unsafe` business).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr()
+    }
+
+    fn view(&self, len: usize) -> SharedBytes<'_> {
+        let ptr = std::ptr::NonNull::new(self.ptr()).expect("a mapping is never at address 0");
+        // SAFETY: `len <= capacity` bytes from `ptr()` lie inside the region, which the pool's
+        // `Arc` keeps mapped while `self` is borrowed; this module makes no reference to them.
+        unsafe { SharedBytes::new(ptr, len) }
     }
 
     fn ptr(&self) -> *mut u8 {
@@ -425,21 +485,6 @@ impl Buf {
         // moved out exactly once.
         drop(unsafe { std::ptr::read(&this.pool) });
         handle
-    }
-}
-
-impl Deref for Buf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: as in `spare_mut`; `len <= capacity`.
-        unsafe { std::slice::from_raw_parts(self.ptr(), self.len as usize) }
-    }
-}
-
-impl DerefMut for Buf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `spare_mut`; `len <= capacity`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr(), self.len as usize) }
     }
 }
 

@@ -50,7 +50,7 @@
 //! client.read(2, 8192, buf, 4096).map_err(|r| r.error)?;
 //! client.submit()?;
 //! let done = client.next(Some(Duration::from_secs(10)))?;
-//! assert_eq!(&done.buf.unwrap()[..], &[7u8; 4096][..]);
+//! assert_eq!(done.buf.unwrap().to_vec(), [7u8; 4096]);
 //! drop(client);
 //! server.stop()?;
 //! std::fs::remove_dir_all(&dir)?;

@@ -212,7 +212,7 @@ fn read_back_across_processes(tmpfs: bool) {
         let buf = d.buf.expect("the buffer came back");
         assert_eq!(buf.len() as u64, len);
         assert!(
-            buf[..] == shadow[offset as usize..(offset + len) as usize],
+            buf.to_vec() == shadow[offset as usize..(offset + len) as usize],
             "read {} of {len} bytes at {offset} differs from what was written",
             d.tag
         );
@@ -554,7 +554,7 @@ fn a_client_killed_with_reads_in_flight_leaves_the_service_healthy() {
     assert_eq!(d.result, Ok(4096));
     let mut rng = Rng(7);
     let expect: Vec<u8> = (0..8192).map(|_| rng.next() as u8).collect();
-    assert_eq!(&d.buf.unwrap()[..], &expect[4096..]);
+    assert_eq!(d.buf.unwrap().to_vec(), &expect[4096..]);
     drop(client);
     let server = running.stop();
     assert_eq!(server.stats().clients, 0);

@@ -6,9 +6,10 @@
 //! the client lends the server full buffers to consume (`DATA`) and empty buffers to fill
 //! (`RECV`), and says when it has finished writing (`FIN`). The server returns each buffer in a
 //! completion: consumed (`SENT`), filled (`FILLED`, with its length), or empty at end of stream
-//! (`EOF`). Bytes are copied once on each side of the ring (into a buffer by `write`, out of
-//! one by the server's service) and not at all on reads through [`BufRead::fill_buf`], which
-//! returns the filled buffer in place.
+//! (`EOF`). Bytes are copied once on each side of the ring: into a buffer by `write` and out
+//! of it by the server (its service sees its own copy), into a buffer by the server and out of
+//! it by `read` or [`BufRead::fill_buf`]. The buffers live in memory both processes map, so
+//! neither side reads them through a Rust reference.
 //!
 //! On the server, [`StreamHandler`] turns a [`ByteService`] (bytes in, bytes out) into a
 //! [`Handler`].
@@ -141,6 +142,10 @@ pub struct Stream {
     /// Filled receive buffers, oldest first, and how far the oldest has been read.
     rx: VecDeque<Buf>,
     rx_pos: usize,
+    /// What `fill_buf` copied out of a receive buffer (the buffer itself lives in memory the
+    /// server maps, so it is never lent out as a slice), and how far it has been consumed.
+    copied: Vec<u8>,
+    copied_pos: usize,
     /// Receive buffers lent to the server, and how many to keep lent.
     posted: usize,
     max_rx: usize,
@@ -173,6 +178,8 @@ impl Stream {
             tx: None,
             rx: VecDeque::new(),
             rx_pos: 0,
+            copied: Vec::new(),
+            copied_pos: 0,
             posted: 0,
             tx_in_flight: 0,
             eof: false,
@@ -366,7 +373,10 @@ impl Write for Stream {
         let tx = self.tx.as_mut().expect("allocated above");
         let len = tx.len();
         let n = (tx.capacity() - len).min(data.len());
-        tx.spare_mut()[len..len + n].copy_from_slice(&data[..n]);
+        tx.spare()
+            .get(len..len + n)
+            .expect("within the capacity")
+            .copy_from(&data[..n]);
         tx.set_len(len + n);
         if tx.len() == tx.capacity() {
             self.send_tx()?;
@@ -384,19 +394,23 @@ impl Write for Stream {
     }
 }
 
-impl BufRead for Stream {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+impl Stream {
+    /// Waits until input is ready (`true`) or the stream has ended (`false`).
+    fn input_ready(&mut self) -> io::Result<bool> {
         loop {
+            if self.copied_pos < self.copied.len() {
+                return Ok(true);
+            }
             if let Some(front) = self.rx.front() {
                 if self.rx_pos < front.len() {
-                    break;
+                    return Ok(true);
                 }
                 self.rx.pop_front();
                 self.rx_pos = 0;
                 continue;
             }
             if self.eof {
-                return Ok(&[]);
+                return Ok(false);
             }
             // Whatever was written goes out first: the answer may depend on it.
             self.send_tx()?;
@@ -411,27 +425,59 @@ impl BufRead for Stream {
             }
             self.pump(true)?;
         }
-        let front = self.rx.front().expect("checked in the loop");
-        Ok(&front[self.rx_pos..])
+    }
+}
+
+/// `fill_buf` copies the rest of the oldest filled buffer into the stream's own memory and
+/// frees the buffer (the server maps it, so it is never handed out as a slice); `read` copies
+/// straight from the buffer into the caller's.
+impl BufRead for Stream {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if !self.input_ready()? {
+            return Ok(&[]);
+        }
+        if self.copied_pos >= self.copied.len() {
+            let front = self.rx.pop_front().expect("input_ready found one");
+            let rest = front
+                .bytes()
+                .get(self.rx_pos..front.len())
+                .expect("rx_pos < len");
+            self.copied.clear();
+            self.copied.resize(rest.len(), 0);
+            rest.copy_to(&mut self.copied);
+            self.copied_pos = 0;
+            self.rx_pos = 0;
+        }
+        Ok(&self.copied[self.copied_pos..])
     }
 
     fn consume(&mut self, amt: usize) {
-        self.rx_pos += amt;
-        if let Some(front) = self.rx.front() {
-            if self.rx_pos >= front.len() {
-                self.rx.pop_front();
-                self.rx_pos = 0;
-            }
-        }
+        self.copied_pos = (self.copied_pos + amt).min(self.copied.len());
     }
 }
 
 impl Read for Stream {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(out.len());
-        out[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
+        if out.is_empty() || !self.input_ready()? {
+            return Ok(0);
+        }
+        if self.copied_pos < self.copied.len() {
+            let n = out.len().min(self.copied.len() - self.copied_pos);
+            out[..n].copy_from_slice(&self.copied[self.copied_pos..self.copied_pos + n]);
+            self.copied_pos += n;
+            return Ok(n);
+        }
+        let front = self.rx.front().expect("input_ready found one");
+        let n = front
+            .bytes()
+            .get(self.rx_pos..front.len())
+            .expect("rx_pos < len")
+            .copy_to(out);
+        self.rx_pos += n;
+        if self.rx_pos >= front.len() {
+            self.rx.pop_front();
+            self.rx_pos = 0;
+        }
         Ok(n)
     }
 }

@@ -122,7 +122,7 @@ pub(crate) fn chain() -> Result<(), Error> {
             if n as usize != BLOCK {
                 return Err(format!("short read: {n} bytes").into());
             }
-            check_block(&buf, offset)?;
+            check_block(buf.bytes(), offset)?;
             done += 1;
             match client.try_next()? {
                 Some(more) => d = more,

@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use subring::data::{BufferPool, Region, RegionOptions};
+use subring::data::{BufferPool, Region, RegionOptions, SharedBytes};
 use subring::queue::{Completer, Submitter};
 use subring::uring::{FixedBuf, Op, Output, Submission, Target, Uring};
 use subring_bench::peers::Latency;
@@ -75,7 +75,7 @@ pub(crate) fn kernel() -> Result<(), Error> {
             if n as usize != PAYLOAD {
                 return Err(format!("short read: {n} bytes").into());
             }
-            check_block(&buf, offset)?;
+            check_block(buf.bytes(), offset)?;
             done += 1;
             if issued < READS {
                 push(&mut ring, slot, buf, &mut started)?;
@@ -110,7 +110,7 @@ pub(crate) fn kernel() -> Result<(), Error> {
         if n != PAYLOAD {
             return Err(format!("short pread: {n} bytes").into());
         }
-        check_block(&buf, offset)?;
+        check_block(SharedBytes::from_mut_slice(&mut buf), offset)?;
     }
     let took = start.elapsed();
     println!(

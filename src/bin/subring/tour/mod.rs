@@ -16,6 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
+use subring::data::SharedBytes;
 
 use crate::Error;
 
@@ -131,10 +132,13 @@ pub(crate) fn offsets() -> impl FnMut() -> u64 {
     }
 }
 
-pub(crate) fn check_block(bytes: &[u8], offset: u64) -> Result<(), Error> {
-    for (i, w) in bytes.chunks_exact(8).enumerate().step_by(64) {
+/// Checks every 64th word of a block read at `offset` (copied out of the shared buffer one word
+/// at a time: the buffer is memory another process maps).
+pub(crate) fn check_block(bytes: SharedBytes<'_>, offset: u64) -> Result<(), Error> {
+    for i in (0..bytes.len() / 8).step_by(64) {
         let at = offset + 8 * i as u64;
-        if u64::from_le_bytes(w.try_into().expect("8 bytes")) != word_at(at) {
+        let word = bytes.read_obj::<u64>(8 * i).expect("inside the block");
+        if u64::from_le(word) != word_at(at) {
             return Err(format!("read the wrong bytes at offset {at}").into());
         }
     }

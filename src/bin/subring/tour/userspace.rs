@@ -230,10 +230,11 @@ pub(crate) fn userspace() -> Result<(), Error> {
 }
 
 fn round_trip(client: &mut Client<EchoReq, EchoResp>, seq: u64) -> Result<(), Error> {
+    let mut data = [0u8; PAYLOAD];
+    payload(seq, &mut data);
+    let expect = echo::word_sum(&data);
     let mut buf = client.alloc().ok_or("no free buffer")?;
-    buf.set_len(PAYLOAD);
-    payload(seq, &mut buf);
-    let expect = echo::word_sum(&buf);
+    buf.fill_from(&data);
     let req = EchoReq {
         seq,
         op: op::TOUCH,
@@ -261,10 +262,11 @@ fn pipelined(client: &mut Client<EchoReq, EchoResp>) -> Result<(), Error> {
     let mut out = Vec::new();
     while done < PIPELINED {
         while sent < PIPELINED && sent - done < DEPTH {
+            let mut data = [0u8; PAYLOAD];
+            payload(sent, &mut data);
+            expect[(sent % slots) as usize] = echo::word_sum(&data);
             let mut buf = client.alloc().ok_or("no free buffer")?;
-            buf.set_len(PAYLOAD);
-            payload(sent, &mut buf);
-            expect[(sent % slots) as usize] = echo::word_sum(&buf);
+            buf.fill_from(&data);
             let req = EchoReq {
                 seq: sent,
                 op: op::TOUCH,

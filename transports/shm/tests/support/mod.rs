@@ -119,9 +119,10 @@ pub fn echo_many(client: &mut Client<EchoReq, EchoResp>, count: u64, depth: u64,
     while done < count {
         while sent < count && sent - done < depth {
             let Some(mut buf) = client.alloc() else { break };
-            buf.set_len(len.min(buf.capacity()));
-            pattern(sent, &mut buf);
-            expected.insert(sent, checksum(&buf));
+            let mut data = vec![0u8; len.min(buf.capacity())];
+            pattern(sent, &mut data);
+            expected.insert(sent, checksum(&data));
+            buf.fill_from(&data);
             let req = EchoReq {
                 seq: sent,
                 op: op::UPPER,
@@ -143,7 +144,7 @@ pub fn echo_many(client: &mut Client<EchoReq, EchoResp>, count: u64, depth: u64,
             let mut original = vec![0u8; buf.len()];
             pattern(resp.seq, &mut original);
             original.make_ascii_uppercase();
-            assert_eq!(&buf[..], &original[..], "payload of echo {}", resp.seq);
+            assert_eq!(buf.to_vec(), original, "payload of echo {}", resp.seq);
             done += 1;
         }
     }

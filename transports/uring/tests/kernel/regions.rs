@@ -43,7 +43,7 @@ fn fixed_buffers_in_a_memfd_region() {
         )],
     );
     match &done[0].output {
-        Output::Fixed(FixedBuf::Buf(b)) => assert_eq!(&b[..], &data[..]),
+        Output::Fixed(FixedBuf::Buf(b)) => assert_eq!(b.to_vec(), data),
         other => panic!("{other:?}"),
     }
 
