@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,7 +155,7 @@ fn copy_uring(src: &Path, dst: &Path, len: u64) -> Result<(Duration, u64, u64), 
     let pool = BufferPool::new(region.clone(), 0, CHUNK, DEPTH)?;
     let mut ring = Uring::builder().entries(2 * DEPTH as u32).build()?;
     ring.register_region(region)?;
-    ring.register_files(&[input.as_raw_fd(), output.as_raw_fd()])?;
+    ring.register_files(&[&input, &output])?;
 
     // Buffers held by the example while their read/write pair is in flight, by chunk index.
     let mut held: Vec<Option<Buf>> = Vec::new();

@@ -479,13 +479,14 @@ fn subring_reads(
 ) -> Result<Duration, String> {
     let mut out = Vec::with_capacity(64);
     let ops = cfg.read_ops;
-    let fd = Target::Fd(file.as_raw_fd());
+    // As a user holds a file for the ring: shared, so that each read holds it until it is done.
+    let fd = Target::fd(std::sync::Arc::new(file.try_clone().ctx("dup")?));
     let mut offsets = Offsets::new(cfg.file_len);
     let start = Instant::now();
     let (mut issued, mut done) = (0u64, 0u64);
     for i in 0..depth.min(ops as usize) {
         let op = Op::Read {
-            fd,
+            fd: fd.clone(),
             buf: vec![0; BLOCK],
             offset: offsets.next(),
         };
@@ -508,7 +509,7 @@ fn subring_reads(
                     return Err("a read did not return its buffer".into());
                 };
                 let op = Op::Read {
-                    fd,
+                    fd: fd.clone(),
                     buf,
                     offset: offsets.next(),
                 };

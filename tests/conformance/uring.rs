@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +59,7 @@ enum Kind {
 pub struct Kernel {
     dir: PathBuf,
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     expect: HashMap<u64, Kind>,
 }
 
@@ -71,7 +71,7 @@ impl Drop for Kernel {
 
 impl Kernel {
     fn fd(&self) -> Target {
-        Target::Fd(self.file.as_raw_fd())
+        Target::fd(&self.file)
     }
 
     fn expect(&mut self, token: u64, kind: Kind) {
@@ -115,7 +115,7 @@ impl Transport for Kernel {
         let fixture = Kernel {
             dir,
             path,
-            file,
+            file: Arc::new(file),
             expect: HashMap::new(),
         };
         let ring = Uring::builder()
@@ -250,7 +250,7 @@ fn drop_cancels_operations_that_never_complete_and_returns_their_buffers() {
         Submission::new(
             1,
             Op::ReadFixed {
-                fd: Target::Fd(rx.as_raw_fd()),
+                fd: Target::fd(rx.as_fd().try_clone_to_owned().unwrap()),
                 buf: FixedBuf::Buf(buf),
                 offset: u64::MAX,
             },
@@ -258,7 +258,7 @@ fn drop_cancels_operations_that_never_complete_and_returns_their_buffers() {
         Submission::new(
             2,
             Op::Read {
-                fd: Target::Fd(rx.as_raw_fd()),
+                fd: Target::fd(rx.as_fd().try_clone_to_owned().unwrap()),
                 buf: vec![0; 4096],
                 offset: u64::MAX,
             },

@@ -36,6 +36,7 @@
 
 mod book;
 mod builder;
+mod fd;
 mod op;
 mod reap;
 mod register;
@@ -57,6 +58,7 @@ use subring_planes::interrupt::{EventFdSignal, NotifyStats, Signal, WakeWord};
 use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
 
 pub use builder::UringBuilder;
+pub use fd::{CloseTarget, FdOwner, SharedFd};
 pub use op::{FixedBuf, Link, Op, Output, Submission, Target};
 pub use register::RegionKey;
 
@@ -73,18 +75,28 @@ const LIGHT: u64 = 1 << 62;
 const LIGHT_TOKEN_BITS: u32 = 56;
 const LIGHT_TOKEN_MASK: u64 = (1 << LIGHT_TOKEN_BITS) - 1;
 
-/// Operations that own no memory the kernel touches, by kind number in `user_data`.
+/// Operations that own no memory the kernel touches, by kind number in `user_data` (`msg_ring`
+/// no longer is: it holds the target ring's descriptor; its number stays reserved).
 const LIGHT_OPS: [&str; 6] = ["nop", "fsync", "close", "msg_ring", "cancel", "fallocate"];
 
+/// An operation's light kind, if it is light: it owns nothing the kernel uses after the push.
+/// One that targets a shared descriptor is not: it holds the descriptor until its completion.
 fn light_kind(op: &Op) -> Option<u64> {
     // Indices into `LIGHT_OPS`.
     match op {
         Op::Nop => Some(0),
-        Op::Fsync { .. } => Some(1),
-        Op::Close { .. } => Some(2),
-        Op::MsgRing { .. } => Some(3),
+        Op::Fsync {
+            fd: Target::Fixed(_),
+            ..
+        } => Some(1),
+        Op::Close {
+            fd: CloseTarget::Fixed(_),
+        } => Some(2),
         Op::Cancel { .. } => Some(4),
-        Op::Fallocate { .. } => Some(5),
+        Op::Fallocate {
+            fd: Target::Fixed(_),
+            ..
+        } => Some(5),
         _ => None,
     }
 }
@@ -235,9 +247,17 @@ impl Uring {
         UringBuilder::default()
     }
 
-    /// The ring's fd: the target of [`Op::MsgRing`] from another ring.
-    pub fn ring_fd(&self) -> RawFd {
-        self.ring.as_raw_fd()
+    /// The ring's descriptor.
+    pub fn ring_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the `IoUring` owns this descriptor and lives as long as the borrow.
+        unsafe { BorrowedFd::borrow_raw(self.ring.as_raw_fd()) }
+    }
+
+    /// A descriptor of this ring that another ring's [`Op::MsgRing`] can target: a duplicate,
+    /// shared by the operations that use it (the ring stays valid for them even if this
+    /// `Uring` is dropped first).
+    pub fn shared_fd(&self) -> io::Result<SharedFd> {
+        Ok(SharedFd::from(self.ring_fd().try_clone_to_owned()?))
     }
 
     /// The registered eventfd in [`WaitMode::EventFd`]: readable when completions may be ready.

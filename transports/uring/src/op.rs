@@ -8,24 +8,34 @@
 
 use std::ffi::CString;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
 use io_uring::{opcode, squeue, types};
 use subring_planes::data::{Buf, BufHandle};
 
-/// The file an operation targets: a plain descriptor, or an index into the ring's registered
-/// files ([`Uring::register_files`](crate::Uring::register_files)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::fd::{CloseTarget, SharedFd};
+
+/// The file an operation targets: a descriptor the operation holds until its completion, or an
+/// index into the ring's registered files
+/// ([`Uring::register_files`](crate::Uring::register_files)), which the kernel holds itself.
+#[derive(Debug, Clone)]
 pub enum Target {
-    /// A file descriptor of this process.
-    Fd(RawFd),
+    /// A descriptor of this process, shared with the operation (see [`SharedFd`]).
+    Fd(SharedFd),
     /// An index into the registered file table.
     Fixed(u32),
 }
 
-impl From<RawFd> for Target {
-    fn from(fd: RawFd) -> Self {
+impl Target {
+    /// A target sharing `fd` (an `Arc<File>`, `&Arc<OwnedFd>`, an `OwnedFd`, ...).
+    pub fn fd(fd: impl Into<SharedFd>) -> Self {
+        Target::Fd(fd.into())
+    }
+}
+
+impl From<SharedFd> for Target {
+    fn from(fd: SharedFd) -> Self {
         Target::Fd(fd)
     }
 }
@@ -130,10 +140,10 @@ pub enum Op {
         /// Only data (and the metadata needed to read it back).
         datasync: bool,
     },
-    /// `openat`: completes with the new descriptor.
+    /// `openat`: the new descriptor comes back owned, in [`Output::Fd`].
     OpenAt {
         /// Directory (`None`: the current directory).
-        dir: Option<RawFd>,
+        dir: Option<SharedFd>,
         /// Path.
         path: CString,
         /// `open(2)` flags (`O_CLOEXEC` is added).
@@ -141,15 +151,15 @@ pub enum Op {
         /// Mode for created files.
         mode: u32,
     },
-    /// `close` (of a descriptor, or a registered file slot).
+    /// `close` of a descriptor the caller gives up, or of a registered file slot.
     Close {
         /// What to close.
-        fd: Target,
+        fd: CloseTarget,
     },
     /// `statx`: the completion carries the result.
     Statx {
         /// Directory (`None`: the current directory).
-        dir: Option<RawFd>,
+        dir: Option<SharedFd>,
         /// Path.
         path: CString,
         /// `AT_*` flags.
@@ -175,7 +185,8 @@ pub enum Op {
         /// `MSG_*` flags.
         flags: i32,
     },
-    /// `accept4` (with `SOCK_CLOEXEC`): completes with the new descriptor.
+    /// `accept4` (with `SOCK_CLOEXEC`): the new descriptor comes back owned, in
+    /// [`Output::Fd`].
     Accept {
         /// Listening socket.
         fd: Target,
@@ -231,8 +242,8 @@ pub enum Op {
     /// Posts a completion into another ring (`IORING_OP_MSG_RING`): a kernel-mediated doorbell.
     /// The target ring reaps a [`Output::Message`] completion with `token` and `result`.
     MsgRing {
-        /// The target ring's fd ([`Uring::ring_fd`](crate::Uring::ring_fd)).
-        ring: RawFd,
+        /// The target ring ([`Uring::shared_fd`](crate::Uring::shared_fd)).
+        ring: SharedFd,
         /// The result value the target sees.
         result: i32,
         /// The token the target sees (the top two bits must be clear).
@@ -446,12 +457,12 @@ pub(crate) fn build<R>(
     macro_rules! fd {
         ($t:expr, $b:expr) => {
             match $t {
-                Target::Fd(fd) => out($b(types::Fd(*fd))),
+                Target::Fd(fd) => out($b(types::Fd(fd.raw()))),
                 Target::Fixed(i) => out($b(types::Fixed(*i))),
             }
         };
     }
-    let at = |dir: &Option<RawFd>| types::Fd(dir.unwrap_or(libc::AT_FDCWD));
+    let at = |dir: &Option<SharedFd>| types::Fd(dir.as_ref().map_or(libc::AT_FDCWD, SharedFd::raw));
     // Memory recorded in `aux` is moved there before the entry is emitted: moving a `Vec` or
     // a `Box` does not move what it points to, so the pointers taken before stay valid.
     match op {
@@ -525,7 +536,12 @@ pub(crate) fn build<R>(
             .flags(*flags | libc::O_CLOEXEC)
             .mode(*mode)
             .build()),
-        Op::Close { fd } => fd!(fd, |f| opcode::Close::new(f).build()),
+        Op::Close { fd } => match fd {
+            CloseTarget::Owned(fd) => {
+                out(opcode::Close::new(types::Fd(std::os::fd::AsRawFd::as_raw_fd(fd))).build())
+            }
+            CloseTarget::Fixed(i) => out(opcode::Close::new(types::Fixed(*i)).build()),
+        },
         Op::Statx {
             dir,
             path,
@@ -598,7 +614,7 @@ pub(crate) fn build<R>(
             ring,
             result,
             token,
-        } => out(opcode::MsgRingData::new(types::Fd(*ring), *result, *token, None).build()),
+        } => out(opcode::MsgRingData::new(types::Fd(ring.raw()), *result, *token, None).build()),
     }
 }
 
@@ -618,6 +634,9 @@ pub enum Output {
     Statx(Box<libc::statx>),
     /// A message posted by another ring with [`Op::MsgRing`].
     Message,
+    /// The descriptor an `accept` or `openat` made, owned by the caller now (closed if
+    /// dropped).
+    Fd(OwnedFd),
 }
 
 /// Turns a finished operation into what the caller gets back, given the kernel's result.
@@ -648,6 +667,21 @@ pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
             h => h,
         }),
         Op::WriteFixed { buf, .. } => Output::Fixed(buf),
+        Op::Accept { .. } | Op::OpenAt { .. } if res >= 0 => {
+            // SAFETY: the kernel installed descriptor `res` in this process for this operation
+            // and nothing else knows of it: it is this completion's to own.
+            Output::Fd(unsafe { OwnedFd::from_raw_fd(res) })
+        }
+        Op::Close {
+            fd: CloseTarget::Owned(fd),
+        } => {
+            // The kernel closed it unless the operation was cancelled or refused it (`EBADF`:
+            // io_uring does not close its own descriptors); then it is closed here, by drop.
+            if res != -libc::ECANCELED && res != -libc::EBADF {
+                let _ = fd.into_raw_fd();
+            }
+            Output::None
+        }
         Op::Statx { .. } => match aux {
             Aux::Statx(s) => Output::Statx(s),
             _ => Output::None,

@@ -341,14 +341,16 @@ impl Uring {
     }
 
     /// Registers files, replacing any registered before; [`Target::Fixed`]`(i)` then names
-    /// `fds[i]`.
-    pub fn register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
+    /// `fds[i]`. The kernel holds its own reference to each file from then on: the caller may
+    /// close its descriptors.
+    pub fn register_files<F: AsFd>(&mut self, fds: &[F]) -> io::Result<()> {
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_fd().as_raw_fd()).collect();
         if self.files > 0 {
             self.ring.submitter().unregister_files()?;
             self.files = 0;
         }
-        self.ring.submitter().register_files(fds)?;
-        self.files = fds.len() as u32;
+        self.ring.submitter().register_files(&raw)?;
+        self.files = raw.len() as u32;
         Ok(())
     }
 

@@ -25,16 +25,21 @@ impl Uring {
             | Op::ReadFixed { fd, .. }
             | Op::WriteFixed { fd, .. }
             | Op::Fsync { fd, .. }
-            | Op::Close { fd }
             | Op::Send { fd, .. }
             | Op::Recv { fd, .. }
             | Op::Accept { fd }
             | Op::Connect { fd, .. }
             | Op::Poll { fd, .. }
-            | Op::Fallocate { fd, .. } => Some(*fd),
+            | Op::Fallocate { fd, .. } => match fd {
+                Target::Fixed(i) => Some(*i),
+                Target::Fd(_) => None,
+            },
+            Op::Close {
+                fd: CloseTarget::Fixed(i),
+            } => Some(*i),
             _ => None,
         };
-        if let Some(Target::Fixed(i)) = target {
+        if let Some(i) = target {
             if i >= self.files {
                 return Err(file_out_of_range(i, self.files));
             }

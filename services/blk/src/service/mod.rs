@@ -11,7 +11,7 @@ mod ring;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 use subring_planes::data::{Region, RegionOptions};
@@ -136,7 +136,7 @@ impl BlkService {
             .on_full(OnFull::Submit)
             .build()
             .map_err(BlkError::Uring)?;
-        ring.register_files(&[device.file.as_raw_fd()])
+        ring.register_files(&[&device.file])
             .map_err(BlkError::Uring)?;
         let staging = if config.zero_copy {
             None

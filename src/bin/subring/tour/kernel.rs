@@ -1,6 +1,5 @@
 //! Step 2: the kernel as a subsystem, io_uring reads into fixed buffers, beside `pread`.
 
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,7 +28,7 @@ pub(crate) fn kernel() -> Result<(), Error> {
     )?);
     let pool = BufferPool::new(region.clone(), 0, PAYLOAD, depth)?;
     ring.register_region(region)?;
-    ring.register_files(&[file.as_raw_fd()])?;
+    ring.register_files(&[&file])?;
     println!(
         "   {READS} random 4 KiB reads of a {} MiB page-cached file, {depth} in flight, into \
          fixed buffers: a memfd region registered with the ring (the kernel copies straight \

@@ -6,7 +6,7 @@ use super::*;
 fn write_then_read_back_plain_and_vectored() {
     let dir = TempDir::new("rw");
     let file = open(&dir.file("data"));
-    let fd = Target::Fd(file.as_raw_fd());
+    let fd = target(&file);
     let mut ring = Uring::builder().build().unwrap();
     let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
 
@@ -15,7 +15,7 @@ fn write_then_read_back_plain_and_vectored() {
         vec![sub(
             1,
             Op::Write {
-                fd,
+                fd: fd.clone(),
                 buf: data.clone(),
                 offset: 0,
             },
@@ -33,7 +33,7 @@ fn write_then_read_back_plain_and_vectored() {
         vec![sub(
             2,
             Op::Read {
-                fd,
+                fd: fd.clone(),
                 buf: vec![0; 20_000],
                 offset: 0,
             },
@@ -52,7 +52,7 @@ fn write_then_read_back_plain_and_vectored() {
         vec![sub(
             3,
             Op::Writev {
-                fd,
+                fd: fd.clone(),
                 bufs: parts,
                 offset: 20_000,
             },
@@ -64,7 +64,7 @@ fn write_then_read_back_plain_and_vectored() {
         vec![sub(
             4,
             Op::Readv {
-                fd,
+                fd: fd.clone(),
                 bufs: vec![vec![0; 4], vec![0; 4], vec![0; 4]],
                 offset: 20_000,
             },
@@ -93,15 +93,18 @@ fn open_write_fsync_statx_close() {
             },
         )],
     );
-    let fd = *done[0].result.as_ref().unwrap() as RawFd;
-    let t = Target::Fd(fd);
+    let Output::Fd(file) = done.into_iter().next().unwrap().output else {
+        panic!("openat returns its descriptor owned");
+    };
+    let fd = file.as_raw_fd();
+    let t = target(&file);
     let done = run(
         &mut ring,
         vec![
             sub(
                 2,
                 Op::Write {
-                    fd: t,
+                    fd: t.clone(),
                     buf: vec![9; 12345],
                     offset: 0,
                 },
@@ -131,7 +134,8 @@ fn open_write_fsync_statx_close() {
         Output::Statx(st) => assert_eq!(st.stx_size, 12345),
         other => panic!("{other:?}"),
     }
-    let done = run(&mut ring, vec![sub(5, Op::Close { fd: t })]);
+    // The write and fsync have completed: the duplicates they held are closed.
+    let done = run(&mut ring, vec![sub(5, Op::Close { fd: file.into() })]);
     assert!(done[0].result.is_ok());
     // SAFETY: checking that the fd is closed; fcntl on a closed fd only returns EBADF.
     assert_eq!(unsafe { libc::fcntl(fd, libc::F_GETFD) }, -1);
@@ -145,23 +149,24 @@ fn errors_name_the_operation() {
         vec![sub(
             77,
             Op::Read {
-                fd: Target::Fd(-1),
+                fd: target(&std::fs::File::open(std::env::temp_dir()).unwrap()),
                 buf: vec![0; 8],
                 offset: 0,
             },
         )],
     );
     let err = done[0].result.as_ref().unwrap_err();
+    // A directory cannot be read.
     assert_eq!(
         err.kind(),
-        std::io::Error::from_raw_os_error(libc::EBADF).kind()
+        std::io::Error::from_raw_os_error(libc::EISDIR).kind()
     );
     let op = err
         .get_ref()
         .and_then(|e| e.downcast_ref::<OpError>())
         .expect("an OpError inside");
     assert_eq!((op.op, op.token), ("read", 77));
-    assert_eq!(op.source.raw_os_error(), Some(libc::EBADF));
+    assert_eq!(op.source.raw_os_error(), Some(libc::EISDIR));
     assert!(
         err.to_string().contains("io_uring read (token 77) failed"),
         "{err}"
@@ -175,7 +180,7 @@ fn registered_files() {
     let dir = TempDir::new("files");
     let file = open(&dir.file("data"));
     let mut ring = Uring::builder().build().unwrap();
-    ring.register_files(&[file.as_raw_fd()]).unwrap();
+    ring.register_files(&[&file]).unwrap();
     let done = run(
         &mut ring,
         vec![sub(
@@ -218,7 +223,7 @@ fn fallocate_punches_a_hole() {
         vec![sub(
             1,
             Op::Fallocate {
-                fd: Target::Fd(file.as_raw_fd()),
+                fd: target(&file),
                 offset: 4096,
                 len: 8192,
                 mode: libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,

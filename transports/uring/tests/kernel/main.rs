@@ -12,7 +12,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use subring_planes::data::{BufHandle, BufferPool, Region, RegionOptions};
 use subring_planes::queue::{Completer, QueueError, Submitter};
 use subring_uring::{
-    FixedBuf, Link, OnFull, Op, OpError, Output, Submission, Target, Uring, WaitMode,
+    CloseTarget, FixedBuf, Link, OnFull, Op, OpError, Output, Submission, Target, Uring, WaitMode,
 };
 
 const LIMIT: Option<Duration> = Some(Duration::from_secs(20));
@@ -37,10 +37,16 @@ impl Drop for TempDir {
     }
 }
 
+mod fds;
 mod files;
 mod queues;
 mod regions;
 mod sockets;
+
+/// A target sharing a duplicate of `f`'s descriptor (the operation holds it until it completes).
+fn target(f: &impl AsFd) -> Target {
+    Target::fd(f.as_fd().try_clone_to_owned().unwrap())
+}
 
 fn sub(token: u64, op: Op) -> Submission {
     Submission::new(token, op)

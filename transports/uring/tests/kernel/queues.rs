@@ -46,7 +46,7 @@ fn timeouts_and_linked_timeouts() {
             sub(
                 2,
                 Op::Poll {
-                    fd: Target::Fd(rx.as_raw_fd()),
+                    fd: target(&rx),
                     events: libc::POLLIN as u32,
                 },
             )
@@ -77,7 +77,7 @@ fn timeouts_and_linked_timeouts() {
 fn linked_chain_runs_in_order() {
     let dir = TempDir::new("chain");
     let file = open(&dir.file("data"));
-    let fd = Target::Fd(file.as_raw_fd());
+    let fd = target(&file);
     let mut ring = Uring::builder().build().unwrap();
     let done = run(
         &mut ring,
@@ -85,7 +85,7 @@ fn linked_chain_runs_in_order() {
             sub(
                 1,
                 Op::Write {
-                    fd,
+                    fd: fd.clone(),
                     buf: b"first".to_vec(),
                     offset: 0,
                 },
@@ -94,7 +94,7 @@ fn linked_chain_runs_in_order() {
             sub(
                 2,
                 Op::Write {
-                    fd,
+                    fd: fd.clone(),
                     buf: b"SECOND".to_vec(),
                     offset: 0,
                 },
@@ -103,7 +103,7 @@ fn linked_chain_runs_in_order() {
             sub(
                 3,
                 Op::Read {
-                    fd,
+                    fd: fd.clone(),
                     buf: vec![0; 6],
                     offset: 0,
                 },
@@ -120,7 +120,7 @@ fn cancellation() {
     ring.push(sub(
         10,
         Op::Poll {
-            fd: Target::Fd(rx.as_raw_fd()),
+            fd: target(&rx),
             events: libc::POLLIN as u32,
         },
     ))
@@ -253,7 +253,7 @@ fn full_submission_queue() {
         .open("/dev/null")
         .unwrap();
     let write = Op::Write {
-        fd: Target::Fd(devnull.as_raw_fd()),
+        fd: target(&devnull),
         buf: vec![7; 100],
         offset: 0,
     };
@@ -340,7 +340,7 @@ fn a_wait_drains_overflowed_completions() {
 #[test]
 fn msg_ring_between_two_threads() {
     let mut target = Uring::builder().build().unwrap();
-    let target_fd = target.ring_fd();
+    let target_fd = target.shared_fd().unwrap();
     let waiter = std::thread::spawn(move || {
         target.wait(LIMIT).unwrap();
         let msg = target.reap().unwrap().unwrap();
@@ -377,7 +377,7 @@ fn dropping_the_ring_with_operations_in_flight() {
         ring.push(sub(
             i,
             Op::Read {
-                fd: Target::Fd(rx.as_raw_fd()),
+                fd: target(&rx),
                 buf: vec![0; 4096],
                 offset: u64::MAX,
             },
@@ -399,8 +399,16 @@ fn tokens_of_every_size_and_errors_of_slotless_operations() {
     let done = run(&mut ring, vec![sub(big, Op::Nop), sub(3, Op::Nop)]);
     assert_eq!(done.iter().map(|c| c.token).collect::<Vec<_>>(), [3, big]);
     assert!(done.iter().all(|c| matches!(c.result, Ok(0))));
-    // A slotless operation's error still names it and its token.
-    let done = run(&mut ring, vec![sub(9, Op::Close { fd: Target::Fd(-1) })]);
+    // A slotless operation's error still names it and its token: closing a registered file
+    // slot a second time.
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    ring.register_files(&[&devnull]).unwrap();
+    let close = || Op::Close {
+        fd: CloseTarget::Fixed(0),
+    };
+    let done = run(&mut ring, vec![sub(8, close())]);
+    assert!(done[0].result.is_ok(), "{done:?}");
+    let done = run(&mut ring, vec![sub(9, close())]);
     let e = done[0].result.as_ref().unwrap_err();
     assert!(
         e.to_string().contains("io_uring close (token 9) failed"),
@@ -412,7 +420,7 @@ fn tokens_of_every_size_and_errors_of_slotless_operations() {
         .push(sub(
             1,
             Op::MsgRing {
-                ring: ring.ring_fd(),
+                ring: ring.shared_fd().unwrap(),
                 result: 0,
                 token: 1 << 62,
             },
@@ -431,7 +439,7 @@ fn forged_completions_do_not_match_live_operations() {
     ring.push(sub(
         1,
         Op::Read {
-            fd: Target::Fd(rx.as_raw_fd()),
+            fd: target(&rx),
             buf: vec![0u8; 64],
             offset: u64::MAX,
         },
@@ -442,9 +450,14 @@ fn forged_completions_do_not_match_live_operations() {
     let mut forger = io_uring::IoUring::new(8).unwrap();
     for slot in 0..4u64 {
         let ud = (1u64 << 63) | slot;
-        let e = opcode::MsgRingData::new(io_uring::types::Fd(ring.ring_fd()), 64, ud, None)
-            .build()
-            .user_data(slot);
+        let e = opcode::MsgRingData::new(
+            io_uring::types::Fd(ring.ring_fd().as_raw_fd()),
+            64,
+            ud,
+            None,
+        )
+        .build()
+        .user_data(slot);
         // SAFETY: a MSG_RING entry points to no memory.
         unsafe { forger.submission().push(&e).unwrap() };
     }

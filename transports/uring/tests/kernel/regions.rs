@@ -6,7 +6,7 @@ use super::*;
 fn fixed_buffers_in_a_memfd_region() {
     let dir = TempDir::new("fixed");
     let file = open(&dir.file("data"));
-    let fd = Target::Fd(file.as_raw_fd());
+    let fd = target(&file);
     let region = Arc::new(Region::memfd("fixed", 1 << 20, RegionOptions::new().id(5)).unwrap());
     let pool = BufferPool::new(region.clone(), 0, 4096, 64).unwrap();
     let mut ring = Uring::builder().build().unwrap();
@@ -21,7 +21,7 @@ fn fixed_buffers_in_a_memfd_region() {
         vec![sub(
             1,
             Op::WriteFixed {
-                fd,
+                fd: fd.clone(),
                 buf: FixedBuf::Buf(out),
                 offset: 0,
             },
@@ -36,7 +36,7 @@ fn fixed_buffers_in_a_memfd_region() {
         vec![sub(
             2,
             Op::ReadFixed {
-                fd,
+                fd: fd.clone(),
                 buf: FixedBuf::Buf(into),
                 offset: 0,
             },
@@ -64,7 +64,7 @@ fn fixed_buffers_in_a_memfd_region() {
         vec![sub(
             3,
             Op::ReadFixed {
-                fd,
+                fd: fd.clone(),
                 buf: FixedBuf::Handle(handle),
                 offset: 100,
             },
@@ -92,7 +92,7 @@ fn fixed_buffers_in_a_memfd_region() {
             .push(sub(
                 4,
                 Op::ReadFixed {
-                    fd,
+                    fd: fd.clone(),
                     buf: FixedBuf::Handle(bad),
                     offset: 0,
                 },
@@ -112,7 +112,7 @@ fn fixed_buffers_in_a_memfd_region() {
         .push(sub(
             5,
             Op::WriteFixed {
-                fd,
+                fd: fd.clone(),
                 buf: FixedBuf::Buf(stray_pool.alloc().unwrap()),
                 offset: 0,
             },
@@ -146,7 +146,7 @@ fn regions_by_key(sparse: bool) {
     let file = open(&dir.file("data"));
     let data: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(dir.file("data"), &data).unwrap();
-    let fd = Target::Fd(file.as_raw_fd());
+    let fd = target(&file);
     let a = Arc::new(Region::memfd("a", 1 << 16, RegionOptions::new().id(0)).unwrap());
     let b = Arc::new(Region::memfd("b", 1 << 16, RegionOptions::new().id(0)).unwrap());
     let mut ring = Uring::builder().sparse_buffers(sparse).build().unwrap();
@@ -167,7 +167,7 @@ fn regions_by_key(sparse: bool) {
             sub(
                 1,
                 Op::ReadFixed {
-                    fd,
+                    fd: fd.clone(),
                     buf: FixedBuf::In(ka, h(4096, 4096)),
                     offset: 0,
                 },
@@ -175,7 +175,7 @@ fn regions_by_key(sparse: bool) {
             sub(
                 2,
                 Op::ReadFixed {
-                    fd,
+                    fd: fd.clone(),
                     buf: FixedBuf::In(kb, h(4096, 4096)),
                     offset: 4096,
                 },
@@ -195,7 +195,7 @@ fn regions_by_key(sparse: bool) {
         .push(sub(
             3,
             Op::ReadFixed {
-                fd,
+                fd: fd.clone(),
                 buf: FixedBuf::Handle(h(0, 16)),
                 offset: 0,
             },
@@ -211,7 +211,7 @@ fn regions_by_key(sparse: bool) {
         .push(sub(
             3,
             Op::ReadFixed {
-                fd,
+                fd: fd.clone(),
                 buf: FixedBuf::In(ka, h(1 << 16, 1)),
                 offset: 0,
             },
@@ -224,7 +224,7 @@ fn regions_by_key(sparse: bool) {
     ring.push(sub(
         4,
         Op::ReadFixed {
-            fd: Target::Fd(rx.as_raw_fd()),
+            fd: target(&rx),
             buf: FixedBuf::In(ka, h(0, 64)),
             offset: u64::MAX,
         },
@@ -244,7 +244,7 @@ fn regions_by_key(sparse: bool) {
         ring.push(sub(
             4,
             Op::ReadFixed {
-                fd: Target::Fd(rx.as_raw_fd()),
+                fd: target(&rx),
                 buf: FixedBuf::In(ka, h(0, 64)),
                 offset: u64::MAX,
             },
@@ -277,7 +277,7 @@ fn regions_by_key(sparse: bool) {
         vec![sub(
             5,
             Op::ReadFixed {
-                fd,
+                fd: fd.clone(),
                 buf: FixedBuf::In(
                     kc,
                     BufHandle {
@@ -295,7 +295,7 @@ fn regions_by_key(sparse: bool) {
         .push(sub(
             6,
             Op::ReadFixed {
-                fd,
+                fd: fd.clone(),
                 buf: FixedBuf::In(kb, h(0, 16)),
                 offset: 0,
             },

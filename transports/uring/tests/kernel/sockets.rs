@@ -18,22 +18,26 @@ fn sockets_on_loopback() {
             sub(
                 1,
                 Op::Accept {
-                    fd: Target::Fd(listener.as_raw_fd()),
+                    fd: target(&listener),
                 },
             ),
             sub(
                 2,
                 Op::Connect {
-                    fd: Target::Fd(client.as_raw_fd()),
+                    fd: target(&client),
                     addr,
                 },
             ),
         ],
     );
-    let accepted = *done[0].result.as_ref().unwrap() as RawFd;
-    // SAFETY: the kernel returned a new descriptor for us to own.
-    let accepted = unsafe { OwnedFd::from_raw_fd(accepted) };
     assert!(done[1].result.is_ok(), "{:?}", done[1].result);
+    let number = *done[0].result.as_ref().unwrap() as RawFd;
+    let mut done = done.into_iter();
+    // The accepted connection comes back owned: the number in `result` is its descriptor.
+    let Some(Output::Fd(accepted)) = done.next().map(|c| c.output) else {
+        panic!("accept returns its descriptor owned");
+    };
+    assert_eq!(accepted.as_raw_fd(), number);
 
     let msg = b"hello over io_uring".to_vec();
     let done = run(
@@ -42,7 +46,7 @@ fn sockets_on_loopback() {
             sub(
                 3,
                 Op::Send {
-                    fd: Target::Fd(client.as_raw_fd()),
+                    fd: target(&client),
                     buf: msg.clone(),
                     flags: 0,
                 },
@@ -50,7 +54,7 @@ fn sockets_on_loopback() {
             sub(
                 4,
                 Op::Recv {
-                    fd: Target::Fd(accepted.as_raw_fd()),
+                    fd: target(&accepted),
                     buf: vec![0; 100],
                     flags: 0,
                 },
