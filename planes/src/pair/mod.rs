@@ -235,6 +235,12 @@ fn wait_ring<T: Pod>(
     };
     notifier.wait_until(&mut ready, timeout)?;
     if let Some(e) = corrupt {
+        // A peer that scribbled on the ring and then closed (or died: see `ServiceGone`):
+        // what the caller needs to hear is that it is gone. The corruption stays in the ring,
+        // and reporting it instead would hide the death at every wait, forever.
+        if closed(peer_closed) {
+            return Err(QueueError::PeerGone);
+        }
         return Err(e.into());
     }
     if !ring.has_entries()? {

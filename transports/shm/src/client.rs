@@ -556,6 +556,9 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
             // timeout, no timer and no periodic wake-up at all).
             return match self.app.wait(timeout) {
                 Err(QueueError::PeerGone) => Err(self.note_gone()),
+                // A corrupt ring ends the wait before the hang-up is looked at: a server that
+                // corrupted it and died would otherwise be reported as corrupt forever.
+                Err(QueueError::Corrupt(_)) if self.server_gone() => Err(self.note_gone()),
                 other => other,
             };
         }
@@ -595,6 +598,8 @@ impl<S: Pod, C: Pod> Client<S, C> {
                         return Err(QueueError::Timeout(timeout.unwrap_or_default()));
                     }
                 }
+                // A server that corrupted the ring and died: its death is the news.
+                Err(QueueError::Corrupt(_)) if self.server_gone() => return Err(self.note_gone()),
                 Err(e) => return Err(e),
             }
         }

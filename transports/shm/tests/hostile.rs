@@ -423,3 +423,92 @@ fn a_welcome_placing_the_pool_over_the_rings_is_refused() {
         drop(ours);
     }
 }
+
+/// A server that corrupts its client's completion ring and then dies is reported gone, in
+/// every notify mode: the corrupt ring used to end every wait first (found by the hostile
+/// server campaign: after a SIGKILL, an eventfd- or spin-mode client saw `Corrupt` at every
+/// wait, forever, and never `PeerGone`).
+#[test]
+fn a_server_that_corrupts_the_ring_and_dies_is_seen_gone() {
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
+    use subring_planes::pair::{PairConfig, PairSignals, ServiceSide};
+    use subring_shm::queue::{Completer, QueueError, Submitter};
+    use subring_shm::{BufHandle, Region, RegionOptions};
+    const POOL: u64 = 1 << 16;
+    for mode in NotifyMode::ALL {
+        let config = PairConfig {
+            sq_capacity: 64,
+            cq_capacity: 64,
+            kick_mode: NotifyMode::Futex,
+            call_mode: mode,
+        };
+        let region =
+            Arc::new(Region::memfd("corrupt-then-die", 1 << 20, RegionOptions::new()).unwrap());
+        let signals = PairSignals::for_config(&config).unwrap();
+        let service =
+            ServiceSide::<EchoReq, EchoResp>::create(region.clone(), 0, &config, signals.clone())
+                .unwrap();
+        let welcome = Welcome {
+            client_id: 1,
+            server_pid: std::process::id(),
+            region_len: 1 << 20,
+            pair_offset: 0,
+            pool_offset: POOL,
+            buf_size: 256,
+            buf_count: 32,
+            sq_capacity: 64,
+            cq_capacity: 64,
+            kick_mode: WireMode::Futex,
+            call_mode: mode.into(),
+            kick_fd: false,
+            call_fd: signals.call.is_some(),
+        };
+        let body = postcard::to_stdvec(&ServerMsg::Welcome(welcome)).unwrap();
+        let (ours, theirs) = subring_shm::socket_pair().unwrap();
+        let mut fds = vec![region.fd().unwrap().as_raw_fd()];
+        if let Some(call) = &signals.call {
+            fds.push(call.as_fd().as_raw_fd());
+        }
+        send_raw(
+            &ours,
+            &frame(proto::PROTOCOL_VERSION, proto::KIND_MESSAGE, &body),
+            &fds,
+        );
+        let options = ClientOptions::new(ECHO_PROTOCOL)
+            .buffers(256, 32)
+            .capacity(64)
+            .mode(mode);
+        let mut client = Client::<EchoReq, EchoResp>::from_socket(theirs, &options).unwrap();
+        // The server writes ones over everything below the pool but the pair header's first
+        // line (so the client still attaches), then dies.
+        region
+            .write_from(
+                BufHandle {
+                    offset: 64,
+                    len: (POOL - 64) as u32,
+                    region: 0,
+                },
+                &vec![0xff; (POOL - 64) as usize],
+            )
+            .unwrap();
+        let corrupt = client.wait(Some(Duration::from_millis(1)));
+        assert!(
+            matches!(corrupt, Err(QueueError::Corrupt(_))),
+            "{mode}: {corrupt:?}"
+        );
+        // Dies as a SIGKILLed process does: no close of its side, its socket hangs up.
+        std::mem::forget(service);
+        drop(ours);
+        let start = Instant::now();
+        let seen = loop {
+            match client.wait(Some(Duration::from_millis(10))) {
+                Err(QueueError::PeerGone) => break true,
+                _ if start.elapsed() > Duration::from_secs(2) => break false,
+                _ => {}
+            }
+        };
+        assert!(seen, "{mode}: the dead server was never reported gone");
+        let _ = client.push(EchoReq::default());
+    }
+}

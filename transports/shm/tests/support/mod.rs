@@ -273,3 +273,31 @@ pub fn echo_server(test: &str) -> (EchoServer, std::path::PathBuf) {
     let server = Server::bind(&path, config, echo::handler_factory()).unwrap();
     (server.spawn().unwrap(), path)
 }
+
+/// xorshift64*: the campaigns' random numbers (seeded, so a run can be repeated).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// A value a hostile writer would pick: random, or one of the edges.
+    pub fn nasty(&mut self) -> u64 {
+        match self.below(8) {
+            0 => 0,
+            1 => u64::MAX,
+            2 => u64::from(u32::MAX),
+            3 => 1 << 63,
+            4 => self.below(1 << 20),
+            _ => self.next(),
+        }
+    }
+}
