@@ -55,6 +55,16 @@ fn start_server(test: &str) -> (ChildGuard, std::path::PathBuf) {
 }
 
 fn start_server_sleeping(test: &str, sleep: ServerSleep) -> (ChildGuard, std::path::PathBuf) {
+    let secs = std::env::var("SUBRING_SHM_TEST_SERVE_SECS").ok();
+    start_server_serving(test, sleep, secs)
+}
+
+/// A child server that serves for `secs` seconds (`None`: the default two minutes).
+fn start_server_serving(
+    test: &str,
+    sleep: ServerSleep,
+    secs: Option<String>,
+) -> (ChildGuard, std::path::PathBuf) {
     let path = socket_path(test);
     let sleep = match sleep {
         ServerSleep::Epoll => "epoll",
@@ -64,7 +74,7 @@ fn start_server_sleeping(test: &str, sleep: ServerSleep) -> (ChildGuard, std::pa
         (PATH_ENV, path.display().to_string()),
         (SLEEP_ENV, sleep.into()),
     ];
-    if let Ok(secs) = std::env::var("SUBRING_SHM_TEST_SERVE_SECS") {
+    if let Some(secs) = secs {
         env.push(("SUBRING_SHM_TEST_SERVE_SECS", secs));
     }
     let child = spawn_child("child_server", &env);
@@ -322,8 +332,11 @@ fn sequence_checked_messages_in_every_mode() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_000);
+    // Long enough for four modes at a slow 50 000 messages a second (a soak runs for long).
+    let serve = (4 * n / 50_000).max(120).to_string();
     for sleep in SLEEPS {
-        let (_server, path) = start_server_sleeping(&format!("sequence_{sleep:?}"), sleep);
+        let (_server, path) =
+            start_server_serving(&format!("sequence_{sleep:?}"), sleep, Some(serve.clone()));
         for mode in NotifyMode::ALL {
             let mut client = connect_retry(&path, &options(mode), WAIT);
             let start = Instant::now();
