@@ -429,6 +429,11 @@ impl<S: Pod, C: Pod> Client<S, C> {
         self.app.disarm()
     }
 
+    /// Whether completions are waiting to be reaped (no system call).
+    pub fn completions_ready(&mut self) -> Result<bool, QueueError> {
+        self.app.completions_ready()
+    }
+
     /// Whether the server is known to be gone (closed its side or hung up the socket).
     pub fn server_gone(&mut self) -> bool {
         if !self.gone && (self.app.peer_closed() || proto::hung_up(self.socket.as_fd())) {

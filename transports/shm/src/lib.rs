@@ -69,6 +69,8 @@ mod peer_fd;
 pub mod proto;
 mod server;
 pub mod stream;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod watch;
 
 use std::time::Duration;

@@ -1,0 +1,190 @@
+//! A client inside a tokio runtime (feature `tokio`): completions awaited on the client's
+//! completion eventfd through tokio's `AsyncFd`, beside its control socket, so a task sleeps
+//! in the runtime's own epoll rather than blocking a worker thread, and a dead server wakes it
+//! as a hang-up.
+//!
+//! The wait is the planes' arm/disarm protocol: announce the sleep (`arm`; if completions are
+//! already there, no sleep at all), await the eventfd or the socket, end the announcement
+//! (`disarm`, which drains the eventfd). While completions keep coming, no system call is
+//! made. A wait future dropped before it finishes (a `select!` that took another branch, a
+//! timeout) ends the announcement in its drop: nothing is lost (completions stay in the ring)
+//! and nothing is leaked.
+//!
+//! ```
+//! use subring_shm::echo::{self, op, EchoReq, ECHO_PROTOCOL};
+//! use subring_shm::tokio::AsyncClient;
+//! use subring_shm::{ClientOptions, NotifyMode, Server, ServerConfig};
+//!
+//! let (server_end, client_end) = subring_shm::socket_pair()?;
+//! let mut server = Server::new(ServerConfig::new(ECHO_PROTOCOL), echo::handler_factory())?;
+//! server.add_connection(server_end)?;
+//! let server = server.spawn()?;
+//!
+//! let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! runtime.block_on(async {
+//!     let options = ClientOptions::new(ECHO_PROTOCOL).mode(NotifyMode::EventFd);
+//!     let mut client = AsyncClient::<EchoReq, echo::EchoResp>::from_socket(client_end, &options)?;
+//!     let answer = client
+//!         .call(EchoReq { seq: 7, op: op::PING, ..EchoReq::default() })
+//!         .await?;
+//!     assert_eq!(answer.seq, 7);
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })?;
+//! server.stop()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::task::Poll;
+
+use bytemuck::Pod;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::queue::{Completer, QueueError, Submitter};
+use crate::{Client, ClientOptions, Error, NotifyMode};
+
+/// A [`Client`] whose waits are `async`: its completion eventfd and control socket are
+/// registered with the tokio runtime it was made in.
+///
+/// It needs [`NotifyMode::EventFd`] (the one mode whose completions arrive on a descriptor an
+/// event loop can watch); others are refused with [`Error::Config`].
+#[derive(Debug)]
+pub struct AsyncClient<S: Pod, C: Pod> {
+    client: Client<S, C>,
+    completion: AsyncFd<OwnedFd>,
+    control: AsyncFd<OwnedFd>,
+}
+
+impl<S: Pod, C: Pod> AsyncClient<S, C> {
+    /// Connects to a server listening at `path` (the handshake itself blocks this thread for
+    /// at most `options.control_timeout`), then registers with the current tokio runtime.
+    pub fn connect(path: impl AsRef<Path>, options: &ClientOptions) -> Result<Self, Error> {
+        Self::check(options)?;
+        Self::over(Client::connect(path, options)?)
+    }
+
+    /// As [`connect`](Self::connect), over an already-connected socket.
+    pub fn from_socket(socket: OwnedFd, options: &ClientOptions) -> Result<Self, Error> {
+        Self::check(options)?;
+        Self::over(Client::from_socket(socket, options)?)
+    }
+
+    fn check(options: &ClientOptions) -> Result<(), Error> {
+        if options.mode != NotifyMode::EventFd {
+            return Err(Error::Config(format!(
+                "an async client waits on its completion eventfd: it needs mode eventfd, not {}",
+                options.mode
+            )));
+        }
+        Ok(())
+    }
+
+    /// Registers `client`'s descriptors (duplicates, owned here) with the current runtime.
+    fn over(client: Client<S, C>) -> Result<Self, Error> {
+        let io = |op: &'static str| move |source| Error::Io { op, source };
+        let completion = client
+            .completion_fd()
+            .ok_or_else(|| Error::Config("the client has no completion eventfd".into()))?
+            .try_clone_to_owned()
+            .map_err(io("duplicating the completion eventfd"))?;
+        let control = client
+            .control_fd()
+            .try_clone_to_owned()
+            .map_err(io("duplicating the control socket"))?;
+        let register = |fd: OwnedFd, op: &'static str| {
+            // SAFETY: an `OwnedFd` is open, refers to one file description for its whole life
+            // and always answers the same number; the `AsyncFd` owns it until it drops.
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| {
+                Error::Io {
+                    op,
+                    source: e.into_parts().1,
+                }
+            })
+        };
+        Ok(AsyncClient {
+            completion: register(completion, "registering the completion eventfd with tokio")?,
+            control: register(control, "registering the control socket with tokio")?,
+            client,
+        })
+    }
+
+    /// The client underneath: push, submit, reap, buffers and the rest, none of which block.
+    pub fn client(&mut self) -> &mut Client<S, C> {
+        &mut self.client
+    }
+
+    /// Queues `entry` and makes it visible to the server (a doorbell only if the server
+    /// sleeps); a full ring is handed back as back-pressure, with the entry.
+    pub fn send(&mut self, entry: S) -> Result<(), crate::queue::Rejected<S>> {
+        self.client.push(entry)?;
+        self.client
+            .submit()
+            .map_err(|e| crate::queue::Rejected::new(entry, e))?;
+        Ok(())
+    }
+
+    /// Waits until a completion can be reaped, or the server is gone
+    /// ([`QueueError::PeerGone`]). Cancel-safe: dropped unfinished, it loses no completion.
+    pub async fn ready(&mut self) -> Result<(), QueueError> {
+        loop {
+            if self.client.completions_ready()? {
+                return Ok(());
+            }
+            if self.client.server_gone() {
+                return Err(QueueError::PeerGone);
+            }
+            if self.client.arm()? {
+                self.client.disarm()?;
+                continue;
+            }
+            // Armed: the server wakes the eventfd for the next completion. The guard disarms
+            // however this ends (a dropped future included).
+            let armed = Armed(&mut self.client);
+            let (completion, control) = (&self.completion, &self.control);
+            std::future::poll_fn(|cx| {
+                for fd in [completion, control] {
+                    if let Poll::Ready(ready) = fd.poll_read_ready(cx) {
+                        // Edge-triggered: the next readiness needs a new event (the eventfd
+                        // is drained by `disarm`; the socket's message or hang-up is seen by
+                        // the checks above).
+                        return Poll::Ready(ready.map(|mut guard| guard.clear_ready()));
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+            .map_err(QueueError::Io)?;
+            drop(armed);
+        }
+    }
+
+    /// Reaps the next completion, waiting for it if there is none.
+    pub async fn next(&mut self) -> Result<C, QueueError> {
+        loop {
+            if let Some(c) = self.client.reap()? {
+                return Ok(c);
+            }
+            self.ready().await?;
+        }
+    }
+
+    /// Sends `entry` and waits for the next completion: a round trip when nothing else is in
+    /// flight.
+    pub async fn call(&mut self, entry: S) -> Result<C, QueueError> {
+        self.send(entry).map_err(|r| r.error)?;
+        self.next().await
+    }
+}
+
+/// An armed wait: disarmed when dropped.
+struct Armed<'a, S: Pod, C: Pod>(&'a mut Client<S, C>);
+
+impl<S: Pod, C: Pod> Drop for Armed<'_, S, C> {
+    fn drop(&mut self) {
+        // Ends the announcement and drains the eventfd; an error here is seen again by the
+        // next call, which checks the ring and the server before anything else.
+        let _ = self.0.disarm();
+    }
+}
