@@ -154,6 +154,8 @@ pub struct Stream {
     eof: bool,
     fin_sent: bool,
     timeout: Option<Duration>,
+    /// Never wait: what would wait fails with `WouldBlock` instead (the async stream's mode).
+    nonblocking: bool,
     scratch: Vec<StreamResp>,
 }
 
@@ -185,6 +187,7 @@ impl Stream {
             eof: false,
             fin_sent: false,
             timeout: None,
+            nonblocking: false,
             scratch: Vec::new(),
         }
     }
@@ -195,9 +198,23 @@ impl Stream {
         self.timeout = timeout;
     }
 
+    /// Makes every call that would wait fail with [`io::ErrorKind::WouldBlock`] instead, as a
+    /// non-blocking socket does: nothing is lost (bytes a `write` took stay queued), and the
+    /// call can be made again once [`client`](Self::client)'s completion eventfd or control
+    /// socket is readable (arm the client first). What the async stream builds on.
+    pub fn set_nonblocking(&mut self, nonblocking: bool) {
+        self.nonblocking = nonblocking;
+    }
+
     /// The connection underneath.
     pub fn client(&self) -> &Client<StreamReq, StreamResp> {
         &self.client
+    }
+
+    /// The connection underneath, to arm and disarm it around an external wait.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn client_mut(&mut self) -> &mut Client<StreamReq, StreamResp> {
+        &mut self.client
     }
 
     /// Sends what is buffered and tells the server no more data follows (like
@@ -249,6 +266,10 @@ impl Stream {
             }) {
                 // Not lent after all: take it back so it is not lost.
                 let _ = self.client.reclaim(handle);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    // The ring is full: more receives are posted later.
+                    break;
+                }
                 return Err(e);
             }
             self.posted += 1;
@@ -261,14 +282,19 @@ impl Stream {
     }
 
     /// Handles the completions that are ready; with `wait`, waits for at least one first.
+    /// Non-blocking, a wait that finds nothing is `WouldBlock`.
     fn pump(&mut self, wait: bool) -> io::Result<()> {
-        if wait {
+        if wait && !self.nonblocking {
             self.client.wait(self.timeout).map_err(io_err)?;
         }
         let mut done = std::mem::take(&mut self.scratch);
         done.clear();
         let reaped = self.client.reap_into(&mut done, usize::MAX).map_err(io_err);
-        let handled = reaped.and_then(|_| self.handle_completions(&done));
+        let handled = match reaped {
+            Ok(0) if wait && self.nonblocking => Err(io::ErrorKind::WouldBlock.into()),
+            Ok(_) => self.handle_completions(&done),
+            Err(e) => Err(e),
+        };
         self.scratch = done;
         handled
     }
@@ -340,7 +366,8 @@ impl Stream {
             reserved: 0,
             buf: handle,
         }) {
-            let _ = self.client.reclaim(handle);
+            // Not sent: the bytes stay queued in it for the next try.
+            self.tx = self.client.reclaim(handle).ok();
             return Err(e);
         }
         self.tx_in_flight += 1;
@@ -358,6 +385,10 @@ impl Write for Stream {
         }
         if data.is_empty() {
             return Ok(0);
+        }
+        if self.tx.as_ref().is_some_and(|tx| tx.len() == tx.capacity()) {
+            // Full from an earlier write that could not send it.
+            self.send_tx()?;
         }
         if self.tx.is_none() {
             loop {
@@ -379,7 +410,11 @@ impl Write for Stream {
             .copy_from(&data[..n]);
         tx.set_len(len + n);
         if tx.len() == tx.capacity() {
-            self.send_tx()?;
+            match self.send_tx() {
+                // The bytes are taken: they go out with the next call.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => r?,
+            }
             // Reap what is ready without waiting, so buffers come back as we go.
             self.pump(false)?;
         }
@@ -419,7 +454,7 @@ impl Stream {
             // With nothing lent, no completion can come: say so rather than wait forever.
             if self.posted == 0 && self.tx_in_flight == 0 {
                 return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
+                    io::ErrorKind::OutOfMemory,
                     "no receive buffer could be lent (all are in use)",
                 ));
             }

@@ -81,31 +81,11 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
         Ok(())
     }
 
-    /// Registers `client`'s descriptors (duplicates, owned here) with the current runtime.
     fn over(client: Client<S, C>) -> Result<Self, Error> {
-        let io = |op: &'static str| move |source| Error::Io { op, source };
-        let completion = client
-            .completion_fd()
-            .ok_or_else(|| Error::Config("the client has no completion eventfd".into()))?
-            .try_clone_to_owned()
-            .map_err(io("duplicating the completion eventfd"))?;
-        let control = client
-            .control_fd()
-            .try_clone_to_owned()
-            .map_err(io("duplicating the control socket"))?;
-        let register = |fd: OwnedFd, op: &'static str| {
-            // SAFETY: an `OwnedFd` is open, refers to one file description for its whole life
-            // and always answers the same number; the `AsyncFd` owns it until it drops.
-            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| {
-                Error::Io {
-                    op,
-                    source: e.into_parts().1,
-                }
-            })
-        };
+        let (completion, control) = register(&client)?;
         Ok(AsyncClient {
-            completion: register(completion, "registering the completion eventfd with tokio")?,
-            control: register(control, "registering the control socket with tokio")?,
+            completion,
+            control,
             client,
         })
     }
@@ -178,6 +158,35 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
     }
 }
 
+/// Registers `client`'s completion eventfd and control socket (duplicates, owned by the
+/// returned values) with the current runtime.
+fn register<S: Pod, C: Pod>(
+    client: &Client<S, C>,
+) -> Result<(AsyncFd<OwnedFd>, AsyncFd<OwnedFd>), Error> {
+    let io = |op: &'static str| move |source| Error::Io { op, source };
+    let completion = client
+        .completion_fd()
+        .ok_or_else(|| Error::Config("the client has no completion eventfd".into()))?
+        .try_clone_to_owned()
+        .map_err(io("duplicating the completion eventfd"))?;
+    let control = client
+        .control_fd()
+        .try_clone_to_owned()
+        .map_err(io("duplicating the control socket"))?;
+    let register = |fd: OwnedFd, op: &'static str| {
+        // SAFETY: an `OwnedFd` is open, refers to one file description for its whole life and
+        // always answers the same number; the `AsyncFd` owns it until it drops.
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| Error::Io {
+            op,
+            source: e.into_parts().1,
+        })
+    };
+    Ok((
+        register(completion, "registering the completion eventfd with tokio")?,
+        register(control, "registering the control socket with tokio")?,
+    ))
+}
+
 /// An armed wait: disarmed when dropped.
 struct Armed<'a, S: Pod, C: Pod>(&'a mut Client<S, C>);
 
@@ -186,5 +195,204 @@ impl<S: Pod, C: Pod> Drop for Armed<'_, S, C> {
         // Ends the announcement and drains the eventfd; an error here is seen again by the
         // next call, which checks the ring and the server before anything else.
         let _ = self.0.disarm();
+    }
+}
+
+/// A byte stream ([`Stream`](crate::stream::Stream)) as tokio's `AsyncRead`, `AsyncBufRead`
+/// and `AsyncWrite`: the stream runs non-blocking, and a call that would wait registers the
+/// task's waker on the client's completion eventfd and control socket (the client armed, so
+/// the server wakes it) and returns `Pending`. The client needs [`NotifyMode::EventFd`].
+///
+/// ```
+/// use subring_shm::stream::{ByteService, StreamHandler, STREAM_PROTOCOL};
+/// use subring_shm::tokio::AsyncStream;
+/// use subring_shm::{ClientOptions, NotifyMode, Server, ServerConfig};
+/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+///
+/// struct Upper;
+/// impl ByteService for Upper {
+///     fn data(&mut self, input: &[u8], out: &mut Vec<u8>) {
+///         out.extend(input.iter().map(u8::to_ascii_uppercase));
+///     }
+/// }
+///
+/// let (server_end, client_end) = subring_shm::socket_pair()?;
+/// let mut server = Server::new(ServerConfig::new(STREAM_PROTOCOL), |_| StreamHandler::new(Upper))?;
+/// server.add_connection(server_end)?;
+/// let server = server.spawn()?;
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// runtime.block_on(async {
+///     let options = ClientOptions::new(STREAM_PROTOCOL).mode(NotifyMode::EventFd);
+///     let mut stream = AsyncStream::from_socket(client_end, &options)?;
+///     stream.write_all(b"hello, async subsystem\n").await?;
+///     stream.flush().await?;
+///     let mut line = String::new();
+///     BufReader::new(&mut stream).read_line(&mut line).await?;
+///     assert_eq!(line, "HELLO, ASYNC SUBSYSTEM\n");
+///     Ok::<(), Box<dyn std::error::Error>>(())
+/// })?;
+/// server.stop()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct AsyncStream {
+    stream: crate::stream::Stream,
+    completion: AsyncFd<OwnedFd>,
+    control: AsyncFd<OwnedFd>,
+    /// Whether the client is armed from a `Pending` poll (disarmed at the next poll).
+    armed: bool,
+    /// Tasks waiting (a read half and a write half may both be): an `AsyncFd` wakes only the
+    /// last task that polled it, so whoever makes progress or sees readiness wakes the rest.
+    waiters: Vec<std::task::Waker>,
+}
+
+impl AsyncStream {
+    /// Connects to a stream server listening at `path` (the handshake blocks this thread for
+    /// at most `options.control_timeout`), then registers with the current tokio runtime.
+    pub fn connect(path: impl AsRef<Path>, options: &ClientOptions) -> Result<Self, Error> {
+        AsyncClient::<crate::stream::StreamReq, crate::stream::StreamResp>::check(options)?;
+        Self::over(crate::stream::Stream::connect(path, options)?)
+    }
+
+    /// As [`connect`](Self::connect), over an already-connected socket.
+    pub fn from_socket(socket: OwnedFd, options: &ClientOptions) -> Result<Self, Error> {
+        AsyncClient::<crate::stream::StreamReq, crate::stream::StreamResp>::check(options)?;
+        Self::over(crate::stream::Stream::from_socket(socket, options)?)
+    }
+
+    fn over(mut stream: crate::stream::Stream) -> Result<Self, Error> {
+        stream.set_nonblocking(true);
+        let (completion, control) = register(stream.client())?;
+        Ok(AsyncStream {
+            stream,
+            completion,
+            control,
+            armed: false,
+            waiters: Vec::new(),
+        })
+    }
+
+    /// The stream underneath (non-blocking).
+    pub fn stream(&self) -> &crate::stream::Stream {
+        &self.stream
+    }
+
+    /// Runs `op` until it does not say `WouldBlock`; when it does, arms the client and waits
+    /// (as `Pending`) for the completion eventfd or the control socket.
+    fn poll_io<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        mut op: impl FnMut(&mut crate::stream::Stream) -> std::io::Result<T>,
+    ) -> Poll<std::io::Result<T>> {
+        loop {
+            if std::mem::take(&mut self.armed) {
+                self.stream.client_mut().disarm().map_err(queue_io)?;
+            }
+            match op(&mut self.stream) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                done => {
+                    // This call may have reaped what another task waits for.
+                    self.wake_others(cx);
+                    return Poll::Ready(done);
+                }
+            }
+            let client = self.stream.client_mut();
+            if client.server_gone() {
+                return Poll::Ready(Err(queue_io(QueueError::PeerGone)));
+            }
+            if client.arm().map_err(queue_io)? {
+                client.disarm().map_err(queue_io)?;
+                continue;
+            }
+            self.armed = true;
+            let mut woke = false;
+            for fd in [&self.completion, &self.control] {
+                if let Poll::Ready(ready) = fd.poll_read_ready(cx) {
+                    ready?.clear_ready();
+                    woke = true;
+                }
+            }
+            if !woke {
+                if !self.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    self.waiters.push(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            self.wake_others(cx);
+        }
+    }
+
+    fn wake_others(&mut self, cx: &std::task::Context<'_>) {
+        for w in self.waiters.drain(..) {
+            if !w.will_wake(cx.waker()) {
+                w.wake();
+            }
+        }
+    }
+}
+
+fn queue_io(e: QueueError) -> std::io::Error {
+    match e {
+        QueueError::Io(e) => e,
+        QueueError::PeerGone => std::io::Error::new(std::io::ErrorKind::BrokenPipe, e),
+        other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+    }
+}
+
+impl tokio::io::AsyncRead for AsyncStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let n = std::task::ready!(this.poll_io(cx, |s| {
+            std::io::Read::read(s, buf.initialize_unfilled())
+        }))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncBufRead for AsyncStream {
+    fn poll_fill_buf(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<&[u8]>> {
+        let this = self.get_mut();
+        // Bytes ready first (this does not wait), then the slice of them.
+        std::task::ready!(this.poll_io(cx, |s| std::io::BufRead::fill_buf(s).map(|b| b.len())))?;
+        Poll::Ready(std::io::BufRead::fill_buf(&mut this.stream))
+    }
+
+    fn consume(self: std::pin::Pin<&mut Self>, amt: usize) {
+        std::io::BufRead::consume(&mut self.get_mut().stream, amt);
+    }
+}
+
+impl tokio::io::AsyncWrite for AsyncStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut()
+            .poll_io(cx, |s| std::io::Write::write(s, buf))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.get_mut().poll_io(cx, std::io::Write::flush)
+    }
+
+    /// Sends what is buffered and the end of the stream (`finish`): the server's answer can
+    /// still be read to its end.
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.get_mut().poll_io(cx, crate::stream::Stream::finish)
     }
 }

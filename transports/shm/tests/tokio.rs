@@ -154,3 +154,125 @@ fn only_eventfd_mode_can_be_awaited() {
     assert!(matches!(err, Error::Config(_)), "{err}");
     server.stop().unwrap();
 }
+
+mod streams {
+    use super::*;
+    use subring_shm::stream::{ByteService, StreamHandler, STREAM_PROTOCOL};
+    use subring_shm::tokio::AsyncStream;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+    struct Upper;
+    impl ByteService for Upper {
+        fn data(&mut self, input: &[u8], out: &mut Vec<u8>) {
+            out.extend(input.iter().map(u8::to_ascii_uppercase));
+        }
+    }
+
+    fn stream_server(
+        test: &str,
+    ) -> (
+        subring_shm::ServerThread<
+            subring_shm::stream::StreamReq,
+            subring_shm::stream::StreamResp,
+            subring_shm::PerClient<StreamHandler<Upper>>,
+        >,
+        std::path::PathBuf,
+    ) {
+        let path = socket_path(test);
+        let server = Server::bind(&path, ServerConfig::new(STREAM_PROTOCOL), |_| {
+            StreamHandler::new(Upper)
+        })
+        .unwrap()
+        .spawn()
+        .unwrap();
+        (server, path)
+    }
+
+    fn stream_options() -> ClientOptions {
+        ClientOptions::new(STREAM_PROTOCOL).mode(NotifyMode::EventFd)
+    }
+
+    /// A megabyte written by one task and read back by another, concurrently, through
+    /// `tokio::io::split`: every byte in order, upper-cased.
+    #[test]
+    fn a_megabyte_through_an_async_stream() {
+        let _serial = serial();
+        let (server, path) = stream_server("tokio-stream-mib");
+        let data: Vec<u8> = (0..1 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+        let want = data.to_ascii_uppercase();
+        runtime().block_on(async move {
+            let stream = AsyncStream::connect(&path, &stream_options()).unwrap();
+            let (mut rx, mut tx) = tokio::io::split(stream);
+            let writer = tokio::spawn(async move {
+                for chunk in data.chunks(10_007) {
+                    tx.write_all(chunk).await.unwrap();
+                }
+                tx.shutdown().await.unwrap();
+                tx
+            });
+            let mut back = Vec::new();
+            rx.read_to_end(&mut back).await.unwrap();
+            let _tx = writer.await.unwrap();
+            assert!(
+                back == want,
+                "{} bytes back, {} expected",
+                back.len(),
+                want.len()
+            );
+        });
+        server.stop().unwrap();
+    }
+
+    /// A read future dropped while it waits loses nothing: the line comes to the next read,
+    /// and no descriptor is left behind.
+    #[test]
+    fn a_dropped_read_loses_nothing() {
+        let _serial = serial();
+        let (server, path) = stream_server("tokio-stream-dropped");
+        runtime().block_on(async move {
+            let mut stream = AsyncStream::connect(&path, &stream_options()).unwrap();
+            let fds = open_fds();
+            for round in 0..100 {
+                // Nothing was sent: the read waits, and is dropped by the timeout.
+                let mut byte = [0u8; 1];
+                let r = tokio::time::timeout(Duration::from_micros(300), stream.read(&mut byte));
+                assert!(r.await.is_err(), "round {round}: nothing to read yet");
+                stream
+                    .write_all(format!("line {round}\n").as_bytes())
+                    .await
+                    .unwrap();
+                stream.flush().await.unwrap();
+                let mut line = String::new();
+                tokio::io::BufReader::new(&mut stream)
+                    .read_line(&mut line)
+                    .await
+                    .unwrap();
+                assert_eq!(line, format!("LINE {round}\n"));
+            }
+            assert_eq!(open_fds(), fds, "descriptors leaked");
+        });
+        server.stop().unwrap();
+    }
+
+    /// A stream whose server stops is an error to a waiting read, not a hang.
+    #[test]
+    fn a_stopping_server_ends_a_waiting_read() {
+        let _serial = serial();
+        let (server, path) = stream_server("tokio-stream-stop");
+        let stopper = server.stopper();
+        runtime().block_on(async move {
+            let mut stream = AsyncStream::connect(&path, &stream_options()).unwrap();
+            let stop = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                stopper.stop()
+            });
+            let mut byte = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut byte))
+                .await
+                .expect("the read ended");
+            assert!(r.is_err() || r.unwrap() == 0);
+            stop.join().unwrap().unwrap();
+        });
+        drop(server);
+    }
+}
