@@ -41,6 +41,8 @@ mod op;
 mod reap;
 mod register;
 mod submit;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod wait;
 
 use std::fmt;
