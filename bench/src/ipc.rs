@@ -7,6 +7,8 @@
 //!   (the physical floor), a raw eventfd pair (blocking reads, and waiting in epoll as subring's
 //!   eventfd mode does), a raw futex pair, a pipe pair and a Unix socket pair — with the
 //!   processes on two cores (`split`) and on one (`shared`);
+//! - with the processes on two cores, the same round trip awaited in a tokio runtime
+//!   ([`crate::asyncrt`]): subring's `AsyncClient` against a tokio `UnixStream`;
 //! - 4 KiB payload throughput: the client writes each payload into a shared buffer and the server
 //!   reads it in place (`TOUCH`: every byte read once), against a Unix socket and a raw
 //!   shared-memory ring of 64 x 4 KiB slots (copy in, copy out).
@@ -233,7 +235,7 @@ pub const SHARED: &str = "ipc round trip, 1 shared core";
 pub const PAYLOADS: &str = "4 KiB payloads, client to server";
 
 /// Measurements per repetition (for progress).
-const STEPS_PER_REP: u64 = 22;
+const STEPS_PER_REP: u64 = 24;
 
 /// Runs the round-trip and payload sections into `report`.
 pub fn run(
@@ -299,6 +301,13 @@ pub fn run(
             )?;
             record("pipe", peers::pipe_rt(n, placement), 2.0)?;
             record("unix socket", peers::unix_socket_rt(n, placement), 2.0)?;
+            if placement == Placement::Split {
+                // Awaited in a tokio runtime (its system calls are the runtime's: not counted).
+                let m = crate::asyncrt::subring_async_rt(n, placement);
+                record("subring async (tokio)", m, f64::NAN)?;
+                let m = crate::asyncrt::tokio_unix_rt(n, placement);
+                record("tokio unix socket", m, f64::NAN)?;
+            }
         }
         progress.step("subring zero-copy");
         tput.rate(
@@ -328,6 +337,8 @@ pub fn run(
     split.compare("raw futex", "subring futex", Some("<= 1.1"));
     split.compare("pipe", "subring futex", Some("< 1"));
     split.compare("unix socket", "subring futex", Some("< 1"));
+    split.compare("tokio unix socket", "subring async (tokio)", Some("< 1"));
+    split.compare("subring eventfd", "subring async (tokio)", None);
     split.best_of("best of spin, eventfd", "subring spin", "subring eventfd");
     split.compare("best of spin, eventfd", "subring adaptive", Some("<= 1.5"));
     // Spin mode is not run on one core (spinning there waits out a scheduler tick): blocking

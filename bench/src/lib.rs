@@ -16,6 +16,7 @@
 //! ([`plot`]).
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod asyncrt;
 pub mod ipc;
 pub mod kernel;
 pub mod peers;

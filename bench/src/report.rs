@@ -259,8 +259,11 @@ impl Section {
     }
 
     /// Records system calls per operation of row `name` in one repetition (the row shows
-    /// the median).
+    /// the median). NaN means not counted: the row shows "-".
     pub fn syscalls(&mut self, name: &str, per_op: f64) {
+        if per_op.is_nan() {
+            return;
+        }
         match self.syscalls.iter_mut().find(|(n, _)| n == name) {
             Some((_, v)) => v.push(per_op),
             None => self.syscalls.push((name.into(), vec![per_op])),

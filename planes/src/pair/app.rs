@@ -111,6 +111,14 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
     pub fn disarm(&mut self) -> Result<(), QueueError> {
         disarm_ring(&self.cq, self.call_fd.as_ref())
     }
+
+    /// [`disarm`](Self::disarm) for an edge-triggered event loop (epoll with `EPOLLET`,
+    /// tokio, mio): clears the sleep announcement without draining the eventfd. Every signal
+    /// is a new edge there, so a count left in the eventfd does no harm, and the read that
+    /// would drain it is saved.
+    pub fn disarm_edge(&mut self) {
+        self.cq.consumer_wake().cancel_sleep();
+    }
 }
 
 impl<S: Pod, C: Pod> Submitter for AppSide<S, C> {

@@ -429,6 +429,13 @@ impl<S: Pod, C: Pod> Client<S, C> {
         self.app.disarm()
     }
 
+    /// Ends a wait begun with [`arm`](Self::arm) in an edge-triggered event loop (epoll with
+    /// `EPOLLET`, tokio, mio), without the read that drains the eventfd: every wake-up is a new
+    /// edge there.
+    pub fn disarm_edge(&mut self) {
+        self.app.disarm_edge()
+    }
+
     /// Whether completions are waiting to be reaped (no system call).
     pub fn completions_ready(&mut self) -> Result<bool, QueueError> {
         self.app.completions_ready()

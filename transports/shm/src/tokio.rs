@@ -5,8 +5,10 @@
 //!
 //! The wait is the planes' arm/disarm protocol: announce the sleep (`arm`; if completions are
 //! already there, no sleep at all), await the eventfd or the socket, end the announcement
-//! (`disarm`, which drains the eventfd). While completions keep coming, no system call is
-//! made. A wait future dropped before it finishes (a `select!` that took another branch, a
+//! (`disarm_edge`: tokio's epoll is edge-triggered, so the eventfd is not drained). While
+//! completions keep coming, no system call is made; a wait that sleeps costs the runtime's
+//! `epoll_wait`, and the server's doorbell, nothing more. The socket is looked at only after
+//! it fired. A wait future dropped before it finishes (a `select!` that took another branch, a
 //! timeout) ends the announcement in its drop: nothing is lost (completions stay in the ring)
 //! and nothing is leaked.
 //!
@@ -55,6 +57,9 @@ pub struct AsyncClient<S: Pod, C: Pod> {
     client: Client<S, C>,
     completion: AsyncFd<OwnedFd>,
     control: AsyncFd<OwnedFd>,
+    /// The control socket fired (a message or a hang-up) since the server was last checked:
+    /// only then is the socket looked at (a system call).
+    control_fired: bool,
 }
 
 impl<S: Pod, C: Pod> AsyncClient<S, C> {
@@ -87,6 +92,7 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
             completion,
             control,
             client,
+            control_fired: true,
         })
     }
 
@@ -112,30 +118,40 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
             if self.client.completions_ready()? {
                 return Ok(());
             }
-            if self.client.server_gone() {
+            if std::mem::take(&mut self.control_fired) && self.client.server_gone() {
                 return Err(QueueError::PeerGone);
             }
             if self.client.arm()? {
-                self.client.disarm()?;
+                // Completions, or the server's close, arrived meanwhile.
+                self.client.disarm_edge();
+                if !self.client.completions_ready()? && self.client.server_gone() {
+                    return Err(QueueError::PeerGone);
+                }
                 continue;
             }
             // Armed: the server wakes the eventfd for the next completion. The guard disarms
             // however this ends (a dropped future included).
             let armed = Armed(&mut self.client);
             let (completion, control) = (&self.completion, &self.control);
-            std::future::poll_fn(|cx| {
-                for fd in [completion, control] {
+            let fired = std::future::poll_fn(|cx| {
+                let mut fired = None;
+                for (k, fd) in [completion, control].into_iter().enumerate() {
                     if let Poll::Ready(ready) = fd.poll_read_ready(cx) {
-                        // Edge-triggered: the next readiness needs a new event (the eventfd
-                        // is drained by `disarm`; the socket's message or hang-up is seen by
-                        // the checks above).
-                        return Poll::Ready(ready.map(|mut guard| guard.clear_ready()));
+                        // Edge-triggered (tokio's epoll): each wake-up of the eventfd and each
+                        // message or hang-up of the socket is a new edge, so nothing is
+                        // drained.
+                        match ready {
+                            Ok(mut guard) => guard.clear_ready(),
+                            Err(e) => return Poll::Ready(Err(e)),
+                        }
+                        fired = Some(k == 1);
                     }
                 }
-                Poll::Pending
+                fired.map_or(Poll::Pending, |control| Poll::Ready(Ok(control)))
             })
             .await
             .map_err(QueueError::Io)?;
+            self.control_fired |= fired;
             drop(armed);
         }
     }
@@ -192,9 +208,7 @@ struct Armed<'a, S: Pod, C: Pod>(&'a mut Client<S, C>);
 
 impl<S: Pod, C: Pod> Drop for Armed<'_, S, C> {
     fn drop(&mut self) {
-        // Ends the announcement and drains the eventfd; an error here is seen again by the
-        // next call, which checks the ring and the server before anything else.
-        let _ = self.0.disarm();
+        self.0.disarm_edge();
     }
 }
 
@@ -241,6 +255,8 @@ pub struct AsyncStream {
     control: AsyncFd<OwnedFd>,
     /// Whether the client is armed from a `Pending` poll (disarmed at the next poll).
     armed: bool,
+    /// The control socket fired since the server was last checked (see `AsyncClient`).
+    control_fired: bool,
     /// Tasks waiting (a read half and a write half may both be): an `AsyncFd` wakes only the
     /// last task that polled it, so whoever makes progress or sees readiness wakes the rest.
     waiters: Vec<std::task::Waker>,
@@ -268,6 +284,7 @@ impl AsyncStream {
             completion,
             control,
             armed: false,
+            control_fired: true,
             waiters: Vec::new(),
         })
     }
@@ -286,7 +303,7 @@ impl AsyncStream {
     ) -> Poll<std::io::Result<T>> {
         loop {
             if std::mem::take(&mut self.armed) {
-                self.stream.client_mut().disarm().map_err(queue_io)?;
+                self.stream.client_mut().disarm_edge();
             }
             match op(&mut self.stream) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -297,19 +314,23 @@ impl AsyncStream {
                 }
             }
             let client = self.stream.client_mut();
-            if client.server_gone() {
+            if std::mem::take(&mut self.control_fired) && client.server_gone() {
                 return Poll::Ready(Err(queue_io(QueueError::PeerGone)));
             }
             if client.arm().map_err(queue_io)? {
-                client.disarm().map_err(queue_io)?;
+                client.disarm_edge();
+                if !client.completions_ready().map_err(queue_io)? && client.server_gone() {
+                    return Poll::Ready(Err(queue_io(QueueError::PeerGone)));
+                }
                 continue;
             }
             self.armed = true;
             let mut woke = false;
-            for fd in [&self.completion, &self.control] {
+            for (k, fd) in [&self.completion, &self.control].into_iter().enumerate() {
                 if let Poll::Ready(ready) = fd.poll_read_ready(cx) {
                     ready?.clear_ready();
                     woke = true;
+                    self.control_fired |= k == 1;
                 }
             }
             if !woke {
