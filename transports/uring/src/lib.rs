@@ -36,6 +36,7 @@
 
 mod book;
 mod builder;
+mod error;
 mod fd;
 mod op;
 mod reap;
@@ -60,6 +61,7 @@ use subring_planes::interrupt::{EventFdSignal, NotifyStats, Signal, WakeWord};
 use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
 
 pub use builder::UringBuilder;
+pub use error::SubmitError;
 pub use fd::{CloseTarget, FdOwner, SharedFd};
 pub use op::{FixedBuf, Link, Op, Output, Submission, Target};
 pub use register::RegionKey;
@@ -213,24 +215,14 @@ impl fmt::Debug for Uring {
 #[inline(never)]
 // (Takes the name and opcode, not the `Op`: a reference passed to a function that is not
 // inlined would keep the submission in memory on the push path.)
-fn unsupported(name: &'static str, opcode: u8) -> QueueError {
-    QueueError::Io(io::Error::new(
-        io::ErrorKind::Unsupported,
-        format!("io_uring operation {name} (opcode {opcode}) is not supported by this kernel"),
-    ))
+fn unsupported(op: &'static str, opcode: u8) -> QueueError {
+    SubmitError::Unsupported { op, opcode }.into()
 }
 
 #[cold]
 #[inline(never)]
 fn file_out_of_range(index: u32, registered: u32) -> QueueError {
-    invalid(format!(
-        "registered file index {index} is out of range ({registered} registered)"
-    ))
-}
-
-#[cold]
-fn invalid(msg: String) -> QueueError {
-    QueueError::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
+    SubmitError::FileOutOfRange { index, registered }.into()
 }
 
 #[inline(always)]

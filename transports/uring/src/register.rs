@@ -366,44 +366,36 @@ impl Uring {
                 .fixed
                 .get(*key)
                 .map(|r| (key.index, r))
-                .ok_or_else(|| invalid(format!("no region is registered under key {key}")))?,
+                .ok_or(SubmitError::NoRegionKey { key: *key })?,
             _ => {
                 let mut found = self
                     .fixed
                     .live()
                     .filter(|(_, r)| r.region.id() == handle.region);
-                let first = found.next().ok_or_else(|| {
-                    invalid(format!("no registered region has id {}", handle.region))
-                })?;
+                let first = found
+                    .next()
+                    .ok_or(SubmitError::NoRegionId { id: handle.region })?;
                 if found.next().is_some() {
-                    return Err(invalid(format!(
-                        "several registered regions have id {}: name one by its key",
-                        handle.region
-                    )));
+                    return Err(SubmitError::AmbiguousRegionId { id: handle.region }.into());
                 }
                 first
             }
         };
         reg.region
             .check_handle(handle)
-            .map_err(|e| invalid(format!("fixed buffer: {e}")))?;
+            .map_err(SubmitError::BadHandle)?;
         let base = reg.region.as_ptr();
         if let FixedBuf::Buf(b) = buf {
             // The id matched; make sure the pool buffer really lives in this mapping.
             let p = b.as_ptr() as usize;
             if p < base as usize || p + b.capacity() > base as usize + reg.region.len() {
-                return Err(invalid(format!(
-                    "fixed buffer is not inside the registered region with id {}",
-                    handle.region
-                )));
+                return Err(SubmitError::NotInRegion { id: handle.region }.into());
             }
         }
         let offset = handle.offset as usize;
         let chunk = offset / FIXED_CHUNK;
         if offset % FIXED_CHUNK + handle.len as usize > FIXED_CHUNK {
-            return Err(invalid(
-                "fixed buffer crosses a 1 GiB registration boundary".into(),
-            ));
+            return Err(SubmitError::CrossesChunk.into());
         }
         Ok(op::FixedAddr {
             // SAFETY: `check_handle` put `offset + len` inside the mapping.

@@ -48,9 +48,7 @@ impl Uring {
             Op::ReadFixed { buf, .. } => fin.fixed = Some(self.resolve_fixed(buf, true)?),
             Op::WriteFixed { buf, .. } => fin.fixed = Some(self.resolve_fixed(buf, false)?),
             Op::MsgRing { token, .. } if token & (OWNED | LIGHT) != 0 => {
-                return Err(invalid(format!(
-                    "message token {token:#x} has one of its top two bits set"
-                )));
+                return Err(SubmitError::TokenBits { token: *token }.into());
             }
             Op::Cancel { token } => fin.cancel_target = self.cancel_target(*token)?,
             _ => {}
@@ -72,12 +70,7 @@ impl Uring {
             .iter()
             .enumerate()
             .find(|(_, s)| s.op.is_some() && s.token == token)
-            .ok_or_else(|| {
-                QueueError::Io(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no operation with token {token} is in flight"),
-                ))
-            })?;
+            .ok_or(SubmitError::NotInFlight { token })?;
         Ok(Book::user_data(key, slot.seal))
     }
 

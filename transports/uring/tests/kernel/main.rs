@@ -12,7 +12,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use subring_planes::data::{BufHandle, BufferPool, Region, RegionOptions};
 use subring_planes::queue::{Completer, QueueError, Submitter};
 use subring_uring::{
-    CloseTarget, FixedBuf, Link, OnFull, Op, OpError, Output, Submission, Target, Uring, WaitMode,
+    CloseTarget, FixedBuf, Link, OnFull, Op, OpError, Output, Submission, SubmitError, Target,
+    Uring, WaitMode,
 };
 
 const LIMIT: Option<Duration> = Some(Duration::from_secs(20));
@@ -46,6 +47,20 @@ mod sockets;
 /// A target sharing a duplicate of `f`'s descriptor (the operation holds it until it completes).
 fn target(f: &impl AsFd) -> Target {
     Target::fd(f.as_fd().try_clone_to_owned().unwrap())
+}
+
+/// The operation and token an operation's error names (its `OpError`).
+fn op_error(e: &std::io::Error) -> (&'static str, u64) {
+    let op = e
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<OpError>())
+        .unwrap_or_else(|| panic!("an OpError inside {e}"));
+    (op.op, op.token)
+}
+
+/// The refusal inside a rejected push.
+fn refusal(e: &QueueError) -> &SubmitError {
+    SubmitError::of(e).unwrap_or_else(|| panic!("a SubmitError inside {e}"))
 }
 
 fn sub(token: u64, op: Op) -> Submission {

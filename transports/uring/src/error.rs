@@ -1,0 +1,103 @@
+//! Why a submission was refused before it reached the kernel, as a type a caller can match.
+//!
+//! A refused push comes back as [`Rejected`](subring_planes::queue::Rejected) with a
+//! [`QueueError::Io`] (the transports share that error type); the `io::Error` inside carries a
+//! [`SubmitError`] naming what was wrong, with the offending values as fields.
+//! [`SubmitError::of`] finds it.
+
+use std::io;
+
+use subring_planes::data::RegionError;
+use subring_planes::queue::QueueError;
+
+use crate::RegionKey;
+
+/// What was wrong with a submission the ring refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The running kernel lacks the operation (or the builder disabled it).
+    #[error("io_uring operation {op} (opcode {opcode}) is not supported by this kernel")]
+    Unsupported {
+        /// The operation's name.
+        op: &'static str,
+        /// Its opcode.
+        opcode: u8,
+    },
+    /// A registered file index past the table.
+    #[error("registered file index {index} is out of range ({registered} registered)")]
+    FileOutOfRange {
+        /// The index named.
+        index: u32,
+        /// Files registered.
+        registered: u32,
+    },
+    /// No region is registered under this key (never, or no longer).
+    #[error("no region is registered under key {key}")]
+    NoRegionKey {
+        /// The key named.
+        key: RegionKey,
+    },
+    /// No registered region has this id.
+    #[error("no registered region has id {id}")]
+    NoRegionId {
+        /// The id named.
+        id: u32,
+    },
+    /// Several registered regions have this id: name one by its key (`FixedBuf::In`).
+    #[error("several registered regions have id {id}: name one by its key")]
+    AmbiguousRegionId {
+        /// The id named.
+        id: u32,
+    },
+    /// The fixed buffer's handle is not inside its region.
+    #[error("fixed buffer: {0}")]
+    BadHandle(#[source] RegionError),
+    /// A pool buffer whose region id matched, but that lies in another mapping.
+    #[error("fixed buffer is not inside the registered region with id {id}")]
+    NotInRegion {
+        /// The region id.
+        id: u32,
+    },
+    /// A fixed buffer across a 1 GiB boundary of its region's registration.
+    #[error("fixed buffer crosses a 1 GiB registration boundary")]
+    CrossesChunk,
+    /// A message token using the bits the ring keeps to tell its own completions apart.
+    #[error("message token {token:#x} has one of its top two bits set")]
+    TokenBits {
+        /// The token.
+        token: u64,
+    },
+    /// A cancel naming no operation in flight.
+    #[error("no operation with token {token} is in flight")]
+    NotInFlight {
+        /// The token named.
+        token: u64,
+    },
+}
+
+impl SubmitError {
+    /// The submission error inside `e`, if it is one.
+    pub fn of(e: &QueueError) -> Option<&SubmitError> {
+        match e {
+            QueueError::Io(io) => io.get_ref()?.downcast_ref(),
+            _ => None,
+        }
+    }
+
+    fn kind(&self) -> io::ErrorKind {
+        match self {
+            SubmitError::Unsupported { .. } => io::ErrorKind::Unsupported,
+            SubmitError::NotInFlight { .. } => io::ErrorKind::NotFound,
+            _ => io::ErrorKind::InvalidInput,
+        }
+    }
+}
+
+impl From<SubmitError> for QueueError {
+    #[cold]
+    #[inline(never)]
+    fn from(e: SubmitError) -> Self {
+        QueueError::Io(io::Error::new(e.kind(), e))
+    }
+}
