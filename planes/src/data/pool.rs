@@ -26,9 +26,49 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering::*};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PoolError {
-    /// The pool's buffers do not fit in the region, or are misplaced.
-    #[error("buffer pool does not fit its region: {0}")]
-    Layout(String),
+    /// The buffer size is 0 or over 4 GiB.
+    #[error("buffer size {buf_size} must be 1..=4 GiB")]
+    BufSize {
+        /// The size asked for.
+        buf_size: usize,
+    },
+    /// The buffer count is 0 or over 2^32 - 1.
+    #[error("buffer count {count} must be 1..=2^32-1")]
+    Count {
+        /// The count asked for.
+        count: usize,
+    },
+    /// The buffers would run past the end of the address space (an offset from a peer, say).
+    #[error("{count} buffers of {buf_size} bytes at offset {offset} run past the end of the address space")]
+    Overflow {
+        /// Where the pool would start.
+        offset: usize,
+        /// Bytes per buffer.
+        buf_size: u32,
+        /// Buffers.
+        count: u32,
+    },
+    /// The buffers would run past the end of the region.
+    #[error("buffer pool at {start}..{end} does not fit the {region_len}-byte region")]
+    OutOfRegion {
+        /// Where the pool would start.
+        start: u64,
+        /// Where it would end.
+        end: u64,
+        /// The region's length.
+        region_len: usize,
+    },
+    /// The buffers would overlap a structure this process already placed in the region (a
+    /// ring, a header, another pool).
+    #[error("buffer pool at {start}..{end} overlaps {existing} there")]
+    Overlaps {
+        /// Where the pool would start.
+        start: usize,
+        /// Where it would end.
+        end: usize,
+        /// What is there.
+        existing: ClaimKind,
+    },
     /// The handle names another region.
     #[error("buffer handle names region {found}, the pool is in region {expected}")]
     WrongRegion {
@@ -175,13 +215,11 @@ impl BufferPool {
         let buf_size = u32::try_from(buf_size)
             .ok()
             .filter(|s| *s > 0)
-            .ok_or_else(|| {
-                PoolError::Layout(format!("buffer size {buf_size} must be 1..=4 GiB"))
-            })?;
+            .ok_or(PoolError::BufSize { buf_size })?;
         let count = u32::try_from(count)
             .ok()
             .filter(|c| *c > 0)
-            .ok_or_else(|| PoolError::Layout(format!("buffer count {count} must be 1..=2^32-1")))?;
+            .ok_or(PoolError::Count { count })?;
         let layout = PoolLayout {
             region: region.id(),
             base: offset as u64,
@@ -192,15 +230,26 @@ impl BufferPool {
         let end = usize::try_from(layout.span())
             .ok()
             .and_then(|span| offset.checked_add(span))
-            .ok_or_else(|| {
-                PoolError::Layout(format!(
-                    "{count} buffers of {buf_size} bytes at offset {offset} run past the end \
-                     of the address space"
-                ))
+            .ok_or(PoolError::Overflow {
+                offset,
+                buf_size,
+                count,
             })?;
         let claim = region
             .claim(offset..end, ClaimKind::Exclusive)
-            .map_err(|e: RegionError| PoolError::Layout(e.to_string()))?;
+            .map_err(|e| match e {
+                RegionError::InUse { existing, .. } => PoolError::Overlaps {
+                    start: offset,
+                    end,
+                    existing,
+                },
+                // `claim` fails otherwise only on its bounds check.
+                _ => PoolError::OutOfRegion {
+                    start: offset as u64,
+                    end: end as u64,
+                    region_len: region.len(),
+                },
+            })?;
         Ok(Arc::new(BufferPool {
             _claim: claim,
             region,
