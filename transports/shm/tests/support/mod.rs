@@ -74,9 +74,26 @@ pub fn spawn_child(name: &str, env: &[(&str, String)]) -> ChildGuard {
     ChildGuard(Some(cmd.spawn().expect("spawn child test process")))
 }
 
-/// A fresh socket path for one test.
+/// This test process's directory of socket paths.
+fn socket_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("subring-shm-{}", std::process::id()))
+}
+
+/// Removes the socket directory when the test process exits (the harness exits through
+/// `exit`, which runs `atexit` handlers).
+extern "C" fn remove_socket_dir() {
+    let _ = std::fs::remove_dir_all(socket_dir());
+}
+
+/// A fresh socket path for one test, in a directory removed when the process exits.
 pub fn socket_path(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("subring-shm-{}", std::process::id()));
+    static CLEANUP: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain function that neither unwinds nor touches anything but the file
+    // system; `atexit` only stores the pointer.
+    CLEANUP.call_once(|| unsafe {
+        libc::atexit(remove_socket_dir);
+    });
+    let dir = socket_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{test}.sock"));
     let _ = std::fs::remove_file(&path);
