@@ -61,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut data = vec![0u8; block];
             fill(offset, &mut data);
             buf.fill_from(&data);
-            client.write(next, offset, buf).map_err(|r| r.error)?;
+            client.write(next, offset, buf)?;
             next += 1;
         }
         client.submit()?;
@@ -69,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         d.result.map_err(|e| format!("write {}: {e}", d.tag))?;
         done += 1;
     }
-    client.flush(u64::MAX).map_err(|r| r.error)?;
+    client.flush(u64::MAX)?;
     client.submit()?;
     client.next(LIMIT)?.result?;
     println!("wrote {blocks} blocks and flushed in {:?}", start.elapsed());
@@ -88,9 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let offset = (rng % blocks) * block as u64;
-            client
-                .read(issued, offset, buf, block)
-                .map_err(|r| r.error)?;
+            client.read(issued, offset, buf, block)?;
             sent.insert(issued, (offset, Instant::now()));
             issued += 1;
         }

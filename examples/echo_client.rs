@@ -37,14 +37,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         buf.fill_from(message);
         let sum = checksum(message);
         let start = Instant::now();
-        client
-            .push(EchoReq {
-                seq,
-                op: op::UPPER,
-                reserved: 0,
-                buf: buf.lend(),
-            })
-            .map_err(|r| r.error)?;
+        client.push(EchoReq {
+            seq,
+            op: op::UPPER,
+            reserved: 0,
+            buf: buf.lend(),
+        })?;
         client.submit()?;
         let resp = loop {
             if let Some(r) = client.reap()? {

@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 op: op::PING,
                 ..EchoReq::default()
             };
-            client.push(req).map_err(|r| r.error)?;
+            client.push(req)?;
             sent += 1;
         }
         client.submit()?;

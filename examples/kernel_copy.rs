@@ -179,10 +179,8 @@ fn copy_uring(src: &Path, dst: &Path, len: u64) -> Result<(Duration, u64, u64), 
                 buf: FixedBuf::Handle(handle),
                 offset: next,
             };
-            ring.push(Submission::new(2 * chunk as u64, read).link(Link::Soft))
-                .map_err(|r| r.error)?;
-            ring.push(Submission::new(2 * chunk as u64 + 1, write))
-                .map_err(|r| r.error)?;
+            ring.push(Submission::new(2 * chunk as u64, read).link(Link::Soft))?;
+            ring.push(Submission::new(2 * chunk as u64 + 1, write))?;
             if held.len() <= chunk {
                 held.resize_with(chunk + 1, || None);
             }

@@ -106,7 +106,7 @@ fn run(mode: NotifyMode, round_trips: usize) -> Result<(), Error> {
     let warmup = round_trips / 10;
     for i in 0..(warmup + round_trips) as u64 {
         let start = Instant::now();
-        app.push(i).map_err(|r| r.error)?;
+        app.push(i)?;
         app.submit()?;
         app.wait(TIMEOUT)?;
         let echoed = app.reap()?.ok_or("woken without a completion")?;

@@ -65,6 +65,15 @@ impl<E> Rejected<E> {
     }
 }
 
+/// `?` on a push in a function that returns [`QueueError`]: the reason goes up, the entry is
+/// dropped (match the [`Rejected`] instead to retry with it, or to take back a buffer it
+/// lent).
+impl<E> From<Rejected<E>> for QueueError {
+    fn from(r: Rejected<E>) -> Self {
+        r.error
+    }
+}
+
 /// The submitting side of a queue pair.
 pub trait Submitter {
     /// What is submitted.

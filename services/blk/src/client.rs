@@ -80,12 +80,22 @@ pub struct BlkDone {
 }
 
 /// A request that could not be queued: its buffer back, and why.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("block request not queued: {error}")]
 pub struct Refused {
     /// The buffer the request would have lent.
     pub buf: Option<Buf>,
     /// Why (`Full`: the submission ring or the client's in-flight table is full; reap first).
+    #[source]
     pub error: QueueError,
+}
+
+/// `?` in a function that returns [`QueueError`]: the reason goes up, the buffer returns to
+/// its pool.
+impl From<Refused> for QueueError {
+    fn from(r: Refused) -> Self {
+        r.error
+    }
 }
 
 /// Why the client failed (the connection, or a server that broke the protocol).

@@ -101,3 +101,17 @@ impl From<SubmitError> for QueueError {
         QueueError::Io(io::Error::new(e.kind(), e))
     }
 }
+
+/// A wait without a timeout on a ring with nothing in flight: it could never end. (A ring that
+/// only receives messages from other rings' `MSG_RING` waits for them with a timeout.)
+#[derive(Debug, thiserror::Error)]
+#[error("nothing is in flight: a wait without a timeout would never end")]
+pub struct NothingInFlight;
+
+impl From<NothingInFlight> for QueueError {
+    #[cold]
+    #[inline(never)]
+    fn from(e: NothingInFlight) -> Self {
+        QueueError::Io(io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+}

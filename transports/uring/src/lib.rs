@@ -61,7 +61,7 @@ use subring_planes::interrupt::{EventFdSignal, NotifyStats, Signal, WakeWord};
 use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
 
 pub use builder::UringBuilder;
-pub use error::SubmitError;
+pub use error::{NothingInFlight, SubmitError};
 pub use fd::{CloseTarget, FdOwner, SharedFd};
 pub use op::{FixedBuf, Link, Op, Output, Submission, Target};
 pub use register::RegionKey;

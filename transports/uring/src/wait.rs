@@ -23,9 +23,13 @@ impl Uring {
     ///
     /// The common case (no timeout, one enter that brings what was asked for) is inlined into
     /// the caller, system call included; everything else continues out of line.
+    ///
+    /// Without a timeout, a ring with nothing in flight and nothing to reap refuses the wait
+    /// ([`NothingInFlight`]) rather than block forever.
     #[inline(always)]
     pub fn wait_for(&mut self, min: usize, timeout: Option<Duration>) -> Result<(), QueueError> {
-        let min = min.clamp(1, self.in_flight().max(1));
+        let in_flight = self.in_flight();
+        let min = min.clamp(1, in_flight.max(1));
         self.notify.waits += 1;
         if self.wait != WaitMode::Enter || timeout.is_some() {
             return self.wait_for_slow(min, timeout);
@@ -34,6 +38,9 @@ impl Uring {
         if have >= min {
             self.notify.without_sleep += 1;
             return Ok(());
+        }
+        if in_flight == 0 {
+            return Err(NothingInFlight.into());
         }
         // No flush first: the enter below carries GETEVENTS, which makes the kernel flush
         // overflowed completions and run deferred task work before it decides to sleep. It
@@ -66,6 +73,9 @@ impl Uring {
     /// (`min` already capped and the wait counted).
     #[inline(never)]
     fn wait_for_slow(&mut self, min: usize, timeout: Option<Duration>) -> Result<(), QueueError> {
+        if timeout.is_none() && self.in_flight() == 0 && self.cq_len() == 0 {
+            return Err(NothingInFlight.into());
+        }
         if self.wait != WaitMode::Enter {
             return self.wait_without_enter(min, timeout);
         }

@@ -104,9 +104,7 @@ pub(crate) fn chain() -> Result<(), Error> {
         while issued < CHAIN_READS && client.in_flight() < 32 {
             let Some(buf) = client.alloc() else { break };
             let offset = next_offset();
-            client
-                .read(issued, offset, buf, BLOCK)
-                .map_err(|r| r.error)?;
+            client.read(issued, offset, buf, BLOCK)?;
             sent.insert(issued, (offset, Instant::now()));
             issued += 1;
         }

@@ -138,8 +138,7 @@ pub(crate) fn kernel() -> Result<(), Error> {
     let start = Instant::now();
     for _ in 0..NOPS / 32 {
         for i in 0..32 {
-            ring.push(Submission::new(i, Op::Nop))
-                .map_err(|r| r.error)?;
+            ring.push(Submission::new(i, Op::Nop))?;
         }
         ring.wait_for(32, Some(PATIENCE))?;
         out.clear();

@@ -241,7 +241,7 @@ fn round_trip(client: &mut Client<EchoReq, EchoResp>, seq: u64) -> Result<(), Er
         reserved: 0,
         buf: buf.lend(),
     };
-    client.push(req).map_err(|r| r.error)?;
+    client.push(req)?;
     client.submit()?;
     loop {
         if let Some(r) = client.reap()? {
@@ -273,7 +273,7 @@ fn pipelined(client: &mut Client<EchoReq, EchoResp>) -> Result<(), Error> {
                 reserved: 0,
                 buf: buf.lend(),
             };
-            client.push(req).map_err(|r| r.error)?;
+            client.push(req)?;
             sent += 1;
         }
         client.submit()?;

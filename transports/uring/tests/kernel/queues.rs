@@ -495,3 +495,23 @@ fn forged_completions_do_not_match_live_operations() {
     assert_eq!(*done.result.as_ref().unwrap(), 2);
     assert_eq!(ring.in_flight(), 0);
 }
+
+/// A wait without a timeout on a ring with nothing in flight could never end: it is refused
+/// at once, in every wait mode; with something in flight it waits as before.
+#[test]
+fn waiting_forever_on_nothing_is_refused() {
+    for mode in [WaitMode::Enter, WaitMode::Poll, WaitMode::EventFd] {
+        let mut ring = Uring::builder().wait_mode(mode).build().unwrap();
+        let e = ring.wait(None).unwrap_err();
+        let inner = match &e {
+            QueueError::Io(io) => io
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<NothingInFlight>()),
+            _ => None,
+        };
+        assert!(inner.is_some(), "{mode:?}: {e}");
+        ring.push(sub(1, Op::Nop)).unwrap();
+        ring.wait(None).unwrap();
+        assert_eq!(ring.reap().unwrap().unwrap().token, 1);
+    }
+}
