@@ -9,7 +9,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use subring_planes::control::Doorbell;
 use subring_planes::interrupt::{
     EventFdSignal, FutexSignal, Notified, Notifier, NotifyMode, Signal, SleepNotifier, SpinPolicy,
-    WaitError, WakeRef, Woke,
+    WaitError, WakeRef, Woke, WordCount,
 };
 use subring_planes::pair::{in_process, PairConfig};
 use subring_planes::queue::{Completer, QueueError, Submitter};
@@ -566,7 +566,14 @@ fn wait_any_wakes_on_any_word() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     let many: Vec<WakeRef> = (0..=WAIT_ANY_MAX).map(|_| WakeRef::local()).collect();
     let err = set.wait(many.iter().map(|w| &**w), None).unwrap_err();
-    assert!(err.to_string().contains("not 129"), "{err}");
+    assert_eq!(
+        word_count(&err),
+        WordCount {
+            given: 129,
+            max: 128
+        },
+        "{err}"
+    );
 }
 
 /// A `SleepSet` sleeps on its words (none, one: a plain futex wait, two: futex_waitv) and its
@@ -622,5 +629,20 @@ fn a_sleep_set_wakes_on_its_alarm_and_its_words() {
 
     let too_many = (0..129).map(|_| WakeRef::local()).collect();
     let err = SleepSet::new().set_words(too_many).unwrap_err();
-    assert!(err.to_string().contains("not 129"), "{err}");
+    assert_eq!(
+        word_count(&err),
+        WordCount {
+            given: 129,
+            max: 128
+        },
+        "{err}"
+    );
+}
+
+/// The word count a refused many-word wait names.
+fn word_count(e: &std::io::Error) -> WordCount {
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    *e.get_ref()
+        .and_then(|e| e.downcast_ref::<WordCount>())
+        .unwrap_or_else(|| panic!("a WordCount inside {e}"))
 }

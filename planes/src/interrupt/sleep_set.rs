@@ -80,13 +80,7 @@ impl SleepSet {
     /// Replaces the words to sleep on (at most [`WAIT_ANY_MAX`]). Call it between sleeps.
     pub fn set_words(&mut self, words: Vec<WakeRef>) -> io::Result<()> {
         if words.len() > WAIT_ANY_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a sleep set takes at most {WAIT_ANY_MAX} words, not {}",
-                    words.len()
-                ),
-            ));
+            return Err(super::wait_any::too_many(words.len()));
         }
         let mut shared = self
             .shared

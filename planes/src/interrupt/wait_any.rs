@@ -49,10 +49,24 @@ impl fmt::Debug for WaitAny {
     }
 }
 
-fn too_many(n: usize) -> io::Error {
+/// A wait (or a sleep set) given no words, or more than [`WAIT_ANY_MAX`]: the error inside the
+/// `InvalidInput` [`io::Error`] that refuses it (find it with `get_ref` and `downcast_ref`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a wait on many wake words takes 1 to {max} words, not {given}")]
+pub struct WordCount {
+    /// The words given.
+    pub given: usize,
+    /// The most a wait takes ([`WAIT_ANY_MAX`]).
+    pub max: usize,
+}
+
+pub(super) fn too_many(given: usize) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
-        format!("a wait on many wake words takes 1 to {WAIT_ANY_MAX} words, not {n}"),
+        WordCount {
+            given,
+            max: WAIT_ANY_MAX,
+        },
     )
 }
 

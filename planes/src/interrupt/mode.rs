@@ -1,0 +1,145 @@
+//! The notify modes a connection chooses from, and the one notifier type that serves them all.
+
+use super::*;
+
+/// How a waiting side waits: chosen per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotifyMode {
+    /// Poll without ever sleeping ([`SpinNotifier`]).
+    Spin,
+    /// Spin for an adaptive budget, then sleep on a futex.
+    #[default]
+    Adaptive,
+    /// Sleep on an eventfd ([`EventFdNotifier`]), which event loops can watch.
+    EventFd,
+    /// Sleep on a futex on the wake word ([`FutexNotifier`]).
+    Futex,
+}
+
+/// How long adaptive mode spins at most before it sleeps: longer than a peer that polls takes
+/// to answer, and than a sleeping peer takes to wake (tens of microseconds in a VM).
+pub const ADAPTIVE_MAX_SPIN: Duration = Duration::from_micros(100);
+
+impl NotifyMode {
+    /// Every mode, for tests and benchmarks that cover them all.
+    pub const ALL: [NotifyMode; 4] = [
+        NotifyMode::Spin,
+        NotifyMode::Adaptive,
+        NotifyMode::EventFd,
+        NotifyMode::Futex,
+    ];
+
+    /// Whether this mode needs an eventfd.
+    pub fn uses_eventfd(self) -> bool {
+        self == NotifyMode::EventFd
+    }
+
+    /// A notifier handle of this mode over `word`; `eventfd` is required for
+    /// [`NotifyMode::EventFd`] and ignored otherwise.
+    pub fn notifier(
+        self,
+        word: WakeRef,
+        eventfd: Option<EventFdSignal>,
+    ) -> io::Result<ModeNotifier> {
+        Ok(match self {
+            NotifyMode::Spin => ModeNotifier::Spin(SpinNotifier::new()),
+            NotifyMode::Adaptive => ModeNotifier::Futex(SleepNotifier::new(
+                word,
+                FutexSignal::new(),
+                SpinPolicy::adaptive_for(ADAPTIVE_MAX_SPIN),
+            )),
+            NotifyMode::Futex => ModeNotifier::Futex(SleepNotifier::new(
+                word,
+                FutexSignal::new(),
+                SpinPolicy::none(),
+            )),
+            NotifyMode::EventFd => {
+                let efd = eventfd.ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "eventfd notify mode needs the eventfd both sides share",
+                    )
+                })?;
+                ModeNotifier::EventFd(SleepNotifier::new(word, efd, SpinPolicy::none()))
+            }
+        })
+    }
+}
+
+/// The notifier of a [`NotifyMode`] ([`NotifyMode::notifier`]): one type for every mode,
+/// dispatched by a `match` the compiler inlines.
+///
+/// Why not a `Box<dyn Notifier>`: a wait that sleeps returns from its system call into the
+/// waiter, and on this kind of machine (AMD, with the kernel's "Safe RET" mitigation) the first
+/// `ret` after a system call mispredicts at about 90 ns. A virtual call cannot be inlined, so a
+/// wait through one always returned through at least one frame; through this enum the whole
+/// wait, system call included, can be inlined into the caller's loop.
+#[derive(Debug)]
+pub enum ModeNotifier {
+    /// [`NotifyMode::Spin`].
+    Spin(SpinNotifier),
+    /// [`NotifyMode::Adaptive`] and [`NotifyMode::Futex`] (they differ in their spin policy).
+    Futex(SleepNotifier<FutexSignal>),
+    /// [`NotifyMode::EventFd`].
+    EventFd(SleepNotifier<EventFdSignal>),
+}
+
+impl Notifier for ModeNotifier {
+    #[inline(always)]
+    fn notify(&self) -> io::Result<Notified> {
+        match self {
+            ModeNotifier::Spin(n) => n.notify(),
+            ModeNotifier::Futex(n) => n.notify(),
+            ModeNotifier::EventFd(n) => n.notify(),
+        }
+    }
+
+    #[inline(always)]
+    fn wait_until(
+        &self,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError> {
+        match self {
+            ModeNotifier::Spin(n) => n.wait_until(ready, timeout),
+            ModeNotifier::Futex(n) => n.wait_until(ready, timeout),
+            ModeNotifier::EventFd(n) => n.wait_until(ready, timeout),
+        }
+    }
+
+    fn stats(&self) -> NotifyStats {
+        match self {
+            ModeNotifier::Spin(n) => n.stats(),
+            ModeNotifier::Futex(n) => n.stats(),
+            ModeNotifier::EventFd(n) => n.stats(),
+        }
+    }
+}
+
+impl fmt::Display for NotifyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NotifyMode::Spin => "spin",
+            NotifyMode::Adaptive => "adaptive",
+            NotifyMode::EventFd => "eventfd",
+            NotifyMode::Futex => "futex",
+        })
+    }
+}
+
+impl std::str::FromStr for NotifyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "spin" => NotifyMode::Spin,
+            "adaptive" => NotifyMode::Adaptive,
+            "eventfd" => NotifyMode::EventFd,
+            "futex" => NotifyMode::Futex,
+            other => {
+                return Err(format!(
+                    "unknown notify mode {other:?}: expected spin, adaptive, eventfd or futex"
+                ))
+            }
+        })
+    }
+}

@@ -1,0 +1,244 @@
+//! The notifiers: sleeping through a signal (eventfd or futex) after an optional spin, and
+//! spinning only.
+
+use super::*;
+
+/// A notifier that blocks in the kernel through a [`Signal`] (eventfd or futex), after an
+/// optional spin phase, using the sleep/wake protocol on a shared [`WakeWord`].
+#[derive(Debug)]
+pub struct SleepNotifier<S: Signal> {
+    word: WakeRef,
+    signal: S,
+    spin: SpinPolicy,
+    counters: Counters,
+    #[cfg(loom)]
+    broken: Option<LoomBreakage>,
+}
+
+/// Loom negative controls only: a deliberately broken variant of the sleep/wake protocol.
+#[cfg(loom)]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoomBreakage {
+    /// Block without re-checking the condition after announcing sleep.
+    SkipRecheck,
+    /// Leave out the SeqCst fences of the store→load handshake.
+    NoFences,
+}
+
+/// Blocks on an eventfd; implements `AsFd` for event loops.
+pub type EventFdNotifier = SleepNotifier<EventFdSignal>;
+/// Blocks on a futex on the wake word itself.
+pub type FutexNotifier = SleepNotifier<FutexSignal>;
+
+impl<S: Signal> SleepNotifier<S> {
+    /// A handle over the shared `word` that blocks through `signal` after spinning as `spin`
+    /// says.
+    pub fn new(word: WakeRef, signal: S, spin: SpinPolicy) -> Self {
+        SleepNotifier {
+            word,
+            signal,
+            spin,
+            counters: Counters::default(),
+            #[cfg(loom)]
+            broken: None,
+        }
+    }
+
+    /// The shared wake word.
+    pub fn word(&self) -> &WakeRef {
+        &self.word
+    }
+
+    /// The blocking primitive.
+    pub fn signal(&self) -> &S {
+        &self.signal
+    }
+
+    /// The spin policy (its current budget, for adaptive policies).
+    pub fn spin_policy(&self) -> &SpinPolicy {
+        &self.spin
+    }
+
+    /// Loom negative controls only: break the protocol on purpose.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn break_for_loom(&mut self, how: LoomBreakage) {
+        self.broken = Some(how);
+    }
+
+    #[cfg(not(loom))]
+    fn is_broken(&self, _how: u8) -> bool {
+        false
+    }
+
+    #[cfg(loom)]
+    fn is_broken(&self, how: u8) -> bool {
+        self.broken.is_some_and(|b| b as u8 == how)
+    }
+
+    fn fenced(&self) -> bool {
+        !self.is_broken(1)
+    }
+
+    fn recheck(&self, ready: &mut dyn FnMut() -> bool) -> bool {
+        !self.is_broken(0) && ready()
+    }
+}
+
+impl<S: Signal> Notifier for SleepNotifier<S> {
+    #[inline(always)]
+    fn notify(&self) -> io::Result<Notified> {
+        if self.word.take_sleeper_with(self.fenced()) {
+            if let Err(e) = self.signal.wake(&self.word) {
+                // The wake-up did not happen: say "still asleep" again, so the next
+                // notification retries instead of being suppressed.
+                self.word.announce_sleep();
+                return Err(e);
+            }
+            bump(&self.counters.sent);
+            Ok(Notified::Sent)
+        } else {
+            bump(&self.counters.suppressed);
+            Ok(Notified::Suppressed)
+        }
+    }
+
+    /// Inlined into the caller, system call included (see [`ModeNotifier`] for why).
+    #[inline(always)]
+    fn wait_until(
+        &self,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError> {
+        bump(&self.counters.waits);
+        if ready() {
+            bump(&self.counters.without_sleep);
+            return Ok(());
+        }
+        let deadline = deadline_after(timeout);
+        let spins = self.spin.budget_for_wait();
+        if spins > 0 {
+            let spun = if self.spin.timed {
+                spin_for(ready, spins, deadline)
+            } else {
+                spin_until(ready, spins, deadline)
+            };
+            self.spin.record(spun);
+            if spun {
+                bump(&self.counters.without_sleep);
+                return Ok(());
+            }
+        }
+        loop {
+            self.word.announce_sleep_with(self.fenced());
+            if self.recheck(ready) {
+                self.word.cancel_sleep();
+                return Ok(());
+            }
+            let remaining = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(r) if !r.is_zero() => Some(r),
+                    _ => {
+                        self.word.cancel_sleep();
+                        bump(&self.counters.timeouts);
+                        return Err(WaitError::Timeout(timeout.unwrap_or_default()));
+                    }
+                },
+            };
+            bump(&self.counters.sleeps);
+            let blocked = self.signal.block(&self.word, remaining);
+            self.word.cancel_sleep();
+            let woke = blocked?;
+            if ready() {
+                return Ok(());
+            }
+            if woke == Woke::HangUp {
+                return Err(WaitError::PeerHungUp);
+            }
+        }
+    }
+
+    fn stats(&self) -> NotifyStats {
+        self.counters.snapshot()
+    }
+}
+
+impl AsFd for SleepNotifier<EventFdSignal> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.signal.as_fd()
+    }
+}
+
+impl<N: Notifier + ?Sized> Notifier for Box<N> {
+    fn notify(&self) -> io::Result<Notified> {
+        (**self).notify()
+    }
+    fn wait_until(
+        &self,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError> {
+        (**self).wait_until(ready, timeout)
+    }
+    fn stats(&self) -> NotifyStats {
+        (**self).stats()
+    }
+}
+
+/// A notifier that never sleeps: the waiter polls its condition with a spin hint until it holds
+/// or the timeout passes, and notifications cost nothing. Right when both sides have a core to
+/// themselves; ruinous when they share one.
+#[derive(Debug, Default)]
+pub struct SpinNotifier {
+    counters: Counters,
+}
+
+impl SpinNotifier {
+    /// A spinning handle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Notifier for SpinNotifier {
+    fn notify(&self) -> io::Result<Notified> {
+        bump(&self.counters.suppressed);
+        Ok(Notified::Suppressed)
+    }
+
+    /// Inlined into the caller, system call included (see [`ModeNotifier`] for why).
+    #[inline(always)]
+    fn wait_until(
+        &self,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError> {
+        bump(&self.counters.waits);
+        // The first burst of spins runs before the clock is read (a clock read costs as much as
+        // a cross-core round trip in a VM): a peer that answers quickly is seen at once.
+        if spin_until(ready, SPIN_ONLY_BURST, None) {
+            bump(&self.counters.without_sleep);
+            return Ok(());
+        }
+        let deadline = deadline_after(timeout);
+        loop {
+            if spin_until(ready, 1 << 12, deadline) {
+                bump(&self.counters.without_sleep);
+                return Ok(());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                bump(&self.counters.timeouts);
+                return Err(WaitError::Timeout(timeout.unwrap_or_default()));
+            }
+            if crate::sync::LOOM {
+                crate::sync::thread::yield_now();
+            }
+        }
+    }
+
+    fn stats(&self) -> NotifyStats {
+        self.counters.snapshot()
+    }
+}

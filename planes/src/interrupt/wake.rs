@@ -1,0 +1,244 @@
+//! The wake word both sides see, handles on it, and what a notifier reports.
+
+use super::*;
+
+/// The shared word of the sleep/wake protocol: the waiter sets it before sleeping, the notifier
+/// clears it when it decides to wake.
+///
+/// It is `repr(C)` and lives in shared memory (a ring header), so any value may be found in it;
+/// a value that is not "sleeping" only ever means "no syscall needed", which can delay a peer
+/// that wrote it, never this process.
+#[repr(C)]
+#[derive(Debug)]
+pub struct WakeWord {
+    state: AtomicU32,
+}
+
+impl Default for WakeWord {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WakeWord {
+    /// A word saying nobody sleeps.
+    pub fn new() -> Self {
+        WakeWord {
+            state: AtomicU32::new(AWAKE),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        self.state.swap(AWAKE, Relaxed);
+    }
+
+    /// Waiter side: announce that we are about to sleep. The caller must re-check its condition
+    /// after this and before blocking.
+    pub fn announce_sleep(&self) {
+        self.announce_sleep_with(true);
+    }
+
+    pub(super) fn announce_sleep_with(&self, fenced: bool) {
+        // Every write to the word is a read-modify-write, so that its modification order is one
+        // reads-from chain (each write reads the one before). The protocol only needs the fences
+        // below, but this keeps it independent of how stores from two threads are ordered, which
+        // loom models only partially (its modification order is a partial order, so a plain
+        // store here lets it report a lost wake-up that C11 forbids). It costs nothing that
+        // matters: this path is followed by a fence and a blocking system call.
+        self.state.swap(SLEEPING, Relaxed);
+        if fenced {
+            // SYNC POINT (sleep-dekker): SeqCst fence pairs with the one in `take_sleeper`: either
+            // the notifier's load sees SLEEPING, or our re-check after this fence sees its data.
+            fence(SeqCst);
+        }
+    }
+
+    /// Waiter side: we are not going to sleep (or have woken).
+    pub fn cancel_sleep(&self) {
+        // Only this side ever writes SLEEPING, so a word that reads AWAKE stays AWAKE until we
+        // write it: nothing to do. That is the usual case after a wake-up (the notifier's
+        // `take_sleeper` cleared it), and skipping the swap matters: the word's line was just
+        // written by the other core, and a swap (a locked instruction, a full barrier on x86)
+        // would wait for it before the caller's next look at the ring could start, where a load
+        // lets the two cache misses overlap.
+        if self.state.load(Relaxed) != AWAKE {
+            // A read-modify-write for the reason given in `announce_sleep_with`.
+            self.state.swap(AWAKE, Relaxed);
+        }
+    }
+
+    /// Notifier side, after publishing: is a waiter asleep? If so, claims the wake-up (clears
+    /// the word) so that later notifications before the waiter sleeps again are suppressed.
+    pub fn take_sleeper(&self) -> bool {
+        self.take_sleeper_with(true)
+    }
+
+    pub(super) fn take_sleeper_with(&self, fenced: bool) -> bool {
+        if fenced {
+            // SYNC POINT (sleep-dekker): pairs with the fence in `announce_sleep`; orders the
+            // caller's publish before the load of the word.
+            fence(SeqCst);
+        }
+        self.state.load(Relaxed) == SLEEPING && self.state.swap(AWAKE, AcqRel) == SLEEPING
+    }
+
+    /// Whether the word currently says a waiter sleeps (a racy snapshot, for diagnostics).
+    pub fn is_sleeping(&self) -> bool {
+        self.state.load(Relaxed) == SLEEPING
+    }
+
+    pub(super) fn futex_word(&self) -> &AtomicU32 {
+        &self.state
+    }
+}
+
+/// A handle to a [`WakeWord`] that keeps the memory holding it alive: a ring's region, or a
+/// process-local allocation ([`WakeRef::local`]).
+pub struct WakeRef {
+    _owner: Arc<dyn Any + Send + Sync>,
+    word: NonNull<WakeWord>,
+}
+
+impl fmt::Debug for WakeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WakeRef")
+            .field("word", &self.word)
+            .field("sleeping", &self.is_sleeping())
+            .finish()
+    }
+}
+
+impl Clone for WakeRef {
+    fn clone(&self) -> Self {
+        WakeRef {
+            _owner: self._owner.clone(),
+            word: self.word,
+        }
+    }
+}
+
+// SAFETY: the word is an atomic, safe to share between threads; the owner keeps it alive.
+unsafe impl Send for WakeRef {}
+// SAFETY: as above.
+unsafe impl Sync for WakeRef {}
+
+impl WakeRef {
+    /// A fresh word in process-local memory, for notifiers between threads.
+    pub fn local() -> Self {
+        let owner = Arc::new(WakeWord::new());
+        let word = NonNull::from(&*owner);
+        WakeRef {
+            _owner: owner,
+            word,
+        }
+    }
+
+    /// A word at `word` inside `region`.
+    ///
+    /// # Safety
+    /// `word` must point to an aligned `WakeWord` inside `region`'s mapping.
+    pub unsafe fn from_raw(region: Arc<Region>, word: NonNull<WakeWord>) -> Self {
+        WakeRef {
+            _owner: region,
+            word,
+        }
+    }
+}
+
+impl Deref for WakeRef {
+    type Target = WakeWord;
+    fn deref(&self) -> &WakeWord {
+        // SAFETY: `_owner` keeps the memory mapped; the word is only accessed atomically.
+        unsafe { self.word.as_ref() }
+    }
+}
+
+/// What [`Notifier::notify`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notified {
+    /// The waiter had announced sleep: a wake-up was sent.
+    Sent,
+    /// Nobody sleeps: no system call was made.
+    Suppressed,
+}
+
+/// Why a wait ended without its condition becoming true.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The timeout passed.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The peer hung up (a descriptor watched with [`EventFdSignal::watch_hangup`] did), and
+    /// the condition is still false: it will not become true.
+    #[error("the peer hung up")]
+    PeerHungUp,
+    /// Blocking failed.
+    #[error("waiting failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Counters kept by a notifier handle, for reporting syscalls per message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotifyStats {
+    /// Notifications that made a wake-up system call.
+    pub sent: u64,
+    /// Notifications skipped because nobody slept.
+    pub suppressed: u64,
+    /// Calls to `wait_until`.
+    pub waits: u64,
+    /// Waits satisfied without announcing sleep (immediately or while spinning).
+    pub without_sleep: u64,
+    /// Times the waiter blocked in the kernel.
+    pub sleeps: u64,
+    /// Waits that timed out.
+    pub timeouts: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) sent: Cell<u64>,
+    pub(super) suppressed: Cell<u64>,
+    pub(super) waits: Cell<u64>,
+    pub(super) without_sleep: Cell<u64>,
+    pub(super) sleeps: Cell<u64>,
+    pub(super) timeouts: Cell<u64>,
+}
+
+pub(super) fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+impl Counters {
+    pub(super) fn snapshot(&self) -> NotifyStats {
+        NotifyStats {
+            sent: self.sent.get(),
+            suppressed: self.suppressed.get(),
+            waits: self.waits.get(),
+            without_sleep: self.without_sleep.get(),
+            sleeps: self.sleeps.get(),
+            timeouts: self.timeouts.get(),
+        }
+    }
+}
+
+/// One side's handle on a notification channel: the notifying side calls
+/// [`notify`](Notifier::notify) after publishing, the waiting side calls
+/// [`wait_until`](Notifier::wait_until). Each process (or thread) holds its own handle over the
+/// same shared word and OS object; handles count what they did in [`NotifyStats`].
+pub trait Notifier: fmt::Debug + Send {
+    /// Wakes the waiter if it announced sleep; otherwise does nothing (and makes no system
+    /// call). Call it after publishing what the waiter waits for.
+    fn notify(&self) -> io::Result<Notified>;
+
+    /// Returns once `ready()` is true, or fails with [`WaitError::Timeout`] after `timeout`
+    /// (`None`: no limit). `ready` is called again after every wake-up, which may be spurious.
+    fn wait_until(
+        &self,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError>;
+
+    /// What this handle has done so far.
+    fn stats(&self) -> NotifyStats;
+}
