@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use subring::blk::{self, BlkClient, BlkConfig, BlkOptions};
 use subring::queue::{Completer, Submitter};
-use subring_bench::peers::Latency;
 
 use super::*;
 
@@ -97,7 +96,7 @@ pub(crate) fn chain() -> Result<(), Error> {
         (x % blocks) * BLOCK as u64
     };
     let mut sent = std::collections::HashMap::new();
-    let mut samples = Latency::default();
+    let mut samples = Latency::new();
     let (mut issued, mut done) = (0u64, 0u64);
     let start = Instant::now();
     while done < CHAIN_READS {
@@ -114,7 +113,7 @@ pub(crate) fn chain() -> Result<(), Error> {
             let (offset, t) = sent
                 .remove(&d.tag)
                 .ok_or("an answer to a read never sent")?;
-            samples.samples_ns.push(t.elapsed().as_nanos() as u64);
+            samples.record(t.elapsed());
             let n = d.result.map_err(|e| format!("read at {offset}: {e}"))?;
             let buf = d.buf.ok_or("a read did not hand its buffer back")?;
             if n as usize != BLOCK {

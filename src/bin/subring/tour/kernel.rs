@@ -7,7 +7,6 @@ use std::time::Instant;
 use subring::data::{BufferPool, Region, RegionOptions, SharedBytes};
 use subring::queue::{Completer, Submitter};
 use subring::uring::{FixedBuf, Op, Output, Submission, Target, Uring};
-use subring_bench::peers::Latency;
 
 use super::*;
 
@@ -38,7 +37,7 @@ pub(crate) fn kernel() -> Result<(), Error> {
 
     let mut next = offsets();
     let mut started = vec![(Instant::now(), 0u64); depth];
-    let mut samples = Latency::default();
+    let mut samples = Latency::new();
     let mut done_list = Vec::new();
     let before = ring.stats();
     let start = Instant::now();
@@ -66,7 +65,7 @@ pub(crate) fn kernel() -> Result<(), Error> {
         for c in done_list.drain(..) {
             let slot = c.token as usize;
             let (t, offset) = *started.get(slot).ok_or("unknown token")?;
-            samples.samples_ns.push(t.elapsed().as_nanos() as u64);
+            samples.record(t.elapsed());
             let n = c.result?;
             let Output::Fixed(FixedBuf::Buf(buf)) = c.output else {
                 return Err("a fixed read did not return its buffer".into());
@@ -99,13 +98,13 @@ pub(crate) fn kernel() -> Result<(), Error> {
     );
     let mut next = offsets();
     let mut buf = vec![0u8; PAYLOAD];
-    let mut samples = Latency::default();
+    let mut samples = Latency::new();
     let start = Instant::now();
     for _ in 0..READS {
         let offset = next();
         let t = Instant::now();
         let n = file.read_at(&mut buf, offset)?;
-        samples.samples_ns.push(t.elapsed().as_nanos() as u64);
+        samples.record(t.elapsed());
         if n != PAYLOAD {
             return Err(format!("short pread: {n} bytes").into());
         }

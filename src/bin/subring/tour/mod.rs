@@ -38,6 +38,33 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 pub(crate) const FILE_LEN: u64 = 32 << 20;
 pub(crate) const READS: u64 = 50_000;
 
+/// Round-trip latencies of a tour row (an HDR histogram, three significant digits).
+pub(crate) struct Latency(hdrhistogram::Histogram<u64>);
+
+impl Latency {
+    pub(crate) fn new() -> Self {
+        // Three significant digits, auto-resizing: valid arguments, so it cannot fail.
+        Latency(hdrhistogram::Histogram::new(3).expect("a valid histogram"))
+    }
+
+    pub(crate) fn record(&mut self, took: Duration) {
+        // Auto-resizing: a value is only refused when it overflows u64 ns (584 years).
+        let _ = self
+            .0
+            .record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Median, ns.
+    pub(crate) fn p50(&self) -> f64 {
+        self.0.value_at_quantile(0.5) as f64
+    }
+
+    /// 99th percentile, ns.
+    pub(crate) fn p99(&self) -> f64 {
+        self.0.value_at_quantile(0.99) as f64
+    }
+}
+
 pub(crate) fn us(ns: f64) -> String {
     if ns < 10_000.0 {
         format!("{:.2} us", ns / 1e3)

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use subring::queue::{Completer, Submitter};
 use subring::shm::echo::{self, op, status, EchoReq, EchoResp, ECHO_PROTOCOL};
 use subring::shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
-use subring_bench::peers::Latency;
 
 use super::*;
 
@@ -133,11 +132,11 @@ pub(crate) fn userspace() -> Result<(), Error> {
                 "one request at a time", "p50", "p99", "syscalls/op", "doorbells rung", "sleeps"
             );
         }
-        let mut samples = Latency::default();
+        let mut samples = Latency::new();
         for seq in 0..ROUND_TRIPS {
             let t = Instant::now();
             round_trip(&mut client, seq)?;
-            samples.samples_ns.push(t.elapsed().as_nanos() as u64);
+            samples.record(t.elapsed());
         }
         let bell = client.doorbell_stats();
         let wait = client.notify_stats();
@@ -154,7 +153,7 @@ pub(crate) fn userspace() -> Result<(), Error> {
     let mut classic = UnixStream::connect(&unix_path)
         .map_err(|e| format!("connecting to {}: {e}", unix_path.display()))?;
     classic.set_read_timeout(Some(PATIENCE))?;
-    let mut samples = Latency::default();
+    let mut samples = Latency::new();
     let mut msg = vec![0u8; PAYLOAD];
     for seq in 0..ROUND_TRIPS {
         payload(seq, &mut msg);
@@ -162,7 +161,7 @@ pub(crate) fn userspace() -> Result<(), Error> {
         classic.write_all(&msg)?;
         let mut sum = [0u8; 8];
         classic.read_exact(&mut sum)?;
-        samples.samples_ns.push(t.elapsed().as_nanos() as u64);
+        samples.record(t.elapsed());
         if u64::from_le_bytes(sum) != echo::word_sum(&msg) {
             return Err("the Unix-socket server answered a wrong sum".into());
         }
