@@ -11,10 +11,6 @@ use subring_shm::echo::{self, ECHO_PROTOCOL};
 use subring_shm::{NotifyMode, Server, ServerConfig};
 use support::*;
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
 #[test]
 fn no_descriptor_leaks_after_many_connections() {
     let path = socket_path("fd_leak");

@@ -40,23 +40,6 @@ fn cases() -> u32 {
         .unwrap_or(48)
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Waits (bounded) until this process has `want` descriptors open again.
-fn fds_back_to(want: usize, what: &str) {
-    let start = Instant::now();
-    while open_fds() != want {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{what}: {} descriptors open, {want} before",
-            open_fds()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A descriptor a peer might send.
 #[derive(Debug, Clone)]
 enum FdKind {
@@ -468,9 +451,7 @@ const POOL: u64 = 1 << 16;
 /// The message and descriptors of `greeting`, and what must outlive the handshake (the
 /// server's side of a real pair).
 fn greet(greeting: Greeting) -> (ServerMsg, Vec<OwnedFd>, Option<Box<dyn std::any::Any>>) {
-    use std::sync::Arc;
-    use subring_planes::pair::{PairConfig, PairSignals, ServiceSide};
-    use subring_shm::{BufHandle, Region, RegionOptions};
+    use subring_shm::BufHandle;
     match greeting {
         Greeting::Real {
             field,
@@ -480,37 +461,12 @@ fn greet(greeting: Greeting) -> (ServerMsg, Vec<OwnedFd>, Option<Box<dyn std::an
             drop_fd,
             extra_fd,
         } => {
-            let config = PairConfig {
-                sq_capacity: 64,
-                cq_capacity: 64,
-                kick_mode: NotifyMode::Futex,
-                call_mode: NotifyMode::EventFd,
-            };
-            let region =
-                Arc::new(Region::memfd("fuzz-greeting", 1 << 20, RegionOptions::new()).unwrap());
-            let signals = PairSignals::for_config(&config).unwrap();
-            let service = ServiceSide::<EchoReq, EchoResp>::create(
-                region.clone(),
-                0,
-                &config,
-                signals.clone(),
-            )
-            .unwrap();
-            let mut w = Welcome {
-                client_id: 1,
-                server_pid: std::process::id(),
-                region_len: 1 << 20,
-                pair_offset: 0,
-                pool_offset: POOL,
-                buf_size: 256,
-                buf_count: 8,
-                sq_capacity: 64,
-                cq_capacity: 64,
-                kick_mode: WireMode::Futex,
-                call_mode: WireMode::EventFd,
-                kick_fd: false,
-                call_fd: true,
-            };
+            let FakePair {
+                region,
+                service,
+                welcome: mut w,
+                mut fds,
+            } = fake_pair(NotifyMode::EventFd, 8, POOL);
             let v32 = value as u32;
             match field {
                 0 => w.client_id = value,
@@ -536,16 +492,6 @@ fn greet(greeting: Greeting) -> (ServerMsg, Vec<OwnedFd>, Option<Box<dyn std::an
                 };
                 region.write_from(at, &v.to_ne_bytes()).unwrap();
             }
-            let mut fds = vec![region.fd().unwrap().try_clone_to_owned().unwrap()];
-            fds.push(
-                signals
-                    .call
-                    .as_ref()
-                    .unwrap()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .unwrap(),
-            );
             if drop_fd {
                 fds.pop();
             }

@@ -25,23 +25,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Waits (bounded) until this process has `want` descriptors open again.
-fn fds_back_to(want: usize, what: &str) {
-    let start = Instant::now();
-    while open_fds() != want {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{what}: {} descriptors open, {want} before",
-            open_fds()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn eventfds(n: usize) -> Vec<OwnedFd> {
     (0..n)
         .map(|_| EventFd::from_flags(EfdFlags::EFD_CLOEXEC).unwrap().into())
@@ -430,51 +413,19 @@ fn a_welcome_placing_the_pool_over_the_rings_is_refused() {
 /// wait, forever, and never `PeerGone`).
 #[test]
 fn a_server_that_corrupts_the_ring_and_dies_is_seen_gone() {
-    use std::os::fd::AsFd;
-    use std::sync::Arc;
-    use subring_planes::pair::{PairConfig, PairSignals, ServiceSide};
     use subring_shm::queue::{Completer, QueueError, Submitter};
-    use subring_shm::{BufHandle, Region, RegionOptions};
+    use subring_shm::BufHandle;
     const POOL: u64 = 1 << 16;
     for mode in NotifyMode::ALL {
-        let config = PairConfig {
-            sq_capacity: 64,
-            cq_capacity: 64,
-            kick_mode: NotifyMode::Futex,
-            call_mode: mode,
-        };
-        let region =
-            Arc::new(Region::memfd("corrupt-then-die", 1 << 20, RegionOptions::new()).unwrap());
-        let signals = PairSignals::for_config(&config).unwrap();
-        let service =
-            ServiceSide::<EchoReq, EchoResp>::create(region.clone(), 0, &config, signals.clone())
-                .unwrap();
-        let welcome = Welcome {
-            client_id: 1,
-            server_pid: std::process::id(),
-            region_len: 1 << 20,
-            pair_offset: 0,
-            pool_offset: POOL,
-            buf_size: 256,
-            buf_count: 32,
-            sq_capacity: 64,
-            cq_capacity: 64,
-            kick_mode: WireMode::Futex,
-            call_mode: mode.into(),
-            kick_fd: false,
-            call_fd: signals.call.is_some(),
-        };
-        let body = postcard::to_stdvec(&ServerMsg::Welcome(welcome)).unwrap();
+        let FakePair {
+            region,
+            service,
+            welcome,
+            fds,
+        } = fake_pair(mode, 32, POOL);
         let (ours, theirs) = subring_shm::socket_pair().unwrap();
-        let mut fds = vec![region.fd().unwrap().as_raw_fd()];
-        if let Some(call) = &signals.call {
-            fds.push(call.as_fd().as_raw_fd());
-        }
-        send_raw(
-            &ours,
-            &frame(proto::PROTOCOL_VERSION, proto::KIND_MESSAGE, &body),
-            &fds,
-        );
+        send_raw(&ours, &welcome_frame(&welcome), &raw_fds(&fds));
+        drop(fds);
         let options = ClientOptions::new(ECHO_PROTOCOL)
             .buffers(256, 32)
             .capacity(64)

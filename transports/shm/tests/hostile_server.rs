@@ -13,18 +13,15 @@
 
 mod support;
 
-use std::os::fd::{AsFd, AsRawFd};
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
     accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
 };
-use subring_planes::pair::{PairConfig, PairSignals, ServiceSide};
 use subring_shm::echo::{self, EchoReq, EchoResp, ECHO_PROTOCOL};
-use subring_shm::proto::{self, ServerMsg, Welcome, WireMode};
 use subring_shm::queue::{Completer, QueueError, Submitter};
-use subring_shm::{BufHandle, Client, ClientOptions, NotifyMode, Region, RegionOptions};
+use subring_shm::{BufHandle, Client, ClientOptions, NotifyMode};
 use support::*;
 
 const PATH_ENV: &str = "SUBRING_HOSTILE_SERVER_SOCKET";
@@ -70,40 +67,14 @@ fn child_hostile_server() {
             accept(listener.as_raw_fd()).unwrap(),
         )
     };
-    let config = PairConfig {
-        sq_capacity: 64,
-        cq_capacity: 64,
-        kick_mode: NotifyMode::Futex,
-        call_mode: mode,
-    };
-    let region =
-        Arc::new(Region::memfd("hostile-server", 1 << 20, RegionOptions::new().id(0)).unwrap());
-    let signals = PairSignals::for_config(&config).unwrap();
-    let mut service =
-        ServiceSide::<EchoReq, EchoResp>::create(region.clone(), 0, &config, signals.clone())
-            .unwrap();
-    let welcome = Welcome {
-        client_id: 1,
-        server_pid: std::process::id(),
-        region_len: 1 << 20,
-        pair_offset: 0,
-        pool_offset: POOL_OFFSET,
-        buf_size: 256,
-        buf_count: 32,
-        sq_capacity: 64,
-        cq_capacity: 64,
-        kick_mode: WireMode::Futex,
-        call_mode: mode.into(),
-        kick_fd: false,
-        call_fd: signals.call.is_some(),
-    };
-    let body = postcard::to_stdvec(&ServerMsg::Welcome(welcome)).unwrap();
-    let bytes = frame(proto::PROTOCOL_VERSION, proto::KIND_MESSAGE, &body);
-    let mut fds = vec![region.fd().unwrap().as_raw_fd()];
-    if let Some(call) = &signals.call {
-        fds.push(call.as_fd().as_raw_fd());
-    }
-    send_raw(&conn, &bytes, &fds);
+    let FakePair {
+        region,
+        mut service,
+        welcome,
+        fds,
+    } = fake_pair(mode, 32, POOL_OFFSET);
+    send_raw(&conn, &welcome_frame(&welcome), &raw_fds(&fds));
+    drop(fds);
     for _ in 0..steps {
         let handle = BufHandle {
             offset: rng.below(POOL_OFFSET / 8) * 8,

@@ -318,3 +318,85 @@ impl Rng {
         }
     }
 }
+
+/// This process's open descriptors.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Waits (bounded) until this process has `want` descriptors open again.
+pub fn fds_back_to(want: usize, what: &str) {
+    let start = Instant::now();
+    while open_fds() != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what}: {} descriptors open, {want} before",
+            open_fds()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A real queue pair a fake server set up for one client (64-entry rings, the kick on a
+/// futex, 256-byte buffers at `pool_offset` in a 1 MiB memfd), with the welcome and the
+/// descriptors that bring a client onto it.
+pub struct FakePair {
+    pub region: std::sync::Arc<subring_shm::Region>,
+    pub service: subring_planes::pair::ServiceSide<EchoReq, EchoResp>,
+    pub welcome: proto::Welcome,
+    pub fds: Vec<OwnedFd>,
+}
+
+pub fn fake_pair(call_mode: NotifyMode, buf_count: u32, pool_offset: u64) -> FakePair {
+    use subring_planes::pair::{PairConfig, PairSignals, ServiceSide};
+    let config = PairConfig {
+        sq_capacity: 64,
+        cq_capacity: 64,
+        kick_mode: NotifyMode::Futex,
+        call_mode,
+    };
+    let region = std::sync::Arc::new(
+        subring_shm::Region::memfd("fake-server", 1 << 20, subring_shm::RegionOptions::new())
+            .unwrap(),
+    );
+    let signals = PairSignals::for_config(&config).unwrap();
+    let service =
+        ServiceSide::<EchoReq, EchoResp>::create(region.clone(), 0, &config, signals.clone())
+            .unwrap();
+    let welcome = proto::Welcome {
+        client_id: 1,
+        server_pid: std::process::id(),
+        region_len: 1 << 20,
+        pair_offset: 0,
+        pool_offset,
+        buf_size: 256,
+        buf_count,
+        sq_capacity: 64,
+        cq_capacity: 64,
+        kick_mode: WireMode::Futex,
+        call_mode: call_mode.into(),
+        kick_fd: false,
+        call_fd: signals.call.is_some(),
+    };
+    let mut fds = vec![region.fd().unwrap().try_clone_to_owned().unwrap()];
+    if let Some(call) = &signals.call {
+        fds.push(call.as_fd().try_clone_to_owned().unwrap());
+    }
+    FakePair {
+        region,
+        service,
+        welcome,
+        fds,
+    }
+}
+
+/// A welcome on the wire.
+pub fn welcome_frame(welcome: &proto::Welcome) -> Vec<u8> {
+    let body = postcard::to_stdvec(&ServerMsg::Welcome(welcome.clone())).unwrap();
+    frame(proto::PROTOCOL_VERSION, proto::KIND_MESSAGE, &body)
+}
+
+/// The raw numbers of `fds`, for [`send_raw`].
+pub fn raw_fds(fds: &[OwnedFd]) -> Vec<i32> {
+    fds.iter().map(|f| f.as_raw_fd()).collect()
+}
