@@ -13,8 +13,8 @@ use std::io;
 use std::time::Duration;
 
 use crate::control::DoorbellStats;
-use crate::data::CorruptIndex;
-use crate::interrupt::{NotifyStats, WaitError};
+use crate::data::{CorruptIndex, RegionError, RingError};
+use crate::interrupt::{MissingEventFd, NotifyMode, NotifyStats, WaitError};
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,95 @@ pub enum QueueError {
     /// A system call failed.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The queue could not be laid out or attached (boxed: this error travels in every
+    /// rejected push, and stays small).
+    #[error(transparent)]
+    Setup(Box<SetupError>),
+}
+
+impl From<SetupError> for QueueError {
+    #[cold]
+    fn from(e: SetupError) -> Self {
+        QueueError::Setup(Box::new(e))
+    }
+}
+
+/// Why a queue pair could not be laid out in its region or attached to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// A ring could not be laid out (its capacity or entry type), or an existing ring header
+    /// is not the one expected.
+    #[error(transparent)]
+    Ring(RingError),
+    /// The pair does not fit its region there, or overlaps something live in it.
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    /// No queue pair header at that offset (or one of another layout version).
+    #[error(
+        "no queue pair at offset {offset}: magic {magic:#x} version {version}, expected \
+         {:#x} version {}",
+        crate::pair::PAIR_MAGIC,
+        crate::pair::PAIR_LAYOUT_VERSION
+    )]
+    NoPair {
+        /// Where the pair was looked for.
+        offset: usize,
+        /// The magic word found there.
+        magic: u32,
+        /// The layout version found there.
+        version: u32,
+    },
+    /// The pair was created with another notify mode in one direction than this side asks
+    /// for (a side that spins never wakes one that sleeps).
+    #[error(
+        "queue pair at offset {offset} was created with {direction} mode code {found}, this \
+         side asks for {asked}: both sides must use the same mode"
+    )]
+    ModeMismatch {
+        /// Where the pair is.
+        offset: usize,
+        /// `"kick"` (requests) or `"call"` (completions).
+        direction: &'static str,
+        /// The mode code recorded in the pair header.
+        found: u32,
+        /// The mode this side asked for.
+        asked: NotifyMode,
+    },
+    /// Eventfd mode without the eventfd.
+    #[error(transparent)]
+    MissingEventFd(#[from] MissingEventFd),
+}
+
+impl From<RingError> for SetupError {
+    fn from(e: RingError) -> Self {
+        match e {
+            RingError::Region(r) => SetupError::Region(r),
+            other => SetupError::Ring(other),
+        }
+    }
+}
+
+impl From<MissingEventFd> for QueueError {
+    fn from(e: MissingEventFd) -> Self {
+        SetupError::from(e).into()
+    }
+}
+
+impl From<RegionError> for QueueError {
+    fn from(e: RegionError) -> Self {
+        SetupError::from(e).into()
+    }
+}
+
+impl From<RingError> for QueueError {
+    /// A corrupt index stays [`QueueError::Corrupt`]; the rest is a [`SetupError`].
+    fn from(e: RingError) -> Self {
+        match e {
+            RingError::Corrupt(c) => QueueError::Corrupt(c),
+            other => SetupError::from(other).into(),
+        }
+    }
 }
 
 impl From<WaitError> for QueueError {

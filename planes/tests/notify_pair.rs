@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use subring_planes::control::Doorbell;
 use subring_planes::interrupt::{
-    EventFdSignal, FutexSignal, Notified, Notifier, NotifyMode, Signal, SleepNotifier, SpinPolicy,
-    WaitError, WakeRef, Woke, WordCount,
+    EventFdSignal, FutexSignal, MissingEventFd, Notified, Notifier, NotifyMode, Signal,
+    SleepNotifier, SpinPolicy, WaitError, WakeRef, Woke, WordCount,
 };
 use subring_planes::pair::{in_process, PairConfig};
-use subring_planes::queue::{Completer, QueueError, Submitter};
+use subring_planes::queue::{Completer, QueueError, SetupError, Submitter};
 use subring_planes::sync::{AtomicU32, Ordering};
 
 const LONG: Option<Duration> = Some(Duration::from_secs(30));
@@ -157,7 +157,7 @@ fn eventfd_mode_needs_its_eventfd() {
     let err = NotifyMode::EventFd
         .notifier(WakeRef::local(), None)
         .unwrap_err();
-    assert!(err.to_string().contains("needs the eventfd"));
+    assert_eq!(err, MissingEventFd);
 }
 
 #[test]
@@ -433,14 +433,32 @@ fn both_sides_must_agree_on_notify_modes() {
     let spin = PairConfig::default().with_mode(NotifyMode::Spin);
     let futex = PairConfig::default().with_mode(NotifyMode::Futex);
     let layout = PairLayout::of::<u64, u64>(&spin).unwrap();
-    let region = Arc::new(Region::memfd("modes", layout.size, RegionOptions::new()).unwrap());
+    let second = layout.size.next_multiple_of(4096);
+    let region = Arc::new(Region::memfd("modes", 2 * second, RegionOptions::new()).unwrap());
     create::<u64, u64>(&region, 0, &futex).unwrap();
     // An app that would spin (and so never wake a sleeping service) is refused at attach.
     let err =
         AppSide::<u64, u64>::attach(region.clone(), 0, &spin, PairSignals::default()).unwrap_err();
+    let QueueError::Setup(setup) = &err else {
+        panic!("not a setup error: {err}")
+    };
     assert!(
-        err.to_string()
-            .contains("both sides must use the same mode"),
+        matches!(
+            **setup,
+            SetupError::ModeMismatch {
+                offset: 0,
+                direction: "kick",
+                asked: NotifyMode::Spin,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Where no pair was created, attaching says so.
+    let err = AppSide::<u64, u64>::attach(region.clone(), second, &futex, PairSignals::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, QueueError::Setup(s) if matches!(**s, SetupError::NoPair { offset, magic: 0, .. } if offset == second)),
         "{err}"
     );
     AppSide::<u64, u64>::attach(region, 0, &futex, PairSignals::default()).unwrap();

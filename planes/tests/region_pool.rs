@@ -9,7 +9,7 @@ use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use subring_planes::data::{
     Backing, BufHandle, BufferPool, ClaimKind, PoolError, Region, RegionError, RegionOptions,
-    HUGE_PAGE_SIZE,
+    RingError, HUGE_PAGE_SIZE,
 };
 
 fn dup(fd: std::os::fd::BorrowedFd<'_>) -> OwnedFd {
@@ -43,7 +43,6 @@ fn received_fd_must_be_sealed_and_sized() {
     nix::unistd::ftruncate(&unsealed, 4096).unwrap();
     let err = Region::from_fd(unsealed, Some(4096), RegionOptions::new()).unwrap_err();
     assert!(matches!(err, RegionError::NotSealed { .. }), "{err}");
-    assert!(err.to_string().contains("not sealed against shrinking"));
 
     let region = Region::memfd("sized", 4096, RegionOptions::new()).unwrap();
     let err =
@@ -83,7 +82,6 @@ fn huge_pages_map_or_say_why_not() {
         Ok(region) => assert_eq!(region.len(), HUGE_PAGE_SIZE),
         Err(e) => {
             assert!(matches!(e, RegionError::HugePagesUnavailable { .. }), "{e}");
-            assert!(e.to_string().contains("vm.nr_hugepages"), "{e}");
         }
     }
     match Region::memfd("huge", 4096, RegionOptions::new().huge_pages(true)) {
@@ -365,7 +363,10 @@ fn alignment_beyond_a_page_is_checked_on_the_address() {
             tx.push(Big([7; 4096], [9; 4096])).unwrap();
             assert_eq!(rx.pop().unwrap().unwrap().1[4095], 9);
         }
-        Err(e) => assert!(e.to_string().contains("not aligned"), "{e}"),
+        Err(e) => assert!(
+            matches!(e, RingError::Region(RegionError::Misaligned { .. })),
+            "{e}"
+        ),
     }
 }
 

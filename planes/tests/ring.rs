@@ -300,8 +300,6 @@ fn corrupt_stamp_is_an_error_for_the_consumer() {
     assert_eq!(err.field, IndexField::Stamp);
     assert_eq!(err.found, 10);
     assert_eq!((err.low, err.high), (2u32.wrapping_sub(8), 2));
-    assert!(err.to_string().contains("corrupt ring"), "{err}");
-    assert!(err.to_string().contains("stamp of entry 1 is 10"), "{err}");
     // ...or from long ago...
     poke(&region, stamp_at(1, 8), 0);
     assert!(rx.read_chunk(4).is_err());

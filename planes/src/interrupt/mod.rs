@@ -55,7 +55,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use mode::{ModeNotifier, NotifyMode, ADAPTIVE_MAX_SPIN};
+pub use mode::{MissingEventFd, ModeNotifier, NotifyMode, UnknownMode, ADAPTIVE_MAX_SPIN};
 #[cfg(loom)]
 pub use notifier::LoomBreakage;
 pub use notifier::{EventFdNotifier, FutexNotifier, SleepNotifier, SpinNotifier};

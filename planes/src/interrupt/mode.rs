@@ -35,12 +35,13 @@ impl NotifyMode {
     }
 
     /// A notifier handle of this mode over `word`; `eventfd` is required for
-    /// [`NotifyMode::EventFd`] and ignored otherwise.
+    /// [`NotifyMode::EventFd`] (refused with [`MissingEventFd`] without it) and ignored
+    /// otherwise.
     pub fn notifier(
         self,
         word: WakeRef,
         eventfd: Option<EventFdSignal>,
-    ) -> io::Result<ModeNotifier> {
+    ) -> Result<ModeNotifier, MissingEventFd> {
         Ok(match self {
             NotifyMode::Spin => ModeNotifier::Spin(SpinNotifier::new()),
             NotifyMode::Adaptive => ModeNotifier::Futex(SleepNotifier::new(
@@ -54,12 +55,7 @@ impl NotifyMode {
                 SpinPolicy::none(),
             )),
             NotifyMode::EventFd => {
-                let efd = eventfd.ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "eventfd notify mode needs the eventfd both sides share",
-                    )
-                })?;
+                let efd = eventfd.ok_or(MissingEventFd)?;
                 ModeNotifier::EventFd(SleepNotifier::new(word, efd, SpinPolicy::none()))
             }
         })
@@ -128,18 +124,31 @@ impl fmt::Display for NotifyMode {
 }
 
 impl std::str::FromStr for NotifyMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
         Ok(match s {
             "spin" => NotifyMode::Spin,
             "adaptive" => NotifyMode::Adaptive,
             "eventfd" => NotifyMode::EventFd,
             "futex" => NotifyMode::Futex,
-            other => {
-                return Err(format!(
-                    "unknown notify mode {other:?}: expected spin, adaptive, eventfd or futex"
-                ))
-            }
+            other => return Err(UnknownMode(other.to_owned())),
         })
     }
 }
+
+/// [`NotifyMode::EventFd`] asked for without the eventfd both sides share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("eventfd notify mode needs the eventfd both sides share")]
+pub struct MissingEventFd;
+
+impl From<MissingEventFd> for io::Error {
+    fn from(e: MissingEventFd) -> Self {
+        io::Error::new(io::ErrorKind::InvalidInput, e)
+    }
+}
+
+/// A notify mode name that is none of `spin`, `adaptive`, `eventfd` or `futex` (the name
+/// given is the field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown notify mode {0:?}: expected spin, adaptive, eventfd or futex")]
+pub struct UnknownMode(pub String);

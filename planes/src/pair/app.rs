@@ -35,11 +35,9 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
     ) -> Result<Self, QueueError> {
         let (state, layout, header) = locate_pair::<S, C>(&region, offset, config)?;
         let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
-            .and_then(Ring::into_producer)
-            .map_err(ring_error)?;
+            .and_then(Ring::into_producer)?;
         let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
-            .and_then(Ring::into_consumer)
-            .map_err(ring_error)?;
+            .and_then(Ring::into_consumer)?;
         if config.call_mode.uses_eventfd() {
             // The app waits on its completion eventfd: open what the wait needs now.
             if let Some(call) = &signals.call {

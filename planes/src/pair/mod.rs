@@ -34,7 +34,7 @@ use crate::data::{
 use crate::interrupt::{
     EventFdSignal, FutexSignal, ModeNotifier, Notifier, NotifyMode, NotifyStats, Signal, WakeRef,
 };
-use crate::queue::{Completer, QueueError, Rejected, Submitter};
+use crate::queue::{Completer, QueueError, Rejected, SetupError, Submitter};
 use crate::sync::{AtomicU32, CacheLine, Ordering::*};
 
 mod app;
@@ -292,24 +292,13 @@ pub type Sides<S, C> = (AppSide<S, C>, ServiceSide<S, C>);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn in_process<S: Pod, C: Pod>(config: &PairConfig) -> Result<Sides<S, C>, QueueError> {
-    let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
-    let region = Region::anonymous(layout.size, RegionOptions::new()).map_err(region_error)?;
+    let layout = PairLayout::of::<S, C>(config)?;
+    let region = Region::anonymous(layout.size, RegionOptions::new())?;
     let region = Arc::new(region);
     let signals = PairSignals::for_config(config)?;
     let service = ServiceSide::create(region.clone(), 0, config, signals.clone())?;
     let app = AppSide::attach(region, 0, config, signals)?;
     Ok((app, service))
-}
-
-fn ring_error(e: RingError) -> QueueError {
-    match e {
-        RingError::Corrupt(c) => QueueError::Corrupt(c),
-        other => QueueError::Io(io::Error::new(io::ErrorKind::InvalidInput, other)),
-    }
-}
-
-fn region_error(e: RegionError) -> QueueError {
-    QueueError::Io(io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 fn push_error<T>(e: PushError<T>) -> Rejected<T> {
@@ -328,11 +317,9 @@ pub fn create<S: Pod, C: Pod>(
     offset: usize,
     config: &PairConfig,
 ) -> Result<(), QueueError> {
-    let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
-    region
-        .check(offset as u64, layout.size as u64)
-        .map_err(region_error)?;
-    let state = StateRef::locate(region, offset).map_err(region_error)?;
+    let layout = PairLayout::of::<S, C>(config)?;
+    region.check(offset as u64, layout.size as u64)?;
+    let state = StateRef::locate(region, offset)?;
     #[cfg(loom)]
     // SAFETY: loom atomics must be constructed; bounds-checked above and not yet shared.
     unsafe {
@@ -352,10 +339,8 @@ pub fn create<S: Pod, C: Pod>(
     s.app_closed.store(0, Relaxed);
     s.service_closed.store(0, Relaxed);
     s.version.store(PAIR_LAYOUT_VERSION, Relaxed);
-    Ring::<S>::create(region.clone(), offset + layout.sq, config.sq_capacity)
-        .map_err(ring_error)?;
-    Ring::<C>::create(region.clone(), offset + layout.cq, config.cq_capacity)
-        .map_err(ring_error)?;
+    Ring::<S>::create(region.clone(), offset + layout.sq, config.sq_capacity)?;
+    Ring::<C>::create(region.clone(), offset + layout.cq, config.cq_capacity)?;
     // SYNC POINT (pair-init): Release pairs with the Acquire load of `magic` in `locate_pair`.
     s.magic.store(PAIR_MAGIC, Release);
     Ok(())
@@ -367,46 +352,40 @@ fn locate_pair<S: Pod, C: Pod>(
     offset: usize,
     config: &PairConfig,
 ) -> Result<(StateRef, PairLayout, Claim), QueueError> {
-    let layout = PairLayout::of::<S, C>(config).map_err(ring_error)?;
-    region
-        .check(offset as u64, layout.size as u64)
-        .map_err(region_error)?;
+    let layout = PairLayout::of::<S, C>(config)?;
+    region.check(offset as u64, layout.size as u64)?;
     // The header's words are used through atomics by both sides: claimed as shared, so that
     // no exclusive structure of this process (a buffer pool a peer placed there) overlaps it.
-    let header = region
-        .claim(
-            offset..offset + std::mem::size_of::<PairHeader>(),
-            ClaimKind::Shared,
-        )
-        .map_err(region_error)?;
-    let state = StateRef::locate(region, offset).map_err(region_error)?;
+    let header = region.claim(
+        offset..offset + std::mem::size_of::<PairHeader>(),
+        ClaimKind::Shared,
+    )?;
+    let state = StateRef::locate(region, offset)?;
     let s = state.get();
     // SYNC POINT (pair-init): Acquire pairs with the Release store in `create`.
     let magic = s.magic.load(Acquire);
     let version = s.version.load(Relaxed);
     if magic != PAIR_MAGIC || version != PAIR_LAYOUT_VERSION {
-        return Err(QueueError::Io(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "no queue pair at offset {offset}: magic {magic:#x} version {version}, \
-                 expected {PAIR_MAGIC:#x} version {PAIR_LAYOUT_VERSION}"
-            ),
-        )));
+        return Err(SetupError::NoPair {
+            offset,
+            magic,
+            version,
+        }
+        .into());
     }
-    for (what, word, mode) in [
+    for (direction, word, mode) in [
         ("kick", &s.kick_mode, config.kick_mode),
         ("call", &s.call_mode, config.call_mode),
     ] {
         let found = word.load(Relaxed);
         if found != mode_code(mode) {
-            return Err(QueueError::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "queue pair at offset {offset} was created with {what} mode code {found}, \
-                     this side asks for {mode} (code {}): both sides must use the same mode",
-                    mode_code(mode)
-                ),
-            )));
+            return Err(SetupError::ModeMismatch {
+                offset,
+                direction,
+                found,
+                asked: mode,
+            }
+            .into());
         }
     }
     Ok((state, layout, header))

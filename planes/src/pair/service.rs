@@ -44,11 +44,9 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     ) -> Result<Self, QueueError> {
         let (state, layout, header) = locate_pair::<S, C>(&region, offset, config)?;
         let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
-            .and_then(Ring::into_consumer)
-            .map_err(ring_error)?;
+            .and_then(Ring::into_consumer)?;
         let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
-            .and_then(Ring::into_producer)
-            .map_err(ring_error)?;
+            .and_then(Ring::into_producer)?;
         Ok(ServiceSide {
             kick: config
                 .kick_mode

@@ -90,6 +90,17 @@ pub struct Refused {
     pub error: QueueError,
 }
 
+/// A read longer than the buffer it was to land in: the `InvalidInput` [`std::io::Error`]
+/// inside a [`Refused`] carries it (find it with `get_ref` and `downcast_ref`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a read of {len} bytes into a buffer of {capacity}")]
+pub struct ReadTooLong {
+    /// The length asked for.
+    pub len: usize,
+    /// The buffer's capacity.
+    pub capacity: usize,
+}
+
 /// `?` in a function that returns [`QueueError`]: the reason goes up, the buffer returns to
 /// its pool.
 impl From<Refused> for QueueError {
@@ -111,12 +122,18 @@ pub enum BlkClientError {
     /// The server answered a request this client never sent (or answered one twice).
     #[error("the server answered unknown request tag {0}")]
     UnknownTag(u64),
-    /// The server's answer to the info request was not one.
-    #[error("the server's info answer was malformed: {0}")]
-    BadInfo(String),
+    /// The server failed the info request that opens every connection.
+    #[error("the server failed the info request: {0}")]
+    Info(#[source] BlkResultError),
     /// A buffer could not be taken back.
     #[error(transparent)]
     Pool(#[from] PoolError),
+}
+
+impl From<Refused> for BlkClientError {
+    fn from(r: Refused) -> Self {
+        BlkClientError::Queue(r.error)
+    }
 }
 
 #[derive(Debug)]
@@ -162,13 +179,12 @@ impl BlkClient {
             direct: false,
             last_flags: 0,
         };
-        this.push(u64::MAX, BlkOp::Info, 0, 0, None)
-            .map_err(|r| r.error)?;
+        this.push(u64::MAX, BlkOp::Info, 0, 0, None)?;
         this.submit()?;
         let done = this.next(Some(options.shm.control_timeout))?;
         let (size, flags) = match done.result {
             Ok(size) => (size, this.last_flags),
-            Err(e) => return Err(BlkClientError::BadInfo(e.to_string())),
+            Err(e) => return Err(BlkClientError::Info(e)),
         };
         this.size = size;
         this.direct = flags & FLAG_DIRECT != 0;
@@ -249,7 +265,7 @@ impl BlkClient {
                 buf: Some(buf),
                 error: QueueError::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
-                    format!("a read of {len} bytes into a buffer of {capacity}"),
+                    ReadTooLong { len, capacity },
                 )),
             });
         }

@@ -66,7 +66,9 @@ mod service;
 
 use std::path::Path;
 
-pub use client::{BlkClient, BlkClientError, BlkDone, BlkOptions, BlkResultError, Refused};
+pub use client::{
+    BlkClient, BlkClientError, BlkDone, BlkOptions, BlkResultError, ReadTooLong, Refused,
+};
 pub use proto::{BlkCompletion, BlkOp, BlkRequest, Status, BLK_PROTOCOL};
 pub use service::{BlkConfig, BlkError, BlkService, BlkStats};
 

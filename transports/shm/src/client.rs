@@ -18,7 +18,7 @@ use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
 use crate::peer_fd::PeerFd;
 use crate::proto::{self, ClientMsg, EntryShape, Hello, Incoming, ServerMsg, Welcome};
 use crate::watch::Watch;
-use crate::Error;
+use crate::{ConfigError, Error, FdError};
 
 /// What a client asks the server for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +129,7 @@ fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
         what: "cannot connect to",
         path: shown.clone(),
         source,
+        hint: "",
     };
     let addr = UnixAddr::new(path).map_err(|e| path_error(e.into()))?;
     let sock = socket(
@@ -167,10 +168,12 @@ fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
                     }
                     _ => "",
                 };
-                return Err(path_error(std::io::Error::new(
-                    std::io::Error::from(e).kind(),
-                    format!("{e}{hint}"),
-                )));
+                return Err(Error::Path {
+                    what: "cannot connect to",
+                    path: shown,
+                    source: e.into(),
+                    hint,
+                });
             }
         }
     }
@@ -270,10 +273,12 @@ impl<S: Pod, C: Pod> Client<S, C> {
         }
         let expected_fds = 1 + usize::from(welcome.kick_fd) + usize::from(welcome.call_fd);
         if fds.len() != expected_fds {
-            return Err(Error::BadFds(format!(
-                "welcome announced {expected_fds} descriptors, {} arrived",
-                fds.len()
-            )));
+            return Err(FdError::Count {
+                message: "the welcome",
+                expected: expected_fds,
+                got: fds.len(),
+            }
+            .into());
         }
         let region_len = usize::try_from(welcome.region_len).map_err(|_| Error::Malformed {
             what: "welcome",
@@ -285,11 +290,7 @@ impl<S: Pod, C: Pod> Client<S, C> {
         // Each descriptor's kind is checked before anything else is done with it (a refused
         // one is closed where closing cannot block).
         let mut fds = fds.into_iter();
-        let memfd = fds
-            .next()
-            .expect("count checked above")
-            .memfd()
-            .map_err(Error::BadFds)?;
+        let memfd = fds.next().expect("count checked above").memfd()?;
         let region = Arc::new(Region::from_fd(
             memfd,
             Some(region_len),
@@ -297,8 +298,8 @@ impl<S: Pod, C: Pod> Client<S, C> {
         )?);
         let eventfd = |fd: Option<PeerFd>| -> Result<Option<EventFdSignal>, Error> {
             fd.map(|fd| {
-                let fd = fd.eventfd().map_err(Error::BadFds)?;
-                EventFdSignal::from_fd(fd).map_err(|e| Error::BadFds(e.to_string()))
+                let fd = fd.eventfd()?;
+                EventFdSignal::from_fd(fd).map_err(|e| FdError::EventFd(e).into())
             })
             .transpose()
         };
@@ -455,13 +456,9 @@ impl<S: Pod, C: Pod> Client<S, C> {
     pub fn register_region(&mut self, region: Arc<Region>) -> Result<(), Error> {
         let id = region.id();
         if id == 0 || self.extra.iter().any(|r| r.id() == id) {
-            return Err(Error::Config(format!(
-                "region id {id} is reserved or already registered on this connection"
-            )));
+            return Err(ConfigError::RegionId { id }.into());
         }
-        let fd = region.fd().ok_or_else(|| {
-            Error::Config("only memfd regions can be registered with a server".into())
-        })?;
+        let fd = region.fd().ok_or(ConfigError::NotMemfd { id })?;
         let deadline = Instant::now().checked_add(self.options.control_timeout);
         proto::send_until(
             self.socket.as_fd(),

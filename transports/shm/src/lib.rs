@@ -64,6 +64,7 @@
 
 mod client;
 pub mod echo;
+mod error;
 mod futex_sleep;
 mod peer_fd;
 pub mod proto;
@@ -72,8 +73,6 @@ pub mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 mod watch;
-
-use std::time::Duration;
 
 pub use client::{Client, ClientOptions};
 pub use proto::socket_pair;
@@ -87,104 +86,4 @@ pub use subring_planes::data::{
 pub use subring_planes::interrupt::NotifyMode;
 pub use subring_planes::queue;
 
-use proto::Refusal;
-use subring_planes::queue::QueueError;
-
-/// Why a connection, a control request or the server failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// A system call failed.
-    #[error("{op} failed: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The kernel's error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Connecting to or listening on a socket path failed.
-    #[error("{what} {path}: {source}")]
-    Path {
-        /// What was being done (`"cannot connect to"`, `"cannot listen on"`).
-        what: &'static str,
-        /// The socket path.
-        path: String,
-        /// The kernel's error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The two sides speak different control-protocol versions.
-    #[error("control protocol version mismatch: this side speaks version {ours}, the peer {peer}")]
-    Version {
-        /// Our version.
-        ours: u16,
-        /// The peer's.
-        peer: u16,
-    },
-    /// The peer sent something that is not a valid control message.
-    #[error("malformed {what}: {detail}")]
-    Malformed {
-        /// What was malformed.
-        what: &'static str,
-        /// How.
-        detail: String,
-    },
-    /// The server refused the connection or request.
-    #[error("server refused: {0}")]
-    Refused(Refusal),
-    /// The peer did not answer in time.
-    #[error("timed out after {after:?} waiting for {waiting_for}")]
-    Timeout {
-        /// What was awaited.
-        waiting_for: &'static str,
-        /// How long we waited.
-        after: Duration,
-    },
-    /// The peer closed the control socket.
-    #[error("peer closed the control socket during {during}")]
-    Closed {
-        /// What was being done.
-        during: &'static str,
-    },
-    /// File descriptors that came with a message are missing, extra, or of the wrong kind.
-    #[error("bad file descriptors from peer: {0}")]
-    BadFds(String),
-    /// A configuration value is invalid.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// The shared memory could not be created, mapped or checked.
-    #[error(transparent)]
-    Region(#[from] RegionError),
-    /// The payload buffers could not be set up.
-    #[error(transparent)]
-    Pool(#[from] PoolError),
-    /// The queue pair could not be set up or used.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-}
-
-impl From<Error> for std::io::Error {
-    fn from(e: Error) -> Self {
-        use std::io::ErrorKind;
-        let kind = match &e {
-            Error::Io { source, .. } | Error::Path { source, .. } => source.kind(),
-            Error::Timeout { .. } => ErrorKind::TimedOut,
-            Error::Closed { .. } => ErrorKind::BrokenPipe,
-            Error::Queue(QueueError::PeerGone) => ErrorKind::BrokenPipe,
-            Error::Config(_) => ErrorKind::InvalidInput,
-            _ => ErrorKind::InvalidData,
-        };
-        std::io::Error::new(kind, e)
-    }
-}
-
-/// Checks a ring capacity the way the rings will, with a message that names it.
-fn check_capacity(what: &str, capacity: u32, max: u32) -> Result<(), String> {
-    if capacity < 2 || !capacity.is_power_of_two() || capacity > max {
-        return Err(format!(
-            "{what} {capacity} must be a power of two between 2 and {max}"
-        ));
-    }
-    Ok(())
-}
+pub use error::{ConfigError, Error, FdError, FdKind};

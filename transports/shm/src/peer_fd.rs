@@ -14,6 +14,8 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::OnceLock;
 
 use nix::sys::socket::{setsockopt, sockopt};
+
+use crate::{FdError, FdKind};
 use nix::sys::stat::{fstat, SFlag};
 use nix::sys::statfs::{fstatfs, TMPFS_MAGIC};
 
@@ -70,29 +72,23 @@ impl PeerFd {
     /// it cannot block: a hugetlbfs memfd (whose pages the peer can punch out and then starve
     /// this process of, so that touching them raises SIGBUS), a file on any other file system,
     /// a socket, anything.
-    pub(crate) fn memfd(mut self) -> Result<OwnedFd, String> {
-        let fd = self.0.take().expect("a PeerFd holds its fd until taken");
-        match kind(fd.as_fd()) {
-            Kind::Shmem => Ok(fd),
-            _ => {
-                let what = describe(fd.as_fd());
-                discard(fd);
-                Err(format!(
-                    "expected a memfd (a regular file on tmpfs), got a descriptor {what}"
-                ))
-            }
-        }
+    pub(crate) fn memfd(self) -> Result<OwnedFd, FdError> {
+        self.of_kind(FdKind::Memfd)
     }
 
     /// The descriptor as an eventfd. Refused (and closed where it cannot block) otherwise.
-    pub(crate) fn eventfd(mut self) -> Result<OwnedFd, String> {
+    pub(crate) fn eventfd(self) -> Result<OwnedFd, FdError> {
+        self.of_kind(FdKind::EventFd)
+    }
+
+    fn of_kind(mut self, expected: FdKind) -> Result<OwnedFd, FdError> {
         let fd = self.0.take().expect("a PeerFd holds its fd until taken");
-        match kind(fd.as_fd()) {
-            Kind::EventFd => Ok(fd),
+        match (kind(fd.as_fd()), expected) {
+            (Kind::Shmem, FdKind::Memfd) | (Kind::EventFd, FdKind::EventFd) => Ok(fd),
             _ => {
-                let what = describe(fd.as_fd());
+                let got = describe(fd.as_fd());
                 discard(fd);
-                Err(format!("expected an eventfd, got a descriptor {what}"))
+                Err(FdError::Kind { expected, got })
             }
         }
     }
@@ -176,14 +172,26 @@ mod tests {
         assert!(PeerFd::new(memfd).memfd().is_ok());
         let efd: OwnedFd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).unwrap().into();
         assert!(PeerFd::new(efd.try_clone().unwrap()).eventfd().is_ok());
-        let e = PeerFd::new(efd).memfd().unwrap_err();
-        assert!(e.contains("eventfd"), "{e}");
+        // Refused with the kind expected, and what arrived named for people.
+        let refused = |e: FdError, kind: FdKind, named: &str| {
+            assert!(
+                matches!(&e, FdError::Kind { expected, got } if *expected == kind && got.contains(named)),
+                "{e}"
+            );
+        };
+        refused(
+            PeerFd::new(efd).memfd().unwrap_err(),
+            FdKind::Memfd,
+            "eventfd",
+        );
         let (a, _b) = crate::socket_pair().unwrap();
-        let e = PeerFd::new(a).eventfd().unwrap_err();
-        assert!(e.contains("socket"), "{e}");
+        refused(
+            PeerFd::new(a).eventfd().unwrap_err(),
+            FdKind::EventFd,
+            "socket",
+        );
         let (r, _w) = nix::unistd::pipe().unwrap();
-        let e = PeerFd::new(r).memfd().unwrap_err();
-        assert!(e.contains("pipe"), "{e}");
+        refused(PeerFd::new(r).memfd().unwrap_err(), FdKind::Memfd, "pipe");
         let file = std::fs::File::open("/proc/self/stat").unwrap();
         assert!(PeerFd::new(file.into()).memfd().is_err(), "not tmpfs");
     }
@@ -199,6 +207,15 @@ mod tests {
             return;
         };
         let e = PeerFd::new(fd).memfd().unwrap_err();
-        assert!(e.contains("memfd"), "{e}");
+        assert!(
+            matches!(
+                e,
+                FdError::Kind {
+                    expected: FdKind::Memfd,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -22,14 +22,15 @@ use serde::{Deserialize, Serialize};
 use subring_planes::interrupt::NotifyMode;
 
 use crate::peer_fd::PeerFd;
-use crate::Error;
+use crate::{Error, FdError};
 
 /// The first bytes of every control message.
 pub const PROTOCOL_MAGIC: [u8; 4] = *b"SBSH";
 /// The control protocol version this build speaks. It also covers the layout of the shared
-/// memory it sets up (version 2: ring slots carry stamps), so two builds that would lay out the
-/// rings differently refuse each other at the handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// memory it sets up, so two builds that would lay out the rings differently, or encode their
+/// messages differently, refuse each other at the handshake. (Version 2: ring slots carry
+/// stamps. Version 3: [`Refusal::Unaligned`].)
+pub const PROTOCOL_VERSION: u16 = 3;
 /// A control message carrying a postcard-encoded body.
 pub const KIND_MESSAGE: u8 = 1;
 /// A refusal because of a version mismatch; its body is the refusing side's version.
@@ -192,6 +193,15 @@ pub enum Refusal {
     Malformed(String),
     /// The server failed to set the connection up.
     Internal(String),
+    /// A size that must be a multiple of `of` (a power of two, where `of` is 0) is not.
+    Unaligned {
+        /// What was asked for.
+        what: String,
+        /// The value asked for.
+        asked: u64,
+        /// What it must be a multiple of; 0 where it must be a power of two.
+        of: u64,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -226,6 +236,12 @@ impl fmt::Display for Refusal {
             }
             Refusal::Malformed(why) => write!(f, "malformed request: {why}"),
             Refusal::Internal(why) => write!(f, "server-side failure: {why}"),
+            Refusal::Unaligned { what, asked, of: 0 } => {
+                write!(f, "{what} {asked} is not a power of two")
+            }
+            Refusal::Unaligned { what, asked, of } => {
+                write!(f, "{what} {asked} is not a multiple of {of}")
+            }
         }
     }
 }
@@ -507,15 +523,18 @@ pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
         }
     };
     if fds.len() > MAX_FDS {
-        return Err(Error::BadFds(format!(
-            "control message carried {} file descriptors, more than {MAX_FDS}",
-            fds.len()
-        )));
+        return Err(FdError::TooMany {
+            got: Some(fds.len()),
+            max: MAX_FDS,
+        }
+        .into());
     }
     if flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(Error::BadFds(format!(
-            "control message carried more than {MAX_FDS} file descriptors"
-        )));
+        return Err(FdError::TooMany {
+            got: None,
+            max: MAX_FDS,
+        }
+        .into());
     }
     if flags.contains(MsgFlags::MSG_TRUNC) {
         return Err(Error::Malformed {

@@ -45,7 +45,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::queue::{Completer, QueueError, Submitter};
-use crate::{Client, ClientOptions, Error, NotifyMode};
+use crate::{Client, ClientOptions, ConfigError, Error, NotifyMode};
 
 /// A [`Client`] whose waits are `async`: its completion eventfd and control socket are
 /// registered with the tokio runtime it was made in.
@@ -78,10 +78,12 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
 
     fn check(options: &ClientOptions) -> Result<(), Error> {
         if options.mode != NotifyMode::EventFd {
-            return Err(Error::Config(format!(
-                "an async client waits on its completion eventfd: it needs mode eventfd, not {}",
-                options.mode
-            )));
+            return Err(ConfigError::Mode {
+                what: "an async client (it waits on its completion eventfd)",
+                needs: NotifyMode::EventFd,
+                given: options.mode,
+            }
+            .into());
         }
         Ok(())
     }
@@ -182,7 +184,11 @@ fn register<S: Pod, C: Pod>(
     let io = |op: &'static str| move |source| Error::Io { op, source };
     let completion = client
         .completion_fd()
-        .ok_or_else(|| Error::Config("the client has no completion eventfd".into()))?
+        .ok_or(ConfigError::Mode {
+            what: "an async client (it waits on its completion eventfd)",
+            needs: NotifyMode::EventFd,
+            given: client.mode(),
+        })?
         .try_clone_to_owned()
         .map_err(io("duplicating the completion eventfd"))?;
     let control = client

@@ -64,7 +64,7 @@ pub use builder::UringBuilder;
 pub use error::{NothingInFlight, SubmitError};
 pub use fd::{CloseTarget, FdOwner, SharedFd};
 pub use op::{FixedBuf, Link, Op, Output, Submission, Target};
-pub use register::RegionKey;
+pub use register::{RegionKey, RegisterError};
 
 use book::Book;
 #[doc(no_inline)]

@@ -139,8 +139,77 @@ fn chunks_of(region: &Region) -> Vec<libc::iovec> {
         .collect()
 }
 
-fn busy(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::ResourceBusy, what)
+/// Why a region could not be registered as fixed buffers, or unregistered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// The region has no bytes.
+    #[error("an empty region cannot be registered as fixed buffers")]
+    Empty,
+    /// The sparse table has no run of free slots long enough (one slot per GiB of region).
+    #[error("the fixed-buffer table has no {wanted} free slots of {slots}")]
+    TableFull {
+        /// Slots the region needs.
+        wanted: usize,
+        /// Slots in the table.
+        slots: usize,
+    },
+    /// The registered regions need more fixed buffers than the kernel indexes.
+    #[error("{chunks} fixed buffers are more than the {max} the kernel indexes")]
+    TooMany {
+        /// Buffers needed.
+        chunks: usize,
+        /// The most there can be.
+        max: usize,
+    },
+    /// On a kernel without sparse tables the whole table is registered again on every change,
+    /// which needs no fixed operation in flight on any region.
+    #[error(
+        "this kernel has no sparse fixed-buffer table, so the table can change only while no \
+         fixed operation is in flight ({in_flight} are)"
+    )]
+    TableInUse {
+        /// Fixed operations in flight.
+        in_flight: u64,
+    },
+    /// Fixed operations on the region have not completed: cancel them and reap first.
+    #[error("{in_flight} fixed operations on the region under key {key} have not completed")]
+    InFlight {
+        /// The region's key.
+        key: RegionKey,
+        /// Its operations in flight.
+        in_flight: u32,
+    },
+    /// No region is registered under the key (never, or no longer).
+    #[error("no region is registered under key {key}")]
+    NoKey {
+        /// The key named.
+        key: RegionKey,
+    },
+    /// The kernel refused the registration.
+    #[error("registering {len} bytes of fixed buffers failed: {source}")]
+    Os {
+        /// The region's length.
+        len: usize,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl From<RegisterError> for io::Error {
+    fn from(e: RegisterError) -> Self {
+        let kind = match &e {
+            RegisterError::Os { source, .. } => source.kind(),
+            RegisterError::Empty => io::ErrorKind::InvalidInput,
+            RegisterError::NoKey { .. } => io::ErrorKind::NotFound,
+            RegisterError::InFlight { .. } | RegisterError::TableInUse { .. } => {
+                io::ErrorKind::ResourceBusy
+            }
+            _ => io::ErrorKind::OutOfMemory,
+        };
+        io::Error::new(kind, e)
+    }
 }
 
 impl Uring {
@@ -148,21 +217,11 @@ impl Uring {
     /// by key ([`FixedBuf::In`]), or, if no other registered region has its id, by
     /// [`BufHandle`] or pool [`Buf`]. The ring keeps the region (and so its mapping) until it is
     /// unregistered and nothing in flight uses it, or the ring is dropped.
-    pub fn register_region(&mut self, region: Arc<Region>) -> io::Result<RegionKey> {
-        let named = |e: io::Error| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "registering {} bytes of fixed buffers failed: {e}",
-                    region.len()
-                ),
-            )
-        };
+    pub fn register_region(&mut self, region: Arc<Region>) -> Result<RegionKey, RegisterError> {
+        let len = region.len();
+        let named = |source: io::Error| RegisterError::Os { len, source };
         if region.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "an empty region cannot be registered as fixed buffers",
-            ));
+            return Err(RegisterError::Empty);
         }
         if self.fixed.mode == TableMode::Unset {
             self.fixed.mode = match self.ring.submitter().register_buffers_sparse(SPARSE_SLOTS) {
@@ -178,12 +237,13 @@ impl Uring {
         let key = self.fixed.free_key();
         let first_index = match self.fixed.mode {
             TableMode::Sparse => {
-                let first = self.fixed.find_slots(iovecs.len()).ok_or_else(|| {
-                    named(io::Error::other(format!(
-                        "the fixed-buffer table has no {} free slots of {SPARSE_SLOTS}",
-                        iovecs.len()
-                    )))
-                })?;
+                let first =
+                    self.fixed
+                        .find_slots(iovecs.len())
+                        .ok_or(RegisterError::TableFull {
+                            wanted: iovecs.len(),
+                            slots: SPARSE_SLOTS as usize,
+                        })?;
                 // SAFETY: every iovec covers mapped memory of `region`, which the table keeps
                 // alive (below) until its slots are cleared, and clearing waits for every
                 // operation pushed on it to complete (`unregister_region`).
@@ -202,7 +262,10 @@ impl Uring {
                     regions.push(None);
                 }
                 regions[key as usize] = Some(region.clone());
-                self.register_whole(&regions).map_err(named)?;
+                self.register_whole(&regions).map_err(|e| match e {
+                    RegisterError::Os { source, .. } => named(source),
+                    other => other,
+                })?;
                 // `register_whole` set every other region's index; this one's is the same sum.
                 self.fixed
                     .live()
@@ -216,8 +279,10 @@ impl Uring {
         let entry = Registered {
             region,
             generation,
-            first_index: u16::try_from(first_index)
-                .map_err(|_| io::Error::other("too many fixed buffers"))?,
+            first_index: u16::try_from(first_index).map_err(|_| RegisterError::TooMany {
+                chunks: first_index + iovecs.len(),
+                max: usize::from(u16::MAX),
+            })?,
             chunks: iovecs.len() as u16,
         };
         if key as usize == self.fixed.regions.len() {
@@ -239,29 +304,36 @@ impl Uring {
     /// Registers the whole table again (for a kernel without sparse tables): `regions` by key,
     /// each live one's chunks after those of the keys before it. Needs no fixed operation in
     /// flight: the indices of queued entries would move.
-    fn register_whole(&mut self, regions: &[Option<Arc<Region>>]) -> io::Result<()> {
-        if self.book.fixed_in_flight.iter().any(|n| *n > 0) {
-            return Err(busy(
-                "this kernel has no sparse fixed-buffer table, so the table can change only \
-                 while no fixed operation is in flight"
-                    .into(),
-            ));
+    fn register_whole(&mut self, regions: &[Option<Arc<Region>>]) -> Result<(), RegisterError> {
+        let in_flight: u64 = self
+            .book
+            .fixed_in_flight
+            .iter()
+            .map(|n| u64::from(*n))
+            .sum();
+        if in_flight > 0 {
+            return Err(RegisterError::TableInUse { in_flight });
         }
+        let len = regions.iter().flatten().map(|r| r.len()).sum();
+        let os = |source| RegisterError::Os { len, source };
         let iovecs: Vec<libc::iovec> = regions
             .iter()
             .flatten()
             .flat_map(|r| chunks_of(r))
             .collect();
         if iovecs.len() > usize::from(u16::MAX) {
-            return Err(io::Error::other("too many fixed buffers"));
+            return Err(RegisterError::TooMany {
+                chunks: iovecs.len(),
+                max: usize::from(u16::MAX),
+            });
         }
         if self.fixed.live().next().is_some() {
-            self.ring.submitter().unregister_buffers()?;
+            self.ring.submitter().unregister_buffers().map_err(os)?;
         }
         if !iovecs.is_empty() {
             // SAFETY: every iovec covers mapped memory of a region the table keeps alive for as
             // long as it stays registered (the caller stores them).
-            unsafe { self.ring.submitter().register_buffers(&iovecs) }?;
+            unsafe { self.ring.submitter().register_buffers(&iovecs) }.map_err(os)?;
         }
         let mut next = 0u16;
         for (k, r) in self.fixed.regions.iter_mut().enumerate() {
@@ -276,22 +348,17 @@ impl Uring {
     }
 
     /// Unregisters the region registered under `key` and hands it back. Refused
-    /// (`ResourceBusy`) while an operation pushed on it has not completed: cancel them
+    /// ([`RegisterError::InFlight`]) while an operation pushed on it has not completed: cancel them
     /// ([`Op::Cancel`]) and reap their completions first. The kernel then holds no reference to
     /// its memory.
-    pub fn unregister_region(&mut self, key: RegionKey) -> io::Result<Arc<Region>> {
+    pub fn unregister_region(&mut self, key: RegionKey) -> Result<Arc<Region>, RegisterError> {
         let k = key.index as usize;
-        if self.fixed.get(key).is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no region is registered under key {key}"),
-            ));
-        }
+        let Some(len) = self.fixed.get(key).map(|r| r.region.len()) else {
+            return Err(RegisterError::NoKey { key });
+        };
         let in_flight = self.book.fixed_in_flight[k];
         if in_flight > 0 {
-            return Err(busy(format!(
-                "{in_flight} fixed operations on the region under key {key} have not completed"
-            )));
+            return Err(RegisterError::InFlight { key, in_flight });
         }
         match self.fixed.mode {
             TableMode::Sparse => {
@@ -309,7 +376,8 @@ impl Uring {
                     self.ring
                         .submitter()
                         .register_buffers_update(first as u32, &empty, None)
-                }?;
+                }
+                .map_err(|source| RegisterError::Os { len, source })?;
                 self.fixed.used[first..first + n].fill(false);
             }
             _ => {

@@ -40,16 +40,26 @@ pub struct AsyncUring {
     eventfd: AsyncFd<OwnedFd>,
 }
 
+/// A ring built with another wait mode than [`WaitMode::EventFd`], given to
+/// [`AsyncUring::new`]: the `InvalidInput` [`io::Error`] carries it (find it with `get_ref`
+/// and `downcast_ref`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an async ring waits on its eventfd: build it with WaitMode::EventFd, not {given:?}")]
+pub struct NotAwaitable {
+    /// The ring's wait mode.
+    pub given: WaitMode,
+}
+
 impl AsyncUring {
     /// Registers `ring`'s completion eventfd (a duplicate, owned here) with the current
     /// runtime. A ring built without [`WaitMode::EventFd`] is refused (`InvalidInput`).
     pub fn new(ring: Uring) -> io::Result<Self> {
         let fd = match (ring.wait, ring.completion_fd()) {
             (WaitMode::EventFd, Some(fd)) => fd.try_clone_to_owned()?,
-            (mode, _) => {
+            (given, _) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("an async ring waits on its eventfd: build it with WaitMode::EventFd, not {mode:?}"),
+                    NotAwaitable { given },
                 ))
             }
         };

@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use subring_uring::tokio::AsyncUring;
+use subring_uring::tokio::{AsyncUring, NotAwaitable};
 use subring_uring::{Op, Output, Submission, Target, Uring, WaitMode};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -102,4 +102,12 @@ fn only_an_eventfd_ring_can_be_awaited() {
     let _runtime = runtime().enter();
     let err = AsyncUring::new(Uring::builder().build().unwrap()).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    let inner = err.get_ref().and_then(|e| e.downcast_ref::<NotAwaitable>());
+    assert_eq!(
+        inner,
+        Some(&NotAwaitable {
+            given: WaitMode::Enter
+        }),
+        "{err}"
+    );
 }

@@ -53,9 +53,15 @@ pub enum BlkError {
     /// The io_uring could not be set up.
     #[error("io_uring setup for the block service failed: {0}")]
     Uring(#[source] io::Error),
+    /// The service's staging buffers (for copying mode) could not be set up.
+    #[error("the block service's staging buffers: {0}")]
+    Staging(#[from] subring_shm::RegionError),
+    /// The staging buffers could not be registered with the ring.
+    #[error("the block service's staging buffers: {0}")]
+    Register(#[from] subring_uring::RegisterError),
     /// A configuration value is out of range.
     #[error("invalid block service configuration: {0}")]
-    Config(String),
+    Config(#[from] subring_shm::ConfigError),
     /// The shm server could not be set up around the service.
     #[error(transparent)]
     Server(#[from] subring_shm::Error),

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use subring_planes::data::{Region, RegionOptions};
 use subring_planes::queue::{Completer, Submitter};
-use subring_shm::{BufHandle, ClientInfo, ClientMemory, Completions, Ctx, Pending, Service};
+use subring_shm::{
+    BufHandle, ClientInfo, ClientMemory, Completions, ConfigError, Ctx, Pending, Service,
+};
 use subring_uring::{
     Completion, FixedBuf, OnFull, Op, OpError, RegionKey, Submission, Target, Uring, WaitMode,
 };
@@ -118,15 +120,21 @@ impl BlkService {
     /// Opens the device and sets up the ring.
     pub fn open(config: BlkConfig) -> Result<Self, BlkError> {
         if config.depth == 0 || config.depth > 32768 {
-            return Err(BlkError::Config(format!(
-                "depth {} must be between 1 and 32768",
-                config.depth
-            )));
+            return Err(ConfigError::OutOfRange {
+                field: "depth",
+                value: config.depth.into(),
+                min: 1,
+                max: 32768,
+            }
+            .into());
         }
-        if config.max_io == 0 || config.submit_batch == 0 {
-            return Err(BlkError::Config(
-                "max_io and submit_batch must be at least 1".into(),
-            ));
+        for (field, value) in [
+            ("max_io", config.max_io as u64),
+            ("submit_batch", config.submit_batch as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { field }.into());
+            }
         }
         let device = Device::open(&config.path, config.direct).map_err(BlkError::Device)?;
         let mut ring = Uring::builder()
@@ -143,13 +151,8 @@ impl BlkService {
         } else {
             let slot_size = config.max_io.next_multiple_of(4096);
             let len = slot_size as usize * config.depth as usize;
-            let region = Arc::new(
-                Region::anonymous(len, RegionOptions::new().id(u32::MAX))
-                    .map_err(|e| BlkError::Uring(io::Error::other(e)))?,
-            );
-            let key = ring
-                .register_region(region.clone())
-                .map_err(BlkError::Uring)?;
+            let region = Arc::new(Region::anonymous(len, RegionOptions::new().id(u32::MAX))?);
+            let key = ring.register_region(region.clone())?;
             Some(Staging {
                 region,
                 key,

@@ -40,6 +40,7 @@ pub(crate) fn listen_on(path: &Path) -> Result<OwnedFd, Error> {
         what: "cannot listen on",
         path: shown.clone(),
         source,
+        hint: "",
     };
     let addr = UnixAddr::new(path).map_err(|e| path_error(e.into()))?;
     let open = || {
@@ -64,10 +65,12 @@ pub(crate) fn listen_on(path: &Path) -> Result<OwnedFd, Error> {
                     bind(sock.as_raw_fd(), &addr).map_err(|e| path_error(e.into()))?;
                 }
                 _ => {
-                    return Err(path_error(std::io::Error::new(
-                        std::io::ErrorKind::AddrInUse,
-                        "another server is listening there",
-                    )))
+                    return Err(Error::Path {
+                        what: "cannot listen on",
+                        path: shown,
+                        source: Errno::EADDRINUSE.into(),
+                        hint: " (another server is listening there)",
+                    })
                 }
             }
         }
@@ -337,9 +340,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         ] {
             limit(what, cap.into(), 2, cfg.max_capacity.into())?;
             if !cap.is_power_of_two() {
-                return Err(Refusal::Malformed(format!(
-                    "{what} {cap} is not a power of two"
-                )));
+                return Err(Refusal::Unaligned {
+                    what: what.into(),
+                    asked: cap.into(),
+                    of: 0,
+                });
             }
         }
         limit(
@@ -349,10 +354,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             cfg.max_buf_size.into(),
         )?;
         if hello.buf_size % 64 != 0 {
-            return Err(Refusal::Malformed(format!(
-                "buffer size {} is not a multiple of 64",
-                hello.buf_size
-            )));
+            return Err(Refusal::Unaligned {
+                what: "buffer size".into(),
+                asked: hello.buf_size.into(),
+                of: 64,
+            });
         }
         limit("buffer count", hello.buf_count.into(), 1, 1 << 20)?;
         let active = self

@@ -30,7 +30,7 @@ use bytemuck::Pod;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use subring_planes::interrupt::{WaitAny, WAIT_ANY_MAX};
+use subring_planes::interrupt::WaitAny;
 use subring_planes::sync::{fence, Ordering::Acquire};
 
 pub use config::{ClientInfo, ServerConfig, ServerSleep};
@@ -39,8 +39,9 @@ pub use service::{Completions, Handler, Pending, PerClient, Service};
 pub use stats::{CallStats, ServerStats};
 pub use thread::{ServerThread, Stopper};
 
-use crate::check_capacity;
+use crate::error::check_capacity;
 use crate::futex_sleep::{FutexSleep, MAX_FUTEX_CLIENTS};
+use crate::ConfigError;
 use crate::Error;
 use conn::{Conn, Limits, Outcome, State, Table};
 use handshake::listen_on;
@@ -149,33 +150,34 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     /// A server of `service` with no listening socket: clients arrive through
     /// [`add_connection`](Self::add_connection).
     pub fn with_service(config: ServerConfig, service: V) -> Result<Self, Error> {
-        if config.max_clients == 0
-            || config.batch == 0
-            || config.max_deferred == 0
-            || config.max_handshakes == 0
-        {
-            return Err(Error::Config(
-                "max_clients, batch, max_deferred and max_handshakes must be at least 1".into(),
-            ));
+        for (field, value) in [
+            ("max_clients", config.max_clients as usize),
+            ("batch", config.batch as usize),
+            ("max_deferred", config.max_deferred as usize),
+            ("max_handshakes", config.max_handshakes as usize),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { field }.into());
+            }
         }
-        check_capacity("max_capacity", config.max_capacity, 1 << 30).map_err(Error::Config)?;
+        check_capacity("max_capacity", config.max_capacity, 1 << 30)?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create1"))?;
         let futex = match config.sleep {
             ServerSleep::Epoll => None,
             ServerSleep::Futex => {
                 if config.max_clients > MAX_FUTEX_CLIENTS {
-                    return Err(Error::Config(format!(
-                        "a futex-sleeping server watches at most {MAX_FUTEX_CLIENTS} clients \
-                         (futex_waitv takes {WAIT_ANY_MAX} words, one is its own); \
-                         max_clients is {}",
-                        config.max_clients
-                    )));
+                    return Err(ConfigError::FutexClients {
+                        max_clients: config.max_clients,
+                        max: MAX_FUTEX_CLIENTS,
+                    }
+                    .into());
                 }
                 if !WaitAny::supported() {
-                    return Err(Error::Config(
-                        "futex sleep needs futex_waitv, which this kernel lacks (Linux 5.16+)"
-                            .into(),
-                    ));
+                    return Err(ConfigError::Unsupported {
+                        what: "futex sleep",
+                        needs: "futex_waitv (Linux 5.16 and later)",
+                    }
+                    .into());
                 }
                 let dup = epoll.0.try_clone().map_err(|source| Error::Io {
                     op: "dup(epoll) for the control thread",

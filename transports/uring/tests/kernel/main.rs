@@ -12,8 +12,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use subring_planes::data::{BufHandle, BufferPool, Region, RegionOptions};
 use subring_planes::queue::{Completer, QueueError, Submitter};
 use subring_uring::{
-    CloseTarget, FixedBuf, Link, NothingInFlight, OnFull, Op, OpError, Output, Submission,
-    SubmitError, Target, Uring, WaitMode,
+    CloseTarget, FixedBuf, Link, NothingInFlight, OnFull, Op, OpError, Output, RegisterError,
+    Submission, SubmitError, Target, Uring, WaitMode,
 };
 
 const LIMIT: Option<Duration> = Some(Duration::from_secs(20));

@@ -145,7 +145,14 @@ fn cancellation() {
     assert_eq!(ring.in_flight(), 0);
     // Nothing to cancel: refused at push, with a reason.
     let r = ring.push(sub(12, Op::Cancel { token: 999 })).unwrap_err();
-    assert!(matches!(r.error, QueueError::Io(ref e) if e.kind() == std::io::ErrorKind::NotFound));
+    assert!(
+        matches!(
+            SubmitError::of(&r.error),
+            Some(SubmitError::NotInFlight { token: 999 })
+        ),
+        "{}",
+        r.error
+    );
 }
 
 #[test]
