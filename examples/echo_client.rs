@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use subring::queue::{Completer, Submitter};
-use subring::shm::echo::{checksum, op, status, EchoReq, EchoResp, ECHO_PROTOCOL};
+use subring::shm::echo::{checksum, EchoOp, EchoReq, EchoResp, EchoStatus, ECHO_PROTOCOL};
 use subring::shm::{Client, ClientOptions, NotifyMode};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let start = Instant::now();
         client.push(EchoReq {
             seq,
-            op: op::UPPER,
+            op: EchoOp::UPPER,
             reserved: 0,
             buf: buf.lend(),
         })?;
@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             client.wait(Some(Duration::from_secs(10)))?;
         };
         rtts.push(start.elapsed().as_nanos() as u64);
-        if resp.seq != seq || resp.status != status::OK || resp.sum != sum {
+        if resp.seq != seq || resp.status != EchoStatus::OK || resp.sum != sum {
             return Err(format!("bad answer {resp:?} to request {seq}").into());
         }
         let back = client.reclaim(resp.buf)?;

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use subring::queue::{Completer, Submitter};
-use subring::shm::echo::{self, op, EchoReq, EchoResp, ECHO_PROTOCOL};
+use subring::shm::echo::{self, EchoOp, EchoReq, EchoResp, ECHO_PROTOCOL};
 use subring::shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
 
 const COMPLETIONS: u64 = 1;
@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         while sent < total && sent - done < 32 {
             let req = EchoReq {
                 seq: sent,
-                op: op::PING,
+                op: EchoOp::PING,
                 ..EchoReq::default()
             };
             client.push(req)?;

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use subring::shm::echo::{self, op, status, EchoReq, EchoResp, ECHO_PROTOCOL};
+use subring::shm::echo::{self, EchoOp, EchoReq, EchoResp, EchoStatus, ECHO_PROTOCOL};
 use subring::shm::tokio::AsyncClient;
 use subring::shm::{ClientOptions, NotifyMode, Server, ServerConfig};
 
@@ -52,14 +52,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     buf.fill_from(format!("task {task} call {seq}").as_bytes());
                     let req = EchoReq {
                         seq,
-                        op: op::UPPER,
+                        op: EchoOp::UPPER,
                         reserved: 0,
                         buf: buf.lend(),
                     };
                     let answer = client.call(req).await?;
                     let back = client.client().reclaim(answer.buf)?;
                     let want = format!("TASK {task} CALL {seq}");
-                    if answer.status != status::OK || back.to_vec() != want.as_bytes() {
+                    if answer.status != EchoStatus::OK || back.to_vec() != want.as_bytes() {
                         return Err(format!("task {task}: wrong answer to call {seq}").into());
                     }
                 }

@@ -41,6 +41,23 @@
 
 pub use subring_planes::{control, data, interrupt, pair, queue, sync};
 
+/// The crate behind ring entries: every entry type is plain old data ([`Pod`]). Derive it
+/// without depending on bytemuck yourself:
+/// ```
+/// #[derive(Clone, Copy, subring::Pod, subring::Zeroable)]
+/// #[bytemuck(crate = "subring::bytemuck")]
+/// #[repr(C)]
+/// struct Request {
+///     key: u64,
+///     len: u32,
+///     flags: u32,
+/// }
+/// ```
+pub use bytemuck;
+/// Plain old data: any bytes are a valid value, so an entry a peer wrote is never undefined
+/// behaviour to read. The derive checks the type (`#[repr(C)]`, no padding, `Pod` fields).
+pub use bytemuck::{Pod, Zeroable};
+
 /// The kernel transport: the kernel as a subsystem, over io_uring.
 pub use subring_uring as uring;
 

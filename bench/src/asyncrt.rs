@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use subring_shm::echo::{op, status, EchoReq, EchoResp, ECHO_PROTOCOL};
+use subring_shm::echo::{EchoOp, EchoReq, EchoResp, EchoStatus, ECHO_PROTOCOL};
 use subring_shm::tokio::AsyncClient;
 use subring_shm::{ClientOptions, NotifyMode, ServerSleep};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,11 +66,11 @@ pub fn subring_async_rt(n: usize, placement: Placement) -> Result<Latency, Strin
             seq += 1;
             let req = EchoReq {
                 seq,
-                op: op::PING,
+                op: EchoOp::PING,
                 ..EchoReq::default()
             };
             match client.call(req).await {
-                Ok(r) if r.seq == seq && r.status == status::OK => Ok(()),
+                Ok(r) if r.seq == seq && r.status == EchoStatus::OK => Ok(()),
                 Ok(r) => Err(format!("bad answer {r:?} to {seq}")),
                 Err(e) => Err(format!("call: {e}")),
             }

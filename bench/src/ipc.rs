@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::peers::{self, AffinityGuard, Latency, Placement};
 use crate::report::{Report, Section, Unit};
 use crate::Progress;
-use subring_shm::echo::{self, op, status, EchoReq, EchoResp, ECHO_PROTOCOL};
+use subring_shm::echo::{self, EchoOp, EchoReq, EchoResp, EchoStatus, ECHO_PROTOCOL};
 use subring_shm::queue::{Completer, Submitter};
 use subring_shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig, ServerSleep};
 
@@ -115,14 +115,14 @@ fn connect(
 fn round_trip(client: &mut Client<EchoReq, EchoResp>, seq: u64) -> Result<(), String> {
     let req = EchoReq {
         seq,
-        op: op::PING,
+        op: EchoOp::PING,
         ..EchoReq::default()
     };
     client.push(req).map_err(|r| r.error.to_string())?;
     client.submit().map_err(|e| e.to_string())?;
     loop {
         if let Some(r) = client.reap().map_err(|e| e.to_string())? {
-            if r.seq != seq || r.status != status::OK {
+            if r.seq != seq || r.status != EchoStatus::OK {
                 return Err(format!("bad answer {r:?} to {seq}"));
             }
             return Ok(());
@@ -187,7 +187,7 @@ fn subring_throughput(total: usize) -> Result<f64, String> {
             buf.fill_from(&source);
             let req = EchoReq {
                 seq: sent as u64,
-                op: op::TOUCH,
+                op: EchoOp::TOUCH,
                 reserved: 0,
                 buf: buf.lend(),
             };
@@ -214,7 +214,7 @@ fn subring_throughput(total: usize) -> Result<f64, String> {
                 .map_err(|e| e.to_string())?;
         }
         for r in &out {
-            if r.status != status::OK || r.value != expect {
+            if r.status != EchoStatus::OK || r.value != expect {
                 return Err(format!("server read {r:?}, expected sum {expect}"));
             }
             drop(client.reclaim(r.buf).map_err(|e| e.to_string())?);

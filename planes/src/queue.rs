@@ -10,7 +10,7 @@
 //! transport.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::control::DoorbellStats;
 use crate::data::{CorruptIndex, RegionError, RingError};
@@ -233,6 +233,29 @@ pub trait Completer {
     /// ([`QueueError::PeerGone`], once no completion is left), or `timeout` passes
     /// ([`QueueError::Timeout`]; `None` waits without limit).
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError>;
+
+    /// The next completion, waiting up to `timeout` for it: the reap-then-wait loop every
+    /// caller would write. Fails with [`QueueError::Timeout`] if none arrived in time, and with
+    /// [`QueueError::PeerGone`] once the peer is gone and nothing is left to reap.
+    fn wait_reap(&mut self, timeout: Duration) -> Result<Self::Completion, QueueError> {
+        if let Some(c) = self.reap()? {
+            return Ok(c);
+        }
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.wait(left) {
+                Ok(()) | Err(QueueError::Timeout(_)) => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(c) = self.reap()? {
+                return Ok(c);
+            }
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(QueueError::Timeout(timeout));
+            }
+        }
+    }
 
     /// Interrupt-plane counters of the waiting side.
     fn notify_stats(&self) -> NotifyStats;

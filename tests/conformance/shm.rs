@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use subring::interrupt::NotifyMode;
-use subring::shm::echo::{self, checksum, op, status, EchoReq, EchoResp, ECHO_PROTOCOL};
+use subring::shm::echo::{self, checksum, EchoOp, EchoReq, EchoResp, EchoStatus, ECHO_PROTOCOL};
 use subring::shm::{Client, ClientInfo, ClientOptions, Ctx, Handler, Server, ServerConfig};
 use subring::sync::{AtomicU64, Ordering::SeqCst};
 
@@ -193,7 +193,7 @@ impl Transport for ShmEcho {
             self.expect(token, Kind::Ping);
             return EchoReq {
                 seq: token,
-                op: op::PING,
+                op: EchoOp::PING,
                 ..EchoReq::default()
             };
         }
@@ -205,7 +205,7 @@ impl Transport for ShmEcho {
         self.expect(token, Kind::Upper { len });
         EchoReq {
             seq: token,
-            op: op::UPPER,
+            op: EchoOp::UPPER,
             reserved: 0,
             buf: buf.lend(),
         }
@@ -228,7 +228,7 @@ impl Transport for ShmEcho {
         self.expect(token, Kind::Ping);
         EchoReq {
             seq: token,
-            op: op::PING,
+            op: EchoOp::PING,
             ..EchoReq::default()
         }
     }
@@ -239,8 +239,8 @@ impl Transport for ShmEcho {
             .expect
             .remove(&token)
             .ok_or_else(|| format!("completion for seq {token}, which was never requested"))?;
-        if c.status != status::OK {
-            return Err(format!("seq {token} ({kind:?}): status {}", c.status));
+        if c.status != EchoStatus::OK {
+            return Err(format!("seq {token} ({kind:?}): status {:?}", c.status));
         }
         match kind {
             Kind::Ping => {

@@ -375,6 +375,21 @@ impl<S: Pod, C: Pod> Client<S, C> {
         self.pool.reclaim(handle)
     }
 
+    /// The next completion and the buffer it brings back, waiting up to `timeout`
+    /// ([`wait_reap`](Completer::wait_reap)); `returned` picks the completion's field that
+    /// carries the lent handle. The buffer comes back as an owned [`Buf`] that returns to the
+    /// pool when dropped, so no loan is forgotten. A handle that names no buffer this client
+    /// lent is [`Error::Pool`] (the server broke the protocol; its completion is dropped).
+    pub fn wait_reap_buf(
+        &mut self,
+        timeout: Duration,
+        returned: impl FnOnce(&C) -> BufHandle,
+    ) -> Result<(C, Buf), Error> {
+        let completion = self.wait_reap(timeout)?;
+        let buf = self.pool.reclaim(returned(&completion))?;
+        Ok((completion, buf))
+    }
+
     /// The payload buffer pool.
     pub fn pool(&self) -> &Arc<BufferPool> {
         &self.pool

@@ -2,9 +2,11 @@
 //! tests and the benchmark (and a template for a real service).
 //!
 //! The client lends a buffer holding a payload in an [`EchoReq`]. The server reads it in place,
-//! answers with its checksum and — for [`op::UPPER`] — rewrites it in place to upper case, then
+//! answers with its checksum and — for [`EchoOp::UPPER`] — rewrites it in place to upper case, then
 //! returns the buffer in an [`EchoResp`]. A handle that does not name the client's memory is
-//! answered with [`status::BAD_HANDLE`], and the server goes on serving.
+//! answered with [`EchoStatus::BAD_HANDLE`], and the server goes on serving.
+
+use std::fmt;
 
 use bytemuck::{Pod, Zeroable};
 use subring_planes::data::BufHandle;
@@ -14,32 +16,66 @@ use crate::{ClientInfo, Ctx};
 /// The application protocol name of the echo service.
 pub const ECHO_PROTOCOL: &str = "subring-echo/1";
 
-/// Request operations.
-pub mod op {
+/// A request operation: a `u32` on the wire (any value is a valid entry; the server answers
+/// an unknown one with [`EchoStatus::BAD_OP`]), named by the constants.
+#[repr(transparent)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct EchoOp(pub u32);
+
+impl EchoOp {
     /// Answer with the checksum of the payload (read in place).
-    pub const SUM: u32 = 1;
+    pub const SUM: EchoOp = EchoOp(1);
     /// Answer with the checksum, and upper-case the payload in place.
-    pub const UPPER: u32 = 2;
+    pub const UPPER: EchoOp = EchoOp(2);
     /// Answer at once, touching no payload (round-trip measurements).
-    pub const PING: u32 = 3;
+    pub const PING: EchoOp = EchoOp(3);
+    /// Answer with the server's counters (only through [`EchoHandler`]): `sum` = clients
+    /// connected now, `value` = connections that have ended.
+    pub const STATS: EchoOp = EchoOp(4);
     /// Read every byte of the payload in place (summing it as 64-bit words, as fast as memory
     /// allows) and answer with the sum in `value`: what a subsystem consuming bulk data does.
-    pub const TOUCH: u32 = 5;
-    /// Answer with the server's counters (only through [`EchoHandler`](super::EchoHandler)): `sum` = clients
-    /// connected now, `value` = connections that have ended.
-    pub const STATS: u32 = 4;
+    pub const TOUCH: EchoOp = EchoOp(5);
 }
 
-/// Completion statuses.
-pub mod status {
+impl fmt::Debug for EchoOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            EchoOp::SUM => f.write_str("SUM"),
+            EchoOp::UPPER => f.write_str("UPPER"),
+            EchoOp::PING => f.write_str("PING"),
+            EchoOp::STATS => f.write_str("STATS"),
+            EchoOp::TOUCH => f.write_str("TOUCH"),
+            EchoOp(other) => write!(f, "EchoOp({other})"),
+        }
+    }
+}
+
+/// A completion status: a `u32` on the wire, named by the constants.
+#[repr(transparent)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct EchoStatus(pub u32);
+
+impl EchoStatus {
     /// Done.
-    pub const OK: u32 = 0;
+    pub const OK: EchoStatus = EchoStatus(0);
     /// The handle did not name the client's memory.
-    pub const BAD_HANDLE: u32 = 1;
+    pub const BAD_HANDLE: EchoStatus = EchoStatus(1);
     /// Unknown operation.
-    pub const BAD_OP: u32 = 2;
-    /// The payload is longer than [`MAX_PAYLOAD`](super::MAX_PAYLOAD).
-    pub const TOO_LONG: u32 = 3;
+    pub const BAD_OP: EchoStatus = EchoStatus(2);
+    /// The payload is longer than [`MAX_PAYLOAD`].
+    pub const TOO_LONG: EchoStatus = EchoStatus(3);
+}
+
+impl fmt::Debug for EchoStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            EchoStatus::OK => f.write_str("OK"),
+            EchoStatus::BAD_HANDLE => f.write_str("BAD_HANDLE"),
+            EchoStatus::BAD_OP => f.write_str("BAD_OP"),
+            EchoStatus::TOO_LONG => f.write_str("TOO_LONG"),
+            EchoStatus(other) => write!(f, "EchoStatus({other})"),
+        }
+    }
 }
 
 /// The longest payload one request may have the server touch (1 MiB): a service bounds its
@@ -54,8 +90,8 @@ pub const MAX_PAYLOAD: u32 = 1 << 20;
 pub struct EchoReq {
     /// The client's sequence number, echoed back.
     pub seq: u64,
-    /// One of [`op`].
-    pub op: u32,
+    /// What to do.
+    pub op: EchoOp,
     /// Zero.
     pub reserved: u32,
     /// The payload (empty for `PING` and `STATS`).
@@ -68,8 +104,8 @@ pub struct EchoReq {
 pub struct EchoResp {
     /// The request's sequence number.
     pub seq: u64,
-    /// One of [`status`].
-    pub status: u32,
+    /// How it went.
+    pub status: EchoStatus,
     /// Checksum of the payload as the server read it ([`checksum`]).
     pub sum: u32,
     /// An operation-specific value.
@@ -120,26 +156,26 @@ pub fn serve(ctx: &mut Ctx<'_, EchoResp>, req: EchoReq) {
         ..EchoResp::default()
     };
     match req.op {
-        op::SUM | op::TOUCH | op::UPPER if req.buf.len > MAX_PAYLOAD => {
-            resp.status = status::TOO_LONG
+        EchoOp::SUM | EchoOp::TOUCH | EchoOp::UPPER if req.buf.len > MAX_PAYLOAD => {
+            resp.status = EchoStatus::TOO_LONG
         }
-        op::PING => {}
+        EchoOp::PING => {}
         // The payload is shared memory the client can write while it is read: it is copied
         // out a chunk at a time (`SharedBytes`), and each byte is seen once.
-        op::SUM => match ctx.payload(req.buf) {
+        EchoOp::SUM => match ctx.payload(req.buf) {
             Ok(bytes) => {
                 let mut h = FNV_START;
                 bytes.for_each_chunk(|c| h = fnv(h, c));
                 resp.sum = fold(h);
             }
-            Err(_) => resp.status = status::BAD_HANDLE,
+            Err(_) => resp.status = EchoStatus::BAD_HANDLE,
         },
-        op::TOUCH => match ctx.payload(req.buf) {
+        EchoOp::TOUCH => match ctx.payload(req.buf) {
             // Word by word, in place (volatile reads): the same sum as `word_sum`.
             Ok(bytes) => resp.value = bytes.fold_words_le(0u64, u64::wrapping_add),
-            Err(_) => resp.status = status::BAD_HANDLE,
+            Err(_) => resp.status = EchoStatus::BAD_HANDLE,
         },
-        op::UPPER => match ctx.payload(req.buf) {
+        EchoOp::UPPER => match ctx.payload(req.buf) {
             Ok(bytes) => {
                 let mut h = FNV_START;
                 bytes.update_chunks(|c| {
@@ -148,15 +184,15 @@ pub fn serve(ctx: &mut Ctx<'_, EchoResp>, req: EchoReq) {
                 });
                 resp.sum = fold(h);
             }
-            Err(_) => resp.status = status::BAD_HANDLE,
+            Err(_) => resp.status = EchoStatus::BAD_HANDLE,
         },
-        _ => resp.status = status::BAD_OP,
+        _ => resp.status = EchoStatus::BAD_OP,
     }
     ctx.complete(resp);
 }
 
 /// A handler factory for [`Server::new`](crate::Server::new): each client gets a handler
-/// that serves [`serve`] and reports the shared counters for [`op::STATS`].
+/// that serves [`serve`] and reports the shared counters for [`EchoOp::STATS`].
 pub fn handler_factory() -> impl FnMut(&ClientInfo) -> EchoHandler + Send + 'static {
     let counters = std::sync::Arc::new(SharedCounters::default());
     move |_info| EchoHandler::new(counters.clone())
@@ -195,7 +231,7 @@ impl Drop for EchoHandler {
 impl crate::Handler<EchoReq, EchoResp> for EchoHandler {
     fn request(&mut self, ctx: &mut Ctx<'_, EchoResp>, req: EchoReq) {
         use subring_planes::sync::Ordering::Relaxed;
-        if req.op == op::STATS {
+        if req.op == EchoOp::STATS {
             ctx.complete(EchoResp {
                 seq: req.seq,
                 sum: self.counters.live.load(Relaxed) as u32,

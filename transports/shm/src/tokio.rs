@@ -13,7 +13,7 @@
 //! and nothing is leaked.
 //!
 //! ```
-//! use subring_shm::echo::{self, op, EchoReq, ECHO_PROTOCOL};
+//! use subring_shm::echo::{self, EchoOp, EchoReq, ECHO_PROTOCOL};
 //! use subring_shm::tokio::AsyncClient;
 //! use subring_shm::{ClientOptions, NotifyMode, Server, ServerConfig};
 //!
@@ -27,7 +27,7 @@
 //!     let options = ClientOptions::new(ECHO_PROTOCOL).mode(NotifyMode::EventFd);
 //!     let mut client = AsyncClient::<EchoReq, echo::EchoResp>::from_socket(client_end, &options)?;
 //!     let answer = client
-//!         .call(EchoReq { seq: 7, op: op::PING, ..EchoReq::default() })
+//!         .call(EchoReq { seq: 7, op: EchoOp::PING, ..EchoReq::default() })
 //!         .await?;
 //!     assert_eq!(answer.seq, 7);
 //!     Ok::<(), Box<dyn std::error::Error>>(())

@@ -98,7 +98,7 @@ fn scribble(path: &Path, mode: NotifyMode, writes: u64, seed: u64, progress: &Pa
             }
             let req = EchoReq {
                 seq: rng.next(),
-                op: rng.below(7) as u32,
+                op: subring_shm::echo::EchoOp(rng.below(7) as u32),
                 reserved: 0,
                 buf: BufHandle {
                     offset: rng.nasty(),

@@ -331,7 +331,7 @@ fn socket_paths_in_use_and_missing_are_clear_errors() {
 
 #[test]
 fn extra_regions_register_and_resolve() {
-    use subring_shm::echo::op;
+    use subring_shm::echo::{EchoOp, EchoStatus};
     use subring_shm::{BufHandle, Region, RegionOptions};
     let at = |region: u32, offset: u64, len: u32| BufHandle {
         offset,
@@ -351,26 +351,26 @@ fn extra_regions_register_and_resolve() {
         &mut client,
         EchoReq {
             seq: 1,
-            op: op::SUM,
+            op: EchoOp::SUM,
             reserved: 0,
             buf: h,
         },
     )
     .unwrap();
-    assert_eq!(r.status, 0);
+    assert_eq!(r.status, EchoStatus::OK);
     assert_eq!(r.sum, echo::checksum(bytes));
     // Past its end: refused.
     let r = call(
         &mut client,
         EchoReq {
             seq: 2,
-            op: op::SUM,
+            op: EchoOp::SUM,
             reserved: 0,
             buf: at(5, 8190, 16),
         },
     )
     .unwrap();
-    assert_eq!(r.status, echo::status::BAD_HANDLE);
+    assert_eq!(r.status, echo::EchoStatus::BAD_HANDLE);
     // A second region is over this server's limit; a duplicate id or an anonymous region is
     // refused on the client side.
     let second =
@@ -410,11 +410,11 @@ fn a_server_that_exits_when_empty_returns_once_its_client_leaves() {
             Client::<EchoReq, EchoResp>::from_socket(client_end, &options(mode)).unwrap();
         let req = EchoReq {
             seq: 1,
-            op: echo::op::PING,
+            op: echo::EchoOp::PING,
             ..EchoReq::default()
         };
         let resp = call(&mut client, req).unwrap();
-        assert_eq!((resp.seq, resp.status), (1, echo::status::OK));
+        assert_eq!((resp.seq, resp.status), (1, echo::EchoStatus::OK));
         // Still serving while the client is connected.
         assert!(done_rx.recv_timeout(Duration::from_millis(50)).is_err());
         drop(client);
@@ -456,7 +456,7 @@ fn a_futex_sleeping_server_watches_its_sockets() {
             let rung = client.doorbell_stats().rung;
             let req = EchoReq {
                 seq: 7,
-                op: echo::op::PING,
+                op: echo::EchoOp::PING,
                 ..EchoReq::default()
             };
             assert_eq!(call(&mut client, req).unwrap().seq, 7);

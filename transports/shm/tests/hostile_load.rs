@@ -28,7 +28,7 @@ fn worst_round_trip(path: &std::path::Path, span: Duration) -> Duration {
             &mut client,
             EchoReq {
                 seq,
-                op: echo::op::PING,
+                op: echo::EchoOp::PING,
                 ..EchoReq::default()
             },
         )
@@ -225,7 +225,7 @@ fn expensive_requests_do_not_starve_other_clients() {
             client.register_region(region).unwrap();
             let sum = |k: u64, len: u32| EchoReq {
                 seq: k,
-                op: echo::op::SUM,
+                op: echo::EchoOp::SUM,
                 reserved: 0,
                 buf: BufHandle {
                     offset: (k % 15) << 20,
@@ -235,7 +235,7 @@ fn expensive_requests_do_not_starve_other_clients() {
             };
             // Over the per-request bound: refused.
             let r = call(&mut client, sum(0, echo::MAX_PAYLOAD + 1)).unwrap();
-            assert_eq!(r.status, echo::status::TOO_LONG);
+            assert_eq!(r.status, echo::EchoStatus::TOO_LONG);
             let mut done = 0u64;
             let mut k = 1u64;
             while !stop.load(Relaxed) {
@@ -245,7 +245,7 @@ fn expensive_requests_do_not_starve_other_clients() {
                 client.submit().unwrap();
                 client.wait(Some(WAIT)).unwrap();
                 while let Some(r) = client.reap().unwrap() {
-                    assert_eq!(r.status, echo::status::OK);
+                    assert_eq!(r.status, echo::EchoStatus::OK);
                     done += 1;
                 }
             }

@@ -177,7 +177,7 @@ fn one_server(path: &std::path::Path, mode: NotifyMode, rng: &mut Rng, tally: &m
             seq += 1;
             let req = EchoReq {
                 seq,
-                op: echo::op::SUM,
+                op: echo::EchoOp::SUM,
                 reserved: 0,
                 buf: buf.lend(),
             };

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use subring_shm::echo::{self, op, status, EchoReq, ECHO_PROTOCOL};
+use subring_shm::echo::{self, EchoOp, EchoReq, EchoStatus, ECHO_PROTOCOL};
 use subring_shm::queue::{Completer, QueueError, Submitter};
 use subring_shm::{BufHandle, NotifyMode, Server, ServerConfig, ServerSleep};
 use support::*;
@@ -294,7 +294,7 @@ fn bad_handles_get_an_error_reply_and_the_server_goes_on() {
         }, // overflowing
     ];
     for (i, buf) in bad.into_iter().enumerate() {
-        for op in [op::SUM, op::UPPER] {
+        for op in [EchoOp::SUM, EchoOp::UPPER] {
             let r = call(
                 &mut client,
                 EchoReq {
@@ -305,19 +305,19 @@ fn bad_handles_get_an_error_reply_and_the_server_goes_on() {
                 },
             )
             .unwrap();
-            assert_eq!(r.status, status::BAD_HANDLE, "handle {buf:?} op {op}");
+            assert_eq!(r.status, EchoStatus::BAD_HANDLE, "handle {buf:?} op {op:?}");
             assert_eq!(r.seq, i as u64);
         }
     }
     let r = call(
         &mut client,
         EchoReq {
-            op: 99,
+            op: EchoOp(99),
             ..EchoReq::default()
         },
     )
     .unwrap();
-    assert_eq!(r.status, status::BAD_OP);
+    assert_eq!(r.status, EchoStatus::BAD_OP);
     echo_many(&mut client, 200, 8, 100);
 }
 
@@ -346,7 +346,7 @@ fn sequence_checked_messages_in_every_mode() {
                 while sent < n && sent - next < 32 {
                     let req = EchoReq {
                         seq: sent,
-                        op: op::PING,
+                        op: EchoOp::PING,
                         ..EchoReq::default()
                     };
                     if client.push(req).is_err() {
@@ -361,7 +361,7 @@ fn sequence_checked_messages_in_every_mode() {
                     client.reap_into(&mut out, 64).unwrap();
                 }
                 for r in &out {
-                    assert_eq!(r.status, status::OK);
+                    assert_eq!(r.status, EchoStatus::OK);
                     assert_eq!(
                         r.seq, next,
                         "{sleep:?}/{mode}: answer {} where {next} was due (lost, duplicated \
@@ -457,7 +457,7 @@ fn random_kills_are_seen_promptly() {
                         &mut client,
                         EchoReq {
                             seq,
-                            op: op::PING,
+                            op: EchoOp::PING,
                             ..EchoReq::default()
                         },
                     );

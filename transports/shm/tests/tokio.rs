@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use subring_shm::echo::{self, op, status, EchoReq, EchoResp, ECHO_PROTOCOL};
+use subring_shm::echo::{self, EchoOp, EchoReq, EchoResp, EchoStatus, ECHO_PROTOCOL};
 use subring_shm::queue::QueueError;
 use subring_shm::tokio::AsyncClient;
 use subring_shm::{ClientOptions, Error, NotifyMode, Server, ServerConfig};
@@ -47,13 +47,13 @@ fn async_round_trips_in_a_tokio_runtime() {
             let answer = client
                 .call(EchoReq {
                     seq,
-                    op: op::UPPER,
+                    op: EchoOp::UPPER,
                     reserved: 0,
                     buf: buf.lend(),
                 })
                 .await
                 .unwrap();
-            assert_eq!((answer.seq, answer.status), (seq, status::OK));
+            assert_eq!((answer.seq, answer.status), (seq, EchoStatus::OK));
             assert_eq!(answer.sum, echo::checksum(b"async payload"));
             let back = client.client().reclaim(answer.buf).unwrap();
             assert_eq!(back.to_vec(), b"ASYNC PAYLOAD");
@@ -83,7 +83,7 @@ fn a_dropped_wait_loses_nothing_and_leaks_nothing() {
             client
                 .send(EchoReq {
                     seq: round,
-                    op: op::SUM,
+                    op: EchoOp::SUM,
                     reserved: 0,
                     buf: buf.lend(),
                 })

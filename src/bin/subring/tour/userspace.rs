@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use subring::queue::{Completer, Submitter};
-use subring::shm::echo::{self, op, status, EchoReq, EchoResp, ECHO_PROTOCOL};
+use subring::shm::echo::{self, EchoOp, EchoReq, EchoResp, EchoStatus, ECHO_PROTOCOL};
 use subring::shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
 
 use super::*;
@@ -236,7 +236,7 @@ fn round_trip(client: &mut Client<EchoReq, EchoResp>, seq: u64) -> Result<(), Er
     buf.fill_from(&data);
     let req = EchoReq {
         seq,
-        op: op::TOUCH,
+        op: EchoOp::TOUCH,
         reserved: 0,
         buf: buf.lend(),
     };
@@ -245,7 +245,7 @@ fn round_trip(client: &mut Client<EchoReq, EchoResp>, seq: u64) -> Result<(), Er
     loop {
         if let Some(r) = client.reap()? {
             drop(client.reclaim(r.buf)?);
-            if r.seq != seq || r.status != status::OK || r.value != expect {
+            if r.seq != seq || r.status != EchoStatus::OK || r.value != expect {
                 return Err(format!("bad answer {r:?} to request {seq}").into());
             }
             return Ok(());
@@ -268,7 +268,7 @@ fn pipelined(client: &mut Client<EchoReq, EchoResp>) -> Result<(), Error> {
             buf.fill_from(&data);
             let req = EchoReq {
                 seq: sent,
-                op: op::TOUCH,
+                op: EchoOp::TOUCH,
                 reserved: 0,
                 buf: buf.lend(),
             };
@@ -282,7 +282,7 @@ fn pipelined(client: &mut Client<EchoReq, EchoResp>) -> Result<(), Error> {
         for r in &out {
             drop(client.reclaim(r.buf)?);
             let want = expect[(r.seq % slots) as usize];
-            if r.status != status::OK || r.value != want {
+            if r.status != EchoStatus::OK || r.value != want {
                 return Err(format!("bad answer {r:?}").into());
             }
             done += 1;

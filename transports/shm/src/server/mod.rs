@@ -146,6 +146,35 @@ impl<S: Pod + Send, C: Pod + Send, H: Handler<S, C> + Send + 'static> Server<S, 
     }
 }
 
+impl<S, C, F> Server<S, C, PerClient<F>>
+where
+    S: Pod + Send,
+    C: Pod + Send,
+    F: FnMut(&mut Ctx<'_, C>, S) + Clone + Send + 'static,
+{
+    /// A server whose every client is served by a clone of `handler` (a closure whose
+    /// argument types are inferred), with no listening socket.
+    ///
+    /// ```
+    /// # use subring_shm::{Server, ServerConfig};
+    /// let server = Server::from_fn(ServerConfig::new("inc/1"), |ctx, x: u64| ctx.complete(x + 1))?;
+    /// # let _: Server<u64, u64, _> = server;
+    /// # Ok::<(), subring_shm::Error>(())
+    /// ```
+    pub fn from_fn(config: ServerConfig, handler: F) -> Result<Self, Error> {
+        Self::new(config, move |_| handler.clone())
+    }
+
+    /// A server listening at `path` whose every client is served by a clone of `handler`.
+    pub fn bind_fn(
+        path: impl AsRef<Path>,
+        config: ServerConfig,
+        handler: F,
+    ) -> Result<Self, Error> {
+        Self::bind(path, config, move |_| handler.clone())
+    }
+}
+
 impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     /// A server of `service` with no listening socket: clients arrive through
     /// [`add_connection`](Self::add_connection).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use subring_shm::echo::ECHO_PROTOCOL;
-use subring_shm::echo::{self, checksum, op, status, EchoReq, EchoResp};
+use subring_shm::echo::{self, checksum, EchoOp, EchoReq, EchoResp, EchoStatus};
 use subring_shm::proto::{self, EntryShape, Hello, ServerMsg, WireMode};
 use subring_shm::queue::{Completer, QueueError, Submitter};
 use subring_shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
@@ -142,7 +142,7 @@ pub fn echo_many(client: &mut Client<EchoReq, EchoResp>, count: u64, depth: u64,
             buf.fill_from(&data);
             let req = EchoReq {
                 seq: sent,
-                op: op::UPPER,
+                op: EchoOp::UPPER,
                 reserved: 0,
                 buf: buf.lend(),
             };
@@ -152,7 +152,7 @@ pub fn echo_many(client: &mut Client<EchoReq, EchoResp>, count: u64, depth: u64,
         client.submit().expect("submit");
         client.wait(Some(WAIT)).expect("wait for echo");
         while let Some(resp) = client.reap().expect("reap") {
-            assert_eq!(resp.status, status::OK, "echo {} failed", resp.seq);
+            assert_eq!(resp.status, EchoStatus::OK, "echo {} failed", resp.seq);
             let want = expected
                 .remove(&resp.seq)
                 .expect("an answer to a request we sent");
@@ -189,7 +189,7 @@ pub fn stats(client: &mut Client<EchoReq, EchoResp>) -> (u32, u64) {
     let r = call(
         client,
         EchoReq {
-            op: op::STATS,
+            op: EchoOp::STATS,
             ..EchoReq::default()
         },
     )

@@ -1,0 +1,9 @@
+//! The suite's scenarios, each generic over a [`Transport`](super::Transport).
+
+mod order;
+mod shutdown;
+mod waits;
+
+pub(crate) use order::{back_pressure, batch_submit_and_reap, ordering, push_slice_partial};
+pub(crate) use shutdown::clean_shutdown;
+pub(crate) use waits::{timeouts, wake_ups};
