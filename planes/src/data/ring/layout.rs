@@ -1,0 +1,296 @@
+//! Where a ring sits in its region, and creating or attaching to one there.
+
+use super::*;
+
+/// Where a ring sits and how big it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingLayout {
+    /// Bytes from the ring's start to its first slot.
+    pub slots_offset: usize,
+    /// Total bytes the ring occupies.
+    pub size: usize,
+    /// Alignment the ring's start offset needs.
+    pub align: usize,
+    /// Number of entries.
+    pub capacity: u32,
+}
+
+impl RingLayout {
+    /// The layout of a ring of `capacity` entries of `T`.
+    pub fn of<T: Pod>(capacity: u32) -> Result<Self, RingError> {
+        if capacity == 0 || capacity > MAX_CAPACITY || !capacity.is_power_of_two() {
+            return Err(RingError::InvalidCapacity(capacity.into()));
+        }
+        if size_of::<T>() == 0
+            || u32::try_from(size_of::<T>()).is_err()
+            || u32::try_from(RingPtrs::<T>::STRIDE).is_err()
+        {
+            return Err(RingError::InvalidEntry {
+                size: size_of::<T>(),
+            });
+        }
+        let align = align_of::<RingHeader>().max(align_of::<Stamped<T>>());
+        let slots_offset = size_of::<RingHeader>().next_multiple_of(align_of::<Stamped<T>>());
+        let size = RingPtrs::<T>::STRIDE
+            .checked_mul(capacity as usize)
+            .and_then(|s| s.checked_add(slots_offset))
+            .ok_or(RingError::InvalidCapacity(capacity.into()))?;
+        Ok(RingLayout {
+            slots_offset,
+            size,
+            align,
+            capacity,
+        })
+    }
+}
+
+/// A ring laid out in a region, before it is split into its [`Producer`] and [`Consumer`].
+///
+/// # Examples
+/// Between two threads:
+/// ```
+/// use subring_planes::data::Ring;
+/// let (mut tx, mut rx) = Ring::<u64>::with_capacity(8)?;
+/// tx.push(7).unwrap();
+/// assert_eq!(rx.pop()?, Some(7));
+/// assert_eq!(rx.pop()?, None);
+/// # Ok::<(), subring_planes::data::RingError>(())
+/// ```
+pub struct Ring<T> {
+    ptrs: RingPtrs<T>,
+    head: u32,
+    tail: u32,
+    _entry: PhantomData<T>,
+}
+
+impl<T> fmt::Debug for Ring<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("capacity", &self.ptrs.mask.wrapping_add(1))
+            .field("head", &self.head)
+            .field("tail", &self.tail)
+            .finish()
+    }
+}
+
+impl<T: Pod> Ring<T> {
+    /// A ring of `capacity` entries in a fresh anonymous region, split into its halves: the
+    /// quick way to get a ring between two threads.
+    pub fn with_capacity(capacity: u32) -> Result<(Producer<T>, Consumer<T>), RingError> {
+        let layout = RingLayout::of::<T>(capacity)?;
+        let region = Arc::new(Region::anonymous(layout.size, RegionOptions::new())?);
+        Self::create(region, 0, capacity)?.split()
+    }
+
+    fn locate(
+        region: &Arc<Region>,
+        offset: usize,
+        capacity: u32,
+    ) -> Result<RingPtrs<T>, RingError> {
+        let layout = RingLayout::of::<T>(capacity)?;
+        if offset % layout.align != 0 {
+            return Err(RegionError::Misaligned {
+                offset,
+                align: layout.align,
+            }
+            .into());
+        }
+        let header = region.ptr_at::<RingHeader>(offset, layout.size)?;
+        let slots = region
+            .ptr_at::<Stamped<T>>(
+                offset + layout.slots_offset,
+                layout.size - layout.slots_offset,
+            )?
+            .cast::<u8>();
+        Ok(RingPtrs {
+            region: region.clone(),
+            header,
+            slots,
+            _slots: PhantomData,
+            mask: capacity - 1,
+            // The whole ring, header included: its producer and consumer claim it, so that no
+            // other structure of this process (a buffer pool a peer placed there) can alias
+            // the header's atomic words or the slots.
+            slot_range: offset..offset + layout.size,
+        })
+    }
+
+    /// Writes a fresh, empty ring of `capacity` entries at `offset` in `region`.
+    ///
+    /// The range must not overlap anything else live in the region (another ring, a buffer
+    /// pool); [`RingLayout::of`] gives its size and alignment.
+    pub fn create(region: Arc<Region>, offset: usize, capacity: u32) -> Result<Self, RingError> {
+        Self::create_at_index(region, offset, capacity, 0)
+    }
+
+    /// [`create`](Self::create), with both indices starting at `start` instead of 0: for tests
+    /// of index wrap-around.
+    #[doc(hidden)]
+    pub fn create_at_index(
+        region: Arc<Region>,
+        offset: usize,
+        capacity: u32,
+        start: u32,
+    ) -> Result<Self, RingError> {
+        let ptrs = Self::locate(&region, offset, capacity)?;
+        // The stamp each slot holds before its first use: that of the lap before `start`.
+        let first_stamps = (0..capacity).map(|k| {
+            let index = start.wrapping_add(k);
+            (index, stamp_of(index.wrapping_sub(capacity)))
+        });
+        #[cfg(loom)]
+        // SAFETY: loom's atomics and cells must be constructed, not reinterpreted from zeroed
+        // memory; the range was bounds-checked, and in a loom model nothing else uses it yet.
+        unsafe {
+            ptrs.header.as_ptr().write(RingHeader {
+                config: CacheLine(RingConfig {
+                    magic: AtomicU32::new(0),
+                    version: AtomicU32::new(0),
+                    capacity: AtomicU32::new(0),
+                    entry_size: AtomicU32::new(0),
+                    entry_align: AtomicU32::new(0),
+                    slot_stride: AtomicU32::new(0),
+                }),
+                tail: CacheLine(AtomicU32::new(0)),
+                head: CacheLine(AtomicU32::new(0)),
+                consumer_wake: CacheLine(WakeWord::new()),
+                producer_wake: CacheLine(WakeWord::new()),
+            });
+            for (index, stamp) in first_stamps.clone() {
+                let slot = ptrs.slot(index).cast_mut();
+                (&raw mut (*slot).stamp).write(AtomicU32::new(stamp));
+                Slot::init(&raw mut (*slot).value, T::zeroed());
+            }
+        }
+        // Under std the header is reached as atomics in mapped memory (any bit pattern is a valid
+        // atomic integer), so creation is a sequence of atomic stores: even a buggy second
+        // `create` over a live ring is a protocol error, not a data race.
+        let h = ptrs.header();
+        h.config.magic.store(0, Relaxed);
+        h.tail.store(start, Relaxed);
+        h.head.store(start, Relaxed);
+        #[cfg(not(loom))]
+        for (index, stamp) in first_stamps {
+            ptrs.stamp(index).store(stamp, Relaxed);
+        }
+        h.consumer_wake.reset();
+        h.producer_wake.reset();
+        h.config.version.store(RING_LAYOUT_VERSION, Relaxed);
+        h.config.capacity.store(capacity, Relaxed);
+        h.config.entry_size.store(size_of::<T>() as u32, Relaxed);
+        h.config.entry_align.store(align_of::<T>() as u32, Relaxed);
+        h.config
+            .slot_stride
+            .store(RingPtrs::<T>::STRIDE as u32, Relaxed);
+        // SYNC POINT (ring-init): Release pairs with the Acquire load of `magic` in `attach`, so a
+        // thread that attaches sees the whole header initialised.
+        h.config.magic.store(RING_MAGIC, Release);
+        Ok(Ring {
+            ptrs,
+            head: start,
+            tail: start,
+            _entry: PhantomData,
+        })
+    }
+
+    /// Attaches to a ring that another thread or process created at `offset` in `region`,
+    /// checking that its header describes a ring of `capacity` entries of `T` in this layout
+    /// version, and that its indices are consistent.
+    ///
+    /// The producer half continues from the published `tail`, the consumer half from `head`
+    /// (it finds what is published by the stamps). Attach a new producer only to a ring whose
+    /// previous producer finished its last publish: one that died between stamping slots and
+    /// storing `tail` leaves stamps past `tail`, and then either the attach fails (the consumer
+    /// released entries past `tail`) or the new producer overwrites entries the consumer has
+    /// already seen as published.
+    pub fn attach(region: Arc<Region>, offset: usize, capacity: u32) -> Result<Self, RingError> {
+        let ptrs = Self::locate(&region, offset, capacity)?;
+        let h = ptrs.header();
+        let mismatch = |field, found: u32, expected: u32| RingError::HeaderMismatch {
+            offset,
+            field,
+            found: found.into(),
+            expected: expected.into(),
+        };
+        // SYNC POINT (ring-init): Acquire pairs with the Release store of `magic` in `create`.
+        let magic = h.config.magic.load(Acquire);
+        if magic != RING_MAGIC {
+            return Err(mismatch("magic", magic, RING_MAGIC));
+        }
+        let checks = [
+            ("layout version", &h.config.version, RING_LAYOUT_VERSION),
+            ("capacity", &h.config.capacity, capacity),
+            ("entry size", &h.config.entry_size, size_of::<T>() as u32),
+            (
+                "entry alignment",
+                &h.config.entry_align,
+                align_of::<T>() as u32,
+            ),
+            (
+                "slot stride",
+                &h.config.slot_stride,
+                RingPtrs::<T>::STRIDE as u32,
+            ),
+        ];
+        for (field, word, expected) in checks {
+            let found = word.load(Relaxed);
+            if found != expected {
+                return Err(mismatch(field, found, expected));
+            }
+        }
+        let head = h.head.load(Acquire);
+        let tail = h.tail.load(Acquire);
+        if tail.wrapping_sub(head) > capacity {
+            return Err(CorruptIndex {
+                field: IndexField::Tail,
+                found: tail,
+                low: head,
+                high: head.wrapping_add(capacity),
+                capacity,
+            }
+            .into());
+        }
+        Ok(Ring {
+            ptrs,
+            head,
+            tail,
+            _entry: PhantomData,
+        })
+    }
+
+    /// Number of entries the ring holds.
+    pub fn capacity(&self) -> u32 {
+        self.ptrs.capacity()
+    }
+
+    /// Both halves, for use in this process (typically on two threads).
+    ///
+    /// Fails with [`RegionError::InUse`] if this process already has a producer or consumer
+    /// of this ring (each side is single: a second one would race on the slots).
+    pub fn split(self) -> Result<(Producer<T>, Consumer<T>), RingError> {
+        let other = RingPtrs {
+            region: self.ptrs.region.clone(),
+            header: self.ptrs.header,
+            slots: self.ptrs.slots,
+            _slots: PhantomData,
+            mask: self.ptrs.mask,
+            slot_range: self.ptrs.slot_range.clone(),
+        };
+        let (head, tail) = (self.head, self.tail);
+        let producer = Producer::new(self.ptrs, head, tail)?;
+        let consumer = Consumer::new(other, head)?;
+        Ok((producer, consumer))
+    }
+
+    /// The producing half only (the consumer lives in another process). Fails with
+    /// [`RegionError::InUse`] if this process already has a producer of this ring.
+    pub fn into_producer(self) -> Result<Producer<T>, RingError> {
+        Producer::new(self.ptrs, self.head, self.tail)
+    }
+
+    /// The consuming half only (the producer lives in another process). Fails with
+    /// [`RegionError::InUse`] if this process already has a consumer of this ring.
+    pub fn into_consumer(self) -> Result<Consumer<T>, RingError> {
+        Consumer::new(self.ptrs, self.head)
+    }
+}
