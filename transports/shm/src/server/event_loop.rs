@@ -1,0 +1,317 @@
+//! The event loop: one turn serves every client a bounded batch, polls the service, and
+//! sleeps (in epoll or on the clients' futex words) when nobody has work.
+
+use super::*;
+
+impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
+    #[inline(always)]
+    pub(super) fn turn(&mut self) -> Result<(), Error> {
+        self.turn_bounded(None).map(drop)
+    }
+
+    /// One turn: serve what is ready; when nothing was, keep polling (spin clients, or within
+    /// the adaptive window) or arm every ring and sleep in epoll. Returns whether it slept.
+    #[inline(always)]
+    pub(super) fn turn_bounded(&mut self, until: Option<Instant>) -> Result<bool, Error> {
+        self.turns += 1;
+        let mut work = self.serve_all();
+        work += self.poll_service();
+        if !self.departing.is_empty() {
+            self.retire_departed();
+        }
+        if work > 0 {
+            if self.idle_since.take().is_some() {
+                self.window.hit();
+            }
+            self.idle_turns = 0;
+            // Sockets are looked at every few thousand turns (a look is a system call, and a
+            // turn of cheap requests is short), and after every long turn (one where a client
+            // spent its byte budget): new clients and control messages must not wait behind
+            // thousands of expensive turns.
+            if self.turns % EVENT_CHECK_EVERY == 0 || std::mem::take(&mut self.heavy_turn) {
+                self.poll_events(Some(Duration::ZERO))?;
+            }
+            self.take_control_events()?;
+            return Ok(false);
+        }
+        self.idle_turns += 1;
+        if self.keep_polling() {
+            std::hint::spin_loop();
+            if self.idle_turns % EVENT_CHECK_EVERY == 0 {
+                self.poll_events(Some(Duration::ZERO))?;
+            }
+            self.take_control_events()?;
+            return Ok(false);
+        }
+        if self.idle_since.take().is_some() {
+            self.window.miss();
+        }
+        // The last client may have left during this turn: a server that exits when empty must
+        // not go to sleep with nothing left to wake it.
+        if self.config.exit_when_empty && self.is_empty_after_use() {
+            return Ok(false);
+        }
+        if self.arm_all() || self.service.before_sleep() {
+            self.disarm_all();
+            return Ok(false);
+        }
+        let mut timeout = self.sleep_limit();
+        if let Some(until) = until {
+            let left = until.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
+        self.stats.sleeps += 1;
+        let slept = self.sleep(timeout);
+        self.disarm_all();
+        self.idle_turns = 0;
+        slept.map(|()| true)
+    }
+
+    /// Sleeps (every ring armed) in epoll, or with [`ServerSleep::Futex`] on the clients' kick
+    /// words, until a kick, an event or `timeout`.
+    #[inline(always)]
+    pub(super) fn sleep(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        let Some(futex) = &mut self.futex else {
+            return self.poll_events(timeout);
+        };
+        let io = |source| Error::Io {
+            op: "sleeping on the clients' kick words",
+            source,
+        };
+        if std::mem::take(&mut self.kick_words_changed) {
+            let words = self
+                .conns
+                .iter()
+                .filter_map(|c| match &c.state {
+                    State::Active(a) => a.kick_word.clone(),
+                    State::Handshake { .. } => None,
+                })
+                .collect();
+            futex.set_words(words).map_err(io)?;
+        }
+        if futex.sleep(timeout).map_err(io)? {
+            self.take_control_events()
+        } else {
+            self.expire_handshakes();
+            Ok(())
+        }
+    }
+
+    /// With [`ServerSleep::Futex`]: if the control thread says the epoll set has events, takes
+    /// them (a non-blocking `epoll_wait`) and lets it poll again.
+    pub(super) fn take_control_events(&mut self) -> Result<(), Error> {
+        if !self.futex.as_ref().is_some_and(FutexSleep::pending) {
+            return Ok(());
+        }
+        self.poll_events(Some(Duration::ZERO))?;
+        if let Some(futex) = &self.futex {
+            futex.take().map_err(|source| Error::Io {
+                op: "the server's control thread",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn keep_polling(&mut self) -> bool {
+        if self.spin_clients > 0 {
+            return true;
+        }
+        if self.adaptive_clients == 0 {
+            return false;
+        }
+        // The window is time, but the clock is read only every few idle turns.
+        if self.idle_since.is_some() && self.idle_turns % CLOCK_EVERY as u64 != 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let since = *self.idle_since.get_or_insert(now);
+        let window = if self.idle_turns == 1 {
+            self.window.current()
+        } else {
+            self.window
+                .now_ns
+                .max(WINDOW_MIN_NS.min(self.window.max_ns))
+        };
+        (now.duration_since(since).as_nanos() as u64) < window
+    }
+
+    /// How long the server may sleep: until the nearest handshake deadline, and briefly while
+    /// a client's completion ring is full (the client does not ring when it makes room).
+    pub(super) fn sleep_limit(&self) -> Option<Duration> {
+        // The clock is read only if a handshake is pending: a served client's round trip
+        // should not pay for a clock read (tens of ns in a VM) on its way to the sleep.
+        let mut now = None;
+        let mut limit: Option<Duration> = None;
+        let mut tighten = |d: Duration| limit = Some(limit.map_or(d, |l| l.min(d)));
+        for c in &self.conns {
+            match &c.state {
+                State::Handshake { deadline } => tighten(
+                    deadline.saturating_duration_since(*now.get_or_insert_with(Instant::now)),
+                ),
+                State::Active(a) if a.blocked => tighten(Duration::from_millis(1)),
+                State::Active(_) => {}
+            }
+        }
+        limit
+    }
+
+    pub(super) fn serve_all(&mut self) -> u32 {
+        let limits = Limits {
+            batch: self.config.batch,
+            max_deferred: self.config.max_deferred,
+            turn_bytes: self.config.turn_bytes,
+        };
+        let mut work = 0;
+        let mut requests = 0u64;
+        let mut i = 0;
+        while i < self.conns.len() {
+            let outcome = match &mut self.conns[i].state {
+                State::Active(a) => a.serve(&mut self.service, &mut self.scratch, limits),
+                State::Handshake { .. } => Ok(Outcome::Served {
+                    taken: 0,
+                    deferred: 0,
+                    staged: 0,
+                }),
+            };
+            match outcome {
+                Ok(Outcome::Served {
+                    taken,
+                    deferred,
+                    staged,
+                }) => {
+                    if let State::Active(a) = &self.conns[i].state {
+                        // A client whose batch was cut short by its byte budget made this a
+                        // long turn: look at the sockets after it (see `turn_bounded`).
+                        self.heavy_turn |= !a.carry.is_empty();
+                    }
+                    work += taken + staged;
+                    requests += u64::from(taken);
+                    self.stats.deferred += u64::from(deferred);
+                    i += 1;
+                }
+                Ok(Outcome::Finished) => self.release(i, None),
+                Err(e) => self.release(i, Some(format!("queue pair failed: {e}"))),
+            }
+        }
+        self.stats.requests += requests;
+        work
+    }
+
+    /// Announces sleep on every ring that can wake us; `true` if one already has work.
+    pub(super) fn arm_all(&mut self) -> bool {
+        let mut ready = false;
+        let mut i = 0;
+        while i < self.conns.len() {
+            if let State::Active(a) = &mut self.conns[i].state {
+                // A client at its deferred limit is not served until the service answers (and
+                // the service's own sources wake the server for that): its waiting requests
+                // must not keep the server awake.
+                if a.at_deferred_limit(self.config.max_deferred) {
+                    i += 1;
+                    continue;
+                }
+                if !a.carry.is_empty() {
+                    ready = true;
+                }
+                match a.service.arm() {
+                    Ok(true) => ready = true,
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.release(i, Some(format!("queue pair failed: {e}")));
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        ready
+    }
+
+    pub(super) fn disarm_all(&mut self) {
+        for c in &mut self.conns {
+            if let State::Active(a) = &mut c.state {
+                // The kick eventfds are registered edge-triggered: no drain (a `read` per
+                // wake-up) is needed for the next kick to report them again.
+                a.service.disarm_edge_triggered();
+            }
+        }
+    }
+
+    pub(super) fn poll_events(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        let n = match self.epoll.wait(&mut self.events, millis(timeout)) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(os("epoll_wait")(e)),
+        };
+        for k in 0..n {
+            let ev = self.events[k];
+            match ev.data() {
+                LISTENER => self.accept_all()?,
+                STOP => {
+                    let _ = self.stop.read();
+                    self.stopping = true;
+                }
+                SOURCE => {} // a service's source: `Service::poll` runs on every turn.
+                token if token % 2 == 0 => self.on_socket(token / 2, ev.events()),
+                _ => {} // a kick eventfd: `disarm_all` drains it, the next turn serves.
+            }
+        }
+        self.expire_handshakes();
+        Ok(())
+    }
+
+    /// Lets the service advance its own work and complete deferred requests; publishes what it
+    /// completed.
+    #[inline(always)]
+    pub(super) fn poll_service(&mut self) -> u32 {
+        let mut table = Table {
+            conns: &mut self.conns,
+            hint: 0,
+        };
+        let mut completions = Completions {
+            route: &mut table,
+            delivered: 0,
+            discarded: 0,
+        };
+        let work = self.service.poll(&mut completions);
+        let (delivered, discarded) = (completions.delivered, completions.discarded);
+        self.stats.discarded += discarded;
+        if delivered > 0 {
+            self.flush_completed();
+        }
+        work
+    }
+
+    /// Publishes the completions a service's poll staged (one publish and at most one wake-up
+    /// per client, however many it completed).
+    pub(super) fn flush_completed(&mut self) {
+        let mut i = 0;
+        while i < self.conns.len() {
+            if let State::Active(a) = &mut self.conns[i].state {
+                if std::mem::take(&mut a.unflushed) {
+                    if let Err(e) = a.service.flush() {
+                        self.release(i, Some(format!("queue pair failed: {e}")));
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// Forgets departed clients whose deferred requests have all been answered or dropped,
+    /// counting the dropped ones.
+    pub(crate) fn retire_departed(&mut self) {
+        let mut i = 0;
+        while i < self.departing.len() {
+            if Ledger::unanswered(&self.departing[i]) == 0 {
+                // Pairs with the Release in `Pending::drop`: the count read below is final.
+                fence(Acquire);
+                self.stats.abandoned += self.departing.swap_remove(i).abandoned();
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
