@@ -1,0 +1,322 @@
+//! Building raw submission entries from [`Op`]s, and turning completions back into
+//! [`Output`]s: the one place entries are built.
+
+use super::*;
+
+/// Memory that an in-flight operation's entry points into, besides the `Op` itself. The
+/// contents are never read back here (except `Statx`): they are held so the kernel can use them.
+#[derive(Debug, Default)]
+#[allow(dead_code)]
+pub(crate) enum Aux {
+    #[default]
+    None,
+    Iovecs(Vec<libc::iovec>),
+    Timespec(Box<types::Timespec>),
+    Statx(Box<libc::statx>),
+    SockAddr(Box<(libc::sockaddr_storage, libc::socklen_t)>),
+}
+
+// SAFETY: the iovecs point into the `Op`'s own buffers, which travel with them; nothing here is
+// shared with another thread.
+unsafe impl Send for Aux {}
+
+fn timespec(d: Duration) -> Box<types::Timespec> {
+    Box::new(
+        types::Timespec::new()
+            .sec(d.as_secs())
+            .nsec(d.subsec_nanos()),
+    )
+}
+
+fn sockaddr(addr: &SocketAddr) -> Box<(libc::sockaddr_storage, libc::socklen_t)> {
+    let addr = nix::sys::socket::SockaddrStorage::from(*addr);
+    use nix::sys::socket::SockaddrLike;
+    // SAFETY: `sockaddr_storage` is plain old data; all zeroes is a valid (empty) value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = addr.len();
+    // SAFETY: `addr.as_ptr()` points to `len` valid bytes of a socket address, and
+    // `sockaddr_storage` is large enough for any address (`len <= size_of`).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            addr.as_ptr().cast::<u8>(),
+            (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+            (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>()),
+        );
+    }
+    Box::new((storage, len))
+}
+
+fn iovecs(bufs: &mut [Vec<u8>]) -> Vec<libc::iovec> {
+    bufs.iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect()
+}
+
+fn len32(len: usize) -> u32 {
+    len.min(u32::MAX as usize) as u32
+}
+
+/// A resolved fixed buffer: where the kernel should read or write.
+pub(crate) struct FixedAddr {
+    pub ptr: *mut u8,
+    pub len: u32,
+    pub index: u16,
+    /// The registered region's key.
+    pub key: u32,
+}
+
+/// What the ring adds to every entry: its `user_data`, its link flags, and what the operation
+/// needs from the ring (a resolved fixed buffer; the `user_data` a cancel targets).
+pub(crate) struct Finish {
+    pub user_data: u64,
+    pub flags: squeue::Flags,
+    pub fixed: Option<FixedAddr>,
+    pub cancel_target: u64,
+}
+
+impl Finish {
+    #[inline(always)]
+    fn apply(&self, entry: squeue::Entry) -> squeue::Entry {
+        let entry = entry.user_data(self.user_data);
+        // Unlinked entries (the common case) are left alone: setting the flags byte of an
+        // entry in memory and then copying it as whole words is a store-forwarding stall.
+        if self.flags.is_empty() {
+            entry
+        } else {
+            entry.flags(self.flags)
+        }
+    }
+}
+
+/// Builds the entry for `op` and hands it to `emit` (which queues it), recording in `aux` any
+/// memory the entry points to beside `op`'s own fields.
+///
+/// Each operation calls `emit` on its own, just-built entry. Building into one shared entry
+/// and copying it into the queue afterwards made the compiler keep the entry on the stack,
+/// written field by field and read back as whole words: a store-forwarding stall per push.
+/// This way the fields can be stored straight into the submission queue.
+#[inline(always)]
+pub(crate) fn build<R>(
+    op: &mut Op,
+    aux: &mut Aux,
+    fin: &Finish,
+    emit: impl FnOnce(&squeue::Entry) -> R,
+) -> R {
+    let out = |entry: squeue::Entry| emit(&fin.apply(entry));
+    macro_rules! fd {
+        ($t:expr, $b:expr) => {
+            match $t {
+                Target::Fd(fd) => out($b(types::Fd(fd.raw()))),
+                Target::Fixed(i) => out($b(types::Fixed(*i))),
+            }
+        };
+    }
+    let at = |dir: &Option<SharedFd>| types::Fd(dir.as_ref().map_or(libc::AT_FDCWD, SharedFd::raw));
+    // Memory recorded in `aux` is moved there before the entry is emitted: moving a `Vec` or
+    // a `Box` does not move what it points to, so the pointers taken before stay valid.
+    match op {
+        Op::Nop => out(opcode::Nop::new().build()),
+        Op::Read { fd, buf, offset } => {
+            fd!(fd, |f| opcode::Read::new(
+                f,
+                buf.as_mut_ptr(),
+                len32(buf.len())
+            )
+            .offset(*offset)
+            .build())
+        }
+        Op::Write { fd, buf, offset } => {
+            fd!(fd, |f| opcode::Write::new(
+                f,
+                buf.as_ptr(),
+                len32(buf.len())
+            )
+            .offset(*offset)
+            .build())
+        }
+        Op::Readv { fd, bufs, offset } => {
+            let iov = iovecs(bufs);
+            let (ptr, n) = (iov.as_ptr(), len32(iov.len()));
+            *aux = Aux::Iovecs(iov);
+            fd!(fd, |f| opcode::Readv::new(f, ptr, n)
+                .offset(*offset)
+                .build())
+        }
+        Op::Writev { fd, bufs, offset } => {
+            let iov = iovecs(bufs);
+            let (ptr, n) = (iov.as_ptr(), len32(iov.len()));
+            *aux = Aux::Iovecs(iov);
+            fd!(fd, |f| opcode::Writev::new(f, ptr, n)
+                .offset(*offset)
+                .build())
+        }
+        Op::ReadFixed { fd, offset, .. } => {
+            let a = fin
+                .fixed
+                .as_ref()
+                .expect("fixed buffer resolved by the caller");
+            fd!(fd, |f| opcode::ReadFixed::new(f, a.ptr, a.len, a.index)
+                .offset(*offset)
+                .build())
+        }
+        Op::WriteFixed { fd, offset, .. } => {
+            let a = fin
+                .fixed
+                .as_ref()
+                .expect("fixed buffer resolved by the caller");
+            fd!(fd, |f| opcode::WriteFixed::new(f, a.ptr, a.len, a.index)
+                .offset(*offset)
+                .build())
+        }
+        Op::Fsync { fd, datasync } => {
+            let flags = if *datasync {
+                types::FsyncFlags::DATASYNC
+            } else {
+                types::FsyncFlags::empty()
+            };
+            fd!(fd, |f| opcode::Fsync::new(f).flags(flags).build())
+        }
+        Op::OpenAt {
+            dir,
+            path,
+            flags,
+            mode,
+        } => out(opcode::OpenAt::new(at(dir), path.as_ptr())
+            .flags(*flags | libc::O_CLOEXEC)
+            .mode(*mode)
+            .build()),
+        Op::Close { fd } => match fd {
+            CloseTarget::Owned(fd) => {
+                out(opcode::Close::new(types::Fd(std::os::fd::AsRawFd::as_raw_fd(fd))).build())
+            }
+            CloseTarget::Fixed(i) => out(opcode::Close::new(types::Fixed(*i)).build()),
+        },
+        Op::Statx {
+            dir,
+            path,
+            flags,
+            mask,
+        } => {
+            // SAFETY: `statx` is plain old data; all zeroes is a valid value.
+            let mut buf: Box<libc::statx> = Box::new(unsafe { std::mem::zeroed() });
+            let ptr = (&mut *buf as *mut libc::statx).cast::<types::statx>();
+            *aux = Aux::Statx(buf);
+            out(opcode::Statx::new(at(dir), path.as_ptr(), ptr)
+                .flags(*flags)
+                .mask(*mask)
+                .build())
+        }
+        Op::Send { fd, buf, flags } => {
+            fd!(fd, |f| opcode::Send::new(f, buf.as_ptr(), len32(buf.len()))
+                .flags(*flags)
+                .build())
+        }
+        Op::Recv { fd, buf, flags } => {
+            fd!(fd, |f| opcode::Recv::new(
+                f,
+                buf.as_mut_ptr(),
+                len32(buf.len())
+            )
+            .flags(*flags)
+            .build())
+        }
+        Op::Accept { fd } => fd!(fd, |f| opcode::Accept::new(
+            f,
+            std::ptr::null_mut(),
+            std::ptr::null_mut()
+        )
+        .flags(libc::SOCK_CLOEXEC)
+        .build()),
+        Op::Connect { fd, addr } => {
+            let sa = sockaddr(addr);
+            let (ptr, len) = (
+                (&sa.0 as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
+                sa.1,
+            );
+            *aux = Aux::SockAddr(sa);
+            fd!(fd, |f| opcode::Connect::new(f, ptr, len).build())
+        }
+        Op::Timeout { after, count } => {
+            let ts = timespec(*after);
+            let ptr: *const types::Timespec = &*ts;
+            *aux = Aux::Timespec(ts);
+            out(opcode::Timeout::new(ptr).count(*count).build())
+        }
+        Op::LinkTimeout { after } => {
+            let ts = timespec(*after);
+            let ptr: *const types::Timespec = &*ts;
+            *aux = Aux::Timespec(ts);
+            out(opcode::LinkTimeout::new(ptr).build())
+        }
+        Op::Cancel { .. } => out(opcode::AsyncCancel::new(fin.cancel_target).build()),
+        Op::Poll { fd, events } => fd!(fd, |f| opcode::PollAdd::new(f, *events).build()),
+        Op::Fallocate {
+            fd,
+            offset,
+            len,
+            mode,
+        } => fd!(fd, |f| opcode::Fallocate::new(f, *len)
+            .offset(*offset)
+            .mode(*mode)
+            .build()),
+        Op::MsgRing {
+            ring,
+            result,
+            token,
+        } => out(opcode::MsgRingData::new(types::Fd(ring.raw()), *result, *token, None).build()),
+    }
+}
+
+/// Turns a finished operation into what the caller gets back, given the kernel's result.
+#[inline]
+pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
+    let n = if res > 0 { res as usize } else { 0 };
+    match op {
+        Op::Read { mut buf, .. } | Op::Recv { mut buf, .. } => {
+            buf.truncate(n);
+            Output::Buf(buf)
+        }
+        Op::Write { buf, .. } | Op::Send { buf, .. } => Output::Buf(buf),
+        Op::Readv { mut bufs, .. } => {
+            let mut left = n;
+            for b in &mut bufs {
+                let take = b.len().min(left);
+                b.truncate(take);
+                left -= take;
+            }
+            Output::Bufs(bufs)
+        }
+        Op::Writev { bufs, .. } => Output::Bufs(bufs),
+        Op::ReadFixed { buf, .. } => Output::Fixed(match buf {
+            FixedBuf::Buf(mut b) => {
+                b.set_len(n.min(b.capacity()));
+                FixedBuf::Buf(b)
+            }
+            h => h,
+        }),
+        Op::WriteFixed { buf, .. } => Output::Fixed(buf),
+        Op::Accept { .. } | Op::OpenAt { .. } if res >= 0 => {
+            // SAFETY: the kernel installed descriptor `res` in this process for this operation
+            // and nothing else knows of it: it is this completion's to own.
+            Output::Fd(unsafe { OwnedFd::from_raw_fd(res) })
+        }
+        Op::Close {
+            fd: CloseTarget::Owned(fd),
+        } => {
+            // The kernel closed it unless the operation was cancelled or refused it (`EBADF`:
+            // io_uring does not close its own descriptors); then it is closed here, by drop.
+            if res != -libc::ECANCELED && res != -libc::EBADF {
+                let _ = fd.into_raw_fd();
+            }
+            Output::None
+        }
+        Op::Statx { .. } => match aux {
+            Aux::Statx(s) => Output::Statx(s),
+            _ => Output::None,
+        },
+        _ => Output::None,
+    }
+}
