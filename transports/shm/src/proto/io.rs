@@ -1,286 +1,7 @@
-//! The control plane's wire format: versioned control messages over a `SOCK_SEQPACKET` Unix
-//! socket, file descriptors passed beside them with `SCM_RIGHTS`.
-//!
-//! Every message is one datagram:
-//! ```text
-//! "SBSH"  version: u16 LE  kind: u8  body
-//! ```
-//! `kind` [`KIND_MESSAGE`] carries a postcard-encoded [`ClientMsg`] or [`ServerMsg`].
-//! `kind` [`KIND_VERSION_REFUSED`] carries only the refusing side's version (u16 LE) and never
-//! changes shape, so that two sides of different versions can always tell each other so, however
-//! the message types evolve.
+//! Sending and receiving control messages: framing, `SCM_RIGHTS` descriptors (every one owned
+//! on arrival), bounded waits.
 
-use std::fmt;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
-
-use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-use serde::{Deserialize, Serialize};
-use subring_planes::interrupt::NotifyMode;
-
-use crate::peer_fd::PeerFd;
-use crate::{Error, FdError};
-
-/// The first bytes of every control message.
-pub const PROTOCOL_MAGIC: [u8; 4] = *b"SBSH";
-/// The control protocol version this build speaks. It also covers the layout of the shared
-/// memory it sets up, so two builds that would lay out the rings differently, or encode their
-/// messages differently, refuse each other at the handshake. (Version 2: ring slots carry
-/// stamps. Version 3: [`Refusal::Unaligned`].)
-pub const PROTOCOL_VERSION: u16 = 3;
-/// A control message carrying a postcard-encoded body.
-pub const KIND_MESSAGE: u8 = 1;
-/// A refusal because of a version mismatch; its body is the refusing side's version.
-pub const KIND_VERSION_REFUSED: u8 = 0xff;
-/// The largest control message accepted.
-pub const MAX_MESSAGE: usize = 4096;
-/// The most file descriptors one control message may carry.
-pub const MAX_FDS: usize = 4;
-
-const HEADER: usize = 7;
-
-/// Size and alignment of an entry type, compared across the two sides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntryShape {
-    /// `size_of`.
-    pub size: u32,
-    /// `align_of`.
-    pub align: u32,
-}
-
-impl EntryShape {
-    /// The shape of `T`.
-    pub fn of<T>() -> Self {
-        EntryShape {
-            size: std::mem::size_of::<T>() as u32,
-            align: std::mem::align_of::<T>() as u32,
-        }
-    }
-}
-
-impl fmt::Display for EntryShape {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} bytes aligned to {}", self.size, self.align)
-    }
-}
-
-/// A notify mode on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WireMode {
-    /// [`NotifyMode::Spin`].
-    Spin,
-    /// [`NotifyMode::Adaptive`].
-    Adaptive,
-    /// [`NotifyMode::EventFd`].
-    EventFd,
-    /// [`NotifyMode::Futex`].
-    Futex,
-}
-
-impl From<NotifyMode> for WireMode {
-    fn from(m: NotifyMode) -> Self {
-        match m {
-            NotifyMode::Spin => WireMode::Spin,
-            NotifyMode::Adaptive => WireMode::Adaptive,
-            NotifyMode::EventFd => WireMode::EventFd,
-            NotifyMode::Futex => WireMode::Futex,
-        }
-    }
-}
-
-impl From<WireMode> for NotifyMode {
-    fn from(m: WireMode) -> Self {
-        match m {
-            WireMode::Spin => NotifyMode::Spin,
-            WireMode::Adaptive => NotifyMode::Adaptive,
-            WireMode::EventFd => NotifyMode::EventFd,
-            WireMode::Futex => NotifyMode::Futex,
-        }
-    }
-}
-
-/// What a client asks for when it connects.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    /// The application protocol the client speaks (the server's must be the same).
-    pub protocol: String,
-    /// Shape of the submission entries.
-    pub request: EntryShape,
-    /// Shape of the completion entries.
-    pub completion: EntryShape,
-    /// Submission ring entries (a power of two).
-    pub sq_capacity: u32,
-    /// Completion ring entries (a power of two).
-    pub cq_capacity: u32,
-    /// How the client waits for completions, and how it wants the server to wait for it.
-    pub mode: WireMode,
-    /// Bytes per payload buffer.
-    pub buf_size: u32,
-    /// Number of payload buffers.
-    pub buf_count: u32,
-}
-
-/// What the server grants; the shared memory and eventfds travel beside it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Welcome {
-    /// The server's number for this connection.
-    pub client_id: u64,
-    /// The server's process id.
-    pub server_pid: u32,
-    /// Length of the shared memfd.
-    pub region_len: u64,
-    /// Offset of the queue pair in it.
-    pub pair_offset: u64,
-    /// Offset of the payload buffers in it.
-    pub pool_offset: u64,
-    /// Bytes per payload buffer.
-    pub buf_size: u32,
-    /// Number of payload buffers.
-    pub buf_count: u32,
-    /// Submission ring entries.
-    pub sq_capacity: u32,
-    /// Completion ring entries.
-    pub cq_capacity: u32,
-    /// How the server waits for submissions (the client's doorbell follows it).
-    pub kick_mode: WireMode,
-    /// How the client waits for completions.
-    pub call_mode: WireMode,
-    /// Whether a kick eventfd follows the memfd.
-    pub kick_fd: bool,
-    /// Whether a call eventfd follows (after the kick eventfd, if any).
-    pub call_fd: bool,
-}
-
-/// Why a server refused a connection or request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Refusal {
-    /// The client speaks another application protocol.
-    Protocol {
-        /// The server's protocol.
-        server: String,
-        /// The client's protocol.
-        client: String,
-    },
-    /// An entry type has another shape on the server.
-    EntryShape {
-        /// `"request"` or `"completion"`.
-        which: String,
-        /// The server's shape.
-        server: EntryShape,
-        /// The client's shape.
-        client: EntryShape,
-    },
-    /// A size the client asked for is out of the server's limits.
-    Limit {
-        /// What was asked for.
-        what: String,
-        /// The value asked for.
-        asked: u64,
-        /// The smallest allowed.
-        min: u64,
-        /// The largest allowed.
-        max: u64,
-    },
-    /// The server serves its maximum number of clients.
-    Busy {
-        /// That maximum.
-        max_clients: u32,
-    },
-    /// The client's message made no sense.
-    Malformed(String),
-    /// The server failed to set the connection up.
-    Internal(String),
-    /// A size that must be a multiple of `of` (a power of two, where `of` is 0) is not.
-    Unaligned {
-        /// What was asked for.
-        what: String,
-        /// The value asked for.
-        asked: u64,
-        /// What it must be a multiple of; 0 where it must be a power of two.
-        of: u64,
-    },
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::Protocol { server, client } => write!(
-                f,
-                "the server speaks application protocol {server:?}, the client {client:?}"
-            ),
-            Refusal::EntryShape {
-                which,
-                server,
-                client,
-            } => write!(
-                f,
-                "{which} entries are {server} on the server but {client} on the client"
-            ),
-            Refusal::Limit {
-                what,
-                asked,
-                min,
-                max,
-            } => write!(
-                f,
-                "{what} {asked} is outside the server's range {min}..={max}"
-            ),
-            Refusal::Busy { max_clients } => {
-                write!(
-                    f,
-                    "the server already serves its maximum of {max_clients} clients"
-                )
-            }
-            Refusal::Malformed(why) => write!(f, "malformed request: {why}"),
-            Refusal::Internal(why) => write!(f, "server-side failure: {why}"),
-            Refusal::Unaligned { what, asked, of: 0 } => {
-                write!(f, "{what} {asked} is not a power of two")
-            }
-            Refusal::Unaligned { what, asked, of } => {
-                write!(f, "{what} {asked} is not a multiple of {of}")
-            }
-        }
-    }
-}
-
-/// Client → server control messages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ClientMsg {
-    /// Opens a connection.
-    Hello(Hello),
-    /// Registers another memory region (its sealed memfd travels beside): handles naming
-    /// region `id` then resolve in it.
-    RegisterRegion {
-        /// The id handles will carry (not 0, which is the connection's own region).
-        id: u32,
-        /// Its length.
-        len: u64,
-    },
-    /// The client is closing; the server releases the connection.
-    Shutdown,
-}
-
-/// Server → client control messages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ServerMsg {
-    /// The connection is set up.
-    Welcome(Welcome),
-    /// The connection or a request was refused.
-    Refused(Refusal),
-    /// A region was registered.
-    Registered {
-        /// Its id.
-        id: u32,
-    },
-    /// The server is closing this connection.
-    Goodbye {
-        /// Why.
-        reason: String,
-    },
-}
+use super::*;
 
 /// A received control message: its body (or a peer's version refusal) and its fds, each
 /// owned and not yet checked ([`PeerFd`]: dropping one closes it where that cannot block).
@@ -293,11 +14,11 @@ pub(crate) enum Incoming<M> {
 /// The most descriptors the kernel passes in one message (`SCM_MAX_FD`). The receive buffer
 /// has room for that many, so that every descriptor a peer sends is installed, owned and
 /// closed here, never left open because the buffer was too small for them (`MSG_CTRUNC`).
-const SCM_MAX_FD: usize = 253;
+pub(super) const SCM_MAX_FD: usize = 253;
 
 /// Takes ownership of every descriptor an `SCM_RIGHTS` message in `control` carries, walking
 /// the buffer the kernel filled: used when nix will not parse it (it refuses a truncated one).
-fn rights_in(control: &[u8], len: usize) -> Vec<PeerFd> {
+pub(super) fn rights_in(control: &[u8], len: usize) -> Vec<PeerFd> {
     let mut fds = Vec::new();
     // SAFETY: `msghdr` is plain old data; all zeroes is a valid (empty) value.
     let mut mhdr: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -332,7 +53,7 @@ fn rights_in(control: &[u8], len: usize) -> Vec<PeerFd> {
     fds
 }
 
-fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+pub(super) fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(&PROTOCOL_MAGIC);
     out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
@@ -341,7 +62,7 @@ fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn io_error(op: &'static str) -> impl FnOnce(Errno) -> Error {
+pub(super) fn io_error(op: &'static str) -> impl FnOnce(Errno) -> Error {
     move |e| Error::Io {
         op,
         source: e.into(),
@@ -351,7 +72,7 @@ fn io_error(op: &'static str) -> impl FnOnce(Errno) -> Error {
 /// Sends one datagram without blocking; if the peer's queue is full, waits for room until
 /// `deadline` (`None`: fails at once), so that a peer that stops reading cannot hold this
 /// thread.
-fn send_frame(
+pub(super) fn send_frame(
     sock: BorrowedFd<'_>,
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
@@ -432,7 +153,7 @@ pub(crate) fn wait_readable(
 }
 
 /// Waits until `sock` reports `events` (or hangs up), at most until `deadline`.
-fn wait_for(
+pub(super) fn wait_for(
     sock: BorrowedFd<'_>,
     events: PollFlags,
     deadline: Option<Instant>,
