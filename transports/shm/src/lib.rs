@@ -66,6 +66,8 @@ mod client;
 pub mod echo;
 mod error;
 mod futex_sleep;
+#[cfg(feature = "mio")]
+pub mod mio;
 mod peer_fd;
 pub mod proto;
 mod server;

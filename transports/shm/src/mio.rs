@@ -1,0 +1,112 @@
+//! A client in a plain mio event loop (feature `mio`): [`Client`] is a [`mio::event::Source`].
+//!
+//! Register it with a [`mio::Poll`] beside your own sockets, under one token: its event means
+//! that completions may be ready, or that the server spoke or died. The loop is the completion
+//! channel protocol of the epoll example: [`arm`](Client::arm) before polling (`true`: reap
+//! first), poll, then [`disarm_edge`](Client::disarm_edge) (mio is edge-triggered, so the
+//! eventfd need not be drained) and reap until empty;
+//! [`QueueError::PeerGone`](crate::queue::QueueError::PeerGone) from the reap or a wait tells
+//! that the server is gone.
+//!
+//! ```
+//! use std::time::Duration;
+//! use mio::{Events, Interest, Poll, Token};
+//! use subring_shm::echo::{self, EchoOp, EchoReq, EchoResp, ECHO_PROTOCOL};
+//! use subring_shm::queue::{Completer, Submitter};
+//! use subring_shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
+//!
+//! let (server_end, client_end) = subring_shm::socket_pair()?;
+//! let mut server = Server::new(ServerConfig::new(ECHO_PROTOCOL), echo::handler_factory())?;
+//! server.add_connection(server_end)?;
+//! let server = server.spawn()?;
+//!
+//! let options = ClientOptions::new(ECHO_PROTOCOL).mode(NotifyMode::EventFd);
+//! let mut client = Client::<EchoReq, EchoResp>::from_socket(client_end, &options)?;
+//! let mut poll = Poll::new()?;
+//! poll.registry().register(&mut client, Token(7), Interest::READABLE)?;
+//! client.push(EchoReq { seq: 1, op: EchoOp::PING, ..EchoReq::default() })?;
+//! client.submit()?;
+//! let mut events = Events::with_capacity(8);
+//! let answer = loop {
+//!     if let Some(c) = client.reap()? {
+//!         break c;
+//!     }
+//!     if !client.arm()? {
+//!         poll.poll(&mut events, Some(Duration::from_secs(10)))?;
+//!         assert!(!events.is_empty(), "an answer within 10 s");
+//!     }
+//!     client.disarm_edge();
+//! };
+//! assert_eq!(answer.seq, 1);
+//! poll.registry().deregister(&mut client)?;
+//! drop(client);
+//! server.stop()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use bytemuck::Pod;
+use mio::event::Source;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
+use crate::{Client, ConfigError, NotifyMode};
+
+impl<S: Pod, C: Pod> Client<S, C> {
+    /// The two descriptors an event loop watches: the completion eventfd and the control
+    /// socket. Only an [`NotifyMode::EventFd`] client has the first.
+    fn event_fds(&self) -> io::Result<[i32; 2]> {
+        let completion = self.completion_fd().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                ConfigError::Mode {
+                    what: "a client in a mio event loop (it waits on its completion eventfd)",
+                    needs: NotifyMode::EventFd,
+                    given: self.mode(),
+                },
+            )
+        })?;
+        Ok([completion.as_raw_fd(), self.control_fd().as_raw_fd()])
+    }
+}
+
+/// Both descriptors under the caller's token: the completion eventfd and the control socket
+/// (the server's messages and its hang-up). Refused (`InvalidInput`, with a
+/// [`ConfigError::Mode`] inside) for a client not in [`NotifyMode::EventFd`].
+impl<S: Pod, C: Pod> Source for Client<S, C> {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        let [completion, control] = self.event_fds()?;
+        SourceFd(&completion).register(registry, token, interests)?;
+        if let Err(e) = SourceFd(&control).register(registry, token, interests) {
+            let _ = SourceFd(&completion).deregister(registry);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        for fd in self.event_fds()? {
+            SourceFd(&fd).reregister(registry, token, interests)?;
+        }
+        Ok(())
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        for fd in self.event_fds()? {
+            SourceFd(&fd).deregister(registry)?;
+        }
+        Ok(())
+    }
+}
