@@ -24,6 +24,8 @@ pub enum LoomBreakage {
     SkipRecheck,
     /// Leave out the SeqCst fences of the store→load handshake.
     NoFences,
+    /// Claim the sleeper (clear its word) but never wake it.
+    SkipWake,
 }
 
 /// Blocks on an eventfd; implements `AsFd` for event loops.
@@ -67,22 +69,26 @@ impl<S: Signal> SleepNotifier<S> {
         self.broken = Some(how);
     }
 
-    #[cfg(not(loom))]
-    fn is_broken(&self, _how: u8) -> bool {
-        false
-    }
-
-    #[cfg(loom)]
-    fn is_broken(&self, how: u8) -> bool {
-        self.broken.is_some_and(|b| b as u8 == how)
-    }
-
+    /// Whether the store→load handshake is fenced: always, but in a loom negative control
+    /// that asked for `LoomBreakage::NoFences`.
+    #[inline(always)]
     fn fenced(&self) -> bool {
-        !self.is_broken(1)
+        #[cfg(loom)]
+        if self.broken == Some(LoomBreakage::NoFences) {
+            return false;
+        }
+        true
     }
 
+    /// The re-check after announcing sleep: always made, but in a loom negative control that
+    /// asked for `LoomBreakage::SkipRecheck`.
+    #[inline(always)]
     fn recheck(&self, ready: &mut dyn FnMut() -> bool) -> bool {
-        !self.is_broken(0) && ready()
+        #[cfg(loom)]
+        if self.broken == Some(LoomBreakage::SkipRecheck) {
+            return false;
+        }
+        ready()
     }
 }
 
@@ -90,6 +96,11 @@ impl<S: Signal> Notifier for SleepNotifier<S> {
     #[inline(always)]
     fn notify(&self) -> io::Result<Notified> {
         if self.word.take_sleeper_with(self.fenced()) {
+            #[cfg(loom)]
+            if self.broken == Some(LoomBreakage::SkipWake) {
+                bump(&self.counters.sent);
+                return Ok(Notified::Sent);
+            }
             if let Err(e) = self.signal.wake(&self.word) {
                 // The wake-up did not happen: say "still asleep" again, so the next
                 // notification retries instead of being suppressed.

@@ -14,7 +14,9 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 #[cfg(not(loom))]
 use rustix::thread::futex;
 
-use super::{WakeWord, SLEEPING};
+use super::WakeWord;
+#[cfg(not(loom))]
+use super::SLEEPING;
 
 /// How a [`Signal::block`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,12 +260,20 @@ pub(super) fn futex_wait_result<T>(r: rustix::io::Result<T>) -> io::Result<()> {
 /// That is exact for this protocol: a notifier always clears the word before it wakes.
 #[cfg(loom)]
 impl Signal for FutexSignal {
-    fn wake(&self, _word: &WakeWord) -> io::Result<()> {
+    /// `FUTEX_WAKE`, modelled: counted on the word.
+    fn wake(&self, word: &WakeWord) -> io::Result<()> {
+        word.loom_futex_wake();
         Ok(())
     }
+    /// `FUTEX_WAIT(word, SLEEPING)`, modelled: returns at once if the word no longer says
+    /// "sleeping", and otherwise only after a wake-up (never spuriously; timeouts are not
+    /// modelled).
     fn block(&self, word: &WakeWord, _timeout: Option<Duration>) -> io::Result<Woke> {
-        while word.futex_word().load(crate::sync::Ordering::Relaxed) == SLEEPING {
-            crate::sync::thread::yield_now();
+        let (seen, sleeping) = word.loom_futex_enter();
+        if sleeping {
+            while !word.loom_woken_since(seen) {
+                crate::sync::thread::yield_now();
+            }
         }
         Ok(Woke::Recheck)
     }

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 #[cfg(not(loom))]
 use super::signal::{futex_wait, futex_wait_result};
-use super::{WakeWord, SLEEPING};
+use super::WakeWord;
+#[cfg(not(loom))]
+use super::SLEEPING;
 #[cfg(not(loom))]
 use rustix::thread::futex;
 
@@ -164,9 +166,9 @@ impl WaitAny {
         futex_wait_result(r)
     }
 
-    /// Under loom, `futex_waitv` is modelled as yielding until some word no longer says
-    /// "sleeping", which is exact for this protocol: a waker clears its word before it wakes.
-    /// Timeouts are not modelled.
+    /// Under loom, `futex_waitv` is modelled as the kernel runs it: it returns at once if any
+    /// word no longer says "sleeping", and otherwise only once one of the words is woken
+    /// (`FUTEX_WAKE` on it after the wait began), never spuriously. Timeouts are not modelled.
     #[cfg(loom)]
     pub fn wait<'w>(
         &mut self,
@@ -177,10 +179,15 @@ impl WaitAny {
         if words.is_empty() || words.len() > WAIT_ANY_MAX {
             return Err(too_many(words.len()));
         }
-        while words
-            .iter()
-            .all(|w| w.futex_word().load(crate::sync::Ordering::Relaxed) == SLEEPING)
-        {
+        let mut seen = Vec::with_capacity(words.len());
+        for w in &words {
+            let (wakes, sleeping) = w.loom_futex_enter();
+            if !sleeping {
+                return Ok(());
+            }
+            seen.push(wakes);
+        }
+        while !words.iter().zip(&seen).any(|(w, s)| w.loom_woken_since(*s)) {
             crate::sync::thread::yield_now();
         }
         Ok(())

@@ -12,6 +12,12 @@ use super::*;
 #[derive(Debug)]
 pub struct WakeWord {
     state: AtomicU32,
+    /// Under loom, the futex's wake-ups on this word, counted (the kernel keeps them in its
+    /// wait queue): a modelled `FUTEX_WAIT` returns only after a `FUTEX_WAKE` that came after
+    /// it checked the word, as the kernel's does, so a waker that clears the word but never
+    /// wakes is caught.
+    #[cfg(loom)]
+    wakes: AtomicU32,
 }
 
 impl Default for WakeWord {
@@ -25,6 +31,8 @@ impl WakeWord {
     pub fn new() -> Self {
         WakeWord {
             state: AtomicU32::new(AWAKE),
+            #[cfg(loom)]
+            wakes: AtomicU32::new(0),
         }
     }
 
@@ -87,8 +95,32 @@ impl WakeWord {
         self.state.load(Relaxed) == SLEEPING
     }
 
+    #[cfg(not(loom))]
     pub(super) fn futex_word(&self) -> &AtomicU32 {
         &self.state
+    }
+
+    /// The modelled `FUTEX_WAKE`: one more wake-up on this word.
+    #[cfg(loom)]
+    pub(super) fn loom_futex_wake(&self) {
+        self.wakes.fetch_add(1, AcqRel);
+    }
+
+    /// The modelled `FUTEX_WAIT(word, SLEEPING)`'s entry: the wake-ups so far, and whether the
+    /// word still says "sleeping" (if not, the kernel returns at once). Both are read with
+    /// read-modify-writes, which read the latest value: a waker clears the word before it
+    /// wakes, so a waiter that still sees "sleeping" took its count before that wake-up.
+    #[cfg(loom)]
+    pub(super) fn loom_futex_enter(&self) -> (u32, bool) {
+        let seen = self.wakes.fetch_add(0, AcqRel);
+        let sleeping = self.state.fetch_add(0, AcqRel) == SLEEPING;
+        (seen, sleeping)
+    }
+
+    /// Whether a wake-up came after the modelled wait's entry saw `seen`.
+    #[cfg(loom)]
+    pub(super) fn loom_woken_since(&self, seen: u32) -> bool {
+        self.wakes.load(Acquire) != seen
     }
 }
 
