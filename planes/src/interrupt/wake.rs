@@ -107,13 +107,14 @@ impl WakeWord {
     }
 
     /// The modelled `FUTEX_WAIT(word, SLEEPING)`'s entry: the wake-ups so far, and whether the
-    /// word still says "sleeping" (if not, the kernel returns at once). Both are read with
-    /// read-modify-writes, which read the latest value: a waker clears the word before it
-    /// wakes, so a waiter that still sees "sleeping" took its count before that wake-up.
+    /// word still says "sleeping" (if not, the kernel returns at once). The count is read
+    /// first: a waker clears the word before it wakes, so a waiter that still sees "sleeping"
+    /// read a count from before that wake-up (or an older one, which only makes its wait end
+    /// early: a spurious wake-up, which the real futex has too).
     #[cfg(loom)]
     pub(super) fn loom_futex_enter(&self) -> (u32, bool) {
-        let seen = self.wakes.fetch_add(0, AcqRel);
-        let sleeping = self.state.fetch_add(0, AcqRel) == SLEEPING;
+        let seen = self.wakes.load(Acquire);
+        let sleeping = self.state.load(Acquire) == SLEEPING;
         (seen, sleeping)
     }
 
