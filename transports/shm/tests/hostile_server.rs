@@ -113,6 +113,20 @@ fn holdings() -> (usize, usize) {
     (fds, maps)
 }
 
+/// [`holdings`] once two readings 50 ms apart agree (at most 5 s).
+fn settled_holdings() -> (usize, usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = holdings();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = holdings();
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 #[derive(Default, Debug)]
 struct Tally {
     servers: u64,
@@ -252,7 +266,10 @@ fn hostile_server_processes_do_not_hurt_their_clients() {
     for mode in NotifyMode::ALL {
         one_server(&path, mode, &mut rng, &mut tally);
     }
-    let before = holdings();
+    // What the last warm-up life held may still be on its way out (a descriptor on the closer
+    // thread's queue, a mapping dropped by a thread not yet scheduled): the baseline is taken
+    // once two readings 50 ms apart agree.
+    let before = settled_holdings();
     let start = Instant::now();
     let target = tally.writes + iterations();
     while tally.writes < target {
@@ -260,8 +277,9 @@ fn hostile_server_processes_do_not_hurt_their_clients() {
         one_server(&path, mode, &mut rng, &mut tally);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
+    let grew = |a: (usize, usize)| a.0 > before.0 || a.1 > before.1;
     let mut after = holdings();
-    while after != before && Instant::now() < deadline {
+    while grew(after) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
         after = holdings();
     }
@@ -282,8 +300,8 @@ fn hostile_server_processes_do_not_hurt_their_clients() {
         tally.refused_handles,
         tally.worst_gone,
     );
-    assert_eq!(
-        after, before,
-        "the clients leaked descriptors or mappings (after, before)"
+    assert!(
+        !grew(after),
+        "the clients leaked descriptors or mappings: {after:?} after, {before:?} before"
     );
 }
