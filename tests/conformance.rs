@@ -293,6 +293,10 @@ macro_rules! conformance_suite {
                 crate::cases::timeouts::<$transport>();
             }
             #[test]
+            fn wait_space() {
+                crate::cases::wait_space::<$transport>();
+            }
+            #[test]
             fn clean_shutdown() {
                 crate::cases::clean_shutdown::<$transport>();
             }

@@ -198,6 +198,17 @@ pub trait Submitter {
     /// how many entries were published.
     fn submit(&mut self) -> Result<usize, QueueError>;
 
+    /// Blocks until the submission ring has a free slot: what to do after a push came back
+    /// [`QueueError::Full`]. Publishes what is staged first (the subsystem cannot make room
+    /// from entries it has not seen). Fails with [`QueueError::Timeout`] after `timeout`
+    /// (`None`: no limit) and with [`QueueError::PeerGone`] if the subsystem went away with
+    /// the ring still full.
+    ///
+    /// A subsystem that answers every request stops taking requests while its completions
+    /// have nowhere to go: if you wait here without reaping, you may wait for ever (pass a
+    /// timeout, or reap first).
+    fn wait_space(&mut self, timeout: Option<Duration>) -> Result<(), QueueError>;
+
     /// Doorbells rung and skipped so far.
     fn doorbell_stats(&self) -> DoorbellStats;
 }

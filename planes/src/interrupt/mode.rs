@@ -80,6 +80,20 @@ pub enum ModeNotifier {
     EventFd(SleepNotifier<EventFdSignal>),
 }
 
+impl ModeNotifier {
+    /// [`notify`](Notifier::notify) for a caller that has executed a `SeqCst` fence after it
+    /// published and before this call ([`SleepNotifier::notify_after_fence`]); in spin mode
+    /// there is nothing to do either way.
+    #[inline(always)]
+    pub fn notify_after_fence(&self) -> io::Result<Notified> {
+        match self {
+            ModeNotifier::Spin(n) => n.notify(),
+            ModeNotifier::Futex(n) => n.notify_after_fence(),
+            ModeNotifier::EventFd(n) => n.notify_after_fence(),
+        }
+    }
+}
+
 impl Notifier for ModeNotifier {
     #[inline(always)]
     fn notify(&self) -> io::Result<Notified> {

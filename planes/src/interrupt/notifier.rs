@@ -92,10 +92,18 @@ impl<S: Signal> SleepNotifier<S> {
     }
 }
 
-impl<S: Signal> Notifier for SleepNotifier<S> {
+impl<S: Signal> SleepNotifier<S> {
+    /// [`notify`](Notifier::notify) for a caller that has executed a `SeqCst` fence after it
+    /// published and before this call (its own notification of another word, a moment ago,
+    /// did): the fence that pairs with the waiter's is already there, and is not repeated.
     #[inline(always)]
-    fn notify(&self) -> io::Result<Notified> {
-        if self.word.take_sleeper_with(self.fenced()) {
+    pub fn notify_after_fence(&self) -> io::Result<Notified> {
+        self.notify_with(false)
+    }
+
+    #[inline(always)]
+    fn notify_with(&self, fence: bool) -> io::Result<Notified> {
+        if self.word.take_sleeper_with(fence && self.fenced()) {
             #[cfg(loom)]
             if self.broken == Some(LoomBreakage::SkipWake) {
                 bump(&self.counters.sent);
@@ -113,6 +121,13 @@ impl<S: Signal> Notifier for SleepNotifier<S> {
             bump(&self.counters.suppressed);
             Ok(Notified::Suppressed)
         }
+    }
+}
+
+impl<S: Signal> Notifier for SleepNotifier<S> {
+    #[inline(always)]
+    fn notify(&self) -> io::Result<Notified> {
+        self.notify_with(true)
     }
 
     /// Inlined into the caller, system call included (see [`ModeNotifier`] for why).

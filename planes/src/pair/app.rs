@@ -8,6 +8,10 @@ pub struct AppSide<S, C> {
     cq: Consumer<C>,
     doorbell: NotifierDoorbell<ModeNotifier>,
     interrupt: ModeNotifier,
+    /// Waits for room in a full submission ring (on its producer word, in the call mode).
+    room: ModeNotifier,
+    /// Wakes the service when it sleeps on a full completion ring that reaping made room in.
+    cq_bell: RoomBell,
     call_fd: Option<EventFdSignal>,
     call_mode: NotifyMode,
     state: StateRef,
@@ -45,6 +49,10 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
             }
         }
         Ok(AppSide {
+            room: config
+                .call_mode
+                .notifier(sq.producer_wake(), signals.call.clone())?,
+            cq_bell: RoomBell::new(&cq, config.kick_mode, signals.kick.clone())?,
             doorbell: NotifierDoorbell::new(
                 config
                     .kick_mode
@@ -67,6 +75,7 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
         ServiceGone {
             state: self.state.clone(),
             call_word: self.cq.consumer_wake(),
+            room_word: self.sq.producer_wake(),
             call_fd: self.call_fd.clone(),
             call_mode: self.call_mode,
         }
@@ -101,13 +110,24 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
     /// Returns `true` if completions (or the service's close) are already there — then do not
     /// wait, reap. After the fd fires, call [`disarm`](Self::disarm) and reap.
     pub fn arm(&mut self) -> Result<bool, QueueError> {
-        arm_ring(&mut self.cq, &self.state.get().service_closed)
+        let armed = arm_ring(&mut self.cq, &self.state.get().service_closed)?;
+        // The announcement fenced: the look at a service asleep on a full completion ring
+        // (before this side sleeps, and may not ring for a while) needs no fence of its own.
+        self.cq_bell.after_fence(self.cq.released())?;
+        Ok(armed)
     }
 
     /// Ends an external wait begun with [`arm`](Self::arm): clears the sleep announcement and
     /// drains the eventfd so it is not readable again until the next armed wake-up.
     pub fn disarm(&mut self) -> Result<(), QueueError> {
         disarm_ring(&self.cq, self.call_fd.as_ref())
+    }
+
+    /// Counters of the room protocol: this side's waits for room in a full submission ring
+    /// ([`wait_space`](Submitter::wait_space)), and its wake-ups of a service asleep on a full
+    /// completion ring (`sent` and `suppressed`).
+    pub fn room_stats(&self) -> (NotifyStats, NotifyStats) {
+        (self.room.stats(), self.cq_bell.stats())
     }
 
     /// [`disarm`](Self::disarm) for an edge-triggered event loop (epoll with `EPOLLET`,
@@ -148,8 +168,22 @@ impl<S: Pod, C: Pod> Submitter for AppSide<S, C> {
         let n = self.sq.publish();
         if n > 0 {
             self.doorbell.ring()?;
+            // The doorbell fenced (in the kick mode, the mode the bell is in): a service asleep
+            // on a full completion ring that this side reaped from is seen now.
+            self.cq_bell.after_fence(self.cq.released())?;
         }
         Ok(n as usize)
+    }
+
+    fn wait_space(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        self.submit()?;
+        self.cq_bell.before_wait(self.cq.released())?;
+        wait_room(
+            &self.room,
+            &mut self.sq,
+            &self.state.get().service_closed,
+            timeout,
+        )
     }
 
     fn doorbell_stats(&self) -> DoorbellStats {
@@ -160,8 +194,13 @@ impl<S: Pod, C: Pod> Submitter for AppSide<S, C> {
 impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
     type Completion = C;
 
+    #[inline(always)]
     fn reap(&mut self) -> Result<Option<C>, QueueError> {
-        Ok(self.cq.pop()?)
+        let c = self.cq.pop()?;
+        if c.is_some() {
+            self.cq_bell.after_release(self.cq.released())?;
+        }
+        Ok(c)
     }
 
     fn reap_into(&mut self, out: &mut Vec<C>, max: usize) -> Result<usize, QueueError> {
@@ -169,6 +208,9 @@ impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
         let n = chunk.len();
         out.extend(chunk.iter());
         chunk.release_all();
+        if n > 0 {
+            self.cq_bell.after_release(self.cq.released())?;
+        }
         Ok(n)
     }
 
@@ -176,6 +218,7 @@ impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
     /// [`ModeNotifier`] for why).
     #[inline(always)]
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        self.cq_bell.before_wait(self.cq.released())?;
         wait_ring(
             &self.interrupt,
             &mut self.cq,
@@ -189,11 +232,23 @@ impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
     }
 }
 
+impl<S: Pod, C: Pod> AppSide<S, C> {
+    /// Loom negative control only: the fenced looks at a service asleep on a full completion
+    /// ring are skipped.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn skip_room_backstop_for_loom(&mut self) {
+        self.cq_bell.skip_backstop_for_loom();
+    }
+}
+
 impl<S, C> Drop for AppSide<S, C> {
     /// Publishes staged submissions (nothing pushed is dropped), then closes; one wake-up
     /// covers both.
     fn drop(&mut self) {
         self.sq.publish_staged();
         close(&self.state.get().app_closed, self.doorbell.notifier());
+        // A service asleep on a full completion ring wakes to see the close.
+        self.cq_bell.wake_for_close();
     }
 }

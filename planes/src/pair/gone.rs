@@ -6,12 +6,15 @@ use super::*;
 /// process died: the socket it was reached by hung up), for a thread other than the app's: a
 /// watcher that sleeps on sockets while the app sleeps on its wake word.
 /// [`declare`](ServiceGone::declare) does what the service's own close would have: it marks the
-/// pair closed by the service and wakes the app if it announced sleep, so the app's wait ends with
+/// pair closed by the service and wakes the app if it announced sleep (for completions, or for
+/// room in a full submission ring), so the app's wait ends with
 /// [`QueueError::PeerGone`] (once it has reaped what was published) instead of lasting until a
 /// timeout. Made by [`AppSide::gone_handle`]; it keeps the shared memory mapped.
 pub struct ServiceGone {
     pub(super) state: StateRef,
     pub(super) call_word: WakeRef,
+    /// The submission ring's producer word, where the app sleeps waiting for room.
+    pub(super) room_word: WakeRef,
     pub(super) call_fd: Option<EventFdSignal>,
     pub(super) call_mode: NotifyMode,
 }
@@ -35,13 +38,19 @@ impl ServiceGone {
         // the sleeper (clearing the word) and before its own wake-up, and then nobody else
         // would wake the app. A spurious wake costs one system call, once per death.
         let _ = self.call_word.take_sleeper();
+        let _ = self.room_word.take_sleeper();
         match self.call_mode {
             NotifyMode::Spin => Ok(()),
+            // One eventfd serves both waits (for completions and for room).
             NotifyMode::EventFd => match &self.call_fd {
                 Some(efd) => efd.wake(&self.call_word),
                 None => Ok(()),
             },
-            NotifyMode::Adaptive | NotifyMode::Futex => FutexSignal::new().wake(&self.call_word),
+            NotifyMode::Adaptive | NotifyMode::Futex => {
+                let futex = FutexSignal::new();
+                let call = futex.wake(&self.call_word);
+                futex.wake(&self.room_word).and(call)
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytemuck::Pod;
 
@@ -39,7 +39,10 @@ use crate::sync::{AtomicU32, CacheLine, Ordering::*};
 
 mod app;
 mod gone;
+mod room;
 mod service;
+
+use room::{arm_room, wait_room, RoomBell};
 
 pub use app::AppSide;
 pub use gone::ServiceGone;
@@ -48,7 +51,11 @@ pub use service::ServiceSide;
 /// Identifies a queue-pair header ("sbqp", little-endian).
 pub const PAIR_MAGIC: u32 = u32::from_le_bytes(*b"sbqp");
 /// Version of the queue pair's shared-memory layout.
-pub const PAIR_LAYOUT_VERSION: u32 = 1;
+///
+/// Version 2: the producer wake word of each ring is used (a side sleeps on a full ring there
+/// and its peer wakes it after reaping), so a side of version 1, which never wakes it, must
+/// not attach.
+pub const PAIR_LAYOUT_VERSION: u32 = 2;
 
 #[repr(C)]
 #[derive(Debug)]

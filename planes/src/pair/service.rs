@@ -8,6 +8,10 @@ pub struct ServiceSide<S, C> {
     cq: Producer<C>,
     kick: ModeNotifier,
     call: ModeNotifier,
+    /// Waits for room in a full completion ring (on its producer word, in the kick mode).
+    room: ModeNotifier,
+    /// Wakes the app when it sleeps on a full submission ring that taking requests made room in.
+    sq_bell: RoomBell,
     kick_fd: Option<EventFdSignal>,
     state: StateRef,
     _header: Claim,
@@ -48,6 +52,10 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
             .and_then(Ring::into_producer)?;
         Ok(ServiceSide {
+            room: config
+                .kick_mode
+                .notifier(cq.producer_wake(), signals.kick.clone())?,
+            sq_bell: RoomBell::new(&sq, config.call_mode, signals.call.clone())?,
             kick: config
                 .kick_mode
                 .notifier(sq.consumer_wake(), signals.kick.clone())?,
@@ -65,6 +73,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// Waits until a request is ready. Fails with [`QueueError::PeerGone`] once the app has
     /// closed and every request it published has been taken, or [`QueueError::Timeout`].
     pub fn wait_requests(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        self.sq_bell.before_wait(self.sq.released())?;
         wait_ring(
             &self.kick,
             &mut self.sq,
@@ -75,10 +84,16 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
 
     /// Takes the next request, if any.
     pub fn pop_request(&mut self) -> Result<Option<S>, QueueError> {
-        Ok(self.sq.pop()?)
+        let r = self.sq.pop()?;
+        if r.is_some() {
+            self.sq_bell.after_release(self.sq.released())?;
+        }
+        Ok(r)
     }
 
-    /// Up to `max` ready requests, to read in place and release together.
+    /// Up to `max` ready requests, to read in place and release together. An app asleep on a
+    /// full submission ring is woken by the next [`flush`](Self::flush) or wait after the
+    /// release.
     pub fn requests(&mut self, max: u32) -> Result<ReadChunk<'_, S>, QueueError> {
         Ok(self.sq.read_chunk(max)?)
     }
@@ -117,6 +132,11 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         let n = self.cq.publish();
         if n > 0 {
             self.call.notify()?;
+            // The notification fenced (in the call mode, the bell's): an app asleep on a full
+            // submission ring that this side took requests from is seen now.
+            self.sq_bell.after_fence(self.sq.released())?;
+        } else {
+            self.sq_bell.after_release(self.sq.released())?;
         }
         Ok(n)
     }
@@ -139,6 +159,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         out.commit(n);
         if n > 0 {
             self.call.notify()?;
+            self.sq_bell.after_fence(self.sq.released())?;
         }
         Ok(n as u32)
     }
@@ -146,7 +167,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// Serves requests with `handler` until the app closes (returns `Ok(())`) or `idle` passes
     /// without a request ([`QueueError::Timeout`]; `None`: no limit). When the completion ring
     /// is full it stops taking requests (back-pressure reaches the app as a full submission ring)
-    /// and polls for room with short sleeps.
+    /// and sleeps until the app reaps ([`wait_room`](Self::wait_room)).
     pub fn run(
         &mut self,
         mut handler: impl FnMut(S) -> C,
@@ -159,7 +180,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
                 Err(e) => return Err(e),
             }
             if self.serve_ready(&mut handler)? == 0 {
-                match self.wait_for_room(idle) {
+                match self.wait_room(idle) {
                     Ok(()) => {}
                     // The app closed without reaping what it was owed: a clean end for us.
                     Err(QueueError::PeerGone) => return Ok(()),
@@ -169,20 +190,40 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         }
     }
 
-    fn wait_for_room(&mut self, limit: Option<Duration>) -> Result<(), QueueError> {
-        let start = Instant::now();
-        let mut pause = Duration::from_micros(1);
-        while self.cq.free_slots()? == 0 {
-            if closed(&self.state.get().app_closed) {
-                return Err(QueueError::PeerGone);
-            }
-            if limit.is_some_and(|l| start.elapsed() >= l) {
-                return Err(QueueError::Timeout(limit.unwrap_or_default()));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(1));
-        }
-        Ok(())
+    /// Blocks until the completion ring has a free slot: the app reaped, or closed
+    /// ([`QueueError::PeerGone`] if it left the ring full), or `timeout` passed. Publishes
+    /// staged completions first. The wait sleeps as the service's requests wait (the kick
+    /// mode), and the app's reaping wakes it.
+    pub fn wait_room(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        self.flush()?;
+        self.sq_bell.before_wait(self.sq.released())?;
+        wait_room(
+            &self.room,
+            &mut self.cq,
+            &self.state.get().app_closed,
+            timeout,
+        )
+    }
+
+    /// Prepares to wait for room in the completion ring in an external event loop (on
+    /// [`kick_fd`](Self::kick_fd) in eventfd mode, on [`room_word`](Self::room_word) in the
+    /// futex modes): announces that the service sleeps on a full completion ring, so the app's
+    /// next reap wakes it, then re-checks. Returns `true` if there is room (or the app closed)
+    /// already: then do not wait. After waking, call [`disarm_room`](Self::disarm_room).
+    pub fn arm_room(&mut self) -> Result<bool, QueueError> {
+        arm_room(&mut self.cq, &self.state.get().app_closed)
+    }
+
+    /// Ends an external wait begun with [`arm_room`](Self::arm_room) (it leaves the eventfd's
+    /// counter alone, as [`disarm_edge_triggered`](Self::disarm_edge_triggered) does).
+    pub fn disarm_room(&mut self) {
+        self.cq.producer_wake().cancel_sleep();
+    }
+
+    /// The completion ring's producer word: what [`arm_room`](Self::arm_room) announces sleep
+    /// on, and what the app's reaping wakes in the futex modes (a futex wake of this word).
+    pub fn room_word(&self) -> WakeRef {
+        self.cq.producer_wake()
     }
 
     /// Whether requests are ready to take.
@@ -198,6 +239,13 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// Interrupt-plane counters: `kick` (waiting for requests) and `call` (notifying the app).
     pub fn stats(&self) -> (NotifyStats, NotifyStats) {
         (self.kick.stats(), self.call.stats())
+    }
+
+    /// Counters of the room protocol: this side's waits for room in a full completion ring
+    /// ([`wait_room`](Self::wait_room)), and its wake-ups of an app asleep on a full
+    /// submission ring (`sent` and `suppressed`).
+    pub fn room_stats(&self) -> (NotifyStats, NotifyStats) {
+        (self.room.stats(), self.sq_bell.stats())
     }
 
     /// The eventfd the service sleeps on in eventfd mode, for an event loop. Call
@@ -219,7 +267,10 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// eventfd, then re-checks. Returns `true` if requests (or the app's close) are already
     /// there — then do not wait. After the fd fires, call [`disarm`](Self::disarm).
     pub fn arm(&mut self) -> Result<bool, QueueError> {
-        arm_ring(&mut self.sq, &self.state.get().app_closed)
+        let armed = arm_ring(&mut self.sq, &self.state.get().app_closed)?;
+        // The announcement fenced: an app asleep on a full submission ring is seen now.
+        self.sq_bell.after_fence(self.sq.released())?;
+        Ok(armed)
     }
 
     /// Ends an external wait begun with [`arm`](Self::arm): clears the announcement and drains
@@ -237,10 +288,22 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     }
 }
 
+impl<S: Pod, C: Pod> ServiceSide<S, C> {
+    /// Loom negative control only: the fenced looks at an app asleep on a full submission
+    /// ring are skipped.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn skip_room_backstop_for_loom(&mut self) {
+        self.sq_bell.skip_backstop_for_loom();
+    }
+}
+
 impl<S, C> Drop for ServiceSide<S, C> {
     /// Publishes staged completions (nothing the service completed is dropped), then closes.
     fn drop(&mut self) {
         self.cq.publish_staged();
         close(&self.state.get().service_closed, &self.call);
+        // An app asleep on a full submission ring wakes to see the close.
+        self.sq_bell.wake_for_close();
     }
 }

@@ -226,6 +226,36 @@ impl Submitter for Uring {
         Ok(queued)
     }
 
+    /// The kernel takes submissions when they are submitted: this submits what is queued,
+    /// and then the ring has room at once. With SQPOLL the kernel thread takes them in its own
+    /// time, and the wait sleeps in `io_uring_enter` (`IORING_ENTER_SQ_WAIT`) until it has.
+    /// Fails with [`QueueError::Full`] if the kernel took none (it refuses new submissions
+    /// while completions it could not post are waiting: reap them).
+    fn wait_space(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        if self.space()? > 0 {
+            return Ok(());
+        }
+        Submitter::submit(self)?;
+        if self.is_sqpoll() {
+            // The SQPOLL thread was woken by the submit if it slept; each `SQ_WAIT` returns
+            // once it has taken entries.
+            let deadline = timeout.map(|t| Instant::now() + t);
+            while self.space()? == 0 {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(QueueError::Timeout(timeout.unwrap_or_default()));
+                }
+                self.ring
+                    .submitter()
+                    .squeue_wait()
+                    .map_err(QueueError::Io)?;
+            }
+        }
+        match self.space()? {
+            0 => Err(QueueError::Full),
+            _ => Ok(()),
+        }
+    }
+
     fn doorbell_stats(&self) -> DoorbellStats {
         self.stats.doorbell
     }

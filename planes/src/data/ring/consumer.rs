@@ -149,6 +149,18 @@ impl<T: Pod> Consumer<T> {
     pub fn consumer_wake(&self) -> WakeRef {
         self.ring.wake(|h| &h.consumer_wake)
     }
+
+    /// The word the producer sets before it sleeps waiting for room in a full ring: check it
+    /// after releasing slots, and wake the producer if it says "sleeping".
+    pub fn producer_wake(&self) -> WakeRef {
+        self.ring.wake(|h| &h.producer_wake)
+    }
+
+    /// Slots released so far (wrapping): it changes exactly when this consumer releases, so a
+    /// caller can tell whether it made room since it last looked.
+    pub fn released(&self) -> u32 {
+        self.head
+    }
 }
 
 /// Published entries, read by copy and released together.

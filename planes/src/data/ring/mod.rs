@@ -8,7 +8,7 @@
 //! +128        tail line     free-running index of the next entry the producer publishes
 //! +256        head line     free-running index of the next entry the consumer releases
 //! +384        consumer wake word (the consumer announces here that it is about to sleep)
-//! +512        producer wake word (reserved for a producer waiting for space; unused so far)
+//! +512        producer wake word (the producer announces here that it sleeps on a full ring)
 //! +640        capacity x stride   slots: a 4-byte stamp, then the entry (index & (capacity - 1))
 //! ```
 //! Each slot carries a **stamp**: the producer writes `index + 1` into it when it publishes the

@@ -167,6 +167,12 @@ impl<T: Pod> Producer<T> {
         self.ring.wake(|h| &h.consumer_wake)
     }
 
+    /// The word this producer sets before it sleeps waiting for room in a full ring: the
+    /// consumer checks it after releasing slots.
+    pub fn producer_wake(&self) -> WakeRef {
+        self.ring.wake(|h| &h.producer_wake)
+    }
+
     /// Loom negative control only: stamp slots with another ordering.
     #[cfg(loom)]
     #[doc(hidden)]

@@ -313,9 +313,32 @@ impl<S: Pod, C: Pod> Submitter for Client<S, C> {
         self.app.submit()
     }
 
+    /// Sleeps until the server takes a request (it wakes this client when it does), or, as
+    /// [`wait`](Completer::wait) does, until the server is seen gone.
+    fn wait_space(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        if self.gone {
+            return Err(QueueError::PeerGone);
+        }
+        if self.sees_hangup {
+            return match self.app.wait_space(timeout) {
+                Err(QueueError::PeerGone) => Err(self.note_gone()),
+                Err(QueueError::Corrupt(_)) if self.server_gone() => Err(self.note_gone()),
+                other => other,
+            };
+        }
+        self.wait_in_slices(timeout, WaitFor::Space)
+    }
+
     fn doorbell_stats(&self) -> DoorbellStats {
         self.app.doorbell_stats()
     }
+}
+
+/// What a client's wait is for.
+#[derive(Clone, Copy)]
+enum WaitFor {
+    Completions,
+    Space,
 }
 
 impl<S: Pod, C: Pod> Completer for Client<S, C> {
@@ -345,7 +368,7 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
                 other => other,
             };
         }
-        self.wait_in_slices(timeout)
+        self.wait_in_slices(timeout, WaitFor::Completions)
     }
 
     fn notify_stats(&self) -> NotifyStats {
@@ -354,9 +377,14 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
 }
 
 impl<S: Pod, C: Pod> Client<S, C> {
-    /// [`Completer::wait`] for a client that cannot see the server's death as a hang-up.
+    /// [`Completer::wait`] and [`Submitter::wait_space`] for a client that cannot see the
+    /// server's death as a hang-up.
     #[inline(never)]
-    fn wait_in_slices(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+    fn wait_in_slices(
+        &mut self,
+        timeout: Option<Duration>,
+        what: WaitFor,
+    ) -> Result<(), QueueError> {
         // No watcher (it could not start): the wait is cut into liveness slices. Time is tracked
         // by adding up the slices that timed out (each lasted at least its length), not by
         // reading the clock: a clock read costs about a cross-core round trip in a VM.
@@ -365,15 +393,19 @@ impl<S: Pod, C: Pod> Client<S, C> {
             let slice = left.map_or(self.options.liveness_interval, |l| {
                 l.min(self.options.liveness_interval)
             });
-            match self.app.wait(Some(slice)) {
+            let waited = match what {
+                WaitFor::Completions => self.app.wait(Some(slice)),
+                WaitFor::Space => self.app.wait_space(Some(slice)),
+            };
+            match waited {
                 Ok(()) => return Ok(()),
                 Err(QueueError::PeerGone) => return Err(self.note_gone()),
                 Err(QueueError::Timeout(_)) => {
                     if self.server_gone() {
                         // Completions published before the death are still reaped first.
-                        return match self.app.completions_ready()? {
-                            true => Ok(()),
-                            false => Err(QueueError::PeerGone),
+                        return match what {
+                            WaitFor::Completions if self.app.completions_ready()? => Ok(()),
+                            _ => Err(QueueError::PeerGone),
                         };
                     }
                     left = left.map(|l| l.saturating_sub(slice));

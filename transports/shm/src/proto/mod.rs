@@ -29,8 +29,9 @@ pub const PROTOCOL_MAGIC: [u8; 4] = *b"SBSH";
 /// The control protocol version this build speaks. It also covers the layout of the shared
 /// memory it sets up, so two builds that would lay out the rings differently, or encode their
 /// messages differently, refuse each other at the handshake. (Version 2: ring slots carry
-/// stamps. Version 3: [`Refusal::Unaligned`].)
-pub const PROTOCOL_VERSION: u16 = 3;
+/// stamps. Version 3: [`Refusal::Unaligned`]. Version 4: a side that finds a ring full sleeps
+/// on its producer word, and the other side wakes it after reaping.)
+pub const PROTOCOL_VERSION: u16 = 4;
 /// A control message carrying a postcard-encoded body.
 pub const KIND_MESSAGE: u8 = 1;
 /// A refusal because of a version mismatch; its body is the refusing side's version.

@@ -27,13 +27,36 @@ pub(crate) struct Active<S, C, K> {
     pub(crate) blocked: bool,
     /// Completions staged from [`Service::poll`] and not yet published.
     pub(crate) unflushed: bool,
-    /// The word a futex-sleeping server sleeps on for this client (kick mode futex).
+    /// The word a futex-sleeping server sleeps on for this client's requests (kick mode
+    /// futex).
     pub(crate) kick_word: Option<WakeRef>,
+    /// The word a futex-sleeping server sleeps on while this client's completion ring is
+    /// full: the client's reaping wakes it (kick mode futex).
+    pub(crate) room_word: Option<WakeRef>,
+    /// What the server announced sleep on for this client at the last [`arm_all`].
+    ///
+    /// [`arm_all`]: super::Server::arm_all
+    pub(crate) armed: Armed,
+    /// What this client's word in the futex sleep set is.
+    pub(crate) in_set: Armed,
     /// The client's deferred requests.
     pub(crate) ledger: Arc<Ledger>,
     /// Requests taken from the ring but not yet handed to the service: the rest of a batch
     /// cut short by [`Limits::turn_bytes`]. Served first at the next turn.
     pub(crate) carry: VecDeque<S>,
+}
+
+/// What a sleeping server waits for from a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Armed {
+    /// Requests: the client's doorbell (its kick word) wakes the server.
+    Requests,
+    /// Room in its full completion ring: the client's reaping (its completion ring's
+    /// producer word) wakes the server.
+    Room,
+    /// Nothing from the client: it is at its deferred limit, and the service's answers wake
+    /// the server.
+    Nothing,
 }
 
 pub(crate) enum Outcome {

@@ -81,9 +81,16 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         if std::mem::take(&mut self.kick_words_changed) {
             let words = self
                 .conns
-                .iter()
-                .filter_map(|c| match &c.state {
-                    State::Active(a) => a.kick_word.clone(),
+                .iter_mut()
+                .filter_map(|c| match &mut c.state {
+                    State::Active(a) => {
+                        a.in_set = a.armed;
+                        match a.armed {
+                            Armed::Requests => a.kick_word.clone(),
+                            Armed::Room => a.room_word.clone(),
+                            Armed::Nothing => None,
+                        }
+                    }
                     State::Handshake { .. } => None,
                 })
                 .collect();
@@ -136,8 +143,8 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         (now.duration_since(since).as_nanos() as u64) < window
     }
 
-    /// How long the server may sleep: until the nearest handshake deadline, and briefly while
-    /// a client's completion ring is full (the client does not ring when it makes room).
+    /// How long the server may sleep: until the nearest handshake deadline (a client whose
+    /// completion ring is full wakes it when it reaps: no limit for that).
     pub(super) fn sleep_limit(&self) -> Option<Duration> {
         // The clock is read only if a handshake is pending: a served client's round trip
         // should not pay for a clock read (tens of ns in a VM) on its way to the sleep.
@@ -149,7 +156,6 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 State::Handshake { deadline } => tighten(
                     deadline.saturating_duration_since(*now.get_or_insert_with(Instant::now)),
                 ),
-                State::Active(a) if a.blocked => tighten(Duration::from_millis(1)),
                 State::Active(_) => {}
             }
         }
@@ -199,6 +205,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     }
 
     /// Announces sleep on every ring that can wake us; `true` if one already has work.
+    ///
+    /// What is armed depends on the client: its requests (its submission ring), or, while its
+    /// completion ring is full, room there (the client's reaping wakes the server, through
+    /// its kick eventfd or a futex wake of the ring's producer word), or nothing while it is
+    /// at its deferred limit.
     pub(super) fn arm_all(&mut self) -> bool {
         let mut ready = false;
         let mut i = 0;
@@ -207,14 +218,25 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 // A client at its deferred limit is not served until the service answers (and
                 // the service's own sources wake the server for that): its waiting requests
                 // must not keep the server awake.
-                if a.at_deferred_limit(self.config.max_deferred) {
-                    i += 1;
-                    continue;
+                a.armed = if a.at_deferred_limit(self.config.max_deferred) {
+                    Armed::Nothing
+                } else if a.blocked {
+                    Armed::Room
+                } else {
+                    Armed::Requests
+                };
+                if a.armed != a.in_set && a.kick_word.is_some() {
+                    self.kick_words_changed = true;
                 }
-                if !a.carry.is_empty() {
+                if !a.carry.is_empty() && a.armed != Armed::Nothing {
                     ready = true;
                 }
-                match a.service.arm() {
+                let armed = match a.armed {
+                    Armed::Requests => a.service.arm(),
+                    Armed::Room => a.service.arm_room(),
+                    Armed::Nothing => Ok(false),
+                };
+                match armed {
                     Ok(true) => ready = true,
                     Ok(false) => {}
                     Err(e) => {
@@ -233,7 +255,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             if let State::Active(a) = &mut c.state {
                 // The kick eventfds are registered edge-triggered: no drain (a `read` per
                 // wake-up) is needed for the next kick to report them again.
-                a.service.disarm_edge_triggered();
+                match a.armed {
+                    Armed::Requests => a.service.disarm_edge_triggered(),
+                    Armed::Room => a.service.disarm_room(),
+                    Armed::Nothing => {}
+                }
             }
         }
     }

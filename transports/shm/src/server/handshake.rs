@@ -21,7 +21,7 @@ use subring_planes::interrupt::NotifyMode;
 use subring_planes::pair::{PairConfig, PairLayout, PairSignals, ServiceSide};
 
 use super::config::{ClientInfo, ServerSleep};
-use super::conn::{Active, Conn, Limits, State};
+use super::conn::{Active, Armed, Conn, Limits, State};
 use super::ctx::ClientMemory;
 use super::service::{Ledger, Service};
 use super::{os, spare_fd, Server};
@@ -452,6 +452,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         let info = ClientInfo { id, pid, mode };
         let client = self.service.connect(&info);
         let kick_word = (config.kick_mode == NotifyMode::Futex).then(|| service.kick_word());
+        let room_word = (config.kick_mode == NotifyMode::Futex).then(|| service.room_word());
         self.kick_words_changed |= kick_word.is_some();
         match mode {
             NotifyMode::Spin => self.spin_clients += 1,
@@ -476,6 +477,9 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             blocked: false,
             unflushed: false,
             kick_word,
+            room_word,
+            armed: Armed::Requests,
+            in_set: Armed::Requests,
             ledger: Arc::new(Ledger::default()),
             carry: VecDeque::new(),
         }));

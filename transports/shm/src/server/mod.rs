@@ -44,7 +44,7 @@ use crate::error::check_capacity;
 use crate::futex_sleep::{FutexSleep, MAX_FUTEX_CLIENTS};
 use crate::ConfigError;
 use crate::Error;
-use conn::{Conn, Limits, Outcome, State, Table};
+use conn::{Armed, Conn, Limits, Outcome, State, Table};
 use handshake::listen_on;
 use service::Ledger;
 use window::{Window, WINDOW_MIN_NS};

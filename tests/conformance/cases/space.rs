@@ -1,0 +1,97 @@
+//! Waiting for space: a full submission ring is waited on, not polled.
+
+use super::super::*;
+
+/// `wait_space` after a push came back `Full`: with the ring full of staged entries it
+/// publishes them and returns once the subsystem has taken one; with the subsystem backed up
+/// (its completions unreaped) it times out, and after one reap it returns (the subsystem,
+/// asleep on its full completion ring, is woken by the reap, takes requests, and wakes the
+/// waiter). In every mode; nothing is lost.
+pub(crate) fn wait_space<T: Transport>() {
+    let cap = CAP as usize;
+    for mode in T::modes() {
+        let what = format!("wait_space in {mode:?}");
+        let (mut fx, mut q) = T::open(mode, CAP);
+        let mut ledger = Ledger::default();
+
+        // Part 1: staged entries fill the ring; waiting publishes them.
+        for token in 0..cap as u64 {
+            let entry = fx.request(&mut q, token);
+            push_ok::<T>(&mut q, entry, &what);
+            ledger.accept(token);
+        }
+        let entry = fx.request(&mut q, cap as u64);
+        let entry = push_full::<T>(&mut q, entry, &what);
+        q.wait_space(Some(WAIT))
+            .unwrap_or_else(|e| panic!("{what}: waiting for space in a staged ring: {e}"));
+        assert!(q.space().unwrap() > 0, "{what}: space after wait_space");
+        push_ok::<T>(&mut q, entry, &what);
+        ledger.accept(cap as u64);
+        q.submit().unwrap();
+        drain(&mut fx, &mut q, &mut ledger, &what);
+
+        // Part 2: the subsystem backs up (a transport that declares a bound on what it takes
+        // unreaped): the wait times out, and one reap ends it.
+        if T::outstanding_limit(cap).is_some() {
+            let base = 1_000u64;
+            let mut token = base;
+            let (held_token, held) = loop {
+                let entry = fx.request(&mut q, token);
+                match q.push(entry) {
+                    Ok(()) => {
+                        ledger.accept(token);
+                        token += 1;
+                        q.submit().unwrap();
+                    }
+                    Err(Rejected {
+                        error: QueueError::Full,
+                        entry,
+                    }) => {
+                        token += 1;
+                        break (token - 1, entry);
+                    }
+                    Err(r) => panic!("{what}: push failed: {}", r.error),
+                }
+                assert!(
+                    token < base + 8 * cap as u64,
+                    "{what}: the ring never filled"
+                );
+            };
+            // The subsystem's completion ring may still be filling: it is backed up once a
+            // wait for space times out.
+            let deadline = Instant::now() + SCENARIO_LIMIT;
+            while q.wait_space(Some(SHORT)).is_ok() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: the subsystem never backed up"
+                );
+                let entry = fx.request(&mut q, token);
+                match q.push(entry) {
+                    Ok(()) => {
+                        ledger.accept(token);
+                        token += 1;
+                        q.submit().unwrap();
+                    }
+                    Err(r) => panic!("{what}: push after wait_space failed: {}", r.error),
+                }
+            }
+            let start = Instant::now();
+            assert!(
+                reap_ready(&mut fx, &mut q, &mut ledger, &what) > 0,
+                "{what}: a backed-up subsystem has completions to reap"
+            );
+            q.wait_space(Some(WAIT))
+                .unwrap_or_else(|e| panic!("{what}: waiting for space after a reap: {e}"));
+            let waited = start.elapsed();
+            assert!(
+                waited < PROMPT,
+                "{what}: space came {waited:?} after the reap"
+            );
+            push_ok::<T>(&mut q, held, &what);
+            ledger.accept(held_token);
+            q.submit().unwrap();
+            drain(&mut fx, &mut q, &mut ledger, &what);
+        }
+        assert_quiet::<T>(&mut q, &what);
+    }
+}

@@ -1,0 +1,83 @@
+//! A server whose client does not reap sleeps: it waits on the client's full completion ring
+//! (the client's reaping wakes it) instead of polling, in both server sleeps; and a client
+//! whose submission ring is full waits for the server to take.
+
+use std::time::{Duration, Instant};
+
+use subring_shm::queue::{Completer, Submitter};
+use subring_shm::{
+    socket_pair, Client, ClientOptions, NotifyMode, Server, ServerConfig, ServerSleep,
+};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn served_by_a_sleeping_server(sleep: ServerSleep, mode: NotifyMode) {
+    let mut config = ServerConfig::new("inc");
+    config.sleep = sleep;
+    let mut server = Server::from_fn(config, |ctx, x: u64| ctx.complete(x + 1)).unwrap();
+    let (server_end, client_end) = socket_pair().unwrap();
+    server.add_connection(server_end).unwrap();
+    let mut opts = ClientOptions::new("inc").mode(mode);
+    opts.sq_capacity = 64;
+    opts.cq_capacity = 4;
+    let h = std::thread::spawn(move || Client::<u64, u64>::from_socket(client_end, &opts));
+    let start = Instant::now();
+    while !h.is_finished() {
+        assert!(start.elapsed() < LIMIT, "handshake did not finish");
+        server.run_for(Duration::from_millis(2)).unwrap();
+    }
+    let mut client = h.join().unwrap().unwrap();
+
+    for x in 0..32 {
+        client.push(x).unwrap();
+    }
+    client.submit().unwrap();
+    // The server answers 4 and finds the completion ring full; then it sleeps until the
+    // client reaps. Each sleep of `run_for` ends at its limit at the latest: a server that
+    // polled the full ring (as it did, every millisecond) would sleep a hundred times here.
+    server.run_for(Duration::from_millis(20)).unwrap();
+    let sleeps = server.stats().sleeps;
+    server.run_for(Duration::from_millis(100)).unwrap();
+    let idle_sleeps = server.stats().sleeps - sleeps;
+    assert!(
+        idle_sleeps <= 2,
+        "{sleep:?}/{mode}: the server woke {idle_sleeps} times in 100 ms on a full ring"
+    );
+    assert_eq!(server.stats().requests, 4, "{sleep:?}/{mode}");
+
+    // The client reaps on another thread while the server turns: every reap that makes room
+    // wakes it, and everything is answered.
+    let reaper = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while got.len() < 32 {
+            got.push(client.wait_reap(LIMIT).unwrap());
+        }
+        (got, client)
+    });
+    let start = Instant::now();
+    while !reaper.is_finished() {
+        assert!(
+            start.elapsed() < LIMIT,
+            "{sleep:?}/{mode}: not everything was answered"
+        );
+        server.run_for(Duration::from_millis(5)).unwrap();
+    }
+    let (got, client) = reaper.join().unwrap();
+    assert_eq!(got, (1..=32).collect::<Vec<u64>>(), "{sleep:?}/{mode}");
+    assert_eq!(server.stats().requests, 32);
+    drop(client);
+}
+
+#[test]
+fn a_full_completion_ring_puts_an_epoll_server_to_sleep() {
+    for mode in [NotifyMode::EventFd, NotifyMode::Futex, NotifyMode::Adaptive] {
+        served_by_a_sleeping_server(ServerSleep::Epoll, mode);
+    }
+}
+
+#[test]
+fn a_full_completion_ring_puts_a_futex_server_to_sleep() {
+    for mode in [NotifyMode::Futex, NotifyMode::EventFd, NotifyMode::Adaptive] {
+        served_by_a_sleeping_server(ServerSleep::Futex, mode);
+    }
+}
