@@ -27,10 +27,16 @@ fn model(f: impl Fn() + Send + Sync + 'static) {
     model_bounded(usize::MAX, f);
 }
 
-/// A model of three threads whose waits spin: explored with at most `max` preemptions (and no
-/// more than `LOOM_MAX_PREEMPTIONS`), which keeps it to seconds.
+/// A model too large to explore at CI's bound (three threads whose waits spin, or a queue
+/// pair's two sides taking many steps each): explored with at most `max` preemptions (and no
+/// more than `LOOM_MAX_PREEMPTIONS`), which keeps it to about a minute. `SUBRING_LOOM_DEEP=1`
+/// lifts the cap (`LOOM_MAX_PREEMPTIONS` alone bounds it then): the opt-in deep check.
 fn model_bounded(max: usize, f: impl Fn() + Send + Sync + 'static) {
     let mut builder = loom::model::Builder::new();
+    let max = match std::env::var_os("SUBRING_LOOM_DEEP") {
+        Some(_) => usize::MAX,
+        None => max,
+    };
     builder.preemption_bound = Some(builder.preemption_bound.unwrap_or(3).min(max));
     builder.check(f);
 }
@@ -327,9 +333,9 @@ fn service_declared_gone_wakes_a_waiting_app() {
 /// then waits for the second; the look at the producer word that its wait makes first is
 /// fenced, and is what wakes the service when the relaxed look right after the reap missed
 /// the announcement (store buffering on both sides). Futex mode, so a missed wake-up is a
-/// deadlock.
+/// deadlock. Explored with at most 4 preemptions (about 30 s; 5 take five minutes).
 fn full_completion_ring_sleeps(skip_backstop: bool) {
-    model(move || {
+    model_bounded(4, move || {
         let config = PairConfig {
             sq_capacity: 2,
             cq_capacity: 1,
@@ -385,7 +391,7 @@ fn negative_control_room_without_the_fenced_look_is_caught() {
 /// and the service sees it.
 #[test]
 fn a_full_submission_ring_sleeps_until_the_service_takes() {
-    model(|| {
+    model_bounded(4, || {
         let config = PairConfig {
             sq_capacity: 1,
             cq_capacity: 2,
