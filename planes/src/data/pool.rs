@@ -175,7 +175,19 @@ pub struct BufferPool {
     hint: AtomicU32,
     _claim: Claim,
     #[cfg(loom)]
-    broken_orderings: bool,
+    broken: Option<PoolBreakage>,
+}
+
+/// Loom negative controls only: a deliberately broken variant of the pool's bookkeeping.
+#[cfg(loom)]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolBreakage {
+    /// Free and alloc use Relaxed orderings on the free bitmap.
+    RelaxedFreeList,
+    /// `reclaim` tests and clears the lent bit with a load and a store instead of one
+    /// read-modify-write: two reclaims of one handle can both win.
+    SplitReclaim,
 }
 
 impl fmt::Debug for BufferPool {
@@ -258,16 +270,21 @@ impl BufferPool {
             lent: bits(count, false),
             hint: AtomicU32::new(0),
             #[cfg(loom)]
-            broken_orderings: false,
+            broken: None,
         }))
     }
 
-    /// Loom negative control only: a pool whose free/alloc use Relaxed orderings.
+    /// Loom negative control only: a pool broken as `how` says.
     #[cfg(loom)]
     #[doc(hidden)]
-    pub fn new_broken_for_loom(region: Arc<Region>, buf_size: usize, count: usize) -> Arc<Self> {
+    pub fn new_broken_for_loom(
+        region: Arc<Region>,
+        buf_size: usize,
+        count: usize,
+        how: PoolBreakage,
+    ) -> Arc<Self> {
         let mut pool = Arc::into_inner(Self::new(region, 0, buf_size, count).unwrap()).unwrap();
-        pool.broken_orderings = true;
+        pool.broken = Some(how);
         Arc::new(pool)
     }
 
@@ -278,7 +295,7 @@ impl BufferPool {
 
     #[cfg(loom)]
     fn orders(&self) -> (Ordering, Ordering) {
-        if self.broken_orderings {
+        if self.broken == Some(PoolBreakage::RelaxedFreeList) {
             (Relaxed, Relaxed)
         } else {
             (Acquire, Release)
@@ -349,6 +366,23 @@ impl BufferPool {
         debug_assert!(was & (1 << (index % 64)) == 0, "buffer {index} freed twice");
     }
 
+    /// Clears buffer `index`'s lent bit; returns its word as it was. One read-modify-write, so
+    /// of two reclaims of the same handle (a peer that returned it twice, taken by two threads)
+    /// exactly one sees the bit set.
+    #[inline(always)]
+    fn take_lent_bit(&self, index: u32, bit: u64) -> u64 {
+        let word = &self.lent[(index / 64) as usize];
+        #[cfg(loom)]
+        if self.broken == Some(PoolBreakage::SplitReclaim) {
+            let was = word.load(Acquire);
+            word.store(was & !bit, Release);
+            return was;
+        }
+        // SYNC POINT (pool-lent): AcqRel pairs with `lend`'s AcqRel `fetch_or`: the reclaimer
+        // that wins is ordered after the lender's last use of the buffer.
+        word.fetch_and(!bit, AcqRel)
+    }
+
     fn offset_of(&self, index: u32) -> u64 {
         self.layout.base + u64::from(index) * u64::from(self.layout.buf_size)
     }
@@ -359,7 +393,7 @@ impl BufferPool {
     pub fn reclaim(self: &Arc<Self>, handle: BufHandle) -> Result<Buf, PoolError> {
         let index = self.layout.check(handle)?;
         let bit = 1u64 << (index % 64);
-        let was = self.lent[(index / 64) as usize].fetch_and(!bit, AcqRel);
+        let was = self.take_lent_bit(index, bit);
         if was & bit == 0 {
             return Err(PoolError::NotLent { index });
         }
