@@ -59,8 +59,6 @@ pub use mode::{MissingEventFd, ModeNotifier, NotifyMode, UnknownMode, ADAPTIVE_M
 #[cfg(loom)]
 pub use notifier::LoomBreakage;
 pub use notifier::{EventFdNotifier, FutexNotifier, SleepNotifier, SpinNotifier};
-#[cfg(loom)]
-pub use signal::LoomSignal;
 pub use signal::{EventFdSignal, FutexSignal, Signal, Woke};
 pub use sleep_set::{Alarm, SleepSet};
 pub(crate) use spin::deadline_after;

@@ -7,9 +7,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+#[cfg(not(loom))]
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+#[cfg(not(loom))]
+use nix::sys::epoll::EpollTimeout;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 #[cfg(not(loom))]
 use rustix::thread::futex;
@@ -58,6 +61,64 @@ pub struct EventFdSignal {
     fd: Arc<EventFd>,
     /// Created at the first `block`: sides that only wake never pay the extra fd.
     waiter: Arc<OnceLock<Epoll>>,
+    /// Under loom, the eventfd's counter and its edge as the waiter's epoll set sees them: the
+    /// fd is still created (for `AsFd`), but every write, read and wait goes to the model.
+    #[cfg(loom)]
+    model: Arc<EventFdModel>,
+}
+
+/// The modelled eventfd (loom builds): `write` adds to the counter and raises an edge; an
+/// edge-triggered epoll wait reports a raised edge once, and only while the counter is
+/// non-zero (epoll re-polls the file before reporting it, so a write that was drained since
+/// is not reported); `read` takes the counter; a level-triggered poll waits for a non-zero
+/// counter. Timeouts and hang-ups are not modelled.
+#[cfg(loom)]
+#[derive(Debug, Default)]
+struct EventFdModel {
+    state: crate::sync::Mutex<EventFdState>,
+    changed: crate::sync::Condvar,
+}
+
+#[cfg(loom)]
+#[derive(Debug, Default)]
+struct EventFdState {
+    count: u64,
+    edge: bool,
+}
+
+#[cfg(loom)]
+impl EventFdModel {
+    fn lock(&self) -> loom::sync::MutexGuard<'_, EventFdState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) {
+        let mut s = self.lock();
+        s.count += 1;
+        s.edge = true;
+        self.changed.notify_all();
+    }
+
+    fn read(&self) -> u64 {
+        std::mem::take(&mut self.lock().count)
+    }
+
+    fn wait_edge(&self) {
+        let mut s = self.lock();
+        loop {
+            if std::mem::take(&mut s.edge) && s.count > 0 {
+                return;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn wait_readable(&self) {
+        let mut s = self.lock();
+        while s.count == 0 {
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 /// Epoll data of the eventfd in the waiter's set.
@@ -65,6 +126,7 @@ const SIGNALLED: u64 = 0;
 /// Epoll data of a descriptor watched for hang-up.
 const HUNG_UP: u64 = 1;
 
+#[cfg(not(loom))]
 fn epoll_timeout(timeout: Option<Duration>) -> EpollTimeout {
     match timeout {
         None => EpollTimeout::NONE,
@@ -87,7 +149,17 @@ impl EventFdSignal {
         EventFdSignal {
             fd: Arc::new(fd),
             waiter: Arc::new(OnceLock::new()),
+            #[cfg(loom)]
+            model: Arc::default(),
         }
+    }
+
+    /// Loom builds only: waits the way a level-triggered event loop (`poll`, epoll without
+    /// `EPOLLET`) waits on this fd: until its counter is non-zero.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn wait_readable_for_loom(&self) {
+        self.model.wait_readable();
     }
 
     /// Wraps an eventfd received from a peer, after checking that it is one (its
@@ -150,6 +222,9 @@ impl EventFdSignal {
 
     /// Drains pending wake-ups without blocking; returns how many were pending.
     pub fn drain(&self) -> io::Result<u64> {
+        #[cfg(loom)]
+        return Ok(self.model.read());
+        #[cfg(not(loom))]
         match self.fd.read() {
             Ok(n) => Ok(n),
             Err(Errno::EAGAIN) => Ok(0),
@@ -166,6 +241,12 @@ impl AsFd for EventFdSignal {
 
 impl Signal for EventFdSignal {
     fn wake(&self, _word: &WakeWord) -> io::Result<()> {
+        #[cfg(loom)]
+        {
+            self.model.write();
+            Ok(())
+        }
+        #[cfg(not(loom))]
         match self.fd.write(1) {
             // The counter is saturated: the waiter has plenty of wake-ups pending already.
             Ok(_) | Err(Errno::EAGAIN) => Ok(()),
@@ -173,6 +254,13 @@ impl Signal for EventFdSignal {
         }
     }
 
+    #[cfg(loom)]
+    fn block(&self, _word: &WakeWord, _timeout: Option<Duration>) -> io::Result<Woke> {
+        self.model.wait_edge();
+        Ok(Woke::Recheck)
+    }
+
+    #[cfg(not(loom))]
     fn block(&self, _word: &WakeWord, timeout: Option<Duration>) -> io::Result<Woke> {
         let epoll = self.waiter()?;
         // Room for both the eventfd and a hung-up descriptor, so that a wake-up is never hidden
@@ -275,46 +363,6 @@ impl Signal for FutexSignal {
                 crate::sync::thread::yield_now();
             }
         }
-        Ok(Woke::Recheck)
-    }
-}
-
-/// A loom model of an eventfd: a wake is remembered until a blocked (or the next) waiter
-/// consumes it. Timeouts are not modelled: a wait that would need one is a deadlock, which loom
-/// reports.
-#[cfg(loom)]
-#[derive(Debug, Clone)]
-pub struct LoomSignal {
-    state: Arc<(crate::sync::Mutex<bool>, crate::sync::Condvar)>,
-}
-
-#[cfg(loom)]
-impl LoomSignal {
-    /// A fresh modelled eventfd.
-    #[allow(clippy::new_without_default)]
-    pub fn new() -> Self {
-        LoomSignal {
-            state: Arc::new((crate::sync::Mutex::new(false), crate::sync::Condvar::new())),
-        }
-    }
-}
-
-#[cfg(loom)]
-impl Signal for LoomSignal {
-    fn wake(&self, _word: &WakeWord) -> io::Result<()> {
-        let (lock, cv) = &*self.state;
-        *lock.lock().unwrap() = true;
-        cv.notify_one();
-        Ok(())
-    }
-
-    fn block(&self, _word: &WakeWord, _timeout: Option<Duration>) -> io::Result<Woke> {
-        let (lock, cv) = &*self.state;
-        let mut pending = lock.lock().unwrap();
-        while !*pending {
-            pending = cv.wait(pending).unwrap();
-        }
-        *pending = false;
         Ok(Woke::Recheck)
     }
 }
