@@ -15,13 +15,17 @@ use std::sync::Arc;
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::Ordering;
 use loom::thread;
-use subring_planes::data::{BufferPool, PoolBreakage, PoolError, Region, RegionOptions, Ring};
+use subring_planes::data::{
+    BufferPool, PoolBreakage, PoolError, Region, RegionOptions, Ring, RingError, RingLayout,
+};
 use subring_planes::interrupt::{
     EventFdSignal, FutexSignal, LoomBreakage, Notifier, NotifyMode, Signal, SleepNotifier,
-    SleepSet, SpinPolicy, WaitAny,
+    SleepSet, SpinPolicy, WaitAny, WakeWord, Woke,
 };
-use subring_planes::pair::{in_process, AppSide, PairConfig, PairLayout, PairSignals, ServiceSide};
-use subring_planes::queue::{Completer, QueueError, Submitter};
+use subring_planes::pair::{
+    self, in_process, AppSide, PairConfig, PairLayout, PairSignals, ServiceSide,
+};
+use subring_planes::queue::{Completer, QueueError, SetupError, Submitter};
 
 fn model(f: impl Fn() + Send + Sync + 'static) {
     model_bounded(usize::MAX, f);
@@ -227,6 +231,198 @@ fn negative_control_lost_wakeup_without_recheck_is_caught() {
 #[should_panic(expected = "deadlock")]
 fn negative_control_lost_wakeup_without_fences_is_caught() {
     sleep_wake(Some(LoomBreakage::NoFences));
+}
+
+/// The spin-then-sleep path: the waiter spins (an adaptive budget of 2 spins, halved after a
+/// spin that failed) before it announces sleep, over the modelled futex; two messages.
+#[test]
+fn adaptive_spin_then_sleep_loses_no_wakeup() {
+    model(|| {
+        let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
+        let notifier =
+            SleepNotifier::new(tx.consumer_wake(), FutexSignal::new(), SpinPolicy::none());
+        let waiter = SleepNotifier::new(
+            rx.consumer_wake(),
+            FutexSignal::new(),
+            SpinPolicy::adaptive(2),
+        );
+        let producer = thread::spawn(move || {
+            for v in [1, 2] {
+                tx.push(v).unwrap();
+                notifier.notify().unwrap();
+            }
+        });
+        for expected in [1, 2] {
+            waiter
+                .wait_until(&mut || rx.has_entries().unwrap(), None)
+                .unwrap();
+            assert_eq!(rx.pop().unwrap(), Some(expected));
+        }
+        producer.join().unwrap();
+    });
+}
+
+/// A futex signal whose first wake-up fails (as `FUTEX_WAKE` or an eventfd write can).
+#[derive(Debug, Clone)]
+struct FailsFirstWake {
+    failed: Arc<loom::sync::atomic::AtomicBool>,
+}
+
+impl Signal for FailsFirstWake {
+    fn wake(&self, word: &WakeWord) -> std::io::Result<()> {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            return Err(std::io::Error::other("injected wake-up failure"));
+        }
+        FutexSignal::new().wake(word)
+    }
+
+    fn block(
+        &self,
+        word: &WakeWord,
+        timeout: Option<std::time::Duration>,
+    ) -> std::io::Result<Woke> {
+        FutexSignal::new().block(word, timeout)
+    }
+}
+
+/// A wake-up that fails is rolled back: the notifier sets the word to "sleeping" again, so the
+/// caller's retry wakes the waiter instead of being suppressed.
+fn failed_wake_rolls_back(broken: bool) {
+    model(move || {
+        let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
+        let signal = FailsFirstWake {
+            failed: Arc::new(loom::sync::atomic::AtomicBool::new(false)),
+        };
+        let mut notifier =
+            SleepNotifier::new(tx.consumer_wake(), signal.clone(), SpinPolicy::none());
+        if broken {
+            notifier.break_for_loom(LoomBreakage::SkipRollback);
+        }
+        let waiter = SleepNotifier::new(rx.consumer_wake(), signal, SpinPolicy::none());
+        let producer = thread::spawn(move || {
+            tx.push(1).unwrap();
+            if notifier.notify().is_err() {
+                // What a caller does with a failed notification: try again.
+                notifier.notify().unwrap();
+            }
+        });
+        waiter
+            .wait_until(&mut || rx.has_entries().unwrap(), None)
+            .unwrap();
+        assert_eq!(rx.pop().unwrap(), Some(1));
+        producer.join().unwrap();
+    });
+}
+
+#[test]
+fn a_failed_wake_is_rolled_back_and_retried() {
+    failed_wake_rolls_back(false);
+}
+
+/// Negative control: without the rollback the retry finds the word cleared and is suppressed;
+/// the waiter sleeps on (the modelled futex waits by yielding: too many branches).
+#[test]
+#[should_panic(expected = "maximum number of branches")]
+fn negative_control_no_rollback_after_a_failed_wake_is_caught() {
+    failed_wake_rolls_back(true);
+}
+
+/// Creation racing an attach: one thread creates a ring (over memory whose loom objects were
+/// constructed first, as mapped memory exists before anyone writes it) and pushes an entry;
+/// another attaches as soon as the magic says the ring is there, and takes the entry. The
+/// magic is published last, with Release: whoever sees it sees the whole header.
+fn ring_created_while_attached(publish: Ordering) {
+    model(move || {
+        let layout = RingLayout::of::<u32>(2).unwrap();
+        let region = Arc::new(Region::anonymous(layout.size, RegionOptions::new()).unwrap());
+        Ring::<u32>::construct_for_loom(&region, 0, 2).unwrap();
+        let shared = region.clone();
+        let creator = thread::spawn(move || {
+            let ring = Ring::<u32>::create_constructed_for_loom(shared, 0, 2, publish).unwrap();
+            let mut tx = ring.into_producer().unwrap();
+            tx.push(7).unwrap();
+        });
+        let ring = loop {
+            match Ring::<u32>::attach(region.clone(), 0, 2) {
+                Ok(ring) => break ring,
+                Err(RingError::HeaderMismatch { field: "magic", .. }) => thread::yield_now(),
+                Err(e) => panic!("attach raced creation: {e}"),
+            }
+        };
+        let mut rx = ring.into_consumer().unwrap();
+        let got = loop {
+            match rx.pop().unwrap() {
+                Some(v) => break v,
+                None => thread::yield_now(),
+            }
+        };
+        assert_eq!(got, 7);
+        creator.join().unwrap();
+    });
+}
+
+#[test]
+fn a_ring_attached_while_it_is_created_is_seen_whole() {
+    ring_created_while_attached(Ordering::Release);
+}
+
+/// Negative control: the magic stored Relaxed lets the attacher see it before the rest of the
+/// header (a capacity of 0).
+#[test]
+#[should_panic(expected = "attach raced creation")]
+fn negative_control_relaxed_magic_is_caught() {
+    ring_created_while_attached(Ordering::Relaxed);
+}
+
+/// A queue pair's creation racing the app's attach: the service's thread lays the pair out
+/// (over constructed memory, as for the ring) and attaches its side; the app attaches as soon
+/// as the pair's magic is there and makes a round trip. The pair's magic goes last, with
+/// Release, after both rings' own. At most 6 preemptions (about 20 s; 10 take five minutes).
+fn pair_created_while_attached(publish: Ordering) {
+    model_bounded(6, move || {
+        let config = PairConfig::default()
+            .with_capacity(1)
+            .with_mode(NotifyMode::Futex);
+        let layout = PairLayout::of::<u32, u32>(&config).unwrap();
+        let region = Arc::new(Region::anonymous(layout.size, RegionOptions::new()).unwrap());
+        pair::construct_for_loom::<u32, u32>(&region, 0, &config).unwrap();
+        let (shared, cfg) = (region.clone(), config.clone());
+        let server = thread::spawn(move || {
+            pair::create_constructed_for_loom::<u32, u32>(&shared, 0, &cfg, publish).unwrap();
+            let mut service =
+                ServiceSide::<u32, u32>::attach(shared, 0, &cfg, PairSignals::default()).unwrap();
+            service.wait_requests(None).unwrap();
+            service.serve_ready(&mut |x: u32| x + 1).unwrap();
+            service
+        });
+        let mut app = loop {
+            match AppSide::<u32, u32>::attach(region.clone(), 0, &config, PairSignals::default()) {
+                Ok(app) => break app,
+                Err(QueueError::Setup(e)) if matches!(*e, SetupError::NoPair { magic: 0, .. }) => {
+                    thread::yield_now()
+                }
+                Err(e) => panic!("attach raced creation: {e}"),
+            }
+        };
+        app.push(41).unwrap();
+        app.submit().unwrap();
+        app.wait(None).unwrap();
+        assert_eq!(app.reap().unwrap(), Some(42));
+        drop(server.join().unwrap());
+    });
+}
+
+#[test]
+fn a_pair_attached_while_it_is_created_is_seen_whole() {
+    pair_created_while_attached(Ordering::Release);
+}
+
+/// Negative control: the pair's magic stored Relaxed lets the app see it before the mode
+/// words (or a ring's header) it guards.
+#[test]
+#[should_panic(expected = "attach raced creation")]
+fn negative_control_relaxed_pair_magic_is_caught() {
+    pair_created_while_attached(Ordering::Relaxed);
 }
 
 /// The buffer pool's free bitmap: two threads allocate, use and free buffers from a pool of one
@@ -494,8 +690,9 @@ fn a_full_submission_ring_sleeps_until_the_service_takes() {
 /// A wake-up can find nothing to reap once (the service claimed an earlier announcement and
 /// wrote after the app had already seen the entry), never twice in a row: the drain clears
 /// it. Without the drain the counter stays up and every later wait returns at once.
+/// Explored with at most 6 preemptions (about 20 s; each one more multiplies that by four).
 fn level_triggered_app(drain: bool) {
-    model(move || {
+    model_bounded(6, move || {
         let config = PairConfig::default()
             .with_capacity(2)
             .with_mode(NotifyMode::EventFd);
@@ -559,10 +756,11 @@ fn negative_control_level_triggered_without_drain_is_caught() {
 /// The service in an edge-triggered loop on its kick eventfd (as the shm server's epoll set
 /// watches it): it arms, blocks in the modelled `EPOLLET` wait, disarms without draining, and
 /// serves, until the app has had both answers; the app submits one request at a time and
-/// waits for each answer. Without a drain, each write is still a new edge.
+/// waits for each answer. Without a drain, each write is still a new edge. At most 6
+/// preemptions, as above.
 #[test]
 fn an_edge_triggered_service_sees_every_kick() {
-    model(|| {
+    model_bounded(6, || {
         let config = PairConfig::default()
             .with_capacity(2)
             .with_mode(NotifyMode::EventFd);

@@ -26,6 +26,9 @@ pub enum LoomBreakage {
     NoFences,
     /// Claim the sleeper (clear its word) but never wake it.
     SkipWake,
+    /// After a wake-up that failed, leave the word cleared (no rollback to "sleeping"), so
+    /// that the caller's retry is suppressed.
+    SkipRollback,
 }
 
 /// Blocks on an eventfd; implements `AsFd` for event loops.
@@ -80,6 +83,17 @@ impl<S: Signal> SleepNotifier<S> {
         true
     }
 
+    /// The rollback after a failed wake-up: always made, but in a loom negative control that
+    /// asked for `LoomBreakage::SkipRollback`.
+    #[inline(always)]
+    fn rolls_back(&self) -> bool {
+        #[cfg(loom)]
+        if self.broken == Some(LoomBreakage::SkipRollback) {
+            return false;
+        }
+        true
+    }
+
     /// The re-check after announcing sleep: always made, but in a loom negative control that
     /// asked for `LoomBreakage::SkipRecheck`.
     #[inline(always)]
@@ -112,7 +126,9 @@ impl<S: Signal> SleepNotifier<S> {
             if let Err(e) = self.signal.wake(&self.word) {
                 // The wake-up did not happen: say "still asleep" again, so the next
                 // notification retries instead of being suppressed.
-                self.word.announce_sleep();
+                if self.rolls_back() {
+                    self.word.announce_sleep();
+                }
                 return Err(e);
             }
             bump(&self.counters.sent);
@@ -157,6 +173,7 @@ impl<S: Signal> Notifier for SleepNotifier<S> {
             }
         }
         loop {
+            bump(&self.counters.announced);
             self.word.announce_sleep_with(self.fenced());
             if self.recheck(ready) {
                 self.word.cancel_sleep();

@@ -222,6 +222,10 @@ pub struct NotifyStats {
     pub waits: u64,
     /// Waits satisfied without announcing sleep (immediately or while spinning).
     pub without_sleep: u64,
+    /// Times the waiter announced sleep on its word (once per wait that did not end while
+    /// spinning, and again after every wake-up that found its condition still false): each
+    /// wake-up a notifier sends claims one announcement.
+    pub announced: u64,
     /// Times the waiter blocked in the kernel.
     pub sleeps: u64,
     /// Waits that timed out.
@@ -234,6 +238,7 @@ pub(super) struct Counters {
     pub(super) suppressed: Cell<u64>,
     pub(super) waits: Cell<u64>,
     pub(super) without_sleep: Cell<u64>,
+    pub(super) announced: Cell<u64>,
     pub(super) sleeps: Cell<u64>,
     pub(super) timeouts: Cell<u64>,
 }
@@ -249,6 +254,7 @@ impl Counters {
             suppressed: self.suppressed.get(),
             waits: self.waits.get(),
             without_sleep: self.without_sleep.get(),
+            announced: self.announced.get(),
             sleeps: self.sleeps.get(),
             timeouts: self.timeouts.get(),
         }

@@ -326,9 +326,53 @@ pub fn create<S: Pod, C: Pod>(
 ) -> Result<(), QueueError> {
     let layout = PairLayout::of::<S, C>(config)?;
     region.check(offset as u64, layout.size as u64)?;
-    let state = StateRef::locate(region, offset)?;
     #[cfg(loom)]
-    // SAFETY: loom atomics must be constructed; bounds-checked above and not yet shared.
+    construct::<S, C>(region, offset, config, &layout)?;
+    init::<S, C>(region, offset, config, &layout, Release)
+}
+
+/// Loom builds only: constructs the loom objects of a queue pair at `offset` (its header's
+/// atomics and both rings', all zero), as mapped memory is before [`create`]. A model in which
+/// creation races an attach calls this first, then
+/// [`create_constructed_for_loom`] on one thread while another attaches.
+#[cfg(loom)]
+#[doc(hidden)]
+pub fn construct_for_loom<S: Pod, C: Pod>(
+    region: &Arc<Region>,
+    offset: usize,
+    config: &PairConfig,
+) -> Result<(), QueueError> {
+    let layout = PairLayout::of::<S, C>(config)?;
+    region.check(offset as u64, layout.size as u64)?;
+    construct::<S, C>(region, offset, config, &layout)
+}
+
+/// Loom builds only: [`create`] over memory that [`construct_for_loom`] prepared, storing the
+/// pair's magic with `publish` (`Release` is what `create` does; a negative control weakens
+/// it).
+#[cfg(loom)]
+#[doc(hidden)]
+pub fn create_constructed_for_loom<S: Pod, C: Pod>(
+    region: &Arc<Region>,
+    offset: usize,
+    config: &PairConfig,
+    publish: crate::sync::Ordering,
+) -> Result<(), QueueError> {
+    let layout = PairLayout::of::<S, C>(config)?;
+    region.check(offset as u64, layout.size as u64)?;
+    init::<S, C>(region, offset, config, &layout, publish)
+}
+
+#[cfg(loom)]
+fn construct<S: Pod, C: Pod>(
+    region: &Arc<Region>,
+    offset: usize,
+    config: &PairConfig,
+    layout: &PairLayout,
+) -> Result<(), QueueError> {
+    let state = StateRef::locate(region, offset)?;
+    // SAFETY: loom atomics must be constructed; bounds-checked by the caller, and in a loom
+    // model nothing else uses the range yet.
     unsafe {
         state.ptr.as_ptr().write(CacheLine(PairState {
             magic: AtomicU32::new(0),
@@ -339,6 +383,21 @@ pub fn create<S: Pod, C: Pod>(
             call_mode: AtomicU32::new(0),
         }));
     }
+    Ring::<S>::construct_for_loom(region, offset + layout.sq, config.sq_capacity)?;
+    Ring::<C>::construct_for_loom(region, offset + layout.cq, config.cq_capacity)?;
+    Ok(())
+}
+
+/// Writes the pair header and both rings with atomic stores, the pair's magic last (with
+/// `publish`).
+fn init<S: Pod, C: Pod>(
+    region: &Arc<Region>,
+    offset: usize,
+    config: &PairConfig,
+    layout: &PairLayout,
+    publish: crate::sync::Ordering,
+) -> Result<(), QueueError> {
+    let state = StateRef::locate(region, offset)?;
     let s = state.get();
     s.magic.store(0, Relaxed);
     s.kick_mode.store(mode_code(config.kick_mode), Relaxed);
@@ -346,10 +405,28 @@ pub fn create<S: Pod, C: Pod>(
     s.app_closed.store(0, Relaxed);
     s.service_closed.store(0, Relaxed);
     s.version.store(PAIR_LAYOUT_VERSION, Relaxed);
-    Ring::<S>::create(region.clone(), offset + layout.sq, config.sq_capacity)?;
-    Ring::<C>::create(region.clone(), offset + layout.cq, config.cq_capacity)?;
+    #[cfg(not(loom))]
+    {
+        Ring::<S>::create(region.clone(), offset + layout.sq, config.sq_capacity)?;
+        Ring::<C>::create(region.clone(), offset + layout.cq, config.cq_capacity)?;
+    }
+    #[cfg(loom)]
+    {
+        Ring::<S>::create_constructed_for_loom(
+            region.clone(),
+            offset + layout.sq,
+            config.sq_capacity,
+            Release,
+        )?;
+        Ring::<C>::create_constructed_for_loom(
+            region.clone(),
+            offset + layout.cq,
+            config.cq_capacity,
+            Release,
+        )?;
+    }
     // SYNC POINT (pair-init): Release pairs with the Acquire load of `magic` in `locate_pair`.
-    s.magic.store(PAIR_MAGIC, Release);
+    s.magic.store(PAIR_MAGIC, publish);
     Ok(())
 }
 

@@ -133,14 +133,55 @@ impl<T: Pod> Ring<T> {
         start: u32,
     ) -> Result<Self, RingError> {
         let ptrs = Self::locate(&region, offset, capacity)?;
-        // The stamp each slot holds before its first use: that of the lap before `start`.
-        let first_stamps = (0..capacity).map(|k| {
-            let index = start.wrapping_add(k);
-            (index, stamp_of(index.wrapping_sub(capacity)))
-        });
         #[cfg(loom)]
-        // SAFETY: loom's atomics and cells must be constructed, not reinterpreted from zeroed
-        // memory; the range was bounds-checked, and in a loom model nothing else uses it yet.
+        // SAFETY: the range was bounds-checked by `locate`, and in a loom model nothing else
+        // uses it yet (a model of creation racing an attach constructs first, on its own).
+        unsafe {
+            Self::construct(&ptrs, capacity, start);
+        }
+        Ok(Self::init(ptrs, capacity, start, Release))
+    }
+
+    /// Loom builds only: constructs the loom objects of a ring of `capacity` entries at
+    /// `offset` (its header's atomics, its slots' stamps and cells), all zero, as mapped memory
+    /// is before [`create`](Self::create): loom's atomics and cells must be constructed, not
+    /// reinterpreted from zeroed memory. A model in which creation races an attach calls this
+    /// first, then [`create_constructed_for_loom`](Self::create_constructed_for_loom) on one
+    /// thread while another attaches.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn construct_for_loom(
+        region: &Arc<Region>,
+        offset: usize,
+        capacity: u32,
+    ) -> Result<(), RingError> {
+        let ptrs = Self::locate(region, offset, capacity)?;
+        // SAFETY: bounds-checked by `locate`; the model calls this before any thread uses the
+        // range.
+        unsafe { Self::construct(&ptrs, capacity, 0) };
+        Ok(())
+    }
+
+    /// Loom builds only: [`create`](Self::create) over memory that
+    /// [`construct_for_loom`](Self::construct_for_loom) prepared, storing the magic with
+    /// `publish` (`Release` is what `create` does; a negative control weakens it).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn create_constructed_for_loom(
+        region: Arc<Region>,
+        offset: usize,
+        capacity: u32,
+        publish: crate::sync::Ordering,
+    ) -> Result<Self, RingError> {
+        let ptrs = Self::locate(&region, offset, capacity)?;
+        Ok(Self::init(ptrs, capacity, 0, publish))
+    }
+
+    /// # Safety
+    /// The ring's range must be in bounds and not in use by any thread.
+    #[cfg(loom)]
+    unsafe fn construct(ptrs: &RingPtrs<T>, capacity: u32, start: u32) {
+        // SAFETY: the caller's contract.
         unsafe {
             ptrs.header.as_ptr().write(RingHeader {
                 config: CacheLine(RingConfig {
@@ -156,22 +197,28 @@ impl<T: Pod> Ring<T> {
                 consumer_wake: CacheLine(WakeWord::new()),
                 producer_wake: CacheLine(WakeWord::new()),
             });
-            for (index, stamp) in first_stamps.clone() {
-                let slot = ptrs.slot(index).cast_mut();
-                (&raw mut (*slot).stamp).write(AtomicU32::new(stamp));
+            for k in 0..capacity {
+                let slot = ptrs.slot(start.wrapping_add(k)).cast_mut();
+                (&raw mut (*slot).stamp).write(AtomicU32::new(0));
                 Slot::init(&raw mut (*slot).value, T::zeroed());
             }
         }
-        // Under std the header is reached as atomics in mapped memory (any bit pattern is a valid
-        // atomic integer), so creation is a sequence of atomic stores: even a buggy second
-        // `create` over a live ring is a protocol error, not a data race.
+    }
+
+    /// Writes a fresh ring's header and stamps with atomic stores, the magic last (with
+    /// `publish`). Under std the header is reached as atomics in mapped memory (any bit pattern
+    /// is a valid atomic integer), so creation is a sequence of atomic stores: even a buggy
+    /// second `create` over a live ring is a protocol error, not a data race.
+    fn init(ptrs: RingPtrs<T>, capacity: u32, start: u32, publish: crate::sync::Ordering) -> Self {
         let h = ptrs.header();
         h.config.magic.store(0, Relaxed);
         h.tail.store(start, Relaxed);
         h.head.store(start, Relaxed);
-        #[cfg(not(loom))]
-        for (index, stamp) in first_stamps {
-            ptrs.stamp(index).store(stamp, Relaxed);
+        // The stamp each slot holds before its first use: that of the lap before `start`.
+        for k in 0..capacity {
+            let index = start.wrapping_add(k);
+            ptrs.stamp(index)
+                .store(stamp_of(index.wrapping_sub(capacity)), Relaxed);
         }
         h.consumer_wake.reset();
         h.producer_wake.reset();
@@ -184,13 +231,13 @@ impl<T: Pod> Ring<T> {
             .store(RingPtrs::<T>::STRIDE as u32, Relaxed);
         // SYNC POINT (ring-init): Release pairs with the Acquire load of `magic` in `attach`, so a
         // thread that attaches sees the whole header initialised.
-        h.config.magic.store(RING_MAGIC, Release);
-        Ok(Ring {
+        h.config.magic.store(RING_MAGIC, publish);
+        Ring {
             ptrs,
             head: start,
             tail: start,
             _entry: PhantomData,
-        })
+        }
     }
 
     /// Attaches to a ring that another thread or process created at `offset` in `region`,
