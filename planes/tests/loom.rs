@@ -147,12 +147,22 @@ fn negative_control_relaxed_publish_is_caught() {
 /// A lost wake-up would leave the consumer blocked forever, which loom reports as a deadlock.
 /// Two messages, so that the second round also runs against a wake-up left over from the first.
 fn sleep_wake(broken: Option<LoomBreakage>) {
+    two_messages(|| EventFdSignal::new().unwrap(), SpinPolicy::none, broken);
+}
+
+/// Two messages over a capacity-2 ring, the waiter sleeping through `signal` after spinning as
+/// `spin` says; `broken` breaks both sides' notifiers.
+fn two_messages<S: Signal + Clone + 'static>(
+    signal: fn() -> S,
+    spin: fn() -> SpinPolicy,
+    broken: Option<LoomBreakage>,
+) {
     model(move || {
         let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
-        let signal = EventFdSignal::new().unwrap();
+        let signal = signal();
         let mut notifier =
             SleepNotifier::new(tx.consumer_wake(), signal.clone(), SpinPolicy::none());
-        let mut waiter = SleepNotifier::new(rx.consumer_wake(), signal, SpinPolicy::none());
+        let mut waiter = SleepNotifier::new(rx.consumer_wake(), signal, spin());
         if let Some(how) = broken {
             notifier.break_for_loom(how);
             waiter.break_for_loom(how);
@@ -237,29 +247,7 @@ fn negative_control_lost_wakeup_without_fences_is_caught() {
 /// spin that failed) before it announces sleep, over the modelled futex; two messages.
 #[test]
 fn adaptive_spin_then_sleep_loses_no_wakeup() {
-    model(|| {
-        let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
-        let notifier =
-            SleepNotifier::new(tx.consumer_wake(), FutexSignal::new(), SpinPolicy::none());
-        let waiter = SleepNotifier::new(
-            rx.consumer_wake(),
-            FutexSignal::new(),
-            SpinPolicy::adaptive(2),
-        );
-        let producer = thread::spawn(move || {
-            for v in [1, 2] {
-                tx.push(v).unwrap();
-                notifier.notify().unwrap();
-            }
-        });
-        for expected in [1, 2] {
-            waiter
-                .wait_until(&mut || rx.has_entries().unwrap(), None)
-                .unwrap();
-            assert_eq!(rx.pop().unwrap(), Some(expected));
-        }
-        producer.join().unwrap();
-    });
+    two_messages(FutexSignal::new, || SpinPolicy::adaptive(2), None);
 }
 
 /// A futex signal whose first wake-up fails (as `FUTEX_WAKE` or an eventfd write can).

@@ -36,21 +36,12 @@ pub(crate) fn wait_space<T: Transport>() {
             let base = 1_000u64;
             let mut token = base;
             let (held_token, held) = loop {
-                let entry = fx.request(&mut q, token);
-                match q.push(entry) {
-                    Ok(()) => {
-                        ledger.accept(token);
-                        token += 1;
-                        q.submit().unwrap();
-                    }
-                    Err(Rejected {
-                        error: QueueError::Full,
-                        entry,
-                    }) => {
+                match push_and_submit(&mut fx, &mut q, &mut ledger, token, &what) {
+                    Ok(()) => token += 1,
+                    Err(entry) => {
                         token += 1;
                         break (token - 1, entry);
                     }
-                    Err(r) => panic!("{what}: push failed: {}", r.error),
                 }
                 assert!(
                     token < base + 8 * cap as u64,
@@ -65,15 +56,10 @@ pub(crate) fn wait_space<T: Transport>() {
                     Instant::now() < deadline,
                     "{what}: the subsystem never backed up"
                 );
-                let entry = fx.request(&mut q, token);
-                match q.push(entry) {
-                    Ok(()) => {
-                        ledger.accept(token);
-                        token += 1;
-                        q.submit().unwrap();
-                    }
-                    Err(r) => panic!("{what}: push after wait_space failed: {}", r.error),
+                if push_and_submit(&mut fx, &mut q, &mut ledger, token, &what).is_err() {
+                    panic!("{what}: a push after wait_space was refused as full");
                 }
+                token += 1;
             }
             let start = Instant::now();
             assert!(
@@ -93,5 +79,28 @@ pub(crate) fn wait_space<T: Transport>() {
             drain(&mut fx, &mut q, &mut ledger, &what);
         }
         assert_quiet::<T>(&mut q, &what);
+    }
+}
+
+/// Pushes the request for `token` and submits it; hands the entry back if the ring is full.
+fn push_and_submit<T: Transport>(
+    fx: &mut T,
+    q: &mut T::Q,
+    ledger: &mut Ledger,
+    token: u64,
+    what: &str,
+) -> Result<(), Entry<T>> {
+    let entry = fx.request(q, token);
+    match q.push(entry) {
+        Ok(()) => {
+            ledger.accept(token);
+            q.submit().unwrap();
+            Ok(())
+        }
+        Err(Rejected {
+            error: QueueError::Full,
+            entry,
+        }) => Err(entry),
+        Err(r) => panic!("{what}: push failed: {}", r.error),
     }
 }
