@@ -176,6 +176,38 @@ fn sqpoll_skips_the_doorbell_while_the_kernel_polls() {
     );
 }
 
+/// `wait_space` on a full SQ: without SQPOLL it submits and the kernel takes everything at
+/// once; with SQPOLL it waits (`IORING_ENTER_SQ_WAIT`) until the polling thread has taken
+/// entries. Either way the next push fits, and every operation completes.
+#[test]
+fn wait_space_makes_room_in_a_full_sq() {
+    for sqpoll in [false, true] {
+        let mut builder = Uring::builder().entries(8);
+        if sqpoll {
+            builder = builder.sqpoll(2000);
+        }
+        let mut ring = builder.build().unwrap();
+        let mut token = 0;
+        let refused = loop {
+            match ring.push(sub(token, Op::Nop)) {
+                Ok(()) => token += 1,
+                Err(r) => break r,
+            }
+        };
+        assert!(matches!(refused.error, QueueError::Full), "sqpoll {sqpoll}");
+        ring.wait_space(LIMIT).unwrap();
+        assert!(ring.space().unwrap() > 0, "sqpoll {sqpoll}");
+        ring.push(refused.entry).unwrap();
+        ring.submit().unwrap();
+        let mut done = Vec::new();
+        while done.len() <= token as usize {
+            ring.wait(LIMIT).unwrap();
+            ring.reap_into(&mut done, 64).unwrap();
+        }
+        assert_eq!(done.len(), token as usize + 1, "sqpoll {sqpoll}");
+    }
+}
+
 #[test]
 fn eventfd_signals_completions() {
     let mut ring = Uring::builder()
