@@ -74,15 +74,32 @@ impl<N: Notifier> NotifierDoorbell<N> {
     }
 }
 
-impl<N: Notifier> Doorbell for NotifierDoorbell<N> {
+impl<N: Notifier> NotifierDoorbell<N> {
+    /// [`ring`](Doorbell::ring) after publishing the ring entries from index `old` up to
+    /// `new` ([`Notifier::notify_published`]): with event-idx suppression, a subsystem asleep
+    /// until a later entry is not woken.
     #[inline(always)]
-    fn ring(&mut self) -> io::Result<Rung> {
-        let rung = match self.notifier.notify()? {
+    pub fn ring_published(&mut self, old: u32, new: u32) -> io::Result<Rung> {
+        let notified = self.notifier.notify_published(old, new)?;
+        Ok(self.record(notified))
+    }
+
+    #[inline(always)]
+    fn record(&mut self, notified: Notified) -> Rung {
+        let rung = match notified {
             Notified::Sent => Rung::Rang,
             Notified::Suppressed => Rung::Skipped,
         };
         self.stats.record(rung);
-        Ok(rung)
+        rung
+    }
+}
+
+impl<N: Notifier> Doorbell for NotifierDoorbell<N> {
+    #[inline(always)]
+    fn ring(&mut self) -> io::Result<Rung> {
+        let notified = self.notifier.notify()?;
+        Ok(self.record(notified))
     }
 
     fn stats(&self) -> DoorbellStats {

@@ -18,7 +18,7 @@
 //! other's store: either the waiter sees the data and does not block, or the notifier sees
 //! `SLEEPING` and wakes it. Without the fences both loads may read stale values (store
 //! buffering) and the wake-up is lost; the loom model `lost_wakeup_without_recheck` and friends
-//! in `planes/tests/loom.rs` check this protocol and show the broken variants fail.
+//! in `planes/tests/loom/` check this protocol and show the broken variants fail.
 //!
 //! A notification is a hint: it may be spurious or coalesced, and only means "look again".
 //!
@@ -66,10 +66,12 @@ pub use spin::SpinPolicy;
 use spin::{spin_for, spin_until, SPIN_ONLY_BURST};
 pub use wait_any::{WaitAny, WordCount, WAIT_ANY_MAX};
 use wake::{bump, Counters};
-pub use wake::{Notified, Notifier, NotifyStats, WaitError, WakeRef, WakeWord};
+pub use wake::{need_event, Notified, Notifier, NotifyStats, WaitError, WakeRef, WakeWord};
 
 use crate::data::Region;
 use crate::sync::{fence, spin_loop, AtomicU32, Ordering::*};
 
 const AWAKE: u32 = 0;
 const SLEEPING: u32 = 1;
+/// Sleeping until a given entry is published (event-idx suppression).
+const SLEEPING_AT: u32 = 2;

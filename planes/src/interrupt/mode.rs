@@ -92,6 +92,17 @@ impl ModeNotifier {
             ModeNotifier::EventFd(n) => n.notify_after_fence(),
         }
     }
+
+    /// [`notify_published`](Notifier::notify_published) for a caller that has executed a
+    /// `SeqCst` fence after it published ([`SleepNotifier::notify_published_after_fence`]).
+    #[inline(always)]
+    pub fn notify_published_after_fence(&self, old: u32, new: u32) -> io::Result<Notified> {
+        match self {
+            ModeNotifier::Spin(n) => n.notify(),
+            ModeNotifier::Futex(n) => n.notify_published_after_fence(old, new),
+            ModeNotifier::EventFd(n) => n.notify_published_after_fence(old, new),
+        }
+    }
 }
 
 impl Notifier for ModeNotifier {
@@ -122,6 +133,29 @@ impl Notifier for ModeNotifier {
             ModeNotifier::Spin(n) => n.stats(),
             ModeNotifier::Futex(n) => n.stats(),
             ModeNotifier::EventFd(n) => n.stats(),
+        }
+    }
+
+    #[inline(always)]
+    fn notify_published(&self, old: u32, new: u32) -> io::Result<Notified> {
+        match self {
+            ModeNotifier::Spin(n) => n.notify(),
+            ModeNotifier::Futex(n) => n.notify_published(old, new),
+            ModeNotifier::EventFd(n) => n.notify_published(old, new),
+        }
+    }
+
+    #[inline(always)]
+    fn wait_until_entry(
+        &self,
+        event: u32,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError> {
+        match self {
+            ModeNotifier::Spin(n) => n.wait_until(ready, timeout),
+            ModeNotifier::Futex(n) => n.wait_until_entry(event, ready, timeout),
+            ModeNotifier::EventFd(n) => n.wait_until_entry(event, ready, timeout),
         }
     }
 }

@@ -29,6 +29,9 @@ pub enum LoomBreakage {
     /// After a wake-up that failed, leave the word cleared (no rollback to "sleeping"), so
     /// that the caller's retry is suppressed.
     SkipRollback,
+    /// Event-idx's test off by one: a publish of the entries `old..new` is taken to cover
+    /// `old + 1..=new` (the classic slip in `vring_need_event`'s bounds).
+    EventIdxOffByOne,
 }
 
 /// Blocks on an eventfd; implements `AsFd` for event loops.
@@ -94,6 +97,17 @@ impl<S: Signal> SleepNotifier<S> {
         true
     }
 
+    /// The range a notification covers: as given, but in a loom negative control that asked
+    /// for `LoomBreakage::EventIdxOffByOne`.
+    #[inline(always)]
+    fn published_range(&self, old: u32, new: u32) -> (u32, u32) {
+        #[cfg(loom)]
+        if self.broken == Some(LoomBreakage::EventIdxOffByOne) {
+            return (old.wrapping_add(1), new.wrapping_add(1));
+        }
+        (old, new)
+    }
+
     /// The re-check after announcing sleep: always made, but in a loom negative control that
     /// asked for `LoomBreakage::SkipRecheck`.
     #[inline(always)]
@@ -112,12 +126,27 @@ impl<S: Signal> SleepNotifier<S> {
     /// did): the fence that pairs with the waiter's is already there, and is not repeated.
     #[inline(always)]
     pub fn notify_after_fence(&self) -> io::Result<Notified> {
-        self.notify_with(false)
+        self.notify_with(false, None)
+    }
+
+    /// [`notify_published`](Notifier::notify_published) for a caller that has executed a
+    /// `SeqCst` fence after it published (see [`notify_after_fence`](Self::notify_after_fence)).
+    #[inline(always)]
+    pub fn notify_published_after_fence(&self, old: u32, new: u32) -> io::Result<Notified> {
+        self.notify_with(false, Some((old, new)))
     }
 
     #[inline(always)]
-    fn notify_with(&self, fence: bool) -> io::Result<Notified> {
-        if self.word.take_sleeper_with(fence && self.fenced()) {
+    fn notify_with(&self, fence: bool, published: Option<(u32, u32)>) -> io::Result<Notified> {
+        let fenced = fence && self.fenced();
+        let claimed = match published {
+            None => self.word.take_sleeper_with(fenced),
+            Some((old, new)) => {
+                let (old, new) = self.published_range(old, new);
+                self.word.take_sleeper_published_with(old, new, fenced)
+            }
+        };
+        if claimed {
             #[cfg(loom)]
             if self.broken == Some(LoomBreakage::SkipWake) {
                 bump(&self.counters.sent);
@@ -129,6 +158,8 @@ impl<S: Signal> SleepNotifier<S> {
                 if self.rolls_back() {
                     self.word.announce_sleep();
                 }
+                // (Back to plain "sleeping", whatever entry the waiter was waiting for: the
+                // retry then wakes it whichever entries it covers, and the waiter re-checks.)
                 return Err(e);
             }
             bump(&self.counters.sent);
@@ -143,13 +174,46 @@ impl<S: Signal> SleepNotifier<S> {
 impl<S: Signal> Notifier for SleepNotifier<S> {
     #[inline(always)]
     fn notify(&self) -> io::Result<Notified> {
-        self.notify_with(true)
+        self.notify_with(true, None)
+    }
+
+    #[inline(always)]
+    fn notify_published(&self, old: u32, new: u32) -> io::Result<Notified> {
+        self.notify_with(true, Some((old, new)))
     }
 
     /// Inlined into the caller, system call included (see [`ModeNotifier`] for why).
     #[inline(always)]
     fn wait_until(
         &self,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError> {
+        self.wait_inner(None, ready, timeout)
+    }
+
+    #[inline(always)]
+    fn wait_until_entry(
+        &self,
+        event: u32,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError> {
+        self.wait_inner(Some(event), ready, timeout)
+    }
+
+    fn stats(&self) -> NotifyStats {
+        self.counters.snapshot()
+    }
+}
+
+impl<S: Signal> SleepNotifier<S> {
+    /// The wait: spin as the policy says, then announce sleep (until `event`, with event-idx
+    /// suppression), re-check, block; again after every wake-up that finds `ready` false.
+    #[inline(always)]
+    fn wait_inner(
+        &self,
+        event: Option<u32>,
         ready: &mut dyn FnMut() -> bool,
         timeout: Option<Duration>,
     ) -> Result<(), WaitError> {
@@ -174,7 +238,7 @@ impl<S: Signal> Notifier for SleepNotifier<S> {
         }
         loop {
             bump(&self.counters.announced);
-            self.word.announce_sleep_with(self.fenced());
+            self.word.announce_with(event, self.fenced());
             if self.recheck(ready) {
                 self.word.cancel_sleep();
                 return Ok(());
@@ -202,10 +266,6 @@ impl<S: Signal> Notifier for SleepNotifier<S> {
             }
         }
     }
-
-    fn stats(&self) -> NotifyStats {
-        self.counters.snapshot()
-    }
 }
 
 impl AsFd for SleepNotifier<EventFdSignal> {
@@ -227,6 +287,17 @@ impl<N: Notifier + ?Sized> Notifier for Box<N> {
     }
     fn stats(&self) -> NotifyStats {
         (**self).stats()
+    }
+    fn notify_published(&self, old: u32, new: u32) -> io::Result<Notified> {
+        (**self).notify_published(old, new)
+    }
+    fn wait_until_entry(
+        &self,
+        event: u32,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError> {
+        (**self).wait_until_entry(event, ready, timeout)
     }
 }
 

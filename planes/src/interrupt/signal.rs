@@ -18,8 +18,6 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use rustix::thread::futex;
 
 use super::WakeWord;
-#[cfg(not(loom))]
-use super::SLEEPING;
 
 /// How a [`Signal::block`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,12 +309,19 @@ impl Signal for FutexSignal {
     }
 }
 
-/// `FUTEX_WAIT` on `word` while it says SLEEPING, for at most `timeout` (relative). Returns
-/// `Ok` however the wait ended that calls for a re-check: woken, the word no longer SLEEPING
-/// (EAGAIN), timed out or interrupted.
+/// `FUTEX_WAIT` on `word` while it still holds the waiter's announcement (sleeping, or
+/// sleeping until an entry), for at most `timeout` (relative). Returns `Ok` however the wait
+/// ended that calls for a re-check: woken, the word no longer the announcement (EAGAIN, or
+/// already cleared when we looked), timed out or interrupted.
 #[cfg(not(loom))]
 #[inline(always)]
 pub(super) fn futex_wait(word: &WakeWord, timeout: Option<Duration>) -> io::Result<()> {
+    // A notifier that claimed the wake-up cleared the word first: then there is nothing to
+    // wait for. Otherwise the kernel compares the word with this value atomically with
+    // queueing us, so a claim after this load makes the wait return at once.
+    let Some(announced) = word.announced() else {
+        return Ok(());
+    };
     let ts = timeout.map(|t| futex::Timespec {
         tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
         tv_nsec: i64::from(t.subsec_nanos()),
@@ -324,7 +329,7 @@ pub(super) fn futex_wait(word: &WakeWord, timeout: Option<Duration>) -> io::Resu
     let r = futex::wait(
         word.futex_word().as_std(),
         futex::Flags::empty(),
-        SLEEPING,
+        announced,
         ts.as_ref(),
     );
     futex_wait_result(r)

@@ -12,6 +12,10 @@ use super::*;
 #[derive(Debug)]
 pub struct WakeWord {
     state: AtomicU32,
+    /// With event-idx suppression ([`WakeWord::announce_sleep_until`]): the index of the entry
+    /// whose publication should wake the waiter. Written by the waiter, read by the notifier;
+    /// meaningful only while `state` says `SLEEPING_AT`.
+    event: AtomicU32,
     /// Under loom, the futex's wake-ups on this word, counted (the kernel keeps them in its
     /// wait queue): a modelled `FUTEX_WAIT` returns only after a `FUTEX_WAKE` that came after
     /// it checked the word, as the kernel's does, so a waker that clears the word but never
@@ -31,6 +35,7 @@ impl WakeWord {
     pub fn new() -> Self {
         WakeWord {
             state: AtomicU32::new(AWAKE),
+            event: AtomicU32::new(0),
             #[cfg(loom)]
             wakes: AtomicU32::new(0),
         }
@@ -46,14 +51,38 @@ impl WakeWord {
         self.announce_sleep_with(true);
     }
 
+    /// Waiter side, with event-idx suppression (virtio's `used_event`, NVMe's EventIdx):
+    /// announce that we are about to sleep until the entry at ring index `event` is
+    /// published. A notifier that knows which entries its publish covered
+    /// ([`Notifier::notify_published`]) wakes us only when they include `event`; one that does
+    /// not ([`Notifier::notify`]) wakes us at once, as for [`announce_sleep`](Self::announce_sleep).
+    /// The caller must re-check its condition after this and before blocking.
+    pub fn announce_sleep_until(&self, event: u32) {
+        self.announce_with(Some(event), true);
+    }
+
     pub(super) fn announce_sleep_with(&self, fenced: bool) {
+        self.announce_with(None, fenced);
+    }
+
+    pub(super) fn announce_with(&self, event: Option<u32>, fenced: bool) {
+        let state = match event {
+            None => SLEEPING,
+            Some(event) => {
+                // Ordered before the state by the Release below: a notifier that reads
+                // SLEEPING_AT (Acquire) reads this event or a later one.
+                self.event.store(event, Relaxed);
+                SLEEPING_AT
+            }
+        };
+
         // Every write to the word is a read-modify-write, so that its modification order is one
         // reads-from chain (each write reads the one before). The protocol only needs the fences
         // below, but this keeps it independent of how stores from two threads are ordered, which
         // loom models only partially (its modification order is a partial order, so a plain
         // store here lets it report a lost wake-up that C11 forbids). It costs nothing that
         // matters: this path is followed by a fence and a blocking system call.
-        self.state.swap(SLEEPING, Relaxed);
+        self.state.swap(state, Release);
         if fenced {
             // SYNC POINT (sleep-dekker): SeqCst fence pairs with the one in `take_sleeper`: either
             // the notifier's load sees SLEEPING, or our re-check after this fence sees its data.
@@ -87,12 +116,53 @@ impl WakeWord {
             // caller's publish before the load of the word.
             fence(SeqCst);
         }
-        self.state.load(Relaxed) == SLEEPING && self.state.swap(AWAKE, AcqRel) == SLEEPING
+        is_asleep(self.state.load(Relaxed)) && self.claim()
+    }
+
+    /// Notifier side, after publishing the ring entries from index `old` up to (not including)
+    /// `new`: is a waiter asleep that these entries concern? A waiter that announced
+    /// [`announce_sleep_until`](Self::announce_sleep_until) an entry outside `old..new` is left
+    /// asleep (its entry comes later, or it will see an earlier one when it re-checks); any
+    /// other sleeping waiter is claimed as by [`take_sleeper`](Self::take_sleeper).
+    pub fn take_sleeper_published(&self, old: u32, new: u32) -> bool {
+        self.take_sleeper_published_with(old, new, true)
+    }
+
+    pub(super) fn take_sleeper_published_with(&self, old: u32, new: u32, fenced: bool) -> bool {
+        if fenced {
+            // SYNC POINT (sleep-dekker): as in `take_sleeper_with`.
+            fence(SeqCst);
+        }
+        // SYNC POINT (event-idx): Acquire pairs with the Release of the announcement, so the
+        // event read below is the announced one or a later one.
+        match self.state.load(Acquire) {
+            SLEEPING => {}
+            SLEEPING_AT => {
+                if !need_event(self.event.load(Relaxed), new, old) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+        self.claim()
+    }
+
+    /// Clears the word; true if it said a waiter sleeps (this call claimed the wake-up).
+    fn claim(&self) -> bool {
+        is_asleep(self.state.swap(AWAKE, AcqRel))
     }
 
     /// Whether the word currently says a waiter sleeps (a racy snapshot, for diagnostics).
     pub fn is_sleeping(&self) -> bool {
-        self.state.load(Relaxed) == SLEEPING
+        is_asleep(self.state.load(Relaxed))
+    }
+
+    /// The state word's value now, for a `FUTEX_WAIT` on it: the wait blocks only while the
+    /// word still holds the announcement it was given.
+    #[cfg(not(loom))]
+    pub(super) fn announced(&self) -> Option<u32> {
+        let v = self.state.load(Relaxed);
+        is_asleep(v).then_some(v)
     }
 
     #[cfg(not(loom))]
@@ -114,7 +184,7 @@ impl WakeWord {
     #[cfg(loom)]
     pub(super) fn loom_futex_enter(&self) -> (u32, bool) {
         let seen = self.wakes.load(Acquire);
-        let sleeping = self.state.load(Acquire) == SLEEPING;
+        let sleeping = is_asleep(self.state.load(Acquire));
         (seen, sleeping)
     }
 
@@ -123,6 +193,29 @@ impl WakeWord {
     pub(super) fn loom_woken_since(&self, seen: u32) -> bool {
         self.wakes.load(Acquire) != seen
     }
+}
+
+/// Whether a wake word's value says a waiter sleeps (any other value, a peer's scribble
+/// included, means "no system call needed").
+fn is_asleep(state: u32) -> bool {
+    state == SLEEPING || state == SLEEPING_AT
+}
+
+/// Event-idx suppression's test (virtio's `vring_need_event`, in 32-bit indices): does a
+/// publish that moved the producer's index from `old` to `new` include the entry at index
+/// `event`, i.e. is `event` in `old..new`, wrapping? Exact while `new - old` (wrapping) is
+/// below 2^31, which a ring's capacity guarantees.
+///
+/// ```
+/// use subring_planes::interrupt::need_event;
+/// assert!(need_event(5, 6, 5)); // the publish of entry 5
+/// assert!(!need_event(6, 6, 5)); // entry 6 is not published yet
+/// assert!(!need_event(4, 6, 5)); // entry 4 was published before
+/// assert!(need_event(u32::MAX, 2, u32::MAX - 1)); // across the wrap
+/// ```
+#[inline(always)]
+pub fn need_event(event: u32, new: u32, old: u32) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 /// A handle to a [`WakeWord`] that keeps the memory holding it alive: a ring's region, or a
@@ -280,4 +373,29 @@ pub trait Notifier: fmt::Debug + Send {
 
     /// What this handle has done so far.
     fn stats(&self) -> NotifyStats;
+
+    /// [`notify`](Notifier::notify) after publishing the ring entries from index `old` up to
+    /// (not including) `new`: with event-idx suppression, a waiter that sleeps until a later
+    /// entry ([`wait_until_entry`](Notifier::wait_until_entry)) is not woken. Every published
+    /// entry must be covered by exactly one call (pass the previous call's `new` as `old`).
+    /// Notifiers without a wake word (spinning) just notify.
+    fn notify_published(&self, old: u32, new: u32) -> io::Result<Notified> {
+        let _ = (old, new);
+        self.notify()
+    }
+
+    /// [`wait_until`](Notifier::wait_until) for a condition that the publication of the ring
+    /// entry at index `event` makes true (or at least that the waiter wants to sleep until
+    /// then): with event-idx suppression, the notifier skips the wake-ups of publishes before
+    /// it. `ready` decides, as always; `event` only spares wake-ups. Notifiers without a wake
+    /// word (spinning) just wait.
+    fn wait_until_entry(
+        &self,
+        event: u32,
+        ready: &mut dyn FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), WaitError> {
+        let _ = event;
+        self.wait_until(ready, timeout)
+    }
 }

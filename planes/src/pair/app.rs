@@ -14,6 +14,11 @@ pub struct AppSide<S, C> {
     cq_bell: RoomBell,
     call_fd: Option<EventFdSignal>,
     call_mode: NotifyMode,
+    /// Event-idx suppression is on for this pair ([`PairConfig::event_idx`]).
+    event_idx: bool,
+    /// The submission ring's index at the last doorbell: the next one covers the entries
+    /// published since.
+    sq_notified: u32,
     state: StateRef,
     _header: Claim,
 }
@@ -37,7 +42,12 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
         config: &PairConfig,
         signals: PairSignals,
     ) -> Result<Self, QueueError> {
-        let (state, layout, header) = locate_pair::<S, C>(&region, offset, config)?;
+        let Located {
+            state,
+            layout,
+            header,
+            event_idx,
+        } = locate_pair::<S, C>(&region, offset, config)?;
         let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
             .and_then(Ring::into_producer)?;
         let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
@@ -63,6 +73,8 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
                 .notifier(cq.consumer_wake(), signals.call.clone())?,
             call_fd: signals.call,
             call_mode: config.call_mode,
+            event_idx,
+            sq_notified: sq.published(),
             sq,
             cq,
             state,
@@ -88,6 +100,11 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
     /// Whether completions are ready to reap.
     pub fn completions_ready(&mut self) -> Result<bool, QueueError> {
         Ok(self.cq.has_entries()?)
+    }
+
+    /// How many completions are ready to reap now.
+    pub fn completions_available(&mut self) -> Result<usize, QueueError> {
+        Ok(self.cq.available()? as usize)
     }
 
     /// Whether the service side has closed (its completions may still be waiting to be reaped).
@@ -121,6 +138,37 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
     /// drains the eventfd so it is not readable again until the next armed wake-up.
     pub fn disarm(&mut self) -> Result<(), QueueError> {
         disarm_ring(&self.cq, self.call_fd.as_ref())
+    }
+
+    /// Waits until `n` completions are ready to reap (`n` is taken between 1 and the
+    /// completion ring's capacity), the service has closed, or `timeout` passes with at least
+    /// one there; returns how many are ready. This is interrupt coalescing: with event-idx
+    /// suppression ([`PairConfig::event_idx`]) the service wakes this side once, when it
+    /// publishes the `n`-th; without it every completion wakes it. Ask for no more than are in
+    /// flight, or the wait lasts until the timeout. [`QueueError::Timeout`] if none came,
+    /// [`QueueError::PeerGone`] once the service is gone and nothing is left to reap.
+    pub fn wait_completions(
+        &mut self,
+        n: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, QueueError> {
+        self.cq_bell.before_wait(self.cq.released())?;
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        wait_ring_for(
+            &self.interrupt,
+            &mut self.cq,
+            &self.state.get().service_closed,
+            n,
+            self.event_idx,
+            timeout,
+        )
+        .map(|k| k as usize)
+    }
+
+    /// Whether event-idx suppression is on for this pair (both its creator and this side
+    /// asked for it).
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
     }
 
     /// Counters of the room protocol: this side's waits for room in a full submission ring
@@ -167,7 +215,9 @@ impl<S: Pod, C: Pod> Submitter for AppSide<S, C> {
         }
         let n = self.sq.publish();
         if n > 0 {
-            self.doorbell.ring()?;
+            let published = self.sq.published();
+            self.doorbell.ring_published(self.sq_notified, published)?;
+            self.sq_notified = published;
             // The doorbell fenced (in the kick mode, the mode the bell is in): a service asleep
             // on a full completion ring that this side reaped from is seen now.
             self.cq_bell.after_fence(self.cq.released())?;

@@ -32,7 +32,8 @@ use crate::data::{
     RegionOptions, Ring, RingError, RingLayout,
 };
 use crate::interrupt::{
-    EventFdSignal, FutexSignal, ModeNotifier, Notifier, NotifyMode, NotifyStats, Signal, WakeRef,
+    EventFdSignal, FutexSignal, ModeNotifier, Notifier, NotifyMode, NotifyStats, Signal, WaitError,
+    WakeRef,
 };
 use crate::queue::{Completer, QueueError, Rejected, SetupError, Submitter};
 use crate::sync::{AtomicU32, CacheLine, Ordering::*};
@@ -54,8 +55,13 @@ pub const PAIR_MAGIC: u32 = u32::from_le_bytes(*b"sbqp");
 ///
 /// Version 2: the producer wake word of each ring is used (a side sleeps on a full ring there
 /// and its peer wakes it after reaping), so a side of version 1, which never wakes it, must
-/// not attach.
-pub const PAIR_LAYOUT_VERSION: u32 = 2;
+/// not attach. Version 3: a wake word may say "sleeping until entry N" (event-idx
+/// suppression), which a side of version 2 would not take for sleeping; and the header
+/// records the pair's features.
+pub const PAIR_LAYOUT_VERSION: u32 = 3;
+
+/// The pair's feature bit for event-idx suppression ([`PairConfig::event_idx`]).
+const FEATURE_EVENT_IDX: u32 = 1;
 
 #[repr(C)]
 #[derive(Debug)]
@@ -66,6 +72,8 @@ struct PairState {
     service_closed: AtomicU32,
     kick_mode: AtomicU32,
     call_mode: AtomicU32,
+    /// Feature bits the creator enabled (`FEATURE_*`); a side uses those it also asks for.
+    features: AtomicU32,
 }
 
 /// How a notify mode is recorded in the pair header, so both sides must agree on it (a side
@@ -92,6 +100,13 @@ pub struct PairConfig {
     pub kick_mode: NotifyMode,
     /// How the app waits for completions (and so how the service wakes it).
     pub call_mode: NotifyMode,
+    /// Event-idx suppression (virtio's `VIRTIO_F_EVENT_IDX`, NVMe's EventIdx): a side that
+    /// waits for several entries at once ([`AppSide::wait_completions`],
+    /// [`ServiceSide::wait_requests_for`]) sleeps until the last of them is published and is
+    /// not woken by the ones before. Without it such a wait is woken by every publish and
+    /// sleeps again (the sleeping flag alone). Used only if both the pair's creator and the
+    /// attaching side ask for it; on by default.
+    pub event_idx: bool,
 }
 
 impl Default for PairConfig {
@@ -101,6 +116,7 @@ impl Default for PairConfig {
             cq_capacity: 256,
             kick_mode: NotifyMode::Adaptive,
             call_mode: NotifyMode::Adaptive,
+            event_idx: true,
         }
     }
 }
@@ -110,6 +126,12 @@ impl PairConfig {
     pub fn with_mode(mut self, mode: NotifyMode) -> Self {
         self.kick_mode = mode;
         self.call_mode = mode;
+        self
+    }
+
+    /// Event-idx suppression on or off ([`PairConfig::event_idx`]).
+    pub fn with_event_idx(mut self, on: bool) -> Self {
+        self.event_idx = on;
         self
     }
 
@@ -241,6 +263,54 @@ fn wait_ring<T: Pod>(
         }
     };
     notifier.wait_until(&mut ready, timeout)?;
+    ring_waited(ring, corrupt, peer_closed)
+}
+
+/// Waits on `notifier` until `ring` has `n` entries (at most its capacity), or the peer has
+/// closed, or `timeout` passed with at least one entry there; returns how many are ready.
+/// With `event_idx`, it sleeps until the `n`-th entry is published; without, every publish
+/// wakes it and it sleeps again. `Timeout` if none came, `PeerGone` once the peer has closed
+/// and everything it published has been taken.
+fn wait_ring_for<T: Pod>(
+    notifier: &ModeNotifier,
+    ring: &mut Consumer<T>,
+    peer_closed: &AtomicU32,
+    n: u32,
+    event_idx: bool,
+    timeout: Option<Duration>,
+) -> Result<u32, QueueError> {
+    let n = n.clamp(1, ring.capacity());
+    let event = ring.event_for(n);
+    let mut corrupt: Option<CorruptIndex> = None;
+    let mut ready = || match ring.available_up_to(n) {
+        Ok(k) => k >= n || closed(peer_closed),
+        Err(e) => {
+            corrupt = Some(e);
+            true
+        }
+    };
+    let waited = if event_idx {
+        notifier.wait_until_entry(event, &mut ready, timeout)
+    } else {
+        notifier.wait_until(&mut ready, timeout)
+    };
+    match waited {
+        Ok(()) => {}
+        // A batch that did not fill in time: what came is the caller's.
+        Err(WaitError::Timeout(_)) if corrupt.is_none() && ring.has_entries()? => {}
+        Err(e) => return Err(e.into()),
+    }
+    ring_waited(ring, corrupt, peer_closed)?;
+    Ok(ring.available_up_to(n)?)
+}
+
+/// What a wait on `ring` that ended without timing out means.
+#[inline(always)]
+fn ring_waited<T: Pod>(
+    ring: &mut Consumer<T>,
+    corrupt: Option<CorruptIndex>,
+    peer_closed: &AtomicU32,
+) -> Result<(), QueueError> {
     if let Some(e) = corrupt {
         // A peer that scribbled on the ring and then closed (or died: see `ServiceGone`):
         // what the caller needs to hear is that it is gone. The corruption stays in the ring,
@@ -381,6 +451,7 @@ fn construct<S: Pod, C: Pod>(
             service_closed: AtomicU32::new(0),
             kick_mode: AtomicU32::new(0),
             call_mode: AtomicU32::new(0),
+            features: AtomicU32::new(0),
         }));
     }
     Ring::<S>::construct_for_loom(region, offset + layout.sq, config.sq_capacity)?;
@@ -402,6 +473,7 @@ fn init<S: Pod, C: Pod>(
     s.magic.store(0, Relaxed);
     s.kick_mode.store(mode_code(config.kick_mode), Relaxed);
     s.call_mode.store(mode_code(config.call_mode), Relaxed);
+    s.features.store(features_of(config), Relaxed);
     s.app_closed.store(0, Relaxed);
     s.service_closed.store(0, Relaxed);
     s.version.store(PAIR_LAYOUT_VERSION, Relaxed);
@@ -430,12 +502,29 @@ fn init<S: Pod, C: Pod>(
     Ok(())
 }
 
+fn features_of(config: &PairConfig) -> u32 {
+    if config.event_idx {
+        FEATURE_EVENT_IDX
+    } else {
+        0
+    }
+}
+
+/// What a side found in the pair header.
+struct Located {
+    state: StateRef,
+    layout: PairLayout,
+    header: Claim,
+    /// Event-idx suppression: enabled by the creator and asked for by this side.
+    event_idx: bool,
+}
+
 /// Finds the pair header at `offset` and checks it; returns it with the pair's layout.
 fn locate_pair<S: Pod, C: Pod>(
     region: &Arc<Region>,
     offset: usize,
     config: &PairConfig,
-) -> Result<(StateRef, PairLayout, Claim), QueueError> {
+) -> Result<Located, QueueError> {
     let layout = PairLayout::of::<S, C>(config)?;
     region.check(offset as u64, layout.size as u64)?;
     // The header's words are used through atomics by both sides: claimed as shared, so that
@@ -472,5 +561,13 @@ fn locate_pair<S: Pod, C: Pod>(
             .into());
         }
     }
-    Ok((state, layout, header))
+    // Unknown bits (a newer or hostile creator) are ignored: a feature is used only if this
+    // side knows it and asked for it.
+    let features = s.features.load(Relaxed) & features_of(config);
+    Ok(Located {
+        state,
+        layout,
+        header,
+        event_idx: features & FEATURE_EVENT_IDX != 0,
+    })
 }

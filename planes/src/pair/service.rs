@@ -13,6 +13,10 @@ pub struct ServiceSide<S, C> {
     /// Wakes the app when it sleeps on a full submission ring that taking requests made room in.
     sq_bell: RoomBell,
     kick_fd: Option<EventFdSignal>,
+    /// Event-idx suppression is on for this pair ([`PairConfig::event_idx`]).
+    event_idx: bool,
+    /// The completion ring's index at the last notification of the app.
+    cq_notified: u32,
     state: StateRef,
     _header: Claim,
 }
@@ -46,7 +50,12 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         config: &PairConfig,
         signals: PairSignals,
     ) -> Result<Self, QueueError> {
-        let (state, layout, header) = locate_pair::<S, C>(&region, offset, config)?;
+        let Located {
+            state,
+            layout,
+            header,
+            event_idx,
+        } = locate_pair::<S, C>(&region, offset, config)?;
         let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
             .and_then(Ring::into_consumer)?;
         let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
@@ -63,6 +72,8 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
                 .call_mode
                 .notifier(cq.consumer_wake(), signals.call)?,
             kick_fd: signals.kick,
+            event_idx,
+            cq_notified: cq.published(),
             sq,
             cq,
             state,
@@ -127,11 +138,48 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         Ok(self.sq.available_up_to(wanted)?)
     }
 
+    /// Tells the app about the completions published since the last time: wakes it if it
+    /// sleeps, and (with event-idx suppression) only if it sleeps until one of them.
+    #[inline(always)]
+    fn notify_app(&mut self) -> Result<(), QueueError> {
+        let published = self.cq.published();
+        self.call.notify_published(self.cq_notified, published)?;
+        self.cq_notified = published;
+        Ok(())
+    }
+
+    /// Waits until `n` requests are ready (`n` is taken between 1 and the submission ring's
+    /// capacity), the app has closed, or `timeout` passes with at least one there; returns how
+    /// many are ready: [`AppSide::wait_completions`] from this side, for a service that
+    /// handles requests in batches. [`QueueError::Timeout`] if none came,
+    /// [`QueueError::PeerGone`] once the app has closed and every request it published has
+    /// been taken.
+    pub fn wait_requests_for(
+        &mut self,
+        n: u32,
+        timeout: Option<Duration>,
+    ) -> Result<u32, QueueError> {
+        self.sq_bell.before_wait(self.sq.released())?;
+        wait_ring_for(
+            &self.kick,
+            &mut self.sq,
+            &self.state.get().app_closed,
+            n,
+            self.event_idx,
+            timeout,
+        )
+    }
+
+    /// Whether event-idx suppression is on for this pair.
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+
     /// Publishes staged completions and wakes the app if it sleeps; returns how many.
     pub fn flush(&mut self) -> Result<u32, QueueError> {
         let n = self.cq.publish();
         if n > 0 {
-            self.call.notify()?;
+            self.notify_app()?;
             // The notification fenced (in the call mode, the bell's): an app asleep on a full
             // submission ring that this side took requests from is seen now.
             self.sq_bell.after_fence(self.sq.released())?;
@@ -158,7 +206,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         chunk.release_all();
         out.commit(n);
         if n > 0 {
-            self.call.notify()?;
+            self.notify_app()?;
             self.sq_bell.after_fence(self.sq.released())?;
         }
         Ok(n as u32)

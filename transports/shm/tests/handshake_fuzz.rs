@@ -184,9 +184,10 @@ fn random_hello() -> impl Strategy<Value = Hello> {
         wire_mode(),
         prop_oneof![Just(256u32), edge_u32()],
         prop_oneof![Just(8u32), edge_u32()],
+        any::<bool>(),
     )
         .prop_map(
-            |(protocol, request, completion, sq, cq, mode, buf_size, buf_count)| Hello {
+            |(protocol, request, completion, sq, cq, mode, buf_size, buf_count, event_idx)| Hello {
                 protocol,
                 request,
                 completion,
@@ -195,6 +196,7 @@ fn random_hello() -> impl Strategy<Value = Hello> {
                 mode,
                 buf_size,
                 buf_count,
+                event_idx,
             },
         )
 }
@@ -389,7 +391,13 @@ fn welcome() -> impl Strategy<Value = Welcome> {
             prop_oneof![Just(64u32), edge_u32()],
             prop_oneof![Just(64u32), edge_u32()],
         ),
-        (wire_mode(), wire_mode(), any::<bool>(), any::<bool>()),
+        (
+            wire_mode(),
+            wire_mode(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        ),
     )
         .prop_map(
             |(
@@ -399,7 +407,7 @@ fn welcome() -> impl Strategy<Value = Welcome> {
                 pool_offset,
                 (buf_size, buf_count),
                 (sq, cq),
-                (kick_mode, call_mode, kick_fd, call_fd),
+                (kick_mode, call_mode, kick_fd, call_fd, event_idx),
             )| Welcome {
                 client_id,
                 server_pid,
@@ -414,6 +422,7 @@ fn welcome() -> impl Strategy<Value = Welcome> {
                 call_mode,
                 kick_fd,
                 call_fd,
+                event_idx,
             },
         )
 }

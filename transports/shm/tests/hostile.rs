@@ -104,6 +104,7 @@ fn welcome_bytes() -> Vec<u8> {
         call_mode: WireMode::Futex,
         kick_fd: true,
         call_fd: false,
+        event_idx: true,
     };
     let body = postcard::to_stdvec(&ServerMsg::Welcome(w)).unwrap();
     frame(proto::PROTOCOL_VERSION, proto::KIND_MESSAGE, &body)
@@ -353,6 +354,7 @@ fn a_welcome_placing_the_pool_over_the_rings_is_refused() {
         cq_capacity: 64,
         kick_mode: NotifyMode::Futex,
         call_mode: NotifyMode::Futex,
+        event_idx: true,
     };
     let layout = PairLayout::of::<EchoReq, EchoResp>(&config).unwrap();
     for (pool_offset, what) in [
@@ -389,6 +391,7 @@ fn a_welcome_placing_the_pool_over_the_rings_is_refused() {
             call_mode: WireMode::Futex,
             kick_fd: false,
             call_fd: false,
+            event_idx: true,
         };
         let body = postcard::to_stdvec(&ServerMsg::Welcome(w)).unwrap();
         let bytes = frame(proto::PROTOCOL_VERSION, proto::KIND_MESSAGE, &body);

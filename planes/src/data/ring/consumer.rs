@@ -156,6 +156,17 @@ impl<T: Pod> Consumer<T> {
         self.ring.wake(|h| &h.producer_wake)
     }
 
+    /// The index of the entry whose publication makes `n` entries ready to read (counting from
+    /// the first unreleased one; `n` is taken between 1 and the capacity): what to sleep until
+    /// with event-idx suppression ([`Notifier::wait_until_entry`]).
+    ///
+    /// [`Notifier::wait_until_entry`]: crate::interrupt::Notifier::wait_until_entry
+    pub fn event_for(&self, n: u32) -> u32 {
+        self.head
+            .wrapping_add(n.clamp(1, self.capacity()))
+            .wrapping_sub(1)
+    }
+
     /// Slots released so far (wrapping): it changes exactly when this consumer releases, so a
     /// caller can tell whether it made room since it last looked.
     pub fn released(&self) -> u32 {

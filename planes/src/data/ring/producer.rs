@@ -54,6 +54,14 @@ impl<T: Pod> Producer<T> {
         self.staged
     }
 
+    /// The index one past the last published entry (wrapping): what a notification of the
+    /// entries published since the last one covers ([`Notifier::notify_published`]).
+    ///
+    /// [`Notifier::notify_published`]: crate::interrupt::Notifier::notify_published
+    pub fn published(&self) -> u32 {
+        self.tail
+    }
+
     fn write_pos(&self) -> u32 {
         self.tail.wrapping_add(self.staged)
     }

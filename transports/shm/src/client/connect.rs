@@ -94,6 +94,7 @@ impl<S: Pod, C: Pod> Client<S, C> {
             mode: options.mode.into(),
             buf_size: options.buf_size,
             buf_count: options.buf_count,
+            event_idx: options.event_idx,
         };
         let deadline = Instant::now().checked_add(options.control_timeout);
         proto::send_until(
@@ -205,6 +206,9 @@ impl<S: Pod, C: Pod> Client<S, C> {
             cq_capacity: welcome.cq_capacity,
             kick_mode: welcome.kick_mode.into(),
             call_mode: welcome.call_mode.into(),
+            // Used only if asked for and granted; the attach also checks the pair header, and
+            // uses the feature only if the server enabled it there too.
+            event_idx: welcome.event_idx && options.event_idx,
         };
         let offset = |what: &str, v: u64| {
             usize::try_from(v).map_err(|_| Error::Malformed {

@@ -49,6 +49,10 @@ pub struct ClientOptions {
     /// look every `liveness_interval`, reporting a dead server as [`QueueError::PeerGone`]
     /// within about this long.
     pub liveness_interval: Duration,
+    /// Ask for event-idx suppression: [`Client::wait_completions`] then sleeps until the
+    /// last completion it waits for and is not woken by the ones before (if the server
+    /// grants it; see [`Client::event_idx`]). On by default.
+    pub event_idx: bool,
 }
 
 impl ClientOptions {
@@ -63,6 +67,7 @@ impl ClientOptions {
             buf_count: 64,
             control_timeout: Duration::from_secs(10),
             liveness_interval: Duration::from_millis(50),
+            event_idx: true,
         }
     }
 
@@ -326,7 +331,7 @@ impl<S: Pod, C: Pod> Submitter for Client<S, C> {
                 other => other,
             };
         }
-        self.wait_in_slices(timeout, WaitFor::Space)
+        self.wait_in_slices(timeout, WaitFor::Space).map(drop)
     }
 
     fn doorbell_stats(&self) -> DoorbellStats {
@@ -339,6 +344,8 @@ impl<S: Pod, C: Pod> Submitter for Client<S, C> {
 enum WaitFor {
     Completions,
     Space,
+    /// This many completions.
+    Batch(usize),
 }
 
 impl<S: Pod, C: Pod> Completer for Client<S, C> {
@@ -368,7 +375,7 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
                 other => other,
             };
         }
-        self.wait_in_slices(timeout, WaitFor::Completions)
+        self.wait_in_slices(timeout, WaitFor::Completions).map(drop)
     }
 
     fn notify_stats(&self) -> NotifyStats {
@@ -377,14 +384,41 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
 }
 
 impl<S: Pod, C: Pod> Client<S, C> {
-    /// [`Completer::wait`] and [`Submitter::wait_space`] for a client that cannot see the
-    /// server's death as a hang-up.
+    /// Waits until `n` completions are ready to reap, the server is gone, or `timeout` passes
+    /// with at least one there; returns how many are ready. Interrupt coalescing: with
+    /// event-idx suppression (asked for in [`ClientOptions::event_idx`] and granted by the
+    /// server: [`event_idx`](Self::event_idx)) the server wakes this client once, when it
+    /// posts the `n`-th, instead of at every completion. Ask for no more than are in flight,
+    /// or the wait lasts until the timeout. See [`AppSide::wait_completions`].
+    pub fn wait_completions(
+        &mut self,
+        n: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, QueueError> {
+        if self.sees_hangup {
+            return match self.app.wait_completions(n, timeout) {
+                Err(QueueError::PeerGone) => Err(self.note_gone()),
+                Err(QueueError::Corrupt(_)) if self.server_gone() => Err(self.note_gone()),
+                other => other,
+            };
+        }
+        self.wait_in_slices(timeout, WaitFor::Batch(n))
+    }
+
+    /// Whether event-idx suppression is on for this connection (asked for, and granted).
+    pub fn event_idx(&self) -> bool {
+        self.app.event_idx()
+    }
+
+    /// [`Completer::wait`], [`Submitter::wait_space`] and
+    /// [`wait_completions`](Self::wait_completions) for a client that cannot see the server's
+    /// death as a hang-up; returns how many completions are ready for a batch wait.
     #[inline(never)]
     fn wait_in_slices(
         &mut self,
         timeout: Option<Duration>,
         what: WaitFor,
-    ) -> Result<(), QueueError> {
+    ) -> Result<usize, QueueError> {
         // No watcher (it could not start): the wait is cut into liveness slices. Time is tracked
         // by adding up the slices that timed out (each lasted at least its length), not by
         // reading the clock: a clock read costs about a cross-core round trip in a VM.
@@ -394,22 +428,41 @@ impl<S: Pod, C: Pod> Client<S, C> {
                 l.min(self.options.liveness_interval)
             });
             let waited = match what {
-                WaitFor::Completions => self.app.wait(Some(slice)),
-                WaitFor::Space => self.app.wait_space(Some(slice)),
+                WaitFor::Completions => self.app.wait(Some(slice)).map(|()| 1),
+                WaitFor::Space => self.app.wait_space(Some(slice)).map(|()| 0),
+                WaitFor::Batch(n) => match self.app.wait_completions(n, Some(slice)) {
+                    // A partial batch at the end of a slice, not of the caller's time: wait
+                    // on (unless the server is gone, or has closed).
+                    Ok(k) if k < n && !self.app.peer_closed() && left.is_none_or(|l| l > slice) => {
+                        Err(QueueError::Timeout(slice))
+                    }
+                    other => other,
+                },
             };
             match waited {
-                Ok(()) => return Ok(()),
+                Ok(k) => return Ok(k),
                 Err(QueueError::PeerGone) => return Err(self.note_gone()),
                 Err(QueueError::Timeout(_)) => {
                     if self.server_gone() {
                         // Completions published before the death are still reaped first.
                         return match what {
-                            WaitFor::Completions if self.app.completions_ready()? => Ok(()),
-                            _ => Err(QueueError::PeerGone),
+                            WaitFor::Completions | WaitFor::Batch(_) => {
+                                match self.app.completions_available()? {
+                                    0 => Err(QueueError::PeerGone),
+                                    k => Ok(k),
+                                }
+                            }
+                            WaitFor::Space => Err(QueueError::PeerGone),
                         };
                     }
                     left = left.map(|l| l.saturating_sub(slice));
                     if left.is_some_and(|l| l.is_zero()) {
+                        if let WaitFor::Batch(_) = what {
+                            let k = self.app.completions_available()?;
+                            if k > 0 {
+                                return Ok(k);
+                            }
+                        }
                         return Err(QueueError::Timeout(timeout.unwrap_or_default()));
                     }
                 }

@@ -30,8 +30,10 @@ pub const PROTOCOL_MAGIC: [u8; 4] = *b"SBSH";
 /// memory it sets up, so two builds that would lay out the rings differently, or encode their
 /// messages differently, refuse each other at the handshake. (Version 2: ring slots carry
 /// stamps. Version 3: [`Refusal::Unaligned`]. Version 4: a side that finds a ring full sleeps
-/// on its producer word, and the other side wakes it after reaping.)
-pub const PROTOCOL_VERSION: u16 = 4;
+/// on its producer word, and the other side wakes it after reaping. Version 5: event-idx
+/// suppression, asked for in [`Hello::event_idx`] and granted in [`Welcome::event_idx`]; a
+/// wake word may say "sleeping until entry N".)
+pub const PROTOCOL_VERSION: u16 = 5;
 /// A control message carrying a postcard-encoded body.
 pub const KIND_MESSAGE: u8 = 1;
 /// A refusal because of a version mismatch; its body is the refusing side's version.
@@ -122,6 +124,8 @@ pub struct Hello {
     pub buf_size: u32,
     /// Number of payload buffers.
     pub buf_count: u32,
+    /// Whether the client asks for event-idx suppression (`PairConfig::event_idx`).
+    pub event_idx: bool,
 }
 
 /// What the server grants; the shared memory and eventfds travel beside it.
@@ -153,6 +157,9 @@ pub struct Welcome {
     pub kick_fd: bool,
     /// Whether a call eventfd follows (after the kick eventfd, if any).
     pub call_fd: bool,
+    /// Whether event-idx suppression is on: the client asked for it and the server grants it.
+    /// The queue pair's header records the same.
+    pub event_idx: bool,
 }
 
 /// Why a server refused a connection or request.

@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub exit_when_empty: bool,
     /// How the server sleeps when no client has work.
     pub sleep: ServerSleep,
+    /// Grant event-idx suppression to clients that ask for it (`ClientOptions::event_idx`):
+    /// the server then wakes a client that waits for several completions only when the last
+    /// of them is posted. On by default; off, for instance, to measure what it saves.
+    pub event_idx: bool,
 }
 
 /// How a server sleeps when no client has work ([`ServerConfig::sleep`]).
@@ -86,6 +90,7 @@ impl ServerConfig {
             max_deferred: 1024,
             exit_when_empty: false,
             sleep: ServerSleep::Epoll,
+            event_idx: true,
         }
     }
 }

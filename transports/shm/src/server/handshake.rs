@@ -388,6 +388,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 (_, ServerSleep::Futex) => NotifyMode::Futex,
             },
             call_mode: mode,
+            event_idx: hello.event_idx && self.config.event_idx,
         };
         let internal = |e: &dyn fmt::Display| Refusal::Internal(e.to_string());
         let pair = PairLayout::of::<S, C>(&config).map_err(|e| internal(&e))?;
@@ -427,6 +428,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             call_mode: config.call_mode.into(),
             kick_fd: signals.kick.is_some(),
             call_fd: signals.call.is_some(),
+            event_idx: config.event_idx,
         };
         let memfd = region
             .fd()

@@ -272,6 +272,7 @@ pub fn hello() -> Hello {
         mode: WireMode::EventFd,
         buf_size: 256,
         buf_count: 8,
+        event_idx: true,
     }
 }
 
@@ -354,6 +355,7 @@ pub fn fake_pair(call_mode: NotifyMode, buf_count: u32, pool_offset: u64) -> Fak
         cq_capacity: 64,
         kick_mode: NotifyMode::Futex,
         call_mode,
+        event_idx: true,
     };
     let region = std::sync::Arc::new(
         subring_shm::Region::memfd("fake-server", 1 << 20, subring_shm::RegionOptions::new())
@@ -377,6 +379,7 @@ pub fn fake_pair(call_mode: NotifyMode, buf_count: u32, pool_offset: u64) -> Fak
         call_mode: call_mode.into(),
         kick_fd: false,
         call_fd: signals.call.is_some(),
+        event_idx: true,
     };
     let mut fds = vec![region.fd().unwrap().try_clone_to_owned().unwrap()];
     if let Some(call) = &signals.call {

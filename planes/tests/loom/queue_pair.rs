@@ -1,0 +1,155 @@
+//! A queue pair end to end: round trip, close, a service declared gone, and full rings that sleep.
+
+use super::*;
+
+/// A queue pair end to end: one request, its completion, then the app closes and the service
+/// sees `PeerGone` rather than waiting forever (the close goes through the same protocol).
+#[test]
+fn pair_round_trip_and_close() {
+    model(|| {
+        let config = PairConfig::default()
+            .with_capacity(2)
+            .with_mode(subring_planes::interrupt::NotifyMode::Futex);
+        let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+        let server = thread::spawn(move || {
+            let mut served = 0;
+            loop {
+                match service.wait_requests(None) {
+                    Ok(()) => {}
+                    Err(QueueError::PeerGone) => return served,
+                    Err(e) => panic!("service: {e}"),
+                }
+                served += service.serve_ready(&mut |x: u32| x + 100).unwrap();
+            }
+        });
+        app.push(1).unwrap();
+        app.submit().unwrap();
+        app.wait(None).unwrap();
+        assert_eq!(app.reap().unwrap(), Some(101));
+        drop(app);
+        assert_eq!(server.join().unwrap(), 1);
+    });
+}
+
+/// A watcher thread declares the service gone (its process died) while the app waits with no
+/// timeout and the service side stays silent: the app must wake and see `PeerGone`, whichever
+/// comes first of its announcing sleep and the declaration.
+#[test]
+fn service_declared_gone_wakes_a_waiting_app() {
+    model(|| {
+        let config = PairConfig::default()
+            .with_capacity(2)
+            .with_mode(subring_planes::interrupt::NotifyMode::Futex);
+        let (mut app, service) = in_process::<u32, u32>(&config).unwrap();
+        let gone = app.gone_handle();
+        let watcher = thread::spawn(move || gone.declare().unwrap());
+        match app.wait(None) {
+            Err(QueueError::PeerGone) => {}
+            other => panic!("waiting after the service was declared gone gave {other:?}"),
+        }
+        watcher.join().unwrap();
+        drop(service);
+    });
+}
+
+/// A full completion ring sleeps: the service posts two completions through a ring of one
+/// slot, so the second finds it full and the service sleeps on the ring's producer word
+/// ([`ServiceSide::wait_room`]) until the app's reaping wakes it. The app reaps the first,
+/// then waits for the second; the look at the producer word that its wait makes first is
+/// fenced, and is what wakes the service when the relaxed look right after the reap missed
+/// the announcement (store buffering on both sides). Futex mode, so a missed wake-up is a
+/// deadlock. Explored with at most 4 preemptions (about 30 s; 5 take five minutes).
+fn full_completion_ring_sleeps(skip_backstop: bool) {
+    model_bounded(4, move || {
+        let config = PairConfig {
+            sq_capacity: 2,
+            cq_capacity: 1,
+            ..PairConfig::default().with_mode(NotifyMode::Futex)
+        };
+        let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+        if skip_backstop {
+            app.skip_room_backstop_for_loom();
+        }
+        let server = thread::spawn(move || {
+            for v in [1, 2] {
+                let mut v = v;
+                loop {
+                    match service.complete(v) {
+                        Ok(()) => break,
+                        Err(r) => {
+                            assert!(matches!(r.error, QueueError::Full), "{}", r.error);
+                            v = r.entry;
+                            service.wait_room(None).unwrap();
+                        }
+                    }
+                }
+                service.flush().unwrap();
+            }
+            service
+        });
+        for expected in [1, 2] {
+            app.wait(None).unwrap();
+            assert_eq!(app.reap().unwrap(), Some(expected));
+        }
+        drop(server.join().unwrap());
+    });
+}
+
+#[test]
+fn a_full_completion_ring_sleeps_and_reaping_wakes_it() {
+    full_completion_ring_sleeps(false);
+}
+
+/// Negative control: with only the relaxed look after each reap (no fenced look before the
+/// app's wait), the app can miss the service's announcement while the service misses the
+/// app's reap; both then sleep (in the modelled futex, which waits by yielding: loom reports
+/// the endless wait as too many branches).
+#[test]
+#[should_panic(expected = "maximum number of branches")]
+fn negative_control_room_without_the_fenced_look_is_caught() {
+    full_completion_ring_sleeps(true);
+}
+
+/// A full submission ring sleeps: the app submits two requests through a ring of one slot,
+/// waiting for room ([`Submitter::wait_space`]) in between; the service takes requests and
+/// answers them, and its flush (whose notification fences) wakes the app. Then the app closes
+/// and the service sees it.
+#[test]
+fn a_full_submission_ring_sleeps_until_the_service_takes() {
+    model_bounded(4, || {
+        let config = PairConfig {
+            sq_capacity: 1,
+            cq_capacity: 2,
+            ..PairConfig::default().with_mode(NotifyMode::Futex)
+        };
+        let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+        let server = thread::spawn(move || {
+            let mut served = 0;
+            loop {
+                match service.wait_requests(None) {
+                    Ok(()) => {}
+                    Err(QueueError::PeerGone) => return served,
+                    Err(e) => panic!("service: {e}"),
+                }
+                served += service.serve_ready(&mut |x: u32| x + 100).unwrap();
+            }
+        });
+        app.push(1).unwrap();
+        app.submit().unwrap();
+        let mut v = 2;
+        while let Err(r) = app.push(v) {
+            assert!(matches!(r.error, QueueError::Full), "{}", r.error);
+            v = r.entry;
+            app.wait_space(None).unwrap();
+        }
+        app.submit().unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            app.wait(None).unwrap();
+            got.extend(app.reap().unwrap());
+        }
+        assert_eq!(got, [101, 102]);
+        drop(app);
+        assert_eq!(server.join().unwrap(), 2);
+    });
+}

@@ -1,0 +1,107 @@
+//! Sleeping on several words at once: two rings, and a sleep set with an alarm.
+
+use super::*;
+
+/// A service sleeping on two rings at once ([`WaitAny`]): it announces sleep on both rings'
+/// words, re-checks both rings, then sleeps until either word is woken. Ring A has an entry
+/// from the start; a producer pushes one entry to ring B and rings B's doorbell (a futex wake,
+/// suppressed unless the service announced sleep on B). A lost wake-up leaves the service
+/// asleep with B's entry waiting.
+fn sleep_on_two_rings(recheck_both: bool) {
+    model(move || {
+        let (mut tx_a, mut rx_a) = Ring::<u32>::with_capacity(2).unwrap();
+        let (mut tx_b, mut rx_b) = Ring::<u32>::with_capacity(2).unwrap();
+        tx_a.push(1).unwrap();
+        let producer = thread::spawn(move || {
+            let doorbell =
+                SleepNotifier::new(tx_b.consumer_wake(), FutexSignal::new(), SpinPolicy::none());
+            tx_b.push(2).unwrap();
+            doorbell.notify().unwrap();
+        });
+        let (word_a, word_b) = (rx_a.consumer_wake(), rx_b.consumer_wake());
+        let mut set = WaitAny::new();
+        let mut got = 0;
+        while got < 2 {
+            word_a.announce_sleep();
+            word_b.announce_sleep();
+            let ready =
+                rx_a.has_entries().unwrap() || (recheck_both && rx_b.has_entries().unwrap());
+            if !ready {
+                set.wait([&*word_a, &*word_b], None).unwrap();
+            }
+            word_a.cancel_sleep();
+            word_b.cancel_sleep();
+            got += usize::from(rx_a.pop().unwrap().is_some());
+            got += usize::from(rx_b.pop().unwrap().is_some());
+        }
+        producer.join().unwrap();
+        drop(tx_a);
+    });
+}
+
+#[test]
+fn sleeping_on_two_rings_loses_no_wakeup() {
+    sleep_on_two_rings(true);
+}
+
+/// Negative control: a service that forgets to re-check one ring after announcing sleep sleeps
+/// through an entry published just before the announcement (its doorbell was suppressed).
+#[test]
+#[should_panic(expected = "maximum number of branches")]
+fn negative_control_sleeping_on_two_rings_without_rechecking_both_is_caught() {
+    sleep_on_two_rings(false);
+}
+
+const SLEEP_SET_PREEMPTIONS: usize = 5;
+
+/// A service sleeps on a ring's word in a [`SleepSet`] while a peer publishes to the ring and
+/// rings its doorbell, and another thread raises the set's alarm: both claim the same word, in
+/// any order. The service must see the entry and the alarm, however they interleave with its
+/// announcing sleep.
+fn sleep_set_with_alarm(broken: bool) {
+    model_bounded(SLEEP_SET_PREEMPTIONS, move || {
+        let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
+        let word = rx.consumer_wake();
+        let mut set = SleepSet::new();
+        if broken {
+            set.break_for_loom();
+        }
+        set.set_words(vec![word.clone()]).unwrap();
+        let alarm = set.alarm();
+        let raiser = thread::spawn(move || alarm.raise().unwrap());
+        let producer = thread::spawn(move || {
+            let doorbell =
+                SleepNotifier::new(tx.consumer_wake(), FutexSignal::new(), SpinPolicy::none());
+            tx.push(1).unwrap();
+            doorbell.notify().unwrap();
+        });
+        let (mut got, mut alarmed) = (false, false);
+        while !(got && alarmed) {
+            word.announce_sleep();
+            if !rx.has_entries().unwrap() {
+                set.sleep(None).unwrap();
+            }
+            word.cancel_sleep();
+            if set.is_raised() {
+                alarmed = true;
+                set.lower();
+            }
+            got |= rx.pop().unwrap().is_some();
+        }
+        raiser.join().unwrap();
+        producer.join().unwrap();
+    });
+}
+
+#[test]
+fn a_sleep_set_sees_its_peer_and_its_alarm() {
+    sleep_set_with_alarm(false);
+}
+
+/// Negative control: a sleeper that does not look at the alarm after announcing sleep sleeps
+/// through an alarm raised just before (the alarm found no word sleeping to wake).
+#[test]
+#[should_panic(expected = "maximum number of branches")]
+fn negative_control_a_sleep_set_that_ignores_its_alarm_is_caught() {
+    sleep_set_with_alarm(true);
+}
