@@ -8,6 +8,8 @@
 //! - [`ipc`]: cross-process round trips and 4 KiB payloads, subring-shm against pipes, Unix
 //!   sockets, eventfds and raw shared memory;
 //! - [`kernel`]: the kernel transport against the raw `io-uring` crate and `pread`;
+//! - [`coalesce`]: interrupt coalescing under a bursty load, event-idx suppression against
+//!   the sleeping flag alone;
 //! - [`storage`]: the block service (client → shm service → io_uring into the client's memory)
 //!   against local io_uring reads, a classic Unix-socket server and a copying service;
 //! - `iceoryx` (feature `iceoryx2`): iceoryx2's publish-subscribe round trip.
@@ -17,6 +19,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod asyncrt;
+pub mod coalesce;
 pub mod ipc;
 pub mod kernel;
 pub mod peers;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use subring_bench::report::Report;
-use subring_bench::{ipc, kernel, plot, spsc, storage, Progress};
+use subring_bench::{coalesce, ipc, kernel, plot, spsc, storage, Progress};
 
 use crate::Error;
 
@@ -19,6 +19,9 @@ pub enum Part {
     Spsc,
     /// Cross-process round trips and 4 KiB payloads.
     Ipc,
+    /// Bursts of requests completed one at a time: event-idx suppression against the
+    /// sleeping flag alone.
+    Burst,
     /// The kernel transport vs raw io-uring vs pread.
     Kernel,
     /// The block service (reads landing in the client's memory) vs local io_uring, a
@@ -115,6 +118,13 @@ pub fn run(args: &Args) -> Result<(), Error> {
     if wants(Part::Spsc) {
         spsc::run(
             &spsc::SpscConfig::new(args.quick),
+            &mut report,
+            &mut progress,
+        )?;
+    }
+    if wants(Part::Burst) {
+        coalesce::run(
+            &coalesce::CoalesceConfig::new(args.quick),
             &mut report,
             &mut progress,
         )?;
