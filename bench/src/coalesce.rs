@@ -2,15 +2,15 @@
 //! sleeping flag alone.
 //!
 //! The app submits a burst of requests and waits for the whole burst with
-//! [`AppSide::wait_completions`](subring_planes::pair::AppSide::wait_completions); the service (a thread on the other core) completes the
-//! requests one at a time, spending `work` on each and notifying after each, as a device or a
-//! storage service that finishes I/O one by one does. The same code runs with the pair's
-//! event-idx suppression on ([`PairConfig::event_idx`]: the app sleeps until the burst's last
-//! completion) and off (the sleeping flag alone: every completion that finds the app asleep
-//! wakes it, and it sleeps again), in each sleeping notify mode, interleaved in every
-//! repetition. The rows give the burst's latency (submit to last completion) and the app's
-//! system calls per request (doorbells rung and sleeps); the flag row is compared with the
-//! event-idx row.
+//! [`AppSide::wait_completions`](subring_planes::pair::AppSide::wait_completions); the service
+//! (a thread on the other core) completes the requests one at a time, spending `work` on each
+//! and notifying after each, as a device or a storage service that finishes I/O one by one
+//! does. The same code runs with the pair's event-idx suppression on
+//! ([`PairConfig::event_idx`]: the app sleeps until the burst's last completion) and off (the
+//! sleeping flag alone: every completion that finds the app asleep wakes it, and it sleeps
+//! again), in each sleeping notify mode, interleaved in every repetition. The rows give the
+//! burst's latency (submit to last completion) and the app's system calls per request
+//! (doorbells rung and sleeps); the flag row is compared with the event-idx row.
 
 use std::time::{Duration, Instant};
 
