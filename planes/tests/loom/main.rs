@@ -13,11 +13,13 @@
 mod creation;
 mod event_idx;
 mod eventfd;
+mod kernel;
 mod pool;
 mod queue_pair;
 mod ring;
 mod sets;
 mod sleep;
+mod virtio;
 
 use std::sync::Arc;
 
