@@ -31,7 +31,7 @@ use subring_planes::data::{
 };
 use subring_planes::interrupt::{
     EventFdSignal, FutexSignal, LoomBreakage, Notifier, NotifyMode, Signal, SleepNotifier,
-    SleepSet, SpinPolicy, WaitAny, WakeWord, Woke,
+    SleepSet, SpinPolicy, WaitAny, WakeRef, WakeWord, Woke,
 };
 use subring_planes::pair::{
     self, in_process, AppSide, PairConfig, PairLayout, PairSignals, ServiceSide,

@@ -105,3 +105,53 @@ fn a_sleep_set_sees_its_peer_and_its_alarm() {
 fn negative_control_a_sleep_set_that_ignores_its_alarm_is_caught() {
     sleep_set_with_alarm(true);
 }
+
+/// The shm server's futex sleep (transports/shm/src/futex_sleep.rs), its two hand-offs
+/// rewritten over the same planes primitives. The control thread, each time its epoll set has
+/// events (here: twice), raises the sleep set's alarm and waits on the ack word until the main
+/// thread has taken them (the epoll set is level-triggered: polling it again before that would
+/// report the same events at once). The main thread sleeps in the set and, on the alarm, takes
+/// the events (`FutexSleep::take`): it lowers the alarm, then notifies the ack word. `broken`
+/// swaps those two steps.
+fn futex_server_handoff(ack_before_lowering: bool) {
+    model_bounded(SLEEP_SET_PREEMPTIONS, move || {
+        let mut set = SleepSet::new();
+        let alarm = set.alarm();
+        let ack_word = WakeRef::local();
+        let ack_wait = SleepNotifier::new(ack_word.clone(), FutexSignal::new(), SpinPolicy::none());
+        let ack = SleepNotifier::new(ack_word, FutexSignal::new(), SpinPolicy::none());
+        let control = thread::spawn(move || {
+            for _ in 0..2 {
+                alarm.raise().unwrap();
+                ack_wait
+                    .wait_until(&mut || !alarm.is_raised(), None)
+                    .unwrap();
+            }
+        });
+        for _ in 0..2 {
+            while !set.sleep(None).unwrap() {}
+            if ack_before_lowering {
+                ack.notify().unwrap();
+                set.lower();
+            } else {
+                set.lower();
+                ack.notify().unwrap();
+            }
+        }
+        control.join().unwrap();
+    });
+}
+
+#[test]
+fn the_futex_servers_control_and_main_threads_hand_off() {
+    futex_server_handoff(false);
+}
+
+/// Negative control: acknowledging before lowering the alarm lets the control thread wake,
+/// still see the alarm raised, and sleep again; the lowering that follows wakes nobody, and
+/// both threads wait for ever (the modelled futex waits by yielding).
+#[test]
+#[should_panic(expected = "maximum number of branches")]
+fn negative_control_acknowledging_before_lowering_is_caught() {
+    futex_server_handoff(true);
+}

@@ -11,6 +11,10 @@
 //!   polls the epoll set again (the set is level-triggered: polling it before the main thread has
 //!   taken the events would report them again at once). That is the sleep/wake protocol on one
 //!   word (`sleep_wake_no_lost_wakeup`).
+//!
+//! The two together are modelled too, rewritten over the same primitives:
+//! `the_futex_servers_control_and_main_threads_hand_off` (planes/tests/loom/sets.rs), with the
+//! negative control that acknowledges before lowering the alarm.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
