@@ -75,10 +75,9 @@ fn negative_control_level_triggered_without_drain_is_caught() {
 /// watches it): it arms, blocks in the modelled `EPOLLET` wait, disarms without draining, and
 /// serves, until the app has had both answers; the app submits one request at a time and
 /// waits for each answer. Without a drain, each write is still a new edge. At most 6
-/// preemptions, as above.
-#[test]
-fn an_edge_triggered_service_sees_every_kick() {
-    model_bounded(6, || {
+/// preemptions, as above. `ignore_arm` is the negative control.
+fn edge_triggered_service(ignore_arm: bool) {
+    model_bounded(6, move || {
         let config = PairConfig::default()
             .with_capacity(2)
             .with_mode(NotifyMode::EventFd);
@@ -86,13 +85,19 @@ fn an_edge_triggered_service_sees_every_kick() {
         let region = Arc::new(Region::anonymous(layout.size, RegionOptions::new()).unwrap());
         let signals = PairSignals::for_config(&config).unwrap();
         let kick = signals.kick.clone().unwrap();
-        let mut service =
-            ServiceSide::<u32, u32>::create(region.clone(), 0, &config, signals.clone()).unwrap();
-        let mut app = AppSide::<u32, u32>::attach(region, 0, &config, signals).unwrap();
+        let mut service = std::mem::ManuallyDrop::new(
+            ServiceSide::<u32, u32>::create(region.clone(), 0, &config, signals.clone()).unwrap(),
+        );
+        // Not dropped while a detected deadlock unwinds (dropping closes the pair, which
+        // touches loom objects, and loom aborts on a panic inside a panic).
+        let mut app = std::mem::ManuallyDrop::new(
+            AppSide::<u32, u32>::attach(region, 0, &config, signals).unwrap(),
+        );
         let server = thread::spawn(move || {
             let mut served = 0;
             while served < 2 {
-                if !service.arm().unwrap() {
+                let ready = service.arm().unwrap();
+                if !ready || ignore_arm {
                     kick.block(&service.kick_word(), None).unwrap();
                 }
                 service.disarm_edge_triggered();
@@ -106,6 +111,21 @@ fn an_edge_triggered_service_sees_every_kick() {
             app.wait(None).unwrap();
             assert_eq!(app.reap().unwrap(), Some(v + 100));
         }
-        drop(server.join().unwrap());
+        drop(std::mem::ManuallyDrop::into_inner(server.join().unwrap()));
+        drop(std::mem::ManuallyDrop::into_inner(app));
     });
+}
+
+#[test]
+fn an_edge_triggered_service_sees_every_kick() {
+    edge_triggered_service(false);
+}
+
+/// Negative control: a service that blocks even when `arm` says requests are already there
+/// waits for an edge that never comes (the app's doorbell was suppressed: the service was
+/// awake when it rang).
+#[test]
+#[should_panic(expected = "deadlock")]
+fn negative_control_edge_triggered_service_that_ignores_arm_is_caught() {
+    edge_triggered_service(true);
 }

@@ -13,6 +13,7 @@
 mod creation;
 mod event_idx;
 mod eventfd;
+mod guide;
 mod kernel;
 mod pool;
 mod queue_pair;
