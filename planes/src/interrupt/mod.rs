@@ -49,6 +49,7 @@ use std::any::Any;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
@@ -57,8 +58,8 @@ use std::time::{Duration, Instant};
 
 pub use mode::{MissingEventFd, ModeNotifier, NotifyMode, UnknownMode, ADAPTIVE_MAX_SPIN};
 #[cfg(loom)]
-pub use notifier::LoomBreakage;
-pub use notifier::{EventFdNotifier, FutexNotifier, SleepNotifier, SpinNotifier};
+pub use notifier::breakage;
+pub use notifier::{Breakage, EventFdNotifier, FutexNotifier, SleepNotifier, Sound, SpinNotifier};
 pub use signal::{EventFdSignal, FutexSignal, Signal, Woke};
 pub use sleep_set::{Alarm, SleepSet};
 pub(crate) use spin::deadline_after;

@@ -5,33 +5,84 @@ use super::*;
 
 /// A notifier that blocks in the kernel through a [`Signal`] (eventfd or futex), after an
 /// optional spin phase, using the sleep/wake protocol on a shared [`WakeWord`].
+///
+/// `B` is [`Sound`], the protocol, in every build; the loom negative controls instantiate a
+/// deliberately broken variant ([`Breakage`]). Every check of it is a constant, so the sound
+/// notifier runs the same code under loom as in a normal build.
 #[derive(Debug)]
-pub struct SleepNotifier<S: Signal> {
+pub struct SleepNotifier<S: Signal, B: Breakage = Sound> {
     word: WakeRef,
     signal: S,
     spin: SpinPolicy,
     counters: Counters,
-    #[cfg(loom)]
-    broken: Option<LoomBreakage>,
+    _breakage: PhantomData<B>,
 }
 
-/// Loom negative controls only: a deliberately broken variant of the sleep/wake protocol.
+/// How a [`SleepNotifier`] deviates from the sleep/wake protocol, chosen at compile time:
+/// [`Sound`] does not, and is the only implementation in a normal build. The loom negative
+/// controls use the others (module `breakage`, loom builds only), each of which changes one
+/// constant.
+pub trait Breakage: fmt::Debug + Send + Sync + 'static {
+    /// The SeqCst fences of the store→load handshake are issued.
+    const FENCES: bool = true;
+    /// The waiter re-checks its condition after announcing sleep.
+    const RECHECK: bool = true;
+    /// A notifier that claims a sleeper wakes it.
+    const WAKE: bool = true;
+    /// A wake-up that failed is rolled back (the word says "sleeping" again).
+    const ROLLBACK: bool = true;
+    /// Event-idx's test covers exactly the entries published.
+    const EVENT_IDX_EXACT: bool = true;
+}
+
+/// The sleep/wake protocol as designed: no breakage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sound;
+
+impl Breakage for Sound {}
+
+/// Loom negative controls only: deliberately broken variants of the sleep/wake protocol.
 #[cfg(loom)]
 #[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoomBreakage {
+pub mod breakage {
+    use super::Breakage;
+
     /// Block without re-checking the condition after announcing sleep.
-    SkipRecheck,
+    #[derive(Debug)]
+    pub struct SkipRecheck;
+    impl Breakage for SkipRecheck {
+        const RECHECK: bool = false;
+    }
+
     /// Leave out the SeqCst fences of the store→load handshake.
-    NoFences,
+    #[derive(Debug)]
+    pub struct NoFences;
+    impl Breakage for NoFences {
+        const FENCES: bool = false;
+    }
+
     /// Claim the sleeper (clear its word) but never wake it.
-    SkipWake,
+    #[derive(Debug)]
+    pub struct SkipWake;
+    impl Breakage for SkipWake {
+        const WAKE: bool = false;
+    }
+
     /// After a wake-up that failed, leave the word cleared (no rollback to "sleeping"), so
     /// that the caller's retry is suppressed.
-    SkipRollback,
+    #[derive(Debug)]
+    pub struct SkipRollback;
+    impl Breakage for SkipRollback {
+        const ROLLBACK: bool = false;
+    }
+
     /// Event-idx's test off by one: a publish of the entries `old..new` is taken to cover
     /// `old + 1..=new` (the classic slip in `vring_need_event`'s bounds).
-    EventIdxOffByOne,
+    #[derive(Debug)]
+    pub struct EventIdxOffByOne;
+    impl Breakage for EventIdxOffByOne {
+        const EVENT_IDX_EXACT: bool = false;
+    }
 }
 
 /// Blocks on an eventfd; implements `AsFd` for event loops.
@@ -43,13 +94,21 @@ impl<S: Signal> SleepNotifier<S> {
     /// A handle over the shared `word` that blocks through `signal` after spinning as `spin`
     /// says.
     pub fn new(word: WakeRef, signal: S, spin: SpinPolicy) -> Self {
+        Self::with_breakage(word, signal, spin)
+    }
+}
+
+impl<S: Signal, B: Breakage> SleepNotifier<S, B> {
+    /// [`new`](SleepNotifier::new) with the breakage `B` (a loom negative control's: name it
+    /// with a turbofish).
+    #[doc(hidden)]
+    pub fn with_breakage(word: WakeRef, signal: S, spin: SpinPolicy) -> Self {
         SleepNotifier {
             word,
             signal,
             spin,
             counters: Counters::default(),
-            #[cfg(loom)]
-            broken: None,
+            _breakage: PhantomData,
         }
     }
 
@@ -68,59 +127,25 @@ impl<S: Signal> SleepNotifier<S> {
         &self.spin
     }
 
-    /// Loom negative controls only: break the protocol on purpose.
-    #[cfg(loom)]
-    #[doc(hidden)]
-    pub fn break_for_loom(&mut self, how: LoomBreakage) {
-        self.broken = Some(how);
+    /// The range a notification covers: as given, but for a breakage whose event-idx test is
+    /// off by one.
+    #[inline(always)]
+    fn published_range(old: u32, new: u32) -> (u32, u32) {
+        if B::EVENT_IDX_EXACT {
+            (old, new)
+        } else {
+            (old.wrapping_add(1), new.wrapping_add(1))
+        }
     }
 
-    /// Whether the store→load handshake is fenced: always, but in a loom negative control
-    /// that asked for `LoomBreakage::NoFences`.
+    /// The re-check after announcing sleep (skipped only by a breakage).
     #[inline(always)]
-    fn fenced(&self) -> bool {
-        #[cfg(loom)]
-        if self.broken == Some(LoomBreakage::NoFences) {
-            return false;
-        }
-        true
-    }
-
-    /// The rollback after a failed wake-up: always made, but in a loom negative control that
-    /// asked for `LoomBreakage::SkipRollback`.
-    #[inline(always)]
-    fn rolls_back(&self) -> bool {
-        #[cfg(loom)]
-        if self.broken == Some(LoomBreakage::SkipRollback) {
-            return false;
-        }
-        true
-    }
-
-    /// The range a notification covers: as given, but in a loom negative control that asked
-    /// for `LoomBreakage::EventIdxOffByOne`.
-    #[inline(always)]
-    fn published_range(&self, old: u32, new: u32) -> (u32, u32) {
-        #[cfg(loom)]
-        if self.broken == Some(LoomBreakage::EventIdxOffByOne) {
-            return (old.wrapping_add(1), new.wrapping_add(1));
-        }
-        (old, new)
-    }
-
-    /// The re-check after announcing sleep: always made, but in a loom negative control that
-    /// asked for `LoomBreakage::SkipRecheck`.
-    #[inline(always)]
-    fn recheck(&self, ready: &mut dyn FnMut() -> bool) -> bool {
-        #[cfg(loom)]
-        if self.broken == Some(LoomBreakage::SkipRecheck) {
-            return false;
-        }
-        ready()
+    fn recheck(ready: &mut dyn FnMut() -> bool) -> bool {
+        B::RECHECK && ready()
     }
 }
 
-impl<S: Signal> SleepNotifier<S> {
+impl<S: Signal, B: Breakage> SleepNotifier<S, B> {
     /// [`notify`](Notifier::notify) for a caller that has executed a `SeqCst` fence after it
     /// published and before this call (its own notification of another word, a moment ago,
     /// did): the fence that pairs with the waiter's is already there, and is not repeated.
@@ -138,24 +163,23 @@ impl<S: Signal> SleepNotifier<S> {
 
     #[inline(always)]
     fn notify_with(&self, fence: bool, published: Option<(u32, u32)>) -> io::Result<Notified> {
-        let fenced = fence && self.fenced();
+        let fenced = fence && B::FENCES;
         let claimed = match published {
             None => self.word.take_sleeper_with(fenced),
             Some((old, new)) => {
-                let (old, new) = self.published_range(old, new);
+                let (old, new) = Self::published_range(old, new);
                 self.word.take_sleeper_published_with(old, new, fenced)
             }
         };
         if claimed {
-            #[cfg(loom)]
-            if self.broken == Some(LoomBreakage::SkipWake) {
+            if !B::WAKE {
                 bump(&self.counters.sent);
                 return Ok(Notified::Sent);
             }
             if let Err(e) = self.signal.wake(&self.word) {
                 // The wake-up did not happen: say "still asleep" again, so the next
                 // notification retries instead of being suppressed.
-                if self.rolls_back() {
+                if B::ROLLBACK {
                     self.word.announce_sleep();
                 }
                 // (Back to plain "sleeping", whatever entry the waiter was waiting for: the
@@ -171,7 +195,7 @@ impl<S: Signal> SleepNotifier<S> {
     }
 }
 
-impl<S: Signal> Notifier for SleepNotifier<S> {
+impl<S: Signal, B: Breakage> Notifier for SleepNotifier<S, B> {
     #[inline(always)]
     fn notify(&self) -> io::Result<Notified> {
         self.notify_with(true, None)
@@ -207,7 +231,7 @@ impl<S: Signal> Notifier for SleepNotifier<S> {
     }
 }
 
-impl<S: Signal> SleepNotifier<S> {
+impl<S: Signal, B: Breakage> SleepNotifier<S, B> {
     /// The wait: spin as the policy says, then announce sleep (until `event`, with event-idx
     /// suppression), re-check, block; again after every wake-up that finds `ready` false.
     #[inline(always)]
@@ -238,8 +262,8 @@ impl<S: Signal> SleepNotifier<S> {
         }
         loop {
             bump(&self.counters.announced);
-            self.word.announce_with(event, self.fenced());
-            if self.recheck(ready) {
+            self.word.announce_with(event, B::FENCES);
+            if Self::recheck(ready) {
                 self.word.cancel_sleep();
                 return Ok(());
             }
@@ -268,7 +292,7 @@ impl<S: Signal> SleepNotifier<S> {
     }
 }
 
-impl AsFd for SleepNotifier<EventFdSignal> {
+impl<B: Breakage> AsFd for SleepNotifier<EventFdSignal, B> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.signal.as_fd()
     }

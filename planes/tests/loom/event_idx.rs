@@ -8,11 +8,7 @@ use super::*;
 /// third. Each publish is notified with the range it covered. A lost wake-up is a deadlock
 /// (the eventfd model; over the futex model, an endless wait); a wake-up for an entry the
 /// waiter did not wait for is counted, and there must be none: at most one wake-up per wait.
-fn batch_waits<S: Signal + Clone + 'static>(
-    signal: fn() -> S,
-    start: u32,
-    broken: Option<LoomBreakage>,
-) {
+fn batch_waits<S: Signal + Clone + 'static, B: Breakage>(signal: fn() -> S, start: u32) {
     model_bounded(EVENT_IDX_PREEMPTIONS, move || {
         let layout = RingLayout::of::<u32>(4).unwrap();
         let region = Arc::new(Region::anonymous(layout.size, RegionOptions::new()).unwrap());
@@ -21,12 +17,12 @@ fn batch_waits<S: Signal + Clone + 'static>(
             .split()
             .unwrap();
         let signal = signal();
-        let mut notifier =
-            SleepNotifier::new(tx.consumer_wake(), signal.clone(), SpinPolicy::none());
+        let notifier = SleepNotifier::<S, B>::with_breakage(
+            tx.consumer_wake(),
+            signal.clone(),
+            SpinPolicy::none(),
+        );
         let waiter = SleepNotifier::new(rx.consumer_wake(), signal, SpinPolicy::none());
-        if let Some(how) = broken {
-            notifier.break_for_loom(how);
-        }
         let producer = thread::spawn(move || {
             for v in [1, 2, 3] {
                 let old = tx.published();
@@ -62,20 +58,20 @@ fn eventfd() -> EventFdSignal {
 
 #[test]
 fn batch_waits_lose_no_wakeup_and_take_one_per_batch() {
-    batch_waits(eventfd, 0, None);
+    batch_waits::<_, Sound>(eventfd, 0);
 }
 
 /// The same over the modelled futex, whose wait compares the word with the announcement
 /// ("sleeping until entry N" here, not plain "sleeping").
 #[test]
 fn batch_waits_over_the_futex_lose_no_wakeup() {
-    batch_waits(FutexSignal::new, 0, None);
+    batch_waits::<_, Sound>(FutexSignal::new, 0);
 }
 
 /// The same across the indices' wrap: entries `u32::MAX - 1`, `u32::MAX` and 0.
 #[test]
 fn batch_waits_across_the_index_wrap() {
-    batch_waits(eventfd, u32::MAX - 1, None);
+    batch_waits::<_, Sound>(eventfd, u32::MAX - 1);
 }
 
 /// Negative control: event-idx's test off by one (a publish of `old..new` taken to cover
@@ -83,5 +79,5 @@ fn batch_waits_across_the_index_wrap() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn negative_control_event_idx_off_by_one_is_caught() {
-    batch_waits(eventfd, 0, Some(LoomBreakage::EventIdxOffByOne));
+    batch_waits::<_, breakage::EventIdxOffByOne>(eventfd, 0);
 }

@@ -31,8 +31,8 @@ use subring_planes::data::{
     BufferPool, PoolBreakage, PoolError, Region, RegionOptions, Ring, RingError, RingLayout,
 };
 use subring_planes::interrupt::{
-    EventFdSignal, FutexSignal, LoomBreakage, Notifier, NotifyMode, Signal, SleepNotifier,
-    SleepSet, SpinPolicy, WaitAny, WakeRef, WakeWord, Woke,
+    breakage, Breakage, EventFdSignal, FutexSignal, Notifier, NotifyMode, Signal, SleepNotifier,
+    SleepSet, Sound, SpinPolicy, WaitAny, WakeRef, WakeWord, Woke,
 };
 use subring_planes::pair::{
     self, in_process, AppSide, PairConfig, PairLayout, PairSignals, ServiceSide,

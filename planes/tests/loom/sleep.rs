@@ -6,27 +6,25 @@ use super::*;
 /// the ring is still empty; the producer publishes and wakes only if the consumer announced.
 /// A lost wake-up would leave the consumer blocked forever, which loom reports as a deadlock.
 /// Two messages, so that the second round also runs against a wake-up left over from the first.
-fn sleep_wake(broken: Option<LoomBreakage>) {
-    two_messages(|| EventFdSignal::new().unwrap(), SpinPolicy::none, broken);
+fn sleep_wake<B: Breakage>() {
+    two_messages::<_, B>(|| EventFdSignal::new().unwrap(), SpinPolicy::none);
 }
 
 /// Two messages over a capacity-2 ring, the waiter sleeping through `signal` after spinning as
-/// `spin` says; `broken` breaks both sides' notifiers.
-fn two_messages<S: Signal + Clone + 'static>(
+/// `spin` says; both sides' notifiers have the breakage `B`.
+fn two_messages<S: Signal + Clone + 'static, B: Breakage>(
     signal: fn() -> S,
     spin: fn() -> SpinPolicy,
-    broken: Option<LoomBreakage>,
 ) {
     model(move || {
         let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
         let signal = signal();
-        let mut notifier =
-            SleepNotifier::new(tx.consumer_wake(), signal.clone(), SpinPolicy::none());
-        let mut waiter = SleepNotifier::new(rx.consumer_wake(), signal, spin());
-        if let Some(how) = broken {
-            notifier.break_for_loom(how);
-            waiter.break_for_loom(how);
-        }
+        let notifier = SleepNotifier::<S, B>::with_breakage(
+            tx.consumer_wake(),
+            signal.clone(),
+            SpinPolicy::none(),
+        );
+        let waiter = SleepNotifier::<S, B>::with_breakage(rx.consumer_wake(), signal, spin());
         let producer = thread::spawn(move || {
             for v in [1, 2] {
                 tx.push(v).unwrap();
@@ -45,21 +43,21 @@ fn two_messages<S: Signal + Clone + 'static>(
 
 #[test]
 fn sleep_wake_no_lost_wakeup() {
-    sleep_wake(None);
+    sleep_wake::<Sound>();
 }
 
 /// The same protocol over the futex, as modelled: a `FUTEX_WAIT` returns only after a
 /// `FUTEX_WAKE` that came after it checked the word (or at once, if the word no longer says
 /// "sleeping"), never because the word changed. One message each way of every interleaving.
-fn sleep_wake_futex(broken: Option<LoomBreakage>) {
+fn sleep_wake_futex<B: Breakage>() {
     model(move || {
         let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
-        let mut notifier =
-            SleepNotifier::new(tx.consumer_wake(), FutexSignal::new(), SpinPolicy::none());
+        let notifier = SleepNotifier::<_, B>::with_breakage(
+            tx.consumer_wake(),
+            FutexSignal::new(),
+            SpinPolicy::none(),
+        );
         let waiter = SleepNotifier::new(rx.consumer_wake(), FutexSignal::new(), SpinPolicy::none());
-        if let Some(how) = broken {
-            notifier.break_for_loom(how);
-        }
         let producer = thread::spawn(move || {
             tx.push(1).unwrap();
             notifier.notify().unwrap();
@@ -74,7 +72,7 @@ fn sleep_wake_futex(broken: Option<LoomBreakage>) {
 
 #[test]
 fn futex_sleep_wake_no_lost_wakeup() {
-    sleep_wake_futex(None);
+    sleep_wake_futex::<Sound>();
 }
 
 /// Negative control: a notifier that claims the sleeper (clears its word) but never calls
@@ -83,7 +81,7 @@ fn futex_sleep_wake_no_lost_wakeup() {
 #[test]
 #[should_panic(expected = "maximum number of branches")]
 fn negative_control_claiming_without_waking_is_caught() {
-    sleep_wake_futex(Some(LoomBreakage::SkipWake));
+    sleep_wake_futex::<breakage::SkipWake>();
 }
 
 /// Negative control: blocking without re-checking the condition after announcing sleep loses
@@ -91,7 +89,7 @@ fn negative_control_claiming_without_waking_is_caught() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn negative_control_lost_wakeup_without_recheck_is_caught() {
-    sleep_wake(Some(LoomBreakage::SkipRecheck));
+    sleep_wake::<breakage::SkipRecheck>();
 }
 
 /// Negative control: without the SeqCst fences, the waiter's store of "sleeping" and the
@@ -100,7 +98,7 @@ fn negative_control_lost_wakeup_without_recheck_is_caught() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn negative_control_lost_wakeup_without_fences_is_caught() {
-    sleep_wake(Some(LoomBreakage::NoFences));
+    sleep_wake::<breakage::NoFences>();
 }
 
 /// The spin-then-sleep path: the waiter spins (an adaptive budget of 2 spins, halved after a
@@ -114,7 +112,7 @@ fn negative_control_lost_wakeup_without_fences_is_caught() {
 /// controls cover it.
 #[test]
 fn adaptive_spin_then_sleep_loses_no_wakeup() {
-    two_messages(FutexSignal::new, || SpinPolicy::adaptive(2), None);
+    two_messages::<_, Sound>(FutexSignal::new, || SpinPolicy::adaptive(2));
 }
 
 /// A futex signal whose first wake-up fails (as `FUTEX_WAKE` or an eventfd write can).
@@ -142,17 +140,17 @@ impl Signal for FailsFirstWake {
 
 /// A wake-up that fails is rolled back: the notifier sets the word to "sleeping" again, so the
 /// caller's retry wakes the waiter instead of being suppressed.
-fn failed_wake_rolls_back(broken: bool) {
+fn failed_wake_rolls_back<B: Breakage>() {
     model(move || {
         let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
         let signal = FailsFirstWake {
             failed: Arc::new(loom::sync::atomic::AtomicBool::new(false)),
         };
-        let mut notifier =
-            SleepNotifier::new(tx.consumer_wake(), signal.clone(), SpinPolicy::none());
-        if broken {
-            notifier.break_for_loom(LoomBreakage::SkipRollback);
-        }
+        let notifier = SleepNotifier::<_, B>::with_breakage(
+            tx.consumer_wake(),
+            signal.clone(),
+            SpinPolicy::none(),
+        );
         let waiter = SleepNotifier::new(rx.consumer_wake(), signal, SpinPolicy::none());
         let producer = thread::spawn(move || {
             tx.push(1).unwrap();
@@ -171,7 +169,7 @@ fn failed_wake_rolls_back(broken: bool) {
 
 #[test]
 fn a_failed_wake_is_rolled_back_and_retried() {
-    failed_wake_rolls_back(false);
+    failed_wake_rolls_back::<Sound>();
 }
 
 /// Negative control: without the rollback the retry finds the word cleared and is suppressed;
@@ -179,5 +177,5 @@ fn a_failed_wake_is_rolled_back_and_retried() {
 #[test]
 #[should_panic(expected = "maximum number of branches")]
 fn negative_control_no_rollback_after_a_failed_wake_is_caught() {
-    failed_wake_rolls_back(true);
+    failed_wake_rolls_back::<breakage::SkipRollback>();
 }
