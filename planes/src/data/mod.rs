@@ -12,9 +12,6 @@ mod volatile;
 
 pub use volatile::SharedBytes;
 
-#[cfg(loom)]
-#[doc(hidden)]
-pub use pool::PoolBreakage;
 pub use pool::{Buf, BufferPool, PoolError, PoolLayout};
 pub use region::{
     Backing, Claim, ClaimKind, Region, RegionError, RegionOptions, HUGE_PAGE_SIZE, MAX_REGION_LEN,

@@ -18,8 +18,6 @@ use std::sync::Arc;
 use super::region::{Claim, ClaimKind, Region, RegionError};
 use super::volatile::SharedBytes;
 use super::BufHandle;
-#[cfg(loom)]
-use crate::sync::Ordering;
 use crate::sync::{AtomicU32, AtomicU64, Ordering::*};
 
 /// Why a pool could not be built or a handle was refused.
@@ -174,20 +172,6 @@ pub struct BufferPool {
     /// Word to start the next search at (a hint; any value is correct).
     hint: AtomicU32,
     _claim: Claim,
-    #[cfg(loom)]
-    broken: Option<PoolBreakage>,
-}
-
-/// Loom negative controls only: a deliberately broken variant of the pool's bookkeeping.
-#[cfg(loom)]
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PoolBreakage {
-    /// Free and alloc use Relaxed orderings on the free bitmap.
-    RelaxedFreeList,
-    /// `reclaim` tests and clears the lent bit with a load and a store instead of one
-    /// read-modify-write: two reclaims of one handle can both win.
-    SplitReclaim,
 }
 
 impl fmt::Debug for BufferPool {
@@ -269,37 +253,35 @@ impl BufferPool {
             free: bits(count, true),
             lent: bits(count, false),
             hint: AtomicU32::new(0),
-            #[cfg(loom)]
-            broken: None,
         }))
     }
 
-    /// Loom negative control only: a pool broken as `how` says.
+    /// Loom negative control only: [`alloc`](Self::alloc) with a Relaxed compare-exchange
+    /// on the free bitmap (the same code, instantiated with the other ordering).
     #[cfg(loom)]
     #[doc(hidden)]
-    pub fn new_broken_for_loom(
-        region: Arc<Region>,
-        buf_size: usize,
-        count: usize,
-        how: PoolBreakage,
-    ) -> Arc<Self> {
-        let mut pool = Arc::into_inner(Self::new(region, 0, buf_size, count).unwrap()).unwrap();
-        pool.broken = Some(how);
-        Arc::new(pool)
+    pub fn alloc_relaxed_for_loom(self: &Arc<Self>) -> Option<Buf> {
+        self.alloc_ordered::<true>()
     }
 
-    #[cfg(not(loom))]
-    fn orders(&self) -> (crate::sync::Ordering, crate::sync::Ordering) {
-        (Acquire, Release)
-    }
-
+    /// Loom negative control only: frees `buf` with a Relaxed `fetch_or` on the free bitmap.
     #[cfg(loom)]
-    fn orders(&self) -> (Ordering, Ordering) {
-        if self.broken == Some(PoolBreakage::RelaxedFreeList) {
-            (Relaxed, Relaxed)
-        } else {
-            (Acquire, Release)
-        }
+    #[doc(hidden)]
+    pub fn free_relaxed_for_loom(buf: Buf) {
+        let buf = std::mem::ManuallyDrop::new(buf);
+        buf.pool.release_ordered::<true>(buf.index);
+        // SAFETY: `buf` is never used again and its destructor never runs, so the `Arc` is
+        // moved out exactly once.
+        drop(unsafe { std::ptr::read(&buf.pool) });
+    }
+
+    /// Loom negative control only: [`reclaim`](Self::reclaim) that tests the lent bit with a
+    /// load and clears it with a store instead of one read-modify-write (two reclaims of one
+    /// handle can both win).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn reclaim_split_for_loom(self: &Arc<Self>, handle: BufHandle) -> Result<Buf, PoolError> {
+        self.reclaim_with::<true>(handle)
     }
 
     /// Where the buffers lie, to tell a peer.
@@ -333,7 +315,14 @@ impl BufferPool {
     /// Takes a free buffer (length 0, capacity [`buf_size`](Self::buf_size)), or `None` if all
     /// are in use.
     pub fn alloc(self: &Arc<Self>) -> Option<Buf> {
-        let (acquire, _) = self.orders();
+        self.alloc_ordered::<false>()
+    }
+
+    /// [`alloc`](Self::alloc), its compare-exchange Relaxed if `RELAXED` (a loom negative
+    /// control's breakage; the constant folds away).
+    #[inline(always)]
+    fn alloc_ordered<const RELAXED: bool>(self: &Arc<Self>) -> Option<Buf> {
+        let acquire = if RELAXED { Relaxed } else { Acquire };
         let words = self.free.len();
         let start = self.hint.load(Relaxed) as usize % words;
         for k in 0..words {
@@ -360,7 +349,13 @@ impl BufferPool {
     }
 
     fn release(&self, index: u32) {
-        let (_, release) = self.orders();
+        self.release_ordered::<false>(index);
+    }
+
+    /// [`release`](Self::release), Relaxed if `RELAXED` (a loom negative control's breakage).
+    #[inline(always)]
+    fn release_ordered<const RELAXED: bool>(&self, index: u32) {
+        let release = if RELAXED { Relaxed } else { Release };
         // SYNC POINT (pool-free): Release pairs with the Acquire compare-exchange in `alloc`.
         let was = self.free[(index / 64) as usize].fetch_or(1 << (index % 64), release);
         debug_assert!(was & (1 << (index % 64)) == 0, "buffer {index} freed twice");
@@ -369,11 +364,11 @@ impl BufferPool {
     /// Clears buffer `index`'s lent bit; returns its word as it was. One read-modify-write, so
     /// of two reclaims of the same handle (a peer that returned it twice, taken by two threads)
     /// exactly one sees the bit set.
+    /// `SPLIT` is a loom negative control's breakage: a load and a store instead.
     #[inline(always)]
-    fn take_lent_bit(&self, index: u32, bit: u64) -> u64 {
+    fn take_lent_bit<const SPLIT: bool>(&self, index: u32, bit: u64) -> u64 {
         let word = &self.lent[(index / 64) as usize];
-        #[cfg(loom)]
-        if self.broken == Some(PoolBreakage::SplitReclaim) {
+        if SPLIT {
             let was = word.load(Acquire);
             word.store(was & !bit, Release);
             return was;
@@ -391,9 +386,17 @@ impl BufferPool {
     /// returned. The handle must name a buffer of this pool that is lent out now; its length
     /// (at most the buffer size) becomes the buffer's length.
     pub fn reclaim(self: &Arc<Self>, handle: BufHandle) -> Result<Buf, PoolError> {
+        self.reclaim_with::<false>(handle)
+    }
+
+    #[inline(always)]
+    fn reclaim_with<const SPLIT: bool>(
+        self: &Arc<Self>,
+        handle: BufHandle,
+    ) -> Result<Buf, PoolError> {
         let index = self.layout.check(handle)?;
         let bit = 1u64 << (index % 64);
-        let was = self.take_lent_bit(index, bit);
+        let was = self.take_lent_bit::<SPLIT>(index, bit);
         if was & bit == 0 {
             return Err(PoolError::NotLent { index });
         }

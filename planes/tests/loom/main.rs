@@ -28,7 +28,7 @@ use loom::cell::UnsafeCell;
 use loom::sync::atomic::Ordering;
 use loom::thread;
 use subring_planes::data::{
-    BufferPool, PoolBreakage, PoolError, Region, RegionOptions, Ring, RingError, RingLayout,
+    BufferPool, PoolError, Region, RegionOptions, Ring, RingError, RingLayout,
 };
 use subring_planes::interrupt::{
     breakage, Breakage, EventFdSignal, FutexSignal, Notifier, NotifyMode, Signal, SleepNotifier,

@@ -5,25 +5,31 @@ use super::*;
 /// The buffer pool's free bitmap: two threads allocate, use and free buffers from a pool of one
 /// buffer. Each use writes a loom cell owned by that buffer, so two owners at once, or a second
 /// owner not ordered after the first one's free, is reported.
-fn pool_exclusive(broken: bool) {
+/// `RELAXED` (the negative control) allocates and frees with Relaxed orderings on the bitmap.
+fn pool_exclusive<const RELAXED: bool>() {
     model(move || {
         let region = Arc::new(Region::anonymous(4096, RegionOptions::new()).unwrap());
-        let pool = if broken {
-            BufferPool::new_broken_for_loom(region, 64, 1, PoolBreakage::RelaxedFreeList)
-        } else {
-            BufferPool::new(region, 0, 64, 1).unwrap()
-        };
+        let pool = BufferPool::new(region, 0, 64, 1).unwrap();
         let owner = Arc::new(UnsafeCell::new(0u32));
         let threads: Vec<_> = (1..=2u32)
             .map(|id| {
                 let (pool, owner) = (pool.clone(), owner.clone());
                 thread::spawn(move || loop {
-                    if let Some(buf) = pool.alloc() {
+                    let buf = if RELAXED {
+                        pool.alloc_relaxed_for_loom()
+                    } else {
+                        pool.alloc()
+                    };
+                    if let Some(buf) = buf {
                         assert_eq!(buf.index(), 0);
                         // SAFETY: the cell is the buffer's, and we own the buffer: loom reports
                         // any access that this ownership does not order after the last one.
                         owner.with_mut(|o| unsafe { *o = id });
-                        drop(buf);
+                        if RELAXED {
+                            BufferPool::free_relaxed_for_loom(buf);
+                        } else {
+                            drop(buf);
+                        }
                         break;
                     }
                     thread::yield_now();
@@ -39,7 +45,7 @@ fn pool_exclusive(broken: bool) {
 
 #[test]
 fn pool_alloc_free_exclusive() {
-    pool_exclusive(false);
+    pool_exclusive::<false>();
 }
 
 /// Negative control: Relaxed orderings on the pool's free bitmap let the next owner touch the
@@ -47,7 +53,7 @@ fn pool_alloc_free_exclusive() {
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn negative_control_relaxed_pool_is_caught() {
-    pool_exclusive(true);
+    pool_exclusive::<true>();
 }
 
 /// The pool's lent bitmap: a buffer is lent (its handle goes to the peer), and the peer returns
@@ -55,14 +61,12 @@ fn negative_control_relaxed_pool_is_caught() {
 /// lender, each calling `reclaim`. Exactly one gets the buffer back; the other is told it is
 /// not lent. The winner writes a loom cell the buffer owns (after the lender's write before
 /// lending), so two winners at once, or a winner not ordered after the lender, is reported.
-fn pool_reclaim_exclusive(broken: bool) {
+/// `SPLIT` (the negative control) reclaims with a load and a store instead of one
+/// read-modify-write.
+fn pool_reclaim_exclusive<const SPLIT: bool>() {
     model(move || {
         let region = Arc::new(Region::anonymous(4096, RegionOptions::new()).unwrap());
-        let pool = if broken {
-            BufferPool::new_broken_for_loom(region, 64, 1, PoolBreakage::SplitReclaim)
-        } else {
-            BufferPool::new(region, 0, 64, 1).unwrap()
-        };
+        let pool = BufferPool::new(region, 0, 64, 1).unwrap();
         let owner = Arc::new(UnsafeCell::new(0u32));
         let buf = pool.alloc().unwrap();
         // SAFETY: the cell is the buffer's, and this thread owns the buffer.
@@ -72,7 +76,14 @@ fn pool_reclaim_exclusive(broken: bool) {
         let threads: Vec<_> = (1..=2u32)
             .map(|id| {
                 let (pool, owner, won) = (pool.clone(), owner.clone(), won.clone());
-                thread::spawn(move || match pool.reclaim(handle) {
+                let reclaimed = move || {
+                    if SPLIT {
+                        pool.reclaim_split_for_loom(handle)
+                    } else {
+                        pool.reclaim(handle)
+                    }
+                };
+                thread::spawn(move || match reclaimed() {
                     Ok(buf) => {
                         won.fetch_add(1, Ordering::Relaxed);
                         // SAFETY: the cell is the buffer's, and we own the buffer.
@@ -98,7 +109,7 @@ fn pool_reclaim_exclusive(broken: bool) {
 
 #[test]
 fn pool_reclaims_a_lent_buffer_once() {
-    pool_reclaim_exclusive(false);
+    pool_reclaim_exclusive::<false>();
 }
 
 /// Negative control: `reclaim` that tests the lent bit with a load and clears it with a store
@@ -106,5 +117,5 @@ fn pool_reclaims_a_lent_buffer_once() {
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn negative_control_split_reclaim_is_caught() {
-    pool_reclaim_exclusive(true);
+    pool_reclaim_exclusive::<true>();
 }

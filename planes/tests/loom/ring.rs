@@ -70,8 +70,7 @@ fn ring_batches_wrap() {
 fn negative_control_relaxed_publish_is_caught() {
     model(|| {
         let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
-        tx.set_publish_ordering_for_loom(Ordering::Relaxed);
-        let producer = thread::spawn(move || push_all(&mut tx, [7]));
+        let producer = thread::spawn(move || tx.push_relaxed_for_loom(7).unwrap());
         loop {
             if let Some(v) = rx.pop().unwrap() {
                 assert_eq!(v, 7);

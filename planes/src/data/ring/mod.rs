@@ -50,8 +50,6 @@ use bytemuck::Pod;
 
 use super::region::{Claim, ClaimKind, Region, RegionError, RegionOptions};
 use crate::interrupt::{WakeRef, WakeWord};
-#[cfg(loom)]
-use crate::sync::Ordering;
 use crate::sync::{AtomicU32, CacheLine, Ordering::*, Slot};
 
 mod consumer;

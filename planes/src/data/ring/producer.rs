@@ -15,8 +15,6 @@ pub struct Producer<T> {
     staged: u32,
     /// Last head read from the consumer (validated).
     cached_head: u32,
-    #[cfg(loom)]
-    publish_order: Ordering,
     _claim: Claim,
 }
 
@@ -39,8 +37,6 @@ impl<T: Pod> Producer<T> {
             tail,
             staged: 0,
             cached_head: head,
-            #[cfg(loom)]
-            publish_order: Release,
         })
     }
 
@@ -181,11 +177,14 @@ impl<T: Pod> Producer<T> {
         self.ring.wake(|h| &h.producer_wake)
     }
 
-    /// Loom negative control only: stamp slots with another ordering.
+    /// Loom negative control only: [`push`](Self::push) with the slot's stamp stored Relaxed
+    /// instead of Release (the same publishing code, instantiated with the other ordering).
     #[cfg(loom)]
     #[doc(hidden)]
-    pub fn set_publish_ordering_for_loom(&mut self, order: Ordering) {
-        self.publish_order = order;
+    pub fn push_relaxed_for_loom(&mut self, value: T) -> Result<(), PushError<T>> {
+        self.stage(value)?;
+        self.publish_staged_ordered::<true>();
+        Ok(())
     }
 }
 
@@ -193,14 +192,18 @@ impl<T> Producer<T> {
     /// Publishes anything still staged and returns how many entries that was (also for drops,
     /// where `T: Pod` is not in scope: stamps and the header do not depend on `T`).
     pub(crate) fn publish_staged(&mut self) -> u32 {
+        self.publish_staged_ordered::<false>()
+    }
+
+    /// [`publish_staged`](Self::publish_staged), its stamps stored Relaxed if `RELAXED` (a loom
+    /// negative control's breakage; the constant folds away).
+    #[inline(always)]
+    fn publish_staged_ordered<const RELAXED: bool>(&mut self) -> u32 {
         let n = self.staged;
         if n == 0 {
             return 0;
         }
-        #[cfg(not(loom))]
-        let order = Release;
-        #[cfg(loom)]
-        let order = self.publish_order;
+        let order = if RELAXED { Relaxed } else { Release };
         // Last entry first: the consumer reads stamps in index order, so once it sees the first
         // entry's stamp, the Release/Acquire pair on it makes every later stamp of the batch
         // visible too. A batch becomes visible at once, as if published with one store.
