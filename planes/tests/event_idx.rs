@@ -261,3 +261,35 @@ fn event_idx_is_used_only_if_both_sides_ask() {
         assert_eq!(service.event_idx(), created);
     }
 }
+
+/// Completions staged with `complete` and published by a batch commit that served nothing
+/// (`serve_ready` with no request) still wake a sleeping app: the service notifies whenever
+/// its published index moved, not only when the call published. (Before, the app slept until
+/// its timeout.)
+#[test]
+fn completions_published_by_a_batch_commit_wake_the_app() {
+    for mode in SLEEPING_MODES {
+        for event_idx in [true, false] {
+            let config = PairConfig::default()
+                .with_mode(mode)
+                .with_event_idx(event_idx);
+            let (mut app, mut service) = in_process::<u64, u64>(&config).unwrap();
+            let server = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                service.complete(7).unwrap();
+                assert_eq!(service.serve_ready(&mut |x| x).unwrap(), 0);
+                service.flush().unwrap();
+                service
+            });
+            let start = Instant::now();
+            assert_eq!(app.wait_completions(1, Some(LONG)).unwrap(), 1, "{mode}");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{mode}, event-idx {event_idx}: woken only after {:?}",
+                start.elapsed()
+            );
+            assert_eq!(app.reap().unwrap(), Some(7));
+            drop(server.join().unwrap());
+        }
+    }
+}

@@ -358,12 +358,15 @@ impl Signal for FutexSignal {
         word.loom_futex_wake();
         Ok(())
     }
-    /// `FUTEX_WAIT(word, SLEEPING)`, modelled: returns at once if the word no longer says
-    /// "sleeping", and otherwise only after a wake-up (never spuriously; timeouts are not
-    /// modelled).
+    /// `FUTEX_WAIT(word, announced)`, modelled as `futex_wait` runs it: the announcement is
+    /// read first (none: return), and the wait returns at once if the word no longer holds it,
+    /// and otherwise only after a wake-up (never spuriously; timeouts are not modelled).
     fn block(&self, word: &WakeWord, _timeout: Option<Duration>) -> io::Result<Woke> {
-        let (seen, sleeping) = word.loom_futex_enter();
-        if sleeping {
+        let Some(announced) = word.announced() else {
+            return Ok(Woke::Recheck);
+        };
+        let (seen, value) = word.loom_futex_enter();
+        if value == announced {
             while !word.loom_woken_since(seen) {
                 crate::sync::thread::yield_now();
             }

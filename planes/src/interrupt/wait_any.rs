@@ -14,7 +14,6 @@ use std::time::Duration;
 #[cfg(not(loom))]
 use super::signal::{futex_wait, futex_wait_result};
 use super::WakeWord;
-#[cfg(not(loom))]
 use super::SLEEPING;
 #[cfg(not(loom))]
 use rustix::thread::futex;
@@ -181,8 +180,9 @@ impl WaitAny {
         }
         let mut seen = Vec::with_capacity(words.len());
         for w in &words {
-            let (wakes, sleeping) = w.loom_futex_enter();
-            if !sleeping {
+            // futex_waitv expects SLEEPING on every word (a set's words are announced plainly).
+            let (wakes, value) = w.loom_futex_enter();
+            if value != SLEEPING {
                 return Ok(());
             }
             seen.push(wakes);

@@ -159,7 +159,6 @@ impl WakeWord {
 
     /// The state word's value now, for a `FUTEX_WAIT` on it: the wait blocks only while the
     /// word still holds the announcement it was given.
-    #[cfg(not(loom))]
     pub(super) fn announced(&self) -> Option<u32> {
         let v = self.state.load(Relaxed);
         is_asleep(v).then_some(v)
@@ -176,16 +175,16 @@ impl WakeWord {
         self.wakes.fetch_add(1, AcqRel);
     }
 
-    /// The modelled `FUTEX_WAIT(word, SLEEPING)`'s entry: the wake-ups so far, and whether the
-    /// word still says "sleeping" (if not, the kernel returns at once). The count is read
-    /// first: a waker clears the word before it wakes, so a waiter that still sees "sleeping"
+    /// The modelled `FUTEX_WAIT(word, expected)`'s entry: the wake-ups so far, and the word's
+    /// value (if it is not `expected`, the kernel returns at once). The count is read first: a
+    /// waker clears the word before it wakes, so a waiter that still sees its announcement
     /// read a count from before that wake-up (or an older one, which only makes its wait end
     /// early: a spurious wake-up, which the real futex has too).
     #[cfg(loom)]
-    pub(super) fn loom_futex_enter(&self) -> (u32, bool) {
+    pub(super) fn loom_futex_enter(&self) -> (u32, u32) {
         let seen = self.wakes.load(Acquire);
-        let sleeping = is_asleep(self.state.load(Acquire));
-        (seen, sleeping)
+        let value = self.state.load(Acquire);
+        (seen, value)
     }
 
     /// Whether a wake-up came after the modelled wait's entry saw `seen`.
@@ -377,7 +376,8 @@ pub trait Notifier: fmt::Debug + Send {
     /// [`notify`](Notifier::notify) after publishing the ring entries from index `old` up to
     /// (not including) `new`: with event-idx suppression, a waiter that sleeps until a later
     /// entry ([`wait_until_entry`](Notifier::wait_until_entry)) is not woken. Every published
-    /// entry must be covered by exactly one call (pass the previous call's `new` as `old`).
+    /// entry must be covered by a call made after it was published (pass the previous call's
+    /// `new` as `old`; covering an entry twice is harmless, leaving one out loses a wake-up).
     /// Notifiers without a wake word (spinning) just notify.
     fn notify_published(&self, old: u32, new: u32) -> io::Result<Notified> {
         let _ = (old, new);

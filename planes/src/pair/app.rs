@@ -102,6 +102,11 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
         Ok(self.cq.has_entries()?)
     }
 
+    /// Entries the completion ring holds.
+    pub fn completion_capacity(&self) -> usize {
+        self.cq.capacity() as usize
+    }
+
     /// How many completions are ready to reap now.
     pub fn completions_available(&mut self) -> Result<usize, QueueError> {
         Ok(self.cq.available()? as usize)
@@ -214,8 +219,11 @@ impl<S: Pod, C: Pod> Submitter for AppSide<S, C> {
             return Err(QueueError::PeerGone);
         }
         let n = self.sq.publish();
-        if n > 0 {
-            let published = self.sq.published();
+        // Whenever the published index moved since the last doorbell (not only when this call
+        // published: a doorbell that failed is retried here), so that every entry is covered
+        // by a notification.
+        let published = self.sq.published();
+        if published != self.sq_notified {
             self.doorbell.ring_published(self.sq_notified, published)?;
             self.sq_notified = published;
             // The doorbell fenced (in the kick mode, the mode the bell is in): a service asleep
@@ -283,6 +291,14 @@ impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
 }
 
 impl<S: Pod, C: Pod> AppSide<S, C> {
+    /// Loom negative control only: closes now as dropping does, but with the closed word
+    /// stored Relaxed (the drop that follows closes again, soundly, too late).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn close_relaxed_for_loom(&mut self) {
+        self.close_side::<true>();
+    }
+
     /// Loom negative control only: the fenced looks at a service asleep on a full completion
     /// ring are skipped.
     #[cfg(loom)]
@@ -296,8 +312,18 @@ impl<S, C> Drop for AppSide<S, C> {
     /// Publishes staged submissions (nothing pushed is dropped), then closes; one wake-up
     /// covers both.
     fn drop(&mut self) {
+        self.close_side::<false>();
+    }
+}
+
+impl<S, C> AppSide<S, C> {
+    /// Publishes what is staged, then sets the closed word and wakes the service (and a
+    /// service asleep on a full completion ring). `RELAXED` is a loom negative control's
+    /// breakage: the closed word stored Relaxed.
+    #[inline(always)]
+    fn close_side<const RELAXED: bool>(&mut self) {
         self.sq.publish_staged();
-        close(&self.state.get().app_closed, self.doorbell.notifier());
+        close::<RELAXED>(&self.state.get().app_closed, self.doorbell.notifier());
         // A service asleep on a full completion ring wakes to see the close.
         self.cq_bell.wake_for_close();
     }

@@ -236,9 +236,11 @@ fn closed(word: &AtomicU32) -> bool {
     word.load(Acquire) != 0
 }
 
-fn close(word: &AtomicU32, peer: &dyn Notifier) {
+/// Sets this side's closed word and wakes the peer. `RELAXED` is a loom negative control's
+/// breakage (the constant folds away).
+fn close<const RELAXED: bool>(word: &AtomicU32, peer: &dyn Notifier) {
     // SYNC POINT (pair-close): Release pairs with the Acquire load in `closed`.
-    word.store(1, Release);
+    word.store(1, if RELAXED { Relaxed } else { Release });
     // Wake the peer if it sleeps; its wait condition includes our closed word. Best effort: if
     // the wake fails the peer still sees the word at its next timeout or check.
     let _ = peer.notify();
@@ -296,8 +298,10 @@ fn wait_ring_for<T: Pod>(
     };
     match waited {
         Ok(()) => {}
-        // A batch that did not fill in time: what came is the caller's.
-        Err(WaitError::Timeout(_)) if corrupt.is_none() && ring.has_entries()? => {}
+        // A batch that did not fill in time, or whose peer hung up (died) before filling it:
+        // what came is the caller's, and the death is news once nothing is left.
+        Err(WaitError::Timeout(_) | WaitError::PeerHungUp)
+            if corrupt.is_none() && ring.has_entries()? => {}
         Err(e) => return Err(e.into()),
     }
     ring_waited(ring, corrupt, peer_closed)?;

@@ -178,7 +178,10 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// Publishes staged completions and wakes the app if it sleeps; returns how many.
     pub fn flush(&mut self) -> Result<u32, QueueError> {
         let n = self.cq.publish();
-        if n > 0 {
+        // Whenever the published index moved since the last notification, not only when this
+        // call published: completions a batch commit published (`serve_ready` with nothing to
+        // serve), or whose notification failed, are covered here.
+        if self.cq.published() != self.cq_notified {
             self.notify_app()?;
             // The notification fenced (in the call mode, the bell's): an app asleep on a full
             // submission ring that this side took requests from is seen now.
@@ -204,8 +207,10 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
             out.set(i, handler(chunk.get(i)));
         }
         chunk.release_all();
+        // The commit also publishes completions staged before (`complete`): notify whenever
+        // the published index moved.
         out.commit(n);
-        if n > 0 {
+        if self.cq.published() != self.cq_notified {
             self.notify_app()?;
             self.sq_bell.after_fence(self.sq.released())?;
         }
@@ -350,7 +355,7 @@ impl<S, C> Drop for ServiceSide<S, C> {
     /// Publishes staged completions (nothing the service completed is dropped), then closes.
     fn drop(&mut self) {
         self.cq.publish_staged();
-        close(&self.state.get().service_closed, &self.call);
+        close::<false>(&self.state.get().service_closed, &self.call);
         // An app asleep on a full submission ring wakes to see the close.
         self.sq_bell.wake_for_close();
     }

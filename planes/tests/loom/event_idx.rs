@@ -61,8 +61,9 @@ fn batch_waits_lose_no_wakeup_and_take_one_per_batch() {
     batch_waits::<_, Sound>(eventfd, 0);
 }
 
-/// The same over the modelled futex, whose wait compares the word with the announcement
-/// ("sleeping until entry N" here, not plain "sleeping").
+/// The same over the modelled futex, whose wait compares the word with the announcement it
+/// read first, as `futex_wait` does ("sleeping until entry N" here, not plain "sleeping": a
+/// wait that expected plain "sleeping" would return at once, every time).
 #[test]
 fn batch_waits_over_the_futex_lose_no_wakeup() {
     batch_waits::<_, Sound>(FutexSignal::new, 0);

@@ -31,6 +31,55 @@ fn pair_round_trip_and_close() {
     });
 }
 
+/// The close never overtakes what was published before it: the app pushes a request and
+/// closes at once (dropping publishes what is staged, then stores the closed word with
+/// Release); the service, whenever it looks, must take that request before it sees
+/// `PeerGone`. `relaxed_close` is the negative control.
+fn close_after_publish(relaxed_close: bool) {
+    model(move || {
+        let config = PairConfig::default()
+            .with_capacity(2)
+            .with_mode(subring_planes::interrupt::NotifyMode::Futex);
+        let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+        let server = thread::spawn(move || {
+            let mut taken = 0;
+            loop {
+                match service.wait_requests(None) {
+                    Ok(()) => {}
+                    Err(QueueError::PeerGone) => return taken,
+                    Err(e) => panic!("service: {e}"),
+                }
+                while service.pop_request().unwrap().is_some() {
+                    taken += 1;
+                }
+            }
+        });
+        app.push(1).unwrap();
+        if relaxed_close {
+            app.close_relaxed_for_loom();
+        }
+        drop(app);
+        assert_eq!(
+            server.join().unwrap(),
+            1,
+            "a request published before the close was lost"
+        );
+    });
+}
+
+#[test]
+fn a_close_never_overtakes_what_was_published_before_it() {
+    close_after_publish(false);
+}
+
+/// Negative control: the closed word stored Relaxed lets the service see the close before
+/// the request published just before it, and report the app gone with the request unseen.
+#[test]
+#[should_panic(expected = "a request published before the close was lost")]
+fn negative_control_relaxed_close_is_caught() {
+    close_after_publish(true);
+}
+
 /// A watcher thread declares the service gone (its process died) while the app waits with no
 /// timeout and the service side stays silent: the app must wake and see `PeerGone`, whichever
 /// comes first of its announcing sleep and the declaration.

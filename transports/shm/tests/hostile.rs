@@ -466,3 +466,51 @@ fn a_server_that_corrupts_the_ring_and_dies_is_seen_gone() {
         let _ = client.push(EchoReq::default());
     }
 }
+
+/// A server that posts one completion of a batch the client waits for, then dies (no close of
+/// its side, its socket hangs up): the batch wait returns what came, and only the next wait
+/// reports the server gone. (In eventfd mode the wait sleeps on the hang-up itself; it used to
+/// report `PeerGone` with the completion still unreaped.)
+#[test]
+fn a_batch_wait_keeps_what_a_dying_server_posted() {
+    use subring_shm::queue::{Completer, QueueError};
+    const POOL: u64 = 1 << 16;
+    for mode in NotifyMode::ALL {
+        let FakePair {
+            region: _region,
+            mut service,
+            welcome,
+            fds,
+        } = fake_pair(mode, 32, POOL);
+        let (ours, theirs) = subring_shm::socket_pair().unwrap();
+        send_raw(&ours, &welcome_frame(&welcome), &raw_fds(&fds));
+        drop(fds);
+        let options = ClientOptions::new(ECHO_PROTOCOL)
+            .buffers(256, 32)
+            .capacity(64)
+            .mode(mode);
+        let mut client = Client::<EchoReq, EchoResp>::from_socket(theirs, &options).unwrap();
+        service.complete(EchoResp::default()).unwrap();
+        service.flush().unwrap();
+        std::mem::forget(service);
+        drop(ours);
+        let start = Instant::now();
+        let ready = client.wait_completions(4, Some(Duration::from_secs(10)));
+        assert!(
+            matches!(ready, Ok(1)),
+            "{mode}: {ready:?} after {:?}",
+            start.elapsed()
+        );
+        assert!(client.reap().unwrap().is_some(), "{mode}");
+        let gone = client.wait_completions(4, Some(Duration::from_secs(10)));
+        assert!(
+            matches!(gone, Err(QueueError::PeerGone)),
+            "{mode}: {gone:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{mode}: the death took {:?} to be seen",
+            start.elapsed()
+        );
+    }
+}

@@ -64,8 +64,9 @@ pub use producer::{Producer, WriteChunk};
 
 /// Identifies a ring header ("sbrg", little-endian).
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"sbrg");
-/// Version of the ring's shared-memory layout; bumped on any change to it.
-pub const RING_LAYOUT_VERSION: u32 = 2;
+/// Version of the ring's shared-memory layout; bumped on any change to it. (Version 3: a wake
+/// word may say "sleeping until entry N", which a notifier of version 2 would not wake.)
+pub const RING_LAYOUT_VERSION: u32 = 3;
 /// The largest capacity a ring may have.
 pub const MAX_CAPACITY: u32 = 1 << 31;
 

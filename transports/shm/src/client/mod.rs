@@ -395,6 +395,9 @@ impl<S: Pod, C: Pod> Client<S, C> {
         n: usize,
         timeout: Option<Duration>,
     ) -> Result<usize, QueueError> {
+        // As the queue pair takes it: between 1 and what the ring holds (the sliced wait
+        // compares what came with it).
+        let n = n.clamp(1, self.app.completion_capacity());
         if self.sees_hangup {
             return match self.app.wait_completions(n, timeout) {
                 Err(QueueError::PeerGone) => Err(self.note_gone()),
