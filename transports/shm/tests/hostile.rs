@@ -418,22 +418,15 @@ fn a_welcome_placing_the_pool_over_the_rings_is_refused() {
 fn a_server_that_corrupts_the_ring_and_dies_is_seen_gone() {
     use subring_shm::queue::{Completer, QueueError, Submitter};
     use subring_shm::BufHandle;
-    const POOL: u64 = 1 << 16;
+    const POOL: u64 = FAKE_POOL;
     for mode in NotifyMode::ALL {
-        let FakePair {
-            region,
-            service,
-            welcome,
-            fds,
-        } = fake_pair(mode, 32, POOL);
-        let (ours, theirs) = subring_shm::socket_pair().unwrap();
-        send_raw(&ours, &welcome_frame(&welcome), &raw_fds(&fds));
-        drop(fds);
-        let options = ClientOptions::new(ECHO_PROTOCOL)
-            .buffers(256, 32)
-            .capacity(64)
-            .mode(mode);
-        let mut client = Client::<EchoReq, EchoResp>::from_socket(theirs, &options).unwrap();
+        let (
+            FakePair {
+                region, service, ..
+            },
+            ours,
+            mut client,
+        ) = connect_to_fake_server(mode);
         // The server writes ones over everything below the pool but the pair header's first
         // line (so the client still attaches), then dies.
         region
@@ -467,6 +460,24 @@ fn a_server_that_corrupts_the_ring_and_dies_is_seen_gone() {
     }
 }
 
+/// Where the fake server's pool lies in its region.
+const FAKE_POOL: u64 = 1 << 16;
+
+/// A fake server (a queue pair this process serves, see `fake_pair`) and a client in `mode`
+/// connected to it; the server's end of the socket is returned so that dropping it hangs up.
+fn connect_to_fake_server(mode: NotifyMode) -> (FakePair, OwnedFd, Client<EchoReq, EchoResp>) {
+    let mut pair = fake_pair(mode, 32, FAKE_POOL);
+    let (ours, theirs) = subring_shm::socket_pair().unwrap();
+    send_raw(&ours, &welcome_frame(&pair.welcome), &raw_fds(&pair.fds));
+    pair.fds.clear();
+    let options = ClientOptions::new(ECHO_PROTOCOL)
+        .buffers(256, 32)
+        .capacity(64)
+        .mode(mode);
+    let client = Client::<EchoReq, EchoResp>::from_socket(theirs, &options).unwrap();
+    (pair, ours, client)
+}
+
 /// A server that posts one completion of a batch the client waits for, then dies (no close of
 /// its side, its socket hangs up): the batch wait returns what came, and only the next wait
 /// reports the server gone. (In eventfd mode the wait sleeps on the hang-up itself; it used to
@@ -474,22 +485,16 @@ fn a_server_that_corrupts_the_ring_and_dies_is_seen_gone() {
 #[test]
 fn a_batch_wait_keeps_what_a_dying_server_posted() {
     use subring_shm::queue::{Completer, QueueError};
-    const POOL: u64 = 1 << 16;
     for mode in NotifyMode::ALL {
-        let FakePair {
-            region: _region,
-            mut service,
-            welcome,
-            fds,
-        } = fake_pair(mode, 32, POOL);
-        let (ours, theirs) = subring_shm::socket_pair().unwrap();
-        send_raw(&ours, &welcome_frame(&welcome), &raw_fds(&fds));
-        drop(fds);
-        let options = ClientOptions::new(ECHO_PROTOCOL)
-            .buffers(256, 32)
-            .capacity(64)
-            .mode(mode);
-        let mut client = Client::<EchoReq, EchoResp>::from_socket(theirs, &options).unwrap();
+        let (
+            FakePair {
+                region: _region,
+                mut service,
+                ..
+            },
+            ours,
+            mut client,
+        ) = connect_to_fake_server(mode);
         service.complete(EchoResp::default()).unwrap();
         service.flush().unwrap();
         std::mem::forget(service);
