@@ -35,8 +35,6 @@ pub struct SleepSet {
     shared: Arc<Shared>,
     words: Vec<WakeRef>,
     wait: WaitAny,
-    #[cfg(loom)]
-    skip_alarm_check: bool,
 }
 
 impl fmt::Debug for SleepSet {
@@ -65,8 +63,6 @@ impl SleepSet {
             }),
             words: Vec::new(),
             wait: WaitAny::new(),
-            #[cfg(loom)]
-            skip_alarm_check: false,
         }
     }
 
@@ -123,6 +119,16 @@ impl SleepSet {
     /// the set sleeps on a word of its own that only the alarm wakes.
     #[inline(always)]
     pub fn sleep(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.sleep_checking::<true>(timeout)
+    }
+
+    /// [`sleep`](Self::sleep); `LOOK_AT_ALARM` false is a loom negative control's breakage
+    /// (the constant folds away).
+    #[inline(always)]
+    fn sleep_checking<const LOOK_AT_ALARM: bool>(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> io::Result<bool> {
         let own = &self.shared.own;
         let empty = self.words.is_empty();
         if empty {
@@ -133,7 +139,7 @@ impl SleepSet {
             // this fence) and wakes us.
             fence(SeqCst);
         }
-        if !self.skips_alarm_check() && self.shared.raised.load(Acquire) != 0 {
+        if LOOK_AT_ALARM && self.shared.raised.load(Acquire) != 0 {
             if empty {
                 own.cancel_sleep();
             }
@@ -150,21 +156,12 @@ impl SleepSet {
         Ok(self.shared.raised.load(Acquire) != 0)
     }
 
-    #[cfg(loom)]
-    fn skips_alarm_check(&self) -> bool {
-        self.skip_alarm_check
-    }
-
-    #[cfg(not(loom))]
-    fn skips_alarm_check(&self) -> bool {
-        false
-    }
-
-    /// Loom negative control only: sleep without looking at the alarm first.
+    /// Loom negative control only: [`sleep`](Self::sleep) without looking at the alarm first
+    /// (the same code, instantiated without the look).
     #[cfg(loom)]
     #[doc(hidden)]
-    pub fn break_for_loom(&mut self) {
-        self.skip_alarm_check = true;
+    pub fn sleep_ignoring_alarm_for_loom(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.sleep_checking::<false>(timeout)
     }
 }
 

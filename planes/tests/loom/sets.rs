@@ -63,9 +63,6 @@ fn sleep_set_with_alarm(broken: bool) {
         let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
         let word = rx.consumer_wake();
         let mut set = SleepSet::new();
-        if broken {
-            set.break_for_loom();
-        }
         set.set_words(vec![word.clone()]).unwrap();
         let alarm = set.alarm();
         let raiser = thread::spawn(move || alarm.raise().unwrap());
@@ -79,7 +76,11 @@ fn sleep_set_with_alarm(broken: bool) {
         while !(got && alarmed) {
             word.announce_sleep();
             if !rx.has_entries().unwrap() {
-                set.sleep(None).unwrap();
+                if broken {
+                    set.sleep_ignoring_alarm_for_loom(None).unwrap();
+                } else {
+                    set.sleep(None).unwrap();
+                }
             }
             word.cancel_sleep();
             if set.is_raised() {
