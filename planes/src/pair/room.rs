@@ -26,9 +26,6 @@ pub(super) struct RoomBell {
     /// [`Consumer::released`] at the last look ordered after a fence: releases since then may
     /// not have been seen by a producer that went to sleep.
     checked: u32,
-    /// Loom negative control: the fenced looks are skipped.
-    #[cfg(loom)]
-    skip_backstop: bool,
 }
 
 impl RoomBell {
@@ -44,8 +41,6 @@ impl RoomBell {
             bell: mode.notifier(word.clone(), eventfd)?,
             word,
             checked: ring.released(),
-            #[cfg(loom)]
-            skip_backstop: false,
         })
     }
 
@@ -67,9 +62,6 @@ impl RoomBell {
     pub(super) fn after_fence(&mut self, released: u32) -> io::Result<()> {
         if released != self.checked {
             self.checked = released;
-            if self.ring_broken() {
-                return Ok(());
-            }
             self.bell.notify_after_fence()?;
         }
         Ok(())
@@ -79,11 +71,19 @@ impl RoomBell {
     /// look, if it released slots since the last one.
     #[inline(always)]
     pub(super) fn before_wait(&mut self, released: u32) -> io::Result<()> {
-        if released != self.checked {
+        self.before_wait_looking::<true>(released)
+    }
+
+    /// [`before_wait`](Self::before_wait); `LOOK` false is a loom negative control's breakage
+    /// (the fenced look skipped, leaving the relaxed look after each release, which can miss a
+    /// producer that has just announced sleep).
+    #[inline(always)]
+    pub(super) fn before_wait_looking<const LOOK: bool>(
+        &mut self,
+        released: u32,
+    ) -> io::Result<()> {
+        if LOOK && released != self.checked {
             self.checked = released;
-            if self.ring_broken() {
-                return Ok(());
-            }
             self.bell.notify()?;
         }
         Ok(())
@@ -98,25 +98,6 @@ impl RoomBell {
     /// sees the close.
     pub(super) fn wake_for_close(&self) {
         let _ = self.bell.notify();
-    }
-
-    /// Loom negative control only: skip the fenced looks (after a notification, before a
-    /// wait), leaving the relaxed look after each release, which can miss a producer that
-    /// has just announced sleep.
-    #[cfg(loom)]
-    pub(super) fn skip_backstop_for_loom(&mut self) {
-        self.skip_backstop = true;
-    }
-
-    #[cfg(loom)]
-    fn ring_broken(&self) -> bool {
-        self.skip_backstop
-    }
-
-    #[cfg(not(loom))]
-    #[inline(always)]
-    fn ring_broken(&self) -> bool {
-        false
     }
 }
 

@@ -341,16 +341,6 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     }
 }
 
-impl<S: Pod, C: Pod> ServiceSide<S, C> {
-    /// Loom negative control only: the fenced looks at an app asleep on a full submission
-    /// ring are skipped.
-    #[cfg(loom)]
-    #[doc(hidden)]
-    pub fn skip_room_backstop_for_loom(&mut self) {
-        self.sq_bell.skip_backstop_for_loom();
-    }
-}
-
 impl<S, C> Drop for ServiceSide<S, C> {
     /// Publishes staged completions (nothing the service completed is dropped), then closes.
     fn drop(&mut self) {
