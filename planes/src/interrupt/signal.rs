@@ -358,15 +358,16 @@ impl Signal for FutexSignal {
         word.loom_futex_wake();
         Ok(())
     }
-    /// `FUTEX_WAIT(word, announced)`, modelled as `futex_wait` runs it: the announcement is
-    /// read first (none: return), and the wait returns at once if the word no longer holds it,
-    /// and otherwise only after a wake-up (never spuriously; timeouts are not modelled).
+    /// `FUTEX_WAIT(word, announced)` as `futex_wait` runs it, modelled: it returns at once if
+    /// the word holds no announcement, and otherwise only after a wake-up (never spuriously;
+    /// timeouts are not modelled). `futex_wait`'s two reads (the announcement, then the
+    /// kernel's compare with it) are one read here: they differ only if a notifier claimed the
+    /// word in between, and then the real wait returns at once while the modelled one either
+    /// reads the cleared word or is woken by that notifier's wake-up. (One load fewer per
+    /// modelled wait keeps the futex models' state space, and CI's loom step, in bounds.)
     fn block(&self, word: &WakeWord, _timeout: Option<Duration>) -> io::Result<Woke> {
-        let Some(announced) = word.announced() else {
-            return Ok(Woke::Recheck);
-        };
         let (seen, value) = word.loom_futex_enter();
-        if value == announced {
+        if super::wake::is_asleep(value) {
             while !word.loom_woken_since(seen) {
                 crate::sync::thread::yield_now();
             }

@@ -159,6 +159,7 @@ impl WakeWord {
 
     /// The state word's value now, for a `FUTEX_WAIT` on it: the wait blocks only while the
     /// word still holds the announcement it was given.
+    #[cfg(not(loom))]
     pub(super) fn announced(&self) -> Option<u32> {
         let v = self.state.load(Relaxed);
         is_asleep(v).then_some(v)
@@ -196,7 +197,7 @@ impl WakeWord {
 
 /// Whether a wake word's value says a waiter sleeps (any other value, a peer's scribble
 /// included, means "no system call needed").
-fn is_asleep(state: u32) -> bool {
+pub(super) fn is_asleep(state: u32) -> bool {
     state == SLEEPING || state == SLEEPING_AT
 }
 

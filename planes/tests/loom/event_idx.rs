@@ -61,9 +61,8 @@ fn batch_waits_lose_no_wakeup_and_take_one_per_batch() {
     batch_waits::<_, Sound>(eventfd, 0);
 }
 
-/// The same over the modelled futex, whose wait compares the word with the announcement it
-/// read first, as `futex_wait` does ("sleeping until entry N" here, not plain "sleeping": a
-/// wait that expected plain "sleeping" would return at once, every time).
+/// The same over the modelled futex, whose wait blocks while the word holds the waiter's
+/// announcement ("sleeping until entry N" here, not plain "sleeping").
 #[test]
 fn batch_waits_over_the_futex_lose_no_wakeup() {
     batch_waits::<_, Sound>(FutexSignal::new, 0);
