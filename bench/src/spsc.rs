@@ -1,7 +1,9 @@
 //! SPSC ring throughput between two threads on two cores: subring's ring
-//! ([`subring_planes::data::Ring`]) against rtrb and crossbeam's `ArrayQueue`, one entry at a
-//! time and in batches of 32, with 8- and 64-byte entries. Each ring holds 4096 entries. The
-//! consumer checks that it received every value, in order.
+//! ([`subring_planes::data::Ring`], as `Ring::with_capacity` makes it: indexed) against rtrb
+//! and crossbeam's `ArrayQueue`, one entry at a time and in batches of 32, with 8- and 64-byte
+//! entries. Each ring holds 4096 entries. The consumer checks that it received every value, in
+//! order. A stamped ring (the layout the queue pair uses for its round trips) has its own row,
+//! to show what the stamps cost a stream.
 //!
 //! `ArrayQueue` has no batch operation: in the batched rows it pushes and pops entry by entry
 //! (which is what a user of it would do).
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 use crossbeam_queue::ArrayQueue;
-use subring_planes::data::{Consumer, Producer, Ring};
+use subring_planes::data::{Consumer, Indexed, Producer, Publication, Ring, Stamped};
 
 use crate::peers::{self, AffinityGuard};
 use crate::report::{Report, Section, Unit};
@@ -75,12 +77,12 @@ trait Spsc<T: Entry> {
     fn pop_batch(c: &mut Self::C, out: &mut [T]) -> usize;
 }
 
-struct Subring;
-impl<T: Entry> Spsc<T> for Subring {
-    type P = Producer<T>;
-    type C = Consumer<T>;
+struct Subring<P>(std::marker::PhantomData<P>);
+impl<T: Entry, P: Publication> Spsc<T> for Subring<P> {
+    type P = Producer<T, P>;
+    type C = Consumer<T, P>;
     fn pair() -> Result<(Self::P, Self::C), String> {
-        Ring::with_capacity(CAPACITY as u32).ctx("subring ring")
+        Ring::<T, P>::with_capacity(CAPACITY as u32).ctx("subring ring")
     }
     fn push(p: &mut Self::P, v: T) -> bool {
         p.push(v).is_ok()
@@ -269,8 +271,9 @@ fn section<T: Entry>(
 ) -> Result<(), String> {
     let mut s = Section::new(name, cfg.reps);
     type Run = fn(u64, bool) -> Result<f64, String>;
-    let runs: [(&str, Run); 3] = [
-        ("subring ring", measure::<T, Subring>),
+    let runs: [(&str, Run); 4] = [
+        ("subring ring", measure::<T, Subring<Indexed>>),
+        ("subring ring, stamped", measure::<T, Subring<Stamped>>),
         ("rtrb", measure::<T, Rtrb>),
         ("crossbeam ArrayQueue", measure::<T, Crossbeam>),
     ];
@@ -287,8 +290,9 @@ fn section<T: Entry>(
     }
     // Rows in a fixed order whatever ran first.
     s.order(&runs.map(|r| r.0));
-    s.compare("rtrb", "subring ring", None);
+    s.compare("rtrb", "subring ring", Some(">= 1.0"));
     s.compare("crossbeam ArrayQueue", "subring ring", None);
+    s.compare("subring ring, stamped", "subring ring", None);
     s.finish(report);
     Ok(())
 }
@@ -299,7 +303,7 @@ pub fn run(
     report: &mut Report,
     progress: &mut dyn Progress,
 ) -> Result<(), String> {
-    progress.begin("spsc", 4 * 3 * cfg.reps as u64);
+    progress.begin("spsc", 4 * 4 * cfg.reps as u64);
     section::<[u64; 1]>(
         "spsc ring, 8-byte entries, one at a time",
         cfg,

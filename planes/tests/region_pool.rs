@@ -301,7 +301,7 @@ fn pool_is_exclusive_across_threads() {
 #[test]
 fn structures_cannot_alias_in_one_process() {
     use subring_planes::data::{Ring, RingError, RingLayout};
-    let layout = RingLayout::of::<u64>(8).unwrap();
+    let layout = RingLayout::of::<u64, subring_planes::data::Indexed>(8).unwrap();
     let region = Arc::new(Region::memfd("claims", 1 << 16, RegionOptions::new()).unwrap());
     drop(Ring::<u64>::create(region.clone(), 0, 8).unwrap());
     let producer = Ring::<u64>::attach(region.clone(), 0, 8)

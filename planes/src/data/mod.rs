@@ -17,8 +17,9 @@ pub use region::{
     Backing, Claim, ClaimKind, Region, RegionError, RegionOptions, HUGE_PAGE_SIZE, MAX_REGION_LEN,
 };
 pub use ring::{
-    Consumer, CorruptIndex, IndexField, Producer, PushError, ReadChunk, Ring, RingError,
-    RingLayout, WriteChunk, MAX_CAPACITY, RING_LAYOUT_VERSION, RING_MAGIC,
+    Consumer, CorruptIndex, Halves, IndexField, Indexed, Producer, Publication, PushError,
+    ReadChunk, Ring, RingError, RingLayout, Stamped, WriteChunk, MAX_CAPACITY, RING_LAYOUT_VERSION,
+    RING_MAGIC,
 };
 
 /// Names bytes in a shared region: meaningful in every process that maps it, so it can travel

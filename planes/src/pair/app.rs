@@ -4,8 +4,8 @@ use super::*;
 
 /// The application side of a queue pair: submits `S`, reaps `C`.
 pub struct AppSide<S, C> {
-    sq: Producer<S>,
-    cq: Consumer<C>,
+    sq: Producer<S, Stamped>,
+    cq: Consumer<C, Stamped>,
     doorbell: NotifierDoorbell<ModeNotifier>,
     interrupt: ModeNotifier,
     /// Waits for room in a full submission ring (on its producer word, in the call mode).
@@ -48,9 +48,9 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
             header,
             event_idx,
         } = locate_pair::<S, C>(&region, offset, config)?;
-        let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
+        let sq = Ring::<S, Stamped>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
             .and_then(Ring::into_producer)?;
-        let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
+        let cq = Ring::<C, Stamped>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
             .and_then(Ring::into_consumer)?;
         if config.call_mode.uses_eventfd() {
             // The app waits on its completion eventfd: open what the wait needs now.

@@ -29,7 +29,7 @@ use bytemuck::Pod;
 use crate::control::{Doorbell, DoorbellStats, NotifierDoorbell};
 use crate::data::{
     Claim, ClaimKind, Consumer, CorruptIndex, Producer, PushError, ReadChunk, Region, RegionError,
-    RegionOptions, Ring, RingError, RingLayout,
+    RegionOptions, Ring, RingError, RingLayout, Stamped,
 };
 use crate::interrupt::{
     EventFdSignal, FutexSignal, ModeNotifier, Notifier, NotifyMode, NotifyStats, Signal, WaitError,
@@ -159,8 +159,8 @@ pub struct PairLayout {
 impl PairLayout {
     /// The layout of a pair with submission entries `S` and completions `C`.
     pub fn of<S: Pod, C: Pod>(config: &PairConfig) -> Result<Self, RingError> {
-        let sq = RingLayout::of::<S>(config.sq_capacity)?;
-        let cq = RingLayout::of::<C>(config.cq_capacity)?;
+        let sq = RingLayout::of::<S, Stamped>(config.sq_capacity)?;
+        let cq = RingLayout::of::<C, Stamped>(config.cq_capacity)?;
         let sq_off = std::mem::size_of::<PairHeader>().next_multiple_of(sq.align);
         let cq_off = (sq_off + sq.size).next_multiple_of(cq.align);
         Ok(PairLayout {
@@ -251,7 +251,7 @@ fn close<const RELAXED: bool>(word: &AtomicU32, peer: &dyn Notifier) {
 #[inline(always)]
 fn wait_ring<T: Pod>(
     notifier: &ModeNotifier,
-    ring: &mut Consumer<T>,
+    ring: &mut Consumer<T, Stamped>,
     peer_closed: &AtomicU32,
     timeout: Option<Duration>,
 ) -> Result<(), QueueError> {
@@ -275,7 +275,7 @@ fn wait_ring<T: Pod>(
 /// and everything it published has been taken.
 fn wait_ring_for<T: Pod>(
     notifier: &ModeNotifier,
-    ring: &mut Consumer<T>,
+    ring: &mut Consumer<T, Stamped>,
     peer_closed: &AtomicU32,
     n: u32,
     event_idx: bool,
@@ -311,7 +311,7 @@ fn wait_ring_for<T: Pod>(
 /// What a wait on `ring` that ended without timing out means.
 #[inline(always)]
 fn ring_waited<T: Pod>(
-    ring: &mut Consumer<T>,
+    ring: &mut Consumer<T, Stamped>,
     corrupt: Option<CorruptIndex>,
     peer_closed: &AtomicU32,
 ) -> Result<(), QueueError> {
@@ -332,7 +332,10 @@ fn ring_waited<T: Pod>(
 
 /// Announces that this side is about to sleep on `ring` in an external event loop; `true` if it
 /// should not (entries, or the peer's close, are already there).
-fn arm_ring<T: Pod>(ring: &mut Consumer<T>, peer_closed: &AtomicU32) -> Result<bool, QueueError> {
+fn arm_ring<T: Pod>(
+    ring: &mut Consumer<T, Stamped>,
+    peer_closed: &AtomicU32,
+) -> Result<bool, QueueError> {
     let word = ring.consumer_wake();
     word.announce_sleep();
     if ring.has_entries()? || closed(peer_closed) {
@@ -343,7 +346,10 @@ fn arm_ring<T: Pod>(ring: &mut Consumer<T>, peer_closed: &AtomicU32) -> Result<b
 }
 
 /// Ends an external wait begun with [`arm_ring`]: clears the announcement, drains the eventfd.
-fn disarm_ring<T: Pod>(ring: &Consumer<T>, fd: Option<&EventFdSignal>) -> Result<(), QueueError> {
+fn disarm_ring<T: Pod>(
+    ring: &Consumer<T, Stamped>,
+    fd: Option<&EventFdSignal>,
+) -> Result<(), QueueError> {
     ring.consumer_wake().cancel_sleep();
     if let Some(fd) = fd {
         fd.drain()?;
@@ -458,8 +464,8 @@ fn construct<S: Pod, C: Pod>(
             features: AtomicU32::new(0),
         }));
     }
-    Ring::<S>::construct_for_loom(region, offset + layout.sq, config.sq_capacity)?;
-    Ring::<C>::construct_for_loom(region, offset + layout.cq, config.cq_capacity)?;
+    Ring::<S, Stamped>::construct_for_loom(region, offset + layout.sq, config.sq_capacity)?;
+    Ring::<C, Stamped>::construct_for_loom(region, offset + layout.cq, config.cq_capacity)?;
     Ok(())
 }
 
@@ -483,18 +489,18 @@ fn init<S: Pod, C: Pod>(
     s.version.store(PAIR_LAYOUT_VERSION, Relaxed);
     #[cfg(not(loom))]
     {
-        Ring::<S>::create(region.clone(), offset + layout.sq, config.sq_capacity)?;
-        Ring::<C>::create(region.clone(), offset + layout.cq, config.cq_capacity)?;
+        Ring::<S, Stamped>::create(region.clone(), offset + layout.sq, config.sq_capacity)?;
+        Ring::<C, Stamped>::create(region.clone(), offset + layout.cq, config.cq_capacity)?;
     }
     #[cfg(loom)]
     {
-        Ring::<S>::create_constructed_for_loom(
+        Ring::<S, Stamped>::create_constructed_for_loom(
             region.clone(),
             offset + layout.sq,
             config.sq_capacity,
             Release,
         )?;
-        Ring::<C>::create_constructed_for_loom(
+        Ring::<C, Stamped>::create_constructed_for_loom(
             region.clone(),
             offset + layout.cq,
             config.cq_capacity,

@@ -32,7 +32,7 @@ impl RoomBell {
     /// A bell on `ring`'s producer word that wakes as `mode` does (through `eventfd` in
     /// eventfd mode): the mode in which the ring's producer waits.
     pub(super) fn new<T: Pod>(
-        ring: &Consumer<T>,
+        ring: &Consumer<T, Stamped>,
         mode: NotifyMode,
         eventfd: Option<EventFdSignal>,
     ) -> Result<Self, QueueError> {
@@ -106,7 +106,7 @@ impl RoomBell {
 #[inline(always)]
 pub(super) fn wait_room<T: Pod>(
     room: &ModeNotifier,
-    ring: &mut Producer<T>,
+    ring: &mut Producer<T, Stamped>,
     peer_closed: &AtomicU32,
     timeout: Option<Duration>,
 ) -> Result<(), QueueError> {
@@ -134,7 +134,7 @@ pub(super) fn wait_room<T: Pod>(
 /// Announces that this side is about to sleep until `ring` has room, in an external event
 /// loop; `true` if it should not (room, or the peer's close, is already there).
 pub(super) fn arm_room<T: Pod>(
-    ring: &mut Producer<T>,
+    ring: &mut Producer<T, Stamped>,
     peer_closed: &AtomicU32,
 ) -> Result<bool, QueueError> {
     let word = ring.producer_wake();

@@ -4,8 +4,8 @@ use super::*;
 
 /// The subsystem side of a queue pair: takes `S` requests, posts `C` completions.
 pub struct ServiceSide<S, C> {
-    sq: Consumer<S>,
-    cq: Producer<C>,
+    sq: Consumer<S, Stamped>,
+    cq: Producer<C, Stamped>,
     kick: ModeNotifier,
     call: ModeNotifier,
     /// Waits for room in a full completion ring (on its producer word, in the kick mode).
@@ -56,9 +56,9 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
             header,
             event_idx,
         } = locate_pair::<S, C>(&region, offset, config)?;
-        let sq = Ring::<S>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
+        let sq = Ring::<S, Stamped>::attach(region.clone(), offset + layout.sq, config.sq_capacity)
             .and_then(Ring::into_consumer)?;
-        let cq = Ring::<C>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
+        let cq = Ring::<C, Stamped>::attach(region.clone(), offset + layout.cq, config.cq_capacity)
             .and_then(Ring::into_producer)?;
         Ok(ServiceSide {
             room: config
@@ -105,7 +105,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// Up to `max` ready requests, to read in place and release together. An app asleep on a
     /// full submission ring is woken by the next [`flush`](Self::flush) or wait after the
     /// release.
-    pub fn requests(&mut self, max: u32) -> Result<ReadChunk<'_, S>, QueueError> {
+    pub fn requests(&mut self, max: u32) -> Result<ReadChunk<'_, S, Stamped>, QueueError> {
         Ok(self.sq.read_chunk(max)?)
     }
 

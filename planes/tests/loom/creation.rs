@@ -8,17 +8,18 @@ use super::*;
 /// magic is published last, with Release: whoever sees it sees the whole header.
 fn ring_created_while_attached(publish: Ordering) {
     model(move || {
-        let layout = RingLayout::of::<u32>(2).unwrap();
+        let layout = RingLayout::of::<u32, Stamped>(2).unwrap();
         let region = Arc::new(Region::anonymous(layout.size, RegionOptions::new()).unwrap());
-        Ring::<u32>::construct_for_loom(&region, 0, 2).unwrap();
+        Ring::<u32, Stamped>::construct_for_loom(&region, 0, 2).unwrap();
         let shared = region.clone();
         let creator = thread::spawn(move || {
-            let ring = Ring::<u32>::create_constructed_for_loom(shared, 0, 2, publish).unwrap();
+            let ring =
+                Ring::<u32, Stamped>::create_constructed_for_loom(shared, 0, 2, publish).unwrap();
             let mut tx = ring.into_producer().unwrap();
             tx.push(7).unwrap();
         });
         let ring = loop {
-            match Ring::<u32>::attach(region.clone(), 0, 2) {
+            match Ring::<u32, Stamped>::attach(region.clone(), 0, 2) {
                 Ok(ring) => break ring,
                 Err(RingError::HeaderMismatch { field: "magic", .. }) => thread::yield_now(),
                 Err(e) => panic!("attach raced creation: {e}"),

@@ -10,9 +10,9 @@ use super::*;
 /// waiter did not wait for is counted, and there must be none: at most one wake-up per wait.
 fn batch_waits<S: Signal + Clone + 'static, B: Breakage>(signal: fn() -> S, start: u32) {
     model_bounded(EVENT_IDX_PREEMPTIONS, move || {
-        let layout = RingLayout::of::<u32>(4).unwrap();
+        let layout = RingLayout::of::<u32, Stamped>(4).unwrap();
         let region = Arc::new(Region::anonymous(layout.size, RegionOptions::new()).unwrap());
-        let (mut tx, mut rx) = Ring::<u32>::create_at_index(region, 0, 4, start)
+        let (mut tx, mut rx) = Ring::<u32, Stamped>::create_at_index(region, 0, 4, start)
             .unwrap()
             .split()
             .unwrap();

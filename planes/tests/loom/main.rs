@@ -28,7 +28,8 @@ use loom::cell::UnsafeCell;
 use loom::sync::atomic::Ordering;
 use loom::thread;
 use subring_planes::data::{
-    BufferPool, PoolError, Region, RegionOptions, Ring, RingError, RingLayout,
+    BufferPool, Indexed, PoolError, Publication, Region, RegionOptions, Ring, RingError,
+    RingLayout, Stamped,
 };
 use subring_planes::interrupt::{
     breakage, Breakage, EventFdSignal, FutexSignal, Notifier, NotifyMode, Signal, SleepNotifier,
@@ -58,7 +59,10 @@ fn model_bounded(max: usize, f: impl Fn() + Send + Sync + 'static) {
 }
 
 /// Pushes `values` in order, yielding while the ring is full.
-fn push_all(tx: &mut subring_planes::data::Producer<u32>, values: impl IntoIterator<Item = u32>) {
+fn push_all<P: Publication>(
+    tx: &mut subring_planes::data::Producer<u32, P>,
+    values: impl IntoIterator<Item = u32>,
+) {
     for v in values {
         let mut v = v;
         loop {

@@ -1,13 +1,12 @@
-//! Ring publish and consume, single and batched.
+//! Ring publish and consume, single and batched, under both publications.
 
 use super::*;
 
 /// Single pushes and pops through a capacity-2 ring, wrapping around: every value arrives once,
 /// in order, and every slot read is ordered after its write (loom checks the slot cells).
-#[test]
-fn ring_publish_consume_wraps() {
+fn publish_consume_wraps<P: Publication>() {
     model(|| {
-        let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
+        let (mut tx, mut rx) = Ring::<u32, P>::with_capacity(2).unwrap();
         let producer = thread::spawn(move || push_all(&mut tx, 1..=3));
         let mut expected = 1;
         while expected <= 3 {
@@ -24,12 +23,21 @@ fn ring_publish_consume_wraps() {
     });
 }
 
+#[test]
+fn indexed_ring_publish_consume_wraps() {
+    publish_consume_wraps::<Indexed>();
+}
+
+#[test]
+fn stamped_ring_publish_consume_wraps() {
+    publish_consume_wraps::<Stamped>();
+}
+
 /// Batches: a write chunk committed at once and a wrapping second batch, read back with read
 /// chunks released at once.
-#[test]
-fn ring_batches_wrap() {
+fn batches_wrap<P: Publication>() {
     model(|| {
-        let (mut tx, mut rx) = Ring::<u32>::with_capacity(4).unwrap();
+        let (mut tx, mut rx) = Ring::<u32, P>::with_capacity(4).unwrap();
         let producer = thread::spawn(move || {
             let mut chunk = tx.write_chunk(3).unwrap();
             assert_eq!(chunk.len(), 3, "an empty ring has room for 3");
@@ -63,13 +71,22 @@ fn ring_batches_wrap() {
     });
 }
 
-/// Negative control: stamping slots with Relaxed instead of Release lets the consumer read an
-/// entry that is not ordered after the producer's write of it. loom must report it.
 #[test]
-#[should_panic(expected = "Causality violation")]
-fn negative_control_relaxed_publish_is_caught() {
+fn indexed_ring_batches_wrap() {
+    batches_wrap::<Indexed>();
+}
+
+#[test]
+fn stamped_ring_batches_wrap() {
+    batches_wrap::<Stamped>();
+}
+
+/// Negative control: publishing with Relaxed instead of Release (the tail of an indexed ring,
+/// a slot's stamp in a stamped one) lets the consumer read an entry that is not ordered after
+/// the producer's write of it. loom must report it.
+fn relaxed_publish<P: Publication>() {
     model(|| {
-        let (mut tx, mut rx) = Ring::<u32>::with_capacity(2).unwrap();
+        let (mut tx, mut rx) = Ring::<u32, P>::with_capacity(2).unwrap();
         let producer = thread::spawn(move || tx.push_relaxed_for_loom(7).unwrap());
         loop {
             if let Some(v) = rx.pop().unwrap() {
@@ -80,4 +97,16 @@ fn negative_control_relaxed_publish_is_caught() {
         }
         producer.join().unwrap();
     });
+}
+
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn negative_control_relaxed_tail_is_caught() {
+    relaxed_publish::<Indexed>();
+}
+
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn negative_control_relaxed_stamp_is_caught() {
+    relaxed_publish::<Stamped>();
 }

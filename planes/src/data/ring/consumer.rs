@@ -3,8 +3,8 @@
 use super::*;
 
 /// The consuming half of a ring.
-pub struct Consumer<T> {
-    ring: RingPtrs<T>,
+pub struct Consumer<T, P: Publication = Indexed> {
+    ring: RingPtrs<T, P>,
     /// Released head: private, authoritative.
     head: u32,
     /// End of the published entries seen so far (by their stamps).
@@ -12,7 +12,7 @@ pub struct Consumer<T> {
     _claim: Claim,
 }
 
-impl<T> fmt::Debug for Consumer<T> {
+impl<T, P: Publication> fmt::Debug for Consumer<T, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer")
             .field("capacity", &self.ring.mask.wrapping_add(1))
@@ -22,8 +22,8 @@ impl<T> fmt::Debug for Consumer<T> {
     }
 }
 
-impl<T: Pod> Consumer<T> {
-    pub(super) fn new(ring: RingPtrs<T>, head: u32) -> Result<Self, RingError> {
+impl<T: Pod, P: Publication> Consumer<T, P> {
+    pub(super) fn new(ring: RingPtrs<T, P>, head: u32) -> Result<Self, RingError> {
         Ok(Consumer {
             _claim: ring.claim(ClaimKind::RingConsumer)?,
             ring,
@@ -46,29 +46,67 @@ impl<T: Pod> Consumer<T> {
     #[inline]
     fn scan(&mut self, wanted: u32) -> Result<u32, CorruptIndex> {
         let limit = wanted.min(self.capacity());
-        let mut avail = self.available_cached();
-        while avail < limit {
-            let index = self.end;
+        let avail = self.available_cached();
+        if avail >= limit {
+            return Ok(avail);
+        }
+        let capacity = self.capacity();
+        if !P::STAMPED {
+            return self.read_tail();
+        }
+        let mut corrupt = None;
+        let mut check = |index: u32, slot: SlotPtr| {
             // SYNC POINT (ring-publish): Acquire pairs with the producer's Release store of the
             // stamp in `Producer::publish`; its write of the entry happens-before our read.
-            let stamp = self.ring.stamp(index).load(Acquire);
-            if stamp != stamp_of(index) {
-                let unpublished = stamp_of(index.wrapping_sub(self.capacity()));
-                if stamp == unpublished {
-                    break;
-                }
-                return Err(CorruptIndex {
+            // SAFETY: `walk` hands out this ring's slots.
+            let stamp = unsafe { self.ring.stamp_at(slot) }.load(Acquire);
+            if stamp == stamp_of(index) {
+                return true;
+            }
+            let unpublished = stamp_of(index.wrapping_sub(capacity));
+            if stamp != unpublished {
+                corrupt = Some(CorruptIndex {
                     field: IndexField::Stamp,
                     found: stamp,
                     low: unpublished,
                     high: stamp_of(index),
-                    capacity: self.capacity(),
+                    capacity,
                 });
             }
-            self.end = index.wrapping_add(1);
-            avail += 1;
+            false
+        };
+        let seen = if limit - avail == 1 {
+            // One entry (a `pop` on an empty cache): no walk to set up.
+            u32::from(check(self.end, self.ring.slot(self.end)))
+        } else {
+            self.ring.walk(self.end, limit - avail, check)
+        };
+        self.end = self.end.wrapping_add(seen);
+        match corrupt {
+            Some(e) => Err(e),
+            None => Ok(avail + seen),
         }
-        Ok(avail)
+    }
+
+    /// An indexed ring's consumer learns what is published from the producer's `tail`, which
+    /// may neither move backwards nor run more than a ring ahead of `head`.
+    #[inline]
+    fn read_tail(&mut self) -> Result<u32, CorruptIndex> {
+        // SYNC POINT (ring-publish, indexed): Acquire pairs with the producer's Release store of
+        // `tail` in `Producer::publish`; its writes of the entries happen-before our reads.
+        let tail = self.ring.header().tail.load(Acquire);
+        let ready = tail.wrapping_sub(self.head);
+        if ready > self.capacity() || ready < self.available_cached() {
+            return Err(CorruptIndex {
+                field: IndexField::Tail,
+                found: tail,
+                low: self.end,
+                high: self.head.wrapping_add(self.capacity()),
+                capacity: self.capacity(),
+            });
+        }
+        self.end = tail;
+        Ok(ready)
     }
 
     #[inline]
@@ -112,16 +150,18 @@ impl<T: Pod> Consumer<T> {
 
     /// Takes the next entry, releasing its slot to the producer.
     pub fn pop(&mut self) -> Result<Option<T>, CorruptIndex> {
-        let value = self.peek()?;
-        if value.is_some() {
-            self.release(1);
+        if self.available_at_least(1)? == 0 {
+            return Ok(None);
         }
-        Ok(value)
+        // SAFETY: the slot at `head` is published (its stamp was validated) and not yet released.
+        let value = unsafe { Slot::read(self.ring.value(self.head)) };
+        self.release(1);
+        Ok(Some(value))
     }
 
     /// Up to `max` published entries to read in place, released together with
     /// [`ReadChunk::release`].
-    pub fn read_chunk(&mut self, max: u32) -> Result<ReadChunk<'_, T>, CorruptIndex> {
+    pub fn read_chunk(&mut self, max: u32) -> Result<ReadChunk<'_, T, P>, CorruptIndex> {
         let len = self.available_at_least(max)?.min(max);
         Ok(ReadChunk {
             start: self.head,
@@ -178,13 +218,13 @@ impl<T: Pod> Consumer<T> {
 ///
 /// Dropping the chunk without [`ReadChunk::release`] releases nothing: the entries are read
 /// again next time.
-pub struct ReadChunk<'a, T> {
-    consumer: &'a mut Consumer<T>,
+pub struct ReadChunk<'a, T, P: Publication = Indexed> {
+    consumer: &'a mut Consumer<T, P>,
     start: u32,
     len: u32,
 }
 
-impl<T> fmt::Debug for ReadChunk<'_, T> {
+impl<T, P: Publication> fmt::Debug for ReadChunk<'_, T, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReadChunk")
             .field("start", &self.start)
@@ -193,7 +233,7 @@ impl<T> fmt::Debug for ReadChunk<'_, T> {
     }
 }
 
-impl<T: Pod> ReadChunk<'_, T> {
+impl<T: Pod, P: Publication> ReadChunk<'_, T, P> {
     /// Number of entries in the chunk.
     pub fn len(&self) -> usize {
         self.len as usize
@@ -226,9 +266,29 @@ impl<T: Pod> ReadChunk<'_, T> {
     /// Copies as many entries as fit into `out`; returns how many.
     pub fn copy_to(&self, out: &mut [T]) -> usize {
         let n = self.len().min(out.len());
-        for (i, slot) in out[..n].iter_mut().enumerate() {
-            *slot = self.get(i);
+        #[cfg(not(loom))]
+        if !P::STAMPED {
+            // An indexed ring's slots are contiguous: each run of them (two at most) is one
+            // wide copy.
+            let mut rest = &mut out[..n];
+            self.consumer.ring.runs(self.start, n as u32, |slot, run| {
+                let (now, later) = std::mem::take(&mut rest).split_at_mut(run as usize);
+                // SAFETY: the run's slots are published and not released, contiguous and
+                // inside the ring (`runs`).
+                unsafe {
+                    super::super::volatile::copy_from_shared(slot, bytemuck::cast_slice_mut(now))
+                };
+                rest = later;
+            });
+            return n;
         }
+        let mut dst = out[..n].iter_mut();
+        self.consumer.ring.walk(self.start, n as u32, |_, slot| {
+            let Some(dst) = dst.next() else { return false };
+            // SAFETY: the slot is published and not released, and one of this ring's.
+            *dst = unsafe { Slot::read(RingPtrs::<T, P>::value_at(slot)) };
+            true
+        });
         n
     }
 

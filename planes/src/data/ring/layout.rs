@@ -16,22 +16,23 @@ pub struct RingLayout {
 }
 
 impl RingLayout {
-    /// The layout of a ring of `capacity` entries of `T`.
-    pub fn of<T: Pod>(capacity: u32) -> Result<Self, RingError> {
+    /// The layout of a ring of `capacity` entries of `T`, published the `P` way.
+    pub fn of<T: Pod, P: Publication>(capacity: u32) -> Result<Self, RingError> {
         if capacity == 0 || capacity > MAX_CAPACITY || !capacity.is_power_of_two() {
             return Err(RingError::InvalidCapacity(capacity.into()));
         }
         if size_of::<T>() == 0
             || u32::try_from(size_of::<T>()).is_err()
-            || u32::try_from(RingPtrs::<T>::STRIDE).is_err()
+            || u32::try_from(RingPtrs::<T, P>::STRIDE).is_err()
         {
             return Err(RingError::InvalidEntry {
                 size: size_of::<T>(),
             });
         }
-        let align = align_of::<RingHeader>().max(align_of::<Stamped<T>>());
-        let slots_offset = size_of::<RingHeader>().next_multiple_of(align_of::<Stamped<T>>());
-        let size = RingPtrs::<T>::STRIDE
+        let slot_align = RingPtrs::<T, P>::SLOT_ALIGN;
+        let align = align_of::<RingHeader>().max(slot_align);
+        let slots_offset = size_of::<RingHeader>().next_multiple_of(slot_align);
+        let size = RingPtrs::<T, P>::STRIDE
             .checked_mul(capacity as usize)
             .and_then(|s| s.checked_add(slots_offset))
             .ok_or(RingError::InvalidCapacity(capacity.into()))?;
@@ -44,7 +45,14 @@ impl RingLayout {
     }
 }
 
+/// A ring's two halves, as [`Ring::split`] and [`Ring::with_capacity`] return them.
+pub type Halves<T, P = Indexed> = (Producer<T, P>, Consumer<T, P>);
+
 /// A ring laid out in a region, before it is split into its [`Producer`] and [`Consumer`].
+///
+/// `P` says how the consumer learns what is published: [`Indexed`] (the default: packed
+/// entries, for queues and streams) or [`Stamped`] (one cache-line transfer per entry, for
+/// round trips); see [`Publication`].
 ///
 /// # Examples
 /// Between two threads:
@@ -56,16 +64,25 @@ impl RingLayout {
 /// assert_eq!(rx.pop()?, None);
 /// # Ok::<(), subring_planes::data::RingError>(())
 /// ```
-pub struct Ring<T> {
-    ptrs: RingPtrs<T>,
+/// A stamped ring, for a request/response exchange:
+/// ```
+/// use subring_planes::data::{Ring, Stamped};
+/// let (mut tx, mut rx) = Ring::<u64, Stamped>::with_capacity(8)?;
+/// tx.push(7).unwrap();
+/// assert_eq!(rx.pop()?, Some(7));
+/// # Ok::<(), subring_planes::data::RingError>(())
+/// ```
+pub struct Ring<T, P: Publication = Indexed> {
+    ptrs: RingPtrs<T, P>,
     head: u32,
     tail: u32,
     _entry: PhantomData<T>,
 }
 
-impl<T> fmt::Debug for Ring<T> {
+impl<T, P: Publication> fmt::Debug for Ring<T, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ring")
+            .field("publication", &std::any::type_name::<P>())
             .field("capacity", &self.ptrs.mask.wrapping_add(1))
             .field("head", &self.head)
             .field("tail", &self.tail)
@@ -73,11 +90,11 @@ impl<T> fmt::Debug for Ring<T> {
     }
 }
 
-impl<T: Pod> Ring<T> {
+impl<T: Pod, P: Publication> Ring<T, P> {
     /// A ring of `capacity` entries in a fresh anonymous region, split into its halves: the
     /// quick way to get a ring between two threads.
-    pub fn with_capacity(capacity: u32) -> Result<(Producer<T>, Consumer<T>), RingError> {
-        let layout = RingLayout::of::<T>(capacity)?;
+    pub fn with_capacity(capacity: u32) -> Result<Halves<T, P>, RingError> {
+        let layout = RingLayout::of::<T, P>(capacity)?;
         let region = Arc::new(Region::anonymous(layout.size, RegionOptions::new())?);
         Self::create(region, 0, capacity)?.split()
     }
@@ -86,8 +103,8 @@ impl<T: Pod> Ring<T> {
         region: &Arc<Region>,
         offset: usize,
         capacity: u32,
-    ) -> Result<RingPtrs<T>, RingError> {
-        let layout = RingLayout::of::<T>(capacity)?;
+    ) -> Result<RingPtrs<T, P>, RingError> {
+        let layout = RingLayout::of::<T, P>(capacity)?;
         if offset % layout.align != 0 {
             return Err(RegionError::Misaligned {
                 offset,
@@ -97,7 +114,7 @@ impl<T: Pod> Ring<T> {
         }
         let header = region.ptr_at::<RingHeader>(offset, layout.size)?;
         let slots = region
-            .ptr_at::<Stamped<T>>(
+            .ptr_at::<P::SlotOf<T>>(
                 offset + layout.slots_offset,
                 layout.size - layout.slots_offset,
             )?
@@ -180,7 +197,7 @@ impl<T: Pod> Ring<T> {
     /// # Safety
     /// The ring's range must be in bounds and not in use by any thread.
     #[cfg(loom)]
-    unsafe fn construct(ptrs: &RingPtrs<T>, capacity: u32, start: u32) {
+    unsafe fn construct(ptrs: &RingPtrs<T, P>, capacity: u32, start: u32) {
         // SAFETY: the caller's contract.
         unsafe {
             ptrs.header.as_ptr().write(RingHeader {
@@ -191,6 +208,7 @@ impl<T: Pod> Ring<T> {
                     entry_size: AtomicU32::new(0),
                     entry_align: AtomicU32::new(0),
                     slot_stride: AtomicU32::new(0),
+                    publication: AtomicU32::new(0),
                 }),
                 tail: CacheLine(AtomicU32::new(0)),
                 head: CacheLine(AtomicU32::new(0)),
@@ -198,9 +216,12 @@ impl<T: Pod> Ring<T> {
                 producer_wake: CacheLine(WakeWord::new()),
             });
             for k in 0..capacity {
-                let slot = ptrs.slot(start.wrapping_add(k)).cast_mut();
-                (&raw mut (*slot).stamp).write(AtomicU32::new(0));
-                Slot::init(&raw mut (*slot).value, T::zeroed());
+                let slot = ptrs.slot(start.wrapping_add(k));
+                if P::STAMPED {
+                    let stamp = ptrs.stamp_at(slot) as *const AtomicU32;
+                    stamp.cast_mut().write(AtomicU32::new(0));
+                }
+                Slot::init(RingPtrs::<T, P>::value_at(slot).cast_mut(), T::zeroed());
             }
         }
     }
@@ -209,16 +230,23 @@ impl<T: Pod> Ring<T> {
     /// `publish`). Under std the header is reached as atomics in mapped memory (any bit pattern
     /// is a valid atomic integer), so creation is a sequence of atomic stores: even a buggy
     /// second `create` over a live ring is a protocol error, not a data race.
-    fn init(ptrs: RingPtrs<T>, capacity: u32, start: u32, publish: crate::sync::Ordering) -> Self {
+    fn init(
+        ptrs: RingPtrs<T, P>,
+        capacity: u32,
+        start: u32,
+        publish: crate::sync::Ordering,
+    ) -> Self {
         let h = ptrs.header();
         h.config.magic.store(0, Relaxed);
         h.tail.store(start, Relaxed);
         h.head.store(start, Relaxed);
         // The stamp each slot holds before its first use: that of the lap before `start`.
-        for k in 0..capacity {
-            let index = start.wrapping_add(k);
-            ptrs.stamp(index)
-                .store(stamp_of(index.wrapping_sub(capacity)), Relaxed);
+        if P::STAMPED {
+            for k in 0..capacity {
+                let index = start.wrapping_add(k);
+                ptrs.stamp(index)
+                    .store(stamp_of(index.wrapping_sub(capacity)), Relaxed);
+            }
         }
         h.consumer_wake.reset();
         h.producer_wake.reset();
@@ -228,7 +256,8 @@ impl<T: Pod> Ring<T> {
         h.config.entry_align.store(align_of::<T>() as u32, Relaxed);
         h.config
             .slot_stride
-            .store(RingPtrs::<T>::STRIDE as u32, Relaxed);
+            .store(RingPtrs::<T, P>::STRIDE as u32, Relaxed);
+        h.config.publication.store(P::CODE, Relaxed);
         // SYNC POINT (ring-init): Release pairs with the Acquire load of `magic` in `attach`, so a
         // thread that attaches sees the whole header initialised.
         h.config.magic.store(RING_MAGIC, publish);
@@ -241,8 +270,8 @@ impl<T: Pod> Ring<T> {
     }
 
     /// Attaches to a ring that another thread or process created at `offset` in `region`,
-    /// checking that its header describes a ring of `capacity` entries of `T` in this layout
-    /// version, and that its indices are consistent.
+    /// checking that its header describes a ring of `capacity` entries of `T`, published the `P`
+    /// way, in this layout version, and that its indices are consistent.
     ///
     /// The producer half continues from the published `tail`, the consumer half from `head`
     /// (it finds what is published by the stamps). Attach a new producer only to a ring whose
@@ -276,8 +305,9 @@ impl<T: Pod> Ring<T> {
             (
                 "slot stride",
                 &h.config.slot_stride,
-                RingPtrs::<T>::STRIDE as u32,
+                RingPtrs::<T, P>::STRIDE as u32,
             ),
+            ("publication", &h.config.publication, P::CODE),
         ];
         for (field, word, expected) in checks {
             let found = word.load(Relaxed);
@@ -314,7 +344,7 @@ impl<T: Pod> Ring<T> {
     ///
     /// Fails with [`RegionError::InUse`] if this process already has a producer or consumer
     /// of this ring (each side is single: a second one would race on the slots).
-    pub fn split(self) -> Result<(Producer<T>, Consumer<T>), RingError> {
+    pub fn split(self) -> Result<Halves<T, P>, RingError> {
         let other = RingPtrs {
             region: self.ptrs.region.clone(),
             header: self.ptrs.header,
@@ -331,13 +361,13 @@ impl<T: Pod> Ring<T> {
 
     /// The producing half only (the consumer lives in another process). Fails with
     /// [`RegionError::InUse`] if this process already has a producer of this ring.
-    pub fn into_producer(self) -> Result<Producer<T>, RingError> {
+    pub fn into_producer(self) -> Result<Producer<T, P>, RingError> {
         Producer::new(self.ptrs, self.head, self.tail)
     }
 
     /// The consuming half only (the producer lives in another process). Fails with
     /// [`RegionError::InUse`] if this process already has a consumer of this ring.
-    pub fn into_consumer(self) -> Result<Consumer<T>, RingError> {
+    pub fn into_consumer(self) -> Result<Consumer<T, P>, RingError> {
         Consumer::new(self.ptrs, self.head)
     }
 }

@@ -7,8 +7,8 @@ use super::*;
 /// Entries are *staged* (written into free slots) and then *published* (made visible to the
 /// consumer by stamping their slots, all at once). [`Producer::push`] does both; [`Producer::stage`] with
 /// [`Producer::publish`], or a [`WriteChunk`], publishes a batch at once.
-pub struct Producer<T> {
-    ring: RingPtrs<T>,
+pub struct Producer<T, P: Publication = Indexed> {
+    ring: RingPtrs<T, P>,
     /// Published tail: private, authoritative.
     tail: u32,
     /// Entries written after `tail` but not yet published.
@@ -18,7 +18,7 @@ pub struct Producer<T> {
     _claim: Claim,
 }
 
-impl<T> fmt::Debug for Producer<T> {
+impl<T, P: Publication> fmt::Debug for Producer<T, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Producer")
             .field("capacity", &self.ring.mask.wrapping_add(1))
@@ -29,8 +29,8 @@ impl<T> fmt::Debug for Producer<T> {
     }
 }
 
-impl<T: Pod> Producer<T> {
-    pub(super) fn new(ring: RingPtrs<T>, head: u32, tail: u32) -> Result<Self, RingError> {
+impl<T: Pod, P: Publication> Producer<T, P> {
+    pub(super) fn new(ring: RingPtrs<T, P>, head: u32, tail: u32) -> Result<Self, RingError> {
         Ok(Producer {
             _claim: ring.claim(ClaimKind::RingProducer)?,
             ring,
@@ -133,14 +133,45 @@ impl<T: Pod> Producer<T> {
     /// Stages and publishes one entry. A full ring hands the entry back
     /// ([`PushError::Full`]): nothing is dropped.
     pub fn push(&mut self, value: T) -> Result<(), PushError<T>> {
-        self.stage(value)?;
-        self.publish();
+        self.push_ordered::<false>(value)
+    }
+
+    /// [`push`](Self::push), its stamp stored Relaxed if `RELAXED` (a loom negative control's
+    /// breakage; the constant folds away).
+    #[inline(always)]
+    fn push_ordered<const RELAXED: bool>(&mut self, value: T) -> Result<(), PushError<T>> {
+        if self.staged > 0 {
+            self.stage(value)?;
+            self.publish_staged_ordered::<RELAXED>();
+            return Ok(());
+        }
+        match self.free(1) {
+            Ok(0) => return Err(PushError::Full(value)),
+            Ok(_) => {}
+            Err(e) => return Err(PushError::Corrupt(e, value)),
+        }
+        // Nothing staged: write (and stamp) one slot, its address computed once.
+        let order = if RELAXED { Relaxed } else { Release };
+        let slot = self.ring.slot(self.tail);
+        // SAFETY: the slot at `tail` is free (validated head) and one of this ring's; the
+        // consumer does not read it before its stamp, or `tail`, says so.
+        unsafe {
+            Slot::write(RingPtrs::<T, P>::value_at(slot), value);
+            if P::STAMPED {
+                // SYNC POINT (ring-publish): as in `publish_staged_ordered`.
+                self.ring.stamp_at(slot).store(stamp_of(self.tail), order);
+            }
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SYNC POINT (ring-publish, indexed): as in `publish_staged_ordered`.
+        let tail_order = if P::STAMPED { Release } else { order };
+        self.ring.header().tail.store(self.tail, tail_order);
         Ok(())
     }
 
     /// Reserves up to `max` free slots (fewer if the ring has fewer; possibly none) to fill and
     /// publish at once with [`WriteChunk::commit`].
-    pub fn write_chunk(&mut self, max: u32) -> Result<WriteChunk<'_, T>, CorruptIndex> {
+    pub fn write_chunk(&mut self, max: u32) -> Result<WriteChunk<'_, T, P>, CorruptIndex> {
         let len = self.free(max)?.min(max);
         Ok(WriteChunk {
             start: self.write_pos(),
@@ -160,7 +191,7 @@ impl<T: Pod> Producer<T> {
     /// Stages as many entries from `values` as fit, without publishing; returns how many.
     pub fn stage_slice(&mut self, values: &[T]) -> Result<usize, CorruptIndex> {
         let mut chunk = self.write_chunk(values.len().min(u32::MAX as usize) as u32)?;
-        let n = chunk.fill_from(values.iter().copied());
+        let n = chunk.copy_from(values);
         chunk.stage(n);
         Ok(n)
     }
@@ -182,13 +213,11 @@ impl<T: Pod> Producer<T> {
     #[cfg(loom)]
     #[doc(hidden)]
     pub fn push_relaxed_for_loom(&mut self, value: T) -> Result<(), PushError<T>> {
-        self.stage(value)?;
-        self.publish_staged_ordered::<true>();
-        Ok(())
+        self.push_ordered::<true>(value)
     }
 }
 
-impl<T> Producer<T> {
+impl<T, P: Publication> Producer<T, P> {
     /// Publishes anything still staged and returns how many entries that was (also for drops,
     /// where `T: Pod` is not in scope: stamps and the header do not depend on `T`).
     pub(crate) fn publish_staged(&mut self) -> u32 {
@@ -204,14 +233,28 @@ impl<T> Producer<T> {
             return 0;
         }
         let order = if RELAXED { Relaxed } else { Release };
+        if !P::STAMPED {
+            self.tail = self.tail.wrapping_add(n);
+            self.staged = 0;
+            // SYNC POINT (ring-publish, indexed): Release pairs with the consumer's Acquire load
+            // of `tail` in `Consumer::scan`; the entries' writes happen-before their reads.
+            self.ring.header().tail.store(self.tail, order);
+            return n;
+        }
         // Last entry first: the consumer reads stamps in index order, so once it sees the first
         // entry's stamp, the Release/Acquire pair on it makes every later stamp of the batch
         // visible too. A batch becomes visible at once, as if published with one store.
-        for k in (0..n).rev() {
-            let index = self.tail.wrapping_add(k);
+        let ring = &self.ring;
+        let stamp = |index, slot| {
             // SYNC POINT (ring-publish): Release pairs with the consumer's Acquire load of the
             // stamp in `Consumer::scan`; the entry's write happens-before its read.
-            self.ring.stamp(index).store(stamp_of(index), order);
+            // SAFETY: `slot` and `walk_back` hand out this ring's slots.
+            unsafe { ring.stamp_at(slot) }.store(stamp_of(index), order);
+        };
+        if n == 1 {
+            stamp(self.tail, ring.slot(self.tail));
+        } else {
+            ring.walk_back(self.tail, n, stamp);
         }
         self.tail = self.tail.wrapping_add(n);
         self.staged = 0;
@@ -221,7 +264,7 @@ impl<T> Producer<T> {
     }
 }
 
-impl<T> Drop for Producer<T> {
+impl<T, P: Publication> Drop for Producer<T, P> {
     /// Publishes anything still staged: entries the caller pushed are not silently dropped.
     fn drop(&mut self) {
         self.publish_staged();
@@ -232,13 +275,13 @@ impl<T> Drop for Producer<T> {
 ///
 /// Dropping a chunk without committing publishes nothing (a panic while filling leaves the
 /// ring as it was).
-pub struct WriteChunk<'a, T> {
-    producer: &'a mut Producer<T>,
+pub struct WriteChunk<'a, T, P: Publication = Indexed> {
+    producer: &'a mut Producer<T, P>,
     start: u32,
     len: u32,
 }
 
-impl<T> fmt::Debug for WriteChunk<'_, T> {
+impl<T, P: Publication> fmt::Debug for WriteChunk<'_, T, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriteChunk")
             .field("start", &self.start)
@@ -247,7 +290,7 @@ impl<T> fmt::Debug for WriteChunk<'_, T> {
     }
 }
 
-impl<'a, T: Pod> WriteChunk<'a, T> {
+impl<'a, T: Pod, P: Publication> WriteChunk<'a, T, P> {
     /// Number of reserved slots.
     pub fn len(&self) -> usize {
         self.len as usize
@@ -280,12 +323,40 @@ impl<'a, T: Pod> WriteChunk<'a, T> {
     /// Fills reserved slots in order from `values` until either runs out; returns how many were
     /// written.
     pub fn fill_from(&mut self, values: impl IntoIterator<Item = T>) -> usize {
-        let mut n = 0;
-        for value in values.into_iter().take(self.len()) {
-            self.set(n, value);
-            n += 1;
+        let mut values = values.into_iter();
+        self.producer.ring.walk(self.start, self.len, |_, slot| {
+            let Some(value) = values.next() else {
+                return false;
+            };
+            // SAFETY: the slot is reserved (free and unpublished), and one of this ring's.
+            unsafe { Slot::write(RingPtrs::<T, P>::value_at(slot), value) };
+            true
+        }) as usize
+    }
+
+    /// Copies entries from `values` into the reserved slots, in order, until either runs out;
+    /// returns how many were written. An indexed ring's slots are contiguous, so each run of
+    /// them (two at most) is one wide copy.
+    pub fn copy_from(&mut self, values: &[T]) -> usize {
+        let n = self.len().min(values.len());
+        #[cfg(not(loom))]
+        if !P::STAMPED {
+            let mut rest = &values[..n];
+            self.producer.ring.runs(self.start, n as u32, |slot, run| {
+                let (now, later) = rest.split_at(run as usize);
+                // SAFETY: the run's slots are reserved (free and unpublished), contiguous and
+                // inside the ring (`runs`), and no reference of this process points into them.
+                unsafe {
+                    super::super::volatile::copy_to_shared(
+                        bytemuck::cast_slice(now),
+                        slot.cast_mut(),
+                    )
+                };
+                rest = later;
+            });
+            return n;
         }
-        n
+        self.fill_from(values[..n].iter().copied())
     }
 
     /// Publishes the first `n` reserved slots (and anything staged before), all at once.
@@ -303,7 +374,7 @@ impl<'a, T: Pod> WriteChunk<'a, T> {
     ///
     /// # Panics
     /// If `n > self.len()`.
-    pub fn stage(self, n: usize) -> &'a mut Producer<T> {
+    pub fn stage(self, n: usize) -> &'a mut Producer<T, P> {
         assert!(
             n <= self.len(),
             "cannot stage {n} of {} reserved slots",

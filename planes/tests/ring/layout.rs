@@ -1,0 +1,154 @@
+//! Where a ring sits and what its header says: pinned offsets and strides, capacities,
+//! placement, and the checks an attach makes.
+
+use subring_planes::data::{
+    CorruptIndex, IndexField, Indexed, RegionError, Ring, RingError, RingLayout, Stamped,
+};
+
+use super::{poke, region_for, HEAD, SLOTS, TAIL, U64_STRIDE};
+
+#[test]
+fn header_layout_is_pinned() {
+    let layout = RingLayout::of::<u64, Stamped>(8).unwrap();
+    assert_eq!(layout.slots_offset, SLOTS);
+    assert_eq!(layout.size, SLOTS + 8 * U64_STRIDE);
+    assert_eq!(layout.align, 128);
+    let layout = RingLayout::of::<u64, Indexed>(8).unwrap();
+    assert_eq!(layout.slots_offset, SLOTS);
+    assert_eq!(layout.size, SLOTS + 8 * 8);
+    assert_eq!(layout.align, 128);
+}
+
+#[test]
+fn slot_strides_are_pinned() {
+    fn stride<T: bytemuck::Pod, P: subring_planes::data::Publication>() -> usize {
+        let layout = RingLayout::of::<T, P>(4).unwrap();
+        (layout.size - layout.slots_offset) / 4
+    }
+    // A stamped slot keeps the stamp and the entry on one cache line: a power of two up to 64
+    // bytes; a larger slot spans lines anyway and is packed.
+    assert_eq!(stride::<u8, Stamped>(), 8);
+    assert_eq!(stride::<[u8; 3], Stamped>(), 8);
+    assert_eq!(stride::<u32, Stamped>(), 8);
+    assert_eq!(stride::<u64, Stamped>(), U64_STRIDE);
+    assert_eq!(stride::<[u32; 3], Stamped>(), 16);
+    assert_eq!(stride::<u128, Stamped>(), 32);
+    assert_eq!(stride::<[u64; 7], Stamped>(), 64);
+    assert_eq!(stride::<[u64; 8], Stamped>(), 72);
+    assert_eq!(stride::<[u64; 25], Stamped>(), 208);
+    assert_eq!(stride::<[u32; 17], Stamped>(), 72);
+    // An indexed slot is its entry.
+    assert_eq!(stride::<u8, Indexed>(), 1);
+    assert_eq!(stride::<[u8; 3], Indexed>(), 3);
+    assert_eq!(stride::<u64, Indexed>(), 8);
+    assert_eq!(stride::<[u64; 8], Indexed>(), 64);
+    assert_eq!(stride::<[u32; 17], Indexed>(), 68);
+}
+
+#[test]
+fn attach_checks_the_publication() {
+    let region = region_for::<[u64; 8], Stamped>(8);
+    drop(Ring::<u64, Indexed>::create(region.clone(), 0, 8).unwrap());
+    // A stamped view of an indexed ring differs in its stride first...
+    assert!(matches!(
+        Ring::<u64, Stamped>::attach(region.clone(), 0, 8),
+        Err(RingError::HeaderMismatch {
+            field: "slot stride",
+            ..
+        })
+    ));
+    // ...and where the stride happens to agree, in the publication word.
+    drop(Ring::<[u64; 8], Indexed>::create(region.clone(), 0, 8).unwrap());
+    assert!(Ring::<[u64; 8], Indexed>::attach(region.clone(), 0, 8).is_ok());
+    poke(&region, 24, 2);
+    assert!(matches!(
+        Ring::<[u64; 8], Indexed>::attach(region, 0, 8),
+        Err(RingError::HeaderMismatch {
+            field: "publication",
+            found: 2,
+            expected: 1,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn invalid_capacities_are_errors() {
+    for cap in [0, 3, 12, (1 << 31) + 1, u32::MAX] {
+        assert!(
+            matches!(
+                Ring::<u64>::with_capacity(cap),
+                Err(RingError::InvalidCapacity(_))
+            ),
+            "capacity {cap} accepted"
+        );
+    }
+}
+
+#[test]
+fn placement_is_checked() {
+    let region = region_for::<u64, Indexed>(8);
+    assert!(matches!(
+        Ring::<u64>::create(region.clone(), 64, 8),
+        Err(RingError::Region(RegionError::Misaligned { .. }))
+    ));
+    assert!(matches!(
+        Ring::<u64>::create(region.clone(), 0, 16),
+        Err(RingError::Region(RegionError::OutOfBounds { .. }))
+    ));
+    assert!(matches!(
+        Ring::<u64>::create(region, 1 << 40, 8),
+        Err(RingError::Region(RegionError::OutOfBounds { .. }))
+    ));
+}
+
+#[test]
+fn attach_checks_the_header() {
+    let region = region_for::<u64, Indexed>(8);
+    // Nothing created yet: no magic.
+    assert!(matches!(
+        Ring::<u64>::attach(region.clone(), 0, 8),
+        Err(RingError::HeaderMismatch { field: "magic", .. })
+    ));
+    drop(Ring::<u64>::create(region.clone(), 0, 8).unwrap());
+    assert!(matches!(
+        Ring::<u64>::attach(region.clone(), 0, 4),
+        Err(RingError::HeaderMismatch {
+            field: "capacity",
+            found: 8,
+            expected: 4,
+            ..
+        })
+    ));
+    assert!(matches!(
+        Ring::<[u32; 2]>::attach(region.clone(), 0, 8),
+        Err(RingError::HeaderMismatch {
+            field: "entry alignment",
+            ..
+        })
+    ));
+    assert!(matches!(
+        Ring::<u32>::attach(region.clone(), 0, 8),
+        Err(RingError::HeaderMismatch {
+            field: "entry size",
+            found: 8,
+            expected: 4,
+            ..
+        })
+    ));
+    // Indices that no correct pair could have written.
+    poke(&region, TAIL, 100);
+    poke(&region, HEAD, 50);
+    let err = Ring::<u64>::attach(region, 0, 8).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RingError::Corrupt(CorruptIndex {
+                field: IndexField::Tail,
+                found: 100,
+                ..
+            })
+        ),
+        "{err}"
+    );
+}
