@@ -171,6 +171,7 @@ pub fn run(
         progress.step("subring spin");
         let ours = crate::ipc::subring_rt(
             subring_shm::NotifyMode::Spin,
+            Some(crate::ipc::WAIT_TIMEOUT),
             subring_shm::ServerSleep::Epoll,
             cfg.round_trips,
             Placement::Split,

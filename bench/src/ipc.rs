@@ -112,7 +112,16 @@ fn connect(
     Client::from_socket(client_end, &options).map_err(|e| format!("connect ({mode}): {e}"))
 }
 
-fn round_trip(client: &mut Client<EchoReq, EchoResp>, seq: u64) -> Result<(), String> {
+/// How long a measured client waits for its answer before giving up: users pass a timeout, so
+/// the bench's clients do too (rows marked "untimed" wait without one, to show what the timeout
+/// costs).
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn round_trip(
+    client: &mut Client<EchoReq, EchoResp>,
+    seq: u64,
+    timeout: Option<Duration>,
+) -> Result<(), String> {
     let req = EchoReq {
         seq,
         op: EchoOp::PING,
@@ -127,17 +136,16 @@ fn round_trip(client: &mut Client<EchoReq, EchoResp>, seq: u64) -> Result<(), St
             }
             return Ok(());
         }
-        // No timeout, as a client with nothing else to do waits: a dead server still ends the
-        // wait (in eventfd mode at once, through the control socket's hang-up; in the other
-        // modes at the next liveness check), and a forked server lives two minutes at most.
-        client.wait(None).map_err(|e| format!("wait: {e}"))?;
+        client.wait(timeout).map_err(|e| format!("wait: {e}"))?;
     }
 }
 
-/// Measures `n` echo round trips of a client in `mode` against a forked server that sleeps as
-/// `sleep` says, placed as `placement` says (after an untimed warm-up of `n / 10`).
+/// Measures `n` echo round trips of a client in `mode`, waiting with `timeout`, against a
+/// forked server that sleeps as `sleep` says, placed as `placement` says (after an untimed
+/// warm-up of `n / 10`).
 pub fn subring_rt(
     mode: NotifyMode,
+    timeout: Option<Duration>,
     sleep: ServerSleep,
     n: usize,
     placement: Placement,
@@ -151,7 +159,7 @@ pub fn subring_rt(
     let mut seq = 0;
     let latency = peers::sample(n, peers::RT_BUDGET, || {
         seq += 1;
-        round_trip(&mut client, seq)
+        round_trip(&mut client, seq, timeout)
     })?;
     let trips = seq.max(1);
     let rung = client.doorbell_stats().rung - rung0;
@@ -235,7 +243,7 @@ pub const SHARED: &str = "ipc round trip, 1 shared core";
 pub const PAYLOADS: &str = "4 KiB payloads, client to server";
 
 /// Measurements per repetition (for progress).
-const STEPS_PER_REP: u64 = 24;
+const STEPS_PER_REP: u64 = 26;
 
 /// Runs the round-trip and payload sections into `report`.
 pub fn run(
@@ -273,22 +281,26 @@ pub fn run(
                 0.0,
             )?;
             use ServerSleep::{Epoll, Futex};
-            let modes: &[(&str, NotifyMode, ServerSleep)] = if placement == Placement::Split {
+            const TIMED: Option<Duration> = Some(WAIT_TIMEOUT);
+            type Mode = (&'static str, NotifyMode, Option<Duration>, ServerSleep);
+            let modes: &[Mode] = if placement == Placement::Split {
                 &[
-                    ("subring spin", NotifyMode::Spin, Epoll),
-                    ("subring adaptive", NotifyMode::Adaptive, Epoll),
-                    ("subring eventfd", NotifyMode::EventFd, Epoll),
-                    ("subring futex", NotifyMode::Futex, Futex),
+                    ("subring spin", NotifyMode::Spin, TIMED, Epoll),
+                    ("subring adaptive", NotifyMode::Adaptive, TIMED, Epoll),
+                    ("subring eventfd", NotifyMode::EventFd, TIMED, Epoll),
+                    ("subring eventfd, untimed", NotifyMode::EventFd, None, Epoll),
+                    ("subring futex", NotifyMode::Futex, TIMED, Futex),
+                    ("subring futex, untimed", NotifyMode::Futex, None, Futex),
                 ]
             } else {
                 &[
-                    ("subring adaptive", NotifyMode::Adaptive, Epoll),
-                    ("subring eventfd", NotifyMode::EventFd, Epoll),
-                    ("subring futex", NotifyMode::Futex, Futex),
+                    ("subring adaptive", NotifyMode::Adaptive, TIMED, Epoll),
+                    ("subring eventfd", NotifyMode::EventFd, TIMED, Epoll),
+                    ("subring futex", NotifyMode::Futex, TIMED, Futex),
                 ]
             };
-            for &(name, mode, sleep) in modes {
-                let m = subring_rt(mode, sleep, n, placement);
+            for &(name, mode, timeout, sleep) in modes {
+                let m = subring_rt(mode, timeout, sleep, n, placement);
                 let sys = m.as_ref().map_or(f64::NAN, |m| m.syscalls);
                 record(name, m.map(|m| m.latency), sys)?;
             }
@@ -333,6 +345,12 @@ pub fn run(
     split.compare("pipe", "subring eventfd", Some("< 1"));
     split.compare("unix socket", "subring eventfd", Some("< 1"));
     split.compare("subring eventfd", "subring futex", None);
+    split.compare(
+        "subring eventfd, untimed",
+        "subring eventfd",
+        Some("<= 1.05"),
+    );
+    split.compare("subring futex, untimed", "subring futex", Some("<= 1.05"));
     split.compare("raw eventfd", "subring futex", Some("<= 1.1"));
     split.compare("raw futex", "subring futex", Some("<= 1.1"));
     split.compare("pipe", "subring futex", Some("< 1"));

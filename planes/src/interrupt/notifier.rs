@@ -246,9 +246,13 @@ impl<S: Signal, B: Breakage> SleepNotifier<S, B> {
             bump(&self.counters.without_sleep);
             return Ok(());
         }
-        let deadline = deadline_after(timeout);
         let spins = self.spin.budget_for_wait();
+        // The clock is read once, when the deadline is first needed: before a spin phase, or
+        // before the first block (whose timeout is then the caller's, unchanged). A wait that
+        // blocks once reads it once.
+        let mut deadline: Option<Option<Instant>> = None;
         if spins > 0 {
+            let deadline = *deadline.insert(deadline_after(timeout));
             let spun = if self.spin.timed {
                 spin_for(ready, spins, deadline)
             } else {
@@ -267,16 +271,23 @@ impl<S: Signal, B: Breakage> SleepNotifier<S, B> {
                 self.word.cancel_sleep();
                 return Ok(());
             }
-            let remaining = match deadline {
+            let remaining = match timeout {
                 None => None,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(r) if !r.is_zero() => Some(r),
-                    _ => {
-                        self.word.cancel_sleep();
-                        bump(&self.counters.timeouts);
-                        return Err(WaitError::Timeout(timeout.unwrap_or_default()));
+                Some(t) => {
+                    let now = Instant::now();
+                    match *deadline.get_or_insert_with(|| now.checked_add(t)) {
+                        // Too far ahead to represent: no limit.
+                        None => None,
+                        Some(d) => match d.checked_duration_since(now) {
+                            Some(r) if !r.is_zero() => Some(r),
+                            _ => {
+                                self.word.cancel_sleep();
+                                bump(&self.counters.timeouts);
+                                return Err(WaitError::Timeout(t));
+                            }
+                        },
                     }
-                },
+                }
             };
             bump(&self.counters.sleeps);
             let blocked = self.signal.block(&self.word, remaining);
