@@ -339,7 +339,7 @@ pub fn run(
             s.label(rep, before, after);
         }
     }
-    split.compare("raw spin (floor)", "subring spin", Some("<= 1.5"));
+    split.compare("raw spin (floor)", "subring spin", Some("<= 1.3"));
     split.compare("raw eventfd", "subring eventfd", Some("<= 1.1"));
     split.compare("raw eventfd, epoll waits", "subring eventfd", None);
     split.compare("pipe", "subring eventfd", Some("< 1"));
@@ -353,8 +353,8 @@ pub fn run(
     split.compare("subring futex, untimed", "subring futex", Some("<= 1.05"));
     split.compare("raw eventfd", "subring futex", Some("<= 1.1"));
     split.compare("raw futex", "subring futex", Some("<= 1.1"));
-    split.compare("pipe", "subring futex", Some("< 1"));
-    split.compare("unix socket", "subring futex", Some("< 1"));
+    split.compare("pipe", "subring futex", Some("<= 1.0"));
+    split.compare("unix socket", "subring futex", Some("<= 0.9"));
     split.compare("tokio unix socket", "subring async (tokio)", Some("< 1"));
     split.compare("subring eventfd", "subring async (tokio)", None);
     split.best_of("best of spin, eventfd", "subring spin", "subring eventfd");
@@ -368,11 +368,11 @@ pub fn run(
     shared.compare("unix socket", "subring eventfd", None);
     shared.compare("raw futex", "subring futex", None);
     shared.compare("pipe", "subring futex", None);
-    tput.compare("unix socket", "subring zero-copy", Some(">= 3"));
+    tput.compare("unix socket", "subring zero-copy", Some(">= 5"));
     tput.compare(
         "raw shm ring 64x4K (copy)",
         "subring zero-copy",
-        Some(">= 0.9"),
+        Some(">= 1.1"),
     );
     split.finish(report);
     shared.finish(report);

@@ -318,31 +318,32 @@ impl<'a> SharedBytes<'a> {
         })
     }
 
-    /// Folds the view's little-endian 64-bit words (a short tail padded with zeros) with `f`,
-    /// reading each word once with a volatile access and copying nothing: a checksum at
-    /// memory speed over bytes that may change meanwhile.
+    /// Folds the view's little-endian 64-bit words (a short tail padded with zeros) with `f`:
+    /// a checksum over bytes that may change meanwhile, each byte read once. The bytes go
+    /// through a small buffer on this thread's stack, 512 bytes at a time, each copied with
+    /// wide volatile loads (16 or 32 bytes), and `f` then runs over plain memory. Measured
+    /// (docs/performance-history.md, "the zero-copy service's reads"): a word sum over 4 KiB
+    /// took about 3 100 instructions with one volatile 8-byte load per word, and about 2 000
+    /// this way, with a quarter of the loads.
     pub fn fold_words_le<A>(&self, init: A, mut f: impl FnMut(A, u64) -> A) -> A {
+        // A small buffer of words: zeroing it is part of every call.
+        const FOLD_WORDS: usize = 64;
         let mut acc = init;
-        let base = self.ptr.as_ptr();
-        let mut i = 0;
-        // Words are read where the view's start makes them aligned; otherwise through a copy
-        // of each 8 bytes.
-        if base.align_offset(WORD) == 0 {
-            while i + WORD <= self.len {
-                // SAFETY: inside the view, 8-aligned (the base is, and `i` steps by words).
-                let w = unsafe { base.add(i).cast::<u64>().read_volatile() };
+        let mut buf = [0u64; FOLD_WORDS];
+        for at in (0..self.len).step_by(FOLD_WORDS * WORD) {
+            let view = self
+                .get(at..(at + FOLD_WORDS * WORD).min(self.len))
+                .expect("inside the view");
+            let n = view.copy_to(bytemuck::cast_slice_mut(&mut buf));
+            for &w in &buf[..n / WORD] {
                 acc = f(acc, u64::from_le(w));
-                i += WORD;
             }
-        }
-        while i < self.len {
-            let mut word = [0u8; WORD];
-            let n = WORD.min(self.len - i);
-            self.get(i..i + n)
-                .expect("inside the view")
-                .copy_to(&mut word[..n]);
-            acc = f(acc, u64::from_le_bytes(word));
-            i += n;
+            // Only the last chunk can end short of a word.
+            if n % WORD != 0 {
+                let mut word = [0u8; WORD];
+                word[..n % WORD].copy_from_slice(&bytemuck::cast_slice(&buf)[n / WORD * WORD..n]);
+                acc = f(acc, u64::from_le_bytes(word));
+            }
         }
         acc
     }
@@ -452,6 +453,18 @@ mod tests {
             v.get(3..1003).unwrap().fold_words_le(0u64, |n, _| n + 1),
             125
         );
+        // A view that ends mid-word, past a chunk boundary, at an unaligned start: the last
+        // word is padded with zeros.
+        let odd = v.get(5..1030).unwrap();
+        let mut bytes = vec![0u8; 1025];
+        odd.copy_to(&mut bytes);
+        let expect_odd = bytes.chunks(8).fold(0u64, |s, c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            s.wrapping_add(u64::from_le_bytes(w))
+        });
+        assert_eq!(odd.fold_words_le(0u64, u64::wrapping_add), expect_odd);
+        assert_eq!(odd.fold_words_le(0u64, |n, _| n + 1), 129);
         assert_eq!(v.copy_from(&[7u8; 3]), 3);
         assert_eq!(v.read_u8(2), Some(7));
     }
