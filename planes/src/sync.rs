@@ -143,8 +143,11 @@ pub use imp::*;
 /// value we copy, never make the copy a data race; ordering comes from the ring's index protocol.
 /// (A single volatile copy of the whole entry was the first version: LLVM lowered it through the
 /// stack in byte-sized pieces, and a two-ring round trip between threads took about 1.4 times as
-/// long as it does now.) Under loom the slot is loom's `UnsafeCell`, so the model checks that
-/// every read is ordered after the write it observes.
+/// long as it does now.) An indexed ring's batches are the exception: a run of contiguous slots
+/// is copied at once with wide volatile accesses (`data/volatile.rs`), the way payloads are,
+/// which is what rust-vmm's `vm-memory` does with guest memory. Under loom the slot is loom's
+/// `UnsafeCell`, so the model checks that every read is ordered after the write it observes
+/// (and batches go slot by slot).
 #[cfg_attr(not(loom), repr(transparent))]
 #[derive(Debug)]
 pub struct Slot<T>(UnsafeCell<T>);

@@ -7,7 +7,7 @@ pub struct Consumer<T, P: Publication = Indexed> {
     ring: RingPtrs<T, P>,
     /// Released head: private, authoritative.
     head: u32,
-    /// End of the published entries seen so far (by their stamps).
+    /// End of the published entries seen so far (by `tail`, or by the stamps).
     end: u32,
     _claim: Claim,
 }
@@ -119,22 +119,23 @@ impl<T: Pod, P: Publication> Consumer<T, P> {
         }
     }
 
-    /// Entries ready to read now (reads the stamps of every slot published since the last
-    /// look). The answer may be stale as soon as it is returned, but only on the safe side: the
-    /// producer can only add more.
+    /// Entries ready to read now (reads `tail`, or the stamps of every slot published since the
+    /// last look). The answer may be stale as soon as it is returned, but only on the safe side:
+    /// the producer can only add more.
     pub fn available(&mut self) -> Result<u32, CorruptIndex> {
         self.scan(u32::MAX)
     }
 
-    /// Entries ready to read, looking for new ones only while fewer than `wanted` are known
-    /// (and then no further than `wanted`): cheaper than [`available`](Self::available) when a
-    /// batch of at most `wanted` is all the caller takes.
+    /// Entries ready to read, looking for new ones only while fewer than `wanted` are known:
+    /// cheaper than [`available`](Self::available) when a batch of at most `wanted` is all the
+    /// caller takes. A stamped ring looks no further than `wanted`; an indexed one learns
+    /// everything published from one read of `tail`, so the answer may exceed `wanted`.
     pub fn available_up_to(&mut self, wanted: u32) -> Result<u32, CorruptIndex> {
         self.available_at_least(wanted)
     }
 
-    /// True if an entry is ready, reading the next slot's stamp only when every entry already
-    /// seen has been consumed.
+    /// True if an entry is ready, reading `tail` (or the next slot's stamp) only when every
+    /// entry already seen has been consumed.
     pub fn has_entries(&mut self) -> Result<bool, CorruptIndex> {
         Ok(self.available_at_least(1)? > 0)
     }
@@ -270,6 +271,7 @@ impl<T: Pod, P: Publication> ReadChunk<'_, T, P> {
         if !P::STAMPED {
             // An indexed ring's slots are contiguous: each run of them (two at most) is one
             // wide copy.
+            let () = RingPtrs::<T, P>::PACKED;
             let mut rest = &mut out[..n];
             self.consumer.ring.runs(self.start, n as u32, |slot, run| {
                 let (now, later) = std::mem::take(&mut rest).split_at_mut(run as usize);

@@ -218,8 +218,8 @@ impl<T: Pod, P: Publication> Ring<T, P> {
             for k in 0..capacity {
                 let slot = ptrs.slot(start.wrapping_add(k));
                 if P::STAMPED {
-                    let stamp = ptrs.stamp_at(slot) as *const AtomicU32;
-                    stamp.cast_mut().write(AtomicU32::new(0));
+                    let slot = slot.cast_mut().cast::<StampedSlot<T>>();
+                    (&raw mut (*slot).stamp).write(AtomicU32::new(0));
                 }
                 Slot::init(RingPtrs::<T, P>::value_at(slot).cast_mut(), T::zeroed());
             }
@@ -274,11 +274,11 @@ impl<T: Pod, P: Publication> Ring<T, P> {
     /// way, in this layout version, and that its indices are consistent.
     ///
     /// The producer half continues from the published `tail`, the consumer half from `head`
-    /// (it finds what is published by the stamps). Attach a new producer only to a ring whose
-    /// previous producer finished its last publish: one that died between stamping slots and
-    /// storing `tail` leaves stamps past `tail`, and then either the attach fails (the consumer
-    /// released entries past `tail`) or the new producer overwrites entries the consumer has
-    /// already seen as published.
+    /// (it finds what is published by `tail`, or by the stamps). Attach a new producer to a
+    /// stamped ring only if its previous producer finished its last publish: one that died
+    /// between stamping slots and storing `tail` leaves stamps past `tail`, and then either the
+    /// attach fails (the consumer released entries past `tail`) or the new producer overwrites
+    /// entries the consumer has already seen as published.
     pub fn attach(region: Arc<Region>, offset: usize, capacity: u32) -> Result<Self, RingError> {
         let ptrs = Self::locate(&region, offset, capacity)?;
         let h = ptrs.header();

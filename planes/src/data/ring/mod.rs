@@ -225,6 +225,14 @@ impl<T, P: Publication> RingPtrs<T, P> {
     /// The alignment a slot needs.
     const SLOT_ALIGN: usize = align_of::<P::SlotOf<T>>();
 
+    /// Evaluated (at compile time) where a run of an indexed ring's slots is copied as one run
+    /// of entries: each slot must be exactly its entry (`Slot<T>` is `repr(transparent)`).
+    #[cfg(not(loom))]
+    const PACKED: () = assert!(
+        P::STAMPED || Self::STRIDE == size_of::<T>(),
+        "an indexed slot is its entry"
+    );
+
     fn header(&self) -> &RingHeader {
         // SAFETY: the header was bounds- and alignment-checked at construction and consists only
         // of atomics, which tolerate concurrent access from the peer; the region outlives `self`.

@@ -341,6 +341,7 @@ impl<'a, T: Pod, P: Publication> WriteChunk<'a, T, P> {
         let n = self.len().min(values.len());
         #[cfg(not(loom))]
         if !P::STAMPED {
+            let () = RingPtrs::<T, P>::PACKED;
             let mut rest = &values[..n];
             self.producer.ring.runs(self.start, n as u32, |slot, run| {
                 let (now, later) = rest.split_at(run as usize);
