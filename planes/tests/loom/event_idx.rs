@@ -8,11 +8,14 @@ use super::*;
 /// third. Each publish is notified with the range it covered. A lost wake-up is a deadlock
 /// (the eventfd model; over the futex model, an endless wait); a wake-up for an entry the
 /// waiter did not wait for is counted, and there must be none: at most one wake-up per wait.
-fn batch_waits<S: Signal + Clone + 'static, B: Breakage>(signal: fn() -> S, start: u32) {
+fn batch_waits<S: Signal + Clone + 'static, B: Breakage, P: Publication>(
+    signal: fn() -> S,
+    start: u32,
+) {
     model_bounded(EVENT_IDX_PREEMPTIONS, move || {
-        let layout = RingLayout::of::<u32, Stamped>(4).unwrap();
+        let layout = RingLayout::of::<u32, P>(4).unwrap();
         let region = Arc::new(Region::anonymous(layout.size, RegionOptions::new()).unwrap());
-        let (mut tx, mut rx) = Ring::<u32, Stamped>::create_at_index(region, 0, 4, start)
+        let (mut tx, mut rx) = Ring::<u32, P>::create_at_index(region, 0, 4, start)
             .unwrap()
             .split()
             .unwrap();
@@ -58,20 +61,27 @@ fn eventfd() -> EventFdSignal {
 
 #[test]
 fn batch_waits_lose_no_wakeup_and_take_one_per_batch() {
-    batch_waits::<_, Sound>(eventfd, 0);
+    batch_waits::<_, Sound, Stamped>(eventfd, 0);
 }
 
 /// The same over the modelled futex, whose wait blocks while the word holds the waiter's
 /// announcement ("sleeping until entry N" here, not plain "sleeping").
+/// The same over an indexed ring, whose consumer goes by `tail` (the queue pair's rings, which
+/// the other models use, are stamped).
+#[test]
+fn batch_waits_on_an_indexed_ring_lose_no_wakeup() {
+    batch_waits::<_, Sound, Indexed>(eventfd, 0);
+}
+
 #[test]
 fn batch_waits_over_the_futex_lose_no_wakeup() {
-    batch_waits::<_, Sound>(FutexSignal::new, 0);
+    batch_waits::<_, Sound, Stamped>(FutexSignal::new, 0);
 }
 
 /// The same across the indices' wrap: entries `u32::MAX - 1`, `u32::MAX` and 0.
 #[test]
 fn batch_waits_across_the_index_wrap() {
-    batch_waits::<_, Sound>(eventfd, u32::MAX - 1);
+    batch_waits::<_, Sound, Stamped>(eventfd, u32::MAX - 1);
 }
 
 /// Negative control: event-idx's test off by one (a publish of `old..new` taken to cover
@@ -79,5 +89,5 @@ fn batch_waits_across_the_index_wrap() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn negative_control_event_idx_off_by_one_is_caught() {
-    batch_waits::<_, breakage::EventIdxOffByOne>(eventfd, 0);
+    batch_waits::<_, breakage::EventIdxOffByOne, Stamped>(eventfd, 0);
 }
