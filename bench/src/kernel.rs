@@ -118,6 +118,15 @@ pub fn run(
                 section.rate(rep, RAW_INLINE, Unit::OpsPerSec, inline.0);
                 section.syscalls(RAW_INLINE, inline.1);
             }
+            if matches!(work, Work::Nop(32) | Work::Read(32)) {
+                // The setup modes that keep completion work off the submitter's back: one
+                // repetition's figure each, beside the default ring's.
+                for (row, setup) in [(COOP, Setup::Coop), (DEFER, Setup::Defer)] {
+                    let m = run_subring_in(work, &file, cfg, setup)?;
+                    section.rate(rep, row, Unit::OpsPerSec, m.0);
+                    section.syscalls(row, m.1);
+                }
+            }
             if let Work::Read(_) = work {
                 section.rate(rep, "pread", Unit::OpsPerSec, run_pread(&file, cfg)?);
                 section.syscalls("pread", 1.0);
@@ -141,6 +150,8 @@ pub fn run(
         s.compare("pread", "subring", None);
         s.compare("tokio-uring", "subring", Some("> 1"));
         s.compare("compio", "subring", Some("> 1"));
+        s.compare(COOP, "subring", None);
+        s.compare(DEFER, "subring", None);
     }
     for s in sections {
         s.finish(report);
@@ -423,16 +434,44 @@ fn raw_reads(
     Ok((enters, start.elapsed()))
 }
 
+/// Rows of the subring ring in other setup modes.
+const COOP: &str = "subring, COOP_TASKRUN";
+/// Rows of the subring ring in other setup modes (`DEFER_TASKRUN` implies `SINGLE_ISSUER`).
+const DEFER: &str = "subring, DEFER_TASKRUN";
+
+/// The subring ring's setup flags.
+#[derive(Clone, Copy)]
+enum Setup {
+    Default,
+    Coop,
+    Defer,
+}
+
 /// Returns (ops/s, io_uring_enter calls per op). Each work's loop is out of line, as on the
 /// raw side.
 fn run_subring(work: &Work, file: &File, cfg: &KernelConfig) -> Result<(f64, f64), String> {
+    run_subring_in(work, file, cfg, Setup::Default)
+}
+
+/// [`run_subring`] with the ring set up as `setup` says.
+fn run_subring_in(
+    work: &Work,
+    file: &File,
+    cfg: &KernelConfig,
+    setup: Setup,
+) -> Result<(f64, f64), String> {
+    let builder = match setup {
+        Setup::Default => Uring::builder(),
+        Setup::Coop => Uring::builder().coop_taskrun(true),
+        Setup::Defer => Uring::builder().defer_taskrun(true),
+    };
     let mut ring = match work {
-        Work::ReadSqpoll(_) => Uring::builder()
+        Work::ReadSqpoll(_) => builder
             .entries(256)
             .sqpoll(SQPOLL_IDLE_MS)
             .wait_mode(WaitMode::Poll)
             .build(),
-        _ => Uring::builder().entries(256).build(),
+        _ => builder.entries(256).build(),
     }
     .ctx("io_uring setup")?;
     let (ops, took) = match *work {

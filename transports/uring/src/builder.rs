@@ -60,7 +60,10 @@ impl UringBuilder {
         self
     }
 
-    /// `IORING_SETUP_SINGLE_ISSUER`: only the creating thread submits (the ring must stay on it).
+    /// `IORING_SETUP_SINGLE_ISSUER`: only the creating thread submits (the ring must stay on
+    /// it). A `Uring` moved to another thread and submitted from there fails with
+    /// [`SubmitError::NotTheIssuer`](crate::SubmitError::NotTheIssuer) (the kernel refuses with
+    /// `EEXIST`); what was pushed stays queued for the creating thread.
     pub fn single_issuer(mut self, yes: bool) -> Self {
         self.single_issuer = yes;
         self
@@ -68,6 +71,8 @@ impl UringBuilder {
 
     /// `IORING_SETUP_DEFER_TASKRUN` (implies single issuer): completion work runs only when this
     /// thread enters the kernel to wait or flush. Reaping flushes it when the kernel says so.
+    /// Waiting from another thread fails as submitting does
+    /// ([`SubmitError::NotTheIssuer`](crate::SubmitError::NotTheIssuer)).
     pub fn defer_taskrun(mut self, yes: bool) -> Self {
         self.defer_taskrun = yes;
         self
@@ -165,6 +170,7 @@ impl UringBuilder {
             on_full: self.on_full,
             stats: UringStats::default(),
             notify: NotifyStats::default(),
+            defer_taskrun: self.defer_taskrun,
         })
     }
 }

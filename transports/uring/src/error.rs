@@ -74,6 +74,19 @@ pub enum SubmitError {
         /// The token named.
         token: u64,
     },
+    /// The ring was set up with `IORING_SETUP_SINGLE_ISSUER` (or `DEFER_TASKRUN`, which implies
+    /// it) and entered from a thread other than the one that created it: the kernel refuses
+    /// (`EEXIST`). Keep such a ring on its thread.
+    #[error(
+        "this io_uring was set up with {setup}: only the thread that created it may submit to \
+         it{waits} (the kernel answered EEXIST)"
+    )]
+    NotTheIssuer {
+        /// The setup flags that bind the ring to its thread.
+        setup: &'static str,
+        /// `" or wait on it"` with `DEFER_TASKRUN`, empty otherwise.
+        waits: &'static str,
+    },
 }
 
 impl SubmitError {
@@ -89,6 +102,7 @@ impl SubmitError {
         match self {
             SubmitError::Unsupported { .. } => io::ErrorKind::Unsupported,
             SubmitError::NotInFlight { .. } => io::ErrorKind::NotFound,
+            SubmitError::NotTheIssuer { .. } => io::ErrorKind::PermissionDenied,
             _ => io::ErrorKind::InvalidInput,
         }
     }

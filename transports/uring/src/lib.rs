@@ -198,6 +198,8 @@ pub struct Uring {
     on_full: OnFull,
     stats: UringStats,
     notify: NotifyStats,
+    /// Set up with `IORING_SETUP_DEFER_TASKRUN` (the io-uring crate's parameters do not say).
+    defer_taskrun: bool,
 }
 
 impl fmt::Debug for Uring {

@@ -52,7 +52,8 @@ impl Uring {
             (sq.cq_overflow(), sq.taskrun())
         };
         if overflow || taskrun {
-            retry_eintr(|| self.ring.submitter().submit_and_wait(0))?;
+            retry_eintr(|| self.ring.submitter().submit_and_wait(0))
+                .map_err(|e| self.enter_error(e))?;
             self.stats.enters += 1;
             self.stats.flushes += 1;
             return Ok(true);

@@ -247,7 +247,7 @@ impl Submitter for Uring {
                 self.ring
                     .submitter()
                     .squeue_wait()
-                    .map_err(QueueError::Io)?;
+                    .map_err(|e| QueueError::Io(self.enter_error(e)))?;
             }
         }
         match self.space()? {

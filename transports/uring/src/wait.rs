@@ -172,7 +172,32 @@ impl Uring {
         // block, and `to_submit` counts entries already published in the SQ (every pointer
         // they carry was vouched for when it was pushed, see `push_one`).
         let entered = unsafe { io_uring_enter(self.ring.as_fd(), to_submit, want, flags) };
-        entered.map(|n| n as usize).map_err(io::Error::from)
+        entered
+            .map(|n| n as usize)
+            .map_err(|e| self.enter_error(io::Error::from(e)))
+    }
+
+    /// An `io_uring_enter` error, with `EEXIST` from a single-issuer ring entered from another
+    /// thread named as such ([`SubmitError::NotTheIssuer`]).
+    ///
+    /// [`SubmitError::NotTheIssuer`]: crate::SubmitError::NotTheIssuer
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn enter_error(&self, e: io::Error) -> io::Error {
+        let params = self.ring.params();
+        if e.raw_os_error() != Some(libc::EEXIST) || !params.is_setup_single_issuer() {
+            return e;
+        }
+        let defer = self.defer_taskrun;
+        let error = crate::SubmitError::NotTheIssuer {
+            setup: if defer {
+                "DEFER_TASKRUN"
+            } else {
+                "SINGLE_ISSUER"
+            },
+            waits: if defer { " or wait on it" } else { "" },
+        };
+        io::Error::new(io::ErrorKind::PermissionDenied, error)
     }
 
     /// [`Uring::wait_for`] in [`WaitMode::Poll`] and [`WaitMode::EventFd`]: submit, then poll

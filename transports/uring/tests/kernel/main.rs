@@ -40,6 +40,7 @@ impl Drop for TempDir {
 
 mod fds;
 mod files;
+mod modes;
 mod queues;
 mod regions;
 mod sockets;
