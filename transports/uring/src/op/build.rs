@@ -239,6 +239,22 @@ pub(crate) fn build<R>(
             *aux = Aux::SockAddr(sa);
             fd!(fd, |f| opcode::Connect::new(f, ptr, len).build())
         }
+        Op::Socket {
+            domain,
+            ty,
+            protocol,
+        } => out(opcode::Socket::new(*domain, *ty | libc::SOCK_CLOEXEC, *protocol).build()),
+        Op::Bind { fd, addr } => {
+            let sa = sockaddr(addr);
+            let (ptr, len) = (
+                (&sa.0 as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
+                sa.1,
+            );
+            *aux = Aux::SockAddr(sa);
+            fd!(fd, |f| opcode::Bind::new(f, ptr, len).build())
+        }
+        Op::Listen { fd, backlog } => fd!(fd, |f| opcode::Listen::new(f, *backlog).build()),
+        Op::Shutdown { fd, how } => fd!(fd, |f| opcode::Shutdown::new(f, *how).build()),
         Op::Timeout { after, count } => {
             let ts = timespec(*after);
             let ptr: *const types::Timespec = &*ts;
@@ -298,7 +314,7 @@ pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
             h => h,
         }),
         Op::WriteFixed { buf, .. } => Output::Fixed(buf),
-        Op::Accept { .. } | Op::OpenAt { .. } if res >= 0 => {
+        Op::Accept { .. } | Op::OpenAt { .. } | Op::Socket { .. } if res >= 0 => {
             // SAFETY: the kernel installed descriptor `res` in this process for this operation
             // and nothing else knows of it: it is this completion's to own.
             Output::Fd(unsafe { OwnedFd::from_raw_fd(res) })

@@ -239,6 +239,38 @@ pub enum Op {
         /// `FALLOC_FL_*` flags.
         mode: i32,
     },
+    /// `socket(domain, ty | SOCK_CLOEXEC, protocol)`: the new socket comes back owned, in
+    /// [`Output::Fd`] (Linux 5.19).
+    Socket {
+        /// `AF_INET`, `AF_INET6`, `AF_UNIX`, ...
+        domain: i32,
+        /// `SOCK_STREAM`, `SOCK_DGRAM`, ... (`SOCK_CLOEXEC` is added).
+        ty: i32,
+        /// Usually 0.
+        protocol: i32,
+    },
+    /// `bind` to `addr` (Linux 6.11).
+    Bind {
+        /// Socket.
+        fd: Target,
+        /// Local address.
+        addr: SocketAddr,
+    },
+    /// `listen` with `backlog` (Linux 6.11).
+    Listen {
+        /// Socket.
+        fd: Target,
+        /// Pending connections the kernel queues.
+        backlog: i32,
+    },
+    /// `shutdown` of one or both directions (`libc::SHUT_RD`, `SHUT_WR`, `SHUT_RDWR`; Linux
+    /// 5.11).
+    Shutdown {
+        /// Socket.
+        fd: Target,
+        /// Which directions.
+        how: i32,
+    },
     /// Posts a completion into another ring (`IORING_OP_MSG_RING`): a kernel-mediated doorbell.
     /// The target ring reaps a [`Output::Message`] completion with `token` and `result`.
     MsgRing {
@@ -277,6 +309,10 @@ impl Op {
             Op::Poll { .. } => "poll",
             Op::MsgRing { .. } => "msg_ring",
             Op::Fallocate { .. } => "fallocate",
+            Op::Socket { .. } => "socket",
+            Op::Bind { .. } => "bind",
+            Op::Listen { .. } => "listen",
+            Op::Shutdown { .. } => "shutdown",
         }
     }
 
@@ -305,6 +341,10 @@ impl Op {
             Op::Poll { .. } => opcode::PollAdd::CODE,
             Op::MsgRing { .. } => opcode::MsgRingData::CODE,
             Op::Fallocate { .. } => opcode::Fallocate::CODE,
+            Op::Socket { .. } => opcode::Socket::CODE,
+            Op::Bind { .. } => opcode::Bind::CODE,
+            Op::Listen { .. } => opcode::Listen::CODE,
+            Op::Shutdown { .. } => opcode::Shutdown::CODE,
         }
     }
 }
@@ -367,8 +407,8 @@ pub enum Output {
     Statx(Box<libc::statx>),
     /// A message posted by another ring with [`Op::MsgRing`].
     Message,
-    /// The descriptor an `accept` or `openat` made, owned by the caller now (closed if
-    /// dropped).
+    /// The descriptor an `accept`, `openat` or `socket` made, owned by the caller now (closed
+    /// if dropped).
     Fd(OwnedFd),
 }
 

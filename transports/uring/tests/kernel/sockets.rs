@@ -64,3 +64,135 @@ fn sockets_on_loopback() {
     assert_eq!(*done[0].result.as_ref().unwrap() as usize, msg.len());
     assert_eq!(buf(&done[1].output), &msg[..]);
 }
+
+/// The whole socket path through the ring: `socket`, `bind`, `listen`, `accept`, then a
+/// client's bytes received and `shutdown` seen as end of stream. Every opcode is probed first:
+/// a kernel without one is refused with `SubmitError::Unsupported` naming it.
+#[test]
+fn a_listener_made_bound_and_shut_down_through_the_ring() {
+    let mut ring = Uring::builder().build().unwrap();
+    let done = run(
+        &mut ring,
+        vec![sub(
+            1,
+            Op::Socket {
+                domain: libc::AF_INET,
+                ty: libc::SOCK_STREAM,
+                protocol: 0,
+            },
+        )],
+    );
+    let Some(Output::Fd(listener)) = done.into_iter().next().map(|c| c.output) else {
+        panic!("socket returns its descriptor owned");
+    };
+    // SAFETY: F_GETFD on a descriptor we own.
+    let fd_flags = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_GETFD) };
+    assert_eq!(
+        fd_flags & libc::FD_CLOEXEC,
+        libc::FD_CLOEXEC,
+        "close-on-exec"
+    );
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let done = run(
+        &mut ring,
+        vec![
+            sub(
+                2,
+                Op::Bind {
+                    fd: target(&listener),
+                    addr: any,
+                },
+            ),
+            sub(
+                3,
+                Op::Listen {
+                    fd: target(&listener),
+                    backlog: 8,
+                },
+            ),
+        ],
+    );
+    for c in &done {
+        assert!(c.result.is_ok(), "token {}: {:?}", c.token, c.result);
+    }
+    let addr = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrIn>(listener.as_raw_fd())
+        .unwrap();
+    let addr = std::net::SocketAddr::from(std::net::SocketAddrV4::from(addr));
+    assert_ne!(addr.port(), 0, "bound to a port the kernel chose");
+
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    let done = run(
+        &mut ring,
+        vec![sub(
+            4,
+            Op::Accept {
+                fd: target(&listener),
+            },
+        )],
+    );
+    let Some(Output::Fd(accepted)) = done.into_iter().next().map(|c| c.output) else {
+        panic!("accept returns its descriptor owned");
+    };
+    std::io::Write::write_all(&mut client, b"ring").unwrap();
+    let done = run(
+        &mut ring,
+        vec![sub(
+            5,
+            Op::Recv {
+                fd: target(&accepted),
+                buf: vec![0; 16],
+                flags: 0,
+            },
+        )],
+    );
+    match &done[0].output {
+        Output::Buf(b) => assert_eq!(b, b"ring"),
+        other => panic!("a buffer back, got {other:?}"),
+    }
+    // Shutting the accepted end's writing side down: the client reads end of stream.
+    let done = run(
+        &mut ring,
+        vec![sub(
+            6,
+            Op::Shutdown {
+                fd: target(&accepted),
+                how: libc::SHUT_WR,
+            },
+        )],
+    );
+    assert!(done[0].result.is_ok(), "{:?}", done[0].result);
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut client, &mut byte).unwrap(), 0);
+
+    // A bind to an address in use fails as bind(2) does, named.
+    let again = run(
+        &mut ring,
+        vec![sub(
+            7,
+            Op::Socket {
+                domain: libc::AF_INET,
+                ty: libc::SOCK_STREAM,
+                protocol: 0,
+            },
+        )],
+    );
+    let Some(Output::Fd(second)) = again.into_iter().next().map(|c| c.output) else {
+        panic!("socket returns its descriptor owned");
+    };
+    let done = run(
+        &mut ring,
+        vec![sub(
+            8,
+            Op::Bind {
+                fd: target(&second),
+                addr,
+            },
+        )],
+    );
+    let err = done[0].result.as_ref().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    assert_eq!(op_error(err), ("bind", 8));
+}
