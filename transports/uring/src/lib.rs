@@ -81,7 +81,17 @@ const LIGHT_TOKEN_MASK: u64 = (1 << LIGHT_TOKEN_BITS) - 1;
 
 /// Operations that own no memory the kernel touches, by kind number in `user_data` (`msg_ring`
 /// no longer is: it holds the target ring's descriptor; its number stays reserved).
-const LIGHT_OPS: [&str; 6] = ["nop", "fsync", "close", "msg_ring", "cancel", "fallocate"];
+const LIGHT_OPS: [&str; 9] = [
+    "nop",
+    "fsync",
+    "close",
+    "msg_ring",
+    "cancel",
+    "fallocate",
+    "cancel_fd",
+    "cancel_all",
+    "timeout_remove",
+];
 
 /// An operation's light kind, if it is light: it owns nothing the kernel uses after the push.
 /// One that targets a shared descriptor is not: it holds the descriptor until its completion.
@@ -97,6 +107,12 @@ fn light_kind(op: &Op) -> Option<u64> {
             fd: CloseTarget::Fixed(_),
         } => Some(2),
         Op::Cancel { .. } => Some(4),
+        Op::CancelFd {
+            fd: Target::Fixed(_),
+            ..
+        } => Some(6),
+        Op::CancelAll => Some(7),
+        Op::TimeoutRemove { .. } => Some(8),
         Op::Fallocate {
             fd: Target::Fixed(_),
             ..

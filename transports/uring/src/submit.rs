@@ -30,6 +30,10 @@ impl Uring {
             | Op::Accept { fd }
             | Op::Connect { fd, .. }
             | Op::Poll { fd, .. }
+            | Op::CancelFd { fd, .. }
+            | Op::Bind { fd, .. }
+            | Op::Listen { fd, .. }
+            | Op::Shutdown { fd, .. }
             | Op::Fallocate { fd, .. } => match fd {
                 Target::Fixed(i) => Some(*i),
                 Target::Fd(_) => None,
@@ -50,7 +54,9 @@ impl Uring {
             Op::MsgRing { token, .. } if token & (OWNED | LIGHT) != 0 => {
                 return Err(SubmitError::TokenBits { token: *token }.into());
             }
-            Op::Cancel { token } => fin.cancel_target = self.cancel_target(*token)?,
+            Op::Cancel { token }
+            | Op::TimeoutRemove { token }
+            | Op::TimeoutUpdate { token, .. } => fin.cancel_target = self.cancel_target(*token)?,
             _ => {}
         }
         fin.flags = match sub.link {

@@ -268,6 +268,27 @@ pub(crate) fn build<R>(
             out(opcode::LinkTimeout::new(ptr).build())
         }
         Op::Cancel { .. } => out(opcode::AsyncCancel::new(fin.cancel_target).build()),
+        Op::CancelFd { fd, all } => {
+            let which = |b: types::CancelBuilder| if *all { b.all() } else { b };
+            match fd {
+                Target::Fd(fd) => out(opcode::AsyncCancel2::new(which(types::CancelBuilder::fd(
+                    types::Fd(fd.raw()),
+                )))
+                .build()),
+                Target::Fixed(i) => out(opcode::AsyncCancel2::new(which(
+                    types::CancelBuilder::fd(types::Fixed(*i)),
+                ))
+                .build()),
+            }
+        }
+        Op::CancelAll => out(opcode::AsyncCancel2::new(types::CancelBuilder::any()).build()),
+        Op::TimeoutRemove { .. } => out(opcode::TimeoutRemove::new(fin.cancel_target).build()),
+        Op::TimeoutUpdate { after, .. } => {
+            let ts = timespec(*after);
+            let ptr: *const types::Timespec = &*ts;
+            *aux = Aux::Timespec(ts);
+            out(opcode::TimeoutUpdate::new(fin.cancel_target, ptr).build())
+        }
         Op::Poll { fd, events } => fd!(fd, |f| opcode::PollAdd::new(f, *events).build()),
         Op::Fallocate {
             fd,

@@ -220,6 +220,32 @@ pub enum Op {
         /// Token of the operation to cancel.
         token: u64,
     },
+    /// Cancels the operations in flight on `fd` (`IORING_ASYNC_CANCEL_FD`): the first one found,
+    /// or every one with `all` (then completes with how many; Linux 5.19). Fails with `ENOENT`
+    /// if none was found.
+    CancelFd {
+        /// The descriptor whose operations to cancel.
+        fd: Target,
+        /// Every operation on it, not only the first.
+        all: bool,
+    },
+    /// Cancels every operation of this ring in flight (`IORING_ASYNC_CANCEL_ANY`): completes
+    /// with how many (Linux 5.19). Fails with `ENOENT` if there were none.
+    CancelAll,
+    /// Removes the pending [`Op::Timeout`] submitted with `token`: it completes with
+    /// `ECANCELED`, this with 0.
+    TimeoutRemove {
+        /// Token of the timeout.
+        token: u64,
+    },
+    /// Re-arms the pending [`Op::Timeout`] submitted with `token` to fire `after` from now
+    /// (Linux 5.11).
+    TimeoutUpdate {
+        /// Token of the timeout.
+        token: u64,
+        /// The new delay.
+        after: Duration,
+    },
     /// Waits until `fd` is ready for `events` (`POLLIN`, ...): completes with the ready mask.
     Poll {
         /// Descriptor.
@@ -309,6 +335,10 @@ impl Op {
             Op::Poll { .. } => "poll",
             Op::MsgRing { .. } => "msg_ring",
             Op::Fallocate { .. } => "fallocate",
+            Op::CancelFd { .. } => "cancel_fd",
+            Op::CancelAll => "cancel_all",
+            Op::TimeoutRemove { .. } => "timeout_remove",
+            Op::TimeoutUpdate { .. } => "timeout_update",
             Op::Socket { .. } => "socket",
             Op::Bind { .. } => "bind",
             Op::Listen { .. } => "listen",
@@ -341,6 +371,9 @@ impl Op {
             Op::Poll { .. } => opcode::PollAdd::CODE,
             Op::MsgRing { .. } => opcode::MsgRingData::CODE,
             Op::Fallocate { .. } => opcode::Fallocate::CODE,
+            Op::CancelFd { .. } | Op::CancelAll => opcode::AsyncCancel2::CODE,
+            Op::TimeoutRemove { .. } => opcode::TimeoutRemove::CODE,
+            Op::TimeoutUpdate { .. } => opcode::TimeoutUpdate::CODE,
             Op::Socket { .. } => opcode::Socket::CODE,
             Op::Bind { .. } => opcode::Bind::CODE,
             Op::Listen { .. } => opcode::Listen::CODE,

@@ -38,6 +38,7 @@ impl Drop for TempDir {
     }
 }
 
+mod cancel;
 mod fds;
 mod files;
 mod modes;

@@ -114,48 +114,6 @@ fn linked_chain_runs_in_order() {
 }
 
 #[test]
-fn cancellation() {
-    let mut ring = Uring::builder().build().unwrap();
-    let (rx, _tx) = pipe();
-    ring.push(sub(
-        10,
-        Op::Poll {
-            fd: target(&rx),
-            events: libc::POLLIN as u32,
-        },
-    ))
-    .unwrap();
-    ring.submit().unwrap();
-    ring.push(sub(11, Op::Cancel { token: 10 })).unwrap();
-    ring.submit().unwrap();
-    // Both the cancel and its target complete, each on its own.
-    let mut done = Vec::new();
-    while done.len() < 2 {
-        ring.wait(LIMIT).unwrap();
-        ring.reap_into(&mut done, 2).unwrap();
-    }
-    done.sort_by_key(|c| c.token);
-    assert!(
-        matches!(done[1].result, Ok(0)),
-        "cancel found its target: {:?}",
-        done[1].result
-    );
-    let e = done[0].result.as_ref().unwrap_err();
-    assert_eq!(op_error(e), ("poll", 10), "{e}");
-    assert_eq!(ring.in_flight(), 0);
-    // Nothing to cancel: refused at push, with a reason.
-    let r = ring.push(sub(12, Op::Cancel { token: 999 })).unwrap_err();
-    assert!(
-        matches!(
-            SubmitError::of(&r.error),
-            Some(SubmitError::NotInFlight { token: 999 })
-        ),
-        "{}",
-        r.error
-    );
-}
-
-#[test]
 fn sqpoll_skips_the_doorbell_while_the_kernel_polls() {
     let mut ring = Uring::builder().sqpoll(2000).build().unwrap();
     assert!(ring.is_sqpoll());
