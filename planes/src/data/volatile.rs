@@ -440,15 +440,18 @@ mod tests {
             .iter()
             .zip(&expect[12..])
             .all(|(a, e)| *a == e.wrapping_add(1)));
-        let words = v.fold_words_le(0u64, u64::wrapping_add);
-        let mut all = vec![0u8; 10_000];
-        v.copy_to(&mut all);
-        let expect_words = all.chunks(8).fold(0u64, |s, c| {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            s.wrapping_add(u64::from_le_bytes(w))
-        });
-        assert_eq!(words, expect_words);
+        // The sum of a view's little-endian words, the last one padded with zeros, computed
+        // from a private copy.
+        let word_sum = |view: SharedBytes<'_>| {
+            let mut bytes = vec![0u8; view.len()];
+            view.copy_to(&mut bytes);
+            bytes.chunks(8).fold(0u64, |s, c| {
+                let mut w = [0u8; 8];
+                w[..c.len()].copy_from_slice(c);
+                s.wrapping_add(u64::from_le_bytes(w))
+            })
+        };
+        assert_eq!(v.fold_words_le(0u64, u64::wrapping_add), word_sum(v));
         assert_eq!(
             v.get(3..1003).unwrap().fold_words_le(0u64, |n, _| n + 1),
             125
@@ -456,14 +459,7 @@ mod tests {
         // A view that ends mid-word, past a chunk boundary, at an unaligned start: the last
         // word is padded with zeros.
         let odd = v.get(5..1030).unwrap();
-        let mut bytes = vec![0u8; 1025];
-        odd.copy_to(&mut bytes);
-        let expect_odd = bytes.chunks(8).fold(0u64, |s, c| {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            s.wrapping_add(u64::from_le_bytes(w))
-        });
-        assert_eq!(odd.fold_words_le(0u64, u64::wrapping_add), expect_odd);
+        assert_eq!(odd.fold_words_le(0u64, u64::wrapping_add), word_sum(odd));
         assert_eq!(odd.fold_words_le(0u64, |n, _| n + 1), 129);
         assert_eq!(v.copy_from(&[7u8; 3]), 3);
         assert_eq!(v.read_u8(2), Some(7));

@@ -71,20 +71,7 @@ fn sockets_on_loopback() {
 #[test]
 fn a_listener_made_bound_and_shut_down_through_the_ring() {
     let mut ring = Uring::builder().build().unwrap();
-    let done = run(
-        &mut ring,
-        vec![sub(
-            1,
-            Op::Socket {
-                domain: libc::AF_INET,
-                ty: libc::SOCK_STREAM,
-                protocol: 0,
-            },
-        )],
-    );
-    let Some(Output::Fd(listener)) = done.into_iter().next().map(|c| c.output) else {
-        panic!("socket returns its descriptor owned");
-    };
+    let listener = tcp_socket(&mut ring, 1);
     // SAFETY: F_GETFD on a descriptor we own.
     let fd_flags = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_GETFD) };
     assert_eq!(
@@ -168,20 +155,7 @@ fn a_listener_made_bound_and_shut_down_through_the_ring() {
     assert_eq!(std::io::Read::read(&mut client, &mut byte).unwrap(), 0);
 
     // A bind to an address in use fails as bind(2) does, named.
-    let again = run(
-        &mut ring,
-        vec![sub(
-            7,
-            Op::Socket {
-                domain: libc::AF_INET,
-                ty: libc::SOCK_STREAM,
-                protocol: 0,
-            },
-        )],
-    );
-    let Some(Output::Fd(second)) = again.into_iter().next().map(|c| c.output) else {
-        panic!("socket returns its descriptor owned");
-    };
+    let second = tcp_socket(&mut ring, 7);
     let done = run(
         &mut ring,
         vec![sub(
@@ -195,4 +169,23 @@ fn a_listener_made_bound_and_shut_down_through_the_ring() {
     let err = done[0].result.as_ref().unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
     assert_eq!(op_error(err), ("bind", 8));
+}
+
+/// A TCP/IPv4 socket made by the ring's `socket` operation (submitted with `token`).
+fn tcp_socket(ring: &mut Uring, token: u64) -> OwnedFd {
+    let done = run(
+        ring,
+        vec![sub(
+            token,
+            Op::Socket {
+                domain: libc::AF_INET,
+                ty: libc::SOCK_STREAM,
+                protocol: 0,
+            },
+        )],
+    );
+    match done.into_iter().next().map(|c| c.output) {
+        Some(Output::Fd(fd)) => fd,
+        other => panic!("socket returns its descriptor owned, got {other:?}"),
+    }
 }
