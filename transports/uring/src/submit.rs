@@ -27,6 +27,8 @@ impl Uring {
             | Op::Fsync { fd, .. }
             | Op::Send { fd, .. }
             | Op::Recv { fd, .. }
+            | Op::SendMsg { fd, .. }
+            | Op::RecvMsg { fd, .. }
             | Op::Accept { fd }
             | Op::Connect { fd, .. }
             | Op::Poll { fd, .. }

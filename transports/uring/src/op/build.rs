@@ -14,6 +14,62 @@ pub(crate) enum Aux {
     Timespec(Box<types::Timespec>),
     Statx(Box<libc::statx>),
     SockAddr(Box<(libc::sockaddr_storage, libc::socklen_t)>),
+    Msg(Box<MsgHdr>),
+}
+
+/// A `msghdr` and everything it points to, kept together until the completion: the kernel
+/// writes the sender's address and the flags back into it when a `recvmsg` completes.
+#[derive(Debug)]
+pub(crate) struct MsgHdr {
+    hdr: libc::msghdr,
+    iov: Vec<libc::iovec>,
+    name: libc::sockaddr_storage,
+}
+
+/// A boxed `msghdr` over `bufs`, naming `to` (send), or with room for the sender (receive).
+fn msghdr(bufs: &mut [Vec<u8>], to: Option<&SocketAddr>, receive: bool) -> Box<MsgHdr> {
+    // SAFETY: `msghdr` and `sockaddr_storage` are plain old data; all zeroes is a valid value.
+    let mut m = Box::new(unsafe {
+        MsgHdr {
+            hdr: std::mem::zeroed(),
+            iov: iovecs(bufs),
+            name: std::mem::zeroed(),
+        }
+    });
+    // The pointers target the box's own fields and the vector's heap buffer: moving the box
+    // (into `Aux`) moves neither.
+    m.hdr.msg_iov = m.iov.as_mut_ptr();
+    m.hdr.msg_iovlen = m.iov.len();
+    if let Some(addr) = to {
+        let sa = sockaddr(addr);
+        m.name = sa.0;
+        m.hdr.msg_namelen = sa.1;
+    } else if receive {
+        m.hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    }
+    if to.is_some() || receive {
+        m.hdr.msg_name = (&mut m.name as *mut libc::sockaddr_storage).cast();
+    }
+    m
+}
+
+/// The IPv4 or IPv6 address the kernel wrote into a received `msghdr`.
+fn sender(m: &MsgHdr) -> Option<SocketAddr> {
+    use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+    let len = m
+        .hdr
+        .msg_namelen
+        .min(std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t);
+    // SAFETY: `name` holds `len` bytes of a socket address the kernel wrote (bounded by the
+    // storage's size).
+    let addr = unsafe {
+        SockaddrStorage::from_raw((&m.name as *const libc::sockaddr_storage).cast(), Some(len))
+    }?;
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 // SAFETY: the iovecs point into the `Op`'s own buffers, which travel with them; nothing here is
@@ -223,6 +279,27 @@ pub(crate) fn build<R>(
             .flags(*flags)
             .build())
         }
+        Op::SendMsg {
+            fd,
+            bufs,
+            to,
+            flags,
+        } => {
+            let m = msghdr(bufs, to.as_ref(), false);
+            let ptr: *const libc::msghdr = &m.hdr;
+            *aux = Aux::Msg(m);
+            fd!(fd, |f| opcode::SendMsg::new(f, ptr)
+                .flags(*flags as u32)
+                .build())
+        }
+        Op::RecvMsg { fd, bufs, flags } => {
+            let mut m = msghdr(bufs, None, true);
+            let ptr: *mut libc::msghdr = &mut m.hdr;
+            *aux = Aux::Msg(m);
+            fd!(fd, |f| opcode::RecvMsg::new(f, ptr)
+                .flags(*flags as u32)
+                .build())
+        }
         Op::Accept { fd } => fd!(fd, |f| opcode::Accept::new(
             f,
             std::ptr::null_mut(),
@@ -317,6 +394,20 @@ pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
             Output::Buf(buf)
         }
         Op::Write { buf, .. } | Op::Send { buf, .. } => Output::Buf(buf),
+        Op::SendMsg { bufs, .. } => Output::Bufs(bufs),
+        Op::RecvMsg { mut bufs, .. } => {
+            let mut left = n;
+            for b in &mut bufs {
+                let take = b.len().min(left);
+                b.truncate(take);
+                left -= take;
+            }
+            let (from, flags) = match &aux {
+                Aux::Msg(m) if res >= 0 => (sender(m), m.hdr.msg_flags),
+                _ => (None, 0),
+            };
+            Output::Msg { bufs, from, flags }
+        }
         Op::Readv { mut bufs, .. } => {
             let mut left = n;
             for b in &mut bufs {

@@ -185,6 +185,29 @@ pub enum Op {
         /// `MSG_*` flags.
         flags: i32,
     },
+    /// `sendmsg` of `bufs` (gathered), to `to` on an unconnected socket; the buffers come back
+    /// in [`Output::Bufs`].
+    SendMsg {
+        /// Socket.
+        fd: Target,
+        /// Bytes, in order.
+        bufs: Vec<Vec<u8>>,
+        /// Destination (`None` on a connected socket).
+        to: Option<SocketAddr>,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
+    /// `recvmsg` into `bufs` (scattered, up to their lengths): comes back as [`Output::Msg`],
+    /// the buffers truncated to the bytes received, with the sender's address and the
+    /// message flags (`MSG_TRUNC` if the datagram did not fit).
+    RecvMsg {
+        /// Socket.
+        fd: Target,
+        /// Destinations, in order.
+        bufs: Vec<Vec<u8>>,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
     /// `accept4` (with `SOCK_CLOEXEC`): the new descriptor comes back owned, in
     /// [`Output::Fd`].
     Accept {
@@ -327,6 +350,8 @@ impl Op {
             Op::Statx { .. } => "statx",
             Op::Send { .. } => "send",
             Op::Recv { .. } => "recv",
+            Op::SendMsg { .. } => "sendmsg",
+            Op::RecvMsg { .. } => "recvmsg",
             Op::Accept { .. } => "accept",
             Op::Connect { .. } => "connect",
             Op::Timeout { .. } => "timeout",
@@ -363,6 +388,8 @@ impl Op {
             Op::Statx { .. } => opcode::Statx::CODE,
             Op::Send { .. } => opcode::Send::CODE,
             Op::Recv { .. } => opcode::Recv::CODE,
+            Op::SendMsg { .. } => opcode::SendMsg::CODE,
+            Op::RecvMsg { .. } => opcode::RecvMsg::CODE,
             Op::Accept { .. } => opcode::Accept::CODE,
             Op::Connect { .. } => opcode::Connect::CODE,
             Op::Timeout { .. } => opcode::Timeout::CODE,
@@ -443,6 +470,15 @@ pub enum Output {
     /// The descriptor an `accept`, `openat` or `socket` made, owned by the caller now (closed
     /// if dropped).
     Fd(OwnedFd),
+    /// What a `recvmsg` received.
+    Msg {
+        /// The buffers, truncated to the bytes received.
+        bufs: Vec<Vec<u8>>,
+        /// The sender, if the socket reports one (an IPv4 or IPv6 address).
+        from: Option<SocketAddr>,
+        /// The message flags (`MSG_TRUNC`, ...).
+        flags: i32,
+    },
 }
 
 mod build;

@@ -189,3 +189,73 @@ fn tcp_socket(ring: &mut Uring, token: u64) -> OwnedFd {
         other => panic!("socket returns its descriptor owned, got {other:?}"),
     }
 }
+
+/// `sendmsg` gathering two buffers to an unconnected UDP socket's peer, `recvmsg` scattering
+/// the datagram into two, with the sender's address; a datagram larger than the buffers comes
+/// back truncated with `MSG_TRUNC`.
+#[test]
+fn sendmsg_and_recvmsg_over_udp() {
+    let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    let mut ring = Uring::builder().build().unwrap();
+    let done = run(
+        &mut ring,
+        vec![
+            sub(
+                1,
+                Op::SendMsg {
+                    fd: target(&a),
+                    bufs: vec![b"hello ".to_vec(), b"world".to_vec()],
+                    to: Some(b_addr),
+                    flags: 0,
+                },
+            ),
+            sub(
+                2,
+                Op::RecvMsg {
+                    fd: target(&b),
+                    bufs: vec![vec![0; 4], vec![0; 64]],
+                    flags: 0,
+                },
+            ),
+        ],
+    );
+    let mut done = done;
+    done.sort_by_key(|c| c.token);
+    assert_eq!(*done[0].result.as_ref().unwrap(), 11);
+    match &done[0].output {
+        Output::Bufs(bufs) => assert_eq!(bufs.concat(), b"hello world"),
+        other => panic!("the sent buffers back, got {other:?}"),
+    }
+    assert_eq!(*done[1].result.as_ref().unwrap(), 11);
+    match &done[1].output {
+        Output::Msg { bufs, from, flags } => {
+            assert_eq!(bufs[0], b"hell");
+            assert_eq!(bufs[1], b"o world");
+            assert_eq!(*from, Some(a_addr));
+            assert_eq!(flags & libc::MSG_TRUNC, 0);
+        }
+        other => panic!("a received message, got {other:?}"),
+    }
+
+    a.send_to(&[7u8; 100], b_addr).unwrap();
+    let done = run(
+        &mut ring,
+        vec![sub(
+            3,
+            Op::RecvMsg {
+                fd: target(&b),
+                bufs: vec![vec![0; 10]],
+                flags: 0,
+            },
+        )],
+    );
+    match &done[0].output {
+        Output::Msg { bufs, flags, .. } => {
+            assert_eq!(bufs[0], [7u8; 10]);
+            assert_eq!(flags & libc::MSG_TRUNC, libc::MSG_TRUNC, "truncated");
+        }
+        other => panic!("a received message, got {other:?}"),
+    }
+}
