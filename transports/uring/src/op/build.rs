@@ -285,7 +285,7 @@ pub(crate) fn build<R>(
             to,
             flags,
         } => {
-            let m = msghdr(bufs, to.as_ref(), false);
+            let m = msghdr(bufs, to.as_deref(), false);
             let ptr: *const libc::msghdr = &m.hdr;
             *aux = Aux::Msg(m);
             fd!(fd, |f| opcode::SendMsg::new(f, ptr)

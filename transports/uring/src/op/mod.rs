@@ -192,8 +192,9 @@ pub enum Op {
         fd: Target,
         /// Bytes, in order.
         bufs: Vec<Vec<u8>>,
-        /// Destination (`None` on a connected socket).
-        to: Option<SocketAddr>,
+        /// Destination (`None` on a connected socket); boxed, so that this rarely used field
+        /// does not make every operation larger.
+        to: Option<Box<SocketAddr>>,
         /// `MSG_*` flags.
         flags: i32,
     },

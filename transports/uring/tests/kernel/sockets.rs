@@ -207,7 +207,7 @@ fn sendmsg_and_recvmsg_over_udp() {
                 Op::SendMsg {
                     fd: target(&a),
                     bufs: vec![b"hello ".to_vec(), b"world".to_vec()],
-                    to: Some(b_addr),
+                    to: Some(Box::new(b_addr)),
                     flags: 0,
                 },
             ),
