@@ -182,7 +182,6 @@ impl Doorbell for Uring {
         if self.unsubmitted() == 0 {
             return Ok(Rung::Skipped);
         }
-        self.rung_at = self.stats.pushed;
         let sqpoll = self.is_sqpoll();
         let rung = if sqpoll {
             // `need_wakeup` issues the SeqCst fence between publishing the tail and reading the
@@ -200,6 +199,9 @@ impl Doorbell for Uring {
             retry_eintr(|| self.enter(n, 0, IoringEnterFlags::empty()))?;
             Rung::Rang
         };
+        // Only now: an enter the kernel refused (another thread entering a single-issuer ring)
+        // leaves the entries to be submitted again.
+        self.rung_at = self.stats.pushed;
         if rung == Rung::Rang {
             self.stats.enters += 1;
         }

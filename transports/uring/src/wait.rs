@@ -45,13 +45,12 @@ impl Uring {
         // No flush first: the enter below carries GETEVENTS, which makes the kernel flush
         // overflowed completions and run deferred task work before it decides to sleep. It
         // also submits anything pushed since the last doorbell.
-        self.note_enter_submits();
         self.notify.sleeps += 1;
         self.stats.enters += 1;
-        if let Err(e) = self.enter_and_wait(min - have) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e.into());
-            }
+        match self.enter_and_wait(min - have) {
+            Ok(_) => self.note_enter_submits(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
         }
         if self.cq_len() >= min {
             return Ok(());
@@ -60,7 +59,8 @@ impl Uring {
         self.enter_until(min, None, None)
     }
 
-    /// What an enter that submits does to the doorbell's books.
+    /// What an enter that submitted does to the doorbell's books (called once it returned:
+    /// one the kernel refused submitted nothing).
     #[inline(always)]
     fn note_enter_submits(&mut self) {
         if self.unsubmitted() > 0 {
@@ -84,7 +84,6 @@ impl Uring {
             return Ok(());
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        self.note_enter_submits();
         self.enter_until(min, deadline, timeout)
     }
 
@@ -127,10 +126,11 @@ impl Uring {
                 None => self.enter_and_wait(want),
             };
             match entered {
-                Ok(_) => {}
+                // The enter submitted what was pushed since the last doorbell.
+                Ok(_) => self.note_enter_submits(),
                 Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.enter_error(e).into()),
             }
             have = self.cq_len();
         }

@@ -244,9 +244,9 @@ pub enum Op {
         /// Token of the operation to cancel.
         token: u64,
     },
-    /// Cancels the operations in flight on `fd` (`IORING_ASYNC_CANCEL_FD`): the first one found,
-    /// or every one with `all` (then completes with how many; Linux 5.19). Fails with `ENOENT`
-    /// if none was found.
+    /// Cancels the operations in flight on `fd` (`IORING_ASYNC_CANCEL_FD`): the first one found
+    /// (fails with `ENOENT` if there is none), or every one with `all` (then completes with how
+    /// many, 0 if none; Linux 5.19).
     CancelFd {
         /// The descriptor whose operations to cancel.
         fd: Target,
@@ -254,7 +254,7 @@ pub enum Op {
         all: bool,
     },
     /// Cancels every operation of this ring in flight (`IORING_ASYNC_CANCEL_ANY`): completes
-    /// with how many (Linux 5.19). Fails with `ENOENT` if there were none.
+    /// with how many, 0 if none (Linux 5.19).
     CancelAll,
     /// Removes the pending [`Op::Timeout`] submitted with `token`: it completes with
     /// `ECANCELED`, this with 0.
