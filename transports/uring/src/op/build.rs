@@ -102,6 +102,26 @@ fn sockaddr(addr: &SocketAddr) -> Box<(libc::sockaddr_storage, libc::socklen_t)>
     Box::new((storage, len))
 }
 
+/// `addr` as a socket address kept in `aux` until the completion: its pointer and length.
+fn kept_sockaddr(aux: &mut Aux, addr: &SocketAddr) -> (*const libc::sockaddr, libc::socklen_t) {
+    let sa = sockaddr(addr);
+    // Moving the box into `aux` does not move what it points to.
+    let ptr = (&sa.0 as *const libc::sockaddr_storage).cast::<libc::sockaddr>();
+    let len = sa.1;
+    *aux = Aux::SockAddr(sa);
+    (ptr, len)
+}
+
+/// Truncates scattered buffers, in order, to the `n` bytes the kernel filled.
+fn truncate_to(bufs: &mut [Vec<u8>], n: usize) {
+    let mut left = n;
+    for b in bufs {
+        let take = b.len().min(left);
+        b.truncate(take);
+        left -= take;
+    }
+}
+
 fn iovecs(bufs: &mut [Vec<u8>]) -> Vec<libc::iovec> {
     bufs.iter_mut()
         .map(|b| libc::iovec {
@@ -308,12 +328,7 @@ pub(crate) fn build<R>(
         .flags(libc::SOCK_CLOEXEC)
         .build()),
         Op::Connect { fd, addr } => {
-            let sa = sockaddr(addr);
-            let (ptr, len) = (
-                (&sa.0 as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
-                sa.1,
-            );
-            *aux = Aux::SockAddr(sa);
+            let (ptr, len) = kept_sockaddr(aux, addr);
             fd!(fd, |f| opcode::Connect::new(f, ptr, len).build())
         }
         Op::Socket {
@@ -322,12 +337,7 @@ pub(crate) fn build<R>(
             protocol,
         } => out(opcode::Socket::new(*domain, *ty | libc::SOCK_CLOEXEC, *protocol).build()),
         Op::Bind { fd, addr } => {
-            let sa = sockaddr(addr);
-            let (ptr, len) = (
-                (&sa.0 as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
-                sa.1,
-            );
-            *aux = Aux::SockAddr(sa);
+            let (ptr, len) = kept_sockaddr(aux, addr);
             fd!(fd, |f| opcode::Bind::new(f, ptr, len).build())
         }
         Op::Listen { fd, backlog } => fd!(fd, |f| opcode::Listen::new(f, *backlog).build()),
@@ -396,12 +406,7 @@ pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
         Op::Write { buf, .. } | Op::Send { buf, .. } => Output::Buf(buf),
         Op::SendMsg { bufs, .. } => Output::Bufs(bufs),
         Op::RecvMsg { mut bufs, .. } => {
-            let mut left = n;
-            for b in &mut bufs {
-                let take = b.len().min(left);
-                b.truncate(take);
-                left -= take;
-            }
+            truncate_to(&mut bufs, n);
             let (from, flags) = match &aux {
                 Aux::Msg(m) if res >= 0 => (sender(m), m.hdr.msg_flags),
                 _ => (None, 0),
@@ -409,12 +414,7 @@ pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
             Output::Msg { bufs, from, flags }
         }
         Op::Readv { mut bufs, .. } => {
-            let mut left = n;
-            for b in &mut bufs {
-                let take = b.len().min(left);
-                b.truncate(take);
-                left -= take;
-            }
+            truncate_to(&mut bufs, n);
             Output::Bufs(bufs)
         }
         Op::Writev { bufs, .. } => Output::Bufs(bufs),
