@@ -10,6 +10,7 @@
 //! modelled as shared memory between loom threads: the protocol is the same.
 #![cfg(loom)]
 
+mod bufring;
 mod creation;
 mod event_idx;
 mod eventfd;
@@ -21,6 +22,11 @@ mod ring;
 mod sets;
 mod sleep;
 mod virtio;
+
+/// subring-uring's provided-buffer ring producer, the very file, over loom's memory.
+#[path = "../../../transports/uring/src/bufring/tail.rs"]
+#[allow(dead_code)]
+mod pbuf_tail;
 
 use std::sync::Arc;
 

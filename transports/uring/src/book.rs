@@ -24,6 +24,10 @@ pub(crate) struct Book {
     /// Completions reaped that were not for this ring's operations (messages from other
     /// rings, unknown slots): counted in `stats.completed`, never in flight here.
     pub(crate) foreign: u64,
+    /// Completions that left their operation in flight (`IORING_CQE_F_MORE`).
+    pub(crate) continued: u64,
+    /// The registered provided-buffer rings.
+    pub(crate) groups: Vec<bufring::Group>,
     /// This ring's secret part of every seal.
     pub(crate) salt: u32,
     /// Slots taken so far: the changing part of every seal.
@@ -41,6 +45,8 @@ impl Default for Book {
             free: Vec::new(),
             fixed_in_flight: Vec::new(),
             foreign: 0,
+            continued: 0,
+            groups: Vec::new(),
             // A secret per ring, from the process's random hashing keys.
             salt: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) as u32,
             taken: 0,
@@ -105,6 +111,10 @@ impl Book {
         }
         let key = (ud & u64::from(u32::MAX)) as usize;
         let seal = (ud >> 32) as u32 & SEAL_MASK;
+        if cqueue::more(cqe.flags()) {
+            dst.write(self.complete_more(key, seal, ud, res, cqe.flags()));
+            return;
+        }
         let taken = self
             .slots
             .get_mut(key)
@@ -118,15 +128,96 @@ impl Book {
         if region != register::NO_REGION {
             self.release_region(key, region);
         }
-        let result = match res {
+        let mut result = match res {
             0.. => Ok(res as u32),
             _ => failed(&op, token, res),
+        };
+        let output = match op.buf_group() {
+            None => op::output(op, aux, res),
+            Some(group) => self.selected(group, cqe.flags(), res, &mut result),
         };
         dst.write(Completion {
             token,
             result,
-            output: op::output(op, aux, res),
+            output,
+            more: false,
         });
+    }
+
+    /// A completion that leaves its multishot operation armed: the slot stays, and what the
+    /// completion carries (a descriptor, a picked buffer) comes out on its own.
+    #[inline(never)]
+    fn complete_more(
+        &mut self,
+        key: usize,
+        seal: u32,
+        ud: u64,
+        res: i32,
+        flags: u32,
+    ) -> Completion {
+        let Some(slot) = self
+            .slots
+            .get(key)
+            .filter(|s| s.seal == seal && s.op.is_some())
+        else {
+            return self.unknown_slot(ud, key);
+        };
+        let token = slot.token;
+        let op = slot.op.as_ref().expect("checked above");
+        let mut result = match res {
+            0.. => Ok(res as u32),
+            _ => failed(op, token, res),
+        };
+        let output = match op {
+            Op::AcceptMulti { .. } if res >= 0 => {
+                // SAFETY: the kernel installed descriptor `res` in this process for this
+                // completion of the accept and nothing else knows of it.
+                Output::Fd(unsafe { std::os::fd::FromRawFd::from_raw_fd(res) })
+            }
+            _ => match op.buf_group() {
+                Some(group) => self.selected(group, flags, res, &mut result),
+                None => Output::None,
+            },
+        };
+        self.continued += 1;
+        Completion {
+            token,
+            result,
+            output,
+            more: true,
+        }
+    }
+
+    /// The buffer a completion of an operation on `group` names, taken back from the kernel;
+    /// a refused buffer id turns `result` into the error saying why.
+    fn selected(
+        &mut self,
+        group: BufGroup,
+        flags: u32,
+        res: i32,
+        result: &mut io::Result<u32>,
+    ) -> Output {
+        let picked = match self.groups.iter_mut().find(|g| g.id == group.id()) {
+            Some(g) => g.pick(flags, res),
+            // Unregistered while the operation was in flight: refused at unregistration, so
+            // only a forged completion gets here.
+            None if cqueue::buffer_select(flags).is_some() => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "completion names a buffer of group {}, which is not registered",
+                    group.id()
+                ),
+            )),
+            None => Ok(None),
+        };
+        match picked {
+            Ok(Some(buf)) => Output::Selected(buf),
+            Ok(None) => Output::None,
+            Err(e) => {
+                *result = Err(e);
+                Output::None
+            }
+        }
     }
 
     /// A fixed operation on the region under key `region` completed.
@@ -159,6 +250,7 @@ impl Book {
                     Ok(res as u32)
                 },
                 output: Output::None,
+                more: false,
             };
         }
         self.foreign += 1;
@@ -170,6 +262,7 @@ impl Book {
                 Ok(res as u32)
             },
             output: Output::Message,
+            more: false,
         }
     }
 
@@ -185,6 +278,7 @@ impl Book {
                 format!("completion for unknown operation slot {key}"),
             )),
             output: Output::None,
+            more: false,
         }
     }
 }

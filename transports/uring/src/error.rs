@@ -68,6 +68,12 @@ pub enum SubmitError {
         /// The token.
         token: u64,
     },
+    /// An operation naming a buffer group that no buffer ring is registered as.
+    #[error("no buffer ring is registered as group {group}")]
+    NoBufGroup {
+        /// The group id.
+        group: u16,
+    },
     /// A cancel naming no operation in flight.
     #[error("no operation with token {token} is in flight")]
     NotInFlight {

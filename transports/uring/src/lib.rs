@@ -35,6 +35,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod book;
+mod bufring;
 mod builder;
 mod error;
 mod fd;
@@ -60,6 +61,7 @@ use subring_planes::data::{BufHandle, Region};
 use subring_planes::interrupt::{EventFdSignal, NotifyStats, Signal, WakeWord};
 use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
 
+pub use bufring::{BufGroup, BufRingError, BufRingOptions, BufRingStats, MAX_BUF_RING_ENTRIES};
 pub use builder::UringBuilder;
 pub use error::{NothingInFlight, SubmitError};
 pub use fd::{CloseTarget, FdOwner, SharedFd};
@@ -156,6 +158,10 @@ pub struct UringStats {
     pub pushed: u64,
     /// Completions reaped.
     pub completed: u64,
+    /// Completions that left their operation in flight: those of a multishot operation that
+    /// stays armed ([`Completion::more`]). Operations finished are `completed - continued -
+    /// foreign`.
+    pub continued: u64,
     /// Times a CQ overflow (or deferred task work) had to be flushed with an extra enter.
     pub flushes: u64,
     /// Doorbells rung and skipped.
@@ -192,8 +198,13 @@ pub struct Completion {
     /// The kernel's result: bytes transferred, a new descriptor, a poll mask, ... The error is an
     /// [`OpError`] inside an [`io::Error`] of the same kind.
     pub result: io::Result<u32>,
-    /// The resources the operation owned.
+    /// The resources the operation owned, or what this completion of a multishot operation
+    /// carries (a descriptor, a picked buffer).
     pub output: Output,
+    /// The operation stays in flight and more completions with its token will follow
+    /// (`IORING_CQE_F_MORE`: a multishot operation still armed). `false` on the last
+    /// completion of every operation, and on the only one of most.
+    pub more: bool,
 }
 
 /// An io_uring instance with typed, owning operations, speaking the planes' queue-pair traits.
@@ -289,7 +300,8 @@ impl Uring {
 
     /// Operations submitted (or queued) whose completion has not been reaped.
     pub fn in_flight(&self) -> usize {
-        (self.stats.pushed - (self.stats.completed - self.book.foreign)) as usize
+        (self.stats.pushed - (self.stats.completed - self.book.foreign - self.book.continued))
+            as usize
     }
 
     /// Entries pushed since the doorbell was last rung.
@@ -301,6 +313,7 @@ impl Uring {
     pub fn stats(&self) -> UringStats {
         UringStats {
             foreign: self.book.foreign,
+            continued: self.book.continued,
             ..self.stats
         }
     }
@@ -311,9 +324,32 @@ impl Drop for Uring {
     /// (bounded) for their completions before freeing anything. Whatever the kernel has still
     /// not completed after that is leaked, never freed under it.
     fn drop(&mut self) {
-        if self.in_flight() == 0 {
+        if self.in_flight() > 0 {
+            self.cancel_and_drain();
+        }
+        if self.in_flight() > 0 {
+            for slot in self.book.slots.drain(..) {
+                if slot.op.is_some() {
+                    std::mem::forget(slot);
+                }
+            }
+            // The kernel may still pick buffers from the rings and write them: their memory
+            // and pools are leaked with the operations.
+            std::mem::forget(std::mem::take(&mut self.book.groups));
             return;
         }
+        // Nothing in flight can pick a buffer any more: every buffer still posted comes back.
+        for mut group in std::mem::take(&mut self.book.groups) {
+            let _ = self.ring.submitter().unregister_buf_ring(group.id);
+            group.reclaim_all();
+        }
+    }
+}
+
+impl Uring {
+    /// Cancels every operation in flight and reaps completions until none is left, for at most
+    /// 10 s.
+    fn cancel_and_drain(&mut self) {
         let cancel = io_uring::opcode::AsyncCancel2::new(types::CancelBuilder::any())
             .build()
             .user_data(0);
@@ -330,13 +366,6 @@ impl Drop for Uring {
                 if cqe.user_data() & (OWNED | LIGHT) != 0 {
                     self.stats.completed += 1;
                     drop(self.book.complete(&cqe));
-                }
-            }
-        }
-        if self.in_flight() > 0 {
-            for slot in self.book.slots.drain(..) {
-                if slot.op.is_some() {
-                    std::mem::forget(slot);
                 }
             }
         }

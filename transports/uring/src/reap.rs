@@ -32,6 +32,7 @@ impl Uring {
                     token: ud & LIGHT_TOKEN_MASK,
                     result: Ok(cqe.result() as u32),
                     output: Output::None,
+                    more: false,
                 });
             } else {
                 self.book.complete_into(&cqe, dst);
@@ -66,6 +67,7 @@ impl Completer for Uring {
     type Completion = Completion;
 
     fn reap(&mut self) -> Result<Option<Completion>, QueueError> {
+        self.book.replenish_all();
         let mut next = self.ring.completion().next();
         if next.is_none() && self.flush_if_needed()? {
             next = self.ring.completion().next();
@@ -79,6 +81,7 @@ impl Completer for Uring {
     /// Moves what the CQ holds, up to `max`, into `out`. If the CQ is empty and the kernel
     /// says completions overflowed (or task work is deferred), flushes them first.
     fn reap_into(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, QueueError> {
+        self.book.replenish_all();
         let mut n = self.drain(out, max);
         if n == 0 && max > 0 && self.flush_if_needed()? {
             n = self.drain(out, max);

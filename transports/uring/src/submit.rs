@@ -30,6 +30,10 @@ impl Uring {
             | Op::SendMsg { fd, .. }
             | Op::RecvMsg { fd, .. }
             | Op::Accept { fd }
+            | Op::AcceptMulti { fd }
+            | Op::RecvMulti { fd, .. }
+            | Op::ReadMulti { fd, .. }
+            | Op::PollMulti { fd, .. }
             | Op::Connect { fd, .. }
             | Op::Poll { fd, .. }
             | Op::CancelFd { fd, .. }
@@ -59,6 +63,11 @@ impl Uring {
             Op::Cancel { token }
             | Op::TimeoutRemove { token }
             | Op::TimeoutUpdate { token, .. } => fin.cancel_target = self.cancel_target(*token)?,
+            Op::RecvMulti { group, .. } | Op::ReadMulti { group, .. }
+                if !self.book.groups.iter().any(|g| g.id == group.id()) =>
+            {
+                return Err(SubmitError::NoBufGroup { group: group.id() }.into());
+            }
             _ => {}
         }
         fin.flags = match sub.link {
@@ -108,6 +117,10 @@ impl Uring {
         };
         if let Err(e) = self.validate(&sub, &mut fin) {
             return Err(Rejected::new(sub, e));
+        }
+        if let Some(group) = sub.op.buf_group() {
+            // Re-arming after `ENOBUFS`: the buffers freed since are posted first.
+            self.book.replenish(group);
         }
         // Room first: once built, the entry is certain to be queued. One view of the queue
         // (one read of the kernel's head) serves the check and the push. A full queue leaves

@@ -28,6 +28,7 @@ impl Uring {
     /// ([`NothingInFlight`]) rather than block forever.
     #[inline(always)]
     pub fn wait_for(&mut self, min: usize, timeout: Option<Duration>) -> Result<(), QueueError> {
+        self.book.replenish_all();
         let in_flight = self.in_flight();
         let min = min.clamp(1, in_flight.max(1));
         self.notify.waits += 1;

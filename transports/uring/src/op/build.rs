@@ -327,6 +327,20 @@ pub(crate) fn build<R>(
         )
         .flags(libc::SOCK_CLOEXEC)
         .build()),
+        Op::AcceptMulti { fd } => fd!(fd, |f| opcode::AcceptMulti::new(f)
+            .flags(libc::SOCK_CLOEXEC)
+            .build()),
+        Op::RecvMulti { fd, group, flags } => {
+            fd!(fd, |f| opcode::RecvMulti::new(f, group.id())
+                .flags(*flags)
+                .build())
+        }
+        Op::ReadMulti { fd, group } => fd!(fd, |f| opcode::ReadMulti::new(f, 0, group.id())
+            .offset(u64::MAX)
+            .build()),
+        Op::PollMulti { fd, events } => {
+            fd!(fd, |f| opcode::PollAdd::new(f, *events).multi(true).build())
+        }
         Op::Connect { fd, addr } => {
             let (ptr, len) = kept_sockaddr(aux, addr);
             fd!(fd, |f| opcode::Connect::new(f, ptr, len).build())
@@ -426,7 +440,9 @@ pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
             h => h,
         }),
         Op::WriteFixed { buf, .. } => Output::Fixed(buf),
-        Op::Accept { .. } | Op::OpenAt { .. } | Op::Socket { .. } if res >= 0 => {
+        Op::Accept { .. } | Op::AcceptMulti { .. } | Op::OpenAt { .. } | Op::Socket { .. }
+            if res >= 0 =>
+        {
             // SAFETY: the kernel installed descriptor `res` in this process for this operation
             // and nothing else knows of it: it is this completion's to own.
             Output::Fd(unsafe { OwnedFd::from_raw_fd(res) })

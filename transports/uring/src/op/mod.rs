@@ -185,6 +185,28 @@ pub enum Op {
         /// `MSG_*` flags.
         flags: i32,
     },
+    /// Multishot `recv` (Linux 6.0): one completion per arrival of data, each with a buffer the
+    /// kernel picked from `group`'s ring ([`Output::Selected`]), while
+    /// [`more`](crate::Completion::more) is set. It ends with `more` clear: at end of stream
+    /// (result 0), on an error, or with `ENOBUFS` when the ring ran out of buffers (no byte is
+    /// lost: what did not fit stays in the socket). Drop the buffers you are done with and push
+    /// it again to re-arm.
+    RecvMulti {
+        /// Socket.
+        fd: Target,
+        /// The buffer ring to pick from.
+        group: crate::BufGroup,
+        /// `MSG_*` flags (not `MSG_WAITALL`).
+        flags: i32,
+    },
+    /// Multishot `read` of a pollable file (a pipe, a socket, an eventfd; Linux 6.7): like
+    /// [`Op::RecvMulti`], one buffer from `group` per completion.
+    ReadMulti {
+        /// File.
+        fd: Target,
+        /// The buffer ring to pick from.
+        group: crate::BufGroup,
+    },
     /// `sendmsg` of `bufs` (gathered), to `to` on an unconnected socket; the buffers come back
     /// in [`Output::Bufs`].
     SendMsg {
@@ -212,6 +234,15 @@ pub enum Op {
     /// `accept4` (with `SOCK_CLOEXEC`): the new descriptor comes back owned, in
     /// [`Output::Fd`].
     Accept {
+        /// Listening socket.
+        fd: Target,
+    },
+    /// Multishot `accept4` (with `SOCK_CLOEXEC`; Linux 5.19): one completion per connection,
+    /// each with its descriptor in [`Output::Fd`] and
+    /// [`more`](crate::Completion::more) set while the operation stays armed. The last
+    /// completion (an error, a cancel, or the kernel ending it) has `more` clear; pushing the
+    /// operation again re-arms it.
+    AcceptMulti {
         /// Listening socket.
         fd: Target,
     },
@@ -272,6 +303,14 @@ pub enum Op {
     },
     /// Waits until `fd` is ready for `events` (`POLLIN`, ...): completes with the ready mask.
     Poll {
+        /// Descriptor.
+        fd: Target,
+        /// `poll(2)` events.
+        events: u32,
+    },
+    /// Multishot poll (Linux 5.13): a completion with the ready mask each time `fd` becomes
+    /// ready for `events`, with [`more`](crate::Completion::more) set while it stays armed.
+    PollMulti {
         /// Descriptor.
         fd: Target,
         /// `poll(2)` events.
@@ -354,6 +393,10 @@ impl Op {
             Op::SendMsg { .. } => "sendmsg",
             Op::RecvMsg { .. } => "recvmsg",
             Op::Accept { .. } => "accept",
+            Op::AcceptMulti { .. } => "accept_multishot",
+            Op::RecvMulti { .. } => "recv_multishot",
+            Op::ReadMulti { .. } => "read_multishot",
+            Op::PollMulti { .. } => "poll_multishot",
             Op::Connect { .. } => "connect",
             Op::Timeout { .. } => "timeout",
             Op::LinkTimeout { .. } => "link_timeout",
@@ -391,7 +434,10 @@ impl Op {
             Op::Recv { .. } => opcode::Recv::CODE,
             Op::SendMsg { .. } => opcode::SendMsg::CODE,
             Op::RecvMsg { .. } => opcode::RecvMsg::CODE,
-            Op::Accept { .. } => opcode::Accept::CODE,
+            Op::Accept { .. } | Op::AcceptMulti { .. } => opcode::Accept::CODE,
+            Op::RecvMulti { .. } => opcode::RecvMulti::CODE,
+            Op::ReadMulti { .. } => opcode::ReadMulti::CODE,
+            Op::PollMulti { .. } => opcode::PollAdd::CODE,
             Op::Connect { .. } => opcode::Connect::CODE,
             Op::Timeout { .. } => opcode::Timeout::CODE,
             Op::LinkTimeout { .. } => opcode::LinkTimeout::CODE,
@@ -406,6 +452,15 @@ impl Op {
             Op::Bind { .. } => opcode::Bind::CODE,
             Op::Listen { .. } => opcode::Listen::CODE,
             Op::Shutdown { .. } => opcode::Shutdown::CODE,
+        }
+    }
+
+    /// The buffer group an operation picks its buffer from, if it does.
+    #[inline]
+    pub fn buf_group(&self) -> Option<crate::BufGroup> {
+        match self {
+            Op::RecvMulti { group, .. } | Op::ReadMulti { group, .. } => Some(*group),
+            _ => None,
         }
     }
 }
@@ -471,6 +526,10 @@ pub enum Output {
     /// The descriptor an `accept`, `openat` or `socket` made, owned by the caller now (closed
     /// if dropped).
     Fd(OwnedFd),
+    /// A buffer the kernel picked from a provided-buffer ring and filled (its length is the
+    /// bytes received). Yours now: dropping it frees it in the ring's pool, and the ring posts
+    /// it to the kernel again.
+    Selected(Buf),
     /// What a `recvmsg` received.
     Msg {
         /// The buffers, truncated to the bytes received.

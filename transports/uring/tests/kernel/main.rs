@@ -42,6 +42,7 @@ mod cancel;
 mod fds;
 mod files;
 mod modes;
+mod multishot;
 mod queues;
 mod regions;
 mod sockets;

@@ -1,0 +1,470 @@
+//! Provided-buffer rings (`IORING_REGISTER_PBUF_RING`): buffers the application lends the
+//! kernel ahead of time, from which it picks one per receive.
+//!
+//! A buffer ring is a data-plane ring in the other direction: the application produces free
+//! buffers (their address, length and id), the kernel consumes them as data arrives, and the
+//! completion names the buffer it filled (`IORING_CQE_F_BUFFER` and the id in the flags). Here
+//! the buffers come from a planes [`BufferPool`] (so a group can live in a region another
+//! process maps), each posted buffer is [lent](Buf::lend) to the kernel, and a completion's id
+//! is taken back with [`BufferPool::reclaim`]: an id that is out of range, or names a buffer not
+//! lent now (reported twice, forged in the ring's memory), is refused with a typed error and
+//! counted, never turned into a second owner of a buffer. A picked buffer is an owned [`Buf`]
+//! the caller holds; dropping it frees it in the pool, and the ring posts it again at the next
+//! push, reap or wait.
+
+mod tail;
+
+use std::sync::Arc;
+
+use io_uring::cqueue;
+use subring_planes::data::{
+    Buf, BufHandle, BufferPool, PoolError, Region, RegionError, RegionOptions,
+};
+
+use tail::{EntryMem, Producer};
+
+/// The most entries a buffer ring can have (`io_uring_register_buf_ring(3)`).
+pub const MAX_BUF_RING_ENTRIES: usize = 1 << 15;
+
+/// Bytes of one ring entry (`struct io_uring_buf`).
+const ENTRY: usize = 16;
+
+/// How to build a provided-buffer ring ([`Uring::register_buf_ring`](crate::Uring::register_buf_ring)).
+#[derive(Debug, Clone)]
+pub struct BufRingOptions {
+    group: u16,
+    buf_size: usize,
+    count: usize,
+    region: Option<(Arc<Region>, usize)>,
+}
+
+impl BufRingOptions {
+    /// `count` buffers (1..=32768) of `buf_size` bytes, posted under buffer group id `group`,
+    /// in anonymous memory of their own.
+    pub fn new(group: u16, buf_size: usize, count: usize) -> Self {
+        BufRingOptions {
+            group,
+            buf_size,
+            count,
+            region: None,
+        }
+    }
+
+    /// Carves the buffers from `region` at `offset` instead (a memfd region that another
+    /// process maps, say); the range is claimed for the ring's pool.
+    pub fn region(mut self, region: Arc<Region>, offset: usize) -> Self {
+        self.region = Some((region, offset));
+        self
+    }
+}
+
+/// A buffer group registered with a ring, named by operations that pick their buffer from it
+/// ([`Op::RecvMulti`](crate::Op::RecvMulti), [`Op::ReadMulti`](crate::Op::ReadMulti)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BufGroup(pub(crate) u16);
+
+impl BufGroup {
+    /// The buffer group id the kernel knows it by.
+    pub fn id(self) -> u16 {
+        self.0
+    }
+}
+
+/// Counters of one buffer ring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BufRingStats {
+    /// Buffers posted to the kernel.
+    pub posted: u64,
+    /// Buffers the kernel filled and the ring handed over.
+    pub picked: u64,
+    /// Buffer ids in completions that were refused: out of range, or not lent to the kernel.
+    pub refused: u64,
+    /// Posted buffers the kernel has not picked (as far as completions tell).
+    pub in_kernel: u64,
+}
+
+/// Why a buffer ring could not be registered or unregistered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BufRingError {
+    /// The buffer count is 0 or more than a ring holds.
+    #[error("a buffer ring holds 1..={max} buffers, not {count}", max = MAX_BUF_RING_ENTRIES)]
+    Count {
+        /// The count asked for.
+        count: usize,
+    },
+    /// A group id already registered on this ring.
+    #[error("buffer group {group} is already registered on this ring")]
+    GroupTaken {
+        /// The group id.
+        group: u16,
+    },
+    /// No buffer ring is registered under the group.
+    #[error("no buffer ring is registered as group {group}")]
+    NoGroup {
+        /// The group id.
+        group: u16,
+    },
+    /// Operations that pick buffers from the group have not completed: cancel them and reap
+    /// first.
+    #[error("{ops} operations using buffer group {group} have not completed")]
+    InFlight {
+        /// The group id.
+        group: u16,
+        /// Its operations in flight.
+        ops: usize,
+    },
+    /// The buffers could not be carved (size, count, or their place in the region).
+    #[error("buffer ring {group}'s buffers: {source}")]
+    Pool {
+        /// The group id.
+        group: u16,
+        /// Why.
+        #[source]
+        source: PoolError,
+    },
+    /// The memory for the ring or its buffers could not be mapped.
+    #[error("buffer ring {group}'s memory: {source}")]
+    Region {
+        /// The group id.
+        group: u16,
+        /// Why.
+        #[source]
+        source: RegionError,
+    },
+    /// The kernel refused the registration (`EINVAL` on kernels before 5.19, which lack
+    /// buffer rings).
+    #[error("registering buffer ring {group} ({entries} entries) failed: {source}")]
+    Os {
+        /// The group id.
+        group: u16,
+        /// Ring entries.
+        entries: usize,
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<BufRingError> for std::io::Error {
+    fn from(e: BufRingError) -> Self {
+        let kind = match &e {
+            BufRingError::Os { source, .. } => source.kind(),
+            BufRingError::NoGroup { .. } => std::io::ErrorKind::NotFound,
+            BufRingError::GroupTaken { .. } => std::io::ErrorKind::AlreadyExists,
+            BufRingError::InFlight { .. } => std::io::ErrorKind::ResourceBusy,
+            _ => std::io::ErrorKind::InvalidInput,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
+/// One registered buffer ring: its entries' memory (shared with the kernel only), its pool, and
+/// the producer's tail.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) id: u16,
+    pool: Arc<BufferPool>,
+    /// The entries, in memory of their own (page-aligned, as the kernel requires).
+    ring: Region,
+    producer: Producer,
+    stats: BufRingStats,
+}
+
+/// The ring's entries, as the producer writes them.
+struct RingMem<'a>(&'a Region);
+
+impl EntryMem for RingMem<'_> {
+    #[inline(always)]
+    fn write_entry(&self, index: u16, addr: u64, len: u32, bid: u16) {
+        let at = usize::from(index) * ENTRY;
+        debug_assert!(at + ENTRY <= self.0.len());
+        // SAFETY: `index` is masked below the ring's entry count, so the entry lies inside the
+        // mapping (sized for every entry when the group was made). Only this process's ring
+        // writes it (the kernel only reads), and the fields are written one by one, volatile,
+        // leaving the `resv` field (entry 0's is the tail) alone.
+        unsafe {
+            let e = self.0.as_ptr().add(at);
+            e.cast::<u64>().write_volatile(addr);
+            e.add(8).cast::<u32>().write_volatile(len);
+            e.add(12).cast::<u16>().write_volatile(bid);
+        }
+    }
+
+    #[inline(always)]
+    fn store_tail(&self, tail: u16, order: std::sync::atomic::Ordering) {
+        // SAFETY: offset 14 of entry 0 is the tail, inside the mapping, 2-aligned (the mapping
+        // is page-aligned); the kernel reads it with an acquire load, the ring stores it. The
+        // loom model of this store is the one in `planes/tests/loom/bufring.rs` (over `post`).
+        let tail_word =
+            unsafe { std::sync::atomic::AtomicU16::from_ptr(self.0.as_ptr().add(14).cast()) };
+        tail_word.store(tail, order);
+    }
+}
+
+impl Group {
+    /// Maps the ring and carves the pool for `opts` (not registered yet).
+    pub(crate) fn new(opts: &BufRingOptions) -> Result<(Group, usize), BufRingError> {
+        let group = opts.group;
+        if opts.count == 0 || opts.count > MAX_BUF_RING_ENTRIES {
+            return Err(BufRingError::Count { count: opts.count });
+        }
+        let entries = opts.count.next_power_of_two();
+        let pool = match &opts.region {
+            Some((region, offset)) => {
+                BufferPool::new(region.clone(), *offset, opts.buf_size, opts.count)
+            }
+            None => {
+                let len = opts
+                    .buf_size
+                    .checked_mul(opts.count)
+                    .ok_or(BufRingError::Pool {
+                        group,
+                        source: PoolError::BufSize {
+                            buf_size: opts.buf_size,
+                        },
+                    })?;
+                let region = Region::anonymous(len.max(1), RegionOptions::new())
+                    .map_err(|source| BufRingError::Region { group, source })?;
+                BufferPool::new(Arc::new(region), 0, opts.buf_size, opts.count)
+            }
+        }
+        .map_err(|source| BufRingError::Pool { group, source })?;
+        let ring = Region::anonymous(entries * ENTRY, RegionOptions::new())
+            .map_err(|source| BufRingError::Region { group, source })?;
+        Ok((
+            Group {
+                id: group,
+                pool,
+                ring,
+                producer: Producer::new(entries as u16),
+                stats: BufRingStats::default(),
+            },
+            entries,
+        ))
+    }
+
+    /// The address of the entries, for the registration.
+    pub(crate) fn ring_addr(&self) -> u64 {
+        self.ring.as_ptr() as u64
+    }
+
+    /// The pool the buffers come from.
+    pub(crate) fn pool(&self) -> &Arc<BufferPool> {
+        &self.pool
+    }
+
+    pub(crate) fn stats(&self) -> BufRingStats {
+        self.stats
+    }
+
+    /// Posts every free buffer of the pool to the kernel; returns how many.
+    pub(crate) fn replenish(&mut self) -> usize {
+        let pool = &self.pool;
+        let bufs = std::iter::from_fn(|| pool.alloc()).map(|buf| {
+            let addr = buf.as_ptr() as u64;
+            let len = buf.capacity() as u32;
+            // The pool has at most 32768 buffers (checked when the group was made).
+            let bid = buf.index() as u16;
+            // Lent before the tail store publishes its entry: the kernel owns it from then on.
+            let _ = buf.lend();
+            (addr, len, bid)
+        });
+        let n = self.producer.post::<_, false>(&RingMem(&self.ring), bufs);
+        self.stats.posted += n as u64;
+        self.stats.in_kernel += n as u64;
+        n
+    }
+
+    /// The buffer a completion names (`flags`' buffer id, filled with `res` bytes), taken back
+    /// from the kernel; `Ok(None)` if the completion names none.
+    pub(crate) fn pick(&mut self, flags: u32, res: i32) -> Result<Option<Buf>, std::io::Error> {
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            return Ok(None);
+        };
+        let layout = self.pool.layout();
+        let handle = BufHandle {
+            offset: layout.base + u64::from(bid) * u64::from(layout.buf_size),
+            len: 0,
+            region: layout.region,
+        };
+        let mut buf = match self.pool.reclaim(handle) {
+            Ok(buf) => buf,
+            Err(e) => {
+                self.stats.refused += 1;
+                return Err(refused(self.id, bid, e.to_string()));
+            }
+        };
+        self.stats.in_kernel = self.stats.in_kernel.saturating_sub(1);
+        let n = usize::try_from(res.max(0)).unwrap_or(0);
+        if n > buf.capacity() {
+            // The buffer is ours again (it goes back to the pool), but its length is a lie.
+            self.stats.refused += 1;
+            return Err(refused(
+                self.id,
+                bid,
+                format!("{n} bytes reported in a {}-byte buffer", buf.capacity()),
+            ));
+        }
+        buf.set_len(n);
+        self.stats.picked += 1;
+        Ok(Some(buf))
+    }
+
+    /// Takes back every buffer still lent to the kernel: only once nothing in flight can pick
+    /// one (the group unregistered, or no operation using it in flight).
+    pub(crate) fn reclaim_all(&mut self) {
+        let layout = self.pool.layout();
+        for index in 0..layout.count {
+            let handle = BufHandle {
+                offset: layout.base + u64::from(index) * u64::from(layout.buf_size),
+                len: 0,
+                region: layout.region,
+            };
+            // Not lent (free, or in the caller's hands): not the ring's to take.
+            if let Ok(buf) = self.pool.reclaim(handle) {
+                drop(buf);
+                self.stats.in_kernel = self.stats.in_kernel.saturating_sub(1);
+            }
+        }
+    }
+}
+
+#[cold]
+fn refused(group: u16, bid: u16, why: String) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("completion names buffer {bid} of group {group}, which the ring refused: {why}"),
+    )
+}
+
+impl crate::book::Book {
+    /// Posts the freed buffers of `group` to the kernel.
+    pub(crate) fn replenish(&mut self, group: BufGroup) {
+        if let Some(g) = self.groups.iter_mut().find(|g| g.id == group.0) {
+            g.replenish();
+        }
+    }
+
+    /// Posts the freed buffers of every group to the kernel.
+    #[inline]
+    pub(crate) fn replenish_all(&mut self) {
+        for g in &mut self.groups {
+            g.replenish();
+        }
+    }
+}
+
+impl crate::Uring {
+    /// Registers a provided-buffer ring: `opts.count` buffers, all posted to the kernel at
+    /// once, under group id `opts.group`. Operations that pick buffers name the returned
+    /// group; the buffers they fill come back as [`Output::Selected`](crate::Output::Selected),
+    /// and go back into the ring when dropped.
+    ///
+    /// # Examples
+    /// ```
+    /// use subring_uring::{BufRingOptions, Uring};
+    ///
+    /// let mut ring = Uring::builder().entries(8).build()?;
+    /// let group = ring.register_buf_ring(BufRingOptions::new(7, 4096, 64))?;
+    /// assert_eq!(ring.buf_ring_stats(group).unwrap().in_kernel, 64);
+    /// ring.unregister_buf_ring(group)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn register_buf_ring(&mut self, opts: BufRingOptions) -> Result<BufGroup, BufRingError> {
+        if self.book.groups.iter().any(|g| g.id == opts.group) {
+            return Err(BufRingError::GroupTaken { group: opts.group });
+        }
+        let (mut group, entries) = Group::new(&opts)?;
+        // SAFETY: the entries' memory is `group.ring`, which lives in `self.book.groups` from
+        // here until `unregister_buf_ring` unregisters it, or until the ring is dropped (the
+        // drop leaks it if an operation might still pick from it). `entries` is a power of two
+        // of at most 32768, and the memory holds that many entries.
+        unsafe {
+            self.ring.submitter().register_buf_ring_with_flags(
+                group.ring_addr(),
+                entries as u16,
+                opts.group,
+                0,
+            )
+        }
+        .map_err(|e| BufRingError::Os {
+            group: opts.group,
+            entries,
+            source: self.enter_error(e),
+        })?;
+        group.replenish();
+        self.book.groups.push(group);
+        Ok(BufGroup(opts.group))
+    }
+
+    /// Unregisters a buffer ring, once no operation that picks from it is in flight; every
+    /// buffer still posted goes back to its pool (the buffers the caller holds stay valid).
+    pub fn unregister_buf_ring(&mut self, group: BufGroup) -> Result<(), BufRingError> {
+        let pos = self
+            .book
+            .groups
+            .iter()
+            .position(|g| g.id == group.0)
+            .ok_or(BufRingError::NoGroup { group: group.0 })?;
+        let ops = self
+            .book
+            .slots
+            .iter()
+            .filter(|s| s.op.as_ref().and_then(crate::Op::buf_group) == Some(group))
+            .count();
+        if ops > 0 {
+            return Err(BufRingError::InFlight {
+                group: group.0,
+                ops,
+            });
+        }
+        self.ring
+            .submitter()
+            .unregister_buf_ring(group.0)
+            .map_err(|e| BufRingError::Os {
+                group: group.0,
+                entries: 0,
+                source: self.enter_error(e),
+            })?;
+        let mut g = self.book.groups.swap_remove(pos);
+        g.reclaim_all();
+        Ok(())
+    }
+
+    /// The counters of a registered buffer ring.
+    pub fn buf_ring_stats(&self, group: BufGroup) -> Option<BufRingStats> {
+        self.book
+            .groups
+            .iter()
+            .find(|g| g.id == group.0)
+            .map(Group::stats)
+    }
+
+    /// The pool a registered buffer ring's buffers come from (to watch how many are free, or to
+    /// tell another process where they lie).
+    pub fn buf_ring_pool(&self, group: BufGroup) -> Option<&Arc<BufferPool>> {
+        self.book
+            .groups
+            .iter()
+            .find(|g| g.id == group.0)
+            .map(Group::pool)
+    }
+
+    /// The memory of a registered buffer ring's entries. Only for tests that play a hostile
+    /// writer of the ring (the kernel trusts it; this ring validates what comes back).
+    #[doc(hidden)]
+    pub fn buf_ring_memory_for_tests(&self, group: BufGroup) -> Option<&Region> {
+        self.book
+            .groups
+            .iter()
+            .find(|g| g.id == group.0)
+            .map(|g| &g.ring)
+    }
+
+    /// Posts the buffers freed since the last time to their rings now; returns how many. Pushes
+    /// of operations that pick buffers, reaps and waits do it on their own.
+    pub fn replenish(&mut self) -> usize {
+        self.book.groups.iter_mut().map(Group::replenish).sum()
+    }
+}
