@@ -128,8 +128,10 @@ impl Book {
         if region != register::NO_REGION {
             self.release_region(key, region);
         }
-        let mut result = match res {
-            0.. => Ok(res as u32),
+        let mut result = match (res, &aux) {
+            // A zero-copy send's notification: the result is the send's.
+            (0, op::Aux::Sent(n)) if cqueue::notif(cqe.flags()) => Ok(*n),
+            (0.., _) => Ok(res as u32),
             _ => failed(&op, token, res),
         };
         let output = match op.buf_group() {
@@ -157,13 +159,16 @@ impl Book {
     ) -> Completion {
         let Some(slot) = self
             .slots
-            .get(key)
+            .get_mut(key)
             .filter(|s| s.seal == seal && s.op.is_some())
         else {
             return self.unknown_slot(ud, key);
         };
         let token = slot.token;
         let op = slot.op.as_ref().expect("checked above");
+        if res >= 0 && matches!(op, Op::SendZc { .. } | Op::SendZcFixed { .. }) {
+            slot.aux = op::Aux::Sent(res as u32);
+        }
         let mut result = match res {
             0.. => Ok(res as u32),
             _ => failed(op, token, res),

@@ -26,6 +26,8 @@ impl Uring {
             | Op::WriteFixed { fd, .. }
             | Op::Fsync { fd, .. }
             | Op::Send { fd, .. }
+            | Op::SendZc { fd, .. }
+            | Op::SendZcFixed { fd, .. }
             | Op::Recv { fd, .. }
             | Op::SendMsg { fd, .. }
             | Op::RecvMsg { fd, .. }
@@ -56,7 +58,9 @@ impl Uring {
         }
         match &sub.op {
             Op::ReadFixed { buf, .. } => fin.fixed = Some(self.resolve_fixed(buf, true)?),
-            Op::WriteFixed { buf, .. } => fin.fixed = Some(self.resolve_fixed(buf, false)?),
+            Op::WriteFixed { buf, .. } | Op::SendZcFixed { buf, .. } => {
+                fin.fixed = Some(self.resolve_fixed(buf, false)?)
+            }
             Op::MsgRing { token, .. } if token & (OWNED | LIGHT) != 0 => {
                 return Err(SubmitError::TokenBits { token: *token }.into());
             }

@@ -15,6 +15,8 @@ pub(crate) enum Aux {
     Statx(Box<libc::statx>),
     SockAddr(Box<(libc::sockaddr_storage, libc::socklen_t)>),
     Msg(Box<MsgHdr>),
+    /// The bytes a zero-copy send reported in its first completion, for its last one.
+    Sent(u32),
 }
 
 /// A `msghdr` and everything it points to, kept together until the completion: the kernel
@@ -290,6 +292,25 @@ pub(crate) fn build<R>(
                 .flags(*flags)
                 .build())
         }
+        Op::SendZc { fd, buf, flags } => {
+            fd!(fd, |f| opcode::SendZc::new(
+                f,
+                buf.as_ptr(),
+                len32(buf.len())
+            )
+            .flags(*flags)
+            .build())
+        }
+        Op::SendZcFixed { fd, flags, .. } => {
+            let a = fin
+                .fixed
+                .as_ref()
+                .expect("fixed buffer resolved by the caller");
+            fd!(fd, |f| opcode::SendZc::new(f, a.ptr, a.len)
+                .buf_index(Some(a.index))
+                .flags(*flags)
+                .build())
+        }
         Op::Recv { fd, buf, flags } => {
             fd!(fd, |f| opcode::Recv::new(
                 f,
@@ -417,7 +438,8 @@ pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
             buf.truncate(n);
             Output::Buf(buf)
         }
-        Op::Write { buf, .. } | Op::Send { buf, .. } => Output::Buf(buf),
+        Op::Write { buf, .. } | Op::Send { buf, .. } | Op::SendZc { buf, .. } => Output::Buf(buf),
+        Op::SendZcFixed { buf, .. } => Output::Fixed(buf),
         Op::SendMsg { bufs, .. } => Output::Bufs(bufs),
         Op::RecvMsg { mut bufs, .. } => {
             truncate_to(&mut bufs, n);

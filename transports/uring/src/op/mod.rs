@@ -176,6 +176,30 @@ pub enum Op {
         /// `MSG_*` flags.
         flags: i32,
     },
+    /// Zero-copy `send` of all of `buf` (`IORING_OP_SEND_ZC`, Linux 6.0): the kernel sends
+    /// from `buf` itself, so it keeps reading it after the send is reported. Two completions:
+    /// the first with the bytes sent and [`more`](crate::Completion::more) set (no buffer
+    /// yet), then, once the kernel's notification says it no longer reads the buffer, the last
+    /// one with the same result and the buffer in [`Output::Buf`]. (A send that fails has only
+    /// the one, with the buffer.) The buffer cannot come back earlier: the operation owns it.
+    SendZc {
+        /// Socket.
+        fd: Target,
+        /// Bytes.
+        buf: Vec<u8>,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
+    /// [`Op::SendZc`] from registered memory (`IORING_RECVSEND_FIXED_BUF`): the kernel maps
+    /// nothing per send. The buffer comes back in [`Output::Fixed`] with the last completion.
+    SendZcFixed {
+        /// Socket.
+        fd: Target,
+        /// Bytes, in a registered region (a pool buffer sends its length).
+        buf: FixedBuf,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
     /// `recv` into `buf` (up to its length); truncated to the bytes received.
     Recv {
         /// Socket.
@@ -389,6 +413,8 @@ impl Op {
             Op::Close { .. } => "close",
             Op::Statx { .. } => "statx",
             Op::Send { .. } => "send",
+            Op::SendZc { .. } => "send_zc",
+            Op::SendZcFixed { .. } => "send_zc_fixed",
             Op::Recv { .. } => "recv",
             Op::SendMsg { .. } => "sendmsg",
             Op::RecvMsg { .. } => "recvmsg",
@@ -431,6 +457,7 @@ impl Op {
             Op::Close { .. } => opcode::Close::CODE,
             Op::Statx { .. } => opcode::Statx::CODE,
             Op::Send { .. } => opcode::Send::CODE,
+            Op::SendZc { .. } | Op::SendZcFixed { .. } => opcode::SendZc::CODE,
             Op::Recv { .. } => opcode::Recv::CODE,
             Op::SendMsg { .. } => opcode::SendMsg::CODE,
             Op::RecvMsg { .. } => opcode::RecvMsg::CODE,

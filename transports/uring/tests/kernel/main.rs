@@ -38,6 +38,7 @@ impl Drop for TempDir {
     }
 }
 
+mod bufring;
 mod cancel;
 mod fds;
 mod files;
@@ -45,6 +46,7 @@ mod modes;
 mod multishot;
 mod queues;
 mod regions;
+mod send_zc;
 mod sockets;
 
 /// A target sharing a duplicate of `f`'s descriptor (the operation holds it until it completes).
@@ -132,4 +134,62 @@ fn sorted_tokens(done: &[subring_uring::Completion]) -> Vec<u64> {
     let mut tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
     tokens.sort_unstable();
     tokens
+}
+
+/// Waits for and reaps the next completion (20 s at most), for operations with many.
+fn next(ring: &mut Uring) -> subring_uring::Completion {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(c) = ring.reap().unwrap() {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "no completion within 20 s");
+        ring.wait(Some(Duration::from_millis(100)))
+            .or_else(|e| match e {
+                QueueError::Timeout(_) => Ok(()),
+                e => Err(e),
+            })
+            .unwrap();
+    }
+}
+
+/// Pushes one submission and submits it.
+fn push(ring: &mut Uring, token: u64, op: Op) {
+    ring.push(sub(token, op)).map_err(|r| r.error).unwrap();
+    ring.submit().unwrap();
+}
+
+/// A connected pair of TCP sockets on loopback: (the one the test writes, the one the ring reads).
+fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (client, server)
+}
+
+/// The errno inside a failed operation's `OpError`.
+fn errno(e: &std::io::Error) -> Option<i32> {
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<OpError>())
+        .and_then(|o| o.source.raw_os_error())
+}
+
+/// Whether an operation ended cancelled.
+fn cancelled(c: &subring_uring::Completion) -> bool {
+    c.result
+        .as_ref()
+        .is_err_and(|e| errno(e) == Some(libc::ECANCELED))
+}
+
+/// The bytes `n` of a test stream.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// The buffer a completion picked from a buffer ring.
+fn selected(c: subring_uring::Completion) -> subring_planes::data::Buf {
+    match c.output {
+        Output::Selected(b) => b,
+        o => panic!("a picked buffer, not {o:?} (result {:?})", c.result),
+    }
 }
