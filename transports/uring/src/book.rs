@@ -216,7 +216,7 @@ impl Book {
             None => Ok(None),
         };
         match picked {
-            Ok(Some(buf)) => Output::Selected(buf),
+            Ok(Some(buf)) => Output::Pooled(buf),
             Ok(None) => Output::None,
             Err(e) => {
                 *result = Err(e);

@@ -27,6 +27,7 @@ impl Uring {
             | Op::Fsync { fd, .. }
             | Op::Send { fd, .. }
             | Op::SendZc { fd, .. }
+            | Op::SendBuf { fd, .. }
             | Op::SendZcFixed { fd, .. }
             | Op::Recv { fd, .. }
             | Op::SendMsg { fd, .. }

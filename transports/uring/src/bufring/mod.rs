@@ -358,7 +358,7 @@ impl crate::book::Book {
 impl crate::Uring {
     /// Registers a provided-buffer ring: `opts.count` buffers, all posted to the kernel at
     /// once, under group id `opts.group`. Operations that pick buffers name the returned
-    /// group; the buffers they fill come back as [`Output::Selected`](crate::Output::Selected),
+    /// group; the buffers they fill come back as [`Output::Pooled`](crate::Output::Pooled),
     /// and go back into the ring when dropped.
     ///
     /// # Examples

@@ -292,6 +292,11 @@ pub(crate) fn build<R>(
                 .flags(*flags)
                 .build())
         }
+        Op::SendBuf { fd, buf, flags } => {
+            fd!(fd, |f| opcode::Send::new(f, buf.as_ptr(), len32(buf.len()))
+                .flags(*flags)
+                .build())
+        }
         Op::SendZc { fd, buf, flags } => {
             fd!(fd, |f| opcode::SendZc::new(
                 f,
@@ -440,6 +445,7 @@ pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
         }
         Op::Write { buf, .. } | Op::Send { buf, .. } | Op::SendZc { buf, .. } => Output::Buf(buf),
         Op::SendZcFixed { buf, .. } => Output::Fixed(buf),
+        Op::SendBuf { buf, .. } => Output::Pooled(buf),
         Op::SendMsg { bufs, .. } => Output::Bufs(bufs),
         Op::RecvMsg { mut bufs, .. } => {
             truncate_to(&mut bufs, n);

@@ -176,6 +176,18 @@ pub enum Op {
         /// `MSG_*` flags.
         flags: i32,
     },
+    /// `send` of a pool buffer's bytes (one the ring picked and filled, say: an echo sends the
+    /// very buffer it received), without copying them out first; the buffer comes back in
+    /// [`Output::Pooled`]. The kernel reads memory that other processes mapping the pool's
+    /// region could change meanwhile: what is sent is what the buffer holds when it is read.
+    SendBuf {
+        /// Socket.
+        fd: Target,
+        /// The bytes, up to the buffer's length.
+        buf: Buf,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
     /// Zero-copy `send` of all of `buf` (`IORING_OP_SEND_ZC`, Linux 6.0): the kernel sends
     /// from `buf` itself, so it keeps reading it after the send is reported. Two completions:
     /// the first with the bytes sent and [`more`](crate::Completion::more) set (no buffer
@@ -210,7 +222,7 @@ pub enum Op {
         flags: i32,
     },
     /// Multishot `recv` (Linux 6.0): one completion per arrival of data, each with a buffer the
-    /// kernel picked from `group`'s ring ([`Output::Selected`]), while
+    /// kernel picked from `group`'s ring ([`Output::Pooled`]), while
     /// [`more`](crate::Completion::more) is set. It ends with `more` clear: at end of stream
     /// (result 0), on an error, or with `ENOBUFS` when the ring ran out of buffers (no byte is
     /// lost: what did not fit stays in the socket). Drop the buffers you are done with and push
@@ -413,6 +425,7 @@ impl Op {
             Op::Close { .. } => "close",
             Op::Statx { .. } => "statx",
             Op::Send { .. } => "send",
+            Op::SendBuf { .. } => "send_buf",
             Op::SendZc { .. } => "send_zc",
             Op::SendZcFixed { .. } => "send_zc_fixed",
             Op::Recv { .. } => "recv",
@@ -456,7 +469,7 @@ impl Op {
             Op::OpenAt { .. } => opcode::OpenAt::CODE,
             Op::Close { .. } => opcode::Close::CODE,
             Op::Statx { .. } => opcode::Statx::CODE,
-            Op::Send { .. } => opcode::Send::CODE,
+            Op::Send { .. } | Op::SendBuf { .. } => opcode::Send::CODE,
             Op::SendZc { .. } | Op::SendZcFixed { .. } => opcode::SendZc::CODE,
             Op::Recv { .. } => opcode::Recv::CODE,
             Op::SendMsg { .. } => opcode::SendMsg::CODE,
@@ -553,10 +566,10 @@ pub enum Output {
     /// The descriptor an `accept`, `openat` or `socket` made, owned by the caller now (closed
     /// if dropped).
     Fd(OwnedFd),
-    /// A buffer the kernel picked from a provided-buffer ring and filled (its length is the
-    /// bytes received). Yours now: dropping it frees it in the ring's pool, and the ring posts
-    /// it to the kernel again.
-    Selected(Buf),
+    /// A pool buffer: one the kernel picked from a provided-buffer ring and filled (its length
+    /// is the bytes received), or the one an [`Op::SendBuf`] sent. Yours now: dropping it frees
+    /// it in its pool (and a buffer ring's is posted to the kernel again).
+    Pooled(Buf),
     /// What a `recvmsg` received.
     Msg {
         /// The buffers, truncated to the bytes received.

@@ -189,7 +189,7 @@ fn pattern(n: usize) -> Vec<u8> {
 /// The buffer a completion picked from a buffer ring.
 fn selected(c: subring_uring::Completion) -> subring_planes::data::Buf {
     match c.output {
-        Output::Selected(b) => b,
+        Output::Pooled(b) => b,
         o => panic!("a picked buffer, not {o:?} (result {:?})", c.result),
     }
 }

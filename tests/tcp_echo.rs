@@ -1,0 +1,184 @@
+//! The TCP echo example (`examples/tcp_echo`) as a test: its server and load generator, over
+//! loopback, with a buffer ring too small for the load, and across a veth pair between two
+//! network namespaces the test creates.
+
+#[path = "../examples/tcp_echo/load.rs"]
+#[allow(dead_code)]
+mod load;
+#[path = "../examples/tcp_echo/server.rs"]
+#[allow(dead_code)]
+mod server;
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use server::{Res, ServerConfig, ServerStats};
+
+/// A server on its own thread, stopped (and joined) by `stop`.
+struct Running {
+    addr: SocketAddr,
+    stop: EventFd,
+    thread: JoinHandle<Res<ServerStats>>,
+}
+
+fn start(listener: TcpListener, cfg: ServerConfig) -> Running {
+    let addr = listener.local_addr().unwrap();
+    let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).unwrap();
+    let fd = stop.as_fd().try_clone_to_owned().unwrap();
+    let thread = std::thread::spawn(move || server::serve(&listener, fd.as_fd(), cfg));
+    Running { addr, stop, thread }
+}
+
+impl Running {
+    fn stop(self) -> ServerStats {
+        self.stop.write(1).unwrap();
+        self.thread.join().expect("server thread").expect("server")
+    }
+}
+
+/// Runs `conns` connections of `size`-byte messages for `secs`, and checks what the server
+/// counted against what the load generator checked.
+fn exercise(addr: SocketAddr, conns: usize, size: usize, secs: f64) -> load::LoadReport {
+    let r = load::load(addr, conns, size, Duration::from_secs_f64(secs)).expect("load");
+    assert!(r.requests >= conns as u64, "every connection echoed: {r:?}");
+    r
+}
+
+#[test]
+fn echo_over_loopback() {
+    let run = start(
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        ServerConfig::default(),
+    );
+    let small = exercise(run.addr, 4, 64, 0.3);
+    let large = exercise(run.addr, 16, 4096, 0.3);
+    let stats = run.stop();
+    assert_eq!(stats.connections, 20);
+    assert_eq!(
+        stats.bytes,
+        small.requests * 64 + large.requests * 4096,
+        "every byte the clients checked, and nothing else"
+    );
+}
+
+/// Zero-copy sends for every echo, from registered memory.
+#[test]
+fn echo_with_zero_copy_sends() {
+    let cfg = ServerConfig {
+        zero_copy_from: 1,
+        ..ServerConfig::default()
+    };
+    let run = start(TcpListener::bind("127.0.0.1:0").unwrap(), cfg);
+    let r = exercise(run.addr, 8, 4096, 0.3);
+    assert_eq!(run.stop().bytes, r.requests * 4096);
+}
+
+/// Four 64-byte buffers for sixteen connections of 4 KiB messages: receives run out of buffers
+/// (`ENOBUFS`), are re-armed as sends give buffers back, and no byte is lost or reordered.
+#[test]
+fn echo_with_too_few_buffers() {
+    let cfg = ServerConfig {
+        buf_size: 64,
+        bufs: 4,
+        zero_copy_from: usize::MAX,
+    };
+    let run = start(TcpListener::bind("127.0.0.1:0").unwrap(), cfg);
+    let r = exercise(run.addr, 16, 4096, 0.3);
+    let stats = run.stop();
+    assert_eq!(stats.bytes, r.requests * 4096);
+    assert!(stats.enobufs > 0, "the ring ran dry: {stats:?}");
+}
+
+/// Two network namespaces joined by a veth pair, removed on drop.
+struct Namespaces {
+    names: [String; 2],
+}
+
+impl Namespaces {
+    /// Creates them, or says why it cannot (not root, no `ip`, no namespaces).
+    fn create() -> Result<Self, String> {
+        let base = format!("sre{}", std::process::id() % 100_000);
+        let ns = Namespaces {
+            names: [format!("{base}a"), format!("{base}b")],
+        };
+        let [a, b] = &ns.names;
+        let (x, y) = (format!("{base}x"), format!("{base}y"));
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", a],
+            &["netns", "add", b],
+            &["link", "add", &x, "netns", a, "type", "veth", "peer", "name", &y, "netns", b],
+            &["-n", a, "addr", "add", "10.77.0.1/24", "dev", &x],
+            &["-n", b, "addr", "add", "10.77.0.2/24", "dev", &y],
+            &["-n", a, "link", "set", &x, "up"],
+            &["-n", b, "link", "set", &y, "up"],
+            &["-n", a, "link", "set", "lo", "up"],
+        ];
+        for args in steps {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("cannot run ip (iproute2): {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(ns)
+    }
+
+    /// Moves the calling thread into namespace `i`.
+    fn enter(&self, i: usize) {
+        let f = std::fs::File::open(format!("/var/run/netns/{}", self.names[i])).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        // Deleting a namespace removes its end of the veth pair, and with it the other end.
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+#[test]
+fn echo_across_a_veth_pair_between_namespaces() {
+    let ns = match Namespaces::create() {
+        Ok(ns) => std::sync::Arc::new(ns),
+        Err(why) => {
+            eprintln!("skipped: cannot create network namespaces and a veth pair ({why})");
+            return;
+        }
+    };
+    // The server's thread lives in namespace a, the load generator's in b.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = {
+        let ns = ns.clone();
+        std::thread::spawn(move || {
+            ns.enter(0);
+            let listener = TcpListener::bind("10.77.0.1:0").unwrap();
+            let run = start(listener, ServerConfig::default());
+            tx.send(run.addr).unwrap();
+            run
+        })
+    };
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("server up");
+    let run = server.join().unwrap();
+    let client = {
+        let ns = ns.clone();
+        std::thread::spawn(move || {
+            ns.enter(1);
+            exercise(addr, 8, 1500, 0.3)
+        })
+    };
+    let r = client.join().expect("load across the veth pair");
+    assert_eq!(run.stop().bytes, r.requests * 1500);
+}
