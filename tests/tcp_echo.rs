@@ -110,7 +110,9 @@ impl Namespaces {
         let steps: [&[&str]; 8] = [
             &["netns", "add", a],
             &["netns", "add", b],
-            &["link", "add", &x, "netns", a, "type", "veth", "peer", "name", &y, "netns", b],
+            &[
+                "link", "add", &x, "netns", a, "type", "veth", "peer", "name", &y, "netns", b,
+            ],
             &["-n", a, "addr", "add", "10.77.0.1/24", "dev", &x],
             &["-n", b, "addr", "add", "10.77.0.2/24", "dev", &y],
             &["-n", a, "link", "set", &x, "up"],

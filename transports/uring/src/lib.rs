@@ -298,7 +298,8 @@ impl Uring {
         self.ring.params().is_setup_sqpoll()
     }
 
-    /// Operations submitted (or queued) whose completion has not been reaped.
+    /// Operations submitted (or queued) whose last completion has not been reaped (a multishot
+    /// operation counts once, however many completions it made).
     pub fn in_flight(&self) -> usize {
         (self.stats.pushed - (self.stats.completed - self.book.foreign - self.book.continued))
             as usize
@@ -340,8 +341,12 @@ impl Drop for Uring {
         }
         // Nothing in flight can pick a buffer any more: every buffer still posted comes back.
         for mut group in std::mem::take(&mut self.book.groups) {
-            let _ = self.ring.submitter().unregister_buf_ring(group.id);
-            group.reclaim_all();
+            match self.ring.submitter().unregister_buf_ring(group.id) {
+                Ok(()) => group.reclaim_all(),
+                // Still registered (a single-issuer ring dropped on another thread): its memory
+                // stays mapped for the kernel, which can pick nothing now (nothing in flight).
+                Err(_) => std::mem::forget(group),
+            }
         }
     }
 }
@@ -359,7 +364,12 @@ impl Uring {
         while self.in_flight() > 0 && Instant::now() < deadline {
             let ts = types::Timespec::new().nsec(10_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
-            let _ = self.ring.submitter().submit_with_args(1, &args);
+            let entered = self.ring.submitter().submit_with_args(1, &args);
+            if entered.is_err_and(|e| e.raw_os_error() == Some(libc::EEXIST)) {
+                // A single-issuer ring on another thread than its own: the kernel will take
+                // nothing from this one, so waiting is pointless; what is in flight is leaked.
+                break;
+            }
             loop {
                 let next = self.ring.completion().next();
                 let Some(cqe) = next else { break };

@@ -19,7 +19,8 @@ impl Uring {
 
     /// Submits what is queued and waits until at least `min` completions are ready (or the
     /// timeout passes): in [`WaitMode::Enter`] one `io_uring_enter` does both, like liburing's
-    /// `io_uring_submit_and_wait`. `min` is capped at the number of operations in flight.
+    /// `io_uring_submit_and_wait`. `min` is capped at the number of operations in flight
+    /// (operations, not completions: with one multishot operation in flight, it waits for one).
     ///
     /// The common case (no timeout, one enter that brings what was asked for) is inlined into
     /// the caller, system call included; everything else continues out of line.

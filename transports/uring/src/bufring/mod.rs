@@ -6,11 +6,19 @@
 //! completion names the buffer it filled (`IORING_CQE_F_BUFFER` and the id in the flags). Here
 //! the buffers come from a planes [`BufferPool`] (so a group can live in a region another
 //! process maps), each posted buffer is [lent](Buf::lend) to the kernel, and a completion's id
-//! is taken back with [`BufferPool::reclaim`]: an id that is out of range, or names a buffer not
-//! lent now (reported twice, forged in the ring's memory), is refused with a typed error and
-//! counted, never turned into a second owner of a buffer. A picked buffer is an owned [`Buf`]
-//! the caller holds; dropping it frees it in the pool, and the ring posts it again at the next
-//! push, reap or wait.
+//! is taken back with [`BufferPool::reclaim`]. The ring keeps its own record of which buffers
+//! are posted: an id that is out of range, or names a buffer that is not posted now (reported
+//! twice, in the caller's hands, lent onward to another process), and a length past the
+//! buffer's end, are refused with a typed error and counted, never turned into a second owner of
+//! a buffer. A picked buffer is an owned [`Buf`] the caller holds; dropping it frees it in the
+//! pool, and the ring posts it again at the next push, reap or wait.
+//!
+//! What the checks cannot cover: the ring's entries are memory of this process only (never
+//! shared), and the kernel trusts them, address and length included. Whoever could write them
+//! could point the kernel anywhere; so nothing safe hands them out, and an id that was forged
+//! there to name *another posted* buffer passes the checks (the bytes landed in the entry's
+//! buffer, the completion names the other). The checks are the defence against a kernel bug
+//! and forged completions, not against a writer of the ring.
 
 mod tail;
 
@@ -81,6 +89,9 @@ pub struct BufRingStats {
     pub refused: u64,
     /// Posted buffers the kernel has not picked (as far as completions tell).
     pub in_kernel: u64,
+    /// Buffers free in the pool, not posted yet (they are posted at the next push, reap or
+    /// wait).
+    pub free: u64,
 }
 
 /// Why a buffer ring could not be registered or unregistered.
@@ -168,6 +179,8 @@ pub(crate) struct Group {
     /// The entries, in memory of their own (page-aligned, as the kernel requires).
     ring: Region,
     producer: Producer,
+    /// Buffers posted to the kernel and not picked, by id: the only ids a completion may name.
+    posted: Vec<u64>,
     stats: BufRingStats,
 }
 
@@ -238,6 +251,7 @@ impl Group {
                 pool,
                 ring,
                 producer: Producer::new(entries as u16),
+                posted: vec![0; opts.count.div_ceil(64)],
                 stats: BufRingStats::default(),
             },
             entries,
@@ -249,23 +263,44 @@ impl Group {
         self.ring.as_ptr() as u64
     }
 
-    /// The pool the buffers come from.
-    pub(crate) fn pool(&self) -> &Arc<BufferPool> {
+    /// The pool the buffers come from, read-only: with its `Arc`, safe code could reclaim a
+    /// posted buffer.
+    pub(crate) fn pool(&self) -> &BufferPool {
         &self.pool
     }
 
     pub(crate) fn stats(&self) -> BufRingStats {
-        self.stats
+        BufRingStats {
+            free: self.pool.free_count() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Whether buffer `bid` is posted; marks it so (`to`).
+    fn mark(&mut self, bid: u16, to: bool) -> bool {
+        let (word, bit) = (usize::from(bid) / 64, 1u64 << (bid % 64));
+        let Some(w) = self.posted.get_mut(word) else {
+            return false;
+        };
+        let was = *w & bit != 0;
+        if to {
+            *w |= bit;
+        } else {
+            *w &= !bit;
+        }
+        was
     }
 
     /// Posts every free buffer of the pool to the kernel; returns how many.
     pub(crate) fn replenish(&mut self) -> usize {
         let pool = &self.pool;
+        let posted = &mut self.posted;
         let bufs = std::iter::from_fn(|| pool.alloc()).map(|buf| {
             let addr = buf.as_ptr() as u64;
             let len = buf.capacity() as u32;
             // The pool has at most 32768 buffers (checked when the group was made).
             let bid = buf.index() as u16;
+            posted[usize::from(bid) / 64] |= 1 << (bid % 64);
             // Lent before the tail store publishes its entry: the kernel owns it from then on.
             let _ = buf.lend();
             (addr, len, bid)
@@ -282,6 +317,10 @@ impl Group {
         let Some(bid) = cqueue::buffer_select(flags) else {
             return Ok(None);
         };
+        if !self.mark(bid, false) {
+            self.stats.refused += 1;
+            return Err(refused(self.id, bid, "it is not posted".into()));
+        }
         let layout = self.pool.layout();
         let handle = BufHandle {
             offset: layout.base + u64::from(bid) * u64::from(layout.buf_size),
@@ -311,17 +350,20 @@ impl Group {
         Ok(Some(buf))
     }
 
-    /// Takes back every buffer still lent to the kernel: only once nothing in flight can pick
-    /// one (the group unregistered, or no operation using it in flight).
+    /// Takes back every buffer still posted to the kernel: only once nothing in flight can pick
+    /// one (the group unregistered, or no operation using it in flight). Buffers the caller
+    /// holds, or lent onward, are not the ring's to take.
     pub(crate) fn reclaim_all(&mut self) {
         let layout = self.pool.layout();
         for index in 0..layout.count {
+            if !self.mark(index as u16, false) {
+                continue;
+            }
             let handle = BufHandle {
                 offset: layout.base + u64::from(index) * u64::from(layout.buf_size),
                 len: 0,
                 region: layout.region,
             };
-            // Not lent (free, or in the caller's hands): not the ring's to take.
             if let Ok(buf) = self.pool.reclaim(handle) {
                 drop(buf);
                 self.stats.in_kernel = self.stats.in_kernel.saturating_sub(1);
@@ -441,9 +483,9 @@ impl crate::Uring {
             .map(Group::stats)
     }
 
-    /// The pool a registered buffer ring's buffers come from (to watch how many are free, or to
-    /// tell another process where they lie).
-    pub fn buf_ring_pool(&self, group: BufGroup) -> Option<&Arc<BufferPool>> {
+    /// The pool a registered buffer ring's buffers come from, read-only (to tell another
+    /// process where they lie: [`BufferPool::layout`], [`BufferPool::region`]).
+    pub fn buf_ring_pool(&self, group: BufGroup) -> Option<&BufferPool> {
         self.book
             .groups
             .iter()
@@ -452,9 +494,15 @@ impl crate::Uring {
     }
 
     /// The memory of a registered buffer ring's entries. Only for tests that play a hostile
-    /// writer of the ring (the kernel trusts it; this ring validates what comes back).
+    /// writer of the ring's ids and lengths.
+    ///
+    /// # Safety
+    /// The kernel trusts these entries: an address or a length written here makes it write
+    /// wherever they point at the next receive. The caller may write an entry's id (bytes 12..14)
+    /// and its length (8..12, and only to a length that keeps the entry's buffer inside memory
+    /// the ring's pool owns), never its address nor the tail.
     #[doc(hidden)]
-    pub fn buf_ring_memory_for_tests(&self, group: BufGroup) -> Option<&Region> {
+    pub unsafe fn buf_ring_memory_for_tests(&self, group: BufGroup) -> Option<&Region> {
         self.book
             .groups
             .iter()
@@ -466,5 +514,44 @@ impl crate::Uring {
     /// of operations that pick buffers, reaps and waits do it on their own.
     pub fn replenish(&mut self) -> usize {
         self.book.groups.iter_mut().map(Group::replenish).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entry is written field by field: entry 0's write leaves the tail, which overlays its
+    /// last field, alone.
+    #[test]
+    fn writing_entry_zero_keeps_the_tail() {
+        let ring = Region::anonymous(4 * ENTRY, RegionOptions::new()).unwrap();
+        let mem = RingMem(&ring);
+        mem.store_tail(0xbeef, std::sync::atomic::Ordering::Release);
+        mem.write_entry(0, 0x1122_3344_5566_7788, 0x99aa_bbcc, 0xddee);
+        let mut bytes = [0u8; ENTRY];
+        let h = BufHandle {
+            offset: 0,
+            len: ENTRY as u32,
+            region: ring.id(),
+        };
+        ring.read_into(h, &mut bytes).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+            0x1122_3344_5566_7788
+        );
+        assert_eq!(
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()),
+            0x99aa_bbcc
+        );
+        assert_eq!(
+            u16::from_le_bytes(bytes[12..14].try_into().unwrap()),
+            0xddee
+        );
+        assert_eq!(
+            u16::from_le_bytes(bytes[14..].try_into().unwrap()),
+            0xbeef,
+            "the tail"
+        );
     }
 }

@@ -224,8 +224,9 @@ pub enum Op {
     /// Multishot `recv` (Linux 6.0): one completion per arrival of data, each with a buffer the
     /// kernel picked from `group`'s ring ([`Output::Pooled`]), while
     /// [`more`](crate::Completion::more) is set. It ends with `more` clear: at end of stream
-    /// (result 0), on an error, or with `ENOBUFS` when the ring ran out of buffers (no byte is
-    /// lost: what did not fit stays in the socket). Drop the buffers you are done with and push
+    /// (result 0), on an error, with `ENOBUFS` when the ring ran out of buffers (no byte is
+    /// lost: what did not fit stays in the socket), or with data when the kernel stops it on
+    /// its own (a full completion queue, say). Drop the buffers you are done with and push
     /// it again to re-arm.
     RecvMulti {
         /// Socket.

@@ -12,13 +12,20 @@ use super::*;
 /// are dropped, and the stream arrives whole and in order.
 #[test]
 fn a_multishot_recv_drains_the_ring_gets_enobufs_is_rearmed_and_loses_no_byte() {
+    if !kernel_at_least(6, 0) {
+        return;
+    }
     let (mut tx, rx) = tcp_pair();
     let mut ring = Uring::builder().build().unwrap();
     let group = ring
         .register_buf_ring(BufRingOptions::new(3, 64, 4))
         .unwrap();
-    let pool = ring.buf_ring_pool(group).unwrap().clone();
-    assert_eq!(pool.free_count(), 0, "every buffer is posted");
+    let stats = ring.buf_ring_stats(group).unwrap();
+    assert_eq!(
+        (stats.free, stats.in_kernel),
+        (0, 4),
+        "every buffer is posted"
+    );
     let data = pattern(1000);
     tx.write_all(&data).unwrap();
     let recv = || Op::RecvMulti {
@@ -75,6 +82,9 @@ fn a_multishot_recv_drains_the_ring_gets_enobufs_is_rearmed_and_loses_no_byte() 
 
 #[test]
 fn buffer_groups_are_checked_at_push_and_unregister() {
+    if !kernel_at_least(6, 0) {
+        return;
+    }
     let (_tx, rx) = tcp_pair();
     let mut ring = Uring::builder().build().unwrap();
     let unknown = {
@@ -128,16 +138,18 @@ fn buffer_groups_are_checked_at_push_and_unregister() {
     ));
     push(&mut ring, 2, Op::Cancel { token: 1 });
     let _ = (next(&mut ring), next(&mut ring));
-    let pool = ring.buf_ring_pool(group).unwrap().clone();
     ring.unregister_buf_ring(group).unwrap();
-    assert_eq!(pool.free_count(), 2, "every posted buffer came back");
     assert!(ring.buf_ring_stats(group).is_none());
 }
 
 /// Writes `value` into field `at` (bytes into the entry) of entry `index` of `group`'s ring, as
 /// a hostile writer of the ring's memory would.
+/// Only ids, and lengths that keep the buffer inside the pool's memory.
 fn forge(ring: &Uring, group: BufGroup, index: u64, at: u64, value: &[u8]) {
-    let mem = ring.buf_ring_memory_for_tests(group).unwrap();
+    assert!(at == 12 || at == 8, "only the id or the length");
+    // SAFETY: only an id or a length is written; every caller keeps a forged length inside the
+    // buffer's pool (the next buffer of the same pool).
+    let mem = unsafe { ring.buf_ring_memory_for_tests(group) }.unwrap();
     let h = BufHandle {
         offset: index * 16 + at,
         len: value.len() as u32,
@@ -150,6 +162,9 @@ fn forge(ring: &Uring, group: BufGroup, index: u64, at: u64, value: &[u8]) {
 /// it) is refused with a typed error, not handed out as a buffer.
 #[test]
 fn a_forged_buffer_id_from_the_ring_memory_is_refused() {
+    if !kernel_at_least(6, 0) {
+        return;
+    }
     let (mut tx, rx) = tcp_pair();
     let mut ring = Uring::builder().build().unwrap();
     let group = ring
@@ -183,6 +198,9 @@ fn a_forged_buffer_id_from_the_ring_memory_is_refused() {
 /// holds: refused, the buffer taken back into the pool rather than handed out.
 #[test]
 fn a_length_past_the_buffer_is_refused() {
+    if !kernel_at_least(6, 0) {
+        return;
+    }
     let (mut tx, rx) = tcp_pair();
     let mut ring = Uring::builder().build().unwrap();
     // Two buffers of 64 bytes; entry 0 claims 128 (its neighbour is posted, so the kernel's
@@ -215,6 +233,9 @@ fn a_length_past_the_buffer_is_refused() {
 /// to its pool.
 #[test]
 fn dropping_the_ring_with_multishots_in_flight_returns_every_buffer() {
+    if !kernel_at_least(6, 0) {
+        return;
+    }
     let (mut tx, rx) = tcp_pair();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let region = Arc::new(Region::memfd("bufring", 1 << 16, RegionOptions::new()).unwrap());
@@ -222,7 +243,6 @@ fn dropping_the_ring_with_multishots_in_flight_returns_every_buffer() {
     let group = ring
         .register_buf_ring(BufRingOptions::new(5, 1024, 16).region(region.clone(), 4096))
         .unwrap();
-    let pool = ring.buf_ring_pool(group).unwrap().clone();
     push(
         &mut ring,
         1,
@@ -242,13 +262,53 @@ fn dropping_the_ring_with_multishots_in_flight_returns_every_buffer() {
     tx.write_all(b"kept by the caller").unwrap();
     let held = selected(next(&mut ring));
     assert_eq!(ring.in_flight(), 2);
-    assert_eq!(pool.free_count(), 0);
     drop(ring);
-    assert_eq!(pool.free_count(), 15, "all but the held buffer are back");
+    // The held buffer is still the caller's, bytes and all, and keeps its pool alive.
     assert_eq!(held.to_vec(), b"kept by the caller");
+    assert!(BufferPool::new(region.clone(), 4096, 1024, 16).is_err());
     drop(held);
-    assert_eq!(pool.free_count(), 16);
-    drop(pool);
-    // The pool's claim on the region is gone with it.
+    // Nothing was leaked: with the last buffer the pool is gone, and its claim on the range.
     BufferPool::new(region, 4096, 1024, 16).expect("the range is free again");
+}
+
+/// A forged id naming a buffer that is not posted now (one the caller lent onward to another
+/// process, so the pool's lent bit is set) is refused: the ring's record of posted buffers, not
+/// the pool's lent bit, decides.
+#[test]
+fn a_forged_id_naming_a_buffer_lent_onward_is_refused() {
+    if !kernel_at_least(6, 0) {
+        return;
+    }
+    let (mut tx, rx) = tcp_pair();
+    let mut ring = Uring::builder().build().unwrap();
+    let group = ring
+        .register_buf_ring(BufRingOptions::new(0, 64, 4))
+        .unwrap();
+    push(
+        &mut ring,
+        7,
+        Op::RecvMulti {
+            fd: target(&rx),
+            group,
+            flags: 0,
+        },
+    );
+    tx.write_all(b"first").unwrap();
+    let held = selected(next(&mut ring));
+    assert_eq!(held.index(), 0, "entry 0 came first");
+    // Lent onward (to a peer that maps the pool's region, say).
+    let lent = held.lend();
+    // The kernel reads entry 1 next: make it name the buffer lent onward.
+    forge(&ring, group, 1, 12, &0u16.to_le_bytes());
+    tx.write_all(b"second").unwrap();
+    let c = next(&mut ring);
+    let e = c.result.as_ref().unwrap_err();
+    assert!(e.to_string().contains("not posted"), "{e}");
+    assert!(c.more, "the receive goes on: {c:?}");
+    assert_eq!(ring.in_flight(), 1);
+    let mut peer_sees = [0u8; 5];
+    let pool_region = ring.buf_ring_pool(group).unwrap().region().clone();
+    pool_region.read_into(lent, &mut peer_sees).unwrap();
+    assert_eq!(&peer_sees, b"first", "the lent buffer is untouched");
+    assert_eq!(ring.buf_ring_stats(group).unwrap().refused, 1);
 }

@@ -193,3 +193,22 @@ fn selected(c: subring_uring::Completion) -> subring_planes::data::Buf {
         o => panic!("a picked buffer, not {o:?} (result {:?})", c.result),
     }
 }
+
+/// Whether the running kernel is at least `major.minor`; says so when it is not (the caller
+/// skips).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let ok = have >= (major, minor);
+    if !ok {
+        eprintln!(
+            "skipped: needs Linux {major}.{minor}, this is {}",
+            release.trim()
+        );
+    }
+    ok
+}

@@ -9,6 +9,9 @@ use super::*;
 
 #[test]
 fn a_multishot_accept_delivers_a_descriptor_per_connection_until_cancelled() {
+    if !kernel_at_least(5, 19) {
+        return;
+    }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut ring = Uring::builder().build().unwrap();
@@ -69,6 +72,9 @@ fn a_multishot_accept_delivers_a_descriptor_per_connection_until_cancelled() {
 
 #[test]
 fn a_multishot_poll_fires_each_time_and_ends_on_cancel() {
+    if !kernel_at_least(5, 19) {
+        return;
+    }
     let (mut tx, rx) = tcp_pair();
     let mut ring = Uring::builder().build().unwrap();
     push(
@@ -103,6 +109,9 @@ fn a_multishot_poll_fires_each_time_and_ends_on_cancel() {
 
 #[test]
 fn a_multishot_read_of_a_pipe_picks_a_buffer_per_write() {
+    if !kernel_at_least(6, 7) {
+        return;
+    }
     let (rx, tx) = nix::unistd::pipe().unwrap();
     let mut ring = Uring::builder().build().unwrap();
     let group = ring

@@ -6,6 +6,9 @@ use super::*;
 /// back only with the kernel's notification, in the last completion, which repeats the result.
 #[test]
 fn a_zero_copy_send_returns_its_buffer_only_with_the_notification() {
+    if !kernel_at_least(6, 0) {
+        return;
+    }
     use std::io::Read;
     let (tx, mut rx) = tcp_pair();
     let mut ring = Uring::builder().build().unwrap();
@@ -47,6 +50,9 @@ fn a_zero_copy_send_returns_its_buffer_only_with_the_notification() {
 /// notification.
 #[test]
 fn a_zero_copy_send_from_a_registered_region() {
+    if !kernel_at_least(6, 0) {
+        return;
+    }
     use std::io::Read;
     let (tx, mut rx) = tcp_pair();
     let region = Arc::new(Region::memfd("sendzc", 1 << 16, RegionOptions::new()).unwrap());
