@@ -12,6 +12,8 @@
 //!   the sleeping flag alone;
 //! - [`storage`]: the block service (client → shm service → io_uring into the client's memory)
 //!   against local io_uring reads, a classic Unix-socket server and a copying service;
+//! - [`net`]: a TCP echo service on the kernel transport against an epoll loop, tokio and (with
+//!   `runtimes`) tokio-uring and compio;
 //! - `iceoryx` (feature `iceoryx2`): iceoryx2's publish-subscribe round trip.
 //!
 //! Results land in a [`report::Report`]: a table for people, JSON (serde) and an SVG chart
@@ -22,6 +24,7 @@ pub mod asyncrt;
 pub mod coalesce;
 pub mod ipc;
 pub mod kernel;
+pub mod net;
 pub mod peers;
 pub mod plot;
 pub mod report;

@@ -5,8 +5,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use subring::queue::{Completer, QueueError, Submitter};
-use subring::uring::{OnFull, Op, Output, SharedFd, Submission, Target, Uring};
+use subring_planes::queue::{Completer, QueueError, Submitter};
+use subring_uring::{OnFull, Op, Output, SharedFd, Submission, Target, Uring};
 
 use super::server::Res;
 
@@ -61,6 +61,8 @@ fn message(conn: usize, seq: u64, size: usize) -> Vec<u8> {
 pub fn load(addr: SocketAddr, conns: usize, size: usize, duration: Duration) -> Res<LoadReport> {
     let mut ring = Uring::builder()
         .entries(512)
+        .single_issuer(true)
+        .defer_taskrun(true)
         .on_full(OnFull::Submit)
         .build()?;
     let mut all = Vec::with_capacity(conns);

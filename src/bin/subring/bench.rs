@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use subring_bench::report::Report;
-use subring_bench::{coalesce, ipc, kernel, plot, spsc, storage, Progress};
+use subring_bench::{coalesce, ipc, kernel, net, plot, spsc, storage, Progress};
 
 use crate::Error;
 
@@ -27,6 +27,9 @@ pub enum Part {
     /// The block service (reads landing in the client's memory) vs local io_uring, a
     /// Unix-socket server and a copying service.
     Storage,
+    /// A TCP echo service on loopback: subring's kernel transport vs an epoll loop, tokio, and
+    /// (with the `runtimes` feature) tokio-uring and compio.
+    Net,
     /// iceoryx2's publish-subscribe round trip (needs the `iceoryx2` feature).
     Iceoryx2,
 }
@@ -139,6 +142,10 @@ pub fn run(args: &Args) -> Result<(), Error> {
             &mut report,
             &mut progress,
         )?;
+    }
+    // Forks its servers too.
+    if wants(Part::Net) {
+        net::run(&net::NetConfig::new(args.quick), &mut report, &mut progress)?;
     }
     #[cfg(feature = "iceoryx2")]
     if wants(Part::Iceoryx2) {

@@ -38,6 +38,7 @@ impl Drop for TempDir {
     }
 }
 
+mod batch_wait;
 mod bufring;
 mod cancel;
 mod fds;

@@ -1,0 +1,259 @@
+//! The net section: a TCP echo service on loopback, subring's (`examples/tcp_echo`: one thread,
+//! one ring, multishot accept, multishot recv into a provided-buffer ring, each buffer sent back
+//! from where it was received) against the servers a user would write otherwise, each on one
+//! thread: an epoll loop (mio), tokio's current-thread runtime, and, with the `runtimes`
+//! feature, tokio-uring and compio.
+//!
+//! Every server runs in a forked process pinned to CPU 1; the load is the example's load
+//! generator (one thread, a ring of its own, every byte of every echo checked) on CPU 0, the
+//! same for every server. Work: 1, 16 and 64 connections, 64-byte and 4 KiB messages, one
+//! message in flight per connection; each row reports requests per second, and the latency
+//! rows the median and 99th percentile round trip. The servers run in the order of a rotation
+//! that changes with each repetition, and every repetition is labelled with the placement probe.
+//! subring's row also reports the server's `io_uring_enter` calls per request.
+
+#[path = "../../../examples/tcp_echo/load.rs"]
+#[allow(dead_code, missing_docs)]
+mod load;
+mod peers;
+#[path = "../../../examples/tcp_echo/server.rs"]
+#[allow(dead_code, missing_docs)]
+mod server;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::peers::{AffinityGuard, Latency};
+use crate::report::{Report, Section, Unit};
+use crate::{Context, Progress};
+
+/// The CPU the forked servers are pinned to; the load generator runs on the other.
+const SERVER_CPU: usize = 1;
+const CLIENT_CPU: usize = 0;
+
+/// How much to measure.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Repetitions.
+    pub reps: usize,
+    /// How long each server is loaded, per repetition and work.
+    pub duration: Duration,
+}
+
+impl NetConfig {
+    /// The full run (`quick`: a short one).
+    pub fn new(quick: bool) -> Self {
+        NetConfig {
+            reps: if quick { 3 } else { 7 },
+            duration: Duration::from_millis(if quick { 300 } else { 1000 }),
+        }
+    }
+}
+
+/// The servers compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Server {
+    Subring,
+    Epoll,
+    Tokio,
+    #[cfg(feature = "runtimes")]
+    TokioUring,
+    #[cfg(feature = "runtimes")]
+    Compio,
+}
+
+const SUBRING: &str = "subring (io_uring)";
+const EPOLL: &str = "epoll (mio)";
+const TOKIO: &str = "tokio";
+#[cfg(feature = "runtimes")]
+const TOKIO_URING: &str = "tokio-uring";
+#[cfg(feature = "runtimes")]
+const COMPIO: &str = "compio";
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Subring => SUBRING,
+            Server::Epoll => EPOLL,
+            Server::Tokio => TOKIO,
+            #[cfg(feature = "runtimes")]
+            Server::TokioUring => TOKIO_URING,
+            #[cfg(feature = "runtimes")]
+            Server::Compio => COMPIO,
+        }
+    }
+
+    fn all() -> Vec<Server> {
+        #[allow(unused_mut)] // extended only with the `runtimes` feature
+        let mut v = vec![Server::Subring, Server::Epoll, Server::Tokio];
+        #[cfg(feature = "runtimes")]
+        v.extend([Server::TokioUring, Server::Compio]);
+        v
+    }
+}
+
+/// One measurement: requests per second, round-trip latencies, and the server's system calls
+/// per request where counted.
+struct Measured {
+    rate: f64,
+    latency: Latency,
+    enters_per_request: Option<f64>,
+}
+
+/// Runs the net sections into `report`.
+pub fn run(
+    cfg: &NetConfig,
+    report: &mut Report,
+    progress: &mut dyn Progress,
+) -> Result<(), String> {
+    let works: [(usize, usize); 6] = [
+        (1, 64),
+        (16, 64),
+        (64, 64),
+        (1, 4096),
+        (16, 4096),
+        (64, 4096),
+    ];
+    let servers = Server::all();
+    progress.begin("net", (cfg.reps * works.len() * servers.len()) as u64);
+    let name = |conns: usize, size: usize| {
+        let bytes = if size >= 1024 {
+            format!("{} KiB", size / 1024)
+        } else {
+            format!("{size} B")
+        };
+        format!(
+            "net echo {bytes}, {conns} connection{}",
+            if conns == 1 { "" } else { "s" }
+        )
+    };
+    let mut rates: Vec<Section> = works
+        .iter()
+        .map(|(c, s)| Section::new(&format!("{}: requests/s", name(*c, *s)), cfg.reps))
+        .collect();
+    let mut latencies: Vec<Section> = works
+        .iter()
+        .map(|(c, s)| Section::new(&format!("{}: round trip", name(*c, *s)), cfg.reps))
+        .collect();
+    for rep in 0..cfg.reps {
+        let before = crate::peers::probe();
+        for (w, (conns, size)) in works.iter().enumerate() {
+            for k in 0..servers.len() {
+                let server = servers[(k + rep) % servers.len()];
+                progress.step(&format!("{} x{conns} {size} B", server.name()));
+                let m = measure(server, *conns, *size, cfg.duration).map_err(|e| {
+                    format!("{} ({conns} connections, {size} B): {e}", server.name())
+                })?;
+                rates[w].rate(rep, server.name(), Unit::OpsPerSec, m.rate);
+                latencies[w].latency(rep, server.name(), &m.latency);
+                if let Some(e) = m.enters_per_request {
+                    rates[w].syscalls(server.name(), e);
+                }
+            }
+        }
+        let after = crate::peers::probe();
+        for s in rates.iter_mut().chain(latencies.iter_mut()) {
+            s.label(rep, before, after);
+        }
+    }
+    for (((conns, size), mut r), mut l) in works.iter().zip(rates).zip(latencies) {
+        let order: Vec<&str> = servers.iter().map(|s| s.name()).collect();
+        r.order(&order);
+        l.order(&order);
+        let headline = *conns == 64 && *size == 64;
+        r.compare(EPOLL, SUBRING, None);
+        r.compare(TOKIO, SUBRING, headline.then_some(">= 1.2"));
+        l.compare(EPOLL, SUBRING, None);
+        l.compare(TOKIO, SUBRING, None);
+        #[cfg(feature = "runtimes")]
+        {
+            r.compare(TOKIO_URING, SUBRING, headline.then_some(">= 1.0"));
+            r.compare(COMPIO, SUBRING, headline.then_some(">= 1.0"));
+            l.compare(TOKIO_URING, SUBRING, None);
+            l.compare(COMPIO, SUBRING, None);
+        }
+        r.finish(report);
+        l.finish(report);
+    }
+    #[cfg(not(feature = "runtimes"))]
+    report.skipped.push((
+        "net echo: tokio-uring and compio".into(),
+        "built without the `runtimes` feature".into(),
+    ));
+    Ok(())
+}
+
+/// Forks `server` on a listener on loopback, loads it with `conns` connections of `size`-byte
+/// messages for `duration`, and stops it.
+fn measure(
+    server: Server,
+    conns: usize,
+    size: usize,
+    duration: Duration,
+) -> Result<Measured, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").ctx("bind a loopback listener")?;
+    let addr = listener.local_addr().ctx("listener address")?;
+    // subring's server stops when this is readable and reports its counters on the pipe; the
+    // others are killed.
+    let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).ctx("eventfd")?;
+    let (stats_rx, stats_tx) = nix::unistd::pipe().ctx("pipe")?;
+    let close = [stats_rx.as_raw_fd()];
+    let stop_fd: OwnedFd = stop.as_fd().try_clone_to_owned().ctx("dup eventfd")?;
+    let child = crate::peers::fork_pinned(SERVER_CPU, &close, move || {
+        let code = match server {
+            Server::Subring => {
+                match server::serve(&listener, stop_fd.as_fd(), server::ServerConfig::default()) {
+                    Ok(stats) => {
+                        let line = format!("{} {}\n", stats.enters, stats.recvs);
+                        let _ = nix::unistd::write(&stats_tx, line.as_bytes());
+                        0
+                    }
+                    Err(_) => 4,
+                }
+            }
+            Server::Epoll => peers::mio_echo(listener),
+            Server::Tokio => peers::tokio_echo(listener),
+            #[cfg(feature = "runtimes")]
+            Server::TokioUring => peers::tokio_uring_echo(listener),
+            #[cfg(feature = "runtimes")]
+            Server::Compio => peers::compio_echo(listener),
+        };
+        drop(stats_tx);
+        code
+    })?;
+    let report = {
+        let _pin = AffinityGuard::pin(CLIENT_CPU)?;
+        load::load(addr, conns, size, duration).map_err(|e| e.to_string())
+    };
+    let enters_per_request = if server == Server::Subring {
+        stop.write(1).ctx("stop the server")?;
+        let mut line = String::new();
+        let mut rx = std::fs::File::from(stats_rx);
+        rx.read_to_string(&mut line).ctx("the server's counters")?;
+        child.reap(Duration::from_secs(10))?;
+        let mut it = line
+            .split_whitespace()
+            .map(|x| x.parse::<f64>().unwrap_or(f64::NAN));
+        let enters = it.next().unwrap_or(f64::NAN);
+        report
+            .as_ref()
+            .ok()
+            .map(|r| enters / r.requests.max(1) as f64)
+    } else {
+        // Dropping the child kills and reaps it.
+        drop(child);
+        None
+    };
+    let r = report?;
+    Ok(Measured {
+        rate: r.rate(),
+        latency: Latency {
+            samples_ns: r.latencies_ns,
+        },
+        enters_per_request,
+    })
+}
