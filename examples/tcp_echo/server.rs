@@ -32,7 +32,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             buf_size: 4096,
-            bufs: 1024,
+            bufs: 256,
             zero_copy_from: 16 * 1024,
         }
     }

@@ -8,7 +8,9 @@
 //! generator (one thread, a ring of its own, every byte of every echo checked) on CPU 0, the
 //! same for every server. Work: 1, 16 and 64 connections, 64-byte and 4 KiB messages, one
 //! message in flight per connection; each row reports requests per second, and the latency
-//! rows the median and 99th percentile round trip. The servers run in the order of a rotation
+//! rows the median and 99th percentile round trip, and the CPU rows the server process's CPU
+//! time per request (`/proc/PID/schedstat`: what a server costs, whichever side of the loopback
+//! is the bottleneck). The servers run in the order of a rotation
 //! that changes with each repetition, and every repetition is labelled with the placement probe.
 //! subring's row also reports the server's `io_uring_enter` calls per request.
 
@@ -102,6 +104,17 @@ struct Measured {
     rate: f64,
     latency: Latency,
     enters_per_request: Option<f64>,
+    /// The server process's CPU time (user and system) per request, in ns.
+    cpu_per_request: f64,
+}
+
+/// CPU time a process has run, in ns (`/proc/PID/schedstat`'s first field).
+fn cpu_ns(pid: libc::pid_t) -> Result<u64, String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ctx("read schedstat")?;
+    s.split_whitespace()
+        .next()
+        .and_then(|x| x.parse().ok())
+        .ok_or_else(|| format!("schedstat of {pid}: {s:?}"))
 }
 
 /// Runs the net sections into `report`.
@@ -135,6 +148,15 @@ pub fn run(
         .iter()
         .map(|(c, s)| Section::new(&format!("{}: requests/s", name(*c, *s)), cfg.reps))
         .collect();
+    let mut cpu: Vec<Section> = works
+        .iter()
+        .map(|(c, s)| {
+            Section::new(
+                &format!("{}: server CPU per request", name(*c, *s)),
+                cfg.reps,
+            )
+        })
+        .collect();
     let mut latencies: Vec<Section> = works
         .iter()
         .map(|(c, s)| Section::new(&format!("{}: round trip", name(*c, *s)), cfg.reps))
@@ -150,34 +172,40 @@ pub fn run(
                 })?;
                 rates[w].rate(rep, server.name(), Unit::OpsPerSec, m.rate);
                 latencies[w].latency(rep, server.name(), &m.latency);
+                cpu[w].rate(rep, server.name(), Unit::Ns, m.cpu_per_request);
                 if let Some(e) = m.enters_per_request {
                     rates[w].syscalls(server.name(), e);
                 }
             }
         }
         let after = crate::peers::probe();
-        for s in rates.iter_mut().chain(latencies.iter_mut()) {
+        for s in rates
+            .iter_mut()
+            .chain(latencies.iter_mut())
+            .chain(cpu.iter_mut())
+        {
             s.label(rep, before, after);
         }
     }
-    for (((conns, size), mut r), mut l) in works.iter().zip(rates).zip(latencies) {
+    for ((((conns, size), mut r), mut l), mut c) in works.iter().zip(rates).zip(latencies).zip(cpu)
+    {
         let order: Vec<&str> = servers.iter().map(|s| s.name()).collect();
-        r.order(&order);
-        l.order(&order);
         let headline = *conns == 64 && *size == 64;
-        r.compare(EPOLL, SUBRING, None);
+        for s in [&mut r, &mut l, &mut c] {
+            s.order(&order);
+            for peer in &servers[1..] {
+                s.compare(peer.name(), SUBRING, None);
+            }
+        }
         r.compare(TOKIO, SUBRING, headline.then_some(">= 1.2"));
-        l.compare(EPOLL, SUBRING, None);
-        l.compare(TOKIO, SUBRING, None);
         #[cfg(feature = "runtimes")]
         {
             r.compare(TOKIO_URING, SUBRING, headline.then_some(">= 1.0"));
             r.compare(COMPIO, SUBRING, headline.then_some(">= 1.0"));
-            l.compare(TOKIO_URING, SUBRING, None);
-            l.compare(COMPIO, SUBRING, None);
         }
         r.finish(report);
         l.finish(report);
+        c.finish(report);
     }
     #[cfg(not(feature = "runtimes"))]
     report.skipped.push((
@@ -225,10 +253,12 @@ fn measure(
         drop(stats_tx);
         code
     })?;
+    let cpu_before = cpu_ns(child.pid())?;
     let report = {
         let _pin = AffinityGuard::pin(CLIENT_CPU)?;
         load::load(addr, conns, size, duration).map_err(|e| e.to_string())
     };
+    let server_cpu = cpu_ns(child.pid())?.saturating_sub(cpu_before);
     let enters_per_request = if server == Server::Subring {
         stop.write(1).ctx("stop the server")?;
         let mut line = String::new();
@@ -250,6 +280,7 @@ fn measure(
     };
     let r = report?;
     Ok(Measured {
+        cpu_per_request: server_cpu as f64 / r.requests.max(1) as f64,
         rate: r.rate(),
         latency: Latency {
             samples_ns: r.latencies_ns,
