@@ -179,6 +179,7 @@ impl Book {
                 // completion of the accept and nothing else knows of it.
                 Output::Fd(unsafe { std::os::fd::FromRawFd::from_raw_fd(res) })
             }
+            Op::AcceptMultiDirect { .. } if res >= 0 => Output::Slot(res as u32),
             _ => match op.buf_group() {
                 Some(group) => self.selected(group, flags, res, &mut result),
                 None => Output::None,

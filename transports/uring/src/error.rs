@@ -68,6 +68,10 @@ pub enum SubmitError {
         /// The token.
         token: u64,
     },
+    /// A direct descriptor into any free slot, with no registered file table: register one
+    /// first ([`Uring::register_files_sparse`](crate::Uring::register_files_sparse)).
+    #[error("no registered file table to put a direct descriptor in")]
+    NoFileTable,
     /// An operation naming a buffer group that no buffer ring is registered as.
     #[error("no buffer ring is registered as group {group}")]
     NoBufGroup {

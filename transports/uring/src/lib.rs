@@ -65,7 +65,7 @@ pub use bufring::{BufGroup, BufRingError, BufRingOptions, BufRingStats, MAX_BUF_
 pub use builder::UringBuilder;
 pub use error::{NothingInFlight, SubmitError};
 pub use fd::{CloseTarget, FdOwner, SharedFd};
-pub use op::{FixedBuf, Link, Op, Output, Submission, Target};
+pub use op::{DirectSlot, FixedBuf, Link, Op, Output, Submission, Target};
 pub use register::{RegionKey, RegisterError};
 
 use book::Book;

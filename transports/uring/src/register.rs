@@ -414,11 +414,36 @@ impl Uring {
     pub fn register_files<F: AsFd>(&mut self, fds: &[F]) -> io::Result<()> {
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_fd().as_raw_fd()).collect();
         if self.files > 0 {
-            self.ring.submitter().unregister_files()?;
+            self.ring
+                .submitter()
+                .unregister_files()
+                .map_err(|e| self.enter_error(e))?;
             self.files = 0;
         }
-        self.ring.submitter().register_files(&raw)?;
+        self.ring
+            .submitter()
+            .register_files(&raw)
+            .map_err(|e| self.enter_error(e))?;
         self.files = raw.len() as u32;
+        Ok(())
+    }
+
+    /// Registers a file table of `slots` empty slots, replacing any registered before: room for
+    /// direct descriptors ([`DirectSlot`](crate::DirectSlot)) and for [`Op::FilesUpdate`]
+    /// (Linux 5.19 for the sparse table).
+    pub fn register_files_sparse(&mut self, slots: u32) -> io::Result<()> {
+        if self.files > 0 {
+            self.ring
+                .submitter()
+                .unregister_files()
+                .map_err(|e| self.enter_error(e))?;
+            self.files = 0;
+        }
+        self.ring
+            .submitter()
+            .register_files_sparse(slots)
+            .map_err(|e| self.enter_error(e))?;
+        self.files = slots;
         Ok(())
     }
 

@@ -34,6 +34,8 @@ impl Uring {
             | Op::RecvMsg { fd, .. }
             | Op::Accept { fd }
             | Op::AcceptMulti { fd }
+            | Op::AcceptDirect { fd, .. }
+            | Op::AcceptMultiDirect { fd }
             | Op::RecvMulti { fd, .. }
             | Op::ReadMulti { fd, .. }
             | Op::PollMulti { fd, .. }
@@ -68,6 +70,19 @@ impl Uring {
             Op::Cancel { token }
             | Op::TimeoutRemove { token }
             | Op::TimeoutUpdate { token, .. } => fin.cancel_target = self.cancel_target(*token)?,
+            Op::AcceptDirect { slot, .. }
+            | Op::SocketDirect { slot, .. }
+            | Op::OpenAtDirect { slot, .. } => self.check_slot(*slot)?,
+            Op::AcceptMultiDirect { .. } => self.check_slot(DirectSlot::Any)?,
+            Op::FilesUpdate { offset, fds } => {
+                let end = u64::from(*offset) + fds.len() as u64;
+                if end > u64::from(self.files) {
+                    return Err(file_out_of_range(
+                        u32::try_from(end - 1).unwrap_or(u32::MAX),
+                        self.files,
+                    ));
+                }
+            }
             Op::RecvMulti { group, .. } | Op::ReadMulti { group, .. }
                 if !self.book.groups.iter().any(|g| g.id == group.id()) =>
             {
@@ -81,6 +96,16 @@ impl Uring {
             Link::Hard => squeue::Flags::IO_HARDLINK,
         };
         Ok(())
+    }
+
+    /// A direct descriptor's slot must lie in the registered file table (or, for any slot, a
+    /// table must be registered).
+    fn check_slot(&self, slot: DirectSlot) -> Result<(), QueueError> {
+        match slot {
+            DirectSlot::At(i) if i >= self.files => Err(file_out_of_range(i, self.files)),
+            DirectSlot::Any if self.files == 0 => Err(SubmitError::NoFileTable.into()),
+            _ => Ok(()),
+        }
     }
 
     /// The `user_data` of the in-flight operation submitted with `token`, for a cancel.

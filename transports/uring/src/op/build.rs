@@ -17,6 +17,8 @@ pub(crate) enum Aux {
     Msg(Box<MsgHdr>),
     /// The bytes a zero-copy send reported in its first completion, for its last one.
     Sent(u32),
+    /// The descriptor numbers a files update reads.
+    Fds(Vec<RawFd>),
 }
 
 /// A `msghdr` and everything it points to, kept together until the completion: the kernel
@@ -353,6 +355,46 @@ pub(crate) fn build<R>(
         )
         .flags(libc::SOCK_CLOEXEC)
         .build()),
+        Op::AcceptDirect { fd, slot } => fd!(fd, |f| opcode::Accept::new(
+            f,
+            std::ptr::null_mut(),
+            std::ptr::null_mut()
+        )
+        .file_index(Some(slot.kernel()))
+        .build()),
+        Op::AcceptMultiDirect { fd } => fd!(fd, |f| opcode::AcceptMulti::new(f)
+            .allocate_file_index(true)
+            .build()),
+        Op::SocketDirect {
+            domain,
+            ty,
+            protocol,
+            slot,
+        } => out(opcode::Socket::new(*domain, *ty, *protocol)
+            .file_index(Some(slot.kernel()))
+            .build()),
+        Op::OpenAtDirect {
+            dir,
+            path,
+            flags,
+            mode,
+            slot,
+        } => out(opcode::OpenAt::new(at(dir), path.as_ptr())
+            .flags(*flags)
+            .mode(*mode)
+            .file_index(Some(slot.kernel()))
+            .build()),
+        Op::FilesUpdate { offset, fds } => {
+            let raw: Vec<RawFd> = fds
+                .iter()
+                .map(|f| f.as_ref().map_or(-1, SharedFd::raw))
+                .collect();
+            let (ptr, n) = (raw.as_ptr(), len32(raw.len()));
+            *aux = Aux::Fds(raw);
+            out(opcode::FilesUpdate::new(ptr, n)
+                .offset(*offset as i32)
+                .build())
+        }
         Op::AcceptMulti { fd } => fd!(fd, |f| opcode::AcceptMulti::new(f)
             .flags(libc::SOCK_CLOEXEC)
             .build()),
@@ -474,6 +516,26 @@ pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
             // SAFETY: the kernel installed descriptor `res` in this process for this operation
             // and nothing else knows of it: it is this completion's to own.
             Output::Fd(unsafe { OwnedFd::from_raw_fd(res) })
+        }
+        Op::AcceptDirect {
+            slot: DirectSlot::At(i),
+            ..
+        }
+        | Op::SocketDirect {
+            slot: DirectSlot::At(i),
+            ..
+        }
+        | Op::OpenAtDirect {
+            slot: DirectSlot::At(i),
+            ..
+        } if res >= 0 => Output::Slot(i),
+        Op::AcceptDirect { .. }
+        | Op::AcceptMultiDirect { .. }
+        | Op::SocketDirect { .. }
+        | Op::OpenAtDirect { .. }
+            if res >= 0 =>
+        {
+            Output::Slot(res as u32)
         }
         Op::Close {
             fd: CloseTarget::Owned(fd),

@@ -8,7 +8,7 @@
 
 use std::ffi::CString;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use io_uring::{opcode, squeue, types};
@@ -38,6 +38,19 @@ impl From<SharedFd> for Target {
     fn from(fd: SharedFd) -> Self {
         Target::Fd(fd)
     }
+}
+
+/// Where an operation that makes a descriptor puts it in the registered file table (a *direct
+/// descriptor*: never in the process's table, usable only through this ring as
+/// [`Target::Fixed`]). The table must be registered first
+/// ([`Uring::register_files_sparse`](crate::Uring::register_files_sparse) makes one of empty
+/// slots).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectSlot {
+    /// This slot (replacing what it held).
+    At(u32),
+    /// A free slot the kernel picks (`IORING_FILE_INDEX_ALLOC`); the completion names it.
+    Any,
 }
 
 /// Memory a fixed-buffer read or write uses: it must lie in a region registered with
@@ -283,6 +296,21 @@ pub enum Op {
         /// Listening socket.
         fd: Target,
     },
+    /// `accept4` into the registered file table: the connection is a direct descriptor,
+    /// named by the completion's [`Output::Slot`] (Linux 5.19).
+    AcceptDirect {
+        /// Listening socket.
+        fd: Target,
+        /// Where the connection goes.
+        slot: DirectSlot,
+    },
+    /// Multishot accept into free slots of the registered file table: each completion names
+    /// the slot the kernel picked ([`Output::Slot`]), while
+    /// [`more`](crate::Completion::more) is set (Linux 5.19).
+    AcceptMultiDirect {
+        /// Listening socket.
+        fd: Target,
+    },
     /// `connect` to `addr`.
     Connect {
         /// Socket.
@@ -375,6 +403,41 @@ pub enum Op {
         /// Usually 0.
         protocol: i32,
     },
+    /// `socket` into the registered file table: a direct descriptor, named by the
+    /// completion's [`Output::Slot`] (Linux 5.19).
+    SocketDirect {
+        /// `AF_INET`, `AF_INET6`, `AF_UNIX`, ...
+        domain: i32,
+        /// `SOCK_STREAM`, `SOCK_DGRAM`, ...
+        ty: i32,
+        /// Usually 0.
+        protocol: i32,
+        /// Where the socket goes.
+        slot: DirectSlot,
+    },
+    /// `openat` into the registered file table: a direct descriptor, named by the
+    /// completion's [`Output::Slot`] (Linux 5.15).
+    OpenAtDirect {
+        /// Directory (`None`: the current directory).
+        dir: Option<SharedFd>,
+        /// Path.
+        path: CString,
+        /// `open(2)` flags (`O_CLOEXEC` does not apply to a direct descriptor).
+        flags: i32,
+        /// Mode for created files.
+        mode: u32,
+        /// Where the file goes.
+        slot: DirectSlot,
+    },
+    /// Replaces slots `offset..offset + fds.len()` of the registered file table, in order
+    /// (`IORING_OP_FILES_UPDATE`): a descriptor installs its file (the kernel takes its own
+    /// reference), `None` empties the slot. Completes with how many slots were updated.
+    FilesUpdate {
+        /// The first slot.
+        offset: u32,
+        /// What each slot gets.
+        fds: Vec<Option<SharedFd>>,
+    },
     /// `bind` to `addr` (Linux 6.11).
     Bind {
         /// Socket.
@@ -433,6 +496,11 @@ impl Op {
             Op::SendMsg { .. } => "sendmsg",
             Op::RecvMsg { .. } => "recvmsg",
             Op::Accept { .. } => "accept",
+            Op::AcceptDirect { .. } => "accept_direct",
+            Op::AcceptMultiDirect { .. } => "accept_multishot_direct",
+            Op::SocketDirect { .. } => "socket_direct",
+            Op::OpenAtDirect { .. } => "openat_direct",
+            Op::FilesUpdate { .. } => "files_update",
             Op::AcceptMulti { .. } => "accept_multishot",
             Op::RecvMulti { .. } => "recv_multishot",
             Op::ReadMulti { .. } => "read_multishot",
@@ -475,7 +543,13 @@ impl Op {
             Op::Recv { .. } => opcode::Recv::CODE,
             Op::SendMsg { .. } => opcode::SendMsg::CODE,
             Op::RecvMsg { .. } => opcode::RecvMsg::CODE,
-            Op::Accept { .. } | Op::AcceptMulti { .. } => opcode::Accept::CODE,
+            Op::Accept { .. }
+            | Op::AcceptMulti { .. }
+            | Op::AcceptDirect { .. }
+            | Op::AcceptMultiDirect { .. } => opcode::Accept::CODE,
+            Op::SocketDirect { .. } => opcode::Socket::CODE,
+            Op::OpenAtDirect { .. } => opcode::OpenAt::CODE,
+            Op::FilesUpdate { .. } => opcode::FilesUpdate::CODE,
             Op::RecvMulti { .. } => opcode::RecvMulti::CODE,
             Op::ReadMulti { .. } => opcode::ReadMulti::CODE,
             Op::PollMulti { .. } => opcode::PollAdd::CODE,
@@ -571,6 +645,10 @@ pub enum Output {
     /// is the bytes received), or the one an [`Op::SendBuf`] sent. Yours now: dropping it frees
     /// it in its pool (and a buffer ring's is posted to the kernel again).
     Pooled(Buf),
+    /// The registered-file slot of a direct descriptor an operation made
+    /// ([`DirectSlot`]): name it with [`Target::Fixed`], close it with
+    /// [`CloseTarget::Fixed`](crate::CloseTarget::Fixed).
+    Slot(u32),
     /// What a `recvmsg` received.
     Msg {
         /// The buffers, truncated to the bytes received.
@@ -585,3 +663,14 @@ pub enum Output {
 mod build;
 
 pub(crate) use build::{build, output, Aux, Finish, FixedAddr};
+
+impl DirectSlot {
+    pub(crate) fn kernel(self) -> types::DestinationSlot {
+        match self {
+            // In range: checked at push against the table.
+            DirectSlot::At(i) => types::DestinationSlot::try_from_slot_target(i)
+                .unwrap_or_else(|_| types::DestinationSlot::auto_target()),
+            DirectSlot::Any => types::DestinationSlot::auto_target(),
+        }
+    }
+}

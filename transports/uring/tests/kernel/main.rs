@@ -41,6 +41,7 @@ impl Drop for TempDir {
 mod batch_wait;
 mod bufring;
 mod cancel;
+mod direct;
 mod fds;
 mod files;
 mod modes;
