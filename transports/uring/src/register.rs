@@ -429,7 +429,7 @@ impl Uring {
     }
 
     /// Registers a file table of `slots` empty slots, replacing any registered before: room for
-    /// direct descriptors ([`DirectSlot`](crate::DirectSlot)) and for [`Op::FilesUpdate`]
+    /// direct descriptors ([`DirectSlot`]) and for [`Op::FilesUpdate`]
     /// (Linux 5.19 for the sparse table).
     pub fn register_files_sparse(&mut self, slots: u32) -> io::Result<()> {
         if self.files > 0 {
