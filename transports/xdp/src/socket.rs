@@ -1,0 +1,739 @@
+//! An AF_XDP socket: its UMEM, its four rings, and the frames moving between them.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use subring_planes::data::{Buf, BufHandle, BufferPool, Region, RegionOptions, SharedBytes};
+
+use crate::ring::{Consumer, Mapped, Producer, RingKind};
+use crate::XdpError;
+
+/// How the socket asks the driver to move frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BindMode {
+    /// Copy mode (`XDP_COPY`): works on every interface (veth, generic XDP).
+    Copy,
+    /// Zero-copy (`XDP_ZEROCOPY`): the driver DMAs into the UMEM; fails where the driver has
+    /// no support.
+    ZeroCopy,
+    /// Zero-copy if the driver grants it, copy otherwise ([`XskSocket::zero_copy`] says
+    /// which).
+    #[default]
+    Any,
+}
+
+/// How to build an [`XskSocket`].
+#[derive(Debug, Clone)]
+pub struct XskConfig {
+    /// Bytes per frame: 2048 or 4096 (a power of two, at most a page).
+    pub frame_size: u32,
+    /// Frames in the UMEM.
+    pub frames: u32,
+    /// Entries in each of the four rings (a power of two).
+    pub ring_size: u32,
+    /// Bind with `XDP_USE_NEED_WAKEUP`: the doorbells are skipped while the kernel does not ask.
+    pub need_wakeup: bool,
+    /// Copy, zero-copy, or whichever the driver grants.
+    pub mode: BindMode,
+    /// The UMEM's memory (from offset 0); a memfd of its own if `None`.
+    pub region: Option<Arc<Region>>,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        XskConfig {
+            frame_size: 2048,
+            frames: 4096,
+            ring_size: 2048,
+            need_wakeup: true,
+            mode: BindMode::Any,
+            region: None,
+        }
+    }
+}
+
+/// Counters of one socket, for system calls per packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XskStats {
+    /// Frames received.
+    pub rx: u64,
+    /// Frames queued for sending.
+    pub tx: u64,
+    /// Frames whose sending completed.
+    pub tx_completed: u64,
+    /// Fill-ring doorbells rung (`recvfrom`) and skipped (the kernel did not ask).
+    pub fill_wakeups: u64,
+    /// Fill-ring doorbells skipped.
+    pub fill_wakeups_skipped: u64,
+    /// TX doorbells rung (`sendto`).
+    pub tx_kicks: u64,
+    /// TX doorbells skipped.
+    pub tx_kicks_skipped: u64,
+    /// Descriptors refused (see [`XdpError::BadDescriptor`]).
+    pub refused: u64,
+}
+
+/// A received frame: the UMEM frame it lies in (yours now), and where in it the packet is.
+#[derive(Debug)]
+pub struct RxFrame {
+    buf: Buf,
+    offset: u32,
+    len: u32,
+}
+
+impl RxFrame {
+    /// The packet's length.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the packet is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The packet's bytes, read by copies only (the UMEM may be mapped by another process).
+    pub fn bytes(&self) -> SharedBytes<'_> {
+        self.buf
+            .spare()
+            .get(self.offset as usize..(self.offset + self.len) as usize)
+            .expect("checked against the frame when received")
+    }
+
+    /// The frame, to fill and send ([`TxFrame`]) or to drop (which frees it).
+    pub fn into_buf(self) -> Buf {
+        self.buf
+    }
+
+    /// The same bytes, to send as they are (netmap's buffer swap: no copy).
+    pub fn into_tx(self) -> TxFrame {
+        TxFrame {
+            buf: self.buf,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+}
+
+/// A frame to send: `len` bytes at `offset` in a UMEM frame.
+#[derive(Debug)]
+pub struct TxFrame {
+    buf: Buf,
+    offset: u32,
+    len: u32,
+}
+
+impl TxFrame {
+    /// Sends the bytes in use of `buf` (a frame from [`XskSocket::alloc`], filled).
+    pub fn new(buf: Buf) -> Self {
+        let len = buf.len() as u32;
+        TxFrame {
+            buf,
+            offset: 0,
+            len,
+        }
+    }
+}
+
+/// One bit per frame.
+#[derive(Debug)]
+struct FrameSet(Vec<u64>);
+
+impl FrameSet {
+    fn new(frames: u32) -> Self {
+        FrameSet(vec![0; frames.div_ceil(64) as usize])
+    }
+    fn set(&mut self, i: u32) {
+        self.0[(i / 64) as usize] |= 1 << (i % 64);
+    }
+    /// Clears bit `i`; whether it was set (false for an `i` out of range).
+    fn take(&mut self, i: u32) -> bool {
+        let Some(w) = self.0.get_mut((i / 64) as usize) else {
+            return false;
+        };
+        let was = *w & (1 << (i % 64)) != 0;
+        *w &= !(1 << (i % 64));
+        was
+    }
+}
+
+/// An AF_XDP socket bound to one queue of one interface, with its own UMEM.
+#[derive(Debug)]
+pub struct XskSocket {
+    fd: OwnedFd,
+    pool: Arc<BufferPool>,
+    region: Arc<Region>,
+    frame_size: u32,
+    frames: u32,
+    fill: Producer,
+    comp: Consumer,
+    rx: Consumer,
+    tx: Producer,
+    /// Frames lent to the kernel for receiving (fill ring, or received and not yet read).
+    in_fill: FrameSet,
+    /// Frames lent to the kernel for sending.
+    in_tx: FrameSet,
+    need_wakeup: bool,
+    zero_copy: bool,
+    stats: XskStats,
+}
+
+fn os(what: &'static str) -> XdpError {
+    XdpError::Os {
+        what,
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+fn setsockopt<T>(
+    fd: BorrowedFd<'_>,
+    opt: libc::c_int,
+    value: &T,
+    what: &'static str,
+) -> Result<(), XdpError> {
+    // SAFETY: `value` is valid for reads of its size, which is what the option takes.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            opt,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(os(what));
+    }
+    Ok(())
+}
+
+impl XskSocket {
+    /// Creates a socket with a UMEM as `cfg` says and binds it to queue `queue` of interface
+    /// `ifindex`. Frames reach it once an [`XdpProgram`](crate::XdpProgram) on the interface
+    /// registers it for the queue. Nothing is posted to the fill ring yet ([`XskSocket::fill`]).
+    pub fn bind(ifindex: u32, queue: u32, cfg: XskConfig) -> Result<Self, XdpError> {
+        let page = 4096;
+        if !cfg.frame_size.is_power_of_two() || !(2048..=page).contains(&cfg.frame_size) {
+            return Err(XdpError::Config(format!(
+                "frame size {} must be 2048 or 4096",
+                cfg.frame_size
+            )));
+        }
+        if !cfg.ring_size.is_power_of_two() || cfg.ring_size < 2 {
+            return Err(XdpError::Config(format!(
+                "ring size {} must be a power of two",
+                cfg.ring_size
+            )));
+        }
+        if cfg.frames == 0 {
+            return Err(XdpError::Config("a UMEM needs at least one frame".into()));
+        }
+        let umem_len = u64::from(cfg.frame_size) * u64::from(cfg.frames);
+        let region = match cfg.region {
+            Some(r) => r,
+            None => Arc::new(
+                Region::memfd("subring-xdp-umem", umem_len as usize, RegionOptions::new())
+                    .map_err(|e| XdpError::Config(format!("UMEM memory: {e}")))?,
+            ),
+        };
+        let pool = BufferPool::new(
+            region.clone(),
+            0,
+            cfg.frame_size as usize,
+            cfg.frames as usize,
+        )
+        .map_err(|e| XdpError::Config(format!("UMEM frames: {e}")))?;
+        // SAFETY: plain socket(2); the result is checked and owned below.
+        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(os("socket(AF_XDP)"));
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let reg = libc::xdp_umem_reg {
+            addr: region.as_ptr() as u64,
+            len: umem_len,
+            chunk_size: cfg.frame_size,
+            headroom: 0,
+            flags: 0,
+            tx_metadata_len: 0,
+        };
+        // The kernel pins the UMEM's pages; `region` (held by the pool, and here) keeps them
+        // mapped for as long as the socket lives.
+        setsockopt(
+            fd.as_fd(),
+            libc::XDP_UMEM_REG,
+            &reg,
+            "setsockopt(XDP_UMEM_REG)",
+        )?;
+        for (opt, what) in [
+            (libc::XDP_UMEM_FILL_RING, "setsockopt(XDP_UMEM_FILL_RING)"),
+            (
+                libc::XDP_UMEM_COMPLETION_RING,
+                "setsockopt(XDP_UMEM_COMPLETION_RING)",
+            ),
+            (libc::XDP_RX_RING, "setsockopt(XDP_RX_RING)"),
+            (libc::XDP_TX_RING, "setsockopt(XDP_TX_RING)"),
+        ] {
+            setsockopt(fd.as_fd(), opt, &cfg.ring_size, what)?;
+        }
+        // SAFETY: all zeroes is a valid `xdp_mmap_offsets`.
+        let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+        // SAFETY: `off` is writable for `len` bytes; the kernel writes at most that.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_MMAP_OFFSETS,
+                (&mut off as *mut libc::xdp_mmap_offsets).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(os("getsockopt(XDP_MMAP_OFFSETS)"));
+        }
+        if len as usize != std::mem::size_of::<libc::xdp_mmap_offsets>() {
+            return Err(XdpError::Config(
+                "the kernel's ring offsets have no flags word (Linux before 5.4)".into(),
+            ));
+        }
+        let n = cfg.ring_size;
+        let fill = Mapped::map(
+            fd.as_fd(),
+            RingKind::Fill,
+            &off.fr,
+            n,
+            8,
+            libc::XDP_UMEM_PGOFF_FILL_RING,
+        )?;
+        let comp = Mapped::map(
+            fd.as_fd(),
+            RingKind::Completion,
+            &off.cr,
+            n,
+            8,
+            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+        )?;
+        let rx = Mapped::map(
+            fd.as_fd(),
+            RingKind::Rx,
+            &off.rx,
+            n,
+            16,
+            libc::XDP_PGOFF_RX_RING as u64,
+        )?;
+        let tx = Mapped::map(
+            fd.as_fd(),
+            RingKind::Tx,
+            &off.tx,
+            n,
+            16,
+            libc::XDP_PGOFF_TX_RING as u64,
+        )?;
+        let wake = if cfg.need_wakeup {
+            libc::XDP_USE_NEED_WAKEUP
+        } else {
+            0
+        };
+        let attempts: &[u16] = match cfg.mode {
+            BindMode::Copy => &[libc::XDP_COPY],
+            BindMode::ZeroCopy => &[libc::XDP_ZEROCOPY],
+            BindMode::Any => &[libc::XDP_ZEROCOPY, libc::XDP_COPY],
+        };
+        let mut bound = Err(os("bind(AF_XDP)"));
+        for &mode in attempts {
+            let sa = libc::sockaddr_xdp {
+                sxdp_family: libc::AF_XDP as u16,
+                sxdp_flags: mode | wake,
+                sxdp_ifindex: ifindex,
+                sxdp_queue_id: queue,
+                sxdp_shared_umem_fd: 0,
+            };
+            // SAFETY: `sa` is a valid `sockaddr_xdp` of the size passed.
+            let rc = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&sa as *const libc::sockaddr_xdp).cast(),
+                    std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+                )
+            };
+            bound = if rc == 0 {
+                Ok(())
+            } else {
+                Err(os("bind(AF_XDP)"))
+            };
+            if bound.is_ok() {
+                break;
+            }
+        }
+        bound?;
+        let mut opts: u32 = 0;
+        let mut olen = std::mem::size_of::<u32>() as libc::socklen_t;
+        // SAFETY: `opts` is writable for `olen` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_OPTIONS,
+                (&mut opts as *mut u32).cast(),
+                &mut olen,
+            )
+        };
+        let zero_copy = rc == 0 && opts & libc::XDP_OPTIONS_ZEROCOPY != 0;
+        Ok(XskSocket {
+            fd,
+            pool,
+            region,
+            frame_size: cfg.frame_size,
+            frames: cfg.frames,
+            fill: Producer::new(fill),
+            comp: Consumer::new(comp),
+            rx: Consumer::new(rx),
+            tx: Producer::new(tx),
+            in_fill: FrameSet::new(cfg.frames),
+            in_tx: FrameSet::new(cfg.frames),
+            need_wakeup: cfg.need_wakeup,
+            zero_copy,
+            stats: XskStats::default(),
+        })
+    }
+
+    /// The socket's descriptor (to register with an [`XdpProgram`](crate::XdpProgram), or to
+    /// poll).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Whether the driver granted zero-copy (`XDP_OPTIONS_ZEROCOPY`); copy mode otherwise.
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
+    /// The UMEM's memory.
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> XskStats {
+        self.stats
+    }
+
+    /// The kernel's counters (`XDP_STATISTICS`): drops for want of fill frames, invalid
+    /// descriptors, full rings.
+    pub fn kernel_stats(&self) -> Result<libc::xdp_statistics, XdpError> {
+        // SAFETY: all zeroes is a valid `xdp_statistics`.
+        let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+        // SAFETY: `st` is writable for `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_STATISTICS,
+                (&mut st as *mut libc::xdp_statistics).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(os("getsockopt(XDP_STATISTICS)"));
+        }
+        Ok(st)
+    }
+
+    /// A free frame of the UMEM, to fill and send.
+    pub fn alloc(&self) -> Option<Buf> {
+        self.pool.alloc()
+    }
+
+    /// Lends up to `max` free frames to the kernel for receiving (as many as the fill ring
+    /// has room for); returns how many. Rings the fill doorbell if the kernel asks.
+    pub fn fill(&mut self, max: usize) -> Result<usize, XdpError> {
+        let room = self
+            .fill
+            .free()?
+            .min(u32::try_from(max).unwrap_or(u32::MAX));
+        let mut k = 0;
+        while k < room {
+            let Some(buf) = self.pool.alloc() else { break };
+            self.in_fill.set(buf.index());
+            let addr = buf.lend().offset;
+            self.fill.write_u64(k, addr);
+            k += 1;
+        }
+        if k > 0 {
+            self.fill.publish(k);
+        }
+        self.wake_fill()?;
+        Ok(k as usize)
+    }
+
+    /// The fill doorbell: with need-wakeup, only if the kernel set the flag.
+    fn wake_fill(&mut self) -> Result<(), XdpError> {
+        if self.need_wakeup && !self.fill.needs_wakeup() {
+            self.stats.fill_wakeups_skipped += 1;
+            return Ok(());
+        }
+        if !self.need_wakeup {
+            return Ok(());
+        }
+        self.stats.fill_wakeups += 1;
+        // SAFETY: a zero-length receive into no buffer: the documented way to wake the
+        // kernel's RX processing for this socket.
+        let rc = unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)
+            ) {
+                return Err(XdpError::Os {
+                    what: "recvfrom waking the fill ring",
+                    source: e,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes up to `max` received frames into `out`; returns how many. A descriptor that names
+    /// memory the kernel was not given is refused and counted, and the first such refusal is
+    /// returned as the error after the good frames are in `out`.
+    pub fn recv(&mut self, out: &mut Vec<RxFrame>, max: usize) -> Result<usize, XdpError> {
+        let n = self.rx.ready()?.min(u32::try_from(max).unwrap_or(u32::MAX));
+        let mut first_bad = None;
+        let mut got = 0;
+        for k in 0..n {
+            let (addr, len, _options) = self.rx.read_desc(k);
+            match self.take_rx(addr, len) {
+                Ok(frame) => {
+                    out.push(frame);
+                    got += 1;
+                }
+                Err(e) => {
+                    self.stats.refused += 1;
+                    first_bad.get_or_insert(e);
+                }
+            }
+        }
+        if n > 0 {
+            self.rx.release(n);
+        }
+        self.stats.rx += got as u64;
+        match first_bad {
+            Some(e) => Err(e),
+            None => Ok(got),
+        }
+    }
+
+    /// The frame an RX descriptor names, taken back from the kernel after checking it.
+    fn take_rx(&mut self, addr: u64, len: u32) -> Result<RxFrame, XdpError> {
+        let bad = |why| XdpError::BadDescriptor {
+            ring: RingKind::Rx,
+            addr,
+            len,
+            why,
+        };
+        let size = u64::from(self.frame_size);
+        let index = addr / size;
+        let offset = (addr % size) as u32;
+        if index >= u64::from(self.frames) {
+            return Err(bad("outside the UMEM"));
+        }
+        if u64::from(offset) + u64::from(len) > size {
+            return Err(bad("past the end of its frame"));
+        }
+        if !self.in_fill.take(index as u32) {
+            return Err(bad("a frame not lent to the kernel for receiving"));
+        }
+        let layout = self.pool.layout();
+        let buf = self
+            .pool
+            .reclaim(BufHandle {
+                offset: layout.base + index * size,
+                len: 0,
+                region: layout.region,
+            })
+            .map_err(|_| bad("a frame the pool does not have lent"))?;
+        Ok(RxFrame { buf, offset, len })
+    }
+
+    /// Waits up to `timeout` for received frames (`poll` on the socket); whether there are.
+    pub fn wait_rx(&mut self, timeout: Duration) -> Result<bool, XdpError> {
+        if self.rx.ready()? > 0 {
+            return Ok(true);
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid `pollfd`.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(XdpError::Os {
+                    what: "poll on the XSK socket",
+                    source: e,
+                });
+            }
+        }
+        Ok(self.rx.ready()? > 0)
+    }
+
+    /// Queues a frame for sending (the kernel owns it from now until its completion,
+    /// [`XskSocket::reap_tx`]); a full TX ring hands it back. Nothing is sent before
+    /// [`XskSocket::flush_tx`] rings the doorbell (queue many, ring once).
+    pub fn queue_tx(&mut self, frame: TxFrame) -> Result<(), (TxFrame, XdpError)> {
+        match self.tx.free() {
+            Ok(0) => return Err((frame, XdpError::Full)),
+            Ok(_) => {}
+            Err(e) => return Err((frame, e)),
+        }
+        let TxFrame { buf, offset, len } = frame;
+        self.in_tx.set(buf.index());
+        let addr = buf.lend().offset + u64::from(offset);
+        self.tx.write_desc(0, addr, len);
+        self.tx.publish(1);
+        self.stats.tx += 1;
+        Ok(())
+    }
+
+    /// The TX doorbell (`sendto`): with need-wakeup, only if the kernel set the flag.
+    pub fn flush_tx(&mut self) -> Result<(), XdpError> {
+        self.kick_tx()
+    }
+
+    fn kick_tx(&mut self) -> Result<(), XdpError> {
+        if self.need_wakeup && !self.tx.needs_wakeup() {
+            self.stats.tx_kicks_skipped += 1;
+            return Ok(());
+        }
+        self.stats.tx_kicks += 1;
+        // SAFETY: a zero-length send of no buffer to no address: the documented TX doorbell.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN)
+            ) {
+                return Err(XdpError::Os {
+                    what: "sendto kicking the TX ring",
+                    source: e,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes back the frames whose sending completed (they return to the pool); returns how
+    /// many.
+    pub fn reap_tx(&mut self) -> Result<usize, XdpError> {
+        let n = self.comp.ready()?;
+        let mut first_bad = None;
+        for k in 0..n {
+            let addr = self.comp.read_u64(k);
+            let size = u64::from(self.frame_size);
+            let index = addr / size;
+            let bad = |why| XdpError::BadDescriptor {
+                ring: RingKind::Completion,
+                addr,
+                len: 0,
+                why,
+            };
+            let taken = if index >= u64::from(self.frames) {
+                Err(bad("outside the UMEM"))
+            } else if !self.in_tx.take(index as u32) {
+                Err(bad("a frame not lent to the kernel for sending"))
+            } else {
+                let layout = self.pool.layout();
+                self.pool
+                    .reclaim(BufHandle {
+                        offset: layout.base + index * size,
+                        len: 0,
+                        region: layout.region,
+                    })
+                    .map(drop)
+                    .map_err(|_| bad("a frame the pool does not have lent"))
+            };
+            if let Err(e) = taken {
+                self.stats.refused += 1;
+                first_bad.get_or_insert(e);
+            }
+        }
+        if n > 0 {
+            self.comp.release(n);
+        }
+        self.stats.tx_completed += u64::from(n);
+        match first_bad {
+            Some(e) => Err(e),
+            None => Ok(n as usize),
+        }
+    }
+
+    /// Frames queued for sending whose completion has not come back.
+    pub fn tx_in_flight(&self) -> usize {
+        self.in_tx.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Waits, at most `timeout`, until every frame queued for sending has completed, ringing
+    /// the doorbell when the kernel asks. Frames that never come back (a link that went down,
+    /// a driver that stalls) end it with [`XdpError::TxStalled`], never a hang.
+    pub fn drain_tx(&mut self, timeout: Duration) -> Result<(), XdpError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            self.reap_tx()?;
+            let pending = self.tx_in_flight();
+            if pending == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(XdpError::TxStalled {
+                    pending,
+                    waited: timeout,
+                });
+            }
+            self.kick_tx()?;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Overwrites the RX ring's producer index, as a hostile (or broken) kernel could. Only for
+    /// tests.
+    ///
+    /// # Safety
+    /// The ring is broken for the kernel too afterwards: drop the socket.
+    #[doc(hidden)]
+    pub unsafe fn forge_rx_producer_for_tests(&self, value: u32) {
+        // SAFETY: the caller accepts that the ring is broken.
+        unsafe { self.rx.mapped().forge_producer(value) };
+    }
+
+    /// Frames lent to the kernel for receiving (in the fill ring, or received and not read).
+    pub fn lent_for_rx(&self) -> usize {
+        self.in_fill.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+}

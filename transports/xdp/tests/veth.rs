@@ -1,0 +1,427 @@
+//! AF_XDP against the real kernel: a veth pair between two network namespaces that each test
+//! creates and removes, frames sent from the far end with a packet socket and received through
+//! the redirect program, and the other way round. Without the privileges (root, `ip`), each
+//! test says so and skips.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use subring_planes::sync::{AtomicU32, Ordering};
+
+use subring_xdp::{
+    AttachMode, BindMode, RingKind, RxFrame, TxFrame, XdpError, XdpProgram, XskConfig, XskSocket,
+};
+
+/// The EtherType of the test's frames (IEEE local experimental).
+const ETHERTYPE: u16 = 0x88b5;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Two namespaces joined by a veth pair: `x` in `a`, `y` in `b`. Removed on drop.
+struct Pair {
+    ns: [String; 2],
+    ifs: [String; 2],
+}
+
+impl Pair {
+    fn create() -> Result<Arc<Self>, String> {
+        let base = format!(
+            "srx{}{}",
+            std::process::id() % 10_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let p = Pair {
+            ns: [format!("{base}a"), format!("{base}b")],
+            ifs: [format!("{base}x"), format!("{base}y")],
+        };
+        let [a, b] = &p.ns;
+        let [x, y] = &p.ifs;
+        let steps: [&[&str]; 5] = [
+            &["netns", "add", a],
+            &["netns", "add", b],
+            &[
+                "link", "add", x, "netns", a, "type", "veth", "peer", "name", y, "netns", b,
+            ],
+            &["-n", a, "link", "set", x, "up"],
+            &["-n", b, "link", "set", y, "up"],
+        ];
+        for args in steps {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("cannot run ip (iproute2): {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(Arc::new(p))
+    }
+
+    /// Moves the calling thread into namespace `i`; the interface's index there.
+    fn enter(&self, i: usize) -> u32 {
+        let f = std::fs::File::open(format!("/var/run/netns/{}", self.ns[i])).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        nix::net::if_::if_nametoindex(self.ifs[i].as_str()).unwrap()
+    }
+
+    fn set_link(&self, i: usize, up: bool) {
+        let st = Command::new("ip")
+            .args([
+                "-n",
+                &self.ns[i],
+                "link",
+                "set",
+                &self.ifs[i],
+                if up { "up" } else { "down" },
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for n in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// The pair, or `None` after saying why the test skips.
+fn pair() -> Option<Arc<Pair>> {
+    match Pair::create() {
+        Ok(p) => Some(p),
+        Err(why) => {
+            eprintln!("skipped: cannot create network namespaces and a veth pair ({why})");
+            None
+        }
+    }
+}
+
+/// Frame `i` of a test: broadcast, the test's EtherType, then a pattern of `len` bytes in all.
+fn frame(i: usize, len: usize) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    f.extend((14..len).map(|k| (k * 13 + i * 7) as u8));
+    f
+}
+
+/// A raw packet socket on interface `ifindex` (of the calling thread's namespace).
+fn packet_socket(ifindex: u32) -> OwnedFd {
+    // SAFETY: plain socket(2); checked and owned below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from((ETHERTYPE).to_be()),
+        )
+    };
+    assert!(
+        raw >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: all zeroes is a valid `sockaddr_ll`.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = ETHERTYPE.to_be();
+    sa.sll_ifindex = ifindex as i32;
+    // SAFETY: `sa` is a valid `sockaddr_ll` of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "bind packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    fd
+}
+
+fn send_raw(fd: &OwnedFd, bytes: &[u8]) {
+    // SAFETY: `bytes` is valid for reads of its length; the socket is bound.
+    let n = unsafe { libc::send(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
+    assert_eq!(
+        n,
+        bytes.len() as isize,
+        "send: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Receives one frame of the test's EtherType (others are skipped), within `timeout`.
+fn recv_raw(fd: &OwnedFd, timeout: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 4096];
+    while Instant::now() < deadline {
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            return Some(buf[..n as usize].to_vec());
+        }
+    }
+    None
+}
+
+/// The receiving side in namespace `a`: the program, a socket on queue 0, its fill ring full.
+fn receiver(p: &Pair, cfg: XskConfig) -> Result<(XdpProgram, XskSocket), XdpError> {
+    let ifindex = p.enter(0);
+    let prog = XdpProgram::attach(ifindex, 1, AttachMode::Generic)?;
+    let mut sock = XskSocket::bind(ifindex, 0, cfg)?;
+    prog.register(0, sock.fd())?;
+    sock.fill(usize::MAX)?;
+    Ok((prog, sock))
+}
+
+/// Collects frames of the test's EtherType until `n` came or `timeout` passed.
+fn collect(sock: &mut XskSocket, n: usize, timeout: Duration) -> Vec<RxFrame> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut batch = Vec::new();
+    while got.len() < n && Instant::now() < deadline {
+        sock.wait_rx(Duration::from_millis(50)).unwrap();
+        sock.recv(&mut batch, 64).unwrap();
+        for f in batch.drain(..) {
+            if f.bytes().get(12..14).map(|b| b.to_vec()) == Some(ETHERTYPE.to_be_bytes().to_vec()) {
+                got.push(f);
+            }
+        }
+        sock.fill(usize::MAX).unwrap();
+    }
+    got
+}
+
+fn received_every_byte(len: usize, need_wakeup: bool) {
+    let Some(p) = pair() else { return };
+    let cfg = XskConfig {
+        need_wakeup,
+        mode: BindMode::Copy,
+        ..XskConfig::default()
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sender = {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            let ifindex = p.enter(1);
+            let fd = packet_socket(ifindex);
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("receiver ready");
+            for i in 0..32 {
+                send_raw(&fd, &frame(i, len));
+            }
+        })
+    };
+    let receiver_thread = {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            let (_prog, mut sock) = receiver(&p, cfg).expect("AF_XDP receiver");
+            assert!(!sock.zero_copy(), "veth in generic mode copies");
+            tx.send(()).unwrap();
+            let got = collect(&mut sock, 32, Duration::from_secs(10));
+            assert_eq!(got.len(), 32, "every frame arrived");
+            for (i, f) in got.iter().enumerate() {
+                assert_eq!(f.bytes().to_vec(), frame(i, len), "frame {i}, every byte");
+            }
+            let st = sock.stats();
+            assert_eq!(st.refused, 0);
+            if need_wakeup {
+                assert!(st.fill_wakeups + st.fill_wakeups_skipped > 0, "{st:?}");
+            }
+            drop(got);
+            sock.lent_for_rx()
+        })
+    };
+    sender.join().unwrap();
+    let lent = receiver_thread.join().unwrap();
+    assert!(lent > 0);
+}
+
+#[test]
+fn receives_64_byte_frames_every_byte_checked() {
+    received_every_byte(64, true);
+}
+
+#[test]
+fn receives_1500_byte_frames_every_byte_checked() {
+    received_every_byte(1500, true);
+}
+
+#[test]
+fn receives_without_need_wakeup() {
+    received_every_byte(64, false);
+}
+
+/// Two frames in the fill ring, ten sent: two arrive, the kernel counts the rest as dropped
+/// for want of fill frames, and waiting for more ends at its timeout.
+#[test]
+fn a_starved_fill_ring_drops_and_counts_and_nothing_hangs() {
+    let Some(p) = pair() else { return };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sender = {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            let fd = packet_socket(p.enter(1));
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("receiver ready");
+            for i in 0..10 {
+                send_raw(&fd, &frame(i, 64));
+            }
+        })
+    };
+    let p2 = p.clone();
+    let r = std::thread::spawn(move || {
+        let ifindex = p2.enter(0);
+        let prog = XdpProgram::attach(ifindex, 1, AttachMode::Generic).unwrap();
+        let cfg = XskConfig {
+            mode: BindMode::Copy,
+            ..XskConfig::default()
+        };
+        let mut sock = XskSocket::bind(ifindex, 0, cfg).unwrap();
+        prog.register(0, sock.fd()).unwrap();
+        assert_eq!(sock.fill(2).unwrap(), 2);
+        tx.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < 2 && Instant::now() < deadline {
+            sock.wait_rx(Duration::from_millis(50)).unwrap();
+            sock.recv(&mut got, 64).unwrap();
+        }
+        assert_eq!(got.len(), 2);
+        // No more frames lent: nothing more arrives, and the wait ends.
+        let t0 = Instant::now();
+        assert!(!sock.wait_rx(Duration::from_millis(200)).unwrap());
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        let ks = sock.kernel_stats().unwrap();
+        assert!(
+            ks.rx_dropped + ks.rx_fill_ring_empty_descs > 0,
+            "the kernel counted the drops: {ks:?}"
+        );
+    });
+    sender.join().unwrap();
+    r.join().unwrap();
+}
+
+/// A producer index the kernel could not have written is refused.
+#[test]
+fn a_forged_rx_producer_index_is_a_typed_error() {
+    let Some(p) = pair() else { return };
+    std::thread::spawn(move || {
+        let (_prog, mut sock) = receiver(&p, XskConfig::default()).unwrap();
+        // SAFETY: the socket is dropped right after.
+        unsafe { sock.forge_rx_producer_for_tests(1 << 30) };
+        let e = sock.recv(&mut Vec::new(), 64).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                XdpError::CorruptIndex {
+                    ring: RingKind::Rx,
+                    word: "producer",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(matches!(
+            sock.wait_rx(Duration::from_millis(10)),
+            Err(XdpError::CorruptIndex { .. })
+        ));
+    })
+    .join()
+    .unwrap();
+}
+
+/// Frames sent from the UMEM arrive whole at the far end; their frames come back through the
+/// completion ring.
+#[test]
+fn transmits_every_byte_and_gets_its_frames_back() {
+    let Some(p) = pair() else { return };
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let listener = {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            let fd = packet_socket(p.enter(1));
+            tx.send(()).unwrap();
+            (0..8)
+                .map(|_| recv_raw(&fd, Duration::from_secs(10)).expect("a frame"))
+                .collect::<Vec<_>>()
+        })
+    };
+    rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let p2 = p.clone();
+    std::thread::spawn(move || {
+        let ifindex = p2.enter(0);
+        let cfg = XskConfig {
+            mode: BindMode::Copy,
+            ..XskConfig::default()
+        };
+        let mut sock = XskSocket::bind(ifindex, 0, cfg).unwrap();
+        for i in 0..8 {
+            let mut b = sock.alloc().unwrap();
+            b.fill_from(&frame(i, 60 + i * 100));
+            sock.queue_tx(TxFrame::new(b)).map_err(|(_, e)| e).unwrap();
+        }
+        assert_eq!(sock.tx_in_flight(), 8);
+        sock.flush_tx().unwrap();
+        sock.drain_tx(Duration::from_secs(10)).unwrap();
+        assert_eq!(sock.stats().tx_completed, 8);
+    })
+    .join()
+    .unwrap();
+    let got = listener.join().unwrap();
+    for (i, f) in got.iter().enumerate() {
+        assert_eq!(f, &frame(i, 60 + i * 100), "frame {i}");
+    }
+}
+
+/// With the link down, queued frames never complete: the wait ends with `TxStalled`.
+#[test]
+fn completions_that_never_come_end_in_a_bounded_wait() {
+    let Some(p) = pair() else { return };
+    let p2 = p.clone();
+    std::thread::spawn(move || {
+        let ifindex = p2.enter(0);
+        let cfg = XskConfig {
+            mode: BindMode::Copy,
+            ..XskConfig::default()
+        };
+        let mut sock = XskSocket::bind(ifindex, 0, cfg).unwrap();
+        p2.set_link(0, false);
+        let mut b = sock.alloc().unwrap();
+        b.fill_from(&frame(0, 64));
+        sock.queue_tx(TxFrame::new(b)).map_err(|(_, e)| e).unwrap();
+        let t0 = Instant::now();
+        let e = sock.drain_tx(Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(e, XdpError::TxStalled { pending: 1, .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    })
+    .join()
+    .unwrap();
+}
