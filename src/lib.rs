@@ -61,6 +61,9 @@ pub use bytemuck::{Pod, Zeroable};
 /// The kernel transport: the kernel as a subsystem, over io_uring.
 pub use subring_uring as uring;
 
+/// The network-device transport: a network interface's queue as a subsystem, over AF_XDP.
+pub use subring_xdp as xdp;
+
 /// The userspace transport: another process as a subsystem, over a sealed memfd, eventfds and a
 /// Unix-socket handshake.
 pub use subring_shm as shm;

@@ -155,6 +155,9 @@ impl Drop for Namespaces {
 fn echo_across_a_veth_pair_between_namespaces() {
     let ns = match Namespaces::create() {
         Ok(ns) => std::sync::Arc::new(ns),
+        Err(why) if std::env::var_os("SUBRING_REQUIRE_NETNS").is_some() => {
+            panic!("SUBRING_REQUIRE_NETNS is set, but the veth pair failed: {why}")
+        }
         Err(why) => {
             eprintln!("skipped: cannot create network namespaces and a veth pair ({why})");
             return;

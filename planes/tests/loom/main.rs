@@ -22,11 +22,17 @@ mod ring;
 mod sets;
 mod sleep;
 mod virtio;
+mod xsk;
 
 /// subring-uring's provided-buffer ring producer, the very file, over loom's memory.
 #[path = "../../../transports/uring/src/bufring/tail.rs"]
 #[allow(dead_code)]
 mod pbuf_tail;
+
+/// subring-xdp's side of the XSK ring protocol, the very file, over loom's atomics.
+#[path = "../../../transports/xdp/src/ring/protocol.rs"]
+#[allow(dead_code)]
+mod xsk_protocol;
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! The redirect program, without a compiler: an `XSKMAP` and five BPF instructions that send
+//! The redirect program, without a compiler: an `XSKMAP` and six BPF instructions that send
 //! each frame to the socket registered for its receive queue (and let it pass to the stack if
 //! there is none), loaded with `bpf(2)` and attached to the interface with a BPF link, which
 //! detaches it when dropped. No clang, libbpf or libxdp, at build time or at run time.

@@ -102,11 +102,20 @@ pub enum XdpError {
     Full,
     /// Frames queued for sending did not complete in time (the link is down, or the driver
     /// stalls); they stay the kernel's.
-    #[error("{pending} frames queued for sending did not complete within {waited:?}")]
+    #[error("{pending} frames queued for sending did not complete within {waited:?}{}", if *link_down { " (the link is down)" } else { "" })]
     TxStalled {
         /// Frames still not completed.
         pending: usize,
         /// How long it waited.
         waited: std::time::Duration,
+        /// The kernel said the link is down (`ENETDOWN`).
+        link_down: bool,
     },
+    /// The interface is down (`ENETDOWN`): queued frames wait for it.
+    #[error("the interface is down: frames queued for sending wait for it")]
+    LinkDown,
+    /// A frame from another socket's (or pool's) memory: its index would name a frame of this
+    /// UMEM. Move frames between sockets that share a UMEM, or copy.
+    #[error("the frame is not one of this socket's UMEM")]
+    ForeignFrame,
 }

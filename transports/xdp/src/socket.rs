@@ -9,17 +9,19 @@ use subring_planes::data::{Buf, BufHandle, BufferPool, Region, RegionOptions, Sh
 use crate::ring::{Consumer, Mapped, Producer, RingKind};
 use crate::XdpError;
 
-/// How the socket asks the driver to move frames.
+/// How the socket asks the driver to move frames. Zero-copy needs the program in the driver
+/// ([`AttachMode::Driver`](crate::AttachMode::Driver)); the defaults (copy, generic) work on
+/// every interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BindMode {
     /// Copy mode (`XDP_COPY`): works on every interface (veth, generic XDP).
+    #[default]
     Copy,
     /// Zero-copy (`XDP_ZEROCOPY`): the driver DMAs into the UMEM; fails where the driver has
     /// no support.
     ZeroCopy,
     /// Zero-copy if the driver grants it, copy otherwise ([`XskSocket::zero_copy`] says
     /// which).
-    #[default]
     Any,
 }
 
@@ -47,7 +49,7 @@ impl Default for XskConfig {
             frames: 4096,
             ring_size: 2048,
             need_wakeup: true,
-            mode: BindMode::Any,
+            mode: BindMode::Copy,
             region: None,
         }
     }
@@ -161,15 +163,17 @@ impl FrameSet {
 /// An AF_XDP socket bound to one queue of one interface, with its own UMEM.
 #[derive(Debug)]
 pub struct XskSocket {
+    // Dropped in this order: the rings' mappings, the socket (the kernel lets the UMEM go when
+    // the last of them is gone), then the UMEM's frames and memory.
+    fill: Producer,
+    comp: Consumer,
+    rx: Consumer,
+    tx: Producer,
     fd: OwnedFd,
     pool: Arc<BufferPool>,
     region: Arc<Region>,
     frame_size: u32,
     frames: u32,
-    fill: Producer,
-    comp: Consumer,
-    rx: Consumer,
-    tx: Producer,
     /// Frames lent to the kernel for receiving (fill ring, or received and not yet read).
     in_fill: FrameSet,
     /// Frames lent to the kernel for sending.
@@ -259,8 +263,8 @@ impl XskSocket {
             flags: 0,
             tx_metadata_len: 0,
         };
-        // The kernel pins the UMEM's pages; `region` (held by the pool, and here) keeps them
-        // mapped for as long as the socket lives.
+        // The kernel pins the UMEM's pages and reaches them through its own mapping; `region`
+        // (held here and by the pool, and dropped after the socket) keeps ours mapped too.
         setsockopt(
             fd.as_fd(),
             libc::XDP_UMEM_REG,
@@ -603,6 +607,9 @@ impl XskSocket {
             Ok(_) => {}
             Err(e) => return Err((frame, e)),
         }
+        if let Err(why) = self.check_tx(&frame) {
+            return Err((frame, why));
+        }
         let TxFrame { buf, offset, len } = frame;
         self.in_tx.set(buf.index());
         let addr = buf.lend().offset + u64::from(offset);
@@ -612,7 +619,34 @@ impl XskSocket {
         Ok(())
     }
 
-    /// The TX doorbell (`sendto`): with need-wakeup, only if the kernel set the flag.
+    /// A frame this socket can send: one of its own UMEM's (not another socket's pool, whose
+    /// index would name a frame of this UMEM), with bytes to send, inside its frame.
+    fn check_tx(&self, frame: &TxFrame) -> Result<(), XdpError> {
+        let base = self.region.as_ptr() as usize;
+        let at = (frame.buf.as_ptr() as usize).wrapping_sub(base);
+        let size = self.frame_size as usize;
+        let own = at < size * self.frames as usize
+            && at % size == 0
+            && at / size == frame.buf.index() as usize;
+        if !own {
+            return Err(XdpError::ForeignFrame);
+        }
+        if frame.len == 0
+            || u64::from(frame.offset) + u64::from(frame.len) > u64::from(self.frame_size)
+        {
+            return Err(XdpError::Config(format!(
+                "a frame to send needs 1..={} bytes inside its frame, not {} at {}",
+                self.frame_size, frame.len, frame.offset
+            )));
+        }
+        Ok(())
+    }
+
+    /// The TX doorbell (`sendto`): with need-wakeup, only if the kernel set the flag (copy mode
+    /// always sets it). In copy mode one call sends at most the kernel's budget (32 frames);
+    /// this repeats it while the kernel says there is more, a bounded number of times, and
+    /// [`XskSocket::drain_tx`] until all completed. A link that is down is
+    /// [`XdpError::LinkDown`]: the frames stay queued.
     pub fn flush_tx(&mut self) -> Result<(), XdpError> {
         self.kick_tx()
     }
@@ -622,28 +656,37 @@ impl XskSocket {
             self.stats.tx_kicks_skipped += 1;
             return Ok(());
         }
-        self.stats.tx_kicks += 1;
-        // SAFETY: a zero-length send of no buffer to no address: the documented TX doorbell.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                std::ptr::null(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null(),
-                0,
-            )
-        };
-        if rc < 0 {
+        // Enough calls for a full ring at the kernel's budget of 32 per call, and one more.
+        let calls = self.tx_in_flight() / 32 + 2;
+        for _ in 0..calls {
+            self.stats.tx_kicks += 1;
+            // SAFETY: a zero-length send of no buffer to no address: the documented TX doorbell.
+            let rc = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if rc >= 0 {
+                return Ok(());
+            }
             let e = std::io::Error::last_os_error();
-            if !matches!(
-                e.raw_os_error(),
-                Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN)
-            ) {
-                return Err(XdpError::Os {
-                    what: "sendto kicking the TX ring",
-                    source: e,
-                });
+            match e.raw_os_error() {
+                // The budget ran out with more queued: again.
+                Some(libc::EAGAIN) => continue,
+                // The kernel is busy with this ring, or its buffers are: a later call sends.
+                Some(libc::EBUSY | libc::ENOBUFS) => return Ok(()),
+                Some(libc::ENETDOWN) => return Err(XdpError::LinkDown),
+                _ => {
+                    return Err(XdpError::Os {
+                        what: "sendto kicking the TX ring",
+                        source: e,
+                    })
+                }
             }
         }
         Ok(())
@@ -679,15 +722,17 @@ impl XskSocket {
                     .map(drop)
                     .map_err(|_| bad("a frame the pool does not have lent"))
             };
-            if let Err(e) = taken {
-                self.stats.refused += 1;
-                first_bad.get_or_insert(e);
+            match taken {
+                Ok(()) => self.stats.tx_completed += 1,
+                Err(e) => {
+                    self.stats.refused += 1;
+                    first_bad.get_or_insert(e);
+                }
             }
         }
         if n > 0 {
             self.comp.release(n);
         }
-        self.stats.tx_completed += u64::from(n);
         match first_bad {
             Some(e) => Err(e),
             None => Ok(n as usize),
@@ -704,6 +749,7 @@ impl XskSocket {
     /// a driver that stalls) end it with [`XdpError::TxStalled`], never a hang.
     pub fn drain_tx(&mut self, timeout: Duration) -> Result<(), XdpError> {
         let deadline = std::time::Instant::now() + timeout;
+        let mut link_down = false;
         loop {
             self.reap_tx()?;
             let pending = self.tx_in_flight();
@@ -714,9 +760,14 @@ impl XskSocket {
                 return Err(XdpError::TxStalled {
                     pending,
                     waited: timeout,
+                    link_down,
                 });
             }
-            self.kick_tx()?;
+            match self.kick_tx() {
+                // The link may come back before the deadline.
+                Err(XdpError::LinkDown) => link_down = true,
+                r => r?,
+            }
             std::thread::sleep(Duration::from_micros(200));
         }
     }

@@ -9,9 +9,13 @@
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 
-use subring_planes::sync::{fence, AtomicU32, Ordering};
+use subring_planes::sync::{AtomicU32, Ordering};
 
 use crate::XdpError;
+
+mod protocol;
+
+const _: () = assert!(protocol::NEED_WAKEUP == libc::XDP_RING_NEED_WAKEUP);
 
 /// Which ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +90,16 @@ impl Mapped {
             ("consumer", off.consumer),
             ("flags", off.flags),
         ] {
-            if at % 4 != 0 || at.saturating_add(4) > len as u64 {
+            // Each word before the descriptors (where the kernel puts them) and apart from the
+            // others: atomic and volatile accesses never share bytes.
+            if at % 4 != 0 || at.saturating_add(4) > off.desc {
                 return Err(bad(&format!("{name} word at {at}")));
+            }
+        }
+        let words = [off.producer, off.consumer, off.flags];
+        for (i, a) in words.iter().enumerate() {
+            if words[i + 1..].iter().any(|b| a.abs_diff(*b) < 4) {
+                return Err(bad("index and flags words overlap"));
             }
         }
         if off.desc % 8 != 0 {
@@ -165,19 +177,15 @@ impl Producer {
     /// Free entries, from the kernel's consumer index; a consumer index that would leave more
     /// entries in use than the ring holds (or fewer than none) is refused.
     pub(crate) fn free(&mut self) -> Result<u32, XdpError> {
-        // SYNC POINT (xsk-cons): Acquire pairs with the kernel's release of the consumer index
-        // (`__xskq_cons_release`): the entries it consumed may be written again.
-        let cons = self.ring.word(self.ring.consumer).load(Ordering::Acquire);
-        let used = self.prod.wrapping_sub(cons);
-        if used > self.ring.entries {
-            return Err(XdpError::CorruptIndex {
+        let consumer = self.ring.word(self.ring.consumer);
+        protocol::free(consumer, self.prod, self.ring.entries).map_err(|cons| {
+            XdpError::CorruptIndex {
                 ring: self.ring.kind,
                 word: "consumer",
                 value: cons,
                 seen: self.prod,
-            });
-        }
-        Ok(self.ring.entries - used)
+            }
+        })
     }
 
     /// Writes the `k`th entry after those published (the caller checked there is room).
@@ -202,20 +210,13 @@ impl Producer {
     /// Publishes `n` written entries.
     pub(crate) fn publish(&mut self, n: u32) {
         self.prod = self.prod.wrapping_add(n);
-        // SYNC POINT (xsk-prod): Release pairs with the kernel's acquire of the producer index
-        // (`xskq_cons_peek`): the entries are written before it sees them.
-        self.ring
-            .word(self.ring.producer)
-            .store(self.prod, Ordering::Release);
+        protocol::publish(self.ring.word(self.ring.producer), self.prod);
     }
 
     /// Whether the kernel asks to be woken (`XDP_RING_NEED_WAKEUP`), read after a full fence
-    /// so that the read is ordered after the producer store above (the kernel sets the flag,
-    /// then looks at the ring again: one of the two sides sees the other).
+    /// that orders it after the producer store ([`protocol::needs_wakeup`]).
     pub(crate) fn needs_wakeup(&self) -> bool {
-        // SYNC POINT (xsk-wakeup): SeqCst fence between publishing and reading the flag.
-        fence(Ordering::SeqCst);
-        self.ring.word(self.ring.flags).load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
+        protocol::needs_wakeup::<false>(self.ring.word(self.ring.flags))
     }
 }
 
@@ -234,19 +235,15 @@ impl Consumer {
 
     /// Entries ready, from the kernel's producer index; more than the ring holds is refused.
     pub(crate) fn ready(&mut self) -> Result<u32, XdpError> {
-        // SYNC POINT (xsk-prod): Acquire pairs with the kernel's release of the producer index
-        // (`__xskq_prod_submit`): the entries below it are written.
-        let prod = self.ring.word(self.ring.producer).load(Ordering::Acquire);
-        let n = prod.wrapping_sub(self.cons);
-        if n > self.ring.entries {
-            return Err(XdpError::CorruptIndex {
+        let producer = self.ring.word(self.ring.producer);
+        protocol::ready(producer, self.cons, self.ring.entries).map_err(|prod| {
+            XdpError::CorruptIndex {
                 ring: self.ring.kind,
                 word: "producer",
                 value: prod,
                 seen: self.cons,
-            });
-        }
-        Ok(n)
+            }
+        })
     }
 
     /// The `k`th ready `u64` entry.
@@ -272,11 +269,7 @@ impl Consumer {
     /// Gives `n` consumed entries back to the kernel.
     pub(crate) fn release(&mut self, n: u32) {
         self.cons = self.cons.wrapping_add(n);
-        // SYNC POINT (xsk-cons): Release pairs with the kernel's acquire of the consumer index:
-        // the entries are read before it may write them again.
-        self.ring
-            .word(self.ring.consumer)
-            .store(self.cons, Ordering::Release);
+        protocol::release(self.ring.word(self.ring.consumer), self.cons);
     }
 
     /// The mapped ring (for tests that play a hostile kernel).
