@@ -174,6 +174,7 @@ pub struct XskSocket {
     region: Arc<Region>,
     frame_size: u32,
     frames: u32,
+    ring_size: u32,
     /// Frames lent to the kernel for receiving (fill ring, or received and not yet read).
     in_fill: FrameSet,
     /// Frames lent to the kernel for sending.
@@ -271,6 +272,54 @@ impl XskSocket {
             &reg,
             "setsockopt(XDP_UMEM_REG)",
         )?;
+        Self::rings_and_bind(
+            fd,
+            pool,
+            region,
+            (cfg.frame_size, cfg.frames, cfg.ring_size),
+            cfg.need_wakeup,
+            cfg.mode,
+            (ifindex, queue),
+            None,
+        )
+    }
+
+    /// Creates a second socket over this one's UMEM (`XDP_SHARED_UMEM`), bound to queue
+    /// `queue` of interface `ifindex` (another interface, or another queue), with rings of its
+    /// own: a frame received on one can be sent on the other as it lies, netmap's buffer swap
+    /// ([`RxFrame::into_tx`]). Copy or zero-copy and need-wakeup are this socket's.
+    pub fn bind_shared(&self, ifindex: u32, queue: u32) -> Result<XskSocket, XdpError> {
+        // SAFETY: plain socket(2); the result is checked and owned below.
+        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(os("socket(AF_XDP)"));
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Self::rings_and_bind(
+            fd,
+            self.pool.clone(),
+            self.region.clone(),
+            (self.frame_size, self.frames, self.ring_size),
+            self.need_wakeup,
+            BindMode::Copy,
+            (ifindex, queue),
+            Some(self.fd.as_fd()),
+        )
+    }
+
+    /// Sizes and maps the four rings of `fd` and binds it (sharing `shared`'s UMEM if given).
+    #[allow(clippy::too_many_arguments)]
+    fn rings_and_bind(
+        fd: OwnedFd,
+        pool: Arc<BufferPool>,
+        region: Arc<Region>,
+        (frame_size, frames, ring_size): (u32, u32, u32),
+        need_wakeup: bool,
+        mode: BindMode,
+        (ifindex, queue): (u32, u32),
+        shared: Option<BorrowedFd<'_>>,
+    ) -> Result<Self, XdpError> {
         for (opt, what) in [
             (libc::XDP_UMEM_FILL_RING, "setsockopt(XDP_UMEM_FILL_RING)"),
             (
@@ -280,7 +329,7 @@ impl XskSocket {
             (libc::XDP_RX_RING, "setsockopt(XDP_RX_RING)"),
             (libc::XDP_TX_RING, "setsockopt(XDP_TX_RING)"),
         ] {
-            setsockopt(fd.as_fd(), opt, &cfg.ring_size, what)?;
+            setsockopt(fd.as_fd(), opt, &ring_size, what)?;
         }
         // SAFETY: all zeroes is a valid `xdp_mmap_offsets`.
         let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
@@ -303,7 +352,7 @@ impl XskSocket {
                 "the kernel's ring offsets have no flags word (Linux before 5.4)".into(),
             ));
         }
-        let n = cfg.ring_size;
+        let n = ring_size;
         let fill = Mapped::map(
             fd.as_fd(),
             RingKind::Fill,
@@ -336,16 +385,20 @@ impl XskSocket {
             16,
             libc::XDP_PGOFF_TX_RING as u64,
         )?;
-        let wake = if cfg.need_wakeup {
+        let wake = if need_wakeup {
             libc::XDP_USE_NEED_WAKEUP
         } else {
             0
         };
-        let attempts: &[u16] = match cfg.mode {
-            BindMode::Copy => &[libc::XDP_COPY],
-            BindMode::ZeroCopy => &[libc::XDP_ZEROCOPY],
-            BindMode::Any => &[libc::XDP_ZEROCOPY, libc::XDP_COPY],
+        let attempts: &[u16] = match (shared, mode) {
+            // A socket sharing a UMEM takes its mode from the UMEM's first socket; the kernel
+            // refuses mode flags beside XDP_SHARED_UMEM.
+            (Some(_), _) => &[libc::XDP_SHARED_UMEM],
+            (None, BindMode::Copy) => &[libc::XDP_COPY],
+            (None, BindMode::ZeroCopy) => &[libc::XDP_ZEROCOPY],
+            (None, BindMode::Any) => &[libc::XDP_ZEROCOPY, libc::XDP_COPY],
         };
+        let wake = if shared.is_some() { 0 } else { wake };
         let mut bound = Err(os("bind(AF_XDP)"));
         for &mode in attempts {
             let sa = libc::sockaddr_xdp {
@@ -353,7 +406,7 @@ impl XskSocket {
                 sxdp_flags: mode | wake,
                 sxdp_ifindex: ifindex,
                 sxdp_queue_id: queue,
-                sxdp_shared_umem_fd: 0,
+                sxdp_shared_umem_fd: shared.map_or(0, |f| f.as_raw_fd() as u32),
             };
             // SAFETY: `sa` is a valid `sockaddr_xdp` of the size passed.
             let rc = unsafe {
@@ -390,15 +443,16 @@ impl XskSocket {
             fd,
             pool,
             region,
-            frame_size: cfg.frame_size,
-            frames: cfg.frames,
+            frame_size,
+            frames,
             fill: Producer::new(fill),
             comp: Consumer::new(comp),
             rx: Consumer::new(rx),
             tx: Producer::new(tx),
-            in_fill: FrameSet::new(cfg.frames),
-            in_tx: FrameSet::new(cfg.frames),
-            need_wakeup: cfg.need_wakeup,
+            in_fill: FrameSet::new(frames),
+            in_tx: FrameSet::new(frames),
+            ring_size,
+            need_wakeup,
             zero_copy,
             stats: XskStats::default(),
         })
