@@ -2,6 +2,9 @@
 //! loopback, with a buffer ring too small for the load, and across a veth pair between two
 //! network namespaces the test creates.
 
+#[path = "support/netns.rs"]
+mod netns;
+
 #[path = "../examples/tcp_echo/load.rs"]
 #[allow(dead_code)]
 mod load;
@@ -11,10 +14,10 @@ mod server;
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
-use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use netns::Topology;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use server::{Res, ServerConfig, ServerStats};
 
@@ -93,97 +96,29 @@ fn echo_with_too_few_buffers() {
     assert!(stats.enobufs > 0, "the ring ran dry: {stats:?}");
 }
 
-/// Two network namespaces joined by a veth pair, removed on drop.
-struct Namespaces {
-    names: [String; 2],
-}
-
-impl Namespaces {
-    /// Creates them, or says why it cannot (not root, no `ip`, no namespaces).
-    fn create() -> Result<Self, String> {
-        let base = format!("sre{}", std::process::id() % 100_000);
-        let ns = Namespaces {
-            names: [format!("{base}a"), format!("{base}b")],
-        };
-        let [a, b] = &ns.names;
-        let (x, y) = (format!("{base}x"), format!("{base}y"));
-        let steps: [&[&str]; 8] = [
-            &["netns", "add", a],
-            &["netns", "add", b],
-            &[
-                "link", "add", &x, "netns", a, "type", "veth", "peer", "name", &y, "netns", b,
-            ],
-            &["-n", a, "addr", "add", "10.77.0.1/24", "dev", &x],
-            &["-n", b, "addr", "add", "10.77.0.2/24", "dev", &y],
-            &["-n", a, "link", "set", &x, "up"],
-            &["-n", b, "link", "set", &y, "up"],
-            &["-n", a, "link", "set", "lo", "up"],
-        ];
-        for args in steps {
-            let out = Command::new("ip")
-                .args(args)
-                .output()
-                .map_err(|e| format!("cannot run ip (iproute2): {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "ip {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-        }
-        Ok(ns)
-    }
-
-    /// Moves the calling thread into namespace `i`.
-    fn enter(&self, i: usize) {
-        let f = std::fs::File::open(format!("/var/run/netns/{}", self.names[i])).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        // Deleting a namespace removes its end of the veth pair, and with it the other end.
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
 #[test]
 fn echo_across_a_veth_pair_between_namespaces() {
-    let ns = match Namespaces::create() {
-        Ok(ns) => std::sync::Arc::new(ns),
-        Err(why) if std::env::var_os("SUBRING_REQUIRE_NETNS").is_some() => {
-            panic!("SUBRING_REQUIRE_NETNS is set, but the veth pair failed: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipped: cannot create network namespaces and a veth pair ({why})");
-            return;
-        }
+    let Some(net) = Topology::create_or_skip("sre", &["a", "b"], &[("a", "x", "b", "y")]) else {
+        return;
     };
+    let (a, b) = (net.end("a", "x"), net.end("b", "y"));
+    a.add_addr("10.77.0.1/24").unwrap();
+    b.add_addr("10.77.0.2/24").unwrap();
     // The server's thread lives in namespace a, the load generator's in b.
     let (tx, rx) = std::sync::mpsc::channel();
-    let server = {
-        let ns = ns.clone();
-        std::thread::spawn(move || {
-            ns.enter(0);
-            let listener = TcpListener::bind("10.77.0.1:0").unwrap();
-            let run = start(listener, ServerConfig::default());
-            tx.send(run.addr).unwrap();
-            run
-        })
-    };
+    let server = std::thread::spawn(move || {
+        a.enter().unwrap();
+        let listener = TcpListener::bind("10.77.0.1:0").unwrap();
+        let run = start(listener, ServerConfig::default());
+        tx.send(run.addr).unwrap();
+        run
+    });
     let addr = rx.recv_timeout(Duration::from_secs(20)).expect("server up");
     let run = server.join().unwrap();
-    let client = {
-        let ns = ns.clone();
-        std::thread::spawn(move || {
-            ns.enter(1);
-            exercise(addr, 8, 1500, 0.3)
-        })
-    };
+    let client = std::thread::spawn(move || {
+        b.enter().unwrap();
+        exercise(addr, 8, 1500, 0.3)
+    });
     let r = client.join().expect("load across the veth pair");
     assert_eq!(run.stop().bytes, r.requests * 1500);
 }

@@ -15,19 +15,26 @@
 //! ```
 
 mod forward;
-mod netns;
+#[path = "../../tests/support/netns.rs"]
+mod support;
+mod traffic;
 
 use std::time::Duration;
 
-use netns::Topology;
+use support::Topology;
 
 /// Frames each way.
 const FRAMES: usize = 256;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let topo = match Topology::create() {
+    // [L] l0 ==veth== l1 [F] r1 ==veth== r0 [R]
+    let topo = match Topology::create(
+        "sxf",
+        &["L", "F", "R"],
+        &[("L", "l0", "F", "l1"), ("R", "r0", "F", "r1")],
+    ) {
         Ok(t) => t,
-        Err(why) if std::env::var_os("SUBRING_REQUIRE_NETNS").is_some() => {
+        Err(why) if support::required() => {
             return Err(format!("SUBRING_REQUIRE_NETNS is set, but: {why}").into());
         }
         Err(why) => {
@@ -52,9 +59,10 @@ fn run(topo: &Topology, frames: usize) -> Result<forward::Forwarded, String> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let fwd = {
-        let f = topo.forwarder();
+        let (l1, r1) = (topo.end("F", "l1"), topo.end("F", "r1"));
         std::thread::spawn(move || {
-            let (left, right) = f.enter();
+            let left = l1.enter()?;
+            let right = r1.index()?;
             // Ready once both programs are attached: frames sent before that would pass by.
             let spawned = std::thread::spawn(move || {
                 forward::forward(left, right, stop_rx, Duration::from_secs(60))
@@ -71,12 +79,12 @@ fn run(topo: &Topology, frames: usize) -> Result<forward::Forwarded, String> {
     ready_rx
         .recv_timeout(Duration::from_secs(20))
         .map_err(|_| "the forwarder did not start")?;
-    let ends = [topo.left(), topo.right()];
+    let ends = [topo.end("L", "l0"), topo.end("R", "r0")];
     let ready = std::sync::Arc::new(std::sync::Barrier::new(2));
     let checks: Vec<_> = (0..2)
         .map(|side| {
             let (me, ready) = (ends[side].clone(), ready.clone());
-            std::thread::spawn(move || netns::exchange(&me, side, frames, ready))
+            std::thread::spawn(move || traffic::exchange(&me, side, frames, ready))
         })
         .collect();
     let results: Vec<_> = checks

@@ -3,12 +3,14 @@
 //! the redirect program, and the other way round. Without the privileges (root, `ip`), each
 //! test says so and skips.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Command;
+#[path = "../../../tests/support/netns.rs"]
+mod netns;
+
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use subring_planes::sync::{AtomicU32, Ordering};
 
+use netns::{End, Topology};
 use subring_xdp::{
     AttachMode, BindMode, RingKind, RxFrame, TxFrame, XdpError, XdpProgram, XskConfig, XskSocket,
 };
@@ -16,110 +18,25 @@ use subring_xdp::{
 /// The EtherType of the test's frames (IEEE local experimental).
 const ETHERTYPE: u16 = 0x88b5;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// One end of the pair: a namespace and the interface in it.
-#[derive(Clone)]
-struct End {
-    ns: String,
-    ifname: String,
+/// Namespaces `a` and `b` joined by a veth pair `x`-`y`, or `None` (the test skips).
+fn pair() -> Option<Topology> {
+    Topology::create_or_skip("srx", &["a", "b"], &[("a", "x", "b", "y")])
 }
 
-impl End {
-    /// Moves the calling thread into the namespace; the interface's index there.
-    fn enter(&self) -> u32 {
-        let f = std::fs::File::open(format!("/var/run/netns/{}", self.ns)).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        nix::net::if_::if_nametoindex(self.ifname.as_str()).unwrap()
-    }
-
-    fn set_link(&self, up: bool) {
-        let st = Command::new("ip")
-            .args([
-                "-n",
-                &self.ns,
-                "link",
-                "set",
-                &self.ifname,
-                if up { "up" } else { "down" },
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
+/// The two ends: `x` in `a`, `y` in `b`.
+fn ends(t: &Topology) -> [End; 2] {
+    [t.end("a", "x"), t.end("b", "y")]
 }
 
-/// Two namespaces joined by a veth pair: `a` (ends[0]) and `b` (ends[1]). Removed on drop;
-/// owned by the test function, so that it is removed even when a thread's assertion fails.
-struct Pair {
-    ends: [End; 2],
+fn packet_socket(ifindex: u32) -> OwnedFd {
+    netns::packet_socket(ifindex, ETHERTYPE).unwrap()
 }
 
-impl Pair {
-    fn create() -> Result<Self, String> {
-        // pid and a counter: unique across the test processes and threads of one run.
-        let base = format!(
-            "srx{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let end = |s: &str, i: &str| End {
-            ns: format!("{base}{s}"),
-            ifname: format!("{base}{i}"),
-        };
-        let p = Pair {
-            ends: [end("a", "x"), end("b", "y")],
-        };
-        let [a, b] = [&p.ends[0].ns, &p.ends[1].ns];
-        let [x, y] = [&p.ends[0].ifname, &p.ends[1].ifname];
-        let steps: [&[&str]; 5] = [
-            &["netns", "add", a],
-            &["netns", "add", b],
-            &[
-                "link", "add", x, "netns", a, "type", "veth", "peer", "name", y, "netns", b,
-            ],
-            &["-n", a, "link", "set", x, "up"],
-            &["-n", b, "link", "set", y, "up"],
-        ];
-        for args in steps {
-            let out = Command::new("ip")
-                .args(args)
-                .output()
-                .map_err(|e| format!("cannot run ip (iproute2): {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "ip {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-        }
-        Ok(p)
-    }
+fn send_raw(fd: &OwnedFd, bytes: &[u8]) {
+    netns::send_raw(fd, bytes).unwrap()
 }
 
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for e in &self.ends {
-            let _ = Command::new("ip").args(["netns", "del", &e.ns]).status();
-        }
-    }
-}
-
-/// The pair, or `None` after saying why the test skips. With `SUBRING_REQUIRE_NETNS` set (CI
-/// sets it where it runs as root with `ip`), not being able to create it fails the test.
-fn pair() -> Option<Pair> {
-    match Pair::create() {
-        Ok(p) => Some(p),
-        Err(why) if std::env::var_os("SUBRING_REQUIRE_NETNS").is_some() => {
-            panic!("SUBRING_REQUIRE_NETNS is set, but the veth pair failed: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipped: cannot create network namespaces and a veth pair ({why})");
-            None
-        }
-    }
-}
+use netns::recv_raw;
 
 /// Frame `i` of a test: broadcast, the test's EtherType, then a pattern of `len` bytes in all.
 fn frame(i: usize, len: usize) -> Vec<u8> {
@@ -130,87 +47,9 @@ fn frame(i: usize, len: usize) -> Vec<u8> {
     f
 }
 
-/// A raw packet socket on interface `ifindex` (of the calling thread's namespace).
-fn packet_socket(ifindex: u32) -> OwnedFd {
-    // SAFETY: plain socket(2); checked and owned below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from((ETHERTYPE).to_be()),
-        )
-    };
-    assert!(
-        raw >= 0,
-        "packet socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a new descriptor.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: all zeroes is a valid `sockaddr_ll`.
-    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sa.sll_family = libc::AF_PACKET as u16;
-    sa.sll_protocol = ETHERTYPE.to_be();
-    sa.sll_ifindex = ifindex as i32;
-    // SAFETY: `sa` is a valid `sockaddr_ll` of the size passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "bind packet socket: {}",
-        std::io::Error::last_os_error()
-    );
-    fd
-}
-
-fn send_raw(fd: &OwnedFd, bytes: &[u8]) {
-    // SAFETY: `bytes` is valid for reads of its length; the socket is bound.
-    let n = unsafe { libc::send(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-    assert_eq!(
-        n,
-        bytes.len() as isize,
-        "send: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-/// Receives one frame of the test's EtherType (others are skipped), within `timeout`.
-fn recv_raw(fd: &OwnedFd, timeout: Duration) -> Option<Vec<u8>> {
-    let deadline = Instant::now() + timeout;
-    let mut buf = vec![0u8; 4096];
-    while Instant::now() < deadline {
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 100) };
-        // SAFETY: `buf` is writable for its length.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n > 0 {
-            return Some(buf[..n as usize].to_vec());
-        }
-    }
-    None
-}
-
 /// The receiving side in namespace `a`: the program, a socket on queue 0, its fill ring full.
 fn receiver(a: &End, cfg: XskConfig) -> Result<(XdpProgram, XskSocket), XdpError> {
-    let ifindex = a.enter();
+    let ifindex = a.enter().unwrap();
     let prog = XdpProgram::attach(ifindex, 1, AttachMode::Generic)?;
     let mut sock = XskSocket::bind(ifindex, 0, cfg)?;
     prog.register(0, sock.fd())?;
@@ -244,16 +83,16 @@ fn received_every_byte(len: usize, need_wakeup: bool) {
         ..XskConfig::default()
     };
     let (tx, rx) = std::sync::mpsc::channel();
-    let b = p.ends[1].clone();
+    let b = ends(&p)[1].clone();
     let sender = std::thread::spawn(move || {
-        let fd = packet_socket(b.enter());
+        let fd = packet_socket(b.enter().unwrap());
         rx.recv_timeout(Duration::from_secs(20))
             .expect("receiver ready");
         for i in 0..32 {
             send_raw(&fd, &frame(i, len));
         }
     });
-    let a = p.ends[0].clone();
+    let a = ends(&p)[0].clone();
     let receiver_thread = std::thread::spawn(move || {
         let (_prog, mut sock) = receiver(&a, cfg).expect("AF_XDP receiver");
         assert!(!sock.zero_copy(), "veth in generic mode copies");
@@ -296,18 +135,18 @@ fn receives_without_need_wakeup() {
 fn a_starved_fill_ring_drops_and_counts_and_nothing_hangs() {
     let Some(p) = pair() else { return };
     let (tx, rx) = std::sync::mpsc::channel();
-    let b = p.ends[1].clone();
+    let b = ends(&p)[1].clone();
     let sender = std::thread::spawn(move || {
-        let fd = packet_socket(b.enter());
+        let fd = packet_socket(b.enter().unwrap());
         rx.recv_timeout(Duration::from_secs(20))
             .expect("receiver ready");
         for i in 0..10 {
             send_raw(&fd, &frame(i, 64));
         }
     });
-    let a = p.ends[0].clone();
+    let a = ends(&p)[0].clone();
     let r = std::thread::spawn(move || {
-        let ifindex = a.enter();
+        let ifindex = a.enter().unwrap();
         let prog = XdpProgram::attach(ifindex, 1, AttachMode::Generic).unwrap();
         let mut sock = XskSocket::bind(ifindex, 0, XskConfig::default()).unwrap();
         prog.register(0, sock.fd()).unwrap();
@@ -339,9 +178,9 @@ fn a_starved_fill_ring_drops_and_counts_and_nothing_hangs() {
 #[test]
 fn a_forged_rx_producer_index_is_a_typed_error() {
     let Some(p) = pair() else { return };
-    let a = p.ends[0].clone();
+    let a = ends(&p)[0].clone();
     std::thread::spawn(move || {
-        let mut sock = XskSocket::bind(a.enter(), 0, XskConfig::default()).unwrap();
+        let mut sock = XskSocket::bind(a.enter().unwrap(), 0, XskConfig::default()).unwrap();
         // SAFETY: the socket is dropped right after.
         unsafe { sock.forge_rx_producer_for_tests(1 << 30) };
         let e = sock.recv(&mut Vec::new(), 64).unwrap_err();
@@ -369,9 +208,9 @@ fn a_forged_rx_producer_index_is_a_typed_error() {
 #[test]
 fn foreign_and_empty_frames_are_refused() {
     let Some(p) = pair() else { return };
-    let a = p.ends[0].clone();
+    let a = ends(&p)[0].clone();
     std::thread::spawn(move || {
-        let ifindex = a.enter();
+        let ifindex = a.enter().unwrap();
         let mut sock = XskSocket::bind(ifindex, 0, XskConfig::default()).unwrap();
         let other = XskSocket::bind(
             ifindex,
@@ -412,9 +251,9 @@ fn transmits_every_byte_and_echoes_received_frames_in_place() {
     const N: usize = 40;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let b = p.ends[1].clone();
+    let b = ends(&p)[1].clone();
     let far = std::thread::spawn(move || {
-        let fd = packet_socket(b.enter());
+        let fd = packet_socket(b.enter().unwrap());
         ready_tx.send(()).unwrap();
         let sent: Vec<_> = (0..N)
             .map(|_| recv_raw(&fd, Duration::from_secs(10)).expect("a frame"))
@@ -430,9 +269,9 @@ fn transmits_every_byte_and_echoes_received_frames_in_place() {
         (sent, echoed)
     });
     ready_rx.recv_timeout(Duration::from_secs(20)).unwrap();
-    let a = p.ends[0].clone();
+    let a = ends(&p)[0].clone();
     std::thread::spawn(move || {
-        let ifindex = a.enter();
+        let ifindex = a.enter().unwrap();
         let prog = XdpProgram::attach(ifindex, 1, AttachMode::Generic).unwrap();
         let mut sock = XskSocket::bind(ifindex, 0, XskConfig::default()).unwrap();
         for i in 0..N {
@@ -473,10 +312,10 @@ fn transmits_every_byte_and_echoes_received_frames_in_place() {
 #[test]
 fn completions_that_never_come_end_in_a_bounded_wait() {
     let Some(p) = pair() else { return };
-    let a = p.ends[0].clone();
+    let a = ends(&p)[0].clone();
     std::thread::spawn(move || {
-        let mut sock = XskSocket::bind(a.enter(), 0, XskConfig::default()).unwrap();
-        a.set_link(false);
+        let mut sock = XskSocket::bind(a.enter().unwrap(), 0, XskConfig::default()).unwrap();
+        a.set_link(false).unwrap();
         let mut b = sock.alloc().unwrap();
         b.fill_from(&frame(0, 64));
         sock.queue_tx(TxFrame::new(b)).map_err(|(_, e)| e).unwrap();

@@ -123,15 +123,7 @@ fn buffer_groups_are_checked_at_push_and_unregister() {
         ring.register_buf_ring(BufRingOptions::new(43, 64, 40_000)),
         Err(subring_uring::BufRingError::Count { count: 40_000 })
     ));
-    push(
-        &mut ring,
-        1,
-        Op::RecvMulti {
-            fd: target(&rx),
-            group,
-            flags: 0,
-        },
-    );
+    arm(&mut ring, 1, &rx, group);
     assert!(matches!(
         ring.unregister_buf_ring(group),
         Err(subring_uring::BufRingError::InFlight { group: 42, ops: 1 })
@@ -172,15 +164,7 @@ fn a_forged_buffer_id_from_the_ring_memory_is_refused() {
         .unwrap();
     // The kernel picks entry 0 first: its id becomes 999, past the pool.
     forge(&ring, group, 0, 12, &999u16.to_le_bytes());
-    push(
-        &mut ring,
-        7,
-        Op::RecvMulti {
-            fd: target(&rx),
-            group,
-            flags: 0,
-        },
-    );
+    arm(&mut ring, 7, &rx, group);
     tx.write_all(b"abc").unwrap();
     let c = next(&mut ring);
     let e = c.result.as_ref().unwrap_err();
@@ -209,15 +193,7 @@ fn a_length_past_the_buffer_is_refused() {
         .register_buf_ring(BufRingOptions::new(0, 64, 2))
         .unwrap();
     forge(&ring, group, 0, 8, &128u32.to_le_bytes());
-    push(
-        &mut ring,
-        7,
-        Op::RecvMulti {
-            fd: target(&rx),
-            group,
-            flags: 0,
-        },
-    );
+    arm(&mut ring, 7, &rx, group);
     tx.write_all(&pattern(100)).unwrap();
     let c = next(&mut ring);
     let e = c.result.as_ref().unwrap_err();
@@ -243,15 +219,7 @@ fn dropping_the_ring_with_multishots_in_flight_returns_every_buffer() {
     let group = ring
         .register_buf_ring(BufRingOptions::new(5, 1024, 16).region(region.clone(), 4096))
         .unwrap();
-    push(
-        &mut ring,
-        1,
-        Op::RecvMulti {
-            fd: target(&rx),
-            group,
-            flags: 0,
-        },
-    );
+    arm(&mut ring, 1, &rx, group);
     push(
         &mut ring,
         2,
@@ -284,15 +252,7 @@ fn a_forged_id_naming_a_buffer_lent_onward_is_refused() {
     let group = ring
         .register_buf_ring(BufRingOptions::new(0, 64, 4))
         .unwrap();
-    push(
-        &mut ring,
-        7,
-        Op::RecvMulti {
-            fd: target(&rx),
-            group,
-            flags: 0,
-        },
-    );
+    arm(&mut ring, 7, &rx, group);
     tx.write_all(b"first").unwrap();
     let held = selected(next(&mut ring));
     assert_eq!(held.index(), 0, "entry 0 came first");
@@ -311,4 +271,17 @@ fn a_forged_id_naming_a_buffer_lent_onward_is_refused() {
     pool_region.read_into(lent, &mut peer_sees).unwrap();
     assert_eq!(&peer_sees, b"first", "the lent buffer is untouched");
     assert_eq!(ring.buf_ring_stats(group).unwrap().refused, 1);
+}
+
+/// Arms a multishot receive on `rx` picking from `group`.
+fn arm(ring: &mut Uring, token: u64, rx: &impl AsFd, group: BufGroup) {
+    push(
+        ring,
+        token,
+        Op::RecvMulti {
+            fd: target(rx),
+            group,
+            flags: 0,
+        },
+    );
 }
