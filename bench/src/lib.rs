@@ -14,6 +14,7 @@
 //!   against local io_uring reads, a classic Unix-socket server and a copying service;
 //! - [`net`]: a TCP echo service on the kernel transport against an epoll loop, tokio and (with
 //!   `runtimes`) tokio-uring and compio;
+//! - [`xdp`]: receiving on a veth pair, subring-xdp against `AF_PACKET` v3 and `recvmmsg`;
 //! - `iceoryx` (feature `iceoryx2`): iceoryx2's publish-subscribe round trip.
 //!
 //! Results land in a [`report::Report`]: a table for people, JSON (serde) and an SVG chart
@@ -30,6 +31,7 @@ pub mod plot;
 pub mod report;
 pub mod spsc;
 pub mod storage;
+pub mod xdp;
 
 #[cfg(feature = "iceoryx2")]
 pub mod iceoryx;

@@ -65,6 +65,37 @@ impl End {
         ])
     }
 
+    /// Sets the interface's MAC address (`02:00:00:00:00:01`, say).
+    pub fn set_mac(&self, mac: &str) -> Result<(), String> {
+        ip(&[
+            "-n",
+            &self.ns,
+            "link",
+            "set",
+            "dev",
+            &self.ifname,
+            "address",
+            mac,
+        ])
+    }
+
+    /// Adds a permanent neighbour entry (no ARP for `addr`).
+    pub fn add_neigh(&self, addr: &str, mac: &str) -> Result<(), String> {
+        ip(&[
+            "-n",
+            &self.ns,
+            "neigh",
+            "add",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            &self.ifname,
+            "nud",
+            "permanent",
+        ])
+    }
+
     /// Adds an address (`10.0.0.1/24`, say).
     pub fn add_addr(&self, cidr: &str) -> Result<(), String> {
         ip(&["-n", &self.ns, "addr", "add", cidr, "dev", &self.ifname])

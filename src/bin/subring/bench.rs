@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use subring_bench::report::Report;
-use subring_bench::{coalesce, ipc, kernel, net, plot, spsc, storage, Progress};
+use subring_bench::{coalesce, ipc, kernel, net, plot, spsc, storage, xdp, Progress};
 
 use crate::Error;
 
@@ -30,6 +30,9 @@ pub enum Part {
     /// A TCP echo service on loopback: subring's kernel transport vs an epoll loop, tokio, and
     /// (with the `runtimes` feature) tokio-uring and compio.
     Net,
+    /// Receiving on a veth pair: subring-xdp vs AF_PACKET v3 vs recvmmsg (root and
+    /// iproute2; skipped without them).
+    Xdp,
     /// iceoryx2's publish-subscribe round trip (needs the `iceoryx2` feature).
     Iceoryx2,
 }
@@ -146,6 +149,9 @@ pub fn run(args: &Args) -> Result<(), Error> {
     // Forks its servers too.
     if wants(Part::Net) {
         net::run(&net::NetConfig::new(args.quick), &mut report, &mut progress)?;
+    }
+    if wants(Part::Xdp) {
+        xdp::run(&xdp::XdpConfig::new(args.quick), &mut report, &mut progress)?;
     }
     #[cfg(feature = "iceoryx2")]
     if wants(Part::Iceoryx2) {

@@ -74,6 +74,8 @@ pub struct XskStats {
     pub tx_kicks_skipped: u64,
     /// Descriptors refused (see [`XdpError::BadDescriptor`]).
     pub refused: u64,
+    /// `poll` calls made waiting for received frames ([`XskSocket::wait_rx`]).
+    pub rx_polls: u64,
 }
 
 /// A received frame: the UMEM frame it lies in (yours now), and where in it the packet is.
@@ -627,6 +629,28 @@ impl XskSocket {
         Ok(RxFrame { buf, offset, len })
     }
 
+    /// Frames received and not taken yet (no system call).
+    pub fn rx_ready(&mut self) -> Result<usize, XdpError> {
+        Ok(self.rx.ready()? as usize)
+    }
+
+    /// Waits up to `timeout` for received frames: first looking at the RX ring for up to
+    /// `spin` (no system call: a busy receiver never sleeps), then `poll` on the socket;
+    /// whether there are.
+    pub fn wait_rx_spin(&mut self, spin: Duration, timeout: Duration) -> Result<bool, XdpError> {
+        let start = std::time::Instant::now();
+        loop {
+            if self.rx.ready()? > 0 {
+                return Ok(true);
+            }
+            if start.elapsed() >= spin {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        self.wait_rx(timeout.saturating_sub(start.elapsed()))
+    }
+
     /// Waits up to `timeout` for received frames (`poll` on the socket); whether there are.
     pub fn wait_rx(&mut self, timeout: Duration) -> Result<bool, XdpError> {
         if self.rx.ready()? > 0 {
@@ -638,6 +662,7 @@ impl XskSocket {
             revents: 0,
         };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        self.stats.rx_polls += 1;
         // SAFETY: one valid `pollfd`.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
         if rc < 0 {
