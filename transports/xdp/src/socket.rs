@@ -646,7 +646,11 @@ impl XskSocket {
             if start.elapsed() >= spin {
                 break;
             }
-            std::hint::spin_loop();
+            // Look at the producer index only now and then: each look pulls its cache line
+            // away from the kernel, whose next store then misses.
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
         }
         self.wait_rx(timeout.saturating_sub(start.elapsed()))
     }
