@@ -21,6 +21,7 @@ pub struct Forwarded {
 pub fn forward(
     left: u32,
     right: u32,
+    ready: impl FnOnce(),
     stop: std::sync::mpsc::Receiver<()>,
     limit: Duration,
 ) -> Result<Forwarded, XdpError> {
@@ -33,6 +34,7 @@ pub fn forward(
     // Half of the UMEM's frames lent to each side for receiving.
     l.fill(2048)?;
     r.fill(2048)?;
+    ready();
     let mut done = Forwarded::default();
     let deadline = Instant::now() + limit;
     let mut batch: Vec<RxFrame> = Vec::with_capacity(64);

@@ -60,25 +60,26 @@ fn run(topo: &Topology, frames: usize) -> Result<forward::Forwarded, String> {
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let fwd = {
         let (l1, r1) = (topo.end("F", "l1"), topo.end("F", "r1"));
-        std::thread::spawn(move || {
+        std::thread::spawn(move || -> Result<forward::Forwarded, String> {
             let left = l1.enter()?;
             let right = r1.index()?;
-            // Ready once both programs are attached: frames sent before that would pass by.
-            let spawned = std::thread::spawn(move || {
-                forward::forward(left, right, stop_rx, Duration::from_secs(60))
-            });
-            std::thread::sleep(Duration::from_millis(200));
-            ready_tx.send(()).ok();
-            spawned
-                .join()
-                .map_err(|_| "the forwarder panicked".to_string())?
+            // Ready once both programs are attached and both fill rings are full: frames sent
+            // before that would pass by.
+            let ready = move || {
+                let _ = ready_tx.send(());
+            };
+            forward::forward(left, right, ready, stop_rx, Duration::from_secs(60))
                 .map_err(|e| e.to_string())
         })
     };
-    // The forwarder's thread moved itself into F; its inner thread inherits F.
-    ready_rx
-        .recv_timeout(Duration::from_secs(20))
-        .map_err(|_| "the forwarder did not start")?;
+    if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        // The forwarder failed (or hangs): its error says why.
+        drop(stop_tx);
+        return match fwd.join() {
+            Ok(Err(e)) => Err(format!("the forwarder: {e}")),
+            _ => Err("the forwarder did not start within 20 s".into()),
+        };
+    }
     let ends = [topo.end("L", "l0"), topo.end("R", "r0")];
     let ready = std::sync::Arc::new(std::sync::Barrier::new(2));
     let checks: Vec<_> = (0..2)
@@ -92,12 +93,14 @@ fn run(topo: &Topology, frames: usize) -> Result<forward::Forwarded, String> {
         .map(|c| c.join().map_err(|_| "an end panicked".to_string()))
         .collect();
     drop(stop_tx);
+    // The forwarder's error first: an end's "did not arrive" follows from it.
+    let done = fwd
+        .join()
+        .map_err(|_| "the forwarder thread panicked".to_string())?
+        .map_err(|e| format!("the forwarder: {e}"))?;
     for r in results {
         r??;
     }
-    let done = fwd
-        .join()
-        .map_err(|_| "the forwarder thread panicked".to_string())??;
     if done.left_to_right < frames as u64 || done.right_to_left < frames as u64 {
         return Err(format!("not every frame crossed: {done:?}"));
     }

@@ -177,6 +177,10 @@ impl Topology {
 
     /// The interface with suffix `ifs` in the namespace with suffix `ns`.
     pub fn end(&self, ns: &str, ifs: &str) -> End {
+        debug_assert!(
+            self.base.len() + ifs.len() <= 15,
+            "interface names have 15 bytes"
+        );
         End {
             ns: format!("{}{ns}", self.base),
             ifname: format!("{}{ifs}", self.base),

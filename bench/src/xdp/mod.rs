@@ -5,13 +5,17 @@
 //!
 //! The section builds its own two network namespaces and veth pair (root and iproute2; it is
 //! skipped, saying why, without them). From the far end a sender pinned to CPU 0 blasts
-//! UDP-over-IPv4 frames of 64 and 1500 bytes with `sendmmsg` on a packet socket (the same load
-//! for every receiver); the receiver, pinned to CPU 1 in the near namespace, takes what it can.
+//! UDP-over-IPv4 frames of 64 and 1500 bytes with `sendmmsg` on a packet socket (the same
+//! sender for every receiver; what it achieves depends on what the receive path costs on its
+//! CPU, below); the receiver, pinned to CPU 1 in the near namespace, takes what it can.
 //! Each row is the frames a receiver took per second over the window, with its system calls
 //! per frame (polls and doorbells for subring; polls, or `recvmmsg` calls). On veth the
 //! kernel's receive work (the XDP hook, the copy into the UMEM or the packet ring, the UDP
 //! stack) runs in the sender's softirq, on CPU 0: the rows compare what each path costs there
-//! plus what its receiver costs on CPU 1. The receivers' order rotates with each repetition,
+//! plus what its receiver costs on CPU 1. For the `AF_PACKET` row the frames also go up the IP
+//! stack to a port nobody listens on (the kernel's ICMP answers are rate-limited), as they would
+//! beside a capture in practice; for the AF_XDP row the program takes them before the stack. The
+//! receivers' order rotates with each repetition,
 //! and every repetition is labelled with the placement probe.
 
 #[path = "../../../tests/support/netns.rs"]
@@ -112,8 +116,21 @@ pub fn run(
             for k in 0..rxs.len() {
                 let rx = rxs[(k + rep) % rxs.len()];
                 progress.step(&format!("{} {size} B", rx.name()));
-                let (rate, per_frame) = measure(rx, *size, cfg.duration, &x, &y)
-                    .map_err(|e| format!("{} ({size} B): {e}", rx.name()))?;
+                let (rate, per_frame) = match measure(rx, *size, cfg.duration, &x, &y) {
+                    Ok(m) => m,
+                    Err(e) if netns::required() => {
+                        return Err(format!("{} ({size} B): {e}", rx.name()))
+                    }
+                    // No AF_XDP or BPF here (a kernel without them, a sandbox): said, not
+                    // fatal, so that the rest of the run still reports.
+                    Err(e) => {
+                        report.skipped.push((
+                            "xdp receive".into(),
+                            format!("{} ({size} B): {e}", rx.name()),
+                        ));
+                        return Ok(());
+                    }
+                };
                 section.rate(rep, rx.name(), Unit::OpsPerSec, rate);
                 section.syscalls(rx.name(), per_frame);
             }
@@ -181,12 +198,13 @@ fn measure(
     let _ = stop_rx_tx.send(());
     let taken = receiver
         .join()
-        .map_err(|_| "the receiver panicked".to_string())??;
+        .map_err(|_| "the receiver panicked".to_string());
     let window = start.elapsed();
+    // The sender is stopped and joined whatever the receiver did.
     let _ = stop_tx_tx.send(());
-    let sent = sender
-        .join()
-        .map_err(|_| "the sender panicked".to_string())??;
+    let sent = sender.join().map_err(|_| "the sender panicked".to_string());
+    let taken = taken??;
+    let sent = sent??;
     if sent == 0 || taken.frames == 0 {
         return Err(format!("{sent} frames sent, {} received", taken.frames));
     }

@@ -186,10 +186,11 @@ pub fn packet_v3(ifindex: u32, ready: impl FnOnce(), stop: &Receiver<()>) -> Res
                 break;
             }
             // SAFETY: checked to lie inside the block.
+            // (Unaligned reads: `at` comes from the kernel.)
             let (next, snaplen) = unsafe {
                 (
-                    std::ptr::read_volatile(hdr.add(at).cast::<u32>()),
-                    std::ptr::read_volatile(hdr.add(at + 12).cast::<u32>()),
+                    std::ptr::read_unaligned(hdr.add(at).cast::<u32>()),
+                    std::ptr::read_unaligned(hdr.add(at + 12).cast::<u32>()),
                 )
             };
             bytes += u64::from(snaplen);

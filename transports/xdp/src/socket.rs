@@ -289,7 +289,9 @@ impl XskSocket {
     /// Creates a second socket over this one's UMEM (`XDP_SHARED_UMEM`), bound to queue
     /// `queue` of interface `ifindex` (another interface, or another queue), with rings of its
     /// own: a frame received on one can be sent on the other as it lies, netmap's buffer swap
-    /// ([`RxFrame::into_tx`]). Copy or zero-copy and need-wakeup are this socket's.
+    /// ([`RxFrame::into_tx`]). Copy or zero-copy and need-wakeup are this socket's. The frames
+    /// either socket has lent to the kernel when it is dropped stay lent for good (the kernel
+    /// may release them later), lost to the shared pool while the other socket lives.
     pub fn bind_shared(&self, ifindex: u32, queue: u32) -> Result<XskSocket, XdpError> {
         // SAFETY: plain socket(2); the result is checked and owned below.
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
