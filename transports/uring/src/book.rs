@@ -136,7 +136,10 @@ impl Book {
         };
         let output = match op.buf_group() {
             None => op::output(op, aux, res),
-            Some(group) => self.selected(group, cqe.flags(), res, &mut result),
+            Some(group) => {
+                let bundle = matches!(op, Op::RecvMultiBundle { .. });
+                self.selected(group, bundle, cqe.flags(), res, &mut result)
+            }
         };
         dst.write(Completion {
             token,
@@ -181,7 +184,10 @@ impl Book {
             }
             Op::AcceptMultiDirect { .. } if res >= 0 => Output::Slot(res as u32),
             _ => match op.buf_group() {
-                Some(group) => self.selected(group, flags, res, &mut result),
+                Some(group) => {
+                    let bundle = matches!(op, Op::RecvMultiBundle { .. });
+                    self.selected(group, bundle, flags, res, &mut result)
+                }
                 None => Output::None,
             },
         };
@@ -194,17 +200,19 @@ impl Book {
         }
     }
 
-    /// The buffer a completion of an operation on `group` names, taken back from the kernel;
-    /// a refused buffer id turns `result` into the error saying why.
+    /// What a completion of an operation on `group` carries (a buffer, a bundle, a chunk),
+    /// taken back from the kernel; a refused buffer id turns `result` into the error saying
+    /// why.
     fn selected(
         &mut self,
         group: BufGroup,
+        bundle: bool,
         flags: u32,
         res: i32,
         result: &mut io::Result<u32>,
     ) -> Output {
-        let picked = match self.groups.iter_mut().find(|g| g.id == group.id()) {
-            Some(g) => g.pick(flags, res),
+        let taken = match self.groups.iter_mut().find(|g| g.id == group.id()) {
+            Some(g) => g.take(flags, res, bundle),
             // Unregistered while the operation was in flight: refused at unregistration, so
             // only a forged completion gets here.
             None if cqueue::buffer_select(flags).is_some() => Err(io::Error::new(
@@ -214,16 +222,12 @@ impl Book {
                     group.id()
                 ),
             )),
-            None => Ok(None),
+            None => Ok(Output::None),
         };
-        match picked {
-            Ok(Some(buf)) => Output::Pooled(buf),
-            Ok(None) => Output::None,
-            Err(e) => {
-                *result = Err(e);
-                Output::None
-            }
-        }
+        taken.unwrap_or_else(|e| {
+            *result = Err(e);
+            Output::None
+        })
     }
 
     /// A fixed operation on the region under key `region` completed.

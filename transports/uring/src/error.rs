@@ -72,6 +72,13 @@ pub enum SubmitError {
     /// first ([`Uring::register_files_sparse`](crate::Uring::register_files_sparse)).
     #[error("no registered file table to put a direct descriptor in")]
     NoFileTable,
+    /// A bundle ([`Op::RecvMultiBundle`](crate::Op::RecvMultiBundle)) on a buffer ring that
+    /// the kernel consumes incrementally: not supported here.
+    #[error("buffer group {group} is consumed incrementally: bundles are not supported on it")]
+    BundleOnIncremental {
+        /// The group id.
+        group: u16,
+    },
     /// An operation naming a buffer group that no buffer ring is registered as.
     #[error("no buffer ring is registered as group {group}")]
     NoBufGroup {

@@ -61,7 +61,9 @@ use subring_planes::data::{BufHandle, Region};
 use subring_planes::interrupt::{EventFdSignal, NotifyStats, Signal, WakeWord};
 use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
 
-pub use bufring::{BufGroup, BufRingError, BufRingOptions, BufRingStats, MAX_BUF_RING_ENTRIES};
+pub use bufring::{
+    BufChunk, BufGroup, BufRingError, BufRingOptions, BufRingStats, MAX_BUF_RING_ENTRIES,
+};
 pub use builder::UringBuilder;
 pub use error::{NothingInFlight, SubmitError};
 pub use fd::{CloseTarget, FdOwner, SharedFd};

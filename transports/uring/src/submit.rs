@@ -37,6 +37,7 @@ impl Uring {
             | Op::AcceptDirect { fd, .. }
             | Op::AcceptMultiDirect { fd }
             | Op::RecvMulti { fd, .. }
+            | Op::RecvMultiBundle { fd, .. }
             | Op::ReadMulti { fd, .. }
             | Op::PollMulti { fd, .. }
             | Op::Connect { fd, .. }
@@ -83,11 +84,9 @@ impl Uring {
                     ));
                 }
             }
-            Op::RecvMulti { group, .. } | Op::ReadMulti { group, .. }
-                if !self.book.groups.iter().any(|g| g.id == group.id()) =>
-            {
-                return Err(SubmitError::NoBufGroup { group: group.id() }.into());
-            }
+            Op::RecvMulti { group, .. }
+            | Op::RecvMultiBundle { group, .. }
+            | Op::ReadMulti { group, .. } => self.check_group(&sub.op, *group)?,
             _ => {}
         }
         fin.flags = match sub.link {
@@ -95,6 +94,24 @@ impl Uring {
             Link::Soft => squeue::Flags::IO_LINK,
             Link::Hard => squeue::Flags::IO_HARDLINK,
         };
+        Ok(())
+    }
+
+    /// An operation picking buffers must name a registered group; a bundle needs the kernel's
+    /// support and a group consumed whole.
+    #[inline(never)]
+    fn check_group(&self, op: &Op, group: BufGroup) -> Result<(), QueueError> {
+        let Some(g) = self.book.groups.iter().find(|g| g.id == group.id()) else {
+            return Err(SubmitError::NoBufGroup { group: group.id() }.into());
+        };
+        if let Op::RecvMultiBundle { .. } = op {
+            if !self.ring.params().is_feature_recvsend_bundle() {
+                return Err(unsupported(op.name(), op.opcode()));
+            }
+            if g.incremental() {
+                return Err(SubmitError::BundleOnIncremental { group: group.id() }.into());
+            }
+        }
         Ok(())
     }
 

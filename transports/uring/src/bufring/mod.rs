@@ -5,13 +5,24 @@
 //! buffers (their address, length and id), the kernel consumes them as data arrives, and the
 //! completion names the buffer it filled (`IORING_CQE_F_BUFFER` and the id in the flags). Here
 //! the buffers come from a planes [`BufferPool`] (so a group can live in a region another
-//! process maps), each posted buffer is [lent](Buf::lend) to the kernel, and a completion's id
+//! process maps), each posted buffer is [lent](subring_planes::data::Buf::lend) to the kernel, and a completion's id
 //! is taken back with [`BufferPool::reclaim`]. The ring keeps its own record of which buffers
 //! are posted: an id that is out of range, or names a buffer that is not posted now (reported
 //! twice, in the caller's hands, lent onward to another process), and a length past the
 //! buffer's end, are refused with a typed error and counted, never turned into a second owner of
-//! a buffer. A picked buffer is an owned [`Buf`] the caller holds; dropping it frees it in the
-//! pool, and the ring posts it again at the next push, reap or wait.
+//! a buffer. A picked buffer is an owned [`Buf`](subring_planes::data::Buf) the caller holds;
+//! dropping it frees it in the pool, and the ring posts it again at the next push, reap or wait.
+//!
+//! Two ways for one completion to cover other than one buffer, both probed:
+//! - a **bundle** ([`Op::RecvMultiBundle`](crate::Op::RecvMultiBundle), Linux 6.10) fills as
+//!   many buffers as the data needs, in ring order from the one its completion names; the
+//!   ring's record of which buffer it posted at which position names the rest, and each must
+//!   still be posted there;
+//! - **incremental consumption** ([`BufRingOptions::incremental`], Linux 6.12) lets many
+//!   receives share one buffer, each after the bytes of the one before; each completion is a
+//!   [`BufChunk`], and the buffer returns to the ring once the kernel is done with it and its
+//!   chunks are dropped. The ring counts how far each buffer is filled, and a report past its
+//!   end is refused.
 //!
 //! What the checks cannot cover: the ring's entries are memory of this process only (never
 //! shared), and the kernel trusts them, address and length included. Whoever could write them
@@ -20,22 +31,19 @@
 //! buffer, the completion names the other). The checks are the defence against a kernel bug
 //! and forged completions, not against a writer of the ring.
 
+mod chunk;
+mod group;
 mod tail;
 
 use std::sync::Arc;
 
-use io_uring::cqueue;
-use subring_planes::data::{
-    Buf, BufHandle, BufferPool, PoolError, Region, RegionError, RegionOptions,
-};
+use subring_planes::data::{BufferPool, PoolError, Region, RegionError};
 
-use tail::{EntryMem, Producer};
+pub use chunk::BufChunk;
+pub(crate) use group::Group;
 
 /// The most entries a buffer ring can have (`io_uring_register_buf_ring(3)`).
 pub const MAX_BUF_RING_ENTRIES: usize = 1 << 15;
-
-/// Bytes of one ring entry (`struct io_uring_buf`).
-const ENTRY: usize = 16;
 
 /// How to build a provided-buffer ring ([`Uring::register_buf_ring`](crate::Uring::register_buf_ring)).
 #[derive(Debug, Clone)]
@@ -44,6 +52,7 @@ pub struct BufRingOptions {
     buf_size: usize,
     count: usize,
     region: Option<(Arc<Region>, usize)>,
+    incremental: bool,
 }
 
 impl BufRingOptions {
@@ -55,6 +64,7 @@ impl BufRingOptions {
             buf_size,
             count,
             region: None,
+            incremental: false,
         }
     }
 
@@ -62,6 +72,17 @@ impl BufRingOptions {
     /// process maps, say); the range is claimed for the ring's pool.
     pub fn region(mut self, region: Arc<Region>, offset: usize) -> Self {
         self.region = Some((region, offset));
+        self
+    }
+
+    /// Lets the kernel consume each buffer incrementally (`IOU_PBUF_RING_INC`, Linux 6.12):
+    /// a receive takes only the bytes it needs from the buffer at the ring's head, and the next
+    /// one goes on after them, so large buffers serve many small receives. Completions then
+    /// carry [`Output::Chunk`](crate::Output::Chunk)s rather than whole buffers, in the order
+    /// the kernel filled them. Bundles ([`Op::RecvMultiBundle`](crate::Op::RecvMultiBundle))
+    /// are refused on such a ring.
+    pub fn incremental(mut self) -> Self {
+        self.incremental = true;
         self
     }
 }
@@ -83,7 +104,8 @@ impl BufGroup {
 pub struct BufRingStats {
     /// Buffers posted to the kernel.
     pub posted: u64,
-    /// Buffers the kernel filled and the ring handed over.
+    /// Buffers the kernel filled and the ring handed over (an incrementally consumed buffer
+    /// counts once the kernel is done with it).
     pub picked: u64,
     /// Buffer ids in completions that were refused: out of range, or not lent to the kernel.
     pub refused: u64,
@@ -143,6 +165,14 @@ pub enum BufRingError {
         #[source]
         source: RegionError,
     },
+    /// The running kernel lacks a feature the options ask for.
+    #[error("buffer ring {group}: this kernel does not support {feature}")]
+    Unsupported {
+        /// The group id.
+        group: u16,
+        /// The feature, and the kernel that brought it.
+        feature: &'static str,
+    },
     /// The kernel refused the registration (`EINVAL` on kernels before 5.19, which lack
     /// buffer rings).
     #[error("registering buffer ring {group} ({entries} entries) failed: {source}")]
@@ -164,220 +194,11 @@ impl From<BufRingError> for std::io::Error {
             BufRingError::NoGroup { .. } => std::io::ErrorKind::NotFound,
             BufRingError::GroupTaken { .. } => std::io::ErrorKind::AlreadyExists,
             BufRingError::InFlight { .. } => std::io::ErrorKind::ResourceBusy,
+            BufRingError::Unsupported { .. } => std::io::ErrorKind::Unsupported,
             _ => std::io::ErrorKind::InvalidInput,
         };
         std::io::Error::new(kind, e)
     }
-}
-
-/// One registered buffer ring: its entries' memory (shared with the kernel only), its pool, and
-/// the producer's tail.
-#[derive(Debug)]
-pub(crate) struct Group {
-    pub(crate) id: u16,
-    pool: Arc<BufferPool>,
-    /// The entries, in memory of their own (page-aligned, as the kernel requires).
-    ring: Region,
-    producer: Producer,
-    /// Buffers posted to the kernel and not picked, by id: the only ids a completion may name.
-    posted: Vec<u64>,
-    stats: BufRingStats,
-}
-
-/// The ring's entries, as the producer writes them.
-struct RingMem<'a>(&'a Region);
-
-impl EntryMem for RingMem<'_> {
-    #[inline(always)]
-    fn write_entry(&self, index: u16, addr: u64, len: u32, bid: u16) {
-        let at = usize::from(index) * ENTRY;
-        debug_assert!(at + ENTRY <= self.0.len());
-        // SAFETY: `index` is masked below the ring's entry count, so the entry lies inside the
-        // mapping (sized for every entry when the group was made). Only this process's ring
-        // writes it (the kernel only reads), and the fields are written one by one, volatile,
-        // leaving the `resv` field (entry 0's is the tail) alone.
-        unsafe {
-            let e = self.0.as_ptr().add(at);
-            e.cast::<u64>().write_volatile(addr);
-            e.add(8).cast::<u32>().write_volatile(len);
-            e.add(12).cast::<u16>().write_volatile(bid);
-        }
-    }
-
-    #[inline(always)]
-    fn store_tail(&self, tail: u16, order: std::sync::atomic::Ordering) {
-        // SAFETY: offset 14 of entry 0 is the tail, inside the mapping, 2-aligned (the mapping
-        // is page-aligned); the kernel reads it with an acquire load, the ring stores it. The
-        // loom model of this store is the one in `planes/tests/loom/bufring.rs` (over `post`).
-        let tail_word =
-            unsafe { std::sync::atomic::AtomicU16::from_ptr(self.0.as_ptr().add(14).cast()) };
-        tail_word.store(tail, order);
-    }
-}
-
-impl Group {
-    /// Maps the ring and carves the pool for `opts` (not registered yet).
-    pub(crate) fn new(opts: &BufRingOptions) -> Result<(Group, usize), BufRingError> {
-        let group = opts.group;
-        if opts.count == 0 || opts.count > MAX_BUF_RING_ENTRIES {
-            return Err(BufRingError::Count { count: opts.count });
-        }
-        let entries = opts.count.next_power_of_two();
-        let pool = match &opts.region {
-            Some((region, offset)) => {
-                BufferPool::new(region.clone(), *offset, opts.buf_size, opts.count)
-            }
-            None => {
-                let len = opts
-                    .buf_size
-                    .checked_mul(opts.count)
-                    .ok_or(BufRingError::Pool {
-                        group,
-                        source: PoolError::BufSize {
-                            buf_size: opts.buf_size,
-                        },
-                    })?;
-                let region = Region::anonymous(len.max(1), RegionOptions::new())
-                    .map_err(|source| BufRingError::Region { group, source })?;
-                BufferPool::new(Arc::new(region), 0, opts.buf_size, opts.count)
-            }
-        }
-        .map_err(|source| BufRingError::Pool { group, source })?;
-        let ring = Region::anonymous(entries * ENTRY, RegionOptions::new())
-            .map_err(|source| BufRingError::Region { group, source })?;
-        Ok((
-            Group {
-                id: group,
-                pool,
-                ring,
-                producer: Producer::new(entries as u16),
-                posted: vec![0; opts.count.div_ceil(64)],
-                stats: BufRingStats::default(),
-            },
-            entries,
-        ))
-    }
-
-    /// The address of the entries, for the registration.
-    pub(crate) fn ring_addr(&self) -> u64 {
-        self.ring.as_ptr() as u64
-    }
-
-    /// The pool the buffers come from, read-only: with its `Arc`, safe code could reclaim a
-    /// posted buffer.
-    pub(crate) fn pool(&self) -> &BufferPool {
-        &self.pool
-    }
-
-    pub(crate) fn stats(&self) -> BufRingStats {
-        BufRingStats {
-            free: self.pool.free_count() as u64,
-            ..self.stats
-        }
-    }
-
-    /// Whether buffer `bid` is posted; marks it so (`to`).
-    fn mark(&mut self, bid: u16, to: bool) -> bool {
-        let (word, bit) = (usize::from(bid) / 64, 1u64 << (bid % 64));
-        let Some(w) = self.posted.get_mut(word) else {
-            return false;
-        };
-        let was = *w & bit != 0;
-        if to {
-            *w |= bit;
-        } else {
-            *w &= !bit;
-        }
-        was
-    }
-
-    /// Posts every free buffer of the pool to the kernel; returns how many.
-    pub(crate) fn replenish(&mut self) -> usize {
-        let pool = &self.pool;
-        let posted = &mut self.posted;
-        let bufs = std::iter::from_fn(|| pool.alloc()).map(|buf| {
-            let addr = buf.as_ptr() as u64;
-            let len = buf.capacity() as u32;
-            // The pool has at most 32768 buffers (checked when the group was made).
-            let bid = buf.index() as u16;
-            posted[usize::from(bid) / 64] |= 1 << (bid % 64);
-            // Lent before the tail store publishes its entry: the kernel owns it from then on.
-            let _ = buf.lend();
-            (addr, len, bid)
-        });
-        let n = self.producer.post::<_, false>(&RingMem(&self.ring), bufs);
-        self.stats.posted += n as u64;
-        self.stats.in_kernel += n as u64;
-        n
-    }
-
-    /// The buffer a completion names (`flags`' buffer id, filled with `res` bytes), taken back
-    /// from the kernel; `Ok(None)` if the completion names none.
-    pub(crate) fn pick(&mut self, flags: u32, res: i32) -> Result<Option<Buf>, std::io::Error> {
-        let Some(bid) = cqueue::buffer_select(flags) else {
-            return Ok(None);
-        };
-        if !self.mark(bid, false) {
-            self.stats.refused += 1;
-            return Err(refused(self.id, bid, "it is not posted".into()));
-        }
-        let layout = self.pool.layout();
-        let handle = BufHandle {
-            offset: layout.base + u64::from(bid) * u64::from(layout.buf_size),
-            len: 0,
-            region: layout.region,
-        };
-        let mut buf = match self.pool.reclaim(handle) {
-            Ok(buf) => buf,
-            Err(e) => {
-                self.stats.refused += 1;
-                return Err(refused(self.id, bid, e.to_string()));
-            }
-        };
-        self.stats.in_kernel = self.stats.in_kernel.saturating_sub(1);
-        let n = usize::try_from(res.max(0)).unwrap_or(0);
-        if n > buf.capacity() {
-            // The buffer is ours again (it goes back to the pool), but its length is a lie.
-            self.stats.refused += 1;
-            return Err(refused(
-                self.id,
-                bid,
-                format!("{n} bytes reported in a {}-byte buffer", buf.capacity()),
-            ));
-        }
-        buf.set_len(n);
-        self.stats.picked += 1;
-        Ok(Some(buf))
-    }
-
-    /// Takes back every buffer still posted to the kernel: only once nothing in flight can pick
-    /// one (the group unregistered, or no operation using it in flight). Buffers the caller
-    /// holds, or lent onward, are not the ring's to take.
-    pub(crate) fn reclaim_all(&mut self) {
-        let layout = self.pool.layout();
-        for index in 0..layout.count {
-            if !self.mark(index as u16, false) {
-                continue;
-            }
-            let handle = BufHandle {
-                offset: layout.base + u64::from(index) * u64::from(layout.buf_size),
-                len: 0,
-                region: layout.region,
-            };
-            if let Ok(buf) = self.pool.reclaim(handle) {
-                drop(buf);
-                self.stats.in_kernel = self.stats.in_kernel.saturating_sub(1);
-            }
-        }
-    }
-}
-
-#[cold]
-fn refused(group: u16, bid: u16, why: String) -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        format!("completion names buffer {bid} of group {group}, which the ring refused: {why}"),
-    )
 }
 
 impl crate::book::Book {
@@ -418,6 +239,10 @@ impl crate::Uring {
             return Err(BufRingError::GroupTaken { group: opts.group });
         }
         let (mut group, entries) = Group::new(&opts)?;
+        let flags = match opts.incremental {
+            true => io_uring::types::IOU_PBUF_RING_INC as u16,
+            false => 0,
+        };
         // SAFETY: the entries' memory is `group.ring`, which lives in `self.book.groups` from
         // here until `unregister_buf_ring` unregisters it, or until the ring is dropped (the
         // drop leaks it if an operation might still pick from it). `entries` is a power of two
@@ -427,13 +252,20 @@ impl crate::Uring {
                 group.ring_addr(),
                 entries as u16,
                 opts.group,
-                0,
+                flags,
             )
         }
-        .map_err(|e| BufRingError::Os {
-            group: opts.group,
-            entries,
-            source: self.enter_error(e),
+        .map_err(|e| match e.raw_os_error() {
+            // A kernel before 6.12 rejects the unknown flag.
+            Some(libc::EINVAL) if opts.incremental => BufRingError::Unsupported {
+                group: opts.group,
+                feature: "incremental consumption (IOU_PBUF_RING_INC, Linux 6.12)",
+            },
+            _ => BufRingError::Os {
+                group: opts.group,
+                entries,
+                source: self.enter_error(e),
+            },
         })?;
         group.replenish();
         self.book.groups.push(group);
@@ -519,7 +351,10 @@ impl crate::Uring {
 
 #[cfg(test)]
 mod tests {
+    use super::group::{RingMem, ENTRY};
+    use super::tail::EntryMem;
     use super::*;
+    use subring_planes::data::{BufHandle, RegionOptions};
 
     /// An entry is written field by field: entry 0's write leaves the tail, which overlays its
     /// last field, alone.

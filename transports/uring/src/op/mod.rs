@@ -249,6 +249,19 @@ pub enum Op {
         /// `MSG_*` flags (not `MSG_WAITALL`).
         flags: i32,
     },
+    /// [`Op::RecvMulti`] taking as many buffers per completion as the data fills
+    /// (`IORING_RECVSEND_BUNDLE`, Linux 6.10): one completion, and one pass through the
+    /// socket, for what would otherwise be a completion per buffer. The buffers come in
+    /// [`Output::Bundle`], each filled whole but the last, in the order of the data. Not on a
+    /// ring registered with [`incremental`](crate::BufRingOptions::incremental) consumption.
+    RecvMultiBundle {
+        /// Socket.
+        fd: Target,
+        /// The buffer ring to pick from.
+        group: crate::BufGroup,
+        /// `MSG_*` flags (not `MSG_WAITALL`).
+        flags: i32,
+    },
     /// Multishot `read` of a pollable file (a pipe, a socket, an eventfd; Linux 6.7): like
     /// [`Op::RecvMulti`], one buffer from `group` per completion.
     ReadMulti {
@@ -503,6 +516,7 @@ impl Op {
             Op::FilesUpdate { .. } => "files_update",
             Op::AcceptMulti { .. } => "accept_multishot",
             Op::RecvMulti { .. } => "recv_multishot",
+            Op::RecvMultiBundle { .. } => "recv_multishot_bundle",
             Op::ReadMulti { .. } => "read_multishot",
             Op::PollMulti { .. } => "poll_multishot",
             Op::Connect { .. } => "connect",
@@ -551,6 +565,7 @@ impl Op {
             Op::OpenAtDirect { .. } => opcode::OpenAt::CODE,
             Op::FilesUpdate { .. } => opcode::FilesUpdate::CODE,
             Op::RecvMulti { .. } => opcode::RecvMulti::CODE,
+            Op::RecvMultiBundle { .. } => opcode::RecvMultiBundle::CODE,
             Op::ReadMulti { .. } => opcode::ReadMulti::CODE,
             Op::PollMulti { .. } => opcode::PollAdd::CODE,
             Op::Connect { .. } => opcode::Connect::CODE,
@@ -574,7 +589,9 @@ impl Op {
     #[inline]
     pub fn buf_group(&self) -> Option<crate::BufGroup> {
         match self {
-            Op::RecvMulti { group, .. } | Op::ReadMulti { group, .. } => Some(*group),
+            Op::RecvMulti { group, .. }
+            | Op::RecvMultiBundle { group, .. }
+            | Op::ReadMulti { group, .. } => Some(*group),
             _ => None,
         }
     }
@@ -645,6 +662,13 @@ pub enum Output {
     /// is the bytes received), or the one an [`Op::SendBuf`] sent. Yours now: dropping it frees
     /// it in its pool (and a buffer ring's is posted to the kernel again).
     Pooled(Buf),
+    /// The buffers one completion of an [`Op::RecvMultiBundle`] filled, in the order of the
+    /// data (each whole but the last; empty when the completion received nothing). Each goes
+    /// back to its ring when dropped.
+    Bundle(Vec<Buf>),
+    /// The bytes one receive put into a buffer of a ring consumed
+    /// [incrementally](crate::BufRingOptions::incremental).
+    Chunk(crate::BufChunk),
     /// The registered-file slot of a direct descriptor an operation made
     /// ([`DirectSlot`]): name it with [`Target::Fixed`], close it with
     /// [`CloseTarget::Fixed`](crate::CloseTarget::Fixed).

@@ -137,7 +137,7 @@ fn buffer_groups_are_checked_at_push_and_unregister() {
 /// Writes `value` into field `at` (bytes into the entry) of entry `index` of `group`'s ring, as
 /// a hostile writer of the ring's memory would.
 /// Only ids, and lengths that keep the buffer inside the pool's memory.
-fn forge(ring: &Uring, group: BufGroup, index: u64, at: u64, value: &[u8]) {
+pub(super) fn forge(ring: &Uring, group: BufGroup, index: u64, at: u64, value: &[u8]) {
     assert!(at == 12 || at == 8, "only the id or the length");
     // SAFETY: only an id or a length is written; every caller keeps a forged length inside the
     // buffer's pool (the next buffer of the same pool).

@@ -40,10 +40,12 @@ impl Drop for TempDir {
 
 mod batch_wait;
 mod bufring;
+mod bundle;
 mod cancel;
 mod direct;
 mod fds;
 mod files;
+mod incremental;
 mod modes;
 mod multishot;
 mod queues;
