@@ -119,14 +119,24 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
         },
     )?;
     let mut done = Vec::with_capacity(256);
-    let mut last = 1;
+    // Receives with data in the last turn.
+    let mut last = 0;
     loop {
-        // Half as many completions as the last turn brought, or whatever came within 20 µs:
-        // one enter per batch when busy, no wait worth speaking of when idle. (Waiting for as
-        // many as the last turn held back the 16-connection echo by a quarter in quick runs;
-        // half of it kept the enters per request low without that.)
+        // One enter per turn submits what the last turn queued and waits. The sends among it
+        // complete during that very enter (a send to a socket with room finishes inline), so
+        // the batch waited for is those sends' completions plus as many receives as the last
+        // turn brought, or whatever came within 20 us. (Counting completions without the
+        // sends made a wait return at once on them: 0.31 enters per request at 64
+        // connections, against 0.07-0.09 now; performance-history.md, "echo batches".) A turn
+        // that brought at most one receive waits for the first completion: one connection's
+        // next request is a round trip away, and waiting for it with the send's completion in
+        // hand would only delay the send's buffer.
+        let min = match last {
+            0 | 1 => 1,
+            n => s.ring.queued() + n,
+        };
         match s.ring.wait_batch(
-            last,
+            min,
             Duration::from_micros(20),
             Some(Duration::from_secs(1)),
         ) {
@@ -134,7 +144,8 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
             Err(e) => return Err(e.into()),
         }
         done.clear();
-        last = (s.ring.reap_into(&mut done, 256)? / 2).clamp(1, 32);
+        let recvs = s.stats.recvs;
+        s.ring.reap_into(&mut done, 256)?;
         for c in done.drain(..) {
             if c.token == STOP {
                 s.stats.enters = s.ring.stats().enters;
@@ -142,6 +153,7 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
             }
             s.complete(c, listener)?;
         }
+        last = ((s.stats.recvs - recvs) as usize).min(128);
     }
 }
 
