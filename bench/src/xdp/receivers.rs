@@ -47,9 +47,9 @@ pub fn xsk(ifindex: u32, ready: impl FnOnce(), stop: &Receiver<()>) -> Result<Ta
     while !stopped(stop) {
         let n = sock.recv(&mut batch, 64).map_err(e)?;
         if n == 0 {
-            // 50 us of looking before sleeping in poll: a loaded receiver never sleeps.
-            sock.wait_rx_spin(Duration::from_micros(50), Duration::from_millis(10))
-                .map_err(e)?;
+            // The default notify mode (adaptive): looking at the ring for up to 100 us before
+            // sleeping in poll, so a loaded receiver never sleeps.
+            sock.wait(Duration::from_millis(10)).map_err(e)?;
             continue;
         }
         frames += n as u64;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netns::{End, Topology};
+use subring_planes::interrupt::NotifyMode;
 use subring_xdp::{
     AttachMode, BindMode, RingKind, RxFrame, TxFrame, XdpError, XdpProgram, XskConfig, XskSocket,
 };
@@ -338,3 +339,76 @@ fn completions_that_never_come_end_in_a_bounded_wait() {
     .join()
     .unwrap();
 }
+
+/// `wait` follows the socket's notify mode: each mode times out when nothing comes and wakes
+/// for a frame sent while it waits; spin never makes a system call, eventfd mode sleeps in
+/// `poll`; futex mode is refused at bind.
+#[test]
+fn wait_follows_the_notify_mode() {
+    let Some(p) = pair() else { return };
+    let [a, b] = ends(&p);
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let sender = std::thread::spawn(move || {
+        let fd = packet_socket(b.enter().unwrap());
+        // One frame per signal, 20 ms after it (the receiver is waiting by then).
+        while go_rx.recv_timeout(Duration::from_secs(30)).is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+            send_raw(&fd, &frame(1, 64));
+        }
+    });
+    let receiver_thread = std::thread::spawn(move || {
+        let futex = XskConfig {
+            notify: NotifyMode::Futex,
+            ..XskConfig::default()
+        };
+        match receiver(&a, futex) {
+            Err(XdpError::Config(why)) => assert!(why.contains("futex"), "{why}"),
+            other => panic!("futex mode refused at bind, not {:?}", other.map(|_| ())),
+        }
+        for mode in [NotifyMode::Spin, NotifyMode::Adaptive, NotifyMode::EventFd] {
+            let cfg = XskConfig {
+                notify: mode,
+                ..XskConfig::default()
+            };
+            let (_prog, mut sock) = receiver(&a, cfg).expect("AF_XDP receiver");
+            assert_eq!(sock.notify_mode(), mode);
+            // Drain whatever the link's coming up sent (IPv6 neighbour discovery, say).
+            let mut batch = Vec::new();
+            while sock.wait(Duration::from_millis(100)).unwrap() {
+                sock.recv(&mut batch, 64).unwrap();
+                batch.clear();
+                sock.fill(usize::MAX).unwrap();
+            }
+            let start = Instant::now();
+            assert!(!sock.wait(Duration::from_millis(50)).unwrap(), "{mode}: nothing sent");
+            let waited = start.elapsed();
+            assert!(
+                waited >= Duration::from_millis(45) && waited < Duration::from_secs(5),
+                "{mode}: timed out after {waited:?}"
+            );
+            go_tx.send(()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut ours = false;
+            while !ours {
+                assert!(Instant::now() < deadline, "{mode}: the frame never came");
+                if !sock.wait(Duration::from_secs(5)).unwrap() {
+                    continue;
+                }
+                sock.recv(&mut batch, 64).unwrap();
+                ours = batch.iter().any(|f| f.bytes().to_vec() == frame(1, 64));
+                batch.clear();
+                sock.fill(usize::MAX).unwrap();
+            }
+            let polls = sock.stats().rx_polls;
+            match mode {
+                NotifyMode::Spin => assert_eq!(polls, 0, "spin makes no system call"),
+                NotifyMode::EventFd => assert!(polls >= 2, "eventfd mode polls: {polls}"),
+                _ => {}
+            }
+        }
+        drop(go_tx);
+    });
+    receiver_thread.join().unwrap();
+    sender.join().unwrap();
+}
+

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use subring_planes::data::{Buf, BufferPool, Region, RegionOptions};
+use subring_planes::interrupt::NotifyMode;
 
 use crate::ring::{Consumer, Mapped, Producer, RingKind};
 use crate::XdpError;
@@ -47,6 +48,13 @@ pub struct XskConfig {
     pub mode: BindMode,
     /// The UMEM's memory (from offset 0); a memfd of its own if `None`.
     pub region: Option<Arc<Region>>,
+    /// How [`XskSocket::wait`] waits for received frames: [`NotifyMode::Spin`] looks at the
+    /// RX ring and never sleeps, [`NotifyMode::Adaptive`] looks for a while
+    /// ([`ADAPTIVE_MAX_SPIN`](subring_planes::interrupt::ADAPTIVE_MAX_SPIN)) and then sleeps
+    /// in `poll`, [`NotifyMode::EventFd`] sleeps in `poll` on the socket's descriptor at once
+    /// (the descriptor an event loop watches, [`XskSocket::fd`]). [`NotifyMode::Futex`] does
+    /// not fit: the kernel wakes an XSK socket only through its descriptor; `bind` refuses it.
+    pub notify: NotifyMode,
 }
 
 impl Default for XskConfig {
@@ -58,6 +66,7 @@ impl Default for XskConfig {
             need_wakeup: true,
             mode: BindMode::Copy,
             region: None,
+            notify: NotifyMode::Adaptive,
         }
     }
 }
@@ -128,6 +137,7 @@ pub struct XskSocket {
     in_tx: FrameSet,
     need_wakeup: bool,
     zero_copy: bool,
+    notify: NotifyMode,
     stats: XskStats,
 }
 
@@ -181,6 +191,13 @@ impl XskSocket {
         if cfg.frames == 0 {
             return Err(XdpError::Config("a UMEM needs at least one frame".into()));
         }
+        if cfg.notify == NotifyMode::Futex {
+            return Err(XdpError::Config(
+                "notify mode futex does not fit an AF_XDP socket: the kernel wakes it only \
+                 through its descriptor (eventfd mode sleeps in poll on it)"
+                    .into(),
+            ));
+        }
         let umem_len = u64::from(cfg.frame_size) * u64::from(cfg.frames);
         let region = match cfg.region {
             Some(r) => r,
@@ -219,7 +236,7 @@ impl XskSocket {
             &reg,
             "setsockopt(XDP_UMEM_REG)",
         )?;
-        Self::rings_and_bind(
+        let mut sock = Self::rings_and_bind(
             fd,
             pool,
             region,
@@ -228,13 +245,16 @@ impl XskSocket {
             cfg.mode,
             (ifindex, queue),
             None,
-        )
+        )?;
+        sock.notify = cfg.notify;
+        Ok(sock)
     }
 
     /// Creates a second socket over this one's UMEM (`XDP_SHARED_UMEM`), bound to queue
     /// `queue` of interface `ifindex` (another interface, or another queue), with rings of its
     /// own: a frame received on one can be sent on the other as it lies, netmap's buffer swap
-    /// ([`RxFrame::into_tx`]). Copy or zero-copy and need-wakeup are this socket's. The frames
+    /// ([`RxFrame::into_tx`]). Copy or zero-copy, need-wakeup and the notify mode are this
+    /// socket's. The frames
     /// either socket has lent to the kernel when it is dropped stay lent for good (the kernel
     /// may release them later), lost to the shared pool while the other socket lives.
     pub fn bind_shared(&self, ifindex: u32, queue: u32) -> Result<XskSocket, XdpError> {
@@ -245,7 +265,7 @@ impl XskSocket {
         }
         // SAFETY: a new descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        Self::rings_and_bind(
+        let mut sock = Self::rings_and_bind(
             fd,
             self.pool.clone(),
             self.region.clone(),
@@ -254,7 +274,9 @@ impl XskSocket {
             BindMode::Copy,
             (ifindex, queue),
             Some(self.fd.as_fd()),
-        )
+        )?;
+        sock.notify = self.notify;
+        Ok(sock)
     }
 
     /// Sizes and maps the four rings of `fd` and binds it (sharing `shared`'s UMEM if given).
@@ -403,6 +425,7 @@ impl XskSocket {
             ring_size,
             need_wakeup,
             zero_copy,
+            notify: NotifyMode::default(),
             stats: XskStats::default(),
         })
     }

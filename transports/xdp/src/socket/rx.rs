@@ -4,6 +4,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use subring_planes::data::BufHandle;
+use subring_planes::interrupt::{NotifyMode, ADAPTIVE_MAX_SPIN};
 
 use super::{RxFrame, XskSocket};
 use crate::ring::RingKind;
@@ -136,6 +137,39 @@ impl XskSocket {
         Ok(self.rx.ready()? as usize)
     }
 
+    /// Waits up to `timeout` for received frames as the socket's notify mode says
+    /// ([`XskConfig::notify`](crate::XskConfig::notify)): looking at the RX ring only (spin;
+    /// no system call, however long), looking for up to
+    /// [`ADAPTIVE_MAX_SPIN`](subring_planes::interrupt::ADAPTIVE_MAX_SPIN) and then sleeping
+    /// in `poll` (adaptive), or sleeping in `poll` at once (eventfd). Whether there are.
+    pub fn wait(&mut self, timeout: Duration) -> Result<bool, XdpError> {
+        match self.notify {
+            NotifyMode::Spin => self.spin_rx(timeout),
+            NotifyMode::Adaptive => self.wait_rx_spin(ADAPTIVE_MAX_SPIN.min(timeout), timeout),
+            // Futex is refused at bind.
+            NotifyMode::EventFd | NotifyMode::Futex => self.wait_rx(timeout),
+        }
+    }
+
+    /// The notify mode [`wait`](Self::wait) follows.
+    pub fn notify_mode(&self) -> NotifyMode {
+        self.notify
+    }
+
+    /// Looks at the RX ring until it has frames or `timeout` passes; whether it has.
+    fn spin_rx(&mut self, timeout: Duration) -> Result<bool, XdpError> {
+        let start = std::time::Instant::now();
+        loop {
+            if self.rx.ready()? > 0 {
+                return Ok(true);
+            }
+            if start.elapsed() >= timeout {
+                return Ok(false);
+            }
+            spin_a_while();
+        }
+    }
+
     /// Waits up to `timeout` for received frames: first looking at the RX ring for up to
     /// `spin` (no system call: a busy receiver never sleeps), then `poll` on the socket;
     /// whether there are.
@@ -148,11 +182,7 @@ impl XskSocket {
             if start.elapsed() >= spin {
                 break;
             }
-            // Look at the producer index only now and then: each look pulls its cache line
-            // away from the kernel, whose next store then misses.
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
+            spin_a_while();
         }
         self.wait_rx(timeout.saturating_sub(start.elapsed()))
     }
@@ -197,5 +227,14 @@ impl XskSocket {
     /// Frames lent to the kernel for receiving (in the fill ring, or received and not read).
     pub fn lent_for_rx(&self) -> usize {
         self.in_fill.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+}
+
+/// Between two looks at the RX producer index: each look pulls its cache line away from the
+/// kernel, whose next store then misses.
+#[inline(always)]
+fn spin_a_while() {
+    for _ in 0..64 {
+        std::hint::spin_loop();
     }
 }
