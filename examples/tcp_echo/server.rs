@@ -124,8 +124,10 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
     loop {
         // One enter per turn submits what the last turn queued and waits. The sends among it
         // complete during that very enter (a send to a socket with room finishes inline), so
-        // the batch waited for is those sends' completions plus as many receives as the last
-        // turn brought, or whatever came within 20 us. (Counting completions without the
+        // the batch waited for is the queued entries' completions plus as many receives as the
+        // last turn brought, or whatever came within 20 us. (Re-arms queued with the sends do
+        // not complete at once and a zero-copy send completes twice: the count is a target, and
+        // the 20 us bound it.) (Counting completions without the
         // sends made a wait return at once on them: 0.31 enters per request at 64
         // connections, against 0.07-0.09 now; performance-history.md, "echo batches".) A turn
         // that brought at most one receive waits for the first completion: one connection's
@@ -135,11 +137,10 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
             0 | 1 => 1,
             n => s.ring.queued() + n,
         };
-        match s.ring.wait_batch(
-            min,
-            Duration::from_micros(20),
-            Some(Duration::from_secs(1)),
-        ) {
+        match s
+            .ring
+            .wait_batch(min, Duration::from_micros(20), Some(Duration::from_secs(1)))
+        {
             Ok(()) | Err(QueueError::Timeout(_)) => {}
             Err(e) => return Err(e.into()),
         }

@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_types)]
 
 use super::*;
+use subring_shm::echo::word_sum;
 
 /// A recognisable, non-constant payload.
 pub(super) fn pattern(len: usize) -> Vec<u8> {
@@ -105,15 +106,9 @@ impl Ring<'_> {
     }
 }
 
-/// What the consumer sums of each message: its first, middle and last bytes.
-pub(super) fn spot_sum(msg: &[u8]) -> u64 {
-    [msg[0], msg[msg.len() / 2], msg[msg.len() - 1]]
-        .map(u64::from)
-        .iter()
-        .sum()
-}
-
-/// Child: copies each published slot out into `dst`, spot-sums the copy, releases the slot.
+/// Child: copies each published slot out into `dst`, sums the copy as 64-bit words (what
+/// subring's zero-copy row has its server compute in place: the same work on the same bytes),
+/// releases the slot.
 pub(super) fn consume(ring: Ring<'_>, mut dst: Vec<u8>) -> i32 {
     let (mut k, mut published, mut got, mut sum) = (0u64, 0u64, 0usize, 0u64);
     loop {
@@ -128,7 +123,7 @@ pub(super) fn consume(ring: Ring<'_>, mut dst: Vec<u8>) -> i32 {
         // SAFETY: slot `k` was published (head > k, read with Acquire) and the producer does not
         // touch it again until `tail` passes `k`; `dst` holds `slot >= len` bytes.
         unsafe { ptr::copy_nonoverlapping(ring.slot_ptr(k), dst.as_mut_ptr(), len) };
-        sum = sum.wrapping_add(spot_sum(std::hint::black_box(&dst[..len]))); // really copy
+        sum = sum.wrapping_add(word_sum(std::hint::black_box(&dst[..len])));
         got += len;
         k += 1;
         ring.checksum.store(sum, Ordering::Relaxed);
@@ -139,7 +134,7 @@ pub(super) fn consume(ring: Ring<'_>, mut dst: Vec<u8>) -> i32 {
 /// Bytes per second through a raw SPSC ring of `slots` × `slot` bytes in `MAP_SHARED` memory,
 /// with `head` and `tail` counters on separate cache lines: the parent copies a `slot`-byte
 /// source buffer into each free slot and publishes it; the child copies each published slot out
-/// into a private buffer, spot-sums it and releases it. Timed from the first copy in until the
+/// into a private buffer, sums it as 64-bit words and releases it. Timed from the first copy in until the
 /// child has released every slot (its checksum is checked). The "raw shared-memory ring"
 /// reference. Stops early (counting the bytes moved) after 3 s, which in [`Placement::Shared`]
 /// (one scheduler tick per ring's worth) it does.
@@ -186,7 +181,7 @@ pub fn shm_ring_throughput(
             unsafe { ptr::copy_nonoverlapping(src.as_ptr(), ring.slot_ptr(k), len) };
             k += 1;
             ring.head.store(k, Ordering::Release);
-            expect = expect.wrapping_add(spot_sum(&src[..len]));
+            expect = expect.wrapping_add(word_sum(&src[..len]));
             sent += len;
         }
         spin_until(ring.tail, WAIT, |t| t == k)?;

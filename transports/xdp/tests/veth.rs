@@ -380,7 +380,10 @@ fn wait_follows_the_notify_mode() {
                 sock.fill(usize::MAX).unwrap();
             }
             let start = Instant::now();
-            assert!(!sock.wait(Duration::from_millis(50)).unwrap(), "{mode}: nothing sent");
+            assert!(
+                !sock.wait(Duration::from_millis(50)).unwrap(),
+                "{mode}: nothing sent"
+            );
             let waited = start.elapsed();
             assert!(
                 waited >= Duration::from_millis(45) && waited < Duration::from_secs(5),
@@ -411,4 +414,3 @@ fn wait_follows_the_notify_mode() {
     receiver_thread.join().unwrap();
     sender.join().unwrap();
 }
-

@@ -47,6 +47,20 @@ struct Partial {
 /// The ring's entries, as the producer writes them.
 pub(super) struct RingMem<'a>(pub(super) &'a Region);
 
+impl RingMem<'_> {
+    /// The length field of entry `index` (masked below the entry count), as it is now: the
+    /// kernel moves the head entry's on with incremental consumption, and some kernels shorten
+    /// an entry's when they map a bundle.
+    fn read_len(&self, index: u16) -> u32 {
+        let at = usize::from(index) * ENTRY + 8;
+        assert!(at + 4 <= self.0.len(), "entry {index} lies in the ring");
+        // SAFETY: inside the mapping (checked above), 4-aligned (the mapping is page-aligned
+        // and entries are 16 bytes); a volatile read makes no reference, and the value is
+        // checked by the caller before use.
+        unsafe { self.0.as_ptr().add(at).cast::<u32>().read_volatile() }
+    }
+}
+
 impl EntryMem for RingMem<'_> {
     #[inline(always)]
     fn write_entry(&self, index: u16, addr: u64, len: u32, bid: u16) {
@@ -54,9 +68,11 @@ impl EntryMem for RingMem<'_> {
         debug_assert!(at + ENTRY <= self.0.len());
         // SAFETY: `index` is masked below the ring's entry count, so the entry lies inside the
         // mapping (sized for every entry when the group was made). Only this process's ring
-        // writes it (the kernel reads it, and with incremental consumption moves the address
-        // and length of the entry at its head, never one past the tail), and the fields are
-        // written one by one, volatile, leaving the `resv` field (entry 0's is the tail) alone.
+        // writes it at the tail (the kernel reads entries between its head and the tail, and
+        // may rewrite the address and length of those it is consuming: with incremental
+        // consumption, and on some kernels when it maps a bundle; never one past the tail), and
+        // the fields are written one by one, volatile, leaving the `resv` field (entry 0's is
+        // the tail) alone.
         unsafe {
             let e = self.0.as_ptr().add(at);
             e.cast::<u64>().write_volatile(addr);
@@ -254,48 +270,62 @@ impl Group {
     }
 
     /// The buffers of a bundle (`IORING_RECVSEND_BUNDLE`): `res` bytes in the buffers posted
-    /// from `first` on, each filled whole but the last. The kernel takes them in ring order, so
-    /// the ring's record of what it posted at each position names them; every one must still
-    /// be posted at the position the run reaches. Nothing is taken if one is not.
+    /// from `first` on, in ring order, the kernel's way: each takes `min(its entry's length,
+    /// what is left)` (the length read back from the entry, which some kernels shorten when
+    /// they map a bundle). The ring's record of what it posted at each position names them:
+    /// `first` must be the buffer posted at its position, and every one after it must still
+    /// be posted at the position the run reaches. Nothing is handed out if one is not; the
+    /// buffers the kernel consumed then stay out of circulation until the ring is
+    /// unregistered (counted in `in_kernel`).
     fn take_bundle(&mut self, first: u16, res: i32) -> io::Result<Vec<Buf>> {
         // No data takes no buffer (the kernel commits none), whatever the flags name.
-        let Ok(total @ 1..) = u64::try_from(res) else {
+        let Ok(total @ 1..) = usize::try_from(res) else {
             return Ok(Vec::new());
         };
-        let size = self.pool.buf_size() as u64;
-        let n = total.div_ceil(size);
-        if !self.is_posted(first) || n > self.pool.count() as u64 {
-            self.stats.refused += 1;
-            let why = match self.is_posted(first) {
-                false => "it is not posted".to_string(),
-                true => format!("{total} bytes need {n} of its {}-byte buffers", size),
-            };
-            return Err(refused(self.id, first, why));
-        }
-        let start = self.position_of[usize::from(first)];
-        let mut bids = Vec::with_capacity(n as usize);
-        for i in 0..n as u16 {
-            let position = start.wrapping_add(i);
-            let bid = self.at_position[usize::from(position & self.producer.mask)];
-            if !self.is_posted(bid) || self.position_of[usize::from(bid)] != position {
-                self.stats.refused += 1;
-                return Err(refused(
-                    self.id,
-                    first,
-                    format!("a bundle of {total} bytes runs past the buffers posted after it"),
-                ));
+        let mask = self.producer.mask;
+        let start = match self.position_of.get(usize::from(first)) {
+            Some(&p)
+                if self.is_posted(first) && self.at_position[usize::from(p & mask)] == first =>
+            {
+                p
             }
-            bids.push(bid);
-        }
-        let mut left = total as usize;
-        let mut bufs = Vec::with_capacity(bids.len());
-        for bid in bids {
-            self.mark(bid, false);
-            let mut buf = self.reclaim(bid)?;
-            self.stats.in_kernel = self.stats.in_kernel.saturating_sub(1);
-            let n = left.min(buf.capacity());
-            buf.set_len(n);
+            _ => {
+                self.stats.refused += 1;
+                return Err(refused(self.id, first, "it is not posted".into()));
+            }
+        };
+        let cap = self.pool.buf_size();
+        let mut run = Vec::new();
+        let mut left = total;
+        let mut position = start;
+        while left > 0 {
+            let bid = self.at_position[usize::from(position & mask)];
+            // A length the kernel (or a writer of the entries) changed is checked before use.
+            let len = RingMem(&self.ring).read_len(position & mask) as usize;
+            let posted_here = self.is_posted(bid) && self.position_of[usize::from(bid)] == position;
+            if !posted_here || run.len() >= self.pool.count() || len == 0 || len > cap {
+                self.stats.refused += 1;
+                let why = match posted_here {
+                    false => {
+                        format!("a bundle of {total} bytes runs past the buffers posted after it")
+                    }
+                    true => format!("a bundle of {total} bytes meets an entry of {len} bytes"),
+                };
+                return Err(refused(self.id, first, why));
+            }
+            let n = len.min(left);
+            run.push((bid, n));
             left -= n;
+            position = position.wrapping_add(1);
+        }
+        let mut bufs = Vec::with_capacity(run.len());
+        for (bid, n) in run {
+            self.mark(bid, false);
+            self.stats.in_kernel = self.stats.in_kernel.saturating_sub(1);
+            // Consumed by the kernel: taken back whatever happens to the rest (a failure here
+            // is a bug of this ring's record; the buffers taken go back to the pool).
+            let mut buf = self.reclaim(bid)?;
+            buf.set_len(n);
             self.stats.picked += 1;
             bufs.push(buf);
         }
@@ -382,4 +412,91 @@ fn refused(group: u16, bid: u16, why: String) -> io::Error {
         io::ErrorKind::InvalidData,
         format!("completion names buffer {bid} of group {group}, which the ring refused: {why}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A completion's flags naming buffer `bid` (`IORING_CQE_F_BUFFER` = 1, the id in the top
+    /// half).
+    fn naming(bid: u16) -> u32 {
+        1 | u32::from(bid) << 16
+    }
+
+    /// Bundles across the wrap of the `u16` ring positions, the kernel's side simulated from
+    /// the entries as posted (it consumes them in ring order from its head): each bundle's
+    /// buffers are the ones posted at its positions, with the entries' lengths; a buffer whose
+    /// completion was lost stays posted by the ring's record, and a completion naming it after
+    /// its position was reused is refused, not handed the buffer posted there now.
+    #[test]
+    fn bundles_follow_ring_positions_across_the_u16_wrap() {
+        let (mut g, entries) = Group::new(&BufRingOptions::new(0, 64, 8)).unwrap();
+        assert_eq!(entries, 8);
+        assert_eq!(g.replenish(), 8);
+        let mask = g.producer.mask;
+        let mut head: u16 = 0;
+        // A completion the caller never sees: the kernel consumed the head buffer.
+        let lost = g.at_position[usize::from(head & mask)];
+        head = head.wrapping_add(1);
+        let mut picked = 0u64;
+        for round in 0..70_000u32 {
+            let k = (round % 3 + 1) as usize;
+            let res = (k - 1) * 64 + 1 + (round % 64) as usize;
+            let expect: Vec<u16> = (0..k as u16)
+                .map(|i| g.at_position[usize::from(head.wrapping_add(i) & mask)])
+                .collect();
+            let Output::Bundle(bufs) = g.take(naming(expect[0]), res as i32, true).unwrap() else {
+                panic!("a bundle")
+            };
+            let got: Vec<u16> = bufs.iter().map(|b| b.index() as u16).collect();
+            assert_eq!(got, expect, "round {round}");
+            let lens: Vec<usize> = bufs.iter().map(Buf::len).collect();
+            assert_eq!(lens.iter().sum::<usize>(), res);
+            assert!(lens[..k - 1].iter().all(|&n| n == 64), "{lens:?}");
+            picked += k as u64;
+            head = head.wrapping_add(k as u16);
+            drop(bufs);
+            g.replenish();
+        }
+        let stats = g.stats();
+        assert!(
+            stats.posted > 2 * 65_536,
+            "the positions wrapped twice: {stats:?}"
+        );
+        assert_eq!((stats.picked, stats.refused), (picked, 0));
+        assert_eq!(stats.in_kernel, 8, "the lost buffer is still counted");
+        let e = g.take(naming(lost), 10, true).unwrap_err();
+        assert!(e.to_string().contains("not posted"), "{e}");
+        // Unregistering takes it back.
+        g.reclaim_all();
+        assert_eq!(g.stats().in_kernel, 0);
+        assert_eq!(g.stats().free, 8);
+    }
+
+    /// A bundle takes each buffer's length from its entry, as the kernel does: an entry the
+    /// kernel shortened when it mapped the bundle makes that buffer short in the middle of the
+    /// run; an entry longer than its buffer is refused.
+    #[test]
+    fn a_bundle_splits_by_the_entries_lengths() {
+        let (mut g, _) = Group::new(&BufRingOptions::new(0, 64, 4)).unwrap();
+        g.replenish();
+        let len_at = |g: &Group, index: u16, len: u32| {
+            let at = usize::from(index) * ENTRY + 8;
+            // SAFETY: inside the ring's mapping, which no reference covers; as a kernel that
+            // shortens an entry would.
+            unsafe { g.ring.as_ptr().add(at).cast::<u32>().write_volatile(len) }
+        };
+        len_at(&g, 1, 22);
+        let first = g.at_position[0];
+        let Output::Bundle(bufs) = g.take(naming(first), 64 + 22 + 10, true).unwrap() else {
+            panic!("a bundle")
+        };
+        let lens: Vec<usize> = bufs.iter().map(Buf::len).collect();
+        assert_eq!(lens, [64, 22, 10]);
+        len_at(&g, 3, 65);
+        let e = g.take(naming(g.at_position[3]), 100, true).unwrap_err();
+        assert!(e.to_string().contains("an entry of 65 bytes"), "{e}");
+        assert_eq!(g.stats().refused, 1);
+    }
 }

@@ -22,7 +22,10 @@
 //!   receives share one buffer, each after the bytes of the one before; each completion is a
 //!   [`BufChunk`], and the buffer returns to the ring once the kernel is done with it and its
 //!   chunks are dropped. The ring counts how far each buffer is filled, and a report past its
-//!   end is refused.
+//!   end is refused. The count assumes a buffer's completions are reaped in the order the
+//!   kernel filled it, which holds for one receive at a time per group; two receives sharing
+//!   a group can have one's completion deferred (a full completion queue) behind the other's,
+//!   and their chunks would then name each other's bytes (never memory outside the buffer).
 //!
 //! What the checks cannot cover: the ring's entries are memory of this process only (never
 //! shared), and the kernel trusts them, address and length included. Whoever could write them
@@ -107,7 +110,9 @@ pub struct BufRingStats {
     /// Buffers the kernel filled and the ring handed over (an incrementally consumed buffer
     /// counts once the kernel is done with it).
     pub picked: u64,
-    /// Buffer ids in completions that were refused: out of range, or not lent to the kernel.
+    /// Completions whose buffers were refused: an id out of range or not posted now, a length
+    /// past a buffer's end, a bundle that runs past the buffers posted after its first or meets
+    /// an entry longer than a buffer.
     pub refused: u64,
     /// Posted buffers the kernel has not picked (as far as completions tell).
     pub in_kernel: u64,

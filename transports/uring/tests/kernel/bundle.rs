@@ -108,8 +108,9 @@ fn a_bundle_naming_a_buffer_past_the_pool_is_refused() {
     }
     let (mut tx, rx) = tcp_pair();
     let mut ring = Uring::builder().build().unwrap();
+    let region = Arc::new(Region::memfd("bundle", 4096, RegionOptions::new()).unwrap());
     let group = ring
-        .register_buf_ring(BufRingOptions::new(0, 64, 8))
+        .register_buf_ring(BufRingOptions::new(0, 64, 8).region(region.clone(), 0))
         .unwrap();
     forge(&ring, group, 0, 12, &999u16.to_le_bytes());
     arm_bundle(&mut ring, 7, &rx, group);
@@ -126,6 +127,20 @@ fn a_bundle_naming_a_buffer_past_the_pool_is_refused() {
     assert_eq!(bufs.len(), 1);
     assert_eq!(bufs[0].to_vec(), b"def");
     assert_eq!(bufs[0].index(), 1, "the entry after the refused one");
+    // The refused entry's buffer (0) was consumed by the kernel but is still posted by the
+    // ring's record: out of circulation, counted, until the ring is unregistered.
+    let stats = ring.buf_ring_stats(group).unwrap();
+    assert_eq!((stats.in_kernel, stats.picked), (7, 1), "{stats:?}");
+    drop(bufs);
+    push(&mut ring, 8, Op::Cancel { token: 7 });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ring.in_flight() > 0 {
+        assert!(Instant::now() < deadline, "the receive did not end");
+        let _ = next(&mut ring);
+    }
+    ring.unregister_buf_ring(group).unwrap();
+    // Every buffer came back, the stray one too: the pool is gone, and its claim on the range.
+    BufferPool::new(region, 0, 64, 8).expect("the range is free again");
 }
 
 /// A bundle that would run past the buffers posted after its first (its first id forged to
@@ -156,9 +171,11 @@ fn a_bundle_running_past_the_posted_buffers_is_refused() {
             assert!(e.to_string().contains("runs past"), "{e}");
             assert_eq!(ring.buf_ring_stats(group).unwrap().refused, 1);
         }
-        // A kernel that took a single buffer: buffer 3 (posted at position 3) is a
-        // legitimate-looking report, which the ring cannot tell from an honest one.
-        Ok(n) => panic!("expected a bundle of 150 bytes to be refused, got {n} bytes"),
+        // A kernel that maps a single buffer for the receive after a drained socket (6.10
+        // does): buffer 3, posted at position 3, is a legitimate-looking report, which the ring
+        // cannot tell from an honest one. The run check is not exercised there.
+        Ok(n) if n <= 64 => eprintln!("this kernel received {n} bytes into one buffer: skipped"),
+        Ok(n) => panic!("expected a bundle of {n} bytes to be refused"),
     }
 }
 
@@ -230,5 +247,9 @@ fn a_bundle_at_end_of_stream_takes_no_buffer() {
     tx.write_all(b"again").unwrap();
     let bufs = bundle(next(&mut ring));
     assert_eq!(bufs[0].to_vec(), b"again");
-    assert_eq!(bufs[0].index() as usize, held.len(), "the buffer after the held ones");
+    assert_eq!(
+        bufs[0].index() as usize,
+        held.len(),
+        "the buffer after the held ones"
+    );
 }

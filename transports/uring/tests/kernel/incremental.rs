@@ -63,7 +63,10 @@ fn small_receives_share_a_buffer_and_it_returns_once_its_chunks_are_dropped() {
         chunks.push(ch);
     }
     assert_eq!(got, tail);
-    let last0 = chunks.iter().find(|c| c.index() == 0 && c.is_last()).unwrap();
+    let last0 = chunks
+        .iter()
+        .find(|c| c.index() == 0 && c.is_last())
+        .unwrap();
     assert_eq!((last0.offset(), last0.len()), (17, 239), "{chunks:?}");
     let first1 = chunks.iter().find(|c| c.index() == 1).unwrap();
     assert_eq!((first1.offset(), first1.is_last()), (0, false));
