@@ -16,6 +16,15 @@ use subring_shm::proto::{self, ClientMsg};
 use subring_shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
 use support::*;
 
+/// The tests here measure an honest client's round trips beside a hostile one, on a machine
+/// that may have two cores: two of them at once (a flooding thread beside another test's
+/// servers) would measure each other. Each takes this lock.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// An honest client's worst echo round trip over `span` on the server at `path`.
 fn worst_round_trip(path: &std::path::Path, span: Duration) -> Duration {
     let mut client = connect_retry(path, &options(NotifyMode::EventFd), WAIT);
@@ -44,6 +53,7 @@ fn worst_round_trip(path: &std::path::Path, span: Duration) -> Duration {
 /// share of the server's turns: an honest client's round trips stay under 50 ms.
 #[test]
 fn a_control_flood_does_not_starve_other_clients() {
+    let _serial = one_at_a_time();
     let (srv, path) = echo_server("flood");
     // The flooder: a real client, then raw registrations that are refused (no memfd), never
     // reading the refusals.
@@ -88,6 +98,7 @@ fn a_control_flood_does_not_starve_other_clients() {
 /// underflow that panicked in debug builds and left `fill_buf` waiting forever in release.
 #[test]
 fn a_stream_server_that_completes_the_wrong_kind_is_an_error() {
+    let _serial = one_at_a_time();
     use std::io::Read;
     use subring_shm::stream::{
         completion, request, Stream, StreamReq, StreamResp, STREAM_PROTOCOL,
@@ -123,6 +134,7 @@ fn a_stream_server_that_completes_the_wrong_kind_is_an_error() {
 /// they arrive, not kept until their handshake times out.
 #[test]
 fn connections_saying_nothing_are_bounded() {
+    let _serial = one_at_a_time();
     let path = socket_path("max-handshakes");
     let mut config = ServerConfig::new(ECHO_PROTOCOL);
     config.max_handshakes = 4;
@@ -156,6 +168,7 @@ fn connections_saying_nothing_are_bounded() {
 /// same handle again and again) has the excess refused, not queued without bound.
 #[test]
 fn a_stream_client_cannot_queue_more_buffers_than_it_has() {
+    let _serial = one_at_a_time();
     use subring_shm::queue::{Completer, Submitter};
     use subring_shm::stream::{
         completion, request, status, ByteService, StreamHandler, StreamReq, StreamResp,
@@ -206,10 +219,11 @@ fn a_stream_client_cannot_queue_more_buffers_than_it_has() {
 
 /// A client that keeps the server busy with expensive requests (checksums over 1 MiB of a
 /// registered region, 64 in flight) takes a bounded share of each turn: an honest client's
-/// round trips stay under 50 ms, in debug builds too. Requests over the echo service's own
+/// round trips stay under 100 ms, in debug builds too. Requests over the echo service's own
 /// per-request bound are refused.
 #[test]
 fn expensive_requests_do_not_starve_other_clients() {
+    let _serial = one_at_a_time();
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     use std::sync::Arc;
     use subring_shm::queue::{Completer, Submitter};
@@ -256,12 +270,16 @@ fn expensive_requests_do_not_starve_other_clients() {
     let worst = worst_round_trip(&path, Duration::from_millis(1500));
     stop.store(true, Relaxed);
     let done = heavy.join().unwrap();
+    eprintln!("worst honest round trip {worst:?} beside {done} checksums of 1 MiB");
     assert!(
         done > 20,
         "the expensive client got nowhere ({done} requests)"
     );
+    // About 11-15 ms in debug builds here (one turn of the heavy client's byte budget, 1 MiB,
+    // then the honest request); without the budget it waits behind its whole window of 1 MiB
+    // checksums, some 6 ms each in debug: hundreds of milliseconds.
     assert!(
-        worst < Duration::from_millis(50),
+        worst < Duration::from_millis(100),
         "an honest round trip took {worst:?} beside {done} checksums of 1 MiB"
     );
     drop(srv);
