@@ -274,7 +274,7 @@ fn a_forged_id_naming_a_buffer_lent_onward_is_refused() {
 }
 
 /// Arms a multishot receive on `rx` picking from `group`.
-fn arm(ring: &mut Uring, token: u64, rx: &impl AsFd, group: BufGroup) {
+pub(super) fn arm(ring: &mut Uring, token: u64, rx: &impl AsFd, group: BufGroup) {
     push(
         ring,
         token,
@@ -284,4 +284,11 @@ fn arm(ring: &mut Uring, token: u64, rx: &impl AsFd, group: BufGroup) {
             flags: 0,
         },
     );
+}
+
+/// A ring with one buffer ring registered as `opts` says.
+pub(super) fn ring_with(opts: BufRingOptions) -> (Uring, BufGroup) {
+    let mut ring = Uring::builder().build().unwrap();
+    let group = ring.register_buf_ring(opts).unwrap();
+    (ring, group)
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use subring_uring::{BufGroup, BufRingOptions, Completion};
 
-use super::bufring::forge;
+use super::bufring::{forge, ring_with};
 use super::*;
 
 /// The buffers a bundle completion carries.
@@ -38,10 +38,7 @@ fn bundles_take_as_many_buffers_as_the_data_fills_and_lose_no_byte() {
         return;
     }
     let (mut tx, rx) = tcp_pair();
-    let mut ring = Uring::builder().build().unwrap();
-    let group = ring
-        .register_buf_ring(BufRingOptions::new(9, 64, 16))
-        .unwrap();
+    let (mut ring, group) = ring_with(BufRingOptions::new(9, 64, 16));
     let data = pattern(5000);
     tx.write_all(&data).unwrap();
     arm_bundle(&mut ring, 3, &rx, group);
@@ -107,11 +104,8 @@ fn a_bundle_naming_a_buffer_past_the_pool_is_refused() {
         return;
     }
     let (mut tx, rx) = tcp_pair();
-    let mut ring = Uring::builder().build().unwrap();
     let region = Arc::new(Region::memfd("bundle", 4096, RegionOptions::new()).unwrap());
-    let group = ring
-        .register_buf_ring(BufRingOptions::new(0, 64, 8).region(region.clone(), 0))
-        .unwrap();
+    let (mut ring, group) = ring_with(BufRingOptions::new(0, 64, 8).region(region.clone(), 0));
     forge(&ring, group, 0, 12, &999u16.to_le_bytes());
     arm_bundle(&mut ring, 7, &rx, group);
     tx.write_all(b"abc").unwrap();
@@ -152,10 +146,7 @@ fn a_bundle_running_past_the_posted_buffers_is_refused() {
         return;
     }
     let (mut tx, rx) = tcp_pair();
-    let mut ring = Uring::builder().build().unwrap();
-    let group = ring
-        .register_buf_ring(BufRingOptions::new(0, 64, 4))
-        .unwrap();
+    let (mut ring, group) = ring_with(BufRingOptions::new(0, 64, 4));
     // A first receive of one buffer, so that the next one is a bundle (the kernel's first
     // completion of a bundle receive takes a single buffer).
     arm_bundle(&mut ring, 7, &rx, group);
@@ -185,10 +176,7 @@ fn bundles_are_refused_on_an_incremental_ring() {
         return;
     }
     let (_tx, rx) = tcp_pair();
-    let mut ring = Uring::builder().build().unwrap();
-    let group = ring
-        .register_buf_ring(BufRingOptions::new(1, 4096, 2).incremental())
-        .unwrap();
+    let (mut ring, group) = ring_with(BufRingOptions::new(1, 4096, 2).incremental());
     let e = ring
         .push(sub(
             1,
@@ -214,10 +202,7 @@ fn a_bundle_at_end_of_stream_takes_no_buffer() {
         return;
     }
     let (mut tx, rx) = tcp_pair();
-    let mut ring = Uring::builder().build().unwrap();
-    let group = ring
-        .register_buf_ring(BufRingOptions::new(2, 64, 4))
-        .unwrap();
+    let (mut ring, group) = ring_with(BufRingOptions::new(2, 64, 4));
     arm_bundle(&mut ring, 1, &rx, group);
     tx.write_all(b"last words").unwrap();
     drop(tx);

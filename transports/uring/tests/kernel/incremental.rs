@@ -5,7 +5,7 @@ use std::io::Write;
 
 use subring_uring::{BufChunk, BufRingOptions, Completion};
 
-use super::bufring::forge;
+use super::bufring::{arm, forge, ring_with};
 use super::*;
 
 fn chunk(c: Completion) -> BufChunk {
@@ -24,19 +24,8 @@ fn small_receives_share_a_buffer_and_it_returns_once_its_chunks_are_dropped() {
         return;
     }
     let (mut tx, rx) = tcp_pair();
-    let mut ring = Uring::builder().build().unwrap();
-    let group = ring
-        .register_buf_ring(BufRingOptions::new(4, 256, 2).incremental())
-        .unwrap();
-    push(
-        &mut ring,
-        1,
-        Op::RecvMulti {
-            fd: target(&rx),
-            group,
-            flags: 0,
-        },
-    );
+    let (mut ring, group) = ring_with(BufRingOptions::new(4, 256, 2).incremental());
+    arm(&mut ring, 1, &rx, group);
     let mut chunks = Vec::new();
     for piece in [&b"abc"[..], b"defgh", b"ijklmnopq"] {
         tx.write_all(piece).unwrap();
@@ -91,22 +80,11 @@ fn a_chunk_past_the_buffer_is_refused() {
         return;
     }
     let (mut tx, rx) = tcp_pair();
-    let mut ring = Uring::builder().build().unwrap();
     // Entry 0 claims 128 bytes of a 64-byte buffer (its neighbour is posted: the kernel's
     // write stays in memory the ring owns).
-    let group = ring
-        .register_buf_ring(BufRingOptions::new(0, 64, 2).incremental())
-        .unwrap();
+    let (mut ring, group) = ring_with(BufRingOptions::new(0, 64, 2).incremental());
     forge(&ring, group, 0, 8, &128u32.to_le_bytes());
-    push(
-        &mut ring,
-        1,
-        Op::RecvMulti {
-            fd: target(&rx),
-            group,
-            flags: 0,
-        },
-    );
+    arm(&mut ring, 1, &rx, group);
     tx.write_all(&pattern(100)).unwrap();
     let c = next(&mut ring);
     let e = c.result.as_ref().unwrap_err();
@@ -127,23 +105,12 @@ fn dropping_the_ring_with_partly_filled_buffers_returns_every_buffer() {
     }
     let (mut tx, rx) = tcp_pair();
     let region = Arc::new(Region::memfd("incremental", 1 << 16, RegionOptions::new()).unwrap());
-    let mut ring = Uring::builder().build().unwrap();
-    let group = ring
-        .register_buf_ring(
-            BufRingOptions::new(6, 1024, 8)
-                .region(region.clone(), 0)
-                .incremental(),
-        )
-        .unwrap();
-    push(
-        &mut ring,
-        1,
-        Op::RecvMulti {
-            fd: target(&rx),
-            group,
-            flags: 0,
-        },
+    let (mut ring, group) = ring_with(
+        BufRingOptions::new(6, 1024, 8)
+            .region(region.clone(), 0)
+            .incremental(),
     );
+    arm(&mut ring, 1, &rx, group);
     tx.write_all(b"partly").unwrap();
     let held = chunk(next(&mut ring));
     assert!(!held.is_last());
