@@ -28,6 +28,8 @@ pub(crate) struct Book {
     pub(crate) continued: u64,
     /// The registered provided-buffer rings.
     pub(crate) groups: Vec<bufring::Group>,
+    /// The registered send rings.
+    pub(crate) send_groups: Vec<bufring::SendGroup>,
     /// This ring's secret part of every seal.
     pub(crate) salt: u32,
     /// Slots taken so far: the changing part of every seal.
@@ -47,6 +49,7 @@ impl Default for Book {
             foreign: 0,
             continued: 0,
             groups: Vec::new(),
+            send_groups: Vec::new(),
             // A secret per ring, from the process's random hashing keys.
             salt: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) as u32,
             taken: 0,
@@ -136,6 +139,9 @@ impl Book {
         };
         let output = match op.buf_group() {
             None => op::output(op, aux, res),
+            Some(group) if matches!(op, Op::SendBundle { .. }) => {
+                self.sent(group, cqe.flags(), res, &mut result)
+            }
             Some(group) => {
                 let bundle = matches!(op, Op::RecvMultiBundle { .. });
                 self.selected(group, bundle, cqe.flags(), res, &mut result)
@@ -228,6 +234,29 @@ impl Book {
             *result = Err(e);
             Output::None
         })
+    }
+
+    /// The buffers a send bundle's completion covered, taken off its send ring's queue; a
+    /// refused report turns `result` into the error saying why.
+    #[cold]
+    fn sent(
+        &mut self,
+        group: BufGroup,
+        flags: u32,
+        res: i32,
+        result: &mut io::Result<u32>,
+    ) -> Output {
+        let taken = match self.send_groups.iter_mut().find(|g| g.id == group.id()) {
+            Some(g) => g.take(flags, res),
+            None => Ok(Vec::new()),
+        };
+        match taken {
+            Ok(bufs) => Output::Bundle(bufs),
+            Err(e) => {
+                *result = Err(e);
+                Output::None
+            }
+        }
     }
 
     /// A fixed operation on the region under key `region` completed.

@@ -79,6 +79,12 @@ pub enum SubmitError {
         /// The group id.
         group: u16,
     },
+    /// A send bundle on a send ring that another send bundle is sending from.
+    #[error("a send bundle on send ring {group} is in flight: one at a time")]
+    BundleInFlight {
+        /// The group id.
+        group: u16,
+    },
     /// An operation naming a buffer group that no buffer ring is registered as.
     #[error("no buffer ring is registered as group {group}")]
     NoBufGroup {

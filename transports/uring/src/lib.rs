@@ -62,7 +62,8 @@ use subring_planes::interrupt::{EventFdSignal, NotifyStats, Signal, WakeWord};
 use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
 
 pub use bufring::{
-    BufChunk, BufGroup, BufRingError, BufRingOptions, BufRingStats, MAX_BUF_RING_ENTRIES,
+    BufChunk, BufGroup, BufRingError, BufRingOptions, BufRingStats, SendRejected,
+    MAX_BUF_RING_ENTRIES,
 };
 pub use builder::UringBuilder;
 pub use error::{NothingInFlight, SubmitError};
@@ -339,6 +340,7 @@ impl Drop for Uring {
             // The kernel may still pick buffers from the rings and write them: their memory
             // and pools are leaked with the operations.
             std::mem::forget(std::mem::take(&mut self.book.groups));
+            std::mem::forget(std::mem::take(&mut self.book.send_groups));
             return;
         }
         // Nothing in flight can pick a buffer any more: every buffer still posted comes back.
@@ -348,6 +350,12 @@ impl Drop for Uring {
                 // Still registered (a single-issuer ring dropped on another thread): its memory
                 // stays mapped for the kernel, which can pick nothing now (nothing in flight).
                 Err(_) => std::mem::forget(group),
+            }
+        }
+        for group in std::mem::take(&mut self.book.send_groups) {
+            // Its queued buffers go back to their pools once the kernel reads the ring no more.
+            if self.ring.submitter().unregister_buf_ring(group.id).is_err() {
+                std::mem::forget(group);
             }
         }
     }

@@ -38,6 +38,7 @@ impl Uring {
             | Op::AcceptMultiDirect { fd }
             | Op::RecvMulti { fd, .. }
             | Op::RecvMultiBundle { fd, .. }
+            | Op::SendBundle { fd, .. }
             | Op::ReadMulti { fd, .. }
             | Op::PollMulti { fd, .. }
             | Op::Connect { fd, .. }
@@ -87,6 +88,7 @@ impl Uring {
             Op::RecvMulti { group, .. }
             | Op::RecvMultiBundle { group, .. }
             | Op::ReadMulti { group, .. } => self.check_group(&sub.op, *group)?,
+            Op::SendBundle { group, .. } => self.check_send_group(&sub.op, *group)?,
             _ => {}
         }
         fin.flags = match sub.link {
@@ -111,6 +113,26 @@ impl Uring {
             if g.incremental() {
                 return Err(SubmitError::BundleOnIncremental { group: group.id() }.into());
             }
+        }
+        Ok(())
+    }
+
+    /// A send bundle names a registered send ring, with no other send bundle on it in flight.
+    #[inline(never)]
+    fn check_send_group(&self, op: &Op, group: BufGroup) -> Result<(), QueueError> {
+        if !self.book.send_groups.iter().any(|g| g.id == group.id()) {
+            return Err(SubmitError::NoBufGroup { group: group.id() }.into());
+        }
+        if !self.ring.params().is_feature_recvsend_bundle() {
+            return Err(unsupported(op.name(), op.opcode()));
+        }
+        let busy = self
+            .book
+            .slots
+            .iter()
+            .any(|s| matches!(&s.op, Some(Op::SendBundle { group: g, .. }) if *g == group));
+        if busy {
+            return Err(SubmitError::BundleInFlight { group: group.id() }.into());
         }
         Ok(())
     }

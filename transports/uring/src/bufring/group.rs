@@ -51,7 +51,7 @@ impl RingMem<'_> {
     /// The length field of entry `index` (masked below the entry count), as it is now: the
     /// kernel moves the head entry's on with incremental consumption, and some kernels shorten
     /// an entry's when they map a bundle.
-    fn read_len(&self, index: u16) -> u32 {
+    pub(super) fn read_len(&self, index: u16) -> u32 {
         let at = usize::from(index) * ENTRY + 8;
         assert!(at + 4 <= self.0.len(), "entry {index} lies in the ring");
         // SAFETY: inside the mapping (checked above), 4-aligned (the mapping is page-aligned

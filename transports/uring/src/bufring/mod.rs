@@ -13,6 +13,9 @@
 //! a buffer. A picked buffer is an owned [`Buf`](subring_planes::data::Buf) the caller holds;
 //! dropping it frees it in the pool, and the ring posts it again at the next push, reap or wait.
 //!
+//! Send rings ([`Uring::register_send_ring`](crate::Uring::register_send_ring), `send.rs`)
+//! run the other way: the application posts buffers full of data and a send bundle sends them.
+//!
 //! Two ways for one completion to cover other than one buffer, both probed:
 //! - a **bundle** ([`Op::RecvMultiBundle`](crate::Op::RecvMultiBundle), Linux 6.10) fills as
 //!   many buffers as the data needs, in ring order from the one its completion names; the
@@ -36,6 +39,7 @@
 
 mod chunk;
 mod group;
+mod send;
 mod tail;
 
 use std::sync::Arc;
@@ -44,6 +48,8 @@ use subring_planes::data::{BufferPool, PoolError, Region, RegionError};
 
 pub use chunk::BufChunk;
 pub(crate) use group::Group;
+pub(crate) use send::SendGroup;
+pub use send::SendRejected;
 
 /// The most entries a buffer ring can have (`io_uring_register_buf_ring(3)`).
 pub const MAX_BUF_RING_ENTRIES: usize = 1 << 15;
@@ -170,6 +176,20 @@ pub enum BufRingError {
         #[source]
         source: RegionError,
     },
+    /// A send ring already holds as many buffers as it has entries: send some first.
+    #[error("send ring {group} is full ({entries} buffers posted)")]
+    Full {
+        /// The group id.
+        group: u16,
+        /// Its entries.
+        entries: usize,
+    },
+    /// An empty buffer posted to a send ring (the kernel would take it for the ring's end).
+    #[error("an empty buffer cannot be posted to send ring {group}")]
+    EmptyBuffer {
+        /// The group id.
+        group: u16,
+    },
     /// The running kernel lacks a feature the options ask for.
     #[error("buffer ring {group}: this kernel does not support {feature}")]
     Unsupported {
@@ -200,6 +220,7 @@ impl From<BufRingError> for std::io::Error {
             BufRingError::GroupTaken { .. } => std::io::ErrorKind::AlreadyExists,
             BufRingError::InFlight { .. } => std::io::ErrorKind::ResourceBusy,
             BufRingError::Unsupported { .. } => std::io::ErrorKind::Unsupported,
+            BufRingError::Full { .. } => std::io::ErrorKind::WouldBlock,
             _ => std::io::ErrorKind::InvalidInput,
         };
         std::io::Error::new(kind, e)
@@ -240,7 +261,9 @@ impl crate::Uring {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn register_buf_ring(&mut self, opts: BufRingOptions) -> Result<BufGroup, BufRingError> {
-        if self.book.groups.iter().any(|g| g.id == opts.group) {
+        if self.book.groups.iter().any(|g| g.id == opts.group)
+            || self.book.send_groups.iter().any(|g| g.id == opts.group)
+        {
             return Err(BufRingError::GroupTaken { group: opts.group });
         }
         let (mut group, entries) = Group::new(&opts)?;
@@ -277,15 +300,15 @@ impl crate::Uring {
         Ok(BufGroup(opts.group))
     }
 
-    /// Unregisters a buffer ring, once no operation that picks from it is in flight; every
-    /// buffer still posted goes back to its pool (the buffers the caller holds stay valid).
+    /// Unregisters a buffer ring (or a send ring), once no operation that uses it is in
+    /// flight; every buffer still posted goes back to its pool (the buffers the caller holds
+    /// stay valid).
     pub fn unregister_buf_ring(&mut self, group: BufGroup) -> Result<(), BufRingError> {
-        let pos = self
-            .book
-            .groups
-            .iter()
-            .position(|g| g.id == group.0)
-            .ok_or(BufRingError::NoGroup { group: group.0 })?;
+        let receive = self.book.groups.iter().position(|g| g.id == group.0);
+        let send = self.book.send_groups.iter().position(|g| g.id == group.0);
+        if receive.is_none() && send.is_none() {
+            return Err(BufRingError::NoGroup { group: group.0 });
+        }
         let ops = self
             .book
             .slots
@@ -306,18 +329,25 @@ impl crate::Uring {
                 entries: 0,
                 source: self.enter_error(e),
             })?;
-        let mut g = self.book.groups.swap_remove(pos);
-        g.reclaim_all();
+        if let Some(pos) = receive {
+            let mut g = self.book.groups.swap_remove(pos);
+            g.reclaim_all();
+        }
+        if let Some(pos) = send {
+            // The queued buffers go back to their pools with the group.
+            self.book.send_groups.swap_remove(pos);
+        }
         Ok(())
     }
 
-    /// The counters of a registered buffer ring.
+    /// The counters of a registered buffer ring (of a send ring: `posted`, `picked` for the
+    /// buffers sent, `refused`, and `in_kernel` for those queued).
     pub fn buf_ring_stats(&self, group: BufGroup) -> Option<BufRingStats> {
-        self.book
-            .groups
-            .iter()
-            .find(|g| g.id == group.0)
+        let receive = self.book.groups.iter().find(|g| g.id == group.0);
+        let send = self.book.send_groups.iter().find(|g| g.id == group.0);
+        receive
             .map(Group::stats)
+            .or_else(|| send.map(SendGroup::stats))
     }
 
     /// The pool a registered buffer ring's buffers come from, read-only (to tell another

@@ -408,6 +408,11 @@ pub(crate) fn build<R>(
                 .flags(*flags)
                 .build())
         }
+        Op::SendBundle { fd, group, flags } => {
+            fd!(fd, |f| opcode::SendBundle::new(f, group.id())
+                .flags(*flags)
+                .build())
+        }
         Op::ReadMulti { fd, group } => fd!(fd, |f| opcode::ReadMulti::new(f, 0, group.id())
             .offset(u64::MAX)
             .build()),

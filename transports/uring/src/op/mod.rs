@@ -262,6 +262,21 @@ pub enum Op {
         /// `MSG_*` flags (not `MSG_WAITALL`).
         flags: i32,
     },
+    /// Sends every buffer posted to send ring `group`
+    /// ([`Uring::post_send`](crate::Uring::post_send)), in order, as one stream write
+    /// (`IORING_RECVSEND_BUNDLE` on a send, Linux 6.10; the kernel sends them all or fails).
+    /// The completion's result is the bytes sent, and [`Output::Bundle`] holds the buffers
+    /// they covered, back from the ring (a send cut short by an error after some bytes hands
+    /// back every buffer it touched: the result says how far it got). One at a time per send
+    /// ring; with nothing posted it fails with `ENOBUFS`.
+    SendBundle {
+        /// Socket.
+        fd: Target,
+        /// The send ring.
+        group: crate::BufGroup,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
     /// Multishot `read` of a pollable file (a pipe, a socket, an eventfd; Linux 6.7): like
     /// [`Op::RecvMulti`], one buffer from `group` per completion.
     ReadMulti {
@@ -517,6 +532,7 @@ impl Op {
             Op::AcceptMulti { .. } => "accept_multishot",
             Op::RecvMulti { .. } => "recv_multishot",
             Op::RecvMultiBundle { .. } => "recv_multishot_bundle",
+            Op::SendBundle { .. } => "send_bundle",
             Op::ReadMulti { .. } => "read_multishot",
             Op::PollMulti { .. } => "poll_multishot",
             Op::Connect { .. } => "connect",
@@ -566,6 +582,7 @@ impl Op {
             Op::FilesUpdate { .. } => opcode::FilesUpdate::CODE,
             Op::RecvMulti { .. } => opcode::RecvMulti::CODE,
             Op::RecvMultiBundle { .. } => opcode::RecvMultiBundle::CODE,
+            Op::SendBundle { .. } => opcode::SendBundle::CODE,
             Op::ReadMulti { .. } => opcode::ReadMulti::CODE,
             Op::PollMulti { .. } => opcode::PollAdd::CODE,
             Op::Connect { .. } => opcode::Connect::CODE,
@@ -591,6 +608,7 @@ impl Op {
         match self {
             Op::RecvMulti { group, .. }
             | Op::RecvMultiBundle { group, .. }
+            | Op::SendBundle { group, .. }
             | Op::ReadMulti { group, .. } => Some(*group),
             _ => None,
         }
@@ -663,8 +681,8 @@ pub enum Output {
     /// it in its pool (and a buffer ring's is posted to the kernel again).
     Pooled(Buf),
     /// The buffers one completion of an [`Op::RecvMultiBundle`] filled, in the order of the
-    /// data (each whole but the last; empty when the completion received nothing). Each goes
-    /// back to its ring when dropped.
+    /// data (empty when the completion received nothing; each goes back to its ring when
+    /// dropped), or those an [`Op::SendBundle`] sent, back from its send ring.
     Bundle(Vec<Buf>),
     /// The bytes one receive put into a buffer of a ring consumed
     /// [incrementally](crate::BufRingOptions::incremental).

@@ -50,6 +50,7 @@ mod modes;
 mod multishot;
 mod queues;
 mod regions;
+mod send_bundle;
 mod send_zc;
 mod sockets;
 

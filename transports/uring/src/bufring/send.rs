@@ -1,0 +1,258 @@
+//! Send rings: a provided-buffer ring the application fills with data, which a send bundle
+//! (`IORING_RECVSEND_BUNDLE` on `IORING_OP_SEND`, Linux 6.10) sends from in one operation.
+//!
+//! Where a receive ring holds free buffers for the kernel to fill, a send ring is a queue of
+//! outgoing buffers: [`Uring::post_send`](crate::Uring::post_send) appends one (the ring owns
+//! it from then on, so its bytes stay put while the kernel may read them), and
+//! [`Op::SendBundle`](crate::Op::SendBundle) sends every buffer posted so far, in order, as one
+//! stream write. Its completion names the first buffer it took and the bytes sent; the ring
+//! hands back, in [`Output::Bundle`](crate::Output::Bundle), the buffers those bytes covered,
+//! walking its own queue with the lengths it posted. A report that does not start at the head
+//! of the queue, or covers more than was posted, is refused. One send bundle per ring at a
+//! time (the kernel takes from the head when the operation runs; two would share it), and a
+//! ring per socket, so that the order of its bytes is the order of its posts.
+
+use std::collections::VecDeque;
+use std::io;
+
+use io_uring::cqueue;
+use subring_planes::data::{Buf, Region, RegionOptions};
+
+use super::group::{RingMem, ENTRY};
+use super::tail::Producer;
+use super::{BufGroup, BufRingError, BufRingStats, MAX_BUF_RING_ENTRIES};
+
+/// A buffer [`Uring::post_send`](crate::Uring::post_send) could not post, handed back with the
+/// reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct SendRejected {
+    /// The buffer, unchanged.
+    pub buf: Buf,
+    /// Why.
+    #[source]
+    pub error: BufRingError,
+}
+
+/// One registered send ring.
+#[derive(Debug)]
+pub(crate) struct SendGroup {
+    pub(crate) id: u16,
+    ring: Region,
+    producer: Producer,
+    /// The buffers posted and not yet sent, in ring order.
+    queue: VecDeque<Buf>,
+    /// The ring position of `queue`'s front.
+    head: u16,
+    stats: BufRingStats,
+}
+
+impl SendGroup {
+    /// Maps a ring of `entries` (a power of two, at most 32768) for group `group`.
+    pub(crate) fn new(group: u16, entries: usize) -> Result<SendGroup, BufRingError> {
+        if !entries.is_power_of_two() || entries > MAX_BUF_RING_ENTRIES {
+            return Err(BufRingError::Count { count: entries });
+        }
+        let ring = Region::anonymous(entries * ENTRY, RegionOptions::new())
+            .map_err(|source| BufRingError::Region { group, source })?;
+        Ok(SendGroup {
+            id: group,
+            ring,
+            producer: Producer::new(entries as u16),
+            queue: VecDeque::with_capacity(entries),
+            head: 0,
+            stats: BufRingStats::default(),
+        })
+    }
+
+    pub(crate) fn ring_addr(&self) -> u64 {
+        self.ring.as_ptr() as u64
+    }
+
+    pub(crate) fn entries(&self) -> usize {
+        usize::from(self.producer.mask) + 1
+    }
+
+    pub(crate) fn stats(&self) -> BufRingStats {
+        BufRingStats {
+            in_kernel: self.queue.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Appends `buf` to the queue: written to the next entry and published.
+    pub(crate) fn post(&mut self, buf: Buf) -> Result<(), SendRejected> {
+        let error = if buf.is_empty() {
+            Some(BufRingError::EmptyBuffer { group: self.id })
+        } else if self.queue.len() == self.entries() {
+            Some(BufRingError::Full {
+                group: self.id,
+                entries: self.entries(),
+            })
+        } else {
+            None
+        };
+        if let Some(error) = error {
+            return Err(SendRejected { buf, error });
+        }
+        let bid = self.producer.tail & self.producer.mask;
+        let entry = (buf.as_ptr() as u64, buf.len() as u32, bid);
+        self.producer
+            .post::<_, false>(&RingMem(&self.ring), std::iter::once(entry));
+        self.queue.push_back(buf);
+        self.stats.posted += 1;
+        Ok(())
+    }
+
+    /// The buffers a send bundle's completion covered (`res` bytes from the buffer its flags
+    /// name), taken off the queue in order.
+    pub(crate) fn take(&mut self, flags: u32, res: i32) -> io::Result<Vec<Buf>> {
+        // Nothing sent takes nothing (a failed send leaves its buffers posted).
+        let Ok(total @ 1..) = usize::try_from(res) else {
+            return Ok(Vec::new());
+        };
+        let mask = self.producer.mask;
+        let first = cqueue::buffer_select(flags);
+        if first != Some(self.head & mask) {
+            self.stats.refused += 1;
+            return Err(self.refused(format!(
+                "{total} bytes sent from buffer {first:?}, but the queue starts at buffer {}",
+                self.head & mask
+            )));
+        }
+        let (mut left, mut k) = (total, 0);
+        while left > 0 {
+            let Some(buf) = self.queue.get(k) else {
+                self.stats.refused += 1;
+                return Err(self.refused(format!(
+                    "{total} bytes sent, more than the {} buffers posted hold",
+                    self.queue.len()
+                )));
+            };
+            let position = self.head.wrapping_add(k as u16);
+            let len = RingMem(&self.ring).read_len(position & mask) as usize;
+            if len == 0 || len > buf.len() {
+                self.stats.refused += 1;
+                return Err(self.refused(format!(
+                    "entry {} says {len} bytes for a {}-byte buffer",
+                    position & mask,
+                    buf.len()
+                )));
+            }
+            left -= len.min(left);
+            k += 1;
+        }
+        self.head = self.head.wrapping_add(k as u16);
+        self.stats.picked += k as u64;
+        Ok(self.queue.drain(..k).collect())
+    }
+
+    #[cold]
+    fn refused(&self, why: String) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("send bundle completion on group {} refused: {why}", self.id),
+        )
+    }
+}
+
+impl crate::Uring {
+    /// Registers a send ring of `entries` buffers (a power of two, at most 32768) as group
+    /// `group`: a queue of outgoing buffers for one socket, which
+    /// [`Op::SendBundle`](crate::Op::SendBundle) sends from. Needs Linux 6.10
+    /// (`IORING_FEAT_RECVSEND_BUNDLE`); unregister it with
+    /// [`unregister_buf_ring`](Self::unregister_buf_ring).
+    pub fn register_send_ring(
+        &mut self,
+        group: u16,
+        entries: usize,
+    ) -> Result<BufGroup, BufRingError> {
+        if self.book.groups.iter().any(|g| g.id == group)
+            || self.book.send_groups.iter().any(|g| g.id == group)
+        {
+            return Err(BufRingError::GroupTaken { group });
+        }
+        if !self.ring.params().is_feature_recvsend_bundle() {
+            return Err(BufRingError::Unsupported {
+                group,
+                feature: "send bundles (IORING_RECVSEND_BUNDLE, Linux 6.10)",
+            });
+        }
+        let g = SendGroup::new(group, entries)?;
+        // SAFETY: the entries' memory is `g.ring`, which lives in `self.book.send_groups` until
+        // `unregister_buf_ring` unregisters it, or until the ring is dropped (which leaks it if
+        // the unregistration fails). `entries` is a power of two of at most 32768, and the
+        // memory holds that many entries.
+        unsafe {
+            self.ring.submitter().register_buf_ring_with_flags(
+                g.ring_addr(),
+                entries as u16,
+                group,
+                0,
+            )
+        }
+        .map_err(|e| BufRingError::Os {
+            group,
+            entries,
+            source: self.enter_error(e),
+        })?;
+        self.book.send_groups.push(g);
+        Ok(BufGroup(group))
+    }
+
+    /// Appends `buf` (its first [`len`](Buf::len) bytes) to send ring `group`'s queue; the ring
+    /// owns it until a send bundle's completion hands it back. A full ring, an empty buffer or
+    /// a group that is not a send ring hands it back with the reason.
+    pub fn post_send(&mut self, group: BufGroup, buf: Buf) -> Result<(), SendRejected> {
+        match self.book.send_groups.iter_mut().find(|g| g.id == group.0) {
+            Some(g) => g.post(buf),
+            None => Err(SendRejected {
+                buf,
+                error: BufRingError::NoGroup { group: group.0 },
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use subring_planes::data::BufferPool;
+
+    use super::*;
+
+    /// A completion's flags naming buffer `bid` (`IORING_CQE_F_BUFFER` = 1, the id in the top
+    /// half).
+    fn naming(bid: u16) -> u32 {
+        1 | u32::from(bid) << 16
+    }
+
+    /// Simulated completions: a report must start at the head of the queue and cover no more
+    /// than was posted; a refused one takes nothing.
+    #[test]
+    fn a_report_must_start_at_the_queue_head_and_stay_within_it() {
+        let region = Arc::new(Region::anonymous(4 * 64, RegionOptions::new()).unwrap());
+        let pool = BufferPool::new(region, 0, 64, 4).unwrap();
+        let mut g = SendGroup::new(1, 4).unwrap();
+        for _ in 0..2 {
+            let mut b = pool.alloc().unwrap();
+            b.fill_from(&[7; 10]);
+            g.post(b).unwrap();
+        }
+        let e = g.take(naming(1), 10).unwrap_err();
+        assert!(e.to_string().contains("queue starts at buffer 0"), "{e}");
+        let e = g.take(naming(0), 21).unwrap_err();
+        assert!(e.to_string().contains("more than the 2 buffers"), "{e}");
+        assert!(
+            g.take(0, 0).unwrap().is_empty(),
+            "nothing sent takes nothing"
+        );
+        let sent = g.take(naming(0), 15).unwrap();
+        assert_eq!(sent.len(), 2, "the second buffer partly sent is taken too");
+        let stats = g.stats();
+        assert_eq!((stats.refused, stats.picked, stats.in_kernel), (2, 2, 0));
+        drop(sent);
+        assert_eq!(pool.free_count(), 4);
+    }
+}
