@@ -140,7 +140,7 @@ impl Book {
         let output = match op.buf_group() {
             None => op::output(op, aux, res),
             Some(group) if matches!(op, Op::SendBundle { .. }) => {
-                self.sent(group, cqe.flags(), res, &mut result)
+                self.sent(group, cqe.flags(), res, false, &mut result)
             }
             Some(group) => {
                 let bundle = matches!(op, Op::RecvMultiBundle { .. });
@@ -189,6 +189,10 @@ impl Book {
                 Output::Fd(unsafe { std::os::fd::FromRawFd::from_raw_fd(res) })
             }
             Op::AcceptMultiDirect { .. } if res >= 0 => Output::Slot(res as u32),
+            Op::SendBundle { group, .. } => {
+                let group = *group;
+                self.sent(group, flags, res, true, &mut result)
+            }
             _ => match op.buf_group() {
                 Some(group) => {
                     let bundle = matches!(op, Op::RecvMultiBundle { .. });
@@ -244,11 +248,19 @@ impl Book {
         group: BufGroup,
         flags: u32,
         res: i32,
+        more: bool,
         result: &mut io::Result<u32>,
     ) -> Output {
         let taken = match self.send_groups.iter_mut().find(|g| g.id == group.id()) {
-            Some(g) => g.take(flags, res),
-            None => Ok(Vec::new()),
+            Some(g) => g.take(flags, res, more),
+            // Unregistered with the operation in flight: refused at unregistration.
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "send bundle completion names group {}, which is not a send ring",
+                    group.id()
+                ),
+            )),
         };
         match taken {
             Ok(bufs) => Output::Bundle(bufs),

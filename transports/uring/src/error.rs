@@ -85,6 +85,13 @@ pub enum SubmitError {
         /// The group id.
         group: u16,
     },
+    /// A send ring whose record of posted buffers and the kernel's head disagreed (a refused
+    /// completion): it takes no more send bundles; unregister it (its buffers come back).
+    #[error("send ring {group} is out of step with the kernel: unregister it")]
+    SendRingOutOfStep {
+        /// The group id.
+        group: u16,
+    },
     /// An operation naming a buffer group that no buffer ring is registered as.
     #[error("no buffer ring is registered as group {group}")]
     NoBufGroup {

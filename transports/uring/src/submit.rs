@@ -120,8 +120,11 @@ impl Uring {
     /// A send bundle names a registered send ring, with no other send bundle on it in flight.
     #[inline(never)]
     fn check_send_group(&self, op: &Op, group: BufGroup) -> Result<(), QueueError> {
-        if !self.book.send_groups.iter().any(|g| g.id == group.id()) {
+        let Some(g) = self.book.send_groups.iter().find(|g| g.id == group.id()) else {
             return Err(SubmitError::NoBufGroup { group: group.id() }.into());
+        };
+        if !g.in_step() {
+            return Err(SubmitError::SendRingOutOfStep { group: group.id() }.into());
         }
         if !self.ring.params().is_feature_recvsend_bundle() {
             return Err(unsupported(op.name(), op.opcode()));

@@ -4,16 +4,19 @@
 //! Where a receive ring holds free buffers for the kernel to fill, a send ring is a queue of
 //! outgoing buffers: [`Uring::post_send`](crate::Uring::post_send) appends one (the ring owns
 //! it from then on, so its bytes stay put while the kernel may read them), and
-//! [`Op::SendBundle`](crate::Op::SendBundle) sends every buffer posted so far, in order, as one
-//! stream write. Its completion names the first buffer it took and the bytes sent; the ring
-//! hands back, in [`Output::Bundle`](crate::Output::Bundle), the buffers those bytes covered,
-//! walking its own queue with the lengths it posted. A report that does not start at the head
-//! of the queue, or covers more than was posted, is refused. One send bundle per ring at a
-//! time (the kernel takes from the head when the operation runs; two would share it), and a
-//! ring per socket, so that the order of its bytes is the order of its posts.
+//! [`Op::SendBundle`](crate::Op::SendBundle) sends the buffers posted, in order, in rounds.
+//! A round's completion names the first buffer it took and the bytes sent; the ring hands
+//! back, in [`Output::Bundle`](crate::Output::Bundle), the buffers those bytes covered, walking
+//! its own queue with the lengths it posted. The last completion can end a round early after
+//! the kernel took all of its buffers: there the kernel's head says which come back. A report
+//! that does not fit the queue puts the ring out of step (no more send bundles on it). One
+//! send bundle per ring at a time (the kernel takes from the head when the operation runs;
+//! two would share it), and a ring per socket, so that the order of its bytes is the order
+//! of its posts.
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 
 use io_uring::cqueue;
 use subring_planes::data::{Buf, Region, RegionOptions};
@@ -44,12 +47,20 @@ pub(crate) struct SendGroup {
     queue: VecDeque<Buf>,
     /// The ring position of `queue`'s front.
     head: u16,
+    /// The io_uring instance's descriptor, for reading the kernel's head.
+    ring_fd: RawFd,
+    /// The ring's record and the kernel's disagreed: no more send bundles on it.
+    out_of_step: bool,
     stats: BufRingStats,
 }
 
 impl SendGroup {
     /// Maps a ring of `entries` (a power of two, at most 32768) for group `group`.
-    pub(crate) fn new(group: u16, entries: usize) -> Result<SendGroup, BufRingError> {
+    pub(crate) fn new(
+        group: u16,
+        entries: usize,
+        ring_fd: RawFd,
+    ) -> Result<SendGroup, BufRingError> {
         if !entries.is_power_of_two() || entries > MAX_BUF_RING_ENTRIES {
             return Err(BufRingError::Count { count: entries });
         }
@@ -61,6 +72,8 @@ impl SendGroup {
             producer: Producer::new(entries as u16),
             queue: VecDeque::with_capacity(entries),
             head: 0,
+            ring_fd,
+            out_of_step: false,
             stats: BufRingStats::default(),
         })
     }
@@ -104,10 +117,50 @@ impl SendGroup {
         Ok(())
     }
 
-    /// The buffers a send bundle's completion covered (`res` bytes from the buffer its flags
-    /// name), taken off the queue in order.
-    pub(crate) fn take(&mut self, flags: u32, res: i32) -> io::Result<Vec<Buf>> {
-        // Nothing sent takes nothing (a failed send leaves its buffers posted).
+    /// Whether a send bundle may run on the ring: not once its record and the kernel's head
+    /// disagreed.
+    pub(crate) fn in_step(&self) -> bool {
+        !self.out_of_step
+    }
+
+    /// The buffers a send bundle's completion covered, taken off the queue in order. A
+    /// completion that leaves the bundle running (`more`) reports one round of the kernel's:
+    /// `res` bytes from the buffer its flags name, every buffer of the round sent whole (the
+    /// kernel sends a round with `MSG_WAITALL` or ends the operation). The last completion
+    /// can end a round early (an error, a cut-short send) while the kernel has taken every
+    /// buffer of the round off the ring: the kernel's head (`IORING_REGISTER_PBUF_STATUS`)
+    /// says which, and those buffers come back, whatever the bytes.
+    pub(crate) fn take(&mut self, flags: u32, res: i32, more: bool) -> io::Result<Vec<Buf>> {
+        if more {
+            return self.take_round(flags, res);
+        }
+        let kernel_head = match self.kernel_head() {
+            Ok(h) => h,
+            Err(e) => {
+                self.out_of_step = true;
+                self.stats.refused += 1;
+                return Err(self.refused(format!(
+                    "the kernel's head could not be read ({e}); the ring takes no more sends"
+                )));
+            }
+        };
+        let n = usize::from(kernel_head.wrapping_sub(self.head));
+        if n > self.queue.len() {
+            self.out_of_step = true;
+            self.stats.refused += 1;
+            return Err(self.refused(format!(
+                "the kernel's head is {n} buffers on, past the {} posted; the ring takes no \
+                 more sends",
+                self.queue.len()
+            )));
+        }
+        self.head = kernel_head;
+        self.stats.picked += n as u64;
+        Ok(self.queue.drain(..n).collect())
+    }
+
+    /// One round's buffers: `res` bytes from the head of the queue.
+    fn take_round(&mut self, flags: u32, res: i32) -> io::Result<Vec<Buf>> {
         let Ok(total @ 1..) = usize::try_from(res) else {
             return Ok(Vec::new());
         };
@@ -147,6 +200,41 @@ impl SendGroup {
         Ok(self.queue.drain(..k).collect())
     }
 
+    /// The kernel's head of this ring (`IORING_REGISTER_PBUF_STATUS`, Linux 6.8: every kernel
+    /// with send bundles).
+    fn kernel_head(&self) -> io::Result<u16> {
+        #[repr(C)]
+        struct BufStatus {
+            buf_group: u32,
+            head: u32,
+            resv: [u32; 8],
+        }
+        const IORING_REGISTER_PBUF_STATUS: libc::c_long = 26;
+        let mut status = BufStatus {
+            buf_group: u32::from(self.id),
+            head: 0,
+            resv: [0; 8],
+        };
+        // SAFETY: `io_uring_register(2)` with `IORING_REGISTER_PBUF_STATUS` reads and writes
+        // one `struct io_uring_buf_status` (40 bytes, this layout) at the pointer, which points
+        // at `status`, alive and exclusively borrowed for the call; the descriptor is the
+        // io_uring instance this group belongs to (the `Uring` owning both outlives the call).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                self.ring_fd,
+                IORING_REGISTER_PBUF_STATUS,
+                &mut status as *mut BufStatus,
+                1,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The kernel's head is a `u16` like the tail.
+        Ok(status.head as u16)
+    }
+
     #[cold]
     fn refused(&self, why: String) -> io::Error {
         io::Error::new(
@@ -178,7 +266,7 @@ impl crate::Uring {
                 feature: "send bundles (IORING_RECVSEND_BUNDLE, Linux 6.10)",
             });
         }
-        let g = SendGroup::new(group, entries)?;
+        let g = SendGroup::new(group, entries, self.ring.as_raw_fd())?;
         // SAFETY: the entries' memory is `g.ring`, which lives in `self.book.send_groups` until
         // `unregister_buf_ring` unregisters it, or until the ring is dropped (which leaks it if
         // the unregistration fails). `entries` is a power of two of at most 32768, and the
@@ -228,30 +316,36 @@ mod tests {
         1 | u32::from(bid) << 16
     }
 
-    /// Simulated completions: a report must start at the head of the queue and cover no more
-    /// than was posted; a refused one takes nothing.
+    /// Simulated completions: a round's report must start at the head of the queue and cover
+    /// no more than was posted; a refused one takes nothing. A last completion whose kernel
+    /// head cannot be read (no io_uring here) puts the ring out of step.
     #[test]
     fn a_report_must_start_at_the_queue_head_and_stay_within_it() {
         let region = Arc::new(Region::anonymous(4 * 64, RegionOptions::new()).unwrap());
         let pool = BufferPool::new(region, 0, 64, 4).unwrap();
-        let mut g = SendGroup::new(1, 4).unwrap();
+        let mut g = SendGroup::new(1, 4, -1).unwrap();
         for _ in 0..2 {
             let mut b = pool.alloc().unwrap();
             b.fill_from(&[7; 10]);
             g.post(b).unwrap();
         }
-        let e = g.take(naming(1), 10).unwrap_err();
+        let e = g.take(naming(1), 10, true).unwrap_err();
         assert!(e.to_string().contains("queue starts at buffer 0"), "{e}");
-        let e = g.take(naming(0), 21).unwrap_err();
+        let e = g.take(naming(0), 21, true).unwrap_err();
         assert!(e.to_string().contains("more than the 2 buffers"), "{e}");
         assert!(
-            g.take(0, 0).unwrap().is_empty(),
+            g.take(0, 0, true).unwrap().is_empty(),
             "nothing sent takes nothing"
         );
-        let sent = g.take(naming(0), 15).unwrap();
+        let sent = g.take(naming(0), 15, true).unwrap();
         assert_eq!(sent.len(), 2, "the second buffer partly sent is taken too");
         let stats = g.stats();
         assert_eq!((stats.refused, stats.picked, stats.in_kernel), (2, 2, 0));
+        // A last completion needs the kernel's head; without it the ring takes no more sends.
+        assert!(g.in_step());
+        let e = g.take(naming(2), 5, false).unwrap_err();
+        assert!(e.to_string().contains("could not be read"), "{e}");
+        assert!(!g.in_step());
         drop(sent);
         assert_eq!(pool.free_count(), 4);
     }

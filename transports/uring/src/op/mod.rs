@@ -262,13 +262,15 @@ pub enum Op {
         /// `MSG_*` flags (not `MSG_WAITALL`).
         flags: i32,
     },
-    /// Sends every buffer posted to send ring `group`
-    /// ([`Uring::post_send`](crate::Uring::post_send)), in order, as one stream write
-    /// (`IORING_RECVSEND_BUNDLE` on a send, Linux 6.10; the kernel sends them all or fails).
-    /// The completion's result is the bytes sent, and [`Output::Bundle`] holds the buffers
-    /// they covered, back from the ring (a send cut short by an error after some bytes hands
-    /// back every buffer it touched: the result says how far it got). One at a time per send
-    /// ring; with nothing posted it fails with `ENOBUFS`.
+    /// Sends the buffers posted to send ring `group`
+    /// ([`Uring::post_send`](crate::Uring::post_send)), in order (`IORING_RECVSEND_BUNDLE` on
+    /// a send, Linux 6.10). The kernel goes in rounds (up to 256 buffers each): a round's
+    /// completion has [`more`](crate::Completion::more) set, its result the round's bytes, and
+    /// [`Output::Bundle`] the round's buffers, back from the ring; the last completion ends
+    /// the operation (it may stop before the ring is empty, once a round had to wait for
+    /// room in the socket). An error ends it too, handing back every buffer the kernel took
+    /// (as its head says), whatever went out. One at a time per send ring; with nothing
+    /// posted it fails with `ENOBUFS`.
     SendBundle {
         /// Socket.
         fd: Target,

@@ -179,3 +179,117 @@ fn send_rings_refuse_what_they_cannot_take() {
     ring.unregister_buf_ring(group).unwrap();
     assert_eq!(bufs.free_count(), 8);
 }
+
+/// Collects the completions of one send bundle (token `token`) until its last: the bytes sent
+/// and the buffers handed back, with how many completions it took.
+fn until_last(ring: &mut Uring, token: u64) -> (std::io::Result<usize>, Vec<Buf>, usize) {
+    let (mut sent, mut back, mut n) = (0usize, Vec::new(), 0);
+    loop {
+        let c = next(ring);
+        assert_eq!(c.token, token);
+        n += 1;
+        let more = c.more;
+        if let Output::Bundle(b) = c.output {
+            back.extend(b);
+        }
+        match c.result {
+            Ok(bytes) => sent += bytes as usize,
+            Err(e) => {
+                assert!(!more, "an error ends the bundle");
+                return (Err(e), back, n);
+            }
+        }
+        if !more {
+            return (Ok(sent), back, n);
+        }
+    }
+}
+
+use subring_planes::data::Buf;
+
+/// More buffers than the kernel takes in one round (it maps at most 256 at a time): the
+/// bundle goes on in rounds, each a completion with `more` set handing back that round's
+/// buffers, and every buffer and byte arrives in order.
+#[test]
+fn a_send_bundle_of_many_buffers_goes_in_rounds() {
+    if !kernel_at_least(6, 10) {
+        return;
+    }
+    let (mut peer, sock) = tcp_pair();
+    let mut ring = Uring::builder().build().unwrap();
+    let group = ring.register_send_ring(30, 512).unwrap();
+    let bufs = pool(64, 300);
+    let data = pattern(300 * 20);
+    let mut indices = Vec::new();
+    for i in 0..300 {
+        let mut b = bufs.alloc().unwrap();
+        b.fill_from(&data[i * 20..(i + 1) * 20]);
+        indices.push(b.index());
+        ring.post_send(group, b).unwrap();
+    }
+    send_bundle(&mut ring, 4, &sock, group);
+    let (sent, back, completions) = until_last(&mut ring, 4);
+    assert_eq!(sent.unwrap(), data.len());
+    assert_eq!(
+        back.iter().map(|b| b.index()).collect::<Vec<_>>(),
+        indices,
+        "every buffer back, in order"
+    );
+    assert!(
+        completions >= 2,
+        "{completions} completions: the bundle went in rounds"
+    );
+    let mut got = vec![0u8; data.len()];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(got, data);
+    let stats = ring.buf_ring_stats(group).unwrap();
+    assert_eq!((stats.picked, stats.refused, stats.in_kernel), (300, 0, 0));
+}
+
+/// Send bundles to a peer that went away fail (`EPIPE` or `ECONNRESET`) with the buffers the
+/// kernel took handed back: the ring stays in step (no refused report, the next bundle is
+/// accepted), and every buffer returns to its pool.
+#[test]
+fn failed_send_bundles_keep_the_ring_in_step() {
+    if !kernel_at_least(6, 10) {
+        return;
+    }
+    let (peer, sock) = tcp_pair();
+    drop(peer);
+    let mut ring = Uring::builder().build().unwrap();
+    let group = ring.register_send_ring(31, 16).unwrap();
+    let bufs = pool(64, 16);
+    let mut failures = 0;
+    for round in 0..200u64 {
+        for _ in 0..4 {
+            let mut b = bufs.alloc().unwrap();
+            b.fill_from(&[round as u8; 40]);
+            ring.post_send(group, b).unwrap();
+        }
+        send_bundle(&mut ring, 100 + round, &sock, group);
+        let (result, back, _) = until_last(&mut ring, 100 + round);
+        drop(back);
+        if let Err(e) = result {
+            assert!(
+                matches!(errno(&e), Some(libc::EPIPE) | Some(libc::ECONNRESET)),
+                "{e}"
+            );
+            failures += 1;
+            if failures == 3 {
+                break;
+            }
+        }
+        let stats = ring.buf_ring_stats(group).unwrap();
+        assert_eq!(stats.refused, 0, "{stats:?}");
+        assert_eq!(
+            stats.in_kernel as usize + bufs.free_count(),
+            16,
+            "{stats:?}"
+        );
+    }
+    assert_eq!(failures, 3, "sends to a closed peer fail");
+    let stats = ring.buf_ring_stats(group).unwrap();
+    assert_eq!(stats.refused, 0, "{stats:?}");
+    ring.unregister_buf_ring(group).unwrap();
+    assert_eq!(bufs.free_count(), 16, "every buffer back");
+}
