@@ -85,12 +85,21 @@ pub enum SubmitError {
         /// The group id.
         group: u16,
     },
-    /// A send ring whose record of posted buffers and the kernel's head disagreed (a refused
-    /// completion): it takes no more send bundles; unregister it (its buffers come back).
+    /// A send ring whose record of posted buffers and the kernel's head disagreed at a send
+    /// bundle's last completion (the head unreadable, or past what was posted): it takes no
+    /// more send bundles; unregister it (its buffers come back).
     #[error("send ring {group} is out of step with the kernel: unregister it")]
     SendRingOutOfStep {
         /// The group id.
         group: u16,
+    },
+    /// `MSG_ZEROCOPY` on a send whose buffer comes back with its completion: the kernel would
+    /// go on reading its pages after that; [`Op::SendZc`](crate::Op::SendZc) is the zero-copy
+    /// send.
+    #[error("{op} with MSG_ZEROCOPY: use send_zc, whose buffer comes back after the kernel's notification")]
+    ZeroCopyFlag {
+        /// The operation's name.
+        op: &'static str,
     },
     /// An operation naming a buffer group that no buffer ring is registered as.
     #[error("no buffer ring is registered as group {group}")]

@@ -88,7 +88,17 @@ impl Uring {
             Op::RecvMulti { group, .. }
             | Op::RecvMultiBundle { group, .. }
             | Op::ReadMulti { group, .. } => self.check_group(&sub.op, *group)?,
-            Op::SendBundle { group, .. } => self.check_send_group(&sub.op, *group)?,
+            Op::SendBundle { group, flags, .. } => {
+                if flags & libc::MSG_ZEROCOPY != 0 {
+                    return Err(SubmitError::ZeroCopyFlag { op: sub.op.name() }.into());
+                }
+                self.check_send_group(&sub.op, *group)?
+            }
+            Op::Send { flags, .. } | Op::SendBuf { flags, .. } | Op::SendMsg { flags, .. }
+                if flags & libc::MSG_ZEROCOPY != 0 =>
+            {
+                return Err(SubmitError::ZeroCopyFlag { op: sub.op.name() }.into());
+            }
             _ => {}
         }
         fin.flags = match sub.link {

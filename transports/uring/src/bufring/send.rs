@@ -7,9 +7,11 @@
 //! [`Op::SendBundle`](crate::Op::SendBundle) sends the buffers posted, in order, in rounds.
 //! A round's completion names the first buffer it took and the bytes sent; the ring hands
 //! back, in [`Output::Bundle`](crate::Output::Bundle), the buffers those bytes covered, walking
-//! its own queue with the lengths it posted. The last completion can end a round early after
-//! the kernel took all of its buffers: there the kernel's head says which come back. A report
-//! that does not fit the queue puts the ring out of step (no more send bundles on it). One
+//! its own queue with the lengths it posted (and any the kernel took in an earlier round cut
+//! short). The last completion can end a round early after the kernel took all of its
+//! buffers: there the kernel's head says which come back, so the record catches up with the
+//! kernel at every bundle's end; a head it cannot read, or past what was posted, puts the
+//! ring out of step (no more send bundles on it). One
 //! send bundle per ring at a time (the kernel takes from the head when the operation runs;
 //! two would share it), and a ring per socket, so that the order of its bytes is the order
 //! of its posts.
@@ -125,8 +127,8 @@ impl SendGroup {
 
     /// The buffers a send bundle's completion covered, taken off the queue in order. A
     /// completion that leaves the bundle running (`more`) reports one round of the kernel's:
-    /// `res` bytes from the buffer its flags name, every buffer of the round sent whole (the
-    /// kernel sends a round with `MSG_WAITALL` or ends the operation). The last completion
+    /// `res` bytes from the buffer its flags name (the kernel sends a round with
+    /// `MSG_WAITALL`; see `take_round` for one cut short). The last completion
     /// can end a round early (an error, a cut-short send) while the kernel has taken every
     /// buffer of the round off the ring: the kernel's head (`IORING_REGISTER_PBUF_STATUS`)
     /// says which, and those buffers come back, whatever the bytes.
@@ -139,8 +141,13 @@ impl SendGroup {
             Err(e) => {
                 self.out_of_step = true;
                 self.stats.refused += 1;
+                let hint = match e.raw_os_error() {
+                    Some(libc::EEXIST) => " (a single-issuer ring reaped off its thread)",
+                    _ => "",
+                };
                 return Err(self.refused(format!(
-                    "the kernel's head could not be read ({e}); the ring takes no more sends"
+                    "the kernel's head could not be read ({e}{hint}); the ring takes no more \
+                     sends"
                 )));
             }
         };
@@ -159,21 +166,30 @@ impl SendGroup {
         Ok(self.queue.drain(..n).collect())
     }
 
-    /// One round's buffers: `res` bytes from the head of the queue.
+    /// One round's buffers: `res` bytes from the buffer the flags name. A round is normally
+    /// sent whole; one cut short and then continued (a partial send that failed midway, on
+    /// some kernels) leaves buffers the kernel took but did not send before the next round's
+    /// first: those come back with the next round, ahead of its own.
     fn take_round(&mut self, flags: u32, res: i32) -> io::Result<Vec<Buf>> {
         let Ok(total @ 1..) = usize::try_from(res) else {
             return Ok(Vec::new());
         };
         let mask = self.producer.mask;
-        let first = cqueue::buffer_select(flags);
-        if first != Some(self.head & mask) {
+        // Where the round starts in the queue: the named buffer's distance from the head
+        // (positions of queued buffers differ by less than the ring's entries).
+        let skipped = cqueue::buffer_select(flags)
+            .map(|first| usize::from(first.wrapping_sub(self.head) & mask))
+            .filter(|&j| j < self.queue.len());
+        let Some(skipped) = skipped else {
             self.stats.refused += 1;
             return Err(self.refused(format!(
-                "{total} bytes sent from buffer {first:?}, but the queue starts at buffer {}",
+                "{total} bytes sent from buffer {:?}, which is not queued (the queue starts at \
+                 buffer {})",
+                cqueue::buffer_select(flags),
                 self.head & mask
             )));
-        }
-        let (mut left, mut k) = (total, 0);
+        };
+        let (mut left, mut k) = (total, skipped);
         while left > 0 {
             let Some(buf) = self.queue.get(k) else {
                 self.stats.refused += 1;
@@ -316,36 +332,42 @@ mod tests {
         1 | u32::from(bid) << 16
     }
 
-    /// Simulated completions: a round's report must start at the head of the queue and cover
-    /// no more than was posted; a refused one takes nothing. A last completion whose kernel
+    /// Simulated completions: a round's report must name a queued buffer and cover no more
+    /// than was posted (a refused one takes nothing); buffers before the one it names come
+    /// back with it. A last completion whose kernel
     /// head cannot be read (no io_uring here) puts the ring out of step.
     #[test]
-    fn a_report_must_start_at_the_queue_head_and_stay_within_it() {
+    fn a_round_must_name_a_queued_buffer_and_stay_within_the_queue() {
         let region = Arc::new(Region::anonymous(4 * 64, RegionOptions::new()).unwrap());
         let pool = BufferPool::new(region, 0, 64, 4).unwrap();
         let mut g = SendGroup::new(1, 4, -1).unwrap();
-        for _ in 0..2 {
+        for _ in 0..3 {
             let mut b = pool.alloc().unwrap();
             b.fill_from(&[7; 10]);
             g.post(b).unwrap();
         }
-        let e = g.take(naming(1), 10, true).unwrap_err();
-        assert!(e.to_string().contains("queue starts at buffer 0"), "{e}");
-        let e = g.take(naming(0), 21, true).unwrap_err();
-        assert!(e.to_string().contains("more than the 2 buffers"), "{e}");
+        let e = g.take(naming(3), 10, true).unwrap_err();
+        assert!(e.to_string().contains("which is not queued"), "{e}");
+        let e = g.take(naming(0), 31, true).unwrap_err();
+        assert!(e.to_string().contains("more than the 3 buffers"), "{e}");
         assert!(
             g.take(0, 0, true).unwrap().is_empty(),
             "nothing sent takes nothing"
         );
-        let sent = g.take(naming(0), 15, true).unwrap();
-        assert_eq!(sent.len(), 2, "the second buffer partly sent is taken too");
+        // A round that starts at buffer 1: buffer 0, taken by an earlier round cut short,
+        // comes back ahead of it.
+        let first = g.take(naming(1), 10, true).unwrap();
+        assert_eq!(first.iter().map(Buf::index).collect::<Vec<_>>(), [0, 1]);
+        let sent = g.take(naming(2), 5, true).unwrap();
+        assert_eq!(sent.len(), 1, "a buffer partly sent is taken too");
         let stats = g.stats();
-        assert_eq!((stats.refused, stats.picked, stats.in_kernel), (2, 2, 0));
+        assert_eq!((stats.refused, stats.picked, stats.in_kernel), (2, 3, 0));
         // A last completion needs the kernel's head; without it the ring takes no more sends.
         assert!(g.in_step());
-        let e = g.take(naming(2), 5, false).unwrap_err();
+        let e = g.take(naming(3), 5, false).unwrap_err();
         assert!(e.to_string().contains("could not be read"), "{e}");
         assert!(!g.in_step());
+        drop(first);
         drop(sent);
         assert_eq!(pool.free_count(), 4);
     }

@@ -267,10 +267,13 @@ pub enum Op {
     /// a send, Linux 6.10). The kernel goes in rounds (up to 256 buffers each): a round's
     /// completion has [`more`](crate::Completion::more) set, its result the round's bytes, and
     /// [`Output::Bundle`] the round's buffers, back from the ring; the last completion ends
-    /// the operation (it may stop before the ring is empty, once a round had to wait for
-    /// room in the socket). An error ends it too, handing back every buffer the kernel took
-    /// (as its head says), whatever went out. One at a time per send ring; with nothing
-    /// posted it fails with `ENOBUFS`.
+    /// the operation, which may stop before the ring is empty (newer kernels stop after a
+    /// round that had to wait for room in the socket; a full completion queue stops it too):
+    /// push it again for the rest. An error ends it as well, handing back every buffer the
+    /// kernel took (as its head says), whatever went out. One at a time per send ring; with
+    /// nothing posted it fails with `ENOBUFS`. `MSG_ZEROCOPY` is refused (the kernel would
+    /// keep reading the pages after the buffers come back: [`Op::SendZc`] is the zero-copy
+    /// send).
     SendBundle {
         /// Socket.
         fd: Target,

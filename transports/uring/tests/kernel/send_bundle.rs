@@ -141,6 +141,22 @@ fn send_rings_refuse_what_they_cannot_take() {
         "{e}"
     );
     drop(e);
+    // MSG_ZEROCOPY would have the kernel read the buffers after they come back.
+    let e = ring
+        .push(sub(
+            5,
+            Op::SendBundle {
+                fd: target(&sock),
+                group,
+                flags: libc::MSG_ZEROCOPY,
+            },
+        ))
+        .unwrap_err()
+        .error;
+    assert!(
+        matches!(refusal(&e), SubmitError::ZeroCopyFlag { op: "send_bundle" }),
+        "{e}"
+    );
     // One send bundle in flight on the ring: a second is refused at push.
     ring.push(sub(
         2,
