@@ -201,25 +201,8 @@ pub fn required() -> bool {
     std::env::var_os("SUBRING_REQUIRE_NETNS").is_some()
 }
 
-/// A raw packet socket for frames of `ethertype` on interface `ifindex` (of the calling
-/// thread's namespace), with a receive buffer large enough for bursts (16 MiB where allowed).
-pub fn packet_socket(ifindex: u32, ethertype: u16) -> Result<OwnedFd, String> {
-    // SAFETY: plain socket(2); checked and owned below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(ethertype.to_be()),
-        )
-    };
-    if raw < 0 {
-        return Err(format!(
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+/// Binds packet socket `fd` to interface `ifindex`, for frames of `ethertype` (host order).
+pub fn bind_packet_socket(fd: &OwnedFd, ifindex: u32, ethertype: u16) -> Result<(), String> {
     // SAFETY: all zeroes is a valid `sockaddr_ll`.
     let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sa.sll_family = libc::AF_PACKET as u16;
@@ -239,6 +222,29 @@ pub fn packet_socket(ifindex: u32, ethertype: u16) -> Result<OwnedFd, String> {
             std::io::Error::last_os_error()
         ));
     }
+    Ok(())
+}
+
+/// A raw packet socket for frames of `ethertype` on interface `ifindex` (of the calling
+/// thread's namespace), with a receive buffer large enough for bursts (16 MiB where allowed).
+pub fn packet_socket(ifindex: u32, ethertype: u16) -> Result<OwnedFd, String> {
+    // SAFETY: plain socket(2); checked and owned below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ethertype.to_be()),
+        )
+    };
+    if raw < 0 {
+        return Err(format!(
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    bind_packet_socket(&fd, ifindex, ethertype)?;
     let bytes: libc::c_int = 16 << 20;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
         // SAFETY: `bytes` is a valid `c_int` of the size passed.

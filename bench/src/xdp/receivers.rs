@@ -141,25 +141,7 @@ pub fn packet_v3(ifindex: u32, ready: impl FnOnce(), stop: &Receiver<()>) -> Res
         }
     }
     let _unmap = Unmap(base, len);
-    // SAFETY: all zeroes is a valid `sockaddr_ll`.
-    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sa.sll_family = libc::AF_PACKET as u16;
-    sa.sll_protocol = proto;
-    sa.sll_ifindex = ifindex as i32;
-    // SAFETY: `sa` is a valid `sockaddr_ll` of the size passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "bind the packet socket: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    super::netns::bind_packet_socket(&fd, ifindex, libc::ETH_P_ALL as u16)?;
     ready();
     let (mut frames, mut syscalls, mut block) = (0u64, 0u64, 0usize);
     while !stopped(stop) {

@@ -408,11 +408,8 @@ impl Uring {
         self.fixed.live().count()
     }
 
-    /// Registers files, replacing any registered before; [`Target::Fixed`]`(i)` then names
-    /// `fds[i]`. The kernel holds its own reference to each file from then on: the caller may
-    /// close its descriptors.
-    pub fn register_files<F: AsFd>(&mut self, fds: &[F]) -> io::Result<()> {
-        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_fd().as_raw_fd()).collect();
+    /// Unregisters the file table, if there is one.
+    fn drop_file_table(&mut self) -> io::Result<()> {
         if self.files > 0 {
             self.ring
                 .submitter()
@@ -420,6 +417,15 @@ impl Uring {
                 .map_err(|e| self.enter_error(e))?;
             self.files = 0;
         }
+        Ok(())
+    }
+
+    /// Registers files, replacing any registered before; [`Target::Fixed`]`(i)` then names
+    /// `fds[i]`. The kernel holds its own reference to each file from then on: the caller may
+    /// close its descriptors.
+    pub fn register_files<F: AsFd>(&mut self, fds: &[F]) -> io::Result<()> {
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_fd().as_raw_fd()).collect();
+        self.drop_file_table()?;
         self.ring
             .submitter()
             .register_files(&raw)
@@ -432,13 +438,7 @@ impl Uring {
     /// direct descriptors ([`DirectSlot`]) and for [`Op::FilesUpdate`]
     /// (Linux 5.19 for the sparse table).
     pub fn register_files_sparse(&mut self, slots: u32) -> io::Result<()> {
-        if self.files > 0 {
-            self.ring
-                .submitter()
-                .unregister_files()
-                .map_err(|e| self.enter_error(e))?;
-            self.files = 0;
-        }
+        self.drop_file_table()?;
         self.ring
             .submitter()
             .register_files_sparse(slots)
