@@ -47,7 +47,7 @@ use room::{arm_room, wait_room, RoomBell};
 
 pub use app::AppSide;
 pub use gone::ServiceGone;
-pub use service::ServiceSide;
+pub use service::{CompletionStager, ServiceSide};
 
 /// Identifies a queue-pair header ("sbqp", little-endian).
 pub const PAIR_MAGIC: u32 = u32::from_le_bytes(*b"sbqp");

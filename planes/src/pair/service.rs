@@ -109,6 +109,35 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         Ok(self.sq.read_chunk(max)?)
     }
 
+    /// A copy of the ready request `k` places after the next one, not released: `None` unless
+    /// at least `k + 1` are known to be ready (by the last
+    /// [`requests_available`](Self::requests_available) or
+    /// [`requests_available_up_to`](Self::requests_available_up_to)). For a service that
+    /// handles requests one at a time (staging completions between them) and releases them
+    /// together with [`release_requests`](Self::release_requests).
+    #[inline]
+    pub fn ready_request(&self, k: u32) -> Option<S> {
+        self.sq.peek_ready(k)
+    }
+
+    /// Releases the next `n` ready requests with one store. An app asleep on a full submission
+    /// ring is woken by the next [`flush`](Self::flush) or wait after the release.
+    ///
+    /// # Panics
+    /// If fewer than `n` requests are known to be ready (see
+    /// [`ready_request`](Self::ready_request)).
+    #[inline]
+    pub fn release_requests(&mut self, n: u32) {
+        self.sq.release_ready(n);
+    }
+
+    /// The completion ring's staging end alone, so that completions can be staged while
+    /// other parts of the service side are borrowed elsewhere.
+    #[inline]
+    pub fn stager(&mut self) -> CompletionStager<'_, C> {
+        CompletionStager { cq: &mut self.cq }
+    }
+
     /// Stages a completion; the app sees it after [`flush`](Self::flush). A full completion ring
     /// hands it back.
     pub fn complete(&mut self, completion: C) -> Result<(), Rejected<C>> {
@@ -348,5 +377,27 @@ impl<S, C> Drop for ServiceSide<S, C> {
         close::<false>(&self.state.get().service_closed, &self.call);
         // An app asleep on a full submission ring wakes to see the close.
         self.sq_bell.wake_for_close();
+    }
+}
+
+/// Stages completions on a [`ServiceSide`]'s completion ring ([`ServiceSide::stager`]); the
+/// app sees them after the side's next [`flush`](ServiceSide::flush).
+pub struct CompletionStager<'a, C> {
+    cq: &'a mut Producer<C, Stamped>,
+}
+
+impl<C> fmt::Debug for CompletionStager<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompletionStager")
+            .field("cq", &self.cq)
+            .finish()
+    }
+}
+
+impl<C: Pod> CompletionStager<'_, C> {
+    /// [`ServiceSide::complete`]: a full completion ring hands the completion back.
+    #[inline]
+    pub fn stage(&mut self, completion: C) -> Result<(), Rejected<C>> {
+        self.cq.stage(completion).map_err(push_error)
     }
 }

@@ -160,6 +160,37 @@ impl<T: Pod, P: Publication> Consumer<T, P> {
         Ok(Some(value))
     }
 
+    /// A copy of the entry `k` places after the next one, if at least `k + 1` entries are
+    /// known to be ready (by the last [`available`](Self::available),
+    /// [`available_up_to`](Self::available_up_to) or [`has_entries`](Self::has_entries));
+    /// releases nothing. With [`release_ready`](Self::release_ready), a consumer can read
+    /// entries one at a time, doing other work between them, and release them with one store.
+    #[inline]
+    pub fn peek_ready(&self, k: u32) -> Option<T> {
+        if k >= self.available_cached() {
+            return None;
+        }
+        // SAFETY: the slot at `head + k` is published (its stamp was validated, or `tail` read,
+        // when it was counted in `end`) and not yet released.
+        Some(unsafe { Slot::read(self.ring.value(self.head.wrapping_add(k))) })
+    }
+
+    /// Releases the next `n` entries to the producer with one store (at most as many as are
+    /// known to be ready; see [`peek_ready`](Self::peek_ready)).
+    ///
+    /// # Panics
+    /// If fewer than `n` entries are known to be ready.
+    pub fn release_ready(&mut self, n: u32) {
+        assert!(
+            n <= self.available_cached(),
+            "cannot release {n} of {} ready entries",
+            self.available_cached()
+        );
+        if n > 0 {
+            self.release(n);
+        }
+    }
+
     /// Up to `max` published entries to read in place, released together with
     /// [`ReadChunk::release`].
     pub fn read_chunk(&mut self, max: u32) -> Result<ReadChunk<'_, T, P>, CorruptIndex> {

@@ -11,7 +11,7 @@ use subring_planes::pair::ServiceSide;
 use subring_planes::queue::QueueError;
 
 use super::config::ClientInfo;
-use super::ctx::{ClientMemory, Ctx, Outbox, Sink};
+use super::ctx::{ClientMemory, Ctx, Outbox};
 use super::service::{Ledger, Route, Service};
 
 /// A connected, set-up client.
@@ -41,9 +41,9 @@ pub(crate) struct Active<S, C, K> {
     pub(crate) in_set: Armed,
     /// The client's deferred requests.
     pub(crate) ledger: Arc<Ledger>,
-    /// Requests taken from the ring but not yet handed to the service: the rest of a batch
-    /// cut short by [`Limits::turn_bytes`]. Served first at the next turn.
-    pub(crate) carry: VecDeque<S>,
+    /// The last turn stopped short of the client's ready requests: they spent its
+    /// [`Limits::turn_bytes`] (the rest wait in the ring for the next turn).
+    pub(crate) cut_short: bool,
 }
 
 /// What a sleeping server waits for from a client.
@@ -100,91 +100,72 @@ impl<S: Pod, C: Pod, K> Active<S, C, K> {
 
     /// Delivers what waits in `pending`, takes a batch of requests and hands them to the
     /// service, and publishes the completions.
+    ///
+    /// Each request is copied out of the ring (the client cannot change it while it is
+    /// handled) and handed over before the next is read; the batch is released with one store
+    /// after the last. A batch that spends the client's byte budget stops there: the rest
+    /// stays in the ring for the next turn.
+    #[inline]
     pub(crate) fn serve<V: Service<S, C, Client = K>>(
         &mut self,
         service: &mut V,
-        scratch: &mut Vec<S>,
         limits: Limits,
     ) -> Result<Outcome, QueueError> {
-        let mut delivered = 0u32;
-        while let Some(c) = self.pending.pop_front() {
-            match self.service.complete(c) {
-                Ok(()) => delivered += 1,
-                Err(r) => {
-                    self.pending.push_front(r.entry);
-                    match r.error {
-                        QueueError::Full => break,
-                        e => return Err(e),
-                    }
-                }
-            }
-        }
-        let mut taken = 0;
-        let mut room = 0;
+        let delivered = if self.pending.is_empty() {
+            0
+        } else {
+            self.deliver_pending()?
+        };
         let unanswered = Ledger::unanswered(&self.ledger);
         let batch = limits
             .batch
             .min(limits.max_deferred.saturating_sub(unanswered));
-        scratch.clear();
+        let (mut taken, mut room, mut staged, mut deferred) = (0, 0, delivered, 0);
+        self.cut_short = false;
         if self.pending.is_empty() && batch > 0 {
-            if !self.carry.is_empty() {
-                // The rest of a batch cut short last turn comes first (its completion room was
-                // counted when it was taken).
-                let n = (batch as usize).min(self.carry.len());
-                scratch.extend(self.carry.drain(..n));
-                taken = n as u32;
-                room = taken;
-            } else {
-                // The app's completion head is re-read only when the cached one leaves too
-                // little room: its line moves every time the app reaps, and reading it on
-                // every turn would put a cache-line transfer on every round trip.
-                let ready = self.service.requests_available_up_to(batch)?.min(batch);
-                room = self.service.completion_space_for(ready.max(1))?;
-                if room > 0 && ready > 0 {
-                    let chunk = self.service.requests(room.min(ready))?;
-                    scratch.extend(chunk.iter());
-                    chunk.release_all();
-                    taken = scratch.len() as u32;
-                }
-            }
-        }
-        let mut staged = delivered;
-        let mut deferred = 0;
-        if taken > 0 {
-            let mut outbox = Outbox {
-                service: &mut self.service,
-                pending: &mut self.pending,
-                staged: 0,
-            };
-            let mut ctx = Ctx {
-                info: &self.info,
-                memory: &self.memory,
-                sink: &mut outbox,
-                ledger: &self.ledger,
-                deferred: 0,
-                touched: 0,
-            };
-            let mut served = 0;
-            for request in scratch.iter() {
-                service.request(&mut self.client, &mut ctx, *request);
-                served += 1;
+            let ready = self.service.requests_available_up_to(batch)?.min(batch);
+            // The app's completion head is re-read only when the cached one leaves too little
+            // room: its line moves every time the app reaps, and reading it on every turn would
+            // put a cache-line transfer on every round trip.
+            room = self.service.completion_space_for(ready.max(1))?;
+            let n = room.min(ready);
+            let mut touched = 0u64;
+            while taken < n {
+                let Some(request) = self.service.ready_request(taken) else {
+                    break;
+                };
+                let mut ctx = Ctx {
+                    info: &self.info,
+                    memory: &self.memory,
+                    sink: Outbox {
+                        stager: self.service.stager(),
+                        pending: &mut self.pending,
+                        staged: 0,
+                    },
+                    ledger: &self.ledger,
+                    deferred: 0,
+                    touched: 0,
+                };
+                service.request(&mut self.client, &mut ctx, request);
+                taken += 1;
+                deferred += ctx.deferred;
+                touched += ctx.touched;
+                staged += ctx.sink.staged;
                 // One client's requests touch a bounded number of bytes per turn: an expensive
                 // client cannot hold the turn (the rest of its batch waits for the next one).
-                if ctx.touched >= limits.turn_bytes {
+                if touched >= limits.turn_bytes {
+                    self.cut_short = taken < n;
                     break;
                 }
             }
-            self.carry.extend(scratch.drain(served..));
-            taken = served as u32;
-            deferred = ctx.deferred;
-            staged += outbox.staged;
+            self.service.release_requests(taken);
         }
         if staged > 0 || self.unflushed {
             self.unflushed = false;
             self.service.flush()?;
         }
         self.blocked = !self.pending.is_empty() || (room == 0 && taken == 0 && batch > 0);
-        if taken == 0 && staged == 0 && self.carry.is_empty() && self.service.app_closed() {
+        if taken == 0 && staged == 0 && self.service.app_closed() {
             // Closed: everything it published before closing has been taken (the Acquire in
             // `app_closed` makes it visible) once the ring reads empty after seeing the flag.
             // (A client at its deferred limit still has its requests read: they are served,
@@ -198,6 +179,26 @@ impl<S: Pod, C: Pod, K> Active<S, C, K> {
             deferred,
             staged,
         })
+    }
+
+    /// Delivers completions that waited for room in the completion ring, in order; returns how
+    /// many went.
+    #[cold]
+    fn deliver_pending(&mut self) -> Result<u32, QueueError> {
+        let mut delivered = 0u32;
+        while let Some(c) = self.pending.pop_front() {
+            match self.service.complete(c) {
+                Ok(()) => delivered += 1,
+                Err(r) => {
+                    self.pending.push_front(r.entry);
+                    match r.error {
+                        QueueError::Full => break,
+                        e => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(delivered)
     }
 }
 
@@ -238,7 +239,7 @@ impl<S: Pod, C: Pod, K> Route<C> for Table<'_, S, C, K> {
             return false;
         };
         let mut outbox = Outbox {
-            service: &mut a.service,
+            stager: a.service.stager(),
             pending: &mut a.pending,
             staged: 0,
         };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytemuck::Pod;
 use subring_planes::data::{BufHandle, PoolError, PoolLayout, Region, RegionError, SharedBytes};
-use subring_planes::pair::ServiceSide;
+use subring_planes::pair::CompletionStager;
 
 use super::config::ClientInfo;
 use super::service::{Ledger, Pending};
@@ -98,27 +98,33 @@ impl ClientMemory {
 
 /// Where a handler's completions go: the client's completion ring, or, when that is full, a
 /// queue in the server's memory.
-pub(crate) trait Sink<C> {
-    fn complete(&mut self, completion: C);
-}
-
-pub(crate) struct Outbox<'a, S, C> {
-    pub(crate) service: &'a mut ServiceSide<S, C>,
+pub(crate) struct Outbox<'a, C> {
+    pub(crate) stager: CompletionStager<'a, C>,
     pub(crate) pending: &'a mut VecDeque<C>,
     pub(crate) staged: u32,
 }
 
-impl<S: Pod, C: Pod> Sink<C> for Outbox<'_, S, C> {
-    fn complete(&mut self, completion: C) {
-        if !self.pending.is_empty() {
-            self.pending.push_back(completion);
-            return;
+impl<C: Pod> Outbox<'_, C> {
+    /// Inlined into the handler: staging one completion is a few instructions, fewer than a
+    /// call's.
+    #[inline(always)]
+    pub(crate) fn complete(&mut self, completion: C) {
+        if self.pending.is_empty() {
+            match self.stager.stage(completion) {
+                Ok(()) => self.staged += 1,
+                // Full, or a corrupt index that the next turn reports: keep it either way.
+                Err(r) => self.keep(r.entry),
+            }
+        } else {
+            self.keep(completion);
         }
-        match self.service.complete(completion) {
-            Ok(()) => self.staged += 1,
-            // Full, or a corrupt index that the next turn reports: keep it either way.
-            Err(r) => self.pending.push_back(r.entry),
-        }
+    }
+
+    /// Keeps a completion in the server's memory, behind those already waiting.
+    #[cold]
+    #[inline(never)]
+    fn keep(&mut self, completion: C) {
+        self.pending.push_back(completion);
     }
 }
 
@@ -126,7 +132,7 @@ impl<S: Pod, C: Pod> Sink<C> for Outbox<'_, S, C> {
 pub struct Ctx<'a, C> {
     pub(crate) info: &'a ClientInfo,
     pub(crate) memory: &'a ClientMemory,
-    pub(crate) sink: &'a mut dyn Sink<C>,
+    pub(crate) sink: Outbox<'a, C>,
     pub(crate) ledger: &'a Arc<Ledger>,
     pub(crate) deferred: u32,
     /// Bytes of the client's memory this turn's requests touched through this context.
@@ -139,6 +145,16 @@ impl<C> fmt::Debug for Ctx<'_, C> {
     }
 }
 
+impl<C: Pod> Ctx<'_, C> {
+    /// Posts a completion. Never fails: if the completion ring is full it waits in the
+    /// server's memory (and the server takes no more requests from this client until it has
+    /// been delivered), so nothing is lost.
+    #[inline(always)]
+    pub fn complete(&mut self, completion: C) {
+        self.sink.complete(completion)
+    }
+}
+
 impl<C> Ctx<'_, C> {
     /// The client.
     pub fn client(&self) -> &ClientInfo {
@@ -148,13 +164,6 @@ impl<C> Ctx<'_, C> {
     /// The client's memory, to check handles against, copy through, or (cloned) keep.
     pub fn memory(&self) -> &ClientMemory {
         self.memory
-    }
-
-    /// Posts a completion. Never fails: if the completion ring is full it waits in the
-    /// server's memory (and the server takes no more requests from this client until it has
-    /// been delivered), so nothing is lost.
-    pub fn complete(&mut self, completion: C) {
-        self.sink.complete(completion)
     }
 
     /// Answers the current request later: the returned token completes it from outside this

@@ -173,7 +173,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         let mut i = 0;
         while i < self.conns.len() {
             let outcome = match &mut self.conns[i].state {
-                State::Active(a) => a.serve(&mut self.service, &mut self.scratch, limits),
+                State::Active(a) => a.serve(&mut self.service, limits),
                 State::Handshake { .. } => Ok(Outcome::Served {
                     taken: 0,
                     deferred: 0,
@@ -189,7 +189,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                     if let State::Active(a) = &self.conns[i].state {
                         // A client whose batch was cut short by its byte budget made this a
                         // long turn: look at the sockets after it (see `turn_bounded`).
-                        self.heavy_turn |= !a.carry.is_empty();
+                        self.heavy_turn |= a.cut_short;
                     }
                     work += taken + staged;
                     requests += u64::from(taken);
@@ -227,9 +227,6 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 };
                 if a.armed != a.in_set && a.kick_word.is_some() {
                     self.kick_words_changed = true;
-                }
-                if !a.carry.is_empty() && a.armed != Armed::Nothing {
-                    ready = true;
                 }
                 let armed = match a.armed {
                     Armed::Requests => a.service.arm(),

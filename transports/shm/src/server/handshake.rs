@@ -269,7 +269,6 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 if let State::Active(a) = &mut self.conns[i].state {
                     let _ = a.serve(
                         &mut self.service,
-                        &mut self.scratch,
                         Limits::draining(self.config.max_deferred),
                     );
                 }
@@ -483,7 +482,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             armed: Armed::Requests,
             in_set: Armed::Requests,
             ledger: Arc::new(Ledger::default()),
-            carry: VecDeque::new(),
+            cut_short: false,
         }));
         self.stats.welcomed += 1;
         Ok(())
@@ -585,7 +584,6 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             if let State::Active(a) = &mut self.conns[last].state {
                 let _ = a.serve(
                     &mut self.service,
-                    &mut self.scratch,
                     Limits::draining(self.config.max_deferred),
                 );
             }

@@ -83,7 +83,6 @@ pub struct Server<S: Pod, C: Pod, V: Service<S, C>> {
     window: Window,
     spin_clients: usize,
     adaptive_clients: usize,
-    scratch: Vec<S>,
     events: Vec<EpollEvent>,
     turns: u64,
     idle_since: Option<Instant>,
@@ -241,7 +240,6 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             stats: ServerStats::default(),
             spin_clients: 0,
             adaptive_clients: 0,
-            scratch: Vec::new(),
             events: vec![EpollEvent::empty(); 64],
             turns: 0,
             idle_since: None,
@@ -382,6 +380,29 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             }
         }
         Ok(())
+    }
+
+    /// One turn that never sleeps: serves every client a batch, polls the service, and (every
+    /// few thousand calls, or after a turn in which a client spent its byte budget) looks at
+    /// the sockets for new clients, hang-ups and control messages. Returns whether it did any
+    /// work.
+    ///
+    /// For a program that runs its own busy loop and serves between its other work (run to
+    /// completion, as DPDK applications do); [`run`](Self::run) and
+    /// [`run_for`](Self::run_for) also sleep when there is nothing to do. A client in a
+    /// blocking mode rings its doorbell only while the server sleeps, so between calls it
+    /// is served no later than the next call.
+    pub fn poll(&mut self) -> Result<bool, Error> {
+        self.turns += 1;
+        let work = self.serve_all() + self.poll_service();
+        if !self.departing.is_empty() {
+            self.retire_departed();
+        }
+        if self.turns % EVENT_CHECK_EVERY == 0 || std::mem::take(&mut self.heavy_turn) {
+            self.poll_events(Some(Duration::ZERO))?;
+        }
+        self.take_control_events()?;
+        Ok(work > 0)
     }
 
     /// Runs the server on a thread of its own (a dedicated polling thread, like SQPOLL).

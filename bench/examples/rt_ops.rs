@@ -1,0 +1,61 @@
+//! One thread driving both ends of a subring-shm echo round trip, for counting instructions per
+//! round trip with callgrind (perf counters do not work on the project's VM, and one thread
+//! has no cache-line traffic or spinning to blur the count):
+//!
+//! ```sh
+//! cargo build --release -p subring-bench --example rt_ops
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/rt.out target/release/examples/rt_ops
+//! callgrind_annotate --inclusive=yes /tmp/rt.out | head -40
+//! ```
+//!
+//! A client in spin mode (the bench's `subring spin` row) pushes a `PING`, submits it, the
+//! server runs one turn ([`Server::poll`]) and the client reaps the answer: 1,000,000 times,
+//! so the instruction total divided by 10^6 is the instructions per round trip, both sides and
+//! the loop included (the set-up, a handshake on a thread, is a few million more).
+//! `Server::poll`'s inclusive count divided by 10^6 is the server's share.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use subring_shm::echo::{self, EchoOp, EchoReq, EchoResp, EchoStatus, ECHO_PROTOCOL};
+use subring_shm::queue::{Completer, Submitter};
+use subring_shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
+
+const N: u64 = 1_000_000;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (server_end, client_end) = subring_shm::socket_pair()?;
+    let mut server = Server::new(ServerConfig::new(ECHO_PROTOCOL), echo::handler_factory())?;
+    server.add_connection(server_end)?;
+    // The handshake needs the server turning while the client connects.
+    let serving = std::thread::spawn(move || -> Result<_, String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats().welcomed == 0 {
+            if Instant::now() > deadline {
+                return Err("no handshake within 10 s".into());
+            }
+            server
+                .run_for(Duration::from_millis(1))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(server)
+    });
+    let options = ClientOptions::new(ECHO_PROTOCOL).mode(NotifyMode::Spin);
+    let mut client: Client<EchoReq, EchoResp> = Client::from_socket(client_end, &options)?;
+    let mut server = serving.join().map_err(|_| "server thread panicked")??;
+    for seq in 1..=N {
+        let req = EchoReq {
+            seq,
+            op: EchoOp::PING,
+            ..EchoReq::default()
+        };
+        client.push(black_box(req)).map_err(|r| r.error)?;
+        client.submit()?;
+        server.poll()?;
+        let r = client.reap()?.ok_or("no answer after a server turn")?;
+        if r.seq != seq || r.status != EchoStatus::OK {
+            return Err(format!("bad answer {r:?} to {seq}").into());
+        }
+    }
+    Ok(())
+}
