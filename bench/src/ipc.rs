@@ -6,7 +6,9 @@
 //!   its clients' kick words, [`ServerSleep::Futex`]), against a raw shared-memory spin ping-pong
 //!   (the physical floor), a raw eventfd pair (blocking reads, and waiting in epoll as subring's
 //!   eventfd mode does), a raw futex pair, a pipe pair and a Unix socket pair — with the
-//!   processes on two cores (`split`) and on one (`shared`);
+//!   processes on two cores (`split`) and on one (`shared`); on two cores also a bare queue
+//!   pair in spin mode with no server ([`pair_spin_rt`]), which splits the gap to the floor
+//!   between the rings and the server's turn;
 //! - with the processes on two cores, the same round trip awaited in a tokio runtime
 //!   ([`crate::asyncrt`]): subring's `AsyncClient` against a tokio `UnixStream`;
 //! - 4 KiB payload throughput: the client writes each payload into a shared buffer and the server
@@ -299,6 +301,10 @@ pub fn run(
                     ("subring futex", NotifyMode::Futex, TIMED, Futex),
                 ]
             };
+            if placement == Placement::Split {
+                // The rings alone (no server): how much of the gap to the floor is theirs.
+                record("subring pair spin", pair_spin_rt(n, placement), 0.0)?;
+            }
             for &(name, mode, timeout, sleep) in modes {
                 let m = subring_rt(mode, timeout, sleep, n, placement);
                 let sys = m.as_ref().map_or(f64::NAN, |m| m.syscalls);
@@ -340,6 +346,8 @@ pub fn run(
         }
     }
     split.compare("raw spin (floor)", "subring spin", Some("<= 1.3"));
+    split.compare("raw spin (floor)", "subring pair spin", None);
+    split.compare("subring pair spin", "subring spin", None);
     split.compare("raw eventfd", "subring eventfd", Some("<= 1.1"));
     split.compare("raw eventfd, epoll waits", "subring eventfd", None);
     split.compare("pipe", "subring eventfd", Some("< 1"));
@@ -378,4 +386,72 @@ pub fn run(
     shared.finish(report);
     tput.finish(report);
     Ok(())
+}
+
+/// Round trips over a bare queue pair in spin mode (no server: the child runs
+/// [`ServiceSide::run`](subring_planes::pair::ServiceSide::run) echoing each 32-byte request
+/// as a completion), the client waiting as users do (with a timeout): what the rings cost
+/// without the server's turn.
+pub fn pair_spin_rt(n: usize, placement: Placement) -> Result<Latency, String> {
+    use std::sync::Arc;
+    use subring_planes::data::{Region, RegionOptions};
+    use subring_planes::pair::{AppSide, PairConfig, PairLayout, PairSignals, ServiceSide};
+    let cfg = PairConfig::default()
+        .with_capacity(64)
+        .with_mode(NotifyMode::Spin);
+    let err = |e: &dyn std::fmt::Display| format!("pair_spin_rt: {e}");
+    let layout = PairLayout::of::<EchoReq, EchoResp>(&cfg).map_err(|e| err(&e))?;
+    let region = Arc::new(
+        Region::memfd("pair-spin", layout.size, RegionOptions::new()).map_err(|e| err(&e))?,
+    );
+    subring_planes::pair::create::<EchoReq, EchoResp>(&region, 0, &cfg).map_err(|e| err(&e))?;
+    let (parent_cpu, child_cpu) = placement.cpus();
+    let _pin = AffinityGuard::pin(parent_cpu)?;
+    let child_region = region.clone();
+    let child_cfg = cfg.clone();
+    let child = peers::fork_pinned(child_cpu, &[], move || {
+        let signals = PairSignals::for_config(&child_cfg);
+        let Ok(signals) = signals else { return 4 };
+        let Ok(mut service) =
+            ServiceSide::<EchoReq, EchoResp>::attach(child_region, 0, &child_cfg, signals)
+        else {
+            return 4;
+        };
+        let echo = |r: EchoReq| EchoResp {
+            seq: r.seq,
+            status: EchoStatus::OK,
+            ..EchoResp::default()
+        };
+        match service.run(echo, Some(Duration::from_secs(30))) {
+            Ok(()) => 0,
+            Err(_) => 4,
+        }
+    })?;
+    let signals = PairSignals::for_config(&cfg).map_err(|e| err(&e))?;
+    let mut app =
+        AppSide::<EchoReq, EchoResp>::attach(region, 0, &cfg, signals).map_err(|e| err(&e))?;
+    let mut seq = 0;
+    let latency = peers::sample(n, peers::RT_BUDGET, || {
+        seq += 1;
+        let req = EchoReq {
+            seq,
+            op: EchoOp::PING,
+            ..EchoReq::default()
+        };
+        app.push(req).map_err(|r| r.error.to_string())?;
+        app.submit().map_err(|e| e.to_string())?;
+        loop {
+            if let Some(r) = app.reap().map_err(|e| e.to_string())? {
+                if r.seq != seq {
+                    return Err(format!("bad answer {r:?} to {seq}"));
+                }
+                return Ok(());
+            }
+            app.wait(Some(WAIT_TIMEOUT))
+                .map_err(|e| format!("wait: {e}"))?;
+        }
+    })?;
+    drop(app);
+    child.reap(Duration::from_secs(5))?;
+    Ok(latency)
 }
