@@ -13,6 +13,10 @@
 //! so the instruction total divided by 10^6 is the instructions per round trip, both sides and
 //! the loop included (the set-up, a handshake on a thread, is a few million more).
 //! `Server::poll`'s inclusive count divided by 10^6 is the server's share.
+//!
+//! With the argument `touch`, each request is instead a 4 KiB payload the client writes into
+//! one of its shared buffers and the server word-sums in place (`TOUCH`), as the bench's
+//! zero-copy stream does: the per-payload instructions of that row.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -22,6 +26,7 @@ use subring_shm::queue::{Completer, Submitter};
 use subring_shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
 
 const N: u64 = 1_000_000;
+const PAYLOAD: usize = 4096;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (server_end, client_end) = subring_shm::socket_pair()?;
@@ -40,21 +45,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(server)
     });
-    let options = ClientOptions::new(ECHO_PROTOCOL).mode(NotifyMode::Spin);
+    let touch = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("touch") => true,
+        Some(other) => return Err(format!("usage: rt_ops [touch], not {other:?}").into()),
+    };
+    let options = ClientOptions::new(ECHO_PROTOCOL)
+        .mode(NotifyMode::Spin)
+        .buffers(PAYLOAD as u32, 4);
     let mut client: Client<EchoReq, EchoResp> = Client::from_socket(client_end, &options)?;
     let mut server = serving.join().map_err(|_| "server thread panicked")??;
-    for seq in 1..=N {
-        let req = EchoReq {
+    let source: Vec<u8> = (0..PAYLOAD).map(|i| (i * 7) as u8).collect();
+    let expect = echo::word_sum(&source);
+    let trips = if touch { N / 10 } else { N };
+    for seq in 1..=trips {
+        let mut req = EchoReq {
             seq,
             op: EchoOp::PING,
             ..EchoReq::default()
         };
+        if touch {
+            let mut buf = client.alloc().ok_or("no free buffer")?;
+            buf.fill_from(&source);
+            req.op = EchoOp::TOUCH;
+            req.buf = buf.lend();
+        }
         client.push(black_box(req)).map_err(|r| r.error)?;
         client.submit()?;
         server.poll()?;
         let r = client.reap()?.ok_or("no answer after a server turn")?;
         if r.seq != seq || r.status != EchoStatus::OK {
             return Err(format!("bad answer {r:?} to {seq}").into());
+        }
+        if touch {
+            if r.value != expect {
+                return Err(format!("server summed {}, expected {expect}", r.value).into());
+            }
+            drop(client.reclaim(r.buf)?);
         }
     }
     Ok(())

@@ -75,6 +75,89 @@ mod avx2 {
         // SAFETY: the caller's contract.
         unsafe { super::copy_to_shared_by::<__m256i>(src, dst) }
     }
+
+    /// The wrapping sum of the little-endian 64-bit words of `src..src + len` (a short tail
+    /// padded with zeros), read with 32-byte volatile loads added lane by lane: one pass, no
+    /// copy, each byte read once.
+    ///
+    /// # Safety
+    /// `src..src + len` must be mapped and readable for the duration of the call, `src` must
+    /// be 32-byte aligned, and the CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn sum_words_le(src: *const u8, len: usize) -> u64 {
+        use std::arch::x86_64::{_mm256_add_epi64, _mm256_setzero_si256};
+        const WIDE: usize = 32;
+        let wide = src.cast::<__m256i>();
+        // Four independent sums, so that the loads and adds of a step overlap.
+        let mut acc = [_mm256_setzero_si256(); 4];
+        let mut i = 0;
+        while i + 4 * WIDE <= len {
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `i / WIDE + k` names a whole 32-byte block inside the range, aligned
+                // (`src` is, and `i` is a multiple of 32); any bits are a valid `__m256i`.
+                *a = _mm256_add_epi64(*a, unsafe { wide.add(i / WIDE + k).read_volatile() });
+            }
+            i += 4 * WIDE;
+        }
+        while i + WIDE <= len {
+            // SAFETY: as above, for one block.
+            acc[0] = _mm256_add_epi64(acc[0], unsafe { wide.add(i / WIDE).read_volatile() });
+            i += WIDE;
+        }
+        let all = _mm256_add_epi64(
+            _mm256_add_epi64(acc[0], acc[1]),
+            _mm256_add_epi64(acc[2], acc[3]),
+        );
+        let lanes: [u64; 4] = bytemuck::cast(all);
+        let mut sum = lanes.iter().fold(0u64, |s, w| s.wrapping_add(*w));
+        // SAFETY: the rest of the range (under 32 bytes), at an aligned offset: the caller's
+        // contract passed on.
+        sum = sum.wrapping_add(unsafe { super::sum_tail_le(src.add(i), len - i) });
+        sum
+    }
+}
+
+/// The wrapping sum of the little-endian 64-bit words of `src..src + len` (a short tail padded
+/// with zeros), word by word with volatile reads.
+///
+/// # Safety
+/// `src..src + len` must be mapped and readable for the duration of the call, and `src` must
+/// be 8-byte aligned.
+#[cfg(target_arch = "x86_64")]
+unsafe fn sum_tail_le(src: *const u8, len: usize) -> u64 {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i + WORD <= len {
+        // SAFETY: a whole word inside the range, aligned (`src` is, `i` a multiple of 8).
+        let w = unsafe { src.add(i).cast::<u64>().read_volatile() };
+        sum = sum.wrapping_add(u64::from_le(w));
+        i += WORD;
+    }
+    if i < len {
+        let mut word = [0u8; WORD];
+        for (k, b) in word[..len - i].iter_mut().enumerate() {
+            // SAFETY: `i + k < len`: inside the range.
+            *b = unsafe { src.add(i + k).read_volatile() };
+        }
+        sum = sum.wrapping_add(u64::from_le_bytes(word));
+    }
+    sum
+}
+
+/// The wrapping sum of `words`, in four lanes the compiler turns into vector adds.
+fn sum_words(words: &[u64]) -> u64 {
+    let mut lanes = [0u64; 4];
+    let mut quads = words.chunks_exact(4);
+    for q in &mut quads {
+        for (lane, w) in lanes.iter_mut().zip(q) {
+            *lane = lane.wrapping_add(u64::from_le(*w));
+        }
+    }
+    let rest = quads
+        .remainder()
+        .iter()
+        .fold(0u64, |s, w| s.wrapping_add(u64::from_le(*w)));
+    lanes.iter().fold(rest, |s, l| s.wrapping_add(*l))
 }
 
 /// [`copy_from_shared`] with volatile reads of `W` (a plain-old-data vector or integer type).
@@ -348,6 +431,40 @@ impl<'a> SharedBytes<'a> {
         acc
     }
 
+    /// The wrapping sum of the view's little-endian 64-bit words (a short tail padded with
+    /// zeros): `fold_words_le(0, u64::wrapping_add)`, the checksum a consumer of bulk data
+    /// computes, each byte read once. Where the view starts 32-byte aligned on a CPU with AVX2
+    /// it is one pass of 32-byte volatile loads added in place, with no copy (about 200
+    /// instructions for 4 KiB); elsewhere the bytes go through a buffer on the stack and are
+    /// summed in vector-friendly lanes.
+    pub fn sum_words_le(&self) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        if self.len >= AVX2_FROM
+            && self.ptr.as_ptr().align_offset(32) == 0
+            && std::arch::is_x86_feature_detected!("avx2")
+        {
+            // SAFETY: the view is mapped for `'a` (its maker vouched for it), starts 32-byte
+            // aligned (checked), and the CPU has AVX2 (checked).
+            return unsafe { avx2::sum_words_le(self.ptr.as_ptr(), self.len) };
+        }
+        const SUM_WORDS: usize = 64;
+        let mut buf = [0u64; SUM_WORDS];
+        let mut sum = 0u64;
+        for at in (0..self.len).step_by(SUM_WORDS * WORD) {
+            let view = self
+                .get(at..(at + SUM_WORDS * WORD).min(self.len))
+                .expect("inside the view");
+            let n = view.copy_to(bytemuck::cast_slice_mut(&mut buf));
+            if n % WORD != 0 {
+                // Only the last piece can end short of a word: zero the rest of its last word.
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
+                bytes[n..n.next_multiple_of(WORD)].fill(0);
+            }
+            sum = sum.wrapping_add(sum_words(&buf[..n.div_ceil(WORD)]));
+        }
+        sum
+    }
+
     /// Rewrites the view a chunk at a time: each chunk is copied out, changed by `f` in this
     /// process's memory, and copied back.
     pub fn update_chunks(&self, mut f: impl FnMut(&mut [u8])) {
@@ -461,6 +578,20 @@ mod tests {
         let odd = v.get(5..1030).unwrap();
         assert_eq!(odd.fold_words_le(0u64, u64::wrapping_add), word_sum(odd));
         assert_eq!(odd.fold_words_le(0u64, |n, _| n + 1), 129);
+        // The direct sum agrees with the fold at every start (aligned or not, on both sides
+        // of the wide path's threshold) and length.
+        for start in 0..40 {
+            for len in [
+                0, 1, 7, 8, 9, 31, 32, 33, 255, 256, 257, 300, 511, 512, 1000, 4096,
+            ] {
+                let part = v.get(start..start + len).unwrap();
+                assert_eq!(
+                    part.sum_words_le(),
+                    word_sum(part),
+                    "start {start}, len {len}"
+                );
+            }
+        }
         assert_eq!(v.copy_from(&[7u8; 3]), 3);
         assert_eq!(v.read_u8(2), Some(7));
     }
