@@ -247,7 +247,7 @@ pub const SHARED: &str = "ipc round trip, 1 shared core";
 pub const PAYLOADS: &str = "4 KiB payloads, client to server";
 
 /// Measurements per repetition (for progress).
-const STEPS_PER_REP: u64 = 26;
+const STEPS_PER_REP: u64 = 27;
 
 /// Runs the round-trip and payload sections into `report`.
 pub fn run(

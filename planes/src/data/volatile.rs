@@ -85,35 +85,48 @@ mod avx2 {
     /// be 32-byte aligned, and the CPU must have AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn sum_words_le(src: *const u8, len: usize) -> u64 {
-        use std::arch::x86_64::{_mm256_add_epi64, _mm256_setzero_si256};
         const WIDE: usize = 32;
         let wide = src.cast::<__m256i>();
         // Four independent sums, so that the loads and adds of a step overlap.
-        let mut acc = [_mm256_setzero_si256(); 4];
+        let mut acc: [__m256i; 4] = bytemuck::Zeroable::zeroed();
         let mut i = 0;
         while i + 4 * WIDE <= len {
             for (k, a) in acc.iter_mut().enumerate() {
                 // SAFETY: `i / WIDE + k` names a whole 32-byte block inside the range, aligned
-                // (`src` is, and `i` is a multiple of 32); any bits are a valid `__m256i`.
-                *a = _mm256_add_epi64(*a, unsafe { wide.add(i / WIDE + k).read_volatile() });
+                // (`src` is, and `i` is a multiple of 32); any bits are a valid `__m256i`; this
+                // function runs with AVX2 (its caller's contract).
+                *a = unsafe { add(*a, wide.add(i / WIDE + k).read_volatile()) };
             }
             i += 4 * WIDE;
         }
         while i + WIDE <= len {
             // SAFETY: as above, for one block.
-            acc[0] = _mm256_add_epi64(acc[0], unsafe { wide.add(i / WIDE).read_volatile() });
+            acc[0] = unsafe { add(acc[0], wide.add(i / WIDE).read_volatile()) };
             i += WIDE;
         }
-        let all = _mm256_add_epi64(
-            _mm256_add_epi64(acc[0], acc[1]),
-            _mm256_add_epi64(acc[2], acc[3]),
-        );
+        // SAFETY: this function runs with AVX2 (its caller's contract).
+        let all = unsafe { add(add(acc[0], acc[1]), add(acc[2], acc[3])) };
         let lanes: [u64; 4] = bytemuck::cast(all);
         let mut sum = lanes.iter().fold(0u64, |s, w| s.wrapping_add(*w));
         // SAFETY: the rest of the range (under 32 bytes), at an aligned offset: the caller's
         // contract passed on.
         sum = sum.wrapping_add(unsafe { super::sum_tail_le(src.add(i), len - i) });
         sum
+    }
+
+    /// `a + b` in four 64-bit lanes, wrapping.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    // The intrinsic is a safe call inside an AVX2 function from Rust 1.87 on, an unsafe one
+    // before (the workspace's `rust-version` is 1.85): the block is needed on one and unused on
+    // the other.
+    #[allow(unused_unsafe)]
+    unsafe fn add(a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the CPU has AVX2 (this function's contract).
+        unsafe { std::arch::x86_64::_mm256_add_epi64(a, b) }
     }
 }
 

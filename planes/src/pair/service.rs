@@ -110,9 +110,10 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     }
 
     /// A copy of the ready request `k` places after the next one, not released: `None` unless
-    /// at least `k + 1` are known to be ready (by the last
-    /// [`requests_available`](Self::requests_available) or
-    /// [`requests_available_up_to`](Self::requests_available_up_to)). For a service that
+    /// at least `k + 1` are known to be ready (counted by the last look at the ring:
+    /// [`requests_available`](Self::requests_available),
+    /// [`requests_available_up_to`](Self::requests_available_up_to),
+    /// [`requests_ready`](Self::requests_ready), a wait, or taking requests). For a service that
     /// handles requests one at a time (staging completions between them) and releases them
     /// together with [`release_requests`](Self::release_requests).
     #[inline]
@@ -131,11 +132,21 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         self.sq.release_ready(n);
     }
 
-    /// The completion ring's staging end alone, so that completions can be staged while
-    /// other parts of the service side are borrowed elsewhere.
+    /// The completion ring's staging end alone, as a value that borrows this side: a caller
+    /// can hand it (say, inside a context object) to code that should stage completions and
+    /// nothing else, beside other borrows of its own state.
     #[inline]
     pub fn stager(&mut self) -> CompletionStager<'_, C> {
         CompletionStager { cq: &mut self.cq }
+    }
+
+    /// After taking requests and completing none of them (a service that defers them): wakes
+    /// an app asleep on a full submission ring that the release made room in, with a fenced
+    /// look at its wake word. [`flush`](Self::flush), [`arm`](Self::arm) and the waits do
+    /// this on their own; a service that keeps polling without any of them calls this.
+    pub fn wake_app_for_room(&mut self) -> Result<(), QueueError> {
+        self.sq_bell.before_wait(self.sq.released())?;
+        Ok(())
     }
 
     /// Stages a completion; the app sees it after [`flush`](Self::flush). A full completion ring

@@ -90,3 +90,21 @@ fn poll_with_nothing_to_do_says_so() {
     }
     assert_eq!(server.stats().sleeps, 0);
 }
+
+#[test]
+fn a_stop_is_seen_by_a_polling_loop() {
+    let mut server =
+        Server::new(ServerConfig::new(ECHO_PROTOCOL), echo::handler_factory()).unwrap();
+    let stopper = server.stopper();
+    assert!(!server.stopping());
+    stopper.stop().unwrap();
+    // The sockets (and the stop eventfd) are looked at every few thousand polls.
+    let mut polls = 0;
+    while !server.stopping() {
+        assert!(polls < 100_000, "the stop was not seen in {polls} polls");
+        server.poll().unwrap();
+        polls += 1;
+    }
+    // A stopped server's run returns at once.
+    server.run().unwrap();
+}

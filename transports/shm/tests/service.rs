@@ -310,3 +310,59 @@ fn closure_handlers_are_unchanged() {
     assert_eq!(stats.requests, 1);
     assert_eq!(stats.deferred, 0);
 }
+
+/// A service that defers every request answers nothing, so no completion is flushed: a client
+/// asleep on its full submission ring must still be woken when the server takes its requests,
+/// even by a server that never sleeps (driven by `poll`, which never arms a ring).
+fn deferring_frees_room_for_a_sleeping_client(mode: NotifyMode) {
+    let (gate_service, _gate, seen) = Gate::new();
+    let mut server = Server::with_service(ServerConfig::new("gate"), gate_service).unwrap();
+    let mut client = connect(&mut server, mode);
+    let filler = std::thread::spawn(move || -> Result<Duration, String> {
+        let mut x = 0u64;
+        // Fill the submission ring without the server looking (it is not polled yet).
+        loop {
+            x += 1;
+            match client.push(x) {
+                Ok(()) => {}
+                Err(r) if matches!(r.error, QueueError::Full) => break,
+                Err(r) => return Err(format!("push {x}: {}", r.error)),
+            }
+        }
+        client.submit().map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        client
+            .wait_space(Some(LIMIT))
+            .map_err(|e| format!("wait_space: {e}"))?;
+        Ok(start.elapsed())
+    });
+    // Let the client fill its ring and go to sleep on it, then serve by polling only.
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    while !filler.is_finished() {
+        assert!(
+            start.elapsed() < LIMIT,
+            "{mode}: the client was never woken"
+        );
+        server.poll().unwrap();
+    }
+    let waited = filler.join().unwrap().unwrap();
+    assert!(
+        seen.lock().unwrap().held > 0,
+        "{mode}: nothing was deferred"
+    );
+    assert!(
+        waited < Duration::from_secs(2),
+        "{mode}: the client slept {waited:?} on room the server had made"
+    );
+}
+
+#[test]
+fn deferring_frees_room_for_a_sleeping_futex_client() {
+    deferring_frees_room_for_a_sleeping_client(NotifyMode::Futex);
+}
+
+#[test]
+fn deferring_frees_room_for_a_sleeping_eventfd_client() {
+    deferring_frees_room_for_a_sleeping_client(NotifyMode::EventFd);
+}

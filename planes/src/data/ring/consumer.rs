@@ -161,8 +161,9 @@ impl<T: Pod, P: Publication> Consumer<T, P> {
     }
 
     /// A copy of the entry `k` places after the next one, if at least `k + 1` entries are
-    /// known to be ready (by the last [`available`](Self::available),
-    /// [`available_up_to`](Self::available_up_to) or [`has_entries`](Self::has_entries));
+    /// known to be ready (counted by the last look at the ring: [`available`](Self::available),
+    /// [`available_up_to`](Self::available_up_to), [`has_entries`](Self::has_entries),
+    /// [`peek`](Self::peek), [`pop`](Self::pop) or [`read_chunk`](Self::read_chunk));
     /// releases nothing. With [`release_ready`](Self::release_ready), a consumer can read
     /// entries one at a time, doing other work between them, and release them with one store.
     #[inline]

@@ -163,6 +163,10 @@ impl<S: Pod, C: Pod, K> Active<S, C, K> {
         if staged > 0 || self.unflushed {
             self.unflushed = false;
             self.service.flush()?;
+        } else if taken > 0 {
+            // Requests taken and none answered yet (deferred): no flush looks at an app asleep
+            // on its full submission ring, and a server that keeps polling never arms either.
+            self.service.wake_app_for_room()?;
         }
         self.blocked = !self.pending.is_empty() || (room == 0 && taken == 0 && batch > 0);
         if taken == 0 && staged == 0 && self.service.app_closed() {

@@ -392,6 +392,10 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     /// [`run_for`](Self::run_for) also sleep when there is nothing to do. A client in a
     /// blocking mode rings its doorbell only while the server sleeps, so between calls it
     /// is served no later than the next call.
+    ///
+    /// The loop's end is the caller's: `poll` neither stops nor returns an error when a
+    /// [`Stopper`] asks it to stop (see [`stopping`](Self::stopping)), and
+    /// [`ServerConfig::exit_when_empty`] does not apply to it.
     pub fn poll(&mut self) -> Result<bool, Error> {
         self.turns += 1;
         let work = self.serve_all() + self.poll_service();
@@ -403,6 +407,13 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         }
         self.take_control_events()?;
         Ok(work > 0)
+    }
+
+    /// Whether a [`Stopper`] has asked this server to stop (seen at its last look at the
+    /// sockets): [`run`](Self::run) and [`run_for`](Self::run_for) return at once from then
+    /// on, and a loop of [`poll`](Self::poll) should end.
+    pub fn stopping(&self) -> bool {
+        self.stopping
     }
 
     /// Runs the server on a thread of its own (a dedicated polling thread, like SQPOLL).
