@@ -121,8 +121,9 @@ fn connect(
 /// costs).
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn round_trip(
-    client: &mut Client<EchoReq, EchoResp>,
+/// One `PING` round trip through `client` (a shm `Client`, or a bare queue pair's app side).
+fn round_trip<Q: Submitter<Entry = EchoReq> + Completer<Completion = EchoResp>>(
+    client: &mut Q,
     seq: u64,
     timeout: Option<Duration>,
 ) -> Result<(), String> {
@@ -434,23 +435,7 @@ pub fn pair_spin_rt(n: usize, placement: Placement) -> Result<Latency, String> {
     let mut seq = 0;
     let latency = peers::sample(n, peers::RT_BUDGET, || {
         seq += 1;
-        let req = EchoReq {
-            seq,
-            op: EchoOp::PING,
-            ..EchoReq::default()
-        };
-        app.push(req).map_err(|r| r.error.to_string())?;
-        app.submit().map_err(|e| e.to_string())?;
-        loop {
-            if let Some(r) = app.reap().map_err(|e| e.to_string())? {
-                if r.seq != seq {
-                    return Err(format!("bad answer {r:?} to {seq}"));
-                }
-                return Ok(());
-            }
-            app.wait(Some(WAIT_TIMEOUT))
-                .map_err(|e| format!("wait: {e}"))?;
-        }
+        round_trip(&mut app, seq, Some(WAIT_TIMEOUT))
     })?;
     drop(app);
     child.reap(Duration::from_secs(5))?;
