@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use subring_planes::data::{Buf, Region, RegionOptions};
 use subring_planes::queue::{Completer, QueueError, Submitter};
@@ -80,7 +80,8 @@ struct Server {
     stats: ServerStats,
 }
 
-/// Echoes every connection on `listener` until `stop` (an eventfd, say) becomes readable.
+/// Echoes every connection on `listener` until `stop` (an eventfd, say) becomes readable, then
+/// finishes the sends in flight (waiting at most a second for them).
 pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) -> Res<ServerStats> {
     let mut ring = Uring::builder()
         .entries(512)
@@ -121,6 +122,7 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
     let mut done = Vec::with_capacity(256);
     // Receives with data in the last turn.
     let mut last = 0;
+    let mut stop_by = None;
     loop {
         // One enter per turn submits what the last turn queued and waits. The sends among it
         // complete during that very enter (a send to a socket with room finishes inline), so
@@ -149,12 +151,21 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
         s.ring.reap_into(&mut done, 256)?;
         for c in done.drain(..) {
             if c.token == STOP {
-                s.stats.enters = s.ring.stats().enters;
-                return Ok(s.stats);
+                stop_by = Some(Instant::now() + Duration::from_secs(1));
+                continue;
             }
             s.complete(c, listener)?;
         }
         last = ((s.stats.recvs - recvs) as usize).min(128);
+        // Asked to stop: once the sends in flight are done (a zero-copy send's buffer comes
+        // back after the echo is out), or after a second.
+        if let Some(by) = stop_by {
+            let sending = s.conns.iter().flatten().any(|c| c.sending);
+            if !sending || Instant::now() >= by {
+                s.stats.enters = s.ring.stats().enters;
+                return Ok(s.stats);
+            }
+        }
     }
 }
 
