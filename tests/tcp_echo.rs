@@ -12,7 +12,8 @@ mod load;
 #[allow(dead_code)]
 mod server;
 
-use std::net::{SocketAddr, TcpListener};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -88,12 +89,59 @@ fn echo_with_too_few_buffers() {
         buf_size: 64,
         bufs: 4,
         zero_copy_from: usize::MAX,
+        ..ServerConfig::default()
     };
     let run = start(TcpListener::bind("127.0.0.1:0").unwrap(), cfg);
     let r = exercise(run.addr, 16, 4096, 0.3);
     let stats = run.stop();
     assert_eq!(stats.bytes, r.requests * 4096);
     assert!(stats.enobufs > 0, "the ring ran dry: {stats:?}");
+}
+
+/// Two connection slots for three clients: the third is accepted but waits for a slot until
+/// one of the first two closes (no connection is reset for want of a slot).
+#[test]
+fn a_connection_waits_while_every_slot_is_taken() {
+    let cfg = ServerConfig {
+        max_conns: 2,
+        ..ServerConfig::default()
+    };
+    let run = start(TcpListener::bind("127.0.0.1:0").unwrap(), cfg);
+    let echo = |s: &mut TcpStream, msg: &[u8]| -> std::io::Result<Vec<u8>> {
+        s.write_all(msg)?;
+        let mut got = vec![0; msg.len()];
+        s.read_exact(&mut got)?;
+        Ok(got)
+    };
+    let timeout = Some(Duration::from_secs(5));
+    let mut first = TcpStream::connect(run.addr).unwrap();
+    let mut second = TcpStream::connect(run.addr).unwrap();
+    for s in [&mut first, &mut second] {
+        s.set_read_timeout(timeout).unwrap();
+        assert_eq!(echo(s, b"hello").unwrap(), b"hello");
+    }
+    let mut third = TcpStream::connect(run.addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    third.write_all(b"waiting").unwrap();
+    let mut got = [0; 7];
+    let err = third.read_exact(&mut got).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "no echo while both slots are taken: {err:?}"
+    );
+    drop(first);
+    third.set_read_timeout(timeout).unwrap();
+    third
+        .read_exact(&mut got)
+        .expect("the echo once a slot is free");
+    assert_eq!(&got, b"waiting");
+    assert_eq!(echo(&mut third, b"again").unwrap(), b"again");
+    assert_eq!(echo(&mut second, b"still").unwrap(), b"still");
+    let stats = run.stop();
+    assert_eq!(stats.connections, 3);
+    assert_eq!(stats.waited, 1, "{stats:?}");
 }
 
 #[test]

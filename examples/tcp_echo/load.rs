@@ -244,9 +244,10 @@ impl Load {
     /// A receive completed: checks its bytes against the message, re-arms a receive that
     /// ended; true once the whole echo is in.
     fn received(&mut self, id: usize, comp: Completion) -> Res<bool> {
+        let errno = comp.errno();
         let buf = match (comp.result, comp.output) {
             (Ok(_), Output::Pooled(buf)) => buf,
-            (Err(e), _) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+            (Err(_), _) if errno == Some(libc::ENOBUFS) => {
                 self.recv(id)?;
                 return Ok(false);
             }

@@ -1,20 +1,22 @@
-//! The echo server: one thread, one ring. A multishot accept takes the connections, a multishot
-//! recv per connection fills buffers the kernel picks from a provided-buffer ring, and each
-//! buffer is sent straight back (zero-copy from registered memory when it is large enough to
-//! pay), then dropped, which returns it to the ring. Sends on one connection go one at a time,
-//! so the echo keeps its order.
+//! The echo server: one thread, one ring. A multishot accept takes the connections, each is
+//! installed in a slot of the ring's file table that the server picks (a direct descriptor: no
+//! file reference taken per operation; an accept straight into the table would reset a
+//! connection it has no free slot for, so the server installs them itself), a multishot recv per connection fills buffers the kernel picks from a provided-buffer ring,
+//! and each buffer is sent straight back (zero-copy from registered memory when it is large
+//! enough to pay), then dropped, which returns it to the ring. Sends on one connection go one at
+//! a time, so the echo keeps its order.
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use subring_planes::data::{Buf, Region, RegionOptions};
 use subring_planes::queue::{Completer, QueueError, Submitter};
 use subring_uring::{
-    BufGroup, BufRingOptions, Completion, FixedBuf, OnFull, Op, Output, SharedFd, Submission,
-    Target, Uring,
+    BufGroup, BufRingOptions, CloseTarget, Completion, FixedBuf, OnFull, Op, Output, SharedFd,
+    Submission, Target, Uring,
 };
 
 /// How the server runs.
@@ -26,6 +28,9 @@ pub struct ServerConfig {
     pub bufs: usize,
     /// Echo with a zero-copy send from this many bytes up (`usize::MAX`: never).
     pub zero_copy_from: usize,
+    /// Connections served at once (slots in the ring's file table); more wait, accepted, for
+    /// a slot.
+    pub max_conns: u32,
 }
 
 impl Default for ServerConfig {
@@ -34,6 +39,7 @@ impl Default for ServerConfig {
             buf_size: 4096,
             bufs: 256,
             zero_copy_from: 16 * 1024,
+            max_conns: 1024,
         }
     }
 }
@@ -51,6 +57,8 @@ pub struct ServerStats {
     pub enobufs: u64,
     /// `io_uring_enter` calls.
     pub enters: u64,
+    /// Connections that waited for a slot.
+    pub waited: u64,
 }
 
 /// Errors of the example: each names what failed.
@@ -60,10 +68,17 @@ const ACCEPT: u64 = 1 << 40;
 const STOP: u64 = 2 << 40;
 const RECV: u64 = 3 << 40;
 const SEND: u64 = 4 << 40;
+const CLOSE: u64 = 5 << 40;
+const INSTALL: u64 = 6 << 40;
 const KIND: u64 = 0xff << 40;
+/// A connection's token: its kind, the generation of its slot, and the slot.
+const GEN_SHIFT: u32 = 20;
+const SLOT: u64 = (1 << GEN_SHIFT) - 1;
 
 struct Conn {
-    fd: SharedFd,
+    /// This connection's generation of its slot: a completion of an earlier connection in
+    /// the same slot is told apart by it.
+    generation: u64,
     /// Received buffers waiting for their turn to be sent back.
     queue: VecDeque<Buf>,
     sending: bool,
@@ -74,8 +89,14 @@ struct Conn {
 struct Server {
     ring: Uring,
     group: BufGroup,
+    /// By slot of the file table.
     conns: Vec<Option<Conn>>,
-    free: Vec<usize>,
+    /// Each slot's last generation.
+    generations: Vec<u64>,
+    /// Slots neither in use nor being closed.
+    free: Vec<u32>,
+    /// Accepted connections waiting for a slot.
+    waiting: VecDeque<OwnedFd>,
     cfg: ServerConfig,
     stats: ServerStats,
 }
@@ -96,22 +117,23 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
         RegionOptions::new(),
     )?);
     ring.register_region(region.clone())?;
+    if cfg.max_conns as u64 > SLOT {
+        return Err(format!("max_conns {} is over {SLOT}", cfg.max_conns).into());
+    }
+    ring.register_files_sparse(cfg.max_conns)?;
     let group =
         ring.register_buf_ring(BufRingOptions::new(0, cfg.buf_size, cfg.bufs).region(region, 0))?;
     let mut s = Server {
         ring,
         group,
-        conns: Vec::new(),
-        free: Vec::new(),
+        conns: (0..cfg.max_conns).map(|_| None).collect(),
+        generations: vec![0; cfg.max_conns as usize],
+        free: (0..cfg.max_conns).rev().collect(),
+        waiting: VecDeque::new(),
         cfg,
         stats: ServerStats::default(),
     };
-    s.push(
-        ACCEPT,
-        Op::AcceptMulti {
-            fd: Target::fd(listener.as_fd().try_clone_to_owned()?),
-        },
-    )?;
+    s.accept(listener)?;
     s.push(
         STOP,
         Op::Poll {
@@ -169,6 +191,15 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
     }
 }
 
+/// The connection in a token's slot if the token is of its generation (else the completion is
+/// of an earlier connection in that slot, whose buffer, if any, just goes back to the ring).
+fn conn_of(conns: &mut [Option<Conn>], token: u64) -> Option<(usize, &mut Conn)> {
+    let slot = (token & SLOT) as usize;
+    let generation = (token & !KIND) >> GEN_SHIFT;
+    let conn = conns.get_mut(slot)?.as_mut()?;
+    (conn.generation == generation).then_some((slot, conn))
+}
+
 impl Server {
     fn push(&mut self, token: u64, op: Op) -> Res<()> {
         self.ring
@@ -176,37 +207,62 @@ impl Server {
             .map_err(|r| r.error.into())
     }
 
+    fn accept(&mut self, listener: &TcpListener) -> Res<()> {
+        let fd = Target::fd(listener.as_fd().try_clone_to_owned()?);
+        self.push(ACCEPT, Op::AcceptMulti { fd })
+    }
+
+    /// Installs connection `fd` in a free slot, or has it wait for one.
+    fn install(&mut self, fd: OwnedFd) -> Res<()> {
+        let Some(slot) = self.free.pop() else {
+            self.stats.waited += 1;
+            self.waiting.push_back(fd);
+            return Ok(());
+        };
+        let slot = slot as usize;
+        self.generations[slot] += 1;
+        self.conns[slot] = Some(Conn {
+            generation: self.generations[slot],
+            queue: VecDeque::new(),
+            sending: false,
+            closing: false,
+        });
+        // The table takes its own reference; the descriptor closes when the update completes.
+        let op = Op::FilesUpdate {
+            offset: slot as u32,
+            fds: vec![Some(SharedFd::from(fd))],
+        };
+        self.push(self.token(INSTALL, slot), op)
+    }
+
     fn complete(&mut self, c: Completion, listener: &TcpListener) -> Res<()> {
-        let id = (c.token & !KIND) as usize;
+        let errno = c.errno();
         match c.token & KIND {
             ACCEPT => {
                 if let Output::Fd(fd) = c.output {
                     self.stats.connections += 1;
-                    let fd = SharedFd::from(fd);
-                    let id = self.free.pop().unwrap_or(self.conns.len());
-                    let conn = Conn {
-                        fd: fd.clone(),
-                        queue: VecDeque::new(),
-                        sending: false,
-                        closing: false,
-                    };
-                    match self.conns.get_mut(id) {
-                        Some(slot) => *slot = Some(conn),
-                        None => self.conns.push(Some(conn)),
-                    }
-                    self.arm_recv(id)?;
+                    self.install(fd)?;
                 }
                 if !c.more {
-                    self.push(
-                        ACCEPT,
-                        Op::AcceptMulti {
-                            fd: Target::fd(listener.as_fd().try_clone_to_owned()?),
-                        },
-                    )?;
+                    self.accept(listener)?;
                 }
             }
+            INSTALL => {
+                let Some((slot, _)) = conn_of(&mut self.conns, c.token) else {
+                    return Ok(());
+                };
+                match c.result {
+                    Ok(_) => self.arm_recv(slot)?,
+                    // Not installed: nothing to close, the slot is free again.
+                    Err(_) => {
+                        self.conns[slot] = None;
+                        self.slot_freed(slot as u32)?;
+                    }
+                }
+            }
+            CLOSE => self.slot_freed((c.token & SLOT) as u32)?,
             RECV => {
-                let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+                let Some((slot, conn)) = conn_of(&mut self.conns, c.token) else {
                     return Ok(());
                 };
                 match (&c.result, c.output) {
@@ -214,19 +270,19 @@ impl Server {
                         self.stats.recvs += 1;
                         conn.queue.push_back(buf);
                         if !c.more {
-                            self.arm_recv(id)?;
+                            self.arm_recv(slot)?;
                         }
                     }
-                    (Err(e), _) if e.to_string().contains("os error 105") => {
-                        // ENOBUFS: every buffer is in flight; they come back as sends finish.
+                    (Err(_), _) if errno == Some(libc::ENOBUFS) => {
+                        // Every buffer is in flight; they come back as sends finish.
                         self.stats.enobufs += 1;
-                        self.arm_recv(id)?;
+                        self.arm_recv(slot)?;
                     }
                     // End of stream, or a failed connection.
                     _ if !c.more => conn.closing = true,
                     _ => {}
                 }
-                self.send_next(id)?;
+                self.send_next(slot)?;
             }
             SEND => {
                 if c.more {
@@ -238,7 +294,7 @@ impl Server {
                     Output::Pooled(b) | Output::Fixed(FixedBuf::Buf(b)) => Some(b),
                     _ => None,
                 };
-                let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+                let Some((slot, conn)) = conn_of(&mut self.conns, c.token) else {
                     return Ok(());
                 };
                 conn.sending = false;
@@ -248,11 +304,10 @@ impl Server {
                         let rest = b.to_vec()[n..].to_vec();
                         self.stats.bytes += n as u64;
                         conn.sending = true;
-                        let fd = Target::Fd(conn.fd.clone());
                         self.push(
-                            SEND | id as u64,
+                            c.token,
                             Op::Send {
-                                fd,
+                                fd: Target::Fixed(slot as u32),
                                 buf: rest,
                                 flags: libc::MSG_NOSIGNAL,
                             },
@@ -262,29 +317,41 @@ impl Server {
                     (Ok(n), _) => self.stats.bytes += n as u64,
                     (Err(_), _) => conn.closing = true,
                 }
-                self.send_next(id)?;
+                self.send_next(slot)?;
             }
             _ => {}
         }
         Ok(())
     }
 
-    fn arm_recv(&mut self, id: usize) -> Res<()> {
-        let Some(conn) = self.conns.get(id).and_then(Option::as_ref) else {
-            return Ok(());
-        };
+    /// `slot` is empty: a waiting connection takes it.
+    fn slot_freed(&mut self, slot: u32) -> Res<()> {
+        self.free.push(slot);
+        match self.waiting.pop_front() {
+            Some(fd) => self.install(fd),
+            None => Ok(()),
+        }
+    }
+
+    /// The token of `kind` for the connection in `slot`.
+    fn token(&self, kind: u64, slot: usize) -> u64 {
+        kind | self.generations[slot] << GEN_SHIFT | slot as u64
+    }
+
+    fn arm_recv(&mut self, slot: usize) -> Res<()> {
         let op = Op::RecvMulti {
-            fd: Target::Fd(conn.fd.clone()),
+            fd: Target::Fixed(slot as u32),
             group: self.group,
             flags: 0,
         };
-        self.push(RECV | id as u64, op)
+        self.push(self.token(RECV, slot), op)
     }
 
-    /// Sends the next queued buffer of connection `id` if none is being sent; closes it once
-    /// it is finished and everything is sent.
-    fn send_next(&mut self, id: usize) -> Res<()> {
-        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+    /// Sends the next queued buffer of the connection in `slot` if none is being sent; closes
+    /// it once it is finished and everything is sent.
+    fn send_next(&mut self, slot: usize) -> Res<()> {
+        let token = self.token(SEND, slot);
+        let Some(conn) = self.conns[slot].as_mut() else {
             return Ok(());
         };
         if conn.sending {
@@ -292,14 +359,17 @@ impl Server {
         }
         let Some(buf) = conn.queue.pop_front() else {
             if conn.closing {
-                // In-flight operations hold the descriptor until they complete.
-                self.conns[id] = None;
-                self.free.push(id);
+                // The slot is free once the close is done; operations still in flight hold
+                // the socket until they complete, and their completions, of an earlier
+                // generation, are ignored.
+                self.conns[slot] = None;
+                let fd = CloseTarget::Fixed(slot as u32);
+                self.push(self.token(CLOSE, slot), Op::Close { fd })?;
             }
             return Ok(());
         };
         conn.sending = true;
-        let fd = Target::Fd(conn.fd.clone());
+        let fd = Target::Fixed(slot as u32);
         let flags = libc::MSG_NOSIGNAL;
         let op = if buf.len() >= self.cfg.zero_copy_from {
             Op::SendZcFixed {
@@ -310,6 +380,6 @@ impl Server {
         } else {
             Op::SendBuf { fd, buf, flags }
         };
-        self.push(SEND | id as u64, op)
+        self.push(token, op)
     }
 }

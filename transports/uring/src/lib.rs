@@ -210,6 +210,26 @@ pub struct Completion {
     pub more: bool,
 }
 
+impl Completion {
+    /// The kernel's error number if the operation failed (`ENOBUFS` for a receive whose buffer
+    /// ring ran dry, `ECANCELED`, ...), the [`OpError`]'s inside [`Completion::result`]; `None`
+    /// if it succeeded.
+    ///
+    /// ```
+    /// # use subring_uring::{Completion, Output};
+    /// # fn ran_dry(c: &Completion) -> bool {
+    /// c.errno() == Some(libc::ENOBUFS)
+    /// # }
+    /// ```
+    pub fn errno(&self) -> Option<i32> {
+        let e = self.result.as_ref().err()?;
+        match e.get_ref().and_then(|e| e.downcast_ref::<OpError>()) {
+            Some(op) => op.source.raw_os_error(),
+            None => e.raw_os_error(),
+        }
+    }
+}
+
 /// An io_uring instance with typed, owning operations, speaking the planes' queue-pair traits.
 pub struct Uring {
     ring: IoUring,

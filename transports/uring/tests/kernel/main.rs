@@ -181,9 +181,9 @@ fn errno(e: &std::io::Error) -> Option<i32> {
 
 /// Whether an operation ended cancelled.
 fn cancelled(c: &subring_uring::Completion) -> bool {
-    c.result
-        .as_ref()
-        .is_err_and(|e| errno(e) == Some(libc::ECANCELED))
+    let errno_of_result = c.result.as_ref().err().and_then(errno);
+    assert_eq!(c.errno(), errno_of_result, "{c:?}");
+    c.errno() == Some(libc::ECANCELED)
 }
 
 /// The bytes `n` of a test stream.
