@@ -1,10 +1,17 @@
-//! The echo server: one thread, one ring. A multishot accept takes the connections, each is
-//! installed in a slot of the ring's file table that the server picks (a direct descriptor: no
-//! file reference taken per operation; an accept straight into the table would reset a
-//! connection it has no free slot for, so the server installs them itself), a multishot recv per connection fills buffers the kernel picks from a provided-buffer ring,
-//! and each buffer is sent straight back (zero-copy from registered memory when it is large
-//! enough to pay), then dropped, which returns it to the ring. Sends on one connection go one at
-//! a time, so the echo keeps its order.
+//! The echo server: one thread, one ring. A multishot accept takes the connections, and each
+//! is installed in a slot of the ring's file table that the server picks (a direct descriptor:
+//! no descriptor lookup per operation; an accept straight into the table would reset a
+//! connection it has no free slot for, so the server installs them itself). A multishot recv
+//! per connection fills buffers the kernel picks from a provided-buffer ring, and each buffer
+//! is sent straight back (zero-copy from registered memory when it is large enough to pay),
+//! then dropped, which returns it to the ring. Sends on one connection go one at a time, so
+//! the echo keeps its order.
+//!
+//! No client can stall the others: a connection holds at most [`ServerConfig::per_conn`]
+//! buffers (its receive is cancelled at that many and re-armed as its echoes drain), a receive
+//! that found the ring empty is re-armed once it has a buffer again rather than at once, and
+//! accepting stops while as many connections wait for a slot as can be served, or for 10 ms
+//! after it failed (out of descriptors, say).
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -16,7 +23,7 @@ use subring_planes::data::{Buf, Region, RegionOptions};
 use subring_planes::queue::{Completer, QueueError, Submitter};
 use subring_uring::{
     BufGroup, BufRingOptions, CloseTarget, Completion, FixedBuf, OnFull, Op, Output, SharedFd,
-    Submission, Target, Uring,
+    Submission, SubmitError, Target, Uring,
 };
 
 /// How the server runs.
@@ -28,9 +35,11 @@ pub struct ServerConfig {
     pub bufs: usize,
     /// Echo with a zero-copy send from this many bytes up (`usize::MAX`: never).
     pub zero_copy_from: usize,
-    /// Connections served at once (slots in the ring's file table); more wait, accepted, for
-    /// a slot.
+    /// Connections served at once (slots in the ring's file table); as many more wait,
+    /// accepted, for a slot.
     pub max_conns: u32,
+    /// Receive buffers one connection may hold (received, not yet sent back).
+    pub per_conn: usize,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +49,7 @@ impl Default for ServerConfig {
             bufs: 256,
             zero_copy_from: 16 * 1024,
             max_conns: 1024,
+            per_conn: 8,
         }
     }
 }
@@ -53,12 +63,16 @@ pub struct ServerStats {
     pub bytes: u64,
     /// Receive completions with data.
     pub recvs: u64,
-    /// Multishot receives re-armed after the ring ran out of buffers.
+    /// Receives that found the ring out of buffers (re-armed when one comes back).
     pub enobufs: u64,
+    /// Receives paused because their connection held `per_conn` buffers.
+    pub paused: u64,
     /// `io_uring_enter` calls.
     pub enters: u64,
     /// Connections that waited for a slot.
     pub waited: u64,
+    /// Times accepting was retried after it failed.
+    pub accept_retries: u64,
 }
 
 /// Errors of the example: each names what failed.
@@ -70,10 +84,15 @@ const RECV: u64 = 3 << 40;
 const SEND: u64 = 4 << 40;
 const CLOSE: u64 = 5 << 40;
 const INSTALL: u64 = 6 << 40;
+const RETRY: u64 = 7 << 40;
+const CANCEL: u64 = 8 << 40;
 const KIND: u64 = 0xff << 40;
-/// A connection's token: its kind, the generation of its slot, and the slot.
+/// A connection's token: its kind, its slot's generation (modulo 2^20) and its slot.
 const GEN_SHIFT: u32 = 20;
 const SLOT: u64 = (1 << GEN_SHIFT) - 1;
+const GEN: u64 = (1 << 20) - 1;
+/// How long accepting pauses after it failed.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 
 struct Conn {
     /// This connection's generation of its slot: a completion of an earlier connection in
@@ -82,6 +101,12 @@ struct Conn {
     /// Received buffers waiting for their turn to be sent back.
     queue: VecDeque<Buf>,
     sending: bool,
+    /// A multishot receive is in flight.
+    receiving: bool,
+    /// Its cancel was asked for (the connection holds `per_conn` buffers, or is closing).
+    cancelled: bool,
+    /// Its last receive found the ring empty: re-armed when a buffer comes back.
+    starved: bool,
     /// The peer finished (or the connection failed): close once the queue is sent.
     closing: bool,
 }
@@ -89,14 +114,22 @@ struct Conn {
 struct Server {
     ring: Uring,
     group: BufGroup,
+    listener: SharedFd,
     /// By slot of the file table.
     conns: Vec<Option<Conn>>,
     /// Each slot's last generation.
     generations: Vec<u64>,
     /// Slots neither in use nor being closed.
     free: Vec<u32>,
-    /// Accepted connections waiting for a slot.
+    /// Accepted connections waiting for a slot (at most `max_conns`).
     waiting: VecDeque<OwnedFd>,
+    /// Slots whose receive waits for a buffer to come back.
+    starved: Vec<usize>,
+    /// A multishot accept is in flight; its cancel was asked for.
+    accepting: bool,
+    accept_cancelled: bool,
+    /// Accepting failed: it is retried when the timer fires.
+    accept_retry: bool,
     cfg: ServerConfig,
     stats: ServerStats,
 }
@@ -104,6 +137,9 @@ struct Server {
 /// Echoes every connection on `listener` until `stop` (an eventfd, say) becomes readable, then
 /// finishes the sends in flight (waiting at most a second for them).
 pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) -> Res<ServerStats> {
+    if cfg.per_conn == 0 {
+        return Err("per_conn is 0: a connection could never receive".into());
+    }
     let mut ring = Uring::builder()
         .entries(512)
         .single_issuer(true)
@@ -126,14 +162,19 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
     let mut s = Server {
         ring,
         group,
+        listener: SharedFd::from(listener.as_fd().try_clone_to_owned()?),
         conns: (0..cfg.max_conns).map(|_| None).collect(),
         generations: vec![0; cfg.max_conns as usize],
         free: (0..cfg.max_conns).rev().collect(),
         waiting: VecDeque::new(),
+        starved: Vec::new(),
+        accepting: false,
+        accept_cancelled: false,
+        accept_retry: false,
         cfg,
         stats: ServerStats::default(),
     };
-    s.accept(listener)?;
+    s.accept()?;
     s.push(
         STOP,
         Op::Poll {
@@ -176,9 +217,17 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
                 stop_by = Some(Instant::now() + Duration::from_secs(1));
                 continue;
             }
-            s.complete(c, listener)?;
+            s.complete(c)?;
         }
         last = ((s.stats.recvs - recvs) as usize).min(128);
+        // Receives that found the ring empty go again once it has a buffer (checked after the
+        // whole turn: its buffer may have come back before its completion was reaped).
+        if !s.starved.is_empty() {
+            let room = s.ring.buf_ring_stats(s.group).map(|b| b.in_kernel + b.free);
+            if room.unwrap_or(0) > 0 {
+                s.feed_starved()?;
+            }
+        }
         // Asked to stop: once the sends in flight are done (a zero-copy send's buffer comes
         // back after the echo is out), or after a second.
         if let Some(by) = stop_by {
@@ -195,9 +244,9 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
 /// of an earlier connection in that slot, whose buffer, if any, just goes back to the ring).
 fn conn_of(conns: &mut [Option<Conn>], token: u64) -> Option<(usize, &mut Conn)> {
     let slot = (token & SLOT) as usize;
-    let generation = (token & !KIND) >> GEN_SHIFT;
+    let generation = (token >> GEN_SHIFT) & GEN;
     let conn = conns.get_mut(slot)?.as_mut()?;
-    (conn.generation == generation).then_some((slot, conn))
+    (conn.generation & GEN == generation).then_some((slot, conn))
 }
 
 impl Server {
@@ -207,8 +256,35 @@ impl Server {
             .map_err(|r| r.error.into())
     }
 
-    fn accept(&mut self, listener: &TcpListener) -> Res<()> {
-        let fd = Target::fd(listener.as_fd().try_clone_to_owned()?);
+    /// Cancels the operation of `token`. Its last completion may be reaped already, in this
+    /// turn's batch, and not handled yet: then there is nothing to cancel.
+    fn cancel(&mut self, token: u64) -> Res<()> {
+        match self
+            .ring
+            .push(Submission::new(CANCEL, Op::Cancel { token }))
+        {
+            Ok(()) => Ok(()),
+            Err(r)
+                if matches!(
+                    SubmitError::of(&r.error),
+                    Some(SubmitError::NotInFlight { .. })
+                ) =>
+            {
+                Ok(())
+            }
+            Err(r) => Err(r.error.into()),
+        }
+    }
+
+    /// Arms the multishot accept unless it is in flight, paused after a failure, or as many
+    /// connections wait for a slot as can be served.
+    fn accept(&mut self) -> Res<()> {
+        if self.accepting || self.accept_retry || self.waiting.len() >= self.cfg.max_conns as usize
+        {
+            return Ok(());
+        }
+        self.accepting = true;
+        let fd = Target::Fd(self.listener.clone());
         self.push(ACCEPT, Op::AcceptMulti { fd })
     }
 
@@ -217,6 +293,13 @@ impl Server {
         let Some(slot) = self.free.pop() else {
             self.stats.waited += 1;
             self.waiting.push_back(fd);
+            if self.waiting.len() >= self.cfg.max_conns as usize
+                && self.accepting
+                && !self.accept_cancelled
+            {
+                self.accept_cancelled = true;
+                self.cancel(ACCEPT)?;
+            }
             return Ok(());
         };
         let slot = slot as usize;
@@ -225,6 +308,9 @@ impl Server {
             generation: self.generations[slot],
             queue: VecDeque::new(),
             sending: false,
+            receiving: false,
+            cancelled: false,
+            starved: false,
             closing: false,
         });
         // The table takes its own reference; the descriptor closes when the update completes.
@@ -235,7 +321,7 @@ impl Server {
         self.push(self.token(INSTALL, slot), op)
     }
 
-    fn complete(&mut self, c: Completion, listener: &TcpListener) -> Res<()> {
+    fn complete(&mut self, c: Completion) -> Res<()> {
         let errno = c.errno();
         match c.token & KIND {
             ACCEPT => {
@@ -244,8 +330,24 @@ impl Server {
                     self.install(fd)?;
                 }
                 if !c.more {
-                    self.accept(listener)?;
+                    self.accepting = false;
+                    self.accept_cancelled = false;
+                    if errno.is_some_and(|e| e != libc::ECANCELED) {
+                        // Out of descriptors, say: try again a little later, not at once.
+                        self.stats.accept_retries += 1;
+                        self.accept_retry = true;
+                        let op = Op::Timeout {
+                            after: ACCEPT_RETRY,
+                            count: 0,
+                        };
+                        self.push(RETRY, op)?;
+                    }
+                    self.accept()?;
                 }
+            }
+            RETRY => {
+                self.accept_retry = false;
+                self.accept()?;
             }
             INSTALL => {
                 let Some((slot, _)) = conn_of(&mut self.conns, c.token) else {
@@ -265,24 +367,31 @@ impl Server {
                 let Some((slot, conn)) = conn_of(&mut self.conns, c.token) else {
                     return Ok(());
                 };
-                match (&c.result, c.output) {
-                    (Ok(_), Output::Pooled(buf)) => {
-                        self.stats.recvs += 1;
-                        conn.queue.push_back(buf);
-                        if !c.more {
-                            self.arm_recv(slot)?;
+                if let (Ok(_), Output::Pooled(buf)) = (&c.result, c.output) {
+                    self.stats.recvs += 1;
+                    conn.queue.push_back(buf);
+                }
+                if !c.more {
+                    conn.receiving = false;
+                    match errno {
+                        // Every buffer is in flight: re-armed when one comes back.
+                        Some(libc::ENOBUFS) => {
+                            self.stats.enobufs += 1;
+                            conn.starved = true;
+                            self.starved.push(slot);
                         }
+                        // Cancelled for holding too many buffers (or for closing).
+                        Some(libc::ECANCELED) if conn.cancelled => {}
+                        // End of stream, or a failed connection.
+                        Some(_) => conn.closing = true,
+                        None if c.result.as_ref().is_ok_and(|n| *n == 0) => conn.closing = true,
+                        // The kernel ended the multishot with data: go on.
+                        None => {}
                     }
-                    (Err(_), _) if errno == Some(libc::ENOBUFS) => {
-                        // Every buffer is in flight; they come back as sends finish.
-                        self.stats.enobufs += 1;
-                        self.arm_recv(slot)?;
-                    }
-                    // End of stream, or a failed connection.
-                    _ if !c.more => conn.closing = true,
-                    _ => {}
+                    conn.cancelled = false;
                 }
                 self.send_next(slot)?;
+                self.resume_recv(slot)?;
             }
             SEND => {
                 if c.more {
@@ -290,34 +399,42 @@ impl Server {
                     return Ok(());
                 }
                 let sent = c.result.as_ref().map(|n| *n as usize);
-                let buf = match c.output {
-                    Output::Pooled(b) | Output::Fixed(FixedBuf::Buf(b)) => Some(b),
+                let rest = match (&sent, &c.output) {
+                    (Ok(n), Output::Pooled(b) | Output::Fixed(FixedBuf::Buf(b)))
+                        if *n < b.len() =>
+                    {
+                        Some(b.to_vec()[*n..].to_vec())
+                    }
+                    (Ok(n), Output::Buf(v)) if *n < v.len() => Some(v[*n..].to_vec()),
                     _ => None,
                 };
+                // The buffer goes back to the ring here.
+                drop(c.output);
                 let Some((slot, conn)) = conn_of(&mut self.conns, c.token) else {
                     return Ok(());
                 };
                 conn.sending = false;
-                match (sent, buf) {
-                    (Ok(n), Some(b)) if n < b.len() => {
+                match (sent, rest) {
+                    (Ok(n), Some(rest)) => {
                         // A short send (rare): the rest goes as a copy, ahead of what is queued.
-                        let rest = b.to_vec()[n..].to_vec();
                         self.stats.bytes += n as u64;
                         conn.sending = true;
-                        self.push(
-                            c.token,
-                            Op::Send {
-                                fd: Target::Fixed(slot as u32),
-                                buf: rest,
-                                flags: libc::MSG_NOSIGNAL,
-                            },
-                        )?;
-                        return Ok(());
+                        let op = Op::Send {
+                            fd: Target::Fixed(slot as u32),
+                            buf: rest,
+                            flags: libc::MSG_NOSIGNAL,
+                        };
+                        return self.push(c.token, op);
                     }
-                    (Ok(n), _) => self.stats.bytes += n as u64,
-                    (Err(_), _) => conn.closing = true,
+                    (Ok(n), None) => self.stats.bytes += n as u64,
+                    (Err(_), _) => {
+                        // The connection is broken: what it still holds is not sent.
+                        conn.closing = true;
+                        conn.queue.clear();
+                    }
                 }
                 self.send_next(slot)?;
+                self.resume_recv(slot)?;
             }
             _ => {}
         }
@@ -327,18 +444,21 @@ impl Server {
     /// `slot` is empty: a waiting connection takes it.
     fn slot_freed(&mut self, slot: u32) -> Res<()> {
         self.free.push(slot);
-        match self.waiting.pop_front() {
-            Some(fd) => self.install(fd),
-            None => Ok(()),
+        if let Some(fd) = self.waiting.pop_front() {
+            self.install(fd)?;
         }
+        self.accept()
     }
 
     /// The token of `kind` for the connection in `slot`.
     fn token(&self, kind: u64, slot: usize) -> u64 {
-        kind | self.generations[slot] << GEN_SHIFT | slot as u64
+        kind | (self.generations[slot] & GEN) << GEN_SHIFT | slot as u64
     }
 
     fn arm_recv(&mut self, slot: usize) -> Res<()> {
+        if let Some(conn) = self.conns[slot].as_mut() {
+            conn.receiving = true;
+        }
         let op = Op::RecvMulti {
             fd: Target::Fixed(slot as u32),
             group: self.group,
@@ -347,8 +467,43 @@ impl Server {
         self.push(self.token(RECV, slot), op)
     }
 
+    /// Re-arms the receives that found the ring empty, now that it has a buffer.
+    fn feed_starved(&mut self) -> Res<()> {
+        for slot in std::mem::take(&mut self.starved) {
+            if let Some(conn) = self.conns[slot].as_mut() {
+                conn.starved = false;
+                self.resume_recv(slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Arms or cancels the receive of the connection in `slot` by the buffers it holds: at
+    /// `per_conn` it stops receiving (a client that sends but does not read would otherwise
+    /// take every buffer), below it receives again.
+    fn resume_recv(&mut self, slot: usize) -> Res<()> {
+        let per_conn = self.cfg.per_conn;
+        let token = self.token(RECV, slot);
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return Ok(());
+        };
+        let held = conn.queue.len() + usize::from(conn.sending);
+        if conn.receiving {
+            if (held >= per_conn || conn.closing) && !conn.cancelled {
+                conn.cancelled = true;
+                if !conn.closing {
+                    self.stats.paused += 1;
+                }
+                self.cancel(token)?;
+            }
+        } else if held < per_conn && !conn.closing && !conn.starved {
+            self.arm_recv(slot)?;
+        }
+        Ok(())
+    }
+
     /// Sends the next queued buffer of the connection in `slot` if none is being sent; closes
-    /// it once it is finished and everything is sent.
+    /// it once it is finished, nothing is queued and its receive has ended.
     fn send_next(&mut self, slot: usize) -> Res<()> {
         let token = self.token(SEND, slot);
         let Some(conn) = self.conns[slot].as_mut() else {
@@ -358,11 +513,11 @@ impl Server {
             return Ok(());
         }
         let Some(buf) = conn.queue.pop_front() else {
-            if conn.closing {
-                // The slot is free once the close is done; operations still in flight hold
-                // the socket until they complete, and their completions, of an earlier
-                // generation, are ignored.
+            if conn.closing && !conn.receiving {
+                // The slot is free once the close is done; completions of this connection
+                // still to come are of an earlier generation by then, and ignored.
                 self.conns[slot] = None;
+                self.starved.retain(|s| *s != slot);
                 let fd = CloseTarget::Fixed(slot as u32);
                 self.push(self.token(CLOSE, slot), Op::Close { fd })?;
             }
