@@ -7,11 +7,14 @@
 //! then dropped, which returns it to the ring. Sends on one connection go one at a time, so
 //! the echo keeps its order.
 //!
-//! No client can stall the others: a connection holds at most [`ServerConfig::per_conn`]
-//! buffers (its receive is cancelled at that many and re-armed as its echoes drain), a receive
-//! that found the ring empty is re-armed once it has a buffer again rather than at once, and
-//! accepting stops while as many connections wait for a slot as can be served, or for 10 ms
-//! after it failed (out of descriptors, say).
+//! A receive that found the ring empty is re-armed once the ring has a buffer again rather
+//! than at once, and accepting stops while as many connections wait for a slot as can be
+//! served, or for 10 ms after it failed (out of descriptors, say). A known limit: the buffer
+//! ring is shared, and a multishot receive takes as many buffers as its data fills, so a
+//! client that sends without ever reading its echoes can come to hold every buffer and stall
+//! the other connections. A bound per connection needs the kernel's total byte limit on a
+//! multishot receive (the submission's `optlen`, in recent kernels), which the io-uring crate
+//! does not expose yet.
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -38,8 +41,6 @@ pub struct ServerConfig {
     /// Connections served at once (slots in the ring's file table); as many more wait,
     /// accepted, for a slot.
     pub max_conns: u32,
-    /// Receive buffers one connection may hold (received, not yet sent back).
-    pub per_conn: usize,
 }
 
 impl Default for ServerConfig {
@@ -49,7 +50,6 @@ impl Default for ServerConfig {
             bufs: 256,
             zero_copy_from: 16 * 1024,
             max_conns: 1024,
-            per_conn: 8,
         }
     }
 }
@@ -65,8 +65,6 @@ pub struct ServerStats {
     pub recvs: u64,
     /// Receives that found the ring out of buffers (re-armed when one comes back).
     pub enobufs: u64,
-    /// Receives paused because their connection held `per_conn` buffers.
-    pub paused: u64,
     /// `io_uring_enter` calls.
     pub enters: u64,
     /// Connections that waited for a slot.
@@ -103,7 +101,7 @@ struct Conn {
     sending: bool,
     /// A multishot receive is in flight.
     receiving: bool,
-    /// Its cancel was asked for (the connection holds `per_conn` buffers, or is closing).
+    /// Its cancel was asked for (the connection is closing).
     cancelled: bool,
     /// Its last receive found the ring empty: re-armed when a buffer comes back.
     starved: bool,
@@ -137,9 +135,6 @@ struct Server {
 /// Echoes every connection on `listener` until `stop` (an eventfd, say) becomes readable, then
 /// finishes the sends in flight (waiting at most a second for them).
 pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) -> Res<ServerStats> {
-    if cfg.per_conn == 0 {
-        return Err("per_conn is 0: a connection could never receive".into());
-    }
     let mut ring = Uring::builder()
         .entries(512)
         .single_issuer(true)
@@ -380,7 +375,7 @@ impl Server {
                             conn.starved = true;
                             self.starved.push(slot);
                         }
-                        // Cancelled for holding too many buffers (or for closing).
+                        // Cancelled for closing.
                         Some(libc::ECANCELED) if conn.cancelled => {}
                         // End of stream, or a failed connection.
                         Some(_) => conn.closing = true,
@@ -478,25 +473,19 @@ impl Server {
         Ok(())
     }
 
-    /// Arms or cancels the receive of the connection in `slot` by the buffers it holds: at
-    /// `per_conn` it stops receiving (a client that sends but does not read would otherwise
-    /// take every buffer), below it receives again.
+    /// Re-arms the receive of the connection in `slot` if it ended (and the ring had a
+    /// buffer), or cancels it if the connection is closing, so that its close is not held up.
     fn resume_recv(&mut self, slot: usize) -> Res<()> {
-        let per_conn = self.cfg.per_conn;
         let token = self.token(RECV, slot);
         let Some(conn) = self.conns[slot].as_mut() else {
             return Ok(());
         };
-        let held = conn.queue.len() + usize::from(conn.sending);
         if conn.receiving {
-            if (held >= per_conn || conn.closing) && !conn.cancelled {
+            if conn.closing && !conn.cancelled {
                 conn.cancelled = true;
-                if !conn.closing {
-                    self.stats.paused += 1;
-                }
                 self.cancel(token)?;
             }
-        } else if held < per_conn && !conn.closing && !conn.starved {
+        } else if !conn.closing && !conn.starved {
             self.arm_recv(slot)?;
         }
         Ok(())
