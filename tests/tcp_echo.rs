@@ -144,6 +144,58 @@ fn a_connection_waits_while_every_slot_is_taken() {
     assert_eq!(stats.waited, 1, "{stats:?}");
 }
 
+/// A client that sends without ever reading cannot keep the shared ring's buffers: once it
+/// holds `per_conn` of them, the server copies what it holds, gives them back and receives
+/// from it into memory of its own; another client's echo goes on.
+#[test]
+fn a_client_that_never_reads_does_not_starve_the_others() {
+    let cfg = ServerConfig {
+        bufs: 16,
+        per_conn: 4,
+        ..ServerConfig::default()
+    };
+    let run = start(TcpListener::bind("127.0.0.1:0").unwrap(), cfg);
+    let hog = TcpStream::connect(run.addr).unwrap();
+    hog.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut writer = hog.try_clone().unwrap();
+    // Writes until the server stops taking bytes (its echoes fill the socket this client
+    // never reads), at most 64 MiB.
+    let flood = std::thread::spawn(move || {
+        let chunk = vec![7u8; 64 * 1024];
+        let mut total = 0usize;
+        while total < 64 << 20 {
+            match writer.write(&chunk) {
+                Ok(n) => total += n,
+                Err(_) => break,
+            }
+        }
+        total
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut other = TcpStream::connect(run.addr).unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for i in 0..20u8 {
+        let msg = [i; 100];
+        other.write_all(&msg).unwrap();
+        let mut got = [0; 100];
+        other
+            .read_exact(&mut got)
+            .expect("an echo while the other client hogs");
+        assert_eq!(got, msg);
+    }
+    let flooded = flood.join().unwrap();
+    assert!(
+        flooded < 64 << 20,
+        "the server kept taking bytes: {flooded}"
+    );
+    drop(hog);
+    let stats = run.stop();
+    assert!(stats.demoted >= 1, "{stats:?}");
+}
+
 #[test]
 fn echo_across_a_veth_pair_between_namespaces() {
     let Some(net) = Topology::create_or_skip("sre", &["a", "b"], &[("a", "x", "b", "y")]) else {

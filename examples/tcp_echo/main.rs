@@ -105,12 +105,13 @@ fn both() -> Res<()> {
     }
     println!(
         "server: {} connections, {} requests, {} bytes echoed, {:.3} io_uring_enter per request, \
-         {} times out of buffers",
+         {} times out of buffers, {} connections demoted for holding too many",
         stats.connections,
         requests,
         stats.bytes,
         stats.enters as f64 / requests.max(1) as f64,
-        stats.enobufs
+        stats.enobufs,
+        stats.demoted
     );
     Ok(())
 }

@@ -9,12 +9,16 @@
 //!
 //! A receive that found the ring empty is re-armed once the ring has a buffer again rather
 //! than at once, and accepting stops while as many connections wait for a slot as can be
-//! served, or for 10 ms after it failed (out of descriptors, say). A known limit: the buffer
-//! ring is shared, and a multishot receive takes as many buffers as its data fills, so a
-//! client that sends without ever reading its echoes can come to hold every buffer and stall
-//! the other connections. A bound per connection needs the kernel's total byte limit on a
-//! multishot receive (the submission's `optlen`, in recent kernels), which the io-uring crate
-//! does not expose yet.
+//! served, or for 10 ms after it failed (out of descriptors, say).
+//!
+//! The buffer ring is shared, and a multishot receive takes as many buffers as its data fills,
+//! so a client that sends without reading its echoes would come to hold every buffer and stall
+//! the others. A connection that holds [`ServerConfig::per_conn`] buffers therefore gives them
+//! back: what it holds is copied into memory of its own, its multishot receive is cancelled,
+//! and from then on it receives into its own memory, a buffer's worth at a time, while it
+//! holds fewer than `per_conn`. (Its first burst can still take every free buffer for a
+//! moment; a hard bound needs the kernel's total byte limit on a multishot receive, the
+//! submission's `optlen` in recent kernels, which the io-uring crate does not expose yet.)
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -41,6 +45,9 @@ pub struct ServerConfig {
     /// Connections served at once (slots in the ring's file table); as many more wait,
     /// accepted, for a slot.
     pub max_conns: u32,
+    /// Receive buffers a connection may hold (received, not yet sent back) before it gives
+    /// them back and receives into memory of its own.
+    pub per_conn: usize,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +57,7 @@ impl Default for ServerConfig {
             bufs: 256,
             zero_copy_from: 16 * 1024,
             max_conns: 1024,
+            per_conn: 8,
         }
     }
 }
@@ -71,6 +79,8 @@ pub struct ServerStats {
     pub waited: u64,
     /// Times accepting was retried after it failed.
     pub accept_retries: u64,
+    /// Connections that came to hold `per_conn` buffers and gave them back.
+    pub demoted: u64,
 }
 
 /// Errors of the example: each names what failed.
@@ -96,17 +106,27 @@ struct Conn {
     /// This connection's generation of its slot: a completion of an earlier connection in
     /// the same slot is told apart by it.
     generation: u64,
-    /// Received buffers waiting for their turn to be sent back.
-    queue: VecDeque<Buf>,
+    /// Received data waiting for its turn to be sent back.
+    queue: VecDeque<Chunk>,
     sending: bool,
-    /// A multishot receive is in flight.
+    /// A receive is in flight ...
     receiving: bool,
-    /// Its cancel was asked for (the connection is closing).
+    /// ... and it is the multishot one.
+    multishot: bool,
+    /// Its cancel was asked for (the connection is closing, or was demoted).
     cancelled: bool,
+    /// It held `per_conn` buffers: it receives into memory of its own now.
+    demoted: bool,
     /// Its last receive found the ring empty: re-armed when a buffer comes back.
     starved: bool,
     /// The peer finished (or the connection failed): close once the queue is sent.
     closing: bool,
+}
+
+/// Received bytes: a buffer of the ring, or memory of the connection's own.
+enum Chunk {
+    Ring(Buf),
+    Own(Vec<u8>),
 }
 
 struct Server {
@@ -135,6 +155,9 @@ struct Server {
 /// Echoes every connection on `listener` until `stop` (an eventfd, say) becomes readable, then
 /// finishes the sends in flight (waiting at most a second for them).
 pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) -> Res<ServerStats> {
+    if cfg.per_conn == 0 {
+        return Err("per_conn is 0: a connection could never receive".into());
+    }
     let mut ring = Uring::builder()
         .entries(512)
         .single_issuer(true)
@@ -304,7 +327,9 @@ impl Server {
             queue: VecDeque::new(),
             sending: false,
             receiving: false,
+            multishot: false,
             cancelled: false,
+            demoted: false,
             starved: false,
             closing: false,
         });
@@ -362,9 +387,31 @@ impl Server {
                 let Some((slot, conn)) = conn_of(&mut self.conns, c.token) else {
                     return Ok(());
                 };
-                if let (Ok(_), Output::Pooled(buf)) = (&c.result, c.output) {
-                    self.stats.recvs += 1;
-                    conn.queue.push_back(buf);
+                match (&c.result, c.output) {
+                    (Ok(_), Output::Pooled(buf)) => {
+                        self.stats.recvs += 1;
+                        conn.queue.push_back(Chunk::Ring(buf));
+                    }
+                    // A demoted connection's receive into its own memory.
+                    (Ok(n), Output::Buf(mut v)) if *n > 0 => {
+                        self.stats.recvs += 1;
+                        v.truncate(*n as usize);
+                        conn.queue.push_back(Chunk::Own(v));
+                    }
+                    _ => {}
+                }
+                let held = conn.queue.len() + usize::from(conn.sending);
+                if !conn.demoted && held >= self.cfg.per_conn {
+                    conn.demoted = true;
+                    self.stats.demoted += 1;
+                }
+                if conn.demoted {
+                    // The ring's buffers go back; the bytes stay, copied.
+                    for chunk in conn.queue.iter_mut() {
+                        if let Chunk::Ring(b) = chunk {
+                            *chunk = Chunk::Own(b.to_vec());
+                        }
+                    }
                 }
                 if !c.more {
                     conn.receiving = false;
@@ -375,7 +422,7 @@ impl Server {
                             conn.starved = true;
                             self.starved.push(slot);
                         }
-                        // Cancelled for closing.
+                        // Cancelled for closing, or on demotion.
                         Some(libc::ECANCELED) if conn.cancelled => {}
                         // End of stream, or a failed connection.
                         Some(_) => conn.closing = true,
@@ -451,13 +498,23 @@ impl Server {
     }
 
     fn arm_recv(&mut self, slot: usize) -> Res<()> {
-        if let Some(conn) = self.conns[slot].as_mut() {
-            conn.receiving = true;
-        }
-        let op = Op::RecvMulti {
-            fd: Target::Fixed(slot as u32),
-            group: self.group,
-            flags: 0,
+        let fd = Target::Fixed(slot as u32);
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return Ok(());
+        };
+        conn.receiving = true;
+        conn.multishot = !conn.demoted;
+        let op = match conn.demoted {
+            false => Op::RecvMulti {
+                fd,
+                group: self.group,
+                flags: 0,
+            },
+            true => Op::Recv {
+                fd,
+                buf: vec![0; self.cfg.buf_size],
+                flags: 0,
+            },
         };
         self.push(self.token(RECV, slot), op)
     }
@@ -474,19 +531,25 @@ impl Server {
     }
 
     /// Re-arms the receive of the connection in `slot` if it ended (and the ring had a
-    /// buffer), or cancels it if the connection is closing, so that its close is not held up.
+    /// buffer; for a demoted connection, while it holds fewer than `per_conn` buffers), or
+    /// cancels it if the connection is closing (so that its close is not held up) or was
+    /// demoted with its multishot receive still in flight.
     fn resume_recv(&mut self, slot: usize) -> Res<()> {
         let token = self.token(RECV, slot);
+        let per_conn = self.cfg.per_conn;
         let Some(conn) = self.conns[slot].as_mut() else {
             return Ok(());
         };
         if conn.receiving {
-            if conn.closing && !conn.cancelled {
+            if (conn.closing || conn.demoted && conn.multishot) && !conn.cancelled {
                 conn.cancelled = true;
                 self.cancel(token)?;
             }
         } else if !conn.closing && !conn.starved {
-            self.arm_recv(slot)?;
+            let held = conn.queue.len() + usize::from(conn.sending);
+            if !conn.demoted || held < per_conn {
+                self.arm_recv(slot)?;
+            }
         }
         Ok(())
     }
@@ -501,7 +564,7 @@ impl Server {
         if conn.sending {
             return Ok(());
         }
-        let Some(buf) = conn.queue.pop_front() else {
+        let Some(chunk) = conn.queue.pop_front() else {
             if conn.closing && !conn.receiving {
                 // The slot is free once the close is done; completions of this connection
                 // still to come are of an earlier generation by then, and ignored.
@@ -515,14 +578,14 @@ impl Server {
         conn.sending = true;
         let fd = Target::Fixed(slot as u32);
         let flags = libc::MSG_NOSIGNAL;
-        let op = if buf.len() >= self.cfg.zero_copy_from {
-            Op::SendZcFixed {
+        let op = match chunk {
+            Chunk::Ring(buf) if buf.len() >= self.cfg.zero_copy_from => Op::SendZcFixed {
                 fd,
                 buf: FixedBuf::Buf(buf),
                 flags,
-            }
-        } else {
-            Op::SendBuf { fd, buf, flags }
+            },
+            Chunk::Ring(buf) => Op::SendBuf { fd, buf, flags },
+            Chunk::Own(buf) => Op::Send { fd, buf, flags },
         };
         self.push(token, op)
     }
