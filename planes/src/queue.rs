@@ -205,8 +205,36 @@ pub trait Submitter {
     /// the ring still full.
     ///
     /// A subsystem that answers every request stops taking requests while its completions
-    /// have nowhere to go: if you wait here without reaping, you may wait for ever (pass a
-    /// timeout, or reap first).
+    /// have nowhere to go. So this fails with [`QueueError::Full`] when the subsystem cannot
+    /// take a request until completions are reaped (its completion ring is full, or the kernel
+    /// holds completions it could not post): reap, then wait again. Answers to earlier
+    /// requests can fill the completion ring again after a reap, so a loop that waits for
+    /// space reaps whenever this says `Full`:
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use subring_planes::queue::{Completer, QueueError, Submitter};
+    /// fn push_waiting<Q: Submitter + Completer>(
+    ///     q: &mut Q,
+    ///     mut entry: Q::Entry,
+    ///     done: &mut Vec<Q::Completion>,
+    /// ) -> Result<(), QueueError> {
+    ///     loop {
+    ///         match q.push(entry) {
+    ///             Ok(()) => return Ok(()),
+    ///             Err(r) if matches!(r.error, QueueError::Full) => entry = r.entry,
+    ///             Err(r) => return Err(r.error),
+    ///         }
+    ///         match q.wait_space(Some(Duration::from_secs(1))) {
+    ///             Ok(()) => {}
+    ///             Err(QueueError::Full) => while let Some(c) = q.reap()? {
+    ///                 done.push(c);
+    ///             },
+    ///             Err(e) => return Err(e),
+    ///         }
+    ///     }
+    /// }
+    /// ```
     fn wait_space(&mut self, timeout: Option<Duration>) -> Result<(), QueueError>;
 
     /// Doorbells rung and skipped so far.

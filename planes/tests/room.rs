@@ -124,3 +124,62 @@ fn wait_space_times_out_and_sees_the_service_close() {
         closer.join().unwrap();
     }
 }
+
+/// Both rings full: the app sleeps for submission room while the service, whose completion
+/// ring is full, waits for the app to reap. Neither would move; the service's wait wakes the
+/// app, whose wait for space ends with `Full` (reap first), and after the reap everything
+/// goes through. The service posts one unsolicited completion after the app went to sleep,
+/// as answers to deferred requests would.
+#[test]
+fn wait_space_ends_with_full_when_only_reaping_can_make_room() {
+    for mode in SLEEPING_MODES.into_iter().chain([NotifyMode::Spin]) {
+        let config = PairConfig {
+            sq_capacity: 2,
+            cq_capacity: 1,
+            ..PairConfig::default().with_mode(mode)
+        };
+        let (mut app, mut service) = in_process::<u64, u64>(&config).unwrap();
+        let server = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            service.complete(0).unwrap();
+            service.flush().unwrap();
+            service.run(|x| x * 10, Some(LONG))
+        });
+        app.push(1).unwrap();
+        app.push(2).unwrap();
+        let refused = app.push(3).unwrap_err();
+        assert!(matches!(refused.error, QueueError::Full), "{mode}");
+        let start = Instant::now();
+        match app.wait_space(Some(LONG)) {
+            Err(QueueError::Full) => {}
+            other => panic!("{mode}: a wait for space with both rings full gave {other:?}"),
+        }
+        let waited = start.elapsed();
+        assert!(
+            waited < Duration::from_secs(10),
+            "{mode}: the app waited {waited:?} to learn it must reap"
+        );
+        let mut got = Vec::new();
+        let mut entry = Some(refused.entry);
+        while got.len() < 4 {
+            assert!(start.elapsed() < LONG, "{mode}: stuck with {got:?}");
+            got.extend(app.reap().unwrap());
+            if let Some(e) = entry.take() {
+                if let Err(r) = app.push(e) {
+                    entry = Some(r.entry);
+                    match app.wait_space(Some(LONG)) {
+                        Ok(()) | Err(QueueError::Full) => {}
+                        Err(e) => panic!("{mode}: {e}"),
+                    }
+                    continue;
+                }
+                app.submit().unwrap();
+            } else if got.len() < 4 {
+                app.wait(Some(LONG)).unwrap();
+            }
+        }
+        assert_eq!(got, [0, 10, 20, 30], "{mode}");
+        drop(app);
+        server.join().unwrap().unwrap();
+    }
+}

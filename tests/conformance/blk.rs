@@ -182,14 +182,11 @@ impl Transport for Blk {
         std::fs::write(&device, bytes).expect("write the device file");
         let (server_end, client_end) = subring::shm::socket_pair().expect("socket pair");
         let mut config = blk::server_config();
-        // Deferred reads are bounded like the ring, so a backed-up client meets `Full` soon;
-        // one fewer than the ring holds, so that the answers still owed after the app reaps a
-        // full completion ring cannot fill it again before the server takes a request (with
-        // as many as the ring holds, `wait_space` after a reap could wait for submission room
-        // while the server waits for completion room: a deadlock seen once in CI, which a
-        // real app with the same limits could meet too; the server does not reserve
-        // completion room for deferred answers).
-        config.max_deferred = capacity - 1;
+        // Deferred reads are bounded like the ring, so a backed-up client meets `Full` soon.
+        // As many as the ring holds: the answers still owed after a reap can fill the
+        // completion ring again before the server takes a request, and `wait_space` then
+        // ends with `Full` (reap first); the `wait_space` case covers it.
+        config.max_deferred = capacity;
         let inner = BlkService::open(BlkConfig::new(&device)).expect("block service");
         let fd = inner.completion_fd().try_clone_to_owned().expect("dup");
         let served = Arc::new(AtomicU64::new(0));
@@ -309,7 +306,7 @@ impl Transport for Blk {
     }
 
     /// The server takes a client's requests while its completion ring has room and it has
-    /// fewer than `max_deferred` (= capacity - 1 here) reads in the service.
+    /// fewer than `max_deferred` (= capacity here) reads in the service.
     fn outstanding_limit(capacity: usize) -> Option<usize> {
         Some(3 * capacity)
     }

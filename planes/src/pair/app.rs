@@ -236,10 +236,13 @@ impl<S: Pod, C: Pod> Submitter for AppSide<S, C> {
     fn wait_space(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
         self.submit()?;
         self.cq_bell.before_wait(self.cq.released())?;
+        // A full completion ring: the service takes nothing more until this side reaps.
+        let cq = &mut self.cq;
         wait_room(
             &self.room,
             &mut self.sq,
             &self.state.get().service_closed,
+            || Ok(cq.available()? == cq.capacity()),
             timeout,
         )
     }

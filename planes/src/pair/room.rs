@@ -89,6 +89,27 @@ impl RoomBell {
         Ok(())
     }
 
+    /// Before this side waits for room in the ring it produces into, which the producer this
+    /// bell wakes must consume first: both rings may be full, with the producer asleep waiting
+    /// for room this side will not make until then. A fenced look, and a wake-up if the
+    /// producer sleeps, whether or not this side released slots: its wait ends, and it sees
+    /// that it must consume first ([`wait_room`]'s `stuck`).
+    #[inline]
+    pub(super) fn before_wait_stuck(&mut self, released: u32) -> io::Result<()> {
+        self.checked = released;
+        self.bell.notify()?;
+        Ok(())
+    }
+
+    /// [`before_wait_stuck`](Self::before_wait_stuck) just after this side executed a
+    /// `SeqCst` fence (a sleep announcement).
+    #[inline]
+    pub(super) fn after_fence_stuck(&mut self, released: u32) -> io::Result<()> {
+        self.checked = released;
+        self.bell.notify_after_fence()?;
+        Ok(())
+    }
+
     /// What the bell has done: wake-ups sent and suppressed.
     pub(super) fn stats(&self) -> NotifyStats {
         self.bell.stats()
@@ -102,17 +123,32 @@ impl RoomBell {
 }
 
 /// Waits on `room` until `ring` has a free slot or the peer has closed; `PeerGone` if it
-/// closed with the ring still full.
+/// closed with the ring still full. `stuck` says whether this side must act before the peer
+/// can make room (the app's completion ring is full: a service that answers what it takes
+/// takes nothing more until the app reaps): then the wait ends with [`QueueError::Full`]. The
+/// peer wakes the waiter when it stops for that reason ([`RoomBell::before_wait_stuck`]).
 #[inline(always)]
 pub(super) fn wait_room<T: Pod>(
     room: &ModeNotifier,
     ring: &mut Producer<T, Stamped>,
     peer_closed: &AtomicU32,
+    mut stuck: impl FnMut() -> Result<bool, CorruptIndex>,
     timeout: Option<Duration>,
 ) -> Result<(), QueueError> {
     let mut corrupt: Option<CorruptIndex> = None;
+    let mut is_stuck = false;
     let mut ready = || match ring.free_for(1) {
-        Ok(n) => n > 0 || closed(peer_closed),
+        Ok(0) if !closed(peer_closed) => match stuck() {
+            Ok(s) => {
+                is_stuck = s;
+                s
+            }
+            Err(e) => {
+                corrupt = Some(e);
+                true
+            }
+        },
+        Ok(_) => true,
         Err(e) => {
             corrupt = Some(e);
             true
@@ -125,10 +161,14 @@ pub(super) fn wait_room<T: Pod>(
         }
         return Err(e.into());
     }
-    if ring.free_for(1)? == 0 {
+    if ring.free_for(1)? > 0 {
+        return Ok(());
+    }
+    if closed(peer_closed) {
         return Err(QueueError::PeerGone);
     }
-    Ok(())
+    debug_assert!(is_stuck, "the wait ended without room, close or stuck");
+    Err(QueueError::Full)
 }
 
 /// Announces that this side is about to sleep until `ring` has room, in an external event

@@ -287,15 +287,44 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// ([`QueueError::PeerGone`] if it left the ring full), or `timeout` passed. Publishes
     /// staged completions first. The wait sleeps as the service's requests wait (the kick
     /// mode), and the app's reaping wakes it.
+    ///
+    /// An app asleep on a full submission ring is woken first whether or not this side took
+    /// requests since: with both rings full, only its reaping can make progress, and its wait
+    /// for space ends with [`QueueError::Full`] (see [`Submitter::wait_space`]).
     pub fn wait_room(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        self.wait_room_looking::<true>(timeout)
+    }
+
+    /// [`wait_room`](Self::wait_room); `STUCK` false is a loom negative control's breakage
+    /// (the app is woken only if this side took requests since its last look).
+    #[inline(always)]
+    fn wait_room_looking<const STUCK: bool>(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<(), QueueError> {
         self.flush()?;
-        self.sq_bell.before_wait(self.sq.released())?;
+        if STUCK {
+            self.sq_bell.before_wait_stuck(self.sq.released())?;
+        } else {
+            self.sq_bell.before_wait(self.sq.released())?;
+        }
         wait_room(
             &self.room,
             &mut self.cq,
             &self.state.get().app_closed,
+            || Ok(false),
             timeout,
         )
+    }
+
+    /// After finding the completion ring too full to take the requests that wait (a service
+    /// that polls and does not sleep in [`wait_room`](Self::wait_room) or arm with
+    /// [`arm_room`](Self::arm_room), both of which do this): wakes an app asleep on a full
+    /// submission ring, with a fenced look at its wake word, so that its wait for space ends
+    /// with [`QueueError::Full`] and it reaps. Publish (flush) before calling this.
+    pub fn wake_app_to_reap(&mut self) -> Result<(), QueueError> {
+        self.sq_bell.before_wait_stuck(self.sq.released())?;
+        Ok(())
     }
 
     /// Prepares to wait for room in the completion ring in an external event loop (on
@@ -303,8 +332,16 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// futex modes): announces that the service sleeps on a full completion ring, so the app's
     /// next reap wakes it, then re-checks. Returns `true` if there is room (or the app closed)
     /// already: then do not wait. After waking, call [`disarm_room`](Self::disarm_room).
+    ///
+    /// Also wakes an app asleep on a full submission ring, as [`wait_room`](Self::wait_room)
+    /// does.
     pub fn arm_room(&mut self) -> Result<bool, QueueError> {
-        arm_room(&mut self.cq, &self.state.get().app_closed)
+        if arm_room(&mut self.cq, &self.state.get().app_closed)? {
+            return Ok(true);
+        }
+        // The announcement fenced.
+        self.sq_bell.after_fence_stuck(self.sq.released())?;
+        Ok(false)
     }
 
     /// Ends an external wait begun with [`arm_room`](Self::arm_room) (it leaves the eventfd's
@@ -378,6 +415,18 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// still reports the fd again, because every eventfd write is a new edge.
     pub fn disarm_edge_triggered(&mut self) {
         self.sq.consumer_wake().cancel_sleep();
+    }
+
+    /// Loom negative control only: [`wait_room`](Self::wait_room) that wakes an app asleep on
+    /// a full submission ring only if this side took requests since its last look (the same
+    /// code, instantiated without the look for an app that must reap first).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn wait_room_without_stuck_look_for_loom(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<(), QueueError> {
+        self.wait_room_looking::<false>(timeout)
     }
 }
 

@@ -207,3 +207,82 @@ fn a_full_submission_ring_sleeps_until_the_service_takes() {
         assert_eq!(server.join().unwrap(), 2);
     });
 }
+
+/// Both rings full: the service posts a completion of its own into a completion ring of one
+/// slot (as an answer to a deferred request would), then serves; the app has submitted two
+/// requests through a submission ring of one slot, waiting for space in between. With the
+/// completion ring full the service takes nothing more and waits for the app to reap, while
+/// the app waits for space: the service's look before its wait wakes the app, whose wait
+/// ends with `Full`, and it reaps. Futex mode, so a missed wake-up is a deadlock. Explored
+/// with at most 3 preemptions (about 15 s; 4 take four minutes). `skip_look` is the negative
+/// control.
+fn both_rings_full(skip_look: bool) {
+    model_bounded(3, move || {
+        let config = PairConfig {
+            sq_capacity: 1,
+            cq_capacity: 1,
+            ..PairConfig::default().with_mode(NotifyMode::Futex)
+        };
+        let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+        let server = thread::spawn(move || {
+            service.complete(0).unwrap();
+            service.flush().unwrap();
+            loop {
+                match service.wait_requests(None) {
+                    Ok(()) => {}
+                    Err(QueueError::PeerGone) => return,
+                    Err(e) => panic!("service: {e}"),
+                }
+                if service.serve_ready(&mut |x: u32| x + 100).unwrap() == 0 {
+                    let waited = if skip_look {
+                        service.wait_room_without_stuck_look_for_loom(None)
+                    } else {
+                        service.wait_room(None)
+                    };
+                    match waited {
+                        Ok(()) => {}
+                        Err(QueueError::PeerGone) => return,
+                        Err(e) => panic!("service: {e}"),
+                    }
+                }
+            }
+        });
+        let mut got = Vec::new();
+        app.push(1).unwrap();
+        app.submit().unwrap();
+        let mut v = 2;
+        while let Err(r) = app.push(v) {
+            assert!(matches!(r.error, QueueError::Full), "{}", r.error);
+            v = r.entry;
+            match app.wait_space(None) {
+                Ok(()) => {}
+                Err(QueueError::Full) => got.extend(app.reap().unwrap()),
+                Err(e) => panic!("app: {e}"),
+            }
+        }
+        app.submit().unwrap();
+        while got.len() < 3 {
+            got.extend(app.reap().unwrap());
+            if got.len() < 3 {
+                app.wait(None).unwrap();
+            }
+        }
+        assert_eq!(got, [0, 101, 102]);
+        drop(app);
+        server.join().unwrap();
+    });
+}
+
+#[test]
+fn both_rings_full_the_app_is_told_to_reap() {
+    both_rings_full(false);
+}
+
+/// Negative control: a service that wakes the app only after taking requests leaves an app
+/// asleep for space while it waits for the app to reap (loom reports the endless wait as too
+/// many branches).
+#[test]
+#[should_panic(expected = "maximum number of branches")]
+fn negative_control_both_rings_full_without_the_look_is_caught() {
+    both_rings_full(true);
+}

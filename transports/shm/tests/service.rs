@@ -366,3 +366,116 @@ fn deferring_frees_room_for_a_sleeping_futex_client() {
 fn deferring_frees_room_for_a_sleeping_eventfd_client() {
     deferring_frees_room_for_a_sleeping_client(NotifyMode::EventFd);
 }
+
+/// A client may defer as many requests as its rings hold. It fills its submission ring with
+/// requests the service defers, fills it again, and waits for space; then the service answers
+/// the first batch all at once, which fills the completion ring, so the server takes nothing
+/// more until the client reaps. The client's wait for space ends with `Full` (reap first),
+/// not a timeout, and everything is answered.
+fn owed_answers_that_fill_the_ring_tell_the_waiter_to_reap(sleep: ServerSleep, mode: NotifyMode) {
+    let (gate_service, gate, _seen) = Gate::new();
+    let mut config = ServerConfig::new("gate");
+    config.max_deferred = 64;
+    config.sleep = sleep;
+    let mut server = Server::with_service(config, gate_service).unwrap();
+    server.watch(gate.as_fd()).unwrap();
+    let mut client = connect(&mut server, mode);
+    let server = server.spawn().unwrap();
+    let mut x = 0u64;
+    let mut fill = |client: &mut Client<u64, u64>| loop {
+        match client.push(x) {
+            Ok(()) => x += 1,
+            Err(r) if matches!(r.error, QueueError::Full) => return r.entry,
+            Err(r) => panic!("{mode}: push {x}: {}", r.error),
+        }
+    };
+    fill(&mut client);
+    // The first ring's worth is taken (and deferred) once the server sees it.
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < LIMIT, "{mode}: the server took nothing");
+        match client.wait_space(Some(LIMIT)) {
+            Ok(()) if client.space().unwrap() == 64 => break,
+            Ok(()) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("{mode}: {e}"),
+        }
+    }
+    let mut held = fill(&mut client);
+    let opener = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            gate.write(1).unwrap();
+        })
+    };
+    let start = Instant::now();
+    match client.wait_space(Some(LIMIT)) {
+        Err(QueueError::Full) => {}
+        other => panic!("{mode}: waiting for space behind a full completion ring gave {other:?}"),
+    }
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "{mode}: the client learnt after {waited:?} that it must reap"
+    );
+    opener.join().unwrap();
+    let mut got = Vec::new();
+    let total = x + 1;
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < LIMIT,
+            "{mode}: stuck at {} answers",
+            got.len()
+        );
+        while let Some(c) = client.reap().unwrap() {
+            got.push(c);
+        }
+        match client.push(held) {
+            Ok(()) => break,
+            Err(r) => held = r.entry,
+        }
+        match client.wait_space(Some(LIMIT)) {
+            Ok(()) | Err(QueueError::Full) => {}
+            Err(e) => panic!("{mode}: {e}"),
+        }
+    }
+    client.submit().unwrap();
+    while (got.len() as u64) < total {
+        assert!(
+            start.elapsed() < LIMIT,
+            "{mode}: stuck at {} answers",
+            got.len()
+        );
+        gate.write(1).unwrap();
+        match client.wait(Some(Duration::from_millis(20))) {
+            Ok(()) | Err(QueueError::Timeout(_)) => {}
+            Err(e) => panic!("{mode}: {e}"),
+        }
+        while let Some(c) = client.reap().unwrap() {
+            got.push(c);
+        }
+    }
+    got.sort();
+    assert_eq!(got, (0..total).map(|x| 2 * x).collect::<Vec<_>>(), "{mode}");
+    drop(client);
+    server.stop().unwrap();
+}
+
+#[test]
+fn owed_answers_that_fill_the_ring_tell_the_waiter_to_reap_epoll_sleep() {
+    owed_answers_that_fill_the_ring_tell_the_waiter_to_reap(
+        ServerSleep::Epoll,
+        NotifyMode::EventFd,
+    );
+}
+
+#[test]
+fn owed_answers_that_fill_the_ring_tell_the_waiter_to_reap_futex_sleep() {
+    owed_answers_that_fill_the_ring_tell_the_waiter_to_reap(ServerSleep::Futex, NotifyMode::Futex);
+}
+
+#[test]
+fn owed_answers_that_fill_the_ring_tell_the_waiter_to_reap_spinning() {
+    owed_answers_that_fill_the_ring_tell_the_waiter_to_reap(ServerSleep::Epoll, NotifyMode::Spin);
+}

@@ -168,7 +168,14 @@ impl<S: Pod, C: Pod, K> Active<S, C, K> {
             // on its full submission ring, and a server that keeps polling never arms either.
             self.service.wake_app_for_room()?;
         }
+        let was_blocked = self.blocked;
         self.blocked = !self.pending.is_empty() || (room == 0 && taken == 0 && batch > 0);
+        if self.blocked && !was_blocked {
+            // Nothing more is taken until the client reaps: a client asleep on its full
+            // submission ring is told so (its wait for space ends with `Full`). A sleeping
+            // server's `arm_room` looks too; a server that only polls never arms.
+            self.service.wake_app_to_reap()?;
+        }
         if taken == 0 && staged == 0 && self.service.app_closed() {
             // Closed: everything it published before closing has been taken (the Acquire in
             // `app_closed` makes it visible) once the ring reads empty after seeing the flag.
