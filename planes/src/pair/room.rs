@@ -164,11 +164,11 @@ pub(super) fn wait_room<T: Pod>(
     if ring.free_for(1)? > 0 {
         return Ok(());
     }
-    if closed(peer_closed) {
-        return Err(QueueError::PeerGone);
+    if is_stuck && !closed(peer_closed) {
+        return Err(QueueError::Full);
     }
-    debug_assert!(is_stuck, "the wait ended without room, close or stuck");
-    Err(QueueError::Full)
+    // Closed (or a peer that scribbled on its closed word after setting it).
+    Err(QueueError::PeerGone)
 }
 
 /// Announces that this side is about to sleep until `ring` has room, in an external event

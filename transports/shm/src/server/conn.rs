@@ -168,12 +168,15 @@ impl<S: Pod, C: Pod, K> Active<S, C, K> {
             // on its full submission ring, and a server that keeps polling never arms either.
             self.service.wake_app_for_room()?;
         }
-        let was_blocked = self.blocked;
         self.blocked = !self.pending.is_empty() || (room == 0 && taken == 0 && batch > 0);
-        if self.blocked && !was_blocked {
+        if self.blocked {
             // Nothing more is taken until the client reaps: a client asleep on its full
-            // submission ring is told so (its wait for space ends with `Full`). A sleeping
-            // server's `arm_room` looks too; a server that only polls never arms.
+            // submission ring is told so (its wait for space ends with `Full`). At every such
+            // turn, not only the first: answers published after the last look (the service's
+            // poll) may have filled the ring again after the client reaped and went back to
+            // sleep. A sleeping server's `arm_room` looks too; a server that only polls, or
+            // keeps polling for its other clients, never arms. One fence and one load, only
+            // while the client's completion ring is full.
             self.service.wake_app_to_reap()?;
         }
         if taken == 0 && staged == 0 && self.service.app_closed() {
