@@ -297,6 +297,23 @@ fn section<T: Entry>(
     Ok(())
 }
 
+/// One measurement each of the 8-byte, one-at-a-time stream through subring's indexed ring,
+/// its stamped ring and rtrb, in that order (entries per second): what
+/// `bench/examples/spsc_single.rs` alternates to compare the three within one placement.
+pub fn single_entry_rates(entries: u64) -> Result<[(&'static str, f64); 3], String> {
+    Ok([
+        (
+            "indexed",
+            measure::<[u64; 1], Subring<Indexed>>(entries, false)?,
+        ),
+        (
+            "stamped",
+            measure::<[u64; 1], Subring<Stamped>>(entries, false)?,
+        ),
+        ("rtrb", measure::<[u64; 1], Rtrb>(entries, false)?),
+    ])
+}
+
 /// Runs the four SPSC sections into `report`.
 pub fn run(
     cfg: &SpscConfig,
