@@ -53,7 +53,12 @@ pub(crate) fn wait_space<T: Transport>() {
             // The subsystem's completion ring may still be filling: it is backed up once a
             // wait for space times out or says only reaping can help.
             let deadline = Instant::now() + SCENARIO_LIMIT;
-            while q.wait_space(Some(SHORT)).is_ok() {
+            loop {
+                match q.wait_space(Some(SHORT)) {
+                    Ok(()) => {}
+                    Err(QueueError::Timeout(_) | QueueError::Full) => break,
+                    Err(e) => panic!("{what}: waiting for space to back up: {e}"),
+                }
                 assert!(
                     Instant::now() < deadline,
                     "{what}: the subsystem never backed up"

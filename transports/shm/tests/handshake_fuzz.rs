@@ -301,6 +301,10 @@ fn conversation() -> impl Strategy<Value = Conversation> {
 #[test]
 fn generated_conversations_do_not_hurt_the_server() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // What is open before the server and its honest client: the count to be back at before the
+    // next test (serialised with this one) takes its own, so that a descriptor of theirs that
+    // closes late (a client's watcher thread ends on its own) is not counted there.
+    let baseline = open_fds();
     let (server, path) = echo_server("fuzz-server");
     let honest = std::cell::RefCell::new(connect_retry(&path, &options(NotifyMode::EventFd), WAIT));
     echo_many(&mut honest.borrow_mut(), 8, 2, 64);
@@ -355,6 +359,7 @@ fn generated_conversations_do_not_hurt_the_server() {
     assert_eq!(live, 1);
     drop(honest);
     server.stop().unwrap();
+    fds_back_to(baseline, "after the server and its honest client are gone");
 }
 
 /// What a hostile server might send a connecting client.
