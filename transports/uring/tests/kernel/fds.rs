@@ -3,21 +3,13 @@
 
 use super::*;
 
-/// The inode `fd` refers to now, if it is open.
-fn inode(fd: RawFd) -> Option<u64> {
-    // SAFETY: `stat` is plain old data; `fstat` writes it and only reads the number `fd`.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above: an fstat of a number that may be closed is answered with EBADF.
-    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
-}
-
 /// Dropping the caller's last handle while a read waits does not close the descriptor under
 /// the kernel: the operation holds it, and it is closed when the completion is reaped.
 #[test]
 fn an_operation_holds_its_descriptor_until_it_completes() {
     let (rx, tx) = pipe();
     let number = rx.as_raw_fd();
-    let pipe_inode = inode(number).unwrap();
+    let pipe_file = identity(number).unwrap();
     let rx = Arc::new(rx);
     let mut ring = Uring::builder().build().unwrap();
     ring.push(sub(
@@ -32,8 +24,8 @@ fn an_operation_holds_its_descriptor_until_it_completes() {
     ring.submit().unwrap();
     drop(rx);
     assert_eq!(
-        inode(number),
-        Some(pipe_inode),
+        identity(number),
+        Some(pipe_file),
         "the read in flight still holds the pipe open"
     );
     nix::unistd::write(&tx, b"late").unwrap();
@@ -42,8 +34,8 @@ fn an_operation_holds_its_descriptor_until_it_completes() {
     assert_eq!(*done.result.as_ref().unwrap(), 4);
     assert_eq!(buf(&done.output), b"late");
     assert_ne!(
-        inode(number),
-        Some(pipe_inode),
+        identity(number),
+        Some(pipe_file),
         "closed with the completion"
     );
 }
@@ -70,12 +62,12 @@ fn a_close_closes_once() {
     }
     // The number is free now: a new file (probably) takes it before the completion is reaped.
     let reuse = std::fs::File::open("/dev/zero").unwrap();
-    let reuse_inode = inode(reuse.as_raw_fd()).unwrap();
+    let reuse_file = identity(reuse.as_raw_fd()).unwrap();
     let done = ring.reap().unwrap().unwrap();
     assert!(done.result.is_ok(), "{done:?}");
     assert_eq!(
-        inode(reuse.as_raw_fd()),
-        Some(reuse_inode),
+        identity(reuse.as_raw_fd()),
+        Some(reuse_file),
         "reaping the close closed descriptor {} again (the new file had {})",
         number,
         reuse.as_raw_fd()
@@ -89,7 +81,7 @@ fn a_cancelled_close_closes_the_descriptor_when_reaped() {
     let mut ring = Uring::builder().build().unwrap();
     let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
     let file = std::fs::File::open("/dev/null").unwrap();
-    let (number, file_inode) = (file.as_raw_fd(), inode(file.as_raw_fd()).unwrap());
+    let (number, file_id) = (file.as_raw_fd(), identity(file.as_raw_fd()).unwrap());
     let done = run(
         &mut ring,
         vec![
@@ -118,7 +110,7 @@ fn a_cancelled_close_closes_the_descriptor_when_reaped() {
         Some(libc::ECANCELED),
         "{e}"
     );
-    assert_ne!(inode(number), Some(file_inode), "the descriptor leaked");
+    assert_ne!(identity(number), Some(file_id), "the descriptor leaked");
 }
 
 /// `accept` and `openat` hand their new descriptor back owned: dropped unread, it is closed.
@@ -139,11 +131,15 @@ fn new_descriptors_come_back_owned() {
         )],
     );
     let number = *done[0].result.as_ref().unwrap() as RawFd;
-    let opened = inode(number).unwrap();
+    let opened = identity(number).unwrap();
     match &done[0].output {
         Output::Fd(fd) => assert_eq!(fd.as_raw_fd(), number),
         other => panic!("{other:?}"),
     }
     drop(done);
-    assert_ne!(inode(number), Some(opened), "dropping the output closes it");
+    assert_ne!(
+        identity(number),
+        Some(opened),
+        "dropping the output closes it"
+    );
 }

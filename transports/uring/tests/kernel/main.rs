@@ -110,6 +110,14 @@ fn buf(out: &Output) -> &[u8] {
     }
 }
 
+/// The file a descriptor number names now (device and inode), if it is open.
+fn identity(fd: RawFd) -> Option<(u64, u64)> {
+    // SAFETY: `stat` is plain old data; `fstat` writes it and only reads the number `fd`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: an fstat of a number that may be closed is answered with EBADF.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
 fn pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap()
 }
