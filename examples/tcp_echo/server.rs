@@ -123,6 +123,13 @@ struct Conn {
     closing: bool,
 }
 
+impl Conn {
+    /// The chunks it holds: queued, and the one being sent.
+    fn held(&self) -> usize {
+        self.queue.len() + usize::from(self.sending)
+    }
+}
+
 /// Received bytes: a buffer of the ring, or memory of the connection's own.
 enum Chunk {
     Ring(Buf),
@@ -400,8 +407,7 @@ impl Server {
                     }
                     _ => {}
                 }
-                let held = conn.queue.len() + usize::from(conn.sending);
-                if !conn.demoted && held >= self.cfg.per_conn {
+                if !conn.demoted && conn.held() >= self.cfg.per_conn {
                     conn.demoted = true;
                     self.stats.demoted += 1;
                 }
@@ -545,11 +551,8 @@ impl Server {
                 conn.cancelled = true;
                 self.cancel(token)?;
             }
-        } else if !conn.closing && !conn.starved {
-            let held = conn.queue.len() + usize::from(conn.sending);
-            if !conn.demoted || held < per_conn {
-                self.arm_recv(slot)?;
-            }
+        } else if !conn.closing && !conn.starved && (!conn.demoted || conn.held() < per_conn) {
+            self.arm_recv(slot)?;
         }
         Ok(())
     }
