@@ -524,7 +524,8 @@ fn a_client_killed_with_reads_in_flight_leaves_the_service_healthy() {
         assert_eq!(stats.regions_registered, stats.regions_unregistered);
         assert_eq!(mapped_client_memfds(), 0, "the client's memory is unmapped");
         let start = Instant::now();
-        while open_fds() != fds {
+        // No more than before (fewer: an earlier test's descriptor closed late).
+        while open_fds() > fds {
             assert!(
                 start.elapsed() < LIMIT,
                 "descriptors of the client were left open"

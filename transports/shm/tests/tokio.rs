@@ -101,7 +101,8 @@ fn a_dropped_wait_loses_nothing_and_leaks_nothing() {
             drop(client.client().reclaim(answer.buf).unwrap());
         }
         assert_eq!(client.client().pool().free_count(), free, "buffers lost");
-        assert_eq!(open_fds(), fds, "descriptors leaked");
+        // No more than before (fewer: an earlier test's descriptor closed late).
+        assert!(open_fds() <= fds, "descriptors leaked");
     });
     server.stop().unwrap();
 }
@@ -245,7 +246,8 @@ mod streams {
                     .unwrap();
                 assert_eq!(line, format!("LINE {round}\n"));
             }
-            assert_eq!(open_fds(), fds, "descriptors leaked");
+            // No more than before (fewer: an earlier test's descriptor closed late).
+            assert!(open_fds() <= fds, "descriptors leaked");
         });
         server.stop().unwrap();
     }
