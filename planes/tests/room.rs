@@ -183,3 +183,34 @@ fn wait_space_ends_with_full_when_only_reaping_can_make_room() {
         server.join().unwrap().unwrap();
     }
 }
+
+/// A service that staged completions into a ring they fill, and arms for room in an external
+/// event loop without flushing, has them published by the arm: the app can reap them, and its
+/// reap is what wakes the service.
+#[test]
+fn arming_for_room_publishes_what_is_staged() {
+    for mode in SLEEPING_MODES {
+        let config = PairConfig {
+            sq_capacity: 2,
+            cq_capacity: 2,
+            ..PairConfig::default().with_mode(mode)
+        };
+        let (mut app, mut service) = in_process::<u64, u64>(&config).unwrap();
+        service.complete(1).unwrap();
+        service.complete(2).unwrap();
+        assert!(
+            service.complete(3).is_err(),
+            "{mode}: two completions fill the ring"
+        );
+        assert!(!service.arm_room().unwrap(), "{mode}: no room yet");
+        assert_eq!(
+            app.reap().unwrap(),
+            Some(1),
+            "{mode}: staged, not published"
+        );
+        assert_eq!(app.reap().unwrap(), Some(2), "{mode}");
+        service.disarm_room();
+        assert!(service.arm_room().unwrap(), "{mode}: room after the reap");
+        service.disarm_room();
+    }
+}

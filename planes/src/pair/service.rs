@@ -333,9 +333,11 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// next reap wakes it, then re-checks. Returns `true` if there is room (or the app closed)
     /// already: then do not wait. After waking, call [`disarm_room`](Self::disarm_room).
     ///
-    /// Also wakes an app asleep on a full submission ring, as [`wait_room`](Self::wait_room)
-    /// does.
+    /// Publishes staged completions first, as [`wait_room`](Self::wait_room) does (the app
+    /// cannot reap what it cannot see, and its reaping is what ends this wait), and wakes an
+    /// app asleep on a full submission ring, as `wait_room` does.
     pub fn arm_room(&mut self) -> Result<bool, QueueError> {
+        self.flush()?;
         if arm_room(&mut self.cq, &self.state.get().app_closed)? {
             return Ok(true);
         }
