@@ -17,6 +17,10 @@ pub struct ServiceSide<S, C> {
     event_idx: bool,
     /// The completion ring's index at the last notification of the app.
     cq_notified: u32,
+    /// The completion ring's published index at the last [`wake_app_to_reap`] look.
+    ///
+    /// [`wake_app_to_reap`]: Self::wake_app_to_reap
+    stuck_looked: u32,
     state: StateRef,
     _header: Claim,
 }
@@ -74,6 +78,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
             kick_fd: signals.kick,
             event_idx,
             cq_notified: cq.published(),
+            stuck_looked: cq.published(),
             sq,
             cq,
             state,
@@ -322,8 +327,17 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// [`arm_room`](Self::arm_room), both of which do this): wakes an app asleep on a full
     /// submission ring, with a fenced look at its wake word, so that its wait for space ends
     /// with [`QueueError::Full`] and it reaps. Publish (flush) before calling this.
+    ///
+    /// Call it at every such turn: it looks only if completions were published since its last
+    /// look (the ring can only have filled again by a publication, and an app that went to
+    /// sleep after the last look saw the ring full then), so an app that keeps announcing
+    /// sleep without reaping costs at most one wake-up per publication, not one per turn.
     pub fn wake_app_to_reap(&mut self) -> Result<(), QueueError> {
-        self.sq_bell.before_wait_stuck(self.sq.released())?;
+        let published = self.cq.published();
+        if published != self.stuck_looked {
+            self.stuck_looked = published;
+            self.sq_bell.before_wait_stuck(self.sq.released())?;
+        }
         Ok(())
     }
 

@@ -175,8 +175,9 @@ impl<S: Pod, C: Pod, K> Active<S, C, K> {
             // turn, not only the first: answers published after the last look (the service's
             // poll) may have filled the ring again after the client reaped and went back to
             // sleep. A sleeping server's `arm_room` looks too; a server that only polls, or
-            // keeps polling for its other clients, never arms. One fence and one load, only
-            // while the client's completion ring is full.
+            // keeps polling for its other clients, never arms. A fence and a load once per
+            // publication while the client's completion ring is full (a client that rewrites
+            // its wake word without reaping gets one wake-up per publication, not per turn).
             self.service.wake_app_to_reap()?;
         }
         if taken == 0 && staged == 0 && self.service.app_closed() {
