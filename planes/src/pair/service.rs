@@ -17,10 +17,10 @@ pub struct ServiceSide<S, C> {
     event_idx: bool,
     /// The completion ring's index at the last notification of the app.
     cq_notified: u32,
-    /// The completion ring's published index at the last [`wake_app_to_reap`] look.
+    /// Completions were published since the last [`wake_app_to_reap`] look.
     ///
     /// [`wake_app_to_reap`]: Self::wake_app_to_reap
-    stuck_looked: u32,
+    published_unlooked: bool,
     state: StateRef,
     _header: Claim,
 }
@@ -78,7 +78,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
             kick_fd: signals.kick,
             event_idx,
             cq_notified: cq.published(),
-            stuck_looked: cq.published(),
+            published_unlooked: false,
             sq,
             cq,
             state,
@@ -187,6 +187,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// sleeps, and (with event-idx suppression) only if it sleeps until one of them.
     #[inline(always)]
     fn notify_app(&mut self) -> Result<(), QueueError> {
+        self.published_unlooked = true;
         let published = self.cq.published();
         self.call.notify_published(self.cq_notified, published)?;
         self.cq_notified = published;
@@ -324,18 +325,18 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
 
     /// After finding the completion ring too full to take the requests that wait (a service
     /// that polls and does not sleep in [`wait_room`](Self::wait_room) or arm with
-    /// [`arm_room`](Self::arm_room), both of which do this): wakes an app asleep on a full
+    /// [`arm_room`](Self::arm_room), which look every time): wakes an app asleep on a full
     /// submission ring, with a fenced look at its wake word, so that its wait for space ends
     /// with [`QueueError::Full`] and it reaps. Publish (flush) before calling this.
     ///
     /// Call it at every such turn: it looks only if completions were published since its last
-    /// look (the ring can only have filled again by a publication, and an app that went to
-    /// sleep after the last look saw the ring full then), so an app that keeps announcing
-    /// sleep without reaping costs at most one wake-up per publication, not one per turn.
+    /// look. An app that announced sleep before that look is woken by it; one that announces
+    /// sleep after it sees the ring as the look left it, full (its wait ends with `Full`), or,
+    /// if it reaped some, with room that only a publication can fill again, and a publication
+    /// makes the next call look. So an app that keeps announcing sleep without reaping costs
+    /// at most one wake-up per publication, not one per turn.
     pub fn wake_app_to_reap(&mut self) -> Result<(), QueueError> {
-        let published = self.cq.published();
-        if published != self.stuck_looked {
-            self.stuck_looked = published;
+        if std::mem::take(&mut self.published_unlooked) {
             self.sq_bell.before_wait_stuck(self.sq.released())?;
         }
         Ok(())
