@@ -286,3 +286,72 @@ fn both_rings_full_the_app_is_told_to_reap() {
 fn negative_control_both_rings_full_without_the_look_is_caught() {
     both_rings_full(true);
 }
+
+/// [`both_rings_full`] with a service that polls instead of sleeping (as a server turned by
+/// `Server::poll`, or one that keeps polling for other clients): when the completion ring is
+/// too full to serve, it calls `wake_app_to_reap` (which looks only after a publication) and
+/// polls again. Explored with at most 2 preemptions (a polling loop multiplies the
+/// interleavings). `skip_look` is the negative control: a polling service that never looks
+/// leaves the app asleep for space.
+fn both_rings_full_polled(skip_look: bool) {
+    model_bounded(2, move || {
+        let config = PairConfig {
+            sq_capacity: 1,
+            cq_capacity: 1,
+            ..PairConfig::default().with_mode(NotifyMode::Futex)
+        };
+        let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+        let server = thread::spawn(move || {
+            service.complete(0).unwrap();
+            service.flush().unwrap();
+            loop {
+                if service.serve_ready(&mut |x: u32| x + 100).unwrap() > 0 {
+                    continue;
+                }
+                if service.app_closed() && !service.requests_ready().unwrap() {
+                    return;
+                }
+                if !skip_look {
+                    service.wake_app_to_reap().unwrap();
+                }
+                thread::yield_now();
+            }
+        });
+        let mut got = Vec::new();
+        app.push(1).unwrap();
+        app.submit().unwrap();
+        let mut v = 2;
+        while let Err(r) = app.push(v) {
+            assert!(matches!(r.error, QueueError::Full), "{}", r.error);
+            v = r.entry;
+            match app.wait_space(None) {
+                Ok(()) => {}
+                Err(QueueError::Full) => got.extend(app.reap().unwrap()),
+                Err(e) => panic!("app: {e}"),
+            }
+        }
+        app.submit().unwrap();
+        while got.len() < 3 {
+            got.extend(app.reap().unwrap());
+            if got.len() < 3 {
+                app.wait(None).unwrap();
+            }
+        }
+        assert_eq!(got, [0, 101, 102]);
+        drop(app);
+        server.join().unwrap();
+    });
+}
+
+#[test]
+fn both_rings_full_a_polling_service_tells_the_app_to_reap() {
+    both_rings_full_polled(false);
+}
+
+/// Negative control: a polling service that never looks for an app asleep for space (loom
+/// reports the app's endless wait beside the service's polling as too many branches).
+#[test]
+#[should_panic(expected = "maximum number of branches")]
+fn negative_control_both_rings_full_polled_without_the_look_is_caught() {
+    both_rings_full_polled(true);
+}
