@@ -223,7 +223,7 @@ fn both_rings_full(skip_look: bool) {
             cq_capacity: 1,
             ..PairConfig::default().with_mode(NotifyMode::Futex)
         };
-        let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+        let (app, mut service) = in_process::<u32, u32>(&config).unwrap();
         let server = thread::spawn(move || {
             service.complete(0).unwrap();
             service.flush().unwrap();
@@ -247,30 +247,36 @@ fn both_rings_full(skip_look: bool) {
                 }
             }
         });
-        let mut got = Vec::new();
-        app.push(1).unwrap();
-        app.submit().unwrap();
-        let mut v = 2;
-        while let Err(r) = app.push(v) {
-            assert!(matches!(r.error, QueueError::Full), "{}", r.error);
-            v = r.entry;
-            match app.wait_space(None) {
-                Ok(()) => {}
-                Err(QueueError::Full) => got.extend(app.reap().unwrap()),
-                Err(e) => panic!("app: {e}"),
-            }
-        }
-        app.submit().unwrap();
-        while got.len() < 3 {
-            got.extend(app.reap().unwrap());
-            if got.len() < 3 {
-                app.wait(None).unwrap();
-            }
-        }
-        assert_eq!(got, [0, 101, 102]);
-        drop(app);
+        both_rings_full_app(app);
         server.join().unwrap();
     });
+}
+
+/// The app's side of the both-rings-full models: submits two requests through its ring of one
+/// slot, reaping whenever its wait for space says `Full`, then reaps until it has the
+/// service's own completion and both answers, and closes.
+fn both_rings_full_app(mut app: AppSide<u32, u32>) {
+    let mut got = Vec::new();
+    app.push(1).unwrap();
+    app.submit().unwrap();
+    let mut v = 2;
+    while let Err(r) = app.push(v) {
+        assert!(matches!(r.error, QueueError::Full), "{}", r.error);
+        v = r.entry;
+        match app.wait_space(None) {
+            Ok(()) => {}
+            Err(QueueError::Full) => got.extend(app.reap().unwrap()),
+            Err(e) => panic!("app: {e}"),
+        }
+    }
+    app.submit().unwrap();
+    while got.len() < 3 {
+        got.extend(app.reap().unwrap());
+        if got.len() < 3 {
+            app.wait(None).unwrap();
+        }
+    }
+    assert_eq!(got, [0, 101, 102]);
 }
 
 #[test]
@@ -300,7 +306,7 @@ fn both_rings_full_polled(skip_look: bool) {
             cq_capacity: 1,
             ..PairConfig::default().with_mode(NotifyMode::Futex)
         };
-        let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
+        let (app, mut service) = in_process::<u32, u32>(&config).unwrap();
         let server = thread::spawn(move || {
             service.complete(0).unwrap();
             service.flush().unwrap();
@@ -317,28 +323,7 @@ fn both_rings_full_polled(skip_look: bool) {
                 thread::yield_now();
             }
         });
-        let mut got = Vec::new();
-        app.push(1).unwrap();
-        app.submit().unwrap();
-        let mut v = 2;
-        while let Err(r) = app.push(v) {
-            assert!(matches!(r.error, QueueError::Full), "{}", r.error);
-            v = r.entry;
-            match app.wait_space(None) {
-                Ok(()) => {}
-                Err(QueueError::Full) => got.extend(app.reap().unwrap()),
-                Err(e) => panic!("app: {e}"),
-            }
-        }
-        app.submit().unwrap();
-        while got.len() < 3 {
-            got.extend(app.reap().unwrap());
-            if got.len() < 3 {
-                app.wait(None).unwrap();
-            }
-        }
-        assert_eq!(got, [0, 101, 102]);
-        drop(app);
+        both_rings_full_app(app);
         server.join().unwrap();
     });
 }
