@@ -16,7 +16,12 @@
 //!
 //! With the argument `touch`, each request is instead a 4 KiB payload the client writes into
 //! one of its shared buffers and the server word-sums in place (`TOUCH`), as the bench's
-//! zero-copy stream does: the per-payload instructions of that row.
+//! zero-copy stream does: the per-payload instructions of that row, one at a time. With
+//! `stream`, the client drives the same payloads as the bench's zero-copy stream does: up to
+//! 64 in flight, lent through a `Lender`, a submit every 16, the answers reaped in batches and
+//! their buffers taken back (the server's turns run between the client's pushes and reaps);
+//! 100,000 payloads, so the total divided by 10^5 is the instructions per payload and the
+//! client's share is the total less `Server::poll`'s.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -27,6 +32,8 @@ use subring_shm::{Client, ClientOptions, NotifyMode, Server, ServerConfig};
 
 const N: u64 = 1_000_000;
 const PAYLOAD: usize = 4096;
+/// Payloads in flight in `stream` mode (the bench's zero-copy stream's window).
+const IN_FLIGHT: usize = 64;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (server_end, client_end) = subring_shm::socket_pair()?;
@@ -45,19 +52,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(server)
     });
-    let touch = match std::env::args().nth(1).as_deref() {
-        None => false,
-        Some("touch") => true,
-        Some(other) => return Err(format!("usage: rt_ops [touch], not {other:?}").into()),
+    let (touch, stream) = match std::env::args().nth(1).as_deref() {
+        None => (false, false),
+        Some("touch") => (true, false),
+        Some("stream") => (true, true),
+        Some(other) => return Err(format!("usage: rt_ops [touch | stream], not {other:?}").into()),
     };
     let options = ClientOptions::new(ECHO_PROTOCOL)
         .mode(NotifyMode::Spin)
-        .buffers(PAYLOAD as u32, 4);
+        .buffers(PAYLOAD as u32, IN_FLIGHT as u32);
     let mut client: Client<EchoReq, EchoResp> = Client::from_socket(client_end, &options)?;
     let mut server = serving.join().map_err(|_| "server thread panicked")??;
     let source: Vec<u8> = (0..PAYLOAD).map(|i| (i * 7) as u8).collect();
     let expect = echo::word_sum(&source);
     let trips = if touch { N / 10 } else { N };
+    if stream {
+        let turn = || server.poll().map(drop);
+        return stream_payloads(&mut client, turn, &source, expect, trips as usize);
+    }
     for seq in 1..=trips {
         let mut req = EchoReq {
             seq,
@@ -82,6 +94,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 return Err(format!("server summed {}, expected {expect}", r.value).into());
             }
             drop(client.reclaim(r.buf)?);
+        }
+    }
+    Ok(())
+}
+
+/// The bench's zero-copy stream loop (`subring_throughput` in bench/src/ipc.rs), with a server
+/// turn wherever the client would otherwise wait: `count` payloads.
+fn stream_payloads(
+    client: &mut Client<EchoReq, EchoResp>,
+    mut turn: impl FnMut() -> Result<(), subring_shm::Error>,
+    source: &[u8],
+    expect: u64,
+    count: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (mut sent, mut done) = (0usize, 0usize);
+    let mut out = Vec::with_capacity(IN_FLIGHT);
+    let mut lender = client.lender();
+    while done < count {
+        let mut pushed = 0;
+        while sent < count && sent - done < IN_FLIGHT {
+            let req = EchoReq {
+                seq: sent as u64,
+                op: EchoOp::TOUCH,
+                reserved: 0,
+                buf: lender.lend_copy(source).ok_or("no free buffer")?,
+            };
+            client.push(black_box(req)).map_err(|r| r.error)?;
+            sent += 1;
+            pushed += 1;
+            if pushed % 16 == 0 {
+                client.submit()?;
+                turn()?;
+            }
+        }
+        client.submit()?;
+        turn()?;
+        out.clear();
+        if client.reap_into(&mut out, IN_FLIGHT)? == 0 {
+            return Err("no answers after a server turn".into());
+        }
+        for r in &out {
+            if r.status != EchoStatus::OK || r.value != expect {
+                return Err(format!("server read {r:?}, expected sum {expect}").into());
+            }
+            lender.take_back(r.buf)?;
+            done += 1;
         }
     }
     Ok(())

@@ -13,7 +13,9 @@
 //!   ([`crate::asyncrt`]): subring's `AsyncClient` against a tokio `UnixStream`;
 //! - 4 KiB payload throughput: the client writes each payload into a shared buffer and the server
 //!   reads it in place (`TOUCH`: every byte read once), against a Unix socket and a raw
-//!   shared-memory ring of 64 x 4 KiB slots (copy in, copy out).
+//!   shared-memory ring of 64 x 4 KiB slots (copy in, copy out). The client lends its buffers
+//!   through a [`Lender`](subring_planes::data::Lender), the streaming path; a second row makes
+//!   an owned `Buf` per payload instead (what that path costs).
 //!
 //! Each repetition is labelled near/far by a cache-line ping-pong probe before and after it.
 //! Client-side system calls per round trip come from subring's counters.
@@ -180,10 +182,20 @@ pub fn subring_rt(
 /// Payloads in flight at once: as many as the raw ring it is compared with has slots.
 const IN_FLIGHT: usize = 64;
 
+/// How the zero-copy client gets its buffers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Loans {
+    /// A [`Lender`](subring_planes::data::Lender): `lend_copy` and `take_back`, the streaming
+    /// path (no `Buf`, no read-modify-write per payload on the way out).
+    Lender,
+    /// An owned `Buf` per payload: `alloc`, `fill_from`, `lend`, then `reclaim` and drop.
+    Bufs,
+}
+
 /// Bytes per second: 4 KiB payloads written by the client into shared buffers, read in place
 /// by the server, streamed with up to [`IN_FLIGHT`] in flight (the client refills buffers as
 /// completions return them and waits only when all are out).
-fn subring_throughput(total: usize) -> Result<f64, String> {
+fn subring_throughput(total: usize, loans: Loans) -> Result<f64, String> {
     let _pin = AffinityGuard::pin(0)?;
     let (child, client_end) = fork_server(1, ServerSleep::Epoll)?;
     let mut client = connect(client_end, NotifyMode::Adaptive, IN_FLIGHT as u32)?;
@@ -192,17 +204,24 @@ fn subring_throughput(total: usize) -> Result<f64, String> {
     let count = total / PAYLOAD;
     let (mut sent, mut done) = (0usize, 0usize);
     let mut out = Vec::with_capacity(IN_FLIGHT);
+    let mut lender = client.lender();
     let start = Instant::now();
     while done < count {
         let mut pushed = 0;
         while sent < count && sent - done < IN_FLIGHT {
-            let mut buf = client.alloc().ok_or("no free buffer")?;
-            buf.fill_from(&source);
+            let buf = match loans {
+                Loans::Lender => lender.lend_copy(&source).ok_or("no free buffer")?,
+                Loans::Bufs => {
+                    let mut buf = client.alloc().ok_or("no free buffer")?;
+                    buf.fill_from(&source);
+                    buf.lend()
+                }
+            };
             let req = EchoReq {
                 seq: sent as u64,
                 op: EchoOp::TOUCH,
                 reserved: 0,
-                buf: buf.lend(),
+                buf,
             };
             client.push(req).map_err(|r| r.error.to_string())?;
             sent += 1;
@@ -230,11 +249,15 @@ fn subring_throughput(total: usize) -> Result<f64, String> {
             if r.status != EchoStatus::OK || r.value != expect {
                 return Err(format!("server read {r:?}, expected sum {expect}"));
             }
-            drop(client.reclaim(r.buf).map_err(|e| e.to_string())?);
+            match loans {
+                Loans::Lender => lender.take_back(r.buf).map_err(|e| e.to_string())?,
+                Loans::Bufs => drop(client.reclaim(r.buf).map_err(|e| e.to_string())?),
+            }
             done += 1;
         }
     }
     let rate = (count * PAYLOAD) as f64 / start.elapsed().as_secs_f64();
+    drop(lender);
     drop(client);
     child.reap(Duration::from_secs(5))?;
     Ok(rate)
@@ -248,7 +271,7 @@ pub const SHARED: &str = "ipc round trip, 1 shared core";
 pub const PAYLOADS: &str = "4 KiB payloads, client to server";
 
 /// Measurements per repetition (for progress).
-const STEPS_PER_REP: u64 = 27;
+const STEPS_PER_REP: u64 = 28;
 
 /// Runs the round-trip and payload sections into `report`.
 pub fn run(
@@ -335,7 +358,14 @@ pub fn run(
             rep,
             "subring zero-copy",
             Unit::BytesPerSec,
-            subring_throughput(cfg.bytes)?,
+            subring_throughput(cfg.bytes, Loans::Lender)?,
+        );
+        progress.step("subring zero-copy, a Buf each");
+        tput.rate(
+            rep,
+            "subring zero-copy, a Buf each",
+            Unit::BytesPerSec,
+            subring_throughput(cfg.bytes, Loans::Bufs)?,
         );
         progress.step("raw shm ring 64x4K");
         let raw = peers::shm_ring_throughput(cfg.bytes, PAYLOAD, 64, Placement::Split)?;
@@ -384,6 +414,7 @@ pub fn run(
         "subring zero-copy",
         Some(">= 1.1"),
     );
+    tput.compare("subring zero-copy, a Buf each", "subring zero-copy", None);
     split.finish(report);
     shared.finish(report);
     tput.finish(report);

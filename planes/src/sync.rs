@@ -100,6 +100,7 @@ mod imp {
             }
         };
     }
+    atomic_int!(AtomicU8, u8);
     atomic_int!(AtomicU32, u32);
     atomic_int!(AtomicU64, u64);
 
@@ -123,7 +124,7 @@ mod imp {
 mod imp {
     pub use loom::cell::UnsafeCell;
     pub use loom::hint::spin_loop;
-    pub use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+    pub use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
     pub use loom::sync::{Condvar, Mutex};
     pub use loom::thread;
 

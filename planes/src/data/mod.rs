@@ -12,7 +12,7 @@ mod volatile;
 
 pub use volatile::SharedBytes;
 
-pub use pool::{Buf, BufferPool, PoolError, PoolLayout};
+pub use pool::{Buf, BufferPool, Lender, PoolError, PoolLayout};
 pub use region::{
     Backing, Claim, ClaimKind, Region, RegionError, RegionOptions, HUGE_PAGE_SIZE, MAX_REGION_LEN,
 };

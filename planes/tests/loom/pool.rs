@@ -1,4 +1,4 @@
-//! The buffer pool's free and lent bitmaps.
+//! The buffer pool's free bitmap, lent flags and lenders.
 
 use super::*;
 
@@ -56,12 +56,12 @@ fn negative_control_relaxed_pool_is_caught() {
     pool_exclusive::<true>();
 }
 
-/// The pool's lent bitmap: a buffer is lent (its handle goes to the peer), and the peer returns
+/// The pool's lent flags: a buffer is lent (its handle goes to the peer), and the peer returns
 /// the handle twice (a buggy or hostile peer), the two copies taken by two threads of the
 /// lender, each calling `reclaim`. Exactly one gets the buffer back; the other is told it is
 /// not lent. The winner writes a loom cell the buffer owns (after the lender's write before
 /// lending), so two winners at once, or a winner not ordered after the lender, is reported.
-/// `SPLIT` (the negative control) reclaims with a load and a store instead of one
+/// `SPLIT` (the negative control) reclaims with a load and a store of the flag instead of one
 /// read-modify-write.
 fn pool_reclaim_exclusive<const SPLIT: bool>() {
     model(move || {
@@ -112,10 +112,81 @@ fn pool_reclaims_a_lent_buffer_once() {
     pool_reclaim_exclusive::<false>();
 }
 
-/// Negative control: `reclaim` that tests the lent bit with a load and clears it with a store
+/// Negative control: `reclaim` that tests the lent flag with a load and clears it with a store
 /// lets both threads win the same buffer; their writes to its cell race.
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn negative_control_split_reclaim_is_caught() {
     pool_reclaim_exclusive::<true>();
+}
+
+/// A lender's loan: one thread writes a buffer and lends it ([`Lender::lend_with`]: the lent
+/// flag is a plain Release store, not a read-modify-write), another takes it back
+/// ([`Lender::take_back`], a `swap`) once a Relaxed word says it was sent, and writes the buffer.
+/// The word stands for the ring without its ordering (the taker knows the handle), so only the
+/// flag orders the two: a taker not ordered after the lender's write is reported.
+/// `RELAXED` (the negative control) stores the flag Relaxed.
+fn lender_loan<const RELAXED: bool>() {
+    model(move || {
+        let region = Arc::new(Region::anonymous(4096, RegionOptions::new()).unwrap());
+        let pool = BufferPool::new(region.clone(), 0, 64, 1).unwrap();
+        let owner = Arc::new(UnsafeCell::new(0u32));
+        let sent = Arc::new(loom::sync::atomic::AtomicU32::new(0));
+        let lending = {
+            let (pool, owner, sent) = (pool.clone(), owner.clone(), sent.clone());
+            thread::spawn(move || {
+                let mut lender = pool.lender();
+                let fill = |_: subring_planes::data::SharedBytes<'_>| {
+                    // SAFETY: the cell is the buffer's, and this thread owns the buffer.
+                    owner.with_mut(|o| unsafe { *o = 1 });
+                    0
+                };
+                let lent = if RELAXED {
+                    lender.lend_relaxed_for_loom(fill)
+                } else {
+                    lender.lend_with(fill)
+                };
+                assert!(lent.is_some(), "the pool's one buffer");
+                sent.store(1, Ordering::Relaxed);
+            })
+        };
+        let taking = {
+            let (pool, owner) = (pool.clone(), owner.clone());
+            thread::spawn(move || {
+                let mut lender = pool.lender();
+                let handle = subring_planes::data::BufHandle {
+                    offset: 0,
+                    len: 0,
+                    region: region.id(),
+                };
+                while sent.load(Ordering::Relaxed) == 0 {
+                    thread::yield_now();
+                }
+                // A read-modify-write reads the flag's latest value: lent, whatever the order.
+                lender.take_back(handle).expect("sent, so lent");
+                // SAFETY: the cell is the buffer's, and we own the buffer (taken back).
+                owner.with_mut(|o| unsafe { *o = 2 });
+            })
+        };
+        lending.join().unwrap();
+        taking.join().unwrap();
+        assert_eq!(
+            pool.free_count(),
+            1,
+            "the taker's dropped lender gave it back"
+        );
+    });
+}
+
+#[test]
+fn lender_loan_orders_the_taker_after_the_lender() {
+    lender_loan::<false>();
+}
+
+/// Negative control: a lent flag stored Relaxed lets the taker write the buffer without being
+/// ordered after the lender's write.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn negative_control_relaxed_lent_flag_is_caught() {
+    lender_loan::<true>();
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use subring_planes::control::DoorbellStats;
-use subring_planes::data::{Buf, BufHandle, BufferPool, PoolError, Region, RegionOptions};
+use subring_planes::data::{Buf, BufHandle, BufferPool, Lender, PoolError, Region, RegionOptions};
 use subring_planes::interrupt::{EventFdSignal, NotifyMode, NotifyStats};
 use subring_planes::pair::{AppSide, PairConfig, PairSignals};
 use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
@@ -152,6 +152,13 @@ impl<S: Pod, C: Pod> Client<S, C> {
         let completion = self.wait_reap(timeout)?;
         let buf = self.pool.reclaim(returned(&completion))?;
         Ok((completion, buf))
+    }
+
+    /// A [`Lender`] over the payload buffer pool: the fast path for a stream of payloads that
+    /// are written into buffers, lent to the server and returned in its answers (no
+    /// [`Buf`] is made; see [`Lender`] for what it saves and what it reserves).
+    pub fn lender(&self) -> Lender {
+        self.pool.lender()
     }
 
     /// The payload buffer pool.

@@ -7,10 +7,20 @@
 //! a whole buffer of this pool that is currently lent out ([`BufferPool::reclaim`]); anything else
 //! is a [`PoolError`].
 //!
+//! A [`Lender`] is the pool's fast path for one thread that lends buffers and takes them back:
+//! it keeps free buffers in a private cache, so that a buffer's trip to the peer and back costs
+//! no read-modify-write of the shared bitmap and no reference count.
+//!
 //! # Memory ordering
 //! Free buffers are bits in a bitmap. SYNC POINT (pool-free): freeing is a Release `fetch_or`
-//! that pairs with the Acquire compare-exchange that allocates the buffer again, so everything the
-//! previous owner did with the buffer happens-before the next owner touches it.
+//! that pairs with the Acquire compare-exchange that allocates the buffer again (or the Acquire
+//! `swap` with which a [`Lender`] takes a word's free buffers), so everything the previous owner
+//! did with the buffer happens-before the next owner touches it.
+//!
+//! Each buffer has a lent flag. SYNC POINT (pool-lent): lending is a Release store of the flag
+//! (only the buffer's owner writes it while it is not lent, so no read-modify-write is needed)
+//! that pairs with the AcqRel `swap` that takes it back: the lender's writes to the buffer
+//! happen-before the taker uses it, and of two takers of one handle exactly one sees the flag.
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,7 +28,13 @@ use std::sync::Arc;
 use super::region::{Claim, ClaimKind, Region, RegionError};
 use super::volatile::SharedBytes;
 use super::BufHandle;
-use crate::sync::{AtomicU32, AtomicU64, Ordering::*};
+use crate::sync::{AtomicU32, AtomicU64, AtomicU8, Ordering::*};
+
+mod buf;
+mod lender;
+
+pub use buf::Buf;
+pub use lender::Lender;
 
 /// Why a pool could not be built or a handle was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -167,8 +183,9 @@ pub struct BufferPool {
     layout: PoolLayout,
     /// Bit set: buffer is free.
     free: Box<[AtomicU64]>,
-    /// Bit set: buffer is allocated and lent to the peer.
-    lent: Box<[AtomicU64]>,
+    /// One per buffer, 1 while it is lent to the peer (a flag, not a bit: its owner sets it
+    /// with a plain store, while reclaims of other buffers may clear their own flags).
+    lent: Box<[AtomicU8]>,
     /// Word to start the next search at (a hint; any value is correct).
     hint: AtomicU32,
     _claim: Claim,
@@ -183,14 +200,13 @@ impl fmt::Debug for BufferPool {
     }
 }
 
-fn bits(count: u32, set: bool) -> Box<[AtomicU64]> {
+/// A free bitmap with all `count` buffers free.
+fn all_free(count: u32) -> Box<[AtomicU64]> {
     let words = count.div_ceil(64) as usize;
     (0..words)
         .map(|w| {
             let in_word = (count as usize - w * 64).min(64);
-            let mask = if !set {
-                0
-            } else if in_word == 64 {
+            let mask = if in_word == 64 {
                 u64::MAX
             } else {
                 (1u64 << in_word) - 1
@@ -250,8 +266,8 @@ impl BufferPool {
             _claim: claim,
             region,
             layout,
-            free: bits(count, true),
-            lent: bits(count, false),
+            free: all_free(count),
+            lent: (0..count).map(|_| AtomicU8::new(0)).collect(),
             hint: AtomicU32::new(0),
         }))
     }
@@ -275,7 +291,7 @@ impl BufferPool {
         drop(unsafe { std::ptr::read(&buf.pool) });
     }
 
-    /// Loom negative control only: [`reclaim`](Self::reclaim) that tests the lent bit with a
+    /// Loom negative control only: [`reclaim`](Self::reclaim) that tests the lent flag with a
     /// load and clears it with a store instead of one read-modify-write (two reclaims of one
     /// handle can both win).
     #[cfg(loom)]
@@ -361,25 +377,69 @@ impl BufferPool {
         debug_assert!(was & (1 << (index % 64)) == 0, "buffer {index} freed twice");
     }
 
-    /// Clears buffer `index`'s lent bit; returns its word as it was. One read-modify-write, so
+    /// Marks buffer `index` lent. Only its owner calls this (the buffer is allocated and not
+    /// lent), so a store suffices: nothing else writes the flag until it reads 1.
+    #[inline(always)]
+    fn mark_lent(&self, index: u32) {
+        self.mark_lent_ordered::<false>(index);
+    }
+
+    /// [`mark_lent`](Self::mark_lent), Relaxed if `RELAXED` (a loom negative control's
+    /// breakage).
+    #[inline(always)]
+    fn mark_lent_ordered<const RELAXED: bool>(&self, index: u32) {
+        let order = if RELAXED { Relaxed } else { Release };
+        // SYNC POINT (pool-lent): Release pairs with the AcqRel `swap` in `take_lent`: the
+        // lender's writes to the buffer happen-before the taker's use of it.
+        self.lent[index as usize].store(1, order);
+    }
+
+    /// Clears buffer `index`'s lent flag; returns whether it was set. One read-modify-write, so
     /// of two reclaims of the same handle (a peer that returned it twice, taken by two threads)
-    /// exactly one sees the bit set.
+    /// exactly one sees it set.
     /// `SPLIT` is a loom negative control's breakage: a load and a store instead.
     #[inline(always)]
-    fn take_lent_bit<const SPLIT: bool>(&self, index: u32, bit: u64) -> u64 {
-        let word = &self.lent[(index / 64) as usize];
+    fn take_lent<const SPLIT: bool>(&self, index: u32) -> bool {
+        let flag = &self.lent[index as usize];
         if SPLIT {
-            let was = word.load(Acquire);
-            word.store(was & !bit, Release);
-            return was;
+            let was = flag.load(Acquire);
+            flag.store(0, Release);
+            return was != 0;
         }
-        // SYNC POINT (pool-lent): AcqRel pairs with `lend`'s AcqRel `fetch_or`: the reclaimer
+        // SYNC POINT (pool-lent): AcqRel pairs with `mark_lent`'s Release store: the reclaimer
         // that wins is ordered after the lender's last use of the buffer.
-        word.fetch_and(!bit, AcqRel)
+        flag.swap(0, AcqRel) != 0
     }
 
     fn offset_of(&self, index: u32) -> u64 {
         self.layout.base + u64::from(index) * u64::from(self.layout.buf_size)
+    }
+
+    /// Where buffer `index` (one of this pool's) starts in this process.
+    fn ptr_of(&self, index: u32) -> *mut u8 {
+        debug_assert!(index < self.layout.count);
+        // SAFETY: the buffer's offset is inside the region (checked when the pool was built).
+        unsafe { self.region.as_ptr().add(self.offset_of(index) as usize) }
+    }
+
+    /// The first `len` bytes (at most the buffer size) of buffer `index`, as a view that only
+    /// copies. The caller owns the buffer (this process hands it to nobody else meanwhile).
+    fn view_of(&self, index: u32, len: usize) -> SharedBytes<'_> {
+        debug_assert!(len <= self.buf_size());
+        let ptr =
+            std::ptr::NonNull::new(self.ptr_of(index)).expect("a mapping is never at address 0");
+        // SAFETY: `len <= buf_size` bytes from the buffer's start lie inside the region, which
+        // `self` keeps mapped while the view borrows it; this module makes no reference to them.
+        unsafe { SharedBytes::new(ptr, len) }
+    }
+
+    /// The handle naming the first `len` bytes of buffer `index`.
+    fn handle_of(&self, index: u32, len: u32) -> BufHandle {
+        BufHandle {
+            offset: self.offset_of(index),
+            len,
+            region: self.layout.region,
+        }
     }
 
     /// Takes back a buffer that was [lent](Buf::lend) to the peer, from the handle the peer
@@ -395,9 +455,7 @@ impl BufferPool {
         handle: BufHandle,
     ) -> Result<Buf, PoolError> {
         let index = self.layout.check(handle)?;
-        let bit = 1u64 << (index % 64);
-        let was = self.take_lent_bit::<SPLIT>(index, bit);
-        if was & bit == 0 {
+        if !self.take_lent::<SPLIT>(index) {
             return Err(PoolError::NotLent { index });
         }
         Ok(Buf {
@@ -405,177 +463,5 @@ impl BufferPool {
             index,
             len: handle.len,
         })
-    }
-}
-
-/// An owned buffer from a [`BufferPool`]; it goes back to the pool when dropped, unless it is
-/// [lent](Buf::lend) to the peer.
-///
-/// Its bytes live in the shared region, where a peer that breaks the protocol could write them
-/// at any moment, so they are reached through [`bytes`](Buf::bytes) and
-/// [`spare`](Buf::spare), views that only copy ([`SharedBytes`]), or through the `unsafe`
-/// [`as_slice`](Buf::as_slice) for a trusted peer. Treat what you read back as untrusted input.
-///
-/// A `Buf` is not a slice, so safe code cannot hold a reference to bytes a peer may write:
-/// ```compile_fail
-/// # use std::sync::Arc;
-/// # use subring_planes::data::{BufferPool, Region, RegionOptions};
-/// # let region = Arc::new(Region::memfd("pool", 4096, RegionOptions::new()).unwrap());
-/// # let pool = BufferPool::new(region, 0, 4096, 1).unwrap();
-/// let buf = pool.alloc().unwrap();
-/// let bytes: &[u8] = &buf[..]; // does not compile: the peer maps these bytes
-/// ```
-pub struct Buf {
-    pool: Arc<BufferPool>,
-    index: u32,
-    len: u32,
-}
-
-impl fmt::Debug for Buf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Buf")
-            .field("index", &self.index)
-            .field("len", &self.len)
-            .field("capacity", &self.capacity())
-            .finish()
-    }
-}
-
-impl Buf {
-    /// The buffer's index in its pool.
-    pub fn index(&self) -> u32 {
-        self.index
-    }
-
-    /// Bytes in use.
-    pub fn len(&self) -> usize {
-        self.len as usize
-    }
-
-    /// True when no bytes are in use.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Size of the buffer.
-    pub fn capacity(&self) -> usize {
-        self.pool.buf_size()
-    }
-
-    /// Sets the bytes in use.
-    ///
-    /// # Panics
-    /// If `len` exceeds the capacity.
-    pub fn set_len(&mut self, len: usize) {
-        assert!(
-            len <= self.capacity(),
-            "length {len} exceeds buffer capacity {}",
-            self.capacity()
-        );
-        self.len = len as u32;
-    }
-
-    /// Copies as much of `data` as fits to the start of the buffer and sets the length to it;
-    /// returns the number of bytes copied.
-    pub fn fill_from(&mut self, data: &[u8]) -> usize {
-        let n = self.spare().copy_from(data);
-        self.set_len(n);
-        n
-    }
-
-    /// The bytes in use (the first [`len`](Self::len)), as a view that reads and writes only
-    /// by copies: the buffer lives in memory the peer maps, and a peer that breaks the
-    /// protocol could write it at any moment, so no safe reference to it is ever made.
-    pub fn bytes(&self) -> SharedBytes<'_> {
-        self.view(self.len as usize)
-    }
-
-    /// The whole buffer, whatever its length, as a view (for filling in place; then
-    /// [`set_len`](Self::set_len)).
-    pub fn spare(&self) -> SharedBytes<'_> {
-        self.view(self.capacity())
-    }
-
-    /// A copy of the bytes in use.
-    pub fn to_vec(&self) -> Vec<u8> {
-        self.bytes().to_vec()
-    }
-
-    /// The bytes in use as a slice, in place, without a copy.
-    ///
-    /// # Safety
-    /// Nothing may write the buffer while the slice lives. This process cannot (the `Buf` is
-    /// borrowed); the caller vouches for every other process that maps the region: it must be
-    /// trusted to keep the protocol (never to write a buffer it was not lent), or there must be
-    /// none (a region this process never shared). A hostile peer breaks this at will.
-    pub unsafe fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr()` is the start of this buffer and `len <= capacity` bytes lie inside
-        // the region (checked when the pool was built); the caller vouches that nothing writes
-        // them meanwhile.
-        unsafe { std::slice::from_raw_parts(self.ptr(), self.len as usize) }
-    }
-
-    /// The whole buffer as a mutable slice, in place (for a reader that fills a `&mut [u8]`).
-    ///
-    /// # Safety
-    /// As for [`as_slice`](Self::as_slice): no other process may read or write the buffer
-    /// while the slice lives.
-    pub unsafe fn spare_mut(&mut self) -> &mut [u8] {
-        let cap = self.capacity();
-        // SAFETY: `cap` bytes from `ptr()` lie inside the region; owning the `Buf` means the
-        // pool hands them to nobody else in this process, and the caller vouches for the rest.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr(), cap) }
-    }
-
-    /// Where the buffer starts in this process (for handing it to the kernel; reading or
-    /// writing through it is the caller's `unsafe` business).
-    pub fn as_ptr(&self) -> *const u8 {
-        self.ptr()
-    }
-
-    fn view(&self, len: usize) -> SharedBytes<'_> {
-        let ptr = std::ptr::NonNull::new(self.ptr()).expect("a mapping is never at address 0");
-        // SAFETY: `len <= capacity` bytes from `ptr()` lie inside the region, which the pool's
-        // `Arc` keeps mapped while `self` is borrowed; this module makes no reference to them.
-        unsafe { SharedBytes::new(ptr, len) }
-    }
-
-    fn ptr(&self) -> *mut u8 {
-        // SAFETY: the offset is inside the region (checked when the pool was built).
-        unsafe {
-            self.pool
-                .region
-                .as_ptr()
-                .add(self.pool.offset_of(self.index) as usize)
-        }
-    }
-
-    /// The handle naming this buffer's bytes, valid in every process that maps the region.
-    pub fn handle(&self) -> BufHandle {
-        BufHandle {
-            offset: self.pool.offset_of(self.index),
-            len: self.len,
-            region: self.pool.layout.region,
-        }
-    }
-
-    /// Hands the buffer to the peer: it stays allocated (not returned on drop) until
-    /// [`BufferPool::reclaim`] takes it back from the returned handle.
-    pub fn lend(self) -> BufHandle {
-        let handle = self.handle();
-        let bit = 1u64 << (self.index % 64);
-        self.pool.lent[(self.index / 64) as usize].fetch_or(bit, AcqRel);
-        // Skip `Drop` (which would free the buffer) but still release our reference to the pool.
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never used again and its destructor never runs, so the `Arc` is
-        // moved out exactly once.
-        drop(unsafe { std::ptr::read(&this.pool) });
-        handle
-    }
-}
-
-impl Drop for Buf {
-    fn drop(&mut self) {
-        self.pool.release(self.index);
     }
 }
