@@ -144,7 +144,8 @@ impl Buf {
     }
 
     /// Hands the buffer to the peer: it stays allocated (not returned on drop) until
-    /// [`BufferPool::reclaim`] takes it back from the returned handle.
+    /// [`BufferPool::reclaim`] (or a [`Lender`](super::Lender)'s `take_back`) takes it back from the
+    /// returned handle.
     pub fn lend(self) -> BufHandle {
         let handle = self.handle();
         self.pool.mark_lent(self.index);

@@ -19,7 +19,7 @@ const CACHE_MAX: usize = 64;
 /// A [`Buf`](super::Buf) is an owned value that may be dropped on any thread, so each one
 /// costs read-modify-writes of shared words: the pool's free bitmap when it is allocated and
 /// freed, its lent flag when it is taken back, and the pool's reference count when it is made
-/// and dropped (eight locked instructions per round trip on x86-64, each of which waits for
+/// and dropped (seven locked instructions per round trip on x86-64, each of which waits for
 /// the payload's stores to drain). A lender instead keeps free buffers in a private cache: it
 /// takes them from the pool 16 at a time (one read-modify-write), lends them with
 /// [`lend_with`](Self::lend_with) or [`lend_copy`](Self::lend_copy) (a store of the lent flag),

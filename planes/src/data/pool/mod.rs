@@ -13,14 +13,17 @@
 //!
 //! # Memory ordering
 //! Free buffers are bits in a bitmap. SYNC POINT (pool-free): freeing is a Release `fetch_or`
-//! that pairs with the Acquire compare-exchange that allocates the buffer again (or the Acquire
-//! `swap` with which a [`Lender`] takes a word's free buffers), so everything the previous owner
-//! did with the buffer happens-before the next owner touches it.
+//! that pairs with the Acquire compare-exchange that allocates the buffer again (or the one with
+//! which a [`Lender`] takes some of a word's free buffers), so everything the previous owner did
+//! with the buffer happens-before the next owner touches it.
 //!
 //! Each buffer has a lent flag. SYNC POINT (pool-lent): lending is a Release store of the flag
-//! (only the buffer's owner writes it while it is not lent, so no read-modify-write is needed)
 //! that pairs with the AcqRel `swap` that takes it back: the lender's writes to the buffer
 //! happen-before the taker uses it, and of two takers of one handle exactly one sees the flag.
+//! A store suffices: while a buffer is not lent, the only other writers of its flag are takers
+//! holding a stale or forged handle, whose `swap(0)` writes 0 over 0 and so cannot undo the
+//! owner's store; and the owner never stores over a 1 (its flag was cleared, by the `swap` that
+//! gave it the buffer or before the buffer was freed, in an order it is synchronised with).
 
 use std::fmt;
 use std::sync::Arc;
@@ -378,7 +381,8 @@ impl BufferPool {
     }
 
     /// Marks buffer `index` lent. Only its owner calls this (the buffer is allocated and not
-    /// lent), so a store suffices: nothing else writes the flag until it reads 1.
+    /// lent), so a store suffices: a taker with a stale handle may `swap` the flag meanwhile,
+    /// but only writes 0 over 0 (see the module's memory-ordering notes).
     #[inline(always)]
     fn mark_lent(&self, index: u32) {
         self.mark_lent_ordered::<false>(index);
