@@ -28,7 +28,7 @@ const CACHE_MAX: usize = 64;
 ///
 /// Its cached buffers are free but reserved to it: [`BufferPool::alloc`] and other lenders do
 /// not see them, nor [`BufferPool::free_count`]. It keeps at most 64 (more taken back go to the
-/// pool) and returns them all when dropped. Handles it lent are reclaimed by any of the pool's
+/// pool) and returns them all when dropped or asked to ([`give_back`](Self::give_back)). Handles it lent are reclaimed by any of the pool's
 /// means ([`take_back`](Self::take_back), or [`BufferPool::reclaim`] to read what the peer
 /// wrote into one).
 ///
@@ -171,6 +171,17 @@ impl Lender {
         Ok(())
     }
 
+    /// Gives every cached buffer back to the pool, for [`BufferPool::alloc`] and other lenders
+    /// to use (a program that also allocates `Buf`s from the pool calls this when its stream
+    /// pauses); returns how many went. Lending again refills the cache.
+    pub fn give_back(&mut self) -> usize {
+        let n = self.cache.len();
+        for index in self.cache.drain(..) {
+            self.pool.release(index);
+        }
+        n
+    }
+
     fn take_free(&mut self) -> Option<u32> {
         if let Some(index) = self.cache.pop() {
             return Some(index);
@@ -225,9 +236,7 @@ fn lowest_bits(mut x: u64, n: u32) -> u64 {
 impl Drop for Lender {
     /// Gives every cached buffer back to the pool.
     fn drop(&mut self) {
-        for index in self.cache.drain(..) {
-            self.pool.release(index);
-        }
+        self.give_back();
     }
 }
 
@@ -301,6 +310,27 @@ mod tests {
             lender.take_back(bad),
             Err(PoolError::WrongRegion { .. })
         ));
+    }
+
+    #[test]
+    fn a_lender_gives_its_cache_back_for_alloc() {
+        let pool = pool(2);
+        let mut lender = pool.lender();
+        let h = lender.lend_copy(b"one").unwrap();
+        lender.take_back(h).unwrap();
+        // Both buffers sit in the lender's cache: `alloc` sees none until it gives them back.
+        assert_eq!(lender.cached(), 2);
+        assert!(pool.alloc().is_none());
+        assert_eq!(lender.give_back(), 2);
+        assert_eq!(pool.free_count(), 2);
+        let buf = pool.alloc().expect("a buffer given back");
+        // The lender refills from what is left.
+        assert!(lender.lend_copy(b"two").is_some());
+        assert!(
+            lender.lend_copy(b"three").is_none(),
+            "the other is the Buf's"
+        );
+        drop(buf);
     }
 
     #[test]
