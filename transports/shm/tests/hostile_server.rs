@@ -2,7 +2,8 @@
 //! that set up a real queue pair for a client and then scribble edge and random values on
 //! every word of it (ring headers, indices, stamps, the pair header) while they serve, some
 //! answers with forged handles; each is SIGKILLed at a random moment or leaves by itself. The
-//! client (this process, in every notify mode) pushes, waits with a timeout and reaps; it must
+//! client (this process, in every notify mode, lending its buffers one `Buf` at a time or through
+//! a `Lender`) pushes, waits with a timeout and reaps; it must
 //! only ever see errors, timeouts or wrong answers about its own requests (no panic, no hang,
 //! no buffer taken back that it did not lend), see every death as `PeerGone` promptly, and
 //! hold no more descriptors or mappings at the end than at the start.
@@ -176,10 +177,13 @@ fn one_server(path: &std::path::Path, mode: NotifyMode, rng: &mut Rng, tally: &m
             }
         }
     };
+    // Half the clients lend their buffers through a `Lender` (whose `take_back` meets the
+    // forged handles), the rest an owned `Buf` at a time (`reclaim` meets them).
+    let mut lender = (rng.below(2) == 0).then(|| client.lender());
     // Half the servers are SIGKILLed at a random moment; the rest leave when done.
     let doom = (rng.below(2) == 0).then(|| Instant::now() + Duration::from_millis(rng.below(15)));
     let mut killed_at = None;
-    let mut seq = 0;
+    let mut seq = 0u64;
     loop {
         if killed_at.is_none() && doom.is_some_and(|t| Instant::now() >= t) {
             // Timed from before the kill: the figure includes the kill and the reaping.
@@ -187,22 +191,27 @@ fn one_server(path: &std::path::Path, mode: NotifyMode, rng: &mut Rng, tally: &m
             server.kill();
             tally.killed += 1;
         }
-        if let Some(buf) = client.alloc() {
+        let lent = match &mut lender {
+            Some(lender) => lender.lend_copy(&seq.to_le_bytes()),
+            None => client.alloc().map(|buf| buf.lend()),
+        };
+        if let Some(buf) = lent {
             seq += 1;
             let req = EchoReq {
                 seq,
                 op: echo::EchoOp::SUM,
                 reserved: 0,
-                buf: buf.lend(),
+                buf,
             };
             match client.push(req) {
                 Ok(()) => {
                     let _ = client.submit();
                 }
                 // Not taken: the buffer comes back (the push failed before the server saw it).
-                Err(r) => {
-                    let _ = client.reclaim(r.entry.buf);
-                }
+                Err(r) => match &mut lender {
+                    Some(lender) => lender.take_back(r.entry.buf).expect("a loan never pushed"),
+                    None => drop(client.reclaim(r.entry.buf).expect("a loan never pushed")),
+                },
             }
         }
         let gone = match client.wait(Some(Duration::from_millis(1))) {
@@ -224,7 +233,11 @@ fn one_server(path: &std::path::Path, mode: NotifyMode, rng: &mut Rng, tally: &m
             match client.reap() {
                 // A forged handle is refused by the pool, never handed out.
                 Ok(Some(c)) => {
-                    if client.reclaim(c.buf).is_err() {
+                    let taken = match &mut lender {
+                        Some(lender) => lender.take_back(c.buf),
+                        None => client.reclaim(c.buf).map(drop),
+                    };
+                    if taken.is_err() {
                         tally.refused_handles += 1;
                     }
                 }
