@@ -218,12 +218,7 @@ fn a_full_submission_ring_sleeps_until_the_service_takes() {
 /// control.
 fn both_rings_full(skip_look: bool) {
     model_bounded(3, move || {
-        let config = PairConfig {
-            sq_capacity: 1,
-            cq_capacity: 1,
-            ..PairConfig::default().with_mode(NotifyMode::Futex)
-        };
-        let (app, mut service) = in_process::<u32, u32>(&config).unwrap();
+        let (app, mut service) = one_slot_rings();
         let server = thread::spawn(move || {
             service.complete(0).unwrap();
             service.flush().unwrap();
@@ -250,6 +245,17 @@ fn both_rings_full(skip_look: bool) {
         both_rings_full_app(app);
         server.join().unwrap();
     });
+}
+
+/// The both-rings-full models' pair: rings of one slot each, futex mode (a missed wake-up is
+/// a deadlock).
+fn one_slot_rings() -> (AppSide<u32, u32>, ServiceSide<u32, u32>) {
+    let config = PairConfig {
+        sq_capacity: 1,
+        cq_capacity: 1,
+        ..PairConfig::default().with_mode(NotifyMode::Futex)
+    };
+    in_process::<u32, u32>(&config).unwrap()
 }
 
 /// The app's side of the both-rings-full models: submits two requests through its ring of one
@@ -301,12 +307,7 @@ fn negative_control_both_rings_full_without_the_look_is_caught() {
 /// leaves the app asleep for space.
 fn both_rings_full_polled(skip_look: bool) {
     model_bounded(2, move || {
-        let config = PairConfig {
-            sq_capacity: 1,
-            cq_capacity: 1,
-            ..PairConfig::default().with_mode(NotifyMode::Futex)
-        };
-        let (app, mut service) = in_process::<u32, u32>(&config).unwrap();
+        let (app, mut service) = one_slot_rings();
         let server = thread::spawn(move || {
             service.complete(0).unwrap();
             service.flush().unwrap();

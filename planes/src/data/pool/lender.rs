@@ -159,10 +159,7 @@ impl Lender {
     /// [`Buf::lend`](super::Buf::lend)); anything else is a [`PoolError`], as for
     /// [`BufferPool::reclaim`].
     pub fn take_back(&mut self, handle: BufHandle) -> Result<(), PoolError> {
-        let index = self.pool.layout.check(handle)?;
-        if !self.pool.take_lent::<false>(index) {
-            return Err(PoolError::NotLent { index });
-        }
+        let index = self.pool.take_loan::<false>(handle)?;
         if self.cache.len() < CACHE_MAX {
             self.cache.push(index);
         } else {

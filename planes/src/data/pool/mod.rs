@@ -415,6 +415,18 @@ impl BufferPool {
         flag.swap(0, AcqRel) != 0
     }
 
+    /// Takes back the buffer a returned handle names: the handle must name a whole buffer of
+    /// this pool ([`PoolLayout::check`]) whose lent flag is set, which this clears; returns its
+    /// index. What [`reclaim`](Self::reclaim) and [`Lender::take_back`] share.
+    #[inline(always)]
+    fn take_loan<const SPLIT: bool>(&self, handle: BufHandle) -> Result<u32, PoolError> {
+        let index = self.layout.check(handle)?;
+        if !self.take_lent::<SPLIT>(index) {
+            return Err(PoolError::NotLent { index });
+        }
+        Ok(index)
+    }
+
     fn offset_of(&self, index: u32) -> u64 {
         self.layout.base + u64::from(index) * u64::from(self.layout.buf_size)
     }
@@ -458,10 +470,7 @@ impl BufferPool {
         self: &Arc<Self>,
         handle: BufHandle,
     ) -> Result<Buf, PoolError> {
-        let index = self.layout.check(handle)?;
-        if !self.take_lent::<SPLIT>(index) {
-            return Err(PoolError::NotLent { index });
-        }
+        let index = self.take_loan::<SPLIT>(handle)?;
         Ok(Buf {
             pool: self.clone(),
             index,
