@@ -7,7 +7,7 @@
 //! mitigates Speculative Return Stack Overflow with "Safe RET"
 //! (`/sys/devices/system/cpu/vulnerabilities/spec_rstack_overflow`), the first return after a
 //! system call mispredicts expensively; this is why subring's waits are inlined into the
-//! caller, system call included. docs/performance-history.md quotes its output.
+//! caller, system call included. docs/runs/2026-11-24-session-4.md quotes its output.
 //!
 //! Run: `cargo run --release -p subring-bench --example syscall_return`
 

@@ -202,7 +202,7 @@ impl Uring {
     /// out-of-line `submit_and_wait` and libc's `syscall()`: on this kind of machine (AMD, with
     /// the kernel's "Safe RET" return-predictor mitigation) the first `ret` after a system call
     /// mispredicts at a cost of about 90 ns, and every further one about 7 ns. A wait with no
-    /// frame to return through pays neither. docs/performance-history.md has the measurement.
+    /// frame to return through pays neither. docs/runs/2026-11-24-session-4.md has the measurement.
     #[inline(always)]
     fn enter_and_wait(&mut self, want: usize) -> io::Result<usize> {
         let to_submit = self.ring.submission().len() as u32;
