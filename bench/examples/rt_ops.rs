@@ -78,12 +78,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-/// `trips` echo round trips, one at a time: `PING`s, or with `TOUCH` 4 KiB `TOUCH` payloads
-/// (`source`, whose word sum is `expect`), with a server turn between each push and reap. Each
-/// mode has a function of its own (`TOUCH` is a constant), never inlined, so that one mode's code cannot change how the
-/// compiler inlines another's calls (the `PING` count rose from 562 to 651 instructions per
-/// round trip when the pool code in the `touch` branch grew, with nothing changed on the
-/// `PING` path).
+/// `trips` echo round trips, one at a time, a server turn between each push and reap: `PING`s,
+/// or with `TOUCH` 4 KiB `TOUCH` payloads copied from `source` (whose word sum is `expect`).
+/// Each mode is a function of its own, never inlined (`TOUCH` is a constant), so that one
+/// mode's code cannot change how the compiler inlines another's calls: the `PING` count rose
+/// from 562 to 651 instructions per round trip when the pool calls of the `TOUCH` branch grew,
+/// with nothing changed on the `PING` path.
 #[inline(never)]
 fn round_trips<const TOUCH: bool>(
     client: &mut Client<EchoReq, EchoResp>,
