@@ -100,6 +100,15 @@ pub struct BlkStats {
     pub completed_after_departure: u64,
     /// Departed clients whose operations all completed and whose memory was released.
     pub retired: u64,
+    /// Requests of departed clients answered without reaching the kernel (they were waiting
+    /// for room in the ring).
+    pub answered_unsent: u64,
+    /// Operations answered with an error instead of reaching the kernel: the ring refused them
+    /// for good (a buffer it cannot use as one fixed buffer, say), or, in copy mode, a write's
+    /// bytes could not be copied in.
+    pub unsendable: u64,
+    /// Regions whose unregistration failed and is retried after the next completions.
+    pub unregister_retries: u64,
     /// The most operations one client had in the service at once.
     pub peak_client_in_flight: u32,
     /// The ring's counters (enters, doorbells).

@@ -8,6 +8,7 @@
 
 mod config;
 mod ring;
+mod table;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
@@ -15,12 +16,13 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 use subring_planes::data::{Region, RegionOptions};
-use subring_planes::queue::{Completer, Submitter};
+use subring_planes::queue::{Completer, QueueError, Submitter};
 use subring_shm::{
     BufHandle, ClientInfo, ClientMemory, Completions, ConfigError, Ctx, Pending, Service,
 };
 use subring_uring::{
-    Completion, FixedBuf, OnFull, Op, OpError, RegionKey, Submission, Target, Uring, WaitMode,
+    Completion, FixedBuf, OnFull, Op, OpError, RegionKey, RegisterError, Submission, Target, Uring,
+    WaitMode,
 };
 
 use crate::device::Device;
@@ -28,6 +30,7 @@ use crate::proto::{BlkCompletion, BlkOp, BlkRequest, Status, FLAG_DIRECT};
 
 pub use config::{BlkConfig, BlkError, BlkStats};
 use ring::refused;
+use table::OpTable;
 
 /// Cancel operations carry this bit in their token; their completions are not operations.
 const CANCEL: u64 = 1 << 48;
@@ -46,9 +49,10 @@ enum Bytes {
     None,
     /// The client's memory, registered under a key.
     Client(RegionKey, BufHandle),
-    /// A staging slot of the service's own (copy mode); the client's bytes are `handle`.
+    /// A staging slot of the service's own (copy mode; `None` until the operation is first
+    /// offered to the ring); the client's bytes are `handle`.
     Staging {
-        slot: u32,
+        slot: Option<u32>,
         handle: BufHandle,
     },
 }
@@ -98,6 +102,17 @@ struct Staging {
     free: Vec<u32>,
 }
 
+impl Staging {
+    /// The first `len` bytes of staging slot `slot`.
+    fn slot(&self, slot: u32, len: u32) -> BufHandle {
+        BufHandle {
+            offset: u64::from(slot) * u64::from(self.slot_size),
+            len,
+            region: self.region.id(),
+        }
+    }
+}
+
 /// A block device served to shm clients ([`Service`] of [`BlkRequest`]s): see the crate docs.
 #[derive(Debug)]
 pub struct BlkService {
@@ -105,14 +120,16 @@ pub struct BlkService {
     device: Device,
     config: BlkConfig,
     clients: HashMap<u64, ClientState>,
-    ops: Vec<Option<Io>>,
-    free_ops: Vec<u32>,
-    /// Operations accepted and not yet in the ring (depth reached, or no staging slot).
-    backlog: VecDeque<u32>,
-    /// Answers for departed clients to hand back at the next poll (they need `Completions`).
+    /// Operations by token, with the backlog of those accepted and not yet in the ring (depth
+    /// reached, or no staging slot).
+    ops: OpTable<Io>,
+    /// Answers to hand back at the next poll (they need `Completions`): for departed clients,
+    /// and for operations the ring refused for good.
     orphans: Vec<(Pending, BlkCompletion)>,
     staging: Option<Staging>,
     completions: Vec<Completion>,
+    /// Departed clients' regions whose unregistration failed: retried after completions.
+    retiring: Vec<RegionKey>,
     stats: BlkStats,
 }
 
@@ -165,12 +182,11 @@ impl BlkService {
             device,
             config,
             clients: HashMap::new(),
-            ops: Vec::new(),
-            free_ops: Vec::new(),
-            backlog: VecDeque::new(),
+            ops: OpTable::default(),
             orphans: Vec::new(),
             staging,
             completions: Vec::new(),
+            retiring: Vec::new(),
             stats: BlkStats::default(),
         })
     }
@@ -213,7 +229,7 @@ impl BlkService {
 
     /// Operations in the kernel or waiting to go there.
     pub fn in_flight(&self) -> usize {
-        self.ops.iter().filter(|o| o.is_some()).count()
+        self.ops.len()
     }
 
     /// Clients the service still holds state for (connected, or departed with operations
@@ -258,8 +274,8 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
                 });
             }
             BlkOp::Read | BlkOp::Write => {
-                let memory = ctx.memory().clone();
-                match self.plan_transfer(id, &memory, &req) {
+                let memory = ctx.memory();
+                match self.plan_transfer(id, memory, &req) {
                     Ok(bytes) => (
                         if op == BlkOp::Read {
                             Kind::Read
@@ -340,6 +356,7 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
             work += self.reap(done);
             self.pump();
         }
+        self.retry_unregister();
         work
     }
 
@@ -360,8 +377,9 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
                 .push((f.pending, refused(f.tag, Status::BadOp)));
         }
         let mut cancelled = false;
-        for token in 0..self.ops.len() {
-            let Some(io) = self.ops[token].as_ref() else {
+        let tokens: Vec<u32> = self.ops.tokens().collect();
+        for token in tokens {
+            let Some(io) = self.ops.get(token) else {
                 continue;
             };
             if io.client != id {
@@ -372,11 +390,11 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
                 // the client's memory is unregistered.
                 if matches!(io.kind, Kind::Read | Kind::Write) {
                     let cancel = Op::Cancel {
-                        token: token as u64,
+                        token: u64::from(token),
                     };
                     if self
                         .ring
-                        .push(Submission::new(CANCEL | token as u64, cancel))
+                        .push(Submission::new(CANCEL | u64::from(token), cancel))
                         .is_ok()
                     {
                         self.stats.cancels += 1;
@@ -384,12 +402,14 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
                 }
                 cancelled = true;
             } else {
-                // Never reached the kernel: answer it now.
-                let io = self.ops[token].take().expect("looked at it");
-                self.free_ops.push(token as u32);
+                // Never reached the kernel: answer it now. (Its backlog entry goes stale: the
+                // slot may serve another client's operation at once, offered once.)
+                let io = self.ops.take(token).expect("looked at it");
+                self.release_staging(&io);
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.in_flight -= 1;
                 }
+                self.stats.answered_unsent += 1;
                 self.orphans
                     .push((io.pending, refused(io.tag, Status::BadOp)));
             }

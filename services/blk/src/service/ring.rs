@@ -11,6 +11,20 @@ pub(super) fn errno_of(e: &io::Error) -> i32 {
         .unwrap_or(libc::EIO)
 }
 
+/// Whether a push the ring turned away may succeed later as it is: the ring was full, or the
+/// kernel asked for the submit that was to make room to be retried. Anything else (a buffer
+/// the ring cannot use, say) will fail again.
+fn retry_later(e: &QueueError) -> bool {
+    match e {
+        QueueError::Full => true,
+        QueueError::Io(e) => matches!(
+            e.raw_os_error(),
+            Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)
+        ),
+        _ => false,
+    }
+}
+
 /// A fixed read or write of `buf` at `offset`.
 fn transfer(kind: Kind, fd: Target, buf: FixedBuf, offset: u64) -> Op {
     match kind {
@@ -33,18 +47,7 @@ impl BlkService {
         let client = self.clients.get_mut(&io.client).expect("a known client");
         client.in_flight += 1;
         self.stats.peak_client_in_flight = self.stats.peak_client_in_flight.max(client.in_flight);
-        let token = match self.free_ops.pop() {
-            Some(t) => {
-                self.ops[t as usize] = Some(io);
-                t
-            }
-            None => {
-                self.ops.push(Some(io));
-                self.ops.len() as u32 - 1
-            }
-        };
-        self.backlog.push_back(token);
-        token
+        self.ops.insert(io)
     }
 
     /// Checks a read or write and finds where its bytes go; `Err` is the refusal.
@@ -75,10 +78,16 @@ impl BlkService {
                 return Err(Status::BadAlignment);
             }
         }
-        if self.staging.is_some() {
-            return Ok(Bytes::Staging { slot: 0, handle });
-        }
         let client = self.clients.get_mut(&id).expect("a known client");
+        if self.staging.is_some() {
+            // The copy happens later, through the client's memory as the service keeps it:
+            // that must know the region (it is a snapshot, and the client may have registered
+            // the region since the service took it). Regions are only ever added.
+            if client.memory.resolve(handle).is_err() {
+                client.memory = memory.clone();
+            }
+            return Ok(Bytes::Staging { slot: None, handle });
+        }
         let key = match client.keys.iter().find(|(r, _)| *r == region.id()) {
             Some((_, key)) => *key,
             None => {
@@ -95,61 +104,135 @@ impl BlkService {
         Ok(Bytes::Client(key, handle))
     }
 
-    /// Moves backlogged operations into the ring while it has room.
+    /// Moves backlogged operations into the ring while it has room. An operation the ring
+    /// refuses for good (not because it is full) is answered with an error, not retried: it
+    /// would otherwise hold the front of the backlog, and every client's operations behind it.
     pub(super) fn pump(&mut self) {
-        while let Some(&token) = self.backlog.front() {
+        while let Some(token) = self.ops.front() {
             if self.ring.in_flight() >= self.config.depth as usize {
                 return;
             }
-            let Some(io) = self.ops[token as usize].as_mut() else {
-                // Answered while waiting (its client left).
-                self.backlog.pop_front();
+            let Some(io) = self.ops.get_mut(token) else {
+                self.ops.pop_front();
                 continue;
             };
+            if io.pushed {
+                // Never twice (the table's generations keep a token's entry unique; this is
+                // the guard).
+                self.ops.pop_front();
+                continue;
+            }
             let fd = Target::Fixed(0);
-            let op = match (io.kind, io.bytes) {
-                (Kind::Flush, _) => Op::Fsync { fd, datasync: true },
-                (Kind::Discard, _) => Op::Fallocate {
+            // `Err(status)`: the operation is answered with `status` instead.
+            let planned: Result<Op, i32> = match (io.kind, io.bytes) {
+                (Kind::Flush, _) => Ok(Op::Fsync { fd, datasync: true }),
+                (Kind::Discard, _) => Ok(Op::Fallocate {
                     fd,
                     offset: io.offset,
                     len: u64::from(io.len),
                     mode: libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                },
+                }),
                 (kind, Bytes::Client(key, handle)) => {
-                    transfer(kind, fd, FixedBuf::In(key, handle), io.offset)
+                    Ok(transfer(kind, fd, FixedBuf::In(key, handle), io.offset))
                 }
-                (kind, Bytes::Staging { handle, .. }) => {
+                (kind, Bytes::Staging { slot, handle }) => 'staged: {
                     let staging = self.staging.as_mut().expect("copy mode");
-                    let Some(slot) = staging.free.pop() else {
-                        return;
+                    // A slot is taken (and a write's bytes copied in) once, at the first offer:
+                    // an operation the full ring turned away keeps its slot for the next one.
+                    let slot = match slot {
+                        Some(slot) => slot,
+                        None => {
+                            let Some(slot) = staging.free.pop() else {
+                                return;
+                            };
+                            io.bytes = Bytes::Staging {
+                                slot: Some(slot),
+                                handle,
+                            };
+                            if kind == Kind::Write {
+                                let at = staging.slot(slot, io.len);
+                                let memory = &self.clients[&io.client].memory;
+                                // SAFETY: the staging region is this process's own anonymous
+                                // memory (never shared); `slot` was free, so neither the kernel
+                                // nor another operation uses its bytes.
+                                let dst = unsafe { staging_bytes(&staging.region, at) };
+                                match memory.read(handle, dst) {
+                                    Ok(n) => self.stats.bytes_copied += n as u64,
+                                    // Resolved when it came, so not expected: but a write whose
+                                    // bytes could not be copied is not written.
+                                    Err(_) => break 'staged Err(Status::BadHandle as i32),
+                                }
+                            }
+                            slot
+                        }
                     };
-                    let at = BufHandle {
-                        offset: u64::from(slot) * u64::from(staging.slot_size),
-                        len: io.len,
-                        region: staging.region.id(),
-                    };
-                    io.bytes = Bytes::Staging { slot, handle };
-                    if kind == Kind::Write {
-                        let memory = &self.clients[&io.client].memory;
-                        // SAFETY: the staging region is this process's own anonymous memory
-                        // (never shared); `slot` was free, so neither the kernel nor another
-                        // operation uses its bytes.
-                        let dst = unsafe { staging_bytes(&staging.region, at) };
-                        let n = memory.read(handle, dst).unwrap_or(0);
-                        self.stats.bytes_copied += n as u64;
-                    }
-                    transfer(kind, fd, FixedBuf::In(staging.key, at), io.offset)
+                    let at = staging.slot(slot, io.len);
+                    Ok(transfer(kind, fd, FixedBuf::In(staging.key, at), io.offset))
                 }
                 (_, Bytes::None) => unreachable!("reads and writes have bytes"),
             };
+            let op = match planned {
+                Ok(op) => op,
+                Err(status) => {
+                    self.fail_unsent(token, status);
+                    continue;
+                }
+            };
             match self.ring.push(Submission::new(u64::from(token), op)) {
                 Ok(()) => {
-                    io.pushed = true;
-                    self.backlog.pop_front();
+                    if let Some(io) = self.ops.get_mut(token) {
+                        io.pushed = true;
+                    }
+                    self.ops.pop_front();
                 }
-                // The ring is full even after submitting: try again next turn.
-                Err(_) => return,
+                // The ring is full even after submitting (or the kernel asked to retry the
+                // submit): try again next turn.
+                Err(r) if retry_later(&r.error) => return,
+                Err(_) => {
+                    let status = match self.ops.get(token).map(|io| io.kind) {
+                        Some(Kind::Read | Kind::Write) => Status::BadHandle as i32,
+                        _ => -libc::EIO,
+                    };
+                    self.fail_unsent(token, status);
+                }
             }
+        }
+    }
+
+    /// Answers (at the next poll) the operation at the front of the backlog, which never
+    /// reached the kernel, with `status`, and forgets it.
+    fn fail_unsent(&mut self, token: u32, status: i32) {
+        self.ops.pop_front();
+        let Some(io) = self.ops.take(token) else {
+            return;
+        };
+        self.release_staging(&io);
+        self.stats.unsendable += 1;
+        let client = self.clients.get_mut(&io.client).expect("a known client");
+        client.in_flight -= 1;
+        if let Some(seq) = io.write_seq {
+            client.writes.remove(&seq);
+        }
+        self.orphans.push((
+            io.pending,
+            BlkCompletion {
+                tag: io.tag,
+                value: 0,
+                status,
+                flags: 0,
+            },
+        ));
+        self.release_flushes(io.client);
+        self.retire_if_done(io.client);
+    }
+
+    /// Gives back the staging slot `io` holds, if any.
+    pub(super) fn release_staging(&mut self, io: &Io) {
+        if let Bytes::Staging {
+            slot: Some(slot), ..
+        } = io.bytes
+        {
+            self.staging.as_mut().expect("copy mode").free.push(slot);
         }
     }
 
@@ -188,12 +271,13 @@ impl BlkService {
     }
 
     pub(super) fn finish(&mut self, c: Completion, done: &mut Completions<'_, BlkCompletion>) {
-        let token = c.token as usize;
-        let Some(io) = self.ops.get_mut(token).and_then(Option::take) else {
+        let Ok(token) = u32::try_from(c.token) else {
             return;
         };
-        self.free_ops.push(token as u32);
-        let (value, status) = match &c.result {
+        let Some(io) = self.ops.take(token) else {
+            return;
+        };
+        let (mut value, mut status) = match &c.result {
             Ok(n) => (u64::from(*n), 0),
             Err(e) => (0, -errno_of(e)),
         };
@@ -211,19 +295,23 @@ impl BlkService {
             Kind::Flush => self.stats.flushes += 1,
             Kind::Discard => self.stats.discards += 1,
         }
-        if let Bytes::Staging { slot, handle } = io.bytes {
+        if let Bytes::Staging {
+            slot: Some(slot),
+            handle,
+        } = io.bytes
+        {
             let staging = self.staging.as_mut().expect("copy mode");
             if io.kind == Kind::Read && status == 0 && !client.gone {
-                let at = BufHandle {
-                    offset: u64::from(slot) * u64::from(staging.slot_size),
-                    len: value as u32,
-                    region: staging.region.id(),
-                };
+                let at = staging.slot(slot, value as u32);
                 // SAFETY: the staging region is this process's own memory; the kernel has
                 // completed the read into this slot, and the slot is not free yet.
                 let src = unsafe { staging_bytes(&staging.region, at) };
-                let n = client.memory.write(handle, src).unwrap_or(0);
-                self.stats.bytes_copied += n as u64;
+                match client.memory.write(handle, src) {
+                    Ok(n) => self.stats.bytes_copied += n as u64,
+                    // Resolved when it came, so not expected: but a read whose bytes did not
+                    // reach the client is not a success.
+                    Err(_) => (value, status) = (0, Status::BadHandle as i32),
+                }
             }
             staging.free.push(slot);
         }
@@ -288,11 +376,30 @@ impl BlkService {
         }
         let client = self.clients.remove(&id).expect("looked at it");
         for (_, key) in client.keys {
-            if self.ring.unregister_region(key).is_ok() {
-                self.stats.regions_unregistered += 1;
-            }
+            self.unregister(key);
         }
         self.stats.retired += 1;
+    }
+
+    /// Unregisters a departed client's region; one the ring refuses now (it still counts an
+    /// operation on it, say) is kept and tried again after the next completions, so that its
+    /// memory and table slots are not held for good.
+    fn unregister(&mut self, key: RegionKey) {
+        match self.ring.unregister_region(key) {
+            Ok(_) => self.stats.regions_unregistered += 1,
+            Err(RegisterError::NoKey { .. }) => {}
+            Err(_) => {
+                self.stats.unregister_retries += 1;
+                self.retiring.push(key);
+            }
+        }
+    }
+
+    /// Tries again the unregistrations that failed.
+    pub(super) fn retry_unregister(&mut self) {
+        for key in std::mem::take(&mut self.retiring) {
+            self.unregister(key);
+        }
     }
 }
 
@@ -310,5 +417,27 @@ pub(super) unsafe fn staging_bytes(region: &Region, at: BufHandle) -> &mut [u8] 
     // caller guarantees exclusive use.
     unsafe {
         std::slice::from_raw_parts_mut(region.as_ptr().add(at.offset as usize), at.len as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_full_ring_or_a_submit_to_retry_is_retried() {
+        assert!(retry_later(&QueueError::Full));
+        for errno in [libc::EAGAIN, libc::EBUSY, libc::EINTR] {
+            assert!(retry_later(&QueueError::Io(io::Error::from_raw_os_error(
+                errno
+            ))));
+        }
+        // What the ring says of an operation it cannot take (a buffer it cannot use, say).
+        let refused = io::Error::new(io::ErrorKind::InvalidInput, "crosses a fixed-buffer chunk");
+        assert!(!retry_later(&QueueError::Io(refused)));
+        assert!(!retry_later(&QueueError::Io(io::Error::from_raw_os_error(
+            libc::EFAULT
+        ))));
+        assert!(!retry_later(&QueueError::PeerGone));
     }
 }

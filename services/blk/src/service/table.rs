@@ -1,0 +1,178 @@
+//! The service's operations: slots reused through a free list (an operation's slot number is
+//! its token in the ring), and the backlog of those waiting for room in the ring, in order.
+//!
+//! A slot can be emptied while its operation waits in the backlog (its client left, so it is
+//! answered without reaching the kernel) and then reused by another operation at once. Each
+//! backlog entry therefore names the slot's generation as well as its number: an entry whose
+//! generation is not the slot's any more is stale and skipped, so the reused slot is offered
+//! to the ring once, through its own entry. (Before, the stale entry offered the new
+//! operation a second time, while the first was in flight.)
+
+use std::collections::VecDeque;
+
+#[derive(Debug)]
+struct Slot<T> {
+    /// Counts the slot's uses: bumped each time it is emptied.
+    generation: u32,
+    op: Option<T>,
+}
+
+/// Operations by token, and the backlog of those not yet offered to the ring.
+#[derive(Debug)]
+pub(super) struct OpTable<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    /// (token, generation), oldest first.
+    backlog: VecDeque<(u32, u32)>,
+    live: usize,
+}
+
+impl<T> Default for OpTable<T> {
+    fn default() -> Self {
+        OpTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+            backlog: VecDeque::new(),
+            live: 0,
+        }
+    }
+}
+
+impl<T> OpTable<T> {
+    /// Stores `op` in a free slot, at the back of the backlog; returns its token.
+    pub(super) fn insert(&mut self, op: T) -> u32 {
+        let token = match self.free.pop() {
+            Some(t) => t,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    op: None,
+                });
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 operations")
+            }
+        };
+        let slot = &mut self.slots[token as usize];
+        debug_assert!(slot.op.is_none(), "a free slot is empty");
+        slot.op = Some(op);
+        self.backlog.push_back((token, slot.generation));
+        self.live += 1;
+        token
+    }
+
+    /// The token of the oldest operation in the backlog, dropping stale entries on the way.
+    pub(super) fn front(&mut self) -> Option<u32> {
+        while let Some(&(token, generation)) = self.backlog.front() {
+            let slot = &self.slots[token as usize];
+            if slot.generation == generation && slot.op.is_some() {
+                return Some(token);
+            }
+            self.backlog.pop_front();
+        }
+        None
+    }
+
+    /// Removes the backlog's front entry (after [`front`](Self::front) named it).
+    pub(super) fn pop_front(&mut self) {
+        self.backlog.pop_front();
+    }
+
+    /// The operation in slot `token`.
+    pub(super) fn get(&self, token: u32) -> Option<&T> {
+        self.slots.get(token as usize)?.op.as_ref()
+    }
+
+    /// The operation in slot `token`, to change.
+    pub(super) fn get_mut(&mut self, token: u32) -> Option<&mut T> {
+        self.slots.get_mut(token as usize)?.op.as_mut()
+    }
+
+    /// Empties slot `token` and frees it for reuse; any backlog entry for it goes stale.
+    pub(super) fn take(&mut self, token: u32) -> Option<T> {
+        let slot = self.slots.get_mut(token as usize)?;
+        let op = slot.op.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(token);
+        self.live -= 1;
+        Some(op)
+    }
+
+    /// Tokens of every slot in use, lowest first.
+    pub(super) fn tokens(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.slots.len() as u32).filter(|&t| self.slots[t as usize].op.is_some())
+    }
+
+    /// Operations held (waiting or in the ring).
+    pub(super) fn len(&self) -> usize {
+        self.live
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drains the backlog as the service's pump does: the token at the front, then the next.
+    fn drain(t: &mut OpTable<&'static str>) -> Vec<(u32, &'static str)> {
+        let mut out = Vec::new();
+        while let Some(token) = t.front() {
+            out.push((token, *t.get(token).unwrap()));
+            t.pop_front();
+        }
+        out
+    }
+
+    #[test]
+    fn backlog_is_first_in_first_out() {
+        let mut t = OpTable::default();
+        let (a, b, c) = (t.insert("a"), t.insert("b"), t.insert("c"));
+        assert_eq!(drain(&mut t), vec![(a, "a"), (b, "b"), (c, "c")]);
+        assert_eq!(t.len(), 3);
+    }
+
+    /// The bug this table fixes: an operation answered while waiting, its slot reused at once
+    /// by another operation, must not offer the new one twice (once through the stale entry).
+    #[test]
+    fn a_slot_emptied_while_waiting_and_reused_is_offered_once() {
+        let mut t = OpTable::default();
+        let a = t.insert("a");
+        let b = t.insert("b");
+        let c = t.insert("c");
+        // b's client leaves: b is answered without reaching the ring.
+        assert_eq!(t.take(b), Some("b"));
+        // Another client's operation takes b's slot at once.
+        let d = t.insert("d");
+        assert_eq!(d, b, "the freed slot is reused");
+        assert_eq!(drain(&mut t), vec![(a, "a"), (c, "c"), (d, "d")]);
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn emptied_slots_leave_the_backlog_and_come_back_free() {
+        let mut t = OpTable::default();
+        let tokens: Vec<u32> = (0..8).map(|_| t.insert("x")).collect();
+        for &k in &tokens[2..6] {
+            assert!(t.take(k).is_some());
+        }
+        assert_eq!(t.take(tokens[2]), None, "an empty slot is not taken twice");
+        assert_eq!(t.tokens().collect::<Vec<_>>(), vec![0, 1, 6, 7]);
+        let again: Vec<u32> = (0..4).map(|_| t.insert("y")).collect();
+        let mut sorted = again.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![2, 3, 4, 5], "no new slot while one is free");
+        let order: Vec<&str> = drain(&mut t).into_iter().map(|(_, op)| op).collect();
+        assert_eq!(order, vec!["x", "x", "x", "x", "y", "y", "y", "y"]);
+    }
+
+    #[test]
+    fn a_slot_taken_after_leaving_the_backlog_is_not_offered_again() {
+        let mut t = OpTable::default();
+        let a = t.insert("a");
+        assert_eq!(t.front(), Some(a));
+        t.pop_front();
+        // In the ring, then completed.
+        assert_eq!(t.take(a), Some("a"));
+        let b = t.insert("b");
+        assert_eq!(drain(&mut t), vec![(b, "b")]);
+        assert_eq!(t.front(), None);
+    }
+}
