@@ -47,7 +47,7 @@ impl BlkService {
         let client = self.clients.get_mut(&io.client).expect("a known client");
         client.in_flight += 1;
         self.stats.peak_client_in_flight = self.stats.peak_client_in_flight.max(client.in_flight);
-        self.ops.insert(io)
+        self.ops.insert(io.client, io)
     }
 
     /// Checks a read or write and finds where its bytes go; `Err` is the refusal.

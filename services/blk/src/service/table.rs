@@ -1,5 +1,7 @@
 //! The service's operations: slots reused through a free list (an operation's slot number is
-//! its token in the ring), and the backlog of those waiting for room in the ring, in order.
+//! its token in the ring), and the backlog of those waiting for room in the ring: one queue
+//! per client, in order, and the clients taken in turn, one operation each, so that a client
+//! with thousands queued delays another's next operation by one, not by thousands.
 //!
 //! A slot can be emptied while its operation waits in the backlog (its client left, so it is
 //! answered without reaching the kernel) and then reused by another operation at once. Each
@@ -8,7 +10,7 @@
 //! to the ring once, through its own entry. (Before, the stale entry offered the new
 //! operation a second time, while the first was in flight.)
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 #[derive(Debug)]
 struct Slot<T> {
@@ -22,8 +24,10 @@ struct Slot<T> {
 pub(super) struct OpTable<T> {
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
-    /// (token, generation), oldest first.
-    backlog: VecDeque<(u32, u32)>,
+    /// Each client's waiting operations, (token, generation), oldest first.
+    queues: HashMap<u64, VecDeque<(u32, u32)>>,
+    /// Clients with a non-empty queue, the one whose turn it is first.
+    turns: VecDeque<u64>,
     live: usize,
 }
 
@@ -32,15 +36,17 @@ impl<T> Default for OpTable<T> {
         OpTable {
             slots: Vec::new(),
             free: Vec::new(),
-            backlog: VecDeque::new(),
+            queues: HashMap::new(),
+            turns: VecDeque::new(),
             live: 0,
         }
     }
 }
 
 impl<T> OpTable<T> {
-    /// Stores `op` in a free slot, at the back of the backlog; returns its token.
-    pub(super) fn insert(&mut self, op: T) -> u32 {
+    /// Stores `client`'s `op` in a free slot, at the back of the client's queue; returns its
+    /// token.
+    pub(super) fn insert(&mut self, client: u64, op: T) -> u32 {
         let token = match self.free.pop() {
             Some(t) => t,
             None => {
@@ -54,26 +60,52 @@ impl<T> OpTable<T> {
         let slot = &mut self.slots[token as usize];
         debug_assert!(slot.op.is_none(), "a free slot is empty");
         slot.op = Some(op);
-        self.backlog.push_back((token, slot.generation));
+        let generation = slot.generation;
+        let queue = self.queues.entry(client).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(client);
+        }
+        queue.push_back((token, generation));
         self.live += 1;
         token
     }
 
-    /// The token of the oldest operation in the backlog, dropping stale entries on the way.
+    /// The token of the next operation to offer the ring: the oldest of the client whose turn
+    /// it is, dropping stale entries (and clients left with none) on the way.
     pub(super) fn front(&mut self) -> Option<u32> {
-        while let Some(&(token, generation)) = self.backlog.front() {
-            let slot = &self.slots[token as usize];
-            if slot.generation == generation && slot.op.is_some() {
-                return Some(token);
+        while let Some(&client) = self.turns.front() {
+            let queue = self
+                .queues
+                .get_mut(&client)
+                .expect("a client in turn has a queue");
+            while let Some(&(token, generation)) = queue.front() {
+                let slot = &self.slots[token as usize];
+                if slot.generation == generation && slot.op.is_some() {
+                    return Some(token);
+                }
+                queue.pop_front();
             }
-            self.backlog.pop_front();
+            self.queues.remove(&client);
+            self.turns.pop_front();
         }
         None
     }
 
-    /// Removes the backlog's front entry (after [`front`](Self::front) named it).
+    /// Removes the entry [`front`](Self::front) named, and passes the turn to the next client.
     pub(super) fn pop_front(&mut self) {
-        self.backlog.pop_front();
+        let Some(client) = self.turns.pop_front() else {
+            return;
+        };
+        let queue = self
+            .queues
+            .get_mut(&client)
+            .expect("a client in turn has a queue");
+        queue.pop_front();
+        if queue.is_empty() {
+            self.queues.remove(&client);
+        } else {
+            self.turns.push_back(client);
+        }
     }
 
     /// The operation in slot `token`.
@@ -122,11 +154,37 @@ mod tests {
     }
 
     #[test]
-    fn backlog_is_first_in_first_out() {
+    fn one_clients_backlog_is_first_in_first_out() {
         let mut t = OpTable::default();
-        let (a, b, c) = (t.insert("a"), t.insert("b"), t.insert("c"));
+        let (a, b, c) = (t.insert(1, "a"), t.insert(1, "b"), t.insert(1, "c"));
         assert_eq!(drain(&mut t), vec![(a, "a"), (b, "b"), (c, "c")]);
         assert_eq!(t.len(), 3);
+    }
+
+    /// A client with many operations queued delays another's next one by one operation.
+    #[test]
+    fn clients_take_turns() {
+        let mut t = OpTable::default();
+        for _ in 0..100 {
+            t.insert(1, "flood");
+        }
+        t.insert(2, "b1");
+        t.insert(2, "b2");
+        t.insert(3, "c1");
+        let order: Vec<&str> = drain(&mut t).into_iter().map(|(_, op)| op).collect();
+        assert_eq!(&order[..6], &["flood", "b1", "c1", "flood", "b2", "flood"]);
+        assert!(order[6..].iter().all(|&op| op == "flood"));
+        assert_eq!(order.len(), 103);
+        // A client whose queue ran dry takes its turn at the back when it comes again.
+        t.insert(1, "x");
+        t.insert(2, "y");
+        assert_eq!(
+            drain(&mut t)
+                .into_iter()
+                .map(|(_, op)| op)
+                .collect::<Vec<_>>(),
+            ["x", "y"]
+        );
     }
 
     /// The bug this table fixes: an operation answered while waiting, its slot reused at once
@@ -134,13 +192,13 @@ mod tests {
     #[test]
     fn a_slot_emptied_while_waiting_and_reused_is_offered_once() {
         let mut t = OpTable::default();
-        let a = t.insert("a");
-        let b = t.insert("b");
-        let c = t.insert("c");
+        let a = t.insert(1, "a");
+        let b = t.insert(2, "b");
+        let c = t.insert(1, "c");
         // b's client leaves: b is answered without reaching the ring.
         assert_eq!(t.take(b), Some("b"));
-        // Another client's operation takes b's slot at once.
-        let d = t.insert("d");
+        // Client 1's next operation takes b's slot at once.
+        let d = t.insert(1, "d");
         assert_eq!(d, b, "the freed slot is reused");
         assert_eq!(drain(&mut t), vec![(a, "a"), (c, "c"), (d, "d")]);
         assert_eq!(t.len(), 3);
@@ -149,13 +207,13 @@ mod tests {
     #[test]
     fn emptied_slots_leave_the_backlog_and_come_back_free() {
         let mut t = OpTable::default();
-        let tokens: Vec<u32> = (0..8).map(|_| t.insert("x")).collect();
+        let tokens: Vec<u32> = (0..8).map(|_| t.insert(1, "x")).collect();
         for &k in &tokens[2..6] {
             assert!(t.take(k).is_some());
         }
         assert_eq!(t.take(tokens[2]), None, "an empty slot is not taken twice");
         assert_eq!(t.tokens().collect::<Vec<_>>(), vec![0, 1, 6, 7]);
-        let again: Vec<u32> = (0..4).map(|_| t.insert("y")).collect();
+        let again: Vec<u32> = (0..4).map(|_| t.insert(1, "y")).collect();
         let mut sorted = again.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, vec![2, 3, 4, 5], "no new slot while one is free");
@@ -166,12 +224,12 @@ mod tests {
     #[test]
     fn a_slot_taken_after_leaving_the_backlog_is_not_offered_again() {
         let mut t = OpTable::default();
-        let a = t.insert("a");
+        let a = t.insert(1, "a");
         assert_eq!(t.front(), Some(a));
         t.pop_front();
         // In the ring, then completed.
         assert_eq!(t.take(a), Some("a"));
-        let b = t.insert("b");
+        let b = t.insert(1, "b");
         assert_eq!(drain(&mut t), vec![(b, "b")]);
         assert_eq!(t.front(), None);
     }
