@@ -107,7 +107,8 @@ pub struct BlkStats {
     /// for good (a buffer it cannot use as one fixed buffer, say), or, in copy mode, a write's
     /// bytes could not be copied in.
     pub unsendable: u64,
-    /// Regions whose unregistration failed and is retried after the next completions.
+    /// Departed clients' regions whose unregistration the ring refused at first, and which
+    /// were tried again after later completions.
     pub unregister_retries: u64,
     /// The most operations one client had in the service at once.
     pub peak_client_in_flight: u32,

@@ -356,7 +356,6 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
             work += self.reap(done);
             self.pump();
         }
-        self.retry_unregister();
         work
     }
 

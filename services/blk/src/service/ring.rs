@@ -2,6 +2,7 @@
 //! backlog pumped into the ring, submission batching, and completions turned into answers.
 
 use super::*;
+use subring_uring::SubmitError;
 
 pub(super) fn errno_of(e: &io::Error) -> i32 {
     e.get_ref()
@@ -11,18 +12,13 @@ pub(super) fn errno_of(e: &io::Error) -> i32 {
         .unwrap_or(libc::EIO)
 }
 
-/// Whether a push the ring turned away may succeed later as it is: the ring was full, or the
-/// kernel asked for the submit that was to make room to be retried. Anything else (a buffer
-/// the ring cannot use, say) will fail again.
+/// Whether a push the ring turned away may succeed later as it is. Only the operation's own
+/// fault, which the ring finds before queueing it ([`SubmitError`]: a buffer it cannot use as
+/// one fixed buffer, say), fails it for good. A full ring, or a failed submit to make room in
+/// it, is the ring's trouble, not this operation's: answering it (and then every operation
+/// behind it, which would meet the same full ring) with an error would be wrong.
 fn retry_later(e: &QueueError) -> bool {
-    match e {
-        QueueError::Full => true,
-        QueueError::Io(e) => matches!(
-            e.raw_os_error(),
-            Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)
-        ),
-        _ => false,
-    }
+    SubmitError::of(e).is_none()
 }
 
 /// A fixed read or write of `buf` at `offset`.
@@ -113,13 +109,13 @@ impl BlkService {
                 return;
             }
             let Some(io) = self.ops.get_mut(token) else {
-                self.ops.pop_front();
+                self.ops.pop_front(token);
                 continue;
             };
             if io.pushed {
                 // Never twice (the table's generations keep a token's entry unique; this is
                 // the guard).
-                self.ops.pop_front();
+                self.ops.pop_front(token);
                 continue;
             }
             let fd = Target::Fixed(0);
@@ -183,7 +179,7 @@ impl BlkService {
                     if let Some(io) = self.ops.get_mut(token) {
                         io.pushed = true;
                     }
-                    self.ops.pop_front();
+                    self.ops.pop_front(token);
                 }
                 // The ring is full even after submitting (or the kernel asked to retry the
                 // submit): try again next turn.
@@ -202,7 +198,7 @@ impl BlkService {
     /// Answers (at the next poll) the operation at the front of the backlog, which never
     /// reached the kernel, with `status`, and forgets it.
     fn fail_unsent(&mut self, token: u32, status: i32) {
-        self.ops.pop_front();
+        self.ops.pop_front(token);
         let Some(io) = self.ops.take(token) else {
             return;
         };
@@ -267,6 +263,9 @@ impl BlkService {
             self.finish(c, done);
         }
         self.completions = completions;
+        if n > 0 {
+            self.retry_unregister();
+        }
         n
     }
 
@@ -382,24 +381,33 @@ impl BlkService {
     }
 
     /// Unregisters a departed client's region; one the ring refuses now (it still counts an
-    /// operation on it, say) is kept and tried again after the next completions, so that its
+    /// operation on it, say) is kept and tried again after later completions, so that its
     /// memory and table slots are not held for good.
     fn unregister(&mut self, key: RegionKey) {
-        match self.ring.unregister_region(key) {
-            Ok(_) => self.stats.regions_unregistered += 1,
-            Err(RegisterError::NoKey { .. }) => {}
-            Err(_) => {
-                self.stats.unregister_retries += 1;
-                self.retiring.push(key);
-            }
+        if !self.try_unregister(key) {
+            self.stats.unregister_retries += 1;
+            self.retiring.push(key);
         }
     }
 
-    /// Tries again the unregistrations that failed.
-    pub(super) fn retry_unregister(&mut self) {
-        for key in std::mem::take(&mut self.retiring) {
-            self.unregister(key);
+    /// One attempt; `false` if the ring refused for now.
+    fn try_unregister(&mut self, key: RegionKey) -> bool {
+        match self.ring.unregister_region(key) {
+            Ok(_) => {
+                self.stats.regions_unregistered += 1;
+                true
+            }
+            Err(RegisterError::NoKey { .. }) => true,
+            Err(_) => false,
         }
+    }
+
+    /// Tries again the unregistrations the ring refused (after completions: one of them may
+    /// have been what held a region).
+    fn retry_unregister(&mut self) {
+        let mut retiring = std::mem::take(&mut self.retiring);
+        retiring.retain(|&key| !self.try_unregister(key));
+        self.retiring = retiring;
     }
 }
 
@@ -425,19 +433,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_full_ring_or_a_submit_to_retry_is_retried() {
+    fn only_the_operations_own_fault_is_not_retried() {
         assert!(retry_later(&QueueError::Full));
-        for errno in [libc::EAGAIN, libc::EBUSY, libc::EINTR] {
+        // A submit to make room that failed: the ring's trouble.
+        for errno in [
+            libc::EAGAIN,
+            libc::EBUSY,
+            libc::EINTR,
+            libc::ENOMEM,
+            libc::ENXIO,
+        ] {
             assert!(retry_later(&QueueError::Io(io::Error::from_raw_os_error(
                 errno
             ))));
         }
-        // What the ring says of an operation it cannot take (a buffer it cannot use, say).
-        let refused = io::Error::new(io::ErrorKind::InvalidInput, "crosses a fixed-buffer chunk");
-        assert!(!retry_later(&QueueError::Io(refused)));
-        assert!(!retry_later(&QueueError::Io(io::Error::from_raw_os_error(
-            libc::EFAULT
-        ))));
-        assert!(!retry_later(&QueueError::PeerGone));
+        // What the ring says of an operation it cannot take.
+        let own = QueueError::from(SubmitError::FileOutOfRange {
+            index: 3,
+            registered: 1,
+        });
+        assert!(!retry_later(&own));
     }
 }

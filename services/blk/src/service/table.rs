@@ -91,8 +91,9 @@ impl<T> OpTable<T> {
         None
     }
 
-    /// Removes the entry [`front`](Self::front) named, and passes the turn to the next client.
-    pub(super) fn pop_front(&mut self) {
+    /// Removes the entry [`front`](Self::front) named (`token`), and passes the turn to the next
+    /// client.
+    pub(super) fn pop_front(&mut self, token: u32) {
         let Some(client) = self.turns.pop_front() else {
             return;
         };
@@ -100,7 +101,8 @@ impl<T> OpTable<T> {
             .queues
             .get_mut(&client)
             .expect("a client in turn has a queue");
-        queue.pop_front();
+        let popped = queue.pop_front();
+        debug_assert_eq!(popped.map(|(t, _)| t), Some(token), "pop_front after front");
         if queue.is_empty() {
             self.queues.remove(&client);
         } else {
@@ -148,7 +150,7 @@ mod tests {
         let mut out = Vec::new();
         while let Some(token) = t.front() {
             out.push((token, *t.get(token).unwrap()));
-            t.pop_front();
+            t.pop_front(token);
         }
         out
     }
@@ -226,7 +228,7 @@ mod tests {
         let mut t = OpTable::default();
         let a = t.insert(1, "a");
         assert_eq!(t.front(), Some(a));
-        t.pop_front();
+        t.pop_front(a);
         // In the ring, then completed.
         assert_eq!(t.take(a), Some("a"));
         let b = t.insert(1, "b");
