@@ -1,5 +1,7 @@
 //! The block service end to end: data written read back bit-exact across processes, flush
-//! ordering, bad requests answered with errors, and a client SIGKILLed with reads in flight.
+//! ordering, bad requests answered with errors, a client SIGKILLed with reads in flight, a
+//! client leaving with requests still waiting for room in the ring, and copy mode reaching a
+//! region registered late.
 
 // The tests' own bookkeeping (a lock, a stop flag) is not a protocol under test: std types.
 #![allow(clippy::disallowed_types)]
@@ -425,11 +427,11 @@ fn copy_mode_reaches_a_region_registered_after_the_first_request() {
 }
 
 /// A client that leaves with requests still waiting for room in the ring, behind another
-/// client's: they are answered without reaching the kernel, the other client's requests
-/// before and after are each answered once (those after with their own bytes), and every
-/// operation reaches the kernel once. (A slot emptied while waiting and reused at once used to be offered to the
-/// ring twice; the table's unit tests show that case deterministically, this one runs the
-/// departure end to end.)
+/// client's: they are answered without reaching the kernel, the other client's requests before
+/// and after are each answered once (those after with their own bytes), and every operation
+/// reaches the kernel once. (A slot emptied while waiting and reused at once used to be offered
+/// to the ring twice; the table's unit tests show that case deterministically, this one runs
+/// the departure end to end.)
 #[test]
 fn a_client_leaving_with_a_backlog_leaves_the_others_alone() {
     let _serial = serial();
@@ -511,7 +513,7 @@ fn a_client_leaving_with_a_backlog_leaves_the_others_alone() {
             s.blk.retired == attempt + 1 && s.in_flight == 0
         });
         eprintln!(
-            "attempt {attempt}: answered unsent {}, reads when the departure was seen {slow_left} of {}",
+            "attempt {attempt}: {} answered unsent, departure seen after {slow_left} of {} reads",
             seen.blk.answered_unsent - before,
             seen.blk.reads
         );
