@@ -91,6 +91,10 @@ pub enum Status {
     BadLength = 4,
     /// With direct I/O: offset, length or buffer address not aligned to what the device needs.
     BadAlignment = 5,
+    /// The buffer is in a region the service will not register: the client's registered
+    /// memory would pass [`BlkConfig::max_registered`](crate::BlkConfig::max_registered), all
+    /// clients' would pass `max_registered_total`, or the ring refused the registration.
+    NoMemory = 6,
 }
 
 impl Status {
@@ -102,6 +106,7 @@ impl Status {
             3 => Status::BadRange,
             4 => Status::BadLength,
             5 => Status::BadAlignment,
+            6 => Status::NoMemory,
             _ => return None,
         })
     }

@@ -426,6 +426,44 @@ fn copy_mode_reaches_a_region_registered_after_the_first_request() {
     assert!(stats.bytes_copied >= 2 * 65536, "{stats:?}");
 }
 
+/// Registering a region pins all of it: a client cannot make the service pin more of its
+/// memory than `max_registered`. A read into a region past the limit is refused with
+/// `NoMemory`; the client's other memory is still served; and what was registered comes off
+/// the count when the client leaves.
+#[test]
+fn a_client_cannot_pin_more_than_its_limit() {
+    use subring_shm::{Region, RegionOptions};
+    let _serial = serial();
+    let dir = TempDir::new("pin", false);
+    // The client's pool is 64 buffers of 64 KiB: 4 MiB.
+    let (server, mut client) = local(&dir, |c| c.max_registered = 8 << 20);
+    let read = |client: &mut BlkClient, tag: u64| {
+        let buf = client.alloc().unwrap();
+        client.read(tag, 0, buf, 4096).unwrap();
+        client.submit().unwrap();
+        client.next(Some(LIMIT)).unwrap().result
+    };
+    assert_eq!(read(&mut client, 1), Ok(4096), "the pool fits");
+    let big =
+        std::sync::Arc::new(Region::memfd("big", 8 << 20, RegionOptions::new().id(9)).unwrap());
+    client.shm().register_region(big).unwrap();
+    let into_big = BufHandle {
+        offset: 0,
+        len: 4096,
+        region: 9,
+    };
+    client.raw(2, 1, 0, 4096, into_big).unwrap();
+    client.submit().unwrap();
+    let d = client.next(Some(LIMIT)).unwrap();
+    assert_eq!(d.result, Err(BlkResultError::Refused(Status::NoMemory)));
+    assert_eq!(read(&mut client, 3), Ok(4096), "still served");
+    drop(client);
+    let stopped = server.stop().unwrap();
+    let service = stopped.service();
+    assert_eq!(service.stats().regions_registered, 1);
+    assert_eq!(service.registered_bytes(), 0, "the pool came off the count");
+}
+
 /// A client that leaves with requests still waiting for room in the ring, behind another
 /// client's: they are answered without reaching the kernel, the other client's requests before
 /// and after are each answered once (those after with their own bytes), and every operation

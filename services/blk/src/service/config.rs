@@ -27,6 +27,15 @@ pub struct BlkConfig {
     /// in flight, new ones are handed over once this many have gathered (their completions
     /// wake the service meanwhile); below it, at once.
     pub submit_batch: u32,
+    /// Most bytes of one client's memory the service registers with its ring (default 1 GiB).
+    /// Registering a region pins it whole (the kernel faults it in and holds it until it is
+    /// unregistered), whatever part the client reads or writes: this bounds the memory one
+    /// client can make the service's process hold. A read or write into a region past it is
+    /// refused with [`Status::NoMemory`](crate::Status::NoMemory). (Zero-copy mode only.)
+    pub max_registered: u64,
+    /// Most bytes of all clients' memory registered at once (default 4 GiB); past it, as
+    /// past `max_registered`.
+    pub max_registered_total: u64,
 }
 
 impl BlkConfig {
@@ -39,6 +48,8 @@ impl BlkConfig {
             max_io: 1 << 20,
             zero_copy: true,
             submit_batch: 16,
+            max_registered: 1 << 30,
+            max_registered_total: 4 << 30,
         }
     }
 }
@@ -80,7 +91,8 @@ pub struct BlkStats {
     pub flushes_waited: u64,
     /// Discards completed.
     pub discards: u64,
-    /// Requests refused with a [`Status`](crate::Status) (bad op, handle, range, length, alignment).
+    /// Requests refused with a [`Status`](crate::Status) (bad op, handle, range, length,
+    /// alignment, memory).
     pub refused: u64,
     /// Bytes read and written by the kernel for clients.
     pub bytes_read: u64,

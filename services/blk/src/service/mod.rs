@@ -86,6 +86,8 @@ struct ClientState {
     memory: ClientMemory,
     /// Region id → its registration with the ring.
     keys: Vec<(u32, RegionKey)>,
+    /// Bytes of its memory registered (pinned).
+    registered: u64,
     in_flight: u32,
     writes: BTreeSet<u64>,
     next_write: u64,
@@ -130,6 +132,8 @@ pub struct BlkService {
     completions: Vec<Completion>,
     /// Departed clients' regions whose unregistration failed: retried after completions.
     retiring: Vec<RegionKey>,
+    /// Bytes of clients' memory registered with the ring now.
+    registered: u64,
     stats: BlkStats,
 }
 
@@ -148,6 +152,8 @@ impl BlkService {
         for (field, value) in [
             ("max_io", config.max_io as u64),
             ("submit_batch", config.submit_batch as u64),
+            ("max_registered", config.max_registered),
+            ("max_registered_total", config.max_registered_total),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { field }.into());
@@ -187,6 +193,7 @@ impl BlkService {
             staging,
             completions: Vec::new(),
             retiring: Vec::new(),
+            registered: 0,
             stats: BlkStats::default(),
         })
     }
@@ -227,6 +234,11 @@ impl BlkService {
         self.ring.registered_regions() - usize::from(self.staging.is_some())
     }
 
+    /// Bytes of clients' memory registered with the ring (pinned) now.
+    pub fn registered_bytes(&self) -> u64 {
+        self.registered
+    }
+
     /// Operations in the kernel or waiting to go there.
     pub fn in_flight(&self) -> usize {
         self.ops.len()
@@ -251,6 +263,7 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
         self.clients.entry(id).or_insert_with(|| ClientState {
             memory: ctx.memory().clone(),
             keys: Vec::new(),
+            registered: 0,
             in_flight: 0,
             writes: BTreeSet::new(),
             next_write: 0,

@@ -87,12 +87,21 @@ impl BlkService {
         let key = match client.keys.iter().find(|(r, _)| *r == region.id()) {
             Some((_, key)) => *key,
             None => {
-                // First use of this region: register it (once per region per client).
+                // First use of this region: register it (once per region per client), which
+                // pins all of it, within the client's and the service's limits.
+                let len = region.len() as u64;
+                if client.registered.saturating_add(len) > self.config.max_registered
+                    || self.registered.saturating_add(len) > self.config.max_registered_total
+                {
+                    return Err(Status::NoMemory);
+                }
                 let key = self
                     .ring
                     .register_region(region.clone())
-                    .map_err(|_| Status::BadHandle)?;
+                    .map_err(|_| Status::NoMemory)?;
                 self.stats.regions_registered += 1;
+                client.registered += len;
+                self.registered += len;
                 client.keys.push((region.id(), key));
                 key
             }
@@ -393,8 +402,9 @@ impl BlkService {
     /// One attempt; `false` if the ring refused for now.
     fn try_unregister(&mut self, key: RegionKey) -> bool {
         match self.ring.unregister_region(key) {
-            Ok(_) => {
+            Ok(region) => {
                 self.stats.regions_unregistered += 1;
+                self.registered -= region.len() as u64;
                 true
             }
             Err(RegisterError::NoKey { .. }) => true,
