@@ -27,15 +27,13 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
+use subring_bench::ipc::{round_trip, WAIT_TIMEOUT};
 use subring_bench::peers::{self, Placement};
-use subring_shm::echo::{EchoOp, EchoReq, EchoResp, EchoStatus, ECHO_PROTOCOL};
-use subring_shm::queue::{Completer, Submitter};
+use subring_shm::echo::{EchoReq, EchoResp, ECHO_PROTOCOL};
 use subring_shm::{Client, ClientOptions, NotifyMode};
 
 const WARM_UP: usize = 2_000;
 const TRIPS: usize = 20_000;
-/// How long a client waits for one answer before the measurement fails.
-const WAIT: Duration = Duration::from_secs(10);
 
 /// The mean of the middle 80% of `samples`.
 fn trimmed_mean(samples: &mut [u64]) -> f64 {
@@ -78,26 +76,6 @@ fn start(program: &Path, socket: &Path) -> Result<Server, String> {
     Ok(server)
 }
 
-/// One `PING` round trip, waiting with a timeout as users do.
-fn round_trip(client: &mut Client<EchoReq, EchoResp>, seq: u64) -> Result<(), String> {
-    let req = EchoReq {
-        seq,
-        op: EchoOp::PING,
-        ..EchoReq::default()
-    };
-    client.push(req).map_err(|r| r.error.to_string())?;
-    client.submit().map_err(|e| e.to_string())?;
-    loop {
-        if let Some(r) = client.reap().map_err(|e| e.to_string())? {
-            if r.seq != seq || r.status != EchoStatus::OK {
-                return Err(format!("bad answer {r:?} to {seq}"));
-            }
-            return Ok(());
-        }
-        client.wait(Some(WAIT)).map_err(|e| e.to_string())?;
-    }
-}
-
 /// The trimmed mean round trip, in ns, of a spin client against `program`.
 fn measure(program: &Path, socket: &Path) -> Result<f64, String> {
     let _server = start(program, socket)?;
@@ -107,13 +85,13 @@ fn measure(program: &Path, socket: &Path) -> Result<f64, String> {
     let mut seq = 0;
     for _ in 0..WARM_UP {
         seq += 1;
-        round_trip(&mut client, seq)?;
+        round_trip(&mut client, seq, Some(WAIT_TIMEOUT))?;
     }
     let mut samples = Vec::with_capacity(TRIPS);
     for _ in 0..TRIPS {
         seq += 1;
         let t0 = Instant::now();
-        round_trip(&mut client, seq)?;
+        round_trip(&mut client, seq, Some(WAIT_TIMEOUT))?;
         samples.push(t0.elapsed().as_nanos() as u64);
     }
     Ok(trimmed_mean(&mut samples))

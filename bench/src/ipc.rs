@@ -124,7 +124,7 @@ fn connect(
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One `PING` round trip through `client` (a shm `Client`, or a bare queue pair's app side).
-fn round_trip<Q: Submitter<Entry = EchoReq> + Completer<Completion = EchoResp>>(
+pub fn round_trip<Q: Submitter<Entry = EchoReq> + Completer<Completion = EchoResp>>(
     client: &mut Q,
     seq: u64,
     timeout: Option<Duration>,

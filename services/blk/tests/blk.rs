@@ -1,60 +1,20 @@
 //! The block service end to end: data written read back bit-exact across processes, flush
-//! ordering, bad requests answered with errors, a client SIGKILLed with reads in flight, a
-//! client leaving with requests still waiting for room in the ring, and copy mode reaching a
-//! region registered late.
+//! ordering, bad requests answered with errors, and a client SIGKILLed with reads in flight.
+//! (Clients that leave with requests waiting, or name too much memory: misbehaving_clients.rs.)
 
 // The tests' own bookkeeping (a lock, a stop flag) is not a protocol under test: std types.
 #![allow(clippy::disallowed_types)]
 
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use subring_blk::{
-    server, server_config, BlkClient, BlkConfig, BlkOptions, BlkResultError, BlkServer, Status,
-};
-use subring_shm::{socket_pair, BufHandle};
+use common::*;
 
-const LIMIT: Duration = Duration::from_secs(20);
-
-/// The tests of this file run one at a time: the kill test counts this process's descriptors
-/// and mappings, which another test's clients would change under it.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-const DEVICE: u64 = 8 << 20;
-
-/// A directory for one test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Under the system temp dir (ext4 here: direct I/O works), or `/dev/shm` (tmpfs: none).
-    fn new(name: &str, tmpfs: bool) -> Self {
-        let base = if tmpfs {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = base.join(format!("subring-blk-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn disk(&self, len: u64) -> PathBuf {
-        let path = self.0.join("disk.img");
-        std::fs::File::create(&path).unwrap().set_len(len).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use subring_blk::{server_config, BlkConfig, BlkResultError, Status};
+use subring_shm::BufHandle;
 
 /// A child process killed and reaped when dropped.
 struct ChildGuard(Option<Child>);
@@ -88,39 +48,6 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A deterministic pseudo-random sequence (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn connect_retry(path: &Path) -> BlkClient {
-    connect_retry_with(path, &BlkOptions::new())
-}
-
-fn connect_retry_with(path: &Path, options: &BlkOptions) -> BlkClient {
-    let start = Instant::now();
-    loop {
-        match BlkClient::connect(path, options) {
-            Ok(c) => return c,
-            Err(e) if start.elapsed() < LIMIT => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("could not connect to {}: {e}", path.display()),
-        }
     }
 }
 
@@ -234,28 +161,6 @@ fn data_written_reads_back_across_processes_direct() {
 #[test]
 fn data_written_reads_back_across_processes_buffered() {
     read_back_across_processes(true);
-}
-
-/// The service on a thread of this process and a client over a socket pair.
-fn local(
-    dir: &TempDir,
-    tweak: impl FnOnce(&mut BlkConfig),
-) -> (
-    subring_shm::ServerThread<
-        subring_blk::BlkRequest,
-        subring_blk::BlkCompletion,
-        subring_blk::BlkService,
-    >,
-    BlkClient,
-) {
-    let mut blk = BlkConfig::new(dir.disk(DEVICE));
-    tweak(&mut blk);
-    let (server_end, client_end): (OwnedFd, OwnedFd) = socket_pair().unwrap();
-    let mut server = server(server_config(), blk).unwrap();
-    server.add_connection(server_end).unwrap();
-    let server = server.spawn().unwrap();
-    let client = BlkClient::from_socket(client_end, &BlkOptions::new()).unwrap();
-    (server, client)
 }
 
 /// A flush completes after every write before it, and waits for those still in flight.
@@ -383,205 +288,6 @@ fn bad_requests_are_error_completions() {
     assert_eq!(stats.refused, cases.len() as u64);
 }
 
-/// In copy mode the service copies through its own view of each client's memory: a region
-/// the client registers after its first request is in that view too. A write from it reaches
-/// the disk and a read into it arrives (before the fix, the write sent whatever a staging slot
-/// held and both reported success).
-#[test]
-fn copy_mode_reaches_a_region_registered_after_the_first_request() {
-    use subring_shm::{Region, RegionOptions};
-    let _serial = serial();
-    let dir = TempDir::new("copy-later", false);
-    let (server, mut client) = local(&dir, |c| c.zero_copy = false);
-    // A first request: the service takes its view of the client's memory.
-    let buf = client.alloc().unwrap();
-    client.read(1, 0, buf, 4096).unwrap();
-    client.submit().unwrap();
-    assert_eq!(client.next(Some(LIMIT)).unwrap().result, Ok(4096));
-    let region =
-        std::sync::Arc::new(Region::memfd("later", 1 << 20, RegionOptions::new().id(7)).unwrap());
-    client.shm().register_region(region.clone()).unwrap();
-    let at = |offset: u64| BufHandle {
-        offset,
-        len: 65536,
-        region: 7,
-    };
-    let pattern: Vec<u8> = (0..65536u32).map(|i| (i * 13 + 5) as u8).collect();
-    region.write_from(at(0), &pattern).unwrap();
-    let (read, write) = (1, 2);
-    client.raw(2, write, 1 << 20, 65536, at(0)).unwrap();
-    client.submit().unwrap();
-    assert_eq!(client.next(Some(LIMIT)).unwrap().result, Ok(65536));
-    client.raw(3, read, 1 << 20, 65536, at(65536)).unwrap();
-    client.submit().unwrap();
-    assert_eq!(client.next(Some(LIMIT)).unwrap().result, Ok(65536));
-    let mut back = vec![0u8; 65536];
-    region.read_into(at(65536), &mut back).unwrap();
-    assert!(
-        back == pattern,
-        "the bytes read back are not the bytes written"
-    );
-    drop(client);
-    let stats = server.stop().unwrap().service().stats();
-    assert!(stats.bytes_copied >= 2 * 65536, "{stats:?}");
-}
-
-/// Registering a region pins all of it: a client cannot make the service pin more of its
-/// memory than `max_registered`. A read into a region past the limit is refused with
-/// `NoMemory`; the client's other memory is still served; and what was registered comes off
-/// the count when the client leaves.
-#[test]
-fn a_client_cannot_pin_more_than_its_limit() {
-    use subring_shm::{Region, RegionOptions};
-    let _serial = serial();
-    let dir = TempDir::new("pin", false);
-    // The client's pool is 64 buffers of 64 KiB: 4 MiB.
-    let (server, mut client) = local(&dir, |c| c.max_registered = 8 << 20);
-    let read = |client: &mut BlkClient, tag: u64| {
-        let buf = client.alloc().unwrap();
-        client.read(tag, 0, buf, 4096).unwrap();
-        client.submit().unwrap();
-        client.next(Some(LIMIT)).unwrap().result
-    };
-    assert_eq!(read(&mut client, 1), Ok(4096), "the pool fits");
-    let big =
-        std::sync::Arc::new(Region::memfd("big", 8 << 20, RegionOptions::new().id(9)).unwrap());
-    client.shm().register_region(big).unwrap();
-    let into_big = BufHandle {
-        offset: 0,
-        len: 4096,
-        region: 9,
-    };
-    client.raw(2, 1, 0, 4096, into_big).unwrap();
-    client.submit().unwrap();
-    let d = client.next(Some(LIMIT)).unwrap();
-    assert_eq!(d.result, Err(BlkResultError::Refused(Status::NoMemory)));
-    assert_eq!(read(&mut client, 3), Ok(4096), "still served");
-    drop(client);
-    let stopped = server.stop().unwrap();
-    let service = stopped.service();
-    assert_eq!(service.stats().regions_registered, 1);
-    assert_eq!(service.registered_bytes(), 0, "the pool came off the count");
-}
-
-/// A client that leaves with requests still waiting for room in the ring, behind another
-/// client's: they are answered without reaching the kernel, the other client's requests before
-/// and after are each answered once (those after with their own bytes), and every operation
-/// reaches the kernel once. (A slot emptied while waiting and reused at once used to be offered
-/// to the ring twice; the table's unit tests show that case deterministically, this one runs
-/// the departure end to end.)
-#[test]
-fn a_client_leaving_with_a_backlog_leaves_the_others_alone() {
-    let _serial = serial();
-    let dir = TempDir::new("backlog", false);
-    let socket = dir.0.join("blk.sock");
-    // Real data, read with direct I/O: reads go to the device and take a while.
-    let disk = dir.0.join("disk.img");
-    let mut rng = Rng(11);
-    let data: Vec<u8> = (0..DEVICE).map(|_| rng.next() as u8).collect();
-    std::fs::write(&disk, &data).unwrap();
-    let mut blk = BlkConfig::new(&disk);
-    // Four in the ring: the rest waits in the backlog, in order.
-    blk.depth = 4;
-    let running = Running::start(subring_blk::serve(&socket, server_config(), blk).unwrap());
-    let options = BlkOptions::new().buffers(1 << 20, 40);
-    let mut other = connect_retry_with(&socket, &options);
-    // (A buffer's handle names its filled bytes: none yet. The slow reads name all of it.)
-    let whole = |buf: &subring_shm::Buf| BufHandle {
-        len: 1 << 20,
-        ..buf.handle()
-    };
-    let slow = other.alloc().unwrap();
-    // (With the 32 reads after them, as many as the client's submission ring holds.)
-    const SLOW: u64 = 32;
-    let mut exercised = false;
-    for attempt in 0..10u64 {
-        // The other client's slow reads first (milliseconds of work, one at a time), then the
-        // leaving client's, behind them; it leaves at once.
-        let mut leaving = connect_retry_with(&socket, &options);
-        let buf = leaving.alloc().unwrap();
-        let before = running.seen().blk.answered_unsent;
-        for i in 0..SLOW {
-            let offset = (i << 20) % DEVICE;
-            other
-                .raw(1000 + i, 1, offset, 1 << 20, whole(&slow))
-                .unwrap();
-        }
-        other.submit().unwrap();
-        for i in 0..64u64 {
-            let offset = (i << 20) % DEVICE;
-            leaving.raw(i, 1, offset, 1 << 20, whole(&buf)).unwrap();
-        }
-        leaving.submit().unwrap();
-        drop(leaving);
-        drop(buf);
-        // Bounded: the departure is noticed between two of the slow reads, or not at all.
-        let start = Instant::now();
-        while running.seen().blk.answered_unsent == before
-            && start.elapsed() < Duration::from_secs(2)
-        {
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        let slow_left = running.seen().blk.reads;
-        // The other client's next reads: each completes once, with its own bytes.
-        for i in 0..32u64 {
-            let offset = (i * 3 + attempt) * 65536 % DEVICE;
-            other
-                .read(i, offset, other.alloc().unwrap(), 65536)
-                .unwrap();
-        }
-        other.submit().unwrap();
-        let mut answered = std::collections::HashSet::new();
-        for _ in 0..SLOW + 32 {
-            let d = other.next(Some(LIMIT)).unwrap();
-            assert!(answered.insert(d.tag), "tag {} answered twice", d.tag);
-            if d.tag >= 1000 {
-                assert_eq!(d.result, Ok(1 << 20), "tag {}", d.tag);
-                continue;
-            }
-            assert_eq!(d.result, Ok(65536), "tag {}", d.tag);
-            let offset = ((d.tag * 3 + attempt) * 65536 % DEVICE) as usize;
-            assert!(
-                d.buf.unwrap().to_vec() == data[offset..offset + 65536],
-                "tag {}: not the bytes at {offset}",
-                d.tag
-            );
-        }
-        let seen = running.until("the leaving client is retired", |s| {
-            s.blk.retired == attempt + 1 && s.in_flight == 0
-        });
-        eprintln!(
-            "attempt {attempt}: {} answered unsent, departure seen after {slow_left} of {} reads",
-            seen.blk.answered_unsent - before,
-            seen.blk.reads
-        );
-        // Exercised when the departure came while the slow reads still held the ring.
-        if seen.blk.answered_unsent > before && slow_left + 32 < seen.blk.reads {
-            exercised = true;
-            break;
-        }
-    }
-    assert!(
-        exercised,
-        "no client left with requests waiting behind another's in 10 attempts"
-    );
-    drop(slow);
-    drop(other);
-    let seen = running.until("every operation completed", |s| {
-        s.in_flight == 0 && s.server.clients == 0
-    });
-    let b = seen.blk;
-    // Every operation went to the kernel once (and every cancel), and came back once.
-    assert_eq!(
-        b.uring.pushed,
-        b.reads + b.writes + b.flushes + b.discards + b.cancels,
-        "{b:?}"
-    );
-    assert_eq!(b.uring.completed, b.uring.pushed, "{b:?}");
-    assert_eq!(b.unsendable, 0);
-    drop(running.stop());
-}
-
 /// The client half of the kill test: reads at QD 32 until killed.
 #[test]
 #[ignore = "the client half of a cross-process test"]
@@ -615,82 +321,6 @@ fn mapped_client_memfds() -> usize {
         .lines()
         .filter(|l| l.contains("memfd:subring-shm-"))
         .count()
-}
-
-/// A server turning on a thread of its own, publishing what the kill test looks at.
-struct Running {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
-    thread: Option<std::thread::JoinHandle<BlkServer>>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Seen {
-    server: subring_shm::ServerStats,
-    blk: subring_blk::BlkStats,
-    blk_clients: usize,
-    in_flight: usize,
-    registered: usize,
-}
-
-impl Running {
-    fn start(mut server: BlkServer) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
-        let thread = std::thread::spawn({
-            let (stop, seen) = (stop.clone(), seen.clone());
-            move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    server.run_for(Duration::from_millis(1)).unwrap();
-                    let blk = server.service();
-                    *seen.lock().unwrap() = Seen {
-                        server: server.stats(),
-                        blk: blk.stats(),
-                        blk_clients: blk.clients(),
-                        in_flight: blk.in_flight(),
-                        registered: blk.registered_regions(),
-                    };
-                }
-                server
-            }
-        });
-        Running {
-            stop,
-            seen,
-            thread: Some(thread),
-        }
-    }
-
-    fn seen(&self) -> Seen {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Waits (bounded) until `what` holds of what the server shows.
-    fn until(&self, what: &str, mut ok: impl FnMut(&Seen) -> bool) -> Seen {
-        let start = Instant::now();
-        loop {
-            let seen = self.seen();
-            if ok(&seen) {
-                return seen;
-            }
-            assert!(start.elapsed() < LIMIT, "{what}: never happened ({seen:?})");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    fn stop(mut self) -> BlkServer {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// A client SIGKILLed with reads in flight: the service cancels and waits for them, then
