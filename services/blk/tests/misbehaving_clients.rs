@@ -1,6 +1,7 @@
 //! Clients that misbehave, or just leave, against the block service: a client leaving with
 //! requests still waiting for room in the ring, a client naming more memory than the service
-//! should pin for it, and copy mode reaching a region registered after the first request.
+//! should pin for it, a client flooding the ring while another wants its share, and copy mode
+//! reaching a region registered after the first request.
 
 // The tests' own bookkeeping (a lock, a stop flag) is not a protocol under test: std types.
 #![allow(clippy::disallowed_types)]
@@ -209,5 +210,82 @@ fn a_client_leaving_with_a_backlog_leaves_the_others_alone() {
     );
     assert_eq!(b.uring.completed, b.uring.pushed, "{b:?}");
     assert_eq!(b.unsendable, 0);
+    drop(running.stop());
+}
+
+/// A client that filled the ring, with more queued behind, does not keep the device's whole
+/// queue once another client comes: while both have operations in the service, each is given
+/// slots only up to half the ring, the other taking turns, and both are served in full.
+#[test]
+fn a_flooding_client_gets_only_its_share_of_the_ring() {
+    let _serial = serial();
+    let dir = TempDir::new("share", false);
+    let socket = dir.0.join("blk.sock");
+    let disk = dir.0.join("disk.img");
+    let mut rng = Rng(5);
+    let data: Vec<u8> = (0..DEVICE).map(|_| rng.next() as u8).collect();
+    std::fs::write(&disk, &data).unwrap();
+    let mut blk = BlkConfig::new(&disk);
+    // Eight in the ring: four each while both clients have operations.
+    blk.depth = 8;
+    let running = Running::start(subring_blk::serve(&socket, server_config(), blk).unwrap());
+    let options = BlkOptions::new().buffers(1 << 20, 40);
+    let mut flood = connect_retry_with(&socket, &options);
+    let mut other = connect_retry_with(&socket, &options);
+    let whole = |buf: &subring_shm::Buf| BufHandle {
+        len: 1 << 20,
+        ..buf.handle()
+    };
+    let big = flood.alloc().unwrap();
+    let mut passed_over = false;
+    for attempt in 0..5u64 {
+        // Direct reads of 1 MiB take a while each: the ring fills, the rest waits.
+        for i in 0..32u64 {
+            let offset = ((i + attempt) << 20) % DEVICE;
+            flood.raw(i, 1, offset, 1 << 20, whole(&big)).unwrap();
+        }
+        flood.submit().unwrap();
+        running.until("the flooding client fills the ring", |s| s.in_flight >= 9);
+        for i in 0..8u64 {
+            let offset = (i * 5 + attempt) * 65536 % DEVICE;
+            other
+                .read(i, offset, other.alloc().unwrap(), 65536)
+                .unwrap();
+        }
+        other.submit().unwrap();
+        for _ in 0..8 {
+            let d = other.next(Some(LIMIT)).unwrap();
+            assert_eq!(d.result, Ok(65536), "tag {}", d.tag);
+            let offset = ((d.tag * 5 + attempt) * 65536 % DEVICE) as usize;
+            assert!(
+                d.buf.unwrap().to_vec() == data[offset..offset + 65536],
+                "tag {}: not the bytes at {offset}",
+                d.tag
+            );
+        }
+        for _ in 0..32 {
+            let d = flood.next(Some(LIMIT)).unwrap();
+            assert_eq!(d.result, Ok(1 << 20), "tag {}", d.tag);
+        }
+        let b = running.seen().blk;
+        eprintln!(
+            "attempt {attempt}: {} turns passed over, at most {} in the ring while shared",
+            b.share_waits, b.peak_shared_in_ring
+        );
+        assert!(
+            b.peak_shared_in_ring <= 4,
+            "a client had more than its share in the ring while another had operations: {b:?}"
+        );
+        if b.share_waits > 0 {
+            passed_over = true;
+            break;
+        }
+    }
+    assert!(
+        passed_over,
+        "the flooding client never held its share when the other came, in 5 attempts"
+    );
+    drop(big);
+    drop((flood, other));
     drop(running.stop());
 }

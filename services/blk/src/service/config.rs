@@ -14,8 +14,11 @@ pub struct BlkConfig {
     /// by DMA. Where the file system has no direct I/O (tmpfs), the service falls back to
     /// buffered I/O and says so ([`BlkService::direct`](crate::BlkService::direct)).
     pub direct: bool,
-    /// Operations in the kernel at once, over all clients (default 256). Each client is also
-    /// bounded by the server's [`max_deferred`](subring_shm::ServerConfig::max_deferred).
+    /// Operations in the kernel at once, over all clients (default 256). The clients share
+    /// it: while several have operations in the service, each is given slots only up to an
+    /// even part of it (at least 4), the others taking turns meanwhile, so that a client with
+    /// hundreds queued cannot hold the device's whole queue. Each client is also bounded by
+    /// the server's [`max_deferred`](subring_shm::ServerConfig::max_deferred).
     pub depth: u32,
     /// Largest read or write (default 1 MiB).
     pub max_io: u32,
@@ -124,6 +127,12 @@ pub struct BlkStats {
     pub unregister_retries: u64,
     /// The most operations one client had in the service at once.
     pub peak_client_in_flight: u32,
+    /// Turns a client with operations waiting was passed over because it had its share of the
+    /// ring in the kernel (see [`BlkConfig::depth`]).
+    pub share_waits: u64,
+    /// The most operations one client had in the ring right after the service gave it another
+    /// while other clients had operations in the service too: at most its share then.
+    pub peak_shared_in_ring: u32,
     /// The ring's counters (enters, doorbells).
     pub uring: UringStats,
 }

@@ -88,7 +88,10 @@ struct ClientState {
     keys: Vec<(u32, RegionKey)>,
     /// Bytes of its memory registered (pinned).
     registered: u64,
+    /// Operations held (waiting for the ring, or in it).
     in_flight: u32,
+    /// Of those, operations in the ring (pushed and not yet completed).
+    in_ring: u32,
     writes: BTreeSet<u64>,
     next_write: u64,
     flushes: VecDeque<WaitingFlush>,
@@ -265,6 +268,7 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
             keys: Vec::new(),
             registered: 0,
             in_flight: 0,
+            in_ring: 0,
             writes: BTreeSet::new(),
             next_write: 0,
             flushes: VecDeque::new(),

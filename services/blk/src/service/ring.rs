@@ -29,6 +29,17 @@ fn transfer(kind: Kind, fd: Target, buf: FixedBuf, offset: u64) -> Op {
     }
 }
 
+/// How many operations one client may have in the ring while `active` clients (those with
+/// operations in the service) share its `depth`: an even part, but at least 4 (or the whole
+/// ring, if smaller), as the kernel's block layer shares a device's tags between the queues
+/// using it (`hctx_may_queue`). A client alone may fill the ring; one that filled it before
+/// the others came keeps what it has in the kernel, and gets no more until it is under its
+/// share.
+pub(super) fn fair_share(depth: u32, active: usize) -> u32 {
+    let active = u32::try_from(active.max(1)).unwrap_or(u32::MAX);
+    depth.div_ceil(active).max(depth.min(4))
+}
+
 pub(super) fn refused(tag: u64, status: Status) -> BlkCompletion {
     BlkCompletion {
         tag,
@@ -109,10 +120,15 @@ impl BlkService {
         Ok(Bytes::Client(key, handle))
     }
 
-    /// Moves backlogged operations into the ring while it has room. An operation the ring
-    /// refuses for good (not because it is full) is answered with an error, not retried: it
-    /// would otherwise hold the front of the backlog, and every client's operations behind it.
+    /// Moves backlogged operations into the ring while it has room, the clients taken in turn,
+    /// each up to its [`fair_share`] of the ring. An operation the ring refuses for good (not
+    /// because it is full) is answered with an error, not retried: it would otherwise hold the
+    /// front of the backlog, and every client's operations behind it.
     pub(super) fn pump(&mut self) {
+        // Computed at the first operation that could go (most calls find none).
+        let mut share = None;
+        // Clients passed over in a row: once every waiting client has been, none may go.
+        let mut passed = 0;
         while let Some(token) = self.ops.front() {
             if self.ring.in_flight() >= self.config.depth as usize {
                 return;
@@ -127,6 +143,25 @@ impl BlkService {
                 self.ops.pop_front(token);
                 continue;
             }
+            let client = io.client;
+            let (share, active) = *share.get_or_insert_with(|| {
+                let active = self.clients.values().filter(|c| c.in_flight > 0).count();
+                (fair_share(self.config.depth, active), active)
+            });
+            let held = self.clients[&client].in_ring;
+            if held >= share {
+                // Its share of the ring is in the kernel: the others go first, and it goes
+                // again once some of its own complete (which is bound to happen: it has
+                // operations in the kernel).
+                self.stats.share_waits += 1;
+                self.ops.pass_turn();
+                passed += 1;
+                if passed >= self.ops.waiting_clients() {
+                    return;
+                }
+                continue;
+            }
+            let io = self.ops.get_mut(token).expect("looked at it");
             let fd = Target::Fixed(0);
             // `Err(status)`: the operation is answered with `status` instead.
             let planned: Result<Op, i32> = match (io.kind, io.bytes) {
@@ -189,6 +224,13 @@ impl BlkService {
                         io.pushed = true;
                     }
                     self.ops.pop_front(token);
+                    passed = 0;
+                    let c = self.clients.get_mut(&client).expect("a known client");
+                    c.in_ring += 1;
+                    if active > 1 {
+                        self.stats.peak_shared_in_ring =
+                            self.stats.peak_shared_in_ring.max(c.in_ring);
+                    }
                 }
                 // The ring is full even after submitting (or the kernel asked to retry the
                 // submit): try again next turn.
@@ -291,6 +333,9 @@ impl BlkService {
         };
         let client = self.clients.get_mut(&io.client).expect("a known client");
         client.in_flight -= 1;
+        if io.pushed {
+            client.in_ring -= 1;
+        }
         match io.kind {
             Kind::Read => {
                 self.stats.reads += 1;
@@ -441,6 +486,23 @@ pub(super) unsafe fn staging_bytes(region: &Region, at: BufHandle) -> &mut [u8] 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ring_is_shared_evenly_but_not_finely() {
+        assert_eq!(fair_share(256, 0), 256, "no one else: all of it");
+        assert_eq!(fair_share(256, 1), 256);
+        assert_eq!(fair_share(256, 2), 128);
+        assert_eq!(fair_share(256, 3), 86);
+        assert_eq!(fair_share(256, 64), 4);
+        assert_eq!(fair_share(256, 1000), 4, "at least four each");
+        assert_eq!(fair_share(8, 2), 4);
+        assert_eq!(
+            fair_share(2, 5),
+            2,
+            "never less than four, unless the ring is smaller"
+        );
+        assert_eq!(fair_share(1, 3), 1);
+    }
 
     #[test]
     fn only_the_operations_own_fault_is_not_retried() {

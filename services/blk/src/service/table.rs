@@ -9,6 +9,9 @@
 //! generation is not the slot's any more is stale and skipped, so the reused slot is offered
 //! to the ring once, through its own entry. (Before, the stale entry offered the new
 //! operation a second time, while the first was in flight.)
+//!
+//! A client whose turn comes while it holds its share of the ring is passed over
+//! ([`pass_turn`](OpTable::pass_turn)); its operations keep their order.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -89,6 +92,19 @@ impl<T> OpTable<T> {
             self.turns.pop_front();
         }
         None
+    }
+
+    /// Passes the turn of the client [`front`](Self::front) named to the next client, its
+    /// operations left as they are (it is at the back of the turns now).
+    pub(super) fn pass_turn(&mut self) {
+        if let Some(client) = self.turns.pop_front() {
+            self.turns.push_back(client);
+        }
+    }
+
+    /// Clients with operations waiting (some may turn out to hold only stale entries).
+    pub(super) fn waiting_clients(&self) -> usize {
+        self.turns.len()
     }
 
     /// Removes the entry [`front`](Self::front) named (`token`), and passes the turn to the next
@@ -204,6 +220,29 @@ mod tests {
         assert_eq!(d, b, "the freed slot is reused");
         assert_eq!(drain(&mut t), vec![(a, "a"), (c, "c"), (d, "d")]);
         assert_eq!(t.len(), 3);
+    }
+
+    /// A client passed over keeps its operations, in order, and its place comes round again.
+    #[test]
+    fn a_client_passed_over_keeps_its_order() {
+        let mut t = OpTable::default();
+        let a1 = t.insert(1, "a1");
+        let a2 = t.insert(1, "a2");
+        let b1 = t.insert(2, "b1");
+        assert_eq!(t.waiting_clients(), 2);
+        assert_eq!(t.front(), Some(a1));
+        t.pass_turn();
+        assert_eq!(t.front(), Some(b1), "the next client's turn");
+        t.pop_front(b1);
+        assert_eq!(
+            t.front(),
+            Some(a1),
+            "the passed client's oldest, still first"
+        );
+        t.pass_turn();
+        assert_eq!(t.front(), Some(a1), "the only client waiting");
+        assert_eq!(drain(&mut t), vec![(a1, "a1"), (a2, "a2")]);
+        assert_eq!(t.waiting_clients(), 0);
     }
 
     #[test]
