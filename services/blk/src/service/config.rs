@@ -15,10 +15,11 @@ pub struct BlkConfig {
     /// buffered I/O and says so ([`BlkService::direct`](crate::BlkService::direct)).
     pub direct: bool,
     /// Operations in the kernel at once, over all clients (default 256). The clients share
-    /// it: while several have operations in the service, each is given slots only up to an
-    /// even part of it (at least 4), the others taking turns meanwhile, so that a client with
-    /// hundreds queued cannot hold the device's whole queue. Each client is also bounded by
-    /// the server's [`max_deferred`](subring_shm::ServerConfig::max_deferred).
+    /// it: while several have operations in the service, a client holding an even part of it
+    /// (at least 4) is given no more slots while another client under its part has operations
+    /// waiting, so that a client with hundreds queued cannot hold the device's whole queue.
+    /// Slots no such client wants go to whoever waits. Each client is also bounded by the
+    /// server's [`max_deferred`](subring_shm::ServerConfig::max_deferred).
     pub depth: u32,
     /// Largest read or write (default 1 MiB).
     pub max_io: u32,
@@ -130,8 +131,12 @@ pub struct BlkStats {
     /// Turns a client with operations waiting was passed over because it had its share of the
     /// ring in the kernel (see [`BlkConfig::depth`]).
     pub share_waits: u64,
+    /// Slots given to a client that already had its share of the ring in the kernel, because
+    /// no other client under its share was waiting (the share binds only under contention).
+    pub beyond_share: u64,
     /// The most operations one client had in the ring right after the service gave it another
-    /// while other clients had operations in the service too: at most its share then.
+    /// while another client's operations waited for the ring: at most its share, unless every
+    /// client waiting had its share (slots are not left idle then).
     pub peak_shared_in_ring: u32,
     /// The ring's counters (enters, doorbells).
     pub uring: UringStats,

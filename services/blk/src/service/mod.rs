@@ -430,6 +430,7 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
                     .push((io.pending, refused(io.tag, Status::BadOp)));
             }
         }
+        self.ops.forget(id);
         if cancelled {
             self.stats.departed_with_io += 1;
             let _ = self.ring.submit();

@@ -30,11 +30,13 @@ fn transfer(kind: Kind, fd: Target, buf: FixedBuf, offset: u64) -> Op {
 }
 
 /// How many operations one client may have in the ring while `active` clients (those with
-/// operations in the service) share its `depth`: an even part, but at least 4 (or the whole
-/// ring, if smaller), as the kernel's block layer shares a device's tags between the queues
-/// using it (`hctx_may_queue`). A client alone may fill the ring; one that filled it before
-/// the others came keeps what it has in the kernel, and gets no more until it is under its
-/// share.
+/// operations in the service) share its `depth` and another client under its share has
+/// operations waiting: an even part, but at least 4 (or the whole ring, if smaller), as the
+/// kernel's block layer shares a device's tags between the queues using it
+/// (`hctx_may_queue`). A client alone may fill the ring; one that filled it before the others
+/// came keeps what it has in the kernel, and gets no more while they want slots. Unlike the
+/// block layer's, the share binds only under contention: a client holding a slot or two does
+/// not cap a busy one at its share of an idle ring.
 pub(super) fn fair_share(depth: u32, active: usize) -> u32 {
     let active = u32::try_from(active.max(1)).unwrap_or(u32::MAX);
     depth.div_ceil(active).max(depth.min(4))
@@ -121,14 +123,19 @@ impl BlkService {
     }
 
     /// Moves backlogged operations into the ring while it has room, the clients taken in turn,
-    /// each up to its [`fair_share`] of the ring. An operation the ring refuses for good (not
-    /// because it is full) is answered with an error, not retried: it would otherwise hold the
-    /// front of the backlog, and every client's operations behind it.
+    /// each up to its [`fair_share`] of the ring while another client under its share has
+    /// operations waiting. An operation the ring refuses for good (not because it is full) is
+    /// answered with an error, not retried: it would otherwise hold the front of the backlog,
+    /// and every client's operations behind it.
     pub(super) fn pump(&mut self) {
         // Computed at the first operation that could go (most calls find none).
         let mut share = None;
-        // Clients passed over in a row: once every waiting client has been, none may go.
+        // Clients passed over in a row. Once every waiting client has been passed over, each
+        // holds its share, and the share is not enforced for the rest of this call: slots that
+        // nobody under its share wants are not left idle (a client that comes later waits at
+        // most for one of the others' operations to complete).
         let mut passed = 0;
+        let mut conserving = false;
         while let Some(token) = self.ops.front() {
             if self.ring.in_flight() >= self.config.depth as usize {
                 return;
@@ -144,23 +151,24 @@ impl BlkService {
                 continue;
             }
             let client = io.client;
-            let (share, active) = *share.get_or_insert_with(|| {
+            let share = *share.get_or_insert_with(|| {
                 let active = self.clients.values().filter(|c| c.in_flight > 0).count();
-                (fair_share(self.config.depth, active), active)
+                fair_share(self.config.depth, active)
             });
-            let held = self.clients[&client].in_ring;
-            if held >= share {
+            if !conserving
+                && self.clients[&client].in_ring >= share
+                && self.ops.others_waiting(client)
+            {
                 // Its share of the ring is in the kernel: the others go first, and it goes
                 // again once some of its own complete (which is bound to happen: it has
                 // operations in the kernel).
                 self.stats.share_waits += 1;
                 self.ops.pass_turn();
                 passed += 1;
-                if passed >= self.ops.waiting_clients() {
-                    return;
-                }
+                conserving = passed >= self.ops.waiting_clients();
                 continue;
             }
+            passed = 0;
             let io = self.ops.get_mut(token).expect("looked at it");
             let fd = Target::Fixed(0);
             // `Err(status)`: the operation is answered with `status` instead.
@@ -224,10 +232,12 @@ impl BlkService {
                         io.pushed = true;
                     }
                     self.ops.pop_front(token);
-                    passed = 0;
                     let c = self.clients.get_mut(&client).expect("a known client");
+                    if c.in_ring >= share {
+                        self.stats.beyond_share += 1;
+                    }
                     c.in_ring += 1;
-                    if active > 1 {
+                    if self.ops.others_waiting(client) {
                         self.stats.peak_shared_in_ring =
                             self.stats.peak_shared_in_ring.max(c.in_ring);
                     }
@@ -336,6 +346,7 @@ impl BlkService {
         if io.pushed {
             client.in_ring -= 1;
         }
+        debug_assert!(client.in_ring <= client.in_flight);
         match io.kind {
             Kind::Read => {
                 self.stats.reads += 1;

@@ -107,6 +107,19 @@ impl<T> OpTable<T> {
         self.turns.len()
     }
 
+    /// Whether a client other than `client` has operations waiting.
+    pub(super) fn others_waiting(&self, client: u64) -> bool {
+        self.turns.len() > usize::from(self.queues.contains_key(&client))
+    }
+
+    /// Drops `client`'s queue (its operations have been taken: it left), so that its stale
+    /// entries do not count as a client waiting.
+    pub(super) fn forget(&mut self, client: u64) {
+        if self.queues.remove(&client).is_some() {
+            self.turns.retain(|&c| c != client);
+        }
+    }
+
     /// Removes the entry [`front`](Self::front) named (`token`), and passes the turn to the next
     /// client.
     pub(super) fn pop_front(&mut self, token: u32) {
@@ -241,8 +254,22 @@ mod tests {
         );
         t.pass_turn();
         assert_eq!(t.front(), Some(a1), "the only client waiting");
+        assert!(!t.others_waiting(1));
         assert_eq!(drain(&mut t), vec![(a1, "a1"), (a2, "a2")]);
         assert_eq!(t.waiting_clients(), 0);
+    }
+
+    #[test]
+    fn a_forgotten_client_no_longer_waits() {
+        let mut t = OpTable::default();
+        let a = t.insert(1, "a");
+        let b = t.insert(2, "b");
+        assert!(t.others_waiting(1) && t.others_waiting(2) && t.others_waiting(3));
+        assert_eq!(t.take(b), Some("b"));
+        t.forget(2);
+        assert_eq!(t.waiting_clients(), 1);
+        assert!(!t.others_waiting(1));
+        assert_eq!(drain(&mut t), vec![(a, "a")]);
     }
 
     #[test]
