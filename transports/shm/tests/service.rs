@@ -1,6 +1,6 @@
 //! The asynchronous service API: requests deferred and answered later, from an event source the
 //! server watches; the bound on deferred requests; tokens dropped unanswered; clients that
-//! leave with requests still deferred.
+//! leave with requests still deferred; who a client is (its credentials, from the kernel).
 
 // The tests' own bookkeeping (a lock, a stop flag) is not a protocol under test: std types.
 #![allow(clippy::disallowed_types)]
@@ -23,6 +23,7 @@ const LIMIT: Duration = Duration::from_secs(10);
 struct Seen {
     polls: u64,
     held: usize,
+    connects: Vec<ClientInfo>,
     disconnects: Vec<u64>,
 }
 
@@ -56,7 +57,9 @@ impl Gate {
 impl Service<u64, u64> for Gate {
     type Client = ();
 
-    fn connect(&mut self, _client: &ClientInfo) {}
+    fn connect(&mut self, client: &ClientInfo) {
+        self.seen.lock().unwrap().connects.push(client.clone());
+    }
 
     fn request(&mut self, _client: &mut (), ctx: &mut Ctx<'_, u64>, x: u64) {
         let pending = ctx.defer();
@@ -531,4 +534,22 @@ fn owed_answers_that_fill_the_ring_tell_the_waiter_to_reap_spinning() {
 #[test]
 fn owed_answers_that_fill_the_ring_tell_the_waiter_to_reap_polled() {
     owed_answers_that_fill_the_ring_tell_the_waiter_to_reap(None, NotifyMode::Futex);
+}
+
+/// A service is told who connected from the kernel's credentials for the socket
+/// (`SO_PEERCRED`): here this process, its user and its group.
+#[test]
+fn a_service_is_told_the_clients_credentials() {
+    let (gate_service, _gate, seen) = Gate::new();
+    let mut server = Server::with_service(ServerConfig::new("gate"), gate_service).unwrap();
+    let client = connect(&mut server, NotifyMode::EventFd);
+    let info = seen.lock().unwrap().connects.clone();
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].pid, Some(std::process::id()));
+    // SAFETY: `geteuid` and `getegid` only read this process's credentials.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    assert_eq!(info[0].uid, Some(uid));
+    assert_eq!(info[0].gid, Some(gid));
+    assert_eq!(info[0].mode, NotifyMode::EventFd);
+    drop(client);
 }

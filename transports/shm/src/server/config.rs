@@ -95,13 +95,21 @@ impl ServerConfig {
     }
 }
 
-/// Who a connection belongs to.
+/// Who a connection belongs to: the credentials are the kernel's (`SO_PEERCRED`, taken when
+/// the client connected), not anything the client said, so a service can decide on them (what
+/// a user may read or write, say).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientInfo {
     /// The server's number for the connection.
     pub id: u64,
-    /// The client's process id (`SO_PEERCRED`), if the kernel gave one.
+    /// The client's process id, if the kernel gave one (not for a peer in another pid
+    /// namespace the server cannot see).
     pub pid: Option<u32>,
+    /// The client's effective user id, if the kernel gave its credentials.
+    pub uid: Option<u32>,
+    /// The client's effective group id, if the kernel gave its credentials.
+    pub gid: Option<u32>,
     /// The connection's notify mode.
     pub mode: NotifyMode,
 }

@@ -446,11 +446,16 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 )
                 .map_err(|e| internal(&e))?;
         }
-        let pid = getsockopt(socket, sockopt::PeerCredentials)
-            .ok()
-            .and_then(|c| u32::try_from(c.pid()).ok())
-            .filter(|p| *p != 0);
-        let info = ClientInfo { id, pid, mode };
+        let creds = getsockopt(socket, sockopt::PeerCredentials).ok();
+        let info = ClientInfo {
+            id,
+            pid: creds
+                .and_then(|c| u32::try_from(c.pid()).ok())
+                .filter(|p| *p != 0),
+            uid: creds.map(|c| c.uid()),
+            gid: creds.map(|c| c.gid()),
+            mode,
+        };
         let client = self.service.connect(&info);
         let kick_word = (config.kick_mode == NotifyMode::Futex).then(|| service.kick_word());
         let room_word = (config.kick_mode == NotifyMode::Futex).then(|| service.room_word());
