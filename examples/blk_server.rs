@@ -7,7 +7,8 @@
 //! cargo run --release --example blk_client -- /tmp/subring-blk.sock                        # 2
 //! ```
 //! Options after the two paths: `--copy` (copy through the service's own buffers instead: the
-//! design this service exists to avoid), `--buffered` (no `O_DIRECT`), `--for SECONDS`.
+//! design this service exists to avoid), `--buffered` (no `O_DIRECT`), `--read-only`,
+//! `--for SECONDS`.
 //! It prints a line per second while clients come and go; stop it with Ctrl-C.
 
 use std::time::{Duration, Instant};
@@ -16,7 +17,8 @@ use subring::blk::{self, BlkConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: blk_server SOCKET_PATH DEVICE_PATH [--copy] [--buffered] [--for SECONDS]";
+    let usage = "usage: blk_server SOCKET_PATH DEVICE_PATH [--copy] [--buffered] [--read-only] \
+                 [--for SECONDS]";
     let (Some(socket), Some(device)) = (args.first(), args.get(1)) else {
         return Err(usage.into());
     };
@@ -27,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match a.as_str() {
             "--copy" => config.zero_copy = false,
             "--buffered" => config.direct = false,
+            "--read-only" => config.read_only = true,
             "--for" => {
                 let s = rest.next().ok_or(usage)?;
                 limit = Some(Duration::from_secs_f64(s.parse()?));
@@ -38,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         blk::serve(socket, blk::server_config(), config).map_err(|e| format!("blk_server: {e}"))?;
     let service = server.service();
     println!(
-        "block server (pid {}) on {socket}: {device}, {} bytes, {}, {}",
+        "block server (pid {}) on {socket}: {device}, {} bytes, {}, {}{}",
         std::process::id(),
         service.size(),
         if service.direct() {
@@ -50,6 +53,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "zero-copy (clients' memory registered with the ring)"
         } else {
             "copying through the service's own buffers"
+        },
+        if service.read_only() {
+            ", read-only"
+        } else {
+            ""
         }
     );
     let start = Instant::now();

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use subring_shm::queue::{Completer, QueueError, Submitter};
 use subring_shm::{Buf, BufHandle, Client, ClientOptions, NotifyMode, PoolError};
 
-use crate::proto::{BlkCompletion, BlkOp, BlkRequest, Status, BLK_PROTOCOL, FLAG_DIRECT};
+use crate::proto::{
+    BlkCompletion, BlkOp, BlkRequest, Status, BLK_PROTOCOL, FLAG_DIRECT, FLAG_READ_ONLY,
+};
 
 /// How a [`BlkClient`] connects.
 #[derive(Debug, Clone)]
@@ -152,6 +154,7 @@ pub struct BlkClient {
     free: Vec<u32>,
     size: u64,
     direct: bool,
+    read_only: bool,
     /// The flags of the last completion (the info answer's).
     last_flags: u32,
 }
@@ -177,6 +180,7 @@ impl BlkClient {
             free: Vec::new(),
             size: 0,
             direct: false,
+            read_only: false,
             last_flags: 0,
         };
         this.push(u64::MAX, BlkOp::Info, 0, 0, None)?;
@@ -188,6 +192,7 @@ impl BlkClient {
         };
         this.size = size;
         this.direct = flags & FLAG_DIRECT != 0;
+        this.read_only = flags & FLAG_READ_ONLY != 0;
         Ok(this)
     }
 
@@ -199,6 +204,12 @@ impl BlkClient {
     /// Whether the service reads and writes the device with `O_DIRECT`.
     pub fn direct(&self) -> bool {
         self.direct
+    }
+
+    /// Whether the service serves the device read-only (its writes and discards are refused
+    /// with [`Status::ReadOnly`]).
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
     /// A free buffer of this client's pool, if any.

@@ -23,9 +23,9 @@ pub(crate) struct Align {
     pub(crate) memory: u32,
 }
 
-fn open(path: &Path, direct: bool) -> io::Result<File> {
+fn open(path: &Path, direct: bool, writable: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
-    o.read(true).write(true);
+    o.read(true).write(writable);
     if direct {
         o.custom_flags(libc::O_DIRECT);
     }
@@ -58,13 +58,13 @@ fn dio_align(file: &File) -> Option<Align> {
 }
 
 impl Device {
-    /// Opens `path` read-write: with `O_DIRECT` if `direct` and the file system supports it
-    /// (tmpfs does not), buffered otherwise.
-    pub(crate) fn open(path: &Path, direct: bool) -> io::Result<Device> {
+    /// Opens `path`, read-write or (not `writable`) read-only: with `O_DIRECT` if `direct` and
+    /// the file system supports it (tmpfs does not), buffered otherwise.
+    pub(crate) fn open(path: &Path, direct: bool, writable: bool) -> io::Result<Device> {
         let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
         let mut opened = None;
         if direct {
-            if let Ok(f) = open(path, true) {
+            if let Ok(f) = open(path, true, writable) {
                 if let Some(a) = dio_align(&f) {
                     opened = Some((f, Some(a)));
                 }
@@ -72,7 +72,7 @@ impl Device {
         }
         let (file, direct) = match opened {
             Some(o) => o,
-            None => (open(path, false).map_err(named)?, None),
+            None => (open(path, false, writable).map_err(named)?, None),
         };
         // The end of a regular file or a block device: its size.
         let size = nix::unistd::lseek(&file, 0, nix::unistd::Whence::SeekEnd)

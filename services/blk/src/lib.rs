@@ -15,7 +15,9 @@
 //! flight has its operations cancelled and waited for before its memory is unregistered from
 //! the ring and unmapped (the kernel never writes memory the service no longer maps); each
 //! client's requests in the service are bounded by the server's
-//! [`max_deferred`](subring_shm::ServerConfig::max_deferred).
+//! [`max_deferred`](subring_shm::ServerConfig::max_deferred), and the clients share the
+//! ring's depth ([`BlkConfig::depth`]). A device can be served read-only
+//! ([`BlkConfig::read_only`]).
 //!
 //! - [`serve`] / [`server`]: a server of a device; [`BlkClient`]: the client side, with
 //!   owned buffers that come back with their completions.

@@ -69,13 +69,17 @@ pub struct BlkCompletion {
     /// 0 on success; a negative errno from the kernel; or a positive [`Status`] code for a
     /// request the service refused.
     pub status: i32,
-    /// Flags ([`FLAG_DIRECT`] for info).
+    /// Flags ([`FLAG_DIRECT`] and [`FLAG_READ_ONLY`] for info).
     pub flags: u32,
 }
 
 /// In an info completion: the device is served with `O_DIRECT` (reads go disk → client memory
 /// by DMA; otherwise through the page cache, still with no copy in the service).
 pub const FLAG_DIRECT: u32 = 1;
+
+/// In an info completion: the device is served read-only (writes and discards are refused with
+/// [`Status::ReadOnly`]).
+pub const FLAG_READ_ONLY: u32 = 2;
 
 /// Why the service refused a request (positive `status` codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +99,9 @@ pub enum Status {
     /// memory would pass [`BlkConfig::max_registered`](crate::BlkConfig::max_registered), all
     /// clients' would pass `max_registered_total`, or the ring refused the registration.
     NoMemory = 6,
+    /// A write or discard to a device served read-only
+    /// ([`BlkConfig::read_only`](crate::BlkConfig::read_only)).
+    ReadOnly = 7,
 }
 
 impl Status {
@@ -107,6 +114,7 @@ impl Status {
             4 => Status::BadLength,
             5 => Status::BadAlignment,
             6 => Status::NoMemory,
+            7 => Status::ReadOnly,
             _ => return None,
         })
     }

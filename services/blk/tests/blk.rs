@@ -1,5 +1,6 @@
 //! The block service end to end: data written read back bit-exact across processes, flush
-//! ordering, bad requests answered with errors, and a client SIGKILLed with reads in flight.
+//! ordering, bad requests answered with errors, a device served read-only, and a client
+//! SIGKILLed with reads in flight.
 //! (Clients that leave with requests waiting, or name too much memory: misbehaving_clients.rs.)
 
 // The tests' own bookkeeping (a lock, a stop flag) is not a protocol under test: std types.
@@ -286,6 +287,49 @@ fn bad_requests_are_error_completions() {
     drop(client);
     let stats = server.stop().unwrap().service().stats();
     assert_eq!(stats.refused, cases.len() as u64);
+}
+
+/// A device served read-only: the client is told so, reads are served, writes and discards
+/// are refused with `ReadOnly` (and nothing reaches the disk), a flush completes.
+#[test]
+fn a_read_only_device_refuses_writes() {
+    let _serial = serial();
+    let dir = TempDir::new("ro", false);
+    let (server, mut client) = local(&dir, |c| c.read_only = true);
+    assert!(client.read_only());
+    let mut buf = client.alloc().unwrap();
+    buf.fill_from(&[0xa5u8; 4096]);
+    client.write(1, 8192, buf).unwrap();
+    client.submit().unwrap();
+    let d = client.next(Some(LIMIT)).unwrap();
+    assert_eq!(d.result, Err(BlkResultError::Refused(Status::ReadOnly)));
+    client.discard(2, 0, 4096).unwrap();
+    client.flush(3).unwrap();
+    client.submit().unwrap();
+    for _ in 0..2 {
+        let d = client.next(Some(LIMIT)).unwrap();
+        let want = if d.tag == 2 {
+            Err(BlkResultError::Refused(Status::ReadOnly))
+        } else {
+            Ok(0)
+        };
+        assert_eq!(d.result, want, "tag {}", d.tag);
+    }
+    let buf = d.buf.expect("the refused write's buffer comes back");
+    client.read(4, 8192, buf, 4096).unwrap();
+    client.submit().unwrap();
+    let d = client.next(Some(LIMIT)).unwrap();
+    assert_eq!(d.result, Ok(4096));
+    assert!(
+        d.buf.unwrap().to_vec() == [0u8; 4096],
+        "the disk still holds zeroes"
+    );
+    drop(client);
+    let stopped = server.stop().unwrap();
+    let service = stopped.service();
+    assert!(service.read_only());
+    let stats = service.stats();
+    assert_eq!((stats.refused, stats.writes, stats.discards), (2, 0, 0));
 }
 
 /// The client half of the kill test: reads at QD 32 until killed.

@@ -40,6 +40,11 @@ pub struct BlkConfig {
     /// Most bytes of all clients' memory registered at once (default 4 GiB); past it, as
     /// past `max_registered`.
     pub max_registered_total: u64,
+    /// Serve the device read-only (default `false`): it is opened without write access, writes
+    /// and discards are refused with [`Status::ReadOnly`](crate::Status::ReadOnly), and the
+    /// info answer says so ([`FLAG_READ_ONLY`](crate::proto::FLAG_READ_ONLY)). For a base
+    /// image many clients share, or a file the service's user may only read.
+    pub read_only: bool,
 }
 
 impl BlkConfig {
@@ -54,6 +59,7 @@ impl BlkConfig {
             submit_batch: 16,
             max_registered: 1 << 30,
             max_registered_total: 4 << 30,
+            read_only: false,
         }
     }
 }

@@ -26,7 +26,7 @@ use subring_uring::{
 };
 
 use crate::device::Device;
-use crate::proto::{BlkCompletion, BlkOp, BlkRequest, Status, FLAG_DIRECT};
+use crate::proto::{BlkCompletion, BlkOp, BlkRequest, Status, FLAG_DIRECT, FLAG_READ_ONLY};
 
 pub use config::{BlkConfig, BlkError, BlkStats};
 use ring::refused;
@@ -162,7 +162,8 @@ impl BlkService {
                 return Err(ConfigError::Zero { field }.into());
             }
         }
-        let device = Device::open(&config.path, config.direct).map_err(BlkError::Device)?;
+        let device = Device::open(&config.path, config.direct, !config.read_only)
+            .map_err(BlkError::Device)?;
         let mut ring = Uring::builder()
             .entries(config.depth)
             .cq_entries(config.depth * 4)
@@ -217,6 +218,11 @@ impl BlkService {
     /// Whether the device is served with `O_DIRECT`.
     pub fn direct(&self) -> bool {
         self.device.direct.is_some()
+    }
+
+    /// Whether the device is served read-only ([`BlkConfig::read_only`]).
+    pub fn read_only(&self) -> bool {
+        self.config.read_only
     }
 
     /// Whether the kernel works in the clients' buffers (no copy in the service).
@@ -281,13 +287,17 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
         let Some(op) = BlkOp::from_wire(req.op) else {
             return refuse(self, ctx, Status::BadOp);
         };
+        if self.config.read_only && matches!(op, BlkOp::Write | BlkOp::Discard) {
+            return refuse(self, ctx, Status::ReadOnly);
+        }
         let (kind, bytes) = match op {
             BlkOp::Info => {
                 return ctx.complete(BlkCompletion {
                     tag: req.tag,
                     value: self.device.size,
                     status: 0,
-                    flags: if self.direct() { FLAG_DIRECT } else { 0 },
+                    flags: if self.direct() { FLAG_DIRECT } else { 0 }
+                        | if self.read_only() { FLAG_READ_ONLY } else { 0 },
                 });
             }
             BlkOp::Read | BlkOp::Write => {
