@@ -171,6 +171,40 @@ fn a_lingering_socket_in_a_hello_does_not_stall_the_server() {
     assert_eq!(server.stats().refused, 1);
 }
 
+/// Nor does a lingering socket queued behind a message that gets the connection refused: the
+/// server never reads it, and closing the connection drops it (the kernel empties the socket's
+/// queue at its last close). That close runs on the closer thread; on the server's thread it
+/// waited the linger time.
+#[test]
+fn a_lingering_socket_queued_behind_a_bad_message_does_not_stall_the_server() {
+    let path = socket_path("linger-queued");
+    let mut server = Server::bind(
+        &path,
+        ServerConfig::new(ECHO_PROTOCOL),
+        echo::handler_factory(),
+    )
+    .unwrap();
+    let (tcp, _listener) = lingering_socket(5);
+    let sock = raw_connect(&path);
+    send_raw(&sock, b"not a control message", &[]);
+    send_raw(&sock, &hello_bytes(), &[tcp.as_raw_fd()]);
+    drop(tcp); // the message in flight holds the socket: this close does not wait
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(300) {
+        let turn = Instant::now();
+        server.run_for(Duration::from_millis(10)).unwrap();
+        assert!(
+            turn.elapsed() < Duration::from_secs(1),
+            "a server turn took {:?}: it closed the connection, and the socket queued on it, \
+             itself",
+            turn.elapsed()
+        );
+    }
+    // (The client's read would say ECONNRESET: the server closed with a message unread.)
+    assert_eq!(server.stats().refused, 1);
+    drop(sock);
+}
+
 /// The same from the client's side: a "server" that sends a lingering socket as the memfd.
 /// (Its welcome is queued before the client even says hello, and this side's copy closed, so
 /// that the client's close is the last one.)

@@ -285,3 +285,85 @@ fn expensive_requests_do_not_starve_other_clients() {
     );
     drop(srv);
 }
+
+/// A client that leaves right after publishing a ring of expensive requests (checksums of
+/// 1 MiB each) does not get them served in one go: what it published is served in turns under
+/// the same byte budget as any client's, and its connection is released once a turn takes
+/// nothing from it. (Before, its shutdown message made the server serve the whole ring at once,
+/// 60 MiB here, while every other client waited.)
+#[test]
+fn a_client_leaving_after_a_ring_of_expensive_requests_is_served_in_turns() {
+    let _serial = one_at_a_time();
+    use std::sync::mpsc;
+    use std::sync::Arc;
+    use subring_shm::queue::Submitter;
+    use subring_shm::{BufHandle, Region, RegionOptions};
+    const REQUESTS: u64 = 60;
+    let mut server =
+        Server::new(ServerConfig::new(ECHO_PROTOCOL), echo::handler_factory()).unwrap();
+    let (server_end, client_end) = subring_shm::socket_pair().unwrap();
+    server.add_connection(server_end).unwrap();
+    let (registered, wait_registered) = mpsc::channel::<()>();
+    let (pushed, wait_pushed) = mpsc::channel::<()>();
+    let (go, wait_go) = mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let mut client: Client<EchoReq, echo::EchoResp> =
+            Client::from_socket(client_end, &options(NotifyMode::EventFd)).unwrap();
+        let region =
+            Arc::new(Region::memfd("leaving", 16 << 20, RegionOptions::new().id(3)).unwrap());
+        client.register_region(region).unwrap();
+        registered.send(()).unwrap();
+        // The server no longer turns: every request is published before it looks.
+        wait_go.recv().unwrap();
+        for k in 0..REQUESTS {
+            let req = EchoReq {
+                seq: k,
+                op: echo::EchoOp::SUM,
+                reserved: 0,
+                buf: BufHandle {
+                    offset: (k % 15) << 20,
+                    len: echo::MAX_PAYLOAD,
+                    region: 3,
+                },
+            };
+            client.push(req).map_err(|r| r.error).unwrap();
+        }
+        drop(client); // submits, then says it is leaving
+        pushed.send(()).unwrap();
+    });
+    let start = Instant::now();
+    while wait_registered.try_recv().is_err() {
+        assert!(start.elapsed() < WAIT, "no handshake and registration");
+        server.run_for(Duration::from_millis(1)).unwrap();
+    }
+    go.send(()).unwrap();
+    wait_pushed.recv_timeout(WAIT).unwrap();
+    client.join().unwrap();
+    // One turn: a batch within the byte budget (one checksum of 1 MiB), then, the turn having
+    // been a heavy one, a look at the sockets, which finds the shutdown message.
+    let before = server.stats().requests;
+    server.poll().unwrap();
+    let first = server.stats().requests - before;
+    assert!(
+        first <= 2,
+        "one turn served {first} checksums of 1 MiB for a client that left"
+    );
+    assert_eq!(
+        server.stats().released,
+        0,
+        "released before its requests were served"
+    );
+    let start = Instant::now();
+    while server.stats().released == 0 {
+        assert!(
+            start.elapsed() < WAIT,
+            "the leaving client was never released"
+        );
+        server.poll().unwrap();
+    }
+    assert_eq!(
+        server.stats().requests - before,
+        REQUESTS,
+        "everything it published was served"
+    );
+}

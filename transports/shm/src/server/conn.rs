@@ -44,6 +44,9 @@ pub(crate) struct Active<S, C, K> {
     /// The last turn stopped short of the client's ready requests: they spent its
     /// [`Limits::turn_bytes`] (the rest wait in the ring for the next turn).
     pub(crate) cut_short: bool,
+    /// The client said it is leaving (its shutdown message): it is served under the usual
+    /// limits until a turn takes nothing from it, and then released.
+    pub(crate) leaving: bool,
 }
 
 /// What a sleeping server waits for from a client.

@@ -186,15 +186,24 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                     deferred,
                     staged,
                 }) => {
+                    let mut left = false;
                     if let State::Active(a) = &self.conns[i].state {
                         // A client whose batch was cut short by its byte budget made this a
                         // long turn: look at the sockets after it (see `turn_bounded`).
                         self.heavy_turn |= a.cut_short;
+                        left = a.leaving && taken == 0;
                     }
                     work += taken + staged;
                     requests += u64::from(taken);
                     self.stats.deferred += u64::from(deferred);
-                    i += 1;
+                    if left {
+                        // Served what it published before it left (or all it could be:
+                        // nothing more is taken at its deferred limit or with its completion
+                        // ring full).
+                        self.release(i, None);
+                    } else {
+                        i += 1;
+                    }
                 }
                 Ok(Outcome::Finished) => self.release(i, None),
                 Err(e) => self.release(i, Some(format!("queue pair failed: {e}"))),

@@ -126,7 +126,13 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         let refused = accept4(listener, SockFlag::SOCK_CLOEXEC);
         if let Ok(fd) = refused {
             // SAFETY: accept4 returned a new descriptor that nothing else owns.
-            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            // Closed here, not on the closer thread: the spare is taken again just below, and
+            // only this close frees the descriptor it needs (otherwise the listener stays
+            // readable with no spare and the server spins on it). A client that queued a
+            // message carrying a lingering socket before it was accepted could make this close
+            // wait; that needs the server already at its descriptor limit.
+            drop(socket);
             self.stats.accepted += 1;
             self.stats.refused += 1;
             self.stats.refused_no_fds += 1;
@@ -146,7 +152,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             .count();
         if saying_hello >= self.config.max_handshakes as usize {
             self.stats.refused += 1;
-            drop(socket); // the client sees the hang-up
+            close_socket(socket); // the client sees the hang-up
             return Ok(());
         }
         let id = self.next_id;
@@ -266,13 +272,15 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 true
             }
             (ClientMsg::Shutdown, false) => {
+                // What the client published before leaving is served, but in turns under the
+                // usual limits, as any client's requests are (served here at once, a ring of
+                // requests each touching a whole buffer held up every other client), and the
+                // connection is released at the first turn that takes nothing from it. Its
+                // socket is no longer watched (its hang-up would report at every look).
                 if let State::Active(a) = &mut self.conns[i].state {
-                    let _ = a.serve(
-                        &mut self.service,
-                        Limits::draining(self.config.max_deferred),
-                    );
+                    a.leaving = true;
                 }
-                self.release(i, None);
+                let _ = self.epoll.delete(&self.conns[i].socket);
                 false
             }
             (other, _) => {
@@ -488,6 +496,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             in_set: Armed::Requests,
             ledger: Arc::new(Ledger::default()),
             cut_short: false,
+            leaving: false,
         }));
         self.stats.welcomed += 1;
         Ok(())
@@ -581,6 +590,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             self.departing.push(ledger);
             self.retire_departed();
         }
+        close_socket(conn.socket);
     }
 
     pub(crate) fn release_all(&mut self, reason: &str) {
@@ -602,4 +612,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             self.release(last, None);
         }
     }
+}
+
+/// Closes a connection's socket on the closer thread: the kernel drops the descriptors still
+/// queued on it (sent and never read) as it closes, and the last close of one of those can
+/// block (a socket lingering with unsent data, a file on a FUSE mount).
+fn close_socket(socket: OwnedFd) {
+    crate::peer_fd::discard(socket);
 }
