@@ -102,6 +102,35 @@ impl Drop for PeerFd {
     }
 }
 
+/// A connection's control socket, closed on the closer thread when dropped: the kernel drops
+/// the descriptors still queued on it unread (a peer may send any) at its last close, and the
+/// last close of one of those can block as any peer descriptor's can ([`discard`]).
+#[derive(Debug)]
+pub(crate) struct ConnSocket(Option<OwnedFd>);
+
+impl ConnSocket {
+    pub(crate) fn new(socket: OwnedFd) -> Self {
+        ConnSocket(Some(socket))
+    }
+}
+
+impl AsFd for ConnSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0
+            .as_ref()
+            .expect("a ConnSocket holds its socket until dropped")
+            .as_fd()
+    }
+}
+
+impl Drop for ConnSocket {
+    fn drop(&mut self) {
+        if let Some(socket) = self.0.take() {
+            discard(socket);
+        }
+    }
+}
+
 /// The closer thread of this process: its sender, and the process it was started in (a
 /// forked child has no such thread and starts its own).
 static CLOSER: OnceLock<(u32, Sender<OwnedFd>)> = OnceLock::new();

@@ -235,6 +235,31 @@ fn a_lingering_socket_in_a_welcome_does_not_stall_the_client() {
     drop(ours);
 }
 
+/// The client's side of the queued case: a "server" answers the hello with garbage and queues a
+/// lingering socket behind it. The client gives up on the garbage; its socket's close, which
+/// drops the queued socket, runs on the closer thread (inline it waited the linger time).
+#[test]
+fn a_lingering_socket_queued_behind_a_bad_welcome_does_not_stall_the_client() {
+    let (tcp, _listener) = lingering_socket(5);
+    let (ours, theirs) = subring_shm::socket_pair().unwrap();
+    send_raw(&ours, b"not a control message", &[]);
+    send_raw(&ours, &welcome_bytes(), &[tcp.as_raw_fd()]);
+    drop(tcp);
+    let mut options = ClientOptions::new(ECHO_PROTOCOL)
+        .buffers(256, 8)
+        .capacity(64)
+        .mode(NotifyMode::Futex);
+    options.control_timeout = Duration::from_secs(1);
+    let start = Instant::now();
+    assert!(Client::<EchoReq, EchoResp>::from_socket(theirs, &options).is_err());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "giving up on the welcome took {:?}",
+        start.elapsed()
+    );
+    drop(ours);
+}
+
 /// Connecting to a server that never accepts (its backlog full) gives up after the control
 /// timeout instead of blocking forever.
 #[test]

@@ -15,7 +15,7 @@ use subring_planes::interrupt::{EventFdSignal, NotifyMode, NotifyStats};
 use subring_planes::pair::{AppSide, PairConfig, PairSignals};
 use subring_planes::queue::{Completer, QueueError, Rejected, Submitter};
 
-use crate::peer_fd::PeerFd;
+use crate::peer_fd::{ConnSocket, PeerFd};
 use crate::proto::{self, ClientMsg, EntryShape, Hello, Incoming, ServerMsg, Welcome};
 use crate::watch::Watch;
 use crate::{ConfigError, Error, FdError};
@@ -107,7 +107,9 @@ pub struct Client<S: Pod, C: Pod> {
     pool: Arc<BufferPool>,
     region: Arc<Region>,
     extra: Vec<Arc<Region>>,
-    socket: OwnedFd,
+    /// Closed on the closer thread when the client goes (see [`ConnSocket`]), after the
+    /// watcher's copy (`_watch`, dropped first), so that its close is the last one.
+    socket: ConnSocket,
     welcome: Welcome,
     options: ClientOptions,
     gone: bool,

@@ -1,7 +1,6 @@
 //! A server's connections: those still saying hello, and the set-up clients it serves.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +12,7 @@ use subring_planes::queue::QueueError;
 use super::config::ClientInfo;
 use super::ctx::{ClientMemory, Ctx, Outbox};
 use super::service::{Ledger, Route, Service};
+use crate::peer_fd::ConnSocket;
 
 /// A connected, set-up client.
 pub(crate) struct Active<S, C, K> {
@@ -227,7 +227,8 @@ pub(crate) enum State<S, C, K> {
 
 pub(crate) struct Conn<S, C, K> {
     pub(crate) id: u64,
-    pub(crate) socket: OwnedFd,
+    /// Closed on the closer thread when the connection goes (see [`ConnSocket`]).
+    pub(crate) socket: ConnSocket,
     pub(crate) state: State<S, C, K>,
 }
 

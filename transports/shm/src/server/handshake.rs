@@ -30,7 +30,7 @@ use super::{os, spare_fd, Server};
 const CONTROL_MESSAGES_PER_TURN: usize = 16;
 /// Connections accepted per look at the listener.
 const ACCEPTS_PER_TURN: usize = 64;
-use crate::peer_fd::PeerFd;
+use crate::peer_fd::{ConnSocket, PeerFd};
 use crate::proto::{self, ClientMsg, EntryShape, Hello, Incoming, Refusal, ServerMsg, Welcome};
 use crate::Error;
 
@@ -150,9 +150,10 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             .iter()
             .filter(|c| matches!(c.state, State::Handshake { .. }))
             .count();
+        let socket = ConnSocket::new(socket);
         if saying_hello >= self.config.max_handshakes as usize {
             self.stats.refused += 1;
-            close_socket(socket); // the client sees the hang-up
+            drop(socket); // the client sees the hang-up
             return Ok(());
         }
         let id = self.next_id;
@@ -590,7 +591,6 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             self.departing.push(ledger);
             self.retire_departed();
         }
-        close_socket(conn.socket);
     }
 
     pub(crate) fn release_all(&mut self, reason: &str) {
@@ -612,11 +612,4 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             self.release(last, None);
         }
     }
-}
-
-/// Closes a connection's socket on the closer thread: the kernel drops the descriptors still
-/// queued on it (sent and never read) as it closes, and the last close of one of those can
-/// block (a socket lingering with unsent data, a file on a FUSE mount).
-fn close_socket(socket: OwnedFd) {
-    crate::peer_fd::discard(socket);
 }
