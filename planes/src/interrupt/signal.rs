@@ -54,11 +54,25 @@ pub trait Signal: fmt::Debug + Send {
 /// ([`watch_hangup`](EventFdSignal::watch_hangup)): a socket whose other end closes, for
 /// instance when the peer process dies, ends a blocked wait with [`Woke::HangUp`]. A waiter
 /// then needs no timeout, and no periodic wake-up, to notice a dead peer.
+///
+/// **Across processes, the side that wakes keeps its eventfd.** A descriptor passed with
+/// `SCM_RIGHTS` shares its open file, flags included, with the peer: a peer holding the eventfd
+/// could clear `O_NONBLOCK` on it and write the counter to its maximum, and the waking side's
+/// next `write` would block for good (a server's thread, with every client behind it). So the
+/// waking side hands over [`peer_waiter`](Self::peer_waiter) instead: an epoll instance that
+/// watches its eventfd. The peer waits in it ([`from_peer_waiter`](Self::from_peer_waiter)) but
+/// cannot read, write or re-flag the eventfd, and an epoll instance has nothing to block on.
 #[derive(Debug, Clone)]
 pub struct EventFdSignal {
+    /// The eventfd this side writes to wake: its own (in the peer-waiter form, a local one
+    /// that wakes only this side's own waits).
     fd: Arc<EventFd>,
-    /// Created at the first `block`: sides that only wake never pay the extra fd.
+    /// Created at the first `block`: sides that only wake never pay the extra fd. In the
+    /// peer-waiter form, the epoll instance the peer handed over.
     waiter: Arc<OnceLock<Epoll>>,
+    /// The peer-waiter form: the fd for outside event loops is the epoll instance, and a drain
+    /// takes its ready events.
+    peer_waiter: bool,
     /// Under loom, the eventfd's counter and its edge as the waiter's epoll set sees them: the
     /// fd is still created (for `AsFd`), but every write, read and wait goes to the model.
     #[cfg(loom)]
@@ -147,9 +161,53 @@ impl EventFdSignal {
         EventFdSignal {
             fd: Arc::new(fd),
             waiter: Arc::new(OnceLock::new()),
+            peer_waiter: false,
             #[cfg(loom)]
             model: Arc::default(),
         }
+    }
+
+    /// A fresh epoll instance that watches this eventfd (edge-triggered, as
+    /// [`block`](Signal::block)'s own does), to hand to the peer that waits for this side's
+    /// wake-ups instead of the eventfd itself (see the type's docs). Each call makes a new one;
+    /// this side need not keep it once it is sent.
+    pub fn peer_waiter(&self) -> io::Result<OwnedFd> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, SIGNALLED);
+        epoll.add(self.fd.as_fd(), event)?;
+        Ok(epoll.0)
+    }
+
+    /// Waits in an epoll instance the peer made with [`peer_waiter`](Self::peer_waiter), after
+    /// checking that it is one (its `/proc/self/fd` link reads `anon_inode:[eventpoll]`).
+    /// [`block`](Signal::block) waits in it; [`wake`](Signal::wake) writes a local eventfd
+    /// added to it, which wakes only this side's own waits (a watcher that saw the peer die);
+    /// [`drain`](Self::drain) takes its ready events; the fd for an outside event loop
+    /// ([`AsFd`]) is the epoll instance, readable while a wake-up is pending.
+    ///
+    /// The peer keeps the epoll instance too and may add to it what it likes: the waits here
+    /// can be woken spuriously by it (each re-checks its condition), as any peer can wake them
+    /// by waking. Under loom the model's eventfd is used, as for [`new`](Self::new).
+    pub fn from_peer_waiter(fd: OwnedFd) -> io::Result<Self> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        if link.as_os_str() != "anon_inode:[eventpoll]" {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "fd {} is not an epoll instance (it is {})",
+                    fd.as_raw_fd(),
+                    link.display()
+                ),
+            ));
+        }
+        let epoll = Epoll(fd);
+        let local = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, SIGNALLED);
+        epoll.add(local.as_fd(), event)?;
+        let mut signal = EventFdSignal::wrap(local);
+        signal.peer_waiter = true;
+        let _ = signal.waiter.set(epoll);
+        Ok(signal)
     }
 
     /// Loom builds only: waits the way a level-triggered event loop (`poll`, epoll without
@@ -218,22 +276,38 @@ impl EventFdSignal {
         self.waiter()?.add(fd, event).map_err(io::Error::from)
     }
 
-    /// Drains pending wake-ups without blocking; returns how many were pending.
+    /// Drains pending wake-ups without blocking; returns how many were pending (in the
+    /// peer-waiter form, how many ready events there were: at least one if any wake-up was).
     pub fn drain(&self) -> io::Result<u64> {
         #[cfg(loom)]
         return Ok(self.model.read());
         #[cfg(not(loom))]
-        match self.fd.read() {
-            Ok(n) => Ok(n),
-            Err(Errno::EAGAIN) => Ok(0),
-            Err(e) => Err(e.into()),
+        {
+            let mut taken = 0;
+            if self.peer_waiter {
+                // The peer's eventfd is not ours to read: take its edge from the epoll
+                // instance (a zero timeout never blocks), then our local eventfd's count.
+                let mut events = [EpollEvent::empty(); 4];
+                let n = self.waiter()?.wait(&mut events, EpollTimeout::ZERO)?;
+                taken = events[..n].iter().filter(|e| e.data() == SIGNALLED).count() as u64;
+            }
+            match self.fd.read() {
+                Ok(n) => Ok(taken + n),
+                Err(Errno::EAGAIN) => Ok(taken),
+                Err(e) => Err(e.into()),
+            }
         }
     }
 }
 
 impl AsFd for EventFdSignal {
+    /// The eventfd; in the peer-waiter form, the epoll instance (see
+    /// [`from_peer_waiter`](EventFdSignal::from_peer_waiter)).
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        match (self.peer_waiter, self.waiter.get()) {
+            (true, Some(epoll)) => epoll.0.as_fd(),
+            _ => self.fd.as_fd(),
+        }
     }
 }
 

@@ -117,10 +117,11 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
         self.service_closed()
     }
 
-    /// The eventfd the app sleeps on for completions in eventfd mode, for an event loop
-    /// (epoll, mio, tokio's `AsyncFd`). Call [`arm`](Self::arm) before waiting on it:
-    /// readable then means "reap". [`wait`](Completer::wait) does not drain the eventfd (it
-    /// waits edge-triggered), so after mixing it with a level-triggered loop the fd may read
+    /// The descriptor the app sleeps on for completions in eventfd mode (the eventfd, or the
+    /// epoll instance watching the service's, [`EventFdSignal::from_peer_waiter`]), for an
+    /// event loop (epoll, mio, tokio's `AsyncFd`). Call [`arm`](Self::arm) before waiting on
+    /// it: readable then means "reap". [`wait`](Completer::wait) does not drain it (it waits
+    /// edge-triggered), so after mixing it with a level-triggered loop the fd may read
     /// readable once spuriously; [`disarm`](Self::disarm) clears that.
     pub fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         self.call_fd.as_ref().map(|e| e.as_fd())

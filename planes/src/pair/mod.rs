@@ -174,8 +174,9 @@ impl PairLayout {
     }
 }
 
-/// The eventfds of a pair in [`NotifyMode::EventFd`]: one per direction, shared by both sides
-/// (passed to the other process with `SCM_RIGHTS`).
+/// The eventfds of a pair in [`NotifyMode::EventFd`]: one per direction. In one process both
+/// sides share them; across processes the side that wakes keeps the eventfd and the other gets
+/// [`EventFdSignal::peer_waiter`] (see [`EventFdSignal`]).
 #[derive(Debug, Clone, Default)]
 pub struct PairSignals {
     /// Wakes the service (app → service doorbell).

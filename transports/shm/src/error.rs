@@ -192,6 +192,8 @@ pub enum FdKind {
     Memfd,
     /// An eventfd.
     EventFd,
+    /// An epoll instance (the call descriptor of a welcome).
+    Epoll,
 }
 
 impl std::fmt::Display for FdKind {
@@ -199,6 +201,7 @@ impl std::fmt::Display for FdKind {
         f.write_str(match self {
             FdKind::Memfd => "a memfd (a regular file on tmpfs)",
             FdKind::EventFd => "an eventfd",
+            FdKind::Epoll => "an epoll instance",
         })
     }
 }
@@ -234,7 +237,8 @@ pub enum FdError {
         /// What it was, as `/proc/self/fd` named it (for people; match on `expected`).
         got: String,
     },
-    /// An eventfd that could not be set up for waiting.
+    /// An eventfd (or the epoll instance that watches the peer's) that could not be set up for
+    /// waiting.
     #[error("the peer's eventfd cannot be used: {0}")]
     EventFd(#[source] std::io::Error),
 }

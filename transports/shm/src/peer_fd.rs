@@ -30,6 +30,8 @@ enum Kind {
     Shmem,
     /// An eventfd.
     EventFd,
+    /// An epoll instance.
+    Epoll,
     /// A socket.
     Socket,
     /// Anything else.
@@ -52,6 +54,7 @@ fn kind(fd: BorrowedFd<'_>) -> Kind {
     }
     match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
         Ok(link) if link.as_os_str() == "anon_inode:[eventfd]" => Kind::EventFd,
+        Ok(link) if link.as_os_str() == "anon_inode:[eventpoll]" => Kind::Epoll,
         _ => Kind::Other,
     }
 }
@@ -81,10 +84,18 @@ impl PeerFd {
         self.of_kind(FdKind::EventFd)
     }
 
+    /// The descriptor as an epoll instance. Refused (and closed where it cannot block)
+    /// otherwise.
+    pub(crate) fn epoll(self) -> Result<OwnedFd, FdError> {
+        self.of_kind(FdKind::Epoll)
+    }
+
     fn of_kind(mut self, expected: FdKind) -> Result<OwnedFd, FdError> {
         let fd = self.0.take().expect("a PeerFd holds its fd until taken");
         match (kind(fd.as_fd()), expected) {
-            (Kind::Shmem, FdKind::Memfd) | (Kind::EventFd, FdKind::EventFd) => Ok(fd),
+            (Kind::Shmem, FdKind::Memfd)
+            | (Kind::EventFd, FdKind::EventFd)
+            | (Kind::Epoll, FdKind::Epoll) => Ok(fd),
             _ => {
                 let got = describe(fd.as_fd());
                 discard(fd);
@@ -158,7 +169,8 @@ fn closer() -> Option<&'static Sender<OwnedFd>> {
 /// lingering turned off, so that even its last close does not wait for unsent data.
 pub(crate) fn discard(fd: OwnedFd) {
     match kind(fd.as_fd()) {
-        Kind::Shmem | Kind::EventFd => drop(fd),
+        // (Closing an epoll instance never closes what it watches.)
+        Kind::Shmem | Kind::EventFd | Kind::Epoll => drop(fd),
         k => {
             if k == Kind::Socket {
                 let _ = setsockopt(

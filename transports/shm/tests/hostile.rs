@@ -578,3 +578,41 @@ fn a_batch_wait_keeps_what_a_dying_server_posted() {
         );
     }
 }
+
+/// A client cannot make the server's wake-ups block. Had it the server's call eventfd (the
+/// open file is shared with `SCM_RIGHTS`, flags included), it could clear `O_NONBLOCK` and
+/// write the counter one short of its limit: the server's next wake-up `write` would block its
+/// thread for good, and every client with it. It gets an epoll instance watching the eventfd
+/// instead, which it can re-flag but not write; then, asleep, it has the server wake it, and
+/// another client is served as usual.
+#[test]
+fn a_client_cannot_block_the_servers_wake_ups() {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use subring_shm::queue::{Completer, Submitter};
+    let _serial = serial();
+    let (srv, path) = echo_server("saturate");
+    let mut hostile = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
+    let fd = hostile
+        .completion_fd()
+        .expect("eventfd mode")
+        .try_clone_to_owned()
+        .unwrap();
+    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL).unwrap());
+    fcntl(&fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK)).unwrap();
+    let wrote = nix::unistd::write(&fd, &(u64::MAX - 1).to_ne_bytes());
+    assert!(
+        wrote.is_err(),
+        "the client wrote the server's wake-up counter to its limit"
+    );
+    // Asleep (announced), with a request: the server's answer comes with a wake-up.
+    assert!(!hostile.arm().unwrap());
+    hostile.push(EchoReq::default()).unwrap();
+    hostile.submit().unwrap();
+    let mut honest = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
+    echo_many(&mut honest, 32, 4, 64);
+    // And the hostile client was woken and answered.
+    hostile.wait(Some(WAIT)).unwrap();
+    assert!(hostile.reap().unwrap().is_some());
+    drop((hostile, honest));
+    drop(srv);
+}

@@ -183,15 +183,23 @@ impl<S: Pod, C: Pod> Client<S, C> {
             Some(region_len),
             RegionOptions::new().id(0),
         )?);
-        let eventfd = |fd: Option<PeerFd>| -> Result<Option<EventFdSignal>, Error> {
-            fd.map(|fd| {
-                let fd = fd.eventfd()?;
-                EventFdSignal::from_fd(fd).map_err(|e| FdError::EventFd(e).into())
+        let kick = welcome
+            .kick_fd
+            .then(|| fds.next())
+            .flatten()
+            .map(|fd| -> Result<_, Error> {
+                EventFdSignal::from_fd(fd.eventfd()?).map_err(|e| FdError::EventFd(e).into())
             })
-            .transpose()
-        };
-        let kick = eventfd(welcome.kick_fd.then(|| fds.next()).flatten())?;
-        let call = eventfd(welcome.call_fd.then(|| fds.next()).flatten())?;
+            .transpose()?;
+        // The server keeps its call eventfd: this side waits in an epoll instance watching it.
+        let call = welcome
+            .call_fd
+            .then(|| fds.next())
+            .flatten()
+            .map(|fd| -> Result<_, Error> {
+                EventFdSignal::from_peer_waiter(fd.epoll()?).map_err(|e| FdError::EventFd(e).into())
+            })
+            .transpose()?;
         // A client that sleeps on its eventfd also sleeps on the control socket's hang-up: a
         // dead server wakes it at once, and its waits need no liveness slices.
         let watches_hangup = match &call {

@@ -195,8 +195,10 @@ impl<S: Pod, C: Pod> Client<S, C> {
         self.welcome.kick_mode.into()
     }
 
-    /// The eventfd this client sleeps on in eventfd mode, for an event loop (epoll, mio,
-    /// tokio's `AsyncFd`); call [`arm`](Self::arm) before waiting on it.
+    /// The descriptor this client sleeps on in eventfd mode, for an event loop (epoll, mio,
+    /// tokio's `AsyncFd`): an epoll instance that watches the server's call eventfd, readable
+    /// while a wake-up is pending. Call [`arm`](Self::arm) before waiting on it and
+    /// [`disarm`](Self::disarm) after.
     pub fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         self.app.completion_fd()
     }

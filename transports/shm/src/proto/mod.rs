@@ -32,8 +32,9 @@ pub const PROTOCOL_MAGIC: [u8; 4] = *b"SBSH";
 /// stamps. Version 3: [`Refusal::Unaligned`]. Version 4: a side that finds a ring full sleeps
 /// on its producer word, and the other side wakes it after reaping. Version 5: event-idx
 /// suppression, asked for in [`Hello::event_idx`] and granted in [`Welcome::event_idx`]; a
-/// wake word may say "sleeping until entry N".)
-pub const PROTOCOL_VERSION: u16 = 5;
+/// wake word may say "sleeping until entry N". Version 6: the welcome's call descriptor is an
+/// epoll instance watching the server's eventfd, not the eventfd.)
+pub const PROTOCOL_VERSION: u16 = 6;
 /// A control message carrying a postcard-encoded body.
 pub const KIND_MESSAGE: u8 = 1;
 /// A refusal because of a version mismatch; its body is the refusing side's version.
@@ -155,7 +156,9 @@ pub struct Welcome {
     pub call_mode: WireMode,
     /// Whether a kick eventfd follows the memfd.
     pub kick_fd: bool,
-    /// Whether a call eventfd follows (after the kick eventfd, if any).
+    /// Whether the call descriptor follows (after the kick eventfd, if any): an epoll instance
+    /// that watches the server's call eventfd, which the client waits in (the server keeps the
+    /// eventfd itself: a client holding it could make the server's wake-ups block).
     pub call_fd: bool,
     /// Whether event-idx suppression is on: the client asked for it and the server grants it.
     /// The queue pair's header records the same.

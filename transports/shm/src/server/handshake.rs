@@ -441,9 +441,18 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         let memfd = region
             .fd()
             .ok_or_else(|| Refusal::Internal("memfd region has no fd".into()))?;
+        // The call eventfd stays the server's: the client gets an epoll instance watching it,
+        // so that it cannot make the server's wake-ups block (see `EventFdSignal`). (The kick
+        // eventfd the client writes; the server only waits on it, which cannot block.)
+        let call_waiter = signals
+            .call
+            .as_ref()
+            .map(|s| s.peer_waiter())
+            .transpose()
+            .map_err(|e| internal(&e))?;
         let mut pass: Vec<BorrowedFd<'_>> = vec![memfd];
         pass.extend(signals.kick.as_ref().map(|s| s.as_fd()));
-        pass.extend(signals.call.as_ref().map(|s| s.as_fd()));
+        pass.extend(call_waiter.as_ref().map(|f| f.as_fd()));
         let socket = &self.conns[i].socket;
         proto::send(socket.as_fd(), &ServerMsg::Welcome(welcome), &pass)
             .map_err(|e| internal(&e))?;

@@ -385,7 +385,8 @@ pub fn fake_pair(call_mode: NotifyMode, buf_count: u32, pool_offset: u64) -> Fak
     };
     let mut fds = vec![region.fd().unwrap().try_clone_to_owned().unwrap()];
     if let Some(call) = &signals.call {
-        fds.push(call.as_fd().try_clone_to_owned().unwrap());
+        // As a server does: an epoll instance watching its eventfd, not the eventfd.
+        fds.push(call.peer_waiter().unwrap());
     }
     FakePair {
         region,
