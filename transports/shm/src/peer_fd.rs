@@ -8,11 +8,20 @@
 //! [`PeerFd::eventfd`]), and one that is refused or dropped is closed by [`discard`], which
 //! closes memfds and eventfds (whose close never blocks) at once and hands anything else to a
 //! closer thread, after turning a socket's lingering off.
+//!
+//! Telling the kinds apart must not block either: a file on a FUSE mount answers `fstat` and
+//! `fstatfs` only when its daemon does. So the kind is read from what the kernel knows without
+//! asking the file's file system: the `/proc/self/fd` link (anonymous inodes, sockets and pipes
+//! name themselves there) and `F_GET_SEALS`, which only shmem (tmpfs, memfd) and hugetlbfs
+//! files answer; only such a file is then `fstatfs`ed.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::mpsc::{self, Sender};
-use std::sync::OnceLock;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, OnceLock};
 
+use subring_planes::sync::{AtomicU64, Mutex, Ordering::Relaxed};
+
+use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::{FdError, FdKind};
@@ -39,22 +48,29 @@ enum Kind {
 }
 
 fn kind(fd: BorrowedFd<'_>) -> Kind {
-    let Ok(st) = fstat(fd) else {
+    // The link is the kernel's name for the open file (no file system is asked): a pseudo file
+    // names its kind, anything on a mounted file system has a path that starts with `/`.
+    if let Ok(link) = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+        let link = link.as_os_str().as_encoded_bytes();
+        if link == b"anon_inode:[eventfd]" {
+            return Kind::EventFd;
+        }
+        if link == b"anon_inode:[eventpoll]" {
+            return Kind::Epoll;
+        }
+        if link.starts_with(b"socket:[") {
+            return Kind::Socket;
+        }
+    }
+    // Only shmem and hugetlbfs files have seals: anything else (a FUSE file among them) is
+    // refused here, before any call that its file system would answer.
+    if fcntl(fd, FcntlArg::F_GET_SEALS).is_err() {
         return Kind::Other;
-    };
-    let ty = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-    if ty == SFlag::S_IFSOCK {
-        return Kind::Socket;
     }
-    if ty == SFlag::S_IFREG {
-        return match fstatfs(fd) {
-            Ok(fs) if fs.filesystem_type() == TMPFS_MAGIC => Kind::Shmem,
-            _ => Kind::Other,
-        };
-    }
-    match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
-        Ok(link) if link.as_os_str() == "anon_inode:[eventfd]" => Kind::EventFd,
-        Ok(link) if link.as_os_str() == "anon_inode:[eventpoll]" => Kind::Epoll,
+    let regular = fstat(fd)
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG);
+    match fstatfs(fd) {
+        Ok(fs) if regular && fs.filesystem_type() == TMPFS_MAGIC => Kind::Shmem,
         _ => Kind::Other,
     }
 }
@@ -142,26 +158,73 @@ impl Drop for ConnSocket {
     }
 }
 
-/// The closer thread of this process: its sender, and the process it was started in (a
-/// forked child has no such thread and starts its own).
-static CLOSER: OnceLock<(u32, Sender<OwnedFd>)> = OnceLock::new();
+/// Closer threads at most: each close that blocks holds one (a FUSE daemon that never answers
+/// holds it for good), and the others go on closing.
+const MAX_CLOSERS: u64 = 4;
 
-fn closer() -> Option<&'static Sender<OwnedFd>> {
-    let (pid, tx) = CLOSER.get_or_init(|| {
+/// The closer threads of this process, sharing one queue.
+struct Closers {
+    tx: Sender<OwnedFd>,
+    rx: Arc<Mutex<Receiver<OwnedFd>>>,
+    /// Threads started, and of those the ones waiting for work.
+    threads: AtomicU64,
+    idle: Arc<AtomicU64>,
+}
+
+impl Closers {
+    fn new() -> Self {
         let (tx, rx) = mpsc::channel::<OwnedFd>();
+        Closers {
+            tx,
+            rx: Arc::new(Mutex::new(rx)),
+            threads: AtomicU64::new(0),
+            idle: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Starts another closer thread; `false` if it could not start.
+    fn spawn(&self) -> bool {
+        let (rx, idle) = (self.rx.clone(), self.idle.clone());
         let started = std::thread::Builder::new()
             .name("subring-fd-closer".into())
-            .spawn(move || {
-                // Each close may block (that is why it is here); the others wait their turn.
-                for fd in rx {
-                    drop(fd);
+            .spawn(move || loop {
+                idle.fetch_add(1, Relaxed);
+                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                idle.fetch_sub(1, Relaxed);
+                // Each close may block (that is why it is here): outside the lock, so that the
+                // other threads go on taking work.
+                match next {
+                    Ok(fd) => drop(fd),
+                    Err(_) => return,
                 }
             });
-        // Without a thread the receiver is gone, every send fails and `discard` closes inline.
-        drop(started);
-        (std::process::id(), tx)
-    });
-    (*pid == std::process::id()).then_some(tx)
+        if started.is_ok() {
+            self.threads.fetch_add(1, Relaxed);
+        }
+        started.is_ok()
+    }
+
+    /// Queues `fd`, starting another thread if none is waiting for work (all are closing, and
+    /// one of those closes may never end) and fewer than [`MAX_CLOSERS`] run.
+    fn close(&self, fd: OwnedFd) -> Result<(), OwnedFd> {
+        if self.idle.load(Relaxed) == 0
+            && self.threads.load(Relaxed) < MAX_CLOSERS
+            && !self.spawn()
+            && self.threads.load(Relaxed) == 0
+        {
+            return Err(fd);
+        }
+        self.tx.send(fd).map_err(|mpsc::SendError(fd)| fd)
+    }
+}
+
+/// The closer threads of this process, and the process they were started in (a forked child
+/// has none and starts its own).
+static CLOSERS: OnceLock<(u32, Closers)> = OnceLock::new();
+
+fn closers() -> Option<&'static Closers> {
+    let (pid, closers) = CLOSERS.get_or_init(|| (std::process::id(), Closers::new()));
+    (*pid == std::process::id()).then_some(closers)
 }
 
 /// Closes a descriptor a peer sent without blocking the calling thread: memfds and eventfds at
@@ -182,9 +245,9 @@ pub(crate) fn discard(fd: OwnedFd) {
                     },
                 );
             }
-            match closer() {
-                Some(tx) => {
-                    if let Err(mpsc::SendError(fd)) = tx.send(fd) {
+            match closers() {
+                Some(closers) => {
+                    if let Err(fd) = closers.close(fd) {
                         close_inline(fd);
                     }
                 }
@@ -194,8 +257,8 @@ pub(crate) fn discard(fd: OwnedFd) {
     }
 }
 
-/// The last resort when no closer thread runs (it could not start, or this is a forked child of
-/// a process that started one: the thread did not survive the fork): close here. With
+/// The last resort when no closer thread runs (none could start, or this is a forked child of
+/// a process that started them: threads do not survive a fork): close here. With
 /// lingering off a socket's close does not wait; a file on a FUSE mount still could.
 fn close_inline(fd: OwnedFd) {
     drop(fd);
@@ -235,6 +298,55 @@ mod tests {
         refused(PeerFd::new(r).memfd().unwrap_err(), FdKind::Memfd, "pipe");
         let file = std::fs::File::open("/proc/self/stat").unwrap();
         assert!(PeerFd::new(file.into()).memfd().is_err(), "not tmpfs");
+    }
+
+    /// A close that blocks (a socket lingering with unsent data, here; a FUSE file whose
+    /// daemon never answers, in the attack) holds one closer thread; the next descriptor is
+    /// closed by another at once, not queued behind it.
+    #[test]
+    fn a_close_that_blocks_holds_one_closer_and_the_others_go_on() {
+        use std::io::Write;
+        use std::time::{Duration, Instant};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        while stream.write(&[0u8; 1 << 16]).is_ok() {}
+        let tcp: OwnedFd = stream.into();
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 3,
+        };
+        setsockopt(&tcp, sockopt::Linger, &linger).unwrap();
+        // Blocking again, so that its close waits for the linger.
+        let flags = fcntl(&tcp, FcntlArg::F_GETFL).unwrap();
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+        fcntl(&tcp, FcntlArg::F_SETFL(flags)).unwrap();
+        let closers = Closers::new();
+        closers.close(tcp).map_err(drop).unwrap();
+        let start = Instant::now();
+        while closers.threads.load(Relaxed) != 1 || closers.idle.load(Relaxed) != 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "the closer never took it"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let start = Instant::now();
+        closers.close(w).map_err(drop).unwrap();
+        let mut fds = [nix::poll::PollFd::new(
+            r.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(2000u16)).unwrap();
+        assert_eq!(ready, 1, "the pipe's write end was not closed within 2 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the second close waited {:?} behind the first",
+            start.elapsed()
+        );
+        assert_eq!(closers.threads.load(Relaxed), 2);
+        drop(listener);
     }
 
     /// A hugetlbfs memfd is refused: its pages can be taken away under the mapping.
