@@ -158,9 +158,10 @@ impl Drop for ConnSocket {
     }
 }
 
-/// Closer threads at most: each close that blocks holds one (a FUSE daemon that never answers
-/// holds it for good), and the others go on closing.
-const MAX_CLOSERS: u64 = 4;
+/// Closer threads: each close that blocks holds one (a FUSE daemon that never answers holds it
+/// for good), and the others go on closing. All start with the first close: a process's thread
+/// count does not move with its peers' behaviour.
+const CLOSER_THREADS: u64 = 4;
 
 /// The closer threads of this process, sharing one queue.
 struct Closers {
@@ -172,14 +173,19 @@ struct Closers {
 }
 
 impl Closers {
+    /// The queue and its [`CLOSER_THREADS`] threads (as many as could start).
     fn new() -> Self {
         let (tx, rx) = mpsc::channel::<OwnedFd>();
-        Closers {
+        let closers = Closers {
             tx,
             rx: Arc::new(Mutex::new(rx)),
             threads: AtomicU64::new(0),
             idle: Arc::new(AtomicU64::new(0)),
+        };
+        for _ in 0..CLOSER_THREADS {
+            closers.spawn();
         }
+        closers
     }
 
     /// Starts another closer thread; `false` if it could not start.
@@ -204,14 +210,10 @@ impl Closers {
         started.is_ok()
     }
 
-    /// Queues `fd`, starting another thread if none is waiting for work (all are closing, and
-    /// one of those closes may never end) and fewer than [`MAX_CLOSERS`] run.
+    /// Queues `fd` for the first closer thread free; `Err` (the caller closes it) if none
+    /// could start.
     fn close(&self, fd: OwnedFd) -> Result<(), OwnedFd> {
-        if self.idle.load(Relaxed) == 0
-            && self.threads.load(Relaxed) < MAX_CLOSERS
-            && !self.spawn()
-            && self.threads.load(Relaxed) == 0
-        {
+        if self.threads.load(Relaxed) == 0 {
             return Err(fd);
         }
         self.tx.send(fd).map_err(|mpsc::SendError(fd)| fd)
@@ -322,12 +324,21 @@ mod tests {
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
         fcntl(&tcp, FcntlArg::F_SETFL(flags)).unwrap();
         let closers = Closers::new();
-        closers.close(tcp).map_err(drop).unwrap();
+        assert_eq!(closers.threads.load(Relaxed), CLOSER_THREADS);
+        // All waiting for work, then one of them closing the socket, which blocks.
         let start = Instant::now();
-        while closers.threads.load(Relaxed) != 1 || closers.idle.load(Relaxed) != 0 {
+        while closers.idle.load(Relaxed) != CLOSER_THREADS {
             assert!(
                 start.elapsed() < Duration::from_secs(2),
-                "the closer never took it"
+                "the closers never started"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        closers.close(tcp).map_err(drop).unwrap();
+        while closers.idle.load(Relaxed) != CLOSER_THREADS - 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "no closer took it"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -345,7 +356,6 @@ mod tests {
             "the second close waited {:?} behind the first",
             start.elapsed()
         );
-        assert_eq!(closers.threads.load(Relaxed), 2);
         drop(listener);
     }
 
