@@ -61,7 +61,8 @@ pub trait Signal: fmt::Debug + Send {
 /// next `write` would block for good (a server's thread, with every client behind it). So the
 /// waking side hands over [`peer_waiter`](Self::peer_waiter) instead: an epoll instance that
 /// watches its eventfd. The peer waits in it ([`from_peer_waiter`](Self::from_peer_waiter)) but
-/// cannot read, write or re-flag the eventfd, and an epoll instance has nothing to block on.
+/// cannot read, write or re-flag the eventfd, and the waking side never waits in the epoll
+/// instance (whatever the peer adds to it is the peer's own waits' business).
 #[derive(Debug, Clone)]
 pub struct EventFdSignal {
     /// The eventfd this side writes to wake: its own (in the peer-waiter form, a local one
@@ -185,9 +186,10 @@ impl EventFdSignal {
     /// [`drain`](Self::drain) takes its ready events; the fd for an outside event loop
     /// ([`AsFd`]) is the epoll instance, readable while a wake-up is pending.
     ///
-    /// The peer keeps the epoll instance too and may add to it what it likes: the waits here
-    /// can be woken spuriously by it (each re-checks its condition), as any peer can wake them
-    /// by waking. Under loom the model's eventfd is used, as for [`new`](Self::new).
+    /// It must watch exactly one descriptor when it arrives. A peer that kept a copy can add to
+    /// it later: spurious wake-ups (each wait re-checks its condition) or, with a file whose
+    /// poll blocks (FUSE), a blocked wait; a side that must not trust its peer that far uses
+    /// futex modes. (Not for loom models: it waits in a real epoll instance.)
     pub fn from_peer_waiter(fd: OwnedFd) -> io::Result<Self> {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
         if link.as_os_str() != "anon_inode:[eventpoll]" {
@@ -198,6 +200,16 @@ impl EventFdSignal {
                     fd.as_raw_fd(),
                     link.display()
                 ),
+            ));
+        }
+        // What the peer made it watch, as the kernel lists it: one descriptor (its eventfd),
+        // nothing else the waits here would poll (a FUSE file's poll waits for its daemon).
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+        let watched = info.lines().filter(|l| l.starts_with("tfd:")).count();
+        if watched != 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the peer's epoll instance watches {watched} descriptors, not one"),
             ));
         }
         let epoll = Epoll(fd);

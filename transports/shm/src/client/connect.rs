@@ -85,7 +85,7 @@ impl<S: Pod, C: Pod> Client<S, C> {
     /// Sets up a queue pair over an already-connected `SOCK_SEQPACKET` socket (one end of
     /// [`socket_pair`](crate::socket_pair) whose other end went to the server).
     pub fn from_socket(socket: OwnedFd, options: &ClientOptions) -> Result<Self, Error> {
-        // Closed on the closer thread however this ends: a hostile server may have queued
+        // Emptied before it is closed however this ends: a hostile server may have queued
         // descriptors on it that the kernel drops at its close.
         let socket = ConnSocket::new(socket);
         let hello = Hello {

@@ -107,7 +107,7 @@ pub struct Client<S: Pod, C: Pod> {
     pool: Arc<BufferPool>,
     region: Arc<Region>,
     extra: Vec<Arc<Region>>,
-    /// Closed on the closer thread when the client goes (see [`ConnSocket`]), after the
+    /// Shut down, emptied and closed when the client goes (see [`ConnSocket`]), after the
     /// watcher's copy (`_watch`, dropped first), so that its close is the last one.
     socket: ConnSocket,
     welcome: Welcome,

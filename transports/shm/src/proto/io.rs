@@ -18,7 +18,7 @@ pub(super) const SCM_MAX_FD: usize = 253;
 
 /// Takes ownership of every descriptor an `SCM_RIGHTS` message in `control` carries, walking
 /// the buffer the kernel filled: used when nix will not parse it (it refuses a truncated one).
-pub(super) fn rights_in(control: &[u8], len: usize) -> Vec<PeerFd> {
+pub(crate) fn rights_in(control: &[u8], len: usize) -> Vec<PeerFd> {
     let mut fds = Vec::new();
     // SAFETY: `msghdr` is plain old data; all zeroes is a valid (empty) value.
     let mut mhdr: libc::msghdr = unsafe { std::mem::zeroed() };

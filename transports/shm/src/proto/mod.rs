@@ -297,5 +297,5 @@ mod io;
 
 pub use io::socket_pair;
 pub(crate) use io::{
-    hung_up, recv, recv_blocking, send, send_until, send_version_refusal, Incoming,
+    hung_up, recv, recv_blocking, rights_in, send, send_until, send_version_refusal, Incoming,
 };

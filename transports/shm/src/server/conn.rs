@@ -227,7 +227,8 @@ pub(crate) enum State<S, C, K> {
 
 pub(crate) struct Conn<S, C, K> {
     pub(crate) id: u64,
-    /// Closed on the closer thread when the connection goes (see [`ConnSocket`]).
+    /// Shut down, emptied of whatever is queued on it and closed when the connection goes
+    /// (see [`ConnSocket`]).
     pub(crate) socket: ConnSocket,
     pub(crate) state: State<S, C, K>,
 }

@@ -127,11 +127,12 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         if let Ok(fd) = refused {
             // SAFETY: accept4 returned a new descriptor that nothing else owns.
             let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            // Closed here, not on the closer thread: the spare is taken again just below, and
-            // only this close frees the descriptor it needs (otherwise the listener stays
-            // readable with no spare and the server spins on it). A client that queued a
-            // message carrying a lingering socket before it was accepted could make this close
-            // wait; that needs the server already at its descriptor limit.
+            // Closed here as it is, not emptied first (reading out what is queued on it needs
+            // descriptors too): the spare is taken again just below, and only this close frees
+            // the descriptor it needs (otherwise the listener stays readable with no spare and
+            // the server spins on it). A client that queued a message carrying a lingering
+            // socket before it was accepted could make this close wait; that needs the server
+            // already at its descriptor limit.
             drop(socket);
             self.stats.accepted += 1;
             self.stats.refused += 1;

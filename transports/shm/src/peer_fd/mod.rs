@@ -6,8 +6,13 @@
 //! FUSE mount waits for the daemon's answer to its flush. So a received descriptor is a
 //! [`PeerFd`]: it becomes an `OwnedFd` only through a check of its kind ([`PeerFd::memfd`],
 //! [`PeerFd::eventfd`]), and one that is refused or dropped is closed by [`discard`], which
-//! closes memfds and eventfds (whose close never blocks) at once and hands anything else to a
-//! closer thread, after turning a socket's lingering off.
+//! closes memfds, eventfds and epoll instances (whose close never blocks) at once, empties a
+//! Unix socket of the descriptors queued on it before closing it ([`drain`]), and hands
+//! anything else to the closer threads ([`closers`]), after turning a socket's lingering off.
+//!
+//! - [`drain`]: a connection's control socket ([`ConnSocket`]) and any Unix socket a peer sent
+//!   are shut down and emptied, then closed here.
+//! - [`closers`]: the threads that close what may block.
 //!
 //! Telling the kinds apart must not block either: a file on a FUSE mount answers `fstat` and
 //! `fstatfs` only when its daemon does. So the kind is read from what the kernel knows without
@@ -15,14 +20,15 @@
 //! name themselves there) and `F_GET_SEALS`, which only shmem (tmpfs, memfd) and hugetlbfs
 //! files answer; only such a file is then `fstatfs`ed.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, OnceLock};
+mod closers;
+mod drain;
 
-use subring_planes::sync::{AtomicU64, Mutex, Ordering::Relaxed};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::socket::{setsockopt, sockopt};
+
+pub(crate) use drain::ConnSocket;
 
 use crate::{FdError, FdKind};
 use nix::sys::stat::{fstat, SFlag};
@@ -129,141 +135,32 @@ impl Drop for PeerFd {
     }
 }
 
-/// A connection's control socket, closed on the closer thread when dropped: the kernel drops
-/// the descriptors still queued on it unread (a peer may send any) at its last close, and the
-/// last close of one of those can block as any peer descriptor's can ([`discard`]).
-#[derive(Debug)]
-pub(crate) struct ConnSocket(Option<OwnedFd>);
-
-impl ConnSocket {
-    pub(crate) fn new(socket: OwnedFd) -> Self {
-        ConnSocket(Some(socket))
-    }
-}
-
-impl AsFd for ConnSocket {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0
-            .as_ref()
-            .expect("a ConnSocket holds its socket until dropped")
-            .as_fd()
-    }
-}
-
-impl Drop for ConnSocket {
-    fn drop(&mut self) {
-        if let Some(socket) = self.0.take() {
-            discard(socket);
-        }
-    }
-}
-
-/// Closer threads: each close that blocks holds one (a FUSE daemon that never answers holds it
-/// for good), and the others go on closing. All start with the first close: a process's thread
-/// count does not move with its peers' behaviour.
-const CLOSER_THREADS: u64 = 4;
-
-/// The closer threads of this process, sharing one queue.
-struct Closers {
-    tx: Sender<OwnedFd>,
-    rx: Arc<Mutex<Receiver<OwnedFd>>>,
-    /// Threads started, and of those the ones waiting for work.
-    threads: AtomicU64,
-    idle: Arc<AtomicU64>,
-}
-
-impl Closers {
-    /// The queue and its [`CLOSER_THREADS`] threads (as many as could start).
-    fn new() -> Self {
-        let (tx, rx) = mpsc::channel::<OwnedFd>();
-        let closers = Closers {
-            tx,
-            rx: Arc::new(Mutex::new(rx)),
-            threads: AtomicU64::new(0),
-            idle: Arc::new(AtomicU64::new(0)),
-        };
-        for _ in 0..CLOSER_THREADS {
-            closers.spawn();
-        }
-        closers
-    }
-
-    /// Starts another closer thread; `false` if it could not start.
-    fn spawn(&self) -> bool {
-        let (rx, idle) = (self.rx.clone(), self.idle.clone());
-        let started = std::thread::Builder::new()
-            .name("subring-fd-closer".into())
-            .spawn(move || loop {
-                idle.fetch_add(1, Relaxed);
-                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                idle.fetch_sub(1, Relaxed);
-                // Each close may block (that is why it is here): outside the lock, so that the
-                // other threads go on taking work.
-                match next {
-                    Ok(fd) => drop(fd),
-                    Err(_) => return,
-                }
-            });
-        if started.is_ok() {
-            self.threads.fetch_add(1, Relaxed);
-        }
-        started.is_ok()
-    }
-
-    /// Queues `fd` for the first closer thread free; `Err` (the caller closes it) if none
-    /// could start.
-    fn close(&self, fd: OwnedFd) -> Result<(), OwnedFd> {
-        if self.threads.load(Relaxed) == 0 {
-            return Err(fd);
-        }
-        self.tx.send(fd).map_err(|mpsc::SendError(fd)| fd)
-    }
-}
-
-/// The closer threads of this process, and the process they were started in (a forked child
-/// has none and starts its own).
-static CLOSERS: OnceLock<(u32, Closers)> = OnceLock::new();
-
-fn closers() -> Option<&'static Closers> {
-    let (pid, closers) = CLOSERS.get_or_init(|| (std::process::id(), Closers::new()));
-    (*pid == std::process::id()).then_some(closers)
-}
-
-/// Closes a descriptor a peer sent without blocking the calling thread: memfds and eventfds at
-/// once (their close never waits), anything else on the closer thread. A socket first has its
-/// lingering turned off, so that even its last close does not wait for unsent data.
+/// Closes a descriptor a peer sent without blocking the calling thread: memfds, eventfds and
+/// epoll instances at once (their close never waits); a Unix socket once it is emptied of the
+/// descriptors queued on it ([`drain`]); anything else, or a Unix socket that could not be
+/// emptied, on the closer threads. A socket first has its lingering turned off, so that even
+/// its last close does not wait for unsent data.
 pub(crate) fn discard(fd: OwnedFd) {
     match kind(fd.as_fd()) {
         // (Closing an epoll instance never closes what it watches.)
         Kind::Shmem | Kind::EventFd | Kind::Epoll => drop(fd),
-        k => {
-            if k == Kind::Socket {
-                let _ = setsockopt(
-                    &fd,
-                    sockopt::Linger,
-                    &libc::linger {
-                        l_onoff: 0,
-                        l_linger: 0,
-                    },
-                );
-            }
-            match closers() {
-                Some(closers) => {
-                    if let Err(fd) = closers.close(fd) {
-                        close_inline(fd);
-                    }
-                }
-                None => close_inline(fd),
+        Kind::Socket => {
+            let _ = setsockopt(
+                &fd,
+                sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 0,
+                    l_linger: 0,
+                },
+            );
+            if drain::drain_unix(fd.as_fd()) {
+                drop(fd);
+            } else {
+                closers::close(fd);
             }
         }
+        Kind::Other => closers::close(fd),
     }
-}
-
-/// The last resort when no closer thread runs (none could start, or this is a forked child of
-/// a process that started them: threads do not survive a fork): close here. With
-/// lingering off a socket's close does not wait; a file on a FUSE mount still could.
-fn close_inline(fd: OwnedFd) {
-    drop(fd);
 }
 
 #[cfg(test)]
@@ -302,13 +199,11 @@ mod tests {
         assert!(PeerFd::new(file.into()).memfd().is_err(), "not tmpfs");
     }
 
-    /// A close that blocks (a socket lingering with unsent data, here; a FUSE file whose
-    /// daemon never answers, in the attack) holds one closer thread; the next descriptor is
-    /// closed by another at once, not queued behind it.
-    #[test]
-    fn a_close_that_blocks_holds_one_closer_and_the_others_go_on() {
+    /// A TCP socket on loopback whose close blocks for `secs`: lingering, with a send queue
+    /// the peer never drains. The listener must outlive it (its close would reset the
+    /// connection and end the linger).
+    pub(super) fn lingering_socket(secs: i32) -> (OwnedFd, std::net::TcpListener) {
         use std::io::Write;
-        use std::time::{Duration, Instant};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         stream.set_nonblocking(true).unwrap();
@@ -316,26 +211,36 @@ mod tests {
         let tcp: OwnedFd = stream.into();
         let linger = libc::linger {
             l_onoff: 1,
-            l_linger: 3,
+            l_linger: secs,
         };
         setsockopt(&tcp, sockopt::Linger, &linger).unwrap();
         // Blocking again, so that its close waits for the linger.
         let flags = fcntl(&tcp, FcntlArg::F_GETFL).unwrap();
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
         fcntl(&tcp, FcntlArg::F_SETFL(flags)).unwrap();
-        let closers = Closers::new();
-        assert_eq!(closers.threads.load(Relaxed), CLOSER_THREADS);
+        (tcp, listener)
+    }
+
+    /// A close that blocks (a socket lingering with unsent data, here; a FUSE file whose
+    /// daemon never answers, in the attack) holds one closer thread; the next descriptor is
+    /// closed by another at once, not queued behind it.
+    #[test]
+    fn a_close_that_blocks_holds_one_closer_and_the_others_go_on() {
+        use std::time::{Duration, Instant};
+        let (tcp, listener) = lingering_socket(3);
+        let pool = closers::Closers::new();
+        assert_eq!(pool.threads(), closers::CLOSER_THREADS);
         // All waiting for work, then one of them closing the socket, which blocks.
         let start = Instant::now();
-        while closers.idle.load(Relaxed) != CLOSER_THREADS {
+        while pool.idle() != closers::CLOSER_THREADS {
             assert!(
                 start.elapsed() < Duration::from_secs(2),
                 "the closers never started"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        closers.close(tcp).map_err(drop).unwrap();
-        while closers.idle.load(Relaxed) != CLOSER_THREADS - 1 {
+        pool.close(tcp).map_err(drop).unwrap();
+        while pool.idle() != closers::CLOSER_THREADS - 1 {
             assert!(
                 start.elapsed() < Duration::from_secs(2),
                 "no closer took it"
@@ -344,7 +249,7 @@ mod tests {
         }
         let (r, w) = nix::unistd::pipe().unwrap();
         let start = Instant::now();
-        closers.close(w).map_err(drop).unwrap();
+        pool.close(w).map_err(drop).unwrap();
         let mut fds = [nix::poll::PollFd::new(
             r.as_fd(),
             nix::poll::PollFlags::POLLIN,
