@@ -186,10 +186,11 @@ impl EventFdSignal {
     /// [`drain`](Self::drain) takes its ready events; the fd for an outside event loop
     /// ([`AsFd`]) is the epoll instance, readable while a wake-up is pending.
     ///
-    /// It must watch exactly one descriptor when it arrives. A peer that kept a copy can add to
-    /// it later: spurious wake-ups (each wait re-checks its condition) or, with a file whose
-    /// poll blocks (FUSE), a blocked wait; a side that must not trust its peer that far uses
-    /// futex modes. (Not for loom models: it waits in a real epoll instance.)
+    /// It must watch exactly one descriptor when it arrives. That does not make it safe from a
+    /// hostile peer: the descriptor may be a file whose poll blocks (FUSE), and a peer that
+    /// kept a copy can add more later (spurious wake-ups, each wait re-checks its condition, or
+    /// a blocked wait). A side that must not trust its peer that far uses futex modes. (Not for
+    /// loom models: it waits in a real epoll instance.)
     pub fn from_peer_waiter(fd: OwnedFd) -> io::Result<Self> {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
         if link.as_os_str() != "anon_inode:[eventpoll]" {
@@ -202,8 +203,10 @@ impl EventFdSignal {
                 ),
             ));
         }
-        // What the peer made it watch, as the kernel lists it: one descriptor (its eventfd),
-        // nothing else the waits here would poll (a FUSE file's poll waits for its daemon).
+        // What the peer made it watch, as the kernel lists it: one descriptor, as a peer that
+        // follows the protocol makes it (its eventfd). This catches a careless peer, not a
+        // hostile one: the count does not say what the descriptor is (a FUSE file's poll waits
+        // for its daemon), and a peer that kept a copy can add more later.
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
         let watched = info.lines().filter(|l| l.starts_with("tfd:")).count();
         if watched != 1 {

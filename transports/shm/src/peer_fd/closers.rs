@@ -1,10 +1,10 @@
 //! The threads that close what may block: a file on a FUSE mount waits for its daemon's answer
-//! to the flush, a tty for its output to drain, a Unix socket that could not be emptied for
-//! whatever is still queued on it.
+//! to the flush, a tty for its output to drain, a Unix socket for whatever is still queued on
+//! it.
 //!
 //! Each close that blocks holds one thread (a daemon that never answers holds it for good) and
-//! the others go on closing. Four start with the first close; while none is free another starts,
-//! up to sixteen. A peer that holds all of them only makes refused descriptors wait, and pile
+//! the others go on closing. Four start with the first close; while every one is in the middle
+//! of a close another starts, up to sixteen. A peer that holds all of them only makes refused descriptors wait, and pile
 //! up until the descriptor limit, which the server meets without spinning (it refuses new
 //! connections).
 
@@ -23,9 +23,10 @@ const MAX_CLOSER_THREADS: u64 = 16;
 pub(super) struct Closers {
     tx: Sender<OwnedFd>,
     rx: Arc<Mutex<Receiver<OwnedFd>>>,
-    /// Threads started, and of those the ones waiting for work.
+    /// Threads started (or being started).
     threads: AtomicU64,
-    idle: Arc<AtomicU64>,
+    /// Threads in the middle of a close.
+    busy: Arc<AtomicU64>,
 }
 
 impl Closers {
@@ -36,10 +37,10 @@ impl Closers {
             tx,
             rx: Arc::new(Mutex::new(rx)),
             threads: AtomicU64::new(0),
-            idle: Arc::new(AtomicU64::new(0)),
+            busy: Arc::new(AtomicU64::new(0)),
         };
         for _ in 0..CLOSER_THREADS {
-            closers.spawn();
+            closers.spawn_below(CLOSER_THREADS);
         }
         closers
     }
@@ -49,37 +50,51 @@ impl Closers {
         self.threads.load(Relaxed)
     }
 
-    /// Threads waiting for work.
-    pub(super) fn idle(&self) -> u64 {
-        self.idle.load(Relaxed)
+    /// Threads in the middle of a close.
+    pub(super) fn busy(&self) -> u64 {
+        self.busy.load(Relaxed)
     }
 
-    /// Starts another closer thread (if it can).
-    fn spawn(&self) {
-        let (rx, idle) = (self.rx.clone(), self.idle.clone());
+    /// Starts another closer thread if fewer than `limit` run (its place taken first, so that
+    /// callers racing here start no more than `limit`).
+    fn spawn_below(&self, limit: u64) {
+        let mut n = self.threads();
+        loop {
+            if n >= limit {
+                return;
+            }
+            match self.threads.compare_exchange(n, n + 1, Relaxed, Relaxed) {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
+        let (rx, busy) = (self.rx.clone(), self.busy.clone());
         let started = std::thread::Builder::new()
             .name("subring-fd-closer".into())
             .spawn(move || loop {
-                idle.fetch_add(1, Relaxed);
                 let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                idle.fetch_sub(1, Relaxed);
                 // Each close may block (that is why it is here): outside the lock, so that the
                 // other threads go on taking work.
                 match next {
-                    Ok(fd) => drop(fd),
+                    Ok(fd) => {
+                        busy.fetch_add(1, Relaxed);
+                        drop(fd);
+                        busy.fetch_sub(1, Relaxed);
+                    }
                     Err(_) => return,
                 }
             });
-        if started.is_ok() {
-            self.threads.fetch_add(1, Relaxed);
+        if started.is_err() {
+            self.threads.fetch_sub(1, Relaxed);
         }
     }
 
-    /// Queues `fd` for the first closer thread free, starting another if none is (up to
-    /// [`MAX_CLOSER_THREADS`]); `Err` (the caller closes it) if no thread could start.
+    /// Queues `fd` for the first closer thread free, starting another while every one is in
+    /// the middle of a close (up to [`MAX_CLOSER_THREADS`]); `Err` (the caller closes it) if no
+    /// thread could start.
     pub(super) fn close(&self, fd: OwnedFd) -> Result<(), OwnedFd> {
-        if self.idle() == 0 && self.threads() < MAX_CLOSER_THREADS {
-            self.spawn();
+        if self.busy() >= self.threads() {
+            self.spawn_below(MAX_CLOSER_THREADS);
         }
         if self.threads() == 0 {
             return Err(fd);

@@ -1,39 +1,36 @@
-//! Emptying a Unix socket before it is closed. The kernel drops the descriptors still queued
-//! on a Unix socket (sent and never read) at its last close, on the closing thread, and the
-//! last close of one of those can block (a socket lingering with unsent data, a file on a FUSE
-//! mount). So a connection's control socket ([`ConnSocket`]), and any Unix socket a peer sent,
-//! is shut down first (nothing more can arrive, and the peer sees the hang-up at once) and
-//! read out: each descriptor queued on it is owned and discarded where its close cannot block
-//! ([`discard`](super::discard)). Then the socket's own close has nothing to drop.
+//! Emptying a connection's control socket before it is closed. The kernel drops the
+//! descriptors still queued on a Unix socket (sent and never read) at its last close, on the
+//! closing thread, and the last close of one of those can block (a socket lingering with
+//! unsent data, a file on a FUSE mount). So this side's end of a connection ([`ConnSocket`])
+//! is shut down first (nothing more can arrive, and the peer sees the hang-up at once) and read
+//! out: each descriptor queued on it is owned and discarded where its close cannot block
+//! ([`discard`](super::discard)). Then its own close has nothing to drop and happens here.
+//!
+//! Only this side's own end of a `SOCK_SEQPACKET` connection is read out so: its options are
+//! this side's alone (`SO_PASSCRED` makes every message carry its sender's credentials, so a
+//! read with neither bytes nor control data is the end of the queue, not an empty message).
+//! A Unix socket a peer sent is another matter (the peer holds it too and can set its options:
+//! a stream socket's end of file carries credentials, `SO_PASSPIDFD` adds descriptors to every
+//! read): it goes to the closer threads whole.
 
-use std::cell::Cell;
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    getsockname, recvmsg, setsockopt, shutdown, sockopt, AddressFamily, ControlMessageOwned,
-    MsgFlags, Shutdown, SockaddrLike, SockaddrStorage,
+    getsockopt, recvmsg, setsockopt, shutdown, sockopt, ControlMessageOwned, MsgFlags, Shutdown,
+    SockType,
 };
 
 use super::{closers, discard};
 use crate::proto::rights_in;
 
-/// Messages read from one socket at most (a Unix socket's queue holds at most its backlog,
-/// `somaxconn`: 4096 by default); past it, the socket goes to the closer threads.
+/// Messages read from one socket at most (its queue is bounded by what the peer may have in
+/// flight, its send buffer); past it, the socket goes to the closer threads.
 const MAX_MESSAGES: usize = 1 << 16;
-/// Unix sockets emptied inside one another at most (the kernel passes a Unix socket inside
-/// another at most four deep); deeper ones go to the closer threads.
-const MAX_DEPTH: u32 = 5;
 
-thread_local! {
-    /// How many drains this thread is inside (a drain discards what it reads, which may be
-    /// another Unix socket to drain).
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
-}
-
-/// A connection's control socket: shut down, emptied and closed when dropped (see the module
-/// docs), on the closer threads if it could not be emptied.
+/// This side's end of a connection: shut down, emptied and closed when dropped (see the module
+/// docs); on the closer threads if it could not be emptied.
 #[derive(Debug)]
 pub(crate) struct ConnSocket(Option<OwnedFd>);
 
@@ -55,7 +52,7 @@ impl AsFd for ConnSocket {
 impl Drop for ConnSocket {
     fn drop(&mut self) {
         if let Some(socket) = self.0.take() {
-            if drain_unix(socket.as_fd()) {
+            if read_out(socket.as_fd()) {
                 drop(socket);
             } else {
                 closers::close(socket);
@@ -64,32 +61,22 @@ impl Drop for ConnSocket {
     }
 }
 
-/// Shuts `socket` down and reads out its queue, discarding every descriptor queued on it;
-/// `true` once the queue is empty (closing it then drops nothing). `false` if it is not a Unix
-/// socket, cannot be read (a listening socket), holds more than [`MAX_MESSAGES`], or lies more
-/// than [`MAX_DEPTH`] drains deep: then it is for the closer threads.
-pub(super) fn drain_unix(socket: BorrowedFd<'_>) -> bool {
-    let unix = getsockname::<SockaddrStorage>(socket.as_raw_fd())
-        .is_ok_and(|a| a.family() == Some(AddressFamily::Unix));
-    if !unix || DEPTH.get() >= MAX_DEPTH {
-        return false;
-    }
-    // With SO_PASSCRED every message read carries its sender's credentials, so a read with
-    // neither bytes nor control data is the end of the queue, not an empty message.
-    if setsockopt(&socket, sockopt::PassCred, &true).is_err() {
+/// Shuts `socket` (this side's end of a `SOCK_SEQPACKET` connection) down and reads out its
+/// queue, discarding every descriptor queued on it; `true` once the queue is empty. `false` if
+/// it is some other kind of socket, cannot be read, or holds more than [`MAX_MESSAGES`].
+fn read_out(socket: BorrowedFd<'_>) -> bool {
+    if getsockopt(&socket, sockopt::SockType) != Ok(SockType::SeqPacket)
+        || setsockopt(&socket, sockopt::PassCred, &true).is_err()
+    {
         return false;
     }
     let _ = shutdown(socket.as_raw_fd(), Shutdown::Both);
-    DEPTH.set(DEPTH.get() + 1);
-    let emptied = read_out(socket);
-    DEPTH.set(DEPTH.get() - 1);
-    emptied
-}
-
-fn read_out(socket: BorrowedFd<'_>) -> bool {
     let mut buf = [0u8; 64];
     let mut space = nix::cmsg_space!([RawFd; 253], libc::ucred);
     for _ in 0..MAX_MESSAGES {
+        // A read whose descriptors did not fit (the descriptor limit) writes no header for
+        // them: the walk of a truncated buffer must not find the last read's.
+        space.fill(0);
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = match recvmsg::<()>(
             socket.as_raw_fd(),
@@ -98,7 +85,9 @@ fn read_out(socket: BorrowedFd<'_>) -> bool {
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
         ) {
             Ok(msg) => msg,
-            Err(Errno::EINTR) => continue,
+            // A peer that closed with messages of ours unread leaves ECONNRESET pending, which
+            // a read reports (and clears) before the queue.
+            Err(Errno::EINTR | Errno::ECONNRESET) => continue,
             Err(Errno::EAGAIN) => return true,
             Err(_) => return false,
         };
@@ -150,9 +139,10 @@ mod tests {
     }
 
     /// Everything queued on a dropped connection socket is owned and discarded, past an empty
-    /// message (which a read without SO_PASSCRED could not tell from the end of the queue) and
-    /// inside a Unix socket queued on it; the socket's own close then drops nothing, and a
-    /// lingering socket among them does not make it wait (closed inline, it waited 3 s).
+    /// message (which a read without SO_PASSCRED could not tell from the end of the queue);
+    /// the socket's own close then drops nothing, so a lingering socket queued on it does not
+    /// make the drop wait (closed inline with it, it waited 3 s). A Unix socket queued on it
+    /// goes to the closer threads whole, and is closed there.
     #[test]
     fn a_dropped_connection_socket_discards_what_is_queued_on_it() {
         let (ours, theirs) = crate::socket_pair().unwrap();
@@ -166,7 +156,10 @@ mod tests {
         send(&theirs, b"y", &[w1.as_raw_fd(), inner.as_raw_fd()]);
         send(&theirs, b"z", &[tcp.as_raw_fd()]);
         drop((w1, inner, tcp));
+        // The peer closes with our messages unread: ECONNRESET is pending on our end.
+        send(&ours, b"unread", &[]);
         let start = std::time::Instant::now();
+        drop(theirs);
         drop(ConnSocket::new(ours));
         assert!(
             start.elapsed() < std::time::Duration::from_secs(1),
@@ -178,8 +171,32 @@ mod tests {
             closed(&r2),
             "the pipe queued inside the queued socket stayed open"
         );
-        // The peer sees the hang-up.
+    }
+
+    /// A peer that closed with messages of ours unread leaves ECONNRESET pending on our end,
+    /// which the first read reports: the read-out goes on past it (it used to stop there and
+    /// hand the whole socket, and what was queued on it, to the closer threads).
+    #[test]
+    fn a_pending_reset_does_not_stop_the_read_out() {
+        let (ours, theirs) = crate::socket_pair().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        send(&theirs, b"a", &[w.as_raw_fd()]);
+        drop(w);
+        send(&ours, b"unread", &[]);
+        drop(theirs);
+        assert!(read_out(ours.as_fd()), "the queue was not read out");
+        assert!(closed(&r));
+    }
+
+    /// The peer sees the hang-up as soon as the socket is dropped, even while another copy of
+    /// it is open (a client's hang-up watcher holds one).
+    #[test]
+    fn the_peer_sees_the_hang_up_at_once() {
+        let (ours, theirs) = crate::socket_pair().unwrap();
+        let copy = ours.try_clone().unwrap();
+        drop(ConnSocket::new(ours));
         let mut fds = [PollFd::new(theirs.as_fd(), PollFlags::POLLIN)];
         assert_eq!(poll(&mut fds, PollTimeout::from(2000u16)).unwrap(), 1);
+        drop(copy);
     }
 }

@@ -6,12 +6,11 @@
 //! FUSE mount waits for the daemon's answer to its flush. So a received descriptor is a
 //! [`PeerFd`]: it becomes an `OwnedFd` only through a check of its kind ([`PeerFd::memfd`],
 //! [`PeerFd::eventfd`]), and one that is refused or dropped is closed by [`discard`], which
-//! closes memfds, eventfds and epoll instances (whose close never blocks) at once, empties a
-//! Unix socket of the descriptors queued on it before closing it ([`drain`]), and hands
+//! closes memfds, eventfds and epoll instances (whose close never blocks) at once and hands
 //! anything else to the closer threads ([`closers`]), after turning a socket's lingering off.
 //!
-//! - [`drain`]: a connection's control socket ([`ConnSocket`]) and any Unix socket a peer sent
-//!   are shut down and emptied, then closed here.
+//! - [`drain`]: this side's end of a connection ([`ConnSocket`]) is shut down and emptied of
+//!   the descriptors queued on it, then closed here.
 //! - [`closers`]: the threads that close what may block.
 //!
 //! Telling the kinds apart must not block either: a file on a FUSE mount answers `fstat` and
@@ -136,10 +135,9 @@ impl Drop for PeerFd {
 }
 
 /// Closes a descriptor a peer sent without blocking the calling thread: memfds, eventfds and
-/// epoll instances at once (their close never waits); a Unix socket once it is emptied of the
-/// descriptors queued on it ([`drain`]); anything else, or a Unix socket that could not be
-/// emptied, on the closer threads. A socket first has its lingering turned off, so that even
-/// its last close does not wait for unsent data.
+/// epoll instances at once (their close never waits), anything else on the closer threads. A
+/// socket first has its lingering turned off, so that even its last close does not wait for
+/// unsent data (a Unix socket's close can still wait for what is queued on it, there).
 pub(crate) fn discard(fd: OwnedFd) {
     match kind(fd.as_fd()) {
         // (Closing an epoll instance never closes what it watches.)
@@ -153,14 +151,16 @@ pub(crate) fn discard(fd: OwnedFd) {
                     l_linger: 0,
                 },
             );
-            if drain::drain_unix(fd.as_fd()) {
-                drop(fd);
-            } else {
-                closers::close(fd);
-            }
+            closers::close(fd);
         }
         Kind::Other => closers::close(fd),
     }
+}
+
+/// Closes a descriptor of this side's on the closer threads: one whose close drops what peers
+/// queued on it (a listener, with the connections still in its backlog).
+pub(crate) fn close_elsewhere(fd: OwnedFd) {
+    closers::close(fd);
 }
 
 #[cfg(test)]
@@ -230,17 +230,10 @@ mod tests {
         let (tcp, listener) = lingering_socket(3);
         let pool = closers::Closers::new();
         assert_eq!(pool.threads(), closers::CLOSER_THREADS);
-        // All waiting for work, then one of them closing the socket, which blocks.
-        let start = Instant::now();
-        while pool.idle() != closers::CLOSER_THREADS {
-            assert!(
-                start.elapsed() < Duration::from_secs(2),
-                "the closers never started"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // One of them closing the socket, which blocks.
         pool.close(tcp).map_err(drop).unwrap();
-        while pool.idle() != closers::CLOSER_THREADS - 1 {
+        let start = Instant::now();
+        while pool.busy() != 1 {
             assert!(
                 start.elapsed() < Duration::from_secs(2),
                 "no closer took it"

@@ -441,8 +441,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
 
 impl<S: Pod, C: Pod, V: Service<S, C>> Drop for Server<S, C, V> {
     fn drop(&mut self) {
-        if let Some((_, path)) = &self.listener {
+        if let Some((listener, path)) = self.listener.take() {
             let _ = std::fs::remove_file(path);
+            // Connections still in its backlog go with it, and with them whatever their
+            // clients queued before being accepted: closed where that cannot hold this thread.
+            crate::peer_fd::close_elsewhere(listener);
         }
     }
 }
