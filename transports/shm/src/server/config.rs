@@ -21,7 +21,8 @@ pub struct ServerConfig {
     pub max_regions: u32,
     /// How long a new connection may take to say hello.
     pub handshake_timeout: Duration,
-    /// Connections that may be saying hello at once; more are closed as they arrive.
+    /// Connections that may be saying hello at once; past it, the one that has said nothing
+    /// longest is closed to make room for the newcomer.
     pub max_handshakes: u32,
     /// The longest the server keeps polling after its last request before it sleeps, while an
     /// adaptive client is connected. The window adapts below this: it grows while requests keep

@@ -153,9 +153,28 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             .count();
         let socket = ConnSocket::new(socket);
         if saying_hello >= self.config.max_handshakes as usize {
-            self.stats.refused += 1;
-            drop(socket); // the client sees the hang-up
-            return Ok(());
+            // The one that has said nothing longest makes room: refusing the newcomer instead
+            // would let a peer keep every new client out with `max_handshakes` silent
+            // connections renewed once per handshake timeout, where now it must open them
+            // faster than an honest client says hello (within a turn or two).
+            let oldest = self
+                .conns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| match c.state {
+                    State::Handshake { deadline } => Some((deadline, i)),
+                    State::Active(_) => None,
+                })
+                .min()
+                .map(|(_, i)| i);
+            match oldest {
+                Some(i) => self.release(i, Some("made room for a newer connection".into())),
+                None => {
+                    self.stats.refused += 1;
+                    drop(socket); // the client sees the hang-up
+                    return Ok(());
+                }
+            }
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -276,8 +295,8 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             (ClientMsg::Shutdown, false) => {
                 // What the client published before leaving is served, but in turns under the
                 // usual limits, as any client's requests are (served here at once, a ring of
-                // requests each touching a whole buffer held up every other client), and the
-                // connection is released at the first turn that takes nothing from it. Its
+                // requests each touching a whole buffer would hold up every other client), and
+                // the connection is released at the first turn that takes nothing from it. Its
                 // socket is no longer watched (its hang-up would report at every look).
                 if let State::Active(a) = &mut self.conns[i].state {
                     a.leaving = true;
