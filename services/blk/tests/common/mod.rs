@@ -167,6 +167,22 @@ impl Running {
         }
     }
 
+    /// What the server shows once `ok` holds of it, if it does within `limit` (what it
+    /// publishes lags its turns by a millisecond or more).
+    pub fn within(&self, limit: Duration, mut ok: impl FnMut(&Seen) -> bool) -> Option<Seen> {
+        let start = Instant::now();
+        loop {
+            let seen = self.seen();
+            if ok(&seen) {
+                return Some(seen);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     pub fn stop(mut self) -> BlkServer {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap()
