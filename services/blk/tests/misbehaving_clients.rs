@@ -238,32 +238,7 @@ fn a_flooding_client_gets_only_its_share_of_the_ring() {
     assert!(other.direct(), "the test needs direct I/O in {:?}", dir.0);
     // The flooding client keeps 32 direct reads of 1 MiB in the service until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
-    let flooder = std::thread::spawn({
-        let (socket, options, stop) = (socket.clone(), options.clone(), stop.clone());
-        move || {
-            let mut flood = connect_retry_with(&socket, &options);
-            let big = flood.alloc().unwrap();
-            let whole = BufHandle {
-                len: 1 << 20,
-                ..big.handle()
-            };
-            let (mut sent, mut done) = (0u64, 0u64);
-            loop {
-                while !stop.load(Relaxed) && sent - done < 32 {
-                    flood
-                        .raw(sent, 1, (sent << 20) % DEVICE, 1 << 20, whole)
-                        .unwrap();
-                    sent += 1;
-                }
-                flood.submit().unwrap();
-                if done == sent {
-                    return done;
-                }
-                assert_eq!(flood.next(Some(LIMIT)).unwrap().result, Ok(1 << 20));
-                done += 1;
-            }
-        }
-    });
+    let flooder = keep_reading(&socket, &options, 32, stop.clone());
     running.until("the flooding client fills the ring", |s| s.in_flight >= 9);
     let mut passed_over = false;
     for attempt in 0..5u64 {
@@ -331,31 +306,7 @@ fn clients_holding_a_slot_do_not_cap_a_busy_one() {
     assert!(busy.direct(), "the test needs direct I/O in {:?}", dir.0);
     // The other client keeps two reads in the kernel, and never more, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
-    let holder = std::thread::spawn({
-        let (socket, options, stop) = (socket.clone(), options.clone(), stop.clone());
-        move || {
-            let mut idle = connect_retry_with(&socket, &options);
-            let buf = idle.alloc().unwrap();
-            let whole = BufHandle {
-                len: 1 << 20,
-                ..buf.handle()
-            };
-            let (mut sent, mut done) = (0u64, 0u64);
-            loop {
-                while !stop.load(Relaxed) && sent - done < 2 {
-                    idle.raw(sent, 1, (sent << 20) % DEVICE, 1 << 20, whole)
-                        .unwrap();
-                    sent += 1;
-                }
-                idle.submit().unwrap();
-                if done == sent {
-                    return;
-                }
-                assert_eq!(idle.next(Some(LIMIT)).unwrap().result, Ok(1 << 20));
-                done += 1;
-            }
-        }
-    });
+    let holder = keep_reading(&socket, &options, 2, stop.clone());
     running.until("the other client's reads are in", |s| s.in_flight >= 2);
     let b = busy.alloc().unwrap();
     let whole = BufHandle {

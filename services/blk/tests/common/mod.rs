@@ -197,3 +197,38 @@ impl Drop for Running {
         }
     }
 }
+
+/// A client on a thread of its own that keeps `in_flight` direct reads of 1 MiB (into one
+/// buffer) in the service at `socket`, resubmitting each as it completes, until `stop` is set;
+/// it then waits for the last and returns how many it read.
+pub fn keep_reading(
+    socket: &Path,
+    options: &BlkOptions,
+    in_flight: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let (socket, options) = (socket.to_path_buf(), options.clone());
+    std::thread::spawn(move || {
+        let mut client = connect_retry_with(&socket, &options);
+        let buf = client.alloc().unwrap();
+        let whole = subring_shm::BufHandle {
+            len: 1 << 20,
+            ..buf.handle()
+        };
+        let (mut sent, mut done) = (0u64, 0u64);
+        loop {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent - done < in_flight {
+                client
+                    .raw(sent, 1, (sent << 20) % DEVICE, 1 << 20, whole)
+                    .unwrap();
+                sent += 1;
+            }
+            client.submit().unwrap();
+            if done == sent {
+                return done;
+            }
+            assert_eq!(client.next(Some(LIMIT)).unwrap().result, Ok(1 << 20));
+            done += 1;
+        }
+    })
+}
