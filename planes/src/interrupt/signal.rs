@@ -71,9 +71,9 @@ pub struct EventFdSignal {
     /// Created at the first `block`: sides that only wake never pay the extra fd. In the
     /// peer-waiter form, the epoll instance the peer handed over.
     waiter: Arc<OnceLock<Epoll>>,
-    /// The peer-waiter form: the fd for outside event loops is the epoll instance, and a drain
-    /// takes its ready events.
-    peer_waiter: bool,
+    /// The peer-waiter form (it waits in the peer's epoll instance): the fd for outside event
+    /// loops is the epoll instance, and a drain takes its ready events.
+    in_peers_epoll: bool,
     /// Under loom, the eventfd's counter and its edge as the waiter's epoll set sees them: the
     /// fd is still created (for `AsFd`), but every write, read and wait goes to the model.
     #[cfg(loom)]
@@ -162,7 +162,7 @@ impl EventFdSignal {
         EventFdSignal {
             fd: Arc::new(fd),
             waiter: Arc::new(OnceLock::new()),
-            peer_waiter: false,
+            in_peers_epoll: false,
             #[cfg(loom)]
             model: Arc::default(),
         }
@@ -220,7 +220,7 @@ impl EventFdSignal {
         let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, SIGNALLED);
         epoll.add(local.as_fd(), event)?;
         let mut signal = EventFdSignal::wrap(local);
-        signal.peer_waiter = true;
+        signal.in_peers_epoll = true;
         let _ = signal.waiter.set(epoll);
         Ok(signal)
     }
@@ -299,7 +299,7 @@ impl EventFdSignal {
         #[cfg(not(loom))]
         {
             let mut taken = 0;
-            if self.peer_waiter {
+            if self.in_peers_epoll {
                 // The peer's eventfd is not ours to read: take its edge from the epoll
                 // instance (a zero timeout never blocks), then our local eventfd's count.
                 let mut events = [EpollEvent::empty(); 4];
@@ -319,7 +319,7 @@ impl AsFd for EventFdSignal {
     /// The eventfd; in the peer-waiter form, the epoll instance (see
     /// [`from_peer_waiter`](EventFdSignal::from_peer_waiter)).
     fn as_fd(&self) -> BorrowedFd<'_> {
-        match (self.peer_waiter, self.waiter.get()) {
+        match (self.in_peers_epoll, self.waiter.get()) {
             (true, Some(epoll)) => epoll.0.as_fd(),
             _ => self.fd.as_fd(),
         }

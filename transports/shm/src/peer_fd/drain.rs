@@ -30,7 +30,9 @@ use crate::proto::rights_in;
 const MAX_MESSAGES: usize = 1 << 16;
 
 /// This side's end of a connection: shut down, emptied and closed when dropped (see the module
-/// docs); on the closer threads if it could not be emptied.
+/// docs); on the closer threads if it could not be emptied. The shutdown ends the connection
+/// for every process that holds it: a forked child that drops its copy of a client or a server
+/// (running destructors, unlike `exec` or `_exit`) hangs up its parent's connections.
 #[derive(Debug)]
 pub(crate) struct ConnSocket(Option<OwnedFd>);
 
