@@ -5,8 +5,9 @@
 //! Unix socket:
 //!
 //! - **Control plane.** A `SOCK_SEQPACKET` Unix socket carries versioned control messages
-//!   ([`proto`]: `"SBSH"`, a version, a postcard body) and, with `SCM_RIGHTS`, the memfd and the
-//!   eventfds. The client's [`Hello`](proto::Hello) names the application protocol, the entry
+//!   ([`proto`]: `"SBSH"`, a version, a postcard body) and, with `SCM_RIGHTS`, the memfd, the
+//!   kick eventfd and an epoll instance watching the server's call eventfd (the server keeps
+//!   the eventfd it writes, so that no client can make that write block). The client's [`Hello`](proto::Hello) names the application protocol, the entry
 //!   types' sizes, ring capacities, buffer sizes and notify mode; the server checks every field
 //!   and answers with a [`Welcome`](proto::Welcome) or a [`proto::Refusal`]. The socket
 //!   stays open for the connection's life: later control messages (registering another region,
