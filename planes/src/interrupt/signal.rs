@@ -134,6 +134,23 @@ impl EventFdModel {
     }
 }
 
+/// Checks that `fd`'s `/proc/self/fd` link reads `expected` (an anonymous inode names its kind
+/// there); the error names what it is instead.
+fn check_link(fd: &OwnedFd, expected: &str, what: &str) -> io::Result<()> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    if link.as_os_str() != expected {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "fd {} is not {what} (it is {})",
+                fd.as_raw_fd(),
+                link.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Epoll data of the eventfd in the waiter's set.
 const SIGNALLED: u64 = 0;
 /// Epoll data of a descriptor watched for hang-up.
@@ -192,17 +209,7 @@ impl EventFdSignal {
     /// a blocked wait). A side that must not trust its peer that far uses futex modes. (Not for
     /// loom models: it waits in a real epoll instance.)
     pub fn from_peer_waiter(fd: OwnedFd) -> io::Result<Self> {
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
-        if link.as_os_str() != "anon_inode:[eventpoll]" {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "fd {} is not an epoll instance (it is {})",
-                    fd.as_raw_fd(),
-                    link.display()
-                ),
-            ));
-        }
+        check_link(&fd, "anon_inode:[eventpoll]", "an epoll instance")?;
         // What the peer made it watch, as the kernel lists it: one descriptor, as a peer that
         // follows the protocol makes it (its eventfd). This catches a careless peer, not a
         // hostile one: the count does not say what the descriptor is (a FUSE file's poll waits
@@ -236,17 +243,7 @@ impl EventFdSignal {
     /// Wraps an eventfd received from a peer, after checking that it is one (its
     /// `/proc/self/fd` link reads `anon_inode:[eventfd]`) and making it non-blocking.
     pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
-        if link.as_os_str() != "anon_inode:[eventfd]" {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "fd {} is not an eventfd (it is {})",
-                    fd.as_raw_fd(),
-                    link.display()
-                ),
-            ));
-        }
+        check_link(&fd, "anon_inode:[eventfd]", "an eventfd")?;
         let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
         fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
         // SAFETY: the fd was just checked to be an eventfd.

@@ -108,10 +108,7 @@ fn a_client_leaving_with_a_backlog_leaves_the_others_alone() {
     let dir = TempDir::new("backlog", false);
     let socket = dir.0.join("blk.sock");
     // Real data, read with direct I/O: reads go to the device and take a while.
-    let disk = dir.0.join("disk.img");
-    let mut rng = Rng(11);
-    let data: Vec<u8> = (0..DEVICE).map(|_| rng.next() as u8).collect();
-    std::fs::write(&disk, &data).unwrap();
+    let (disk, data) = dir.random_disk(11);
     let mut blk = BlkConfig::new(&disk);
     // Four in the ring: the rest waits in the backlog, in order.
     blk.depth = 4;
@@ -224,10 +221,7 @@ fn a_flooding_client_gets_only_its_share_of_the_ring() {
     let _serial = serial();
     let dir = TempDir::new("share", false);
     let socket = dir.0.join("blk.sock");
-    let disk = dir.0.join("disk.img");
-    let mut rng = Rng(5);
-    let data: Vec<u8> = (0..DEVICE).map(|_| rng.next() as u8).collect();
-    std::fs::write(&disk, &data).unwrap();
+    let (disk, data) = dir.random_disk(5);
     let mut blk = BlkConfig::new(&disk);
     // Eight in the ring: four each while both clients have operations.
     blk.depth = 8;

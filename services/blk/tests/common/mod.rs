@@ -38,6 +38,16 @@ impl TempDir {
         TempDir(dir)
     }
 
+    /// A device of pseudo-random bytes (real data: direct reads of it go to the disk and take
+    /// a while), and the bytes.
+    pub fn random_disk(&self, seed: u64) -> (PathBuf, Vec<u8>) {
+        let path = self.0.join("disk.img");
+        let mut rng = Rng(seed);
+        let data: Vec<u8> = (0..DEVICE).map(|_| rng.next() as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        (path, data)
+    }
+
     pub fn disk(&self, len: u64) -> PathBuf {
         let path = self.0.join("disk.img");
         std::fs::File::create(&path).unwrap().set_len(len).unwrap();
