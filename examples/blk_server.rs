@@ -8,7 +8,8 @@
 //! ```
 //! Options after the two paths: `--copy` (copy through the service's own buffers instead: the
 //! design this service exists to avoid), `--buffered` (no `O_DIRECT`), `--read-only`,
-//! `--for SECONDS`.
+//! `--clients-per-user N` (for a server several users share: at most `N` clients of one user
+//! at once), `--for SECONDS`.
 //! It prints a line per second while clients come and go; stop it with Ctrl-C.
 
 use std::time::{Duration, Instant};
@@ -18,11 +19,12 @@ use subring::blk::{self, BlkConfig};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: blk_server SOCKET_PATH DEVICE_PATH [--copy] [--buffered] [--read-only] \
-                 [--for SECONDS]";
+                 [--clients-per-user N] [--for SECONDS]";
     let (Some(socket), Some(device)) = (args.first(), args.get(1)) else {
         return Err(usage.into());
     };
     let mut config = BlkConfig::new(device);
+    let mut server_config = blk::server_config();
     let mut limit = None;
     let mut rest = args[2..].iter();
     while let Some(a) = rest.next() {
@@ -30,6 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--copy" => config.zero_copy = false,
             "--buffered" => config.direct = false,
             "--read-only" => config.read_only = true,
+            "--clients-per-user" => {
+                let n = rest.next().ok_or(usage)?;
+                server_config.max_clients_per_user = n
+                    .parse()
+                    .map_err(|e| format!("--clients-per-user {n:?}: {e}"))?;
+            }
             "--for" => {
                 let s = rest.next().ok_or(usage)?;
                 limit = Some(Duration::from_secs_f64(s.parse()?));
@@ -38,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let mut server =
-        blk::serve(socket, blk::server_config(), config).map_err(|e| format!("blk_server: {e}"))?;
+        blk::serve(socket, server_config, config).map_err(|e| format!("blk_server: {e}"))?;
     let service = server.service();
     println!(
         "block server (pid {}) on {socket}: {device}, {} bytes, {}, {}{}",

@@ -33,8 +33,9 @@ pub const PROTOCOL_MAGIC: [u8; 4] = *b"SBSH";
 /// on its producer word, and the other side wakes it after reaping. Version 5: event-idx
 /// suppression, asked for in [`Hello::event_idx`] and granted in [`Welcome::event_idx`]; a
 /// wake word may say "sleeping until entry N". Version 6: the welcome's call descriptor is an
-/// epoll instance watching the server's eventfd, not the eventfd.)
-pub const PROTOCOL_VERSION: u16 = 6;
+/// epoll instance watching the server's eventfd, not the eventfd. Version 7:
+/// [`Refusal::UserBusy`].)
+pub const PROTOCOL_VERSION: u16 = 7;
 /// A control message carrying a postcard-encoded body.
 pub const KIND_MESSAGE: u8 = 1;
 /// A refusal because of a version mismatch; its body is the refusing side's version.
@@ -213,6 +214,15 @@ pub enum Refusal {
         /// What it must be a multiple of; 0 where it must be a power of two.
         of: u64,
     },
+    /// The server serves its maximum number of clients of the connecting user
+    /// ([`ServerConfig::max_clients_per_user`](crate::ServerConfig::max_clients_per_user)).
+    UserBusy {
+        /// The user, as the kernel gave the server the client's credentials (`None` if it gave
+        /// none).
+        uid: Option<u32>,
+        /// That maximum.
+        max_per_user: u32,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -252,6 +262,13 @@ impl fmt::Display for Refusal {
             }
             Refusal::Unaligned { what, asked, of } => {
                 write!(f, "{what} {asked} is not a multiple of {of}")
+            }
+            Refusal::UserBusy { uid, max_per_user } => {
+                let user = uid.map_or("this user".to_string(), |u| format!("user {u}"));
+                write!(
+                    f,
+                    "the server already serves its maximum of {max_per_user} clients of {user}"
+                )
             }
         }
     }

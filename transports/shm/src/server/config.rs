@@ -11,6 +11,12 @@ pub struct ServerConfig {
     pub protocol: String,
     /// Clients served at once; more are refused with [`Refusal::Busy`](crate::proto::Refusal::Busy).
     pub max_clients: u32,
+    /// Clients of one user (the effective user id the kernel gives for the connecting
+    /// process) served at once; more of that user's are refused with
+    /// [`Refusal::UserBusy`](crate::proto::Refusal::UserBusy), so that one user cannot take
+    /// every place from the others. As many as `max_clients` by default (no limit of its own):
+    /// set it below for a server that several users share.
+    pub max_clients_per_user: u32,
     /// Largest ring a client may ask for (entries).
     pub max_capacity: u32,
     /// Largest payload buffer a client may ask for (bytes).
@@ -21,8 +27,10 @@ pub struct ServerConfig {
     pub max_regions: u32,
     /// How long a new connection may take to say hello.
     pub handshake_timeout: Duration,
-    /// Connections that may be saying hello at once; past it, the one that has said nothing
-    /// longest is closed to make room for the newcomer.
+    /// Connections that may be saying hello at once; past it, one that has said nothing is
+    /// closed to make room for the newcomer: the oldest of the user who would hold the most
+    /// (the newcomer counted), so that one user's flood of silent connections pushes out its
+    /// own before anyone else's.
     pub max_handshakes: u32,
     /// The longest the server keeps polling after its last request before it sleeps, while an
     /// adaptive client is connected. The window adapts below this: it grows while requests keep
@@ -71,14 +79,15 @@ pub enum ServerSleep {
 }
 
 impl ServerConfig {
-    /// Defaults for `protocol`: 64 clients, rings up to 64K entries, buffers up to 1 MiB,
-    /// 1 GiB per region, 8 extra regions, 5 s handshakes (64 at once), 50 µs adaptive
-    /// polling, 64 requests or 1 MiB touched per client per turn, 1024 deferred requests per
-    /// client.
+    /// Defaults for `protocol`: 64 clients (as many of one user), rings up to 64K entries,
+    /// buffers up to 1 MiB, 1 GiB per region, 8 extra regions, 5 s handshakes (64 at once),
+    /// 50 µs adaptive polling, 64 requests or 1 MiB touched per client per turn, 1024 deferred
+    /// requests per client.
     pub fn new(protocol: &str) -> Self {
         ServerConfig {
             protocol: protocol.to_string(),
             max_clients: 64,
+            max_clients_per_user: 64,
             max_capacity: 1 << 16,
             max_buf_size: 1 << 20,
             max_region_len: 1 << 30,

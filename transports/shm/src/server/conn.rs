@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytemuck::Pod;
+use nix::sys::socket::UnixCredentials;
 use subring_planes::interrupt::WakeRef;
 use subring_planes::pair::ServiceSide;
 use subring_planes::queue::QueueError;
@@ -230,7 +231,16 @@ pub(crate) struct Conn<S, C, K> {
     /// Shut down, emptied of whatever is queued on it and closed when the connection goes
     /// (see [`ConnSocket`]).
     pub(crate) socket: ConnSocket,
+    /// Who connected (`SO_PEERCRED`, read when the connection was admitted).
+    pub(crate) creds: Option<UnixCredentials>,
     pub(crate) state: State<S, C, K>,
+}
+
+impl<S, C, K> Conn<S, C, K> {
+    /// The connecting process's effective user id, if the kernel gave its credentials.
+    pub(crate) fn uid(&self) -> Option<u32> {
+        self.creds.map(|c| c.uid())
+    }
 }
 
 /// The connection table as [`Completions`](super::Completions) sees it.

@@ -1,215 +1,30 @@
-//! Connections arriving and leaving: accepting, the hello and its checks, the welcome with the
-//! shared memory and eventfds, later control messages (registering a region, shutting down),
-//! and release.
+//! A connection's messages: the hello and its checks, the welcome with the shared memory and
+//! eventfds, and later control messages (registering a region, shutting down).
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytemuck::Pod;
-use nix::errno::Errno;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
-use nix::sys::socket::{
-    accept4, bind, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-    UnixAddr,
-};
 use subring_planes::data::{PoolLayout, Region, RegionOptions};
 use subring_planes::interrupt::NotifyMode;
 use subring_planes::pair::{PairConfig, PairLayout, PairSignals, ServiceSide};
 
 use super::config::{ClientInfo, ServerSleep};
-use super::conn::{Active, Armed, Conn, Limits, State};
+use super::conn::{Active, Armed, State};
 use super::ctx::ClientMemory;
 use super::service::{Ledger, Service};
-use super::{os, spare_fd, Server};
-
-/// Control messages read from one client per look at its socket.
-const CONTROL_MESSAGES_PER_TURN: usize = 16;
-/// Connections accepted per look at the listener.
-const ACCEPTS_PER_TURN: usize = 64;
-use crate::peer_fd::{ConnSocket, PeerFd};
+use super::Server;
+use crate::peer_fd::PeerFd;
 use crate::proto::{self, ClientMsg, EntryShape, Hello, Incoming, Refusal, ServerMsg, Welcome};
 use crate::Error;
 
-pub(crate) fn listen_on(path: &Path) -> Result<OwnedFd, Error> {
-    let shown = path.display().to_string();
-    let path_error = |source: std::io::Error| Error::Path {
-        what: "cannot listen on",
-        path: shown.clone(),
-        source,
-        hint: "",
-    };
-    let addr = UnixAddr::new(path).map_err(|e| path_error(e.into()))?;
-    let open = || {
-        socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )
-        .map_err(os("socket(AF_UNIX, SOCK_SEQPACKET)"))
-    };
-    let sock = open()?;
-    match bind(sock.as_raw_fd(), &addr) {
-        Ok(()) => {}
-        Err(Errno::EADDRINUSE) => {
-            // A socket file is there. If a server answers it is in use; if nobody does, it is
-            // left over from a server that died, and is replaced.
-            let probe = open()?;
-            match nix::sys::socket::connect(probe.as_raw_fd(), &addr) {
-                Err(Errno::ECONNREFUSED) => {
-                    std::fs::remove_file(path).map_err(path_error)?;
-                    bind(sock.as_raw_fd(), &addr).map_err(|e| path_error(e.into()))?;
-                }
-                _ => {
-                    return Err(Error::Path {
-                        what: "cannot listen on",
-                        path: shown,
-                        source: Errno::EADDRINUSE.into(),
-                        hint: " (another server is listening there)",
-                    })
-                }
-            }
-        }
-        Err(e) => return Err(path_error(e.into())),
-    }
-    listen(&sock, Backlog::new(128).unwrap_or(Backlog::MAXCONN))
-        .map_err(|e| path_error(e.into()))?;
-    Ok(sock)
-}
+/// Control messages read from one client per look at its socket.
+const CONTROL_MESSAGES_PER_TURN: usize = 16;
 
 impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
-    pub(crate) fn accept_all(&mut self) -> Result<(), Error> {
-        let Some(listener) = self.listener.as_ref().map(|l| l.0.as_raw_fd()) else {
-            return Ok(());
-        };
-        // A bounded number per look, like control messages (the listener is level-triggered).
-        for _ in 0..ACCEPTS_PER_TURN {
-            match accept4(listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
-                Ok(fd) => {
-                    // SAFETY: accept4 returned a new descriptor that nothing else owns.
-                    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                    // A client we cannot register is dropped (it sees the hang-up); the
-                    // server goes on.
-                    let _ = self.admit(sock);
-                }
-                Err(Errno::EAGAIN) => return Ok(()),
-                Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
-                // Out of descriptors: the connection waiting in the backlog keeps the listener
-                // readable, and the server would spin on it. The spare descriptor kept for
-                // this is closed to accept it, and the connection is closed at once (the
-                // client sees the hang-up); then the spare is taken again. Once a descriptor
-                // frees, the next client is served as usual.
-                Err(Errno::EMFILE | Errno::ENFILE) => {
-                    if !self.refuse_for_lack_of_fds(listener) {
-                        return Ok(());
-                    }
-                }
-                // Out of memory: try again at the next event.
-                Err(Errno::ENOBUFS | Errno::ENOMEM) => return Ok(()),
-                Err(e) => return Err(os("accept4")(e)),
-            }
-        }
-        Ok(())
-    }
-
-    /// At the descriptor limit: accepts one waiting connection with the spare descriptor and
-    /// closes it. `false` if there was no spare (nothing to do but wait).
-    fn refuse_for_lack_of_fds(&mut self, listener: std::os::fd::RawFd) -> bool {
-        let Some(spare) = self.spare_fd.take() else {
-            return false;
-        };
-        drop(spare);
-        let refused = accept4(listener, SockFlag::SOCK_CLOEXEC);
-        if let Ok(fd) = refused {
-            // SAFETY: accept4 returned a new descriptor that nothing else owns.
-            let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            // Closed here as it is, not emptied first (reading out what is queued on it needs
-            // descriptors too): the spare is taken again just below, and only this close frees
-            // the descriptor it needs (otherwise the listener stays readable with no spare and
-            // the server spins on it). A client that queued a message carrying a lingering
-            // socket before it was accepted could make this close wait; that needs the server
-            // already at its descriptor limit.
-            drop(socket);
-            self.stats.accepted += 1;
-            self.stats.refused += 1;
-            self.stats.refused_no_fds += 1;
-        }
-        self.spare_fd = spare_fd();
-        refused.is_ok()
-    }
-
-    pub(crate) fn admit(&mut self, socket: OwnedFd) -> Result<(), Error> {
-        self.stats.accepted += 1;
-        // Connections that have not said hello cost a descriptor and a place in every look at
-        // the connections: a bounded number of them.
-        let saying_hello = self
-            .conns
-            .iter()
-            .filter(|c| matches!(c.state, State::Handshake { .. }))
-            .count();
-        let socket = ConnSocket::new(socket);
-        if saying_hello >= self.config.max_handshakes as usize {
-            // The one that has said nothing longest makes room: refusing the newcomer instead
-            // would let a peer keep every new client out with `max_handshakes` silent
-            // connections renewed once per handshake timeout, where now it must open them
-            // faster than an honest client says hello (within a turn or two).
-            let oldest = self
-                .conns
-                .iter()
-                .enumerate()
-                .filter_map(|(i, c)| match c.state {
-                    State::Handshake { deadline } => Some((deadline, i)),
-                    State::Active(_) => None,
-                })
-                .min()
-                .map(|(_, i)| i);
-            match oldest {
-                Some(i) => self.release(i, Some("made room for a newer connection".into())),
-                None => {
-                    self.stats.refused += 1;
-                    drop(socket); // the client sees the hang-up
-                    return Ok(());
-                }
-            }
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.epoll
-            .add(
-                &socket,
-                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, id * 2),
-            )
-            .map_err(os("epoll_ctl(ADD client socket)"))?;
-        self.conns.push(Conn {
-            id,
-            socket,
-            state: State::Handshake {
-                deadline: Instant::now() + self.config.handshake_timeout,
-            },
-        });
-        Ok(())
-    }
-
-    pub(crate) fn expire_handshakes(&mut self) {
-        // As in `sleep_limit`: no clock read unless a handshake is pending (this runs after
-        // every wake-up, before the request that woke the server is served).
-        let mut now = None;
-        let mut i = 0;
-        while i < self.conns.len() {
-            if matches!(self.conns[i].state, State::Handshake { deadline }
-                if deadline <= *now.get_or_insert_with(Instant::now))
-            {
-                self.release(i, Some("no hello within the handshake timeout".into()));
-            } else {
-                i += 1;
-            }
-        }
-    }
-
     pub(crate) fn on_socket(&mut self, id: u64, events: EpollFlags) {
         let Some(i) = self.conns.iter().position(|c| c.id == id) else {
             return;
@@ -324,7 +139,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         }
     }
 
-    fn check_hello(&self, hello: &Hello, fds: &[PeerFd]) -> Result<(), Refusal> {
+    fn check_hello(&self, i: usize, hello: &Hello, fds: &[PeerFd]) -> Result<(), Refusal> {
         let cfg = &self.config;
         if !fds.is_empty() {
             return Err(Refusal::Malformed(format!(
@@ -389,21 +204,30 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             });
         }
         limit("buffer count", hello.buf_count.into(), 1, 1 << 20)?;
-        let active = self
-            .conns
-            .iter()
-            .filter(|c| matches!(c.state, State::Active(_)))
-            .count();
+        let uid = self.conns[i].uid();
+        let (mut active, mut users) = (0, 0);
+        for c in &self.conns {
+            if matches!(c.state, State::Active(_)) {
+                active += 1;
+                users += usize::from(c.uid() == uid);
+            }
+        }
         if active >= cfg.max_clients as usize {
             return Err(Refusal::Busy {
                 max_clients: cfg.max_clients,
+            });
+        }
+        if users >= cfg.max_clients_per_user as usize {
+            return Err(Refusal::UserBusy {
+                uid,
+                max_per_user: cfg.max_clients_per_user,
             });
         }
         Ok(())
     }
 
     fn welcome(&mut self, i: usize, hello: &Hello, fds: Vec<PeerFd>) -> Result<(), Refusal> {
-        self.check_hello(hello, &fds)?;
+        self.check_hello(i, hello, &fds)?;
         let mode: NotifyMode = hello.mode.into();
         let config = PairConfig {
             sq_capacity: hello.sq_capacity,
@@ -484,7 +308,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 )
                 .map_err(|e| internal(&e))?;
         }
-        let creds = getsockopt(socket, sockopt::PeerCredentials).ok();
+        let creds = self.conns[i].creds;
         let info = ClientInfo {
             id,
             pid: creds
@@ -581,64 +405,5 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         extra.push(Arc::new(region));
         a.memory.extra = Arc::from(extra);
         Ok(())
-    }
-
-    /// Releases connection `i`: says why if it is an eviction, unregisters its fds, drops its
-    /// queue pair (which tells the client the service side closed) and its memory.
-    pub(crate) fn release(&mut self, i: usize, why: Option<String>) {
-        let conn = self.conns.swap_remove(i);
-        if let Some(reason) = why {
-            if matches!(conn.state, State::Active(_)) {
-                self.stats.evicted += 1;
-                let _ = proto::send(conn.socket.as_fd(), &ServerMsg::Goodbye { reason }, &[]);
-            } else {
-                self.stats.refused += 1;
-            }
-        }
-        let _ = self.epoll.delete(&conn.socket);
-        if let State::Active(a) = conn.state {
-            if let Some(kick) = a.service.kick_fd() {
-                let _ = self.epoll.delete(kick);
-            }
-            match a.info.mode {
-                NotifyMode::Spin => self.spin_clients -= 1,
-                NotifyMode::Adaptive => self.adaptive_clients -= 1,
-                _ => {}
-            }
-            self.stats.calls.add(a.service.stats());
-            self.stats.released += 1;
-            self.kick_words_changed |= a.kick_word.is_some();
-            let Active {
-                client,
-                info,
-                ledger,
-                ..
-            } = *a;
-            // The service cancels what it can; the queue pair and the server's mappings go now
-            // (the service holds its own references to whatever memory it still lends out).
-            self.service.disconnect(client, &info);
-            self.departing.push(ledger);
-            self.retire_departed();
-        }
-    }
-
-    pub(crate) fn release_all(&mut self, reason: &str) {
-        while !self.conns.is_empty() {
-            let last = self.conns.len() - 1;
-            if let State::Active(a) = &mut self.conns[last].state {
-                let _ = a.serve(
-                    &mut self.service,
-                    Limits::draining(self.config.max_deferred),
-                );
-            }
-            let _ = proto::send(
-                self.conns[last].socket.as_fd(),
-                &ServerMsg::Goodbye {
-                    reason: reason.into(),
-                },
-                &[],
-            );
-            self.release(last, None);
-        }
     }
 }

@@ -7,10 +7,12 @@
 //!   the per-client [`Handler`] shortcut.
 //! - [`ctx`]: what a service sees of a client while handling a request, and its memory.
 //! - [`conn`]: connections and serving one client's batch.
-//! - [`handshake`]: accepting, hello and welcome, registration, release.
+//! - [`admission`]: the listener, accepting and admitting connections, expiring silent ones,
+//!   release. [`handshake`]: hello and welcome, registration.
 //! - [`window`]: the adaptive polling window. [`stats`]: counters. [`thread`]: running on a
 //!   thread of its own.
 
+mod admission;
 mod config;
 mod conn;
 mod ctx;
@@ -44,8 +46,8 @@ use crate::error::check_capacity;
 use crate::futex_sleep::{FutexSleep, MAX_FUTEX_CLIENTS};
 use crate::ConfigError;
 use crate::Error;
+use admission::listen_on;
 use conn::{Armed, Conn, Limits, Outcome, State, Table};
-use handshake::listen_on;
 use service::Ledger;
 use window::{Window, WINDOW_MIN_NS};
 
@@ -181,6 +183,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     pub fn with_service(config: ServerConfig, service: V) -> Result<Self, Error> {
         for (field, value) in [
             ("max_clients", config.max_clients as usize),
+            ("max_clients_per_user", config.max_clients_per_user as usize),
             ("batch", config.batch as usize),
             ("max_deferred", config.max_deferred as usize),
             ("max_handshakes", config.max_handshakes as usize),

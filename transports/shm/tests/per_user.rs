@@ -1,0 +1,146 @@
+//! Limits per user: one user's clients, or its silent connections, cannot take every place
+//! from another user's. The other user is a thread that switched to an unprivileged user id
+//! before it connected (the kernel records the connecting thread's credentials, which the
+//! server reads with `SO_PEERCRED`), so these tests need root; without it they say so and
+//! pass. A test binary of its own: such a thread changes the whole process's dumpable flag.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use subring_shm::echo::{self, EchoReq, EchoResp, ECHO_PROTOCOL};
+use subring_shm::proto::{self, ClientMsg, Refusal, ServerMsg};
+use subring_shm::{Client, Error, NotifyMode, Server, ServerConfig};
+use support::*;
+
+/// The user the other side runs as (`nobody` on most systems; only its number matters).
+const OTHER: u32 = 65534;
+
+/// Whether the tests can connect as another user; says why not if they cannot.
+fn can_switch_users() -> bool {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        eprintln!("skipped: connecting as another user needs root (running as user {euid})");
+    }
+    euid == 0
+}
+
+/// Runs `f` on a thread of its own whose real, effective and saved ids are `uid` (and its
+/// group ids too). The raw system calls change the calling thread only, as the kernel keeps
+/// credentials per thread (the C library's wrappers would change every thread of the test
+/// process); the thread ends with `f`.
+fn as_user<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: system calls that change this thread's credentials and touch no memory.
+        let gid = unsafe { libc::syscall(libc::SYS_setresgid, uid, uid, uid) };
+        assert_eq!(gid, 0, "setresgid: {}", std::io::Error::last_os_error());
+        // SAFETY: as above.
+        let uid = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+        assert_eq!(uid, 0, "setresuid: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("the other user's thread panicked")
+}
+
+/// An echo server at a fresh path that any user may connect to.
+fn server(test: &str, tune: impl FnOnce(&mut ServerConfig)) -> (support::EchoServer, PathBuf) {
+    let path = socket_path(test);
+    let mut config = ServerConfig::new(ECHO_PROTOCOL);
+    tune(&mut config);
+    let server = Server::bind(&path, config, echo::handler_factory())
+        .unwrap()
+        .spawn()
+        .unwrap();
+    // Connecting takes write permission on the socket file, and search on its directories.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = path.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (server, path)
+}
+
+fn connect(path: &Path) -> Result<Client<EchoReq, EchoResp>, Error> {
+    Client::connect(path, &options(NotifyMode::EventFd))
+}
+
+/// With `max_clients_per_user` at 2 of 4 places, a user's third client is refused, naming the
+/// user and the limit, and another user still gets in and is served.
+#[test]
+fn one_user_cannot_take_every_client_place() {
+    if !can_switch_users() {
+        return;
+    }
+    let (server, path) = server("per-user-clients", |c| {
+        c.max_clients = 4;
+        c.max_clients_per_user = 2;
+    });
+    let ours: Vec<_> = (0..2).map(|_| connect(&path).unwrap()).collect();
+    let err = connect(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Refused(Refusal::UserBusy {
+                uid: Some(0),
+                max_per_user: 2
+            })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("2 clients of user 0"), "{err}");
+    let other_path = path.clone();
+    let mut other = as_user(OTHER, move || connect(&other_path)).unwrap();
+    echo_many(&mut other, 8, 2, 32);
+    drop((ours, other));
+    server.stop().unwrap();
+}
+
+/// A connection of another user that has not said hello yet survives a flood of silent
+/// connections from one user past `max_handshakes`: the flood pushes out its own oldest ones,
+/// and the other user's connection is welcomed when it says hello. (Pushing out the oldest
+/// of all, as the server did before, closed it at the flood's fourth connection.)
+#[test]
+fn silent_connections_of_one_user_push_out_their_own() {
+    if !can_switch_users() {
+        return;
+    }
+    let (server, path) = server("per-user-handshakes", |c| {
+        c.max_handshakes = 4;
+        c.handshake_timeout = Duration::from_secs(10);
+    });
+    let other_path = path.clone();
+    let other = as_user(OTHER, move || raw_connect(&other_path));
+    std::thread::sleep(Duration::from_millis(30));
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let c = raw_connect(&path);
+            // Let the server admit it before the next one arrives.
+            std::thread::sleep(Duration::from_millis(30));
+            c
+        })
+        .collect();
+    // The flood's first five made room for its later ones.
+    for (k, s) in flood[..5].iter().enumerate() {
+        assert!(recv_raw(s).is_empty(), "flood connection {k} got an answer");
+    }
+    let body = postcard::to_stdvec(&ClientMsg::Hello(hello())).unwrap();
+    send_raw(
+        &other,
+        &frame(proto::PROTOCOL_VERSION, proto::KIND_MESSAGE, &body),
+        &[],
+    );
+    let answer = recv_raw(&other);
+    assert!(
+        !answer.is_empty(),
+        "the other user's connection was closed by the flood"
+    );
+    assert!(
+        matches!(decode(&answer), ServerMsg::Welcome(_)),
+        "{:?}",
+        decode(&answer)
+    );
+    drop((other, flood));
+    server.stop().unwrap();
+}
