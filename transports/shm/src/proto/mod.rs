@@ -166,8 +166,10 @@ pub struct Welcome {
     pub event_idx: bool,
 }
 
-/// Why a server refused a connection or request.
+/// Why a server refused a connection or request. More reasons may come with later protocol
+/// versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Refusal {
     /// The client speaks another application protocol.
     Protocol {

@@ -165,7 +165,10 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                     State::Active(_) => None,
                 });
             match evictee(pending, newcomer) {
-                Some(i) => self.release(i, Some("made room for a newer connection".into())),
+                Some(i) => {
+                    self.stats.made_room += 1;
+                    self.release(i, Some("made room for a newer connection".into()));
+                }
                 None => {
                     self.stats.refused += 1;
                     drop(socket); // the client sees the hang-up

@@ -15,7 +15,10 @@ pub struct ServerConfig {
     /// process) served at once; more of that user's are refused with
     /// [`Refusal::UserBusy`](crate::proto::Refusal::UserBusy), so that one user cannot take
     /// every place from the others. As many as `max_clients` by default (no limit of its own):
-    /// set it below for a server that several users share.
+    /// set it below for a server that several users share. A connection handed in with
+    /// [`Server::add_connection`](crate::Server::add_connection) carries the credentials of
+    /// the process that made the socket pair (usually the server's own), and counts as that
+    /// user's.
     pub max_clients_per_user: u32,
     /// Largest ring a client may ask for (entries).
     pub max_capacity: u32,
@@ -28,9 +31,10 @@ pub struct ServerConfig {
     /// How long a new connection may take to say hello.
     pub handshake_timeout: Duration,
     /// Connections that may be saying hello at once; past it, one that has said nothing is
-    /// closed to make room for the newcomer: the oldest of the user who would hold the most
-    /// (the newcomer counted), so that one user's flood of silent connections pushes out its
-    /// own before anyone else's.
+    /// closed to make room for the newcomer: the oldest of the user who would then hold the
+    /// most (the newcomer counted; between users holding as many, the oldest of all), so that
+    /// a user flooding the server with silent connections pushes out its own, not another
+    /// user's (who holds fewer).
     pub max_handshakes: u32,
     /// The longest the server keeps polling after its last request before it sleeps, while an
     /// adaptive client is connected. The window adapts below this: it grows while requests keep

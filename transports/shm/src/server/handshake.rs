@@ -90,6 +90,9 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             (ClientMsg::Hello(hello), true) => match self.welcome(i, &hello, fds) {
                 Ok(()) => true,
                 Err(refusal) => {
+                    if matches!(refusal, Refusal::UserBusy { .. }) {
+                        self.stats.user_busy += 1;
+                    }
                     let _ = proto::send(
                         self.conns[i].socket.as_fd(),
                         &ServerMsg::Refused(refusal.clone()),

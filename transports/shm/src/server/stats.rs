@@ -13,6 +13,13 @@ pub struct ServerStats {
     pub refused: u64,
     /// Of those, connections closed at once because the process had no descriptor left.
     pub refused_no_fds: u64,
+    /// Of those, connections that had said nothing, closed to make room for a newer one (past
+    /// [`ServerConfig::max_handshakes`](crate::ServerConfig::max_handshakes)).
+    pub made_room: u64,
+    /// Of those, hellos refused because their user had
+    /// [`ServerConfig::max_clients_per_user`](crate::ServerConfig::max_clients_per_user)
+    /// clients already.
+    pub user_busy: u64,
     /// Connections released (closed, died, or evicted).
     pub released: u64,
     /// Connections evicted for a protocol violation (corrupt ring index, garbage message).
