@@ -122,7 +122,8 @@ pub(crate) fn userspace() -> Result<(), Error> {
             let region = client.region();
             println!(
                 "   Handshake over {}: one sealed memfd of {} KiB (both rings and 64 \
-                 buffers) and two eventfds.",
+                 buffers); a client that sleeps also gets the eventfd that wakes the server \
+                 and an epoll instance in which it waits for the server's wake-ups.",
                 path.display(),
                 region.len() / 1024
             );
