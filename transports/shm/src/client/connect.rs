@@ -6,6 +6,13 @@ use super::*;
 /// Connects a `SOCK_SEQPACKET` socket to `path`, giving up after `timeout`: a connect to a
 /// server whose listen backlog is full would otherwise block until it accepts, which a server
 /// that never accepts never does.
+///
+/// While the backlog is full, the connect waits in the kernel (bounded by `SO_SNDTIMEO`), in
+/// the listener's queue of connecting peers, where each connection the server accepts lets the
+/// one that has waited longest in: a peer that keeps the backlog full with many connections
+/// delays this one by as many accepts as it has connects waiting before it, and cannot keep it
+/// out. (Retrying a non-blocking connect every few milliseconds, as this did before, lost
+/// every freed place to connects already waiting there.)
 fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
     let shown = path.display().to_string();
     let path_error = |source: std::io::Error| Error::Path {
@@ -14,35 +21,48 @@ fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
         source,
         hint: "",
     };
+    let io = |op| {
+        move |e: nix::errno::Errno| Error::Io {
+            op,
+            source: e.into(),
+        }
+    };
     let addr = UnixAddr::new(path).map_err(|e| path_error(e.into()))?;
     let sock = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(|e| Error::Io {
-        op: "socket(AF_UNIX, SOCK_SEQPACKET)",
-        source: e.into(),
-    })?;
+    .map_err(io("socket(AF_UNIX, SOCK_SEQPACKET)"))?;
+    let deadline = Instant::now().checked_add(timeout);
+    let timed_out = |after| Error::Timeout {
+        waiting_for: "the server to accept the connection (its backlog is full)",
+        after,
+    };
     let start = Instant::now();
-    let mut pause = Duration::from_micros(100);
     loop {
+        // What is left of the timeout, as the connect's own bound (a zero `SO_SNDTIMEO` would
+        // mean no bound at all: at least a microsecond).
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return Err(timed_out(start.elapsed()));
+        }
+        let bound = left.map_or(TimeVal::new(0, 0), |l| {
+            let l = l.max(Duration::from_micros(1));
+            TimeVal::new(
+                l.as_secs().min(i64::MAX as u64) as _,
+                l.subsec_micros() as _,
+            )
+        });
+        setsockopt(&sock, sockopt::SendTimeout, &bound)
+            .map_err(io("setsockopt(SO_SNDTIMEO) on the control socket"))?;
         match connect(sock.as_raw_fd(), &addr) {
             Ok(()) => break,
+            // A signal, or a wake-up that found the place taken again: wait on.
             Err(nix::errno::Errno::EINTR) => continue,
-            // A Unix socket's backlog is full (the server is slow to accept, or never does):
-            // try again until the timeout.
-            Err(nix::errno::Errno::EAGAIN) => {
-                if start.elapsed() >= timeout {
-                    return Err(Error::Timeout {
-                        waiting_for: "the server to accept the connection (its backlog is full)",
-                        after: start.elapsed(),
-                    });
-                }
-                std::thread::sleep(pause.min(timeout.saturating_sub(start.elapsed())));
-                pause = (pause * 2).min(Duration::from_millis(10));
-            }
+            // The backlog stayed full for the whole bound.
+            Err(nix::errno::Errno::EAGAIN) => continue,
             Err(e) => {
                 let hint = match e {
                     nix::errno::Errno::ENOENT => " (no such socket: is the server running?)",
@@ -60,16 +80,10 @@ fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
             }
         }
     }
-    // Connected: back to a blocking socket, as `from_socket` expects one (its waits are bounded
-    // by polls with deadlines).
-    nix::fcntl::fcntl(
-        &sock,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-    )
-    .map_err(|e| Error::Io {
-        op: "fcntl(clear O_NONBLOCK) on the control socket",
-        source: e.into(),
-    })?;
+    // Connected: no bound on sends (`from_socket`'s exchanges are bounded by polls with
+    // deadlines).
+    setsockopt(&sock, sockopt::SendTimeout, &TimeVal::new(0, 0))
+        .map_err(io("setsockopt(SO_SNDTIMEO) on the control socket"))?;
     Ok(sock)
 }
 
@@ -260,5 +274,100 @@ impl<S: Pod, C: Pod> Client<S, C> {
             sees_hangup: watches_hangup || watch.is_some(),
             _watch: watch,
         })
+    }
+}
+
+#[cfg(test)]
+// The test's stop flag is its own bookkeeping, not a protocol under test: std types.
+#[allow(clippy::disallowed_types)]
+mod tests {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use nix::sys::socket::{
+        accept4, bind, connect, listen, setsockopt, socket, sockopt, AddressFamily, Backlog,
+        SockFlag, SockType, UnixAddr,
+    };
+    use nix::sys::time::TimeVal;
+
+    use super::connect_path;
+
+    /// A peer that keeps a listener's backlog full, with connects of its own waiting in the
+    /// kernel and a new one as soon as each is accepted, cannot keep another connect out: it
+    /// gets in after as many accepts as the peer had connects waiting before it. (Retrying a
+    /// non-blocking connect every few milliseconds lost every freed place to them, and timed
+    /// out.)
+    #[test]
+    fn a_full_backlog_lets_a_waiting_connect_in_among_a_peers_many() {
+        let dir = std::env::temp_dir().join(format!("subring-connect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("backlog.sock");
+        let _ = std::fs::remove_file(&path);
+        let addr = UnixAddr::new(&path).unwrap();
+        let seqpacket = || {
+            socket(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .unwrap()
+        };
+        // Non-blocking, so that the acceptor's last look never waits.
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .unwrap();
+        bind(listener.as_raw_fd(), &addr).unwrap();
+        listen(&listener, Backlog::new(1).unwrap()).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        // The peer: four threads, each connecting again as soon as its last connection is
+        // accepted (each connect bounded, so that they all end once told to stop).
+        let flooders: Vec<_> = (0..4)
+            .map(|_| {
+                let (stop, addr) = (stop.clone(), addr);
+                std::thread::spawn(move || {
+                    let mut held: Vec<OwnedFd> = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let s = seqpacket();
+                        setsockopt(&s, sockopt::SendTimeout, &TimeVal::new(0, 100_000)).unwrap();
+                        if connect(s.as_raw_fd(), &addr).is_ok() {
+                            held.push(s);
+                            held.truncate(8);
+                        }
+                    }
+                })
+            })
+            .collect();
+        // The server: accepts one connection every 25 ms and closes it.
+        let acceptor = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(25));
+                    let _ = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC);
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        let connected = connect_path(&path, Duration::from_secs(2));
+        let waited = start.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for t in flooders {
+            t.join().unwrap();
+        }
+        acceptor.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            connected.is_ok(),
+            "kept out by the peer's connects: {:?} after {waited:?}",
+            connected.err()
+        );
     }
 }

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+    connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, UnixAddr,
+};
+use nix::sys::time::TimeVal;
 use subring_planes::control::DoorbellStats;
 use subring_planes::data::{Buf, BufHandle, BufferPool, Lender, PoolError, Region, RegionOptions};
 use subring_planes::interrupt::{EventFdSignal, NotifyMode, NotifyStats};
