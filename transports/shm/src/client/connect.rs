@@ -8,11 +8,13 @@ use super::*;
 /// that never accepts never does.
 ///
 /// While the backlog is full, the connect waits in the kernel (bounded by `SO_SNDTIMEO`), in
-/// the listener's queue of connecting peers, where each connection the server accepts lets the
-/// one that has waited longest in: a peer that keeps the backlog full with many connections
-/// delays this one by as many accepts as it has connects waiting before it, and cannot keep it
-/// out. (Retrying a non-blocking connect every few milliseconds, as this did before, lost
-/// every freed place to connects already waiting there.)
+/// the listener's queue of connecting peers, where each connection the server accepts wakes
+/// the one that has waited longest: a peer that keeps the backlog full with connects of its
+/// own waiting delays this one by about as many accepts as it has connects waiting before it.
+/// (Retrying a non-blocking connect every few milliseconds, as this did before, lost every
+/// freed place to the connects waiting there.) It is not a guarantee: a connect that comes
+/// between an accept and the woken waiter takes the place, and the waiter queues again at the
+/// back (so does one a signal interrupts).
 fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
     let shown = path.display().to_string();
     let path_error = |source: std::io::Error| Error::Path {
@@ -43,26 +45,26 @@ fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
     let start = Instant::now();
     loop {
         // What is left of the timeout, as the connect's own bound (a zero `SO_SNDTIMEO` would
-        // mean no bound at all: at least a microsecond).
+        // mean no bound at all: at least a microsecond; none if the deadline overflowed).
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if left == Some(Duration::ZERO) {
-            return Err(timed_out(start.elapsed()));
-        }
         let bound = left.map_or(TimeVal::new(0, 0), |l| {
             let l = l.max(Duration::from_micros(1));
             TimeVal::new(
-                l.as_secs().min(i64::MAX as u64) as _,
-                l.subsec_micros() as _,
+                l.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+                l.subsec_micros() as libc::suseconds_t,
             )
         });
         setsockopt(&sock, sockopt::SendTimeout, &bound)
             .map_err(io("setsockopt(SO_SNDTIMEO) on the control socket"))?;
         match connect(sock.as_raw_fd(), &addr) {
             Ok(()) => break,
-            // A signal, or a wake-up that found the place taken again: wait on.
-            Err(nix::errno::Errno::EINTR) => continue,
-            // The backlog stayed full for the whole bound.
-            Err(nix::errno::Errno::EAGAIN) => continue,
+            // The backlog stayed full for the whole bound (EAGAIN), or a signal came (EINTR):
+            // wait on while time is left.
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(timed_out(start.elapsed()));
+                }
+            }
             Err(e) => {
                 let hint = match e {
                     nix::errno::Errno::ENOENT => " (no such socket: is the server running?)",
@@ -350,11 +352,35 @@ mod tests {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(25));
-                    let _ = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC);
+                    if let Ok(fd) = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                        // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+                    }
                 }
             })
         };
-        std::thread::sleep(Duration::from_millis(50));
+        // Until the backlog is full (a non-blocking connect is refused), so that the connect
+        // below has to wait among the peer's.
+        let full_by = Instant::now() + Duration::from_secs(5);
+        loop {
+            let probe = socket(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .unwrap();
+            match connect(probe.as_raw_fd(), &addr) {
+                Err(nix::errno::Errno::EAGAIN) => break,
+                _ => {
+                    assert!(
+                        Instant::now() < full_by,
+                        "the peer never filled the backlog"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
         let start = Instant::now();
         let connected = connect_path(&path, Duration::from_secs(2));
         let waited = start.elapsed();

@@ -2,8 +2,9 @@
 
 use subring_planes::interrupt::NotifyStats;
 
-/// Counters of a server's life.
+/// Counters of a server's life (more may come).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServerStats {
     /// Connections accepted (including refused ones).
     pub accepted: u64,
