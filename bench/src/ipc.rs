@@ -194,8 +194,9 @@ enum Loans {
 
 /// Bytes per second: 4 KiB payloads written by the client into shared buffers, read in place
 /// by the server, streamed with up to [`IN_FLIGHT`] in flight (the client refills buffers as
-/// completions return them and waits only when all are out).
-fn subring_throughput(total: usize, loans: Loans) -> Result<f64, String> {
+/// completions return them and waits only when all are out); and the client's system calls
+/// per payload (doorbells rung, sleeps taken: none while the server keeps polling).
+fn subring_throughput(total: usize, loans: Loans) -> Result<(f64, f64), String> {
     let _pin = AffinityGuard::pin(0)?;
     let (child, client_end) = fork_server(1, ServerSleep::Epoll)?;
     let mut client = connect(client_end, NotifyMode::Adaptive, IN_FLIGHT as u32)?;
@@ -257,10 +258,11 @@ fn subring_throughput(total: usize, loans: Loans) -> Result<f64, String> {
         }
     }
     let rate = (count * PAYLOAD) as f64 / start.elapsed().as_secs_f64();
+    let syscalls = client.doorbell_stats().rung + client.notify_stats().sleeps;
     drop(lender);
     drop(client);
     child.reap(Duration::from_secs(5))?;
-    Ok(rate)
+    Ok((rate, syscalls as f64 / count.max(1) as f64))
 }
 
 /// Section names.
@@ -353,20 +355,15 @@ pub fn run(
                 record("tokio unix socket", m, f64::NAN)?;
             }
         }
-        progress.step("subring zero-copy");
-        tput.rate(
-            rep,
-            "subring zero-copy",
-            Unit::BytesPerSec,
-            subring_throughput(cfg.bytes, Loans::Lender)?,
-        );
-        progress.step("subring zero-copy, a Buf each");
-        tput.rate(
-            rep,
-            "subring zero-copy, a Buf each",
-            Unit::BytesPerSec,
-            subring_throughput(cfg.bytes, Loans::Bufs)?,
-        );
+        for (row, loans) in [
+            ("subring zero-copy", Loans::Lender),
+            ("subring zero-copy, a Buf each", Loans::Bufs),
+        ] {
+            progress.step(row);
+            let (rate, syscalls) = subring_throughput(cfg.bytes, loans)?;
+            tput.rate(rep, row, Unit::BytesPerSec, rate);
+            tput.syscalls(row, syscalls);
+        }
         progress.step("raw shm ring 64x4K");
         let raw = peers::shm_ring_throughput(cfg.bytes, PAYLOAD, 64, Placement::Split)?;
         tput.rate(rep, "raw shm ring 64x4K (copy)", Unit::BytesPerSec, raw);

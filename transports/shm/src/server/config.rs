@@ -39,7 +39,10 @@ pub struct ServerConfig {
     /// The longest the server keeps polling after its last request before it sleeps, while an
     /// adaptive client is connected. The window adapts below this: it grows while requests keep
     /// arriving within it and shrinks when it runs out, so a client that shares the server's CPU
-    /// (and so cannot submit while the server polls) soon finds it asleep.
+    /// (and so cannot submit while the server polls) soon finds it asleep. Shrunk to nothing, it
+    /// probes again now and then (20 µs, at most this long), so that a stream of requests that
+    /// starts later is caught rather than served with a sleep and a wake-up between every two
+    /// submits.
     pub idle_poll: Duration,
     /// Requests taken from one client per turn, so that one busy client cannot starve others.
     pub batch: u32,

@@ -133,14 +133,10 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         }
         let now = Instant::now();
         let since = *self.idle_since.get_or_insert(now);
-        let window = if self.idle_turns == 1 {
-            self.window.current()
-        } else {
-            self.window
-                .now_ns
-                .max(WINDOW_MIN_NS.min(self.window.max_ns))
-        };
-        (now.duration_since(since).as_nanos() as u64) < window
+        if self.idle_turns == 1 {
+            self.window.begin();
+        }
+        (now.duration_since(since).as_nanos() as u64) < self.window.in_use()
     }
 
     /// How long the server may sleep: until the nearest handshake deadline (a client whose

@@ -49,7 +49,7 @@ use crate::Error;
 use admission::listen_on;
 use conn::{Armed, Conn, Limits, Outcome, State, Table};
 use service::Ledger;
-use window::{Window, WINDOW_MIN_NS};
+use window::Window;
 
 const LISTENER: u64 = u64::MAX;
 const STOP: u64 = u64::MAX - 1;

@@ -2,16 +2,39 @@
 
 use std::time::Duration;
 
-/// The adaptive polling window (see [`ServerConfig::idle_poll`]).
+/// The adaptive polling window (see [`ServerConfig::idle_poll`]): how long the server keeps
+/// polling, once idle, before it sleeps.
+///
+/// It doubles when work arrives within it (a hit) and halves when it runs out (a miss), to
+/// nothing below [`WINDOW_MIN_NS`]: a client that shares the server's CPU cannot submit while
+/// the server polls, and soon finds it asleep. A window at nothing probes again, for
+/// [`WINDOW_PROBE_NS`]: at the next idle period, then twice as many idle periods after each
+/// probe that finds nothing, up to every [`WINDOW_PROBE_EVERY`]; a hit keeps at least the
+/// window that found the work. The probe outlasts a doorbell: a client streaming requests to
+/// a server that sleeps between them pauses for a wake-up system call at each submit (several
+/// microseconds in a VM), and a probe shorter than that pause never sees the stream and never
+/// lets the server out of sleeping between every two submits. (The window collapses while a
+/// client connects, so a stream that follows starts with the server sleeping between submits:
+/// the first probes come soon.)
 #[derive(Debug)]
 pub(crate) struct Window {
     pub(crate) now_ns: u64,
     pub(crate) max_ns: u64,
-    sleeps_since_probe: u32,
+    /// The window of the current idle period (the probe's length while probing).
+    in_use: u64,
+    /// The current idle period is a probe.
+    probing: bool,
+    /// Idle periods at nothing since the last probe, and how many there are between probes.
+    since_probe: u32,
+    probe_every: u32,
 }
 
+/// The shortest window kept: below it, the window is nothing.
 pub(crate) const WINDOW_MIN_NS: u64 = 2_000;
-pub(crate) const WINDOW_PROBE_EVERY: u32 = 32;
+/// How long a window at nothing polls when it probes (at most the configured window).
+pub(crate) const WINDOW_PROBE_NS: u64 = 20_000;
+/// The most idle periods between two probes of a window at nothing.
+pub(crate) const WINDOW_PROBE_EVERY: u32 = 256;
 
 impl Window {
     pub(crate) fn new(max: Duration) -> Self {
@@ -19,33 +42,138 @@ impl Window {
         Window {
             now_ns: max_ns,
             max_ns,
-            sleeps_since_probe: 0,
+            in_use: max_ns,
+            probing: false,
+            since_probe: 0,
+            probe_every: 1,
         }
     }
 
-    /// The window for this idle period.
-    pub(crate) fn current(&mut self) -> u64 {
+    /// Starts an idle period: its window, which [`in_use`](Self::in_use) then returns.
+    pub(crate) fn begin(&mut self) -> u64 {
+        self.in_use = self.now_ns;
+        self.probing = false;
         if self.now_ns == 0 && self.max_ns > 0 {
-            self.sleeps_since_probe += 1;
-            if self.sleeps_since_probe >= WINDOW_PROBE_EVERY {
-                self.sleeps_since_probe = 0;
-                return WINDOW_MIN_NS.min(self.max_ns);
+            self.since_probe += 1;
+            if self.since_probe >= self.probe_every {
+                self.since_probe = 0;
+                self.probing = true;
+                self.in_use = WINDOW_PROBE_NS.min(self.max_ns);
             }
         }
-        self.now_ns
+        self.in_use
     }
 
-    /// Work arrived while polling: poll longer next time.
+    /// The window of the current idle period.
+    pub(crate) fn in_use(&self) -> u64 {
+        self.in_use
+    }
+
+    /// Work arrived while polling: poll longer next time (at least as long as this time).
     pub(crate) fn hit(&mut self) {
-        self.now_ns =
-            (self.now_ns.saturating_mul(2)).clamp(WINDOW_MIN_NS.min(self.max_ns), self.max_ns);
+        self.probe_every = 1;
+        self.now_ns = self
+            .now_ns
+            .saturating_mul(2)
+            .max(self.in_use)
+            .clamp(WINDOW_MIN_NS.min(self.max_ns), self.max_ns);
     }
 
-    /// The window ran out: poll less next time.
+    /// The window ran out: poll less next time (and after a probe, probe later).
     pub(crate) fn miss(&mut self) {
+        if self.probing {
+            self.probe_every = (self.probe_every * 2).min(WINDOW_PROBE_EVERY);
+        }
         self.now_ns /= 2;
         if self.now_ns < WINDOW_MIN_NS {
             self.now_ns = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn collapsed() -> Window {
+        let mut w = Window::new(Duration::from_micros(50));
+        while w.now_ns > 0 {
+            w.begin();
+            w.miss();
+        }
+        w
+    }
+
+    #[test]
+    fn misses_halve_the_window_to_nothing_and_hits_double_it() {
+        let mut w = Window::new(Duration::from_micros(50));
+        assert_eq!(w.begin(), 50_000);
+        w.miss();
+        assert_eq!(w.begin(), 25_000);
+        w.hit();
+        assert_eq!(w.begin(), 50_000);
+        let w = collapsed();
+        assert_eq!(w.now_ns, 0);
+    }
+
+    /// Misses until the next probe; returns how many idle periods at nothing came before it.
+    fn to_probe(w: &mut Window) -> u32 {
+        let mut n = 0;
+        while w.begin() == 0 {
+            w.miss();
+            n += 1;
+        }
+        n
+    }
+
+    /// A window at nothing probes at once, then twice as many idle periods after each probe
+    /// that finds nothing (up to `WINDOW_PROBE_EVERY`), for the probe's length; a probe that
+    /// finds work keeps that length (a hit from nothing used to give only `WINDOW_MIN_NS`,
+    /// shorter than the pause of a stream whose every submit rings), and probes come at once
+    /// again after the window next collapses.
+    #[test]
+    fn a_probe_that_finds_work_keeps_its_length() {
+        let mut w = collapsed();
+        let mut gaps = Vec::new();
+        for _ in 0..12 {
+            gaps.push(to_probe(&mut w));
+            assert_eq!(w.in_use(), WINDOW_PROBE_NS);
+            w.miss();
+        }
+        assert_eq!(gaps, [0, 1, 3, 7, 15, 31, 63, 127, 255, 255, 255, 255]);
+        assert_eq!(to_probe(&mut w), 255);
+        w.hit();
+        assert_eq!(w.begin(), WINDOW_PROBE_NS);
+        w.hit();
+        assert_eq!(w.begin(), 2 * WINDOW_PROBE_NS);
+        while w.now_ns > 0 {
+            w.miss();
+            w.begin();
+        }
+        // The first idle period at nothing after a hit is a probe.
+        assert_eq!(
+            w.in_use(),
+            WINDOW_PROBE_NS,
+            "probes come at once after a hit"
+        );
+    }
+
+    #[test]
+    fn the_probe_is_at_most_the_configured_window() {
+        let mut w = Window::new(Duration::from_micros(5));
+        while w.now_ns > 0 {
+            w.begin();
+            w.miss();
+        }
+        to_probe(&mut w);
+        assert_eq!(w.in_use(), 5_000);
+        // No window configured: never polls.
+        let mut w = Window::new(Duration::ZERO);
+        for _ in 0..2 * WINDOW_PROBE_EVERY {
+            assert_eq!(w.begin(), 0);
+            w.miss();
         }
     }
 }
