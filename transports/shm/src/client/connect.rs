@@ -308,23 +308,17 @@ mod tests {
         let path = dir.join("backlog.sock");
         let _ = std::fs::remove_file(&path);
         let addr = UnixAddr::new(&path).unwrap();
-        let seqpacket = || {
+        let seqpacket = |flags| {
             socket(
                 AddressFamily::Unix,
                 SockType::SeqPacket,
-                SockFlag::SOCK_CLOEXEC,
+                SockFlag::SOCK_CLOEXEC | flags,
                 None,
             )
             .unwrap()
         };
         // Non-blocking, so that the acceptor's last look never waits.
-        let listener = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )
-        .unwrap();
+        let listener = seqpacket(SockFlag::SOCK_NONBLOCK);
         bind(listener.as_raw_fd(), &addr).unwrap();
         listen(&listener, Backlog::new(1).unwrap()).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -336,7 +330,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut held: Vec<OwnedFd> = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        let s = seqpacket();
+                        let s = seqpacket(SockFlag::empty());
                         setsockopt(&s, sockopt::SendTimeout, &TimeVal::new(0, 100_000)).unwrap();
                         if connect(s.as_raw_fd(), &addr).is_ok() {
                             held.push(s);
@@ -363,13 +357,7 @@ mod tests {
         // below has to wait among the peer's.
         let full_by = Instant::now() + Duration::from_secs(5);
         loop {
-            let probe = socket(
-                AddressFamily::Unix,
-                SockType::SeqPacket,
-                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-                None,
-            )
-            .unwrap();
+            let probe = seqpacket(SockFlag::SOCK_NONBLOCK);
             match connect(probe.as_raw_fd(), &addr) {
                 Err(nix::errno::Errno::EAGAIN) => break,
                 _ => {

@@ -132,10 +132,16 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             return true;
         }
         let now = Instant::now();
-        let since = *self.idle_since.get_or_insert(now);
-        if self.idle_turns == 1 {
-            self.window.begin();
-        }
+        let since = match self.idle_since {
+            Some(since) => since,
+            None => {
+                // A new idle period (however the last one ended: in a sleep, with work, or
+                // with a ring found ready just before sleeping).
+                self.idle_since = Some(now);
+                self.window.begin();
+                now
+            }
+        };
         (now.duration_since(since).as_nanos() as u64) < self.window.in_use()
     }
 

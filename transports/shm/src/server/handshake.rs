@@ -327,7 +327,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         self.kick_words_changed |= kick_word.is_some();
         match mode {
             NotifyMode::Spin => self.spin_clients += 1,
-            NotifyMode::Adaptive => self.adaptive_clients += 1,
+            NotifyMode::Adaptive => {
+                self.adaptive_clients += 1;
+                // A new client may stream at once, into a window that has collapsed.
+                self.window.arrival();
+            }
             _ => {}
         }
         self.conns[i].state = State::Active(Box::new(Active {

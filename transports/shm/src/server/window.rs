@@ -8,14 +8,16 @@ use std::time::Duration;
 /// It doubles when work arrives within it (a hit) and halves when it runs out (a miss), to
 /// nothing below [`WINDOW_MIN_NS`]: a client that shares the server's CPU cannot submit while
 /// the server polls, and soon finds it asleep. A window at nothing probes again, for
-/// [`WINDOW_PROBE_NS`]: at the next idle period, then twice as many idle periods after each
-/// probe that finds nothing, up to every [`WINDOW_PROBE_EVERY`]; a hit keeps at least the
+/// [`WINDOW_PROBE_NS`], every [`WINDOW_PROBE_EVERY`] idle periods; a hit keeps at least the
 /// window that found the work. The probe outlasts a doorbell: a client streaming requests to
 /// a server that sleeps between them pauses for a wake-up system call at each submit (several
 /// microseconds in a VM), and a probe shorter than that pause never sees the stream and never
-/// lets the server out of sleeping between every two submits. (The window collapses while a
-/// client connects, so a stream that follows starts with the server sleeping between submits:
-/// the first probes come soon.)
+/// lets the server out of sleeping between every two submits. After an adaptive client
+/// arrives ([`arrival`](Self::arrival)), which may stream at once into a collapsed window, the
+/// probes come sooner: at the first idle period at nothing, then twice as many periods after
+/// each probe that finds nothing, up to every [`WINDOW_PROBE_EVERY`]. (Not after any hit: on a
+/// shared CPU a probe can hit when the scheduler runs the client during it, and each of those
+/// would restart the quick probes that delay it.)
 #[derive(Debug)]
 pub(crate) struct Window {
     pub(crate) now_ns: u64,
@@ -45,7 +47,7 @@ impl Window {
             in_use: max_ns,
             probing: false,
             since_probe: 0,
-            probe_every: 1,
+            probe_every: WINDOW_PROBE_EVERY,
         }
     }
 
@@ -69,9 +71,14 @@ impl Window {
         self.in_use
     }
 
+    /// An adaptive client arrived: probe soon if the window is at nothing.
+    pub(crate) fn arrival(&mut self) {
+        self.probe_every = 1;
+        self.since_probe = 0;
+    }
+
     /// Work arrived while polling: poll longer next time (at least as long as this time).
     pub(crate) fn hit(&mut self) {
-        self.probe_every = 1;
         self.now_ns = self
             .now_ns
             .saturating_mul(2)
@@ -128,14 +135,18 @@ mod tests {
         n
     }
 
-    /// A window at nothing probes at once, then twice as many idle periods after each probe
-    /// that finds nothing (up to `WINDOW_PROBE_EVERY`), for the probe's length; a probe that
-    /// finds work keeps that length (a hit from nothing used to give only `WINDOW_MIN_NS`,
-    /// shorter than the pause of a stream whose every submit rings), and probes come at once
-    /// again after the window next collapses.
+    /// A window at nothing probes every `WINDOW_PROBE_EVERY` idle periods, and after a
+    /// client's arrival at once, then twice as many idle periods after each probe that finds
+    /// nothing (up to `WINDOW_PROBE_EVERY`), for the probe's length; a probe that finds work
+    /// keeps that length (a hit from nothing used to give only `WINDOW_MIN_NS`, shorter than
+    /// the pause of a stream whose every submit rings); a hit does not bring the quick probes
+    /// back.
     #[test]
     fn a_probe_that_finds_work_keeps_its_length() {
         let mut w = collapsed();
+        assert_eq!(to_probe(&mut w), WINDOW_PROBE_EVERY - 1);
+        w.miss();
+        w.arrival();
         let mut gaps = Vec::new();
         for _ in 0..12 {
             gaps.push(to_probe(&mut w));
@@ -143,7 +154,8 @@ mod tests {
             w.miss();
         }
         assert_eq!(gaps, [0, 1, 3, 7, 15, 31, 63, 127, 255, 255, 255, 255]);
-        assert_eq!(to_probe(&mut w), 255);
+        w.arrival();
+        assert_eq!(to_probe(&mut w), 0);
         w.hit();
         assert_eq!(w.begin(), WINDOW_PROBE_NS);
         w.hit();
@@ -152,11 +164,11 @@ mod tests {
             w.miss();
             w.begin();
         }
-        // The first idle period at nothing after a hit is a probe.
+        w.miss();
         assert_eq!(
-            w.in_use(),
-            WINDOW_PROBE_NS,
-            "probes come at once after a hit"
+            to_probe(&mut w),
+            1,
+            "the quick probes went on where they were"
         );
     }
 
