@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::socket::MsgFlags;
-use subring_shm::echo::{self, EchoReq, EchoResp, ECHO_PROTOCOL};
+use subring_shm::echo::{EchoReq, EchoResp};
 use subring_shm::proto::{self, ClientMsg, Refusal, ServerMsg};
-use subring_shm::{Client, Error, NotifyMode, Server, ServerConfig};
+use subring_shm::{Client, Error, NotifyMode, ServerConfig};
 use support::*;
 
 /// The user the other side runs as (`nobody` on most systems; only its number matters).
@@ -30,6 +30,11 @@ fn as_user<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, String> {
     std::thread::spawn(move || {
+        // SAFETY: a system call that empties this thread's supplementary groups (a null list
+        // of length 0: nothing is read).
+        if unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) } != 0 {
+            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
+        }
         // SAFETY: system calls that change this thread's credentials and touch no memory.
         if unsafe { libc::syscall(libc::SYS_setresgid, uid, uid, uid) } != 0 {
             return Err(format!(
@@ -73,13 +78,7 @@ fn other_user_reaches(path: &Path) -> bool {
 
 /// An echo server at a fresh path that any user may connect to.
 fn server(test: &str, tune: impl FnOnce(&mut ServerConfig)) -> (support::EchoServer, PathBuf) {
-    let path = socket_path(test);
-    let mut config = ServerConfig::new(ECHO_PROTOCOL);
-    tune(&mut config);
-    let server = Server::bind(&path, config, echo::handler_factory())
-        .unwrap()
-        .spawn()
-        .unwrap();
+    let (server, path) = echo_server_with(test, tune);
     // Connecting takes write permission on the socket file, and search on its directories.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
     let dir = path.parent().unwrap();
@@ -126,6 +125,23 @@ fn one_user_cannot_take_every_client_place() {
     drop(ours);
     let stats = server.stop().unwrap().stats();
     assert_eq!(stats.user_busy, 1, "{stats:?}");
+}
+
+/// By default only `max_clients` counts: one user's clients fill every place (the default
+/// limit per user was once a fixed 64, which refused the 65th client of a server allowing more).
+#[test]
+fn one_users_clients_are_limited_only_by_max_clients() {
+    let (server, path) = server("per-user-default", |c| c.max_clients = 66);
+    let clients: Vec<_> = (0..66)
+        .map(|k| connect(&path).unwrap_or_else(|e| panic!("client {k}: {e}")))
+        .collect();
+    let err = connect(&path).unwrap_err();
+    assert!(
+        matches!(err, Error::Refused(Refusal::Busy { max_clients: 66 })),
+        "{err}"
+    );
+    drop(clients);
+    server.stop().unwrap();
 }
 
 /// A connection of another user that has not said hello yet survives a flood of silent

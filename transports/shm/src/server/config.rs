@@ -14,8 +14,10 @@ pub struct ServerConfig {
     /// Clients of one user (the effective user id the kernel gives for the connecting
     /// process) served at once; more of that user's are refused with
     /// [`Refusal::UserBusy`](crate::proto::Refusal::UserBusy), so that one user cannot take
-    /// every place from the others. As many as `max_clients` by default (no limit of its own):
-    /// set it below for a server that several users share. A connection handed in with
+    /// every place from the others. No limit of its own by default (`u32::MAX`: only
+    /// `max_clients` counts): set it below `max_clients` for a server that several users share.
+    /// Connections whose credentials the kernel did not give count as one user. A connection
+    /// handed in with
     /// [`Server::add_connection`](crate::Server::add_connection) carries the credentials of
     /// the process that made the socket pair (usually the server's own), and counts as that
     /// user's.
@@ -86,7 +88,7 @@ pub enum ServerSleep {
 }
 
 impl ServerConfig {
-    /// Defaults for `protocol`: 64 clients (as many of one user), rings up to 64K entries,
+    /// Defaults for `protocol`: 64 clients (of any users), rings up to 64K entries,
     /// buffers up to 1 MiB, 1 GiB per region, 8 extra regions, 5 s handshakes (64 at once),
     /// 50 µs adaptive polling, 64 requests or 1 MiB touched per client per turn, 1024 deferred
     /// requests per client.
@@ -94,7 +96,7 @@ impl ServerConfig {
         ServerConfig {
             protocol: protocol.to_string(),
             max_clients: 64,
-            max_clients_per_user: 64,
+            max_clients_per_user: u32::MAX,
             max_capacity: 1 << 16,
             max_buf_size: 1 << 20,
             max_region_len: 1 << 30,

@@ -1,5 +1,6 @@
-//! A connection's messages: the hello and its checks, the welcome with the shared memory and
-//! eventfds, and later control messages (registering a region, shutting down).
+//! A connection's messages: the hello and its checks, the welcome with the shared memory (and
+//! for a client that sleeps, the kick eventfd and an epoll instance to wait in), and later
+//! control messages (registering a region, shutting down).
 
 use std::collections::VecDeque;
 use std::fmt;

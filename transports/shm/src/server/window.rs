@@ -17,11 +17,12 @@ use std::time::Duration;
 /// probes come sooner: at the first idle period at nothing, then twice as many periods after
 /// each probe that finds nothing, up to every [`WINDOW_PROBE_EVERY`]. (Not after any hit: on a
 /// shared CPU a probe can hit when the scheduler runs the client during it, and each of those
-/// would restart the quick probes that delay it.)
+/// would restart the quick probes that delay it. A client that connects again and again
+/// restarts them each time, at the cost of a handshake each.)
 #[derive(Debug)]
 pub(crate) struct Window {
-    pub(crate) now_ns: u64,
-    pub(crate) max_ns: u64,
+    now_ns: u64,
+    max_ns: u64,
     /// The window of the current idle period (the probe's length while probing).
     in_use: u64,
     /// The current idle period is a probe.
@@ -32,11 +33,11 @@ pub(crate) struct Window {
 }
 
 /// The shortest window kept: below it, the window is nothing.
-pub(crate) const WINDOW_MIN_NS: u64 = 2_000;
+const WINDOW_MIN_NS: u64 = 2_000;
 /// How long a window at nothing polls when it probes (at most the configured window).
-pub(crate) const WINDOW_PROBE_NS: u64 = 20_000;
+const WINDOW_PROBE_NS: u64 = 20_000;
 /// The most idle periods between two probes of a window at nothing.
-pub(crate) const WINDOW_PROBE_EVERY: u32 = 256;
+const WINDOW_PROBE_EVERY: u32 = 256;
 
 impl Window {
     pub(crate) fn new(max: Duration) -> Self {
@@ -155,7 +156,13 @@ mod tests {
         }
         assert_eq!(gaps, [0, 1, 3, 7, 15, 31, 63, 127, 255, 255, 255, 255]);
         w.arrival();
-        assert_eq!(to_probe(&mut w), 0);
+        // Four probes that find nothing (the next comes 15 idle periods later), then one that
+        // finds work.
+        for _ in 0..4 {
+            to_probe(&mut w);
+            w.miss();
+        }
+        assert_eq!(to_probe(&mut w), 15);
         w.hit();
         assert_eq!(w.begin(), WINDOW_PROBE_NS);
         w.hit();
@@ -165,11 +172,10 @@ mod tests {
             w.begin();
         }
         w.miss();
-        assert_eq!(
-            to_probe(&mut w),
-            1,
-            "the quick probes went on where they were"
-        );
+        // The collapse took one idle period at nothing; the next probe comes 16 after the last.
+        // (Had the hit brought the quick probes back, that period would have been a probe, and
+        // the next would come one period later.)
+        assert_eq!(to_probe(&mut w), 14, "the probes went on where they were");
     }
 
     #[test]

@@ -285,9 +285,18 @@ pub type EchoServer = subring_shm::ServerThread<
 >;
 
 pub fn echo_server(test: &str) -> (EchoServer, std::path::PathBuf) {
+    echo_server_with(test, |_| {})
+}
+
+/// [`echo_server`], its configuration changed by `tune` first.
+pub fn echo_server_with(
+    test: &str,
+    tune: impl FnOnce(&mut ServerConfig),
+) -> (EchoServer, std::path::PathBuf) {
     let path = socket_path(test);
     let mut config = ServerConfig::new(ECHO_PROTOCOL);
     config.handshake_timeout = Duration::from_millis(500);
+    tune(&mut config);
     let server = Server::bind(&path, config, echo::handler_factory()).unwrap();
     (server.spawn().unwrap(), path)
 }
