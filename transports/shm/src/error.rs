@@ -55,6 +55,13 @@ pub enum Error {
     /// The server refused the connection or request.
     #[error("server refused: {0}")]
     Refused(Refusal),
+    /// The server set the connection up in a way a client that does not trust it refuses
+    /// ([`ClientOptions::untrusted_server`](crate::ClientOptions::untrusted_server)).
+    #[error("refused an untrusted server's setup: {detail}")]
+    Untrusted {
+        /// What was refused, and what the server would have to do instead.
+        detail: String,
+    },
     /// The peer did not answer in time.
     #[error("timed out after {after:?} waiting for {waiting_for}")]
     Timeout {

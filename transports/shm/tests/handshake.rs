@@ -490,3 +490,35 @@ fn a_futex_sleeping_server_watches_its_sockets() {
         "{err}"
     );
 }
+
+/// A client that does not trust its server takes only wake-ups the server cannot make block:
+/// it refuses a server whose doorbell would be an eventfd the server holds (one sleeping in
+/// epoll), naming why, refuses eventfd mode for itself, and works with a server that sleeps on
+/// futexes. (Without the option, the same client takes the eventfd doorbell.)
+#[test]
+fn a_client_that_does_not_trust_its_server_takes_only_futex_kicks() {
+    let distrust = options(NotifyMode::Futex).untrusted_server();
+    let (epoll_server, path) = server("untrusted-epoll", |_| {});
+    let err = Client::<EchoReq, EchoResp>::connect(&path, &distrust).unwrap_err();
+    assert!(
+        matches!(&err, Error::Untrusted { detail } if detail.contains("ServerSleep::Futex")),
+        "{err}"
+    );
+    let trusting = Client::<EchoReq, EchoResp>::connect(&path, &options(NotifyMode::Futex));
+    assert_eq!(trusting.unwrap().kick_mode(), NotifyMode::EventFd);
+    let err = Client::<EchoReq, EchoResp>::connect(
+        &path,
+        &options(NotifyMode::EventFd).untrusted_server(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    epoll_server.stop().unwrap();
+    let (futex_server, path) = server("untrusted-futex", |c| c.sleep = ServerSleep::Futex);
+    for mode in [NotifyMode::Futex, NotifyMode::Adaptive, NotifyMode::Spin] {
+        let mut client = Client::<EchoReq, EchoResp>::connect(&path, &distrust.clone().mode(mode))
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        assert_ne!(client.kick_mode(), NotifyMode::EventFd);
+        echo_many(&mut client, 8, 2, 32);
+    }
+    futex_server.stop().unwrap();
+}

@@ -104,6 +104,14 @@ impl<S: Pod, C: Pod> Client<S, C> {
         // Emptied before it is closed however this ends: a hostile server may have queued
         // descriptors on it that the kernel drops at its close.
         let socket = ConnSocket::new(socket);
+        if options.untrusted_server && options.mode == NotifyMode::EventFd {
+            return Err(ConfigError::Mode {
+                what: "a client that does not trust its server",
+                needs: NotifyMode::Futex,
+                given: options.mode,
+            }
+            .into());
+        }
         let hello = Hello {
             protocol: options.protocol.clone(),
             request: EntryShape::of::<S>(),
@@ -171,6 +179,16 @@ impl<S: Pod, C: Pod> Client<S, C> {
                 what: "welcome",
                 detail: format!(
                     "server granted (sq, cq, buf size, buf count, mode) {granted:?}, asked {asked:?}"
+                ),
+            });
+        }
+        let kick_mode: NotifyMode = welcome.kick_mode.into();
+        if options.untrusted_server && !matches!(kick_mode, NotifyMode::Futex | NotifyMode::Spin) {
+            return Err(Error::Untrusted {
+                detail: format!(
+                    "the doorbell would be {kick_mode} (a descriptor the server holds, which it \
+                     can make block a kick); the server must sleep on futexes \
+                     (ServerSleep::Futex)"
                 ),
             });
         }

@@ -56,6 +56,9 @@ pub struct ClientOptions {
     /// last completion it waits for and is not woken by the ones before (if the server
     /// grants it; see [`Client::event_idx`]). On by default.
     pub event_idx: bool,
+    /// The server may be hostile: use only wake-ups it cannot make block
+    /// ([`untrusted_server`](Self::untrusted_server)). Off by default.
+    pub untrusted_server: bool,
 }
 
 impl ClientOptions {
@@ -71,7 +74,23 @@ impl ClientOptions {
             control_timeout: Duration::from_secs(10),
             liveness_interval: Duration::from_millis(50),
             event_idx: true,
+            untrusted_server: false,
         }
+    }
+
+    /// For a server that may be hostile: only wake-ups it cannot make block. A descriptor a
+    /// server hands over shares its open file, flags included, so a server holding the eventfd
+    /// this client's doorbell writes can clear `O_NONBLOCK` and fill its counter, and the
+    /// client's next kick blocks for good; the epoll instance an eventfd-mode client waits in
+    /// is the server's too. With this, the connection is refused
+    /// ([`Error::Untrusted`](crate::Error::Untrusted)) unless the client's doorbell is a futex
+    /// wake (the server sleeps with [`ServerSleep::Futex`](crate::ServerSleep::Futex)) or
+    /// nothing (spin mode), and [`NotifyMode::EventFd`] is refused as this client's own mode
+    /// (a configuration error): a `FUTEX_WAKE` never blocks, nor does a `FUTEX_WAIT` longer
+    /// than its timeout.
+    pub fn untrusted_server(mut self) -> Self {
+        self.untrusted_server = true;
+        self
     }
 
     /// With notify mode `mode`.
