@@ -618,3 +618,52 @@ fn a_client_cannot_block_the_servers_wake_ups() {
     drop((hostile, honest));
     drop(srv);
 }
+
+/// A welcome whose descriptors its modes do not use (an epoll instance to wait in beside a
+/// futex-mode client, a kick eventfd beside a futex doorbell) is refused before any of them is
+/// used: the client would otherwise set up, and could wait in, an epoll instance the server
+/// made, and count on a hang-up watch its futex waits never see.
+#[test]
+fn a_welcome_with_descriptors_its_modes_do_not_use_is_refused() {
+    let _serial = serial();
+    let before = open_fds();
+    for (kick_fd, call_fd) in [(false, true), (true, false), (true, true)] {
+        let (ours, theirs) = subring_shm::socket_pair().unwrap();
+        let fake = std::thread::spawn(move || {
+            let _hello = recv_raw(&ours);
+            let mut pair = fake_pair(NotifyMode::Futex, 8, FAKE_POOL);
+            pair.welcome.kick_fd = kick_fd;
+            pair.welcome.call_fd = call_fd;
+            let signal = subring_planes::interrupt::EventFdSignal::new().unwrap();
+            if kick_fd {
+                pair.fds.push(eventfds(1).pop().unwrap());
+            }
+            if call_fd {
+                pair.fds.push(signal.peer_waiter().unwrap());
+            }
+            send_raw(&ours, &welcome_frame(&pair.welcome), &raw_fds(&pair.fds));
+            // Kept until the client is done: the epoll instance watches its eventfd.
+            (ours, pair, signal)
+        });
+        let options = ClientOptions::new(ECHO_PROTOCOL)
+            .buffers(256, 8)
+            .capacity(64)
+            .mode(NotifyMode::Futex);
+        let e = Client::<EchoReq, EchoResp>::from_socket(theirs, &options).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::Malformed {
+                    what: "welcome",
+                    ..
+                }
+            ),
+            "kick fd {kick_fd}, call fd {call_fd}: {e}"
+        );
+        drop(fake.join().unwrap());
+    }
+    fds_back_to(
+        before,
+        "after three welcomes with descriptors their modes do not use",
+    );
+}

@@ -89,11 +89,26 @@ fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
     Ok(sock)
 }
 
+/// A client that does not trust its server waits only on futexes (or spins): an eventfd-mode
+/// client would wait in an epoll instance the server made.
+fn check_trust(options: &ClientOptions) -> Result<(), Error> {
+    if options.untrusted_server && options.mode == NotifyMode::EventFd {
+        return Err(ConfigError::Mode {
+            what: "a client that does not trust its server",
+            needs: NotifyMode::Futex,
+            given: options.mode,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 impl<S: Pod, C: Pod> Client<S, C> {
     /// Connects to the server listening at `path` and sets up a queue pair.
     /// Connecting, like every control exchange, gives up after
     /// [`ClientOptions::control_timeout`].
     pub fn connect(path: impl AsRef<Path>, options: &ClientOptions) -> Result<Self, Error> {
+        check_trust(options)?;
         let sock = connect_path(path.as_ref(), options.control_timeout)?;
         Self::from_socket(sock, options)
     }
@@ -104,14 +119,7 @@ impl<S: Pod, C: Pod> Client<S, C> {
         // Emptied before it is closed however this ends: a hostile server may have queued
         // descriptors on it that the kernel drops at its close.
         let socket = ConnSocket::new(socket);
-        if options.untrusted_server && options.mode == NotifyMode::EventFd {
-            return Err(ConfigError::Mode {
-                what: "a client that does not trust its server",
-                needs: NotifyMode::Futex,
-                given: options.mode,
-            }
-            .into());
-        }
+        check_trust(options)?;
         let hello = Hello {
             protocol: options.protocol.clone(),
             request: EntryShape::of::<S>(),
@@ -189,6 +197,24 @@ impl<S: Pod, C: Pod> Client<S, C> {
                     "the doorbell would be {kick_mode} (a descriptor the server holds, which it \
                      can make block a kick); the server must sleep on futexes \
                      (ServerSleep::Futex)"
+                ),
+            });
+        }
+        // Which descriptors come follows from the modes, as an honest server sends them: a
+        // kick eventfd only for an eventfd doorbell, a call epoll instance only for an
+        // eventfd-mode client. (A welcome that sent one beside a futex mode would have this side
+        // set up, and wait in, an epoll instance the server made, and take the hang-up watch
+        // for granted where its futex waits never see it.)
+        let call_mode: NotifyMode = welcome.call_mode.into();
+        if welcome.kick_fd != kick_mode.uses_eventfd()
+            || welcome.call_fd != call_mode.uses_eventfd()
+        {
+            return Err(Error::Malformed {
+                what: "welcome",
+                detail: format!(
+                    "descriptors (kick {}, call {}) do not match the modes (kick {kick_mode}, \
+                     call {call_mode})",
+                    welcome.kick_fd, welcome.call_fd
                 ),
             });
         }

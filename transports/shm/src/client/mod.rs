@@ -87,7 +87,8 @@ impl ClientOptions {
     /// wake (the server sleeps with [`ServerSleep::Futex`](crate::ServerSleep::Futex)) or
     /// nothing (spin mode), and [`NotifyMode::EventFd`] is refused as this client's own mode
     /// (a configuration error): a `FUTEX_WAKE` never blocks, nor does a `FUTEX_WAIT` longer
-    /// than its timeout.
+    /// than its timeout. Such a client should wait with timeouts: a wait without one ends only
+    /// with a completion or the server's hang-up, neither of which a hostile server owes it.
     pub fn untrusted_server(mut self) -> Self {
         self.untrusted_server = true;
         self
