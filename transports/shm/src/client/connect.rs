@@ -94,7 +94,7 @@ fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
 fn check_trust(options: &ClientOptions) -> Result<(), Error> {
     if options.untrusted_server && options.mode == NotifyMode::EventFd {
         return Err(ConfigError::Mode {
-            what: "a client that does not trust its server",
+            what: "a client that does not trust its server (futex, adaptive or spin)",
             needs: NotifyMode::Futex,
             given: options.mode,
         }
@@ -194,8 +194,8 @@ impl<S: Pod, C: Pod> Client<S, C> {
         if options.untrusted_server && !matches!(kick_mode, NotifyMode::Futex | NotifyMode::Spin) {
             return Err(Error::Untrusted {
                 detail: format!(
-                    "the doorbell would be {kick_mode} (a descriptor the server holds, which it \
-                     can make block a kick); the server must sleep on futexes \
+                    "the doorbell would be {kick_mode}, not a futex wake (an eventfd the server \
+                     holds can be made to block a kick); the server must sleep on futexes \
                      (ServerSleep::Futex)"
                 ),
             });
