@@ -625,8 +625,11 @@ fn a_client_cannot_block_the_servers_wake_ups() {
 /// made, and count on a hang-up watch its futex waits never see.
 #[test]
 fn a_welcome_with_descriptors_its_modes_do_not_use_is_refused() {
+    // (That a refused welcome's descriptors are all closed is
+    // `descriptors_beyond_the_limit_are_closed_by_the_client`'s to check: counting this
+    // process's descriptors here raced the tests that hold lingering sockets for seconds.)
+    // Serial all the same, so as not to disturb the tests that count.
     let _serial = serial();
-    let before = open_fds();
     for (kick_fd, call_fd) in [(false, true), (true, false), (true, true)] {
         let (ours, theirs) = subring_shm::socket_pair().unwrap();
         let fake = std::thread::spawn(move || {
@@ -662,8 +665,4 @@ fn a_welcome_with_descriptors_its_modes_do_not_use_is_refused() {
         );
         drop(fake.join().unwrap());
     }
-    fds_back_to(
-        before,
-        "after three welcomes with descriptors their modes do not use",
-    );
 }
