@@ -90,7 +90,8 @@ impl ClientOptions {
     /// than its timeout. Such a client should wait with timeouts: a wait without one ends only
     /// with a completion or the server's hang-up, neither of which a hostile server owes it.
     /// The async wrappers (tokio, mio) wait on an eventfd, so they cannot use this; nor can a
-    /// client of a server that sleeps in epoll (the default, and `blk_server`'s).
+    /// client of a server that sleeps in epoll (the default; the `blk_server` example sleeps on
+    /// futexes with `--futex-sleep`).
     pub fn untrusted_server(mut self) -> Self {
         self.untrusted_server = true;
         self

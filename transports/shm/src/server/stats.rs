@@ -36,7 +36,7 @@ pub struct ServerStats {
     pub abandoned: u64,
     /// Clients gone whose deferred requests the service has not all answered (or dropped) yet.
     pub departing: u64,
-    /// Times the server slept in `epoll_wait`.
+    /// Times the server slept (in `epoll_wait`, or on its clients' futex words).
     pub sleeps: u64,
     /// Clients connected now.
     pub clients: u64,
