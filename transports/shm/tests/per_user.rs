@@ -30,25 +30,20 @@ fn as_user<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, String> {
     std::thread::spawn(move || {
+        let check = |what: &str, r: libc::c_long| match r {
+            0 => Ok(()),
+            _ => Err(format!("{what}: {}", std::io::Error::last_os_error())),
+        };
         // SAFETY: a system call that empties this thread's supplementary groups (a null list
         // of length 0: nothing is read).
-        if unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) } != 0 {
-            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
-        }
+        let r = unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) };
+        check("setgroups", r)?;
         // SAFETY: system calls that change this thread's credentials and touch no memory.
-        if unsafe { libc::syscall(libc::SYS_setresgid, uid, uid, uid) } != 0 {
-            return Err(format!(
-                "setresgid({uid}): {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        let r = unsafe { libc::syscall(libc::SYS_setresgid, uid, uid, uid) };
+        check(&format!("setresgid({uid})"), r)?;
         // SAFETY: as above.
-        if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
-            return Err(format!(
-                "setresuid({uid}): {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        let r = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+        check(&format!("setresuid({uid})"), r)?;
         Ok(f())
     })
     .join()

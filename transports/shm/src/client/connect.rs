@@ -37,12 +37,8 @@ fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
         None,
     )
     .map_err(io("socket(AF_UNIX, SOCK_SEQPACKET)"))?;
-    let deadline = Instant::now().checked_add(timeout);
-    let timed_out = |after| Error::Timeout {
-        waiting_for: "the server to accept the connection (its backlog is full)",
-        after,
-    };
     let start = Instant::now();
+    let deadline = start.checked_add(timeout);
     loop {
         // What is left of the timeout, as the connect's own bound (a zero `SO_SNDTIMEO` would
         // mean no bound at all: at least a microsecond; none if the deadline overflowed).
@@ -62,7 +58,10 @@ fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
             // wait on while time is left.
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(timed_out(start.elapsed()));
+                    return Err(Error::Timeout {
+                        waiting_for: "the server to accept the connection (its backlog is full)",
+                        after: start.elapsed(),
+                    });
                 }
             }
             Err(e) => {
@@ -275,8 +274,8 @@ impl<S: Pod, C: Pod> Client<S, C> {
         let config = PairConfig {
             sq_capacity: welcome.sq_capacity,
             cq_capacity: welcome.cq_capacity,
-            kick_mode: welcome.kick_mode.into(),
-            call_mode: welcome.call_mode.into(),
+            kick_mode,
+            call_mode,
             // Used only if asked for and granted; the attach also checks the pair header, and
             // uses the feature only if the server enabled it there too.
             event_idx: welcome.event_idx && options.event_idx,
@@ -341,8 +340,8 @@ mod tests {
     use super::connect_path;
 
     /// A peer that keeps a listener's backlog full, with connects of its own waiting in the
-    /// kernel and a new one as soon as each is accepted, cannot keep another connect out: it
-    /// gets in after as many accepts as the peer had connects waiting before it. (Retrying a
+    /// kernel and a new one as soon as each is accepted, does not keep another connect out: it
+    /// gets in after about as many accepts as the peer had connects waiting before it. (Retrying a
     /// non-blocking connect every few milliseconds lost every freed place to them, and timed
     /// out.)
     #[test]
