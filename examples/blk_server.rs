@@ -9,8 +9,9 @@
 //! Options after the two paths: `--copy` (copy through the service's own buffers instead: the
 //! design this service exists to avoid), `--buffered` (no `O_DIRECT`), `--read-only`,
 //! `--clients-per-user N` (for a server several users share: at most `N` clients of one user
-//! at once), `--futex-sleep` (sleep on the clients' futex words, so that clients that do not
-//! trust the server, `ClientOptions::untrusted_server`, can use it), `--for SECONDS`.
+//! at once), `--futex-sleep` (sleep on the clients' futex words rather than in epoll; clients
+//! that do not trust the server, `ClientOptions::untrusted_server`, ring a futex doorbell
+//! either way), `--for SECONDS`.
 //! It prints a line per second while clients come and go; stop it with Ctrl-C.
 
 use std::time::{Duration, Instant};

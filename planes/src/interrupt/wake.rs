@@ -170,6 +170,17 @@ impl WakeWord {
         &self.state
     }
 
+    /// For a `FUTEX_WAIT` made outside this crate (through io_uring, say): the word's address
+    /// and the value the waiter's announcement ([`announce_sleep`](Self::announce_sleep))
+    /// wrote, which the wait must be given so that it blocks only while the announcement
+    /// stands. The word is a 32-bit futex shared with the peer's process (a shared futex,
+    /// not `FUTEX_PRIVATE`), and the address is valid while the word's memory is (a
+    /// [`WakeRef`] keeps it).
+    #[cfg(not(loom))]
+    pub fn futex_wait_target(&self) -> (*const u32, u32) {
+        (self.state.as_ptr().cast_const(), SLEEPING)
+    }
+
     /// The modelled `FUTEX_WAKE`: one more wake-up on this word.
     #[cfg(loom)]
     pub(super) fn loom_futex_wake(&self) {

@@ -333,46 +333,56 @@ fn a_read_only_device_refuses_writes() {
 }
 
 /// A client that does not trust its server (only futex wake-ups: `untrusted_server`) works
-/// with a block server that sleeps on futexes: its doorbell is a futex wake, and the server,
-/// asleep on its clients' kick words, is woken for the ring's completions by its control
-/// thread. Each round pauses long enough for the server to go to sleep, so every request wakes
-/// it; every block read back is checked.
+/// with a block server however it sleeps: its doorbell is a futex wake, which a server asleep
+/// in epoll (the default) waits on through io_uring, and one asleep on its clients' kick words
+/// is woken for the ring's completions by its control thread. Each round pauses long enough
+/// for the server to go to sleep, so every request wakes it; every block read back is checked.
 #[test]
-fn an_untrusting_client_is_served_by_a_futex_sleeping_block_server() {
+fn an_untrusting_client_is_served_by_a_block_server_sleeping_either_way() {
     let _serial = serial();
-    let dir = TempDir::new("untrusting", false);
-    let mut config = server_config();
-    config.sleep = subring_shm::ServerSleep::Futex;
-    let (server_end, client_end) = subring_shm::socket_pair().unwrap();
-    let mut server = subring_blk::server(config, BlkConfig::new(dir.disk(DEVICE))).unwrap();
-    server.add_connection(server_end).unwrap();
-    let server = server.spawn().unwrap();
-    let mut options = subring_blk::BlkOptions::new();
-    options.shm = options.shm.untrusted_server();
-    let mut client = subring_blk::BlkClient::from_socket(client_end, &options).unwrap();
-    for round in 0..20u8 {
-        let offset = u64::from(round) * 4096;
-        let mut buf = client.alloc().unwrap();
-        buf.fill_from(&[round; 4096]);
-        client.write(1, offset, buf).unwrap();
-        client.submit().unwrap();
-        let d = client.next(Some(LIMIT)).unwrap();
-        assert_eq!(d.result, Ok(4096), "round {round}: write");
-        std::thread::sleep(Duration::from_millis(2));
-        client.read(2, offset, d.buf.unwrap(), 4096).unwrap();
-        client.submit().unwrap();
-        let d = client.next(Some(LIMIT)).unwrap();
-        assert_eq!(d.result, Ok(4096), "round {round}: read");
-        assert!(
-            d.buf.unwrap().to_vec() == [round; 4096],
-            "round {round}: data"
-        );
-        std::thread::sleep(Duration::from_millis(2));
+    for sleep in [
+        subring_shm::ServerSleep::Epoll,
+        subring_shm::ServerSleep::Futex,
+    ] {
+        let dir = TempDir::new("untrusting", false);
+        let mut config = server_config();
+        config.sleep = sleep;
+        let (server_end, client_end) = subring_shm::socket_pair().unwrap();
+        let mut server = subring_blk::server(config, BlkConfig::new(dir.disk(DEVICE))).unwrap();
+        server.add_connection(server_end).unwrap();
+        let server = server.spawn().unwrap();
+        let mut options = subring_blk::BlkOptions::new();
+        options.shm = options.shm.untrusted_server();
+        let mut client = subring_blk::BlkClient::from_socket(client_end, &options)
+            .unwrap_or_else(|e| panic!("{sleep:?}: {e}"));
+        for round in 0..20u8 {
+            let offset = u64::from(round) * 4096;
+            let mut buf = client.alloc().unwrap();
+            buf.fill_from(&[round; 4096]);
+            client.write(1, offset, buf).unwrap();
+            client.submit().unwrap();
+            let d = client.next(Some(LIMIT)).unwrap();
+            assert_eq!(d.result, Ok(4096), "{sleep:?}, round {round}: write");
+            std::thread::sleep(Duration::from_millis(2));
+            client.read(2, offset, d.buf.unwrap(), 4096).unwrap();
+            client.submit().unwrap();
+            let d = client.next(Some(LIMIT)).unwrap();
+            assert_eq!(d.result, Ok(4096), "{sleep:?}, round {round}: read");
+            assert!(
+                d.buf.unwrap().to_vec() == [round; 4096],
+                "{sleep:?}, round {round}: data"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        drop(client);
+        let stopped = server.stop().unwrap();
+        assert_eq!(stopped.service().stats().reads, 20, "{sleep:?}");
+        let stats = stopped.stats();
+        assert!(stats.sleeps >= 20, "{sleep:?}: {stats:?}");
+        if sleep == subring_shm::ServerSleep::Epoll {
+            assert!(stats.futex_doorbell_waits >= 20, "{stats:?}");
+        }
     }
-    drop(client);
-    let stopped = server.stop().unwrap();
-    assert_eq!(stopped.service().stats().reads, 20);
-    assert!(stopped.stats().sleeps >= 20, "{:?}", stopped.stats());
 }
 
 /// The client half of the kill test: reads at QD 32 until killed.

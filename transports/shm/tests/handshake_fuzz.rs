@@ -155,7 +155,7 @@ fn protocol() -> impl Strategy<Value = String> {
 /// server's checks past the first are reached too), sometimes every field at random.
 fn hello() -> impl Strategy<Value = Hello> {
     prop_oneof![
-        2 => (0usize..9, edge_u32(), wire_mode(), protocol()).prop_map(|(field, v, mode, name)| {
+        2 => (0usize..10, edge_u32(), wire_mode(), protocol()).prop_map(|(field, v, mode, name)| {
             let mut h = support::hello();
             match field {
                 0 => h.protocol = name,
@@ -166,6 +166,7 @@ fn hello() -> impl Strategy<Value = Hello> {
                 5 => h.mode = mode,
                 6 => h.buf_size = v,
                 7 => h.buf_count = v,
+                8 => h.futex_doorbell = true,
                 _ => {}
             }
             h
@@ -185,9 +186,21 @@ fn random_hello() -> impl Strategy<Value = Hello> {
         prop_oneof![Just(256u32), edge_u32()],
         prop_oneof![Just(8u32), edge_u32()],
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(protocol, request, completion, sq, cq, mode, buf_size, buf_count, event_idx)| Hello {
+            |(
+                protocol,
+                request,
+                completion,
+                sq,
+                cq,
+                mode,
+                buf_size,
+                buf_count,
+                event_idx,
+                futex_doorbell,
+            )| Hello {
                 protocol,
                 request,
                 completion,
@@ -197,6 +210,7 @@ fn random_hello() -> impl Strategy<Value = Hello> {
                 buf_size,
                 buf_count,
                 event_idx,
+                futex_doorbell,
             },
         )
 }

@@ -129,6 +129,7 @@ impl<S: Pod, C: Pod> Client<S, C> {
             buf_size: options.buf_size,
             buf_count: options.buf_count,
             event_idx: options.event_idx,
+            futex_doorbell: options.untrusted_server,
         };
         let deadline = Instant::now().checked_add(options.control_timeout);
         proto::send_until(
@@ -194,8 +195,9 @@ impl<S: Pod, C: Pod> Client<S, C> {
             return Err(Error::Untrusted {
                 detail: format!(
                     "the doorbell would be {kick_mode}, not a futex wake (an eventfd the server \
-                     holds can be made to block a kick); the server must sleep on futexes \
-                     (ServerSleep::Futex)"
+                     holds can be made to block a kick), though the client asked for a futex \
+                     doorbell; a server must sleep on futexes (ServerSleep::Futex) or, \
+                     sleeping in epoll, wait on them through io_uring (Linux 6.7)"
                 ),
             });
         }

@@ -82,16 +82,18 @@ impl ClientOptions {
     /// server hands over shares its open file, flags included, so a server holding the eventfd
     /// this client's doorbell writes can clear `O_NONBLOCK` and fill its counter, and the
     /// client's next kick blocks for good; the epoll instance an eventfd-mode client waits in
-    /// is the server's too. With this, the connection is refused
-    /// ([`Error::Untrusted`](crate::Error::Untrusted)) unless the client's doorbell is a futex
-    /// wake (the server sleeps with [`ServerSleep::Futex`](crate::ServerSleep::Futex)) or
-    /// nothing (spin mode), and [`NotifyMode::EventFd`] is refused as this client's own mode
-    /// (a configuration error): a `FUTEX_WAKE` never blocks, nor does a `FUTEX_WAIT` longer
-    /// than its timeout. Such a client should wait with timeouts: a wait without one ends only
-    /// with a completion or the server's hang-up, neither of which a hostile server owes it.
-    /// The async wrappers (tokio, mio) wait on an eventfd, so they cannot use this; nor can a
-    /// client of a server that sleeps in epoll (the default; the `blk_server` example sleeps on
-    /// futexes with `--futex-sleep`).
+    /// is the server's too. With this, the client asks for a futex doorbell, and the
+    /// connection is refused ([`Error::Untrusted`](crate::Error::Untrusted)) unless its
+    /// doorbell is a futex wake or nothing (spin mode); [`NotifyMode::EventFd`] is refused as
+    /// this client's own mode (a configuration error). A `FUTEX_WAKE` never blocks, nor does a
+    /// `FUTEX_WAIT` longer than its timeout. A server that sleeps on futexes
+    /// ([`ServerSleep::Futex`](crate::ServerSleep::Futex)) gives every client a futex
+    /// doorbell; one that sleeps in epoll (the default) waits on this client's word through
+    /// io_uring (`IORING_OP_FUTEX_WAIT`, Linux 6.7), or refuses the client where the kernel
+    /// lacks it ([`Refusal::Unsupported`](crate::proto::Refusal::Unsupported)). Such a client should
+    /// wait with timeouts: a wait without one ends only with a completion or the server's
+    /// hang-up, neither of which a hostile server owes it. The async wrappers (tokio, mio)
+    /// wait on an eventfd, so they cannot use this.
     pub fn untrusted_server(mut self) -> Self {
         self.untrusted_server = true;
         self

@@ -34,8 +34,8 @@ pub const PROTOCOL_MAGIC: [u8; 4] = *b"SBSH";
 /// suppression, asked for in [`Hello::event_idx`] and granted in [`Welcome::event_idx`]; a
 /// wake word may say "sleeping until entry N". Version 6: the welcome's call descriptor is an
 /// epoll instance watching the server's eventfd, not the eventfd. Version 7:
-/// [`Refusal::UserBusy`].)
-pub const PROTOCOL_VERSION: u16 = 7;
+/// [`Refusal::UserBusy`]. Version 8: [`Hello::futex_doorbell`] and [`Refusal::Unsupported`].)
+pub const PROTOCOL_VERSION: u16 = 8;
 /// A control message carrying a postcard-encoded body.
 pub const KIND_MESSAGE: u8 = 1;
 /// A refusal because of a version mismatch; its body is the refusing side's version.
@@ -128,6 +128,12 @@ pub struct Hello {
     pub buf_count: u32,
     /// Whether the client asks for event-idx suppression (`PairConfig::event_idx`).
     pub event_idx: bool,
+    /// Whether the client rings its doorbell only as a futex wake (or not at all, in spin
+    /// mode): it takes no eventfd doorbell, which a server holding the eventfd could make
+    /// block ([`ClientOptions::untrusted_server`](crate::ClientOptions::untrusted_server)). A
+    /// server that sleeps in epoll then waits on the client's word through io_uring, or
+    /// refuses ([`Refusal::Unsupported`]).
+    pub futex_doorbell: bool,
 }
 
 /// What the server grants; the shared memory and eventfds travel beside it.
@@ -225,6 +231,13 @@ pub enum Refusal {
         /// That maximum.
         max_per_user: u32,
     },
+    /// The server cannot give what the client asked for on this system.
+    Unsupported {
+        /// What was asked for.
+        what: String,
+        /// What it would need.
+        needs: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -271,6 +284,9 @@ impl fmt::Display for Refusal {
                     f,
                     "the server already serves its maximum of {max_per_user} clients of {user}"
                 )
+            }
+            Refusal::Unsupported { what, needs } => {
+                write!(f, "the server cannot give {what} here: it needs {needs}")
             }
         }
     }

@@ -236,6 +236,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             self.stats.calls.add(a.service.stats());
             self.stats.released += 1;
             self.kick_words_changed |= a.kick_word.is_some();
+            if let (Some(waits), Some(_)) = (&mut self.kick_waits, &a.kick_word) {
+                // Best effort: a wait left armed ends at a wake-up, or with the ring.
+                let _ = waits.cancel(conn.id);
+                self.futex_doorbells -= 1;
+            }
             let Active {
                 client,
                 info,
@@ -247,6 +252,13 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             self.service.disconnect(client, &info);
             self.departing.push(ledger);
             self.retire_departed();
+        }
+        if self.futex_doorbells == 0 {
+            // No client rings a futex doorbell any more (the last one left, or the one the
+            // ring was set up for was refused after all): the ring and its descriptor go.
+            if let Some(waits) = self.kick_waits.take() {
+                let _ = self.epoll.delete(&waits);
+            }
         }
     }
 

@@ -76,7 +76,12 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ServerSleep {
     /// In `epoll`, on the listener, the control sockets and one kick eventfd per client: the
-    /// clients' doorbell is an eventfd write.
+    /// clients' doorbell is an eventfd write. A client that asks for a futex doorbell
+    /// ([`ClientOptions::untrusted_server`](crate::ClientOptions::untrusted_server)) rings a
+    /// futex wake instead, which the server waits on through io_uring (`FUTEX_WAIT`, Linux
+    /// 6.7; the ring is set up at the first such client, and on an older kernel such clients
+    /// are refused). The io_uring's completions go to the thread that armed the waits: serve
+    /// on one thread.
     #[default]
     Epoll,
     /// In `futex_waitv` on the clients' kick words (at most 127 clients): the clients' doorbell

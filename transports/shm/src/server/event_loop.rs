@@ -72,6 +72,13 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     #[inline(always)]
     pub(super) fn sleep(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
         let Some(futex) = &mut self.futex else {
+            if self.arm_kick_waits().is_err() {
+                // The kernel could not take a wait now (out of memory, say): the clients with
+                // a futex doorbell are looked at again within a millisecond rather than
+                // missed, and the server does not stop for it.
+                let capped = timeout.map_or(KICK_WAIT_RETRY, |t| t.min(KICK_WAIT_RETRY));
+                return self.poll_events(Some(capped));
+            }
             return self.poll_events(timeout);
         };
         let io = |source| Error::Io {
@@ -102,6 +109,35 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             self.expire_handshakes();
             Ok(())
         }
+    }
+
+    /// Sleeping in epoll: arms a futex wait (through io_uring) on the word of every client with
+    /// a futex doorbell that can wake the server, as [`arm_all`](Self::arm_all) left it, unless
+    /// one is pending there already. Completed waits are reaped first: a wake-up may have
+    /// ended an earlier sleep without the ring's readiness being seen (an interrupted
+    /// `epoll_wait`), and its client's word needs a wait again.
+    fn arm_kick_waits(&mut self) -> std::io::Result<()> {
+        let Some(waits) = &mut self.kick_waits else {
+            return Ok(());
+        };
+        waits.reap()?;
+        for c in &self.conns {
+            let State::Active(a) = &c.state else {
+                continue;
+            };
+            let word = match a.armed {
+                Armed::Requests => a.kick_word.as_ref().map(|w| (Word::Requests, w)),
+                Armed::Room => a.room_word.as_ref().map(|w| (Word::Room, w)),
+                Armed::Nothing => None,
+            };
+            if let Some((which, word)) = word {
+                waits.arm(c.id, which, word)?;
+            }
+        }
+        // Submitted while every word is borrowed from its client (`KickWaits::arm`).
+        let submitted = waits.submit();
+        self.stats.futex_doorbell_waits = waits.armed;
+        submitted
     }
 
     /// With [`ServerSleep::Futex`]: if the control thread says the epoll set has events, takes
@@ -287,6 +323,8 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                     self.stopping = true;
                 }
                 SOURCE => {} // a service's source: `Service::poll` runs on every turn.
+                // Reaped before the next sleep's arming (`arm_kick_waits`).
+                KICK_WAITS => {}
                 token if token % 2 == 0 => self.on_socket(token / 2, ev.events()),
                 _ => {} // a kick eventfd: `disarm_all` drains it, the next turn serves.
             }

@@ -17,7 +17,7 @@ use super::config::{ClientInfo, ServerSleep};
 use super::conn::{Active, Armed, State};
 use super::ctx::ClientMemory;
 use super::service::{Ledger, Service};
-use super::Server;
+use super::{KickWaits, Server, KICK_WAITS};
 use crate::peer_fd::PeerFd;
 use crate::proto::{self, ClientMsg, EntryShape, Hello, Incoming, Refusal, ServerMsg, Welcome};
 use crate::Error;
@@ -230,6 +230,23 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         Ok(())
     }
 
+    /// Sleeping in epoll: sets up the io_uring that waits on futex doorbells, if no client
+    /// has one yet.
+    fn start_kick_waits(&mut self) -> Result<(), Refusal> {
+        if self.kick_waits.is_some() {
+            return Ok(());
+        }
+        let waits = KickWaits::new().map_err(|e| Refusal::Unsupported {
+            what: "a futex doorbell while sleeping in epoll".into(),
+            needs: format!("io_uring's FUTEX_WAIT (Linux 6.7 and later), which failed: {e}"),
+        })?;
+        self.epoll
+            .add(&waits, EpollEvent::new(EpollFlags::EPOLLIN, KICK_WAITS))
+            .map_err(|e| Refusal::Internal(format!("epoll_ctl(ADD futex-wait ring): {e}")))?;
+        self.kick_waits = Some(waits);
+        Ok(())
+    }
+
     fn welcome(&mut self, i: usize, hello: &Hello, fds: Vec<PeerFd>) -> Result<(), Refusal> {
         self.check_hello(i, hello, &fds)?;
         let mode: NotifyMode = hello.mode.into();
@@ -240,8 +257,14 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             // epoll, where their doorbell is the kick eventfd, or on their kick words.
             kick_mode: match (mode, self.config.sleep) {
                 (NotifyMode::Spin, _) => NotifyMode::Spin,
-                (_, ServerSleep::Epoll) => NotifyMode::EventFd,
                 (_, ServerSleep::Futex) => NotifyMode::Futex,
+                // A client that takes no eventfd doorbell: its words are waited on through
+                // io_uring.
+                (_, ServerSleep::Epoll) if hello.futex_doorbell => {
+                    self.start_kick_waits()?;
+                    NotifyMode::Futex
+                }
+                (_, ServerSleep::Epoll) => NotifyMode::EventFd,
             },
             call_mode: mode,
             event_idx: hello.event_idx && self.config.event_idx,
@@ -326,6 +349,9 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         let kick_word = (config.kick_mode == NotifyMode::Futex).then(|| service.kick_word());
         let room_word = (config.kick_mode == NotifyMode::Futex).then(|| service.room_word());
         self.kick_words_changed |= kick_word.is_some();
+        if kick_word.is_some() && self.kick_waits.is_some() {
+            self.futex_doorbells += 1;
+        }
         match mode {
             NotifyMode::Spin => self.spin_clients += 1,
             NotifyMode::Adaptive => {

@@ -18,6 +18,7 @@ mod conn;
 mod ctx;
 mod event_loop;
 mod handshake;
+mod kick_waits;
 mod service;
 mod stats;
 mod thread;
@@ -48,6 +49,7 @@ use crate::ConfigError;
 use crate::Error;
 use admission::listen_on;
 use conn::{Armed, Conn, Limits, Outcome, State, Table};
+use kick_waits::{KickWaits, Word};
 use service::Ledger;
 use window::Window;
 
@@ -61,6 +63,10 @@ const CLOCK_EVERY: u32 = 16;
 
 /// Every event source a service watches ([`Server::watch`]) wakes the server with this token.
 const SOURCE: u64 = u64::MAX - 2;
+/// The io_uring of futex-doorbell waits ([`KickWaits`]).
+const KICK_WAITS: u64 = u64::MAX - 3;
+/// The longest sleep when a futex-doorbell wait could not be armed.
+const KICK_WAIT_RETRY: Duration = Duration::from_millis(1);
 
 /// A server of `S` requests and `C` completions, running the [`Service`] `V` for its clients
 /// (with [`Server::new`], one [`Handler`] per client: `V` is [`PerClient`]).
@@ -93,6 +99,11 @@ pub struct Server<S: Pod, C: Pod, V: Service<S, C>> {
     futex: Option<FutexSleep>,
     /// A client with a kick word came or went since the futex sleep's words were set.
     kick_words_changed: bool,
+    /// Sleeping in epoll: the io_uring that waits on futex doorbells, while a client that
+    /// asked for one is connected.
+    kick_waits: Option<KickWaits>,
+    /// Those clients.
+    futex_doorbells: usize,
 }
 
 impl<S: Pod, C: Pod, V: Service<S, C>> fmt::Debug for Server<S, C, V> {
@@ -249,6 +260,8 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             idle_turns: 0,
             futex,
             kick_words_changed: false,
+            kick_waits: None,
+            futex_doorbells: 0,
         })
     }
 

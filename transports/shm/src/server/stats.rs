@@ -38,6 +38,10 @@ pub struct ServerStats {
     pub departing: u64,
     /// Times the server slept (in `epoll_wait`, or on its clients' futex words).
     pub sleeps: u64,
+    /// Futex waits a server sleeping in epoll armed through io_uring, on the words of clients
+    /// that ring a futex doorbell ([`Hello::futex_doorbell`](crate::proto::Hello)): one per
+    /// wake-up of such a client, or fewer (a wait stays armed across sleeps until woken).
+    pub futex_doorbell_waits: u64,
     /// Clients connected now.
     pub clients: u64,
     /// Completion notifications ("calls") to clients, over every connection so far: `sent`

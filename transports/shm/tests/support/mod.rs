@@ -273,6 +273,7 @@ pub fn hello() -> Hello {
         buf_size: 256,
         buf_count: 8,
         event_idx: true,
+        futex_doorbell: false,
     }
 }
 
