@@ -8,7 +8,8 @@
 //!   eventfd mode does), a raw futex pair, a pipe pair and a Unix socket pair — with the
 //!   processes on two cores (`split`) and on one (`shared`); on two cores also a bare queue
 //!   pair in spin mode with no server ([`pair_spin_rt`]), which splits the gap to the floor
-//!   between the rings and the server's turn;
+//!   between the rings and the server's turn, and a futex-mode client that does not trust its
+//!   server (a futex doorbell, which the server, asleep in epoll, waits on through io_uring);
 //! - with the processes on two cores, the same round trip awaited in a tokio runtime
 //!   ([`crate::asyncrt`]): subring's `AsyncClient` against a tokio `UnixStream`;
 //! - 4 KiB payload throughput: the client writes each payload into a shared buffer and the server
@@ -112,9 +113,22 @@ fn connect(
     mode: NotifyMode,
     bufs: u32,
 ) -> Result<Client<EchoReq, EchoResp>, String> {
-    let options = ClientOptions::new(ECHO_PROTOCOL)
+    connect_with(client_end, mode, bufs, false)
+}
+
+/// [`connect`], as a client that does not trust its server (a futex doorbell) if `untrusting`.
+fn connect_with(
+    client_end: std::os::fd::OwnedFd,
+    mode: NotifyMode,
+    bufs: u32,
+    untrusting: bool,
+) -> Result<Client<EchoReq, EchoResp>, String> {
+    let mut options = ClientOptions::new(ECHO_PROTOCOL)
         .mode(mode)
         .buffers(PAYLOAD as u32, bufs);
+    if untrusting {
+        options = options.untrusted_server();
+    }
     Client::from_socket(client_end, &options).map_err(|e| format!("connect ({mode}): {e}"))
 }
 
@@ -157,10 +171,23 @@ pub fn subring_rt(
     n: usize,
     placement: Placement,
 ) -> Result<Measured, String> {
+    subring_rt_with(mode, timeout, sleep, false, n, placement)
+}
+
+/// [`subring_rt`], the client not trusting its server (`ClientOptions::untrusted_server`: a
+/// futex doorbell, which a server sleeping in epoll waits on through io_uring) if `untrusting`.
+pub fn subring_rt_with(
+    mode: NotifyMode,
+    timeout: Option<Duration>,
+    sleep: ServerSleep,
+    untrusting: bool,
+    n: usize,
+    placement: Placement,
+) -> Result<Measured, String> {
     let (parent_cpu, child_cpu) = placement.cpus();
     let _pin = AffinityGuard::pin(parent_cpu)?;
     let (child, client_end) = fork_server(child_cpu, sleep)?;
-    let mut client = connect(client_end, mode, 8)?;
+    let mut client = connect_with(client_end, mode, 8, untrusting)?;
     // Warm-up and timing as for every peer (`peers::sample`); the counters cover both.
     let (rung0, sleeps0) = (client.doorbell_stats().rung, client.notify_stats().sleeps);
     let mut seq = 0;
@@ -273,7 +300,7 @@ pub const SHARED: &str = "ipc round trip, 1 shared core";
 pub const PAYLOADS: &str = "4 KiB payloads, client to server";
 
 /// Measurements per repetition (for progress).
-const STEPS_PER_REP: u64 = 28;
+const STEPS_PER_REP: u64 = 29;
 
 /// Runs the round-trip and payload sections into `report`.
 pub fn run(
@@ -332,6 +359,12 @@ pub fn run(
             if placement == Placement::Split {
                 // The rings alone (no server): how much of the gap to the floor is theirs.
                 record("subring pair spin", pair_spin_rt(n, placement), 0.0)?;
+                // A client that does not trust its server: a futex doorbell, which the server,
+                // asleep in epoll, waits on through io_uring.
+                let name = "subring futex, untrusting";
+                let m = subring_rt_with(NotifyMode::Futex, TIMED, Epoll, true, n, placement);
+                let sys = m.as_ref().map_or(f64::NAN, |m| m.syscalls);
+                record(name, m.map(|m| m.latency), sys)?;
             }
             for &(name, mode, timeout, sleep) in modes {
                 let m = subring_rt(mode, timeout, sleep, n, placement);
@@ -382,6 +415,7 @@ pub fn run(
     split.compare("pipe", "subring eventfd", Some("< 1"));
     split.compare("unix socket", "subring eventfd", Some("< 1"));
     split.compare("subring eventfd", "subring futex", None);
+    split.compare("subring futex", "subring futex, untrusting", None);
     split.compare(
         "subring eventfd, untimed",
         "subring eventfd",
