@@ -171,11 +171,12 @@ impl WakeWord {
     }
 
     /// For a `FUTEX_WAIT` made outside this crate (through io_uring, say): the word's address
-    /// and the value the waiter's announcement ([`announce_sleep`](Self::announce_sleep))
-    /// wrote, which the wait must be given so that it blocks only while the announcement
-    /// stands. The word is a 32-bit futex shared with the peer's process (a shared futex,
-    /// not `FUTEX_PRIVATE`), and the address is valid while the word's memory is (a
-    /// [`WakeRef`] keeps it).
+    /// and the value a plain announcement ([`announce_sleep`](Self::announce_sleep)) writes,
+    /// which the wait must be given so that it blocks only while the announcement stands
+    /// (after [`announce_sleep_until`](Self::announce_sleep_until) the word holds another
+    /// value, and such a wait ends at once). The word is a 32-bit futex shared with the peer's
+    /// process (a shared futex, not `FUTEX_PRIVATE`), and the address is valid while the
+    /// word's memory is (a [`WakeRef`] keeps it).
     #[cfg(not(loom))]
     pub fn futex_wait_target(&self) -> (*const u32, u32) {
         (self.state.as_ptr().cast_const(), SLEEPING)

@@ -79,9 +79,11 @@ pub enum ServerSleep {
     /// clients' doorbell is an eventfd write. A client that asks for a futex doorbell
     /// ([`ClientOptions::untrusted_server`](crate::ClientOptions::untrusted_server)) rings a
     /// futex wake instead, which the server waits on through io_uring (`FUTEX_WAIT`, Linux
-    /// 6.7; the ring is set up at the first such client, and on an older kernel such clients
-    /// are refused). The io_uring's completions go to the thread that armed the waits: serve
-    /// on one thread.
+    /// 6.7; the ring is set up at the first such client and closed after the last, and where
+    /// the kernel lacks it or io_uring is off, by a sysctl or a seccomp profile, such clients
+    /// are refused). The ring's completions run as task work on the thread that armed the
+    /// waits, interrupting its sleep: serve on one thread, and expect `EINTR` from a blocking
+    /// call a service makes on it.
     #[default]
     Epoll,
     /// In `futex_waitv` on the clients' kick words (at most 127 clients): the clients' doorbell

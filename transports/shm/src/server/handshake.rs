@@ -236,7 +236,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         if self.kick_waits.is_some() {
             return Ok(());
         }
-        let waits = KickWaits::new().map_err(|e| Refusal::Unsupported {
+        let waits = KickWaits::new(self.config.max_clients).map_err(|e| Refusal::Unsupported {
             what: "a futex doorbell while sleeping in epoll".into(),
             needs: format!("io_uring's FUTEX_WAIT (Linux 6.7 and later), which failed: {e}"),
         })?;

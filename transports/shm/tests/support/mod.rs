@@ -197,6 +197,23 @@ pub fn stats(client: &mut Client<EchoReq, EchoResp>) -> (u32, u64) {
     (r.sum, r.value)
 }
 
+/// Connects a client that does not trust its server (a futex doorbell) to the server at
+/// `path`; `None`, said on stderr, where that server cannot give one here (one sleeping in
+/// epoll needs io_uring's futex waits: Linux 6.7, io_uring not turned off).
+pub fn connect_untrusting(
+    path: &std::path::Path,
+    options: &ClientOptions,
+) -> Option<Client<EchoReq, EchoResp>> {
+    match Client::connect(path, &options.clone().untrusted_server()) {
+        Ok(client) => Some(client),
+        Err(subring_shm::Error::Refused(r @ subring_shm::proto::Refusal::Unsupported { .. })) => {
+            eprintln!("skipped: {r}");
+            None
+        }
+        Err(e) => panic!("an untrusting client ({:?}): {e}", options.mode),
+    }
+}
+
 pub fn options(mode: NotifyMode) -> ClientOptions {
     ClientOptions::new(subring_shm::echo::ECHO_PROTOCOL)
         .mode(mode)
