@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use subring_shm::echo::{EchoReq, ECHO_PROTOCOL};
 use subring_shm::queue::{Completer, Submitter};
-use subring_shm::{echo, BufHandle, NotifyMode, Server, ServerConfig, ServerSleep};
+use subring_shm::{echo, BufHandle, ClientOptions, NotifyMode, Server, ServerConfig, ServerSleep};
 use support::*;
 
 const PATH_ENV: &str = "SUBRING_CAMPAIGN_SOCKET";
@@ -27,6 +27,7 @@ const MODE_ENV: &str = "SUBRING_CAMPAIGN_MODE";
 const WRITES_ENV: &str = "SUBRING_CAMPAIGN_WRITES";
 const SEED_ENV: &str = "SUBRING_CAMPAIGN_SEED";
 const PROGRESS_ENV: &str = "SUBRING_CAMPAIGN_PROGRESS";
+const UNTRUSTING_ENV: &str = "SUBRING_CAMPAIGN_UNTRUSTING";
 
 /// Hostile writes per server sleep (override with `SUBRING_CAMPAIGN_ITERS`).
 fn iterations() -> u64 {
@@ -64,20 +65,24 @@ fn child_scribbler() {
     let writes: u64 = env(WRITES_ENV).parse().unwrap();
     let seed: u64 = env(SEED_ENV).parse().unwrap();
     let progress = PathBuf::from(env(PROGRESS_ENV));
-    scribble(Path::new(&path), mode, writes, seed, &progress);
+    let mut options = options(mode);
+    if std::env::var_os(UNTRUSTING_ENV).is_some() {
+        options = options.untrusted_server();
+    }
+    scribble(Path::new(&path), &options, writes, seed, &progress);
 }
 
 /// One hostile client's life: connect, scribble on the shared words below its pool while
 /// pushing requests with nasty handles and kicking, until evicted or out of writes; then
 /// again, until `writes` are spent.
-fn scribble(path: &Path, mode: NotifyMode, writes: u64, seed: u64, progress: &Path) {
+fn scribble(path: &Path, options: &ClientOptions, writes: u64, seed: u64, progress: &Path) {
     let mut rng = Rng(seed | 1);
     let (mut made, mut connections) = (0u64, 0u64);
     let record = |made: u64, connections: u64| {
         let _ = std::fs::write(progress, format!("{made} {connections}"));
     };
     while made < writes {
-        let mut client = connect_retry(path, &options(mode), WAIT);
+        let mut client = connect_retry(path, options, WAIT);
         connections += 1;
         let region = client.region().clone();
         let pool_base = client.pool().layout().base;
@@ -183,7 +188,8 @@ fn campaign(sleep: ServerSleep) {
     let mut rng = Rng(0x5eed ^ budget);
     let progress_dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&progress_dir).unwrap();
-    let (mut spawned, mut killed) = (0u64, 0u64);
+    let (mut spawned, mut killed, mut untrusting) = (0u64, 0u64, 0u64);
+    let futex_doorbells = io_uring_futex_waits();
     // Each child with the moment it is to be SIGKILLed, if it is (one in three).
     let mut children: Vec<(ChildGuard, Option<Instant>)> = Vec::new();
     let (mut checked, mut worst) = (0u64, Duration::ZERO);
@@ -203,22 +209,26 @@ fn campaign(sleep: ServerSleep) {
         if made >= budget && children.is_empty() {
             break;
         }
-        // Two hostile clients at a time, each in a random mode with a random share.
+        // Two hostile clients at a time, each in a random mode with a random share; one in
+        // three of those not in eventfd mode asks for a futex doorbell (which a server
+        // sleeping in epoll waits on through io_uring), where the kernel has it.
         while children.len() < 2 && made < budget {
             let mode = NotifyMode::ALL[rng.below(4) as usize];
-            let child = spawn_child(
-                "child_scribbler",
-                &[
-                    (PATH_ENV, path.display().to_string()),
-                    (MODE_ENV, mode.to_string()),
-                    (WRITES_ENV, (500 + rng.below(3000)).to_string()),
-                    (SEED_ENV, rng.next().to_string()),
-                    (
-                        PROGRESS_ENV,
-                        progress_dir.join(spawned.to_string()).display().to_string(),
-                    ),
-                ],
-            );
+            let mut env = vec![
+                (PATH_ENV, path.display().to_string()),
+                (MODE_ENV, mode.to_string()),
+                (WRITES_ENV, (500 + rng.below(3000)).to_string()),
+                (SEED_ENV, rng.next().to_string()),
+                (
+                    PROGRESS_ENV,
+                    progress_dir.join(spawned.to_string()).display().to_string(),
+                ),
+            ];
+            if mode != NotifyMode::EventFd && rng.below(3) == 0 && futex_doorbells {
+                env.push((UNTRUSTING_ENV, "1".into()));
+                untrusting += 1;
+            }
+            let child = spawn_child("child_scribbler", &env);
             spawned += 1;
             let doom = (rng.below(3) == 0)
                 .then(|| Instant::now() + Duration::from_millis(5 + rng.below(300)));
@@ -259,7 +269,8 @@ fn campaign(sleep: ServerSleep) {
     echo_many(&mut honest, 64, 8, 200);
     eprintln!(
         "{sleep:?} server: {made} hostile writes over {connections} connections from {spawned} \
-         client processes ({killed} SIGKILLed) in {:.1?}; {checked} honest round trips, every \
+         client processes ({killed} SIGKILLed, {untrusting} with a futex doorbell) in {:.1?}; \
+         {checked} honest round trips, every \
          byte right, the slowest {worst:.1?}; the server ended {ended} connections, has {live} \
          left, and holds {} descriptors and {} mappings (before: {}, {})",
         start.elapsed(),

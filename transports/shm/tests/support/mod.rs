@@ -197,6 +197,17 @@ pub fn stats(client: &mut Client<EchoReq, EchoResp>) -> (u32, u64) {
     (r.sum, r.value)
 }
 
+/// Whether this kernel has io_uring futex waits (`IORING_OP_FUTEX_WAIT`, Linux 6.7), which a
+/// server sleeping in epoll needs to serve a client with a futex doorbell.
+pub fn io_uring_futex_waits() -> bool {
+    let Ok(ring) = io_uring::IoUring::new(2) else {
+        return false;
+    };
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).is_ok()
+        && probe.is_supported(io_uring::opcode::FutexWait::CODE)
+}
+
 /// Connects a client that does not trust its server (a futex doorbell) to the server at
 /// `path`; `None`, said on stderr, where that server cannot give one here (one sleeping in
 /// epoll needs io_uring's futex waits: Linux 6.7, io_uring not turned off).
