@@ -560,3 +560,91 @@ fn a_server_sleeping_in_epoll_is_woken_by_a_futex_doorbell() {
         "the server did not wait on the futex doorbell before most requests: {stats:?}"
     );
 }
+
+const NO_IO_URING_ENV: &str = "SUBRING_NO_IO_URING_SERVER";
+
+/// Makes `io_uring_setup` fail with `EPERM` for this thread and the threads it starts, as a
+/// container's seccomp profile may (Docker's default does).
+fn deny_io_uring_setup() {
+    use libc::{sock_filter, sock_fprog};
+    let stmt = |code: u32, k: u32| sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let filter = [
+        // The system call's number: `seccomp_data.nr`, at offset 0.
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integers and touches no memory.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
+        0
+    );
+    // SAFETY: `prog` points at `filter`, both alive for the call; the kernel copies the filter.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const sock_fprog,
+        )
+    };
+    assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
+}
+
+/// An echo server in a process where io_uring is off (a seccomp filter): run by
+/// `a_server_without_io_uring_refuses_a_futex_doorbell_by_name`.
+#[test]
+#[ignore = "run as a child process"]
+fn child_server_without_io_uring() {
+    let Ok(path) = std::env::var(NO_IO_URING_ENV) else {
+        return;
+    };
+    deny_io_uring_setup();
+    let config = ServerConfig::new(ECHO_PROTOCOL);
+    let mut server = Server::bind(&path, config, echo::handler_factory()).unwrap();
+    server.run_for(Duration::from_secs(60)).unwrap();
+}
+
+/// Where io_uring is off (a container's seccomp profile, a sysctl), a server sleeping in epoll
+/// cannot wait on a futex doorbell: it refuses the client that asks for one, saying what it
+/// would need, and serves everyone else as before.
+#[test]
+fn a_server_without_io_uring_refuses_a_futex_doorbell_by_name() {
+    let path = socket_path("no-io-uring");
+    let _server = spawn_child(
+        "child_server_without_io_uring",
+        &[(NO_IO_URING_ENV, path.display().to_string())],
+    );
+    let mut plain = connect_retry(&path, &options(NotifyMode::Futex), WAIT);
+    echo_many(&mut plain, 4, 2, 32);
+    let err =
+        Client::<EchoReq, EchoResp>::connect(&path, &options(NotifyMode::Futex).untrusted_server())
+            .unwrap_err();
+    match &err {
+        Error::Refused(Refusal::Unsupported { what, needs }) => {
+            eprintln!("refused: {err}");
+            assert!(what.contains("futex doorbell"), "{err}");
+            assert!(needs.contains("FUTEX_WAIT"), "{err}");
+        }
+        _ => panic!("expected a refusal naming io_uring's FUTEX_WAIT, got: {err}"),
+    }
+    echo_many(&mut plain, 4, 2, 32);
+}
