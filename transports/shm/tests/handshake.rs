@@ -593,10 +593,8 @@ fn deny_io_uring_setup() {
         filter: filter.as_ptr().cast_mut(),
     };
     // SAFETY: PR_SET_NO_NEW_PRIVS takes integers and touches no memory.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
-        0
-    );
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    assert_eq!(rc, 0, "no_new_privs: {}", std::io::Error::last_os_error());
     // SAFETY: `prog` points at `filter`, both alive for the call; the kernel copies the filter.
     let rc = unsafe {
         libc::syscall(
