@@ -210,7 +210,7 @@ fn campaign(sleep: ServerSleep) {
             break;
         }
         // Two hostile clients at a time, each in a random mode with a random share; one in
-        // three of those not in eventfd mode asks for a futex doorbell (which a server
+        // three of those in futex or adaptive mode asks for a futex doorbell (which a server
         // sleeping in epoll waits on through io_uring), where the kernel has it.
         while children.len() < 2 && made < budget {
             let mode = NotifyMode::ALL[rng.below(4) as usize];
@@ -224,7 +224,8 @@ fn campaign(sleep: ServerSleep) {
                     progress_dir.join(spawned.to_string()).display().to_string(),
                 ),
             ];
-            if mode != NotifyMode::EventFd && rng.below(3) == 0 && futex_doorbells {
+            let rings = matches!(mode, NotifyMode::Futex | NotifyMode::Adaptive);
+            if rings && rng.below(3) == 0 && futex_doorbells {
                 env.push((UNTRUSTING_ENV, "1".into()));
                 untrusting += 1;
             }

@@ -641,6 +641,9 @@ fn a_server_without_io_uring_refuses_a_futex_doorbell_by_name() {
             eprintln!("refused: {err}");
             assert!(what.contains("futex doorbell"), "{err}");
             assert!(needs.contains("FUTEX_WAIT"), "{err}");
+            // The filter's error, not a kernel without the operation.
+            let eperm = std::io::Error::from_raw_os_error(libc::EPERM).to_string();
+            assert!(needs.contains(&eperm), "{err}");
         }
         _ => panic!("expected a refusal naming io_uring's FUTEX_WAIT, got: {err}"),
     }

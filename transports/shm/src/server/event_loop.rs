@@ -120,6 +120,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         let Some(waits) = &mut self.kick_waits else {
             return Ok(());
         };
+        waits.retry_cancels();
         waits.reap()?;
         for c in &self.conns {
             let State::Active(a) = &c.state else {

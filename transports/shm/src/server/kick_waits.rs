@@ -54,6 +54,9 @@ pub(crate) struct KickWaits {
     /// with its word: the handle keeps the word's memory mapped for as long as the kernel may
     /// read it (a queued entry is read at the submit, whenever that comes).
     pending: HashMap<u64, WakeRef>,
+    /// Clients gone whose cancellation could not be submitted: tried again before each sleep
+    /// (a wait left armed would keep its word's memory mapped until the ring goes).
+    cancels_due: Vec<u64>,
     /// Waits armed (counted for the server's stats).
     pub(crate) armed: u64,
 }
@@ -78,6 +81,7 @@ impl KickWaits {
         Ok(KickWaits {
             ring,
             pending: HashMap::new(),
+            cancels_due: Vec::new(),
             armed: 0,
         })
     }
@@ -108,8 +112,24 @@ impl KickWaits {
 
     /// Cancels `client`'s pending waits (it is going), and reaps what has completed: a server
     /// too busy to sleep still takes the completions of the clients that leave. Each word stays
-    /// mapped until its wait's completion is reaped.
+    /// mapped until its wait's completion is reaped. A cancellation that fails is tried again
+    /// by [`retry_cancels`](Self::retry_cancels).
     pub(crate) fn cancel(&mut self, client: u64) -> io::Result<()> {
+        let cancelled = self.try_cancel(client);
+        if cancelled.is_err() && !self.cancels_due.contains(&client) {
+            self.cancels_due.push(client);
+        }
+        cancelled
+    }
+
+    /// Tries again the cancellations that failed.
+    pub(crate) fn retry_cancels(&mut self) {
+        let mut due = std::mem::take(&mut self.cancels_due);
+        due.retain(|&client| self.try_cancel(client).is_err());
+        self.cancels_due.extend(due);
+    }
+
+    fn try_cancel(&mut self, client: u64) -> io::Result<()> {
         for which in [Word::Requests, Word::Room] {
             let data = user_data(client, which);
             if self.pending.contains_key(&data) {
@@ -152,7 +172,9 @@ impl KickWaits {
         loop {
             match self.ring.submit() {
                 Ok(_) if self.ring.submission().is_empty() => return Ok(()),
+                // Part of the queue, or none of it (the kernel could not allocate a request).
                 Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => return Err(e),
             }
@@ -310,6 +332,27 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(w.pending(), 0, "the waits were not all cancelled");
+    }
+
+    /// A cancellation that could not be submitted when its client left is made by the next
+    /// `retry_cancels`, and the wait goes.
+    #[test]
+    fn a_cancellation_that_failed_is_made_later() {
+        let Some(mut w) = waits() else { return };
+        let word = WakeRef::local();
+        word.announce_sleep();
+        w.arm(5, Word::Requests, &word).unwrap();
+        w.submit().unwrap();
+        // As `cancel` leaves it when its submit fails.
+        w.cancels_due.push(5);
+        w.retry_cancels();
+        assert!(w.cancels_due.is_empty());
+        let start = Instant::now();
+        while w.pending() > 0 && start.elapsed() < Duration::from_secs(1) {
+            w.reap().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(w.pending(), 0, "the wait was not cancelled");
     }
 
     /// A client of `server` with `options`, connected over a socket pair while the server
