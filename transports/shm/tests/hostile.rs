@@ -666,3 +666,48 @@ fn a_welcome_with_descriptors_its_modes_do_not_use_is_refused() {
         drop(fake.join().unwrap());
     }
 }
+
+/// A server that answers a client asking for a futex doorbell (`untrusted_server`) with an
+/// eventfd doorbell anyway, the eventfd its own, is refused before the eventfd is used
+/// (`Error::Untrusted`): a server holding the eventfd a client's kicks write can clear its
+/// `O_NONBLOCK` and fill its counter, and the client's next kick would block for good. (An
+/// honest server gives such a client a futex doorbell or refuses it.) The same welcome is
+/// taken by a client that did not ask.
+#[test]
+fn an_untrusting_client_refuses_an_eventfd_doorbell_it_did_not_ask_for() {
+    let _serial = serial();
+    for untrusting in [true, false] {
+        let (ours, theirs) = subring_shm::socket_pair().unwrap();
+        let fake = std::thread::spawn(move || {
+            let hello = recv_raw(&ours);
+            // The eventfd doorbell an epoll server gives a client that does not ask for a
+            // futex one.
+            let pair = fake_pair_kicked(NotifyMode::EventFd, NotifyMode::Futex, 8, FAKE_POOL);
+            send_raw(&ours, &welcome_frame(&pair.welcome), &raw_fds(&pair.fds));
+            // Kept until the client is done.
+            (ours, pair, hello)
+        });
+        let mut options = ClientOptions::new(ECHO_PROTOCOL)
+            .buffers(256, 8)
+            .capacity(64)
+            .mode(NotifyMode::Futex);
+        if untrusting {
+            options = options.untrusted_server();
+        }
+        let connected = Client::<EchoReq, EchoResp>::from_socket(theirs, &options);
+        let (_, _, hello) = fake.join().unwrap();
+        // The hello asked for a futex doorbell exactly when the client does not trust.
+        match postcard::from_bytes::<ClientMsg>(&hello[7..]).unwrap() {
+            ClientMsg::Hello(h) => assert_eq!(h.futex_doorbell, untrusting),
+            other => panic!("expected a hello, got {other:?}"),
+        }
+        match (untrusting, connected) {
+            (true, Err(Error::Untrusted { detail })) => {
+                assert!(detail.contains("eventfd"), "{detail}")
+            }
+            (true, other) => panic!("expected Error::Untrusted, got {:?}", other.map(drop)),
+            (false, Ok(client)) => assert_eq!(client.kick_mode(), NotifyMode::EventFd),
+            (false, Err(e)) => panic!("a trusting client refused the welcome: {e}"),
+        }
+    }
+}

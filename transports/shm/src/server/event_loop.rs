@@ -132,13 +132,12 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 Armed::Nothing => None,
             };
             if let Some((which, word)) = word {
-                waits.arm(c.id, which, word)?;
+                if waits.arm(c.id, which, word)? {
+                    self.stats.futex_doorbell_waits += 1;
+                }
             }
         }
-        // Submitted while every word is borrowed from its client (`KickWaits::arm`).
-        let submitted = waits.submit();
-        self.stats.futex_doorbell_waits = waits.armed;
-        submitted
+        waits.submit()
     }
 
     /// With [`ServerSleep::Futex`]: if the control thread says the epoll set has events, takes

@@ -57,8 +57,8 @@ pub(crate) struct KickWaits {
     /// Clients gone whose cancellation could not be submitted: tried again before each sleep
     /// (a wait left armed would keep its word's memory mapped until the ring goes).
     cancels_due: Vec<u64>,
-    /// Waits armed (counted for the server's stats).
-    pub(crate) armed: u64,
+    /// Waits armed by this ring (for tests; the server counts its own, across rings).
+    armed: u64,
 }
 
 impl KickWaits {
@@ -93,12 +93,12 @@ impl KickWaits {
         unsafe { BorrowedFd::borrow_raw(self.ring.as_raw_fd()) }
     }
 
-    /// Arms a wait on `client`'s `which` word unless one is pending; submitted by the next
-    /// [`submit`](Self::submit).
-    pub(crate) fn arm(&mut self, client: u64, which: Word, word: &WakeRef) -> io::Result<()> {
+    /// Arms a wait on `client`'s `which` word unless one is pending (then returns `false`);
+    /// submitted by the next [`submit`](Self::submit).
+    pub(crate) fn arm(&mut self, client: u64, which: Word, word: &WakeRef) -> io::Result<bool> {
         let data = user_data(client, which);
         if self.pending.contains_key(&data) {
-            return Ok(());
+            return Ok(false);
         }
         let (addr, sleeping) = word.futex_wait_target();
         let entry = opcode::FutexWait::new(addr, u64::from(sleeping), MATCH_ANY, FUTEX2_SIZE_U32)
@@ -107,7 +107,7 @@ impl KickWaits {
         self.push(&entry)?;
         self.pending.insert(data, word.clone());
         self.armed += 1;
-        Ok(())
+        Ok(true)
     }
 
     /// Cancels `client`'s pending waits (it is going), and reaps what has completed: a server
@@ -268,9 +268,9 @@ mod tests {
         let Some(mut w) = waits() else { return };
         let word = WakeRef::local();
         word.announce_sleep();
-        w.arm(7, Word::Requests, &word).unwrap();
+        assert!(w.arm(7, Word::Requests, &word).unwrap());
         // Armed once: a second arm while it is pending adds nothing.
-        w.arm(7, Word::Requests, &word).unwrap();
+        assert!(!w.arm(7, Word::Requests, &word).unwrap());
         w.submit().unwrap();
         assert_eq!((w.armed, w.pending()), (1, 1));
         assert_eq!(reap_until(&mut w, 1), 0, "completed without a wake-up");

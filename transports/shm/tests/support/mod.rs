@@ -389,11 +389,23 @@ pub struct FakePair {
 }
 
 pub fn fake_pair(call_mode: NotifyMode, buf_count: u32, pool_offset: u64) -> FakePair {
+    fake_pair_kicked(NotifyMode::Futex, call_mode, buf_count, pool_offset)
+}
+
+/// [`fake_pair`] with the kick in `kick_mode` (its eventfd, if it has one, sent after the
+/// memfd, as a server does).
+pub fn fake_pair_kicked(
+    kick_mode: NotifyMode,
+    call_mode: NotifyMode,
+    buf_count: u32,
+    pool_offset: u64,
+) -> FakePair {
+    use std::os::fd::AsFd;
     use subring_planes::pair::{PairConfig, PairSignals, ServiceSide};
     let config = PairConfig {
         sq_capacity: 64,
         cq_capacity: 64,
-        kick_mode: NotifyMode::Futex,
+        kick_mode,
         call_mode,
         event_idx: true,
     };
@@ -415,13 +427,16 @@ pub fn fake_pair(call_mode: NotifyMode, buf_count: u32, pool_offset: u64) -> Fak
         buf_count,
         sq_capacity: 64,
         cq_capacity: 64,
-        kick_mode: WireMode::Futex,
+        kick_mode: kick_mode.into(),
         call_mode: call_mode.into(),
-        kick_fd: false,
+        kick_fd: signals.kick.is_some(),
         call_fd: signals.call.is_some(),
         event_idx: true,
     };
     let mut fds = vec![region.fd().unwrap().try_clone_to_owned().unwrap()];
+    if let Some(kick) = &signals.kick {
+        fds.push(kick.as_fd().try_clone_to_owned().unwrap());
+    }
     if let Some(call) = &signals.call {
         // As a server does: an epoll instance watching its eventfd, not the eventfd.
         fds.push(call.peer_waiter().unwrap());
