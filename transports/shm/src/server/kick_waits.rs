@@ -254,6 +254,15 @@ mod tests {
         got
     }
 
+    /// Reaps until no wait is pending, or a second passes.
+    fn reap_until_none_pending(w: &mut KickWaits) {
+        let start = Instant::now();
+        while w.pending() > 0 && start.elapsed() < Duration::from_secs(1) {
+            w.reap().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// The peer's doorbell: claims the word and wakes it, if it says "sleeping".
     fn ring_doorbell(word: &WakeRef) -> bool {
         let claimed = word.take_sleeper();
@@ -326,11 +335,7 @@ mod tests {
         w.submit().unwrap();
         assert_eq!(w.pending(), 2);
         w.cancel(9).unwrap();
-        let start = Instant::now();
-        while w.pending() > 0 && start.elapsed() < Duration::from_secs(1) {
-            w.reap().unwrap();
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        reap_until_none_pending(&mut w);
         assert_eq!(w.pending(), 0, "the waits were not all cancelled");
     }
 
@@ -347,11 +352,7 @@ mod tests {
         w.cancels_due.push(5);
         w.retry_cancels();
         assert!(w.cancels_due.is_empty());
-        let start = Instant::now();
-        while w.pending() > 0 && start.elapsed() < Duration::from_secs(1) {
-            w.reap().unwrap();
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        reap_until_none_pending(&mut w);
         assert_eq!(w.pending(), 0, "the wait was not cancelled");
     }
 
