@@ -2,9 +2,11 @@
 //! byte, then prints throughput, latency and what crossed each plane.
 //!
 //! ```sh
-//! cargo run --release --example blk_client -- /tmp/subring-blk.sock [BLOCK_SIZE] [COUNT]
+//! cargo run --release --example blk_client -- /tmp/subring-blk.sock [BLOCK_SIZE] [COUNT] [--untrusting]
 //! ```
-//! BLOCK_SIZE defaults to 65536 (a multiple of 4096), COUNT (reads) to 20000.
+//! BLOCK_SIZE defaults to 65536 (a multiple of 4096), COUNT (reads) to 20000. `--untrusting`
+//! connects as a client that does not trust the server (`ClientOptions::untrusted_server`: its
+//! doorbell a futex wake, which the server waits on however it sleeps).
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,15 @@ fn fill(offset: u64, bytes: &mut [u8]) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let untrusting = all.iter().any(|a| a == "--untrusting");
+    if let Some(bad) = all
+        .iter()
+        .find(|a| a.starts_with("--") && *a != "--untrusting")
+    {
+        return Err(format!("unknown option {bad} (the one option is --untrusting)").into());
+    }
+    let mut args = all.into_iter().filter(|a| !a.starts_with("--"));
     let path = args
         .next()
         .unwrap_or_else(|| "/tmp/subring-blk.sock".to_string());
@@ -34,20 +44,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if block == 0 || block % 4096 != 0 {
         return Err("BLOCK_SIZE must be a positive multiple of 4096".into());
     }
-    let options = BlkOptions::new().buffers(block as u32, 64).capacity(64);
+    let mut options = BlkOptions::new().buffers(block as u32, 64).capacity(64);
+    if untrusting {
+        options.shm = options.shm.untrusted_server();
+    }
     let mut client = BlkClient::connect(&path, &options).map_err(|e| format!("blk_client: {e}"))?;
     let blocks = (client.size() / block as u64).min(4096);
     if blocks == 0 {
         return Err("the device is smaller than one block".into());
     }
     println!(
-        "connected to {path}: {} bytes, {}; {blocks} blocks of {block} bytes",
+        "connected to {path}: {} bytes, {}; {blocks} blocks of {block} bytes; doorbell: {}",
         client.size(),
         if client.direct() {
             "O_DIRECT"
         } else {
             "buffered"
-        }
+        },
+        client.shm().kick_mode()
     );
 
     // Write a pattern over the blocks used, then flush.
