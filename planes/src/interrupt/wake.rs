@@ -205,6 +205,26 @@ impl WakeWord {
     pub(super) fn loom_woken_since(&self, seen: u32) -> bool {
         self.wakes.load(Acquire) != seen
     }
+
+    /// Loom only: a `FUTEX_WAIT(word, SLEEPING)` armed now that completes later, as io_uring's
+    /// `FUTEX_WAIT` does (a server sleeping in epoll keeps one armed across its sleeps:
+    /// subring-shm's kick waits), modelled as the kernel runs it: `None` if the word does not
+    /// say "sleeping" (the wait completes at once), else the armed wait, which
+    /// [`loom_armed_wait_done`](Self::loom_armed_wait_done) reports done after any
+    /// `FUTEX_WAKE` of the word that came after it was armed.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn loom_arm_wait(&self) -> Option<u32> {
+        let (seen, value) = self.loom_futex_enter();
+        (value == SLEEPING).then_some(seen)
+    }
+
+    /// Loom only: whether the wait [`loom_arm_wait`](Self::loom_arm_wait) armed has completed.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn loom_armed_wait_done(&self, armed: u32) -> bool {
+        self.loom_woken_since(armed)
+    }
 }
 
 /// Whether a wake word's value says a waiter sleeps (any other value, a peer's scribble

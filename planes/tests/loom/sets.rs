@@ -156,3 +156,79 @@ fn the_futex_servers_control_and_main_threads_hand_off() {
 fn negative_control_acknowledging_before_lowering_is_caught() {
     futex_server_handoff(true);
 }
+
+const ARMED_WAIT_PREEMPTIONS: usize = 3;
+
+/// A server sleeping in epoll that waits on a client's futex doorbell through io_uring
+/// (subring-shm's kick waits): it arms a `FUTEX_WAIT` on the ring's word and keeps it armed
+/// across its sleeps until the wait completes. Here something else (another thread's event)
+/// wakes it once while its wait stays armed: it cancels its announcement, takes what the ring
+/// holds, announces again, re-checks the ring and, its wait still pending, sleeps on it without
+/// arming another. A completed wait is reaped before the next sleep, and a new one armed. A
+/// producer pushes two entries, each followed by its doorbell; both must be taken.
+fn armed_across_sleeps(recheck: bool) {
+    model_bounded(ARMED_WAIT_PREEMPTIONS, move || {
+        let (mut tx, mut rx) = Ring::<u32>::with_capacity(4).unwrap();
+        let word = rx.consumer_wake();
+        let event = Arc::new(loom::sync::atomic::AtomicU32::new(0));
+        let poker = thread::spawn({
+            let event = event.clone();
+            move || event.store(1, Ordering::Release)
+        });
+        let producer = thread::spawn(move || {
+            let doorbell =
+                SleepNotifier::new(tx.consumer_wake(), FutexSignal::new(), SpinPolicy::none());
+            for v in 0..2 {
+                tx.push(v).unwrap();
+                doorbell.notify().unwrap();
+            }
+        });
+        let (mut got, mut armed, mut evented) = (0, None, false);
+        while got < 2 {
+            word.announce_sleep();
+            if !(recheck && rx.has_entries().unwrap()) {
+                // Reaped: a wait that completed is armed no more.
+                if armed.is_some_and(|a| word.loom_armed_wait_done(a)) {
+                    armed = None;
+                }
+                if armed.is_none() {
+                    armed = word.loom_arm_wait();
+                }
+                // `epoll_wait`: until the armed wait completes, or the other event comes (a
+                // wait that completed at once, the word no longer "sleeping", is no sleep).
+                if let Some(a) = armed {
+                    loop {
+                        if word.loom_armed_wait_done(a) {
+                            armed = None;
+                            break;
+                        }
+                        if !evented && event.load(Ordering::Acquire) != 0 {
+                            evented = true;
+                            break;
+                        }
+                        thread::yield_now();
+                    }
+                }
+            }
+            word.cancel_sleep();
+            while rx.pop().unwrap().is_some() {
+                got += 1;
+            }
+        }
+        producer.join().unwrap();
+        poker.join().unwrap();
+    });
+}
+
+#[test]
+fn a_wait_armed_across_sleeps_loses_no_wakeup() {
+    armed_across_sleeps(true);
+}
+
+/// Negative control: a server that does not re-check its ring after announcing sleep sleeps
+/// on its armed wait through an entry whose doorbell was suppressed.
+#[test]
+#[should_panic(expected = "maximum number of branches")]
+fn negative_control_a_wait_armed_across_sleeps_without_a_recheck_is_caught() {
+    armed_across_sleeps(false);
+}
