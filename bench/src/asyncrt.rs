@@ -1,5 +1,6 @@
 //! Round trips awaited in a tokio runtime: subring-shm's `AsyncClient` (its completion eventfd
-//! registered with tokio through `AsyncFd`) against a tokio `UnixStream`, the way a tokio user
+//! registered with tokio through `AsyncFd`; or, in futex mode as a client that does not trust
+//! its server, an io_uring futex wait of its own) against a tokio `UnixStream`, the way a tokio user
 //! would talk to a process otherwise, both against a server in another process (subring's echo
 //! server; a blocking 8-byte echo on the socket). Measured in the `split` placement beside the
 //! blocking rows of [`crate::ipc`], so the async layer's own cost shows against
@@ -49,16 +50,25 @@ macro_rules! sample_async {
     }};
 }
 
-/// `n` echo round trips of an [`AsyncClient`] (eventfd mode, as it requires) in a
-/// current-thread runtime, against a forked server that sleeps in epoll.
-pub fn subring_async_rt(n: usize, placement: Placement) -> Result<Latency, String> {
+/// `n` echo round trips of an [`AsyncClient`] in a current-thread runtime, against a forked
+/// server that sleeps in epoll: in eventfd mode, or (`untrusting`) in futex mode as a client
+/// that does not trust its server (a futex doorbell, which the server waits on through
+/// io_uring, and completions awaited through an io_uring futex wait of the client's own).
+pub fn subring_async_rt(
+    n: usize,
+    placement: Placement,
+    untrusting: bool,
+) -> Result<Latency, String> {
     let (parent_cpu, child_cpu) = placement.cpus();
     let _pin = AffinityGuard::pin(parent_cpu)?;
     let (child, client_end) = crate::ipc::fork_server(child_cpu, ServerSleep::Epoll)?;
     let latency = runtime()?.block_on(async {
-        let options = ClientOptions::new(ECHO_PROTOCOL)
+        let mut options = ClientOptions::new(ECHO_PROTOCOL)
             .mode(NotifyMode::EventFd)
             .buffers(4096, 8);
+        if untrusting {
+            options = options.mode(NotifyMode::Futex).untrusted_server();
+        }
         let mut client = AsyncClient::<EchoReq, EchoResp>::from_socket(client_end, &options)
             .map_err(|e| format!("connect: {e}"))?;
         let mut seq = 0u64;

@@ -208,6 +208,8 @@ pub fn subring_rt_with(
 
 /// The row of a client that does not trust its server.
 const UNTRUSTING: &str = "subring futex, untrusting";
+/// The row of an async client that does not trust its server (futex mode, in tokio).
+const ASYNC_UNTRUSTING: &str = "subring async (tokio), futex, untrusting";
 
 /// Whether this kernel has io_uring futex waits (`IORING_OP_FUTEX_WAIT`, Linux 6.7), which a
 /// server sleeping in epoll needs to give a client a futex doorbell.
@@ -314,7 +316,7 @@ pub const SHARED: &str = "ipc round trip, 1 shared core";
 pub const PAYLOADS: &str = "4 KiB payloads, client to server";
 
 /// Measurements per repetition (for progress).
-const STEPS_PER_REP: u64 = 29;
+const STEPS_PER_REP: u64 = 30;
 
 /// Runs the round-trip and payload sections into `report`.
 pub fn run(
@@ -399,8 +401,12 @@ pub fn run(
             record("unix socket", peers::unix_socket_rt(n, placement), 2.0)?;
             if placement == Placement::Split {
                 // Awaited in a tokio runtime (its system calls are the runtime's: not counted).
-                let m = crate::asyncrt::subring_async_rt(n, placement);
+                let m = crate::asyncrt::subring_async_rt(n, placement, false);
                 record("subring async (tokio)", m, f64::NAN)?;
+                if futex_doorbells {
+                    let m = crate::asyncrt::subring_async_rt(n, placement, true);
+                    record(ASYNC_UNTRUSTING, m, f64::NAN)?;
+                }
                 let m = crate::asyncrt::tokio_unix_rt(n, placement);
                 record("tokio unix socket", m, f64::NAN)?;
             }
@@ -454,6 +460,14 @@ pub fn run(
     split.compare("unix socket", "subring futex", Some("<= 0.9"));
     split.compare("tokio unix socket", "subring async (tokio)", Some("< 1"));
     split.compare("subring eventfd", "subring async (tokio)", None);
+    if futex_doorbells {
+        split.compare("subring async (tokio)", ASYNC_UNTRUSTING, None);
+    } else {
+        report.skipped.push((
+            format!("{SPLIT}: {ASYNC_UNTRUSTING}"),
+            "no io_uring futex waits here (Linux 6.7; io_uring not turned off)".into(),
+        ));
+    }
     split.best_of("best of spin, eventfd", "subring spin", "subring eventfd");
     split.compare("best of spin, eventfd", "subring adaptive", Some("<= 1.5"));
     // Spin mode is not run on one core (spinning there waits out a scheduler tick): blocking

@@ -112,6 +112,12 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
         Ok(self.cq.available()? as usize)
     }
 
+    /// The completion ring's wake word, which this side announces its sleeps on (in futex
+    /// mode, the word a `FUTEX_WAIT` made elsewhere, through io_uring say, waits on).
+    pub fn completion_wake(&self) -> WakeRef {
+        self.cq.consumer_wake()
+    }
+
     /// Whether the service side has closed (its completions may still be waiting to be reaped).
     pub fn peer_closed(&self) -> bool {
         self.service_closed()

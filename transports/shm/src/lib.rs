@@ -67,6 +67,7 @@ mod client;
 pub mod echo;
 mod error;
 mod futex_sleep;
+mod futex_waits;
 #[cfg(feature = "mio")]
 pub mod mio;
 mod peer_fd;

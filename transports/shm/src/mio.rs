@@ -1,7 +1,9 @@
 //! A client in a plain mio event loop (feature `mio`): [`Client`] is a [`mio::event::Source`].
 //!
 //! Register it with a [`mio::Poll`] beside your own sockets, under one token: its event means
-//! that completions may be ready, or that the server spoke or died. The loop is the completion
+//! that completions may be ready, or that the server spoke or died. The client must be in
+//! eventfd or futex mode ([`Client::poll_fd`]: in futex mode it waits through an io_uring of
+//! its own, which a client that does not trust its server can do). The loop is the completion
 //! channel protocol of the epoll example: [`arm`](Client::arm) before polling (`true`: reap
 //! first), poll, then [`disarm_edge`](Client::disarm_edge) (mio is edge-triggered, so the
 //! eventfd need not be drained) and reap until empty;
@@ -52,29 +54,26 @@ use mio::event::Source;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
-use crate::{Client, ConfigError, NotifyMode};
+use crate::{Client, Error};
 
 impl<S: Pod, C: Pod> Client<S, C> {
-    /// The two descriptors an event loop watches: the completion eventfd and the control
-    /// socket. Only an [`NotifyMode::EventFd`] client has the first.
-    fn event_fds(&self) -> io::Result<[i32; 2]> {
-        let completion = self.completion_fd().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                ConfigError::Mode {
-                    what: "a client in a mio event loop (it waits on its completion eventfd)",
-                    needs: NotifyMode::EventFd,
-                    given: self.mode(),
-                },
-            )
+    /// The two descriptors an event loop watches: [`poll_fd`](Client::poll_fd) (the
+    /// completion eventfd's epoll instance, or in futex mode an io_uring futex wait) and the
+    /// control socket.
+    fn event_fds(&mut self) -> io::Result<[i32; 2]> {
+        let completion = self.poll_fd().map_err(|e| match e {
+            Error::Io { op, source } => io::Error::new(source.kind(), format!("{op}: {source}")),
+            Error::Config(c) => io::Error::new(io::ErrorKind::InvalidInput, c),
+            e => io::Error::new(io::ErrorKind::InvalidInput, e),
         })?;
         Ok([completion.as_raw_fd(), self.control_fd().as_raw_fd()])
     }
 }
 
-/// Both descriptors under the caller's token: the completion eventfd and the control socket
-/// (the server's messages and its hang-up). Refused (`InvalidInput`, with a
-/// [`ConfigError::Mode`] inside) for a client not in [`NotifyMode::EventFd`].
+/// Both descriptors under the caller's token: [`Client::poll_fd`] and the control socket (the
+/// server's messages and its hang-up). Refused (`InvalidInput`, with a
+/// [`ConfigError::Mode`](crate::ConfigError::Mode) inside) for a client in a mode that spins
+/// ([`NotifyMode::Spin`](crate::NotifyMode::Spin), [`NotifyMode::Adaptive`](crate::NotifyMode::Adaptive)).
 impl<S: Pod, C: Pod> Source for Client<S, C> {
     fn register(
         &mut self,

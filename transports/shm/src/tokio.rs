@@ -1,13 +1,17 @@
-//! A client inside a tokio runtime (feature `tokio`): completions awaited on the client's
-//! completion eventfd through tokio's `AsyncFd`, beside its control socket, so a task sleeps
-//! in the runtime's own epoll rather than blocking a worker thread, and a dead server wakes it
-//! as a hang-up.
+//! A client inside a tokio runtime (feature `tokio`): completions awaited through tokio's
+//! `AsyncFd` on the client's [`poll_fd`](crate::Client::poll_fd) (its completion eventfd's
+//! epoll instance in eventfd mode; in futex mode an io_uring of its own whose `FUTEX_WAIT` on
+//! the completion word the server's futex wake ends), beside its control socket, so a task
+//! sleeps in the runtime's own epoll rather than blocking a worker thread, and a dead server
+//! wakes it as a hang-up. Futex mode is the one a client that does not trust its server
+//! ([`ClientOptions::untrusted_server`]) can use.
 //!
 //! The wait is the planes' arm/disarm protocol: announce the sleep (`arm`; if completions are
-//! already there, no sleep at all), await the eventfd or the socket, end the announcement
+//! already there, no sleep at all), await the descriptor or the socket, end the announcement
 //! (`disarm_edge`: tokio's epoll is edge-triggered, so the eventfd is not drained). While
 //! completions keep coming, no system call is made; a wait that sleeps costs the runtime's
-//! `epoll_wait`, and the server's doorbell, nothing more. The socket is looked at only after
+//! `epoll_wait` and the server's doorbell (and in futex mode the `io_uring_enter` that arms
+//! the wait), nothing more. The socket is looked at only after
 //! it fired. A wait future dropped before it finishes (a `select!` that took another branch, a
 //! timeout) ends the announcement in its drop: nothing is lost (completions stay in the ring)
 //! and nothing is leaked.
@@ -47,11 +51,12 @@ use tokio::io::Interest;
 use crate::queue::{Completer, QueueError, Submitter};
 use crate::{Client, ClientOptions, ConfigError, Error, NotifyMode};
 
-/// A [`Client`] whose waits are `async`: its completion eventfd and control socket are
-/// registered with the tokio runtime it was made in.
+/// A [`Client`] whose waits are `async`: its [`poll_fd`](Client::poll_fd) and control socket
+/// are registered with the tokio runtime it was made in.
 ///
-/// It needs [`NotifyMode::EventFd`] (the one mode whose completions arrive on a descriptor an
-/// event loop can watch); others are refused with [`Error::Config`].
+/// It needs [`NotifyMode::EventFd`] or [`NotifyMode::Futex`] (the modes whose completions can
+/// arrive on a descriptor an event loop watches; futex mode through io_uring, Linux 6.7);
+/// the spinning modes are refused with [`Error::Config`].
 #[derive(Debug)]
 pub struct AsyncClient<S: Pod, C: Pod> {
     client: Client<S, C>,
@@ -77,10 +82,10 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
     }
 
     fn check(options: &ClientOptions) -> Result<(), Error> {
-        if options.mode != NotifyMode::EventFd {
+        if !matches!(options.mode, NotifyMode::EventFd | NotifyMode::Futex) {
             return Err(ConfigError::Mode {
-                what: "an async client (it waits on its completion eventfd)",
-                needs: NotifyMode::EventFd,
+                what: "an async client in a mode other than eventfd (it waits in tokio's epoll)",
+                needs: NotifyMode::Futex,
                 given: options.mode,
             }
             .into());
@@ -88,8 +93,8 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
         Ok(())
     }
 
-    fn over(client: Client<S, C>) -> Result<Self, Error> {
-        let (completion, control) = register(&client)?;
+    fn over(mut client: Client<S, C>) -> Result<Self, Error> {
+        let (completion, control) = register(&mut client)?;
         Ok(AsyncClient {
             completion,
             control,
@@ -131,8 +136,8 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
                 }
                 continue;
             }
-            // Armed: the server wakes the eventfd for the next completion. The guard disarms
-            // however this ends (a dropped future included).
+            // Armed: the server wakes the eventfd (or the futex the ring waits on) for the next
+            // completion. The guard disarms however this ends (a dropped future included).
             let armed = Armed(&mut self.client);
             let (completion, control) = (&self.completion, &self.control);
             let fired = std::future::poll_fn(|cx| {
@@ -176,21 +181,16 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
     }
 }
 
-/// Registers `client`'s completion eventfd and control socket (duplicates, owned by the
-/// returned values) with the current runtime.
+/// Registers `client`'s [`poll_fd`](Client::poll_fd) and control socket (duplicates, owned by
+/// the returned values) with the current runtime.
 fn register<S: Pod, C: Pod>(
-    client: &Client<S, C>,
+    client: &mut Client<S, C>,
 ) -> Result<(AsyncFd<OwnedFd>, AsyncFd<OwnedFd>), Error> {
     let io = |op: &'static str| move |source| Error::Io { op, source };
     let completion = client
-        .completion_fd()
-        .ok_or(ConfigError::Mode {
-            what: "an async client (it waits on its completion eventfd)",
-            needs: NotifyMode::EventFd,
-            given: client.mode(),
-        })?
+        .poll_fd()?
         .try_clone_to_owned()
-        .map_err(io("duplicating the completion eventfd"))?;
+        .map_err(io("duplicating the completion descriptor"))?;
     let control = client
         .control_fd()
         .try_clone_to_owned()
@@ -204,7 +204,10 @@ fn register<S: Pod, C: Pod>(
         })
     };
     Ok((
-        register(completion, "registering the completion eventfd with tokio")?,
+        register(
+            completion,
+            "registering the completion descriptor with tokio",
+        )?,
         register(control, "registering the control socket with tokio")?,
     ))
 }
@@ -220,8 +223,9 @@ impl<S: Pod, C: Pod> Drop for Armed<'_, S, C> {
 
 /// A byte stream ([`Stream`](crate::stream::Stream)) as tokio's `AsyncRead`, `AsyncBufRead`
 /// and `AsyncWrite`: the stream runs non-blocking, and a call that would wait registers the
-/// task's waker on the client's completion eventfd and control socket (the client armed, so
-/// the server wakes it) and returns `Pending`. The client needs [`NotifyMode::EventFd`].
+/// task's waker on the client's [`poll_fd`](Client::poll_fd) and control socket (the client
+/// armed, so the server wakes it) and returns `Pending`. The client needs
+/// [`NotifyMode::EventFd`] or [`NotifyMode::Futex`], as [`AsyncClient`] does.
 ///
 /// ```
 /// use subring_shm::stream::{ByteService, StreamHandler, STREAM_PROTOCOL};
@@ -284,7 +288,7 @@ impl AsyncStream {
 
     fn over(mut stream: crate::stream::Stream) -> Result<Self, Error> {
         stream.set_nonblocking(true);
-        let (completion, control) = register(stream.client())?;
+        let (completion, control) = register(stream.client_mut())?;
         Ok(AsyncStream {
             stream,
             completion,
@@ -301,7 +305,7 @@ impl AsyncStream {
     }
 
     /// Runs `op` until it does not say `WouldBlock`; when it does, arms the client and waits
-    /// (as `Pending`) for the completion eventfd or the control socket.
+    /// (as `Pending`) for the completion descriptor or the control socket.
     fn poll_io<T>(
         &mut self,
         cx: &mut std::task::Context<'_>,

@@ -1,5 +1,6 @@
-//! The client as a mio event source: a pipelined loop that sleeps only in `Poll::poll`, a
-//! server's death waking it, and the mode it needs.
+//! The client as a mio event source, in each way it can wait (eventfd mode; futex mode through
+//! an io_uring of its own, trusting its server or not): a pipelined loop that sleeps only in
+//! `Poll::poll`, a server's death waking it, and the modes it refuses.
 #![cfg(feature = "mio")]
 
 mod support;
@@ -15,6 +16,18 @@ use support::*;
 const CLIENT: Token = Token(3);
 const LIMIT: Duration = Duration::from_secs(10);
 
+/// `Poll::poll`, again while it says `Interrupted` (as a mio loop must: a futex-mode client's
+/// io_uring wait interrupts the thread that armed it when it completes), until `limit`.
+fn poll_until(poll: &mut Poll, events: &mut Events, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        match poll.poll(events, Some(limit.saturating_sub(start.elapsed()))) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r.unwrap(),
+        }
+    }
+}
+
 fn ping(seq: u64) -> EchoReq {
     EchoReq {
         seq,
@@ -23,11 +36,20 @@ fn ping(seq: u64) -> EchoReq {
     }
 }
 
+/// A pipelined loop: every poll must end with an event well before its limit (a lost wake-up
+/// would leave the loop asleep until it), and every hundredth round lets the server fall
+/// asleep first, so the loop's wake-ups come from the server's doorbell.
 #[test]
 fn a_mio_loop_pipelines_and_sleeps_only_in_poll() {
     let (server, path) = echo_server("mio-loop");
-    let mut client =
-        Client::<EchoReq, EchoResp>::connect(&path, &options(NotifyMode::EventFd)).unwrap();
+    for (way, options) in event_loop_options(subring_shm::echo::ECHO_PROTOCOL) {
+        pipelined_loop(&path, &options, way);
+    }
+    server.stop().unwrap();
+}
+
+fn pipelined_loop(path: &std::path::Path, options: &subring_shm::ClientOptions, way: &str) {
+    let mut client = Client::<EchoReq, EchoResp>::connect(path, options).unwrap();
     let mut poll = Poll::new().unwrap();
     poll.registry()
         .register(&mut client, CLIENT, Interest::READABLE)
@@ -37,7 +59,14 @@ fn a_mio_loop_pipelines_and_sleeps_only_in_poll() {
     let (mut sent, mut done, mut polls) = (0u64, 0u64, 0u64);
     let start = Instant::now();
     while done < total {
-        assert!(start.elapsed() < 6 * LIMIT, "{done} of {total} answered");
+        assert!(
+            start.elapsed() < 6 * LIMIT,
+            "{way}: {done} of {total} answered"
+        );
+        if done % 100 == 99 && done == sent {
+            // Long enough for the server's polling window to end in a sleep.
+            std::thread::sleep(Duration::from_millis(20));
+        }
         while sent < total && sent - done < 32 {
             client.push(ping(sent)).unwrap();
             sent += 1;
@@ -48,24 +77,29 @@ fn a_mio_loop_pipelines_and_sleeps_only_in_poll() {
             done += 1;
         }
         if done < sent && !client.arm().unwrap() {
-            poll.poll(&mut events, Some(LIMIT)).unwrap();
-            assert!(!events.is_empty(), "an event within {LIMIT:?}");
+            let slept = Instant::now();
+            poll_until(&mut poll, &mut events, LIMIT);
+            assert!(!events.is_empty(), "{way}: an event within {LIMIT:?}");
+            assert!(slept.elapsed() < LIMIT / 2, "{way}: {:?}", slept.elapsed());
             assert!(events.iter().all(|e| e.token() == CLIENT));
             polls += 1;
         }
         client.disarm_edge();
     }
-    assert!(polls <= total, "{polls} polls for {total} answers");
+    assert!(polls <= total, "{way}: {polls} polls for {total} answers");
     poll.registry().deregister(&mut client).unwrap();
-    drop(client);
-    server.stop().unwrap();
 }
 
 #[test]
 fn a_dying_server_wakes_the_mio_loop() {
-    let (server, path) = echo_server("mio-death");
-    let mut client =
-        Client::<EchoReq, EchoResp>::connect(&path, &options(NotifyMode::EventFd)).unwrap();
+    for (way, options) in event_loop_options(subring_shm::echo::ECHO_PROTOCOL) {
+        dying_server(&options, way);
+    }
+}
+
+fn dying_server(options: &subring_shm::ClientOptions, way: &str) {
+    let (server, path) = echo_server(&format!("mio-death-{}", way.replace([',', ' '], "")));
+    let mut client = Client::<EchoReq, EchoResp>::connect(&path, options).unwrap();
     let mut poll = Poll::new().unwrap();
     poll.registry()
         .register(&mut client, CLIENT, Interest::READABLE)
@@ -77,42 +111,43 @@ fn a_dying_server_wakes_the_mio_loop() {
     });
     let mut events = Events::with_capacity(8);
     let start = Instant::now();
-    poll.poll(&mut events, Some(LIMIT)).unwrap();
+    poll_until(&mut poll, &mut events, LIMIT);
     assert!(
         !events.is_empty() && start.elapsed() < LIMIT,
-        "the server's exit is an event, not a timeout"
+        "{way}: the server's exit is an event, not a timeout"
     );
     client.disarm_edge();
     // The server is gone: a wait says so at once instead of timing out.
     let r = client.wait_reap(LIMIT);
-    assert!(matches!(r, Err(QueueError::PeerGone)), "{r:?}");
+    assert!(matches!(r, Err(QueueError::PeerGone)), "{way}: {r:?}");
     assert!(start.elapsed() < LIMIT);
     stopper.join().unwrap();
 }
 
+/// A client that spins cannot be registered: `InvalidInput`, the mode named inside.
 #[test]
-fn only_an_eventfd_client_can_be_registered() {
+fn a_spinning_client_cannot_be_registered() {
     let (server, path) = echo_server("mio-mode");
-    let mut client =
-        Client::<EchoReq, EchoResp>::connect(&path, &options(NotifyMode::Futex)).unwrap();
-    let poll = Poll::new().unwrap();
-    let err = poll
-        .registry()
-        .register(&mut client, CLIENT, Interest::READABLE)
-        .unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
-    let inner = err.get_ref().and_then(|e| e.downcast_ref::<ConfigError>());
-    assert!(
-        matches!(
-            inner,
-            Some(ConfigError::Mode {
-                needs: NotifyMode::EventFd,
-                given: NotifyMode::Futex,
-                ..
-            })
-        ),
-        "{err}"
-    );
-    drop(client);
+    for mode in [NotifyMode::Spin, NotifyMode::Adaptive] {
+        let mut client = Client::<EchoReq, EchoResp>::connect(&path, &options(mode)).unwrap();
+        let poll = Poll::new().unwrap();
+        let err = poll
+            .registry()
+            .register(&mut client, CLIENT, Interest::READABLE)
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<ConfigError>());
+        assert!(
+            matches!(
+                inner,
+                Some(ConfigError::Mode {
+                    needs: NotifyMode::Futex,
+                    given,
+                    ..
+                }) if *given == mode
+            ),
+            "{err}"
+        );
+    }
     server.stop().unwrap();
 }

@@ -1,5 +1,6 @@
-//! The async client under tokio: round trips, a dropped wait that loses and leaks nothing, a
-//! server's death waking an async wait, and the mode it needs.
+//! The async client under tokio, in each way it can wait (eventfd mode; futex mode through an
+//! io_uring of its own, trusting its server or not): round trips, a dropped wait that loses
+//! and leaks nothing, a server's death waking an async wait, and the modes it refuses.
 #![cfg(feature = "tokio")]
 // The tests' own bookkeeping (a lock that keeps the descriptor count to one test at a time) is
 // not a protocol under test: std types.
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use subring_shm::echo::{self, EchoOp, EchoReq, EchoResp, EchoStatus, ECHO_PROTOCOL};
 use subring_shm::queue::QueueError;
 use subring_shm::tokio::AsyncClient;
-use subring_shm::{ClientOptions, Error, NotifyMode, Server, ServerConfig};
+use subring_shm::{ClientOptions, ConfigError, Error, NotifyMode, Server, ServerConfig};
 use support::*;
 
 type Async = AsyncClient<EchoReq, EchoResp>;
@@ -24,8 +25,26 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn eventfd_options() -> ClientOptions {
-    options(NotifyMode::EventFd)
+/// How long one awaited answer may take before the test fails: a lost wake-up. The wait is
+/// bounded by a longer timeout, whose expiry polls the wait once more, and that poll finds the
+/// answer that was there all along: a timeout alone would not see the loss.
+const ANSWER: Duration = Duration::from_secs(5);
+
+/// Awaits `f`, failing the test if it takes longer than [`ANSWER`] (bounded at four times
+/// that).
+async fn answered<F: std::future::Future>(what: impl std::fmt::Display, f: F) -> F::Output {
+    let start = Instant::now();
+    let out = tokio::time::timeout(4 * ANSWER, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {:?}", 4 * ANSWER));
+    let took = start.elapsed();
+    assert!(took < ANSWER, "{what}: took {took:?} (a lost wake-up)");
+    out
+}
+
+/// Connects an async client with `options` to the echo server at `path`.
+fn connect(path: &std::path::Path, options: &ClientOptions) -> Async {
+    Async::connect(path, options).unwrap_or_else(|e| panic!("{:?}: {e}", options.mode))
 }
 
 /// The tests of this file run one at a time: one counts the process's descriptors.
@@ -35,31 +54,44 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Round trips, each awaited with a timeout; between two of them the server falls asleep
+/// (every hundredth round waits for that first), so the task's wait must be woken by the
+/// server's wake-up of the descriptor it awaits.
 #[test]
 fn async_round_trips_in_a_tokio_runtime() {
     let _serial = serial();
     let (server, path) = echo_server("tokio-round-trips");
-    runtime().block_on(async {
-        let mut client = Async::connect(&path, &eventfd_options()).unwrap();
-        for seq in 0..2000 {
-            let mut buf = client.client().alloc().unwrap();
-            buf.fill_from(b"async payload");
-            let answer = client
-                .call(EchoReq {
-                    seq,
-                    op: EchoOp::UPPER,
-                    reserved: 0,
-                    buf: buf.lend(),
-                })
-                .await
-                .unwrap();
-            assert_eq!((answer.seq, answer.status), (seq, EchoStatus::OK));
-            assert_eq!(answer.sum, echo::checksum(b"async payload"));
-            let back = client.client().reclaim(answer.buf).unwrap();
-            assert_eq!(back.to_vec(), b"ASYNC PAYLOAD");
-        }
-    });
+    for (way, options) in event_loop_options(ECHO_PROTOCOL) {
+        runtime().block_on(async {
+            let mut client = connect(&path, &options);
+            round_trips(&mut client, way).await;
+        });
+    }
     server.stop().unwrap();
+}
+
+async fn round_trips(client: &mut Async, way: &str) {
+    for seq in 0..2000 {
+        if seq % 100 == 99 {
+            // Long enough for the server's polling window to end in a sleep.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut buf = client.client().alloc().unwrap();
+        buf.fill_from(b"async payload");
+        let call = client.call(EchoReq {
+            seq,
+            op: EchoOp::UPPER,
+            reserved: 0,
+            buf: buf.lend(),
+        });
+        let answer = answered(format_args!("{way}, call {seq}"), call)
+            .await
+            .unwrap();
+        assert_eq!((answer.seq, answer.status), (seq, EchoStatus::OK), "{way}");
+        assert_eq!(answer.sum, echo::checksum(b"async payload"));
+        let back = client.client().reclaim(answer.buf).unwrap();
+        assert_eq!(back.to_vec(), b"ASYNC PAYLOAD");
+    }
 }
 
 /// A wait future dropped unfinished (a timeout, a `select!` that took another branch) ends
@@ -69,14 +101,24 @@ fn async_round_trips_in_a_tokio_runtime() {
 fn a_dropped_wait_loses_nothing_and_leaks_nothing() {
     let _serial = serial();
     let (server, path) = echo_server("tokio-dropped-wait");
-    runtime().block_on(async {
-        let mut client = Async::connect(&path, &eventfd_options()).unwrap();
+    for (way, options) in event_loop_options(ECHO_PROTOCOL) {
+        runtime().block_on(dropped_waits(&path, &options, way));
+    }
+    server.stop().unwrap();
+}
+
+async fn dropped_waits(path: &std::path::Path, options: &ClientOptions, way: &str) {
+    {
+        let mut client = connect(path, options);
         let free = client.client().pool().free_count();
         let fds = open_fds();
         for round in 0..200u64 {
             // Nothing in flight: the wait arms, sleeps, and is dropped by the timeout.
             let waited = tokio::time::timeout(Duration::from_micros(200), client.ready()).await;
-            assert!(waited.is_err(), "round {round}: nothing was in flight");
+            assert!(
+                waited.is_err(),
+                "{way}, round {round}: nothing was in flight"
+            );
             // Now a request, and a wait dropped as soon as it has polled once.
             let mut buf = client.client().alloc().unwrap();
             buf.fill_from(&round.to_le_bytes());
@@ -95,16 +137,21 @@ fn a_dropped_wait_loses_nothing_and_leaks_nothing() {
                 _ = client.ready() => {}
             }
             // The answer is not lost.
-            let answer = client.next().await.unwrap();
+            let answer = answered(format_args!("{way}, round {round}"), client.next())
+                .await
+                .unwrap();
             assert_eq!(answer.seq, round);
             assert_eq!(answer.sum, echo::checksum(&round.to_le_bytes()));
             drop(client.client().reclaim(answer.buf).unwrap());
         }
-        assert_eq!(client.client().pool().free_count(), free, "buffers lost");
+        assert_eq!(
+            client.client().pool().free_count(),
+            free,
+            "{way}: buffers lost"
+        );
         // No more than before (fewer: an earlier test's descriptor closed late).
-        assert!(open_fds() <= fds, "descriptors leaked");
-    });
-    server.stop().unwrap();
+        assert!(open_fds() <= fds, "{way}: descriptors leaked");
+    }
 }
 
 /// A server that stops while a task awaits its completions wakes the task with `PeerGone`.
@@ -121,17 +168,28 @@ fn the_server_stopping_wakes_an_async_wait() {
     .spawn()
     .unwrap();
     let stopper = server.stopper();
+    let ways = event_loop_options(ECHO_PROTOCOL);
     runtime().block_on(async {
-        let mut client = Async::connect(&path, &eventfd_options()).unwrap();
+        let mut clients: Vec<(&str, Async)> = ways
+            .iter()
+            .map(|(way, options)| (*way, connect(&path, options)))
+            .collect();
         let stop = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             stopper.stop()
         });
         let start = Instant::now();
-        let waited = tokio::time::timeout(Duration::from_secs(20), client.ready())
-            .await
-            .expect("the wait ended");
-        assert!(matches!(waited, Err(QueueError::PeerGone)), "{waited:?}");
+        // Every client waits at once; the server's stop must wake each.
+        let waits = clients.iter_mut().map(|(way, client)| async move {
+            let waited = tokio::time::timeout(Duration::from_secs(20), client.ready())
+                .await
+                .unwrap_or_else(|_| panic!("{way}: the wait did not end"));
+            assert!(
+                matches!(waited, Err(QueueError::PeerGone)),
+                "{way}: {waited:?}"
+            );
+        });
+        futures_join_all(waits).await;
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "{:?}",
@@ -142,13 +200,32 @@ fn the_server_stopping_wakes_an_async_wait() {
     drop(server);
 }
 
+/// Awaits every future (concurrently, on this task).
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
+    let mut futures: Vec<_> = futures.map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        futures.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if futures.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// The spinning modes cannot be awaited: a configuration error that names the mode.
 #[test]
-fn only_eventfd_mode_can_be_awaited() {
+fn only_eventfd_and_futex_modes_can_be_awaited() {
     let _serial = serial();
     let (server, path) = echo_server("tokio-modes");
-    let err = runtime()
-        .block_on(async { Async::connect(&path, &options(NotifyMode::Futex)).unwrap_err() });
-    assert!(matches!(err, Error::Config(_)), "{err}");
+    for mode in [NotifyMode::Spin, NotifyMode::Adaptive] {
+        let err = runtime().block_on(async { Async::connect(&path, &options(mode)).unwrap_err() });
+        assert!(
+            matches!(err, Error::Config(ConfigError::Mode { given, .. }) if given == mode),
+            "{err}"
+        );
+    }
     server.stop().unwrap();
 }
 
@@ -185,8 +262,16 @@ mod streams {
         (server, path)
     }
 
-    fn stream_options() -> ClientOptions {
-        ClientOptions::new(STREAM_PROTOCOL).mode(NotifyMode::EventFd)
+    /// The stream client's defaults, in each way it can wait.
+    fn stream_ways() -> Vec<(&'static str, ClientOptions)> {
+        event_loop_options(STREAM_PROTOCOL)
+            .into_iter()
+            .map(|(way, o)| {
+                let mut options = ClientOptions::new(STREAM_PROTOCOL).mode(o.mode);
+                options.untrusted_server = o.untrusted_server;
+                (way, options)
+            })
+            .collect()
     }
 
     /// A megabyte written by one task and read back by another, concurrently, through
@@ -197,26 +282,38 @@ mod streams {
         let (server, path) = stream_server("tokio-stream-mib");
         let data: Vec<u8> = (0..1 << 20).map(|i| b'a' + (i % 26) as u8).collect();
         let want = data.to_ascii_uppercase();
-        runtime().block_on(async move {
-            let stream = AsyncStream::connect(&path, &stream_options()).unwrap();
-            let (mut rx, mut tx) = tokio::io::split(stream);
-            let writer = tokio::spawn(async move {
-                for chunk in data.chunks(10_007) {
-                    tx.write_all(chunk).await.unwrap();
-                }
-                tx.shutdown().await.unwrap();
-                tx
+        for (way, options) in stream_ways() {
+            let (data, want, path) = (data.clone(), want.clone(), path.clone());
+            runtime().block_on(async move {
+                let stream = AsyncStream::connect(&path, &options).unwrap();
+                let (mut rx, mut tx) = tokio::io::split(stream);
+                let writer = tokio::spawn(async move {
+                    for chunk in data.chunks(10_007) {
+                        tx.write_all(chunk).await.unwrap();
+                    }
+                    tx.shutdown().await.unwrap();
+                    tx
+                });
+                let mut back = Vec::new();
+                let start = Instant::now();
+                tokio::time::timeout(Duration::from_secs(60), rx.read_to_end(&mut back))
+                    .await
+                    .unwrap_or_else(|_| panic!("{way}: {} bytes back in 60 s", back.len()))
+                    .unwrap();
+                let took = start.elapsed();
+                assert!(
+                    took < Duration::from_secs(20),
+                    "{way}: {took:?} (lost wake-ups)"
+                );
+                let _tx = writer.await.unwrap();
+                assert!(
+                    back == want,
+                    "{way}: {} bytes back, {} expected",
+                    back.len(),
+                    want.len()
+                );
             });
-            let mut back = Vec::new();
-            rx.read_to_end(&mut back).await.unwrap();
-            let _tx = writer.await.unwrap();
-            assert!(
-                back == want,
-                "{} bytes back, {} expected",
-                back.len(),
-                want.len()
-            );
-        });
+        }
         server.stop().unwrap();
     }
 
@@ -226,29 +323,38 @@ mod streams {
     fn a_dropped_read_loses_nothing() {
         let _serial = serial();
         let (server, path) = stream_server("tokio-stream-dropped");
-        runtime().block_on(async move {
-            let mut stream = AsyncStream::connect(&path, &stream_options()).unwrap();
-            let fds = open_fds();
-            for round in 0..100 {
-                // Nothing was sent: the read waits, and is dropped by the timeout.
-                let mut byte = [0u8; 1];
-                let r = tokio::time::timeout(Duration::from_micros(300), stream.read(&mut byte));
-                assert!(r.await.is_err(), "round {round}: nothing to read yet");
-                stream
-                    .write_all(format!("line {round}\n").as_bytes())
-                    .await
-                    .unwrap();
-                stream.flush().await.unwrap();
-                let mut line = String::new();
-                tokio::io::BufReader::new(&mut stream)
-                    .read_line(&mut line)
-                    .await
-                    .unwrap();
-                assert_eq!(line, format!("LINE {round}\n"));
-            }
-            // No more than before (fewer: an earlier test's descriptor closed late).
-            assert!(open_fds() <= fds, "descriptors leaked");
-        });
+        for (way, options) in stream_ways() {
+            let path = path.clone();
+            runtime().block_on(async move {
+                let mut stream = AsyncStream::connect(&path, &options).unwrap();
+                let fds = open_fds();
+                for round in 0..100 {
+                    // Nothing was sent: the read waits, and is dropped by the timeout.
+                    let mut byte = [0u8; 1];
+                    let r =
+                        tokio::time::timeout(Duration::from_micros(300), stream.read(&mut byte));
+                    assert!(
+                        r.await.is_err(),
+                        "{way}, round {round}: nothing to read yet"
+                    );
+                    let mut line = String::new();
+                    let line_back = async {
+                        let text = format!("line {round}\n");
+                        stream.write_all(text.as_bytes()).await?;
+                        stream.flush().await?;
+                        tokio::io::BufReader::new(&mut stream)
+                            .read_line(&mut line)
+                            .await
+                    };
+                    answered(format_args!("{way}, round {round}"), line_back)
+                        .await
+                        .unwrap();
+                    assert_eq!(line, format!("LINE {round}\n"), "{way}");
+                }
+                // No more than before (fewer: an earlier test's descriptor closed late).
+                assert!(open_fds() <= fds, "{way}: descriptors leaked");
+            });
+        }
         server.stop().unwrap();
     }
 
@@ -258,16 +364,16 @@ mod streams {
         let _serial = serial();
         let (server, path) = stream_server("tokio-stream-stop");
         let stopper = server.stopper();
+        // The last way: futex mode, untrusting, where io_uring has futex waits.
+        let (way, options) = stream_ways().pop().unwrap();
         runtime().block_on(async move {
-            let mut stream = AsyncStream::connect(&path, &stream_options()).unwrap();
+            let mut stream = AsyncStream::connect(&path, &options).unwrap();
             let stop = std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(50));
                 stopper.stop()
             });
             let mut byte = [0u8; 1];
-            let r = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut byte))
-                .await
-                .expect("the read ended");
+            let r = answered(way, stream.read(&mut byte)).await;
             assert!(r.is_err() || r.unwrap() == 0);
             stop.join().unwrap().unwrap();
         });

@@ -320,6 +320,7 @@ impl<S: Pod, C: Pod> Client<S, C> {
             gone: false,
             sees_hangup: watches_hangup || watch.is_some(),
             _watch: watch,
+            futex_poll: None,
         })
     }
 }

@@ -24,6 +24,9 @@ use crate::watch::Watch;
 use crate::{ConfigError, Error, FdError};
 
 mod connect;
+mod futex_poll;
+
+use futex_poll::FutexPoll;
 
 /// What a client asks the server for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,8 +95,9 @@ impl ClientOptions {
     /// io_uring (`IORING_OP_FUTEX_WAIT`, Linux 6.7), or refuses the client where the kernel
     /// lacks it ([`Refusal::Unsupported`](crate::proto::Refusal::Unsupported)). Such a client should
     /// wait with timeouts: a wait without one ends only with a completion or the server's
-    /// hang-up, neither of which a hostile server owes it. The async wrappers (tokio, mio)
-    /// wait on an eventfd, so they cannot use this.
+    /// hang-up, neither of which a hostile server owes it. In an event loop (tokio, mio),
+    /// such a client runs in [`NotifyMode::Futex`] and waits through an io_uring of its own
+    /// ([`Client::poll_fd`]).
     pub fn untrusted_server(mut self) -> Self {
         self.untrusted_server = true;
         self
@@ -144,6 +148,9 @@ pub struct Client<S: Pod, C: Pod> {
     /// Whether a blocked wait ends when the control socket hangs up: it sleeps on the hang-up
     /// itself (eventfd mode), or the watcher does (`_watch`).
     sees_hangup: bool,
+    /// Futex mode in an event loop: the io_uring whose wait on the completion word makes
+    /// [`poll_fd`](Self::poll_fd) readable, made at its first call.
+    futex_poll: Option<FutexPoll>,
 }
 
 impl<S: Pod, C: Pod> fmt::Debug for Client<S, C> {
@@ -237,22 +244,90 @@ impl<S: Pod, C: Pod> Client<S, C> {
         self.socket.as_fd()
     }
 
-    /// Prepares to wait on [`completion_fd`](Self::completion_fd): `true` if completions are
-    /// already there (reap instead of waiting).
+    /// The descriptor an event loop (epoll, mio, tokio's `AsyncFd`) watches for this client's
+    /// completions: in [`NotifyMode::EventFd`], [`completion_fd`](Self::completion_fd); in
+    /// [`NotifyMode::Futex`], an io_uring of this client's own (made at the first call),
+    /// readable when the `FUTEX_WAIT` that [`arm`](Self::arm) puts on the completion ring's
+    /// wake word ends at the server's futex wake (io_uring's `FUTEX_WAIT`, Linux 6.7; where
+    /// the kernel lacks it, an [`Error::Io`] naming it). Nothing in that wait is the server's,
+    /// so a client that does not trust its server ([`ClientOptions::untrusted_server`]) can
+    /// wait in an event loop this way. Other modes are refused ([`ConfigError::Mode`]): they
+    /// spin. Watch [`control_fd`](Self::control_fd) beside it for the server's messages and
+    /// hang-up; [`arm`](Self::arm) before waiting, [`disarm`](Self::disarm) (or
+    /// [`disarm_edge`](Self::disarm_edge)) after.
+    ///
+    /// In futex mode the kernel completes the wait in the thread that armed it, interrupting
+    /// whatever blocking call that thread is in: its `epoll_wait` (or any other) returns
+    /// `EINTR` once, and the descriptor is readable when it is called again. Event loops retry
+    /// on `EINTR` (tokio does; a mio loop retries [`std::io::ErrorKind::Interrupted`]).
+    pub fn poll_fd(&mut self) -> Result<BorrowedFd<'_>, Error> {
+        match self.options.mode {
+            NotifyMode::EventFd => {}
+            NotifyMode::Futex => {
+                if self.futex_poll.is_none() {
+                    let poll =
+                        FutexPoll::new(self.app.completion_wake()).map_err(|source| Error::Io {
+                            op: "setting up an io_uring FUTEX_WAIT (Linux 6.7) on the \
+                                 completion word, for an event loop",
+                            source,
+                        })?;
+                    self.futex_poll = Some(poll);
+                }
+                if let Some(poll) = &self.futex_poll {
+                    return Ok(poll.as_fd());
+                }
+            }
+            given => {
+                return Err(ConfigError::Mode {
+                    what: "waiting in an event loop in a mode other than eventfd",
+                    needs: NotifyMode::Futex,
+                    given,
+                }
+                .into())
+            }
+        }
+        self.completion_fd().ok_or_else(|| Error::Io {
+            op: "an eventfd-mode client's completion descriptor",
+            source: std::io::Error::other("the client has none"),
+        })
+    }
+
+    /// Prepares to wait on [`poll_fd`](Self::poll_fd) (or
+    /// [`completion_fd`](Self::completion_fd)): `true` if completions are already there
+    /// (reap instead of waiting). In futex mode, once `poll_fd` was made, this arms its
+    /// `FUTEX_WAIT` (one `io_uring_enter`, unless one is still armed from an earlier wait).
     pub fn arm(&mut self) -> Result<bool, QueueError> {
-        self.app.arm()
+        if self.app.arm()? {
+            return Ok(true);
+        }
+        if let Some(poll) = &mut self.futex_poll {
+            if let Err(e) = poll.arm() {
+                self.app.disarm_edge();
+                return Err(QueueError::Io(e));
+            }
+        }
+        Ok(false)
     }
 
     /// Ends a wait begun with [`arm`](Self::arm).
     pub fn disarm(&mut self) -> Result<(), QueueError> {
-        self.app.disarm()
+        self.app.disarm()?;
+        if let Some(poll) = &mut self.futex_poll {
+            poll.reap()?;
+        }
+        Ok(())
     }
 
     /// Ends a wait begun with [`arm`](Self::arm) in an edge-triggered event loop (epoll with
     /// `EPOLLET`, tokio, mio), without the read that drains the eventfd: every wake-up is a new
     /// edge there.
     pub fn disarm_edge(&mut self) {
-        self.app.disarm_edge()
+        self.app.disarm_edge();
+        if let Some(poll) = &mut self.futex_poll {
+            // A reap fails only if completions overflowed the ring, which one wait cannot
+            // do; the next `arm` reaps again and reports it.
+            let _ = poll.reap();
+        }
     }
 
     /// Whether completions are waiting to be reaped (no system call).

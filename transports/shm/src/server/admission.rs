@@ -238,7 +238,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             self.kick_words_changed |= a.kick_word.is_some();
             if let (Some(waits), Some(_)) = (&mut self.kick_waits, &a.kick_word) {
                 // Best effort: a wait left armed ends at a wake-up, or with the ring.
-                let _ = waits.cancel(conn.id);
+                let _ = waits.cancel(&super::kick_waits::keys(conn.id));
                 self.futex_doorbells -= 1;
             }
             let Active {

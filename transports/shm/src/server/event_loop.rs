@@ -132,7 +132,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 Armed::Nothing => None,
             };
             if let Some((which, word)) = word {
-                if waits.arm(c.id, which, word)? {
+                if waits.arm(kick_waits::key(c.id, which), word)? {
                     self.stats.futex_doorbell_waits += 1;
                 }
             }

@@ -17,7 +17,7 @@ use super::config::{ClientInfo, ServerSleep};
 use super::conn::{Active, Armed, State};
 use super::ctx::ClientMemory;
 use super::service::{Ledger, Service};
-use super::{KickWaits, Server, KICK_WAITS};
+use super::{kick_waits, FutexWaits, Server, KICK_WAITS};
 use crate::peer_fd::PeerFd;
 use crate::proto::{self, ClientMsg, EntryShape, Hello, Incoming, Refusal, ServerMsg, Welcome};
 use crate::Error;
@@ -236,10 +236,15 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         if self.kick_waits.is_some() {
             return Ok(());
         }
-        let waits = KickWaits::new(self.config.max_clients).map_err(|e| Refusal::Unsupported {
-            what: "a futex doorbell while sleeping in epoll".into(),
-            needs: format!("io_uring's FUTEX_WAIT (Linux 6.7 and later), which failed: {e}"),
-        })?;
+        let waits =
+            FutexWaits::new(kick_waits::max_waits(self.config.max_clients)).map_err(|e| {
+                Refusal::Unsupported {
+                    what: "a futex doorbell while sleeping in epoll".into(),
+                    needs: format!(
+                        "io_uring's FUTEX_WAIT (Linux 6.7 and later), which failed: {e}"
+                    ),
+                }
+            })?;
         self.epoll
             .add(&waits, EpollEvent::new(EpollFlags::EPOLLIN, KICK_WAITS))
             .map_err(|e| Refusal::Internal(format!("epoll_ctl(ADD futex-wait ring): {e}")))?;

@@ -45,11 +45,12 @@ pub use thread::{ServerThread, Stopper};
 
 use crate::error::check_capacity;
 use crate::futex_sleep::{FutexSleep, MAX_FUTEX_CLIENTS};
+use crate::futex_waits::FutexWaits;
 use crate::ConfigError;
 use crate::Error;
 use admission::listen_on;
 use conn::{Armed, Conn, Limits, Outcome, State, Table};
-use kick_waits::{KickWaits, Word};
+use kick_waits::Word;
 use service::Ledger;
 use window::Window;
 
@@ -63,7 +64,7 @@ const CLOCK_EVERY: u32 = 16;
 
 /// Every event source a service watches ([`Server::watch`]) wakes the server with this token.
 const SOURCE: u64 = u64::MAX - 2;
-/// The io_uring of futex-doorbell waits ([`KickWaits`]).
+/// The io_uring of futex-doorbell waits (`kick_waits`).
 const KICK_WAITS: u64 = u64::MAX - 3;
 /// The longest sleep when a futex-doorbell wait could not be armed.
 const KICK_WAIT_RETRY: Duration = Duration::from_millis(1);
@@ -101,7 +102,7 @@ pub struct Server<S: Pod, C: Pod, V: Service<S, C>> {
     kick_words_changed: bool,
     /// Sleeping in epoll: the io_uring that waits on futex doorbells, while a client that
     /// asked for one is connected.
-    kick_waits: Option<KickWaits>,
+    kick_waits: Option<FutexWaits>,
     /// Those clients.
     futex_doorbells: usize,
 }

@@ -225,6 +225,27 @@ pub fn connect_untrusting(
     }
 }
 
+/// The ways a client can wait in an event loop (tokio, mio): eventfd mode, and where the
+/// kernel has io_uring futex waits, futex mode trusting and not trusting its server (a
+/// futex doorbell); each with a label. Where the kernel lacks them, says so on stderr.
+pub fn event_loop_options(protocol: &str) -> Vec<(&'static str, ClientOptions)> {
+    let base = |mode| ClientOptions {
+        protocol: protocol.to_string(),
+        ..options(mode)
+    };
+    let mut all = vec![("eventfd", base(NotifyMode::EventFd))];
+    if io_uring_futex_waits() {
+        all.push(("futex", base(NotifyMode::Futex)));
+        all.push((
+            "futex, untrusting",
+            base(NotifyMode::Futex).untrusted_server(),
+        ));
+    } else {
+        eprintln!("skipped futex mode in an event loop: no io_uring futex waits here");
+    }
+    all
+}
+
 pub fn options(mode: NotifyMode) -> ClientOptions {
     ClientOptions::new(subring_shm::echo::ECHO_PROTOCOL)
         .mode(mode)
