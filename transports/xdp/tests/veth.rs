@@ -52,7 +52,21 @@ fn frame(i: usize, len: usize) -> Vec<u8> {
 fn receiver(a: &End, cfg: XskConfig) -> Result<(XdpProgram, XskSocket), XdpError> {
     let ifindex = a.enter().unwrap();
     let prog = XdpProgram::attach(ifindex, 1, AttachMode::Generic)?;
-    let mut sock = XskSocket::bind(ifindex, 0, cfg)?;
+    // The kernel may still hold the queue for a socket the previous case just closed (the
+    // program's XSKMAP, which referenced it, is freed after the close returns): a bind then
+    // fails with EBUSY for a moment. Tried again for at most two seconds.
+    let start = Instant::now();
+    let mut sock = loop {
+        match XskSocket::bind(ifindex, 0, cfg.clone()) {
+            Err(XdpError::Os { source, .. })
+                if source.raw_os_error() == Some(libc::EBUSY)
+                    && start.elapsed() < Duration::from_secs(2) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => break other?,
+        }
+    };
     prog.register(0, sock.fd())?;
     sock.fill(usize::MAX)?;
     Ok((prog, sock))
