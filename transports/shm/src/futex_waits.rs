@@ -190,7 +190,6 @@ impl FutexWaits {
     }
 
     /// Whether a wait is pending under `key` (armed, and its completion not reaped).
-    #[cfg(test)]
     pub(crate) fn is_pending(&self, key: u64) -> bool {
         self.pending.contains_key(&key)
     }
@@ -209,7 +208,7 @@ impl AsFd for FutexWaits {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::{Duration, Instant};
     use subring_planes::interrupt::{FutexSignal, Signal};
@@ -219,17 +218,27 @@ mod tests {
     fn waits() -> Option<FutexWaits> {
         match FutexWaits::new(128) {
             Ok(w) => Some(w),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied
-                ) || e.raw_os_error() == Some(libc::ENOSYS) =>
-            {
+            Err(e) if missing(&e) => {
                 eprintln!("skipped: no io_uring futex waits here: {e}");
                 None
             }
             Err(e) => panic!("io_uring: {e}"),
         }
+    }
+
+    /// Whether `e` says this kernel has no io_uring futex waits (an older kernel, io_uring
+    /// turned off by a sysctl or a seccomp profile): a test then skips, unless
+    /// `SUBRING_REQUIRE_FUTEX_WAITS` is set (CI sets it where the kernel has them).
+    pub(crate) fn missing(e: &io::Error) -> bool {
+        let missing = matches!(
+            e.kind(),
+            io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied
+        ) || e.raw_os_error() == Some(libc::ENOSYS);
+        assert!(
+            !missing || std::env::var_os("SUBRING_REQUIRE_FUTEX_WAITS").is_none(),
+            "SUBRING_REQUIRE_FUTEX_WAITS is set, but io_uring has no futex waits here: {e}"
+        );
+        missing
     }
 
     /// Reaps until `n` waits have completed, or a second passes.

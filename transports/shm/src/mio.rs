@@ -34,8 +34,14 @@
 //!         break c;
 //!     }
 //!     if !client.arm()? {
-//!         poll.poll(&mut events, Some(Duration::from_secs(10)))?;
-//!         assert!(!events.is_empty(), "an answer within 10 s");
+//!         match poll.poll(&mut events, Some(Duration::from_secs(10))) {
+//!             // A futex-mode client's wait interrupts the thread when it completes.
+//!             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+//!             r => {
+//!                 r?;
+//!                 assert!(!events.is_empty(), "an answer within 10 s");
+//!             }
+//!         }
 //!     }
 //!     client.disarm_edge();
 //! };
@@ -73,7 +79,9 @@ impl<S: Pod, C: Pod> Client<S, C> {
 /// Both descriptors under the caller's token: [`Client::poll_fd`] and the control socket (the
 /// server's messages and its hang-up). Refused (`InvalidInput`, with a
 /// [`ConfigError::Mode`](crate::ConfigError::Mode) inside) for a client in a mode that spins
-/// ([`NotifyMode::Spin`](crate::NotifyMode::Spin), [`NotifyMode::Adaptive`](crate::NotifyMode::Adaptive)).
+/// ([`NotifyMode::Spin`](crate::NotifyMode::Spin), [`NotifyMode::Adaptive`](crate::NotifyMode::Adaptive));
+/// in futex mode, where the kernel has no io_uring futex waits, the error from setting them
+/// up (`Unsupported`, `PermissionDenied`, ...), the step named in its message.
 impl<S: Pod, C: Pod> Source for Client<S, C> {
     fn register(
         &mut self,

@@ -11,7 +11,10 @@
 //! (`disarm_edge`: tokio's epoll is edge-triggered, so the eventfd is not drained). While
 //! completions keep coming, no system call is made; a wait that sleeps costs the runtime's
 //! `epoll_wait` and the server's doorbell (and in futex mode the `io_uring_enter` that arms
-//! the wait), nothing more. The socket is looked at only after
+//! the wait, and the `epoll_wait` its completion interrupts and the runtime calls again),
+//! nothing more. In futex mode the completion interrupts the worker thread that armed the
+//! wait, as a signal would ([`Client::poll_fd`]): under a multi-thread runtime any worker, so
+//! blocking calls in tasks (which a runtime's tasks should not make anyway) may see `EINTR`. The socket is looked at only after
 //! it fired. A wait future dropped before it finishes (a `select!` that took another branch, a
 //! timeout) ends the announcement in its drop: nothing is lost (completions stay in the ring)
 //! and nothing is leaked.

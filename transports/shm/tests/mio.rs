@@ -37,8 +37,8 @@ fn ping(seq: u64) -> EchoReq {
 }
 
 /// A pipelined loop: every poll must end with an event well before its limit (a lost wake-up
-/// would leave the loop asleep until it), and every hundredth round lets the server fall
-/// asleep first, so the loop's wake-ups come from the server's doorbell.
+/// would leave the loop asleep until it), and about every hundred answers the loop lets the
+/// server fall asleep first, so that its doorbell is rung too.
 #[test]
 fn a_mio_loop_pipelines_and_sleeps_only_in_poll() {
     let (server, path) = echo_server("mio-loop");
@@ -57,15 +57,17 @@ fn pipelined_loop(path: &std::path::Path, options: &subring_shm::ClientOptions, 
     let mut events = Events::with_capacity(8);
     let total = 5000u64;
     let (mut sent, mut done, mut polls) = (0u64, 0u64, 0u64);
+    let mut next_nap = 100;
     let start = Instant::now();
     while done < total {
         assert!(
             start.elapsed() < 6 * LIMIT,
             "{way}: {done} of {total} answered"
         );
-        if done % 100 == 99 && done == sent {
+        if done >= next_nap && done == sent {
             // Long enough for the server's polling window to end in a sleep.
             std::thread::sleep(Duration::from_millis(20));
+            next_nap = done + 100;
         }
         while sent < total && sent - done < 32 {
             client.push(ping(sent)).unwrap();
@@ -149,5 +151,81 @@ fn a_spinning_client_cannot_be_registered() {
             "{err}"
         );
     }
+    server.stop().unwrap();
+}
+
+/// A futex-mode client that leaves an io_uring wait armed in its event loop (a poll that ended
+/// without its event) and then blocks in a wait of its own, on another thread: the server's
+/// wake-up, which wakes one waiter on the word, must reach that wait, not the one left armed.
+#[test]
+fn a_wait_left_armed_in_the_loop_does_not_take_a_blocking_waits_wake_up() {
+    let Some((way, options)) = event_loop_options(subring_shm::echo::ECHO_PROTOCOL)
+        .into_iter()
+        .find(|(_, o)| o.mode == NotifyMode::Futex)
+    else {
+        return;
+    };
+    let (server, path) = echo_server("mio-left-armed");
+    let mut client = Client::<EchoReq, EchoResp>::connect(&path, &options).unwrap();
+    let mut poll = Poll::new().unwrap();
+    poll.registry()
+        .register(&mut client, CLIENT, Interest::READABLE)
+        .unwrap();
+    let mut events = Events::with_capacity(8);
+    assert!(!client.arm().unwrap(), "nothing to reap yet");
+    poll_until(&mut poll, &mut events, Duration::from_millis(20));
+    client.disarm_edge();
+    poll.registry().deregister(&mut client).unwrap();
+    let waiter = std::thread::spawn(move || {
+        let mut waited = Vec::new();
+        for seq in 0..5 {
+            // Long enough for the server to fall asleep: its answer then wakes this client.
+            std::thread::sleep(Duration::from_millis(20));
+            client.push(ping(seq)).unwrap();
+            client.submit().unwrap();
+            let start = Instant::now();
+            let answer = client.wait_reap(LIMIT);
+            waited.push((start.elapsed(), answer.map(|a| a.seq)));
+        }
+        waited
+    });
+    for (seq, (took, answer)) in waiter.join().unwrap().into_iter().enumerate() {
+        assert_eq!(answer.ok(), Some(seq as u64), "{way}");
+        assert!(took < LIMIT / 4, "{way}: answer {seq} came after {took:?}");
+    }
+    server.stop().unwrap();
+}
+
+/// A futex-mode client armed before it is registered (before its io_uring exists) still gets
+/// its event: the ring's wait is armed when the ring is made.
+#[test]
+fn a_client_armed_before_it_is_registered_gets_its_event() {
+    let Some((way, options)) = event_loop_options(subring_shm::echo::ECHO_PROTOCOL)
+        .into_iter()
+        .find(|(_, o)| o.mode == NotifyMode::Futex)
+    else {
+        return;
+    };
+    let (server, path) = echo_server("mio-armed-first");
+    let mut client = Client::<EchoReq, EchoResp>::connect(&path, &options).unwrap();
+    client.push(ping(1)).unwrap();
+    // Long enough for the server to fall asleep: the doorbell then wakes it.
+    std::thread::sleep(Duration::from_millis(20));
+    let mut poll = Poll::new().unwrap();
+    assert!(!client.arm().unwrap(), "nothing to reap yet");
+    poll.registry()
+        .register(&mut client, CLIENT, Interest::READABLE)
+        .unwrap();
+    client.submit().unwrap();
+    let mut events = Events::with_capacity(8);
+    let start = Instant::now();
+    poll_until(&mut poll, &mut events, LIMIT);
+    assert!(!events.is_empty(), "{way}: no event within {LIMIT:?}");
+    assert!(start.elapsed() < LIMIT / 4, "{way}: {:?}", start.elapsed());
+    client.disarm_edge();
+    let answer = client.wait_reap(LIMIT).unwrap();
+    assert_eq!(answer.seq, 1, "{way}");
+    poll.registry().deregister(&mut client).unwrap();
+    drop(client);
     server.stop().unwrap();
 }

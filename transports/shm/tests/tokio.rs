@@ -25,6 +25,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A runtime of two workers: a task may move between them, and a futex-mode wait's
+/// completion interrupts the worker that armed it, which need not be the one in `epoll_wait`.
+fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// How long one awaited answer may take before the test fails: a lost wake-up. The wait is
 /// bounded by a longer timeout, whose expiry polls the wait once more, and that poll finds the
 /// answer that was there all along: a timeout alone would not see the loss.
@@ -66,6 +76,27 @@ fn async_round_trips_in_a_tokio_runtime() {
             let mut client = connect(&path, &options);
             round_trips(&mut client, way).await;
         });
+        // On a multi-thread runtime, in a spawned task (which the runtime may move), while
+        // another task keeps the other worker busy now and then.
+        let rt = multi_thread_runtime();
+        let path = path.clone();
+        rt.block_on(async move {
+            let busy = tokio::spawn(async {
+                for _ in 0..200 {
+                    let until = Instant::now() + Duration::from_micros(200);
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            });
+            let trips = tokio::spawn(async move {
+                let mut client = connect(&path, &options);
+                round_trips(&mut client, way).await;
+            });
+            trips.await.unwrap();
+            busy.await.unwrap();
+        });
     }
     server.stop().unwrap();
 }
@@ -84,9 +115,7 @@ async fn round_trips(client: &mut Async, way: &str) {
             reserved: 0,
             buf: buf.lend(),
         });
-        let answer = answered(format_args!("{way}, call {seq}"), call)
-            .await
-            .unwrap();
+        let answer = answered(format!("{way}, call {seq}"), call).await.unwrap();
         assert_eq!((answer.seq, answer.status), (seq, EchoStatus::OK), "{way}");
         assert_eq!(answer.sum, echo::checksum(b"async payload"));
         let back = client.client().reclaim(answer.buf).unwrap();
@@ -137,7 +166,7 @@ async fn dropped_waits(path: &std::path::Path, options: &ClientOptions, way: &st
                 _ = client.ready() => {}
             }
             // The answer is not lost.
-            let answer = answered(format_args!("{way}, round {round}"), client.next())
+            let answer = answered(format!("{way}, round {round}"), client.next())
                 .await
                 .unwrap();
             assert_eq!(answer.seq, round);
@@ -346,7 +375,7 @@ mod streams {
                             .read_line(&mut line)
                             .await
                     };
-                    answered(format_args!("{way}, round {round}"), line_back)
+                    answered(format!("{way}, round {round}"), line_back)
                         .await
                         .unwrap();
                     assert_eq!(line, format!("LINE {round}\n"), "{way}");

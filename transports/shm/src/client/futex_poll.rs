@@ -10,6 +10,19 @@
 //! waits are reaped before each arming and at each disarm, so the descriptor stops being
 //! readable and the next sleep arms afresh.
 //!
+//! A pending wait is a waiter on the word like any other, and the server's wake-up wakes one
+//! waiter: before the client blocks on the word itself (a [`Completer::wait`] of its own), the
+//! pending wait is cancelled, so that it cannot take the wake-up meant for that wait. Each wait
+//! has a key of its own, so a cancelled wait whose completion comes later (it is posted by the
+//! thread that armed it) is never taken for the one armed after it.
+//!
+//! The ring is set up with io_uring's defaults on purpose: a wait's completion is task work
+//! that interrupts the thread that armed it, and that interruption is what ends an
+//! `epoll_wait` it sleeps in. `COOP_TASKRUN` (no interruption) or `DEFER_TASKRUN` (completions
+//! only inside `io_uring_enter`) would leave such a sleep unwoken.
+//!
+//! [`Completer::wait`]: subring_planes::queue::Completer::wait
+//!
 //! Nothing here is the server's: the ring, its descriptor and the word's mapping are the
 //! client's, so a hostile server can neither block the wait nor keep it from ending at its
 //! timeout (the event loop's).
@@ -21,13 +34,14 @@ use subring_planes::interrupt::WakeRef;
 
 use crate::futex_waits::FutexWaits;
 
-/// The one wait's key.
-const COMPLETIONS: u64 = 0;
-
 /// The io_uring and the word it waits on.
 pub(super) struct FutexPoll {
     waits: FutexWaits,
     word: WakeRef,
+    /// The key of the wait armed last, unless it was cancelled.
+    current: Option<u64>,
+    /// The key of the next wait.
+    next_key: u64,
 }
 
 impl FutexPoll {
@@ -35,17 +49,35 @@ impl FutexPoll {
     /// where the kernel has no io_uring `FUTEX_WAIT`.
     pub(super) fn new(word: WakeRef) -> io::Result<Self> {
         Ok(FutexPoll {
-            waits: FutexWaits::new(1)?,
+            // Room for the wait and the cancelled ones whose completions are not reaped yet.
+            waits: FutexWaits::new(8)?,
             word,
+            current: None,
+            next_key: 0,
         })
     }
 
     /// After the word announced a sleep and the ring was re-checked: makes sure a wait is
-    /// armed (reaping one that completed first) and submitted.
+    /// armed (reaping one that completed first) and submitted. Armed while the word does not
+    /// say "sleeping", the wait completes at once: a spurious wake-up, never a lost one.
     pub(super) fn arm(&mut self) -> io::Result<()> {
         self.waits.reap()?;
-        self.waits.arm(COMPLETIONS, &self.word)?;
+        if !self.current.is_some_and(|key| self.waits.is_pending(key)) {
+            let key = self.next_key;
+            self.next_key = self.next_key.wrapping_add(1);
+            self.waits.arm(key, &self.word)?;
+            self.current = Some(key);
+        }
         self.waits.submit()
+    }
+
+    /// Cancels the pending wait, if there is one: the client is about to block on the word
+    /// itself, and the wait must not take its wake-up.
+    pub(super) fn cancel(&mut self) -> io::Result<()> {
+        match self.current.take() {
+            Some(key) if self.waits.is_pending(key) => self.waits.cancel(&[key]),
+            _ => Ok(()),
+        }
     }
 
     /// Takes a completed wait, so that the descriptor is not readable until the next one.
@@ -56,7 +88,7 @@ impl FutexPoll {
     /// Whether a wait is armed and not yet reaped.
     #[cfg(test)]
     pub(super) fn armed(&self) -> bool {
-        self.waits.is_pending(COMPLETIONS)
+        self.current.is_some_and(|key| self.waits.is_pending(key))
     }
 }
 
@@ -106,10 +138,11 @@ mod tests {
         let word = WakeRef::local();
         let mut poll = match FutexPoll::new(word.clone()) {
             Ok(p) => p,
-            Err(e) => {
+            Err(e) if crate::futex_waits::tests::missing(&e) => {
                 eprintln!("skipped: no io_uring futex waits here: {e}");
                 return;
             }
+            Err(e) => panic!("io_uring: {e}"),
         };
         word.announce_sleep();
         poll.arm().unwrap();

@@ -257,20 +257,25 @@ impl<S: Pod, C: Pod> Client<S, C> {
     /// [`disarm_edge`](Self::disarm_edge)) after.
     ///
     /// In futex mode the kernel completes the wait in the thread that armed it, interrupting
-    /// whatever blocking call that thread is in: its `epoll_wait` (or any other) returns
-    /// `EINTR` once, and the descriptor is readable when it is called again. Event loops retry
-    /// on `EINTR` (tokio does; a mio loop retries [`std::io::ErrorKind::Interrupted`]).
+    /// it as a signal would: an `epoll_wait` it sleeps in (which the kernel never restarts)
+    /// returns `EINTR` once, and the descriptor is readable when it is called again; so may
+    /// other blocking calls of that thread that are not restarted (socket calls with a
+    /// timeout, say). Event loops retry on `EINTR` (tokio does; a mio loop retries
+    /// [`std::io::ErrorKind::Interrupted`]). Before a blocking wait of its own on the
+    /// completions ([`Completer::wait`] and the rest), the client cancels the event loop's
+    /// pending wait, so that the server's wake-up reaches the blocked thread.
     pub fn poll_fd(&mut self) -> Result<BorrowedFd<'_>, Error> {
         match self.options.mode {
             NotifyMode::EventFd => {}
             NotifyMode::Futex => {
                 if self.futex_poll.is_none() {
-                    let poll =
-                        FutexPoll::new(self.app.completion_wake()).map_err(|source| Error::Io {
-                            op: "setting up an io_uring FUTEX_WAIT (Linux 6.7) on the \
-                                 completion word, for an event loop",
-                            source,
-                        })?;
+                    let op = "setting up an io_uring FUTEX_WAIT (Linux 6.7) on the completion \
+                              word, for an event loop";
+                    let io = |source| Error::Io { op, source };
+                    let mut poll = FutexPoll::new(self.app.completion_wake()).map_err(io)?;
+                    // Armed at once: this client may have armed before it had the ring (the
+                    // wait then ends at the server's wake-up, or at once if it already came).
+                    poll.arm().map_err(io)?;
                     self.futex_poll = Some(poll);
                 }
                 if let Some(poll) = &self.futex_poll {
@@ -477,6 +482,9 @@ impl<S: Pod, C: Pod> Completer for Client<S, C> {
     /// why); a client without a hang-up watch waits out of line.
     #[inline(always)]
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        if self.futex_poll.is_some() {
+            self.cancel_futex_poll()?;
+        }
         if self.sees_hangup {
             // A dead server hangs up the socket, which ends the wait (this client sleeps on the
             // hang-up, or the watcher does): one wait, for as long as the caller asked (with no
@@ -512,6 +520,9 @@ impl<S: Pod, C: Pod> Client<S, C> {
         // As the queue pair takes it: between 1 and what the ring holds (the sliced wait
         // compares what came with it).
         let n = n.clamp(1, self.app.completion_capacity());
+        if self.futex_poll.is_some() {
+            self.cancel_futex_poll()?;
+        }
         if self.sees_hangup {
             return match self.app.wait_completions(n, timeout) {
                 Err(QueueError::PeerGone) => Err(self.note_gone()),
@@ -520,6 +531,17 @@ impl<S: Pod, C: Pod> Client<S, C> {
             };
         }
         self.wait_in_slices(timeout, WaitFor::Batch(n))
+    }
+
+    /// Before a blocking wait on the completion word: cancels the event loop's io_uring wait
+    /// on it ([`poll_fd`](Self::poll_fd)), which the server's wake-up (it wakes one waiter)
+    /// could otherwise reach instead of this thread. The next [`arm`](Self::arm) arms anew.
+    #[cold]
+    fn cancel_futex_poll(&mut self) -> Result<(), QueueError> {
+        match &mut self.futex_poll {
+            Some(poll) => Ok(poll.cancel()?),
+            None => Ok(()),
+        }
     }
 
     /// Whether event-idx suppression is on for this connection (asked for, and granted).
