@@ -39,6 +39,10 @@ fn served(sleep: ServerSleep, mode: NotifyMode, untrusting: bool) {
     let mut client = match h.join().unwrap() {
         Ok(client) => client,
         Err(subring_shm::Error::Refused(r @ subring_shm::proto::Refusal::Unsupported { .. })) => {
+            assert!(
+                std::env::var_os("SUBRING_REQUIRE_FUTEX_WAITS").is_none(),
+                "SUBRING_REQUIRE_FUTEX_WAITS is set, but: {r}"
+            );
             eprintln!("skipped: {r}");
             return;
         }

@@ -72,12 +72,20 @@ impl FutexPoll {
     }
 
     /// Cancels the pending wait, if there is one: the client is about to block on the word
-    /// itself, and the wait must not take its wake-up.
+    /// itself, and the wait must not take its wake-up. If the cancellation cannot be made,
+    /// the wait stays this ring's current one (the next call tries again) and the error says
+    /// why: blocking then could sleep through the wake-up.
     pub(super) fn cancel(&mut self) -> io::Result<()> {
-        match self.current.take() {
-            Some(key) if self.waits.is_pending(key) => self.waits.cancel(&[key]),
-            _ => Ok(()),
+        // Earlier cancellations that failed (their waits are no longer current), first.
+        self.waits.retry_cancels();
+        self.waits.reap()?;
+        if let Some(key) = self.current {
+            if self.waits.is_pending(key) {
+                self.waits.cancel(&[key])?;
+            }
         }
+        self.current = None;
+        Ok(())
     }
 
     /// Takes a completed wait, so that the descriptor is not readable until the next one.
