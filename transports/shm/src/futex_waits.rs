@@ -262,7 +262,7 @@ pub(crate) mod tests {
     }
 
     /// The peer's doorbell: claims the word and wakes it, if it says "sleeping".
-    fn ring_doorbell(word: &WakeRef) -> bool {
+    pub(crate) fn ring_doorbell(word: &WakeRef) -> bool {
         let claimed = word.take_sleeper();
         if claimed {
             FutexSignal::new().wake(word).unwrap();

@@ -28,6 +28,14 @@ fn poll_until(poll: &mut Poll, events: &mut Events, limit: Duration) {
     }
 }
 
+/// The first futex-mode way of [`event_loop_options`], where the kernel has io_uring futex
+/// waits.
+fn futex_way() -> Option<(&'static str, subring_shm::ClientOptions)> {
+    event_loop_options(subring_shm::echo::ECHO_PROTOCOL)
+        .into_iter()
+        .find(|(_, o)| o.mode == NotifyMode::Futex)
+}
+
 fn ping(seq: u64) -> EchoReq {
     EchoReq {
         seq,
@@ -159,10 +167,7 @@ fn a_spinning_client_cannot_be_registered() {
 /// wake-up, which wakes one waiter on the word, must reach that wait, not the one left armed.
 #[test]
 fn a_wait_left_armed_in_the_loop_does_not_take_a_blocking_waits_wake_up() {
-    let Some((way, options)) = event_loop_options(subring_shm::echo::ECHO_PROTOCOL)
-        .into_iter()
-        .find(|(_, o)| o.mode == NotifyMode::Futex)
-    else {
+    let Some((way, options)) = futex_way() else {
         return;
     };
     let (server, path) = echo_server("mio-left-armed");
@@ -200,10 +205,7 @@ fn a_wait_left_armed_in_the_loop_does_not_take_a_blocking_waits_wake_up() {
 /// its event: the ring's wait is armed when the ring is made.
 #[test]
 fn a_client_armed_before_it_is_registered_gets_its_event() {
-    let Some((way, options)) = event_loop_options(subring_shm::echo::ECHO_PROTOCOL)
-        .into_iter()
-        .find(|(_, o)| o.mode == NotifyMode::Futex)
-    else {
+    let Some((way, options)) = futex_way() else {
         return;
     };
     let (server, path) = echo_server("mio-armed-first");

@@ -110,7 +110,8 @@ impl AsFd for FutexPoll {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
-    use subring_planes::interrupt::{FutexSignal, Signal};
+    // The server's side: claims the word and wakes it, if it says "sleeping".
+    use crate::futex_waits::tests::ring_doorbell as wake;
 
     /// Whether `fd` turns readable within `limit`.
     fn readable_within(fd: BorrowedFd<'_>, limit: Duration) -> bool {
@@ -127,15 +128,6 @@ mod tests {
                 Err(e) => panic!("poll: {e}"),
             }
         }
-    }
-
-    /// The server's side: claims the word and wakes it, if it says "sleeping".
-    fn wake(word: &WakeRef) -> bool {
-        let claimed = word.take_sleeper();
-        if claimed {
-            FutexSignal::new().wake(word).unwrap();
-        }
-        claimed
     }
 
     /// A wait that completed while nobody looked (a wake-up the event loop took for another
