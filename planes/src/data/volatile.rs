@@ -54,15 +54,16 @@ pub(crate) unsafe fn copy_to_shared(src: &[u8], dst: *mut u8) {
     unsafe { copy_to_shared_by::<Wide>(src, dst) }
 }
 
-/// Copies into shared memory of at least this many bytes (32 whole lines) are one `rep movsb`
+/// Copies into shared memory of at least this many bytes (64 whole lines) are one `rep movsb`
 /// where the CPU has fast string moves (ERMSB: Intel since 2012, AMD since Zen 3), as glibc's
-/// `memcpy` does from about this size on. Such a move writes whole lines without first reading
-/// them, where a vector store must fetch its line, and a line of a buffer handed back and forth
-/// is usually in the peer's cache: a 4 KiB payload written into a buffer the server has just
-/// read crosses the cores once instead of twice (docs/performance-history.md, "whole lines
-/// into shared buffers": the zero-copy stream about a fifth faster on an Intel host).
+/// `memcpy` does from this size on where it has 32-byte vectors. Such a move writes whole lines
+/// without first reading them, where a vector store must fetch its line, and a line of a buffer
+/// handed back and forth is usually in the peer's cache. Measured on an Intel host
+/// (docs/performance-history.md, "whole lines into shared buffers"): a stream of 4 KiB
+/// payloads in `Buf`s about a fifth faster; an indexed ring's 2 KiB batches about a sixth
+/// slower this way than with vector stores, hence not below 4 KiB.
 #[cfg(target_arch = "x86_64")]
-const REP_MOVSB_FROM: usize = 2048;
+const REP_MOVSB_FROM: usize = 4096;
 
 /// Copies `src` to `dst..dst + src.len()` with one `rep movsb`.
 ///
@@ -560,7 +561,7 @@ mod tests {
         for start in 0..33 {
             for len in [
                 0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 100, 255, 256, 257, 300, 513, 1000,
-                2047, 2048, 2049, 4096, 4100,
+                2047, 2048, 2049, 4095, 4096, 4097, 4100,
             ] {
                 let mut out = vec![0u8; len];
                 // SAFETY: inside `shared`.
