@@ -386,11 +386,8 @@ mod tests {
                 Slot::read(slot)
             };
             assert_eq!(seen, value, "{size}-byte entry at offset {offset}");
-            let around = bytes[..offset].iter().chain(&bytes[offset + size..]);
-            assert!(
-                around.into_iter().all(|b| *b == 0xee),
-                "wrote outside the slot"
-            );
+            let mut around = bytes[..offset].iter().chain(&bytes[offset + size..]);
+            assert!(around.all(|b| *b == 0xee), "wrote outside the slot");
             let written: &[u8] = bytemuck::bytes_of(&value);
             assert_eq!(&bytes[offset..offset + size], written);
         }
@@ -403,6 +400,7 @@ mod tests {
         round_trips(|k| std::array::from_fn::<u32, 12, _>(|i| u32::from(k) << 8 | i as u32));
         round_trips(|k| std::array::from_fn::<u64, 8, _>(|i| u64::from(k) * 1000 + i as u64));
         round_trips(|k| u64::from(k) | 0xabcd << 16);
+        round_trips(|k| [u128::from(k) << 64 | 5, !u128::from(k)]);
         round_trips(|k| [k, 7, 9]);
     }
 }

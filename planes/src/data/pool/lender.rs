@@ -54,7 +54,8 @@ const CACHE_MAX: usize = 64;
 pub struct Lender {
     pool: Arc<BufferPool>,
     /// Free buffers reserved to this lender, lent in the order they came back (first in, first
-    /// out), the way a ring reuses its slots: the buffer lent next is the one the peer finished
+    /// out; a refill's, taken from the pool, in the pool's order), the way a ring reuses its
+    /// slots: the buffer lent next is the one the peer finished
     /// with longest ago, whose lines have had the most time to leave the peer's nearest cache,
     /// so the writes that fill it do not snoop lines the peer is reading now, and a stream
     /// walks its buffers in one order. Measured against the last-in, first-out order it had
