@@ -343,6 +343,12 @@ impl std::fmt::Debug for SharedBytes<'_> {
 /// Bytes copied per step by [`SharedBytes::for_each_chunk`].
 const CHUNK: usize = 4096;
 
+/// Views of at most this many bytes go through a buffer of this size instead of a [`CHUNK`]:
+/// the buffer is zeroed at every call, and zeroing 4 KiB for a 51-byte payload took longer
+/// than the copy and the work on it (docs/performance-history.md, "small views through a
+/// small buffer").
+const SMALL: usize = 256;
+
 impl<'a> SharedBytes<'a> {
     /// A view of `len` bytes at `ptr`.
     ///
@@ -443,6 +449,14 @@ impl<'a> SharedBytes<'a> {
     /// with each chunk in order: a checksum or a parser sees every byte exactly once, as it
     /// was when copied.
     pub fn for_each_chunk(&self, mut f: impl FnMut(&[u8])) {
+        if self.len <= SMALL {
+            if self.len > 0 {
+                let mut buf = [0u8; SMALL];
+                let n = self.copy_to(&mut buf);
+                f(&buf[..n]);
+            }
+            return;
+        }
         let mut buf = [0u8; CHUNK];
         for view in self.chunks() {
             let n = view.copy_to(&mut buf);
@@ -525,6 +539,15 @@ impl<'a> SharedBytes<'a> {
     /// Rewrites the view a chunk at a time: each chunk is copied out, changed by `f` in this
     /// process's memory, and copied back.
     pub fn update_chunks(&self, mut f: impl FnMut(&mut [u8])) {
+        if self.len <= SMALL {
+            if self.len > 0 {
+                let mut buf = [0u8; SMALL];
+                let n = self.copy_to(&mut buf);
+                f(&mut buf[..n]);
+                self.copy_from(&buf[..n]);
+            }
+            return;
+        }
         let mut buf = [0u8; CHUNK];
         for view in self.chunks() {
             let n = view.copy_to(&mut buf);
@@ -616,6 +639,31 @@ mod tests {
             .iter()
             .zip(&expect[12..])
             .all(|(a, e)| *a == e.wrapping_add(1)));
+        // Short views (through the small buffer) too: each byte seen and updated once, and
+        // an empty view calls nothing.
+        for len in [0, 1, 51, SMALL - 1, SMALL, SMALL + 1] {
+            let sub = v.get(300..300 + len).unwrap();
+            let mut before = vec![0u8; len];
+            sub.copy_to(&mut before);
+            let (mut seen, mut calls) = (Vec::new(), 0);
+            sub.for_each_chunk(|c| {
+                seen.extend_from_slice(c);
+                calls += 1;
+            });
+            assert_eq!(
+                (seen.len(), calls),
+                (len, usize::from(len > 0)),
+                "{len} bytes"
+            );
+            assert_eq!(seen, before);
+            sub.update_chunks(|c| c.iter_mut().for_each(|b| *b ^= 0x5a));
+            let mut now = vec![0u8; len];
+            sub.copy_to(&mut now);
+            assert!(
+                now.iter().zip(&before).all(|(n, b)| *n == b ^ 0x5a),
+                "{len} bytes"
+            );
+        }
         // The sum of a view's little-endian words, the last one padded with zeros, computed
         // from a private copy.
         let word_sum = |view: SharedBytes<'_>| {
