@@ -150,9 +150,9 @@ pub use imp::*;
 /// ring's slots then do), is copied as aligned 16-byte vectors (SSE2 on x86-64, NEON on
 /// AArch64: half the instructions of words; a 64-byte stream one entry at a time ran about
 /// 1.5x as fast, docs/performance-history.md, "entries of 16-byte multiples as vectors"); and
-/// an indexed ring's batches copy a run of contiguous slots at once. Under loom the slot is loom's
-/// `UnsafeCell`, so the model checks that every read is ordered after the write it observes
-/// (and batches go slot by slot).
+/// an indexed ring's batches copy a run of contiguous slots at once. Under loom the slot is
+/// loom's `UnsafeCell`, so the model checks that every read is ordered after the write it
+/// observes (and batches go slot by slot).
 #[cfg_attr(not(loom), repr(transparent))]
 #[derive(Debug)]
 pub struct Slot<T>(UnsafeCell<T>);

@@ -55,12 +55,12 @@ pub struct Lender {
     pool: Arc<BufferPool>,
     /// Free buffers reserved to this lender, lent in the order they came back (first in, first
     /// out; a refill's, taken from the pool, in the pool's order), the way a ring reuses its
-    /// slots: the buffer lent next is the one the peer finished
-    /// with longest ago, whose lines have had the most time to leave the peer's nearest cache,
-    /// so the writes that fill it do not snoop lines the peer is reading now, and a stream
-    /// walks its buffers in one order. Measured against the last-in, first-out order it had
-    /// before: the zero-copy stream about 1.4x as fast on an Intel host
-    /// (docs/performance-history.md, "buffers lent in the order they came back").
+    /// slots: the buffer lent next is the one the peer finished with longest ago, whose lines
+    /// have had the most time to leave the peer's nearest cache, so the writes that fill it do
+    /// not snoop lines the peer is reading now, and a stream walks its buffers in one order.
+    /// Measured against the last-in, first-out order it had before: the zero-copy stream about
+    /// 1.4x as fast on an Intel host (docs/performance-history.md, "buffers lent in the order
+    /// they came back").
     cache: VecDeque<u32>,
     /// The bitmap word the next refill looks at first.
     next_word: usize,
