@@ -40,6 +40,9 @@ pub(crate) struct FutexWaits {
     /// Keys whose cancellation could not be submitted: tried again before each sleep (a wait
     /// left armed would keep its word's memory mapped until the ring goes).
     cancels_due: Vec<u64>,
+    /// Submits left to fail, for tests of what a failed submit leaves.
+    #[cfg(test)]
+    pub(crate) fail_submits: u32,
 }
 
 impl FutexWaits {
@@ -63,6 +66,8 @@ impl FutexWaits {
             ring,
             pending: HashMap::new(),
             cancels_due: Vec::new(),
+            #[cfg(test)]
+            fail_submits: 0,
         })
     }
 
@@ -151,6 +156,11 @@ impl FutexWaits {
     /// Submits the whole queue: a submit may take only part of it (the kernel could not
     /// allocate a request), and a wait left queued must not be taken for armed.
     fn submit_now(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fail_submits > 0 {
+            self.fail_submits -= 1;
+            return Err(io::Error::other("a submit failed (made to, by a test)"));
+        }
         let mut tries = 0;
         loop {
             match self.ring.submit() {
@@ -196,7 +206,7 @@ impl FutexWaits {
 
     /// Pending waits (for tests).
     #[cfg(test)]
-    fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending.len()
     }
 }

@@ -130,19 +130,27 @@ mod tests {
         }
     }
 
+    /// A ring for waits on `word`, or `None` (the test skips) where the kernel has no io_uring
+    /// futex waits.
+    fn poll_on(word: &WakeRef) -> Option<FutexPoll> {
+        match FutexPoll::new(word.clone()) {
+            Ok(p) => Some(p),
+            Err(e) if crate::futex_waits::tests::missing(&e) => {
+                eprintln!("skipped: no io_uring futex waits here: {e}");
+                None
+            }
+            Err(e) => panic!("io_uring: {e}"),
+        }
+    }
+
     /// A wait that completed while nobody looked (a wake-up the event loop took for another
     /// event) is reaped at the next arming, and a fresh one armed in its place: the next
     /// wake-up makes the descriptor readable again.
     #[test]
     fn a_completed_wait_is_replaced_at_the_next_arming() {
         let word = WakeRef::local();
-        let mut poll = match FutexPoll::new(word.clone()) {
-            Ok(p) => p,
-            Err(e) if crate::futex_waits::tests::missing(&e) => {
-                eprintln!("skipped: no io_uring futex waits here: {e}");
-                return;
-            }
-            Err(e) => panic!("io_uring: {e}"),
+        let Some(mut poll) = poll_on(&word) else {
+            return;
         };
         word.announce_sleep();
         poll.arm().unwrap();
@@ -163,5 +171,39 @@ mod tests {
         assert!(readable_within(poll.as_fd(), Duration::from_secs(5)));
         poll.reap().unwrap();
         assert!(!poll.armed());
+    }
+
+    /// A cancellation that cannot be made (its submit fails) is reported, and the wait stays
+    /// current: a blocking wait that went ahead could sleep through the wake-up this wait
+    /// would take. The next cancellation makes it, and the kernel ends the wait.
+    #[test]
+    fn a_failed_cancellation_keeps_the_wait_until_one_is_made() {
+        let word = WakeRef::local();
+        let Some(mut poll) = poll_on(&word) else {
+            return;
+        };
+        word.announce_sleep();
+        poll.arm().unwrap();
+        assert!(poll.armed());
+        poll.waits.fail_submits = 1;
+        assert!(
+            poll.cancel().is_err(),
+            "a failed cancellation was not reported"
+        );
+        assert!(
+            poll.armed(),
+            "the wait was dropped though nothing cancelled it"
+        );
+        poll.cancel().unwrap();
+        assert!(!poll.armed());
+        let start = Instant::now();
+        while poll.waits.pending() > 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the wait was never cancelled"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+            poll.reap().unwrap();
+        }
     }
 }

@@ -104,4 +104,63 @@ mod tests {
         drop(plain);
         turn_until_clients(&mut server, 0);
     }
+
+    /// A sleep whose futex waits cannot be armed (their submit fails) is cut to a millisecond,
+    /// so the server looks at its clients again soon rather than sleeping with no wait on the
+    /// word an untrusting client rings: that client's request is still answered.
+    #[test]
+    fn a_sleep_whose_waits_cannot_be_armed_looks_again_within_a_millisecond() {
+        use crate::queue::{Completer, Submitter};
+        use crate::{ClientOptions, NotifyMode, Server, ServerConfig};
+        match crate::futex_waits::FutexWaits::new(1) {
+            Ok(_) => {}
+            Err(e) if crate::futex_waits::tests::missing(&e) => {
+                eprintln!("skipped: no io_uring futex waits here: {e}");
+                return;
+            }
+            Err(e) => panic!("io_uring: {e}"),
+        }
+        let mut server = Server::from_fn(ServerConfig::new("kick/1"), |ctx, x: u64| {
+            ctx.complete(x + 1)
+        })
+        .unwrap();
+        let options = ClientOptions::new("kick/1")
+            .mode(NotifyMode::Futex)
+            .untrusted_server();
+        let mut client = connect(&mut server, &options);
+        // No wait left armed from the turns so far (it would take the doorbell), and every
+        // submit of the waits' ring fails from here on.
+        let waits = server.kick_waits.as_mut().expect("the waits' ring");
+        waits.cancel(&super::keys(client.id())).unwrap();
+        let start = Instant::now();
+        while waits.pending() > 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "a wait stays armed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+            waits.reap().unwrap();
+        }
+        waits.fail_submits = u32::MAX;
+        let serving = std::thread::spawn(move || {
+            server.run_for(Duration::from_secs(3)).unwrap();
+            server
+        });
+        // The server is asleep by now (in epoll, its waits not armed).
+        std::thread::sleep(Duration::from_millis(50));
+        client.push(41).unwrap();
+        client.submit().unwrap();
+        let asked = Instant::now();
+        client.wait(Some(Duration::from_secs(2))).unwrap();
+        let mut answers = Vec::new();
+        client.reap_into(&mut answers, 1).unwrap();
+        assert_eq!(answers, [42]);
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "answered after {:?}: the sleep was not cut short",
+            asked.elapsed()
+        );
+        let mut server = serving.join().unwrap();
+        server.kick_waits.as_mut().unwrap().fail_submits = 0;
+    }
 }
