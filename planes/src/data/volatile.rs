@@ -340,7 +340,8 @@ impl std::fmt::Debug for SharedBytes<'_> {
     }
 }
 
-/// Bytes copied per step by [`SharedBytes::for_each_chunk`].
+/// Bytes copied per step, at most, by [`SharedBytes::for_each_chunk`] and
+/// [`SharedBytes::update_chunks`].
 const CHUNK: usize = 4096;
 
 /// Views of at most this many bytes go through a buffer of this size instead of a [`CHUNK`]:
