@@ -143,18 +143,24 @@ mod tests {
         }
     }
 
+    /// A word announcing a sleep and a ring with a wait armed on it (as `poll_on`).
+    fn armed() -> Option<(WakeRef, FutexPoll)> {
+        let word = WakeRef::local();
+        let mut poll = poll_on(&word)?;
+        word.announce_sleep();
+        poll.arm().unwrap();
+        assert!(poll.armed());
+        Some((word, poll))
+    }
+
     /// A wait that completed while nobody looked (a wake-up the event loop took for another
     /// event) is reaped at the next arming, and a fresh one armed in its place: the next
     /// wake-up makes the descriptor readable again.
     #[test]
     fn a_completed_wait_is_replaced_at_the_next_arming() {
-        let word = WakeRef::local();
-        let Some(mut poll) = poll_on(&word) else {
+        let Some((word, mut poll)) = armed() else {
             return;
         };
-        word.announce_sleep();
-        poll.arm().unwrap();
-        assert!(poll.armed());
         assert!(!readable_within(poll.as_fd(), Duration::from_millis(20)));
         assert!(wake(&word));
         assert!(readable_within(poll.as_fd(), Duration::from_secs(5)));
@@ -178,13 +184,9 @@ mod tests {
     /// would take. The next cancellation makes it, and the kernel ends the wait.
     #[test]
     fn a_failed_cancellation_keeps_the_wait_until_one_is_made() {
-        let word = WakeRef::local();
-        let Some(mut poll) = poll_on(&word) else {
+        let Some((_word, mut poll)) = armed() else {
             return;
         };
-        word.announce_sleep();
-        poll.arm().unwrap();
-        assert!(poll.armed());
         poll.waits.fail_submits = 1;
         assert!(
             poll.cancel().is_err(),

@@ -70,23 +70,30 @@ mod tests {
         }
     }
 
-    /// The ring (and its descriptor) is there from the first client with a futex doorbell to
-    /// the last, and not for other clients.
-    #[test]
-    fn the_ring_lives_from_the_first_futex_doorbell_client_to_the_last() {
-        use crate::{ClientOptions, NotifyMode, Server, ServerConfig};
+    /// A server that answers each request with the request plus one, or `None` (the test
+    /// skips) where the kernel has no io_uring futex waits.
+    fn adding_server(
+    ) -> Option<crate::Server<u64, u64, impl crate::Service<u64, u64, Client: Send> + Send>> {
         match crate::futex_waits::FutexWaits::new(1) {
             Ok(_) => {}
             Err(e) if crate::futex_waits::tests::missing(&e) => {
                 eprintln!("skipped: no io_uring futex waits here: {e}");
-                return;
+                return None;
             }
             Err(e) => panic!("io_uring: {e}"),
         }
-        let mut server = Server::from_fn(ServerConfig::new("kick/1"), |ctx, x: u64| {
-            ctx.complete(x + 1)
-        })
-        .unwrap();
+        let config = crate::ServerConfig::new("kick/1");
+        Some(crate::Server::from_fn(config, |ctx, x: u64| ctx.complete(x + 1)).unwrap())
+    }
+
+    /// The ring (and its descriptor) is there from the first client with a futex doorbell to
+    /// the last, and not for other clients.
+    #[test]
+    fn the_ring_lives_from_the_first_futex_doorbell_client_to_the_last() {
+        use crate::{ClientOptions, NotifyMode};
+        let Some(mut server) = adding_server() else {
+            return;
+        };
         let trusting = ClientOptions::new("kick/1").mode(NotifyMode::Futex);
         let untrusting = trusting.clone().untrusted_server();
         let plain = connect(&mut server, &trusting);
@@ -111,19 +118,10 @@ mod tests {
     #[test]
     fn a_sleep_whose_waits_cannot_be_armed_looks_again_within_a_millisecond() {
         use crate::queue::{Completer, Submitter};
-        use crate::{ClientOptions, NotifyMode, Server, ServerConfig};
-        match crate::futex_waits::FutexWaits::new(1) {
-            Ok(_) => {}
-            Err(e) if crate::futex_waits::tests::missing(&e) => {
-                eprintln!("skipped: no io_uring futex waits here: {e}");
-                return;
-            }
-            Err(e) => panic!("io_uring: {e}"),
-        }
-        let mut server = Server::from_fn(ServerConfig::new("kick/1"), |ctx, x: u64| {
-            ctx.complete(x + 1)
-        })
-        .unwrap();
+        use crate::{ClientOptions, NotifyMode};
+        let Some(mut server) = adding_server() else {
+            return;
+        };
         let options = ClientOptions::new("kick/1")
             .mode(NotifyMode::Futex)
             .untrusted_server();
