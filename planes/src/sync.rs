@@ -145,7 +145,7 @@ pub use imp::*;
 /// (A single volatile copy of the whole entry was the first version: LLVM lowered it through the
 /// stack in byte-sized pieces, and a two-ring round trip between threads took about 1.4 times as
 /// long as it does now.) Two exceptions use wide volatile accesses instead, the way payloads
-/// are copied (`data/volatile.rs`) and rust-vmm's `vm-memory` copies guest memory: an entry
+/// are copied (`data/volatile/`) and rust-vmm's `vm-memory` copies guest memory: an entry
 /// whose size is a multiple of 16 bytes, in a slot that starts 16-byte aligned (as an indexed
 /// ring's slots then do), is copied as aligned 16-byte vectors (SSE2 on x86-64, NEON on
 /// AArch64: half the instructions of words; a 64-byte stream one entry at a time ran about
