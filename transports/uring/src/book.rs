@@ -118,15 +118,32 @@ impl Book {
             dst.write(self.complete_more(key, seal, ud, res, cqe.flags()));
             return;
         }
-        let taken = self
-            .slots
-            .get_mut(key)
-            .filter(|s| s.seal == seal)
-            .and_then(|s| Some((s.token, s.op.take()?, std::mem::take(&mut s.aux), s.region)));
-        let Some((token, op, aux, region)) = taken else {
+        let Some(slot) = self.slots.get_mut(key).filter(|s| s.seal == seal) else {
             dst.write(self.unknown_slot(ud, key));
             return;
         };
+        let (token, region) = (slot.token, slot.region);
+        if region == register::NO_REGION && matches!(slot.aux, op::Aux::None) {
+            if let Some((buf, name)) = op::take_plain_buf(&mut slot.op, res) {
+                let result = match res {
+                    0.. => Ok(res as u32),
+                    _ => Err(op::plain_failed(name, token, res)),
+                };
+                self.free.push(key as u32);
+                dst.write(Completion {
+                    token,
+                    result,
+                    output: Output::Buf(buf),
+                    more: false,
+                });
+                return;
+            }
+        }
+        let Some(op) = slot.op.take() else {
+            dst.write(self.unknown_slot(ud, key));
+            return;
+        };
+        let mut aux = std::mem::take(&mut slot.aux);
         self.free.push(key as u32);
         if region != register::NO_REGION {
             self.release_region(key, region);
@@ -138,7 +155,7 @@ impl Book {
             _ => failed(&op, token, res),
         };
         let output = match op.buf_group() {
-            None => op::output(op, aux, res),
+            None => op::output(op, &mut aux, res),
             Some(group) if matches!(op, Op::SendBundle { .. }) => {
                 self.sent(group, cqe.flags(), res, false, &mut result)
             }
@@ -147,6 +164,7 @@ impl Book {
                 self.selected(group, bundle, cqe.flags(), res, &mut result)
             }
         };
+        op::drop_aux(aux);
         dst.write(Completion {
             token,
             result,

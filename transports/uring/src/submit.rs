@@ -253,16 +253,21 @@ impl Uring {
                 let slot = &mut self.book.slots[key];
                 slot.token = sub.token;
                 slot.op = Some(sub.op);
-                slot.aux = aux;
+                op::put_aux(&mut slot.aux, aux);
                 if let Some(fixed) = &fin.fixed {
                     // The region stays registered until this operation completes.
                     slot.region = fixed.key;
                     self.book.fixed_in_flight[fixed.key as usize] += 1;
                 }
             }
-            // Light operations own no heap memory (see `light_kind`): nothing to drop, and
-            // forgetting spares a call to the `Op` drop glue per push.
-            None => std::mem::forget(sub),
+            // Light operations own no heap memory (see `light_kind`), and building their
+            // entries records none in `aux`: nothing to drop, and forgetting spares a call to
+            // the drop glue of `Op` and of `Aux` per push.
+            None => {
+                debug_assert!(matches!(aux, op::Aux::None));
+                std::mem::forget(aux);
+                std::mem::forget(sub);
+            }
         }
         Ok(())
     }

@@ -486,9 +486,71 @@ pub(crate) fn build<R>(
     }
 }
 
-/// Turns a finished operation into what the caller gets back, given the kernel's result.
+/// Drops `aux` without a call to its drop glue when it holds nothing, as it does for most
+/// operations (an `Aux` is dropped at every push and every completion).
+#[inline(always)]
+pub(crate) fn drop_aux(aux: Aux) {
+    if matches!(aux, Aux::None) {
+        std::mem::forget(aux);
+    } else {
+        drop(aux);
+    }
+}
+
+/// Puts `aux` into `place`, which holds nothing in the usual case (a free slot's): then
+/// without a call to the drop glue of what was there.
+#[inline(always)]
+pub(crate) fn put_aux(place: &mut Aux, aux: Aux) {
+    drop_aux(std::mem::replace(place, aux));
+}
+
+/// The plain buffer operations (read, write, send and recv of a `Vec`), the commonest that own
+/// memory, finished in place: takes the buffer out of the operation in `slot` (truncated to
+/// the bytes read or received), drops the rest of it there (its descriptor), and leaves the
+/// slot empty; returns the buffer and the operation's name. `None`, changing nothing, for any
+/// other operation ([`output`] finishes those, moved out of the slot).
+///
+/// What this saves: moving a whole operation (72 bytes) out of its slot and through the
+/// stack, and a call to its drop glue (docs/performance-history.md, "the kernel transport's
+/// per-operation work").
+#[inline(always)]
+pub(crate) fn take_plain_buf(slot: &mut Option<Op>, res: i32) -> Option<(Vec<u8>, &'static str)> {
+    let n = if res > 0 { res as usize } else { 0 };
+    // The name, and whether the kernel filled the buffer (then it is cut to what it filled).
+    let (fd, buf, name, filled) = match slot {
+        Some(Op::Read { fd, buf, .. }) => (fd, buf, "read", true),
+        Some(Op::Recv { fd, buf, .. }) => (fd, buf, "recv", true),
+        Some(Op::Write { fd, buf, .. }) => (fd, buf, "write", false),
+        Some(Op::Send { fd, buf, .. }) => (fd, buf, "send", false),
+        _ => return None,
+    };
+    let mut buf = std::mem::take(buf);
+    if filled {
+        buf.truncate(n);
+    }
+    // The descriptor is dropped here (a shared one's count goes down); what is left owns
+    // nothing (an empty `Vec`, a table index), so it is forgotten rather than dropped.
+    drop(std::mem::replace(fd, Target::Fixed(0)));
+    std::mem::forget(slot.take());
+    Some((buf, name))
+}
+
+/// The error of a plain buffer operation ([`take_plain_buf`]) the kernel finished with
+/// `res < 0`.
+#[cold]
+pub(crate) fn plain_failed(name: &'static str, token: u64, res: i32) -> std::io::Error {
+    crate::OpError {
+        op: name,
+        token,
+        source: std::io::Error::from_raw_os_error(-res),
+    }
+    .into_io()
+}
+
+/// Turns a finished operation into what the caller gets back, given the kernel's result (and
+/// takes from `aux` what it returns).
 #[inline]
-pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
+pub(crate) fn output(op: Op, aux: &mut Aux, res: i32) -> Output {
     let n = if res > 0 { res as usize } else { 0 };
     match op {
         Op::Read { mut buf, .. } | Op::Recv { mut buf, .. } => {
@@ -501,7 +563,7 @@ pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
         Op::SendMsg { bufs, .. } => Output::Bufs(bufs),
         Op::RecvMsg { mut bufs, .. } => {
             truncate_to(&mut bufs, n);
-            let (from, flags) = match &aux {
+            let (from, flags) = match &*aux {
                 Aux::Msg(m) if res >= 0 => (sender(m), m.hdr.msg_flags),
                 _ => (None, 0),
             };
@@ -557,9 +619,12 @@ pub(crate) fn output(op: Op, aux: Aux, res: i32) -> Output {
             }
             Output::None
         }
-        Op::Statx { .. } => match aux {
+        Op::Statx { .. } => match std::mem::take(aux) {
             Aux::Statx(s) => Output::Statx(s),
-            _ => Output::None,
+            other => {
+                drop_aux(other);
+                Output::None
+            }
         },
         _ => Output::None,
     }

@@ -595,7 +595,9 @@ pub enum Output {
 mod build;
 mod kinds;
 
-pub(crate) use build::{build, output, Aux, Finish, FixedAddr};
+pub(crate) use build::{
+    build, drop_aux, output, plain_failed, put_aux, take_plain_buf, Aux, Finish, FixedAddr,
+};
 
 impl DirectSlot {
     pub(crate) fn kernel(self) -> types::DestinationSlot {
