@@ -14,7 +14,10 @@
 //!   (the tail's line, then the slot's). The ring for round trips, where that transfer is the
 //!   latency: [`crate::pair`]'s submission and completion rings are stamped. A stamp costs
 //!   four bytes per slot and rounds small slots up to a power of two (8-byte entries take
-//!   16-byte slots, which halves a stream's throughput against an indexed ring).
+//!   16-byte slots, which halves a batched stream's throughput against an indexed ring). One
+//!   entry at a time, with a consumer that keeps up, the one transfer per entry wins instead:
+//!   8-byte entries streamed one at a time have run faster stamped than indexed in every full
+//!   run of `subring bench` (docs/architecture.md, "Rings").
 //!
 //! # Layout
 //! ```text
@@ -116,9 +119,10 @@ mod sealed {
 ///   published from the stamps: the line it polls is the line it then reads, so an entry
 ///   crosses from one core to the other in one cache-line transfer instead of two (the tail's
 ///   line, then the slot's). The ring for round trips, where that transfer is the latency: the
-///   [queue pair](crate::pair)'s rings are stamped. A stamp costs four bytes per slot and
+///   [queue pair](crate::pair)'s rings are stamped, and small entries streamed one at a time
+///   run faster stamped (docs/architecture.md, "Rings"). A stamp costs four bytes per slot and
 ///   rounds small slots up to a power of two (8-byte entries take 16-byte slots, twice the
-///   lines to stream).
+///   lines to stream in batches).
 pub trait Publication: sealed::Sealed + fmt::Debug + Send + Sync + 'static {
     /// True if each slot carries a stamp.
     const STAMPED: bool;
