@@ -15,6 +15,9 @@
 //! - `*-reads`: 200,000 random 4 KiB reads of a page-cached 64 MiB file (made in the temporary
 //!   directory the first time) with 32 in flight, each buffer moved into its read and handed
 //!   back with the completion, the file shared with the ring (divide by 200,000).
+//!
+//! Each loop is the bench's, as written there (the raw read loop collects each batch of
+//! completions into a `Vec`, as the bench's does).
 
 use io_uring::{opcode, IoUring};
 use subring_planes::queue::{Completer, Submitter};

@@ -260,12 +260,11 @@ impl Uring {
                     self.book.fixed_in_flight[fixed.key as usize] += 1;
                 }
             }
-            // Light operations own no heap memory (see `light_kind`), and building their
-            // entries records none in `aux`: nothing to drop, and forgetting spares a call to
-            // the drop glue of `Op` and of `Aux` per push.
+            // Light operations own no heap memory (see `light_kind`): nothing to drop, and
+            // forgetting spares a call to the `Op` drop glue per push. Building their entries
+            // records nothing in `aux` either, and `drop_aux` drops it without a call then.
             None => {
-                debug_assert!(matches!(aux, op::Aux::None));
-                std::mem::forget(aux);
+                op::drop_aux(aux);
                 std::mem::forget(sub);
             }
         }

@@ -497,8 +497,8 @@ pub(crate) fn drop_aux(aux: Aux) {
     }
 }
 
-/// Puts `aux` into `place`, which holds nothing in the usual case (a free slot's): then
-/// without a call to the drop glue of what was there.
+/// Puts `aux` into `place`, a free slot's, which holds nothing (completions take a slot's
+/// `Aux` out): so without a call to the drop glue of what was there.
 #[inline(always)]
 pub(crate) fn put_aux(place: &mut Aux, aux: Aux) {
     drop_aux(std::mem::replace(place, aux));
@@ -517,11 +517,13 @@ pub(crate) fn put_aux(place: &mut Aux, aux: Aux) {
 pub(crate) fn take_plain_buf(slot: &mut Option<Op>, res: i32) -> Option<(Vec<u8>, &'static str)> {
     let n = if res > 0 { res as usize } else { 0 };
     // The name, and whether the kernel filled the buffer (then it is cut to what it filled).
+    // Every field is named: one added to these variants must be handled below (or it would
+    // be forgotten with the rest).
     let (fd, buf, name, filled) = match slot {
-        Some(Op::Read { fd, buf, .. }) => (fd, buf, "read", true),
-        Some(Op::Recv { fd, buf, .. }) => (fd, buf, "recv", true),
-        Some(Op::Write { fd, buf, .. }) => (fd, buf, "write", false),
-        Some(Op::Send { fd, buf, .. }) => (fd, buf, "send", false),
+        Some(Op::Read { fd, buf, offset: _ }) => (fd, buf, "read", true),
+        Some(Op::Recv { fd, buf, flags: _ }) => (fd, buf, "recv", true),
+        Some(Op::Write { fd, buf, offset: _ }) => (fd, buf, "write", false),
+        Some(Op::Send { fd, buf, flags: _ }) => (fd, buf, "send", false),
         _ => return None,
     };
     let mut buf = std::mem::take(buf);
