@@ -188,3 +188,88 @@ fn silent_connections_of_one_user_push_out_their_own() {
     let stats = server.stop().unwrap().stats();
     assert_eq!(stats.made_room, 5, "{stats:?}");
 }
+
+/// What part of the answers a lone client of another user gets beside `crowd` busy clients of
+/// ours, all keeping their rings full of 64 KiB checksums (the server is the bottleneck), with
+/// a batch of 4 per turn and budgets shared by user or not; `None` without a second user.
+fn lone_clients_share(test: &str, crowd: usize, shared: bool) -> Option<f64> {
+    use std::sync::Arc;
+    use subring_shm::echo::{EchoOp, EchoStatus};
+    use subring_shm::queue::{Completer, Submitter};
+    use subring_shm::{BufHandle, Region, RegionOptions};
+    const LEN: u32 = 64 << 10;
+    const ANSWERS: u64 = 1400;
+    let (server, path) = server(test, |c| {
+        c.batch = 4;
+        c.share_by_user = shared;
+    });
+    if !other_user_reaches(&path) {
+        return None;
+    }
+    let other_path = path.clone();
+    let lone = as_user(OTHER, move || connect(&other_path))
+        .unwrap()
+        .unwrap();
+    let mut clients = vec![lone];
+    clients.extend((0..crowd).map(|_| connect(&path).unwrap()));
+    for c in &mut clients {
+        let region = Region::memfd("share", 1 << 20, RegionOptions::new().id(3)).unwrap();
+        c.register_region(Arc::new(region)).unwrap();
+    }
+    let sum = |seq: u64| EchoReq {
+        seq,
+        op: EchoOp::SUM,
+        reserved: 0,
+        buf: BufHandle {
+            offset: (seq % 15) * u64::from(LEN),
+            len: LEN,
+            region: 3,
+        },
+    };
+    // Answers per client; client 0 is the lone one.
+    let mut answers = vec![0u64; clients.len()];
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut seq = 0;
+    while answers.iter().sum::<u64>() < ANSWERS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {answers:?} answers within {WAIT:?}"
+        );
+        for (k, c) in clients.iter_mut().enumerate() {
+            while c.push(sum(seq)).is_ok() {
+                seq += 1;
+            }
+            c.submit().unwrap();
+            while let Some(r) = c.reap().unwrap() {
+                assert_eq!(r.status, EchoStatus::OK, "{r:?}");
+                answers[k] += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    drop(clients);
+    server.stop().unwrap();
+    let share = answers[0] as f64 / answers.iter().sum::<u64>() as f64;
+    eprintln!("shared by user: {shared}; answers {answers:?}; the lone client's part {share:.2}");
+    Some(share)
+}
+
+/// With `share_by_user`, the clients of one user split one client's turn budget: beside six
+/// busy clients of ours, another user's single client takes 4 requests a turn against the
+/// six's 1 each (its part of the answers about 4 in 10), where by default each client has a
+/// budget of its own and the lone client gets about 4 in 28. Needs root (the second user).
+#[test]
+fn a_users_many_clients_share_one_budget_per_turn() {
+    let Some(by_client) = lone_clients_share("per-user-turns-default", 6, false) else {
+        return;
+    };
+    let by_user = lone_clients_share("per-user-turns-shared", 6, true).unwrap();
+    assert!(
+        by_client < 0.25,
+        "by default the lone client got {by_client:.2} of the answers beside six busy ones"
+    );
+    assert!(
+        by_user > 0.3,
+        "with budgets shared by user, the lone client got only {by_user:.2} of the answers"
+    );
+}

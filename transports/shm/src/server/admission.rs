@@ -235,6 +235,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             }
             self.stats.calls.add(a.service.stats());
             self.stats.released += 1;
+            self.shares_stale = true;
             self.kick_words_changed |= a.kick_word.is_some();
             if let (Some(waits), Some(_)) = (&mut self.kick_waits, &a.kick_word) {
                 // Best effort: a wait left armed ends at a wake-up, or with the ring.

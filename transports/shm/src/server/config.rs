@@ -56,6 +56,14 @@ pub struct ServerConfig {
     ///
     /// [`Ctx`]: crate::Ctx
     pub turn_bytes: u64,
+    /// The per-turn budgets ([`batch`](Self::batch), [`turn_bytes`](Self::turn_bytes)) are a
+    /// user's rather than a client's: the clients of one user (as
+    /// [`max_clients_per_user`](Self::max_clients_per_user) counts them) split one client's
+    /// budget evenly each turn (a share of the batch rounded up, so each takes at least one
+    /// request), so a user that opens many connections gets no more of the server per turn
+    /// than a user with one. An idle client's part is not passed to the user's others. Off
+    /// by default: each client has a budget of its own.
+    pub share_by_user: bool,
     /// Requests of one client that a [`Service`](crate::Service) may hold unanswered at once
     /// ([`Ctx::defer`](crate::Ctx::defer)): while a client has this many, the server takes no
     /// more of its requests (they wait in its ring: back-pressure it sees).
@@ -97,8 +105,8 @@ pub enum ServerSleep {
 impl ServerConfig {
     /// Defaults for `protocol`: 64 clients (of any users), rings up to 64K entries,
     /// buffers up to 1 MiB, 1 GiB per region, 8 extra regions, 5 s handshakes (64 at once),
-    /// 50 µs adaptive polling, 64 requests or 1 MiB touched per client per turn, 1024 deferred
-    /// requests per client.
+    /// 50 µs adaptive polling, 64 requests or 1 MiB touched per client per turn (budgets not
+    /// shared by user), 1024 deferred requests per client.
     pub fn new(protocol: &str) -> Self {
         ServerConfig {
             protocol: protocol.to_string(),
@@ -114,6 +122,7 @@ impl ServerConfig {
             batch: 64,
             turn_bytes: 1 << 20,
             max_deferred: 1024,
+            share_by_user: false,
             exit_when_empty: false,
             sleep: ServerSleep::Epoll,
             event_idx: true,

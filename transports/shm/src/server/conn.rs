@@ -48,6 +48,11 @@ pub(crate) struct Active<S, C, K> {
     /// The client said it is leaving (its shutdown message): it is served under the usual
     /// limits until a turn takes nothing from it, and then released.
     pub(crate) leaving: bool,
+    /// What one turn may take from the client: the configured budget, or with
+    /// [`ServerConfig::share_by_user`](crate::ServerConfig::share_by_user) its part of its
+    /// user's (kept here, beside the rest of the client's state, so that a turn reads no
+    /// configuration).
+    pub(crate) limits: Limits,
 }
 
 /// What a sleeping server waits for from a client.
@@ -85,6 +90,20 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
+    /// One of `share` clients' part of these limits, when they split them evenly: the batch
+    /// rounded up (each takes at least one request, so a share never stops a client, nor
+    /// makes a leaving one look done), the bytes rounded down (at least one: a single request
+    /// is never split).
+    #[inline]
+    pub(crate) fn shared(self, share: u32) -> Self {
+        let share = share.max(1);
+        Limits {
+            batch: self.batch.div_ceil(share).max(1),
+            max_deferred: self.max_deferred,
+            turn_bytes: (self.turn_bytes / u64::from(share)).max(1),
+        }
+    }
+
     /// For a client that is leaving: everything it published, within its deferred limit.
     pub(crate) fn draining(max_deferred: u32) -> Self {
         Limits {
@@ -283,5 +302,42 @@ impl<S: Pod, C: Pod, K> Route<C> for Table<'_, S, C, K> {
             State::Active(a) => Some((&a.info, &a.memory)),
             State::Handshake { .. } => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Limits;
+
+    /// A user's clients split its turn budget: the batch rounded up (each takes a request at
+    /// least), the bytes rounded down but never to nothing; the deferred limit is each
+    /// client's own.
+    #[test]
+    fn a_share_of_the_limits_leaves_each_client_something() {
+        let limits = Limits {
+            batch: 64,
+            max_deferred: 1024,
+            turn_bytes: 1 << 20,
+        };
+        let parts = |share| {
+            let l = limits.shared(share);
+            (l.batch, l.turn_bytes, l.max_deferred)
+        };
+        assert_eq!(parts(1), (64, 1 << 20, 1024));
+        assert_eq!(parts(6), (11, (1 << 20) / 6, 1024));
+        assert_eq!(parts(64), (1, 1 << 14, 1024));
+        assert_eq!(parts(100), (1, (1 << 20) / 100, 1024));
+        assert_eq!(
+            parts(0),
+            (64, 1 << 20, 1024),
+            "no clients counted: one share"
+        );
+        let tiny = Limits {
+            batch: 1,
+            max_deferred: 1,
+            turn_bytes: 3,
+        }
+        .shared(8);
+        assert_eq!((tiny.batch, tiny.turn_bytes), (1, 1));
     }
 }

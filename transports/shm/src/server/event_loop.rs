@@ -201,17 +201,18 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     }
 
     pub(super) fn serve_all(&mut self) -> u32 {
-        let limits = Limits {
-            batch: self.config.batch,
-            max_deferred: self.config.max_deferred,
-            turn_bytes: self.config.turn_bytes,
-        };
+        if self.config.share_by_user && std::mem::take(&mut self.shares_stale) {
+            self.count_shares();
+        }
         let mut work = 0;
         let mut requests = 0u64;
         let mut i = 0;
         while i < self.conns.len() {
             let outcome = match &mut self.conns[i].state {
-                State::Active(a) => a.serve(&mut self.service, limits),
+                State::Active(a) => {
+                    let limits = a.limits;
+                    a.serve(&mut self.service, limits)
+                }
                 State::Handshake { .. } => Ok(Outcome::Served {
                     taken: 0,
                     deferred: 0,
@@ -249,6 +250,40 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         }
         self.stats.requests += requests;
         work
+    }
+
+    /// A client's budget per turn, unshared: the configured one.
+    pub(super) fn turn_limits(&self) -> Limits {
+        Limits {
+            batch: self.config.batch,
+            max_deferred: self.config.max_deferred,
+            turn_bytes: self.config.turn_bytes,
+        }
+    }
+
+    /// With [`ServerConfig::share_by_user`]: gives each client its part of its user's budget
+    /// ([`Active::limits`]), split between the clients its user has (connections without
+    /// credentials count as one user, as for `max_clients_per_user`). Run when a client came
+    /// or went.
+    fn count_shares(&mut self) {
+        let mut users: Vec<(Option<u32>, u32)> = Vec::new();
+        for c in &self.conns {
+            if let State::Active(_) = c.state {
+                let uid = c.uid();
+                match users.iter_mut().find(|(u, _)| *u == uid) {
+                    Some((_, n)) => *n += 1,
+                    None => users.push((uid, 1)),
+                }
+            }
+        }
+        let base = self.turn_limits();
+        for c in &mut self.conns {
+            let uid = c.uid();
+            if let State::Active(a) = &mut c.state {
+                let share = users.iter().find(|(u, _)| *u == uid).map_or(1, |&(_, n)| n);
+                a.limits = base.shared(share);
+            }
+        }
     }
 
     /// Announces sleep on every ring that can wake us; `true` if one already has work.

@@ -390,7 +390,9 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             ledger: Arc::new(Ledger::default()),
             cut_short: false,
             leaving: false,
+            limits: self.turn_limits(),
         }));
+        self.shares_stale = true;
         self.stats.welcomed += 1;
         Ok(())
     }

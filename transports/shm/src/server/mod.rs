@@ -105,6 +105,9 @@ pub struct Server<S: Pod, C: Pod, V: Service<S, C>> {
     kick_waits: Option<FutexWaits>,
     /// Those clients.
     futex_doorbells: usize,
+    /// A client came or went since each client's part of its user's budget was counted
+    /// ([`ServerConfig::share_by_user`]).
+    shares_stale: bool,
 }
 
 impl<S: Pod, C: Pod, V: Service<S, C>> fmt::Debug for Server<S, C, V> {
@@ -263,6 +266,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             kick_words_changed: false,
             kick_waits: None,
             futex_doorbells: 0,
+            shares_stale: false,
         })
     }
 
