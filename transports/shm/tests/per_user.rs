@@ -189,15 +189,74 @@ fn silent_connections_of_one_user_push_out_their_own() {
     assert_eq!(stats.made_room, 5, "{stats:?}");
 }
 
-/// What part of the answers a lone client of another user gets beside `crowd` busy clients of
-/// ours, all keeping their rings full of 64 KiB checksums (the server is the bottleneck), with
-/// a batch of 4 per turn and budgets shared by user or not; `None` without a second user.
-fn lone_clients_share(test: &str, crowd: usize, shared: bool) -> Option<f64> {
-    use std::sync::Arc;
-    use subring_shm::echo::{EchoOp, EchoStatus};
-    use subring_shm::queue::{Completer, Submitter};
-    use subring_shm::{BufHandle, Region, RegionOptions};
+/// 64 KiB checksums of a client's own region (id 3): each costs the server far more than the
+/// client pays to ask for it, so the server is the bottleneck.
+fn checksum_request(seq: u64) -> EchoReq {
     const LEN: u32 = 64 << 10;
+    EchoReq {
+        seq,
+        op: subring_shm::echo::EchoOp::SUM,
+        reserved: 0,
+        buf: subring_shm::BufHandle {
+            offset: (seq % 15) * u64::from(LEN),
+            len: LEN,
+            region: 3,
+        },
+    }
+}
+
+/// Keeps every client's ring full of [`checksum_request`]s until `answers` have come back in
+/// all; returns how many each client got.
+fn answers_per_client(clients: &mut [Client<EchoReq, EchoResp>], answers: u64) -> Vec<u64> {
+    use subring_shm::echo::EchoStatus;
+    use subring_shm::queue::{Completer, Submitter};
+    let mut got = vec![0u64; clients.len()];
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut seq = 0;
+    while got.iter().sum::<u64>() < answers {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {got:?} answers within {WAIT:?}"
+        );
+        for (k, c) in clients.iter_mut().enumerate() {
+            while c.push(checksum_request(seq)).is_ok() {
+                seq += 1;
+            }
+            c.submit().unwrap();
+            while let Some(r) = c.reap().unwrap() {
+                assert_eq!(r.status, EchoStatus::OK, "{r:?}");
+                got[k] += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    got
+}
+
+/// Reaps until each client has every answer it is owed, for `settle` at most.
+fn drain(clients: &mut [Client<EchoReq, EchoResp>], settle: Duration) {
+    use subring_shm::queue::Completer;
+    let deadline = std::time::Instant::now() + settle;
+    while std::time::Instant::now() < deadline {
+        for c in clients.iter_mut() {
+            while c.reap().unwrap().is_some() {}
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The lone client's part of `answers`.
+fn lone_part(answers: &[u64]) -> f64 {
+    answers[0] as f64 / answers.iter().sum::<u64>() as f64
+}
+
+/// What part of the answers a lone client of another user gets beside `crowd` busy clients of
+/// ours, all keeping their rings full of 64 KiB checksums, with a batch of 4 per turn and
+/// budgets shared by user or not; with sharing, also after all but one of the crowd left (the
+/// shares recounted). `None` without a second user.
+fn lone_clients_part(test: &str, crowd: usize, shared: bool) -> Option<(f64, Option<f64>)> {
+    use std::sync::Arc;
+    use subring_shm::{Region, RegionOptions};
     const ANSWERS: u64 = 1400;
     let (server, path) = server(test, |c| {
         c.batch = 4;
@@ -216,54 +275,36 @@ fn lone_clients_share(test: &str, crowd: usize, shared: bool) -> Option<f64> {
         let region = Region::memfd("share", 1 << 20, RegionOptions::new().id(3)).unwrap();
         c.register_region(Arc::new(region)).unwrap();
     }
-    let sum = |seq: u64| EchoReq {
-        seq,
-        op: EchoOp::SUM,
-        reserved: 0,
-        buf: BufHandle {
-            offset: (seq % 15) * u64::from(LEN),
-            len: LEN,
-            region: 3,
-        },
-    };
-    // Answers per client; client 0 is the lone one.
-    let mut answers = vec![0u64; clients.len()];
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut seq = 0;
-    while answers.iter().sum::<u64>() < ANSWERS {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {answers:?} answers within {WAIT:?}"
-        );
-        for (k, c) in clients.iter_mut().enumerate() {
-            while c.push(sum(seq)).is_ok() {
-                seq += 1;
-            }
-            c.submit().unwrap();
-            while let Some(r) = c.reap().unwrap() {
-                assert_eq!(r.status, EchoStatus::OK, "{r:?}");
-                answers[k] += 1;
-            }
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    let answers = answers_per_client(&mut clients, ANSWERS);
+    let part = lone_part(&answers);
+    eprintln!("shared by user: {shared}; answers {answers:?}; the lone client's part {part:.2}");
+    let after = shared.then(|| {
+        // All but one of the crowd leave; the one left takes its user's whole budget.
+        drain(&mut clients, Duration::from_millis(300));
+        clients.truncate(2);
+        drain(&mut clients, Duration::from_millis(300));
+        let answers = answers_per_client(&mut clients, ANSWERS);
+        let part = lone_part(&answers);
+        eprintln!("the crowd down to one: answers {answers:?}; the lone client's part {part:.2}");
+        part
+    });
     drop(clients);
     server.stop().unwrap();
-    let share = answers[0] as f64 / answers.iter().sum::<u64>() as f64;
-    eprintln!("shared by user: {shared}; answers {answers:?}; the lone client's part {share:.2}");
-    Some(share)
+    Some((part, after))
 }
 
 /// With `share_by_user`, the clients of one user split one client's turn budget: beside six
 /// busy clients of ours, another user's single client takes 4 requests a turn against the
 /// six's 1 each (its part of the answers about 4 in 10), where by default each client has a
-/// budget of its own and the lone client gets about 4 in 28. Needs root (the second user).
+/// budget of its own and the lone client gets about 4 in 28. When five of the six leave, the
+/// one left takes the whole budget again (about half each). Needs root (the second user).
 #[test]
 fn a_users_many_clients_share_one_budget_per_turn() {
-    let Some(by_client) = lone_clients_share("per-user-turns-default", 6, false) else {
+    let Some((by_client, _)) = lone_clients_part("per-user-turns-default", 6, false) else {
         return;
     };
-    let by_user = lone_clients_share("per-user-turns-shared", 6, true).unwrap();
+    let (by_user, after) = lone_clients_part("per-user-turns-shared", 6, true).unwrap();
+    let after = after.unwrap();
     assert!(
         by_client < 0.25,
         "by default the lone client got {by_client:.2} of the answers beside six busy ones"
@@ -271,5 +312,10 @@ fn a_users_many_clients_share_one_budget_per_turn() {
     assert!(
         by_user > 0.3,
         "with budgets shared by user, the lone client got only {by_user:.2} of the answers"
+    );
+    assert!(
+        (0.3..0.7).contains(&after),
+        "with one client of the crowd left, the lone client got {after:.2} of the answers \
+         (the shares were not recounted when the others left?)"
     );
 }

@@ -58,11 +58,13 @@ pub struct ServerConfig {
     pub turn_bytes: u64,
     /// The per-turn budgets ([`batch`](Self::batch), [`turn_bytes`](Self::turn_bytes)) are a
     /// user's rather than a client's: the clients of one user (as
-    /// [`max_clients_per_user`](Self::max_clients_per_user) counts them) split one client's
-    /// budget evenly each turn (a share of the batch rounded up, so each takes at least one
-    /// request), so a user that opens many connections gets no more of the server per turn
-    /// than a user with one. An idle client's part is not passed to the user's others. Off
-    /// by default: each client has a budget of its own.
+    /// [`max_clients_per_user`](Self::max_clients_per_user) counts them: connections handed
+    /// in with [`Server::add_connection`](crate::Server::add_connection) are usually all the
+    /// server's own user's) split one client's budget evenly each turn. Each takes at least
+    /// one request, so a user gets one client's budget per turn, or one request per client
+    /// when it has more clients than `batch` (bound that with `max_clients_per_user`),
+    /// however many connections it opens. An idle client's part is not passed to the user's
+    /// others. Off by default: each client has a budget of its own.
     pub share_by_user: bool,
     /// Requests of one client that a [`Service`](crate::Service) may hold unanswered at once
     /// ([`Ctx::defer`](crate::Ctx::defer)): while a client has this many, the server takes no

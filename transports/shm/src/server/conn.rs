@@ -92,15 +92,15 @@ pub(crate) struct Limits {
 impl Limits {
     /// One of `share` clients' part of these limits, when they split them evenly: the batch
     /// rounded up (each takes at least one request, so a share never stops a client, nor
-    /// makes a leaving one look done), the bytes rounded down (at least one: a single request
-    /// is never split).
+    /// makes a leaving one look done), the bytes rounded down (at least one, unless there
+    /// were none to share: a budget of 0 bytes, one request a turn, stays that).
     #[inline]
     pub(crate) fn shared(self, share: u32) -> Self {
         let share = share.max(1);
         Limits {
             batch: self.batch.div_ceil(share).max(1),
             max_deferred: self.max_deferred,
-            turn_bytes: (self.turn_bytes / u64::from(share)).max(1),
+            turn_bytes: (self.turn_bytes / u64::from(share)).max(self.turn_bytes.min(1)),
         }
     }
 
@@ -339,5 +339,16 @@ mod tests {
         }
         .shared(8);
         assert_eq!((tiny.batch, tiny.turn_bytes), (1, 1));
+        let none = Limits {
+            batch: 8,
+            max_deferred: 1,
+            turn_bytes: 0,
+        }
+        .shared(3);
+        assert_eq!(
+            (none.batch, none.turn_bytes),
+            (3, 0),
+            "no bytes: none shared"
+        );
     }
 }
