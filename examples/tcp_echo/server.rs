@@ -159,6 +159,14 @@ struct Server {
     stats: ServerStats,
 }
 
+/// How long a turn's wait holds out for its whole batch before it takes what came. Every
+/// closed-loop client's round trip pays up to this much at each turn that its request misses
+/// the batch's count (the next receives are a round trip away when the sends go out, so a turn
+/// often does), so it is kept short against a round trip on loopback (15 us here): at 20 us,
+/// 16 connections ran at 0.76-0.79x tokio's rate, at 2 us 0.94-0.96x, with 64 connections
+/// 0.98-1.07x and 1.08-1.12x (performance-history.md, "the echo server's batch wait").
+const BATCH_WAIT: Duration = Duration::from_micros(2);
+
 /// Echoes every connection on `listener` until `stop` (an eventfd, say) becomes readable, then
 /// finishes the sends in flight (waiting at most a second for them).
 pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) -> Res<ServerStats> {
@@ -215,9 +223,9 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
         // One enter per turn submits what the last turn queued and waits. The sends among it
         // complete during that very enter (a send to a socket with room finishes inline), so
         // the batch waited for is the queued entries' completions plus as many receives as the
-        // last turn brought, or whatever came within 20 us. (Re-arms queued with the sends do
-        // not complete at once and a zero-copy send completes twice: the count is a target, and
-        // the 20 us bound it.) (Counting completions without the
+        // last turn brought, or whatever came within `BATCH_WAIT`. (Re-arms queued with the
+        // sends do not complete at once and a zero-copy send completes twice: the count is a
+        // target, and `BATCH_WAIT` bounds it.) (Counting completions without the
         // sends made a wait return at once on them: 0.31 enters per request at 64
         // connections, against 0.07-0.09 now; performance-history.md, "echo batches".) A turn
         // that brought at most one receive waits for the first completion: one connection's
@@ -229,7 +237,7 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
         };
         match s
             .ring
-            .wait_batch(min, Duration::from_micros(20), Some(Duration::from_secs(1)))
+            .wait_batch(min, BATCH_WAIT, Some(Duration::from_secs(1)))
         {
             Ok(()) | Err(QueueError::Timeout(_)) => {}
             Err(e) => return Err(e.into()),
