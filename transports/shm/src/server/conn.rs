@@ -92,13 +92,13 @@ pub(crate) struct Limits {
 impl Limits {
     /// One of `share` clients' part of these limits, when they split them evenly: the batch
     /// rounded up (each takes at least one request, so a share never stops a client, nor
-    /// makes a leaving one look done), the bytes rounded down (at least one, unless there
-    /// were none to share: a budget of 0 bytes, one request a turn, stays that).
+    /// makes a leaving one look done), the bytes rounded down (at least one). A budget of
+    /// nothing stays nothing (0 bytes: one request a turn).
     #[inline]
     pub(crate) fn shared(self, share: u32) -> Self {
         let share = share.max(1);
         Limits {
-            batch: self.batch.div_ceil(share).max(1),
+            batch: self.batch.div_ceil(share).max(self.batch.min(1)),
             max_deferred: self.max_deferred,
             turn_bytes: (self.turn_bytes / u64::from(share)).max(self.turn_bytes.min(1)),
         }
@@ -350,5 +350,12 @@ mod tests {
             (3, 0),
             "no bytes: none shared"
         );
+        let idle = Limits {
+            batch: 0,
+            max_deferred: 1,
+            turn_bytes: 8,
+        }
+        .shared(3);
+        assert_eq!(idle.batch, 0, "no requests: none shared");
     }
 }
