@@ -9,7 +9,8 @@
 //! Options after the two paths: `--copy` (copy through the service's own buffers instead: the
 //! design this service exists to avoid), `--buffered` (no `O_DIRECT`), `--read-only`,
 //! `--clients-per-user N` (for a server several users share: at most `N` clients of one user
-//! at once), `--futex-sleep` (sleep on the clients' futex words rather than in epoll; clients
+//! at once), `--share-by-user` (the clients of one user split one client's budget of each of
+//! the server's turns, so many connections buy a user no larger part), `--futex-sleep` (sleep on the clients' futex words rather than in epoll; clients
 //! that do not trust the server, `ClientOptions::untrusted_server`, ring a futex doorbell
 //! either way), `--for SECONDS`.
 //! It prints a line per second while clients come and go; stop it with Ctrl-C.
@@ -21,7 +22,7 @@ use subring::blk::{self, BlkConfig};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: blk_server SOCKET_PATH DEVICE_PATH [--copy] [--buffered] [--read-only] \
-                 [--clients-per-user N] [--futex-sleep] [--for SECONDS]";
+                 [--clients-per-user N] [--share-by-user] [--futex-sleep] [--for SECONDS]";
     let (Some(socket), Some(device)) = (args.first(), args.get(1)) else {
         return Err(usage.into());
     };
@@ -40,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .parse()
                     .map_err(|e| format!("--clients-per-user {n:?}: {e}"))?;
             }
+            "--share-by-user" => server_config.share_by_user = true,
             "--futex-sleep" => server_config.sleep = subring::shm::ServerSleep::Futex,
             "--for" => {
                 let s = rest.next().ok_or(usage)?;
