@@ -20,7 +20,18 @@ pub struct AppSide<S, C> {
     /// published since.
     sq_notified: u32,
     state: StateRef,
+    /// Set by [`ServiceGone::declare`] beside the service's closed word, which the service
+    /// could clear again: this one only this process writes.
+    declared: Arc<AtomicU32>,
     _header: Claim,
+}
+
+/// The service's closed word and this process's own word of its declared death.
+fn closed_words<'a>(state: &'a StateRef, declared: &'a AtomicU32) -> PeerClosed<'a> {
+    PeerClosed {
+        shared: &state.get().service_closed,
+        declared: Some(declared),
+    }
 }
 
 impl<S, C> fmt::Debug for AppSide<S, C> {
@@ -78,6 +89,7 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
             sq,
             cq,
             state,
+            declared: Arc::new(AtomicU32::new(0)),
             _header: header,
         })
     }
@@ -90,11 +102,12 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
             room_word: self.sq.producer_wake(),
             call_fd: self.call_fd.clone(),
             call_mode: self.call_mode,
+            declared: self.declared.clone(),
         }
     }
 
     fn service_closed(&self) -> bool {
-        closed(&self.state.get().service_closed)
+        closed_words(&self.state, &self.declared).closed()
     }
 
     /// Whether completions are ready to reap.
@@ -139,7 +152,7 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
     /// Returns `true` if completions (or the service's close) are already there — then do not
     /// wait, reap. After the fd fires, call [`disarm`](Self::disarm) and reap.
     pub fn arm(&mut self) -> Result<bool, QueueError> {
-        let armed = arm_ring(&mut self.cq, &self.state.get().service_closed)?;
+        let armed = arm_ring(&mut self.cq, closed_words(&self.state, &self.declared))?;
         // The announcement fenced: the look at a service asleep on a full completion ring
         // (before this side sleeps, and may not ring for a while) needs no fence of its own.
         self.cq_bell.after_fence(self.cq.released())?;
@@ -169,7 +182,7 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
         wait_ring_for(
             &self.interrupt,
             &mut self.cq,
-            &self.state.get().service_closed,
+            closed_words(&self.state, &self.declared),
             n,
             self.event_idx,
             timeout,
@@ -248,7 +261,7 @@ impl<S: Pod, C: Pod> Submitter for AppSide<S, C> {
         wait_room(
             &self.room,
             &mut self.sq,
-            &self.state.get().service_closed,
+            closed_words(&self.state, &self.declared),
             || Ok(cq.available()? == cq.capacity()),
             timeout,
         )
@@ -307,7 +320,7 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
         wait_ring(
             &self.interrupt,
             &mut self.cq,
-            &self.state.get().service_closed,
+            closed_words(&self.state, &self.declared),
             timeout,
         )
     }

@@ -17,6 +17,8 @@ pub struct ServiceGone {
     pub(super) room_word: WakeRef,
     pub(super) call_fd: Option<EventFdSignal>,
     pub(super) call_mode: NotifyMode,
+    /// The app's own word of the service's declared death ([`AppSide`]'s `declared`).
+    pub(super) declared: Arc<AtomicU32>,
 }
 
 impl fmt::Debug for ServiceGone {
@@ -32,6 +34,10 @@ impl ServiceGone {
     pub fn declare(&self) -> io::Result<()> {
         // SYNC POINT (pair-close): Release pairs with the Acquire load in `closed`, as in `close`.
         self.state.get().service_closed.store(1, Release);
+        // The shared word is the service's to write, and a service that hung up could clear it
+        // again (it may be alive, and hostile): the app's waits also look at this word, which
+        // only this process writes. Set before the wake-ups, as the shared one is.
+        self.declared.store(1, Release);
         // `take_sleeper` fences (sleep-dekker): either the app's re-check after announcing
         // sleep sees the closed word, or it sleeps and is woken here. The wake is sent whether
         // or not the word still says the app sleeps: the service may have died after claiming

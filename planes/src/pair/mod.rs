@@ -237,6 +237,34 @@ fn closed(word: &AtomicU32) -> bool {
     word.load(Acquire) != 0
 }
 
+/// Where one side learns that its peer has closed: the peer's closed word, in shared memory,
+/// and on the app side also a word of this process's own, which [`ServiceGone::declare`] sets.
+/// The shared word is the peer's to write: a service declared gone (its socket hung up) that
+/// keeps the memory mapped could clear it again, and the app's waits would sleep on. The
+/// private word it cannot reach.
+#[derive(Clone, Copy)]
+struct PeerClosed<'a> {
+    shared: &'a AtomicU32,
+    declared: Option<&'a AtomicU32>,
+}
+
+impl<'a> PeerClosed<'a> {
+    /// The peer's shared word only (the service side: nothing declares an app gone).
+    fn shared(shared: &'a AtomicU32) -> Self {
+        PeerClosed {
+            shared,
+            declared: None,
+        }
+    }
+
+    #[inline(always)]
+    fn closed(self) -> bool {
+        // SYNC POINT (pair-close): `declared` is set with Release in `ServiceGone::declare`
+        // after the shared word; Acquire as in `closed`.
+        closed(self.shared) || self.declared.is_some_and(|d| d.load(Acquire) != 0)
+    }
+}
+
 /// Sets this side's closed word and wakes the peer. `RELAXED` is a loom negative control's
 /// breakage (the constant folds away).
 fn close<const RELAXED: bool>(word: &AtomicU32, peer: &dyn Notifier) {
@@ -253,13 +281,13 @@ fn close<const RELAXED: bool>(word: &AtomicU32, peer: &dyn Notifier) {
 fn wait_ring<T: Pod>(
     notifier: &ModeNotifier,
     ring: &mut Consumer<T, Stamped>,
-    peer_closed: &AtomicU32,
+    peer_closed: PeerClosed<'_>,
     timeout: Option<Duration>,
 ) -> Result<(), QueueError> {
     let mut corrupt: Option<CorruptIndex> = None;
     let mut ready = || match ring.has_entries() {
         Ok(true) => true,
-        Ok(false) => closed(peer_closed),
+        Ok(false) => peer_closed.closed(),
         Err(e) => {
             corrupt = Some(e);
             true
@@ -277,7 +305,7 @@ fn wait_ring<T: Pod>(
 fn wait_ring_for<T: Pod>(
     notifier: &ModeNotifier,
     ring: &mut Consumer<T, Stamped>,
-    peer_closed: &AtomicU32,
+    peer_closed: PeerClosed<'_>,
     n: u32,
     event_idx: bool,
     timeout: Option<Duration>,
@@ -286,7 +314,7 @@ fn wait_ring_for<T: Pod>(
     let event = ring.event_for(n);
     let mut corrupt: Option<CorruptIndex> = None;
     let mut ready = || match ring.available_up_to(n) {
-        Ok(k) => k >= n || closed(peer_closed),
+        Ok(k) => k >= n || peer_closed.closed(),
         Err(e) => {
             corrupt = Some(e);
             true
@@ -314,13 +342,13 @@ fn wait_ring_for<T: Pod>(
 fn ring_waited<T: Pod>(
     ring: &mut Consumer<T, Stamped>,
     corrupt: Option<CorruptIndex>,
-    peer_closed: &AtomicU32,
+    peer_closed: PeerClosed<'_>,
 ) -> Result<(), QueueError> {
     if let Some(e) = corrupt {
         // A peer that scribbled on the ring and then closed (or died: see `ServiceGone`):
         // what the caller needs to hear is that it is gone. The corruption stays in the ring,
         // and reporting it instead would hide the death at every wait, forever.
-        if closed(peer_closed) {
+        if peer_closed.closed() {
             return Err(QueueError::PeerGone);
         }
         return Err(e.into());
@@ -335,11 +363,11 @@ fn ring_waited<T: Pod>(
 /// should not (entries, or the peer's close, are already there).
 fn arm_ring<T: Pod>(
     ring: &mut Consumer<T, Stamped>,
-    peer_closed: &AtomicU32,
+    peer_closed: PeerClosed<'_>,
 ) -> Result<bool, QueueError> {
     let word = ring.consumer_wake();
     word.announce_sleep();
-    if ring.has_entries()? || closed(peer_closed) {
+    if ring.has_entries()? || peer_closed.closed() {
         word.cancel_sleep();
         return Ok(true);
     }

@@ -131,14 +131,14 @@ impl RoomBell {
 pub(super) fn wait_room<T: Pod>(
     room: &ModeNotifier,
     ring: &mut Producer<T, Stamped>,
-    peer_closed: &AtomicU32,
+    peer_closed: PeerClosed<'_>,
     mut stuck: impl FnMut() -> Result<bool, CorruptIndex>,
     timeout: Option<Duration>,
 ) -> Result<(), QueueError> {
     let mut corrupt: Option<CorruptIndex> = None;
     let mut is_stuck = false;
     let mut ready = || match ring.free_for(1) {
-        Ok(0) if !closed(peer_closed) => match stuck() {
+        Ok(0) if !peer_closed.closed() => match stuck() {
             Ok(s) => {
                 is_stuck = s;
                 s
@@ -156,7 +156,7 @@ pub(super) fn wait_room<T: Pod>(
     };
     room.wait_until(&mut ready, timeout)?;
     if let Some(e) = corrupt {
-        if closed(peer_closed) {
+        if peer_closed.closed() {
             return Err(QueueError::PeerGone);
         }
         return Err(e.into());
@@ -164,7 +164,7 @@ pub(super) fn wait_room<T: Pod>(
     if ring.free_for(1)? > 0 {
         return Ok(());
     }
-    if is_stuck && !closed(peer_closed) {
+    if is_stuck && !peer_closed.closed() {
         return Err(QueueError::Full);
     }
     // Closed (or a peer that scribbled on its closed word after setting it).
@@ -175,11 +175,11 @@ pub(super) fn wait_room<T: Pod>(
 /// loop; `true` if it should not (room, or the peer's close, is already there).
 pub(super) fn arm_room<T: Pod>(
     ring: &mut Producer<T, Stamped>,
-    peer_closed: &AtomicU32,
+    peer_closed: PeerClosed<'_>,
 ) -> Result<bool, QueueError> {
     let word = ring.producer_wake();
     word.announce_sleep();
-    if ring.free_for(1)? > 0 || closed(peer_closed) {
+    if ring.free_for(1)? > 0 || peer_closed.closed() {
         word.cancel_sleep();
         return Ok(true);
     }

@@ -93,7 +93,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         wait_ring(
             &self.kick,
             &mut self.sq,
-            &self.state.get().app_closed,
+            PeerClosed::shared(&self.state.get().app_closed),
             timeout,
         )
     }
@@ -209,7 +209,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         wait_ring_for(
             &self.kick,
             &mut self.sq,
-            &self.state.get().app_closed,
+            PeerClosed::shared(&self.state.get().app_closed),
             n,
             self.event_idx,
             timeout,
@@ -317,7 +317,7 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
         wait_room(
             &self.room,
             &mut self.cq,
-            &self.state.get().app_closed,
+            PeerClosed::shared(&self.state.get().app_closed),
             || Ok(false),
             timeout,
         )
@@ -353,7 +353,10 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// app asleep on a full submission ring, as `wait_room` does.
     pub fn arm_room(&mut self) -> Result<bool, QueueError> {
         self.flush()?;
-        if arm_room(&mut self.cq, &self.state.get().app_closed)? {
+        if arm_room(
+            &mut self.cq,
+            PeerClosed::shared(&self.state.get().app_closed),
+        )? {
             return Ok(true);
         }
         // The announcement fenced.
@@ -414,7 +417,10 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
     /// eventfd, then re-checks. Returns `true` if requests (or the app's close) are already
     /// there — then do not wait. After the fd fires, call [`disarm`](Self::disarm).
     pub fn arm(&mut self) -> Result<bool, QueueError> {
-        let armed = arm_ring(&mut self.sq, &self.state.get().app_closed)?;
+        let armed = arm_ring(
+            &mut self.sq,
+            PeerClosed::shared(&self.state.get().app_closed),
+        )?;
         // The announcement fenced: an app asleep on a full submission ring is seen now.
         self.sq_bell.after_fence(self.sq.released())?;
         Ok(armed)

@@ -289,3 +289,71 @@ fn an_untrusting_client_refuses_an_eventfd_doorbell_it_did_not_ask_for() {
         }
     }
 }
+
+/// A server that hangs up (its end of the socket closed) but keeps its memory mapped and keeps
+/// clearing its closed word in the pair header: the client's wait still ends with `PeerGone`,
+/// in every notify mode. The hang-up watcher's declaration also sets a word of the client's
+/// own, which the server cannot reach; it used to set only the shared word, which the server
+/// cleared again, and a futex-, adaptive- or spin-mode client slept on until its timeout, at
+/// every wait.
+#[test]
+fn a_server_that_hangs_up_and_clears_its_closed_word_is_seen_gone() {
+    use subring_planes::sync::{AtomicU32, Ordering::Relaxed};
+    use subring_shm::queue::{Completer, QueueError};
+    for mode in NotifyMode::ALL {
+        let (
+            FakePair {
+                region, service, ..
+            },
+            ours,
+            mut client,
+        ) = connect_to_fake_server(mode);
+        // The server's own mapping of the memfd, as its process has one; its closed word is the
+        // pair header's fourth.
+        let len = std::num::NonZeroUsize::new(4096).unwrap();
+        let fd = region.fd().unwrap();
+        // SAFETY: a fresh shared mapping of the memfd's first page (the region is larger); only
+        // reached below through an atomic word inside it, and unmapped after the last use.
+        let map = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                len,
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }
+        .unwrap();
+        // SAFETY: offset 12 is inside the page and 4-aligned; the memory is shared with the
+        // client, which reaches this word only atomically.
+        let closed = unsafe { &*map.as_ptr().cast::<u8>().add(12).cast::<AtomicU32>() };
+        let stop = AtomicU32::new(0);
+        let (outcome, took) = std::thread::scope(|s| {
+            s.spawn(|| {
+                while stop.load(Relaxed) == 0 {
+                    closed.store(0, Relaxed);
+                    std::thread::yield_now();
+                }
+            });
+            drop(ours);
+            let start = Instant::now();
+            let outcome = client.wait(Some(Duration::from_secs(3)));
+            let took = start.elapsed();
+            stop.store(1, Relaxed);
+            (outcome, took)
+        });
+        assert!(
+            matches!(outcome, Err(QueueError::PeerGone)),
+            "{mode}: a wait after the hang-up gave {outcome:?} after {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{mode}: seen gone after {took:?}"
+        );
+        // The server never closes its side.
+        std::mem::forget(service);
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { nix::sys::mman::munmap(map, len.get()) }.unwrap();
+    }
+}
