@@ -59,6 +59,15 @@ pub enum SubmitError {
         /// The region id.
         id: u32,
     },
+    /// A fixed buffer not inside the window of its region that is registered under its key
+    /// ([`Uring::register_range`](crate::Uring::register_range)).
+    #[error("fixed buffer is not inside the registered bytes {start}..{end} of its region")]
+    OutsideWindow {
+        /// The registered window's start.
+        start: usize,
+        /// Its end.
+        end: usize,
+    },
     /// A fixed buffer across a 1 GiB boundary of its region's registration.
     #[error("fixed buffer crosses a 1 GiB registration boundary")]
     CrossesChunk,

@@ -11,8 +11,11 @@
 
 use super::*;
 
-/// Slots of the sparse fixed-buffer table (one per GiB of each registered region).
-const SPARSE_SLOTS: u32 = 1024;
+/// Slots of the sparse fixed-buffer table (one per GiB of each registration): the most the
+/// kernel indexes (`IORING_MAX_REG_BUFFERS`), so that a service registering its clients'
+/// memory a window at a time ([`Uring::register_range`]) has room for many windows. The kernel
+/// keeps a pointer per slot (128 KiB for the table).
+const SPARSE_SLOTS: u32 = 1 << 14;
 /// A slot's `region` when it holds no fixed operation.
 pub(crate) const NO_REGION: u32 = u32::MAX;
 
@@ -41,6 +44,8 @@ impl fmt::Display for RegionKey {
 #[derive(Debug)]
 struct Registered {
     region: Arc<Region>,
+    /// The bytes of the region registered (all of it, or a window).
+    range: std::ops::Range<usize>,
     generation: u32,
     /// Index of the region's first fixed buffer (one per [`FIXED_CHUNK`]).
     first_index: u16,
@@ -91,11 +96,11 @@ impl FixedTable {
             .filter_map(|(k, r)| Some((k as u32, r.as_ref()?)))
     }
 
-    /// The registered regions by key (`None` for a free key), for registering them again.
-    fn by_key(&self) -> Vec<Option<Arc<Region>>> {
+    /// The registrations by key (`None` for a free key), for registering them again.
+    fn by_key(&self) -> Vec<Option<Window>> {
         self.regions
             .iter()
-            .map(|r| r.as_ref().map(|r| r.region.clone()))
+            .map(|r| r.as_ref().map(|r| (r.region.clone(), r.range.clone())))
             .collect()
     }
 
@@ -127,14 +132,20 @@ impl FixedTable {
     }
 }
 
-/// The iovecs that register `region`: one per [`FIXED_CHUNK`].
-fn chunks_of(region: &Region) -> Vec<libc::iovec> {
-    (0..region.len())
+/// A region and the bytes of it registered.
+type Window = (Arc<Region>, std::ops::Range<usize>);
+
+/// The iovecs that register `range` of `region` (inside it: checked by the caller): one per
+/// [`FIXED_CHUNK`].
+fn chunks_of(region: &Region, range: &std::ops::Range<usize>) -> Vec<libc::iovec> {
+    debug_assert!(range.end <= region.len());
+    range
+        .clone()
         .step_by(FIXED_CHUNK)
         .map(|off| libc::iovec {
-            // SAFETY: `off < len`, so the pointer stays inside the mapping.
+            // SAFETY: `off < range.end <= len`, so the pointer stays inside the mapping.
             iov_base: unsafe { region.as_ptr().add(off) }.cast(),
-            iov_len: (region.len() - off).min(FIXED_CHUNK),
+            iov_len: (range.end - off).min(FIXED_CHUNK),
         })
         .collect()
 }
@@ -143,9 +154,19 @@ fn chunks_of(region: &Region) -> Vec<libc::iovec> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegisterError {
-    /// The region has no bytes.
-    #[error("an empty region cannot be registered as fixed buffers")]
+    /// The region has no bytes, or the range to register none.
+    #[error("an empty region or range cannot be registered as fixed buffers")]
     Empty,
+    /// The range to register runs past the end of the region.
+    #[error("bytes {start}..{end} are not inside the region of {len} bytes")]
+    Range {
+        /// The range's start.
+        start: usize,
+        /// Its end.
+        end: usize,
+        /// The region's length.
+        len: usize,
+    },
     /// The sparse table has no run of free slots long enough (one slot per GiB of region).
     #[error("the fixed-buffer table has no {wanted} free slots of {slots}")]
     TableFull {
@@ -201,7 +222,7 @@ impl From<RegisterError> for io::Error {
     fn from(e: RegisterError) -> Self {
         let kind = match &e {
             RegisterError::Os { source, .. } => source.kind(),
-            RegisterError::Empty => io::ErrorKind::InvalidInput,
+            RegisterError::Empty | RegisterError::Range { .. } => io::ErrorKind::InvalidInput,
             RegisterError::NoKey { .. } => io::ErrorKind::NotFound,
             RegisterError::InFlight { .. } | RegisterError::TableInUse { .. } => {
                 io::ErrorKind::ResourceBusy
@@ -217,10 +238,36 @@ impl Uring {
     /// by key ([`FixedBuf::In`]), or, if no other registered region has its id, by
     /// [`BufHandle`] or pool [`Buf`]. The ring keeps the region (and so its mapping) until it is
     /// unregistered and nothing in flight uses it, or the ring is dropped.
+    ///
+    /// The kernel pins all of it, faulting in whatever was never touched, before it returns:
+    /// work in proportion to the region's size. To pin a large region as it is used instead,
+    /// register windows of it ([`register_range`](Self::register_range)).
     pub fn register_region(&mut self, region: Arc<Region>) -> Result<RegionKey, RegisterError> {
         let len = region.len();
+        self.register_range(region, 0..len)
+    }
+
+    /// Registers bytes `range` of `region` as fixed buffers (a window of it), as
+    /// [`register_region`](Self::register_region) registers all of it: only those bytes are
+    /// pinned, and a fixed operation under the key must lie inside them. Windows of one region
+    /// may overlap, and each is a registration of its own (its own key, unregistered on its
+    /// own). Named by handle or pool buffer rather than by key, a region registered in windows
+    /// resolves to a window that holds the buffer.
+    pub fn register_range(
+        &mut self,
+        region: Arc<Region>,
+        range: std::ops::Range<usize>,
+    ) -> Result<RegionKey, RegisterError> {
+        let len = range.len();
         let named = |source: io::Error| RegisterError::Os { len, source };
-        if region.is_empty() {
+        if range.end > region.len() {
+            return Err(RegisterError::Range {
+                start: range.start,
+                end: range.end,
+                len: region.len(),
+            });
+        }
+        if range.is_empty() {
             return Err(RegisterError::Empty);
         }
         if self.fixed.mode == TableMode::Unset {
@@ -233,7 +280,7 @@ impl Uring {
                 Err(e) => return Err(named(e)),
             };
         }
-        let iovecs = chunks_of(&region);
+        let iovecs = chunks_of(&region, &range);
         let key = self.fixed.free_key();
         let first_index = match self.fixed.mode {
             TableMode::Sparse => {
@@ -261,7 +308,7 @@ impl Uring {
                 if key as usize == regions.len() {
                     regions.push(None);
                 }
-                regions[key as usize] = Some(region.clone());
+                regions[key as usize] = Some((region.clone(), range.clone()));
                 self.register_whole(&regions).map_err(|e| match e {
                     RegisterError::Os { source, .. } => named(source),
                     other => other,
@@ -278,6 +325,7 @@ impl Uring {
         let generation = self.fixed.generation;
         let entry = Registered {
             region,
+            range,
             generation,
             first_index: u16::try_from(first_index).map_err(|_| RegisterError::TooMany {
                 chunks: first_index + iovecs.len(),
@@ -304,7 +352,7 @@ impl Uring {
     /// Registers the whole table again (for a kernel without sparse tables): `regions` by key,
     /// each live one's chunks after those of the keys before it. Needs no fixed operation in
     /// flight: the indices of queued entries would move.
-    fn register_whole(&mut self, regions: &[Option<Arc<Region>>]) -> Result<(), RegisterError> {
+    fn register_whole(&mut self, regions: &[Option<Window>]) -> Result<(), RegisterError> {
         let in_flight: u64 = self
             .book
             .fixed_in_flight
@@ -314,12 +362,12 @@ impl Uring {
         if in_flight > 0 {
             return Err(RegisterError::TableInUse { in_flight });
         }
-        let len = regions.iter().flatten().map(|r| r.len()).sum();
+        let len = regions.iter().flatten().map(|(_, range)| range.len()).sum();
         let os = |source| RegisterError::Os { len, source };
         let iovecs: Vec<libc::iovec> = regions
             .iter()
             .flatten()
-            .flat_map(|r| chunks_of(r))
+            .flat_map(|(r, range)| chunks_of(r, range))
             .collect();
         if iovecs.len() > usize::from(u16::MAX) {
             return Err(RegisterError::TooMany {
@@ -353,7 +401,7 @@ impl Uring {
     /// its memory.
     pub fn unregister_region(&mut self, key: RegionKey) -> Result<Arc<Region>, RegisterError> {
         let k = key.index as usize;
-        let Some(len) = self.fixed.get(key).map(|r| r.region.len()) else {
+        let Some(len) = self.fixed.get(key).map(|r| r.range.len()) else {
             return Err(RegisterError::NoKey { key });
         };
         let in_flight = self.book.fixed_in_flight[k];
@@ -468,10 +516,22 @@ impl Uring {
                 let first = found
                     .next()
                     .ok_or(SubmitError::NoRegionId { id: handle.region })?;
-                if found.next().is_some() {
-                    return Err(SubmitError::AmbiguousRegionId { id: handle.region }.into());
+                // Several registrations with this id: windows of one region (the first that
+                // holds the buffer serves), or different regions (ambiguous: name a key).
+                let holds = |r: &Registered| {
+                    let start = handle.offset as usize;
+                    r.range.start <= start && start + handle.len as usize <= r.range.end
+                };
+                let mut pick = holds(first.1).then_some(first);
+                for other in found {
+                    if !Arc::ptr_eq(&other.1.region, &first.1.region) {
+                        return Err(SubmitError::AmbiguousRegionId { id: handle.region }.into());
+                    }
+                    if pick.is_none() && holds(other.1) {
+                        pick = Some(other);
+                    }
                 }
-                first
+                pick.unwrap_or(first)
             }
         };
         reg.region
@@ -485,9 +545,18 @@ impl Uring {
                 return Err(SubmitError::NotInRegion { id: handle.region }.into());
             }
         }
+        // `check_handle` bounded `offset + len` by the region's length.
         let offset = handle.offset as usize;
-        let chunk = offset / FIXED_CHUNK;
-        if offset % FIXED_CHUNK + handle.len as usize > FIXED_CHUNK {
+        if offset < reg.range.start || offset + handle.len as usize > reg.range.end {
+            return Err(SubmitError::OutsideWindow {
+                start: reg.range.start,
+                end: reg.range.end,
+            }
+            .into());
+        }
+        let within = offset - reg.range.start;
+        let chunk = within / FIXED_CHUNK;
+        if within % FIXED_CHUNK + handle.len as usize > FIXED_CHUNK {
             return Err(SubmitError::CrossesChunk.into());
         }
         Ok(op::FixedAddr {

@@ -338,3 +338,98 @@ fn regions_by_key(sparse: bool) {
     assert_eq!(Arc::strong_count(&a), 1);
     assert!(ring.unregister_region(ka).is_err(), "unregistered twice");
 }
+
+/// Windows of one region (`register_range`): a fixed read lands inside its key's window, is
+/// refused outside it, and by handle alone finds the window that holds it (windows of one
+/// region are not ambiguous); a window past the region's end is refused; unregistering one
+/// window leaves the other serving.
+#[test]
+fn windows_of_a_region() {
+    windows_of_a_region_in(true);
+}
+
+/// The same with the whole table registered again on every change.
+#[test]
+fn windows_of_a_region_without_a_sparse_table() {
+    windows_of_a_region_in(false);
+}
+
+fn windows_of_a_region_in(sparse: bool) {
+    let dir = TempDir::new(&format!("windows-{sparse}"));
+    let file = open(&dir.file("data"));
+    let data: Vec<u8> = (0..8192u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(dir.file("data"), &data).unwrap();
+    let fd = target(&file);
+    let region = Arc::new(Region::memfd("w", 1 << 20, RegionOptions::new().id(3)).unwrap());
+    let mut ring = Uring::builder().sparse_buffers(sparse).build().unwrap();
+    let r = ring.register_range(region.clone(), (1 << 19)..(1 << 20) + 1);
+    assert!(matches!(r, Err(RegisterError::Range { .. })), "{r:?}");
+    let r = ring.register_range(region.clone(), 4096..4096);
+    assert!(matches!(r, Err(RegisterError::Empty)), "{r:?}");
+    let low = ring.register_range(region.clone(), 0..(1 << 18)).unwrap();
+    let high = ring
+        .register_range(region.clone(), (1 << 19)..(1 << 20))
+        .unwrap();
+    let h = |offset: u64, len: u32| BufHandle {
+        offset,
+        len,
+        region: 3,
+    };
+    let read = |ring: &mut Uring, buf: FixedBuf, from: u64| -> Result<u32, QueueError> {
+        let op = Op::ReadFixed {
+            fd: fd.clone(),
+            buf,
+            offset: from,
+        };
+        ring.push(sub(1, op)).map_err(|r| r.error)?;
+        ring.submit().unwrap();
+        let mut done = Vec::new();
+        while done.is_empty() {
+            ring.wait(LIMIT).unwrap();
+            ring.reap_into(&mut done, 1).unwrap();
+        }
+        Ok(*done[0].result.as_ref().unwrap())
+    };
+    // Inside each window, by key, and by handle alone (the window that holds it).
+    assert_eq!(
+        read(&mut ring, FixedBuf::In(low, h(4096, 4096)), 0).unwrap(),
+        4096
+    );
+    assert_eq!(
+        read(&mut ring, FixedBuf::In(high, h(1 << 19, 4096)), 4096).unwrap(),
+        4096
+    );
+    assert_eq!(
+        read(&mut ring, FixedBuf::Handle(h(900 << 10, 100)), 0).unwrap(),
+        100
+    );
+    let mut seen = vec![0u8; 4096];
+    region.read_into(h(4096, 4096), &mut seen).unwrap();
+    assert_eq!(seen, data[..4096]);
+    region.read_into(h(1 << 19, 4096), &mut seen).unwrap();
+    assert_eq!(seen, data[4096..]);
+    region
+        .read_into(h(900 << 10, 100), &mut seen[..100])
+        .unwrap();
+    assert_eq!(seen[..100], data[..100]);
+    // Outside the key's window (inside the region), and between the windows by handle.
+    for buf in [
+        FixedBuf::In(low, h(1 << 18, 4096)),
+        FixedBuf::In(high, h((1 << 19) - 1, 2)),
+        FixedBuf::Handle(h(300 << 10, 4096)),
+    ] {
+        let e = read(&mut ring, buf, 0).unwrap_err();
+        assert!(
+            matches!(refusal(&e), SubmitError::OutsideWindow { .. }),
+            "{e}"
+        );
+    }
+    // One window goes; the other still serves.
+    ring.unregister_region(low).unwrap();
+    assert_eq!(ring.registered_regions(), 1);
+    assert_eq!(
+        read(&mut ring, FixedBuf::In(high, h(1 << 19, 4096)), 0).unwrap(),
+        4096
+    );
+    assert!(read(&mut ring, FixedBuf::In(low, h(0, 4096)), 0).is_err());
+}
