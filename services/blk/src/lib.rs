@@ -6,7 +6,8 @@
 //! handle). The service ([`BlkService`], a [`Service`](subring_shm::Service)) multiplexes every
 //! client's requests onto one io_uring, at a bounded depth, and completes each when the kernel
 //! does. For reads and writes it registers the client's memory (its pool, and any region it
-//! registered) with its ring as fixed buffers and hands the kernel the client's own buffer:
+//! registered, a window at a time as requests name it: [`BlkConfig::register_window`]) with its
+//! ring as fixed buffers and hands the kernel the client's own buffer:
 //! disk → client memory, with no copy in the service (with `O_DIRECT`, by DMA; buffered, the
 //! page cache copies once, as for any read). [`BlkStats::bytes_copied`] stays 0.
 //!

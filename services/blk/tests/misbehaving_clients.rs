@@ -1,8 +1,8 @@
 //! Clients that misbehave, or just leave, against the block service: a client leaving with
 //! requests still waiting for room in the ring, a client naming more memory than the service
 //! should pin for it, a client flooding the ring while another wants its share (and a busy
-//! client beside idle ones, which the share must not hold back), and copy mode reaching a
-//! region registered after the first request.
+//! client beside idle ones, which the share must not hold back), a large region pinned a window
+//! at a time, and copy mode reaching a region registered after the first request.
 
 // The tests' own bookkeeping (a lock, a stop flag) is not a protocol under test: std types.
 #![allow(clippy::disallowed_types)]
@@ -94,6 +94,43 @@ fn a_client_cannot_pin_more_than_its_limit() {
     let service = stopped.service();
     assert_eq!(service.stats().regions_registered, 1);
     assert_eq!(service.registered_bytes(), 0, "the pool came off the count");
+}
+
+/// A large region is pinned a window at a time (`BlkConfig::register_window`, 4 MiB and
+/// `max_io` beyond), as requests name it, not whole: four reads into a 64 MiB region, two in
+/// one window, one in another, one at the region's end (a window cut short by it), register
+/// three windows, 14 MiB, where registering the region whole pinned all 64.
+#[test]
+fn a_large_region_is_pinned_a_window_at_a_time() {
+    use subring_shm::{Region, RegionOptions};
+    let _serial = serial();
+    let dir = TempDir::new("windows", false);
+    let (server, mut client) = local(&dir, |_| {});
+    const MIB: u64 = 1 << 20;
+    let big =
+        std::sync::Arc::new(Region::memfd("big", 64 << 20, RegionOptions::new().id(9)).unwrap());
+    client.shm().register_region(big).unwrap();
+    for (tag, at) in [
+        (1, 40 * MIB),
+        (2, 41 * MIB),
+        (3, 8 * MIB),
+        (4, 64 * MIB - 4096),
+    ] {
+        let into = BufHandle {
+            offset: at,
+            len: 4096,
+            region: 9,
+        };
+        client.raw(tag, 1, 4096 * tag, 4096, into).unwrap();
+        client.submit().unwrap();
+        let d = client.next(Some(LIMIT)).unwrap();
+        assert_eq!(d.result, Ok(4096), "read {tag} into the region at {at}");
+    }
+    let stopped = server.stop().unwrap();
+    let service = stopped.service();
+    assert_eq!(service.stats().regions_registered, 3);
+    assert_eq!(service.stats().bytes_registered, (5 + 5 + 4) * MIB);
+    drop(client);
 }
 
 /// A client that leaves with requests still waiting for room in the ring, behind another

@@ -553,3 +553,48 @@ fn a_service_is_told_the_clients_credentials() {
     assert_eq!(info[0].mode, NotifyMode::EventFd);
     drop(client);
 }
+
+/// Work a service charges to a request (`Ctx::charge`: pinning client memory, say) counts
+/// toward the client's `turn_bytes` as the bytes the accessors touch do: a request charged the
+/// whole budget ends the client's turn, and the rest of its batch waits for the next one.
+#[test]
+fn charged_work_ends_a_clients_turn() {
+    let mut config = ServerConfig::new("charger");
+    config.turn_bytes = 1000;
+    let mut server = Server::<u64, u64, _>::new(config, |_info| {
+        |ctx: &mut Ctx<'_, u64>, x: u64| {
+            ctx.charge(x);
+            ctx.complete(x)
+        }
+    })
+    .unwrap();
+    let (server_end, client_end) = socket_pair().unwrap();
+    server.add_connection(server_end).unwrap();
+    let opts = ClientOptions::new("charger").mode(NotifyMode::Futex);
+    let h = std::thread::spawn(move || Client::<u64, u64>::from_socket(client_end, &opts));
+    let start = Instant::now();
+    while !h.is_finished() {
+        assert!(start.elapsed() < LIMIT, "handshake did not finish");
+        server.run_for(Duration::from_millis(2)).unwrap();
+    }
+    let mut client = h.join().unwrap().unwrap();
+    let before = server.stats().requests;
+    for x in [1000, 1000, 1000, 10, 10] {
+        client.push(x).unwrap();
+    }
+    client.submit().unwrap();
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        server.poll().unwrap();
+        served.push(server.stats().requests - before);
+    }
+    assert_eq!(served, [1, 2, 3, 5], "requests served after each turn");
+    let mut answers = Vec::new();
+    while answers.len() < 5 {
+        client.wait(Some(LIMIT)).unwrap();
+        while let Some(x) = client.reap().unwrap() {
+            answers.push(x);
+        }
+    }
+    assert_eq!(answers, [1000, 1000, 1000, 10, 10]);
+}

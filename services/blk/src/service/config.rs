@@ -32,14 +32,25 @@ pub struct BlkConfig {
     /// wake the service meanwhile); below it, at once.
     pub submit_batch: u32,
     /// Most bytes of one client's memory the service registers with its ring (default 1 GiB).
-    /// Registering a region pins it whole (the kernel faults it in and holds it until it is
-    /// unregistered), whatever part the client reads or writes: this bounds the memory one
-    /// client can make the service's process hold. A read or write into a region past it is
-    /// refused with [`Status::NoMemory`](crate::Status::NoMemory). (Zero-copy mode only.)
+    /// Registered memory is pinned (the kernel faults it in and holds it until it is
+    /// unregistered): this bounds the memory one client can make the service's process hold.
+    /// A read or write that would register more is refused with
+    /// [`Status::NoMemory`](crate::Status::NoMemory). (Zero-copy mode only.)
     pub max_registered: u64,
     /// Most bytes of all clients' memory registered at once (default 4 GiB); past it, as
     /// past `max_registered`.
     pub max_registered_total: u64,
+    /// Bytes of a client's region registered at a time (default 4 MiB; rounded down to a
+    /// multiple of 4096, at least 4096, and with `max_io` at most 1 GiB):
+    /// a read or write registers the window of its buffer's region that holds the buffer
+    /// (this many bytes, from a multiple of it, and `max_io` more, so that any buffer fits in
+    /// one), the first time one names it, not the whole region. Pinning a window faults in
+    /// whatever of it the client never touched, work in proportion to its size: the request
+    /// that causes it is charged the window's bytes against the client's
+    /// [`turn_bytes`](subring_shm::ServerConfig::turn_bytes), so a client makes the service
+    /// pin at most about one window per turn, however large its memory. Windows stay
+    /// registered until the client leaves.
+    pub register_window: u64,
     /// Serve the device read-only (default `false`): it is opened without write access, writes
     /// and discards are refused with [`Status::ReadOnly`](crate::Status::ReadOnly), and the
     /// info answer says so ([`FLAG_READ_ONLY`](crate::proto::FLAG_READ_ONLY)). For a base
@@ -59,6 +70,7 @@ impl BlkConfig {
             submit_batch: 16,
             max_registered: 1 << 30,
             max_registered_total: 4 << 30,
+            register_window: 4 << 20,
             read_only: false,
         }
     }
@@ -110,10 +122,18 @@ pub struct BlkStats {
     pub bytes_written: u64,
     /// Bytes the service itself copied between its buffers and a client's (0 when zero-copy).
     pub bytes_copied: u64,
-    /// Client regions registered with the ring as fixed buffers, and unregistered.
+    /// Windows of client regions ([`BlkConfig::register_window`]) registered with the ring as
+    /// fixed buffers, and unregistered.
     pub regions_registered: u64,
     /// See `regions_registered`.
     pub regions_unregistered: u64,
+    /// Bytes of client memory those windows registered (pinned), in all.
+    pub bytes_registered: u64,
+    /// Registrations the kernel refused (its locked-memory limit, say). After one, the client's
+    /// requests that would register more are refused at once (`NoMemory`) until some memory
+    /// is unregistered, so that a client cannot make the service pin and unpin a window at
+    /// every request.
+    pub registrations_refused: u64,
     /// Clients that left with operations in the kernel.
     pub departed_with_io: u64,
     /// Cancellations issued for departed clients' operations.

@@ -84,10 +84,14 @@ struct WaitingFlush {
 #[derive(Debug)]
 struct ClientState {
     memory: ClientMemory,
-    /// Region id → its registration with the ring.
-    keys: Vec<(u32, RegionKey)>,
+    /// (Region id, window index) → the window's registration with the ring, and its length.
+    windows: HashMap<(u32, u32), (RegionKey, u64)>,
     /// Bytes of its memory registered (pinned).
     registered: u64,
+    /// The service's `regions_unregistered` when the kernel last refused to register one of
+    /// this client's windows: until it moves (memory was freed), the client's requests that
+    /// need a new window are refused without asking the kernel again.
+    refused_at: Option<u64>,
     /// Operations held (waiting for the ring, or in it).
     in_flight: u32,
     /// Of those, operations in the ring (pushed and not yet completed).
@@ -133,8 +137,9 @@ pub struct BlkService {
     orphans: Vec<(Pending, BlkCompletion)>,
     staging: Option<Staging>,
     completions: Vec<Completion>,
-    /// Departed clients' regions whose unregistration failed: retried after completions.
-    retiring: Vec<RegionKey>,
+    /// Departed clients' windows whose unregistration failed (with their lengths): retried
+    /// after completions.
+    retiring: Vec<(RegionKey, u64)>,
     /// Bytes of clients' memory registered with the ring now.
     registered: u64,
     stats: BlkStats,
@@ -149,6 +154,16 @@ impl BlkService {
                 value: config.depth.into(),
                 min: 1,
                 max: 32768,
+            }
+            .into());
+        }
+        let most_window = (1u64 << 30).saturating_sub(config.max_io.into());
+        if !(4096..=most_window).contains(&config.register_window) {
+            return Err(ConfigError::OutOfRange {
+                field: "register_window",
+                value: config.register_window,
+                min: 4096,
+                max: most_window,
             }
             .into());
         }
@@ -238,7 +253,7 @@ impl BlkService {
         }
     }
 
-    /// Client regions registered with the ring now.
+    /// Windows of client regions registered with the ring now ([`BlkConfig::register_window`]).
     pub fn registered_regions(&self) -> usize {
         self.ring.registered_regions() - usize::from(self.staging.is_some())
     }
@@ -271,8 +286,9 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
         let id = *id;
         self.clients.entry(id).or_insert_with(|| ClientState {
             memory: ctx.memory().clone(),
-            keys: Vec::new(),
+            windows: HashMap::new(),
             registered: 0,
+            refused_at: None,
             in_flight: 0,
             in_ring: 0,
             writes: BTreeSet::new(),
@@ -302,7 +318,10 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
             }
             BlkOp::Read | BlkOp::Write => {
                 let memory = ctx.memory();
-                match self.plan_transfer(id, memory, &req) {
+                let mut charge = 0;
+                let planned = self.plan_transfer(id, memory, &req, &mut charge);
+                ctx.charge(charge);
+                match planned {
                     Ok(bytes) => (
                         if op == BlkOp::Read {
                             Kind::Read

@@ -59,12 +59,15 @@ impl BlkService {
         self.ops.insert(io.client, io)
     }
 
-    /// Checks a read or write and finds where its bytes go; `Err` is the refusal.
+    /// Checks a read or write and finds where its bytes go; `Err` is the refusal. Adds to
+    /// `charge` the bytes of a window registered (or refused by the kernel) for it: work to
+    /// count against the client's turn.
     pub(super) fn plan_transfer(
         &mut self,
         id: u64,
         memory: &ClientMemory,
         req: &BlkRequest,
+        charge: &mut u64,
     ) -> Result<Bytes, Status> {
         if req.len == 0 || req.len > req.buf.len || req.len > self.config.max_io {
             return Err(Status::BadLength);
@@ -97,25 +100,49 @@ impl BlkService {
             }
             return Ok(Bytes::Staging { slot: None, handle });
         }
-        let key = match client.keys.iter().find(|(r, _)| *r == region.id()) {
-            Some((_, key)) => *key,
+        // The window of the region that holds the buffer: `window` bytes from a multiple of
+        // it, and `max_io` more, which any buffer starting in it fits in (its length was
+        // checked against `max_io` above).
+        let window = self.config.register_window & !4095;
+        let index = handle.offset / window;
+        let Ok(index32) = u32::try_from(index) else {
+            return Err(Status::BadHandle);
+        };
+        let key = match client.windows.get(&(region.id(), index32)) {
+            Some(&(key, _)) => key,
             None => {
-                // First use of this region: register it (once per region per client), which
-                // pins all of it, within the client's and the service's limits.
-                let len = region.len() as u64;
+                // First use of this window: register it (once per window per client), which
+                // pins it, within the client's and the service's limits.
+                let start = index * window;
+                let end = (start + window + u64::from(self.config.max_io)).min(region.len() as u64);
+                let len = end - start;
                 if client.registered.saturating_add(len) > self.config.max_registered
                     || self.registered.saturating_add(len) > self.config.max_registered_total
                 {
                     return Err(Status::NoMemory);
                 }
-                let key = self
+                // The kernel refused this client before, and nothing was freed since: asking
+                // again would only pin and unpin the window once more.
+                if client.refused_at == Some(self.stats.regions_unregistered) {
+                    return Err(Status::NoMemory);
+                }
+                *charge = charge.saturating_add(len);
+                let key = match self
                     .ring
-                    .register_region(region.clone())
-                    .map_err(|_| Status::NoMemory)?;
+                    .register_range(region.clone(), start as usize..end as usize)
+                {
+                    Ok(key) => key,
+                    Err(_) => {
+                        self.stats.registrations_refused += 1;
+                        client.refused_at = Some(self.stats.regions_unregistered);
+                        return Err(Status::NoMemory);
+                    }
+                };
                 self.stats.regions_registered += 1;
+                self.stats.bytes_registered += len;
                 client.registered += len;
                 self.registered += len;
-                client.keys.push((region.id(), key));
+                client.windows.insert((region.id(), index32), (key, len));
                 key
             }
         };
@@ -439,8 +466,8 @@ impl BlkService {
             return;
         }
         let client = self.clients.remove(&id).expect("looked at it");
-        for (_, key) in client.keys {
-            self.unregister(key);
+        for (_, (key, len)) in client.windows {
+            self.unregister(key, len);
         }
         self.stats.retired += 1;
     }
@@ -448,19 +475,20 @@ impl BlkService {
     /// Unregisters a departed client's region; one the ring refuses now (it still counts an
     /// operation on it, say) is kept and tried again after later completions, so that its
     /// memory and table slots are not held for good.
-    fn unregister(&mut self, key: RegionKey) {
-        if !self.try_unregister(key) {
+    fn unregister(&mut self, key: RegionKey, len: u64) {
+        if !self.try_unregister(key, len) {
             self.stats.unregister_retries += 1;
-            self.retiring.push(key);
+            self.retiring.push((key, len));
         }
     }
 
-    /// One attempt; `false` if the ring refused for now.
-    fn try_unregister(&mut self, key: RegionKey) -> bool {
+    /// One attempt at unregistering a window of `len` bytes; `false` if the ring refused for
+    /// now.
+    fn try_unregister(&mut self, key: RegionKey, len: u64) -> bool {
         match self.ring.unregister_region(key) {
-            Ok(region) => {
+            Ok(_) => {
                 self.stats.regions_unregistered += 1;
-                self.registered -= region.len() as u64;
+                self.registered -= len;
                 true
             }
             Err(RegisterError::NoKey { .. }) => true,
@@ -472,7 +500,7 @@ impl BlkService {
     /// have been what held a region).
     fn retry_unregister(&mut self) {
         let mut retiring = std::mem::take(&mut self.retiring);
-        retiring.retain(|&key| !self.try_unregister(key));
+        retiring.retain(|&(key, len)| !self.try_unregister(key, len));
         self.retiring = retiring;
     }
 }

@@ -172,7 +172,7 @@ impl<S: Pod, C: Pod, K> Active<S, C, K> {
                 service.request(&mut self.client, &mut ctx, request);
                 taken += 1;
                 deferred += ctx.deferred;
-                touched += ctx.touched;
+                touched = touched.saturating_add(ctx.touched);
                 staged += ctx.sink.staged;
                 // One client's requests touch a bounded number of bytes per turn: an expensive
                 // client cannot hold the turn (the rest of its batch waits for the next one).

@@ -179,6 +179,15 @@ impl<C> Ctx<'_, C> {
         Pending::new(self.info.id, self.ledger.clone())
     }
 
+    /// Counts `bytes` toward the client's [`turn_bytes`](crate::ServerConfig::turn_bytes), as
+    /// the accessors count what they touch, for work this request costs the service in
+    /// proportion to the client's memory some other way: pinning a window of it for the
+    /// kernel, say. Once the budget is spent, the rest of the client's batch waits for the next
+    /// turn, so that such work is bounded per turn like the rest.
+    pub fn charge(&mut self, bytes: u64) {
+        self.touched = self.touched.saturating_add(bytes);
+    }
+
     /// The bytes `handle` names, in place (zero-copy), after checking that they are one of the
     /// client's buffers or inside a region it registered. Counts toward the client's
     /// [`turn_bytes`](crate::ServerConfig::turn_bytes) (so do the other accessors).
@@ -191,7 +200,7 @@ impl<C> Ctx<'_, C> {
     /// service trusts.
     pub fn payload(&mut self, handle: BufHandle) -> Result<SharedBytes<'_>, HandleError> {
         let view = self.memory.shared(handle)?;
-        self.touched += u64::from(handle.len);
+        self.touched = self.touched.saturating_add(u64::from(handle.len));
         Ok(view)
     }
 
@@ -212,14 +221,14 @@ impl<C> Ctx<'_, C> {
     /// Copies the bytes `handle` names into `dst` (as many as fit) and returns how many.
     pub fn read(&mut self, handle: BufHandle, dst: &mut [u8]) -> Result<usize, HandleError> {
         let n = self.memory.read(handle, dst)?;
-        self.touched += n as u64;
+        self.touched = self.touched.saturating_add(n as u64);
         Ok(n)
     }
 
     /// Copies `src` into the buffer `handle` names (as much as fits) and returns how many bytes.
     pub fn write(&mut self, handle: BufHandle, src: &[u8]) -> Result<usize, HandleError> {
         let n = self.memory.write(handle, src)?;
-        self.touched += n as u64;
+        self.touched = self.touched.saturating_add(n as u64);
         Ok(n)
     }
 }
