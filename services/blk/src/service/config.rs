@@ -38,7 +38,11 @@ pub struct BlkConfig {
     /// [`Status::NoMemory`](crate::Status::NoMemory). (Zero-copy mode only.)
     pub max_registered: u64,
     /// Most bytes of all clients' memory registered at once (default 4 GiB); past it, as
-    /// past `max_registered`.
+    /// past `max_registered`. The kernel also holds a ring made without `CAP_IPC_LOCK` to the
+    /// locked-memory limit of the service's user (`RLIMIT_MEMLOCK`, often 8 MiB): past that,
+    /// registrations fail and the requests that need them are refused with `NoMemory`
+    /// ([`BlkStats::registrations_refused`] counts them). Run the service with the capability,
+    /// or a limit above this total, to serve every client's memory zero-copy.
     pub max_registered_total: u64,
     /// Bytes of a client's region registered at a time (default 4 MiB; rounded down to a
     /// multiple of 4096, at least 4096, and with `max_io` at most 1 GiB):

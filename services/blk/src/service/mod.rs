@@ -408,7 +408,7 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
     fn before_sleep(&mut self) -> bool {
         self.pump();
         self.submit();
-        !self.orphans.is_empty() || self.ring.completions_ready() > 0
+        !self.orphans.is_empty() || self.ring.completions_ready() > 0 || self.stalled()
     }
 
     fn disconnect(&mut self, id: u64, _info: &ClientInfo) {

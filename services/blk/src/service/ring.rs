@@ -336,6 +336,16 @@ impl BlkService {
         }
     }
 
+    /// Work waits (queued in the ring, or in the backlog) with nothing in the kernel to wake
+    /// the service when it completes: a submit failed for now (`EAGAIN` from the kernel, say),
+    /// or a push did. Asleep, the service would leave that work until some client rang;
+    /// awake, it tries again at the next turn.
+    pub(super) fn stalled(&mut self) -> bool {
+        let queued = self.ring.queued();
+        let nothing_in_kernel = self.ring.in_flight() == queued;
+        nothing_in_kernel && (queued > 0 || self.ops.front().is_some())
+    }
+
     /// Turns the ring's completions into the clients' answers.
     pub(super) fn reap(&mut self, done: &mut Completions<'_, BlkCompletion>) -> u32 {
         if self.ring.reap_into(&mut self.completions, 4096).is_err() {
