@@ -357,3 +357,21 @@ fn a_server_that_hangs_up_and_clears_its_closed_word_is_seen_gone() {
         unsafe { nix::sys::mman::munmap(map, len.get()) }.unwrap();
     }
 }
+
+/// The server's pid a client reports is the kernel's (`SO_PEERCRED`), not the welcome's: a
+/// fake server whose welcome says it is pid 1 is this process (which made the socket pair).
+#[test]
+fn the_servers_pid_is_the_kernels_not_the_welcomes() {
+    let mut pair = fake_pair(NotifyMode::Futex, 32, FAKE_POOL);
+    pair.welcome.server_pid = 1;
+    let (ours, theirs) = subring_shm::socket_pair().unwrap();
+    send_raw(&ours, &welcome_frame(&pair.welcome), &raw_fds(&pair.fds));
+    pair.fds.clear();
+    let options = ClientOptions::new(ECHO_PROTOCOL)
+        .buffers(256, 32)
+        .capacity(64)
+        .mode(NotifyMode::Futex);
+    let client = Client::<EchoReq, EchoResp>::from_socket(theirs, &options).unwrap();
+    assert_eq!(client.server_pid(), std::process::id());
+    drop(ours);
+}

@@ -309,6 +309,13 @@ impl<S: Pod, C: Pod> Client<S, C> {
             welcome.buf_size as usize,
             welcome.buf_count as usize,
         )?;
+        // The server's pid as the kernel reports it for this socket (the process that made its
+        // end), not as the welcome says: any process can write any number there.
+        let welcome = Welcome {
+            server_pid: nix::sys::socket::getsockopt(&socket, sockopt::PeerCredentials)
+                .map_or(0, |c| u32::try_from(c.pid()).unwrap_or(0)),
+            ..welcome
+        };
         Ok(Client {
             app,
             pool,

@@ -213,7 +213,9 @@ impl<S: Pod, C: Pod> Client<S, C> {
         self.welcome.client_id
     }
 
-    /// The server's process id.
+    /// The server's process id, as the kernel reports it for the connection (`SO_PEERCRED`:
+    /// the process that accepted it, or that made the socket pair; in this process's pid
+    /// namespace), never the number the server's welcome gave; 0 if the kernel would not say.
     pub fn server_pid(&self) -> u32 {
         self.welcome.server_pid
     }
