@@ -1,6 +1,6 @@
 //! Hostile peers, fairness and bounded state: a client that floods its control socket, sends
 //! expensive requests or never says hello, and stream peers that complete the wrong kind or
-//! queue more than they have, beside honest peers that must not notice. Each test failed
+//! queue more than they have or fail part of a batch, beside honest peers that must not notice. Each test failed
 //! before its fix.
 
 // The tests' own bookkeeping (a stop flag) is not a protocol under test: std types.
@@ -127,6 +127,58 @@ fn a_stream_server_that_completes_the_wrong_kind_is_an_error() {
     let mut buf = [0u8; 16];
     let e = stream.read(&mut buf).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    drop(stream);
+    drop(server);
+}
+
+/// A stream server that answers the first of a batch of receives with an error and fills the
+/// rest: the stream reports the error, and keeps what the rest brought (their buffers back
+/// from the server, their bytes for the next read). It used to stop at the error, leaving the
+/// rest's buffers lent for good and their bytes unread: the next read waited for receives it
+/// believed posted, until its timeout.
+#[test]
+fn a_stream_keeps_the_rest_of_a_batch_after_an_error() {
+    let _serial = one_at_a_time();
+    use std::io::Read;
+    use subring_shm::stream::{
+        completion, request, Stream, StreamReq, StreamResp, STREAM_PROTOCOL,
+    };
+    let (server_end, client_end) = subring_shm::socket_pair().unwrap();
+    let mut server =
+        Server::<StreamReq, StreamResp, _>::new(ServerConfig::new(STREAM_PROTOCOL), |_| {
+            let mut first = true;
+            move |ctx: &mut subring_shm::Ctx<'_, StreamResp>, req: StreamReq| {
+                if req.kind != request::RECV {
+                    return;
+                }
+                if std::mem::take(&mut first) {
+                    ctx.complete(StreamResp {
+                        kind: completion::ERROR,
+                        status: 5,
+                        buf: req.buf,
+                    });
+                    return;
+                }
+                let n = ctx.write(req.buf, b"hello").unwrap() as u32;
+                ctx.complete(StreamResp {
+                    kind: completion::FILLED,
+                    status: 0,
+                    buf: subring_shm::BufHandle { len: n, ..req.buf },
+                });
+            }
+        })
+        .unwrap();
+    server.add_connection(server_end).unwrap();
+    let server = server.spawn().unwrap();
+    // 8 buffers: the stream posts 4 receives at once, which the server answers in one turn.
+    let options = ClientOptions::new(STREAM_PROTOCOL).buffers(4096, 8);
+    let mut stream = Stream::from_socket(client_end, &options).unwrap();
+    stream.set_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 16];
+    let e = stream.read(&mut buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    let n = stream.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello");
     drop(stream);
     drop(server);
 }

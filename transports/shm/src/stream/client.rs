@@ -180,55 +180,68 @@ impl Stream {
         handled
     }
 
+    /// Handles every completion of `done`, even after one is bad (its error is returned once
+    /// all are handled): stopping there would leave the buffers the rest hand back lent for
+    /// good, lost to the pool, and their data unread.
     fn handle_completions(&mut self, done: &[StreamResp]) -> io::Result<()> {
+        let mut first = Ok(());
         for c in done {
-            let buf = self.client.reclaim(c.buf).map_err(|e| {
+            if let Err(e) = self.handle_completion(c) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    fn handle_completion(&mut self, c: &StreamResp) -> io::Result<()> {
+        let buf = self.client.reclaim(c.buf).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("server returned a buffer this stream did not lend: {e}"),
+            )
+        });
+        // The counters move only for completions that can be true: a server that reports
+        // more sends or receives completed than there were is an error, not an underflow
+        // (which would leave `fill_buf` waiting forever).
+        let fewer = |n: &mut usize, what: &str| -> io::Result<()> {
+            *n = n.checked_sub(1).ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("server returned a buffer this stream did not lend: {e}"),
+                    format!("server completed more {what} than this stream sent"),
                 )
-            });
-            // The counters move only for completions that can be true: a server that reports
-            // more sends or receives completed than there were is an error, not an underflow
-            // (which would leave `fill_buf` waiting forever).
-            let fewer = |n: &mut usize, what: &str| -> io::Result<()> {
-                *n = n.checked_sub(1).ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("server completed more {what} than this stream sent"),
-                    )
-                })?;
-                Ok(())
-            };
-            match c.kind {
-                completion::SENT => {
-                    let buf = buf?;
-                    fewer(&mut self.tx_in_flight, "sends")?;
-                    drop(buf);
-                }
-                completion::FILLED => {
-                    let buf = buf?;
-                    fewer(&mut self.posted, "receives")?;
-                    self.rx.push_back(buf);
-                }
-                completion::EOF => {
-                    let buf = buf?;
-                    fewer(&mut self.posted, "receives")?;
-                    self.eof = true;
-                    drop(buf);
-                }
-                completion::ERROR => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("server refused a stream request (status {})", c.status),
-                    ));
-                }
-                other => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("unknown stream completion kind {other}"),
-                    ));
-                }
+            })?;
+            Ok(())
+        };
+        match c.kind {
+            completion::SENT => {
+                let buf = buf?;
+                fewer(&mut self.tx_in_flight, "sends")?;
+                drop(buf);
+            }
+            completion::FILLED => {
+                let buf = buf?;
+                fewer(&mut self.posted, "receives")?;
+                self.rx.push_back(buf);
+            }
+            completion::EOF => {
+                let buf = buf?;
+                fewer(&mut self.posted, "receives")?;
+                self.eof = true;
+                drop(buf);
+            }
+            completion::ERROR => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("server refused a stream request (status {})", c.status),
+                ));
+            }
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unknown stream completion kind {other}"),
+                ));
             }
         }
         Ok(())
