@@ -1,7 +1,7 @@
 //! Hostile peers, fairness and bounded state: a client that floods its control socket, sends
-//! expensive requests or never says hello, and stream peers that complete the wrong kind or
-//! queue more than they have or fail part of a batch, beside honest peers that must not notice. Each test failed
-//! before its fix.
+//! expensive requests or never says hello, and stream peers that complete the wrong kind,
+//! queue more than they have or fail part of a batch, beside honest peers that must not
+//! notice. Each test failed before its fix.
 
 // The tests' own bookkeeping (a stop flag) is not a protocol under test: std types.
 #![allow(clippy::disallowed_types)]
