@@ -376,12 +376,32 @@ impl Uring {
             });
         }
         if self.fixed.live().next().is_some() {
-            self.ring.submitter().unregister_buffers().map_err(os)?;
+            match self.ring.submitter().unregister_buffers() {
+                // No table: a failed re-registration before, whose restoring failed too.
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+                other => other.map_err(os)?,
+            }
         }
         if !iovecs.is_empty() {
             // SAFETY: every iovec covers mapped memory of a region the table keeps alive for as
             // long as it stays registered (the caller stores them).
-            unsafe { self.ring.submitter().register_buffers(&iovecs) }.map_err(os)?;
+            if let Err(e) = unsafe { self.ring.submitter().register_buffers(&iovecs) } {
+                // The old table is gone: put it back, so that the regions registered before
+                // stay usable (nothing changed their indices). Should that fail too, their
+                // operations fail in the kernel (`EFAULT`) until a registration succeeds.
+                let old: Vec<libc::iovec> = self
+                    .fixed
+                    .by_key()
+                    .iter()
+                    .flatten()
+                    .flat_map(|(r, range)| chunks_of(r, range))
+                    .collect();
+                if !old.is_empty() {
+                    // SAFETY: as above, for the regions the table still keeps.
+                    let _ = unsafe { self.ring.submitter().register_buffers(&old) };
+                }
+                return Err(os(e));
+            }
         }
         let mut next = 0u16;
         for (k, r) in self.fixed.regions.iter_mut().enumerate() {
