@@ -58,10 +58,10 @@ fn copy_mode_reaches_a_region_registered_after_the_first_request() {
     assert!(stats.bytes_copied >= 2 * 65536, "{stats:?}");
 }
 
-/// Registering a region pins all of it: a client cannot make the service pin more of its
-/// memory than `max_registered`. A read into a region past the limit is refused with
-/// `NoMemory`; the client's other memory is still served; and what was registered comes off
-/// the count when the client leaves.
+/// Registering pins memory: a client cannot make the service pin more of its memory than
+/// `max_registered`. A read that needs a window past the limit is refused with `NoMemory`; the
+/// client's memory registered before is still served; and what was registered comes off the
+/// count when the client leaves.
 #[test]
 fn a_client_cannot_pin_more_than_its_limit() {
     use subring_shm::{Region, RegionOptions};
@@ -79,20 +79,27 @@ fn a_client_cannot_pin_more_than_its_limit() {
     let big =
         std::sync::Arc::new(Region::memfd("big", 8 << 20, RegionOptions::new().id(9)).unwrap());
     client.shm().register_region(big).unwrap();
-    let into_big = BufHandle {
-        offset: 0,
-        len: 4096,
-        region: 9,
-    };
-    client.raw(2, 1, 0, 4096, into_big).unwrap();
-    client.submit().unwrap();
-    let d = client.next(Some(LIMIT)).unwrap();
-    assert_eq!(d.result, Err(BlkResultError::Refused(Status::NoMemory)));
-    assert_eq!(read(&mut client, 3), Ok(4096), "still served");
+    // The pool's first window (4 MiB) and the big region's first (4 MiB) make the limit; its
+    // second is past it.
+    for (tag, at, expected) in [
+        (2, 0, Ok(4096)),
+        (3, 4 << 20, Err(BlkResultError::Refused(Status::NoMemory))),
+    ] {
+        let into_big = BufHandle {
+            offset: at,
+            len: 4096,
+            region: 9,
+        };
+        client.raw(tag, 1, 0, 4096, into_big).unwrap();
+        client.submit().unwrap();
+        let d = client.next(Some(LIMIT)).unwrap();
+        assert_eq!(d.result, expected, "read {tag} into the big region at {at}");
+    }
+    assert_eq!(read(&mut client, 4), Ok(4096), "still served");
     drop(client);
     let stopped = server.stop().unwrap();
     let service = stopped.service();
-    assert_eq!(service.stats().regions_registered, 1);
+    assert_eq!(service.stats().regions_registered, 2);
     assert_eq!(service.registered_bytes(), 0, "the pool came off the count");
 }
 
@@ -131,6 +138,36 @@ fn a_large_region_is_pinned_a_window_at_a_time() {
     assert_eq!(service.stats().regions_registered, 3);
     assert_eq!(service.stats().bytes_registered, (5 + 5 + 4) * MIB);
     drop(client);
+}
+
+/// A region as large as the client's limit can be read whole, a window at a time: windows
+/// count against the limit the bytes each alone covers, not the `max_io` it shares with the
+/// next (which counted 5 MiB for each 4 MiB window and refused the fourth window of a 16 MiB
+/// region at a 16 MiB limit).
+#[test]
+fn a_region_as_large_as_the_limit_is_read_whole() {
+    use subring_shm::{Region, RegionOptions};
+    let _serial = serial();
+    let dir = TempDir::new("windows-limit", false);
+    const MIB: u64 = 1 << 20;
+    let (server, mut client) = local(&dir, |c| c.max_registered = 16 * MIB);
+    let big =
+        std::sync::Arc::new(Region::memfd("big", 16 << 20, RegionOptions::new().id(9)).unwrap());
+    client.shm().register_region(big).unwrap();
+    for (tag, at) in [(1, 0), (2, 4 * MIB), (3, 8 * MIB), (4, 16 * MIB - 4096)] {
+        let into = BufHandle {
+            offset: at,
+            len: 4096,
+            region: 9,
+        };
+        client.raw(tag, 1, 0, 4096, into).unwrap();
+        client.submit().unwrap();
+        let d = client.next(Some(LIMIT)).unwrap();
+        assert_eq!(d.result, Ok(4096), "read {tag} into the region at {at}");
+    }
+    drop(client);
+    let stopped = server.stop().unwrap();
+    assert_eq!(stopped.service().stats().regions_registered, 4);
 }
 
 /// A client that leaves with requests still waiting for room in the ring, behind another

@@ -540,7 +540,9 @@ impl Uring {
                 // holds the buffer serves), or different regions (ambiguous: name a key).
                 let holds = |r: &Registered| {
                     let start = handle.offset as usize;
-                    r.range.start <= start && start + handle.len as usize <= r.range.end
+                    start
+                        .checked_add(handle.len as usize)
+                        .is_some_and(|end| r.range.start <= start && end <= r.range.end)
                 };
                 let mut pick = holds(first.1).then_some(first);
                 for other in found {

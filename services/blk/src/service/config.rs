@@ -53,7 +53,9 @@ pub struct BlkConfig {
     /// that causes it is charged the window's bytes against the client's
     /// [`turn_bytes`](subring_shm::ServerConfig::turn_bytes), so a client makes the service
     /// pin at most about one window per turn, however large its memory. Windows stay
-    /// registered until the client leaves.
+    /// registered until the client leaves. Against `max_registered` and
+    /// `max_registered_total` a window counts the bytes it alone covers (this many), not the
+    /// `max_io` it shares with the next: a region used whole counts its length.
     pub register_window: u64,
     /// Serve the device read-only (default `false`): it is opened without write access, writes
     /// and discards are refused with [`Status::ReadOnly`](crate::Status::ReadOnly), and the
@@ -133,7 +135,8 @@ pub struct BlkStats {
     pub regions_unregistered: u64,
     /// Bytes of client memory those windows registered (pinned), in all.
     pub bytes_registered: u64,
-    /// Registrations the kernel refused (its locked-memory limit, say). After one, the client's
+    /// Registrations refused for good: by the kernel (its locked-memory limit, say), or for
+    /// want of room in the ring's table (not a table busy for now). After one, the client's
     /// requests that would register more are refused at once (`NoMemory`) until some memory
     /// is unregistered, so that a client cannot make the service pin and unpin a window at
     /// every request.

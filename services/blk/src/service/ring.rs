@@ -21,6 +21,16 @@ fn retry_later(e: &QueueError) -> bool {
     SubmitError::of(e).is_none()
 }
 
+/// Whether a registration the ring refused stays refused until memory is freed: the kernel's
+/// refusal (its locked-memory limit, say) or a full table. A table that cannot change while
+/// fixed operations are in flight (a kernel without sparse tables) is refused for now only.
+fn lasting(e: &RegisterError) -> bool {
+    !matches!(
+        e,
+        RegisterError::TableInUse { .. } | RegisterError::InFlight { .. }
+    )
+}
+
 /// A fixed read or write of `buf` at `offset`.
 fn transfer(kind: Kind, fd: Target, buf: FixedBuf, offset: u64) -> Op {
     match kind {
@@ -112,12 +122,17 @@ impl BlkService {
             Some(&(key, _)) => key,
             None => {
                 // First use of this window: register it (once per window per client), which
-                // pins it, within the client's and the service's limits.
+                // pins it, within the client's and the service's limits. Against the limits a
+                // window counts the bytes it alone covers: the `max_io` it shares with the next
+                // window is that one's, so a region used whole counts its length, as it did
+                // registered whole.
                 let start = index * window;
-                let end = (start + window + u64::from(self.config.max_io)).min(region.len() as u64);
+                let region_len = region.len() as u64;
+                let end = (start + window + u64::from(self.config.max_io)).min(region_len);
                 let len = end - start;
-                if client.registered.saturating_add(len) > self.config.max_registered
-                    || self.registered.saturating_add(len) > self.config.max_registered_total
+                let own = (start + window).min(region_len) - start;
+                if client.registered.saturating_add(own) > self.config.max_registered
+                    || self.registered.saturating_add(own) > self.config.max_registered_total
                 {
                     return Err(Status::NoMemory);
                 }
@@ -132,17 +147,19 @@ impl BlkService {
                     .register_range(region.clone(), start as usize..end as usize)
                 {
                     Ok(key) => key,
-                    Err(_) => {
-                        self.stats.registrations_refused += 1;
-                        client.refused_at = Some(self.stats.regions_unregistered);
+                    Err(e) => {
+                        if lasting(&e) {
+                            self.stats.registrations_refused += 1;
+                            client.refused_at = Some(self.stats.regions_unregistered);
+                        }
                         return Err(Status::NoMemory);
                     }
                 };
                 self.stats.regions_registered += 1;
                 self.stats.bytes_registered += len;
-                client.registered += len;
-                self.registered += len;
-                client.windows.insert((region.id(), index32), (key, len));
+                client.registered += own;
+                self.registered += own;
+                client.windows.insert((region.id(), index32), (key, own));
                 key
             }
         };
@@ -551,6 +568,19 @@ mod tests {
             "never less than four, unless the ring is smaller"
         );
         assert_eq!(fair_share(1, 3), 1);
+    }
+
+    #[test]
+    fn a_table_in_use_is_not_a_lasting_refusal() {
+        assert!(!lasting(&RegisterError::TableInUse { in_flight: 3 }));
+        assert!(lasting(&RegisterError::TableFull {
+            wanted: 1,
+            slots: 16384
+        }));
+        assert!(lasting(&RegisterError::Os {
+            len: 1 << 20,
+            source: io::Error::from_raw_os_error(libc::ENOMEM),
+        }));
     }
 
     #[test]
