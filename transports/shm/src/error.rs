@@ -217,6 +217,14 @@ impl std::fmt::Display for FdKind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FdError {
+    /// A control message carried more descriptors than this process had free descriptor
+    /// numbers for (it is near its `RLIMIT_NOFILE`): refused whole, its descriptors dropped
+    /// where their close cannot block this thread.
+    #[error(
+        "a control message carried more file descriptors than this process has free \
+         descriptor numbers for (near its RLIMIT_NOFILE)"
+    )]
+    NoRoom,
     /// More descriptors than any message carries (`got` is `None` where the kernel truncated
     /// them, so that their number is unknown).
     #[error("a control message carried {} file descriptors, more than {max}", match got { Some(n) => n.to_string(), None => "more".into() })]

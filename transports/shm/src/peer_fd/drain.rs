@@ -80,11 +80,15 @@ fn read_out(socket: BorrowedFd<'_>) -> bool {
         // them: the walk of a truncated buffer must not find the last read's.
         space.fill(0);
         let mut iov = [IoSliceMut::new(&mut buf)];
+        // Peeked at first (as `proto::recv` does, and for the same reason): descriptors the
+        // kernel cannot install (this process near its descriptor limit) are then dropped while
+        // the queued message still holds them, never closed here; a queue that holds such a
+        // message goes to the closer threads whole.
         let msg = match recvmsg::<()>(
             socket.as_raw_fd(),
             &mut iov,
             Some(&mut space),
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_PEEK,
         ) {
             Ok(msg) => msg,
             // A peer that closed with messages of ours unread leaves ECONNRESET pending, which
@@ -93,7 +97,7 @@ fn read_out(socket: BorrowedFd<'_>) -> bool {
             Err(Errno::EAGAIN) => return true,
             Err(_) => return false,
         };
-        let bytes = msg.bytes;
+        let (bytes, truncated) = (msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC));
         let mut control = false;
         match msg.cmsgs() {
             Ok(cmsgs) => {
@@ -114,8 +118,17 @@ fn read_out(socket: BorrowedFd<'_>) -> bool {
                 drop(rights_in(&space, space.len()));
             }
         }
+        if truncated {
+            return false;
+        }
         if bytes == 0 && !control {
             return true;
+        }
+        // Off the queue, with no room for descriptors: the peek's references are the last.
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(socket.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return false,
         }
     }
     false

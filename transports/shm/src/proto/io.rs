@@ -200,6 +200,16 @@ pub(crate) fn hung_up(sock: BorrowedFd<'_>) -> bool {
 /// Receives one control message without blocking beyond what the socket does: `Ok(None)` if
 /// nothing is there (`EAGAIN` on a non-blocking socket). Every fd that arrives is owned at once,
 /// so none leaks whatever the message turns out to be.
+///
+/// The message is peeked at first, then taken off the queue. A process with fewer free
+/// descriptor numbers than a message carries gets only the descriptors that fit, and the
+/// kernel drops the rest itself, on the receiving thread: dropping the last reference to one
+/// can block (a socket lingering with unsent data). A peek's descriptors are new references
+/// while the message still holds its own, so what a peek cannot install is dropped without a
+/// close; such a message is refused ([`FdError::NoRoom`]) and left queued, for the socket's
+/// close to drop where it cannot block (a `ConnSocket`'s). A message whose descriptors all
+/// arrived is then taken off the queue with no room for descriptors: the references the kernel
+/// drops then are not the last (the peeked ones are).
 pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
     sock: BorrowedFd<'_>,
 ) -> Result<Option<Incoming<M>>, Error> {
@@ -211,7 +221,7 @@ pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
             sock.as_raw_fd(),
             &mut iov,
             Some(&mut cmsg_space),
-            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK,
         ) {
             Ok(msg) => {
                 let mut fds = Vec::new();
@@ -243,16 +253,17 @@ pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
             Err(e) => return Err(io_error("recvmsg on the control socket")(e)),
         }
     };
+    if flags.contains(MsgFlags::MSG_CTRUNC) {
+        // The receive buffer has room for every descriptor a message can carry: the kernel
+        // could not install them all. Left queued (see above).
+        return Err(FdError::NoRoom.into());
+    }
+    if len > 0 || !fds.is_empty() {
+        take_peeked(sock)?;
+    }
     if fds.len() > MAX_FDS {
         return Err(FdError::TooMany {
             got: Some(fds.len()),
-            max: MAX_FDS,
-        }
-        .into());
-    }
-    if flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(FdError::TooMany {
-            got: None,
             max: MAX_FDS,
         }
         .into());
@@ -310,6 +321,20 @@ pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
         detail: e.to_string(),
     })?;
     Ok(Some(Incoming::Message(msg, fds)))
+}
+
+/// Takes off `sock`'s queue the message a peek just read, with no room for its descriptors (the
+/// peek installed its own references to them).
+pub(crate) fn take_peeked(sock: BorrowedFd<'_>) -> Result<(), Error> {
+    let mut buf = [0u8; MAX_MESSAGE];
+    loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(sock.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io_error("recvmsg taking a peeked control message")(e)),
+        }
+    }
 }
 
 /// Receives one control message, waiting at most until `deadline`.
