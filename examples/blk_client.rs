@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut options = BlkOptions::new().buffers(block as u32, 64).capacity(64);
     if untrusting {
-        options.shm = options.shm.untrusted_server();
+        options = options.untrusted_server();
     }
     let mut client = BlkClient::connect(&path, &options).map_err(|e| format!("blk_client: {e}"))?;
     let blocks = (client.size() / block as u64).min(4096);

@@ -36,6 +36,13 @@ impl BlkOptions {
         }
     }
 
+    /// A client that does not trust its server ([`ClientOptions::untrusted_server`]): it takes
+    /// only futex wake-ups, which a server cannot make block, and rings a futex doorbell.
+    pub fn untrusted_server(mut self) -> Self {
+        self.shm = self.shm.untrusted_server();
+        self
+    }
+
     /// `count` buffers of `size` bytes (keep `size` a multiple of 4096 for direct I/O).
     pub fn buffers(mut self, size: u32, count: u32) -> Self {
         self.shm = self.shm.buffers(size, count);
@@ -68,6 +75,15 @@ pub enum BlkResultError {
     /// The service answered with a status this client does not know.
     #[error("unknown status {0} from the block service")]
     Unknown(i32),
+    /// The service said it moved more bytes than the request asked for (it breaks the
+    /// protocol): `value` against the request's `len`.
+    #[error("the block service answered {value} bytes for a request of {len}")]
+    TooLong {
+        /// What the service answered.
+        value: u64,
+        /// The request's length.
+        len: u32,
+    },
 }
 
 /// A finished request.
@@ -121,8 +137,10 @@ pub enum BlkClientError {
     /// The queue pair failed (the server left, a timeout).
     #[error(transparent)]
     Queue(#[from] QueueError),
-    /// The server answered a request this client never sent (or answered one twice).
-    #[error("the server answered unknown request tag {0}")]
+    /// The server answered a request this client never sent, or answered one twice (every
+    /// request's tag on the wire names its slot and that slot's generation, so a repeated
+    /// answer never matches a later request in the same slot).
+    #[error("the server answered unknown request tag {0:#x}")]
     UnknownTag(u64),
     /// The server failed the info request that opens every connection.
     #[error("the server failed the info request: {0}")]
@@ -146,11 +164,20 @@ struct Slot {
     buf: Option<BufHandle>,
 }
 
+/// Requests one client may have unanswered at once: past it, a request is refused (`Full`)
+/// until completions are reaped, so that a server that takes requests and never answers
+/// cannot make the client's table grow without bound. (A server holds few at once: the ring,
+/// and its bound on deferred requests.)
+pub const MAX_IN_FLIGHT: usize = 1 << 16;
+
 /// A client of a block service: requests with owned buffers, completions that hand them back.
 #[derive(Debug)]
 pub struct BlkClient {
     client: Client<BlkRequest, BlkCompletion>,
     slots: Vec<Option<Slot>>,
+    /// Each slot's generation: a request's tag on the wire is its slot and the generation the
+    /// slot had when the request took it.
+    generations: Vec<u32>,
     free: Vec<u32>,
     size: u64,
     direct: bool,
@@ -177,6 +204,7 @@ impl BlkClient {
         let mut this = BlkClient {
             client,
             slots: Vec::new(),
+            generations: Vec::new(),
             free: Vec::new(),
             size: 0,
             direct: false,
@@ -235,16 +263,15 @@ impl BlkClient {
         len: u32,
         buf: Option<Buf>,
     ) -> Result<(), Refused> {
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.slots.push(None);
-                self.slots.len() as u32 - 1
-            }
+        let Some((slot, wire)) = self.take_slot() else {
+            return Err(Refused {
+                buf,
+                error: QueueError::Full,
+            });
         };
         let handle = buf.as_ref().map(Buf::handle).unwrap_or_default();
         let req = BlkRequest {
-            tag: u64::from(slot),
+            tag: wire,
             offset,
             buf: handle,
             len,
@@ -311,15 +338,14 @@ impl BlkClient {
         len: u32,
         handle: BufHandle,
     ) -> Result<(), Refused> {
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.slots.push(None);
-                self.slots.len() as u32 - 1
-            }
+        let Some((slot, wire)) = self.take_slot() else {
+            return Err(Refused {
+                buf: None,
+                error: QueueError::Full,
+            });
         };
         let req = BlkRequest {
-            tag: u64::from(slot),
+            tag: wire,
             offset,
             buf: handle,
             len,
@@ -339,6 +365,23 @@ impl BlkClient {
             buf: None,
         });
         Ok(())
+    }
+
+    /// A free slot for a request, and the tag that names it on the wire (the slot and a new
+    /// generation of it); `None` with [`MAX_IN_FLIGHT`] requests unanswered.
+    fn take_slot(&mut self) -> Option<(u32, u64)> {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None if self.slots.len() < MAX_IN_FLIGHT => {
+                self.slots.push(None);
+                self.generations.push(0);
+                self.slots.len() as u32 - 1
+            }
+            None => return None,
+        };
+        let generation = &mut self.generations[slot as usize];
+        *generation = generation.wrapping_add(1);
+        Some((slot, u64::from(*generation) << 32 | u64::from(slot)))
     }
 
     /// Makes queued requests visible to the service (and rings its doorbell if it sleeps).
@@ -370,12 +413,17 @@ impl BlkClient {
     }
 
     fn finish(&mut self, c: BlkCompletion) -> Result<BlkDone, BlkClientError> {
-        // The tag is the server's to echo: it must name a request in flight here.
-        let slot = usize::try_from(c.tag)
-            .ok()
-            .and_then(|s| self.slots.get_mut(s)?.take())
+        // The tag is the server's to echo: it must name a request in flight here, in the
+        // generation of its slot that the request took.
+        let (index, generation) = (c.tag & u64::from(u32::MAX), (c.tag >> 32) as u32);
+        let index = usize::try_from(index).map_err(|_| BlkClientError::UnknownTag(c.tag))?;
+        if self.generations.get(index) != Some(&generation) {
+            return Err(BlkClientError::UnknownTag(c.tag));
+        }
+        let slot = self.slots[index]
+            .take()
             .ok_or(BlkClientError::UnknownTag(c.tag))?;
-        self.free.push(c.tag as u32);
+        self.free.push(index as u32);
         self.last_flags = c.flags;
         let mut buf = match slot.buf {
             Some(h) => Some(self.client.reclaim(h)?),
@@ -383,14 +431,28 @@ impl BlkClient {
         };
         let result =
             match c.status {
+                // A read, write or discard moves at most what it asked for.
+                0 if matches!(slot.op, BlkOp::Read | BlkOp::Write | BlkOp::Discard)
+                    && c.value > u64::from(slot.len) =>
+                {
+                    Err(BlkResultError::TooLong {
+                        value: c.value,
+                        len: slot.len,
+                    })
+                }
                 0 => Ok(c.value),
-                s if s < 0 => Err(BlkResultError::Os(-s)),
+                s if s < 0 => Err(s
+                    .checked_neg()
+                    .map_or(BlkResultError::Unknown(s), BlkResultError::Os)),
                 s => Err(Status::from_code(s)
                     .map_or(BlkResultError::Unknown(s), BlkResultError::Refused)),
             };
         if let (Some(b), BlkOp::Read) = (buf.as_mut(), slot.op) {
+            // Bounded by the request's length (checked above), itself at most the capacity.
             let n = match result {
-                Ok(n) => (n as usize).min(slot.len as usize),
+                Ok(n) => usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .min(slot.len as usize),
                 Err(_) => 0,
             };
             b.set_len(n);

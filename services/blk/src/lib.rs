@@ -21,7 +21,10 @@
 //! ([`BlkConfig::read_only`]).
 //!
 //! - [`serve`] / [`server`]: a server of a device; [`BlkClient`]: the client side, with
-//!   owned buffers that come back with their completions.
+//!   owned buffers that come back with their completions. The client checks what a server
+//!   answers as well: a tag that names no request in flight (or one already answered), a
+//!   transfer longer than asked, are typed errors; [`BlkOptions::untrusted_server`] makes it a
+//!   client that a server cannot make block either.
 //! - `cargo run --release --example blk_server -- /tmp/blk.sock /tmp/disk.img` and
 //!   `cargo run --release --example blk_client -- /tmp/blk.sock` in two terminals.
 //!
@@ -71,6 +74,7 @@ use std::path::Path;
 
 pub use client::{
     BlkClient, BlkClientError, BlkDone, BlkOptions, BlkResultError, ReadTooLong, Refused,
+    MAX_IN_FLIGHT,
 };
 pub use proto::{BlkCompletion, BlkOp, BlkRequest, Status, BLK_PROTOCOL};
 pub use service::{BlkConfig, BlkError, BlkService, BlkStats};
