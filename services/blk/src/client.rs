@@ -93,7 +93,11 @@ pub struct BlkDone {
     pub tag: u64,
     /// Bytes transferred (the device size for info), or why it failed.
     pub result: Result<u64, BlkResultError>,
-    /// The buffer it lent, back (a read's length set to the bytes read).
+    /// The buffer it lent, back (a read's length set to the bytes read). The server says when
+    /// it is done with a buffer, and the client cannot check it: a server that breaks the
+    /// protocol and answers a read before its kernel has filled the buffer can still change
+    /// the bytes. A `Buf`'s safe accessors copy through a volatile view, so that is wrong
+    /// data, never undefined behaviour (its `unsafe` slice makes that promise the caller's).
     pub buf: Option<Buf>,
 }
 
