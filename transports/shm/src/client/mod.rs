@@ -369,11 +369,20 @@ impl<S: Pod, C: Pod> Client<S, C> {
             &[fd],
             deadline,
         )?;
-        match proto::recv_blocking::<ServerMsg>(
+        let answer = match proto::recv_blocking::<ServerMsg>(
             self.socket.as_fd(),
             deadline,
             "region registration",
-        )? {
+        ) {
+            // An answer this process could not take stays queued, and every later one
+            // would be read one behind: the connection ends.
+            Err(e @ Error::BadFds(FdError::NoRoom)) => {
+                self.gone = true;
+                return Err(e);
+            }
+            other => other?,
+        };
+        match answer {
             Incoming::Message(ServerMsg::Registered { id: got }, _) if got == id => {
                 self.extra.push(region);
                 Ok(())

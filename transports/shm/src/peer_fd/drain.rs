@@ -99,6 +99,10 @@ fn read_out(socket: BorrowedFd<'_>) -> bool {
         };
         let (bytes, truncated) = (msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC));
         let mut control = false;
+        // Held until the message is off the queue: discarded before, one could be closed (on
+        // a closer thread) while the queued reference is still there, which would then be the
+        // last, dropped by the consuming read on this thread.
+        let mut peeked: Vec<OwnedFd> = Vec::new();
         match msg.cmsgs() {
             Ok(cmsgs) => {
                 for c in cmsgs {
@@ -107,7 +111,7 @@ fn read_out(socket: BorrowedFd<'_>) -> bool {
                         for fd in fds {
                             // SAFETY: the kernel just installed this descriptor in this
                             // process for us (SCM_RIGHTS); nothing else owns it.
-                            discard(unsafe { OwnedFd::from_raw_fd(fd) });
+                            peeked.push(unsafe { OwnedFd::from_raw_fd(fd) });
                         }
                     }
                 }
@@ -119,6 +123,8 @@ fn read_out(socket: BorrowedFd<'_>) -> bool {
             }
         }
         if truncated {
+            // Left queued (the queue still holds every reference): discarding is safe.
+            peeked.into_iter().for_each(discard);
             return false;
         }
         if bytes == 0 && !control {
@@ -126,7 +132,9 @@ fn read_out(socket: BorrowedFd<'_>) -> bool {
         }
         // Off the queue, with no room for descriptors: the peek's references are the last.
         let mut iov = [IoSliceMut::new(&mut buf)];
-        match recvmsg::<()>(socket.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT) {
+        let consumed = recvmsg::<()>(socket.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT);
+        peeked.into_iter().for_each(discard);
+        match consumed {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => return false,
         }

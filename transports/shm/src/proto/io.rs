@@ -332,6 +332,8 @@ pub(crate) fn take_peeked(sock: BorrowedFd<'_>) -> Result<(), Error> {
         match recvmsg::<()>(sock.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT) {
             Ok(_) => return Ok(()),
             Err(Errno::EINTR) => continue,
+            // The peer closed with messages of ours unread, between the peek and this read.
+            Err(Errno::ECONNRESET) => return Err(Error::Closed { during: "receive" }),
             Err(e) => return Err(io_error("recvmsg taking a peeked control message")(e)),
         }
     }
