@@ -120,6 +120,14 @@ pub(crate) fn check_capacity(field: &'static str, value: u32, max: u32) -> Resul
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A connection handed over (`Server::add_connection`, `Client::from_socket`) that is not
+    /// a Unix `SOCK_SEQPACKET` socket ([`socket_pair`](crate::socket_pair) makes them): control
+    /// messages rely on its message boundaries.
+    #[error("the connection is {found}, not a Unix SOCK_SEQPACKET socket (socket_pair makes one)")]
+    NotSeqPacket {
+        /// What it is instead.
+        found: String,
+    },
     /// A count that must be at least 1 is 0.
     #[error("{field} must be at least 1")]
     Zero {

@@ -237,6 +237,32 @@ fn a_lingering_socket_in_a_welcome_does_not_stall_the_client() {
     drop(ours);
 }
 
+/// A connection handed over that is a stream socket, not `SOCK_SEQPACKET` (control messages
+/// rely on message boundaries, and the receive's peek and read must see the same message):
+/// refused by name on both sides, before anything is sent or read.
+#[test]
+fn a_stream_socket_is_refused_as_a_connection() {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let options = ClientOptions::new(ECHO_PROTOCOL);
+    match Client::<EchoReq, EchoResp>::from_socket(a.into(), &options) {
+        Err(Error::Config(subring_shm::ConfigError::NotSeqPacket { found })) => {
+            assert!(found.contains("Stream"), "{found}")
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a client over a stream socket"),
+    }
+    let mut server =
+        Server::new(ServerConfig::new(ECHO_PROTOCOL), echo::handler_factory()).unwrap();
+    let e = server.add_connection(b.into()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Config(subring_shm::ConfigError::NotSeqPacket { .. })
+        ),
+        "{e}"
+    );
+}
+
 /// The client half of the truncated-receive test: a "server" queues a welcome carrying 20
 /// descriptors, the last a socket lingering for 30 s, and this process lowers its descriptor
 /// limit to 8 above what it has open, so the kernel cannot install them all. The client must

@@ -118,6 +118,7 @@ impl<S: Pod, C: Pod> Client<S, C> {
         // Emptied before it is closed however this ends: a hostile server may have queued
         // descriptors on it that the kernel drops at its close.
         let socket = ConnSocket::new(socket);
+        proto::check_seqpacket(socket.as_fd())?;
         check_trust(options)?;
         let hello = Hello {
             protocol: options.protocol.clone(),

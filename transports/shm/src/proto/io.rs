@@ -323,6 +323,21 @@ pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
     Ok(Some(Incoming::Message(msg, fds)))
 }
 
+/// Checks that `sock` is a `SOCK_SEQPACKET` socket, as every connection must be.
+pub(crate) fn check_seqpacket(sock: BorrowedFd<'_>) -> Result<(), Error> {
+    match nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::SockType) {
+        Ok(nix::sys::socket::SockType::SeqPacket) => Ok(()),
+        Ok(other) => Err(crate::ConfigError::NotSeqPacket {
+            found: format!("a {other:?} socket"),
+        }
+        .into()),
+        Err(e) => Err(crate::ConfigError::NotSeqPacket {
+            found: format!("not a socket ({e})"),
+        }
+        .into()),
+    }
+}
+
 /// Takes off `sock`'s queue the message a peek just read, with no room for its descriptors (the
 /// peek installed its own references to them).
 pub(crate) fn take_peeked(sock: BorrowedFd<'_>) -> Result<(), Error> {

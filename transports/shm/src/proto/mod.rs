@@ -332,5 +332,6 @@ mod io;
 
 pub use io::socket_pair;
 pub(crate) use io::{
-    hung_up, recv, recv_blocking, rights_in, send, send_until, send_version_refusal, Incoming,
+    check_seqpacket, hung_up, recv, recv_blocking, rights_in, send, send_until,
+    send_version_refusal, Incoming,
 };

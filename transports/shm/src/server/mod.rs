@@ -291,6 +291,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     /// Adds an already-connected `SOCK_SEQPACKET` socket (one end of
     /// [`socket_pair`](crate::socket_pair)): the handshake proceeds as for an accepted one.
     pub fn add_connection(&mut self, socket: OwnedFd) -> Result<(), Error> {
+        crate::proto::check_seqpacket(socket.as_fd())?;
         nix::fcntl::fcntl(
             &socket,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
