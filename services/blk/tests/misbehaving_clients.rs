@@ -58,6 +58,25 @@ fn copy_mode_reaches_a_region_registered_after_the_first_request() {
     assert!(stats.bytes_copied >= 2 * 65536, "{stats:?}");
 }
 
+/// Reads 4 KiB of the device at `from` into bytes `at` of the client's region `region` (a raw
+/// request: no buffer lent) and returns the result.
+fn read_into_region(
+    client: &mut BlkClient,
+    tag: u64,
+    from: u64,
+    region: u32,
+    at: u64,
+) -> Result<u64, BlkResultError> {
+    let into = BufHandle {
+        offset: at,
+        len: 4096,
+        region,
+    };
+    client.raw(tag, 1, from, 4096, into).unwrap();
+    client.submit().unwrap();
+    client.next(Some(LIMIT)).unwrap().result
+}
+
 /// Registering pins memory: a client cannot make the service pin more of its memory than
 /// `max_registered`. A read that needs a window past the limit is refused with `NoMemory`; the
 /// client's memory registered before is still served; and what was registered comes off the
@@ -85,15 +104,8 @@ fn a_client_cannot_pin_more_than_its_limit() {
         (2, 0, Ok(4096)),
         (3, 4 << 20, Err(BlkResultError::Refused(Status::NoMemory))),
     ] {
-        let into_big = BufHandle {
-            offset: at,
-            len: 4096,
-            region: 9,
-        };
-        client.raw(tag, 1, 0, 4096, into_big).unwrap();
-        client.submit().unwrap();
-        let d = client.next(Some(LIMIT)).unwrap();
-        assert_eq!(d.result, expected, "read {tag} into the big region at {at}");
+        let result = read_into_region(&mut client, tag, 0, 9, at);
+        assert_eq!(result, expected, "read {tag} into the big region at {at}");
     }
     assert_eq!(read(&mut client, 4), Ok(4096), "still served");
     drop(client);
@@ -123,15 +135,8 @@ fn a_large_region_is_pinned_a_window_at_a_time() {
         (3, 8 * MIB),
         (4, 64 * MIB - 4096),
     ] {
-        let into = BufHandle {
-            offset: at,
-            len: 4096,
-            region: 9,
-        };
-        client.raw(tag, 1, 4096 * tag, 4096, into).unwrap();
-        client.submit().unwrap();
-        let d = client.next(Some(LIMIT)).unwrap();
-        assert_eq!(d.result, Ok(4096), "read {tag} into the region at {at}");
+        let result = read_into_region(&mut client, tag, 4096 * tag, 9, at);
+        assert_eq!(result, Ok(4096), "read {tag} into the region at {at}");
     }
     let stopped = server.stop().unwrap();
     let service = stopped.service();
@@ -155,15 +160,8 @@ fn a_region_as_large_as_the_limit_is_read_whole() {
         std::sync::Arc::new(Region::memfd("big", 16 << 20, RegionOptions::new().id(9)).unwrap());
     client.shm().register_region(big).unwrap();
     for (tag, at) in [(1, 0), (2, 4 * MIB), (3, 8 * MIB), (4, 16 * MIB - 4096)] {
-        let into = BufHandle {
-            offset: at,
-            len: 4096,
-            region: 9,
-        };
-        client.raw(tag, 1, 0, 4096, into).unwrap();
-        client.submit().unwrap();
-        let d = client.next(Some(LIMIT)).unwrap();
-        assert_eq!(d.result, Ok(4096), "read {tag} into the region at {at}");
+        let result = read_into_region(&mut client, tag, 0, 9, at);
+        assert_eq!(result, Ok(4096), "read {tag} into the region at {at}");
     }
     drop(client);
     let stopped = server.stop().unwrap();

@@ -145,7 +145,16 @@ const FAKE_POOL: u64 = 1 << 16;
 /// A fake server (a queue pair this process serves, see `fake_pair`) and a client in `mode`
 /// connected to it; the server's end of the socket is returned so that dropping it hangs up.
 fn connect_to_fake_server(mode: NotifyMode) -> (FakePair, OwnedFd, Client<EchoReq, EchoResp>) {
+    connect_to_fake_server_with(mode, |_| {})
+}
+
+/// [`connect_to_fake_server`] with the welcome changed by `tweak` first.
+fn connect_to_fake_server_with(
+    mode: NotifyMode,
+    tweak: impl FnOnce(&mut Welcome),
+) -> (FakePair, OwnedFd, Client<EchoReq, EchoResp>) {
     let mut pair = fake_pair(mode, 32, FAKE_POOL);
+    tweak(&mut pair.welcome);
     let (ours, theirs) = subring_shm::socket_pair().unwrap();
     send_raw(&ours, &welcome_frame(&pair.welcome), &raw_fds(&pair.fds));
     pair.fds.clear();
@@ -362,16 +371,8 @@ fn a_server_that_hangs_up_and_clears_its_closed_word_is_seen_gone() {
 /// fake server whose welcome says it is pid 1 is this process (which made the socket pair).
 #[test]
 fn the_servers_pid_is_the_kernels_not_the_welcomes() {
-    let mut pair = fake_pair(NotifyMode::Futex, 32, FAKE_POOL);
-    pair.welcome.server_pid = 1;
-    let (ours, theirs) = subring_shm::socket_pair().unwrap();
-    send_raw(&ours, &welcome_frame(&pair.welcome), &raw_fds(&pair.fds));
-    pair.fds.clear();
-    let options = ClientOptions::new(ECHO_PROTOCOL)
-        .buffers(256, 32)
-        .capacity(64)
-        .mode(NotifyMode::Futex);
-    let client = Client::<EchoReq, EchoResp>::from_socket(theirs, &options).unwrap();
+    let (_pair, ours, client) =
+        connect_to_fake_server_with(NotifyMode::Futex, |w| w.server_pid = 1);
     assert_eq!(client.server_pid(), std::process::id());
     drop(ours);
 }
