@@ -196,6 +196,37 @@ mod tests {
         );
     }
 
+    /// A Unix socket queued on a dropped connection, behind which 252 other descriptors come
+    /// in the same message, carries on its own queue a TCP socket lingering for 30 s: the drop
+    /// returns at once. The read-out peeks, takes the message off the queue, and only then
+    /// hands what it peeked to the closer threads: handed over first, a closer could close the
+    /// Unix socket's peeked copy while the queue still held the other reference, which the
+    /// read that takes the message off would then drop here, lingering socket and all (a
+    /// reviewer helper's finding in the first version of the peeked read-out).
+    #[test]
+    fn a_socket_nested_in_a_queued_one_is_not_closed_here() {
+        let (ours, theirs) = crate::socket_pair().unwrap();
+        let (inner, inner_peer) = crate::socket_pair().unwrap();
+        let (tcp, _listener) = super::super::tests::lingering_socket(30);
+        send(&inner_peer, b"x", &[tcp.as_raw_fd()]);
+        drop((tcp, inner_peer));
+        let fillers: Vec<OwnedFd> = (0..252)
+            .map(|_| nix::sys::eventfd::EventFd::new().unwrap().into())
+            .collect();
+        let mut raw = vec![inner.as_raw_fd()];
+        raw.extend(fillers.iter().map(|f| f.as_raw_fd()));
+        send(&theirs, b"y", &raw);
+        drop((inner, fillers));
+        let start = std::time::Instant::now();
+        drop(ConnSocket::new(ours));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "dropping the socket took {:?}",
+            start.elapsed()
+        );
+        drop(theirs);
+    }
+
     /// A peer that closed with messages of ours unread leaves ECONNRESET pending on our end,
     /// which the first read reports: the read-out goes on past it (it used to stop there and
     /// hand the whole socket, and what was queued on it, to the closer threads).
