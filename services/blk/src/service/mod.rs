@@ -84,7 +84,8 @@ struct WaitingFlush {
 #[derive(Debug)]
 struct ClientState {
     memory: ClientMemory,
-    /// (Region id, window index) → the window's registration with the ring, and its length.
+    /// (Region id, window index) → the window's registration with the ring, and the bytes it
+    /// counts against the limits (those it alone covers).
     windows: HashMap<(u32, u32), (RegionKey, u64)>,
     /// Bytes of its memory registered (pinned).
     registered: u64,
