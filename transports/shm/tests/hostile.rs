@@ -78,15 +78,21 @@ fn descriptors_beyond_the_limit_are_closed_by_the_client() {
             drop(fds);
             ours
         });
-        let options = ClientOptions::new(ECHO_PROTOCOL)
-            .buffers(256, 8)
-            .capacity(64)
-            .mode(NotifyMode::Futex);
+        let options = welcome_options();
         let e = Client::<EchoReq, EchoResp>::from_socket(theirs, &options).unwrap_err();
         assert!(matches!(e, Error::BadFds(_)), "{e}");
         drop(fake.join().unwrap());
     }
     fds_back_to(before, "after 20 welcomes with 6 descriptors each");
+}
+
+/// Client options that match [`welcome_bytes`]'s welcome (futex mode, 8 buffers of 256 bytes,
+/// rings of 64).
+fn welcome_options() -> ClientOptions {
+    ClientOptions::new(ECHO_PROTOCOL)
+        .buffers(256, 8)
+        .capacity(64)
+        .mode(NotifyMode::Futex)
 }
 
 fn welcome_bytes() -> Vec<u8> {
@@ -221,10 +227,7 @@ fn a_lingering_socket_in_a_welcome_does_not_stall_the_client() {
         &[tcp.as_raw_fd(), fds[0].as_raw_fd()],
     );
     drop(tcp);
-    let mut options = ClientOptions::new(ECHO_PROTOCOL)
-        .buffers(256, 8)
-        .capacity(64)
-        .mode(NotifyMode::Futex);
+    let mut options = welcome_options();
     options.control_timeout = Duration::from_secs(1);
     let start = Instant::now();
     let e = Client::<EchoReq, EchoResp>::from_socket(theirs, &options).unwrap_err();
@@ -288,10 +291,7 @@ fn truncated_welcome_client_child() {
     };
     // SAFETY: a valid resource and a pointer to a valid rlimit.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) }, 0);
-    let mut options = ClientOptions::new(ECHO_PROTOCOL)
-        .buffers(256, 8)
-        .capacity(64)
-        .mode(NotifyMode::Futex);
+    let mut options = welcome_options();
     options.control_timeout = Duration::from_secs(1);
     let start = Instant::now();
     let e = Client::<EchoReq, EchoResp>::from_socket(theirs, &options).unwrap_err();
@@ -333,10 +333,7 @@ fn a_lingering_socket_queued_behind_a_bad_welcome_does_not_stall_the_client() {
     send_raw(&ours, b"not a control message", &[]);
     send_raw(&ours, &welcome_bytes(), &[tcp.as_raw_fd()]);
     drop(tcp);
-    let mut options = ClientOptions::new(ECHO_PROTOCOL)
-        .buffers(256, 8)
-        .capacity(64)
-        .mode(NotifyMode::Futex);
+    let mut options = welcome_options();
     options.control_timeout = Duration::from_secs(1);
     let start = Instant::now();
     assert!(Client::<EchoReq, EchoResp>::from_socket(theirs, &options).is_err());
