@@ -361,6 +361,47 @@ fn a_sleep_set_wakes_on_its_alarm_and_its_words() {
     );
 }
 
+/// A peer that sets its word back to "awake" while the set sleeps on it (or dies between
+/// claiming it and waking it) leaves `raise` nothing to claim, and the sleeper sleeps on with
+/// the alarm raised; `wake_all` wakes it whatever its words say.
+#[test]
+fn wake_all_wakes_a_sleeper_whose_peer_cleared_its_word() {
+    use subring_planes::interrupt::SleepSet;
+    for n in [1usize, 2] {
+        let words: Vec<WakeRef> = (0..n).map(|_| WakeRef::local()).collect();
+        let mut set = SleepSet::new();
+        set.set_words(words.clone()).unwrap();
+        let alarm = set.alarm();
+        for w in &words {
+            w.announce_sleep();
+        }
+        let sleeper = std::thread::spawn(move || {
+            let raised = set.sleep(Some(Duration::from_secs(20))).unwrap();
+            (raised, set)
+        });
+        // Long enough for the sleeper to be in its wait.
+        std::thread::sleep(Duration::from_millis(50));
+        for w in &words {
+            w.cancel_sleep(); // the peers' stores: "awake", and no wake-up
+        }
+        alarm.raise().unwrap();
+        let start = Instant::now();
+        let mut retries = 0;
+        while !sleeper.is_finished() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{n} words: the sleeper slept on through {retries} wake_all calls"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+            alarm.wake_all().unwrap();
+            retries += 1;
+        }
+        let (raised, set) = sleeper.join().unwrap();
+        assert!(raised, "{n} words: woken with the alarm raised");
+        set.lower();
+    }
+}
+
 /// The word count a refused many-word wait names.
 fn word_count(e: &std::io::Error) -> WordCount {
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);

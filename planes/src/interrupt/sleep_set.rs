@@ -31,6 +31,16 @@ struct Shared {
 ///
 /// The set is changed only by the sleeper ([`set_words`](Self::set_words)), between sleeps; the
 /// alarm reads it under a lock, so it sees the new set, or the sleeper sees the flag.
+///
+/// The peers' words are also theirs to write, and a peer can undo what `raise` relies on: it
+/// can set its word back to "awake" while the sleeper sleeps on it (or die between claiming it
+/// and waking it), leaving `raise` nothing to claim; or set it to "sleeping" again between
+/// `raise`'s wake and the sleeper's entering the wait. Either way the sleeper sleeps on with
+/// the alarm raised, for as long as its peers leave it. A caller that must not depend on its
+/// peers (a server whose alarm stands for new connections and hang-ups) calls
+/// [`Alarm::wake_all`] while the alarm stays raised past a bound: by then the sleeper is in
+/// the kernel's wait, and a wake of every word reaches it, whatever the words say. With no
+/// peer in the set, the sleeper sleeps on a word of its own, and `raise` alone suffices.
 pub struct SleepSet {
     shared: Arc<Shared>,
     words: Vec<WakeRef>,
@@ -200,6 +210,28 @@ impl Alarm {
                 if let Err(e) = FutexSignal::new().wake(word) {
                     result = Err(e);
                 }
+            }
+        }
+        result
+    }
+
+    /// Wakes every word of the set (and the sleeper's own), whether or not it says "sleeping",
+    /// claiming those that do: for an alarm the sleeper has not taken within a bound, because
+    /// a peer set its word back to "awake" or "sleeping" around [`raise`](Self::raise) (see
+    /// [`SleepSet`]). One system call per word; call it only while the alarm stays raised.
+    pub fn wake_all(&self) -> io::Result<()> {
+        let words = self
+            .shared
+            .words
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut result = Ok(());
+        for word in words.iter().chain(std::iter::once(&self.shared.own)) {
+            // The claim, if the word says "sleeping", makes a wait not yet entered return at
+            // once; the wake reaches one already entered, whatever the word says now.
+            word.take_sleeper();
+            if let Err(e) = FutexSignal::new().wake(word) {
+                result = Err(e);
             }
         }
         result

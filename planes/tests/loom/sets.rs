@@ -107,6 +107,56 @@ fn negative_control_a_sleep_set_that_ignores_its_alarm_is_caught() {
     sleep_set_with_alarm(true);
 }
 
+/// A peer that sets its word back to "awake" while the service sleeps on it (a hostile store,
+/// or a peer that died between claiming its word and waking it): the alarm's `raise` may then
+/// find nothing to claim and wake nobody. The raiser calls `wake_all` while the alarm stays
+/// raised (the shm server's control thread does, every `ALARM_RETRY`); the sleeper must see the
+/// alarm. Without the retry (`retry` false), it sleeps on.
+fn alarm_beside_a_peer_that_clears_its_word(retry: bool) {
+    model_bounded(SLEEP_SET_PREEMPTIONS, move || {
+        let word = WakeRef::local();
+        let mut set = SleepSet::new();
+        set.set_words(vec![word.clone()]).unwrap();
+        let alarm = set.alarm();
+        let peer = thread::spawn({
+            let word = word.clone();
+            move || word.cancel_sleep() // the peer's store of "awake"
+        });
+        let raiser = thread::spawn(move || {
+            alarm.raise().unwrap();
+            while retry && alarm.is_raised() {
+                alarm.wake_all().unwrap();
+                thread::yield_now();
+            }
+        });
+        loop {
+            word.announce_sleep();
+            let raised = set.sleep(None).unwrap();
+            word.cancel_sleep();
+            if raised {
+                set.lower();
+                break;
+            }
+        }
+        peer.join().unwrap();
+        raiser.join().unwrap();
+    });
+}
+
+#[test]
+fn an_alarm_retried_with_wake_all_reaches_a_sleeper_whose_peer_cleared_its_word() {
+    alarm_beside_a_peer_that_clears_its_word(true);
+}
+
+/// Negative control: `raise` alone. The peer clears its word after the sleeper entered its
+/// wait and before the alarm looks at it; the alarm claims nothing, and the sleeper waits for
+/// ever (the modelled futex waits by yielding).
+#[test]
+#[should_panic(expected = "maximum number of branches")]
+fn negative_control_an_alarm_raised_once_beside_a_peer_that_clears_its_word_is_caught() {
+    alarm_beside_a_peer_that_clears_its_word(false);
+}
+
 /// The shm server's futex sleep (transports/shm/src/futex_sleep.rs), its two hand-offs
 /// rewritten over the same planes primitives. The control thread, each time its epoll set has
 /// events (here: twice), raises the sleep set's alarm and waits on the ack word until the main

@@ -26,14 +26,18 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use subring_planes::interrupt::{
-    Alarm, FutexNotifier, FutexSignal, Notifier, SleepNotifier, SleepSet, SpinPolicy, WakeRef,
-    WAIT_ANY_MAX,
+    Alarm, FutexNotifier, FutexSignal, Notifier, SleepNotifier, SleepSet, SpinPolicy, WaitError,
+    WakeRef, WAIT_ANY_MAX,
 };
 use subring_planes::sync::{AtomicU32, Ordering::*};
 
 /// Clients a futex-sleeping server can sleep on: one `futex_waitv` word each, and one spare
 /// (the sleep set's own word, for when it has no client).
 pub(crate) const MAX_FUTEX_CLIENTS: u32 = WAIT_ANY_MAX as u32 - 1;
+
+/// How long the control thread waits for the main thread to take a raised alarm before it
+/// wakes every word the main thread may sleep on.
+pub(crate) const ALARM_RETRY: Duration = Duration::from_millis(10);
 
 #[derive(Default)]
 struct Flags {
@@ -160,13 +164,74 @@ impl Control {
             // Best effort: if a wake fails, the main thread still sees the alarm before its
             // next sleep.
             let _ = self.alarm.raise();
-            let (alarm, flags) = (&self.alarm, &self.flags);
-            let mut taken = || !alarm.is_raised() || flags.quitting.load(Acquire) != 0;
-            if self.ack_wait.wait_until(&mut taken, None).is_err() {
-                // A futex wait cannot fail for a live word; if it does, poll again after a
-                // pause rather than spin.
-                std::thread::sleep(Duration::from_millis(1));
+            self.wait_until_taken();
+        }
+    }
+
+    /// Waits until the main thread has taken the events (or the server quits). Every
+    /// [`ALARM_RETRY`] the alarm is still raised, it wakes every word the main thread may sleep
+    /// on: a client can undo the alarm's first wake-up through its kick word (`SleepSet`'s
+    /// docs), and must not keep the server from its control events for longer than that.
+    fn wait_until_taken(&self) {
+        let (alarm, flags) = (&self.alarm, &self.flags);
+        let mut taken = || !alarm.is_raised() || flags.quitting.load(Acquire) != 0;
+        loop {
+            match self.ack_wait.wait_until(&mut taken, Some(ALARM_RETRY)) {
+                Ok(()) => return,
+                Err(WaitError::Timeout(_)) => {
+                    let _ = self.alarm.wake_all();
+                }
+                Err(_) => {
+                    // A futex wait cannot fail for a live word; if it does, poll again after a
+                    // pause rather than spin.
+                    std::thread::sleep(Duration::from_millis(1));
+                    return;
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+    use std::time::Instant;
+
+    /// A client that sets its kick word back to "awake" while the main thread sleeps on it
+    /// (or dies between claiming it and waking it) leaves the alarm's first wake-up nothing to
+    /// claim: the control thread's retry still brings the main thread its events.
+    #[test]
+    fn a_kick_word_cleared_under_the_sleeper_does_not_hide_a_control_event() {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+        let event = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).unwrap();
+        epoll
+            .add(&event, EpollEvent::new(EpollFlags::EPOLLIN, 0))
+            .unwrap();
+        let mut sleep = FutexSleep::start(epoll.0.try_clone().unwrap()).unwrap();
+        let kick = WakeRef::local();
+        sleep.set_words(vec![kick.clone()]).unwrap();
+        kick.announce_sleep();
+        let sleeper = std::thread::spawn(move || {
+            let start = Instant::now();
+            let raised = sleep.sleep(Some(Duration::from_secs(20)));
+            (raised.map_err(|e| e.to_string()), start.elapsed(), sleep)
+        });
+        // Long enough for the main thread to be in its FUTEX_WAIT on the kick word.
+        std::thread::sleep(Duration::from_millis(50));
+        kick.cancel_sleep(); // the client's store: "awake", and no wake-up
+        event.write(1).unwrap(); // a control event: a connection, a hang-up, a stop
+        let start = Instant::now();
+        while !sleeper.is_finished() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the main thread slept through a control event for 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (raised, took, sleep) = sleeper.join().unwrap();
+        assert_eq!(raised, Ok(true), "woken by the alarm");
+        println!("woken {took:?} after it slept (retry every {ALARM_RETRY:?})");
+        drop(sleep);
     }
 }
