@@ -101,10 +101,14 @@ impl Buf {
     /// The bytes in use as a slice, in place, without a copy.
     ///
     /// # Safety
-    /// Nothing may write the buffer while the slice lives. This process cannot (the `Buf` is
-    /// borrowed); the caller vouches for every other process that maps the region: it must be
-    /// trusted to keep the protocol (never to write a buffer it was not lent), or there must be
-    /// none (a region this process never shared). A hostile peer breaks this at will.
+    /// Nothing may write the buffer while the slice lives. Through the `Buf` this process
+    /// cannot (it is borrowed), but the caller vouches for the rest:
+    /// - in this process, nothing writes the buffer's bytes by other names: the region's own
+    ///   accessors by handle (`Region::write_from`, `Region::shared`, a service of this
+    ///   process serving the buffer's handle), and raw pointers;
+    /// - every other process that maps the region must be trusted to keep the protocol (never
+    ///   to write a buffer it was not lent), or there must be none (a region this process
+    ///   never shared). A hostile peer breaks this at will.
     pub unsafe fn as_slice(&self) -> &[u8] {
         // SAFETY: `ptr()` is the start of this buffer and `len <= capacity` bytes lie inside
         // the region (checked when the pool was built); the caller vouches that nothing writes
@@ -115,12 +119,14 @@ impl Buf {
     /// The whole buffer as a mutable slice, in place (for a reader that fills a `&mut [u8]`).
     ///
     /// # Safety
-    /// As for [`as_slice`](Self::as_slice): no other process may read or write the buffer
-    /// while the slice lives.
+    /// As for [`as_slice`](Self::as_slice), and reads too: nothing else, in this process (the
+    /// region's accessors, raw pointers) or another, may read or write the buffer while the
+    /// slice lives.
     pub unsafe fn spare_mut(&mut self) -> &mut [u8] {
         let cap = self.capacity();
         // SAFETY: `cap` bytes from `ptr()` lie inside the region; owning the `Buf` means the
-        // pool hands them to nobody else in this process, and the caller vouches for the rest.
+        // pool hands them to nobody else in this process, and the caller vouches for every
+        // other name of them (the region's accessors, other processes).
         unsafe { std::slice::from_raw_parts_mut(self.ptr(), cap) }
     }
 

@@ -6,6 +6,15 @@
 //! not make the copy undefined behaviour. Long copies into shared memory on x86-64 are one
 //! `rep movsb` instead (an asm block, as opaque to the compiler as a volatile access), which
 //! writes whole lines without reading them first.
+//!
+//! By the letter of Rust's memory model, a volatile access racing with a write is still a data
+//! race, whether the writer is a peer process or another thread of this one (a view is `Copy`
+//! and `Send`, so two threads can copy into the same bytes at once). subring treats such memory
+//! as `vm-memory` treats guest memory, which the guest's vCPUs and the VMM's threads write
+//! while a copy runs: every access is one the compiler must perform as written, never merged,
+//! elided or invented, so a racing writer can change the bytes copied but not what the copy
+//! does. Ring
+//! slots, which carry the protocol's own words, use relaxed atomic word copies instead.
 
 const WORD: usize = std::mem::size_of::<u64>();
 
