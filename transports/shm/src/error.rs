@@ -116,6 +116,28 @@ pub(crate) fn check_capacity(field: &'static str, value: u32, max: u32) -> Resul
     Ok(())
 }
 
+/// The longest timeout or interval a configuration takes: a day (a deadline is an `Instant`,
+/// and one far enough ahead cannot be represented).
+pub(crate) const LONGEST_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A length of time between 1 µs and `max`.
+pub(crate) fn check_duration(
+    field: &'static str,
+    value: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    let min = Duration::from_micros(1);
+    if value < min || value > max {
+        return Err(ConfigError::Duration {
+            field,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// An invalid configuration value or argument, with the offending value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -133,6 +155,19 @@ pub enum ConfigError {
     Zero {
         /// The field's name.
         field: &'static str,
+    },
+    /// A length of time that is outside its range (zero, or so long that a deadline this far
+    /// ahead cannot be represented).
+    #[error("{field} of {value:?} must be between {min:?} and {max:?}")]
+    Duration {
+        /// The field's name.
+        field: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The shortest allowed.
+        min: Duration,
+        /// The longest allowed.
+        max: Duration,
     },
     /// A value outside its range.
     #[error("{field} {value} must be between {min} and {max}")]

@@ -348,7 +348,7 @@ impl Submitter for Uring {
         if self.is_sqpoll() {
             // The SQPOLL thread was woken by the submit if it slept; each `SQ_WAIT` returns
             // once it has taken entries.
-            let deadline = timeout.map(|t| Instant::now() + t);
+            let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
             while self.space()? == 0 {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(QueueError::Timeout(timeout.unwrap_or_default()));

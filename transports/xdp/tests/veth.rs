@@ -310,6 +310,9 @@ fn transmits_every_byte_and_echoes_received_frames_in_place() {
         sock.flush_tx().unwrap();
         sock.drain_tx(Duration::from_secs(10)).unwrap();
         assert_eq!(sock.stats().refused, 0);
+        // Nothing in flight: any timeout returns at once, the longest too (it panicked adding
+        // the timeout to the clock).
+        sock.drain_tx(Duration::MAX).unwrap();
     })
     .join()
     .unwrap();
@@ -319,6 +322,70 @@ fn transmits_every_byte_and_echoes_received_frames_in_place() {
     }
     for (i, f) in echoed.iter().enumerate() {
         assert_eq!(f, &frame(100 + i, 200), "echo {i}");
+    }
+}
+
+/// A batch queued while the completion ring is full of unreaped completions: the kernel takes
+/// none (`EAGAIN`, as when its budget runs out), and `flush_tx` reaps the completions to make
+/// room and sends it. (Before, it made `sendto` calls that sent nothing, and said `Ok`.)
+#[test]
+fn a_flush_behind_a_full_completion_ring_sends() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some(p) = pair() else { return };
+    const N: usize = 64;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let received = Arc::new(AtomicUsize::new(0));
+    let b = ends(&p)[1].clone();
+    let far = std::thread::spawn({
+        let received = received.clone();
+        move || {
+            let fd = packet_socket(b.enter().unwrap());
+            ready_tx.send(()).unwrap();
+            let mut got = Vec::new();
+            while got.len() < 2 * N {
+                let Some(f) = recv_raw(&fd, Duration::from_secs(5)) else {
+                    break;
+                };
+                got.push(f);
+                received.fetch_add(1, Ordering::Release);
+            }
+            got
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let a = ends(&p)[0].clone();
+    let (arrived, stats) = std::thread::spawn(move || {
+        let cfg = XskConfig {
+            ring_size: N as u32,
+            frames: 4 * N as u32,
+            ..XskConfig::default()
+        };
+        let mut sock = XskSocket::bind(a.enter().unwrap(), 0, cfg).unwrap();
+        for batch in 0..2 {
+            for i in 0..N {
+                let mut b = sock.alloc().unwrap();
+                b.fill_from(&frame(batch * N + i, 64));
+                sock.queue_tx(TxFrame::new(b)).map_err(|(_, e)| e).unwrap();
+            }
+            // No reap between the batches: the first fills the completion ring.
+            sock.flush_tx().unwrap();
+        }
+        let stats = sock.stats();
+        // What the two flushes sent, before anything else kicks or reaps.
+        let start = Instant::now();
+        while received.load(Ordering::Acquire) < 2 * N && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let arrived = received.load(Ordering::Acquire);
+        sock.drain_tx(Duration::from_secs(10)).unwrap();
+        (arrived, stats)
+    })
+    .join()
+    .unwrap();
+    let got = far.join().unwrap();
+    assert_eq!(arrived, 2 * N, "frames the two flushes sent ({stats:?})");
+    for (i, f) in got.iter().enumerate() {
+        assert_eq!(f, &frame(i, 64), "frame {i}");
     }
 }
 
@@ -416,6 +483,16 @@ fn wait_follows_the_notify_mode() {
                 );
                 batch.clear();
                 sock.fill(usize::MAX).unwrap();
+            }
+            // A wait shorter than `poll`'s millisecond still waits its time (it was rounded
+            // down to a `poll` that returned at once).
+            let start = Instant::now();
+            if !sock.wait(Duration::from_micros(900)).unwrap() {
+                let waited = start.elapsed();
+                assert!(
+                    waited >= Duration::from_micros(900),
+                    "{mode}: a 900 us wait timed out after {waited:?}"
+                );
             }
             go_tx.send(()).unwrap();
             let deadline = Instant::now() + Duration::from_secs(10);

@@ -2,6 +2,7 @@
 //! server hands over (the welcome, the memfd, the eventfds) before using it.
 
 use super::*;
+use crate::error::{check_duration, LONGEST_TIMEOUT};
 
 /// Connects a `SOCK_SEQPACKET` socket to `path`, giving up after `timeout`: a connect to a
 /// server whose listen backlog is full would otherwise block until it accepts, which a server
@@ -88,9 +89,15 @@ fn connect_path(path: &Path, timeout: Duration) -> Result<OwnedFd, Error> {
     Ok(sock)
 }
 
-/// A client that does not trust its server waits only on futexes (or spins): an eventfd-mode
-/// client would wait in an epoll instance the server made.
-fn check_trust(options: &ClientOptions) -> Result<(), Error> {
+/// What the options must be before anything is sent: a client that does not trust its server
+/// waits only on futexes (or spins), since an eventfd-mode client would wait in an epoll
+/// instance the server made; and the liveness interval is a length its waits can be cut into.
+fn check_options(options: &ClientOptions) -> Result<(), Error> {
+    check_duration(
+        "liveness_interval",
+        options.liveness_interval,
+        LONGEST_TIMEOUT,
+    )?;
     if options.untrusted_server && options.mode == NotifyMode::EventFd {
         return Err(ConfigError::Mode {
             what: "a client that does not trust its server (futex, adaptive or spin)",
@@ -107,7 +114,7 @@ impl<S: Pod, C: Pod> Client<S, C> {
     /// Connecting, like every control exchange, gives up after
     /// [`ClientOptions::control_timeout`].
     pub fn connect(path: impl AsRef<Path>, options: &ClientOptions) -> Result<Self, Error> {
-        check_trust(options)?;
+        check_options(options)?;
         let sock = connect_path(path.as_ref(), options.control_timeout)?;
         Self::from_socket(sock, options)
     }
@@ -119,7 +126,7 @@ impl<S: Pod, C: Pod> Client<S, C> {
         // descriptors on it that the kernel drops at its close.
         let socket = ConnSocket::new(socket);
         proto::check_seqpacket(socket.as_fd())?;
-        check_trust(options)?;
+        check_options(options)?;
         let hello = Hello {
             protocol: options.protocol.clone(),
             request: EntryShape::of::<S>(),

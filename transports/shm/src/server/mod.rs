@@ -43,7 +43,7 @@ pub use service::{Completions, Handler, Pending, PerClient, Service};
 pub use stats::{CallStats, ServerStats};
 pub use thread::{ServerThread, Stopper};
 
-use crate::error::check_capacity;
+use crate::error::{check_capacity, check_duration, LONGEST_TIMEOUT};
 use crate::futex_sleep::{FutexSleep, MAX_FUTEX_CLIENTS};
 use crate::futex_waits::FutexWaits;
 use crate::ConfigError;
@@ -208,6 +208,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             }
         }
         check_capacity("max_capacity", config.max_capacity, 1 << 30)?;
+        check_duration(
+            "handshake_timeout",
+            config.handshake_timeout,
+            LONGEST_TIMEOUT,
+        )?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create1"))?;
         let futex = match config.sleep {
             ServerSleep::Epoll => None,
@@ -388,16 +393,17 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     /// Serves for about `limit`, then returns (for tests and single-threaded programs that do
     /// other work between turns).
     pub fn run_for(&mut self, limit: Duration) -> Result<(), Error> {
-        let end = Instant::now() + limit;
+        // A limit past what a deadline can hold is no limit.
+        let end = Instant::now().checked_add(limit);
         let mut turns = 0u32;
         while !self.stopping {
             // A clock read costs about as much as a polling turn (tens of ns in a VM): look at
             // it every few turns, and after every turn that slept.
-            if turns % CLOCK_EVERY == 0 && Instant::now() >= end {
+            if turns % CLOCK_EVERY == 0 && end.is_some_and(|end| Instant::now() >= end) {
                 break;
             }
             turns = turns.wrapping_add(1);
-            if self.turn_bounded(Some(end))? {
+            if self.turn_bounded(end)? {
                 turns = 0;
             }
         }

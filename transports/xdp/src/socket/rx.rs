@@ -188,29 +188,49 @@ impl XskSocket {
     }
 
     /// Waits up to `timeout` for received frames (`poll` on the socket); whether there are.
+    /// A signal does not cut the wait short, and a wait shorter than a millisecond (`poll`'s
+    /// unit) still waits: the time left is rounded up.
     pub fn wait_rx(&mut self, timeout: Duration) -> Result<bool, XdpError> {
-        if self.rx.ready()? > 0 {
-            return Ok(true);
-        }
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        self.stats.rx_polls += 1;
-        // SAFETY: one valid `pollfd`.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
+        // A timeout past what a deadline can hold is no limit.
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        let mut first = true;
+        loop {
+            if self.rx.ready()? > 0 {
+                return Ok(true);
+            }
+            let ms = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    // At least one `poll`, even with no time left: with need-wakeup it is
+                    // also the fill ring's doorbell.
+                    if left.is_zero() && !first {
+                        return Ok(false);
+                    }
+                    i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+                }
+            };
+            first = false;
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            self.stats.rx_polls += 1;
+            // SAFETY: one valid `pollfd`.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
                 return Err(XdpError::Os {
                     what: "poll on the XSK socket",
                     source: e,
                 });
             }
+            return Ok(self.rx.ready()? > 0);
         }
-        Ok(self.rx.ready()? > 0)
     }
 
     /// Overwrites the RX ring's producer index, as a hostile (or broken) kernel could. Only for

@@ -70,6 +70,7 @@ impl XskSocket {
         }
         // Enough calls for a full ring at the kernel's budget of 32 per call, and one more.
         let calls = self.tx_in_flight() / 32 + 2;
+        let mut free = self.tx.free()?;
         for _ in 0..calls {
             self.stats.tx_kicks += 1;
             // SAFETY: a zero-length send of no buffer to no address: the documented TX doorbell.
@@ -88,8 +89,17 @@ impl XskSocket {
             }
             let e = std::io::Error::last_os_error();
             match e.raw_os_error() {
-                // The budget ran out with more queued: again.
-                Some(libc::EAGAIN) => continue,
+                // The budget ran out with more queued (the kernel took frames: again), or the
+                // completion ring had no room for what it would send (it took none: the
+                // completions are reaped to make room, and the call made again if there were
+                // any; with none, there is nothing a call can do now).
+                Some(libc::EAGAIN) => {
+                    let now_free = self.tx.free()?;
+                    if now_free == free && self.reap_tx()? == 0 {
+                        return Ok(());
+                    }
+                    free = now_free;
+                }
                 // The kernel is busy with this ring, or its buffers are: a later call sends.
                 Some(libc::EBUSY | libc::ENOBUFS) => return Ok(()),
                 Some(libc::ENETDOWN) => return Err(XdpError::LinkDown),
@@ -160,7 +170,8 @@ impl XskSocket {
     /// the doorbell when the kernel asks. Frames that never come back (a link that went down,
     /// a driver that stalls) end it with [`XdpError::TxStalled`], never a hang.
     pub fn drain_tx(&mut self, timeout: Duration) -> Result<(), XdpError> {
-        let deadline = std::time::Instant::now() + timeout;
+        // A timeout past what a deadline can hold is no limit.
+        let deadline = std::time::Instant::now().checked_add(timeout);
         let mut link_down = false;
         loop {
             self.reap_tx()?;
@@ -168,7 +179,7 @@ impl XskSocket {
             if pending == 0 {
                 return Ok(());
             }
-            if std::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 return Err(XdpError::TxStalled {
                     pending,
                     waited: timeout,
