@@ -330,11 +330,11 @@ fn transmits_every_byte_and_echoes_received_frames_in_place() {
 /// room and sends it. (Before, it made `sendto` calls that sent nothing, and said `Ok`.)
 #[test]
 fn a_flush_behind_a_full_completion_ring_sends() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use subring_planes::sync::{AtomicU64, Ordering};
     let Some(p) = pair() else { return };
     const N: usize = 64;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let received = Arc::new(AtomicUsize::new(0));
+    let received = Arc::new(AtomicU64::new(0));
     let b = ends(&p)[1].clone();
     let far = std::thread::spawn({
         let received = received.clone();
@@ -373,7 +373,9 @@ fn a_flush_behind_a_full_completion_ring_sends() {
         let stats = sock.stats();
         // What the two flushes sent, before anything else kicks or reaps.
         let start = Instant::now();
-        while received.load(Ordering::Acquire) < 2 * N && start.elapsed() < Duration::from_secs(5) {
+        while received.load(Ordering::Acquire) < 2 * N as u64
+            && start.elapsed() < Duration::from_secs(5)
+        {
             std::thread::sleep(Duration::from_millis(1));
         }
         let arrived = received.load(Ordering::Acquire);
@@ -383,7 +385,11 @@ fn a_flush_behind_a_full_completion_ring_sends() {
     .join()
     .unwrap();
     let got = far.join().unwrap();
-    assert_eq!(arrived, 2 * N, "frames the two flushes sent ({stats:?})");
+    assert_eq!(
+        arrived,
+        2 * N as u64,
+        "frames the two flushes sent ({stats:?})"
+    );
     for (i, f) in got.iter().enumerate() {
         assert_eq!(f, &frame(i, 64), "frame {i}");
     }
