@@ -105,6 +105,10 @@ impl Mapped {
         if off.desc % 8 != 0 {
             return Err(bad(&format!("descriptors at {}", off.desc)));
         }
+        // The fill and completion rings' offsets need 64 bits (`XDP_UMEM_PGOFF_FILL_RING` is
+        // 2^32): a narrower `off_t` would map another ring.
+        let pgoff = libc::off_t::try_from(pgoff)
+            .map_err(|_| bad(&format!("page offset {pgoff:#x} past this platform's off_t")))?;
         // SAFETY: a shared mapping of the socket's ring at the kernel's page offset; the kernel
         // checks the length against the ring it made. Nothing else aliases it in this process.
         let base = unsafe {
@@ -114,7 +118,7 @@ impl Mapped {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED | libc::MAP_POPULATE,
                 std::os::fd::AsRawFd::as_raw_fd(&fd),
-                pgoff as libc::off_t,
+                pgoff,
             )
         };
         if base == libc::MAP_FAILED {
