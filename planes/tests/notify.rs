@@ -361,28 +361,76 @@ fn a_sleep_set_wakes_on_its_alarm_and_its_words() {
     );
 }
 
+/// Waits (at most 5 s) until thread `tid` of this process is blocked in a futex system call.
+fn until_in_futex(tid: libc::pid_t, what: &str) {
+    let path = format!("/proc/self/task/{tid}/syscall");
+    let start = Instant::now();
+    loop {
+        let line = std::fs::read_to_string(&path).unwrap_or_default();
+        let nr: Option<libc::c_long> = line.split_whitespace().next().and_then(|n| n.parse().ok());
+        if nr == Some(libc::SYS_futex) || nr == Some(libc::SYS_futex_waitv) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{what}: not in a futex wait after 5 s ({line:?})"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// A peer that sets its word back to "awake" while the set sleeps on it (or dies between
 /// claiming it and waking it) leaves `raise` nothing to claim, and the sleeper sleeps on with
-/// the alarm raised; `wake_all` wakes it whatever its words say.
+/// the alarm raised; `wake_all` wakes it whatever its words say, even with threads of the
+/// peer's queued on the word ahead of it (a wake of one would wake one of theirs).
 #[test]
 fn wake_all_wakes_a_sleeper_whose_peer_cleared_its_word() {
     use subring_planes::interrupt::SleepSet;
+    const QUEUED_AHEAD: usize = 8;
     for n in [1usize, 2] {
         let words: Vec<WakeRef> = (0..n).map(|_| WakeRef::local()).collect();
         let mut set = SleepSet::new();
         set.set_words(words.clone()).unwrap();
         let alarm = set.alarm();
+        // The peer's threads, waiting on its word while it says "awake" (0), queued first.
+        let stop = std::sync::Arc::new(AtomicU32::new(0));
+        let (word, _) = words[0].futex_wait_target();
+        let word = word as usize;
+        let ahead: Vec<_> = (0..QUEUED_AHEAD)
+            .map(|_| {
+                let (stop, (tx, rx)) = (stop.clone(), std::sync::mpsc::channel());
+                let t = std::thread::spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    tx.send(unsafe { libc::gettid() }).unwrap();
+                    while stop.load(Ordering::Acquire) == 0 {
+                        // SAFETY: a FUTEX_WAIT on a live word (the test's `words` outlive the
+                        // thread, joined below), with a timeout.
+                        unsafe {
+                            let ts = libc::timespec {
+                                tv_sec: 1,
+                                tv_nsec: 0,
+                            };
+                            libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAIT, 0, &ts);
+                        }
+                    }
+                });
+                until_in_futex(rx.recv().unwrap(), "a peer thread");
+                t
+            })
+            .collect();
         for w in &words {
             w.announce_sleep();
         }
+        let (tx, rx) = std::sync::mpsc::channel();
         let sleeper = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() }).unwrap();
             let raised = set.sleep(Some(Duration::from_secs(20))).unwrap();
             (raised, set)
         });
-        // Long enough for the sleeper to be in its wait.
-        std::thread::sleep(Duration::from_millis(50));
+        until_in_futex(rx.recv().unwrap(), "the sleeper");
         for w in &words {
-            w.cancel_sleep(); // the peers' stores: "awake", and no wake-up
+            w.cancel_sleep(); // the peer's store: "awake", and no wake-up
         }
         alarm.raise().unwrap();
         let start = Instant::now();
@@ -398,7 +446,19 @@ fn wake_all_wakes_a_sleeper_whose_peer_cleared_its_word() {
         }
         let (raised, set) = sleeper.join().unwrap();
         assert!(raised, "{n} words: woken with the alarm raised");
+        // One call reaches it (a second may come before the loop sees it finished); a wake of
+        // one waiter per word would have taken one call per thread queued ahead.
+        assert!(
+            retries <= 2,
+            "{n} words: {retries} wake_all calls, with {QUEUED_AHEAD} threads queued ahead"
+        );
         set.lower();
+        stop.store(1, Ordering::Release);
+        // SAFETY: a FUTEX_WAKE of a live word.
+        unsafe { libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAKE, i32::MAX) };
+        for t in ahead {
+            t.join().unwrap();
+        }
     }
 }
 

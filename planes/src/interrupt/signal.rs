@@ -395,6 +395,26 @@ impl Signal for FutexSignal {
     }
 }
 
+/// `FUTEX_WAKE` of every thread waiting on `word`, not only the first: a peer that can write
+/// the word can also queue threads of its own on it, ahead of the one the wake is for.
+#[cfg(not(loom))]
+pub(super) fn futex_wake_every_waiter(word: &WakeWord) -> io::Result<()> {
+    // The kernel takes the count as an `int`: `u32::MAX` would be -1, which wakes one.
+    futex::wake(
+        word.futex_word().as_std(),
+        futex::Flags::empty(),
+        i32::MAX as u32,
+    )?;
+    Ok(())
+}
+
+/// The modelled `FUTEX_WAKE` of every waiter (the model's wake-ups reach every waiter).
+#[cfg(loom)]
+pub(super) fn futex_wake_every_waiter(word: &WakeWord) -> io::Result<()> {
+    word.loom_futex_wake();
+    Ok(())
+}
+
 /// `FUTEX_WAIT` on `word` while it still holds the waiter's announcement (sleeping, or
 /// sleeping until an entry), for at most `timeout` (relative). Returns `Ok` however the wait
 /// ended that calls for a re-check: woken, the word no longer the announcement (EAGAIN, or

@@ -5,11 +5,15 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{FutexSignal, Signal, WaitAny, WakeRef, WAIT_ANY_MAX};
+use super::signal::futex_wake_every_waiter;
+use super::{WaitAny, WakeRef, WAIT_ANY_MAX};
 use crate::sync::{fence, AtomicU32, Mutex, Ordering::*};
 
 struct Shared {
     raised: AtomicU32,
+    /// 1 while the sleeper is inside [`SleepSet::sleep`]: [`Alarm::wake_all`] has no one to
+    /// wake otherwise (the sleeper sees the alarm before it sleeps again).
+    sleeping: AtomicU32,
     /// The words the sleeper sleeps on, as the alarm sees them.
     words: Mutex<Vec<WakeRef>>,
     /// The sleeper's own word, slept on when it has no other.
@@ -39,8 +43,9 @@ struct Shared {
 /// the alarm raised, for as long as its peers leave it. A caller that must not depend on its
 /// peers (a server whose alarm stands for new connections and hang-ups) calls
 /// [`Alarm::wake_all`] while the alarm stays raised past a bound: by then the sleeper is in
-/// the kernel's wait, and a wake of every word reaches it, whatever the words say. With no
-/// peer in the set, the sleeper sleeps on a word of its own, and `raise` alone suffices.
+/// the kernel's wait, and a wake of every waiter on every word reaches it, whatever the words
+/// say. With no peer in the set, the sleeper sleeps on a word of its own, and `raise` alone
+/// suffices.
 pub struct SleepSet {
     shared: Arc<Shared>,
     words: Vec<WakeRef>,
@@ -68,6 +73,7 @@ impl SleepSet {
         SleepSet {
             shared: Arc::new(Shared {
                 raised: AtomicU32::new(0),
+                sleeping: AtomicU32::new(0),
                 words: Mutex::new(Vec::new()),
                 own: WakeRef::local(),
             }),
@@ -141,6 +147,9 @@ impl SleepSet {
     ) -> io::Result<bool> {
         let own = &self.shared.own;
         let empty = self.words.is_empty();
+        // Ordered before the alarm's look below by the fence that follows (in `announce_sleep`
+        // or explicit): `wake_all` fences, then reads it, so it sees this or we see the alarm.
+        self.shared.sleeping.store(1, Relaxed);
         if empty {
             own.announce_sleep();
         } else {
@@ -153,6 +162,7 @@ impl SleepSet {
             if empty {
                 own.cancel_sleep();
             }
+            self.shared.sleeping.store(0, Relaxed);
             return Ok(true);
         }
         let slept = if empty {
@@ -162,6 +172,7 @@ impl SleepSet {
         } else {
             self.wait.wait(self.words.iter().map(|w| &**w), timeout)
         };
+        self.shared.sleeping.store(0, Relaxed);
         slept?;
         Ok(self.shared.raised.load(Acquire) != 0)
     }
@@ -206,8 +217,10 @@ impl Alarm {
         let mut result = Ok(());
         for word in words.iter().chain(std::iter::once(&self.shared.own)) {
             // `take_sleeper` fences (sleep-dekker) before it looks at the word.
+            // Every waiter: a peer can queue threads of its own on its word, ahead of the
+            // sleeper, and a wake of one would wake one of them.
             if word.take_sleeper() {
-                if let Err(e) = FutexSignal::new().wake(word) {
+                if let Err(e) = futex_wake_every_waiter(word) {
                     result = Err(e);
                 }
             }
@@ -218,8 +231,17 @@ impl Alarm {
     /// Wakes every word of the set (and the sleeper's own), whether or not it says "sleeping",
     /// claiming those that do: for an alarm the sleeper has not taken within a bound, because
     /// a peer set its word back to "awake" or "sleeping" around [`raise`](Self::raise) (see
-    /// [`SleepSet`]). One system call per word; call it only while the alarm stays raised.
+    /// [`SleepSet`]). It wakes every thread waiting on each word (a peer can queue threads of
+    /// its own on its word, ahead of the sleeper). Nothing when the sleeper is not in
+    /// [`SleepSet::sleep`] (it sees the alarm before it sleeps again); otherwise one system
+    /// call per word. Call it after [`raise`](Self::raise), while the alarm stays raised.
     pub fn wake_all(&self) -> io::Result<()> {
+        // SYNC POINT (sleep-dekker): pairs with the fence after `sleep`'s store of `sleeping`:
+        // either we see it, or the sleeper sees the alarm `raise` stored before this fence.
+        fence(SeqCst);
+        if self.shared.sleeping.load(Relaxed) == 0 {
+            return Ok(());
+        }
         let words = self
             .shared
             .words
@@ -230,7 +252,7 @@ impl Alarm {
             // The claim, if the word says "sleeping", makes a wait not yet entered return at
             // once; the wake reaches one already entered, whatever the word says now.
             word.take_sleeper();
-            if let Err(e) = FutexSignal::new().wake(word) {
+            if let Err(e) = futex_wake_every_waiter(word) {
                 result = Err(e);
             }
         }

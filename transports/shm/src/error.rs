@@ -116,8 +116,8 @@ pub(crate) fn check_capacity(field: &'static str, value: u32, max: u32) -> Resul
     Ok(())
 }
 
-/// The longest timeout or interval a configuration takes: a day (a deadline is an `Instant`,
-/// and one far enough ahead cannot be represented).
+/// The longest timeout or interval a configuration takes: a day, a limit of subring's (a
+/// deadline is an `Instant`, and one far enough ahead cannot be represented).
 pub(crate) const LONGEST_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A length of time between 1 µs and `max`.
@@ -156,8 +156,8 @@ pub enum ConfigError {
         /// The field's name.
         field: &'static str,
     },
-    /// A length of time that is outside its range (zero, or so long that a deadline this far
-    /// ahead cannot be represented).
+    /// A length of time outside its range: zero, or longer than a day (subring's limit, which
+    /// keeps every deadline it computes representable).
     #[error("{field} of {value:?} must be between {min:?} and {max:?}")]
     Duration {
         /// The field's name.

@@ -158,6 +158,9 @@ impl Control {
                 Err(_) => {
                     self.flags.failed.store(1, Release);
                     let _ = self.alarm.raise();
+                    // The main thread learns of the failure when it takes the alarm, which a
+                    // client may hide as it may any other.
+                    self.wait_until_taken();
                     return;
                 }
             }
@@ -212,13 +215,30 @@ mod tests {
         let kick = WakeRef::local();
         sleep.set_words(vec![kick.clone()]).unwrap();
         kick.announce_sleep();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let sleeper = std::thread::spawn(move || {
+            tid_tx.send(nix::unistd::gettid()).unwrap();
             let start = Instant::now();
             let raised = sleep.sleep(Some(Duration::from_secs(20)));
             (raised.map_err(|e| e.to_string()), start.elapsed(), sleep)
         });
-        // Long enough for the main thread to be in its FUTEX_WAIT on the kick word.
-        std::thread::sleep(Duration::from_millis(50));
+        // The main thread in its FUTEX_WAIT on the kick word, before the client's store.
+        let tid = tid_rx.recv().unwrap();
+        let start = Instant::now();
+        loop {
+            let line = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+                .unwrap_or_default();
+            let nr: Option<libc::c_long> =
+                line.split_whitespace().next().and_then(|n| n.parse().ok());
+            if nr == Some(libc::SYS_futex) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the main thread is not in FUTEX_WAIT after 5 s ({line:?})"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         kick.cancel_sleep(); // the client's store: "awake", and no wake-up
         event.write(1).unwrap(); // a control event: a connection, a hang-up, a stop
         let start = Instant::now();

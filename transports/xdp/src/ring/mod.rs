@@ -107,8 +107,11 @@ impl Mapped {
         }
         // The fill and completion rings' offsets need 64 bits (`XDP_UMEM_PGOFF_FILL_RING` is
         // 2^32): a narrower `off_t` would map another ring.
-        let pgoff = libc::off_t::try_from(pgoff)
-            .map_err(|_| bad(&format!("page offset {pgoff:#x} past this platform's off_t")))?;
+        let pgoff = libc::off_t::try_from(pgoff).map_err(|_| {
+            bad(&format!(
+                "page offset {pgoff:#x} past this platform's off_t"
+            ))
+        })?;
         // SAFETY: a shared mapping of the socket's ring at the kernel's page offset; the kernel
         // checks the length against the ring it made. Nothing else aliases it in this process.
         let base = unsafe {

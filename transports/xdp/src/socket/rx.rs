@@ -207,7 +207,7 @@ impl XskSocket {
                     if left.is_zero() && !first {
                         return Ok(false);
                     }
-                    i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+                    i32::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
                 }
             };
             first = false;
@@ -229,7 +229,11 @@ impl XskSocket {
                     source: e,
                 });
             }
-            return Ok(self.rx.ready()? > 0);
+            if rc > 0 {
+                return Ok(self.rx.ready()? > 0);
+            }
+            // Timed out: the deadline has passed, unless `poll`'s longest wait was shorter
+            // than what was left (about 24 days); the top of the loop says which.
         }
     }
 

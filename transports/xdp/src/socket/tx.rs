@@ -57,8 +57,11 @@ impl XskSocket {
     /// The TX doorbell (`sendto`): with need-wakeup, only if the kernel set the flag (copy mode
     /// always sets it). In copy mode one call sends at most the kernel's budget (32 frames);
     /// this repeats it while the kernel says there is more, a bounded number of times, and
-    /// [`XskSocket::drain_tx`] until all completed. A link that is down is
-    /// [`XdpError::LinkDown`]: the frames stay queued.
+    /// [`XskSocket::drain_tx`] until all completed. The kernel sends nothing while the
+    /// completion ring is full: then this reaps the completions ([`XskSocket::reap_tx`], whose
+    /// errors it returns) and goes on; completions the kernel has reserved but not posted yet
+    /// leave the rest queued for a later call. A link that is down is [`XdpError::LinkDown`]:
+    /// the frames stay queued.
     pub fn flush_tx(&mut self) -> Result<(), XdpError> {
         self.kick_tx()
     }
@@ -168,7 +171,8 @@ impl XskSocket {
 
     /// Waits, at most `timeout`, until every frame queued for sending has completed, ringing
     /// the doorbell when the kernel asks. Frames that never come back (a link that went down,
-    /// a driver that stalls) end it with [`XdpError::TxStalled`], never a hang.
+    /// a driver that stalls) end it with [`XdpError::TxStalled`] once `timeout` has passed (a
+    /// timeout too long for a deadline to hold waits without limit).
     pub fn drain_tx(&mut self, timeout: Duration) -> Result<(), XdpError> {
         // A timeout past what a deadline can hold is no limit.
         let deadline = std::time::Instant::now().checked_add(timeout);
