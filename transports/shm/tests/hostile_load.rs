@@ -183,6 +183,205 @@ fn a_stream_keeps_the_rest_of_a_batch_after_an_error() {
     drop(server);
 }
 
+/// A stream client against a stream server written as `handle` (a closure per request), with
+/// `buffers` buffers of 4 KiB and a 4-entry ring.
+fn stream_against<F>(
+    buffers: u32,
+    handle: impl Fn() -> F + Send + 'static,
+) -> (subring_shm::stream::Stream, impl Drop)
+where
+    F: FnMut(
+            &mut subring_shm::Ctx<'_, subring_shm::stream::StreamResp>,
+            subring_shm::stream::StreamReq,
+        ) + Send
+        + 'static,
+{
+    use subring_shm::stream::{Stream, StreamReq, StreamResp, STREAM_PROTOCOL};
+    let (server_end, client_end) = subring_shm::socket_pair().unwrap();
+    let mut server =
+        Server::<StreamReq, StreamResp, _>::new(ServerConfig::new(STREAM_PROTOCOL), move |_| {
+            handle()
+        })
+        .unwrap();
+    server.add_connection(server_end).unwrap();
+    let server = server.spawn().unwrap();
+    let options = ClientOptions::new(STREAM_PROTOCOL)
+        .capacity(4)
+        .buffers(4096, buffers);
+    (Stream::from_socket(client_end, &options).unwrap(), server)
+}
+
+/// A stream server that answers every receive with an empty fill: a read is an error, not a
+/// loop that posts and waits again for as long as the server answers so (the stream's timeout
+/// bounded each wait, not the read).
+#[test]
+fn a_stream_server_filling_receives_with_nothing_is_an_error() {
+    let _serial = one_at_a_time();
+    use std::io::Read;
+    use subring_shm::stream::{completion, request, StreamResp};
+    let (mut stream, server) = stream_against(8, || {
+        |ctx: &mut subring_shm::Ctx<'_, StreamResp>, req: subring_shm::stream::StreamReq| {
+            if req.kind == request::RECV {
+                ctx.complete(StreamResp {
+                    kind: completion::FILLED,
+                    status: 0,
+                    buf: subring_shm::BufHandle { len: 0, ..req.buf },
+                });
+            }
+        }
+    });
+    stream.set_timeout(Some(Duration::from_millis(100)));
+    let reader = std::thread::spawn(move || {
+        let e = stream.read(&mut [0u8; 16]).unwrap_err();
+        (e.kind(), stream)
+    });
+    let start = Instant::now();
+    while !reader.is_finished() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a read against empty fills did not return in 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (kind, stream) = reader.join().unwrap();
+    assert_eq!(kind, std::io::ErrorKind::InvalidData);
+    drop(stream);
+    drop(server);
+}
+
+/// A stream server that refuses the first four receives (every one the stream has lent): their
+/// buffers come back, and the stream lends new receives for the next read, which the server
+/// answers. (Before, an error did not take down the count of receives lent: the stream
+/// believed four were still out, lent none, and the next read waited out its timeout.)
+#[test]
+fn refused_receives_are_no_longer_counted_as_lent() {
+    let _serial = one_at_a_time();
+    use std::io::Read;
+    use subring_shm::stream::{completion, request, StreamResp};
+    let (mut stream, server) = stream_against(8, || {
+        let mut refused = 0;
+        move |ctx: &mut subring_shm::Ctx<'_, StreamResp>, req: subring_shm::stream::StreamReq| {
+            if req.kind != request::RECV {
+                return;
+            }
+            if refused < 4 {
+                refused += 1;
+                ctx.complete(StreamResp {
+                    kind: completion::ERROR,
+                    status: 5,
+                    buf: req.buf,
+                });
+                return;
+            }
+            let n = ctx.write(req.buf, b"hello").unwrap() as u32;
+            ctx.complete(StreamResp {
+                kind: completion::FILLED,
+                status: 0,
+                buf: subring_shm::BufHandle { len: n, ..req.buf },
+            });
+        }
+    });
+    stream.set_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 16];
+    let mut errors = 0;
+    let n = loop {
+        match stream.read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+                errors += 1;
+                assert!(errors <= 4, "more errors than refusals");
+            }
+        }
+    };
+    assert_eq!(&buf[..n], b"hello");
+    drop(stream);
+    drop(server);
+}
+
+/// A stream server that answers each send with a buffer it was not lent: the `write` that took
+/// the bytes returns `Ok` (an error says nothing was written, and a caller would write them
+/// again), and the next call returns the error.
+#[test]
+fn a_write_that_took_its_bytes_returns_ok_and_the_next_call_the_error() {
+    let _serial = one_at_a_time();
+    use std::io::Write;
+    use subring_shm::stream::{completion, request, StreamResp};
+    let (mut stream, server) = stream_against(8, || {
+        |ctx: &mut subring_shm::Ctx<'_, StreamResp>, req: subring_shm::stream::StreamReq| {
+            if req.kind == request::DATA {
+                ctx.complete(StreamResp {
+                    kind: completion::SENT,
+                    status: 0,
+                    // Not a buffer at all (the region's first bytes hold the queue pair): a
+                    // buffer the stream lent elsewhere would be taken for that one.
+                    buf: subring_shm::BufHandle {
+                        offset: 0,
+                        ..req.buf
+                    },
+                });
+            }
+        }
+    });
+    stream.set_timeout(Some(Duration::from_secs(2)));
+    let block = [7u8; 4096];
+    assert_eq!(stream.write(&block).unwrap(), 4096);
+    stream.flush().unwrap();
+    // The server's forged answer to the first send is ready by the next write.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        stream.write(&block).unwrap(),
+        4096,
+        "a write that took its bytes"
+    );
+    let e = stream.flush().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    drop(stream);
+    drop(server);
+}
+
+/// Dropping a stream never waits: with the ring full and a server that has stopped taking
+/// requests (its handler is stuck for 3 s in the first), the drop returns at once and what
+/// was buffered is dropped. (Before, the drop waited for a completion without a limit: here,
+/// where none comes, for good.)
+#[test]
+fn dropping_a_stream_never_waits() {
+    let _serial = one_at_a_time();
+    use std::io::Write;
+    use subring_shm::stream::StreamResp;
+    let (mut stream, server) = stream_against(32, || {
+        let mut first = true;
+        move |_: &mut subring_shm::Ctx<'_, StreamResp>, _: subring_shm::stream::StreamReq| {
+            if std::mem::take(&mut first) {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+        }
+    });
+    stream.set_nonblocking(true);
+    let block = [7u8; 4096];
+    let mut writes = 0;
+    loop {
+        match stream.write(&block) {
+            Ok(_) => writes += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("write {writes}: {e}"),
+        }
+        assert!(writes < 32, "the ring never filled");
+    }
+    stream.set_nonblocking(false);
+    let start = Instant::now();
+    let dropper = std::thread::spawn(move || drop(stream));
+    while !dropper.is_finished() {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the drop did not return in 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    dropper.join().unwrap();
+    drop(server);
+}
+
 /// Connections that never say hello are bounded: past `max_handshakes` the one that has said
 /// nothing longest is closed as a new one arrives (not kept until its handshake times out), so
 /// an honest client gets in while silent connections hold every place. (Before, the newcomer

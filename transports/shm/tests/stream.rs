@@ -132,3 +132,38 @@ fn server_gone_mid_stream_is_an_error_not_a_hang() {
     let err = stream.read_to_end(&mut out).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
 }
+
+/// A submission ring smaller than the receives the stream keeps lent: a write waits for room
+/// (the server taking requests), never for a completion, and receives never take the slot a
+/// write needs. (Before, `flush` pushed receives into a full ring and waited for an answer the
+/// server had no reason to send: it timed out with an honest server.)
+#[test]
+fn a_small_ring_full_of_receives_does_not_hold_a_write() {
+    for mode in [NotifyMode::Adaptive, NotifyMode::EventFd] {
+        let (server_end, client_end) = subring_shm::socket_pair().unwrap();
+        let mut server = Server::new(ServerConfig::new(STREAM_PROTOCOL), move |_| {
+            StreamHandler::new(Upper)
+        })
+        .unwrap();
+        server.add_connection(server_end).unwrap();
+        let _server = server.spawn().unwrap();
+        let options = ClientOptions::new(STREAM_PROTOCOL)
+            .mode(mode)
+            .capacity(4)
+            .buffers(4096, 16);
+        let mut stream = Stream::from_socket(client_end, &options).unwrap();
+        stream.set_timeout(Some(Duration::from_secs(2)));
+        let mut lines = io::BufReader::new(stream);
+        for round in 0..20 {
+            let line = format!("line {round}\n");
+            lines.get_mut().write_all(line.as_bytes()).unwrap();
+            lines
+                .get_mut()
+                .flush()
+                .unwrap_or_else(|e| panic!("{mode}: flush: {e}"));
+            let mut back = String::new();
+            lines.read_line(&mut back).unwrap();
+            assert_eq!(back, line.to_uppercase(), "{mode}");
+        }
+    }
+}

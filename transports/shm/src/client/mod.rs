@@ -352,7 +352,10 @@ impl<S: Pod, C: Pod> Client<S, C> {
 
     /// Registers another memory region with the server (it must be a memfd [`Region`] with an
     /// id other than 0, unique on this connection): handles whose `region` is that id then
-    /// resolve in it on the server side. Blocks until the server answers.
+    /// resolve in it on the server side. Blocks until the server answers, at most
+    /// [`ClientOptions::control_timeout`]: a server that answers later, or out of turn, ends
+    /// the connection (the answers would be read one behind the questions), and the client is
+    /// gone from then on.
     pub fn register_region(&mut self, region: Arc<Region>) -> Result<(), Error> {
         let id = region.id();
         if id == 0 || self.extra.iter().any(|r| r.id() == id) {
@@ -374,13 +377,13 @@ impl<S: Pod, C: Pod> Client<S, C> {
             deadline,
             "region registration",
         ) {
-            // An answer this process could not take stays queued, and every later one
-            // would be read one behind: the connection ends.
-            Err(e @ Error::BadFds(FdError::NoRoom)) => {
+            // An answer this process could not take, or one that came too late, stays queued,
+            // and every later one would be read one behind: the connection ends.
+            Err(e) => {
                 self.gone = true;
                 return Err(e);
             }
-            other => other?,
+            Ok(answer) => answer,
         };
         match answer {
             Incoming::Message(ServerMsg::Registered { id: got }, _) if got == id => {
@@ -395,10 +398,15 @@ impl<S: Pod, C: Pod> Client<S, C> {
                     detail: format!("server closed the connection: {reason}"),
                 })
             }
-            other => Err(Error::Malformed {
-                what: "registration answer",
-                detail: format!("unexpected {other:?}"),
-            }),
+            other => {
+                // Out of turn (an answer to another registration, or no answer at all): the
+                // answers are out of step with the questions, and the connection ends.
+                self.gone = true;
+                Err(Error::Malformed {
+                    what: "registration answer",
+                    detail: format!("unexpected {other:?}"),
+                })
+            }
         }
     }
 
@@ -445,7 +453,12 @@ impl<S: Pod, C: Pod> Submitter for Client<S, C> {
         if self.gone {
             return Err(QueueError::PeerGone);
         }
-        self.app.submit()
+        match self.app.submit() {
+            // The server said it closed: gone for good, whatever its word says later (what
+            // was staged is never sent, so a caller that takes it back cannot see it go).
+            Err(QueueError::PeerGone) => Err(self.note_gone()),
+            other => other,
+        }
     }
 
     /// Sleeps until the server takes a request (it wakes this client when it does), or, as

@@ -32,6 +32,12 @@ pub struct Stream {
     max_rx: usize,
     /// Data buffers lent to the server.
     tx_in_flight: usize,
+    /// What each of the pool's buffers is lent for ([`Lent`]), by index: a completion is
+    /// counted against what its buffer was lent for, whatever kind the server says it is.
+    lent: Vec<Lent>,
+    /// An error met after `write` had taken its bytes (it returned `Ok`): the next call
+    /// returns it.
+    deferred: Option<io::Error>,
     eof: bool,
     fin_sent: bool,
     timeout: Option<Duration>,
@@ -55,6 +61,8 @@ impl Stream {
     fn over(client: Client<StreamReq, StreamResp>) -> Self {
         let count = client.pool().count();
         Stream {
+            lent: vec![Lent::No; count],
+            deferred: None,
             // Half the buffers receive, so writing always has buffers of its own.
             max_rx: (count / 2).max(1),
             client,
@@ -115,6 +123,9 @@ impl Stream {
         Ok(())
     }
 
+    /// Pushes `req`, waiting for room in a full ring (for the server to take requests, not
+    /// for a completion: requests it takes need not be answered soon, receives in particular).
+    /// Non-blocking, a ring still full after reaping what is ready is `WouldBlock`.
     fn push(&mut self, req: StreamReq) -> io::Result<()> {
         let mut req = req;
         loop {
@@ -123,43 +134,90 @@ impl Stream {
                 Err(r) if matches!(r.error, QueueError::Full) => {
                     req = r.entry;
                     self.client.submit().map_err(io_err)?;
-                    self.pump(true)?;
+                    // What is ready frees buffers, and lets a server stopped on a full
+                    // completion ring take requests again.
+                    self.pump(false)?;
+                    if self.client.space().map_err(io_err)? > 0 {
+                        continue;
+                    }
+                    if self.nonblocking {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    match self.client.wait_space(self.timeout) {
+                        // Only reaping makes room (the completion ring is full): the loop
+                        // reaps.
+                        Ok(()) | Err(QueueError::Full) => {}
+                        Err(e) => return Err(io_err(e)),
+                    }
                 }
                 Err(r) => return Err(io_err(r.error)),
             }
         }
     }
 
-    /// Lends receive buffers until `max_rx` are lent or filled.
+    /// Lends receive buffers until `max_rx` are lent or filled, or the ring has one free slot
+    /// left: receives never wait for room, and never take the slot a write's data (or the end
+    /// of it) needs, which the server answers without waiting for input. (A ring full of
+    /// receives that the server holds until it has data would leave a write waiting on them.)
     fn post_receives(&mut self) -> io::Result<()> {
         let mut posted = false;
-        while !self.eof && self.posted + self.rx.len() < self.max_rx {
+        while !self.eof
+            && self.posted + self.rx.len() < self.max_rx
+            && self.client.space().map_err(io_err)? > 1
+        {
             let Some(mut buf) = self.client.alloc() else {
                 break;
             };
             let cap = buf.capacity();
             buf.set_len(cap);
+            let index = buf.index() as usize;
             let handle = buf.lend();
-            if let Err(e) = self.push(StreamReq {
+            let req = StreamReq {
                 kind: request::RECV,
                 reserved: 0,
                 buf: handle,
-            }) {
+            };
+            if let Err(r) = self.client.push(req) {
                 // Not lent after all: take it back so it is not lost.
                 let _ = self.client.reclaim(handle);
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    // The ring is full: more receives are posted later.
+                if matches!(r.error, QueueError::Full) {
                     break;
                 }
-                return Err(e);
+                return Err(io_err(r.error));
             }
-            self.posted += 1;
+            self.lend(index, Lent::Receive);
             posted = true;
         }
         if posted {
             self.client.submit().map_err(io_err)?;
         }
         Ok(())
+    }
+
+    /// Records buffer `index` lent for `what`.
+    fn lend(&mut self, index: usize, what: Lent) {
+        match what {
+            Lent::Receive => self.posted += 1,
+            Lent::Data => self.tx_in_flight += 1,
+            Lent::No => {}
+        }
+        if let Some(slot) = self.lent.get_mut(index) {
+            *slot = what;
+        }
+    }
+
+    /// Buffer `index` is back: what it was lent for, its count taken down.
+    fn returned(&mut self, index: usize) -> Lent {
+        let what = self
+            .lent
+            .get_mut(index)
+            .map_or(Lent::No, |slot| std::mem::replace(slot, Lent::No));
+        match what {
+            Lent::Receive => self.posted -= 1,
+            Lent::Data => self.tx_in_flight -= 1,
+            Lent::No => {}
+        }
+        what
     }
 
     /// Handles the completions that are ready; with `wait`, waits for at least one first.
@@ -196,53 +254,43 @@ impl Stream {
     }
 
     fn handle_completion(&mut self, c: &StreamResp) -> io::Result<()> {
+        let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        // A buffer the server hands back is counted against what it was lent for, whatever
+        // the completion says: the counts stay true (an error or a wrong kind still returns
+        // its buffer), so a stream never waits on receives it no longer has lent.
         let buf = self.client.reclaim(c.buf).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("server returned a buffer this stream did not lend: {e}"),
-            )
-        });
-        // The counters move only for completions that can be true: a server that reports
-        // more sends or receives completed than there were is an error, not an underflow
-        // (which would leave `fill_buf` waiting forever).
-        let fewer = |n: &mut usize, what: &str| -> io::Result<()> {
-            *n = n.checked_sub(1).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("server completed more {what} than this stream sent"),
-                )
-            })?;
-            Ok(())
-        };
-        match c.kind {
-            completion::SENT => {
-                let buf = buf?;
-                fewer(&mut self.tx_in_flight, "sends")?;
-                drop(buf);
-            }
-            completion::FILLED => {
-                let buf = buf?;
-                fewer(&mut self.posted, "receives")?;
+            bad(format!(
+                "server returned a buffer this stream did not lend: {e}"
+            ))
+        })?;
+        let lent = self.returned(buf.index() as usize);
+        match (c.kind, lent) {
+            (completion::SENT, Lent::Data) => drop(buf),
+            (completion::FILLED, Lent::Receive) => {
+                if buf.is_empty() {
+                    // The end of the stream is `EOF`: an empty fill would have a reader
+                    // post and wait again for as long as the server sent them.
+                    return Err(bad("server filled a receive with no bytes".into()));
+                }
                 self.rx.push_back(buf);
             }
-            completion::EOF => {
-                let buf = buf?;
-                fewer(&mut self.posted, "receives")?;
+            (completion::EOF, Lent::Receive) => {
                 self.eof = true;
                 drop(buf);
             }
-            completion::ERROR => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("server refused a stream request (status {})", c.status),
-                ));
+            (completion::ERROR, _) => {
+                return Err(bad(format!(
+                    "server refused a stream request (status {})",
+                    c.status
+                )));
             }
-            other => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("unknown stream completion kind {other}"),
-                ));
+            (completion::SENT | completion::FILLED | completion::EOF, _) => {
+                return Err(bad(format!(
+                    "server completed a buffer lent as {lent:?} with kind {}",
+                    c.kind
+                )));
             }
+            (other, _) => return Err(bad(format!("unknown stream completion kind {other}"))),
         }
         Ok(())
     }
@@ -254,6 +302,7 @@ impl Stream {
         if buf.is_empty() {
             return Ok(());
         }
+        let index = buf.index() as usize;
         let handle = buf.lend();
         if let Err(e) = self.push(StreamReq {
             kind: request::DATA,
@@ -264,7 +313,7 @@ impl Stream {
             self.tx = self.client.reclaim(handle).ok();
             return Err(e);
         }
-        self.tx_in_flight += 1;
+        self.lend(index, Lent::Data);
         Ok(())
     }
 }
@@ -276,6 +325,9 @@ impl Write for Stream {
                 io::ErrorKind::BrokenPipe,
                 "write after finish() on a subring stream",
             ));
+        }
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
         }
         if data.is_empty() {
             return Ok(0);
@@ -304,18 +356,25 @@ impl Write for Stream {
             .copy_from(&data[..n]);
         tx.set_len(len + n);
         if tx.len() == tx.capacity() {
-            match self.send_tx() {
-                // The bytes are taken: they go out with the next call.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                r => r?,
-            }
+            // The bytes are taken, so this call returns `Ok(n)` (an error says nothing was
+            // written, and a caller would write them again); what goes wrong from here is
+            // the next call's error. Bytes not sent now go out with the next call.
+            let sent = match self.send_tx() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                r => r,
+            };
             // Reap what is ready without waiting, so buffers come back as we go.
-            self.pump(false)?;
+            if let Err(e) = sent.and_then(|()| self.pump(false)) {
+                self.deferred = Some(e);
+            }
         }
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         self.send_tx()?;
         self.post_receives()?;
         self.client.submit().map_err(io_err)?;
@@ -326,6 +385,9 @@ impl Write for Stream {
 impl Stream {
     /// Waits until input is ready (`true`) or the stream has ended (`false`).
     fn input_ready(&mut self) -> io::Result<bool> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         loop {
             if self.copied_pos < self.copied.len() {
                 return Ok(true);
@@ -412,8 +474,20 @@ impl Read for Stream {
 }
 
 impl Drop for Stream {
+    /// Sends what `write` buffered if the ring has room for it, without waiting: a drop never
+    /// blocks (a server that stopped taking requests would hold it for good). `flush` or
+    /// `finish` first to know it went.
     fn drop(&mut self) {
+        self.nonblocking = true;
         let _ = self.send_tx();
         let _ = self.client.submit();
     }
+}
+
+/// What a buffer of the stream's pool is lent to the server for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lent {
+    No,
+    Receive,
+    Data,
 }
