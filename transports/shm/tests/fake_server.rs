@@ -376,3 +376,112 @@ fn the_servers_pid_is_the_kernels_not_the_welcomes() {
     assert_eq!(client.server_pid(), std::process::id());
     drop(ours);
 }
+
+/// A server that sets its closed word while a request is staged (`submit` says `PeerGone`),
+/// then clears it: the client stays gone, and the staged request is never published. (Before,
+/// the next `submit` published it: an async client's `send` had handed the entry back as
+/// rejected, so a caller retrying it sent it twice, its buffer perhaps reused by then.)
+#[test]
+fn a_closed_word_cleared_after_a_submit_said_gone_leaves_the_client_gone() {
+    use subring_planes::sync::{AtomicU32, Ordering::Relaxed};
+    use subring_shm::queue::{QueueError, Submitter};
+    let (
+        FakePair {
+            region,
+            mut service,
+            ..
+        },
+        _ours,
+        mut client,
+    ) = connect_to_fake_server(NotifyMode::Futex);
+    let len = std::num::NonZeroUsize::new(4096).unwrap();
+    // SAFETY: a fresh shared mapping of the memfd's first page (the region is larger); only
+    // reached below through an atomic word inside it, and unmapped after the last use.
+    let map = unsafe {
+        nix::sys::mman::mmap(
+            None,
+            len,
+            nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+            nix::sys::mman::MapFlags::MAP_SHARED,
+            region.fd().unwrap(),
+            0,
+        )
+    }
+    .unwrap();
+    // SAFETY: the pair header's closed word (offset 12): inside the page, 4-aligned, reached
+    // by the client only atomically.
+    let closed = unsafe { &*map.as_ptr().cast::<u8>().add(12).cast::<AtomicU32>() };
+    let req = EchoReq {
+        seq: 1,
+        op: subring_shm::echo::EchoOp::PING,
+        reserved: 0,
+        buf: subring_shm::BufHandle::default(),
+    };
+    client.push(req).unwrap();
+    closed.store(1, Relaxed);
+    assert!(matches!(client.submit(), Err(QueueError::PeerGone)));
+    closed.store(0, Relaxed);
+    let again = client.submit();
+    assert!(
+        matches!(again, Err(QueueError::PeerGone)),
+        "a submit after the word was cleared: {again:?}"
+    );
+    assert!(
+        matches!(client.push(req), Err(r) if matches!(r.error, QueueError::PeerGone)),
+        "a push after the server said it closed"
+    );
+    assert!(
+        matches!(service.pop_request(), Ok(None)),
+        "the staged request was never published"
+    );
+    drop(client);
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { nix::sys::mman::munmap(map, len.get()) }.unwrap();
+}
+
+/// A server that answers a region registration after the client's control timeout: the
+/// connection ends (the client is gone), rather than every later registration reading the
+/// answer to the one before it. (Before, the late `Registered` for the first region was read
+/// as the second's answer: `Malformed`, and each later one one behind.)
+#[test]
+fn a_registration_answered_late_ends_the_connection() {
+    use subring_shm::queue::{QueueError, Submitter};
+    use subring_shm::{Region, RegionOptions};
+    let pair = fake_pair(NotifyMode::Futex, 32, FAKE_POOL);
+    let (ours, theirs) = subring_shm::socket_pair().unwrap();
+    send_raw(&ours, &welcome_frame(&pair.welcome), &raw_fds(&pair.fds));
+    let mut options = ClientOptions::new(ECHO_PROTOCOL)
+        .buffers(256, 32)
+        .capacity(64)
+        .mode(NotifyMode::Futex);
+    options.control_timeout = Duration::from_millis(200);
+    let mut client = Client::<EchoReq, EchoResp>::from_socket(theirs, &options).unwrap();
+    let region = |id| {
+        std::sync::Arc::new(Region::memfd("extra", 4096, RegionOptions::new().id(id)).unwrap())
+    };
+    let first = client.register_region(region(5));
+    assert!(
+        first.is_err(),
+        "no answer within the control timeout: {first:?}"
+    );
+    // The answer, late.
+    let late = postcard::to_stdvec(&ServerMsg::Registered { id: 5 }).unwrap();
+    send_raw(
+        &ours,
+        &frame(proto::PROTOCOL_VERSION, proto::KIND_MESSAGE, &late),
+        &[],
+    );
+    let second = client.register_region(region(6));
+    assert!(
+        matches!(second, Err(subring_shm::Error::Queue(QueueError::PeerGone))),
+        "a registration after a late answer: {second:?}"
+    );
+    let req = EchoReq {
+        seq: 1,
+        op: subring_shm::echo::EchoOp::PING,
+        reserved: 0,
+        buf: subring_shm::BufHandle::default(),
+    };
+    assert!(matches!(client.push(req), Err(r) if matches!(r.error, QueueError::PeerGone)));
+    drop(pair);
+}

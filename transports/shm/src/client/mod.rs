@@ -357,6 +357,9 @@ impl<S: Pod, C: Pod> Client<S, C> {
     /// the connection (the answers would be read one behind the questions), and the client is
     /// gone from then on.
     pub fn register_region(&mut self, region: Arc<Region>) -> Result<(), Error> {
+        if self.gone {
+            return Err(QueueError::PeerGone.into());
+        }
         let id = region.id();
         if id == 0 || self.extra.iter().any(|r| r.id() == id) {
             return Err(ConfigError::RegionId { id }.into());
