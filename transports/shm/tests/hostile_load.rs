@@ -249,10 +249,10 @@ fn a_stream_server_filling_receives_with_nothing_is_an_error() {
     drop(server);
 }
 
-/// A stream server that refuses the first four receives (every one the stream has lent): their
+/// A stream server that refuses the first four receives (as many as the stream keeps lent): their
 /// buffers come back, and the stream lends new receives for the next read, which the server
 /// answers. (Before, an error did not take down the count of receives lent: the stream
-/// believed four were still out, lent none, and the next read waited out its timeout.)
+/// believed them still out, lent none, and the next read waited out its timeout.)
 #[test]
 fn refused_receives_are_no_longer_counted_as_lent() {
     let _serial = one_at_a_time();
@@ -307,9 +307,13 @@ fn a_write_that_took_its_bytes_returns_ok_and_the_next_call_the_error() {
     let _serial = one_at_a_time();
     use std::io::Write;
     use subring_shm::stream::{completion, request, StreamResp};
-    let (mut stream, server) = stream_against(8, || {
-        |ctx: &mut subring_shm::Ctx<'_, StreamResp>, req: subring_shm::stream::StreamReq| {
+    let answered = std::sync::Arc::new(subring_planes::sync::AtomicU32::new(0));
+    let counter = answered.clone();
+    let (mut stream, server) = stream_against(8, move || {
+        let answered = counter.clone();
+        move |ctx: &mut subring_shm::Ctx<'_, StreamResp>, req: subring_shm::stream::StreamReq| {
             if req.kind == request::DATA {
+                answered.fetch_add(1, subring_planes::sync::Ordering::Release);
                 ctx.complete(StreamResp {
                     kind: completion::SENT,
                     status: 0,
@@ -327,7 +331,16 @@ fn a_write_that_took_its_bytes_returns_ok_and_the_next_call_the_error() {
     let block = [7u8; 4096];
     assert_eq!(stream.write(&block).unwrap(), 4096);
     stream.flush().unwrap();
-    // The server's forged answer to the first send is ready by the next write.
+    // The server's forged answer to the first send is ready by the next write: the handler
+    // has run, and its turn publishes the answer right after it.
+    let start = Instant::now();
+    while answered.load(subring_planes::sync::Ordering::Acquire) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the server never took the send"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
         stream.write(&block).unwrap(),
@@ -340,12 +353,12 @@ fn a_write_that_took_its_bytes_returns_ok_and_the_next_call_the_error() {
     drop(server);
 }
 
-/// Dropping a stream never waits: with the ring full and a server that has stopped taking
-/// requests (its handler is stuck for 3 s in the first), the drop returns at once and what
-/// was buffered is dropped. (Before, the drop waited for a completion without a limit: here,
-/// where none comes, for good.)
+/// Dropping a stream waits at most its linger (`DROP_LINGER`, 100 ms): with the ring full and a
+/// server that has stopped taking requests (its handler is stuck for 3 s in the first), the
+/// drop returns and what was buffered is dropped. (Before, the drop waited for a completion
+/// without a limit: here, where none comes, for good.)
 #[test]
-fn dropping_a_stream_never_waits() {
+fn dropping_a_stream_waits_at_most_its_linger() {
     let _serial = one_at_a_time();
     use std::io::Write;
     use subring_shm::stream::StreamResp;

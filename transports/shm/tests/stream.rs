@@ -167,3 +167,34 @@ fn a_small_ring_full_of_receives_does_not_hold_a_write() {
         }
     }
 }
+
+/// The smallest ring (2 entries): a stream that finished writing still reads to the end.
+/// Receives keep the ring's last slot free for a write only until the end of the writes is
+/// sent; after it, they take it. (The first version kept it free for good: with the end of the
+/// writes in the other slot, nothing could be lent, and the read failed with `OutOfMemory`.)
+#[test]
+fn the_smallest_ring_reads_to_the_end_after_finish() {
+    let (server_end, client_end) = subring_shm::socket_pair().unwrap();
+    let mut server = Server::new(ServerConfig::new(STREAM_PROTOCOL), move |_| {
+        StreamHandler::new(Upper)
+    })
+    .unwrap();
+    server.add_connection(server_end).unwrap();
+    let _server = server.spawn().unwrap();
+    let options = ClientOptions::new(STREAM_PROTOCOL)
+        .capacity(2)
+        .buffers(4096, 16);
+    let mut stream = Stream::from_socket(client_end, &options).unwrap();
+    stream.set_timeout(Some(Duration::from_secs(2)));
+    let mut lines = io::BufReader::new(stream);
+    lines.get_mut().write_all(b"first\n").unwrap();
+    lines.get_mut().flush().unwrap();
+    let mut back = String::new();
+    lines.read_line(&mut back).unwrap();
+    assert_eq!(back, "FIRST\n");
+    lines.get_mut().write_all(b"last\n").unwrap();
+    lines.get_mut().finish().unwrap();
+    let mut rest = String::new();
+    lines.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "LAST\n");
+}

@@ -109,6 +109,9 @@ impl Stream {
     /// Sends what is buffered and tells the server no more data follows (like
     /// `shutdown(SHUT_WR)`); reading goes on until the server's end of stream.
     pub fn finish(&mut self) -> io::Result<()> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         if self.fin_sent {
             return Ok(());
         }
@@ -155,15 +158,17 @@ impl Stream {
         }
     }
 
-    /// Lends receive buffers until `max_rx` are lent or filled, or the ring has one free slot
-    /// left: receives never wait for room, and never take the slot a write's data (or the end
-    /// of it) needs, which the server answers without waiting for input. (A ring full of
-    /// receives that the server holds until it has data would leave a write waiting on them.)
+    /// Lends receive buffers until `max_rx` are lent or filled, or (until the end of the
+    /// writes is sent) the ring has one free slot left: receives never wait for room, and never
+    /// take the slot a write's data (or its end) needs, which the server answers without
+    /// waiting for input. (A ring full of receives that the server holds until it has data
+    /// would leave a write waiting on them.)
     fn post_receives(&mut self) -> io::Result<()> {
         let mut posted = false;
+        let keep = usize::from(!self.fin_sent);
         while !self.eof
             && self.posted + self.rx.len() < self.max_rx
-            && self.client.space().map_err(io_err)? > 1
+            && self.client.space().map_err(io_err)? > keep
         {
             let Some(mut buf) = self.client.alloc() else {
                 break;
@@ -320,14 +325,14 @@ impl Stream {
 
 impl Write for Stream {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         if self.fin_sent {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "write after finish() on a subring stream",
             ));
-        }
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
         }
         if data.is_empty() {
             return Ok(0);
@@ -407,7 +412,20 @@ impl Stream {
             self.send_tx()?;
             self.post_receives()?;
             self.client.submit().map_err(io_err)?;
-            // With nothing lent, no completion can come: say so rather than wait forever.
+            // With nothing lent, no completion can come: say so rather than wait forever. (Room
+            // for a receive comes as the server takes what the ring holds: wait for it.)
+            if self.posted == 0
+                && self.tx_in_flight == 0
+                && self.client.space().map_err(io_err)? == 0
+            {
+                if self.nonblocking {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                match self.client.wait_space(self.timeout) {
+                    Ok(()) | Err(QueueError::Full) => continue,
+                    Err(e) => return Err(io_err(e)),
+                }
+            }
             if self.posted == 0 && self.tx_in_flight == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::OutOfMemory,
@@ -474,15 +492,19 @@ impl Read for Stream {
 }
 
 impl Drop for Stream {
-    /// Sends what `write` buffered if the ring has room for it, without waiting: a drop never
-    /// blocks (a server that stopped taking requests would hold it for good). `flush` or
-    /// `finish` first to know it went.
+    /// Sends what `write` buffered, waiting for room in the ring at most [`DROP_LINGER`] (or
+    /// the stream's timeout, if shorter; not at all if it is non-blocking): a server that
+    /// stopped taking requests cannot hold a drop. Bytes that found no room by then are
+    /// discarded: `flush` or `finish` first to know they went.
     fn drop(&mut self) {
-        self.nonblocking = true;
+        self.timeout = Some(self.timeout.map_or(DROP_LINGER, |t| t.min(DROP_LINGER)));
         let _ = self.send_tx();
         let _ = self.client.submit();
     }
 }
+
+/// The longest a dropped [`Stream`] waits for room to send what `write` buffered.
+pub const DROP_LINGER: Duration = Duration::from_millis(100);
 
 /// What a buffer of the stream's pool is lent to the server for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -63,7 +63,7 @@ use crate::{Client, ClientOptions, Ctx, Error, Handler};
 mod client;
 mod handler;
 
-pub use client::Stream;
+pub use client::{Stream, DROP_LINGER};
 pub use handler::{ByteService, StreamHandler, DEFAULT_BACKLOG};
 
 /// The application protocol name of streams.
