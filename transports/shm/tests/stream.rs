@@ -170,8 +170,10 @@ fn a_small_ring_full_of_receives_does_not_hold_a_write() {
 
 /// The smallest ring (2 entries): a stream that finished writing still reads to the end.
 /// Receives keep the ring's last slot free for a write only until the end of the writes is
-/// sent; after it, they take it. (The first version kept it free for good: with the end of the
-/// writes in the other slot, nothing could be lent, and the read failed with `OutOfMemory`.)
+/// sent; after it, they take it. (The first version kept it free for good: while the server had
+/// not yet taken the end of the writes from the other slot, nothing could be lent, and the
+/// read failed with `OutOfMemory`. This test does not catch that reliably: a polling server
+/// usually takes the end first.)
 #[test]
 fn the_smallest_ring_reads_to_the_end_after_finish() {
     let (server_end, client_end) = subring_shm::socket_pair().unwrap();
