@@ -26,6 +26,10 @@ pub(crate) struct Book {
     pub(crate) foreign: u64,
     /// Completions that left their operation in flight (`IORING_CQE_F_MORE`).
     pub(crate) continued: u64,
+    /// Light operations in flight: their `user_data` carries no seal, so a completion that
+    /// looks light while none is in flight is foreign (another ring's `MSG_RING` can forge
+    /// one), and cannot take an owned operation's place in the count of those in flight.
+    pub(crate) light: u64,
     /// The registered provided-buffer rings.
     pub(crate) groups: Vec<bufring::Group>,
     /// The registered send rings.
@@ -48,6 +52,7 @@ impl Default for Book {
             fixed_in_flight: Vec::new(),
             foreign: 0,
             continued: 0,
+            light: 0,
             groups: Vec::new(),
             send_groups: Vec::new(),
             // A secret per ring, from the process's random hashing keys.
@@ -302,7 +307,8 @@ impl Book {
     /// ring.
     #[cold]
     pub(crate) fn complete_slotless(&mut self, ud: u64, res: i32) -> Completion {
-        if ud & LIGHT != 0 {
+        if ud & LIGHT != 0 && self.light > 0 {
+            self.light -= 1;
             let token = ud & LIGHT_TOKEN_MASK;
             let kind = ((ud & !LIGHT) >> LIGHT_TOKEN_BITS) as usize;
             let op = LIGHT_OPS.get(kind).copied().unwrap_or("unknown");

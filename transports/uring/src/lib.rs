@@ -324,8 +324,14 @@ impl Uring {
     /// Operations submitted (or queued) whose last completion has not been reaped (a multishot
     /// operation counts once, however many completions it made).
     pub fn in_flight(&self) -> usize {
-        (self.stats.pushed - (self.stats.completed - self.book.foreign - self.book.continued))
-            as usize
+        (self.stats.pushed + self.book.foreign + self.book.continued)
+            .saturating_sub(self.stats.completed) as usize
+    }
+
+    /// Whether an operation that owns memory the kernel may use is still in flight: what
+    /// dropping the ring must wait for, whatever the counters say.
+    fn owned_in_flight(&self) -> bool {
+        self.book.slots.iter().any(|s| s.op.is_some())
     }
 
     /// Entries pushed since the doorbell was last rung.
@@ -348,10 +354,10 @@ impl Drop for Uring {
     /// (bounded) for their completions before freeing anything. Whatever the kernel has still
     /// not completed after that is leaked, never freed under it.
     fn drop(&mut self) {
-        if self.in_flight() > 0 {
+        if self.in_flight() > 0 || self.owned_in_flight() {
             self.cancel_and_drain();
         }
-        if self.in_flight() > 0 {
+        if self.in_flight() > 0 || self.owned_in_flight() {
             for slot in self.book.slots.drain(..) {
                 if slot.op.is_some() {
                     std::mem::forget(slot);
@@ -391,7 +397,7 @@ impl Uring {
         // SAFETY: a cancel-any entry points to no memory.
         let _ = unsafe { self.ring.submission().push(&cancel) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.in_flight() > 0 && Instant::now() < deadline {
+        while (self.in_flight() > 0 || self.owned_in_flight()) && Instant::now() < deadline {
             let ts = types::Timespec::new().nsec(10_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
             let entered = self.ring.submitter().submit_with_args(1, &args);

@@ -20,14 +20,18 @@ impl Uring {
         out.reserve(avail);
         let len = out.len();
         let mut written = 0;
+        // Light operations in flight, kept in a register through the loop.
+        let mut light = self.book.light;
         // The bounded side first: `zip` pulls from its first iterator first, and an entry
         // pulled from the CQ is consumed.
         for (dst, cqe) in out.spare_capacity_mut()[..avail].iter_mut().zip(&mut cq) {
             let ud = cqe.user_data();
             // Light operations (NOPs and the like) that succeeded are finished here and written
             // straight into the vector: building the value elsewhere and moving it in copied it
-            // with wide loads over narrow stores, a store-forwarding stall per completion.
-            if ud & (OWNED | LIGHT) == LIGHT && cqe.result() >= 0 {
+            // with wide loads over narrow stores, a store-forwarding stall per completion. (One
+            // that looks light while none is in flight is foreign: `complete_slotless`.)
+            if ud & (OWNED | LIGHT) == LIGHT && cqe.result() >= 0 && light > 0 {
+                light -= 1;
                 dst.write(Completion {
                     token: ud & LIGHT_TOKEN_MASK,
                     result: Ok(cqe.result() as u32),
@@ -35,10 +39,13 @@ impl Uring {
                     more: false,
                 });
             } else {
+                self.book.light = light;
                 self.book.complete_into(&cqe, dst);
+                light = self.book.light;
             }
             written += 1;
         }
+        self.book.light = light;
         // SAFETY: the loop initialised the first `written` spare elements, in order.
         unsafe { out.set_len(len + written) };
         // Dropping `cq` publishes the new head.

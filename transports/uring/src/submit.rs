@@ -266,6 +266,7 @@ impl Uring {
             None => {
                 op::drop_aux(aux);
                 std::mem::forget(sub);
+                self.book.light += 1;
             }
         }
         Ok(())

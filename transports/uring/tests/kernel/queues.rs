@@ -493,6 +493,67 @@ fn forged_completions_do_not_match_live_operations() {
     assert_eq!(ring.in_flight(), 0);
 }
 
+/// Completions forged with the light bit (operations that own nothing carry no seal) while no
+/// light operation is in flight are foreign: they cannot take an owned operation's place in
+/// the count of those in flight. (Before, each counted as a light operation completed: one
+/// made `in_flight` say 0 with the read still in the kernel, so a drop freed its buffer
+/// without cancelling it; two made the count underflow.)
+#[test]
+fn forged_light_completions_do_not_hide_an_operation_in_flight() {
+    let mut ring = Uring::builder().build().unwrap();
+    let (rx, tx) = pipe();
+    ring.push(sub(
+        1,
+        Op::Read {
+            fd: target(&rx),
+            buf: vec![0u8; 64],
+            offset: u64::MAX,
+        },
+    ))
+    .unwrap();
+    ring.submit().unwrap();
+    let mut forger = io_uring::IoUring::new(8).unwrap();
+    for token in [5u64, 6] {
+        let ud = (1u64 << 62) | token;
+        let e = opcode::MsgRingData::new(
+            io_uring::types::Fd(ring.ring_fd().as_raw_fd()),
+            64,
+            ud,
+            None,
+        )
+        .build()
+        .user_data(token);
+        // SAFETY: a MSG_RING entry points to no memory.
+        unsafe { forger.submission().push(&e).unwrap() };
+    }
+    forger.submit_and_wait(2).unwrap();
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while seen.len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "forged completions never came"
+        );
+        ring.reap_into(&mut seen, 16).unwrap();
+    }
+    assert_eq!(ring.stats().foreign, 2, "{seen:?}");
+    assert_eq!(ring.in_flight(), 1, "the read is still in flight");
+    nix::unistd::write(&tx, b"hi").unwrap();
+    ring.wait(LIMIT).unwrap();
+    let done = ring.reap().unwrap().unwrap();
+    assert_eq!(done.token, 1);
+    assert_eq!(ring.in_flight(), 0);
+    // A light operation of the ring's own is still counted and completed as one.
+    ring.push(sub(7, Op::Nop)).unwrap();
+    ring.submit().unwrap();
+    ring.wait(LIMIT).unwrap();
+    let nop = ring.reap().unwrap().unwrap();
+    assert_eq!(
+        (nop.token, ring.in_flight(), ring.stats().foreign),
+        (7, 0, 2)
+    );
+}
+
 /// A wait without a timeout on a ring with nothing in flight could never end: it is refused
 /// at once, in every wait mode; with something in flight it waits as before.
 #[test]
