@@ -403,14 +403,17 @@ impl Uring {
                 return Err(os(e));
             }
         }
+        // Each region's first index is the slots of the table's regions before it, counted
+        // from the table just registered: a region registered into a freed key is in it but
+        // not in `self.fixed` yet, and the regions after it start past its slots too.
         let mut next = 0u16;
-        for (k, r) in self.fixed.regions.iter_mut().enumerate() {
-            if let Some(r) = r {
-                if regions.get(k).is_some_and(Option::is_some) {
-                    r.first_index = next;
-                    next += r.chunks;
-                }
+        for (k, entry) in regions.iter().enumerate() {
+            let Some((r, range)) = entry else { continue };
+            if let Some(Some(live)) = self.fixed.regions.get_mut(k) {
+                live.first_index = next;
             }
+            let chunks = u16::try_from(chunks_of(r, range).len()).unwrap_or(u16::MAX);
+            next = next.saturating_add(chunks);
         }
         Ok(())
     }

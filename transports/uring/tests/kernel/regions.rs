@@ -343,6 +343,60 @@ fn regions_by_key(sparse: bool) {
 /// refused outside it, and by handle alone finds the window that holds it (windows of one
 /// region are not ambiguous); a window past the region's end is refused; unregistering one
 /// window leaves the other serving.
+/// Without a sparse table, a region registered into a key freed earlier (A, B, C; B
+/// unregistered; D takes B's key): reads into C, after the reused key, land in C. (Before,
+/// C's first index was computed without D's slots, so its reads named D's: the kernel
+/// failed them with `EFAULT`.)
+#[test]
+fn a_key_reused_without_a_sparse_table_keeps_the_later_regions_indices() {
+    let dir = TempDir::new("reused-key");
+    let file = open(&dir.file("data"));
+    let data: Vec<u8> = (0..8192u32).map(|i| (i % 239) as u8).collect();
+    std::fs::write(dir.file("data"), &data).unwrap();
+    let fd = target(&file);
+    let region = |name| Arc::new(Region::memfd(name, 1 << 16, RegionOptions::new().id(0)).unwrap());
+    let (a, b, c, d) = (region("a"), region("b"), region("c"), region("d"));
+    let mut ring = Uring::builder().sparse_buffers(false).build().unwrap();
+    let _ka = ring.register_region(a).unwrap();
+    let kb = ring.register_region(b).unwrap();
+    let kc = ring.register_region(c.clone()).unwrap();
+    ring.unregister_region(kb).unwrap();
+    let kd = ring.register_region(d.clone()).unwrap();
+    let h = BufHandle {
+        offset: 4096,
+        len: 4096,
+        region: 0,
+    };
+    let done = run(
+        &mut ring,
+        vec![
+            sub(
+                1,
+                Op::ReadFixed {
+                    fd: fd.clone(),
+                    buf: FixedBuf::In(kc, h),
+                    offset: 0,
+                },
+            ),
+            sub(
+                2,
+                Op::ReadFixed {
+                    fd: fd.clone(),
+                    buf: FixedBuf::In(kd, h),
+                    offset: 4096,
+                },
+            ),
+        ],
+    );
+    assert_eq!(*done[0].result.as_ref().unwrap(), 4096, "{done:?}");
+    assert_eq!(*done[1].result.as_ref().unwrap(), 4096, "{done:?}");
+    let mut seen = vec![0u8; 4096];
+    c.read_into(h, &mut seen).unwrap();
+    assert_eq!(seen, data[..4096], "C's read landed in C");
+    d.read_into(h, &mut seen).unwrap();
+    assert_eq!(seen, data[4096..], "D's read landed in D");
+}
+
 #[test]
 fn windows_of_a_region() {
     windows_of_a_region_in(true);
