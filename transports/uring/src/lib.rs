@@ -395,9 +395,15 @@ impl Uring {
             .build()
             .user_data(0);
         // SAFETY: a cancel-any entry points to no memory.
-        let _ = unsafe { self.ring.submission().push(&cancel) };
+        let mut cancel_queued = unsafe { self.ring.submission().push(&cancel) }.is_ok();
         let deadline = Instant::now() + Duration::from_secs(10);
         while (self.in_flight() > 0 || self.owned_in_flight()) && Instant::now() < deadline {
+            if !cancel_queued {
+                // The queue was full: the enter below takes entries, and the cancel goes in
+                // once there is room.
+                // SAFETY: as above.
+                cancel_queued = unsafe { self.ring.submission().push(&cancel) }.is_ok();
+            }
             let ts = types::Timespec::new().nsec(10_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
             let entered = self.ring.submitter().submit_with_args(1, &args);
