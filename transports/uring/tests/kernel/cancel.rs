@@ -184,3 +184,37 @@ fn timeout_remove_and_update() {
     assert!(done[1].result.is_ok(), "{:?}", done[1].result);
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+/// A ring dropped with its submission queue full of reads that will never complete (a pipe
+/// nobody writes): the drop's cancel-any goes in once the first enter made room, and the drop
+/// returns at once. (Before, the cancel found the queue full and was never sent: the drop
+/// waited out its 10 s bound and then leaked the reads' buffers.)
+#[test]
+fn a_ring_dropped_with_a_full_queue_cancels_what_it_holds() {
+    let mut ring = Uring::builder().entries(8).build().unwrap();
+    let (rx, _tx) = pipe();
+    let mut token = 0;
+    loop {
+        let read = Op::Read {
+            fd: target(&rx),
+            buf: vec![0u8; 64],
+            offset: u64::MAX,
+        };
+        match ring.push(sub(token, read)) {
+            Ok(()) => token += 1,
+            Err(r) if matches!(r.error, QueueError::Full) => break,
+            Err(r) => panic!("push {token}: {}", r.error),
+        }
+        assert!(token < 64, "the queue never filled");
+    }
+    let start = Instant::now();
+    let dropper = std::thread::spawn(move || drop(ring));
+    while !dropper.is_finished() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the drop did not return in 5 s ({token} reads queued)"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    dropper.join().unwrap();
+}
