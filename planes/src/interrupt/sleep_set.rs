@@ -209,23 +209,7 @@ impl Alarm {
     pub fn raise(&self) -> io::Result<()> {
         // SYNC POINT (alarm): Release pairs with the Acquire loads in `SleepSet::sleep`.
         self.shared.raised.store(1, Release);
-        let words = self
-            .shared
-            .words
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut result = Ok(());
-        for word in words.iter().chain(std::iter::once(&self.shared.own)) {
-            // `take_sleeper` fences (sleep-dekker) before it looks at the word.
-            // Every waiter: a peer can queue threads of its own on its word, ahead of the
-            // sleeper, and a wake of one would wake one of them.
-            if word.take_sleeper() {
-                if let Err(e) = futex_wake_every_waiter(word) {
-                    result = Err(e);
-                }
-            }
-        }
-        result
+        self.wake_words(false)
     }
 
     /// Wakes every word of the set (and the sleeper's own), whether or not it says "sleeping",
@@ -242,6 +226,15 @@ impl Alarm {
         if self.shared.sleeping.load(Relaxed) == 0 {
             return Ok(());
         }
+        self.wake_words(true)
+    }
+
+    /// Claims every word of the set (and the sleeper's own) that says "sleeping" and wakes
+    /// every waiter on it (a peer can queue threads of its own on its word, ahead of the
+    /// sleeper, and a wake of one would wake one of them); with `always`, wakes every word
+    /// whether or not the claim succeeded: the claim makes a wait not yet entered return at
+    /// once, the wake reaches one already entered, whatever the word says now.
+    fn wake_words(&self, always: bool) -> io::Result<()> {
         let words = self
             .shared
             .words
@@ -249,11 +242,12 @@ impl Alarm {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut result = Ok(());
         for word in words.iter().chain(std::iter::once(&self.shared.own)) {
-            // The claim, if the word says "sleeping", makes a wait not yet entered return at
-            // once; the wake reaches one already entered, whatever the word says now.
-            word.take_sleeper();
-            if let Err(e) = futex_wake_every_waiter(word) {
-                result = Err(e);
+            // `take_sleeper` fences (sleep-dekker) before it looks at the word.
+            let claimed = word.take_sleeper();
+            if claimed || always {
+                if let Err(e) = futex_wake_every_waiter(word) {
+                    result = Err(e);
+                }
             }
         }
         result

@@ -317,26 +317,9 @@ fn a_server_that_hangs_up_and_clears_its_closed_word_is_seen_gone() {
             ours,
             mut client,
         ) = connect_to_fake_server(mode);
-        // The server's own mapping of the memfd, as its process has one; its closed word is the
-        // pair header's fourth.
-        let len = std::num::NonZeroUsize::new(4096).unwrap();
-        let fd = region.fd().unwrap();
-        // SAFETY: a fresh shared mapping of the memfd's first page (the region is larger); only
-        // reached below through an atomic word inside it, and unmapped after the last use.
-        let map = unsafe {
-            nix::sys::mman::mmap(
-                None,
-                len,
-                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
-                nix::sys::mman::MapFlags::MAP_SHARED,
-                fd,
-                0,
-            )
-        }
-        .unwrap();
-        // SAFETY: offset 12 is inside the page and 4-aligned; the memory is shared with the
-        // client, which reaches this word only atomically.
-        let closed = unsafe { &*map.as_ptr().cast::<u8>().add(12).cast::<AtomicU32>() };
+        // The server's own mapping of the memfd, as its process has one.
+        let header = ServerHeader::map(&region);
+        let closed = header.closed();
         let stop = AtomicU32::new(0);
         let (outcome, took) = std::thread::scope(|s| {
             s.spawn(|| {
@@ -362,8 +345,7 @@ fn a_server_that_hangs_up_and_clears_its_closed_word_is_seen_gone() {
         );
         // The server never closes its side.
         std::mem::forget(service);
-        // SAFETY: the mapping made above, no longer used.
-        unsafe { nix::sys::mman::munmap(map, len.get()) }.unwrap();
+        drop(header);
     }
 }
 
@@ -383,7 +365,7 @@ fn the_servers_pid_is_the_kernels_not_the_welcomes() {
 /// rejected, so a caller retrying it sent it twice, its buffer perhaps reused by then.)
 #[test]
 fn a_closed_word_cleared_after_a_submit_said_gone_leaves_the_client_gone() {
-    use subring_planes::sync::{AtomicU32, Ordering::Relaxed};
+    use subring_planes::sync::Ordering::Relaxed;
     use subring_shm::queue::{QueueError, Submitter};
     let (
         FakePair {
@@ -394,23 +376,8 @@ fn a_closed_word_cleared_after_a_submit_said_gone_leaves_the_client_gone() {
         _ours,
         mut client,
     ) = connect_to_fake_server(NotifyMode::Futex);
-    let len = std::num::NonZeroUsize::new(4096).unwrap();
-    // SAFETY: a fresh shared mapping of the memfd's first page (the region is larger); only
-    // reached below through an atomic word inside it, and unmapped after the last use.
-    let map = unsafe {
-        nix::sys::mman::mmap(
-            None,
-            len,
-            nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
-            nix::sys::mman::MapFlags::MAP_SHARED,
-            region.fd().unwrap(),
-            0,
-        )
-    }
-    .unwrap();
-    // SAFETY: the pair header's closed word (offset 12): inside the page, 4-aligned, reached
-    // by the client only atomically.
-    let closed = unsafe { &*map.as_ptr().cast::<u8>().add(12).cast::<AtomicU32>() };
+    let header = ServerHeader::map(&region);
+    let closed = header.closed();
     let req = EchoReq {
         seq: 1,
         op: subring_shm::echo::EchoOp::PING,
@@ -435,8 +402,46 @@ fn a_closed_word_cleared_after_a_submit_said_gone_leaves_the_client_gone() {
         "the staged request was never published"
     );
     drop(client);
-    // SAFETY: the mapping made above, no longer used.
-    unsafe { nix::sys::mman::munmap(map, len.get()) }.unwrap();
+    drop(header);
+}
+
+/// The first page of a fake server's memfd, mapped as the server's process would map it: the
+/// queue pair's header, whose fourth word is the service's closed word.
+struct ServerHeader(std::ptr::NonNull<std::ffi::c_void>);
+
+impl ServerHeader {
+    const LEN: usize = 4096;
+
+    fn map(region: &subring_shm::Region) -> Self {
+        // SAFETY: a fresh shared mapping of the memfd's first page (the region is larger),
+        // reached only through atomic words inside it and unmapped at drop.
+        let map = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                std::num::NonZeroUsize::new(Self::LEN).unwrap(),
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                region.fd().unwrap(),
+                0,
+            )
+        }
+        .unwrap();
+        ServerHeader(map)
+    }
+
+    /// The service's closed word.
+    fn closed(&self) -> &subring_planes::sync::AtomicU32 {
+        // SAFETY: offset 12 is inside the mapped page and 4-aligned; the client reaches this
+        // word only atomically; the mapping lives as long as `self`.
+        unsafe { &*self.0.as_ptr().cast::<u8>().add(12).cast() }
+    }
+}
+
+impl Drop for ServerHeader {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, no longer used (`closed` borrows `self`).
+        unsafe { nix::sys::mman::munmap(self.0, Self::LEN) }.unwrap();
+    }
 }
 
 /// A server that answers a region registration after the client's control timeout: the

@@ -140,19 +140,8 @@ fn server_gone_mid_stream_is_an_error_not_a_hang() {
 #[test]
 fn a_small_ring_full_of_receives_does_not_hold_a_write() {
     for mode in [NotifyMode::Adaptive, NotifyMode::EventFd] {
-        let (server_end, client_end) = subring_shm::socket_pair().unwrap();
-        let mut server = Server::new(ServerConfig::new(STREAM_PROTOCOL), move |_| {
-            StreamHandler::new(Upper)
-        })
-        .unwrap();
-        server.add_connection(server_end).unwrap();
-        let _server = server.spawn().unwrap();
-        let options = ClientOptions::new(STREAM_PROTOCOL)
-            .mode(mode)
-            .capacity(4)
-            .buffers(4096, 16);
-        let mut stream = Stream::from_socket(client_end, &options).unwrap();
-        stream.set_timeout(Some(Duration::from_secs(2)));
+        let (stream, _server) =
+            upper_with(ClientOptions::new(STREAM_PROTOCOL).mode(mode).capacity(4));
         let mut lines = io::BufReader::new(stream);
         for round in 0..20 {
             let line = format!("line {round}\n");
@@ -176,18 +165,7 @@ fn a_small_ring_full_of_receives_does_not_hold_a_write() {
 /// usually takes the end first.)
 #[test]
 fn the_smallest_ring_reads_to_the_end_after_finish() {
-    let (server_end, client_end) = subring_shm::socket_pair().unwrap();
-    let mut server = Server::new(ServerConfig::new(STREAM_PROTOCOL), move |_| {
-        StreamHandler::new(Upper)
-    })
-    .unwrap();
-    server.add_connection(server_end).unwrap();
-    let _server = server.spawn().unwrap();
-    let options = ClientOptions::new(STREAM_PROTOCOL)
-        .capacity(2)
-        .buffers(4096, 16);
-    let mut stream = Stream::from_socket(client_end, &options).unwrap();
-    stream.set_timeout(Some(Duration::from_secs(2)));
+    let (stream, _server) = upper_with(ClientOptions::new(STREAM_PROTOCOL).capacity(2));
     let mut lines = io::BufReader::new(stream);
     lines.get_mut().write_all(b"first\n").unwrap();
     lines.get_mut().flush().unwrap();
@@ -199,4 +177,19 @@ fn the_smallest_ring_reads_to_the_end_after_finish() {
     let mut rest = String::new();
     lines.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "LAST\n");
+}
+
+/// A stream to an upper-casing server with `options` (16 buffers of 4 KiB), waits bounded at
+/// 2 s.
+fn upper_with(options: ClientOptions) -> (Stream, impl Drop) {
+    let (server_end, client_end) = subring_shm::socket_pair().unwrap();
+    let mut server = Server::new(ServerConfig::new(STREAM_PROTOCOL), move |_| {
+        StreamHandler::new(Upper)
+    })
+    .unwrap();
+    server.add_connection(server_end).unwrap();
+    let server = server.spawn().unwrap();
+    let mut stream = Stream::from_socket(client_end, &options.buffers(4096, 16)).unwrap();
+    stream.set_timeout(Some(Duration::from_secs(2)));
+    (stream, server)
 }

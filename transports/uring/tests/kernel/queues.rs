@@ -450,31 +450,8 @@ fn forged_completions_do_not_match_live_operations() {
     ))
     .unwrap();
     ring.submit().unwrap();
-    // The forger: a raw ring posting into ours with the owned bit and slot numbers, unsealed.
-    let mut forger = io_uring::IoUring::new(8).unwrap();
-    for slot in 0..4u64 {
-        let ud = (1u64 << 63) | slot;
-        let e = opcode::MsgRingData::new(
-            io_uring::types::Fd(ring.ring_fd().as_raw_fd()),
-            64,
-            ud,
-            None,
-        )
-        .build()
-        .user_data(slot);
-        // SAFETY: a MSG_RING entry points to no memory.
-        unsafe { forger.submission().push(&e).unwrap() };
-    }
-    forger.submit_and_wait(4).unwrap();
-    let mut seen = Vec::new();
-    let start = Instant::now();
-    while seen.len() < 4 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "forged completions never came"
-        );
-        ring.reap_into(&mut seen, 16).unwrap();
-    }
+    // The owned bit and slot numbers, unsealed.
+    let seen = forge_completions(&mut ring, &[0, 1, 2, 3].map(|slot| (1u64 << 63) | slot));
     for c in &seen {
         assert_ne!(
             c.token, 1,
@@ -491,6 +468,35 @@ fn forged_completions_do_not_match_live_operations() {
     assert_eq!(done.token, 1);
     assert_eq!(*done.result.as_ref().unwrap(), 2);
     assert_eq!(ring.in_flight(), 0);
+}
+
+/// The forger: a raw ring posting a completion into `ring` for each of `uds` (with `MSG_RING`,
+/// result 64), reaped there; what `ring` made of them.
+fn forge_completions(ring: &mut Uring, uds: &[u64]) -> Vec<subring_uring::Completion> {
+    let mut forger = io_uring::IoUring::new(8).unwrap();
+    for (i, &ud) in uds.iter().enumerate() {
+        let e = opcode::MsgRingData::new(
+            io_uring::types::Fd(ring.ring_fd().as_raw_fd()),
+            64,
+            ud,
+            None,
+        )
+        .build()
+        .user_data(i as u64);
+        // SAFETY: a MSG_RING entry points to no memory.
+        unsafe { forger.submission().push(&e).unwrap() };
+    }
+    forger.submit_and_wait(uds.len()).unwrap();
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while seen.len() < uds.len() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "forged completions never came"
+        );
+        ring.reap_into(&mut seen, 16).unwrap();
+    }
+    seen
 }
 
 /// Completions forged with the light bit (operations that own nothing carry no seal) while no
@@ -512,30 +518,7 @@ fn forged_light_completions_do_not_hide_an_operation_in_flight() {
     ))
     .unwrap();
     ring.submit().unwrap();
-    let mut forger = io_uring::IoUring::new(8).unwrap();
-    for token in [5u64, 6] {
-        let ud = (1u64 << 62) | token;
-        let e = opcode::MsgRingData::new(
-            io_uring::types::Fd(ring.ring_fd().as_raw_fd()),
-            64,
-            ud,
-            None,
-        )
-        .build()
-        .user_data(token);
-        // SAFETY: a MSG_RING entry points to no memory.
-        unsafe { forger.submission().push(&e).unwrap() };
-    }
-    forger.submit_and_wait(2).unwrap();
-    let mut seen = Vec::new();
-    let start = Instant::now();
-    while seen.len() < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "forged completions never came"
-        );
-        ring.reap_into(&mut seen, 16).unwrap();
-    }
+    let seen = forge_completions(&mut ring, &[5, 6].map(|token| (1u64 << 62) | token));
     assert_eq!(ring.stats().foreign, 2, "{seen:?}");
     assert_eq!(ring.in_flight(), 1, "the read is still in flight");
     nix::unistd::write(&tx, b"hi").unwrap();
