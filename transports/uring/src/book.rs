@@ -129,9 +129,10 @@ impl Book {
         };
         let (token, region) = (slot.token, slot.region);
         if region == register::NO_REGION && matches!(slot.aux, op::Aux::None) {
-            if let Some((buf, name)) = op::take_plain_buf(&mut slot.op, res) {
+            if let Some((buf, name, too_long)) = op::take_plain_buf(&mut slot.op, res) {
                 let result = match res {
-                    0.. => Ok(res as u32),
+                    0.. if !too_long => Ok(res as u32),
+                    0.. => Err(op::too_long(name, token, res, buf.len())),
                     _ => Err(op::plain_failed(name, token, res)),
                 };
                 self.free.push(key as u32);
@@ -156,7 +157,10 @@ impl Book {
         let mut result = match (res, &aux) {
             // A zero-copy send's notification: the result is the send's.
             (0, op::Aux::Sent(n)) if cqueue::notif(cqe.flags()) => Ok(*n),
-            (0.., _) => Ok(res as u32),
+            (0.., _) => match op::most_bytes(&op) {
+                Some(most) if res as usize > most => Err(op::too_long(op.name(), token, res, most)),
+                _ => Ok(res as u32),
+            },
             _ => failed(&op, token, res),
         };
         let output = match op.buf_group() {

@@ -513,20 +513,29 @@ pub(crate) fn put_aux(place: &mut Aux, aux: Aux) {
 /// What this saves: moving a whole operation (72 bytes) out of its slot and through the
 /// stack, and a call to its drop glue (docs/performance-history.md, "the kernel transport's
 /// per-operation work").
+///
+/// The `bool` says whether `res` is more bytes than the buffer held: a result the kernel
+/// cannot give (a forged completion's, or a kernel bug's), which the caller turns into an
+/// error rather than a count past the buffer's end.
 #[inline(always)]
-pub(crate) fn take_plain_buf(slot: &mut Option<Op>, res: i32) -> Option<(Vec<u8>, &'static str)> {
+pub(crate) fn take_plain_buf(
+    slot: &mut Option<Op>,
+    res: i32,
+) -> Option<(Vec<u8>, &'static str, bool)> {
     let n = if res > 0 { res as usize } else { 0 };
     // The name, and whether the kernel filled the buffer (then it is cut to what it filled).
     // Every field is named: one added to these variants must be handled below (or it would
     // be forgotten with the rest).
-    let (fd, buf, name, filled) = match slot {
-        Some(Op::Read { fd, buf, offset: _ }) => (fd, buf, "read", true),
-        Some(Op::Recv { fd, buf, flags: _ }) => (fd, buf, "recv", true),
-        Some(Op::Write { fd, buf, offset: _ }) => (fd, buf, "write", false),
-        Some(Op::Send { fd, buf, flags: _ }) => (fd, buf, "send", false),
+    // `truncating`: a receive with `MSG_TRUNC`, whose result is the datagram's whole length.
+    let (fd, buf, name, filled, truncating) = match slot {
+        Some(Op::Read { fd, buf, offset: _ }) => (fd, buf, "read", true, false),
+        Some(Op::Recv { fd, buf, flags }) => (fd, buf, "recv", true, *flags & libc::MSG_TRUNC != 0),
+        Some(Op::Write { fd, buf, offset: _ }) => (fd, buf, "write", false, false),
+        Some(Op::Send { fd, buf, flags: _ }) => (fd, buf, "send", false, false),
         _ => return None,
     };
     let mut buf = std::mem::take(buf);
+    let too_long = n > buf.len() && !truncating;
     if filled {
         buf.truncate(n);
     }
@@ -534,7 +543,38 @@ pub(crate) fn take_plain_buf(slot: &mut Option<Op>, res: i32) -> Option<(Vec<u8>
     // nothing (an empty `Vec`, a table index), so it is forgotten rather than dropped.
     drop(std::mem::replace(fd, Target::Fixed(0)));
     std::mem::forget(slot.take());
-    Some((buf, name))
+    Some((buf, name, too_long))
+}
+
+/// The most bytes a transfer's result can count (the buffers' lengths; a fixed pool buffer's
+/// capacity when read into), or `None` for an operation whose result is not a byte count of
+/// its own buffers (a receive with `MSG_TRUNC` counts the whole datagram).
+pub(crate) fn most_bytes(op: &Op) -> Option<usize> {
+    let total = |bufs: &[Vec<u8>]| bufs.iter().map(Vec::len).sum();
+    match op {
+        Op::Recv { flags, .. } | Op::RecvMsg { flags, .. } if flags & libc::MSG_TRUNC != 0 => None,
+        Op::Read { buf, .. } | Op::Recv { buf, .. } | Op::Write { buf, .. } => Some(buf.len()),
+        Op::Send { buf, .. } | Op::SendZc { buf, .. } => Some(buf.len()),
+        Op::Readv { bufs, .. } | Op::Writev { bufs, .. } => Some(total(bufs)),
+        Op::RecvMsg { bufs, .. } | Op::SendMsg { bufs, .. } => Some(total(bufs)),
+        Op::ReadFixed { buf, .. } => Some(buf.handle(true).len as usize),
+        Op::WriteFixed { buf, .. } => Some(buf.handle(false).len as usize),
+        _ => None,
+    }
+}
+
+/// The error for a transfer whose result counts more bytes than its buffers hold.
+#[cold]
+pub(crate) fn too_long(name: &'static str, token: u64, res: i32, most: usize) -> std::io::Error {
+    crate::OpError {
+        op: name,
+        token,
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the completion counts {res} bytes, the buffers hold {most}"),
+        ),
+    }
+    .into_io()
 }
 
 /// The error of a plain buffer operation ([`take_plain_buf`]) the kernel finished with
@@ -631,3 +671,6 @@ pub(crate) fn output(op: Op, aux: &mut Aux, res: i32) -> Output {
         _ => Output::None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -596,7 +596,8 @@ mod build;
 mod kinds;
 
 pub(crate) use build::{
-    build, drop_aux, output, plain_failed, put_aux, take_plain_buf, Aux, Finish, FixedAddr,
+    build, drop_aux, most_bytes, output, plain_failed, put_aux, take_plain_buf, too_long, Aux,
+    Finish, FixedAddr,
 };
 
 impl DirectSlot {
