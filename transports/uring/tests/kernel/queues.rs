@@ -438,18 +438,7 @@ fn tokens_of_every_size_and_errors_of_slotless_operations() {
 /// would come back while the kernel may still write it): it is counted as foreign.
 #[test]
 fn forged_completions_do_not_match_live_operations() {
-    let mut ring = Uring::builder().build().unwrap();
-    let (rx, tx) = pipe();
-    ring.push(sub(
-        1,
-        Op::Read {
-            fd: target(&rx),
-            buf: vec![0u8; 64],
-            offset: u64::MAX,
-        },
-    ))
-    .unwrap();
-    ring.submit().unwrap();
+    let (mut ring, _rx, tx) = a_read_in_flight();
     // The owned bit and slot numbers, unsealed.
     let seen = forge_completions(&mut ring, &[0, 1, 2, 3].map(|slot| (1u64 << 63) | slot));
     for c in &seen {
@@ -468,6 +457,24 @@ fn forged_completions_do_not_match_live_operations() {
     assert_eq!(done.token, 1);
     assert_eq!(*done.result.as_ref().unwrap(), 2);
     assert_eq!(ring.in_flight(), 0);
+}
+
+/// A ring with one read in flight (token 1, 64 bytes) from a pipe nobody has written yet: the
+/// pipe's ends, the write end to finish it.
+fn a_read_in_flight() -> (Uring, OwnedFd, OwnedFd) {
+    let mut ring = Uring::builder().build().unwrap();
+    let (rx, tx) = pipe();
+    ring.push(sub(
+        1,
+        Op::Read {
+            fd: target(&rx),
+            buf: vec![0u8; 64],
+            offset: u64::MAX,
+        },
+    ))
+    .unwrap();
+    ring.submit().unwrap();
+    (ring, rx, tx)
 }
 
 /// The forger: a raw ring posting a completion into `ring` for each of `uds` (with `MSG_RING`,
@@ -506,18 +513,7 @@ fn forge_completions(ring: &mut Uring, uds: &[u64]) -> Vec<subring_uring::Comple
 /// without cancelling it; two made the count underflow.)
 #[test]
 fn forged_light_completions_do_not_hide_an_operation_in_flight() {
-    let mut ring = Uring::builder().build().unwrap();
-    let (rx, tx) = pipe();
-    ring.push(sub(
-        1,
-        Op::Read {
-            fd: target(&rx),
-            buf: vec![0u8; 64],
-            offset: u64::MAX,
-        },
-    ))
-    .unwrap();
-    ring.submit().unwrap();
+    let (mut ring, _rx, tx) = a_read_in_flight();
     let seen = forge_completions(&mut ring, &[5, 6].map(|token| (1u64 << 62) | token));
     assert_eq!(ring.stats().foreign, 2, "{seen:?}");
     assert_eq!(ring.in_flight(), 1, "the read is still in flight");
