@@ -277,11 +277,7 @@ impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
 
     #[inline(always)]
     fn reap(&mut self) -> Result<Option<C>, QueueError> {
-        let c = self.cq.pop()?;
-        if c.is_some() {
-            self.cq_bell.after_release(self.cq.released())?;
-        }
-        Ok(c)
+        self.reap_looking::<true>()
     }
 
     fn reap_into(&mut self, out: &mut Vec<C>, max: usize) -> Result<usize, QueueError> {
@@ -291,6 +287,9 @@ impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
         chunk.release_all();
         if n > 0 {
             self.cq_bell.after_release(self.cq.released())?;
+        } else {
+            // Dry: as in `reap`.
+            self.cq_bell.before_wait(self.cq.released())?;
         }
         Ok(n)
     }
@@ -308,6 +307,32 @@ impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
 }
 
 impl<S: Pod, C: Pod> AppSide<S, C> {
+    /// [`reap`](Completer::reap); `DRY_LOOK` false is a loom negative control's breakage (no
+    /// fenced look when the ring runs dry).
+    #[inline(always)]
+    fn reap_looking<const DRY_LOOK: bool>(&mut self) -> Result<Option<C>, QueueError> {
+        let c = self.cq.pop()?;
+        if c.is_some() {
+            self.cq_bell.after_release(self.cq.released())?;
+        } else if DRY_LOOK {
+            // Dry, with slots released since the last fenced look: the fenced look now. The
+            // relaxed look after each release can miss a service that has just announced its
+            // sleep on a full completion ring (store buffering on both sides), and an app that
+            // only polls (no wait, no arm, no submit that publishes) would otherwise never
+            // make the look that wakes it. Nothing when nothing was released since.
+            self.cq_bell.before_wait(self.cq.released())?;
+        }
+        Ok(c)
+    }
+
+    /// Loom negative control only: [`reap`](Completer::reap) without the fenced look when the
+    /// ring runs dry (the same code, instantiated without it).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn reap_without_dry_look_for_loom(&mut self) -> Result<Option<C>, QueueError> {
+        self.reap_looking::<false>()
+    }
+
     /// [`wait`](Completer::wait); `LOOK` false is a loom negative control's breakage (no fenced
     /// look at a service asleep on a full completion ring before sleeping).
     #[inline(always)]

@@ -10,9 +10,11 @@
 //! fences, and the look at the producer word placed after it needs no fence of its own. The
 //! waiter for room in a ring is the peer that this same notification would wake, so the
 //! notification and the room bell are always in the same mode. Where no notification follows
-//! (a side that only reaps and then waits), the look before its wait fences itself; between
-//! the two, every release is followed by a relaxed look at the word (a load of a line that
-//! only changes when the producer sleeps), which in practice wakes the producer at once.
+//! (a side that only reaps and then waits), the look before its wait fences itself, and a side
+//! that only polls makes the fenced look when it finds its ring dry (its `reap` or
+//! `pop_request` returns nothing). Between those, every release is followed by a relaxed look
+//! at the word (a load of a line that only changes when the producer sleeps), which in practice
+//! wakes the producer at once; the fenced looks are what make it certain.
 
 use super::*;
 

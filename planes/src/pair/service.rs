@@ -100,9 +100,28 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
 
     /// Takes the next request, if any.
     pub fn pop_request(&mut self) -> Result<Option<S>, QueueError> {
+        self.pop_request_looking::<true>()
+    }
+
+    /// Loom negative control only: [`pop_request`](Self::pop_request) without the fenced
+    /// look when the ring is dry (the same code, instantiated without it).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn pop_request_without_dry_look_for_loom(&mut self) -> Result<Option<S>, QueueError> {
+        self.pop_request_looking::<false>()
+    }
+
+    /// [`pop_request`](Self::pop_request); `DRY_LOOK` false is a loom negative control's
+    /// breakage.
+    #[inline(always)]
+    fn pop_request_looking<const DRY_LOOK: bool>(&mut self) -> Result<Option<S>, QueueError> {
         let r = self.sq.pop()?;
         if r.is_some() {
             self.sq_bell.after_release(self.sq.released())?;
+        } else if DRY_LOOK {
+            // Dry, with requests released since the last fenced look: the fenced look now (as
+            // the app's reap does), for a service that polls without flushing or waiting.
+            self.sq_bell.before_wait(self.sq.released())?;
         }
         Ok(r)
     }
@@ -223,6 +242,21 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
 
     /// Publishes staged completions and wakes the app if it sleeps; returns how many.
     pub fn flush(&mut self) -> Result<u32, QueueError> {
+        self.flush_looking::<true>()
+    }
+
+    /// Loom negative control only: [`flush`](Self::flush) whose look at an app asleep on a full
+    /// submission ring, when nothing was published, is the relaxed one (the same code,
+    /// instantiated without the fence).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn flush_relaxed_for_loom(&mut self) -> Result<u32, QueueError> {
+        self.flush_looking::<false>()
+    }
+
+    /// [`flush`](Self::flush); `LOOK` false is a loom negative control's breakage.
+    #[inline(always)]
+    fn flush_looking<const LOOK: bool>(&mut self) -> Result<u32, QueueError> {
         let n = self.cq.publish();
         // Whenever the published index moved since the last notification, not only when this
         // call published: completions a batch commit published (`serve_ready` with nothing to
@@ -232,6 +266,11 @@ impl<S: Pod, C: Pod> ServiceSide<S, C> {
             // The notification fenced (in the call mode, the bell's): an app asleep on a full
             // submission ring that this side took requests from is seen now.
             self.sq_bell.after_fence(self.sq.released())?;
+        } else if LOOK {
+            // Nothing to notify, so no fence came: the look is fenced itself (if requests were
+            // released since the last fenced look), as the requests' and release's docs promise
+            // an app asleep on a full submission ring ("woken by the next flush").
+            self.sq_bell.before_wait(self.sq.released())?;
         } else {
             self.sq_bell.after_release(self.sq.released())?;
         }

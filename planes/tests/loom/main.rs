@@ -16,6 +16,7 @@ mod event_idx;
 mod eventfd;
 mod guide;
 mod kernel;
+mod polling;
 mod pool;
 mod queue_pair;
 mod ring;
