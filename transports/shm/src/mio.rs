@@ -7,8 +7,8 @@
 //! channel protocol of the epoll example: [`arm`](Client::arm) before polling (`true`: reap
 //! first), poll, then [`disarm_edge`](Client::disarm_edge) (mio is edge-triggered, so the
 //! eventfd need not be drained) and reap until empty;
-//! [`QueueError::PeerGone`](crate::queue::QueueError::PeerGone) from the reap or a wait tells
-//! that the server is gone.
+//! [`QueueError::PeerGone`](crate::queue::QueueError::PeerGone) from `arm` (or a wait) tells
+//! that the server is gone and nothing is left to reap.
 //!
 //! ```
 //! use std::time::Duration;

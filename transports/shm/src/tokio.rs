@@ -112,13 +112,14 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
     }
 
     /// Queues `entry` and makes it visible to the server (a doorbell only if the server
-    /// sleeps); a full ring is handed back as back-pressure, with the entry.
-    pub fn send(&mut self, entry: S) -> Result<(), crate::queue::Rejected<S>> {
+    /// sleeps). [`QueueError::Full`] is back-pressure: the ring had no room and the entry was
+    /// not taken (send it again later). Any other error may come after the entry was queued,
+    /// so do not send it again: [`QueueError::PeerGone`] says the server will answer nothing
+    /// more, and an `Io` error from the doorbell leaves the entry published (a server that
+    /// polls still sees it).
+    pub fn send(&mut self, entry: S) -> Result<(), QueueError> {
         self.client.push(entry)?;
-        self.client
-            .submit()
-            .map_err(|e| crate::queue::Rejected::new(entry, e))?;
-        Ok(())
+        self.client.submit().map(drop)
     }
 
     /// Waits until a completion can be reaped, or the server is gone
@@ -132,11 +133,8 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
                 return Err(QueueError::PeerGone);
             }
             if self.client.arm()? {
-                // Completions, or the server's close, arrived meanwhile.
+                // Completions arrived meanwhile (the server's close with none is `PeerGone`).
                 self.client.disarm_edge();
-                if !self.client.completions_ready()? && self.client.server_gone() {
-                    return Err(QueueError::PeerGone);
-                }
                 continue;
             }
             // Armed: the server wakes the eventfd (or the futex the ring waits on) for the next
@@ -178,8 +176,14 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
 
     /// Sends `entry` and waits for the next completion: a round trip when nothing else is in
     /// flight.
+    ///
+    /// Not cancel-safe: dropped after its send (a timeout, a `select!` that took another
+    /// branch), its answer stays in the ring and is what the next [`next`](Self::next) or
+    /// `call` returns, so every later call would be answered one behind. Where calls can be
+    /// cancelled, [`send`](Self::send) and [`next`](Self::next) (which is cancel-safe), and
+    /// match answers to requests by a field of your own (as the echo protocol's `seq`).
     pub async fn call(&mut self, entry: S) -> Result<C, QueueError> {
-        self.send(entry).map_err(|r| r.error)?;
+        self.send(entry)?;
         self.next().await
     }
 }
@@ -308,18 +312,29 @@ impl AsyncStream {
     }
 
     /// Runs `op` until it does not say `WouldBlock`; when it does, arms the client and waits
-    /// (as `Pending`) for the completion descriptor or the control socket.
+    /// (as `Pending`) for the completion descriptor or the control socket. After
+    /// [`POLL_TURNS`] turns that each found something ready but ended in `WouldBlock`, it
+    /// yields (wakes its own task and returns `Pending`): a server posting completions as fast
+    /// as they are reaped cannot hold a poll, and with it the runtime's thread.
     fn poll_io<T>(
         &mut self,
         cx: &mut std::task::Context<'_>,
         mut op: impl FnMut(&mut crate::stream::Stream) -> std::io::Result<T>,
     ) -> Poll<std::io::Result<T>> {
-        loop {
+        for _ in 0..POLL_TURNS {
             if std::mem::take(&mut self.armed) {
                 self.stream.client_mut().disarm_edge();
             }
+            let reaped = self.stream.reaped();
             match op(&mut self.stream) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.stream.reaped() != reaped {
+                        // It reaped what the other half may wait for (a write's buffers back,
+                        // a read's data), and that completion's wake-up may have gone to no
+                        // one: the client was disarmed while this call ran.
+                        self.wake_others(cx);
+                    }
+                }
                 done => {
                     // This call may have reaped what another task waits for.
                     self.wake_others(cx);
@@ -332,9 +347,6 @@ impl AsyncStream {
             }
             if client.arm().map_err(queue_io)? {
                 client.disarm_edge();
-                if !client.completions_ready().map_err(queue_io)? && client.server_gone() {
-                    return Poll::Ready(Err(queue_io(QueueError::PeerGone)));
-                }
                 continue;
             }
             self.armed = true;
@@ -354,6 +366,11 @@ impl AsyncStream {
             }
             self.wake_others(cx);
         }
+        if std::mem::take(&mut self.armed) {
+            self.stream.client_mut().disarm_edge();
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     fn wake_others(&mut self, cx: &std::task::Context<'_>) {
@@ -364,6 +381,9 @@ impl AsyncStream {
         }
     }
 }
+
+/// How many times one poll of an [`AsyncStream`] runs its operation before it yields.
+const POLL_TURNS: usize = 32;
 
 fn queue_io(e: QueueError) -> std::io::Error {
     match e {

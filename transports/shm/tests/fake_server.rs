@@ -405,6 +405,37 @@ fn a_closed_word_cleared_after_a_submit_said_gone_leaves_the_client_gone() {
     drop(header);
 }
 
+/// A server that closes its side with nothing posted, its socket still open: the event loop
+/// the mio docs give (reap, then `arm`, then poll unless `arm` said "ready") learns it from
+/// `arm`, in each mode a loop can wait in. `arm` used to say "ready" for the close, so the loop
+/// reaped nothing, armed, and turned again without end, never polling.
+#[test]
+fn arm_says_the_server_is_gone_once_it_closed_with_nothing_to_reap() {
+    use subring_shm::queue::{Completer, QueueError};
+    for mode in [NotifyMode::EventFd, NotifyMode::Futex] {
+        let (FakePair { service, .. }, _ours, mut client) = connect_to_fake_server(mode);
+        drop(service);
+        let mut turns = 0;
+        let gone = loop {
+            assert!(
+                client.reap().unwrap().is_none(),
+                "{mode}: nothing was posted"
+            );
+            match client.arm() {
+                Ok(true) => client.disarm_edge(),
+                Ok(false) => panic!("{mode}: armed to wait after the server closed"),
+                Err(e) => break e,
+            }
+            turns += 1;
+            assert!(
+                turns < 1000,
+                "{mode}: 1000 turns, each told to reap, none to wait"
+            );
+        };
+        assert!(matches!(gone, QueueError::PeerGone), "{mode}: {gone:?}");
+    }
+}
+
 /// The first page of a fake server's memfd, mapped as the server's process would map it: the
 /// queue pair's header, whose fourth word is the service's closed word.
 struct ServerHeader(std::ptr::NonNull<std::ffi::c_void>);

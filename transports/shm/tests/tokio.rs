@@ -158,7 +158,6 @@ async fn dropped_waits(path: &std::path::Path, options: &ClientOptions, way: &st
                     reserved: 0,
                     buf: buf.lend(),
                 })
-                .map_err(|r| r.error)
                 .unwrap();
             tokio::select! {
                 biased;

@@ -301,10 +301,18 @@ impl<S: Pod, C: Pod> Client<S, C> {
 
     /// Prepares to wait on [`poll_fd`](Self::poll_fd) (or
     /// [`completion_fd`](Self::completion_fd)): `true` if completions are already there
-    /// (reap instead of waiting). In futex mode, once `poll_fd` was made, this arms its
-    /// `FUTEX_WAIT` (one `io_uring_enter`, unless one is still armed from an earlier wait).
+    /// (reap instead of waiting), [`QueueError::PeerGone`] if the server has closed its side
+    /// and nothing is left to reap (an event loop that took `true` for "reap" would turn
+    /// without end, never waiting again). In futex mode, once `poll_fd` was made, this arms
+    /// its `FUTEX_WAIT` (one `io_uring_enter`, unless one is still armed from an earlier
+    /// wait).
     pub fn arm(&mut self) -> Result<bool, QueueError> {
         if self.app.arm()? {
+            // Completions, or the server's close (which the arm also reports as ready).
+            if !self.app.completions_ready()? && self.server_gone() {
+                self.app.disarm_edge();
+                return Err(QueueError::PeerGone);
+            }
             return Ok(true);
         }
         if let Some(poll) = &mut self.futex_poll {

@@ -44,6 +44,9 @@ pub struct Stream {
     /// Never wait: what would wait fails with `WouldBlock` instead (the async stream's mode).
     nonblocking: bool,
     scratch: Vec<StreamResp>,
+    /// Completions reaped so far (wrapping): the async stream wakes its other half when a
+    /// call reaped some, whatever that call returns.
+    reaped: u64,
 }
 
 impl Stream {
@@ -78,6 +81,7 @@ impl Stream {
             timeout: None,
             nonblocking: false,
             scratch: Vec::new(),
+            reaped: 0,
         }
     }
 
@@ -234,6 +238,9 @@ impl Stream {
         let mut done = std::mem::take(&mut self.scratch);
         done.clear();
         let reaped = self.client.reap_into(&mut done, usize::MAX).map_err(io_err);
+        if let Ok(n) = reaped {
+            self.reaped = self.reaped.wrapping_add(n as u64);
+        }
         let handled = match reaped {
             Ok(0) if wait && self.nonblocking => Err(io::ErrorKind::WouldBlock.into()),
             Ok(_) => self.handle_completions(&done),
@@ -388,6 +395,12 @@ impl Write for Stream {
 }
 
 impl Stream {
+    /// Completions reaped so far (wrapping): it changes exactly when a call reaped some.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn reaped(&self) -> u64 {
+        self.reaped
+    }
+
     /// Waits until input is ready (`true`) or the stream has ended (`false`).
     fn input_ready(&mut self) -> io::Result<bool> {
         if let Some(e) = self.deferred.take() {
@@ -419,6 +432,11 @@ impl Stream {
                 && self.client.space().map_err(io_err)? == 0
             {
                 if self.nonblocking {
+                    // Reap first, as every other call that says `WouldBlock` does: with nothing
+                    // lent, a completion there is one the server made up (an error here), and
+                    // left in the ring it would have the async stream's arm find it ready again
+                    // and again, turning without end inside one poll.
+                    self.pump(false)?;
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
                 match self.client.wait_space(self.timeout) {

@@ -411,12 +411,12 @@ pub fn fds_back_to(want: usize, what: &str) {
     }
 }
 
-/// A real queue pair a fake server set up for one client (64-entry rings, the kick on a
-/// futex, 256-byte buffers at `pool_offset` in a 1 MiB memfd), with the welcome and the
-/// descriptors that bring a client onto it.
-pub struct FakePair {
+/// A real queue pair a fake server set up for one client (64-entry rings unless made with
+/// [`fake_pair_of`], the kick on a futex, 256-byte buffers at `pool_offset` in a 1 MiB memfd),
+/// with the welcome and the descriptors that bring a client onto it.
+pub struct FakePair<S = EchoReq, C = EchoResp> {
     pub region: std::sync::Arc<subring_shm::Region>,
-    pub service: subring_planes::pair::ServiceSide<EchoReq, EchoResp>,
+    pub service: subring_planes::pair::ServiceSide<S, C>,
     pub welcome: proto::Welcome,
     pub fds: Vec<OwnedFd>,
 }
@@ -433,11 +433,22 @@ pub fn fake_pair_kicked(
     buf_count: u32,
     pool_offset: u64,
 ) -> FakePair {
+    fake_pair_of(kick_mode, call_mode, buf_count, pool_offset, 64)
+}
+
+/// [`fake_pair_kicked`] for entries `S` and `C`, with rings of `capacity` entries.
+pub fn fake_pair_of<S: bytemuck::Pod, C: bytemuck::Pod>(
+    kick_mode: NotifyMode,
+    call_mode: NotifyMode,
+    buf_count: u32,
+    pool_offset: u64,
+    capacity: u32,
+) -> FakePair<S, C> {
     use std::os::fd::AsFd;
     use subring_planes::pair::{PairConfig, PairSignals, ServiceSide};
     let config = PairConfig {
-        sq_capacity: 64,
-        cq_capacity: 64,
+        sq_capacity: capacity,
+        cq_capacity: capacity,
         kick_mode,
         call_mode,
         event_idx: true,
@@ -447,9 +458,7 @@ pub fn fake_pair_kicked(
             .unwrap(),
     );
     let signals = PairSignals::for_config(&config).unwrap();
-    let service =
-        ServiceSide::<EchoReq, EchoResp>::create(region.clone(), 0, &config, signals.clone())
-            .unwrap();
+    let service = ServiceSide::<S, C>::create(region.clone(), 0, &config, signals.clone()).unwrap();
     let welcome = proto::Welcome {
         client_id: 1,
         server_pid: std::process::id(),
@@ -458,8 +467,8 @@ pub fn fake_pair_kicked(
         pool_offset,
         buf_size: 256,
         buf_count,
-        sq_capacity: 64,
-        cq_capacity: 64,
+        sq_capacity: capacity,
+        cq_capacity: capacity,
         kick_mode: kick_mode.into(),
         call_mode: call_mode.into(),
         kick_fd: signals.kick.is_some(),
