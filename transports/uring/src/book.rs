@@ -155,8 +155,9 @@ impl Book {
             self.release_region(key, region);
         }
         let mut result = match (res, &aux) {
-            // A zero-copy send's notification: the result is the send's.
+            // A zero-copy send's notification: the result is the send's, failure included.
             (0, op::Aux::Sent(n)) if cqueue::notif(cqe.flags()) => Ok(*n),
+            (0, op::Aux::SendFailed(e)) if cqueue::notif(cqe.flags()) => failed(&op, token, *e),
             (0.., _) => match op::most_bytes(&op) {
                 Some(most) if res as usize > most => Err(op::too_long(op.name(), token, res, most)),
                 _ => Ok(res as u32),
@@ -202,8 +203,11 @@ impl Book {
         };
         let token = slot.token;
         let op = slot.op.as_ref().expect("checked above");
-        if res >= 0 && matches!(op, Op::SendZc { .. } | Op::SendZcFixed { .. }) {
-            slot.aux = op::Aux::Sent(res as u32);
+        if matches!(op, Op::SendZc { .. } | Op::SendZcFixed { .. }) {
+            slot.aux = match res {
+                0.. => op::Aux::Sent(res as u32),
+                _ => op::Aux::SendFailed(res),
+            };
         }
         let mut result = match res {
             0.. => Ok(res as u32),

@@ -43,8 +43,8 @@ pub use lender::Lender;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PoolError {
-    /// The buffer size is 0 or over 4 GiB.
-    #[error("buffer size {buf_size} must be 1..=4 GiB")]
+    /// The buffer size is 0, or 4 GiB or more (a length is a `u32`).
+    #[error("buffer size {buf_size} must be 1 byte to 4 GiB - 1")]
     BufSize {
         /// The size asked for.
         buf_size: usize,

@@ -17,6 +17,9 @@ pub(crate) enum Aux {
     Msg(Box<MsgHdr>),
     /// The bytes a zero-copy send reported in its first completion, for its last one.
     Sent(u32),
+    /// The error (a negative `errno`) a zero-copy send reported in its first completion, for
+    /// its last one: a send that fails has a notification too on the kernels that post one.
+    SendFailed(i32),
     /// The descriptor numbers a files update reads.
     Fds(Vec<RawFd>),
 }

@@ -205,8 +205,10 @@ pub enum Op {
     /// from `buf` itself, so it keeps reading it after the send is reported. Two completions:
     /// the first with the bytes sent and [`more`](crate::Completion::more) set (no buffer
     /// yet), then, once the kernel's notification says it no longer reads the buffer, the last
-    /// one with the same result and the buffer in [`Output::Buf`]. (A send that fails has only
-    /// the one, with the buffer.) The buffer cannot come back earlier: the operation owns it.
+    /// one with the same result and the buffer in [`Output::Buf`]. A send that fails is told the
+    /// same way: its error in the first completion and again, with the buffer, in the last (or
+    /// in one completion, with the buffer, where the kernel posts no notification for it). The
+    /// buffer cannot come back earlier: the operation owns it.
     SendZc {
         /// Socket.
         fd: Target,

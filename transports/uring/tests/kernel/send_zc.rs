@@ -84,3 +84,55 @@ fn a_zero_copy_send_from_a_registered_region() {
     assert_eq!(back.to_vec(), pattern(3000));
     assert_eq!(pool.free_count(), 15);
 }
+
+/// A zero-copy send that fails (a TCP socket never connected): the kernel posts its error
+/// with `more` set and then a notification. The last completion, the one with the buffer,
+/// carries the error too. It used to say `Ok(0)`, as if the send had gone out empty, so a
+/// caller that looks at the last completion (where the buffer comes back) lost the error.
+#[test]
+fn a_zero_copy_send_that_fails_says_so_with_its_buffer() {
+    if !kernel_at_least(6, 0) {
+        return;
+    }
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let never_connected = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let mut ring = Uring::builder().build().unwrap();
+    let data = pattern(4096);
+    push(
+        &mut ring,
+        9,
+        Op::SendZc {
+            fd: target(&never_connected),
+            buf: data.clone(),
+            flags: libc::MSG_NOSIGNAL,
+        },
+    );
+    let mut last = next(&mut ring);
+    let mut errors = 0;
+    loop {
+        assert_eq!(last.token, 9);
+        let e = last
+            .result
+            .as_ref()
+            .expect_err("a send on a socket never connected");
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+        errors += 1;
+        if !last.more {
+            break;
+        }
+        last = next(&mut ring);
+    }
+    assert!((1..=2).contains(&errors), "{errors} completions");
+    assert_eq!(
+        buf(&last.output),
+        &data[..],
+        "the buffer, whole, with the last"
+    );
+    assert_eq!(ring.in_flight(), 0);
+}
