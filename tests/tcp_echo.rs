@@ -8,7 +8,7 @@ mod netns;
 #[path = "../examples/tcp_echo/load.rs"]
 #[allow(dead_code)]
 mod load;
-#[path = "../examples/tcp_echo/server.rs"]
+#[path = "../examples/tcp_echo/server/mod.rs"]
 #[allow(dead_code)]
 mod server;
 
@@ -221,4 +221,163 @@ fn echo_across_a_veth_pair_between_namespaces() {
     });
     let r = client.join().expect("load across the veth pair");
     assert_eq!(run.stop().bytes, r.requests * 1500);
+}
+
+/// A client that writes 64 KiB pieces for as long as the server takes them (each write
+/// bounded by 300 ms, at most 64 MiB in all) and never reads; returns its socket, still open,
+/// and the error that stopped its writes (`None` if it wrote all 64 MiB).
+fn hog(addr: SocketAddr) -> (TcpStream, Option<std::io::Error>) {
+    hog_from(TcpStream::connect(addr).unwrap())
+}
+
+/// [`hog`] on `s`, connected.
+fn hog_from(s: TcpStream) -> (TcpStream, Option<std::io::Error>) {
+    s.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    let mut total = 0usize;
+    while total < 64 << 20 {
+        match (&s).write(&chunk) {
+            Ok(n) => total += n,
+            Err(e) => return (s, Some(e)),
+        }
+    }
+    (s, None)
+}
+
+/// An echo of `msg` on a new connection, within 5 s.
+fn echo_once(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(msg)?;
+    let mut got = vec![0; msg.len()];
+    s.read_exact(&mut got)?;
+    Ok(got)
+}
+
+/// A client that never reads, with the ring's one buffer in the send of its echo when that
+/// stalls: it holds fewer than `per_conn` buffers, so it is not demoted, and its receive
+/// finds the ring empty from then on, so it never will be. It used to hold the buffer for
+/// good, and every other connection's receive found the ring empty. A send from a ring buffer
+/// that stalls is now cancelled, the connection demoted, and the bytes go on from a copy:
+/// another client's echo comes.
+///
+/// For the stall to catch a send at its start (a send that finds some room completes short,
+/// and the rest goes on from a copy), the buffers are of 64 bytes, which a send either finds
+/// room for or none, and the server's sockets get the smallest send buffer (set on the
+/// listener, which they inherit) and the client the smallest receive buffer, so that it comes
+/// soon.
+#[test]
+fn a_client_that_never_reads_keeps_no_ring_buffer() {
+    use nix::sys::socket::{connect, setsockopt, socket, sockopt};
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn};
+    let cfg = ServerConfig {
+        buf_size: 64,
+        bufs: 1,
+        per_conn: 2,
+        zero_copy_from: usize::MAX,
+        send_stall: Duration::from_millis(50),
+        max_held: usize::MAX,
+        ..ServerConfig::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    setsockopt(&listener, sockopt::SndBuf, &1).unwrap();
+    let run = start(listener, cfg);
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, sockopt::RcvBuf, &1).unwrap();
+    let SocketAddr::V4(v4) = run.addr else {
+        unreachable!("bound to 127.0.0.1")
+    };
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4)).unwrap();
+    let hog = hog_from(TcpStream::from(fd));
+    let got = echo_once(run.addr, &[9; 100])
+        .expect("an echo while a client that never reads stays connected");
+    assert_eq!(got, [9; 100]);
+    drop(hog);
+    let stats = run.stop();
+    assert!(stats.stalled_sends >= 1, "{stats:?}");
+}
+
+/// Two slots, both held by clients that went idle: a third client's connection, waiting for
+/// a slot, is served once one of them has been idle for `idle_evict` and is closed. It used
+/// to wait for as long as the idle clients stayed.
+#[test]
+fn an_idle_connection_makes_room_for_one_waiting() {
+    let cfg = ServerConfig {
+        max_conns: 2,
+        idle_evict: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let run = start(TcpListener::bind("127.0.0.1:0").unwrap(), cfg);
+    let mut idle: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(run.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"hello").unwrap();
+            let mut got = [0; 5];
+            s.read_exact(&mut got).unwrap();
+            s
+        })
+        .collect();
+    let got = echo_once(run.addr, b"waiting").expect("the echo once an idle client made room");
+    assert_eq!(got, b"waiting");
+    let closed = idle
+        .iter_mut()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            matches!((&**s).read(&mut [0; 1]), Ok(0))
+        })
+        .count();
+    assert_eq!(closed, 1, "one idle client made room, the other stayed");
+    let stats = run.stop();
+    assert_eq!(stats.evicted_idle, 1, "{stats:?}");
+}
+
+/// One slot, held by a client that never reads: once its sends have made no progress for
+/// `send_timeout`, it is closed, and the client waiting for the slot is served. It used to
+/// hold the slot (and what it had sent) for good: a connection that is sending is never idle.
+#[test]
+fn a_client_whose_echo_never_moves_is_closed() {
+    let cfg = ServerConfig {
+        max_conns: 1,
+        send_stall: Duration::from_millis(50),
+        send_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let run = start(TcpListener::bind("127.0.0.1:0").unwrap(), cfg);
+    let hog = hog(run.addr);
+    let got = echo_once(run.addr, b"next").expect("the echo once the slow client was closed");
+    assert_eq!(got, b"next");
+    drop(hog);
+    let stats = run.stop();
+    assert!(stats.closed_slow >= 1, "{stats:?}");
+}
+
+/// A client that sends and never reads is closed once the server holds `max_held` of its
+/// bytes: its writes end in an error (the connection reset), not in a wait. The server used to
+/// keep copying what it received for as long as it came, a burst at a time.
+#[test]
+fn a_client_that_never_reads_is_closed_past_max_held() {
+    let cfg = ServerConfig {
+        bufs: 16,
+        per_conn: 2,
+        max_held: 16 * 1024,
+        ..ServerConfig::default()
+    };
+    let run = start(TcpListener::bind("127.0.0.1:0").unwrap(), cfg);
+    let (_hog, stopped) = hog(run.addr);
+    let e = stopped.expect("the writes stopped");
+    assert!(
+        matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "the writes ended in {e:?}, not in the connection's close"
+    );
+    let stats = run.stop();
+    assert!(stats.closed_slow >= 1, "{stats:?}");
 }

@@ -22,7 +22,7 @@
 #[allow(dead_code, missing_docs)]
 mod load;
 mod peers;
-#[path = "../../../examples/tcp_echo/server.rs"]
+#[path = "../../../examples/tcp_echo/server/mod.rs"]
 #[allow(dead_code, missing_docs)]
 mod server;
 
