@@ -281,17 +281,7 @@ impl<S: Pod, C: Pod> Completer for AppSide<S, C> {
     }
 
     fn reap_into(&mut self, out: &mut Vec<C>, max: usize) -> Result<usize, QueueError> {
-        let chunk = self.cq.read_chunk(max.min(u32::MAX as usize) as u32)?;
-        let n = chunk.len();
-        out.extend(chunk.iter());
-        chunk.release_all();
-        if n > 0 {
-            self.cq_bell.after_release(self.cq.released())?;
-        } else {
-            // Dry: as in `reap`.
-            self.cq_bell.before_wait(self.cq.released())?;
-        }
-        Ok(n)
+        self.reap_into_looking::<true>(out, max)
     }
 
     /// Inlined into the caller, system call included (see
@@ -323,6 +313,38 @@ impl<S: Pod, C: Pod> AppSide<S, C> {
             self.cq_bell.before_wait(self.cq.released())?;
         }
         Ok(c)
+    }
+
+    /// [`reap_into`](Completer::reap_into); `DRY_LOOK` as in `reap_looking`.
+    #[inline(always)]
+    fn reap_into_looking<const DRY_LOOK: bool>(
+        &mut self,
+        out: &mut Vec<C>,
+        max: usize,
+    ) -> Result<usize, QueueError> {
+        let chunk = self.cq.read_chunk(max.min(u32::MAX as usize) as u32)?;
+        let n = chunk.len();
+        out.extend(chunk.iter());
+        chunk.release_all();
+        if n > 0 {
+            self.cq_bell.after_release(self.cq.released())?;
+        } else if DRY_LOOK {
+            // Dry: as in `reap`.
+            self.cq_bell.before_wait(self.cq.released())?;
+        }
+        Ok(n)
+    }
+
+    /// Loom negative control only: [`reap_into`](Completer::reap_into) without the fenced look
+    /// when the ring runs dry.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn reap_into_without_dry_look_for_loom(
+        &mut self,
+        out: &mut Vec<C>,
+        max: usize,
+    ) -> Result<usize, QueueError> {
+        self.reap_into_looking::<false>(out, max)
     }
 
     /// Loom negative control only: [`reap`](Completer::reap) without the fenced look when the

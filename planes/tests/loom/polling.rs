@@ -14,6 +14,12 @@ use super::*;
 /// server's io_uring keeps one, then [`ServiceSide::disarm_room`]). `skip_look` is the
 /// negative control. Explored with at most 4 preemptions.
 fn polling_app_against_a_full_completion_ring(skip_look: bool, event_loop: bool) {
+    polling_app(skip_look, event_loop, false);
+}
+
+/// [`polling_app_against_a_full_completion_ring`], the app reaping with `reap_into` if `into`
+/// (as the shm byte stream does).
+fn polling_app(skip_look: bool, event_loop: bool, into: bool) {
     model_bounded(4, move || {
         let config = PairConfig {
             sq_capacity: 2,
@@ -47,14 +53,18 @@ fn polling_app_against_a_full_completion_ring(skip_look: bool, event_loop: bool)
         });
         let mut got = Vec::new();
         while got.len() < 2 {
-            let reaped = if skip_look {
-                app.reap_without_dry_look_for_loom()
-            } else {
-                app.reap()
+            let reaped = match (into, skip_look) {
+                (true, false) => app.reap_into(&mut got, 2),
+                (true, true) => app.reap_into_without_dry_look_for_loom(&mut got, 2),
+                (false, false) => app.reap().map(|v| got.extend(v)).map(|()| 0),
+                (false, true) => app
+                    .reap_without_dry_look_for_loom()
+                    .map(|v| got.extend(v))
+                    .map(|()| 0),
             };
-            match reaped.unwrap() {
-                Some(v) => got.push(v),
-                None => thread::yield_now(),
+            reaped.unwrap();
+            if got.len() < 2 {
+                thread::yield_now();
             }
         }
         assert_eq!(got, [1, 2]);
@@ -70,6 +80,18 @@ fn a_polling_app_wakes_a_service_asleep_on_a_full_completion_ring() {
 #[test]
 fn a_polling_app_wakes_a_service_in_an_event_loop_armed_for_room() {
     polling_app_against_a_full_completion_ring(false, true);
+}
+
+#[test]
+fn an_app_polling_reap_into_wakes_a_service_asleep_on_a_full_completion_ring() {
+    polling_app(false, false, true);
+}
+
+/// Negative control: `reap_into` without its fenced look when dry is caught.
+#[test]
+#[should_panic(expected = "maximum number of branches")]
+fn negative_control_an_app_polling_reap_into_with_relaxed_looks_only_is_caught() {
+    polling_app(true, false, true);
 }
 
 /// Negative control: the reap without its fenced look when dry (relaxed looks only) is
