@@ -13,6 +13,9 @@ pub(super) struct Conn {
     pub(super) send_ring: bool,
     /// ... and it was cancelled for stalling: its bytes go on from a copy.
     pub(super) send_stalled: bool,
+    /// A cancel of the send in flight was asked for (it stalled, or the connection is given
+    /// up).
+    pub(super) send_cancelled: bool,
     /// When the send in flight was made, and when a send last moved bytes (or the connection
     /// began to send after it had nothing to send).
     pub(super) send_since: Instant,
@@ -45,6 +48,7 @@ impl Conn {
             sending: false,
             send_ring: false,
             send_stalled: false,
+            send_cancelled: false,
             send_since: now,
             send_progress: now,
             send_stuck: false,

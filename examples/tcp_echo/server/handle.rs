@@ -107,12 +107,17 @@ impl Server {
                     }
                 }
             }
-            CLOSE => self.slot_freed((c.token & SLOT) as u32)?,
+            CLOSE => {
+                self.closes_in_flight -= 1;
+                self.slot_freed((c.token & SLOT) as u32)?;
+            }
             RECV => {
                 let Some((slot, conn)) = conn_of(&mut self.conns, c.token) else {
                     return Ok(());
                 };
                 match (&c.result, c.output) {
+                    // A connection given up keeps nothing more: the buffer goes back.
+                    _ if conn.abandoned => {}
                     (Ok(_), Output::Pooled(buf)) => {
                         self.stats.recvs += 1;
                         conn.active = self.now;
@@ -136,7 +141,8 @@ impl Server {
                     conn.copy_out_of_the_ring();
                 }
                 if !conn.closing && conn.queued_bytes() > self.cfg.max_held {
-                    // It sends and does not read: what it holds is not sent back.
+                    // It sends and does not read: what it holds is not sent back, and the
+                    // send in flight (stuck, most likely) is cancelled.
                     conn.abandon();
                     self.stats.closed_slow += 1;
                 }
@@ -159,12 +165,22 @@ impl Server {
                     }
                     conn.cancelled = false;
                 }
+                if conn.abandoned {
+                    self.cancel_send(slot)?;
+                }
                 self.send_next(slot)?;
                 self.resume_recv(slot)?;
             }
             SEND => {
                 if c.more {
-                    // A zero-copy send's first completion; its buffer comes with the next.
+                    // A zero-copy send's first completion; its buffer comes with the next. The
+                    // bytes it moved count as progress now.
+                    if let (Ok(1..), Some((_, conn))) =
+                        (&c.result, conn_of(&mut self.conns, c.token))
+                    {
+                        conn.send_stuck = false;
+                        (conn.send_progress, conn.active) = (self.now, self.now);
+                    }
                     return Ok(());
                 }
                 let sent = c.result.as_ref().map(|n| *n as usize);
@@ -191,6 +207,7 @@ impl Server {
                     return Ok(());
                 };
                 let stalled = std::mem::take(&mut conn.send_stalled);
+                conn.send_cancelled = false;
                 conn.sending = false;
                 conn.send_ring = false;
                 conn.send_stuck = true;
@@ -202,8 +219,9 @@ impl Server {
                             conn.send_progress = now;
                             conn.active = now;
                         }
-                        // A short send (rare): the rest goes next, as a copy.
-                        if let Some(rest) = rest {
+                        // A short send (rare): the rest goes next, as a copy (unless the
+                        // connection is given up).
+                        if let Some(rest) = rest.filter(|_| !conn.abandoned) {
                             conn.queue.push_front(Chunk::Own(rest));
                         }
                     }
@@ -221,6 +239,18 @@ impl Server {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Cancels the send in flight of the connection in `slot`, once.
+    pub(super) fn cancel_send(&mut self, slot: usize) -> Res<()> {
+        let token = self.token(SEND, slot);
+        match self.conns[slot].as_mut() {
+            Some(conn) if conn.sending && !conn.send_cancelled => {
+                conn.send_cancelled = true;
+                self.cancel(token)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `slot` is empty: a waiting connection takes it.
@@ -308,11 +338,13 @@ impl Server {
                 self.conns[slot] = None;
                 self.starved.retain(|s| *s != slot);
                 let fd = CloseTarget::Fixed(slot as u32);
+                self.closes_in_flight += 1;
                 self.push(self.token(CLOSE, slot), Op::Close { fd })?;
             }
             return Ok(());
         };
         conn.sending = true;
+        conn.send_cancelled = false;
         conn.send_ring = matches!(chunk, Chunk::Ring(_));
         conn.send_since = self.now;
         if !conn.send_stuck {

@@ -23,7 +23,9 @@
 //! No client holds the server's resources for as long as it likes ([`ServerConfig`] has the
 //! limits, `sweep.rs` the checks, made every [`SWEEP`]):
 //! - a send from a ring buffer that has not completed within `send_stall` (its client does not
-//!   read) is cancelled and goes on from a copy, so such a client keeps no ring buffer;
+//!   read) is cancelled and goes on from a copy, so such a client keeps no ring buffer (but a
+//!   zero-copy send, `zero_copy_from` and up, off by default for these buffers, keeps its
+//!   buffer until the kernel's notification, which waits for the peer to take the bytes);
 //! - a connection whose sends make no progress for `send_timeout`, or that holds more than
 //!   `max_held` bytes not yet sent back, is closed;
 //! - while connections wait for a slot, a connection that has done nothing for `idle_evict`
@@ -166,6 +168,8 @@ struct Server {
     next_sweep: Instant,
     /// The time at this turn's start (one clock read a turn).
     now: Instant,
+    /// Closes pushed whose completion has not come (their slots are not free yet).
+    closes_in_flight: usize,
 }
 
 /// How long a turn's wait holds out for its whole batch before it takes what came. Every
@@ -224,6 +228,7 @@ pub fn serve(listener: &TcpListener, stop: BorrowedFd<'_>, cfg: ServerConfig) ->
         stats: ServerStats::default(),
         next_sweep: Instant::now() + SWEEP,
         now: Instant::now(),
+        closes_in_flight: 0,
     };
     s.accept()?;
     s.push(

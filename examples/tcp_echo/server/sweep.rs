@@ -9,8 +9,13 @@ impl Server {
     /// closes those idle for `idle_evict`.
     pub(super) fn sweep(&mut self) -> Res<()> {
         let (now, cfg) = (self.now, self.cfg);
-        // As many idle connections are closed as connections wait for a slot.
-        let mut evict = self.waiting.len();
+        // As many idle connections are closed as connections wait for a slot, less those
+        // closing already (an eviction of an earlier sweep whose close is under way among them).
+        let closing = self.conns.iter().flatten().filter(|c| c.closing).count();
+        let mut evict = self
+            .waiting
+            .len()
+            .saturating_sub(closing + self.closes_in_flight);
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_mut() else {
                 continue;
@@ -23,7 +28,10 @@ impl Server {
                 // It does not read what it is sent: it is closed.
                 conn.abandon();
                 self.stats.closed_slow += 1;
-                cancel_send = !conn.send_stalled;
+                cancel_send = true;
+            } else if conn.abandoned && conn.sending && !conn.send_cancelled {
+                // Given up (past `max_held`, say) with a send in flight: it goes.
+                cancel_send = true;
             } else if conn.sending
                 && conn.send_ring
                 && !conn.send_stalled
@@ -55,7 +63,7 @@ impl Server {
                 continue;
             }
             if cancel_send {
-                self.cancel(self.token(SEND, slot))?;
+                self.cancel_send(slot)?;
             }
             // A closing connection's receive is cancelled, and it closes once nothing is in
             // flight.
