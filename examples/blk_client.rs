@@ -44,6 +44,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if block == 0 || block % 4096 != 0 {
         return Err("BLOCK_SIZE must be a positive multiple of 4096".into());
     }
+    if count == 0 {
+        return Err("COUNT must be at least 1".into());
+    }
     let mut options = BlkOptions::new().buffers(block as u32, 64).capacity(64);
     if untrusting {
         options = options.untrusted_server();
@@ -80,7 +83,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         client.submit()?;
         let d = client.next(LIMIT)?;
-        d.result.map_err(|e| format!("write {}: {e}", d.tag))?;
+        let n = d.result.map_err(|e| format!("write {}: {e}", d.tag))?;
+        if n as usize != block {
+            return Err(format!("write {}: {n} of {block} bytes written", d.tag).into());
+        }
         done += 1;
     }
     client.flush(u64::MAX)?;

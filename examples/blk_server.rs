@@ -45,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--futex-sleep" => server_config.sleep = subring::shm::ServerSleep::Futex,
             "--for" => {
                 let s = rest.next().ok_or(usage)?;
-                limit = Some(Duration::from_secs_f64(s.parse()?));
+                limit = Some(Duration::try_from_secs_f64(s.parse()?)?);
             }
             _ => return Err(usage.into()),
         }

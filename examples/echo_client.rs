@@ -19,6 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "/tmp/subring-echo.sock".to_string());
     let mode: NotifyMode = args.next().as_deref().unwrap_or("adaptive").parse()?;
     let count: usize = args.next().as_deref().unwrap_or("20000").parse()?;
+    if count == 0 {
+        return Err("COUNT must be at least 1".into());
+    }
     let options = ClientOptions::new(ECHO_PROTOCOL)
         .mode(mode)
         .buffers(4096, 64);
@@ -37,24 +40,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         buf.fill_from(message);
         let sum = checksum(message);
         let start = Instant::now();
-        client.push(EchoReq {
+        // The buffer is lent once the ring has taken the request (a refused push hands it back).
+        client.push_lending(buf, |buf| EchoReq {
             seq,
             op: EchoOp::UPPER,
             reserved: 0,
-            buf: buf.lend(),
+            buf,
         })?;
         client.submit()?;
-        let resp = loop {
-            if let Some(r) = client.reap()? {
-                break r;
-            }
-            client.wait(Some(Duration::from_secs(10)))?;
-        };
+        // The answer and its buffer, within 10 s in all.
+        let (resp, back) = client.wait_reap_buf(Duration::from_secs(10), |r| r.buf)?;
         rtts.push(start.elapsed().as_nanos() as u64);
         if resp.seq != seq || resp.status != EchoStatus::OK || resp.sum != sum {
             return Err(format!("bad answer {resp:?} to request {seq}").into());
         }
-        let back = client.reclaim(resp.buf)?;
         if back.to_vec() != message.to_ascii_uppercase() {
             return Err(format!("payload {seq} not upper-cased in place").into());
         }

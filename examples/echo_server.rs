@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| "/tmp/subring-echo.sock".to_string());
     let limit = match (args.next().as_deref(), args.next()) {
-        (Some("--for"), Some(s)) => Some(Duration::from_secs_f64(s.parse()?)),
+        (Some("--for"), Some(s)) => Some(Duration::try_from_secs_f64(s.parse()?)?),
         (None, _) => None,
         _ => return Err("usage: echo_server [SOCKET_PATH] [--for SECONDS]".into()),
     };

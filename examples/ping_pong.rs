@@ -32,7 +32,7 @@ fn config(mode: NotifyMode) -> PairConfig {
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--serve") {
-        return serve(args[2].parse()?);
+        return serve(args.get(2).ok_or("--serve needs a notify mode")?.parse()?);
     }
     let round_trips: usize = match args.get(1) {
         Some(n) => n

@@ -48,7 +48,7 @@ fn serve(path: &str) -> Result<(), Box<dyn std::error::Error>> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--serve") {
-        return serve(&args[2]);
+        return serve(args.get(2).ok_or("--serve needs a socket path")?);
     }
     let input = match args.get(1) {
         Some(file) => std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?,

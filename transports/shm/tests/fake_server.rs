@@ -436,6 +436,38 @@ fn arm_says_the_server_is_gone_once_it_closed_with_nothing_to_reap() {
     }
 }
 
+/// `push_lending` lends its buffer only once the ring has taken the entry: a push into a full
+/// ring hands the entry back and the buffer returns to the pool (lending first, as the
+/// examples did, left it lent for good).
+#[test]
+fn a_refused_push_lending_leaves_no_buffer_lent() {
+    use subring_shm::queue::{QueueError, Submitter};
+    let (_pair, _ours, mut client) = connect_to_fake_server(NotifyMode::EventFd);
+    let ping = |seq| EchoReq {
+        seq,
+        op: subring_shm::echo::EchoOp::PING,
+        reserved: 0,
+        buf: subring_shm::BufHandle::default(),
+    };
+    let mut pushed = 0;
+    while client.push(ping(pushed)).is_ok() {
+        pushed += 1;
+        assert!(pushed <= 64, "a 64-entry ring took more than 64");
+    }
+    let free = client.pool().free_count();
+    let buf = client.alloc().unwrap();
+    let refused = client.push_lending(buf, |buf| EchoReq { buf, ..ping(99) });
+    assert!(
+        matches!(refused, Err(ref r) if matches!(r.error, QueueError::Full) && r.entry.seq == 99),
+        "{refused:?}"
+    );
+    assert_eq!(
+        client.pool().free_count(),
+        free,
+        "the buffer is back in the pool"
+    );
+}
+
 /// The first page of a fake server's memfd, mapped as the server's process would map it: the
 /// queue pair's header, whose fourth word is the service's closed word.
 struct ServerHeader(std::ptr::NonNull<std::ffi::c_void>);

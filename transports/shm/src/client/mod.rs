@@ -170,6 +170,21 @@ impl<S: Pod, C: Pod> Client<S, C> {
         self.pool.alloc()
     }
 
+    /// Pushes the entry `entry` makes of `buf`'s handle, and lends `buf` once the ring has taken
+    /// it: a push the ring refuses ([`QueueError::Full`], say) hands the entry back and `buf`
+    /// returns to the pool, so no loan is left behind. (Lending first, then pushing, leaves the
+    /// buffer lent for good when the push is refused.) The server sees the entry after
+    /// [`submit`](Submitter::submit).
+    pub fn push_lending(
+        &mut self,
+        buf: Buf,
+        entry: impl FnOnce(BufHandle) -> S,
+    ) -> Result<(), Rejected<S>> {
+        self.push(entry(buf.handle()))?;
+        let _lent = buf.lend();
+        Ok(())
+    }
+
     /// Takes back a buffer the server returned in a completion, after checking that `handle`
     /// names a buffer this client lent.
     pub fn reclaim(&self, handle: BufHandle) -> Result<Buf, PoolError> {

@@ -183,6 +183,20 @@ where
     }
 
     /// A server listening at `path` whose every client is served by a clone of `handler`.
+    ///
+    /// ```
+    /// # use subring_shm::{Server, ServerConfig};
+    /// let dir = std::env::temp_dir().join(format!("subring-bind-fn-{}", std::process::id()));
+    /// std::fs::create_dir(&dir)?;
+    /// let path = dir.join("inc.sock");
+    /// let server = Server::bind_fn(&path, ServerConfig::new("inc/1"), |ctx, x: u64| {
+    ///     ctx.complete(x + 1)
+    /// })?;
+    /// # let _: &Server<u64, u64, _> = &server;
+    /// drop(server);
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn bind_fn(
         path: impl AsRef<Path>,
         config: ServerConfig,
