@@ -439,7 +439,7 @@ fn random_kills_are_seen_promptly() {
             worst.0 = worst.0.max(took);
             assert!(
                 took < limit,
-                "a killed {mode} client was released after {took:?}"
+                "{sleep:?} server: a killed {mode} client was released after {took:?}"
             );
         }
         drop(ours);

@@ -13,7 +13,6 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     /// the adaptive window) or arm every ring and sleep in epoll. Returns whether it slept.
     #[inline(always)]
     pub(super) fn turn_bounded(&mut self, until: Option<Instant>) -> Result<bool, Error> {
-        self.turns += 1;
         let mut work = self.serve_all();
         work += self.poll_service();
         if !self.departing.is_empty() {
@@ -28,7 +27,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             // turn of cheap requests is short), and after every long turn (one where a client
             // spent its byte budget): new clients and control messages must not wait behind
             // thousands of expensive turns.
-            if self.turns % EVENT_CHECK_EVERY == 0 || std::mem::take(&mut self.heavy_turn) {
+            if self.events_due() {
                 self.poll_events(Some(Duration::ZERO))?;
             }
             self.take_control_events()?;
@@ -37,7 +36,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         self.idle_turns += 1;
         if self.keep_polling() {
             std::hint::spin_loop();
-            if self.idle_turns % EVENT_CHECK_EVERY == 0 {
+            if self.events_due() {
                 self.poll_events(Some(Duration::ZERO))?;
             }
             self.take_control_events()?;
@@ -64,7 +63,24 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         let slept = self.sleep(timeout);
         self.disarm_all();
         self.idle_turns = 0;
+        // The sleep looked at the sockets.
+        self.since_events = 0;
         slept.map(|()| true)
+    }
+
+    /// Counts a polling turn toward the next look at the sockets: true every
+    /// [`EVENT_CHECK_EVERY`] turns, busy and idle counted together, or after a heavy turn (one
+    /// where a client spent its byte budget). Counted apart, a client with a request every few
+    /// hundred turns kept the idle count from reaching it and left the look to the rare busy
+    /// turn whose number fell on a multiple of it: a hang-up or a new client waited up to a
+    /// second or more behind a client pinging every 200 us.
+    pub(super) fn events_due(&mut self) -> bool {
+        self.since_events += 1;
+        if self.since_events >= EVENT_CHECK_EVERY || std::mem::take(&mut self.heavy_turn) {
+            self.since_events = 0;
+            return true;
+        }
+        false
     }
 
     /// Sleeps (every ring armed) in epoll, or with [`ServerSleep::Futex`] on the clients' kick

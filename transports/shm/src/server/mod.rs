@@ -93,9 +93,10 @@ pub struct Server<S: Pod, C: Pod, V: Service<S, C>> {
     spin_clients: usize,
     adaptive_clients: usize,
     events: Vec<EpollEvent>,
-    turns: u64,
     idle_since: Option<Instant>,
     idle_turns: u64,
+    /// Polling turns since the last look at the sockets ([`EVENT_CHECK_EVERY`]).
+    since_events: u64,
     /// The futex sleep's control thread, with [`ServerSleep::Futex`].
     futex: Option<FutexSleep>,
     /// A client with a kick word came or went since the futex sleep's words were set.
@@ -278,9 +279,9 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             spin_clients: 0,
             adaptive_clients: 0,
             events: vec![EpollEvent::empty(); 64],
-            turns: 0,
             idle_since: None,
             idle_turns: 0,
+            since_events: 0,
             futex,
             kick_words_changed: false,
             kick_waits: None,
@@ -439,12 +440,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     /// [`Stopper`] asks it to stop (see [`stopping`](Self::stopping)), and
     /// [`ServerConfig::exit_when_empty`] does not apply to it.
     pub fn poll(&mut self) -> Result<bool, Error> {
-        self.turns += 1;
         let work = self.serve_all() + self.poll_service();
         if !self.departing.is_empty() {
             self.retire_departed();
         }
-        if self.turns % EVENT_CHECK_EVERY == 0 || std::mem::take(&mut self.heavy_turn) {
+        if self.events_due() {
             self.poll_events(Some(Duration::ZERO))?;
         }
         self.take_control_events()?;
