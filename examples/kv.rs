@@ -83,7 +83,7 @@ impl Resp {
 }
 
 // The server side: one store for every client, on the server's thread.
-/// The most bytes of values the store holds: a PUT that would grow it past this is refused.
+/// The most bytes the store holds: a PUT that would grow it past this is refused.
 const STORE_BYTES: usize = 64 << 20;
 struct Store(HashMap<u64, Vec<u8>>, usize);
 
@@ -94,10 +94,11 @@ impl subring::shm::Service<Req, Resp> for Store {
         let found = self.0.contains_key(&req.key);
         let (mut status, mut len) = (REFUSED, 0);
         if req.op == Op::PUT {
-            // The client's bytes, read where they lie (copied once, into the store).
-            let room = STORE_BYTES - self.1 + self.0.get(&req.key).map_or(0, Vec::len);
-            if let Some(value) = ctx.payload(req.buf).ok().filter(|v| v.len() <= room) {
-                (self.1, status) = (STORE_BYTES - room + value.len(), OK);
+            // The client's bytes, read where they lie (copied once, into the store). An entry
+            // costs its value and 64 bytes besides (the map's own), empty values included.
+            let room = STORE_BYTES - self.1 + self.0.get(&req.key).map_or(0, |v| 64 + v.len());
+            if let Some(value) = ctx.payload(req.buf).ok().filter(|v| 64 + v.len() <= room) {
+                (self.1, status) = (STORE_BYTES - room + 64 + value.len(), OK);
                 self.0.insert(req.key, value.to_vec());
             }
         } else if req.op == Op::GET {

@@ -349,6 +349,7 @@ fn a_client_whose_echo_never_moves_is_closed() {
         max_conns: 1,
         send_stall: Duration::from_millis(50),
         send_timeout: Duration::from_millis(300),
+        max_held: usize::MAX,
         ..ServerConfig::default()
     };
     let run = start(TcpListener::bind("127.0.0.1:0").unwrap(), cfg);

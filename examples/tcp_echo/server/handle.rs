@@ -43,6 +43,12 @@ impl Server {
 
     /// Installs connection `fd` in a free slot, or has it wait for one.
     pub(super) fn install(&mut self, fd: OwnedFd) -> Res<()> {
+        // Bytes the peer does not acknowledge for `send_timeout` (a client that does not read,
+        // its window shut) end the connection in the kernel: a zero-copy send, whose buffer
+        // comes back only once the peer has taken the bytes, is not held past it either. A
+        // socket that refuses the option (not TCP) goes without.
+        let ms = u32::try_from(self.cfg.send_timeout.as_millis()).unwrap_or(u32::MAX);
+        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::TcpUserTimeout, &ms);
         let Some(slot) = self.free.pop() else {
             self.stats.waited += 1;
             self.waiting.push_back(fd);

@@ -25,7 +25,8 @@
 //! - a send from a ring buffer that has not completed within `send_stall` (its client does not
 //!   read) is cancelled and goes on from a copy, so such a client keeps no ring buffer (but a
 //!   zero-copy send, `zero_copy_from` and up, off by default for these buffers, keeps its
-//!   buffer until the kernel's notification, which waits for the peer to take the bytes);
+//!   buffer until the kernel's notification, which waits for the peer to take the bytes: the
+//!   connection's `TCP_USER_TIMEOUT`, set to `send_timeout`, bounds that wait);
 //! - a connection whose sends make no progress for `send_timeout`, or that holds more than
 //!   `max_held` bytes not yet sent back, is closed;
 //! - while connections wait for a slot, a connection that has done nothing for `idle_evict`

@@ -173,8 +173,9 @@ impl<S: Pod, C: Pod> Client<S, C> {
     /// Pushes the entry `entry` makes of `buf`'s handle, and lends `buf` once the ring has taken
     /// it: a push the ring refuses ([`QueueError::Full`], say) hands the entry back and `buf`
     /// returns to the pool, so no loan is left behind. (Lending first, then pushing, leaves the
-    /// buffer lent for good when the push is refused.) The server sees the entry after
-    /// [`submit`](Submitter::submit).
+    /// buffer lent for good when the push is refused.) The entry handed back names a buffer
+    /// that is the pool's again: retry with a buffer of your own (another `push_lending`), not
+    /// by pushing that entry. The server sees the entry after [`submit`](Submitter::submit).
     pub fn push_lending(
         &mut self,
         buf: Buf,

@@ -76,7 +76,8 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
     /// second or more behind a client pinging every 200 us.
     pub(super) fn events_due(&mut self) -> bool {
         self.since_events += 1;
-        if self.since_events >= EVENT_CHECK_EVERY || std::mem::take(&mut self.heavy_turn) {
+        let heavy = std::mem::take(&mut self.heavy_turn);
+        if self.since_events >= EVENT_CHECK_EVERY || heavy {
             self.since_events = 0;
             return true;
         }
