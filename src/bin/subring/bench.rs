@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -49,8 +49,13 @@ pub struct Args {
     /// Write an SVG chart of the latency distributions and ratios to this file.
     #[arg(long, value_name = "PATH")]
     plot: Option<PathBuf>,
-    /// Run only these sections (default: all that were built).
-    #[arg(long, value_enum, value_delimiter = ',')]
+    /// Run only these sections, comma-separated (default: all that were built).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "SECTION[,SECTION...]"
+    )]
     only: Vec<Part>,
 }
 
@@ -84,23 +89,41 @@ fn machine() -> String {
     format!("{cpus} CPUs ({model}), Linux {kernel}")
 }
 
-/// Creates (truncates) an output file now, so that a bad path fails before the run.
-fn output(path: &Option<PathBuf>, what: &str) -> Result<Option<File>, Error> {
-    path.as_ref()
-        .map(|p| {
-            File::create(p).map_err(|e| format!("cannot write the {what} to {}: {e}", p.display()))
-        })
-        .transpose()
-        .map_err(Into::into)
+/// Where an output is written first: renamed to `path` once whole, so that a run that fails
+/// leaves an earlier file at `path` as it was.
+fn partial(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".partial");
+    name.into()
+}
+
+/// Checks now that an output can be written beside `path` (so that a bad path fails before the
+/// run), without touching a file already there.
+fn check_output(path: &Option<PathBuf>, what: &str) -> Result<(), Error> {
+    if let Some(p) = path {
+        let tmp = partial(p);
+        File::create(&tmp)
+            .and_then(|_| std::fs::remove_file(&tmp))
+            .map_err(|e| format!("cannot write the {what} to {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes an output through `write` into its partial file, then renames it to `path`.
+fn write_output(path: &Path, write: impl FnOnce(&Path) -> Result<(), Error>) -> Result<(), Error> {
+    let tmp = partial(path);
+    write(&tmp)?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), path.display()).into())
 }
 
 pub fn run(args: &Args) -> Result<(), Error> {
-    let json = output(&args.json, "JSON results")?;
-    let svg = output(&args.plot, "chart")?;
-    let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
     if !cfg!(feature = "iceoryx2") && args.only.contains(&Part::Iceoryx2) {
         return Err("iceoryx2 was not built: run with `--features iceoryx2`".into());
     }
+    check_output(&args.json, "JSON results")?;
+    check_output(&args.plot, "chart")?;
+    let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -182,13 +205,20 @@ pub fn run(args: &Args) -> Result<(), Error> {
         if args.quick { "quick" } else { "full" },
         start.elapsed().as_secs_f64()
     );
-    if let (Some(file), Some(path)) = (json, &args.json) {
-        serde_json::to_writer_pretty(file, &report)
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    if let Some(path) = &args.json {
+        write_output(path, |tmp| {
+            let file = File::create(tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            serde_json::to_writer_pretty(&mut out, &report)
+                .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+            std::io::Write::flush(&mut out)
+                .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+            Ok(())
+        })?;
         println!("results: {}", path.display());
     }
-    if let (Some(_), Some(path)) = (svg, &args.plot) {
-        plot::write_svg(&report, path)?;
+    if let Some(path) = &args.plot {
+        write_output(path, |tmp| Ok(plot::write_svg(&report, tmp)?))?;
         println!("chart: {}", path.display());
     }
     Ok(())

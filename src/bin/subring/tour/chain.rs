@@ -2,7 +2,6 @@
 //! blocks through it, and the kernel's reads land in the tour's own memory, which the storage
 //! process registered with its io_uring: no copy in between.
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,13 +45,10 @@ pub fn serve_blk(path: &Path, device: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-pub(crate) fn chain() -> Result<(), Error> {
+pub(crate) fn chain(dir: &TourDir) -> Result<(), Error> {
     println!("3. The chain: a storage process fronting the kernel, reads landing in our memory");
-    let dir = std::env::temp_dir();
-    let pid = std::process::id();
-    let path = dir.join(format!("subring-tour-{pid}-blk.sock"));
-    let device = dir.join(format!("subring-tour-{pid}.disk"));
-    let _paths = Paths(vec![path.clone(), device.clone()]);
+    let path = dir.path("blk.sock");
+    let device = dir.path("disk");
     drop(make_file(&device)?);
     let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
     let child = Command::new(exe)
@@ -65,14 +61,10 @@ pub(crate) fn chain() -> Result<(), Error> {
     let server_pid = child.id();
     let mut child = Reaped(Some(child));
     let options = BlkOptions::new().buffers(BLOCK as u32, 32).capacity(32);
-    let start = Instant::now();
-    let mut client = loop {
-        match BlkClient::connect(&path, &options) {
-            Ok(c) => break c,
-            Err(_) if start.elapsed() < PATIENCE => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("connecting to {}: {e}", path.display()).into()),
-        }
-    };
+    let mut client = connect_to_child(&mut child, "the storage process", || {
+        BlkClient::connect(&path, &options)
+            .map_err(|e| format!("connecting to {}: {e}", path.display()).into())
+    })?;
     println!(
         "   The storage process (pid {server_pid}) serves a {} MiB file {}. It registered this",
         client.size() >> 20,
@@ -132,15 +124,7 @@ pub(crate) fn chain() -> Result<(), Error> {
     let (bell, wait) = (shm.doorbell_stats(), shm.notify_stats());
     drop(client);
 
-    let mut child = child.0.take().ok_or("storage process already reaped")?;
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        stdout.read_to_string(&mut out)?;
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        return Err(format!("the storage process failed ({status})").into());
-    }
+    let out = finish(&mut child, "the storage process", 2 * PATIENCE)?;
     let nums: Vec<u64> = out
         .split_whitespace()
         .filter_map(|w| w.parse().ok())
@@ -149,8 +133,8 @@ pub(crate) fn chain() -> Result<(), Error> {
         return Err(format!("the storage process printed {out:?}").into());
     };
     println!(
-        "\n   {CHAIN_READS} random {} KiB reads, 32 in flight, every block checked: {:.2} GB/s, \
-         latency p50 {} p99 {}",
+        "\n   {CHAIN_READS} random {} KiB reads, 32 in flight, every block checked (every 64th \
+         word): {:.2} GB/s, latency p50 {} p99 {}",
         BLOCK >> 10,
         (CHAIN_READS as usize * BLOCK) as f64 / took.as_secs_f64() / 1e9,
         us(samples.p50()),

@@ -10,14 +10,13 @@ use subring::uring::{FixedBuf, Op, Output, Submission, Target, Uring};
 
 use super::*;
 
-pub(crate) fn kernel() -> Result<(), Error> {
+pub(crate) fn kernel(dir: &TourDir) -> Result<(), Error> {
     println!("2. The kernel as a subsystem: io_uring");
     let mut ring = Uring::builder()
         .entries(64)
         .build()
         .map_err(|e| format!("io_uring is not available here: {e}"))?;
-    let path = std::env::temp_dir().join(format!("subring-tour-{}.data", std::process::id()));
-    let _paths = Paths(vec![path.clone()]);
+    let path = dir.path("data");
     let file = make_file(&path)?;
     let depth = DEPTH as usize;
     let region = Arc::new(Region::memfd(
@@ -31,7 +30,7 @@ pub(crate) fn kernel() -> Result<(), Error> {
     println!(
         "   {READS} random 4 KiB reads of a {} MiB page-cached file, {depth} in flight, into \
          fixed buffers: a memfd region registered with the ring (the kernel copies straight \
-         into memory another process could map). Every block read is checked.",
+         into memory another process could map). Every block read is checked (every 64th word).",
         FILE_LEN >> 20
     );
 

@@ -85,15 +85,100 @@ impl Drop for Reaped {
     }
 }
 
-/// Removes the socket files when the tour ends.
-pub(crate) struct Paths(pub(crate) Vec<PathBuf>);
+/// The tour's own directory (its sockets and files), made anew with mode 0700, so that no
+/// other user can put a listener or a link where the tour looks; removed with all it holds
+/// when the tour ends.
+pub(crate) struct TourDir(PathBuf);
 
-impl Drop for Paths {
+impl TourDir {
+    pub(crate) fn new() -> Result<Self, Error> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        for n in 0..100 {
+            let dir = base.join(format!("subring-tour-{}-{n}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(TourDir(dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(format!("making a directory in {}: {e}", base.display()).into())
+                }
+            }
+        }
+        Err(format!(
+            "no free name for the tour's directory in {}",
+            base.display()
+        )
+        .into())
+    }
+
+    /// `name` in the directory.
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TourDir {
     fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Connects with `connect` until it succeeds, `PATIENCE` passes, or the child process it talks
+/// to has exited (it will never listen then: said at once, with its status).
+pub(crate) fn connect_to_child<T>(
+    child: &mut Reaped,
+    what: &str,
+    mut connect: impl FnMut() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let start = std::time::Instant::now();
+    loop {
+        match connect() {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                if let Some(c) = child.0.as_mut() {
+                    if let Some(status) = c.try_wait()? {
+                        return Err(format!("{what} exited ({status}) before it served").into());
+                    }
+                }
+                if start.elapsed() > PATIENCE {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
+}
+
+/// Waits for the child to exit, at most `limit` (then the guard kills it), and returns what it
+/// printed (a line of counters: the pipe holds it while the child exits).
+pub(crate) fn finish(child: &mut Reaped, what: &str, limit: Duration) -> Result<String, Error> {
+    let c = child
+        .0
+        .as_mut()
+        .ok_or_else(|| format!("{what} already reaped"))?;
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = c
+            .try_wait()
+            .map_err(|e| format!("waiting for {what}: {e}"))?
+        {
+            break status;
+        }
+        if start.elapsed() > limit {
+            return Err(format!("{what} did not exit within {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = c.stdout.take() {
+        std::io::Read::read_to_string(&mut stdout, &mut out)
+            .map_err(|e| format!("reading what {what} printed: {e}"))?;
+    }
+    child.0 = None;
+    if !status.success() {
+        return Err(format!("{what} failed ({status})").into());
+    }
+    Ok(out)
 }
 
 pub(crate) fn payload(seq: u64, buf: &mut [u8]) {
@@ -112,11 +197,12 @@ pub fn run() -> Result<(), Error> {
     println!("Every subsystem interface has a data plane (shared rings and buffers), a control");
     println!("plane (the doorbell that says work is queued) and an interrupt plane (the event");
     println!("that says work is done). Each step below counts what crossed each plane.\n");
-    userspace::userspace()?;
+    let dir = TourDir::new()?;
+    userspace::userspace(&dir)?;
     println!();
-    kernel::kernel()?;
+    kernel::kernel(&dir)?;
     println!();
-    chain::chain()?;
+    chain::chain(&dir)?;
     println!("\nMore: `subring bench --quick` measures all of this against its peers;");
     println!("examples/ has two-terminal echo and block servers, std::io streams and a file copy.");
     Ok(())
@@ -131,20 +217,24 @@ pub(crate) fn word_at(offset: u64) -> u64 {
 }
 
 pub(crate) fn make_file(path: &Path) -> Result<File, Error> {
-    let mut f = File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let what = |op: &str, e: std::io::Error| format!("{op} {}: {e}", path.display());
+    let mut f = File::create(path).map_err(|e| what("creating", e))?;
     let mut block = vec![0u8; 1 << 20];
     for mib in 0..FILE_LEN >> 20 {
         for (i, w) in block.chunks_exact_mut(8).enumerate() {
             w.copy_from_slice(&word_at((mib << 20) + 8 * i as u64).to_le_bytes());
         }
-        f.write_all(&block)?;
+        f.write_all(&block).map_err(|e| what("writing", e))?;
     }
     drop(f);
-    let f = File::open(path)?;
+    let f = File::open(path).map_err(|e| what("opening", e))?;
     // Read it once, untimed, so that both ways read from the page cache.
     let mut off = 0;
     while off < FILE_LEN {
-        off += f.read_at(&mut block, off)? as u64;
+        match f.read_at(&mut block, off).map_err(|e| what("reading", e))? {
+            0 => return Err(format!("{} ended at {off} bytes", path.display()).into()),
+            n => off += n as u64,
+        }
     }
     Ok(f)
 }

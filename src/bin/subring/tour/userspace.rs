@@ -73,12 +73,9 @@ fn classic_server(listener: UnixListener) -> Result<u64, String> {
     }
 }
 
-pub(crate) fn userspace() -> Result<(), Error> {
-    let dir = std::env::temp_dir();
-    let pid = std::process::id();
-    let path = dir.join(format!("subring-tour-{pid}.sock"));
-    let unix_path = dir.join(format!("subring-tour-{pid}-classic.sock"));
-    let _paths = Paths(vec![path.clone(), unix_path.clone()]);
+pub(crate) fn userspace(dir: &TourDir) -> Result<(), Error> {
+    let path = dir.path("echo.sock");
+    let unix_path = dir.path("classic.sock");
     let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
     let child = Command::new(exe)
         .arg("serve-tour")
@@ -96,27 +93,37 @@ pub(crate) fn userspace() -> Result<(), Error> {
         "   Each request names a 4 KiB payload the client wrote into shared memory; the server"
     );
     println!("   reads it in place (zero-copy) and answers with its sum, which the client checks.");
-    let connect = |mode: NotifyMode| -> Result<Client<EchoReq, EchoResp>, Error> {
+    let mut connect = |mode: NotifyMode| -> Result<Client<EchoReq, EchoResp>, Error> {
         let options = ClientOptions::new(ECHO_PROTOCOL)
             .mode(mode)
             .buffers(PAYLOAD as u32, 64);
-        let start = Instant::now();
-        loop {
-            match Client::connect(&path, &options) {
-                Ok(c) => return Ok(c),
-                Err(_) if start.elapsed() < PATIENCE => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => return Err(format!("connecting to {}: {e}", path.display()).into()),
-            }
+        let client = connect_to_child(&mut child, "the server process", || {
+            Client::connect(&path, &options)
+                .map_err(|e| format!("connecting to {}: {e}", path.display()).into())
+        })?;
+        // The kernel's word for who listens (the directory is this user's alone anyway).
+        if client.server_pid() != server_pid {
+            return Err(format!(
+                "{} is served by pid {}",
+                path.display(),
+                client.server_pid()
+            )
+            .into());
         }
+        Ok(client)
     };
+    // Spinning on one CPU would have the two processes take turns at it, each spin a waste.
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
     let mut first = true;
     for (name, mode) in [
         ("spin", NotifyMode::Spin),
         ("adaptive", NotifyMode::Adaptive),
         ("eventfd", NotifyMode::EventFd),
     ] {
+        if one_cpu && mode == NotifyMode::Spin {
+            println!("   (spin mode skipped: this machine has one CPU)");
+            continue;
+        }
         let mut client = connect(mode)?;
         if first {
             let region = client.region();
@@ -134,9 +141,14 @@ pub(crate) fn userspace() -> Result<(), Error> {
             );
         }
         let mut samples = Latency::new();
+        let mut data = [0u8; PAYLOAD];
         for seq in 0..ROUND_TRIPS {
+            // The payload and its sum are made before the clock starts, as for the socket
+            // below: what is timed is the copy into shared memory and the round trip.
+            payload(seq, &mut data);
+            let expect = echo::word_sum(&data);
             let t = Instant::now();
-            round_trip(&mut client, seq)?;
+            round_trip(&mut client, seq, &data, expect)?;
             samples.record(t.elapsed());
         }
         let bell = client.doorbell_stats();
@@ -191,15 +203,24 @@ pub(crate) fn userspace() -> Result<(), Error> {
         "-"
     );
     println!(
-        "   (syscalls/op is counted as the program runs: doorbells rung and sleeps taken for \
-         subring, reads and writes made for the socket)"
+        "   (syscalls/op: the client's system calls per request, counted as the program runs: \
+         doorbells rung and sleeps taken for subring, reads and writes made for the socket)"
     );
     drop(classic);
 
-    // Pipelined: many requests in flight, one doorbell per batch.
+    // Pipelined: many requests in flight, one doorbell per batch. The payloads (64 of them,
+    // reused) and their sums are made before the clock starts.
     let mut client = connect(NotifyMode::Adaptive)?;
+    let payloads: Vec<(Vec<u8>, u64)> = (0..64)
+        .map(|seq| {
+            let mut data = vec![0u8; PAYLOAD];
+            payload(seq, &mut data);
+            let sum = echo::word_sum(&data);
+            (data, sum)
+        })
+        .collect();
     let start = Instant::now();
-    pipelined(&mut client)?;
+    pipelined(&mut client, &payloads)?;
     let took = start.elapsed();
     let bell = client.doorbell_stats();
     let wait = client.notify_stats();
@@ -222,24 +243,16 @@ pub(crate) fn userspace() -> Result<(), Error> {
     );
     drop(client);
 
-    let mut child = child.0.take().ok_or("server process already reaped")?;
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        stdout.read_to_string(&mut out)?;
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        return Err(format!("the server process failed ({status})").into());
-    }
+    let out = finish(&mut child, "the server process", 2 * PATIENCE)?;
     let nums: Vec<u64> = out
         .split_whitespace()
         .filter_map(|w| w.parse().ok())
         .collect();
     if let [requests, sent, suppressed, sleeps, classic] = nums[..] {
         println!(
-            "   server side: {requests} requests served from shared memory; completion \
-             notifications: {sent} sent, {suppressed} suppressed (client not asleep); the server \
-             slept {sleeps} times; {classic} Unix-socket messages"
+            "   server side, over all four connections: {requests} requests served from shared \
+             memory; completion notifications: {sent} sent, {suppressed} suppressed (client not \
+             asleep); the server slept {sleeps} times; {classic} Unix-socket messages"
         );
     } else {
         return Err(format!("the server process printed {out:?}").into());
@@ -247,51 +260,50 @@ pub(crate) fn userspace() -> Result<(), Error> {
     Ok(())
 }
 
-fn round_trip(client: &mut Client<EchoReq, EchoResp>, seq: u64) -> Result<(), Error> {
-    let mut data = [0u8; PAYLOAD];
-    payload(seq, &mut data);
-    let expect = echo::word_sum(&data);
+/// One request for `data` (whose word sum is `expect`), and its answer, within `PATIENCE`.
+fn round_trip(
+    client: &mut Client<EchoReq, EchoResp>,
+    seq: u64,
+    data: &[u8],
+    expect: u64,
+) -> Result<(), Error> {
     let mut buf = client.alloc().ok_or("no free buffer")?;
-    buf.fill_from(&data);
-    let req = EchoReq {
+    buf.fill_from(data);
+    client.push_lending(buf, |buf| EchoReq {
         seq,
         op: EchoOp::TOUCH,
         reserved: 0,
-        buf: buf.lend(),
-    };
-    client.push(req)?;
+        buf,
+    })?;
     client.submit()?;
-    loop {
-        if let Some(r) = client.reap()? {
-            drop(client.reclaim(r.buf)?);
-            if r.seq != seq || r.status != EchoStatus::OK || r.value != expect {
-                return Err(format!("bad answer {r:?} to request {seq}").into());
-            }
-            return Ok(());
-        }
-        client.wait(Some(PATIENCE))?;
+    let (r, _buf) = client
+        .wait_reap_buf(PATIENCE, |r| r.buf)
+        .map_err(|e| format!("waiting for the answer to request {seq}: {e}"))?;
+    if r.seq != seq || r.status != EchoStatus::OK || r.value != expect {
+        return Err(format!("bad answer {r:?} to request {seq}").into());
     }
+    Ok(())
 }
 
-fn pipelined(client: &mut Client<EchoReq, EchoResp>) -> Result<(), Error> {
-    let slots = DEPTH * 4;
-    let mut expect = vec![0u64; slots as usize];
+/// `PIPELINED` requests, `DEPTH` in flight, their payloads taken in turn from `payloads`
+/// (each with its word sum).
+fn pipelined(
+    client: &mut Client<EchoReq, EchoResp>,
+    payloads: &[(Vec<u8>, u64)],
+) -> Result<(), Error> {
     let (mut sent, mut done) = (0u64, 0u64);
     let mut out = Vec::new();
+    let of = |seq: u64| &payloads[(seq % payloads.len() as u64) as usize];
     while done < PIPELINED {
         while sent < PIPELINED && sent - done < DEPTH {
-            let mut data = [0u8; PAYLOAD];
-            payload(sent, &mut data);
-            expect[(sent % slots) as usize] = echo::word_sum(&data);
             let mut buf = client.alloc().ok_or("no free buffer")?;
-            buf.fill_from(&data);
-            let req = EchoReq {
+            buf.fill_from(&of(sent).0);
+            client.push_lending(buf, |buf| EchoReq {
                 seq: sent,
                 op: EchoOp::TOUCH,
                 reserved: 0,
-                buf: buf.lend(),
-            };
-            client.push(req)?;
+                buf,
+            })?;
             sent += 1;
         }
         client.submit()?;
@@ -300,7 +312,7 @@ fn pipelined(client: &mut Client<EchoReq, EchoResp>) -> Result<(), Error> {
         client.reap_into(&mut out, DEPTH as usize)?;
         for r in &out {
             drop(client.reclaim(r.buf)?);
-            let want = expect[(r.seq % slots) as usize];
+            let want = of(r.seq).1;
             if r.status != EchoStatus::OK || r.value != want {
                 return Err(format!("bad answer {r:?}").into());
             }
