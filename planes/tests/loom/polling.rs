@@ -21,36 +21,7 @@ fn polling_app_against_a_full_completion_ring(skip_look: bool, event_loop: bool)
 /// (as the shm byte stream does).
 fn polling_app(skip_look: bool, event_loop: bool, into: bool) {
     model_bounded(4, move || {
-        let config = PairConfig {
-            sq_capacity: 2,
-            cq_capacity: 1,
-            ..PairConfig::default().with_mode(NotifyMode::Futex)
-        };
-        let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
-        let server = thread::spawn(move || {
-            for v in [1, 2] {
-                let mut v = v;
-                while let Err(r) = service.complete(v) {
-                    assert!(matches!(r.error, QueueError::Full), "{}", r.error);
-                    v = r.entry;
-                    if event_loop {
-                        let word = service.room_word();
-                        if !service.arm_room().unwrap() {
-                            if let Some(armed) = word.loom_arm_wait() {
-                                while !word.loom_armed_wait_done(armed) {
-                                    thread::yield_now();
-                                }
-                            }
-                        }
-                        service.disarm_room();
-                    } else {
-                        service.wait_room(None).unwrap();
-                    }
-                }
-                service.flush().unwrap();
-            }
-            service
-        });
+        let (mut app, server) = super::queue_pair::posting_two_through_one_slot(event_loop);
         let mut got = Vec::new();
         while got.len() < 2 {
             let reaped = match (into, skip_look) {

@@ -114,29 +114,7 @@ fn service_declared_gone_wakes_a_waiting_app() {
 /// deadlock. Explored with at most 4 preemptions (about 30 s; 5 take five minutes).
 fn full_completion_ring_sleeps(skip_backstop: bool) {
     model_bounded(4, move || {
-        let config = PairConfig {
-            sq_capacity: 2,
-            cq_capacity: 1,
-            ..PairConfig::default().with_mode(NotifyMode::Futex)
-        };
-        let (mut app, mut service) = in_process::<u32, u32>(&config).unwrap();
-        let server = thread::spawn(move || {
-            for v in [1, 2] {
-                let mut v = v;
-                loop {
-                    match service.complete(v) {
-                        Ok(()) => break,
-                        Err(r) => {
-                            assert!(matches!(r.error, QueueError::Full), "{}", r.error);
-                            v = r.entry;
-                            service.wait_room(None).unwrap();
-                        }
-                    }
-                }
-                service.flush().unwrap();
-            }
-            service
-        });
+        let (mut app, server) = posting_two_through_one_slot(false);
         for expected in [1, 2] {
             if skip_backstop {
                 app.wait_without_room_look_for_loom(None).unwrap();
@@ -147,6 +125,47 @@ fn full_completion_ring_sleeps(skip_backstop: bool) {
         }
         drop(server.join().unwrap());
     });
+}
+
+/// A futex-mode pair whose completion ring has one slot, and a thread serving it that posts
+/// 1 and then 2, flushing each: the second finds the ring full, and the service sleeps for room
+/// until the app reaps ([`ServiceSide::wait_room`]; with `event_loop`, as in an event loop:
+/// [`ServiceSide::arm_room`], an armed `FUTEX_WAIT` on its room word, as the shm server's
+/// io_uring keeps one, then [`ServiceSide::disarm_room`]). The thread returns the service.
+pub(super) fn posting_two_through_one_slot(
+    event_loop: bool,
+) -> (AppSide<u32, u32>, thread::JoinHandle<ServiceSide<u32, u32>>) {
+    let config = PairConfig {
+        sq_capacity: 2,
+        cq_capacity: 1,
+        ..PairConfig::default().with_mode(NotifyMode::Futex)
+    };
+    let (app, mut service) = in_process::<u32, u32>(&config).unwrap();
+    let server = thread::spawn(move || {
+        for v in [1, 2] {
+            let mut v = v;
+            while let Err(r) = service.complete(v) {
+                assert!(matches!(r.error, QueueError::Full), "{}", r.error);
+                v = r.entry;
+                if !event_loop {
+                    service.wait_room(None).unwrap();
+                    continue;
+                }
+                let word = service.room_word();
+                if !service.arm_room().unwrap() {
+                    if let Some(armed) = word.loom_arm_wait() {
+                        while !word.loom_armed_wait_done(armed) {
+                            thread::yield_now();
+                        }
+                    }
+                }
+                service.disarm_room();
+            }
+            service.flush().unwrap();
+        }
+        service
+    });
+    (app, server)
 }
 
 #[test]

@@ -180,7 +180,7 @@ impl<S: Pod, C: Pod> AsyncClient<S, C> {
     /// Not cancel-safe: dropped after its send (a timeout, a `select!` that took another
     /// branch), its answer stays in the ring and is what the next [`next`](Self::next) or
     /// `call` returns, so every later call would be answered one behind. Where calls can be
-    /// cancelled, [`send`](Self::send) and [`next`](Self::next) (which is cancel-safe), and
+    /// cancelled, use [`send`](Self::send) and [`next`](Self::next) (which is cancel-safe), and
     /// match answers to requests by a field of your own (as the echo protocol's `seq`).
     pub async fn call(&mut self, entry: S) -> Result<C, QueueError> {
         self.send(entry)?;

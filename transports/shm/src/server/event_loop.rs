@@ -27,7 +27,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             // turn of cheap requests is short), and after every long turn (one where a client
             // spent its byte budget): new clients and control messages must not wait behind
             // thousands of expensive turns.
-            if self.events_due() {
+            if self.events_due(work) {
                 self.poll_events(Some(Duration::ZERO))?;
             }
             self.take_control_events()?;
@@ -36,7 +36,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         self.idle_turns += 1;
         if self.keep_polling() {
             std::hint::spin_loop();
-            if self.events_due() {
+            if self.events_due(0) {
                 self.poll_events(Some(Duration::ZERO))?;
             }
             self.take_control_events()?;
@@ -52,6 +52,12 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         }
         if self.arm_all() || self.service.before_sleep() {
             self.disarm_all();
+            // Not asleep, so the sockets are looked at as in a polling turn: a ring that reads
+            // ready turn after turn with nothing served must not keep them from being looked at.
+            if self.events_due(0) {
+                self.poll_events(Some(Duration::ZERO))?;
+            }
+            self.take_control_events()?;
             return Ok(false);
         }
         let mut timeout = self.sleep_limit();
@@ -68,14 +74,16 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         slept.map(|()| true)
     }
 
-    /// Counts a polling turn toward the next look at the sockets: true every
-    /// [`EVENT_CHECK_EVERY`] turns, busy and idle counted together, or after a heavy turn (one
-    /// where a client spent its byte budget). Counted apart, a client with a request every few
-    /// hundred turns kept the idle count from reaching it and left the look to the rare busy
-    /// turn whose number fell on a multiple of it: a hang-up or a new client waited up to a
-    /// second or more behind a client pinging every 200 us.
-    pub(super) fn events_due(&mut self) -> bool {
-        self.since_events += 1;
+    /// Counts a polling turn that served `work` requests toward the next look at the sockets:
+    /// true once turns and requests since the last look reach [`EVENT_CHECK_EVERY`] (busy and
+    /// idle turns counted together, and every request as a turn of its own, so that long turns
+    /// of many cheap requests bring the look sooner), or after a heavy turn (one where a client
+    /// spent its byte budget). Counted apart, a client with a request every few hundred turns
+    /// kept the idle count from reaching it and left the look to the rare busy turn whose
+    /// number fell on a multiple of it: a hang-up or a new client waited up to a second or
+    /// more behind a client pinging every 200 us.
+    pub(super) fn events_due(&mut self, work: u32) -> bool {
+        self.since_events += 1 + u64::from(work);
         let heavy = std::mem::take(&mut self.heavy_turn);
         if self.since_events >= EVENT_CHECK_EVERY || heavy {
             self.since_events = 0;

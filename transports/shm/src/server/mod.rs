@@ -444,7 +444,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         if !self.departing.is_empty() {
             self.retire_departed();
         }
-        if self.events_due() {
+        if self.events_due(work) {
             self.poll_events(Some(Duration::ZERO))?;
         }
         self.take_control_events()?;
