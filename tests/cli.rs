@@ -42,7 +42,7 @@ fn tour_is_the_default_and_shows_both_subsystems_and_the_chain() {
         "subring adaptive",
         "subring eventfd",
         "classic: Unix socket",
-        "server side, over all four connections: ",
+        "server side, over all 4 connections: ",
         "2. The kernel as a subsystem",
         "subring-uring, fixed",
         "classic: pread loop",
@@ -56,7 +56,7 @@ fn tour_is_the_default_and_shows_both_subsystems_and_the_chain() {
     // The server process counted every request the tour sent over shared memory:
     // 3 x 3000 round trips and 20 000 pipelined, plus nothing else.
     assert!(
-        stdout.contains("server side, over all four connections: 29000 requests"),
+        stdout.contains("server side, over all 4 connections: 29000 requests"),
         "server count:\n{stdout}"
     );
     // The storage process's kernel read every block the tour asked for into its memory.

@@ -93,7 +93,7 @@ fn machine() -> String {
 /// leaves an earlier file at `path` as it was.
 fn partial(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(".partial");
+    name.push(format!(".partial-{}", std::process::id()));
     name.into()
 }
 
@@ -112,7 +112,10 @@ fn check_output(path: &Option<PathBuf>, what: &str) -> Result<(), Error> {
 /// Writes an output through `write` into its partial file, then renames it to `path`.
 fn write_output(path: &Path, write: impl FnOnce(&Path) -> Result<(), Error>) -> Result<(), Error> {
     let tmp = partial(path);
-    write(&tmp)?;
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path)
         .map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), path.display()).into())
 }

@@ -65,6 +65,8 @@ pub(crate) fn chain(dir: &TourDir) -> Result<(), Error> {
         BlkClient::connect(&path, &options)
             .map_err(|e| format!("connecting to {}: {e}", path.display()).into())
     })?;
+    // The storage process has the file open: its name goes now.
+    std::fs::remove_file(&device).map_err(|e| format!("removing {}: {e}", device.display()))?;
     println!(
         "   The storage process (pid {server_pid}) serves a {} MiB file {}. It registered this",
         client.size() >> 20,

@@ -206,12 +206,13 @@ impl<S: Pod, C: Pod, K> Active<S, C, K> {
         if taken == 0 && staged == 0 && self.service.app_closed() {
             // Closed: everything it published before closing has been taken (the Acquire in
             // `app_closed` makes it visible) once the ring reads empty after seeing the flag.
-            // (A client at its deferred limit still has its requests read: they are served,
-            // not dropped, once the service answers.) Closed with nothing taken for want of
-            // room (its completion ring full, or answers waiting for room), it is finished too:
-            // a closed client reaps nothing more, so what is left is nobody's to answer (as
-            // for a client that died), and waiting on it would have the server find its ring
-            // ready, turn after turn, without end.
+            // (A client at its deferred limit, `batch` 0, still has its requests read: they
+            // are served, not dropped, once the service answers.) Closed with nothing taken for
+            // want of room (its completion ring full, or answers waiting for room), it is
+            // finished too, and the requests still in its ring are not run: a closed client
+            // reaps nothing more, so they are nobody's to answer (as for a client that died),
+            // and waiting on it would have the server find its ring ready, turn after turn,
+            // without end.
             if batch > 0 && (self.blocked || !self.service.requests_ready()?) {
                 return Ok(Outcome::Finished);
             }

@@ -74,10 +74,11 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
         slept.map(|()| true)
     }
 
-    /// Counts a polling turn that served `work` requests toward the next look at the sockets:
-    /// true once turns and requests since the last look reach [`EVENT_CHECK_EVERY`] (busy and
-    /// idle turns counted together, and every request as a turn of its own, so that long turns
-    /// of many cheap requests bring the look sooner), or after a heavy turn (one where a client
+    /// Counts a polling turn that did `work` (requests taken, answers staged, the service's own
+    /// units) toward the next look at the sockets: true once turns and units of work since the
+    /// last look reach [`EVENT_CHECK_EVERY`] (busy and idle turns counted together, and each
+    /// unit as a turn of its own, so that long turns of many cheap requests bring the look
+    /// sooner: an echo request counts 2), or after a heavy turn (one where a client
     /// spent its byte budget). Counted apart, a client with a request every few hundred turns
     /// kept the idle count from reaching it and left the look to the rare busy turn whose
     /// number fell on a multiple of it: a hang-up or a new client waited up to a second or
