@@ -123,15 +123,7 @@ fn deferring_service_against_an_app_asleep_for_space(flush: bool, relaxed: bool)
             };
             (first, second)
         });
-        app.push(1).unwrap();
-        app.submit().unwrap();
-        let mut v = 2;
-        while let Err(r) = app.push(v) {
-            assert!(matches!(r.error, QueueError::Full), "{}", r.error);
-            v = r.entry;
-            app.wait_space(None).unwrap();
-        }
-        app.submit().unwrap();
+        super::queue_pair::submit_two_through_one_slot(&mut app);
         assert_eq!(server.join().unwrap(), (Some(1), Some(2)));
         drop(app);
     });

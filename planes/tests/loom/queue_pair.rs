@@ -207,15 +207,7 @@ fn a_full_submission_ring_sleeps_until_the_service_takes() {
                 served += service.serve_ready(&mut |x: u32| x + 100).unwrap();
             }
         });
-        app.push(1).unwrap();
-        app.submit().unwrap();
-        let mut v = 2;
-        while let Err(r) = app.push(v) {
-            assert!(matches!(r.error, QueueError::Full), "{}", r.error);
-            v = r.entry;
-            app.wait_space(None).unwrap();
-        }
-        app.submit().unwrap();
+        submit_two_through_one_slot(&mut app);
         let mut got = Vec::new();
         while got.len() < 2 {
             app.wait(None).unwrap();
@@ -225,6 +217,20 @@ fn a_full_submission_ring_sleeps_until_the_service_takes() {
         drop(app);
         assert_eq!(server.join().unwrap(), 2);
     });
+}
+
+/// Pushes 1 and submits, then pushes 2 into a submission ring of one slot, waiting for space
+/// ([`Submitter::wait_space`]) while it is full, and submits.
+pub(super) fn submit_two_through_one_slot(app: &mut AppSide<u32, u32>) {
+    app.push(1).unwrap();
+    app.submit().unwrap();
+    let mut v = 2;
+    while let Err(r) = app.push(v) {
+        assert!(matches!(r.error, QueueError::Full), "{}", r.error);
+        v = r.entry;
+        app.wait_space(None).unwrap();
+    }
+    app.submit().unwrap();
 }
 
 /// Both rings full: the service posts a completion of its own into a completion ring of one
