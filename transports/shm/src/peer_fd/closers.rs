@@ -1,17 +1,30 @@
-//! The threads that close what may block: a file on a FUSE mount waits for its daemon's answer
-//! to the flush, a tty for its output to drain, a Unix socket for whatever is still queued on
-//! it.
+//! The threads that close what may block, and do the work a peer can make long: a file on a
+//! FUSE mount waits for its daemon's answer to the flush, a tty for its output to drain, a Unix
+//! socket for whatever is still queued on it; and a peer can send 253 descriptors in every
+//! message, each of which must be closed, and leave a connection's queue full of them.
 //!
-//! Each close that blocks holds one thread (a daemon that never answers holds it for good) and
-//! the others go on closing. Four start with the first close; while every one is in the middle
-//! of a close another starts, up to sixteen. A peer that holds all of them only makes refused descriptors wait, and pile
-//! up until the descriptor limit, which the server meets without spinning (it refuses new
-//! connections).
+//! So the thread that receives them (a server's event loop, serving every other client) only
+//! hands them over, a message's worth in one job ([`close_all`]), and a connection's end in
+//! one job too ([`drain`]): reading out what is queued on it is done here, not there. Checking
+//! each descriptor's kind and closing it one by one on the event loop let one client that sent
+//! descriptors, or left its queue full of them, stall every other client for tenths of a
+//! second at each message, and for good when it reconnected again and again
+//! (`tests/hostile_fds.rs`).
+//!
+//! A closer turns lingering off before each close (`SO_LINGER`: a socket's close then does not
+//! wait for its unsent data; anything else answers `ENOTSOCK`), so no kind needs telling apart.
+//! Each close that blocks holds one thread (a daemon that never answers holds it for good),
+//! with the rest of its job, and the others go on. Four start with the first job; while every
+//! one is held in a close (one that has taken over 20 ms) another starts, up to sixteen. A peer that holds all of them
+//! only makes refused descriptors wait, and pile up until the descriptor limit, which the
+//! server meets without spinning (it refuses new connections).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
+use nix::sys::socket::{setsockopt, sockopt};
 use subring_planes::sync::{AtomicU64, Mutex, Ordering::Relaxed};
 
 /// Threads started with the first close.
@@ -19,25 +32,73 @@ pub(super) const CLOSER_THREADS: u64 = 4;
 /// Threads at most.
 const MAX_CLOSER_THREADS: u64 = 16;
 
+/// What a closer thread does.
+#[derive(Debug)]
+pub(super) enum Job {
+    /// Close these (lingering off first).
+    Close(Vec<OwnedFd>),
+    /// Read out this side's end of a connection, already shut down, then close it
+    /// ([`super::drain`]).
+    Drain(OwnedFd),
+}
+
+/// How long a close may take before its thread counts as held (by a close that blocks), so
+/// that another may start: long enough that a thread busy with a flood of quick closes never
+/// counts (each starting thread takes a core's share from the threads serving clients).
+const HELD: Duration = Duration::from_millis(20);
+
 /// Closer threads sharing one queue.
 pub(super) struct Closers {
-    tx: Sender<OwnedFd>,
-    rx: Arc<Mutex<Receiver<OwnedFd>>>,
+    tx: Sender<Job>,
+    rx: Arc<Mutex<Receiver<Job>>>,
     /// Threads started (or being started).
     threads: AtomicU64,
-    /// Threads in the middle of a close.
-    busy: Arc<AtomicU64>,
+    /// Per thread, when its close in progress started (nanoseconds since `epoch`, plus one),
+    /// or 0 between closes.
+    closing: Arc<[AtomicU64; MAX_CLOSER_THREADS as usize]>,
+    epoch: Instant,
+}
+
+/// Where a closer thread says when its close in progress started.
+struct Clock<'a> {
+    slot: &'a AtomicU64,
+    epoch: Instant,
+}
+
+impl Clock<'_> {
+    /// Closes `fd` after turning its lingering off (a socket's close then does not wait for its
+    /// unsent data; anything else refuses the option), with the time it started in the slot.
+    fn close(&self, fd: OwnedFd) {
+        let _ = setsockopt(
+            &fd.as_fd(),
+            sockopt::Linger,
+            &libc::linger {
+                l_onoff: 0,
+                l_linger: 0,
+            },
+        );
+        self.closing(|| drop(fd));
+    }
+
+    /// Runs `f` (a close) with the time it started in the slot.
+    fn closing(&self, f: impl FnOnce()) {
+        let since = self.epoch.elapsed().as_nanos() as u64;
+        self.slot.store(since.saturating_add(1), Relaxed);
+        f();
+        self.slot.store(0, Relaxed);
+    }
 }
 
 impl Closers {
     /// The queue and its first [`CLOSER_THREADS`] threads (as many as could start).
     pub(super) fn new() -> Self {
-        let (tx, rx) = mpsc::channel::<OwnedFd>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let closers = Closers {
             tx,
             rx: Arc::new(Mutex::new(rx)),
             threads: AtomicU64::new(0),
-            busy: Arc::new(AtomicU64::new(0)),
+            closing: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            epoch: Instant::now(),
         };
         for _ in 0..CLOSER_THREADS {
             closers.spawn_below(CLOSER_THREADS);
@@ -51,8 +112,18 @@ impl Closers {
     }
 
     /// Threads in the middle of a close.
+    #[cfg(test)]
     pub(super) fn busy(&self) -> u64 {
-        self.busy.load(Relaxed)
+        self.closing.iter().filter(|s| s.load(Relaxed) != 0).count() as u64
+    }
+
+    /// Whether every thread started is held: in a close that started over [`HELD`] ago.
+    fn all_held(&self) -> bool {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let held = HELD.as_nanos() as u64;
+        self.closing[..self.threads().min(MAX_CLOSER_THREADS) as usize]
+            .iter()
+            .all(|s| matches!(s.load(Relaxed), since if since != 0 && now.saturating_sub(since) > held))
     }
 
     /// Starts another closer thread if fewer than `limit` run (its place taken first, so that
@@ -68,20 +139,22 @@ impl Closers {
                 Err(now) => n = now,
             }
         }
-        let (rx, busy) = (self.rx.clone(), self.busy.clone());
+        let (rx, closing, epoch) = (self.rx.clone(), self.closing.clone(), self.epoch);
         let started = std::thread::Builder::new()
             .name("subring-fd-closer".into())
-            .spawn(move || loop {
-                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                // Each close may block (that is why it is here): outside the lock, so that the
-                // other threads go on taking work.
-                match next {
-                    Ok(fd) => {
-                        busy.fetch_add(1, Relaxed);
-                        drop(fd);
-                        busy.fetch_sub(1, Relaxed);
+            .spawn(move || {
+                let clock = Clock {
+                    slot: &closing[n as usize],
+                    epoch,
+                };
+                loop {
+                    let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    // Each close may block (that is why it is here): outside the lock, so that
+                    // the other threads go on taking work.
+                    match next {
+                        Ok(job) => clock.run(job),
+                        Err(_) => return,
                     }
-                    Err(_) => return,
                 }
             });
         if started.is_err() {
@@ -89,33 +162,78 @@ impl Closers {
         }
     }
 
-    /// Queues `fd` for the first closer thread free, starting another while every one is in
-    /// the middle of a close (up to [`MAX_CLOSER_THREADS`]); `Err` (the caller closes it) if no
-    /// thread could start.
-    pub(super) fn close(&self, fd: OwnedFd) -> Result<(), OwnedFd> {
-        if self.busy() >= self.threads() {
+    /// Queues `job` for the first closer thread free, starting another while every one is held
+    /// in a close (up to [`MAX_CLOSER_THREADS`]); `Err` (the caller does it) if no thread could
+    /// start.
+    pub(super) fn run(&self, job: Job) -> Result<(), Job> {
+        if self.all_held() {
             self.spawn_below(MAX_CLOSER_THREADS);
         }
         if self.threads() == 0 {
-            return Err(fd);
+            return Err(job);
         }
-        self.tx.send(fd).map_err(|mpsc::SendError(fd)| fd)
+        self.tx.send(job).map_err(|mpsc::SendError(job)| job)
+    }
+}
+
+impl Clock<'_> {
+    /// Does `job`.
+    fn run(&self, job: Job) {
+        match job {
+            Job::Close(fds) => fds.into_iter().for_each(|fd| self.close(fd)),
+            Job::Drain(socket) => {
+                // Reading out never blocks, and closes each message's descriptors as they come
+                // off the queue (handed to the queue instead, a queue full of them would pile up
+                // in this process faster than they are closed); the socket's close cannot block
+                // once its queue is empty, and may if it is not.
+                super::drain::read_queue(socket.as_fd(), |fds| {
+                    fds.into_iter().for_each(|fd| self.close(fd))
+                });
+                self.closing(|| drop(socket));
+            }
+        }
     }
 }
 
 /// The closer threads of this process, and the process they were started in: a forked child
-/// has none (threads do not survive a fork), and closes on its own thread.
+/// has none (threads do not survive a fork), and does the work on its own thread.
 static CLOSERS: OnceLock<(u32, Closers)> = OnceLock::new();
 
-/// Closes `fd` on a closer thread; on this one if none runs (none could start, or this is a
+/// Runs `job` on a closer thread; on this one if none runs (none could start, or this is a
 /// forked child of a process that started them). With lingering off a socket's close does not
 /// wait there; a file on a FUSE mount still could.
-pub(super) fn close(fd: OwnedFd) {
+fn run(job: Job) {
     let (pid, closers) = CLOSERS.get_or_init(|| (std::process::id(), Closers::new()));
-    if *pid != std::process::id() {
-        return drop(fd);
+    let job = if *pid != std::process::id() {
+        job
+    } else {
+        match closers.run(job) {
+            Ok(()) => return,
+            Err(job) => job,
+        }
+    };
+    let slot = AtomicU64::new(0);
+    Clock {
+        slot: &slot,
+        epoch: Instant::now(),
     }
-    if let Err(fd) = closers.close(fd) {
-        drop(fd);
+    .run(job);
+}
+
+/// Closes `fd` on a closer thread (see [`run`]).
+pub(super) fn close(fd: OwnedFd) {
+    run(Job::Close(vec![fd]));
+}
+
+/// Closes every one of `fds` on a closer thread, in one job (see [`run`]).
+pub(super) fn close_all(fds: Vec<OwnedFd>) {
+    if !fds.is_empty() {
+        run(Job::Close(fds));
     }
+}
+
+/// Reads out `socket` (this side's end of a connection, already shut down) and closes it, on a
+/// closer thread (see [`run`]).
+pub(super) fn drain(socket: OwnedFd) {
+    run(Job::Drain(socket));
 }

@@ -2,9 +2,10 @@
 //! descriptors still queued on a Unix socket (sent and never read) at its last close, on the
 //! closing thread, and the last close of one of those can block (a socket lingering with
 //! unsent data, a file on a FUSE mount). So this side's end of a connection ([`ConnSocket`])
-//! is shut down first (nothing more can arrive, and the peer sees the hang-up at once) and read
-//! out: each descriptor queued on it is owned and discarded where its close cannot block
-//! ([`discard`](super::discard)). Then its own close has nothing to drop and happens here.
+//! is shut down first, where it is dropped (nothing more can arrive, and the peer sees the
+//! hang-up at once), and read out on a closer thread (a queue full of descriptors takes a
+//! while, and the thread that drops it may be serving other clients): each descriptor queued
+//! on it is owned and closed there. Then its own close has nothing to drop.
 //!
 //! Only this side's own end of a `SOCK_SEQPACKET` connection is read out so: its options are
 //! this side's alone (`SO_PASSCRED` makes every message carry its sender's credentials, so a
@@ -22,7 +23,7 @@ use nix::sys::socket::{
     SockType,
 };
 
-use super::{closers, discard};
+use super::closers;
 use crate::proto::rights_in;
 
 /// Messages read from one socket at most (its queue is bounded by what the peer may have in
@@ -54,8 +55,11 @@ impl AsFd for ConnSocket {
 impl Drop for ConnSocket {
     fn drop(&mut self) {
         if let Some(socket) = self.0.take() {
-            if read_out(socket.as_fd()) {
-                drop(socket);
+            if prepare(socket.as_fd()) {
+                // Shut down here (the peer sees the hang-up now), read out there: a queue full
+                // of descriptors is long to read out and close, and this may be a server's
+                // event loop.
+                closers::drain(socket);
             } else {
                 closers::close(socket);
             }
@@ -63,16 +67,32 @@ impl Drop for ConnSocket {
     }
 }
 
-/// Shuts `socket` (this side's end of a `SOCK_SEQPACKET` connection) down and reads out its
-/// queue, discarding every descriptor queued on it; `true` once the queue is empty. `false` if
-/// it is some other kind of socket, cannot be read, or holds more than [`MAX_MESSAGES`].
-fn read_out(socket: BorrowedFd<'_>) -> bool {
+/// Makes `socket` (this side's end of a `SOCK_SEQPACKET` connection) ready to be read out:
+/// `SO_PASSCRED` on, then shut down. `false` if it is some other kind of socket, or its option
+/// cannot be set.
+fn prepare(socket: BorrowedFd<'_>) -> bool {
     if getsockopt(&socket, sockopt::SockType) != Ok(SockType::SeqPacket)
         || setsockopt(&socket, sockopt::PassCred, &true).is_err()
     {
         return false;
     }
     let _ = shutdown(socket.as_raw_fd(), Shutdown::Both);
+    true
+}
+
+/// Shuts `socket` (this side's end of a `SOCK_SEQPACKET` connection) down and reads out its
+/// queue, discarding every descriptor queued on it; `true` once the queue is empty. `false` if
+/// it is some other kind of socket, cannot be read, or holds more than [`MAX_MESSAGES`].
+#[cfg(test)]
+fn read_out(socket: BorrowedFd<'_>) -> bool {
+    prepare(socket) && read_queue(socket, closers::close_all)
+}
+
+/// Reads out the queue of `socket`, made ready by [`prepare`], giving the descriptors of each
+/// message to `dispose` once the message is off the queue (a closer thread closes them itself:
+/// queued for later, a queue full of them would pile up in this process); `true` once the
+/// queue is empty. `false` if it cannot be read or holds more than [`MAX_MESSAGES`].
+pub(super) fn read_queue(socket: BorrowedFd<'_>, mut dispose: impl FnMut(Vec<OwnedFd>)) -> bool {
     let mut buf = [0u8; 64];
     let mut space = nix::cmsg_space!([RawFd; 253], libc::ucred);
     for _ in 0..MAX_MESSAGES {
@@ -124,7 +144,7 @@ fn read_out(socket: BorrowedFd<'_>) -> bool {
         }
         if truncated {
             // Left queued (the queue still holds every reference): discarding is safe.
-            peeked.into_iter().for_each(discard);
+            dispose(peeked);
             return false;
         }
         if bytes == 0 && !control {
@@ -133,7 +153,7 @@ fn read_out(socket: BorrowedFd<'_>) -> bool {
         // Off the queue, with no room for descriptors: the peek's references are the last.
         let mut iov = [IoSliceMut::new(&mut buf)];
         let consumed = recvmsg::<()>(socket.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT);
-        peeked.into_iter().for_each(discard);
+        dispose(peeked);
         match consumed {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => return false,

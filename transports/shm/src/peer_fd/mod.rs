@@ -3,15 +3,16 @@
 //!
 //! A peer may send any descriptor. Closing some of them blocks the closing thread: a TCP socket
 //! with `SO_LINGER` set and unsent data waits up to the linger time the peer chose; a file on a
-//! FUSE mount waits for the daemon's answer to its flush. So a received descriptor is a
-//! [`PeerFd`]: it becomes an `OwnedFd` only through a check of its kind ([`PeerFd::memfd`],
-//! [`PeerFd::eventfd`]), and one that is refused or dropped is closed by [`discard`], which
-//! closes memfds, eventfds and epoll instances (whose close never blocks) at once and hands
-//! anything else to the closer threads ([`closers`]), after turning a socket's lingering off.
+//! FUSE mount waits for the daemon's answer to its flush. And a peer can send many: 253 in a
+//! message. So a received descriptor is a [`PeerFd`]: it becomes an `OwnedFd` only through a
+//! check of its kind ([`PeerFd::memfd`], [`PeerFd::eventfd`]), and one that is refused or
+//! dropped is closed by [`discard`], which hands it to the closer threads ([`closers`]), a
+//! message's worth in one job ([`discard_all`]): the thread that received it spends no more
+//! on it than the handing over.
 //!
-//! - [`drain`]: this side's end of a connection ([`ConnSocket`]) is shut down and emptied of
-//!   the descriptors queued on it, then closed here.
-//! - [`closers`]: the threads that close what may block.
+//! - [`drain`]: this side's end of a connection ([`ConnSocket`]) is shut down, then emptied of
+//!   the descriptors queued on it and closed on a closer thread.
+//! - [`closers`]: the threads that close what may block, and read out what is long to.
 //!
 //! Telling the kinds apart must not block either: a file on a FUSE mount answers `fstat` and
 //! `fstatfs` only when its daemon does. So the kind is read from what the kernel knows without
@@ -25,7 +26,6 @@ mod drain;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg};
-use nix::sys::socket::{setsockopt, sockopt};
 
 pub(crate) use drain::ConnSocket;
 
@@ -134,27 +134,15 @@ impl Drop for PeerFd {
     }
 }
 
-/// Closes a descriptor a peer sent without blocking the calling thread: memfds, eventfds and
-/// epoll instances at once (their close never waits), anything else on the closer threads. A
-/// socket first has its lingering turned off, so that even its last close does not wait for
-/// unsent data (a Unix socket's close can still wait for what is queued on it, there).
+/// Closes a descriptor a peer sent without blocking the calling thread, or spending its time:
+/// on the closer threads, lingering off first ([`closers`]).
 pub(crate) fn discard(fd: OwnedFd) {
-    match kind(fd.as_fd()) {
-        // (Closing an epoll instance never closes what it watches.)
-        Kind::Shmem | Kind::EventFd | Kind::Epoll => drop(fd),
-        Kind::Socket => {
-            let _ = setsockopt(
-                &fd,
-                sockopt::Linger,
-                &libc::linger {
-                    l_onoff: 0,
-                    l_linger: 0,
-                },
-            );
-            closers::close(fd);
-        }
-        Kind::Other => closers::close(fd),
-    }
+    closers::close(fd);
+}
+
+/// Closes every descriptor of `fds` (a message's) as [`discard`] does, handed over in one job.
+pub(crate) fn discard_all(fds: Vec<PeerFd>) {
+    closers::close_all(fds.into_iter().filter_map(|mut f| f.0.take()).collect());
 }
 
 /// Closes a descriptor of this side's on the closer threads: one whose close drops what peers
@@ -168,6 +156,7 @@ mod tests {
     use super::*;
     use nix::sys::eventfd::{EfdFlags, EventFd};
     use nix::sys::memfd::{memfd_create, MFdFlags};
+    use nix::sys::socket::{setsockopt, sockopt};
 
     #[test]
     fn kinds_are_told_apart() {
@@ -221,17 +210,33 @@ mod tests {
         (tcp, listener)
     }
 
-    /// A close that blocks (a socket lingering with unsent data, here; a FUSE file whose
-    /// daemon never answers, in the attack) holds one closer thread; the next descriptor is
-    /// closed by another at once, not queued behind it.
+    /// A close that blocks (a Unix socket whose queue holds the last reference to a socket
+    /// lingering with unsent data, here: turning the outer one's lingering off does not help;
+    /// a FUSE file whose daemon never answers, in the attack) holds one closer thread; the
+    /// next descriptor is closed by another at once, not queued behind it.
     #[test]
     fn a_close_that_blocks_holds_one_closer_and_the_others_go_on() {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
         use std::time::{Duration, Instant};
         let (tcp, listener) = lingering_socket(3);
+        let (outer, outer_peer) = crate::socket_pair().unwrap();
+        let raw = [tcp.as_raw_fd()];
+        let iov = [std::io::IoSlice::new(b"x")];
+        sendmsg::<()>(
+            outer_peer.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        drop((tcp, outer_peer));
         let pool = closers::Closers::new();
         assert_eq!(pool.threads(), closers::CLOSER_THREADS);
         // One of them closing the socket, which blocks.
-        pool.close(tcp).map_err(drop).unwrap();
+        pool.run(closers::Job::Close(vec![outer]))
+            .map_err(drop)
+            .unwrap();
         let start = Instant::now();
         while pool.busy() != 1 {
             assert!(
@@ -242,7 +247,9 @@ mod tests {
         }
         let (r, w) = nix::unistd::pipe().unwrap();
         let start = Instant::now();
-        pool.close(w).map_err(drop).unwrap();
+        pool.run(closers::Job::Close(vec![w]))
+            .map_err(drop)
+            .unwrap();
         let mut fds = [nix::poll::PollFd::new(
             r.as_fd(),
             nix::poll::PollFlags::POLLIN,

@@ -253,17 +253,48 @@ pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
             Err(e) => return Err(io_error("recvmsg on the control socket")(e)),
         }
     };
+    // Whatever the message turns out to be, descriptors it brought that nobody takes are
+    // handed to the closers in one job, not one by one (253 can come in a message).
+    match parse::<M>(sock, &buf, len, flags, fds.len()) {
+        Ok(Some(Parsed::Message(msg))) => Ok(Some(Incoming::Message(msg, fds))),
+        Ok(Some(Parsed::VersionRefused(v))) => {
+            crate::peer_fd::discard_all(fds);
+            Ok(Some(Incoming::VersionRefused(v)))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => {
+            crate::peer_fd::discard_all(fds);
+            Err(e)
+        }
+    }
+}
+
+/// What [`parse`] found in a message.
+enum Parsed<M> {
+    Message(M),
+    VersionRefused(u16),
+}
+
+/// The rest of [`recv`]: checks what a peek read (`len` bytes of `buf`, with `fds`
+/// descriptors), takes it off the queue, and decodes it.
+fn parse<M: for<'de> Deserialize<'de>>(
+    sock: BorrowedFd<'_>,
+    buf: &[u8],
+    len: usize,
+    flags: MsgFlags,
+    fds: usize,
+) -> Result<Option<Parsed<M>>, Error> {
     if flags.contains(MsgFlags::MSG_CTRUNC) {
         // The receive buffer has room for every descriptor a message can carry: the kernel
         // could not install them all. Left queued (see above).
         return Err(FdError::NoRoom.into());
     }
-    if len > 0 || !fds.is_empty() {
+    if len > 0 || fds > 0 {
         take_peeked(sock)?;
     }
-    if fds.len() > MAX_FDS {
+    if fds > MAX_FDS {
         return Err(FdError::TooMany {
-            got: Some(fds.len()),
+            got: Some(fds),
             max: MAX_FDS,
         }
         .into());
@@ -300,7 +331,7 @@ pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
             let theirs = bytes
                 .get(HEADER..HEADER + 2)
                 .map_or(version, |b| u16::from_le_bytes([b[0], b[1]]));
-            return Ok(Some(Incoming::VersionRefused(theirs)));
+            return Ok(Some(Parsed::VersionRefused(theirs)));
         }
         KIND_MESSAGE => {}
         other => {
@@ -320,7 +351,7 @@ pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
         what: "control message body",
         detail: e.to_string(),
     })?;
-    Ok(Some(Incoming::Message(msg, fds)))
+    Ok(Some(Parsed::Message(msg)))
 }
 
 /// Checks that `sock` is a `SOCK_SEQPACKET` socket, as every connection must be.
