@@ -6,8 +6,16 @@ use std::time::{Duration, Instant};
 
 /// Runs the program with `args`, killing it if it takes longer than `limit`.
 fn subring(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_subring"))
-        .args(args)
+    limited(
+        Command::new(env!("CARGO_BIN_EXE_subring")).args(args),
+        limit,
+    )
+}
+
+/// Runs `command`, killing it if it takes longer than `limit`.
+fn limited(command: &mut Command, limit: Duration) -> Output {
+    let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -64,6 +72,83 @@ fn tour_is_the_default_and_shows_both_subsystems_and_the_chain() {
         stdout.contains("250 MiB read by the kernel into this process's buffers"),
         "chain count:\n{stdout}"
     );
+}
+
+/// Has the child's `io_uring_setup` fail with `ENOSYS`, as a kernel without io_uring answers (a
+/// container's seccomp profile answers `EPERM`): a seccomp filter set between fork and exec.
+fn without_io_uring(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec; it only builds a filter on the
+    // stack and makes two `prctl` calls (async-signal-safe, no allocation).
+    unsafe {
+        command.pre_exec(|| {
+            let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+                code: code as u16,
+                jt,
+                jf,
+                k,
+            };
+            let filter = [
+                // The system call's number (`seccomp_data.nr`, at offset 0).
+                op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
+                op(
+                    libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+                    0,
+                    1,
+                    libc::SYS_io_uring_setup as u32,
+                ),
+                op(
+                    libc::BPF_RET | libc::BPF_K,
+                    0,
+                    0,
+                    libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+                ),
+                op(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+            ];
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Without io_uring the tour skips the two steps that need it and says why, and succeeds (it
+/// ended with an error at step 2).
+#[test]
+fn without_io_uring_the_tour_skips_its_kernel_steps() {
+    let out =
+        without_io_uring(Command::new(env!("CARGO_BIN_EXE_subring")).args(["tour", "2", "3"]))
+            .output()
+            .expect("run subring");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tour failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in ["2. The kernel as a subsystem", "3. The chain"] {
+        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
+    }
+    assert_eq!(
+        stdout
+            .matches("Skipped: io_uring is not available here")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    assert!(!stdout.contains("reads/s"), "step 2 ran:\n{stdout}");
+    assert!(!stdout.contains("1. A userspace"), "step 1 ran:\n{stdout}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release                      # the tour
+//! cargo run --release -- tour 2 3          # some of its steps
 //! cargo run --release -- bench --quick     # the suite, short
 //! cargo run --release -- bench --json out.json --plot out.svg
 //! ```
@@ -30,7 +31,12 @@ struct Cli {
 enum Command {
     /// Show what subring does: a userspace subsystem in another process, then the kernel over
     /// io_uring, each beside the classic way, then the two chained (the default).
-    Tour,
+    Tour {
+        /// The steps to take (1: a userspace subsystem, 2: the kernel, 3: the two chained);
+        /// every one when none is named.
+        #[arg(value_parser = clap::value_parser!(u8).range(1..=3))]
+        steps: Vec<u8>,
+    },
     /// Measure subring against its peers, interleaved in one run.
     Bench(bench::Args),
     /// The tour's server process (started by the tour itself).
@@ -55,8 +61,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Tour) {
-        Command::Tour => tour::run(),
+    let result = match cli.command.unwrap_or(Command::Tour { steps: Vec::new() }) {
+        Command::Tour { steps } => tour::run(&steps),
         Command::Bench(args) => bench::run(&args),
         Command::ServeTour {
             path,

@@ -46,7 +46,6 @@ pub fn serve_blk(path: &Path, device: &Path) -> Result<(), Error> {
 }
 
 pub(crate) fn chain(dir: &TourDir) -> Result<(), Error> {
-    println!("3. The chain: a storage process fronting the kernel, reads landing in our memory");
     let path = dir.path("blk.sock");
     let device = dir.path("disk");
     drop(make_file(&device)?);

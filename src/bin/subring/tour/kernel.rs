@@ -10,8 +10,16 @@ use subring::uring::{FixedBuf, Op, Output, Submission, Target, Uring};
 
 use super::*;
 
+/// Whether this process may set up an io_uring: `Err` says why not.
+pub(crate) fn available() -> Result<(), String> {
+    Uring::builder()
+        .entries(2)
+        .build()
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 pub(crate) fn kernel(dir: &TourDir) -> Result<(), Error> {
-    println!("2. The kernel as a subsystem: io_uring");
     let mut ring = Uring::builder()
         .entries(64)
         .build()

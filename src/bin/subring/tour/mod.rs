@@ -191,18 +191,49 @@ pub(crate) fn payload(seq: u64, buf: &mut [u8]) {
     }
 }
 
-/// Runs the tour.
-pub fn run() -> Result<(), Error> {
+/// Runs the tour's `steps` (every one if none is named).
+pub fn run(steps: &[u8]) -> Result<(), Error> {
+    let take = |step| steps.is_empty() || steps.contains(&step);
     println!("subring tour: one interface shape, two subsystems, and the two chained.");
     println!("Every subsystem interface has a data plane (shared rings and buffers), a control");
     println!("plane (the doorbell that says work is queued) and an interrupt plane (the event");
     println!("that says work is done). Each step below counts what crossed each plane.\n");
     let dir = TourDir::new()?;
-    userspace::userspace(&dir)?;
-    println!();
-    kernel::kernel(&dir)?;
-    println!();
-    chain::chain(&dir)?;
+    if take(1) {
+        userspace::userspace(&dir)?;
+        println!();
+    }
+    // Steps 2 and 3 need io_uring, which a kernel can leave out or forbid (a container's
+    // seccomp profile, `kernel.io_uring_disabled`): without it they are skipped, said why.
+    let uring = if take(2) || take(3) {
+        kernel::available()
+    } else {
+        Ok(())
+    };
+    for (step, title) in [
+        (2, "2. The kernel as a subsystem: io_uring"),
+        (
+            3,
+            "3. The chain: a storage process fronting the kernel, reads landing in our memory",
+        ),
+    ] {
+        if !take(step) {
+            continue;
+        }
+        println!("{title}");
+        match &uring {
+            Ok(()) if step == 2 => kernel::kernel(&dir)?,
+            Ok(()) => chain::chain(&dir)?,
+            Err(why) => println!(
+                "   Skipped: io_uring is not available here ({why}). On Linux 5.6 or later it is \
+                 forbidden by a seccomp profile (Docker's default, for one) or by the \
+                 kernel.io_uring_disabled sysctl."
+            ),
+        }
+        if step == 2 && take(3) {
+            println!();
+        }
+    }
     println!("\nMore: `subring bench --quick` measures all of this against its peers;");
     println!("examples/ has two-terminal echo and block servers, std::io streams and a file copy.");
     Ok(())
