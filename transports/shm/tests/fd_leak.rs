@@ -61,15 +61,17 @@ fn no_descriptor_leaks_after_many_connections() {
         std::thread::sleep(Duration::from_millis(10));
         after = open_fds();
     }
-    if after != before {
+    // (Fewer is no leak: a warm-up connection's socket, still waiting for its closer when
+    // `before` was counted.)
+    if after > before {
         for e in std::fs::read_dir("/proc/self/fd").unwrap().take(40) {
             let e = e.unwrap();
             eprintln!("{:?} -> {:?}", e.file_name(), std::fs::read_link(e.path()));
         }
     }
-    assert_eq!(
-        before, after,
-        "descriptors before and after {CYCLES} connections"
+    assert!(
+        after <= before,
+        "descriptors before and after {CYCLES} connections: {before}, {after}"
     );
     drop(probe);
     let stats = server.stop().unwrap().stats();

@@ -115,13 +115,13 @@ fn beside(
 }
 
 /// A raw connection to `path`, or `None` if none could be made now (this process, the server's
-/// too, out of descriptors until its closer threads catch up).
+/// too, out of descriptors until its closer threads catch up; the server's backlog full).
 fn try_connect(path: &std::path::Path) -> Option<OwnedFd> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     let s = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )
     .ok()?;

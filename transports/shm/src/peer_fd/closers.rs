@@ -4,8 +4,8 @@
 //! message, each of which must be closed, and leave a connection's queue full of them.
 //!
 //! So the thread that receives them (a server's event loop, serving every other client) only
-//! hands them over, a message's worth in one job ([`close_all`]), and a connection's end in
-//! one job too ([`drain`]): reading out what is queued on it is done here, not there. Checking
+//! hands them over, those of a message refused whole in one job ([`close_all`]), and a
+//! connection's end in one job too ([`drain`]): reading out what is queued on it is done here, not there. Checking
 //! each descriptor's kind and closing it one by one on the event loop let one client that sent
 //! descriptors, or left its queue full of them, stall every other client for tenths of a
 //! second at each message, and for good when it reconnected again and again
@@ -21,7 +21,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{setsockopt, sockopt};
@@ -51,8 +51,11 @@ const HELD: Duration = Duration::from_millis(20);
 pub(super) struct Closers {
     tx: Sender<Job>,
     rx: Arc<Mutex<Receiver<Job>>>,
-    /// Threads started (or being started).
+    /// Threads started.
     threads: AtomicU64,
+    /// Held while a thread is started: its slot is the next one, and one that fails to start
+    /// leaves no gap.
+    starting: Mutex<()>,
     /// Per thread, when its close in progress started (nanoseconds since `epoch`, plus one),
     /// or 0 between closes.
     closing: Arc<[AtomicU64; MAX_CLOSER_THREADS as usize]>,
@@ -69,15 +72,18 @@ impl Clock<'_> {
     /// Closes `fd` after turning its lingering off (a socket's close then does not wait for its
     /// unsent data; anything else refuses the option), with the time it started in the slot.
     fn close(&self, fd: OwnedFd) {
-        let _ = setsockopt(
-            &fd.as_fd(),
-            sockopt::Linger,
-            &libc::linger {
-                l_onoff: 0,
-                l_linger: 0,
-            },
-        );
-        self.closing(|| drop(fd));
+        self.closing(|| {
+            // (Timed too: it waits for the socket's lock, which a close elsewhere may hold.)
+            let _ = setsockopt(
+                &fd.as_fd(),
+                sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 0,
+                    l_linger: 0,
+                },
+            );
+            drop(fd)
+        });
     }
 
     /// Runs `f` (a close) with the time it started in the slot.
@@ -97,6 +103,7 @@ impl Closers {
             tx,
             rx: Arc::new(Mutex::new(rx)),
             threads: AtomicU64::new(0),
+            starting: Mutex::new(()),
             closing: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
             epoch: Instant::now(),
         };
@@ -126,18 +133,12 @@ impl Closers {
             .all(|s| matches!(s.load(Relaxed), since if since != 0 && now.saturating_sub(since) > held))
     }
 
-    /// Starts another closer thread if fewer than `limit` run (its place taken first, so that
-    /// callers racing here start no more than `limit`).
+    /// Starts another closer thread if fewer than `limit` run, in the next slot.
     fn spawn_below(&self, limit: u64) {
-        let mut n = self.threads();
-        loop {
-            if n >= limit {
-                return;
-            }
-            match self.threads.compare_exchange(n, n + 1, Relaxed, Relaxed) {
-                Ok(_) => break,
-                Err(now) => n = now,
-            }
+        let _starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        let n = self.threads();
+        if n >= limit {
+            return;
         }
         let (rx, closing, epoch) = (self.rx.clone(), self.closing.clone(), self.epoch);
         let started = std::thread::Builder::new()
@@ -157,8 +158,8 @@ impl Closers {
                     }
                 }
             });
-        if started.is_err() {
-            self.threads.fetch_sub(1, Relaxed);
+        if started.is_ok() {
+            self.threads.store(n + 1, Relaxed);
         }
     }
 
@@ -195,22 +196,35 @@ impl Clock<'_> {
     }
 }
 
-/// The closer threads of this process, and the process they were started in: a forked child
-/// has none (threads do not survive a fork), and does the work on its own thread.
-static CLOSERS: OnceLock<(u32, Closers)> = OnceLock::new();
+/// The closer threads of this process, with the id of the process that started them: a forked
+/// child (threads do not survive a fork) starts its own at its first job.
+static CLOSERS: Mutex<Option<(u32, Arc<Closers>)>> = Mutex::new(None);
 
-/// Runs `job` on a closer thread; on this one if none runs (none could start, or this is a
-/// forked child of a process that started them). With lingering off a socket's close does not
-/// wait there; a file on a FUSE mount still could.
-fn run(job: Job) {
-    let (pid, closers) = CLOSERS.get_or_init(|| (std::process::id(), Closers::new()));
-    let job = if *pid != std::process::id() {
-        job
-    } else {
-        match closers.run(job) {
-            Ok(()) => return,
-            Err(job) => job,
+/// The closer threads of this process, started if there are none yet (or only a parent's,
+/// inherited through `fork` without their threads: forgotten, not dropped, as their locks may
+/// have been held at the fork).
+fn closers() -> Arc<Closers> {
+    let mut slot = CLOSERS.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = std::process::id();
+    match slot.take() {
+        Some((owner, pool)) if owner == pid => {
+            *slot = Some((owner, pool.clone()));
+            pool
         }
+        stale => {
+            std::mem::forget(stale);
+            let pool = Arc::new(Closers::new());
+            *slot = Some((pid, pool.clone()));
+            pool
+        }
+    }
+}
+
+/// Runs `job` on a closer thread; on this one if none could start. With lingering off a
+/// socket's close does not wait there; a file on a FUSE mount still could.
+fn run(job: Job) {
+    let Err(job) = closers().run(job) else {
+        return;
     };
     let slot = AtomicU64::new(0);
     Clock {

@@ -27,11 +27,12 @@ use super::closers;
 use crate::proto::rights_in;
 
 /// Messages read from one socket at most (its queue is bounded by what the peer may have in
-/// flight, its send buffer); past it, the socket goes to the closer threads.
+/// flight, its send buffer); past it, the socket is closed with the rest queued (on its closer
+/// thread).
 const MAX_MESSAGES: usize = 1 << 16;
 
-/// This side's end of a connection: shut down, emptied and closed when dropped (see the module
-/// docs); on the closer threads if it could not be emptied. The shutdown ends the connection
+/// This side's end of a connection: shut down when dropped, then emptied and closed on a closer
+/// thread (see the module docs). The shutdown ends the connection
 /// for every process that holds it: a forked child that drops its copy of a client or a server
 /// (running destructors, unlike `exec` or `_exit`) hangs up its parent's connections.
 #[derive(Debug)]
@@ -103,7 +104,7 @@ pub(super) fn read_queue(socket: BorrowedFd<'_>, mut dispose: impl FnMut(Vec<Own
         // Peeked at first (as `proto::recv` does, and for the same reason): descriptors the
         // kernel cannot install (this process near its descriptor limit) are then dropped while
         // the queued message still holds them, never closed here; a queue that holds such a
-        // message goes to the closer threads whole.
+        // message is left for the socket's close (on its closer thread).
         let msg = match recvmsg::<()>(
             socket.as_raw_fd(),
             &mut iov,
@@ -181,13 +182,14 @@ mod tests {
         poll(&mut fds, PollTimeout::from(2000u16)).unwrap() == 1
     }
 
-    /// Everything queued on a dropped connection socket is owned and discarded, past an empty
-    /// message (which a read without SO_PASSCRED could not tell from the end of the queue);
-    /// the socket's own close then drops nothing, so a lingering socket queued on it does not
-    /// make the drop wait (closed inline with it, it waited 3 s). A Unix socket queued on it
-    /// goes to the closer threads whole, and is closed there.
+    /// Everything queued on a connection socket is read out, owned and discarded, past an
+    /// empty message (which a read without SO_PASSCRED could not tell from the end of the
+    /// queue), on the reading thread without waiting for any close (a lingering socket queued
+    /// on it, closed with it inline, waited 3 s); the descriptors are closed while the socket
+    /// is still open, so its own close has nothing to drop. A Unix socket queued on it goes to
+    /// the closer threads whole, and is closed there.
     #[test]
-    fn a_dropped_connection_socket_discards_what_is_queued_on_it() {
+    fn a_read_out_discards_what_is_queued_on_it() {
         let (ours, theirs) = crate::socket_pair().unwrap();
         let (inner, inner_peer) = crate::socket_pair().unwrap();
         let (r1, w1) = nix::unistd::pipe().unwrap();
@@ -201,12 +203,12 @@ mod tests {
         drop((w1, inner, tcp));
         // The peer closes with our messages unread: ECONNRESET is pending on our end.
         send(&ours, b"unread", &[]);
-        let start = std::time::Instant::now();
         drop(theirs);
-        drop(ConnSocket::new(ours));
+        let start = std::time::Instant::now();
+        assert!(read_out(ours.as_fd()), "the queue was not read out");
         assert!(
             start.elapsed() < std::time::Duration::from_secs(1),
-            "dropping the socket took {:?}",
+            "reading out the socket took {:?}",
             start.elapsed()
         );
         assert!(closed(&r1), "the pipe queued on the socket stayed open");
@@ -214,14 +216,35 @@ mod tests {
             closed(&r2),
             "the pipe queued inside the queued socket stayed open"
         );
+        drop(ours);
     }
 
-    /// A Unix socket queued on a dropped connection, behind which 252 other descriptors come
-    /// in the same message, carries on its own queue a TCP socket lingering for 30 s: the drop
-    /// returns at once. The read-out peeks, takes the message off the queue, and only then
-    /// hands what it peeked to the closer threads: handed over first, a closer could close the
-    /// Unix socket's peeked copy while the queue still held the other reference, which the
-    /// read that takes the message off would then drop here, lingering socket and all (a
+    /// Dropping a connection socket returns at once, a lingering socket queued on it or not:
+    /// its queue is read out on a closer thread, which closes what was queued.
+    #[test]
+    fn a_dropped_connection_socket_is_read_out_elsewhere() {
+        let (ours, theirs) = crate::socket_pair().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (tcp, _listener) = super::super::tests::lingering_socket(3);
+        send(&theirs, b"y", &[w.as_raw_fd(), tcp.as_raw_fd()]);
+        drop((w, tcp));
+        let start = std::time::Instant::now();
+        drop(ConnSocket::new(ours));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "dropping the socket took {:?}",
+            start.elapsed()
+        );
+        assert!(closed(&r), "the pipe queued on the socket stayed open");
+        drop(theirs);
+    }
+
+    /// A Unix socket queued on a connection, behind which 252 other descriptors come in the
+    /// same message, carries on its own queue a TCP socket lingering for 30 s: the read-out
+    /// returns at once. It peeks, takes the message off the queue, and only then hands what it
+    /// peeked to the closer threads: handed over first, a closer could close the Unix socket's
+    /// peeked copy while the queue still held the other reference, which the read that takes
+    /// the message off would then drop on the reading thread, lingering socket and all (a
     /// reviewer helper's finding in the first version of the peeked read-out).
     #[test]
     fn a_socket_nested_in_a_queued_one_is_not_closed_here() {
@@ -238,13 +261,13 @@ mod tests {
         send(&theirs, b"y", &raw);
         drop((inner, fillers));
         let start = std::time::Instant::now();
-        drop(ConnSocket::new(ours));
+        assert!(read_out(ours.as_fd()), "the queue was not read out");
         assert!(
             start.elapsed() < std::time::Duration::from_secs(2),
-            "dropping the socket took {:?}",
+            "reading out the socket took {:?}",
             start.elapsed()
         );
-        drop(theirs);
+        drop((ours, theirs));
     }
 
     /// A peer that closed with messages of ours unread leaves ECONNRESET pending on our end,

@@ -6,9 +6,9 @@
 //! FUSE mount waits for the daemon's answer to its flush. And a peer can send many: 253 in a
 //! message. So a received descriptor is a [`PeerFd`]: it becomes an `OwnedFd` only through a
 //! check of its kind ([`PeerFd::memfd`], [`PeerFd::eventfd`]), and one that is refused or
-//! dropped is closed by [`discard`], which hands it to the closer threads ([`closers`]), a
-//! message's worth in one job ([`discard_all`]): the thread that received it spends no more
-//! on it than the handing over.
+//! dropped is closed by [`discard`], which hands it to the closer threads ([`closers`]); a
+//! message refused whole hands all of its own over in one job ([`discard_all`]): the thread
+//! that received them spends no more on them than the handing over.
 //!
 //! - [`drain`]: this side's end of a connection ([`ConnSocket`]) is shut down, then emptied of
 //!   the descriptors queued on it and closed on a closer thread.
