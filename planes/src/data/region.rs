@@ -384,6 +384,45 @@ impl Region {
         })
     }
 
+    /// The parts of `len` bytes at `offset` that may hold data, found without reading them
+    /// (which would fault their pages in): everything else is a hole of the region's memfd,
+    /// never written, and reads as zero. The extents are offsets in the region, whole pages
+    /// clipped to the range, in order. `None` when it cannot tell: anonymous memory, a range
+    /// out of bounds, a failed `lseek` (`SEEK_DATA`, `SEEK_HOLE`). A file system without holes
+    /// (hugetlbfs) reports the whole range; so do pages swapped out.
+    pub fn data_extents(&self, offset: usize, len: usize) -> Option<Vec<std::ops::Range<usize>>> {
+        use nix::unistd::{lseek, Whence};
+        let fd = self.fd.as_ref()?;
+        let end = offset.checked_add(len)?;
+        if end > self.len() || self.backing == Backing::Anonymous {
+            return None;
+        }
+        let at = |o: usize| libc::off_t::try_from(o).ok();
+        let mut extents = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let data = match lseek(fd, at(pos)?, Whence::SeekData) {
+                Ok(d) => usize::try_from(d).ok()?,
+                // No data from `pos` to the end of the file.
+                Err(nix::errno::Errno::ENXIO) => break,
+                Err(_) => return None,
+            };
+            if data >= end {
+                break;
+            }
+            let hole = usize::try_from(lseek(fd, at(data)?, Whence::SeekHole).ok()?).ok()?;
+            extents.push(data..hole.min(end));
+            pos = hole.max(data + 1);
+        }
+        Some(extents)
+    }
+
+    /// Whether `len` bytes at `offset` are certainly zero without reading them: no
+    /// [`data_extents`](Self::data_extents) there.
+    pub fn reads_as_zero(&self, offset: usize, len: usize) -> bool {
+        self.data_extents(offset, len).is_some_and(|e| e.is_empty())
+    }
+
     /// Length of the mapping in bytes.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -14,24 +14,28 @@ fn corrupt_stamp_is_an_error_for_the_consumer() {
         .unwrap();
     tx.push(1).unwrap();
     assert_eq!(rx.pop().unwrap(), Some(1));
-    // The slot of entry 1 holds the stamp of its previous lap (1 + 1 - 8) until it is published.
+    // The slot of entry 1 holds the stamp of its previous lap (0: the lap before the first)
+    // until it is published, then that of its own (8, the first index of the next lap).
     // Anything else is corrupt: a stamp from the future...
-    poke(&region, stamp_at(1, 8), 1 + 1 + 8);
+    poke(&region, stamp_at(1, 8), 16);
     let err = rx.pop().unwrap_err();
     assert_eq!(err.field, IndexField::Stamp);
-    assert_eq!(err.found, 10);
-    assert_eq!((err.low, err.high), (2u32.wrapping_sub(8), 2));
+    assert_eq!(err.found, 16);
+    assert_eq!((err.low, err.high), (0, 8));
     // ...or from long ago...
-    poke(&region, stamp_at(1, 8), 0);
+    poke(&region, stamp_at(1, 8), 0u32.wrapping_sub(8));
     assert!(rx.read_chunk(4).is_err());
     assert!(rx.available().is_err());
     assert!(rx.has_entries().is_err());
+    // ...or the index of the entry (what a stamp was in layout version 4)...
+    poke(&region, stamp_at(1, 8), 2);
+    assert!(rx.available().is_err());
     // ...and the stamp a correct producer leaves is fine again.
-    poke(&region, stamp_at(1, 8), 2u32.wrapping_sub(8));
+    poke(&region, stamp_at(1, 8), 0);
     assert_eq!(rx.available().unwrap(), 0);
     // A peer that stamps a slot publishes whatever bytes it holds: the consumer validated the
     // stamp, and any bytes are a valid entry.
-    poke(&region, stamp_at(1, 8), 2);
+    poke(&region, stamp_at(1, 8), 8);
     assert_eq!(rx.available().unwrap(), 1);
     assert!(rx.pop().unwrap().is_some());
 }

@@ -152,3 +152,57 @@ fn attach_checks_the_header() {
         "{err}"
     );
 }
+
+/// A stamped ring created in a fresh memfd writes nothing to its slots (their zeros are the
+/// stamps before the first lap): its slot pages past the header's stay holes until entries are
+/// written there.
+/// A server creating a client's rings faulted in every page of both at each hello.
+#[test]
+fn a_stamped_ring_in_fresh_memory_touches_no_slot() {
+    let capacity = 1 << 12;
+    let layout = RingLayout::of::<u64, Stamped>(capacity).unwrap();
+    let region = region_for::<u64, Stamped>(capacity);
+    // (The header's page holds the first slots too: from the next page on.)
+    let first_page = layout.slots_offset.next_multiple_of(4096);
+    let slots = (first_page, layout.size - first_page);
+    assert!(
+        region.reads_as_zero(slots.0, slots.1),
+        "fresh slots are holes"
+    );
+    let (mut tx, mut rx) = Ring::<u64, Stamped>::create(region.clone(), 0, capacity)
+        .unwrap()
+        .split()
+        .unwrap();
+    assert!(
+        region.reads_as_zero(slots.0, slots.1),
+        "creating the ring wrote to its slots"
+    );
+    for lap in 0..3u64 {
+        for i in 0..u64::from(capacity) {
+            tx.push(lap << 32 | i).unwrap();
+            assert_eq!(rx.pop().unwrap(), Some(lap << 32 | i));
+        }
+    }
+}
+
+/// Over memory that is not fresh (slots holding old bytes, here every byte 0xff), a stamped
+/// ring writes each slot's stamp: it starts empty and works.
+#[test]
+fn a_stamped_ring_over_used_memory_starts_empty() {
+    let capacity = 64;
+    let layout = RingLayout::of::<u64, Stamped>(capacity).unwrap();
+    let region = region_for::<u64, Stamped>(capacity);
+    for offset in (layout.slots_offset..layout.size).step_by(4) {
+        poke(&region, offset, u32::MAX);
+    }
+    assert!(!region.reads_as_zero(layout.slots_offset, 4));
+    let (mut tx, mut rx) = Ring::<u64, Stamped>::create(region.clone(), 0, capacity)
+        .unwrap()
+        .split()
+        .unwrap();
+    assert_eq!(rx.available().unwrap(), 0);
+    for i in 0..200u64 {
+        tx.push(i).unwrap();
+        assert_eq!(rx.pop().unwrap(), Some(i));
+    }
+}

@@ -54,22 +54,24 @@ impl<T: Pod, P: Publication> Consumer<T, P> {
         if !P::STAMPED {
             return self.read_tail();
         }
+        let mask = self.ring.mask;
         let mut corrupt = None;
         let mut check = |index: u32, slot: SlotPtr| {
             // SYNC POINT (ring-publish): Acquire pairs with the producer's Release store of the
             // stamp in `Producer::publish`; its write of the entry happens-before our read.
             // SAFETY: `walk` hands out this ring's slots.
             let stamp = unsafe { self.ring.stamp_at(slot) }.load(Acquire);
-            if stamp == stamp_of(index) {
+            let published = stamp_of(index, mask);
+            if stamp == published {
                 return true;
             }
-            let unpublished = stamp_of(index.wrapping_sub(capacity));
+            let unpublished = published.wrapping_sub(capacity);
             if stamp != unpublished {
                 corrupt = Some(CorruptIndex {
                     field: IndexField::Stamp,
                     found: stamp,
                     low: unpublished,
-                    high: stamp_of(index),
+                    high: published,
                     capacity,
                 });
             }

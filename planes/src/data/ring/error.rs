@@ -54,10 +54,9 @@ impl fmt::Display for CorruptIndex {
         match field {
             IndexField::Stamp => write!(
                 f,
-                "corrupt ring: peer-written stamp of entry {} is {found}, but a correct producer \
-                 leaves {low} there until it publishes the entry, then writes {high} \
-                 (capacity {capacity})",
-                high.wrapping_sub(1)
+                "corrupt ring: a peer-written stamp is {found}, but a correct producer leaves \
+                 {low} in that slot until it publishes the entry due there, then writes {high} \
+                 (capacity {capacity})"
             ),
             _ => write!(
                 f,

@@ -156,7 +156,24 @@ impl<T: Pod, P: Publication> Ring<T, P> {
         unsafe {
             Self::construct(&ptrs, capacity, start);
         }
-        Ok(Self::init(ptrs, capacity, start, Release))
+        // A fresh memfd's slots are holes, which read as zero: the stamps they hold before the
+        // first lap (see `stamp_of`). Only slots in pages that hold data (the header's, say)
+        // are stamped, and no other page is touched (a server creating a client's rings would
+        // otherwise fault in every page of both, megabytes per hello, on its event loop).
+        let layout = RingLayout::of::<T, P>(capacity)?;
+        let slots_at = offset + layout.slots_offset;
+        let data = match start {
+            0 => region
+                .data_extents(slots_at, layout.size - layout.slots_offset)
+                .map(|extents| {
+                    extents
+                        .into_iter()
+                        .map(|e| e.start - slots_at..e.end - slots_at)
+                        .collect::<Vec<_>>()
+                }),
+            _ => None,
+        };
+        Ok(Self::init(ptrs, capacity, start, Release, data.as_deref()))
     }
 
     /// Loom builds only: constructs the loom objects of a ring of `capacity` entries at
@@ -191,7 +208,7 @@ impl<T: Pod, P: Publication> Ring<T, P> {
         publish: crate::sync::Ordering,
     ) -> Result<Self, RingError> {
         let ptrs = Self::locate(&region, offset, capacity)?;
-        Ok(Self::init(ptrs, capacity, 0, publish))
+        Ok(Self::init(ptrs, capacity, 0, publish, None))
     }
 
     /// # Safety
@@ -235,17 +252,31 @@ impl<T: Pod, P: Publication> Ring<T, P> {
         capacity: u32,
         start: u32,
         publish: crate::sync::Ordering,
+        data: Option<&[std::ops::Range<usize>]>,
     ) -> Self {
         let h = ptrs.header();
         h.config.magic.store(0, Relaxed);
         h.tail.store(start, Relaxed);
         h.head.store(start, Relaxed);
-        // The stamp each slot holds before its first use: that of the lap before `start`.
+        // The stamp each slot holds before its first use: that of the lap before `start` (0
+        // for a ring starting at 0, which slots that read as zero already hold). `data`: the
+        // byte ranges of the slots (from the first) that may not read as zero, if known.
         if P::STAMPED {
-            for k in 0..capacity {
+            let stamp = |k: u32| {
                 let index = start.wrapping_add(k);
                 ptrs.stamp(index)
-                    .store(stamp_of(index.wrapping_sub(capacity)), Relaxed);
+                    .store(stamp_of(index.wrapping_sub(capacity), ptrs.mask), Relaxed);
+            };
+            let stride = RingPtrs::<T, P>::STRIDE;
+            match data {
+                None => (0..capacity).for_each(stamp),
+                Some(extents) => {
+                    for e in extents {
+                        let first = (e.start / stride) as u32;
+                        let last = (e.end.div_ceil(stride) as u32).min(capacity);
+                        (first..last).for_each(stamp);
+                    }
+                }
             }
         }
         h.consumer_wake.reset();

@@ -30,9 +30,11 @@
 //! +640        capacity x stride   slots (index & (capacity - 1)): the entry alone (indexed),
 //!                                 or a 4-byte stamp, then the entry (stamped)
 //! ```
-//! A stamped slot's stamp is `index + 1` once the producer has published the entry at `index`,
-//! and the slot's next use (`index + capacity`) has not been published while it still reads
-//! `index + 1`. The slot stride keeps the stamp and the entry on one line: stamped slots of up
+//! A stamped slot's stamp is `capacity * (lap + 1)` (wrapping) once the producer has published
+//! the entry at `index` (in lap `index / capacity`), and the slot's next use (`index +
+//! capacity`) has not been published while it still reads so. Before its first use a slot
+//! reads 0: a ring created in fresh zeroed memory (a memfd's holes) has no stamps to write, and
+//! costs no page of its slots until an entry is written there. The slot stride keeps the stamp and the entry on one line: stamped slots of up
 //! to 64 bytes take the next power of two, larger ones whole lines. A stamped ring still
 //! publishes `tail` (after the stamps, so it may lag behind them) for a producer that attaches
 //! later and for observers; its consumer reads it only when it attaches.
@@ -81,11 +83,12 @@ pub use producer::{Producer, WriteChunk};
 
 /// Identifies a ring header ("sbrg", little-endian).
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"sbrg");
-/// Version of the ring's shared-memory layout; bumped on any change to it. (Version 4: the
+/// Version of the ring's shared-memory layout; bumped on any change to it. (Version 5: a stamp
+/// names its entry's lap, not its index, so that zeroed memory is a fresh stamped ring. Version 4: the
 /// header records the ring's [`Publication`], and a ring may be indexed, without stamps.
 /// Version 3: a wake word may say "sleeping until entry N", which a notifier of version 2
 /// would not wake.)
-pub const RING_LAYOUT_VERSION: u32 = 4;
+pub const RING_LAYOUT_VERSION: u32 = 5;
 /// The largest capacity a ring may have.
 pub const MAX_CAPACITY: u32 = 1 << 31;
 
@@ -182,9 +185,14 @@ const fn slot_stride(size: usize) -> usize {
         size
     }
 }
-/// The stamp a correct producer leaves in the slot of `index` once it has published it.
-fn stamp_of(index: u32) -> u32 {
-    index.wrapping_add(1)
+/// The stamp a correct producer leaves in the slot of `index` once it has published it, in a
+/// ring whose index mask is `mask` (capacity - 1): the first index of the next lap,
+/// `capacity * (lap + 1)`, wrapping. One lap earlier it was `capacity` less, and before the
+/// first lap (index `k - capacity` for slot `k`) 0, so fresh zeroed memory needs no stamps
+/// written ([`Ring::create`] writes none over a memfd's holes).
+#[inline(always)]
+fn stamp_of(index: u32, mask: u32) -> u32 {
+    (index | mask).wrapping_add(1)
 }
 
 #[repr(C)]

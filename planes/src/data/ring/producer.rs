@@ -159,7 +159,9 @@ impl<T: Pod, P: Publication> Producer<T, P> {
             Slot::write(RingPtrs::<T, P>::value_at(slot), value);
             if P::STAMPED {
                 // SYNC POINT (ring-publish): as in `publish_staged_ordered`.
-                self.ring.stamp_at(slot).store(stamp_of(self.tail), order);
+                self.ring
+                    .stamp_at(slot)
+                    .store(stamp_of(self.tail, self.ring.mask), order);
             }
         }
         self.tail = self.tail.wrapping_add(1);
@@ -249,7 +251,7 @@ impl<T, P: Publication> Producer<T, P> {
             // SYNC POINT (ring-publish): Release pairs with the consumer's Acquire load of the
             // stamp in `Consumer::scan`; the entry's write happens-before its read.
             // SAFETY: `slot` and `walk_back` hand out this ring's slots.
-            unsafe { ring.stamp_at(slot) }.store(stamp_of(index), order);
+            unsafe { ring.stamp_at(slot) }.store(stamp_of(index, ring.mask), order);
         };
         if n == 1 {
             stamp(self.tail, ring.slot(self.tail));
