@@ -33,13 +33,15 @@ pub(super) const CLOSER_THREADS: u64 = 4;
 const MAX_CLOSER_THREADS: u64 = 16;
 
 /// What a closer thread does.
-#[derive(Debug)]
 pub(super) enum Job {
     /// Close these (lingering off first).
     Close(Vec<OwnedFd>),
     /// Read out this side's end of a connection, already shut down, then close it
     /// ([`super::drain`]).
     Drain(OwnedFd),
+    /// Drop this: memory a departed client leaves (unmapping it, and freeing it if this was
+    /// the last reference to its memfd, takes a while in proportion to what it holds).
+    Drop(Box<dyn Send>),
 }
 
 /// How long a close may take before its thread counts as held (by a close that blocks), so
@@ -192,6 +194,7 @@ impl Clock<'_> {
                 });
                 self.closing(|| drop(socket));
             }
+            Job::Drop(value) => self.closing(|| drop(value)),
         }
     }
 }
@@ -244,6 +247,11 @@ pub(super) fn close_all(fds: Vec<OwnedFd>) {
     if !fds.is_empty() {
         run(Job::Close(fds));
     }
+}
+
+/// Drops `value` on a closer thread (see [`run`]).
+pub(super) fn drop_elsewhere(value: Box<dyn Send>) {
+    run(Job::Drop(value));
 }
 
 /// Reads out `socket` (this side's end of a connection, already shut down) and closes it, on a

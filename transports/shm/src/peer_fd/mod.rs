@@ -145,6 +145,14 @@ pub(crate) fn discard_all(fds: Vec<PeerFd>) {
     closers::close_all(fds.into_iter().filter_map(|mut f| f.0.take()).collect());
 }
 
+/// Drops `value` on the closer threads: what takes long to drop in proportion to what a peer
+/// made of it, such as the mappings of a departed client's memory (unmapping them, and
+/// freeing the memory if this process held the last reference to its memfd: tens of
+/// milliseconds for a gigabyte the client filled).
+pub(crate) fn drop_elsewhere<T: Send + 'static>(value: T) {
+    closers::drop_elsewhere(Box::new(value));
+}
+
 /// Closes a descriptor of this side's on the closer threads: one whose close drops what peers
 /// queued on it (a listener, with the connections still in its backlog).
 pub(crate) fn close_elsewhere(fd: OwnedFd) {
