@@ -421,3 +421,85 @@ fn clients_holding_a_slot_do_not_cap_a_busy_one() {
     drop(busy);
     drop(running.stop());
 }
+
+/// A client that keeps 64 reads of 8 MiB (the whole device, into a region it registered) in
+/// flight has at most `max_client_bytes_in_ring` (16 MiB) of them in the kernel: another
+/// client's 4 KiB reads, queued in the kernel behind them, stay under 25 ms (4-11 ms). (With all 512 MiB
+/// given to the kernel, a 4 KiB read waited behind them: 43-48 ms, some 35 reads in 1.5 s.)
+/// Served buffered here (tmpfs), where the kernel's worker threads copy each read in turn.
+#[test]
+fn a_client_with_much_in_flight_keeps_no_more_than_its_bytes_in_the_kernel() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    let _serial = serial();
+    let dir = TempDir::new("bytes-in-ring", true);
+    let socket = dir.0.join("blk.sock");
+    let (disk, data) = dir.random_disk(9);
+    let mut blk = BlkConfig::new(&disk);
+    blk.max_io = DEVICE as u32;
+    let running = Running::start(subring_blk::serve(&socket, server_config(), blk).unwrap());
+    let mut other = connect_retry_with(&socket, &BlkOptions::new().buffers(4096, 8));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = std::thread::spawn({
+        let (socket, stop) = (socket.clone(), stop.clone());
+        move || {
+            use subring_shm::{Region, RegionOptions};
+            let mut client = connect_retry(&socket);
+            let region = Region::memfd("whole", DEVICE as usize, RegionOptions::new().id(9));
+            client
+                .shm()
+                .register_region(Arc::new(region.unwrap()))
+                .unwrap();
+            let into = BufHandle {
+                offset: 0,
+                len: DEVICE as u32,
+                region: 9,
+            };
+            let (mut sent, mut done) = (0u64, 0u64);
+            loop {
+                while !stop.load(Relaxed) && sent - done < 64 {
+                    client.raw(sent, 1, 0, DEVICE as u32, into).unwrap();
+                    sent += 1;
+                }
+                client.submit().unwrap();
+                if done == sent {
+                    return done;
+                }
+                let d = client.next(Some(LIMIT)).unwrap();
+                assert_eq!(d.result, Ok(DEVICE));
+                done += 1;
+            }
+        }
+    });
+    running.until("the flooding client reads", |s| s.blk.reads > 64);
+    let (mut worst, mut reads) = (Duration::ZERO, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        let offset = (reads * 4096 * 7) % DEVICE;
+        let t = Instant::now();
+        other
+            .read(reads, offset, other.alloc().unwrap(), 4096)
+            .unwrap();
+        other.submit().unwrap();
+        let d = other.next(Some(LIMIT)).unwrap();
+        worst = worst.max(t.elapsed());
+        assert_eq!(d.result, Ok(4096));
+        let at = offset as usize;
+        assert!(d.buf.unwrap().to_vec() == data[at..at + 4096]);
+        reads += 1;
+    }
+    stop.store(true, Relaxed);
+    let flooded = flooder.join().unwrap();
+    let stats = running.stop().service().stats();
+    eprintln!(
+        "{reads} reads of 4 KiB beside {flooded} of 8 MiB: worst {worst:?}; at most {} bytes \
+         of one client in the kernel, {} waits",
+        stats.peak_client_bytes_in_ring, stats.bytes_waits
+    );
+    assert!(stats.peak_client_bytes_in_ring <= 16 << 20, "{stats:?}");
+    assert!(
+        worst < Duration::from_millis(25),
+        "a 4 KiB read took {worst:?} beside a client with 64 reads of 8 MiB in flight"
+    );
+    drop(other);
+}

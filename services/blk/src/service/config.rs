@@ -23,6 +23,13 @@ pub struct BlkConfig {
     pub depth: u32,
     /// Largest read or write (default 1 MiB).
     pub max_io: u32,
+    /// Bytes of reads and writes one client may have in the kernel at once (default 16 MiB;
+    /// not 0). The kernel serves what it is given in order (its worker threads, the device's
+    /// queue): a client with 64 reads of 8 MiB in flight had another client's 4 KiB read wait
+    /// behind 512 MiB of them, 45 ms. Past this, the client's next operation waits in the
+    /// service until some of its own complete (one larger than this goes alone). 16 MiB in
+    /// flight is more than a device needs to stream at full speed.
+    pub max_client_bytes_in_ring: u64,
     /// `true` (default): the kernel reads into and writes from the client's buffers, registered
     /// as fixed buffers of the service's ring. `false`: the service copies through buffers of
     /// its own (the design this service exists to avoid; kept to measure it against).
@@ -72,6 +79,7 @@ impl BlkConfig {
             direct: true,
             depth: 256,
             max_io: 1 << 20,
+            max_client_bytes_in_ring: 16 << 20,
             zero_copy: true,
             submit_batch: 16,
             max_registered: 1 << 30,
@@ -167,6 +175,11 @@ pub struct BlkStats {
     /// Slots given to a client that already had its share of the ring in the kernel, because
     /// no other client under its share was waiting (the share binds only under contention).
     pub beyond_share: u64,
+    /// Turns a client's next operation waited because the client had
+    /// [`BlkConfig::max_client_bytes_in_ring`] bytes in the kernel.
+    pub bytes_waits: u64,
+    /// The most bytes of reads and writes one client had in the kernel at once.
+    pub peak_client_bytes_in_ring: u64,
     /// The most operations one client had in the ring right after the service gave it another
     /// while another client's operations waited for the ring: at most its share, unless every
     /// client waiting had its share (slots are not left idle then).

@@ -97,6 +97,8 @@ struct ClientState {
     in_flight: u32,
     /// Of those, operations in the ring (pushed and not yet completed).
     in_ring: u32,
+    /// Bytes of reads and writes of those.
+    bytes_in_ring: u64,
     writes: BTreeSet<u64>,
     next_write: u64,
     flushes: VecDeque<WaitingFlush>,
@@ -170,6 +172,7 @@ impl BlkService {
         }
         for (field, value) in [
             ("max_io", config.max_io as u64),
+            ("max_client_bytes_in_ring", config.max_client_bytes_in_ring),
             ("submit_batch", config.submit_batch as u64),
             ("max_registered", config.max_registered),
             ("max_registered_total", config.max_registered_total),
@@ -292,6 +295,7 @@ impl Service<BlkRequest, BlkCompletion> for BlkService {
             refused_at: None,
             in_flight: 0,
             in_ring: 0,
+            bytes_in_ring: 0,
             writes: BTreeSet::new(),
             next_write: 0,
             flushes: VecDeque::new(),

@@ -180,6 +180,9 @@ impl BlkService {
         // most for one of the others' operations to complete).
         let mut passed = 0;
         let mut conserving = false;
+        // Clients passed over in a row for their bytes in the kernel: once every waiting
+        // client has been, nothing can go before some completions.
+        let mut capped = 0;
         while let Some(token) = self.ops.front() {
             if self.ring.in_flight() >= self.config.depth as usize {
                 return;
@@ -195,6 +198,22 @@ impl BlkService {
                 continue;
             }
             let client = io.client;
+            let bytes = match io.kind {
+                Kind::Read | Kind::Write => u64::from(io.len),
+                _ => 0,
+            };
+            let in_ring = self.clients[&client].bytes_in_ring;
+            if in_ring > 0 && in_ring + bytes > self.config.max_client_bytes_in_ring {
+                // Enough of its bytes are in the kernel, ahead of anyone else's: it goes again
+                // once some of its own complete (which is bound to happen).
+                self.stats.bytes_waits += 1;
+                self.ops.pass_turn();
+                capped += 1;
+                if capped >= self.ops.waiting_clients() {
+                    return;
+                }
+                continue;
+            }
             let share = *share.get_or_insert_with(|| {
                 let active = self.clients.values().filter(|c| c.in_flight > 0).count();
                 fair_share(self.config.depth, active)
@@ -281,6 +300,10 @@ impl BlkService {
                         self.stats.beyond_share += 1;
                     }
                     c.in_ring += 1;
+                    c.bytes_in_ring += bytes;
+                    self.stats.peak_client_bytes_in_ring =
+                        self.stats.peak_client_bytes_in_ring.max(c.bytes_in_ring);
+                    capped = 0;
                     if self.ops.others_waiting(client) {
                         self.stats.peak_shared_in_ring =
                             self.stats.peak_shared_in_ring.max(c.in_ring);
@@ -399,6 +422,9 @@ impl BlkService {
         client.in_flight -= 1;
         if io.pushed {
             client.in_ring -= 1;
+            if matches!(io.kind, Kind::Read | Kind::Write) {
+                client.bytes_in_ring -= u64::from(io.len);
+            }
         }
         debug_assert!(client.in_ring <= client.in_flight);
         match io.kind {
