@@ -89,8 +89,10 @@ impl SleepSet {
         }
     }
 
-    /// Replaces the words to sleep on (at most [`WAIT_ANY_MAX`]). Call it between sleeps.
-    pub fn set_words(&mut self, words: Vec<WakeRef>) -> io::Result<()> {
+    /// Replaces the words to sleep on (at most [`WAIT_ANY_MAX`]) and returns the words it
+    /// held, for the caller to drop where it likes (the last handle to a departed peer's word
+    /// unmaps its ring's region, see [`WakeRef::is_last_owner`]). Call it between sleeps.
+    pub fn set_words(&mut self, words: Vec<WakeRef>) -> io::Result<Vec<WakeRef>> {
         if words.len() > WAIT_ANY_MAX {
             return Err(super::wait_any::too_many(words.len()));
         }
@@ -101,8 +103,7 @@ impl SleepSet {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         shared.clone_from(&words);
         drop(shared);
-        self.words = words;
-        Ok(())
+        Ok(std::mem::replace(&mut self.words, words))
     }
 
     /// How many words the set holds.

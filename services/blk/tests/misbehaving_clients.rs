@@ -503,3 +503,76 @@ fn a_client_with_much_in_flight_keeps_no_more_than_its_bytes_in_the_kernel() {
     );
     drop(other);
 }
+
+/// A client held back by its bytes in the kernel does not hold back the others' share: with
+/// one client at its 16 MiB (two reads of 8 MiB) and more queued, another client with many
+/// small reads queued is given slots beyond its share of an 8-deep ring, which would otherwise
+/// stay idle. (Passed over for its share while the first was passed over for its bytes, it
+/// was held at 4 slots of 8, 2 idle, for as long as the first had reads queued: a reviewer
+/// helper's finding in the first version of the bound.)
+#[test]
+fn a_client_held_by_its_bytes_leaves_its_slots_to_the_others() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    let _serial = serial();
+    let dir = TempDir::new("bytes-and-share", true);
+    let socket = dir.0.join("blk.sock");
+    let (disk, _data) = dir.random_disk(13);
+    let mut blk = BlkConfig::new(&disk);
+    blk.max_io = DEVICE as u32;
+    blk.depth = 8;
+    let running = Running::start(subring_blk::serve(&socket, server_config(), blk).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = |len: u32, in_flight: u64, region: bool| {
+        let (socket, stop) = (socket.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use subring_shm::{Region, RegionOptions};
+            let mut client = connect_retry(&socket);
+            let into = if region {
+                let r = Region::memfd("whole", DEVICE as usize, RegionOptions::new().id(9));
+                client.shm().register_region(Arc::new(r.unwrap())).unwrap();
+                BufHandle {
+                    offset: 0,
+                    len,
+                    region: 9,
+                }
+            } else {
+                BufHandle {
+                    len,
+                    ..client.alloc().unwrap().handle()
+                }
+            };
+            let (mut sent, mut done) = (0u64, 0u64);
+            loop {
+                while !stop.load(Relaxed) && sent - done < in_flight {
+                    let offset = (sent * u64::from(len)) % DEVICE;
+                    client.raw(sent, 1, offset, len, into).unwrap();
+                    sent += 1;
+                }
+                client.submit().unwrap();
+                if done == sent {
+                    return done;
+                }
+                let d = client.next(Some(LIMIT)).unwrap();
+                assert_eq!(d.result, Ok(u64::from(len)));
+                done += 1;
+            }
+        })
+    };
+    let big = reader(DEVICE as u32, 16, true);
+    running.until("the big reader reads", |s| s.blk.reads > 16);
+    let small = reader(4096, 32, false);
+    let seen = running.within(Duration::from_secs(5), |s| s.blk.beyond_share > 0);
+    stop.store(true, Relaxed);
+    let (big, small) = (big.join().unwrap(), small.join().unwrap());
+    let stats = running.stop().service().stats();
+    eprintln!("{big} reads of 8 MiB, {small} of 4 KiB: {stats:?}");
+    assert!(
+        stats.bytes_waits > 0,
+        "the big reader was never held: {stats:?}"
+    );
+    assert!(
+        seen.is_some(),
+        "the small reader never had more than its share while the big one was held: {stats:?}"
+    );
+}

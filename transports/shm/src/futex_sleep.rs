@@ -92,9 +92,13 @@ impl FutexSleep {
         self.set.is_raised()
     }
 
-    /// The kick words to sleep on, when the clients change.
+    /// The kick words to sleep on, when the clients change. The words replaced that were the
+    /// last handles to their memory (a departed client's) are dropped on a closer thread:
+    /// unmapping the region, and freeing it, takes in proportion to what the client filled.
     pub(crate) fn set_words(&mut self, words: Vec<WakeRef>) -> io::Result<()> {
-        self.set.set_words(words)
+        let old = self.set.set_words(words)?;
+        crate::peer_fd::drop_last_owners(old);
+        Ok(())
     }
 
     /// Sleeps until a kick word (each announced sleeping, its ring re-checked) is woken, the

@@ -186,8 +186,15 @@ impl FutexWaits {
         loop {
             for cqe in self.ring.completion() {
                 let data = cqe.user_data();
-                if data != CANCEL && self.pending.remove(&data).is_some() {
+                if data == CANCEL {
+                    continue;
+                }
+                if let Some(word) = self.pending.remove(&data) {
                     n += 1;
+                    // The last handle to a departed client's word unmaps its memory: not here.
+                    if word.is_last_owner() {
+                        crate::peer_fd::drop_elsewhere(word);
+                    }
                 }
             }
             // Completions beyond the ring's room wait in the kernel's overflow list (the

@@ -163,7 +163,7 @@ impl<T: Pod, P: Publication> Ring<T, P> {
         let layout = RingLayout::of::<T, P>(capacity)?;
         let slots_at = offset + layout.slots_offset;
         let data = match start {
-            0 => region
+            0 if P::STAMPED => region
                 .data_extents(slots_at, layout.size - layout.slots_offset)
                 .map(|extents| {
                     extents

@@ -180,8 +180,9 @@ impl BlkService {
         // most for one of the others' operations to complete).
         let mut passed = 0;
         let mut conserving = false;
-        // Clients passed over in a row for their bytes in the kernel: once every waiting
-        // client has been, nothing can go before some completions.
+        // Of those, passed over in a row for their bytes in the kernel (which binds whether
+        // others wait or not): once every waiting client has been, nothing can go before some
+        // completions.
         let mut capped = 0;
         while let Some(token) = self.ops.front() {
             if self.ring.in_flight() >= self.config.depth as usize {
@@ -212,6 +213,11 @@ impl BlkService {
                 if capped >= self.ops.waiting_clients() {
                     return;
                 }
+                // A pass like any other: once every waiting client has been passed over, for
+                // its share or its bytes, the share is not enforced (slots nobody under their
+                // share can take go to whoever waits).
+                passed += 1;
+                conserving = passed >= self.ops.waiting_clients();
                 continue;
             }
             let share = *share.get_or_insert_with(|| {
@@ -228,10 +234,12 @@ impl BlkService {
                 self.stats.share_waits += 1;
                 self.ops.pass_turn();
                 passed += 1;
+                capped = 0;
                 conserving = passed >= self.ops.waiting_clients();
                 continue;
             }
             passed = 0;
+            capped = 0;
             let io = self.ops.get_mut(token).expect("looked at it");
             let fd = Target::Fixed(0);
             // `Err(status)`: the operation is answered with `status` instead.

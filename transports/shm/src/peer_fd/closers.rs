@@ -13,6 +13,10 @@
 //!
 //! A closer turns lingering off before each close (`SO_LINGER`: a socket's close then does not
 //! wait for its unsent data; anything else answers `ENOTSOCK`), so no kind needs telling apart.
+//! What must not wait behind a close that blocks (the memory of a departed client, whose
+//! unmapping cannot block but takes a while) goes to a thread of its own, the dropper
+//! ([`drop_elsewhere`]).
+//!
 //! Each close that blocks holds one thread (a daemon that never answers holds it for good),
 //! with the rest of its job, and the others go on. Four start with the first job; while every
 //! one is held in a close (one that has taken over 20 ms) another starts, up to sixteen. A peer that holds all of them
@@ -39,9 +43,6 @@ pub(super) enum Job {
     /// Read out this side's end of a connection, already shut down, then close it
     /// ([`super::drain`]).
     Drain(OwnedFd),
-    /// Drop this: memory a departed client leaves (unmapping it, and freeing it if this was
-    /// the last reference to its memfd, takes a while in proportion to what it holds).
-    Drop(Box<dyn Send>),
 }
 
 /// How long a close may take before its thread counts as held (by a close that blocks), so
@@ -194,7 +195,6 @@ impl Clock<'_> {
                 });
                 self.closing(|| drop(socket));
             }
-            Job::Drop(value) => self.closing(|| drop(value)),
         }
     }
 }
@@ -249,9 +249,35 @@ pub(super) fn close_all(fds: Vec<OwnedFd>) {
     }
 }
 
-/// Drops `value` on a closer thread (see [`run`]).
+/// The dropper thread of this process, with the id of the process that started it: a forked
+/// child starts its own.
+type Dropper = Mutex<Option<(u32, Sender<Box<dyn Send>>)>>;
+static DROPPER: Dropper = Mutex::new(None);
+
+/// Drops `value` on the dropper thread, a thread of its own (not a closer: a closer may be held
+/// for good by a close that blocks, and what is dropped here must not wait behind it: memory,
+/// whose unmapping and freeing cannot block); here if it cannot start.
 pub(super) fn drop_elsewhere(value: Box<dyn Send>) {
-    run(Job::Drop(value));
+    let mut slot = DROPPER.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = std::process::id();
+    if !matches!(&*slot, Some((owner, _)) if *owner == pid) {
+        // A parent's, inherited through `fork` without its thread: forgotten, not dropped.
+        std::mem::forget(slot.take());
+        let (tx, rx) = mpsc::channel::<Box<dyn Send>>();
+        let started = std::thread::Builder::new()
+            .name("subring-dropper".into())
+            .spawn(move || rx.into_iter().for_each(drop));
+        if started.is_err() {
+            drop(slot);
+            return drop(value);
+        }
+        *slot = Some((pid, tx));
+    }
+    let sent = slot.as_ref().map(|(_, tx)| tx.send(value));
+    drop(slot);
+    if let Some(Err(mpsc::SendError(value))) = sent {
+        drop(value);
+    }
 }
 
 /// Reads out `socket` (this side's end of a connection, already shut down) and closes it, on a

@@ -145,12 +145,23 @@ pub(crate) fn discard_all(fds: Vec<PeerFd>) {
     closers::close_all(fds.into_iter().filter_map(|mut f| f.0.take()).collect());
 }
 
-/// Drops `value` on the closer threads: what takes long to drop in proportion to what a peer
+/// Drops `value` on the dropper thread: what takes long to drop in proportion to what a peer
 /// made of it, such as the mappings of a departed client's memory (unmapping them, and
 /// freeing the memory if this process held the last reference to its memfd: tens of
-/// milliseconds for a gigabyte the client filled).
+/// milliseconds for a gigabyte the client filled). A thread of its own, not a closer: a
+/// closer may be held for good by a close that blocks, and memory must not wait behind it.
 pub(crate) fn drop_elsewhere<T: Send + 'static>(value: T) {
     closers::drop_elsewhere(Box::new(value));
+}
+
+/// Drops on the dropper thread, in one job, those of `words` that are the last handles to
+/// their memory (see [`drop_elsewhere`]); the others here, which costs nothing.
+pub(crate) fn drop_last_owners(words: Vec<subring_planes::interrupt::WakeRef>) {
+    let (last, shared): (Vec<_>, Vec<_>) = words.into_iter().partition(|w| w.is_last_owner());
+    drop(shared);
+    if !last.is_empty() {
+        drop_elsewhere(last);
+    }
 }
 
 /// Closes a descriptor of this side's on the closer threads: one whose close drops what peers

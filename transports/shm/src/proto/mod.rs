@@ -34,8 +34,9 @@ pub const PROTOCOL_MAGIC: [u8; 4] = *b"SBSH";
 /// suppression, asked for in [`Hello::event_idx`] and granted in [`Welcome::event_idx`]; a
 /// wake word may say "sleeping until entry N". Version 6: the welcome's call descriptor is an
 /// epoll instance watching the server's eventfd, not the eventfd. Version 7:
-/// [`Refusal::UserBusy`]. Version 8: [`Hello::futex_doorbell`] and [`Refusal::Unsupported`].)
-pub const PROTOCOL_VERSION: u16 = 8;
+/// [`Refusal::UserBusy`]. Version 8: [`Hello::futex_doorbell`] and [`Refusal::Unsupported`].
+/// Version 9: ring stamps name laps (ring layout version 5), so fresh memory is an empty ring.)
+pub const PROTOCOL_VERSION: u16 = 9;
 /// A control message carrying a postcard-encoded body.
 pub const KIND_MESSAGE: u8 = 1;
 /// A refusal because of a version mismatch; its body is the refusing side's version.

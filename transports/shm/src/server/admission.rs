@@ -248,6 +248,8 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                 ledger,
                 service,
                 memory,
+                kick_word,
+                room_word,
                 ..
             } = *a;
             // The service cancels what it can; the queue pair goes now (which tells the client
@@ -257,7 +259,8 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             // The service holds its own references to whatever memory it still lends out.
             self.service.disconnect(client, &info);
             drop(service);
-            crate::peer_fd::drop_elsewhere(memory);
+            // (The client's words hold its memory too.)
+            crate::peer_fd::drop_elsewhere((memory, kick_word, room_word));
             self.departing.push(ledger);
             self.retire_departed();
         }
