@@ -182,7 +182,18 @@ fn campaign(sleep: ServerSleep) {
     echo_many(&mut passing, 1, 1, 200);
     drop(passing);
     settle(&mut honest, 1);
-    let before = holdings(server.pid());
+    // The passing client's memory is unmapped on the server's dropper thread, a moment after
+    // its release is counted: the holdings are taken once they stop falling.
+    let mut before = holdings(server.pid());
+    let settling = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = holdings(server.pid());
+        if now == before || settling.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        before = now;
+    }
 
     let budget = iterations();
     let mut rng = Rng(0x5eed ^ budget);
