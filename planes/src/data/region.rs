@@ -253,6 +253,38 @@ pub struct Region {
     claims: ClaimTable,
 }
 
+/// Bytes of a mapping unmapped per step when a large region is dropped ([`Region`]'s `Drop`).
+const UNMAP_STEP: usize = 64 << 20;
+
+impl Drop for Region {
+    /// Takes a large mapping's pages out a step at a time before the mapping goes: `munmap`
+    /// holds the process's memory-map lock for writing while it clears the page tables of the
+    /// whole range (tens of milliseconds for a gigabyte in use), and every thread that maps,
+    /// unmaps or changes a mapping meanwhile waits, a server's event loop setting up a client
+    /// among them. `MADV_DONTNEED` clears them under the lock for reading, a step at a time;
+    /// what is left for the `munmap` is quick. (The memory itself stays the memfd's: a shared
+    /// mapping's pages are not freed by it.)
+    fn drop(&mut self) {
+        let len = self.map.len();
+        if len <= UNMAP_STEP {
+            return;
+        }
+        let base = self.map.as_mut_ptr();
+        for at in (0..len).step_by(UNMAP_STEP) {
+            let step = UNMAP_STEP.min(len - at);
+            // SAFETY: the range is inside this mapping, which nothing else uses any more (the
+            // region is being dropped: no `Buf`, view or ring holds it); its pages may go.
+            let _ = unsafe {
+                nix::sys::mman::madvise(
+                    NonNull::new_unchecked(base.add(at).cast()),
+                    step,
+                    nix::sys::mman::MmapAdvise::MADV_DONTNEED,
+                )
+            };
+        }
+    }
+}
+
 impl fmt::Debug for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Region")

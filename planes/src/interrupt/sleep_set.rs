@@ -91,7 +91,7 @@ impl SleepSet {
 
     /// Replaces the words to sleep on (at most [`WAIT_ANY_MAX`]) and returns the words it
     /// held, for the caller to drop where it likes (the last handle to a departed peer's word
-    /// unmaps its ring's region, see [`WakeRef::is_last_owner`]). Call it between sleeps.
+    /// unmaps its ring's region). Call it between sleeps.
     pub fn set_words(&mut self, words: Vec<WakeRef>) -> io::Result<Vec<WakeRef>> {
         if words.len() > WAIT_ANY_MAX {
             return Err(super::wait_any::too_many(words.len()));

@@ -281,12 +281,6 @@ unsafe impl Send for WakeRef {}
 unsafe impl Sync for WakeRef {}
 
 impl WakeRef {
-    /// Whether this handle is the last that keeps the word's memory alive (dropping it then
-    /// unmaps a ring's region): for a caller that would rather drop that one elsewhere.
-    pub fn is_last_owner(&self) -> bool {
-        Arc::strong_count(&self._owner) == 1
-    }
-
     /// A fresh word in process-local memory, for notifiers between threads.
     pub fn local() -> Self {
         let owner = Arc::new(WakeWord::new());

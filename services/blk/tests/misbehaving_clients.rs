@@ -440,37 +440,7 @@ fn a_client_with_much_in_flight_keeps_no_more_than_its_bytes_in_the_kernel() {
     let running = Running::start(subring_blk::serve(&socket, server_config(), blk).unwrap());
     let mut other = connect_retry_with(&socket, &BlkOptions::new().buffers(4096, 8));
     let stop = Arc::new(AtomicBool::new(false));
-    let flooder = std::thread::spawn({
-        let (socket, stop) = (socket.clone(), stop.clone());
-        move || {
-            use subring_shm::{Region, RegionOptions};
-            let mut client = connect_retry(&socket);
-            let region = Region::memfd("whole", DEVICE as usize, RegionOptions::new().id(9));
-            client
-                .shm()
-                .register_region(Arc::new(region.unwrap()))
-                .unwrap();
-            let into = BufHandle {
-                offset: 0,
-                len: DEVICE as u32,
-                region: 9,
-            };
-            let (mut sent, mut done) = (0u64, 0u64);
-            loop {
-                while !stop.load(Relaxed) && sent - done < 64 {
-                    client.raw(sent, 1, 0, DEVICE as u32, into).unwrap();
-                    sent += 1;
-                }
-                client.submit().unwrap();
-                if done == sent {
-                    return done;
-                }
-                let d = client.next(Some(LIMIT)).unwrap();
-                assert_eq!(d.result, Ok(DEVICE));
-                done += 1;
-            }
-        }
-    });
+    let flooder = keep_reading_into(&socket, DEVICE as u32, 64, true, stop.clone());
     running.until("the flooding client reads", |s| s.blk.reads > 64);
     let (mut worst, mut reads) = (Duration::ZERO, 0u64);
     let start = Instant::now();
@@ -523,45 +493,9 @@ fn a_client_held_by_its_bytes_leaves_its_slots_to_the_others() {
     blk.depth = 8;
     let running = Running::start(subring_blk::serve(&socket, server_config(), blk).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = |len: u32, in_flight: u64, region: bool| {
-        let (socket, stop) = (socket.clone(), stop.clone());
-        std::thread::spawn(move || {
-            use subring_shm::{Region, RegionOptions};
-            let mut client = connect_retry(&socket);
-            let into = if region {
-                let r = Region::memfd("whole", DEVICE as usize, RegionOptions::new().id(9));
-                client.shm().register_region(Arc::new(r.unwrap())).unwrap();
-                BufHandle {
-                    offset: 0,
-                    len,
-                    region: 9,
-                }
-            } else {
-                BufHandle {
-                    len,
-                    ..client.alloc().unwrap().handle()
-                }
-            };
-            let (mut sent, mut done) = (0u64, 0u64);
-            loop {
-                while !stop.load(Relaxed) && sent - done < in_flight {
-                    let offset = (sent * u64::from(len)) % DEVICE;
-                    client.raw(sent, 1, offset, len, into).unwrap();
-                    sent += 1;
-                }
-                client.submit().unwrap();
-                if done == sent {
-                    return done;
-                }
-                let d = client.next(Some(LIMIT)).unwrap();
-                assert_eq!(d.result, Ok(u64::from(len)));
-                done += 1;
-            }
-        })
-    };
-    let big = reader(DEVICE as u32, 16, true);
+    let big = keep_reading_into(&socket, DEVICE as u32, 16, true, stop.clone());
     running.until("the big reader reads", |s| s.blk.reads > 16);
-    let small = reader(4096, 32, false);
+    let small = keep_reading_into(&socket, 4096, 32, false, stop.clone());
     let seen = running.within(Duration::from_secs(5), |s| s.blk.beyond_share > 0);
     stop.store(true, Relaxed);
     let (big, small) = (big.join().unwrap(), small.join().unwrap());
@@ -575,4 +509,56 @@ fn a_client_held_by_its_bytes_leaves_its_slots_to_the_others() {
         seen.is_some(),
         "the small reader never had more than its share while the big one was held: {stats:?}"
     );
+}
+
+/// A client on a thread of its own that keeps `in_flight` reads of `len` bytes in the service
+/// at `socket`, resubmitting each as it completes, until `stop` is set; it then waits for the
+/// last and returns how many it read. Each read lands in a region of [`DEVICE`] bytes the
+/// client registered (`region`), or in one of its pool's buffers, named by a handle `len`
+/// long.
+fn keep_reading_into(
+    socket: &std::path::Path,
+    len: u32,
+    in_flight: u64,
+    region: bool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        use subring_shm::{Region, RegionOptions};
+        let mut client = connect_retry(&socket);
+        let into = if region {
+            let r = Region::memfd("whole", DEVICE as usize, RegionOptions::new().id(9));
+            client
+                .shm()
+                .register_region(std::sync::Arc::new(r.unwrap()))
+                .unwrap();
+            BufHandle {
+                offset: 0,
+                len,
+                region: 9,
+            }
+        } else {
+            BufHandle {
+                len,
+                ..client.alloc().unwrap().handle()
+            }
+        };
+        let (mut sent, mut done) = (0u64, 0u64);
+        loop {
+            while !stop.load(Relaxed) && sent - done < in_flight {
+                let offset = (sent * u64::from(len)) % DEVICE;
+                client.raw(sent, 1, offset, len, into).unwrap();
+                sent += 1;
+            }
+            client.submit().unwrap();
+            if done == sent {
+                return done;
+            }
+            let d = client.next(Some(LIMIT)).unwrap();
+            assert_eq!(d.result, Ok(u64::from(len)));
+            done += 1;
+        }
+    })
 }

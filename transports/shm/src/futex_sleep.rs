@@ -92,12 +92,15 @@ impl FutexSleep {
         self.set.is_raised()
     }
 
-    /// The kick words to sleep on, when the clients change. The words replaced that were the
-    /// last handles to their memory (a departed client's) are dropped on a closer thread:
-    /// unmapping the region, and freeing it, takes in proportion to what the client filled.
-    pub(crate) fn set_words(&mut self, words: Vec<WakeRef>) -> io::Result<()> {
+    /// The kick words to sleep on, when the clients change. If a client `departed` since the
+    /// last change, the words replaced (its among them, maybe the last handles to its memory)
+    /// are dropped on the dropper thread, as the rest of its memory is: unmapping the region,
+    /// and freeing it, takes in proportion to what the client filled.
+    pub(crate) fn set_words(&mut self, words: Vec<WakeRef>, departed: bool) -> io::Result<()> {
         let old = self.set.set_words(words)?;
-        crate::peer_fd::drop_last_owners(old);
+        if departed && !old.is_empty() {
+            crate::peer_fd::drop_elsewhere(old);
+        }
         Ok(())
     }
 
@@ -217,7 +220,7 @@ mod tests {
             .unwrap();
         let mut sleep = FutexSleep::start(epoll.0.try_clone().unwrap()).unwrap();
         let kick = WakeRef::local();
-        sleep.set_words(vec![kick.clone()]).unwrap();
+        sleep.set_words(vec![kick.clone()], false).unwrap();
         kick.announce_sleep();
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let sleeper = std::thread::spawn(move || {

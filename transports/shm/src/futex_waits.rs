@@ -10,7 +10,7 @@
 //! between, as a `FUTEX_WAIT` made by the sleeping thread would be. Each wait has a key, the
 //! caller's name for its word; a key is armed at most once at a time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
@@ -37,6 +37,8 @@ pub(crate) struct FutexWaits {
     /// with its word: the handle keeps the word's memory mapped for as long as the kernel may
     /// read it (a queued entry is read at the submit, whenever that comes).
     pending: HashMap<u64, WakeRef>,
+    /// Keys of the pending waits cancelled because their clients left.
+    departed: HashSet<u64>,
     /// Keys whose cancellation could not be submitted: tried again before each sleep (a wait
     /// left armed would keep its word's memory mapped until the ring goes).
     cancels_due: Vec<u64>,
@@ -65,6 +67,7 @@ impl FutexWaits {
         Ok(FutexWaits {
             ring,
             pending: HashMap::new(),
+            departed: HashSet::new(),
             cancels_due: Vec::new(),
             #[cfg(test)]
             fail_submits: 0,
@@ -100,6 +103,12 @@ impl FutexWaits {
     /// leave. Each word stays mapped until its wait's completion is reaped. A cancellation
     /// that fails is tried again by [`retry_cancels`](Self::retry_cancels).
     pub(crate) fn cancel(&mut self, keys: &[u64]) -> io::Result<()> {
+        let departed: Vec<u64> = keys
+            .iter()
+            .copied()
+            .filter(|k| self.pending.contains_key(k))
+            .collect();
+        self.departed.extend(departed);
         let cancelled = self.try_cancel(keys);
         if cancelled.is_err() {
             for &key in keys {
@@ -191,8 +200,9 @@ impl FutexWaits {
                 }
                 if let Some(word) = self.pending.remove(&data) {
                     n += 1;
-                    // The last handle to a departed client's word unmaps its memory: not here.
-                    if word.is_last_owner() {
+                    // A departed client's word may be the last handle to its memory, whose
+                    // unmapping is the dropper thread's work, as the rest of it is.
+                    if self.departed.remove(&data) {
                         crate::peer_fd::drop_elsewhere(word);
                     }
                 }

@@ -178,21 +178,20 @@ fn campaign(sleep: ServerSleep) {
     // client comes and goes first, so that whatever the server sets up once, at its first
     // release, is there before.
     echo_many(&mut honest, 64, 8, 200);
+    let alone = holdings(server.pid());
     let mut passing = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
     echo_many(&mut passing, 1, 1, 200);
     drop(passing);
     settle(&mut honest, 1);
     // The passing client's memory is unmapped on the server's dropper thread, a moment after
-    // its release is counted: the holdings are taken once they stop falling.
+    // its release is counted: the holdings are taken once they are back to what they were
+    // before it came (or, if the server set something up for good at that first release, once
+    // they stop falling, within 5 s).
     let mut before = holdings(server.pid());
     let settling = Instant::now();
-    loop {
+    while !within(before, alone) && settling.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
-        let now = holdings(server.pid());
-        if now == before || settling.elapsed() > Duration::from_secs(2) {
-            break;
-        }
-        before = now;
+        before = holdings(server.pid());
     }
 
     let budget = iterations();

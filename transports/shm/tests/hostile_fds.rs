@@ -13,68 +13,16 @@ mod support;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use subring_shm::echo::{self, EchoReq};
 use subring_shm::proto::{self, ClientMsg};
-use subring_shm::queue::{Completer, QueueError, Submitter};
 use subring_shm::NotifyMode;
 use support::*;
 
 /// The most descriptors one message carries (`SCM_MAX_FD`).
 const FDS_PER_MESSAGE: usize = 253;
-
-/// How long an honest round trip may take before the test gives up on it (it fails then).
-const GIVE_UP: Duration = Duration::from_secs(2);
-
-/// The tests here measure an honest client's round trips beside a hostile one: two at once
-/// would measure each other. Each takes this lock.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// An honest client's round trips over `span` on the server at `path`: how many, and the
-/// worst. One that takes over [`GIVE_UP`] ends the count there.
-fn round_trips(path: &std::path::Path, span: Duration) -> (u64, Duration) {
-    let mut client = connect_retry(path, &options(NotifyMode::EventFd), WAIT);
-    let mut worst = Duration::ZERO;
-    let start = Instant::now();
-    let mut seq = 0;
-    while start.elapsed() < span {
-        let t = Instant::now();
-        let req = EchoReq {
-            seq,
-            op: echo::EchoOp::PING,
-            ..EchoReq::default()
-        };
-        client.push(req).map_err(|r| r.error).unwrap();
-        client.submit().unwrap();
-        let answer = loop {
-            if let Some(r) = client.reap().unwrap() {
-                break Some(r);
-            }
-            let left = GIVE_UP.saturating_sub(t.elapsed());
-            if left.is_zero() {
-                break None;
-            }
-            match client.wait(Some(left)) {
-                Ok(()) | Err(QueueError::Timeout(_)) => {}
-                Err(e) => panic!("an honest wait failed: {e}"),
-            }
-        };
-        worst = worst.max(t.elapsed());
-        let Some(answer) = answer else {
-            return (seq, worst);
-        };
-        assert_eq!(answer.seq, seq);
-        seq += 1;
-    }
-    (seq, worst)
-}
 
 /// Sends `msg` with `fd` 253 times over as its descriptors, without blocking: whether the
 /// socket took it (`None` once it is closed).
@@ -108,7 +56,8 @@ fn beside(
         let (stop, path) = (stop.clone(), path.clone());
         move || hostile(&path, &stop)
     });
-    let (count, worst) = round_trips(&path, Duration::from_millis(1500));
+    let (count, worst) =
+        honest_round_trips(&path, NotifyMode::EventFd, Duration::from_millis(1500));
     stop.store(true, Relaxed);
     let sent = thread.join().unwrap();
     drop(srv);
@@ -116,21 +65,6 @@ fn beside(
     // short of descriptors.
     fds_back_to(before + 16, "after the hostile peer");
     (count, worst, sent)
-}
-
-/// A raw connection to `path`, or `None` if none could be made now (this process, the server's
-/// too, out of descriptors until its closer threads catch up; the server's backlog full).
-fn try_connect(path: &std::path::Path) -> Option<OwnedFd> {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let s = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )
-    .ok()?;
-    connect(s.as_raw_fd(), &UnixAddr::new(path).ok()?).ok()?;
-    Some(s)
 }
 
 /// The descriptor the peers send: `/dev/null` (neither a memfd nor an eventfd).

@@ -217,7 +217,7 @@ impl BlkService {
                 // its share or its bytes, the share is not enforced (slots nobody under their
                 // share can take go to whoever waits).
                 passed += 1;
-                conserving = passed >= self.ops.waiting_clients();
+                conserving |= passed >= self.ops.waiting_clients();
                 continue;
             }
             let share = *share.get_or_insert_with(|| {
@@ -235,7 +235,7 @@ impl BlkService {
                 self.ops.pass_turn();
                 passed += 1;
                 capped = 0;
-                conserving = passed >= self.ops.waiting_clients();
+                conserving |= passed >= self.ops.waiting_clients();
                 continue;
             }
             passed = 0;

@@ -154,16 +154,6 @@ pub(crate) fn drop_elsewhere<T: Send + 'static>(value: T) {
     closers::drop_elsewhere(Box::new(value));
 }
 
-/// Drops on the dropper thread, in one job, those of `words` that are the last handles to
-/// their memory (see [`drop_elsewhere`]); the others here, which costs nothing.
-pub(crate) fn drop_last_owners(words: Vec<subring_planes::interrupt::WakeRef>) {
-    let (last, shared): (Vec<_>, Vec<_>) = words.into_iter().partition(|w| w.is_last_owner());
-    drop(shared);
-    if !last.is_empty() {
-        drop_elsewhere(last);
-    }
-}
-
 /// Closes a descriptor of this side's on the closer threads: one whose close drops what peers
 /// queued on it (a listener, with the connections still in its backlog).
 pub(crate) fn close_elsewhere(fd: OwnedFd) {

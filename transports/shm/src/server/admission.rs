@@ -237,6 +237,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             self.stats.released += 1;
             self.shares_stale = true;
             self.kick_words_changed |= a.kick_word.is_some();
+            self.words_departed |= a.kick_word.is_some();
             if let (Some(waits), Some(_)) = (&mut self.kick_waits, &a.kick_word) {
                 // Best effort: a wait left armed ends at a wake-up, or with the ring.
                 let _ = waits.cancel(&super::kick_waits::keys(conn.id));
@@ -269,6 +270,8 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             // ring was set up for was refused after all): the ring and its descriptor go.
             if let Some(waits) = self.kick_waits.take() {
                 let _ = self.epoll.delete(&waits);
+                // Its waits not yet reaped may hold the last of a departed client's memory.
+                crate::peer_fd::drop_elsewhere(waits);
             }
         }
     }

@@ -127,7 +127,9 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                     State::Handshake { .. } => None,
                 })
                 .collect();
-            futex.set_words(words).map_err(io)?;
+            futex
+                .set_words(words, std::mem::take(&mut self.words_departed))
+                .map_err(io)?;
         }
         if futex.sleep(timeout).map_err(io)? {
             self.take_control_events()

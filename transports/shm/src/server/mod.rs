@@ -101,6 +101,9 @@ pub struct Server<S: Pod, C: Pod, V: Service<S, C>> {
     futex: Option<FutexSleep>,
     /// A client with a kick word came or went since the futex sleep's words were set.
     kick_words_changed: bool,
+    /// A client with a kick word left since the sleep set's words were last set: the words
+    /// replaced go to the dropper thread (they may hold the last of its memory).
+    words_departed: bool,
     /// Sleeping in epoll: the io_uring that waits on futex doorbells, while a client that
     /// asked for one is connected.
     kick_waits: Option<FutexWaits>,
@@ -284,6 +287,7 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
             since_events: 0,
             futex,
             kick_words_changed: false,
+            words_departed: false,
             kick_waits: None,
             futex_doorbells: 0,
             shares_stale: false,

@@ -501,3 +501,79 @@ pub fn welcome_frame(welcome: &proto::Welcome) -> Vec<u8> {
 pub fn raw_fds(fds: &[OwnedFd]) -> Vec<i32> {
     fds.iter().map(|f| f.as_raw_fd()).collect()
 }
+
+// An honest client beside a hostile one (`hostile_fds.rs`, `hostile_churn.rs`).
+
+/// The tests that measure an honest client's round trips beside a hostile one take this lock:
+/// two at once would measure each other. (The tests' own bookkeeping, not a protocol under
+/// test: a std lock.)
+#[allow(clippy::disallowed_types)]
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`ONE_AT_A_TIME`].
+#[allow(clippy::disallowed_types)]
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long an honest round trip may take before [`honest_round_trips`] gives up on it (the
+/// test fails then).
+pub const GIVE_UP: Duration = Duration::from_secs(2);
+
+/// An honest `mode` client's round trips over `span` on the server at `path`: how many, and
+/// the worst. One that takes over [`GIVE_UP`] ends the count there.
+pub fn honest_round_trips(
+    path: &std::path::Path,
+    mode: NotifyMode,
+    span: Duration,
+) -> (u64, Duration) {
+    let mut client = connect_retry(path, &options(mode), WAIT);
+    let mut worst = Duration::ZERO;
+    let start = Instant::now();
+    let mut seq = 0;
+    while start.elapsed() < span {
+        let t = Instant::now();
+        let req = EchoReq {
+            seq,
+            op: EchoOp::PING,
+            ..EchoReq::default()
+        };
+        client.push(req).map_err(|r| r.error).unwrap();
+        client.submit().unwrap();
+        let answer = loop {
+            if let Some(r) = client.reap().unwrap() {
+                break Some(r);
+            }
+            let left = GIVE_UP.saturating_sub(t.elapsed());
+            if left.is_zero() {
+                break None;
+            }
+            match client.wait(Some(left)) {
+                Ok(()) | Err(QueueError::Timeout(_)) => {}
+                Err(e) => panic!("an honest wait failed: {e}"),
+            }
+        };
+        worst = worst.max(t.elapsed());
+        let Some(answer) = answer else {
+            return (seq, worst);
+        };
+        assert_eq!(answer.seq, seq);
+        seq += 1;
+    }
+    (seq, worst)
+}
+
+/// A raw, non-blocking connection to `path`, or `None` if none could be made now (this
+/// process, the server's too, out of descriptors; the server's backlog full).
+pub fn try_connect(path: &std::path::Path) -> Option<OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let s = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .ok()?;
+    connect(s.as_raw_fd(), &UnixAddr::new(path).ok()?).ok()?;
+    Some(s)
+}
