@@ -100,8 +100,10 @@ impl FutexWaits {
 
     /// Cancels the pending waits under `keys` (their words are going), and reaps what has
     /// completed: a server too busy to sleep still takes the completions of the clients that
-    /// leave. Each word stays mapped until its wait's completion is reaped. A cancellation
-    /// that fails is tried again by [`retry_cancels`](Self::retry_cancels).
+    /// leave. Each word stays mapped until its wait's completion is reaped (or the whole set of
+    /// waits is dropped: a queued wait reads its word only at the submit, and a pending one
+    /// is keyed on the word's page, not its memory). A cancellation that fails is tried again
+    /// by [`retry_cancels`](Self::retry_cancels).
     pub(crate) fn cancel(&mut self, keys: &[u64]) -> io::Result<()> {
         let departed: Vec<u64> = keys
             .iter()

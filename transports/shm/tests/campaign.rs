@@ -176,7 +176,8 @@ fn campaign(sleep: ServerSleep) {
     let mut honest = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
     // Warm up, then take the server's holdings with only the honest client connected. One
     // client comes and goes first, so that whatever the server sets up once, at its first
-    // release, is there before.
+    // release, is there before (taken once the holdings are back to what they were before it
+    // came, or after 5 s if that first release left something set up for good).
     echo_many(&mut honest, 64, 8, 200);
     let alone = holdings(server.pid());
     let mut passing = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);

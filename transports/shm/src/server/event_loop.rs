@@ -127,9 +127,8 @@ impl<S: Pod, C: Pod, V: Service<S, C>> Server<S, C, V> {
                     State::Handshake { .. } => None,
                 })
                 .collect();
-            futex
-                .set_words(words, std::mem::take(&mut self.words_departed))
-                .map_err(io)?;
+            futex.set_words(words, self.words_departed).map_err(io)?;
+            self.words_departed = false;
         }
         if futex.sleep(timeout).map_err(io)? {
             self.take_control_events()
