@@ -29,6 +29,7 @@ use support::*;
 fn hellos_for_the_largest_rings_do_not_stall_the_others() {
     let _serial = one_at_a_time();
     let (srv, path) = echo_server("churn");
+    let mut honest = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
     let stop = Arc::new(AtomicBool::new(false));
     let churn = std::thread::spawn({
         let (stop, path) = (stop.clone(), path.clone());
@@ -51,8 +52,7 @@ fn hellos_for_the_largest_rings_do_not_stall_the_others() {
             sent
         }
     });
-    let (count, worst) =
-        honest_round_trips(&path, NotifyMode::EventFd, Duration::from_millis(1500));
+    let (count, worst) = honest_round_trips(&mut honest, Duration::from_millis(1500));
     stop.store(true, Relaxed);
     let sent = churn.join().unwrap();
     drop(srv);
@@ -122,9 +122,9 @@ fn clients_leaving_a_gigabyte_do_not_stall_the_others() {
             c.max_buf_size = 1 << 20;
             c.sleep = sleep;
         });
-        let honest = std::thread::spawn({
-            let path = path.clone();
-            move || honest_round_trips(&path, mode, Duration::from_millis(3000))
+        let mut client = connect_retry(&path, &options(mode), WAIT);
+        let honest = std::thread::spawn(move || {
+            honest_round_trips(&mut client, Duration::from_millis(3000))
         });
         let env = [
             (LEAVER_PATH, path.display().to_string()),

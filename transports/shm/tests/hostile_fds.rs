@@ -51,15 +51,16 @@ fn beside(
 ) -> (u64, Duration, u64) {
     let before = open_fds();
     let (srv, path) = echo_server(test);
+    let mut honest = connect_retry(&path, &options(NotifyMode::EventFd), WAIT);
     let stop = Arc::new(AtomicBool::new(false));
     let thread = std::thread::spawn({
         let (stop, path) = (stop.clone(), path.clone());
         move || hostile(&path, &stop)
     });
-    let (count, worst) =
-        honest_round_trips(&path, NotifyMode::EventFd, Duration::from_millis(1500));
+    let (count, worst) = honest_round_trips(&mut honest, Duration::from_millis(1500));
     stop.store(true, Relaxed);
     let sent = thread.join().unwrap();
+    drop(honest);
     drop(srv);
     // What the closers still hold when the test ends would leave the next test of this process
     // short of descriptors.

@@ -520,14 +520,14 @@ pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// test fails then).
 pub const GIVE_UP: Duration = Duration::from_secs(2);
 
-/// An honest `mode` client's round trips over `span` on the server at `path`: how many, and
-/// the worst. One that takes over [`GIVE_UP`] ends the count there.
+/// An honest client's round trips over `span`: how many, and the worst. One that takes over
+/// [`GIVE_UP`] ends the count there. (Connect it before the hostile peer starts: all of a test's
+/// connections are one user's, and a flood of connections saying nothing pushes out that
+/// user's oldest one still saying hello.)
 pub fn honest_round_trips(
-    path: &std::path::Path,
-    mode: NotifyMode,
+    client: &mut Client<EchoReq, EchoResp>,
     span: Duration,
 ) -> (u64, Duration) {
-    let mut client = connect_retry(path, &options(mode), WAIT);
     let mut worst = Duration::ZERO;
     let start = Instant::now();
     let mut seq = 0;
