@@ -34,8 +34,9 @@
 //! the entry at `index` (in lap `index / capacity`), and the slot's next use (`index +
 //! capacity`) has not been published while it still reads so. Before its first use a slot
 //! reads 0: a ring created in fresh zeroed memory (a memfd's holes) has no stamps to write, and
-//! costs no page of its slots until an entry is written there. The slot stride keeps the stamp and the entry on one line: stamped slots of up
-//! to 64 bytes take the next power of two, larger ones whole lines. A stamped ring still
+//! costs no page of its slots until an entry is written there. The slot stride keeps the stamp
+//! and the entry on one line: stamped slots of up to 64 bytes take the next power of two,
+//! larger ones whole lines. A stamped ring still
 //! publishes `tail` (after the stamps, so it may lag behind them) for a producer that attaches
 //! later and for observers; its consumer reads it only when it attaches.
 //!
@@ -84,8 +85,9 @@ pub use producer::{Producer, WriteChunk};
 /// Identifies a ring header ("sbrg", little-endian).
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"sbrg");
 /// Version of the ring's shared-memory layout; bumped on any change to it. (Version 5: a stamp
-/// names its entry's lap, not its index, so that zeroed memory is a fresh stamped ring. Version 4: the
-/// header records the ring's [`Publication`], and a ring may be indexed, without stamps.
+/// names its entry's lap, not its index, so that zeroed memory is a fresh stamped ring.
+/// Version 4: the header records the ring's [`Publication`], and a ring may be indexed,
+/// without stamps.
 /// Version 3: a wake word may say "sleeping until entry N", which a notifier of version 2
 /// would not wake.)
 pub const RING_LAYOUT_VERSION: u32 = 5;

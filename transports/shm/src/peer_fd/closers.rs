@@ -5,11 +5,11 @@
 //!
 //! So the thread that receives them (a server's event loop, serving every other client) only
 //! hands them over, those of a message refused whole in one job ([`close_all`]), and a
-//! connection's end in one job too ([`drain`]): reading out what is queued on it is done here, not there. Checking
-//! each descriptor's kind and closing it one by one on the event loop let one client that sent
-//! descriptors, or left its queue full of them, stall every other client for tenths of a
-//! second at each message, and for good when it reconnected again and again
-//! (`tests/hostile_fds.rs`).
+//! connection's end in one job too ([`drain`]): reading out what is queued on it is done
+//! here, not there. Checking each descriptor's kind and closing it one by one on the event
+//! loop let one client that sent descriptors, or left its queue full of them, stall every
+//! other client for tenths of a second at each message, and for good when it reconnected
+//! again and again (`tests/hostile_fds.rs`).
 //!
 //! A closer turns lingering off before each close (`SO_LINGER`: a socket's close then does not
 //! wait for its unsent data; anything else answers `ENOTSOCK`), so no kind needs telling apart.
@@ -19,9 +19,9 @@
 //!
 //! Each close that blocks holds one thread (a daemon that never answers holds it for good),
 //! with the rest of its job, and the others go on. Four start with the first job; while every
-//! one is held in a close (one that has taken over 20 ms) another starts, up to sixteen. A peer that holds all of them
-//! only makes refused descriptors wait, and pile up until the descriptor limit, which the
-//! server meets without spinning (it refuses new connections).
+//! one is held in a close (one that has taken over 20 ms) another starts, up to sixteen. A
+//! peer that holds all of them only makes refused descriptors wait, and pile up until the
+//! descriptor limit, which the server meets without spinning (it refuses new connections).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, Sender};
